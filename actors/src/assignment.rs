@@ -1,0 +1,359 @@
+//! The assignment algorithm of SPEC section 2, exactly:
+//!
+//! ```text
+//! bucket(salt, unit) = be_u32(md5(utf8(salt + ":" + unit))[0..4]) / 2^32
+//! range_i = [start_i, start_i + coverage * w_i),  start_{i+1} = start_i + w_i
+//! layer: start <= bucket(layer.key, unit) < end
+//! forced, then sticky, then layer, then ranges; no range hit = not_in_coverage
+//! ```
+//!
+//! Because each range grows from a fixed start as coverage rises, raising
+//! coverage never moves a unit that was already in.
+
+use std::collections::HashMap;
+
+use md5::{Digest, Md5};
+use serde::Serialize;
+
+use crate::domain::{Experiment, Status};
+
+/// The unit's position in `[0, 1)` for `salt`. Hashes the parts one after
+/// the other so no `salt:unit` string is allocated.
+pub fn bucket(salt: &str, unit: &str) -> f64 {
+    let mut hasher = Md5::new();
+    hasher.update(salt.as_bytes());
+    hasher.update(b":");
+    hasher.update(unit.as_bytes());
+    let digest = hasher.finalize();
+    let head = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    f64::from(head) / 4_294_967_296.0
+}
+
+/// Why a unit got the variant it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Its bucket fell in the variant's range.
+    Hashed,
+    /// It was exposed before; the variant it saw then is kept.
+    Sticky,
+    /// A forced override names it.
+    Forced,
+    /// The experiment is not running: control, or the winner once completed.
+    NotRunning,
+    /// Its bucket fell outside every range (coverage below 1).
+    NotInCoverage,
+    /// Its layer bucket fell outside the experiment's layer slice.
+    NotInLayer,
+}
+
+impl Reason {
+    /// The reason's name in JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Hashed => "hashed",
+            Reason::Sticky => "sticky",
+            Reason::Forced => "forced",
+            Reason::NotRunning => "not_running",
+            Reason::NotInCoverage => "not_in_coverage",
+            Reason::NotInLayer => "not_in_layer",
+        }
+    }
+}
+
+/// The outcome of assigning one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into the experiment's variants of what the unit is served.
+    pub variant: usize,
+    /// Whether the unit takes part (and so is exposed).
+    pub in_experiment: bool,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// An experiment prepared for the hot path: ranges computed and forced
+/// overrides indexed once per change rather than once per request.
+#[derive(Debug)]
+pub struct Compiled {
+    experiment: Experiment,
+    /// `[start, start + coverage * w)` per variant.
+    ranges: Vec<(f64, f64)>,
+    forced: HashMap<Box<str>, usize>,
+    /// What a unit outside the experiment is served.
+    fallback: usize,
+}
+
+impl Compiled {
+    /// Precomputes what [`Compiled::decide`] needs.
+    pub fn new(experiment: Experiment) -> Self {
+        let mut start = 0.0;
+        let ranges = experiment
+            .variants
+            .iter()
+            .map(|v| {
+                let range = (start, start + experiment.coverage * v.weight);
+                start += v.weight;
+                range
+            })
+            .collect();
+        let forced = experiment
+            .forced
+            .iter()
+            .filter_map(|(unit, variant)| {
+                let index = experiment.variant_index(variant.as_str())?;
+                Some((Box::from(unit.as_str()), index))
+            })
+            .collect();
+        let fallback = match (&experiment.status, &experiment.winner) {
+            (Status::Completed | Status::Archived, Some(w)) => {
+                experiment.variant_index(w.as_str()).unwrap_or(0)
+            }
+            _ => 0,
+        };
+        Self {
+            experiment,
+            ranges,
+            forced,
+            fallback,
+        }
+    }
+
+    /// The experiment this was compiled from.
+    pub fn experiment(&self) -> &Experiment {
+        &self.experiment
+    }
+
+    /// Assigns `unit`. `sticky` looks up the variant the unit was first
+    /// exposed to; it is only called when the answer depends on it.
+    pub fn decide(&self, unit: &str, sticky: impl FnOnce() -> Option<usize>) -> Decision {
+        let out = |variant, reason| Decision {
+            variant,
+            in_experiment: false,
+            reason,
+        };
+        let enrolled = |variant, reason| Decision {
+            variant,
+            in_experiment: true,
+            reason,
+        };
+        if self.experiment.status != Status::Running {
+            return out(self.fallback, Reason::NotRunning);
+        }
+        if let Some(&variant) = self.forced.get(unit) {
+            return enrolled(variant, Reason::Forced);
+        }
+        if let Some(variant) = sticky().filter(|&v| v < self.ranges.len()) {
+            return enrolled(variant, Reason::Sticky);
+        }
+        if let Some(layer) = &self.experiment.layer {
+            let b = bucket(&layer.key, unit);
+            if !(layer.start <= b && b < layer.end) {
+                return out(self.fallback, Reason::NotInLayer);
+            }
+        }
+        match self.hashed(unit) {
+            Some(variant) => enrolled(variant, Reason::Hashed),
+            None => out(self.fallback, Reason::NotInCoverage),
+        }
+    }
+
+    /// The range `unit`'s bucket falls in, if any.
+    fn hashed(&self, unit: &str) -> Option<usize> {
+        let b = bucket(&self.experiment.salt, unit);
+        self.ranges
+            .iter()
+            .position(|&(start, end)| start <= b && b < end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::domain::{Action, ExperimentIn, Layer};
+
+    const VECTORS: &str = include_str!("../testdata/assignment_vectors.json");
+
+    #[derive(Deserialize)]
+    struct Vectors {
+        bucket: Vec<BucketVector>,
+        assign: Vec<AssignVector>,
+    }
+
+    #[derive(Deserialize)]
+    struct BucketVector {
+        salt: String,
+        unit: String,
+        bucket: f64,
+    }
+
+    #[derive(Deserialize)]
+    struct AssignVector {
+        experiment: VectorExperiment,
+        unit: String,
+        variant: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    struct VectorExperiment {
+        salt: String,
+        variants: Vec<String>,
+        weights: Vec<f64>,
+        coverage: f64,
+        layer: Option<Layer>,
+    }
+
+    fn running(body: serde_json::Value) -> Compiled {
+        let input: ExperimentIn = serde_json::from_value(body).expect("valid input");
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let e = Experiment::create(input, now)
+            .and_then(|e| e.transitioned(Action::Start, None, now))
+            .expect("valid experiment");
+        Compiled::new(e)
+    }
+
+    fn from_vector(v: &VectorExperiment) -> Compiled {
+        let variants: Vec<_> = v
+            .variants
+            .iter()
+            .zip(&v.weights)
+            .map(|(k, w)| json!({"key": k, "weight": w}))
+            .collect();
+        running(json!({
+            "key": "vector", "name": "vector", "salt": v.salt,
+            "variants": variants, "coverage": v.coverage, "layer": v.layer,
+        }))
+    }
+
+    fn served(c: &Compiled, unit: &str) -> Option<String> {
+        let d = c.decide(unit, || None);
+        d.in_experiment
+            .then(|| c.experiment().variants[d.variant].key.to_string())
+    }
+
+    #[test]
+    fn bucket_vectors_match_exactly() {
+        let vectors: Vectors = serde_json::from_str(VECTORS).unwrap();
+        assert!(!vectors.bucket.is_empty());
+        for v in &vectors.bucket {
+            assert_eq!(
+                bucket(&v.salt, &v.unit),
+                v.bucket,
+                "{} / {}",
+                v.salt,
+                v.unit
+            );
+        }
+    }
+
+    #[test]
+    fn assignment_vectors_match() {
+        let vectors: Vectors = serde_json::from_str(VECTORS).unwrap();
+        assert!(vectors.assign.len() >= 30);
+        for v in &vectors.assign {
+            let c = from_vector(&v.experiment);
+            assert_eq!(served(&c, &v.unit), v.variant, "unit {}", v.unit);
+        }
+    }
+
+    /// The vendored copy must not drift from the product contract's.
+    #[test]
+    fn vendored_vectors_equal_the_shared_ones() {
+        let shared = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/assignment_vectors.json"
+        );
+        if let Ok(text) = std::fs::read_to_string(shared) {
+            assert_eq!(text, VECTORS, "refresh actors/testdata from {shared}");
+        }
+    }
+
+    #[test]
+    fn large_populations_split_within_one_percent_of_weights() {
+        let c = running(json!({
+            "key": "split", "name": "split",
+            "variants": [
+                {"key": "a", "weight": 0.5}, {"key": "b", "weight": 0.3}, {"key": "c", "weight": 0.2}
+            ]
+        }));
+        let n = 100_000;
+        let mut counts = [0usize; 3];
+        for i in 0..n {
+            let d = c.decide(&format!("unit-{i}"), || None);
+            assert!(d.in_experiment);
+            counts[d.variant] += 1;
+        }
+        for (count, weight) in counts.iter().zip([0.5, 0.3, 0.2]) {
+            let share = *count as f64 / n as f64;
+            assert!((share - weight).abs() < 0.01, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn coverage_admits_its_share_and_raising_it_moves_nobody() {
+        let body = |coverage: f64| {
+            json!({
+                "key": "cov", "name": "cov", "coverage": coverage,
+                "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]
+            })
+        };
+        let low = running(body(0.2));
+        let high = running(body(0.7));
+        let n = 50_000;
+        let mut admitted = 0;
+        for i in 0..n {
+            let unit = format!("u{i}");
+            if let Some(v) = served(&low, &unit) {
+                admitted += 1;
+                assert_eq!(served(&high, &unit), Some(v), "{unit} moved");
+            }
+        }
+        let share = admitted as f64 / n as f64;
+        assert!((share - 0.2).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn precedence_is_forced_then_sticky_then_layer_then_hash() {
+        let c = running(json!({
+            "key": "p", "name": "p",
+            "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}],
+            "layer": {"key": "l", "start": 0.0, "end": 0.0001},
+            "forced": {"qa-user": "b"}
+        }));
+        let forced = c.decide("qa-user", || panic!("sticky must not be consulted"));
+        assert_eq!((forced.variant, forced.reason), (1, Reason::Forced));
+        let sticky = c.decide("someone", || Some(1));
+        assert_eq!((sticky.variant, sticky.reason), (1, Reason::Sticky));
+        let outside = c.decide("someone", || None);
+        assert_eq!(outside.reason, Reason::NotInLayer);
+        assert!(!outside.in_experiment);
+    }
+
+    #[test]
+    fn stopped_experiments_serve_control_or_winner() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let input: ExperimentIn = serde_json::from_value(json!({
+            "key": "w", "name": "w", "forced": {"qa": "b"},
+            "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]
+        }))
+        .unwrap();
+        let draft = Experiment::create(input, now).unwrap();
+        let d = Compiled::new(draft.clone()).decide("qa", || Some(1));
+        assert_eq!(
+            (d.variant, d.in_experiment, d.reason),
+            (0, false, Reason::NotRunning)
+        );
+
+        let winner = draft.variants[1].key.clone();
+        let done = draft
+            .transitioned(Action::Start, None, now)
+            .and_then(|e| e.transitioned(Action::Complete, Some(winner), now))
+            .unwrap();
+        let d = Compiled::new(done).decide("anyone", || None);
+        assert_eq!((d.variant, d.reason), (1, Reason::NotRunning));
+    }
+}

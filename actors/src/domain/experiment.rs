@@ -1,0 +1,634 @@
+//! Experiments: the stored record, the create and patch bodies, and the
+//! rules every experiment obeys. Creation and patching both end in
+//! [`Experiment::check`], so there is one definition of "valid".
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{Action, ExperimentKey, MetricKey, Status, UnitId, VariantKey};
+use crate::{Error, Result};
+
+/// Most variants an experiment may have.
+pub const MAX_VARIANTS: usize = 20;
+const MAX_NAME_CHARS: usize = 200;
+const MAX_DESCRIPTION_CHARS: usize = 4000;
+const MAX_SALT_BYTES: usize = 128;
+const MAX_FORCED: usize = 10_000;
+const MAX_METRICS: usize = 50;
+
+/// An experiment as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Experiment {
+    /// Unique key, `[a-z0-9_-]{1,64}`.
+    pub key: ExperimentKey,
+    /// Human-readable name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Lifecycle status.
+    pub status: Status,
+    /// The variants; the first is the control. Weights are normalised to sum 1.
+    pub variants: Vec<Variant>,
+    /// Share of the population (0..=1) that takes part.
+    pub coverage: f64,
+    /// Hash salt; defaults to the key.
+    pub salt: String,
+    /// Mutually exclusive layer this experiment occupies a slice of.
+    pub layer: Option<Layer>,
+    /// Units pinned to a variant, for QA. They win over everything else.
+    pub forced: BTreeMap<UnitId, VariantKey>,
+    /// Metrics analysed for this experiment.
+    pub metrics: Vec<Metric>,
+    /// The metric that decides the experiment.
+    pub primary_metric: Option<MetricKey>,
+    /// Significance level.
+    pub alpha: f64,
+    /// Variant served to everyone once completed; `null` means the control.
+    pub winner: Option<VariantKey>,
+    /// Incremented by every change.
+    pub version: u64,
+    /// When the experiment was created.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: OffsetDateTime,
+    /// When it was first started.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<OffsetDateTime>,
+    /// When it was completed.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+/// One arm of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    /// Key, unique within the experiment.
+    pub key: VariantKey,
+    /// Relative weight (> 0); stored normalised so all weights sum to 1.
+    pub weight: f64,
+    /// Arbitrary JSON handed to the client with the assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+}
+
+/// A slice `[start, end)` of a layer's hash space. Experiments in the same
+/// layer with disjoint slices never share a unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// The layer's key; it is the salt of the layer hash.
+    pub key: String,
+    /// Inclusive lower bound, 0..1.
+    pub start: f64,
+    /// Exclusive upper bound, start..=1.
+    pub end: f64,
+}
+
+/// A metric to analyse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Metric {
+    /// Event type or `metric` event name counted.
+    pub key: MetricKey,
+    /// How per-unit values are formed.
+    pub kind: MetricKind,
+}
+
+/// How a metric turns a unit's events into one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    /// Did the unit do it at least once.
+    Binomial,
+    /// The unit's sum of values.
+    Mean,
+}
+
+/// Body of `POST /v1/experiments`.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentIn {
+    /// Unique key, `[a-z0-9_-]{1,64}`; it cannot change later.
+    pub key: ExperimentKey,
+    /// Human-readable name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// 2 to 20 variants; the first is the control.
+    pub variants: Vec<Variant>,
+    /// Share of the population that takes part (default 1).
+    #[serde(default)]
+    pub coverage: Option<f64>,
+    /// Hash salt (default: the key).
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// Layer slice.
+    #[serde(default)]
+    pub layer: Option<Layer>,
+    /// Forced overrides, unit id → variant key.
+    #[serde(default)]
+    pub forced: BTreeMap<UnitId, VariantKey>,
+    /// Metrics to analyse.
+    #[serde(default)]
+    pub metrics: Vec<Metric>,
+    /// The deciding metric; must be one of `metrics`.
+    #[serde(default)]
+    pub primary_metric: Option<MetricKey>,
+    /// Significance level (default 0.05).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+}
+
+/// Body of `PATCH /v1/experiments/{key}`. Absent fields stay as they are;
+/// `null` clears `description`, `layer` and `primary_metric`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentPatch {
+    /// New name (any time).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New description (any time).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+    /// New coverage (any time). Raising it never moves a unit already in.
+    #[serde(default)]
+    pub coverage: Option<f64>,
+    /// New variants and weights (draft only).
+    #[serde(default)]
+    pub variants: Option<Vec<Variant>>,
+    /// New salt (draft only).
+    #[serde(default)]
+    pub salt: Option<String>,
+    /// New layer slice (draft only).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Layer>)]
+    pub layer: Option<Option<Layer>>,
+    /// Replaces the forced overrides (any time).
+    #[serde(default)]
+    pub forced: Option<BTreeMap<UnitId, VariantKey>>,
+    /// Replaces the metrics (any time).
+    #[serde(default)]
+    pub metrics: Option<Vec<Metric>>,
+    /// New primary metric (any time).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub primary_metric: Option<Option<MetricKey>>,
+    /// New significance level (any time).
+    #[serde(default)]
+    pub alpha: Option<f64>,
+}
+
+/// Tells "field present and null" (`Some(None)`) from "field absent" (`None`).
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl Experiment {
+    /// A new draft from a create request, validated.
+    pub fn create(input: ExperimentIn, now: OffsetDateTime) -> Result<Self> {
+        let salt = input.salt.unwrap_or_else(|| input.key.to_string());
+        let experiment = Self {
+            name: input.name,
+            description: input.description,
+            status: Status::Draft,
+            variants: normalised(input.variants)?,
+            coverage: input.coverage.unwrap_or(1.0),
+            salt,
+            layer: input.layer,
+            forced: input.forced,
+            metrics: input.metrics,
+            primary_metric: input.primary_metric,
+            alpha: input.alpha.unwrap_or(0.05),
+            winner: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            key: input.key,
+        };
+        experiment.check()?;
+        Ok(experiment)
+    }
+
+    /// This experiment with `patch` applied, validated. Fields that steer
+    /// assignment (variants, salt, layer) may change only in `draft`, so a
+    /// running experiment never reshuffles its units.
+    pub fn patched(&self, patch: ExperimentPatch, now: OffsetDateTime) -> Result<Self> {
+        if self.status == Status::Archived {
+            return Err(Error::InvalidTransition {
+                from: self.status,
+                action: "edit",
+            });
+        }
+        let draft_only = |field: &'static str| -> Result<()> {
+            if self.status == Status::Draft {
+                Ok(())
+            } else {
+                Err(Error::NotEditable {
+                    field,
+                    status: self.status,
+                })
+            }
+        };
+        let mut next = self.clone();
+        if let Some(variants) = patch.variants {
+            draft_only("variants")?;
+            next.variants = normalised(variants)?;
+        }
+        if let Some(salt) = patch.salt {
+            draft_only("salt")?;
+            next.salt = salt;
+        }
+        if let Some(layer) = patch.layer {
+            draft_only("layer")?;
+            next.layer = layer;
+        }
+        if let Some(name) = patch.name {
+            next.name = name;
+        }
+        if let Some(description) = patch.description {
+            next.description = description;
+        }
+        if let Some(coverage) = patch.coverage {
+            next.coverage = coverage;
+        }
+        if let Some(forced) = patch.forced {
+            next.forced = forced;
+        }
+        if let Some(metrics) = patch.metrics {
+            next.metrics = metrics;
+        }
+        if let Some(primary) = patch.primary_metric {
+            next.primary_metric = primary;
+        }
+        if let Some(alpha) = patch.alpha {
+            next.alpha = alpha;
+        }
+        next.check()?;
+        next.touch(now);
+        Ok(next)
+    }
+
+    /// This experiment after a lifecycle action. `winner` is only meaningful
+    /// for [`Action::Complete`] and must name a variant.
+    pub fn transitioned(
+        &self,
+        action: Action,
+        winner: Option<VariantKey>,
+        now: OffsetDateTime,
+    ) -> Result<Self> {
+        let mut next = self.clone();
+        next.status = self.status.apply(action)?;
+        match action {
+            Action::Start => next.started_at = Some(now),
+            Action::Complete => {
+                if let Some(w) = &winner {
+                    if self.variant_index(w.as_str()).is_none() {
+                        return Err(Error::invalid(
+                            "winner",
+                            format!("'{w}' is not a variant of this experiment"),
+                        ));
+                    }
+                }
+                next.winner = winner;
+                next.completed_at = Some(now);
+            }
+            Action::Pause | Action::Resume | Action::Archive => {}
+        }
+        next.touch(now);
+        Ok(next)
+    }
+
+    /// Position of the variant with this key.
+    pub fn variant_index(&self, key: &str) -> Option<usize> {
+        self.variants.iter().position(|v| v.key.as_str() == key)
+    }
+
+    fn touch(&mut self, now: OffsetDateTime) {
+        self.version += 1;
+        self.updated_at = now;
+    }
+
+    /// Every rule an experiment obeys, whatever produced it.
+    fn check(&self) -> Result<()> {
+        let name_chars = self.name.trim().chars().count();
+        if name_chars == 0 || self.name.chars().count() > MAX_NAME_CHARS {
+            return Err(Error::invalid(
+                "name",
+                format!("name must be 1-{MAX_NAME_CHARS} characters"),
+            ));
+        }
+        if let Some(d) = &self.description {
+            if d.chars().count() > MAX_DESCRIPTION_CHARS {
+                return Err(Error::invalid(
+                    "description",
+                    format!("description must be at most {MAX_DESCRIPTION_CHARS} characters"),
+                ));
+            }
+        }
+        if !(self.coverage.is_finite() && (0.0..=1.0).contains(&self.coverage)) {
+            return Err(Error::invalid(
+                "coverage",
+                "coverage must be between 0 and 1",
+            ));
+        }
+        check_hash_key("salt", &self.salt)?;
+        if let Some(layer) = &self.layer {
+            check_hash_key("layer.key", &layer.key)?;
+            let in_unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
+            if !(in_unit(layer.start) && in_unit(layer.end) && layer.start < layer.end) {
+                return Err(Error::invalid("layer", "layer needs 0 <= start < end <= 1"));
+            }
+        }
+        if self.forced.len() > MAX_FORCED {
+            return Err(Error::invalid(
+                "forced",
+                format!("at most {MAX_FORCED} forced overrides"),
+            ));
+        }
+        for (unit, variant) in &self.forced {
+            if self.variant_index(variant.as_str()).is_none() {
+                return Err(Error::invalid(
+                    format!("forced.{unit}"),
+                    format!("'{variant}' is not a variant of this experiment"),
+                ));
+            }
+        }
+        if self.metrics.len() > MAX_METRICS {
+            return Err(Error::invalid(
+                "metrics",
+                format!("at most {MAX_METRICS} metrics"),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, m) in self.metrics.iter().enumerate() {
+            if !seen.insert(&m.key) {
+                return Err(Error::invalid(
+                    format!("metrics[{i}].key"),
+                    format!("metric '{}' is listed twice", m.key),
+                ));
+            }
+        }
+        if let Some(primary) = &self.primary_metric {
+            if !seen.contains(primary) {
+                return Err(Error::invalid(
+                    "primary_metric",
+                    format!("'{primary}' is not one of the experiment's metrics"),
+                ));
+            }
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(Error::invalid(
+                "alpha",
+                "alpha must be between 0 and 1, exclusive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_hash_key(field: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_SALT_BYTES || value.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            format!("{field} must be 1-{MAX_SALT_BYTES} bytes without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks count, key uniqueness and weights, and scales weights to sum 1.
+fn normalised(mut variants: Vec<Variant>) -> Result<Vec<Variant>> {
+    if !(2..=MAX_VARIANTS).contains(&variants.len()) {
+        return Err(Error::invalid(
+            "variants",
+            format!(
+                "an experiment needs 2 to {MAX_VARIANTS} variants, got {}",
+                variants.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, v) in variants.iter().enumerate() {
+        if !seen.insert(&v.key) {
+            return Err(Error::invalid(
+                format!("variants[{i}].key"),
+                format!("variant key '{}' is used twice", v.key),
+            ));
+        }
+        if !(v.weight.is_finite() && v.weight > 0.0) {
+            return Err(Error::invalid(
+                format!("variants[{i}].weight"),
+                "weight must be a finite number greater than 0",
+            ));
+        }
+    }
+    let total: f64 = variants.iter().map(|v| v.weight).sum();
+    if !total.is_finite() {
+        return Err(Error::invalid(
+            "variants",
+            "weights are too large to add up",
+        ));
+    }
+    for v in &mut variants {
+        v.weight /= total;
+    }
+    Ok(variants)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH
+    }
+
+    fn input(body: Value) -> ExperimentIn {
+        serde_json::from_value(body).expect("well-formed input")
+    }
+
+    fn minimal() -> Value {
+        json!({
+            "key": "cta",
+            "name": "CTA colour",
+            "variants": [{"key": "control", "weight": 1}, {"key": "green", "weight": 3}]
+        })
+    }
+
+    fn field_of(err: Error) -> String {
+        match err {
+            Error::Invalid { field, .. } => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_fills_defaults_and_normalises_weights() {
+        let e = Experiment::create(input(minimal()), now()).unwrap();
+        assert_eq!(e.status, Status::Draft);
+        assert_eq!(e.salt, "cta");
+        assert_eq!(e.coverage, 1.0);
+        assert_eq!(e.alpha, 0.05);
+        assert_eq!(e.variants[0].weight, 0.25);
+        assert_eq!(e.variants[1].weight, 0.75);
+    }
+
+    #[test]
+    fn bad_variants_are_refused_with_the_field() {
+        let cases = [
+            (json!([{"key": "a", "weight": 1}]), "variants"),
+            (
+                json!([{"key": "a", "weight": 1}, {"key": "a", "weight": 1}]),
+                "variants[1].key",
+            ),
+            (
+                json!([{"key": "a", "weight": 1}, {"key": "b", "weight": 0}]),
+                "variants[1].weight",
+            ),
+            (
+                json!([{"key": "a", "weight": -1}, {"key": "b", "weight": 1}]),
+                "variants[0].weight",
+            ),
+            (
+                json!([{"key": "a", "weight": 1.5e308}, {"key": "b", "weight": 1.5e308}]),
+                "variants",
+            ),
+        ];
+        for (variants, field) in cases {
+            let mut body = minimal();
+            body["variants"] = variants;
+            let err = Experiment::create(input(body), now()).unwrap_err();
+            assert_eq!(field_of(err), field);
+        }
+        let mut body = minimal();
+        body["variants"] = Value::Array(
+            (0..21)
+                .map(|i| json!({"key": format!("v{i}"), "weight": 1}))
+                .collect(),
+        );
+        assert_eq!(
+            field_of(Experiment::create(input(body), now()).unwrap_err()),
+            "variants"
+        );
+    }
+
+    #[test]
+    fn other_rules_are_enforced() {
+        let cases = [
+            ("coverage", json!(1.5), "coverage"),
+            ("alpha", json!(0), "alpha"),
+            ("name", json!("  "), "name"),
+            ("salt", json!(""), "salt"),
+            (
+                "layer",
+                json!({"key": "l", "start": 0.5, "end": 0.5}),
+                "layer",
+            ),
+            ("forced", json!({"alice": "blue"}), "forced.alice"),
+            (
+                "metrics",
+                json!([{"key": "c", "kind": "binomial"}, {"key": "c", "kind": "mean"}]),
+                "metrics[1].key",
+            ),
+            ("primary_metric", json!("revenue"), "primary_metric"),
+        ];
+        for (key, value, field) in cases {
+            let mut body = minimal();
+            body[key] = value;
+            let err = Experiment::create(input(body), now()).unwrap_err();
+            assert_eq!(field_of(err), field, "{key}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let mut body = minimal();
+        body["colour"] = json!("red");
+        assert!(serde_json::from_value::<ExperimentIn>(body).is_err());
+    }
+
+    #[test]
+    fn assignment_fields_are_frozen_once_started() {
+        let draft = Experiment::create(input(minimal()), now()).unwrap();
+        let patch: ExperimentPatch = serde_json::from_value(json!({"salt": "new"})).unwrap();
+        assert_eq!(draft.patched(patch.clone(), now()).unwrap().salt, "new");
+
+        let running = draft.transitioned(Action::Start, None, now()).unwrap();
+        let err = running.patched(patch, now()).unwrap_err();
+        assert!(matches!(err, Error::NotEditable { field: "salt", .. }));
+
+        let coverage: ExperimentPatch =
+            serde_json::from_value(json!({"coverage": 0.5, "description": "half"})).unwrap();
+        let patched = running.patched(coverage, now()).unwrap();
+        assert_eq!(patched.coverage, 0.5);
+        assert_eq!(patched.description.as_deref(), Some("half"));
+        assert_eq!(patched.version, running.version + 1);
+    }
+
+    #[test]
+    fn null_clears_and_absent_keeps() {
+        let mut body = minimal();
+        body["description"] = json!("d");
+        let e = Experiment::create(input(body), now()).unwrap();
+        let keep: ExperimentPatch = serde_json::from_value(json!({"name": "n"})).unwrap();
+        assert_eq!(
+            e.patched(keep, now()).unwrap().description.as_deref(),
+            Some("d")
+        );
+        let clear: ExperimentPatch = serde_json::from_value(json!({"description": null})).unwrap();
+        assert_eq!(e.patched(clear, now()).unwrap().description, None);
+    }
+
+    #[test]
+    fn completing_checks_the_winner() {
+        let running = Experiment::create(input(minimal()), now())
+            .unwrap()
+            .transitioned(Action::Start, None, now())
+            .unwrap();
+        let bad = VariantKey::try_from("purple").unwrap();
+        assert_eq!(
+            field_of(
+                running
+                    .transitioned(Action::Complete, Some(bad), now())
+                    .unwrap_err()
+            ),
+            "winner"
+        );
+        let green = VariantKey::try_from("green").unwrap();
+        let done = running
+            .transitioned(Action::Complete, Some(green.clone()), now())
+            .unwrap();
+        assert_eq!(done.winner, Some(green));
+        assert!(done.completed_at.is_some());
+    }
+
+    #[test]
+    fn archived_experiments_cannot_be_edited() {
+        let archived = Experiment::create(input(minimal()), now())
+            .unwrap()
+            .transitioned(Action::Archive, None, now())
+            .unwrap();
+        let err = archived
+            .patched(ExperimentPatch::default(), now())
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition { .. }));
+    }
+}

@@ -1,0 +1,193 @@
+//! Identifier newtypes. Each validates on construction (including when
+//! deserialised), so a value of the type is always well-formed.
+
+use std::borrow::Borrow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest unit id accepted, in bytes.
+pub const MAX_UNIT_ID_BYTES: usize = 256;
+
+/// `[a-z0-9_-]{1,64}`: the shape of every key (experiment, variant, metric).
+fn is_key(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+macro_rules! key_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// The key as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                if is_key(&s) {
+                    Ok(Self(s.into_boxed_str()))
+                } else {
+                    Err(format!(
+                        concat!("invalid ", $what, " '{}': expected 1-64 characters of a-z, 0-9, _ or -"),
+                        s.escape_debug()
+                    ))
+                }
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = String;
+            fn try_from(s: &str) -> Result<Self, String> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(k: $name) -> String {
+                k.0.into_string()
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+    };
+}
+
+key_type!(
+    /// Unique, immutable key of an experiment.
+    ExperimentKey,
+    "experiment key"
+);
+key_type!(
+    /// Key of a variant, unique within its experiment.
+    VariantKey,
+    "variant key"
+);
+key_type!(
+    /// Key of a metric: an event type or a `metric` event's name.
+    MetricKey,
+    "metric key"
+);
+
+/// The thing being randomised: a user, device, session or account id.
+/// 1 to 256 bytes of UTF-8 without control characters.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String)]
+pub struct UnitId(Box<str>);
+
+impl UnitId {
+    /// Checks `s` without allocating; the hot path validates borrowed ids.
+    pub fn check(s: &str) -> Result<(), String> {
+        if s.is_empty() || s.len() > MAX_UNIT_ID_BYTES {
+            return Err(format!(
+                "unit_id must be 1-{MAX_UNIT_ID_BYTES} bytes, got {}",
+                s.len()
+            ));
+        }
+        if s.chars().any(char::is_control) {
+            return Err("unit_id must not contain control characters".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UnitId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::check(&s)?;
+        Ok(Self(s.into_boxed_str()))
+    }
+}
+
+impl From<UnitId> for String {
+    fn from(u: UnitId) -> String {
+        u.0.into_string()
+    }
+}
+
+impl Borrow<str> for UnitId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UnitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UnitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_accept_the_documented_alphabet_only() {
+        for ok in ["a", "homepage_cta", "v-2", &"x".repeat(64)] {
+            assert!(ExperimentKey::try_from(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Upper",
+            "with space",
+            "dot.ted",
+            "ümlaut",
+            &"x".repeat(65),
+        ] {
+            assert!(ExperimentKey::try_from(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_validate_when_deserialised() {
+        assert!(serde_json::from_str::<VariantKey>("\"ok_key\"").is_ok());
+        let err = serde_json::from_str::<VariantKey>("\"Bad Key\"").unwrap_err();
+        assert!(err.to_string().contains("invalid variant key"), "{err}");
+    }
+
+    #[test]
+    fn unit_ids_are_bounded_and_printable() {
+        assert!(UnitId::check("alice").is_ok());
+        assert!(UnitId::check("ünïcödé user 42").is_ok());
+        assert!(UnitId::check("").is_err());
+        assert!(UnitId::check(&"u".repeat(257)).is_err());
+        assert!(UnitId::check("tab\there").is_err());
+    }
+}

@@ -1,0 +1,12 @@
+//! The domain: identifiers, experiments, their lifecycle and validation.
+//! Plain data and pure functions, tested without actors or storage.
+
+mod experiment;
+mod ids;
+mod lifecycle;
+
+pub use experiment::{
+    Experiment, ExperimentIn, ExperimentPatch, Layer, Metric, MetricKind, Variant, MAX_VARIANTS,
+};
+pub use ids::{ExperimentKey, MetricKey, UnitId, VariantKey};
+pub use lifecycle::{Action, Status};

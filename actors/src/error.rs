@@ -1,0 +1,75 @@
+//! The engine's one error type.
+
+use crate::domain::{ExperimentKey, Status};
+
+/// Everything the engine can refuse or fail at. The HTTP layer maps each
+/// variant to a status code in exactly one place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No experiment has this key.
+    #[error("experiment '{0}' not found")]
+    ExperimentNotFound(String),
+    /// An experiment with this key exists already (archived ones included).
+    #[error("experiment '{0}' already exists")]
+    ExperimentExists(ExperimentKey),
+    /// A value is well-formed JSON but breaks a rule.
+    #[error("{message}")]
+    Invalid {
+        /// Path of the offending field, e.g. `variants[1].weight`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The lifecycle does not allow this action from the current status.
+    #[error("cannot {action} an experiment that is {from}")]
+    InvalidTransition {
+        /// Status the experiment is in.
+        from: Status,
+        /// What was asked, e.g. `start`.
+        action: &'static str,
+    },
+    /// The field may only change while the experiment is a draft.
+    #[error("'{field}' can only change while the experiment is a draft; it is {status}")]
+    NotEditable {
+        /// The field that was asked to change.
+        field: &'static str,
+        /// Status the experiment is in.
+        status: Status,
+    },
+    /// A bounded mailbox is full; the caller should retry shortly.
+    #[error("the {0} mailbox is full")]
+    Overloaded(&'static str),
+    /// The engine is shutting down or an actor has stopped.
+    #[error("the engine is not running")]
+    Unavailable,
+    /// RocksDB failed.
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record in {cf}: {reason}")]
+    Corrupt {
+        /// Column family the record is in.
+        cf: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A validation failure on `field`.
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<actix::MailboxError> for Error {
+    fn from(_: actix::MailboxError) -> Self {
+        Self::Unavailable
+    }
+}
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

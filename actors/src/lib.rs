@@ -1,0 +1,22 @@
+//! The abacus engine.
+//!
+//! Everything that is not HTTP lives here: the domain (experiments, their
+//! lifecycle and validation), the assignment algorithm, the RocksDB store and
+//! the actors that own state. Each experiment is owned by one
+//! [`ExperimentActor`](experiment::ExperimentActor), the single writer of its
+//! record; it publishes an immutable snapshot that the assignment hot path
+//! reads without a lock or a mailbox round-trip. The [`Engine`] is the facade
+//! the HTTP layer calls.
+
+pub mod assignment;
+pub mod catalog;
+pub mod clock;
+pub mod domain;
+mod engine;
+mod error;
+pub mod experiment;
+pub mod sticky;
+pub mod storage;
+
+pub use engine::{Assignment, Engine, EngineConfig, Page};
+pub use error::{Error, Result};

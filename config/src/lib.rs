@@ -1,0 +1,324 @@
+//! Layered configuration for abacus.
+//!
+//! The embedded, commented `config/default.toml` is the base layer; an
+//! optional file given with `--config` overrides it, and `ABACUS_*`
+//! environment variables (`__` between levels, e.g. `ABACUS_SERVER__BIND`)
+//! override both. Every struct denies unknown keys so a typo is an error at
+//! start rather than a silently ignored setting, and loading ends in
+//! [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The compiled-in default configuration, verbatim.
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "ABACUS_";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file named with `--config` does not exist or cannot be read.
+    #[error("config file {path}: {source}")]
+    File {
+        /// The path that was given.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// A layer could not be parsed or has a key of the wrong type or name.
+    #[error("{0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// Every layer parsed, but a value is out of range.
+    #[error("invalid config: {key}: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `server.bind`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Result alias for configuration loading.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The whole configuration of one abacus process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// Where and how data is stored.
+    pub storage: StorageConfig,
+    /// Mailboxes and batching between handlers and writers.
+    pub ingest: IngestConfig,
+    /// Bearer keys.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTP listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// Upper bound on a graceful shutdown.
+    pub shutdown_timeout_ms: u64,
+}
+
+/// `[storage]`: the RocksDB database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Database directory.
+    pub path: PathBuf,
+}
+
+/// `[ingest]`: bounded mailboxes and group commit.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Capacity of each bounded mailbox.
+    pub mailbox_capacity: usize,
+    /// Longest time a record waits in a writer before its batch commits.
+    pub flush_interval_ms: u64,
+    /// Most records in one committed batch.
+    pub flush_max_events: usize,
+}
+
+/// `[auth]`: bearer keys by scope.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Keys with every permission.
+    pub admin_keys: Vec<String>,
+    /// Keys that may only assign and send events.
+    pub ingest_keys: Vec<String>,
+}
+
+impl AuthConfig {
+    /// No key configured at all: every request is allowed.
+    pub fn is_open(&self) -> bool {
+        self.admin_keys.is_empty() && self.ingest_keys.is_empty()
+    }
+}
+
+/// Keys are secrets: never print them, not even in debug output.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "admin_keys",
+                &format_args!("[{} redacted]", self.admin_keys.len()),
+            )
+            .field(
+                "ingest_keys",
+                &format_args!("[{} redacted]", self.ingest_keys.len()),
+            )
+            .finish()
+    }
+}
+
+/// `[log]`: tracing output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Default `tracing` filter directive.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Loads the default layer, then `file` if given, then the process
+    /// environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::from_figment(Self::figment(file)?.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// The default and file layers, without the environment.
+    fn figment(file: Option<&Path>) -> Result<Figment> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            // figment skips a missing file silently; a path the operator
+            // typed must exist.
+            let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+                path: path.to_owned(),
+                source,
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        Ok(figment)
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that types alone cannot express.
+    pub fn validate(&self) -> Result<()> {
+        fn invalid(key: &'static str, reason: &str) -> Result<()> {
+            Err(Error::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        }
+        if self.server.max_body_bytes < 1024 {
+            return invalid("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.server.shutdown_timeout_ms == 0 {
+            return invalid("server.shutdown_timeout_ms", "must be positive");
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return invalid("storage.path", "must not be empty");
+        }
+        if self.ingest.mailbox_capacity == 0 {
+            return invalid("ingest.mailbox_capacity", "must be positive");
+        }
+        if self.ingest.flush_max_events == 0 {
+            return invalid("ingest.flush_max_events", "must be positive");
+        }
+        if self.ingest.flush_interval_ms == 0 {
+            return invalid("ingest.flush_interval_ms", "must be positive");
+        }
+        let keys = self.auth.admin_keys.iter().chain(&self.auth.ingest_keys);
+        for key in keys.clone() {
+            if key.len() < 16 {
+                return invalid("auth", "every key must be at least 16 characters");
+            }
+            if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return invalid("auth", "keys must not contain whitespace");
+            }
+        }
+        let mut all: Vec<&String> = keys.collect();
+        all.sort();
+        if all.windows(2).any(|w| w[0] == w[1]) {
+            return invalid("auth", "a key appears twice (or in both scopes)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return its (large) error type; that is its API.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    fn load_in(jail: &mut figment::Jail, file: Option<&str>) -> Result<Config> {
+        let path = file.map(|body| {
+            jail.create_file("abacus.toml", body).expect("write file");
+            PathBuf::from("abacus.toml")
+        });
+        Config::load(path.as_deref())
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_local() {
+        figment::Jail::expect_with(|jail| {
+            let config = load_in(jail, None).expect("default loads");
+            assert_eq!(config.server.bind.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.storage.path, PathBuf::from("./data"));
+            assert!(config.auth.is_open());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_overrides_default_and_env_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_SERVER__WORKERS", "3");
+            let config = load_in(
+                jail,
+                Some("[server]\nworkers = 2\nbind = \"127.0.0.1:9000\"\n"),
+            )
+            .expect("loads");
+            assert_eq!(config.server.workers, 3, "env wins over file");
+            assert_eq!(config.server.bind.port(), 9000, "file wins over default");
+            assert_eq!(config.ingest.flush_interval_ms, 5, "default kept");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn env_lists_set_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_AUTH__ADMIN_KEYS", "[\"0123456789abcdef\"]");
+            let config = load_in(jail, None).expect("loads");
+            assert_eq!(config.auth.admin_keys, vec!["0123456789abcdef"]);
+            assert!(!config.auth.is_open());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        figment::Jail::expect_with(|jail| {
+            let err = load_in(jail, Some("[server]\nbnd = \"x\"\n")).unwrap_err();
+            assert!(err.to_string().contains("bnd"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_panics() {
+        figment::Jail::expect_with(|jail| {
+            let err = load_in(jail, Some("[server]\nbind = \"not an address\"\n")).unwrap_err();
+            assert!(matches!(err, Error::Parse(_)), "{err}");
+            jail.set_env("ABACUS_INGEST__MAILBOX_CAPACITY", "0");
+            let err = load_in(jail, None).unwrap_err();
+            assert!(err.to_string().contains("ingest.mailbox_capacity"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn short_or_duplicate_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_AUTH__ADMIN_KEYS", "[\"short\"]");
+            assert!(load_in(jail, None).is_err());
+            jail.set_env("ABACUS_AUTH__ADMIN_KEYS", "[\"0123456789abcdef\"]");
+            jail.set_env("ABACUS_AUTH__INGEST_KEYS", "[\"0123456789abcdef\"]");
+            assert!(load_in(jail, None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/abacus.toml"))).unwrap_err();
+        assert!(matches!(err, Error::File { .. }), "{err}");
+    }
+
+    #[test]
+    fn debug_output_redacts_keys() {
+        let auth = AuthConfig {
+            admin_keys: vec!["super-secret-admin-key".into()],
+            ingest_keys: vec![],
+        };
+        assert!(!format!("{auth:?}").contains("super-secret"));
+    }
+}

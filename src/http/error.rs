@@ -1,0 +1,173 @@
+//! The one place errors become HTTP responses.
+//!
+//! Every failure a client can see is an [`ApiError`]; its `ResponseError`
+//! impl matches exhaustively on the cause, so adding an engine error without
+//! deciding its status does not compile. Bodies follow the spec:
+//! `{"error": {"code", "message", "field"?}}`. A 5xx body is generic; the
+//! cause goes to the log.
+
+use abacus_actors::Error as EngineError;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Anything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The body is not JSON at all.
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The body is JSON of the wrong shape: a missing, unknown or mistyped field.
+    #[error("{message}")]
+    InvalidBody {
+        /// Path of the offending field, when known.
+        field: Option<String>,
+        /// What serde said.
+        message: String,
+    },
+    /// A query-string parameter is missing or malformed.
+    #[error("{message}")]
+    InvalidQuery {
+        /// The parameter, when known.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The body is larger than `server.max_body_bytes`.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The body was not declared as JSON.
+    #[error("content type must be application/json")]
+    UnsupportedMediaType,
+    /// No valid bearer key was presented.
+    #[error("a valid 'Authorization: Bearer <key>' header is required")]
+    Unauthorized,
+    /// The key is valid but its scope does not allow this route.
+    #[error("this key's scope does not allow this request; an admin key is required")]
+    Forbidden,
+    /// No route matches the path.
+    #[error("no route matches {0}")]
+    RouteNotFound(String),
+    /// The route exists but not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// Stable snake_case code clients can match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Engine(e) => match e {
+                EngineError::ExperimentNotFound(_) => "experiment_not_found",
+                EngineError::ExperimentExists(_) => "experiment_exists",
+                EngineError::Invalid { .. } => "validation_failed",
+                EngineError::InvalidTransition { .. } => "invalid_transition",
+                EngineError::NotEditable { .. } => "not_editable",
+                EngineError::Overloaded(_) => "overloaded",
+                EngineError::Unavailable => "unavailable",
+                EngineError::Storage(_) | EngineError::Corrupt { .. } => "internal",
+            },
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::InvalidBody { .. } => "invalid_body",
+            ApiError::InvalidQuery { .. } => "invalid_query",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::RouteNotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::Engine(EngineError::Invalid { field, .. }) => Some(field),
+            ApiError::Engine(EngineError::NotEditable { field, .. }) => Some(field),
+            ApiError::InvalidBody { field, .. } | ApiError::InvalidQuery { field, .. } => {
+                field.as_deref()
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Engine(e) => match e {
+                EngineError::ExperimentNotFound(_) => StatusCode::NOT_FOUND,
+                EngineError::ExperimentExists(_)
+                | EngineError::InvalidTransition { .. }
+                | EngineError::NotEditable { .. } => StatusCode::CONFLICT,
+                EngineError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                EngineError::Overloaded(_) | EngineError::Unavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                EngineError::Storage(_) | EngineError::Corrupt { .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
+            ApiError::MalformedJson(_) | ApiError::InvalidQuery { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidBody { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "request failed");
+            "internal error; the cause is in the server log".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut response = HttpResponse::build(status);
+        match self {
+            ApiError::Engine(EngineError::Overloaded(_) | EngineError::Unavailable) => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+            ApiError::Unauthorized => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"abacus\""),
+                ));
+            }
+            _ => {}
+        }
+        response.json(Body {
+            error: Detail {
+                code: self.code(),
+                message,
+                field: self.field(),
+            },
+        })
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

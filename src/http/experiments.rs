@@ -1,0 +1,242 @@
+//! `/v1/experiments`: create, list, read, patch, archive, and the lifecycle.
+
+use abacus_actors::domain::{
+    Action, Experiment, ExperimentIn, ExperimentPatch, Status, VariantKey,
+};
+use actix_web::http::header;
+use actix_web::{delete, get, patch, post, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::extract::{MaybeJson, ValidJson};
+use super::AppState;
+
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 500;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(create)
+        .service(list)
+        .service(read)
+        .service(update)
+        .service(archive)
+        .service(lifecycle);
+}
+
+/// Query of `GET /v1/experiments`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only experiments in this status; archived ones are listed only when asked for.
+    status: Option<Status>,
+    /// Page size, 1..=500 (default 50).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// One page of experiments.
+#[derive(Serialize, ToSchema)]
+pub struct ExperimentPage<'a> {
+    /// The experiments, in key order.
+    experiments: Vec<&'a Experiment>,
+    /// Cursor of the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+/// Body of `POST /v1/experiments/{key}/complete`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteIn {
+    /// Variant to serve everyone from now on; the control if absent.
+    winner: Option<VariantKey>,
+}
+
+/// A lifecycle action in the URL.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleAction {
+    /// `draft → running`.
+    Start,
+    /// `running → paused`.
+    Pause,
+    /// `paused → running`.
+    Resume,
+    /// `running | paused → completed`; the body may name a `winner`.
+    Complete,
+}
+
+impl From<LifecycleAction> for Action {
+    fn from(a: LifecycleAction) -> Self {
+        match a {
+            LifecycleAction::Start => Action::Start,
+            LifecycleAction::Pause => Action::Pause,
+            LifecycleAction::Resume => Action::Resume,
+            LifecycleAction::Complete => Action::Complete,
+        }
+    }
+}
+
+/// Create an experiment (as a draft).
+#[utoipa::path(
+    tag = "experiments",
+    request_body = ExperimentIn,
+    responses(
+        (status = 201, description = "Created", body = Experiment),
+        (status = 409, description = "Key already taken"),
+        (status = 422, description = "Invalid experiment"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/experiments")]
+async fn create(
+    _: Admin,
+    state: web::Data<AppState>,
+    ValidJson(input): ValidJson<ExperimentIn>,
+) -> ApiResult<HttpResponse> {
+    let created = state.engine.create(input).await?;
+    let experiment = created.experiment();
+    Ok(HttpResponse::Created()
+        .insert_header((
+            header::LOCATION,
+            format!("/v1/experiments/{}", experiment.key),
+        ))
+        .json(experiment))
+}
+
+/// List experiments, in key order, a page at a time.
+#[utoipa::path(
+    tag = "experiments",
+    params(ListQuery),
+    responses((status = 200, description = "A page of experiments", body = ExperimentPage)),
+    security(("bearer" = []))
+)]
+#[get("/v1/experiments")]
+async fn list(
+    _: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidQuery {
+            field: Some("limit".into()),
+            message: format!("limit must be between 1 and {MAX_PAGE}"),
+        });
+    }
+    let page = state
+        .engine
+        .list(query.status, query.cursor.as_deref(), limit);
+    Ok(HttpResponse::Ok().json(ExperimentPage {
+        experiments: page.items.iter().map(|c| c.experiment()).collect(),
+        next_cursor: page.next.map(String::from),
+    }))
+}
+
+/// Read one experiment.
+#[utoipa::path(
+    tag = "experiments",
+    params(("key" = String, Path, description = "Experiment key")),
+    responses(
+        (status = 200, description = "The experiment", body = Experiment),
+        (status = 404, description = "No such experiment"),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/experiments/{key}")]
+async fn read(
+    _: Admin,
+    state: web::Data<AppState>,
+    key: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.engine.get(&key)?.experiment()))
+}
+
+/// Change an experiment. Name, description, coverage, forced overrides,
+/// metrics and alpha may change any time; variants, salt and layer only
+/// while it is a draft.
+#[utoipa::path(
+    tag = "experiments",
+    params(("key" = String, Path, description = "Experiment key")),
+    request_body = ExperimentPatch,
+    responses(
+        (status = 200, description = "The changed experiment", body = Experiment),
+        (status = 404, description = "No such experiment"),
+        (status = 409, description = "Field not editable in this status"),
+        (status = 422, description = "Invalid change"),
+    ),
+    security(("bearer" = []))
+)]
+#[patch("/v1/experiments/{key}")]
+async fn update(
+    _: Admin,
+    state: web::Data<AppState>,
+    key: web::Path<String>,
+    ValidJson(patch): ValidJson<ExperimentPatch>,
+) -> ApiResult<HttpResponse> {
+    let changed = state.engine.patch(&key, patch).await?;
+    Ok(HttpResponse::Ok().json(changed.experiment()))
+}
+
+/// Archive an experiment: it stops assigning, its data is kept and its key
+/// stays taken.
+#[utoipa::path(
+    tag = "experiments",
+    params(("key" = String, Path, description = "Experiment key")),
+    responses(
+        (status = 200, description = "The archived experiment", body = Experiment),
+        (status = 404, description = "No such experiment"),
+        (status = 409, description = "Already archived"),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/experiments/{key}")]
+async fn archive(
+    _: Admin,
+    state: web::Data<AppState>,
+    key: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let archived = state.engine.transition(&key, Action::Archive, None).await?;
+    Ok(HttpResponse::Ok().json(archived.experiment()))
+}
+
+/// Move an experiment through `draft → running ⇄ paused → completed`.
+#[utoipa::path(
+    tag = "experiments",
+    params(
+        ("key" = String, Path, description = "Experiment key"),
+        ("action" = LifecycleAction, Path, description = "start, pause, resume or complete"),
+    ),
+    request_body(content = Option<CompleteIn>, description = "Only for complete: the winner"),
+    responses(
+        (status = 200, description = "The experiment after the action", body = Experiment),
+        (status = 404, description = "No such experiment"),
+        (status = 409, description = "Transition not allowed from the current status"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/experiments/{key}/{action}")]
+async fn lifecycle(
+    _: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<(String, LifecycleAction)>,
+    MaybeJson(body): MaybeJson<CompleteIn>,
+) -> ApiResult<HttpResponse> {
+    let (key, action) = path.into_inner();
+    let winner = match (action, body) {
+        (LifecycleAction::Complete, Some(body)) => body.winner,
+        (_, None) => None,
+        (_, Some(_)) => {
+            return Err(ApiError::InvalidBody {
+                field: None,
+                message: "only complete takes a body".into(),
+            })
+        }
+    };
+    let changed = state.engine.transition(&key, action.into(), winner).await?;
+    Ok(HttpResponse::Ok().json(changed.experiment()))
+}

@@ -1,0 +1,176 @@
+//! Extractors that turn requests into validated values, so handlers only
+//! read: extract, one call into the engine, map to a response.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::StreamExt;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// The configured body limit, stored as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON body decoded strictly: 413 past the limit, 415 for a non-JSON
+/// content type, 400 for malformed JSON, 422 naming the field for a body
+/// of the wrong shape.
+pub struct ValidJson<T>(pub T);
+
+/// Like [`ValidJson`], but an empty body is `None` (for actions whose body
+/// is optional, such as `complete`).
+pub struct MaybeJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_body(req, payload);
+        Box::pin(async move {
+            let bytes = body?.await?;
+            parse(&bytes).map(ValidJson)
+        })
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for MaybeJson<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_body(req, payload);
+        Box::pin(async move {
+            let bytes = body?.await?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(MaybeJson(None));
+            }
+            parse(&bytes).map(|v| MaybeJson(Some(v)))
+        })
+    }
+}
+
+/// Checks headers at once, then returns a future reading at most the
+/// configured limit.
+fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> Result<impl Future<Output = Result<web::BytesMut, ApiError>>, ApiError> {
+    let limit = req.app_data::<BodyLimit>().map_or(1 << 20, |l| l.0);
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !(essence == "application/json" || essence.ends_with("+json")) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut payload = payload.take();
+    Ok(async move {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    })
+}
+
+/// Decodes `bytes` as one JSON value of type `T`, with the failing field's
+/// path in the error.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        // A shape error in the first value of a body that is not valid JSON
+        // as a whole (e.g. `{} {}`) is still malformed JSON.
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+        match inner.classify() {
+            serde_json::error::Category::Data if well_formed => ApiError::InvalidBody {
+                field: (path != ".").then_some(path),
+                message: inner.to_string(),
+            },
+            _ => ApiError::MalformedJson(inner.to_string()),
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    Ok(value)
+}
+
+/// Maps query-string errors to the JSON error body.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _| {
+        let message = err.to_string();
+        let field = message.split('`').nth(1).map(str::to_owned);
+        ApiError::InvalidQuery { field, message }.into()
+    })
+}
+
+/// Maps path-segment errors to the JSON error body.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default()
+        .error_handler(|err, req| ApiError::RouteNotFound(format!("{} ({err})", req.path())).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Shape {
+        name: String,
+        inner: Inner,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        weight: f64,
+    }
+
+    #[test]
+    fn malformed_json_is_a_400_kind() {
+        assert!(matches!(
+            parse::<Shape>(b"{\"name\": "),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse::<Shape>(b"{\"name\":\"a\",\"inner\":{\"weight\":1}} trailing"),
+            Err(ApiError::MalformedJson(_))
+        ));
+    }
+
+    #[test]
+    fn wrong_shapes_name_the_field() {
+        let err = parse::<Shape>(br#"{"name":"a","inner":{"weight":"heavy"}}"#).unwrap_err();
+        match err {
+            ApiError::InvalidBody { field, .. } => {
+                assert_eq!(field.as_deref(), Some("inner.weight"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = parse::<Shape>(br#"{"name":"a","inner":{"weight":1},"extra":1}"#).unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+}

@@ -1,0 +1,48 @@
+//! The HTTP layer: one module per resource, each with its own `configure`.
+//! Handlers are thin: extract (auth and validation happen in extractors),
+//! one call into the engine, map to a response.
+
+pub mod assignments;
+pub mod auth;
+pub mod error;
+pub mod experiments;
+pub mod extract;
+pub mod health;
+pub mod openapi;
+
+use std::sync::Arc;
+
+use abacus_actors::Engine;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+
+use self::error::ApiError;
+
+/// Shared by every handler.
+pub struct AppState {
+    /// The engine.
+    pub engine: Arc<Engine>,
+}
+
+/// Mounts every route, the extractor configuration and the JSON 404.
+pub fn configure(
+    state: web::Data<AppState>,
+    keys: auth::Keys,
+    body_limit: usize,
+) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(state)
+            .app_data(keys)
+            .app_data(extract::BodyLimit(body_limit))
+            .app_data(extract::query_config())
+            .app_data(extract::path_config())
+            .configure(experiments::configure)
+            .configure(assignments::configure)
+            .configure(health::configure)
+            .configure(openapi::configure)
+            .default_service(web::to(not_found));
+    }
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).error_response()
+}

@@ -1,0 +1,120 @@
+//! The abacus server: configuration, telemetry and the HTTP layer around
+//! the engine in `abacus-actors`.
+//!
+//! [`run`] is the whole server. `main` calls it with a bound listener and a
+//! shutdown signal; tests could call it the same way with a listener on
+//! `127.0.0.1:0`.
+
+pub mod http;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abacus_actors::clock::SystemClock;
+use abacus_actors::sticky::WriterLimits;
+use abacus_actors::{Engine, EngineConfig};
+use abacus_config::Config;
+use actix_web::{web, App, HttpServer};
+
+use crate::http::{auth::Keys, AppState};
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The engine (store, actors) failed.
+    #[error("engine: {0}")]
+    Engine(#[from] abacus_actors::Error),
+    /// The listener or the HTTP server failed.
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, finishes
+/// in-flight requests, drains the engine's mailboxes and flushes RocksDB.
+/// Must run inside an actix system.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let engine = Arc::new(
+        Engine::open(
+            EngineConfig {
+                storage_path: config.storage.path.clone(),
+                writer: WriterLimits {
+                    capacity: config.ingest.mailbox_capacity,
+                    flush_interval: Duration::from_millis(config.ingest.flush_interval_ms),
+                    max_batch: config.ingest.flush_max_events,
+                },
+            },
+            Arc::new(SystemClock),
+        )
+        .await?,
+    );
+    let keys = Keys::new(&config.auth.admin_keys, &config.auth.ingest_keys);
+    if keys.is_open() {
+        tracing::warn!("no auth keys configured: the API is OPEN to anyone who can reach it");
+    } else {
+        tracing::info!(
+            admin_keys = config.auth.admin_keys.len(),
+            ingest_keys = config.auth.ingest_keys.len(),
+            "bearer-key auth enabled"
+        );
+    }
+    let state = web::Data::new(AppState {
+        engine: Arc::clone(&engine),
+    });
+    let body_limit = config.server.max_body_bytes;
+    let mut server = HttpServer::new(move || {
+        App::new().configure(http::configure(state.clone(), keys.clone(), body_limit))
+    })
+    .disable_signals()
+    .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000));
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    let addr = listener.local_addr()?;
+    let server = server.listen(listener)?.run();
+    let handle = server.handle();
+    tracing::info!(%addr, "abacus listening");
+
+    let serving = actix_web::rt::spawn(server);
+    shutdown.await;
+    tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
+    handle.stop(true).await;
+    if let Ok(Err(e)) = serving.await {
+        tracing::error!(error = %e, "http server stopped with an error");
+    }
+    tracing::info!("shutdown: draining mailboxes and flushing the store");
+    engine.shutdown().await?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

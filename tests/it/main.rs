@@ -1,0 +1,12 @@
+//! Black-box tests: each starts the real `abacus` binary on a free loopback
+//! port with a temporary data directory and talks HTTP to it.
+
+mod common;
+
+mod assignment;
+mod auth;
+mod config;
+mod errors;
+mod experiments;
+mod openapi;
+mod restart;

@@ -1,0 +1,66 @@
+//! The OpenAPI document covers every route, and every documented route exists.
+
+use std::collections::BTreeSet;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{read, TestServer};
+
+/// Every route the server mounts. A new route must be added here and to
+/// the document, or this test fails.
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/openapi.json"),
+    ("get", "/readyz"),
+    ("get", "/v1/experiments"),
+    ("post", "/v1/experiments"),
+    ("get", "/v1/experiments/{key}"),
+    ("patch", "/v1/experiments/{key}"),
+    ("delete", "/v1/experiments/{key}"),
+    ("post", "/v1/experiments/{key}/{action}"),
+    ("get", "/v1/experiments/{key}/assignment"),
+    ("post", "/v1/assignments"),
+];
+
+#[test]
+fn openapi_covers_every_route() {
+    let server = TestServer::start();
+    let (status, doc) = server.get("/openapi.json");
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| ["get", "post", "patch", "delete", "put"].contains(&m.as_str()))
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, expected);
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["Experiment"].is_object());
+}
+
+#[test]
+fn every_documented_route_is_mounted() {
+    let server = TestServer::start();
+    server.running_experiment("k", json!({}));
+    for (method, path) in ROUTES {
+        let path = path.replace("{key}", "k").replace("{action}", "pause");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (_, body) = read(server.request(method.clone(), &path).send().unwrap());
+        assert_ne!(
+            body["error"]["code"], "not_found",
+            "{method} {path} is not mounted"
+        );
+    }
+}
