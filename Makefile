@@ -1,0 +1,20 @@
+# The two commands of the README's quick start, and a few helpers.
+# Each target first installs what a fresh machine lacks (clang for RocksDB).
+
+.PHONY: serve test lint bootstrap
+
+bootstrap:
+	@./scripts/bootstrap.sh
+
+## Serve on 127.0.0.1:8080 with RocksDB under ./data and the embedded config.
+serve: bootstrap
+	cargo run --release -- serve
+
+## Unit tests and black-box tests against the real binary.
+test: bootstrap
+	cargo test
+
+## Formatting and lints as CI would want them.
+lint: bootstrap
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

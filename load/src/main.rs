@@ -1,0 +1,118 @@
+//! `abacus-load`: an open-loop load generator for abacus.
+//!
+//! Requests are *scheduled* at a fixed arrival rate and each one's latency
+//! is measured from its scheduled start, not from when it was actually
+//! sent, so a stalled server is charged for the queue it causes (no
+//! coordinated omission). Latencies go into an HDR histogram. Every run is
+//! bounded by `--duration` and `--max-requests`.
+
+mod report;
+mod run;
+mod scenario;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::scenario::Scenario;
+
+/// Open-loop load test for an abacus server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// What to send.
+    #[arg(long, value_enum, default_value_t = Scenario::Assign)]
+    scenario: Scenario,
+    /// Base URL of a running abacus server (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Arrival rate in requests per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// How long to send, e.g. `10s`, `500ms`, `2m`.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Stop after this many requests even if time remains.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_requests: u64,
+    /// Requests in flight beyond which new arrivals are counted as
+    /// `overflow` instead of sent (bounds the harness's own memory).
+    #[arg(long, default_value_t = 2048)]
+    max_in_flight: usize,
+    /// Distinct unit ids to draw from.
+    #[arg(long, default_value_t = 100_000)]
+    units: u64,
+    /// Experiments to create and start before the run (`assign-all` asks
+    /// for all of them; `assign` uses the first).
+    #[arg(long, default_value_t = 1)]
+    experiments: usize,
+    /// Bearer key for the server, if auth is on.
+    #[arg(long, env = "ABACUS_LOAD_TOKEN")]
+    token: Option<String>,
+    /// Harness runtime threads. With one, a busy moment in the harness's
+    /// own scheduler shows up as tens of milliseconds of false latency.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Exit non-zero if p99 is above this many milliseconds.
+    #[arg(long)]
+    assert_p99_ms: Option<f64>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = number.parse().map_err(|_| format!("bad duration '{s}'"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit in '{s}' (ms, s, m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.rate > 0, "--rate must be positive");
+    let host = reqwest::Url::parse(&args.url)?;
+    anyhow::ensure!(
+        matches!(host.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
+        "abacus-load only targets loopback addresses"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run::run(&args))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    if let Some(limit) = args.assert_p99_ms {
+        anyhow::ensure!(
+            report.latency_ms.p99 <= limit,
+            "p99 {:.3} ms is above the limit of {limit} ms",
+            report.latency_ms.p99
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3h").is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Summaries of a run, for people and for machines.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Outcome counters, shared by the request tasks.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// 2xx with a complete body.
+    pub ok: AtomicU64,
+    /// Non-2xx answers.
+    pub http_errors: AtomicU64,
+    /// Connection errors and timeouts.
+    pub io_errors: AtomicU64,
+    /// Arrivals not sent because `--max-in-flight` was reached.
+    pub overflow: AtomicU64,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// The result of one run.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    scenario: String,
+    target_rate: u64,
+    duration_s: f64,
+    requests: u64,
+    ok: u64,
+    http_errors: u64,
+    io_errors: u64,
+    overflow: u64,
+    throughput_rps: f64,
+    /// Latency from each request's scheduled start to its last body byte.
+    pub latency_ms: Percentiles,
+}
+
+impl Report {
+    /// Summarises a finished run.
+    pub fn new(args: &crate::Args, h: &Histogram<u64>, c: &Counts, elapsed: Duration) -> Self {
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let ok = c.ok.load(Ordering::Relaxed);
+        let http_errors = c.http_errors.load(Ordering::Relaxed);
+        let io_errors = c.io_errors.load(Ordering::Relaxed);
+        Self {
+            scenario: args.scenario.name().to_owned(),
+            target_rate: args.rate,
+            duration_s: elapsed.as_secs_f64(),
+            requests: ok + http_errors + io_errors,
+            ok,
+            http_errors,
+            io_errors,
+            overflow: c.overflow.load(Ordering::Relaxed),
+            throughput_rps: (ok + http_errors) as f64 / elapsed.as_secs_f64(),
+            latency_ms: Percentiles {
+                p50: ms(0.5),
+                p90: ms(0.9),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                max: h.max() as f64 / 1000.0,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.latency_ms;
+        writeln!(
+            f,
+            "scenario {}  target {}/s  {:.1} s",
+            self.scenario, self.target_rate, self.duration_s
+        )?;
+        writeln!(
+            f,
+            "requests {}  ok {}  http errors {}  io errors {}  overflow {}",
+            self.requests, self.ok, self.http_errors, self.io_errors, self.overflow
+        )?;
+        writeln!(f, "throughput {:.0} req/s", self.throughput_rps)?;
+        writeln!(
+            f,
+            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        )
+    }
+}

@@ -1,0 +1,105 @@
+//! The open-loop driver.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+
+use crate::report::{Counts, Report};
+use crate::scenario::Target;
+use crate::Args;
+
+/// Runs one bounded open-loop test and summarises it.
+pub async fn run(args: &Args) -> anyhow::Result<Report> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.max_in_flight)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let target = Arc::new(Target::prepare(args, client).await?);
+    // 1 µs to 60 s, 3 significant digits.
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let counts = Arc::new(Counts::default());
+    let in_flight = Arc::new(AtomicUsize::new(0));
+
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let total = args
+        .max_requests
+        .min((args.duration.as_secs_f64() * args.rate as f64).ceil() as u64);
+    let start = Instant::now();
+    let mut arrivals = pace(start, interval, total);
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some((n, scheduled)) = arrivals.recv().await {
+        if in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
+            counts.overflow.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let request = target.nth(n);
+        let (histogram, counts, in_flight) = (
+            Arc::clone(&histogram),
+            Arc::clone(&counts),
+            Arc::clone(&in_flight),
+        );
+        tasks.spawn(async move {
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    // Read the whole body: the request is done when it is.
+                    let body = response.bytes().await;
+                    if body.is_ok() && status.is_success() {
+                        &counts.ok
+                    } else {
+                        &counts.http_errors
+                    }
+                }
+                Err(_) => &counts.io_errors,
+            };
+            outcome.fetch_add(1, Ordering::Relaxed);
+            let micros = u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
+            if let Ok(mut h) = histogram.lock() {
+                h.saturating_record(micros.max(1));
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+        // Reap finished tasks as we go so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = start.elapsed();
+    let histogram = histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .clone();
+    Ok(Report::new(args, &histogram, &counts, elapsed))
+}
+
+/// Emits `(n, scheduled start)` for each of `total` arrivals from an OS
+/// thread. The async runtime's timer has millisecond granularity, which
+/// would add up to a millisecond of the harness's own lateness to every
+/// latency; a thread sleeping on the OS's high-resolution timer keeps the
+/// schedule to tens of microseconds.
+fn pace(start: Instant, interval: Duration, total: u64) -> mpsc::UnboundedReceiver<(u64, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while n < total {
+            let now = Instant::now();
+            while n < total {
+                let scheduled = start + interval.mul_f64(n as f64);
+                if scheduled > now {
+                    std::thread::sleep(scheduled - now);
+                    break;
+                }
+                if tx.send((n, scheduled)).is_err() {
+                    return;
+                }
+                n += 1;
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,103 @@
+//! Scenarios: how to prepare the server and what each request is.
+
+use anyhow::Context;
+use reqwest::{Client, Method, RequestBuilder};
+use serde_json::json;
+
+/// A kind of traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// `GET /v1/experiments/{key}/assignment` for random units.
+    Assign,
+    /// `POST /v1/assignments` for random units.
+    AssignAll,
+}
+
+impl Scenario {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Assign => "assign",
+            Scenario::AssignAll => "assign-all",
+        }
+    }
+}
+
+/// Everything a request needs, prepared once.
+pub struct Target {
+    client: Client,
+    base: String,
+    token: Option<String>,
+    scenario: Scenario,
+    experiment: String,
+    units: u64,
+}
+
+impl Target {
+    /// Creates and starts `experiments` fresh experiments on the server.
+    pub async fn prepare(args: &crate::Args, client: Client) -> anyhow::Result<Self> {
+        let run_id = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis();
+        let mut target = Self {
+            client,
+            base: args.url.trim_end_matches('/').to_owned(),
+            token: args.token.clone(),
+            scenario: args.scenario,
+            experiment: String::new(),
+            units: args.units.max(1),
+        };
+        for i in 0..args.experiments.max(1) {
+            let key = format!("load-{run_id}-{i}");
+            let body = json!({
+                "key": key, "name": "load test",
+                "variants": [
+                    {"key": "control", "weight": 1, "payload": {"colour": "blue"}},
+                    {"key": "treatment", "weight": 1, "payload": {"colour": "green"}}
+                ]
+            });
+            let created = target
+                .request(Method::POST, "/v1/experiments")
+                .json(&body)
+                .send()
+                .await
+                .context("is abacus running at --url?")?;
+            anyhow::ensure!(created.status() == 201, "create: {}", created.text().await?);
+            let started = target
+                .request(Method::POST, &format!("/v1/experiments/{key}/start"))
+                .send()
+                .await?;
+            anyhow::ensure!(started.status() == 200, "start: {}", started.text().await?);
+            if i == 0 {
+                target.experiment = key;
+            }
+        }
+        Ok(target)
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => builder.bearer_auth(t),
+            None => builder,
+        }
+    }
+
+    /// The `n`th request of the run.
+    pub fn nth(&self, n: u64) -> RequestBuilder {
+        // A cheap, well-spread sequence of unit ids (a multiplicative hash).
+        let unit = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.units;
+        match self.scenario {
+            Scenario::Assign => self.request(
+                Method::GET,
+                &format!(
+                    "/v1/experiments/{}/assignment?unit_id=user-{unit}",
+                    self.experiment
+                ),
+            ),
+            Scenario::AssignAll => self
+                .request(Method::POST, "/v1/assignments")
+                .json(&json!({"unit_id": format!("user-{unit}")})),
+        }
+    }
+}
