@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abacus_actors::clock::SystemClock;
-use abacus_actors::sticky::WriterLimits;
+use abacus_actors::ingest::IngestLimits;
 use abacus_actors::{Engine, EngineConfig};
-use abacus_config::Config;
+use abacus_config::{Config, SinkKind};
 use actix_web::{web, App, HttpServer};
 
 use crate::http::{auth::Keys, AppState};
@@ -44,11 +44,19 @@ pub async fn run(
         Engine::open(
             EngineConfig {
                 storage_path: config.storage.path.clone(),
-                writer: WriterLimits {
-                    capacity: config.ingest.mailbox_capacity,
+                ingest: IngestLimits {
+                    mailbox_capacity: config.ingest.mailbox_capacity,
                     flush_interval: Duration::from_millis(config.ingest.flush_interval_ms),
-                    max_batch: config.ingest.flush_max_events,
+                    flush_max_events: config.ingest.flush_max_events,
+                    dedup_window: Duration::from_secs(
+                        u64::from(config.ingest.dedup_window_days) * 24 * 3600,
+                    ),
                 },
+                jsonl_path: config
+                    .ingest
+                    .sinks
+                    .contains(&SinkKind::Jsonl)
+                    .then(|| config.ingest.jsonl_path.clone()),
             },
             Arc::new(SystemClock),
         )
@@ -67,9 +75,12 @@ pub async fn run(
     let state = web::Data::new(AppState {
         engine: Arc::clone(&engine),
     });
-    let body_limit = config.server.max_body_bytes;
+    let limits = http::Limits {
+        body_bytes: config.server.max_body_bytes,
+        max_batch: config.ingest.max_batch,
+    };
     let mut server = HttpServer::new(move || {
-        App::new().configure(http::configure(state.clone(), keys.clone(), body_limit))
+        App::new().configure(http::configure(state.clone(), keys.clone(), limits))
     })
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000));

@@ -9,10 +9,12 @@ use crate::assignment::{Compiled, Decision, Reason};
 use crate::catalog::{Catalog, CreateExperiment, Entry, Registry};
 use crate::clock::Clock;
 use crate::domain::{
-    Action, ExperimentIn, ExperimentKey, ExperimentPatch, Status, Variant, VariantKey,
+    unix_ms, Action, Event, EventIn, EventType, ExperimentIn, ExperimentKey, ExperimentPatch,
+    Status, Variant, VariantKey,
 };
-use crate::experiment::{PatchExperiment, TransitionExperiment};
-use crate::sticky::{StickyWriter, WriterLimits};
+use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
+use crate::ingest::{Envelope, Ingest, IngestLimits, IngestStats, JsonlSink, SinkActor};
+use crate::sticky::FirstExposure;
 use crate::storage::{StickyRecord, Store};
 use crate::{Error, Result};
 
@@ -21,8 +23,26 @@ use crate::{Error, Result};
 pub struct EngineConfig {
     /// RocksDB directory.
     pub storage_path: PathBuf,
-    /// Batching of persisted first exposures.
-    pub writer: WriterLimits,
+    /// Mailbox, batching and de-duplication of the event pipeline.
+    pub ingest: IngestLimits,
+    /// Also append every committed event to this JSON-lines file.
+    pub jsonl_path: Option<PathBuf>,
+}
+
+/// What `ingest` queued.
+pub struct Accepted {
+    /// Number of events queued.
+    pub count: usize,
+    /// Resolves `true` once they are committed, when asked for.
+    pub persisted: Option<tokio::sync::oneshot::Receiver<bool>>,
+}
+
+/// A page of exported events.
+pub struct EventPage {
+    /// The events, by time then commit order.
+    pub events: Vec<Event>,
+    /// Opaque cursor of the next page.
+    pub next: Option<Vec<u8>>,
 }
 
 /// One unit's assignment to one experiment. Holds the snapshot it was
@@ -68,7 +88,7 @@ pub struct Engine {
     registry: Arc<Registry>,
     catalog: Addr<Catalog>,
     store: Store,
-    sticky_writer: StickyWriter,
+    ingest: Ingest,
     clock: Arc<dyn Clock>,
 }
 
@@ -77,8 +97,9 @@ impl Engine {
     /// assignments, and starts the actors. Must run inside an actix system.
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let path = config.storage_path.clone();
+        let window_ms = u64::try_from(config.ingest.dedup_window.as_millis()).unwrap_or(u64::MAX);
         let (store, experiments) = blocking(move || {
-            let store = Store::open(&path)?;
+            let store = Store::open(&path, window_ms)?;
             let experiments = store.experiments()?;
             Ok((store, experiments))
         })
@@ -97,15 +118,21 @@ impl Engine {
             path = %config.storage_path.display(),
             "store opened"
         );
-        let sticky_writer =
-            StickyWriter::spawn(store.clone(), config.writer).map_err(|_| Error::Unavailable)?;
+        let mut sinks = Vec::new();
+        if let Some(path) = &config.jsonl_path {
+            let sink = JsonlSink::open(path).map_err(|e| {
+                Error::invalid("ingest.jsonl_path", format!("{}: {e}", path.display()))
+            })?;
+            sinks.push(SinkActor::spawn(Box::new(sink), 64).map_err(|_| Error::Unavailable)?);
+        }
+        let ingest = Ingest::start(store.clone(), config.ingest, sinks)?;
         let catalog =
             Catalog::new(Arc::clone(&registry), store.clone(), Arc::clone(&clock)).start();
         Ok(Self {
             registry,
             catalog,
             store,
-            sticky_writer,
+            ingest,
             clock,
         })
     }
@@ -166,57 +193,242 @@ impl Engine {
         self.entry(key)?.addr.send(msg).await?
     }
 
-    /// Assigns `unit` to one experiment. Lock-free on the experiment; a
-    /// first exposure is queued for persistence without waiting.
+    /// Assigns `unit` to one experiment. Lock-free on the experiment; the
+    /// exposure (and a first exposure's stickiness) is queued without
+    /// waiting.
     pub fn assign(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
-        self.assign_entry(&self.entry(key)?, unit, log_exposure)
+        let entry = self.entry(key)?;
+        let mut assignments = [decide(&entry.slot, unit)];
+        if log_exposure {
+            self.expose(&[&entry.slot], &mut assignments, unit)?;
+        }
+        let [assignment] = assignments;
+        Ok(assignment)
     }
 
     /// Assigns `unit` to every running experiment, or to the named ones
-    /// whatever their status.
+    /// whatever their status. Exposures are queued together.
     pub fn assign_all(
         &self,
         unit: &str,
         keys: Option<&[ExperimentKey]>,
         log_exposure: bool,
     ) -> Result<Vec<Assignment>> {
-        match keys {
+        let entries: Vec<Entry> = match keys {
             Some(keys) => keys
                 .iter()
-                .map(|k| self.assign_entry(&self.entry(k.as_str())?, unit, log_exposure))
-                .collect(),
+                .map(|k| self.entry(k.as_str()))
+                .collect::<Result<_>>()?,
             None => self
                 .registry
                 .load()
                 .values()
                 .filter(|e| e.slot.snapshot().experiment().status == Status::Running)
-                .map(|e| self.assign_entry(e, unit, log_exposure))
+                .cloned()
                 .collect(),
+        };
+        let slots: Vec<&Slot> = entries.iter().map(|e| &*e.slot).collect();
+        let mut assignments: Vec<Assignment> = slots.iter().map(|s| decide(s, unit)).collect();
+        if log_exposure {
+            self.expose(&slots, &mut assignments, unit)?;
         }
+        Ok(assignments)
     }
 
-    fn assign_entry(&self, entry: &Entry, unit: &str, log_exposure: bool) -> Result<Assignment> {
-        let slot = &entry.slot;
-        let compiled = slot.snapshot();
-        let mut decision = compiled.decide(unit, || slot.sticky.get(unit));
-        if decision.reason == Reason::Hashed && log_exposure {
-            let (variant, first) = slot.sticky.record_first(unit, decision.variant, || {
-                self.sticky_writer.persist(StickyRecord {
-                    experiment: compiled.experiment().key.clone(),
-                    unit: unit.into(),
-                    variant: compiled.experiment().variants[decision.variant]
+    /// Queues an exposure for every assignment in the experiment, recording
+    /// first exposures. If the mailbox is full nothing is remembered and the
+    /// caller gets `Overloaded`.
+    fn expose(&self, slots: &[&Slot], assignments: &mut [Assignment], unit: &str) -> Result<()> {
+        let now = unix_ms(self.clock.now());
+        let mut events = Vec::new();
+        let mut sticky = Vec::new();
+        let mut remembered = Vec::new();
+        for (slot, a) in slots.iter().zip(assignments.iter_mut()) {
+            if !a.decision.in_experiment {
+                continue;
+            }
+            let experiment = a.compiled.experiment();
+            if a.decision.reason == Reason::Hashed {
+                let first = FirstExposure {
+                    variant: a.decision.variant,
+                    at_ms: now,
+                };
+                match slot.sticky.insert_first(unit, first) {
+                    Ok(()) => {
+                        remembered.push(*slot);
+                        sticky.push(StickyRecord {
+                            experiment: experiment.key.clone(),
+                            unit: unit.into(),
+                            variant: experiment.variants[first.variant].key.as_str().into(),
+                            first_exposed_ms: now,
+                        });
+                    }
+                    Err(standing) => {
+                        a.decision.variant = standing.variant;
+                        a.decision.reason = Reason::Sticky;
+                    }
+                }
+            }
+            events.push(exposure(experiment, a.decision.variant, unit, now));
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let envelope = Envelope {
+            events,
+            sticky,
+            ack: None,
+        };
+        self.ingest.submit(envelope).inspect_err(|_| {
+            for slot in remembered {
+                slot.sticky.forget(unit);
+            }
+        })
+    }
+
+    /// Validates and queues client events, all or none. Exposures among
+    /// them establish first exposures; an omitted variant is derived from
+    /// the unit's assignment, and an explicit one that differs from it is
+    /// marked as a mismatch. `index_fields` prefixes error fields with
+    /// `events[i].` (for a batch body).
+    pub fn ingest(&self, inputs: Vec<EventIn>, index_fields: bool, wait: bool) -> Result<Accepted> {
+        let now = self.clock.now();
+        let entries = self.registry.load();
+        let at = |i: usize, e: Error| match e {
+            Error::Invalid { field, message } if index_fields => Error::Invalid {
+                field: format!("events[{i}].{field}"),
+                message: format!("event {i}: {message}"),
+            },
+            other => other,
+        };
+        let mut events = Vec::with_capacity(inputs.len());
+        let mut firsts: Vec<(&Entry, usize)> = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            let mut event = input
+                .check(now, || uuid::Uuid::now_v7().to_string())
+                .map_err(|e| at(i, e))?;
+            match &event.experiment {
+                Some(key) => {
+                    let entry = entries.get(key).ok_or_else(|| {
+                        at(
+                            i,
+                            Error::invalid("experiment", format!("experiment '{key}' not found")),
+                        )
+                    })?;
+                    let compiled = entry.slot.snapshot();
+                    let experiment = compiled.experiment();
+                    let decided = compiled.decide(&event.unit_id, || {
+                        entry.slot.sticky.get(&event.unit_id).map(|f| f.variant)
+                    });
+                    let assigned = decided.in_experiment.then_some(decided.variant);
+                    let variant = match &event.variant {
+                        Some(v) => {
+                            let index = experiment.variant_index(v.as_str()).ok_or_else(|| {
+                                at(
+                                    i,
+                                    Error::invalid(
+                                        "variant",
+                                        format!("'{v}' is not a variant of '{key}'"),
+                                    ),
+                                )
+                            })?;
+                            event.assignment_mismatch = assigned.is_some_and(|a| a != index);
+                            Some(index)
+                        }
+                        None => {
+                            event.variant = assigned.map(|a| experiment.variants[a].key.clone());
+                            assigned
+                        }
+                    };
+                    if let (EventType::Exposure, Some(variant)) = (&event.kind, variant) {
+                        firsts.push((entry, variant));
+                    }
+                }
+                None if event.variant.is_some() => {
+                    return Err(at(
+                        i,
+                        Error::invalid("variant", "a variant needs its experiment"),
+                    ));
+                }
+                None => {}
+            }
+            events.push(event);
+        }
+        let exposures = events.iter().filter(|e| e.kind == EventType::Exposure);
+        let mut sticky = Vec::new();
+        let mut remembered = Vec::new();
+        for ((entry, variant), event) in firsts.into_iter().zip(exposures) {
+            let first = FirstExposure {
+                variant,
+                at_ms: event.timestamp_ms,
+            };
+            if entry
+                .slot
+                .sticky
+                .insert_first(&event.unit_id, first)
+                .is_ok()
+            {
+                remembered.push((entry, event.unit_id.clone()));
+                let experiment = entry.slot.snapshot();
+                sticky.push(StickyRecord {
+                    experiment: experiment.experiment().key.clone(),
+                    unit: event.unit_id.clone(),
+                    variant: experiment.experiment().variants[variant]
                         .key
                         .as_str()
                         .into(),
-                    first_exposed_ms: unix_ms(self.clock.as_ref()),
-                })
-            })?;
-            if !first {
-                decision.variant = variant;
-                decision.reason = Reason::Sticky;
+                    first_exposed_ms: event.timestamp_ms,
+                });
             }
         }
-        Ok(Assignment { compiled, decision })
+        let (ack, persisted) = if wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let count = events.len();
+        self.ingest
+            .submit(Envelope {
+                events,
+                sticky,
+                ack,
+            })
+            .inspect_err(|_| {
+                for (entry, unit) in &remembered {
+                    entry.slot.sticky.forget(unit);
+                }
+            })?;
+        Ok(Accepted { count, persisted })
+    }
+
+    /// A page of stored events of `experiment` (or of events without one)
+    /// with `from_ms <= timestamp < to_ms`.
+    pub async fn events(
+        &self,
+        experiment: Option<ExperimentKey>,
+        from_ms: i64,
+        to_ms: i64,
+        cursor: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<EventPage> {
+        let store = self.store.clone();
+        blocking(move || {
+            let (events, next) = store.events(
+                experiment.as_ref(),
+                from_ms,
+                to_ms,
+                cursor.as_deref(),
+                limit,
+            )?;
+            Ok(EventPage { events, next })
+        })
+        .await
+    }
+
+    /// The event pipeline's counters.
+    pub fn ingest_stats(&self) -> &IngestStats {
+        self.ingest.stats()
     }
 
     fn entry(&self, key: &str) -> Result<Entry> {
@@ -227,7 +439,7 @@ impl Engine {
 
     /// Whether the engine can serve: the writer is running.
     pub fn is_ready(&self) -> bool {
-        self.sticky_writer.is_alive() && self.catalog.connected()
+        self.ingest.is_alive() && self.catalog.connected()
     }
 
     /// Number of experiments in each status.
@@ -249,7 +461,7 @@ impl Engine {
     /// has stopped taking requests.
     pub async fn shutdown(self: Arc<Self>) -> Result<()> {
         blocking(move || {
-            self.sticky_writer.close();
+            self.ingest.close();
             self.store.flush_wal()
         })
         .await
@@ -272,14 +484,45 @@ fn restore_sticky(store: &Store, registry: &Registry) -> Result<usize> {
             continue;
         };
         let snapshot = entry.slot.snapshot();
-        if let Some(index) = snapshot.experiment().variant_index(&record.variant) {
-            entry.slot.sticky.restore(record.unit, index);
+        if let Some(variant) = snapshot.experiment().variant_index(&record.variant) {
+            let first = FirstExposure {
+                variant,
+                at_ms: record.first_exposed_ms,
+            };
+            entry.slot.sticky.restore(record.unit, first);
             restored += 1;
         }
     }
     Ok(restored)
 }
 
-fn unix_ms(clock: &dyn Clock) -> u64 {
-    u64::try_from(clock.now().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+/// Assigns without side effects: the snapshot and the sticky table only.
+fn decide(slot: &Slot, unit: &str) -> Assignment {
+    let compiled = slot.snapshot();
+    let decision = compiled.decide(unit, || slot.sticky.get(unit).map(|f| f.variant));
+    Assignment { compiled, decision }
+}
+
+/// The exposure event an assignment logs.
+fn exposure(
+    experiment: &crate::domain::Experiment,
+    variant: usize,
+    unit: &str,
+    now_ms: i64,
+) -> Event {
+    Event {
+        seq: 0,
+        event_id: uuid::Uuid::now_v7().to_string().into(),
+        kind: EventType::Exposure,
+        unit_id: unit.into(),
+        experiment: Some(experiment.key.clone()),
+        variant: Some(experiment.variants[variant].key.clone()),
+        value: None,
+        timestamp_ms: now_ms,
+        received_ms: now_ms,
+        session_id: None,
+        properties: None,
+        assignment_mismatch: false,
+        client_id: false,
+    }
 }

@@ -15,6 +15,7 @@ pub mod domain;
 mod engine;
 mod error;
 pub mod experiment;
+pub mod ingest;
 pub mod sticky;
 pub mod storage;
 

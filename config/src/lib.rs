@@ -85,16 +85,34 @@ pub struct StorageConfig {
     pub path: PathBuf,
 }
 
-/// `[ingest]`: bounded mailboxes and group commit.
+/// `[ingest]`: the event pipeline.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Capacity of each bounded mailbox.
+    /// Requests the ingest mailbox holds before answering 503.
     pub mailbox_capacity: usize,
-    /// Longest time a record waits in a writer before its batch commits.
+    /// Most events in one request body.
+    pub max_batch: usize,
+    /// Longest time an event waits in the writer before its batch commits.
     pub flush_interval_ms: u64,
-    /// Most records in one committed batch.
+    /// Most events in one committed batch.
     pub flush_max_events: usize,
+    /// How long a client `event_id` is remembered for de-duplication.
+    pub dedup_window_days: u32,
+    /// Sinks committed events go to; `rocksdb` is required.
+    pub sinks: Vec<SinkKind>,
+    /// File the `jsonl` sink appends to.
+    pub jsonl_path: PathBuf,
+}
+
+/// A destination for committed events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// The embedded store of record.
+    Rocksdb,
+    /// One JSON object per line in `ingest.jsonl_path`.
+    Jsonl,
 }
 
 /// `[auth]`: bearer keys by scope.
@@ -204,6 +222,18 @@ impl Config {
         if self.ingest.flush_interval_ms == 0 {
             return invalid("ingest.flush_interval_ms", "must be positive");
         }
+        if !(1..=100_000).contains(&self.ingest.max_batch) {
+            return invalid("ingest.max_batch", "must be between 1 and 100000");
+        }
+        if self.ingest.dedup_window_days == 0 {
+            return invalid("ingest.dedup_window_days", "must be positive");
+        }
+        if !self.ingest.sinks.contains(&SinkKind::Rocksdb) {
+            return invalid(
+                "ingest.sinks",
+                "must include \"rocksdb\", the store of record",
+            );
+        }
         let keys = self.auth.admin_keys.iter().chain(&self.auth.ingest_keys);
         for key in keys.clone() {
             if key.len() < 16 {
@@ -303,6 +333,19 @@ mod tests {
             jail.set_env("ABACUS_AUTH__ADMIN_KEYS", "[\"0123456789abcdef\"]");
             jail.set_env("ABACUS_AUTH__INGEST_KEYS", "[\"0123456789abcdef\"]");
             assert!(load_in(jail, None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_store_of_record_cannot_be_configured_away() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_INGEST__SINKS", "[\"jsonl\"]");
+            let err = load_in(jail, None).expect_err("rocksdb is required");
+            assert!(err.to_string().contains("ingest.sinks"), "{err}");
+            jail.set_env("ABACUS_INGEST__SINKS", "[\"rocksdb\", \"jsonl\"]");
+            let config = load_in(jail, None).expect("loads");
+            assert_eq!(config.ingest.sinks, [SinkKind::Rocksdb, SinkKind::Jsonl]);
             Ok(())
         });
     }

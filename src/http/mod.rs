@@ -5,6 +5,7 @@
 pub mod assignments;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod experiments;
 pub mod extract;
 pub mod health;
@@ -23,20 +24,31 @@ pub struct AppState {
     pub engine: Arc<Engine>,
 }
 
+/// Request-size limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest body in bytes.
+    pub body_bytes: usize,
+    /// Most events in one `POST /v1/events`.
+    pub max_batch: usize,
+}
+
 /// Mounts every route, the extractor configuration and the JSON 404.
 pub fn configure(
     state: web::Data<AppState>,
     keys: auth::Keys,
-    body_limit: usize,
+    limits: Limits,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(state)
             .app_data(keys)
-            .app_data(extract::BodyLimit(body_limit))
+            .app_data(web::Data::new(limits))
+            .app_data(extract::BodyLimit(limits.body_bytes))
             .app_data(extract::query_config())
             .app_data(extract::path_config())
             .configure(experiments::configure)
             .configure(assignments::configure)
+            .configure(events::configure)
             .configure(health::configure)
             .configure(openapi::configure)
             .default_service(web::to(not_found));

@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{assignments, experiments, health};
+use super::{assignments, events, experiments, health};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -25,6 +25,8 @@ use super::{assignments, experiments, health};
         experiments::lifecycle,
         assignments::assign_one,
         assignments::assign_all,
+        events::ingest,
+        events::export,
         health::healthz,
         health::readyz,
         openapi_json,
@@ -33,6 +35,7 @@ use super::{assignments, experiments, health};
     tags(
         (name = "experiments", description = "Experiments and their lifecycle"),
         (name = "assignments", description = "Which variant a unit sees"),
+        (name = "events", description = "What units did"),
         (name = "operations", description = "Health and API description"),
     )
 )]

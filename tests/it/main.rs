@@ -1,12 +1,16 @@
 //! Black-box tests: each starts the real `abacus` binary on a free loopback
 //! port with a temporary data directory and talks HTTP to it.
 
+// Test helpers fail loudly by design.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 mod assignment;
 mod auth;
 mod config;
 mod errors;
+mod events;
 mod experiments;
 mod openapi;
 mod restart;

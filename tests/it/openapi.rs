@@ -21,6 +21,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/experiments/{key}/{action}"),
     ("get", "/v1/experiments/{key}/assignment"),
     ("post", "/v1/assignments"),
+    ("post", "/v1/events"),
+    ("get", "/v1/events"),
 ];
 
 #[test]

@@ -56,5 +56,5 @@ fn sigterm_exits_zero_after_draining() {
     assert!(status.success(), "{status}");
     let log = server.log();
     assert!(log.contains("SIGTERM received"), "{log}");
-    assert!(log.contains("sticky writer drained"), "{log}");
+    assert!(log.contains("ingest writer drained"), "{log}");
 }

@@ -1,10 +1,12 @@
 //! The domain: identifiers, experiments, their lifecycle and validation.
 //! Plain data and pure functions, tested without actors or storage.
 
+mod event;
 mod experiment;
 mod ids;
 mod lifecycle;
 
+pub use event::{unix_ms, Event, EventIn, EventType};
 pub use experiment::{
     Experiment, ExperimentIn, ExperimentPatch, Layer, Metric, MetricKind, Variant, MAX_VARIANTS,
 };

@@ -7,14 +7,29 @@ pub enum Cf {
     Meta,
     /// experiment key (UTF-8) → `[v1][JSON Experiment]`.
     Experiments,
-    /// [`keys::sticky`](super::keys::sticky) → `[v1][first_exposed_ms: u64 BE][variant key UTF-8]`.
+    /// [`keys::sticky`](super::keys::sticky) → `[v1][first_exposed_ms: i64 BE][variant key UTF-8]`.
     /// A unit's first exposure; later assignments return the same variant.
     Sticky,
+    /// [`keys::event`](super::keys::event) → `[v1][JSON Event]`. Every stored
+    /// event, ordered by experiment, then time, then commit order, so "the
+    /// events of X between t1 and t2" is one range scan. Events without an
+    /// experiment share the empty-experiment prefix `[0]`.
+    Events,
+    /// client event id (UTF-8) → `[received_ms: u64 BE]`. Ids seen within
+    /// the de-duplication window; older entries are dropped by a compaction
+    /// filter and ignored on read.
+    EventIds,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 3] = [Cf::Meta, Cf::Experiments, Cf::Sticky];
+    pub const ALL: [Cf; 5] = [
+        Cf::Meta,
+        Cf::Experiments,
+        Cf::Sticky,
+        Cf::Events,
+        Cf::EventIds,
+    ];
 
     /// The family's name on disk.
     pub fn name(self) -> &'static str {
@@ -22,6 +37,8 @@ impl Cf {
             Cf::Meta => "meta",
             Cf::Experiments => "experiments",
             Cf::Sticky => "sticky_assignments",
+            Cf::Events => "events",
+            Cf::EventIds => "event_ids",
         }
     }
 }

@@ -22,6 +22,34 @@ pub fn experiment_prefix(experiment: &ExperimentKey) -> Vec<u8> {
     key
 }
 
+/// `[len: u8][experiment key][timestamp_ms: u64 BE][seq: u64 BE]`; events
+/// without an experiment have `len = 0`. Negative timestamps sort as 0.
+pub fn event(experiment: Option<&ExperimentKey>, timestamp_ms: i64, seq: u64) -> Vec<u8> {
+    let mut key = event_prefix(experiment);
+    key.extend_from_slice(&clamp_ms(timestamp_ms).to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The first key of `experiment`'s events at or after `timestamp_ms`.
+pub fn event_bound(experiment: Option<&ExperimentKey>, timestamp_ms: i64) -> Vec<u8> {
+    let mut key = event_prefix(experiment);
+    key.extend_from_slice(&clamp_ms(timestamp_ms).to_be_bytes());
+    key
+}
+
+/// `[len][experiment]` of [`event`], or `[0]` for events without one.
+pub fn event_prefix(experiment: Option<&ExperimentKey>) -> Vec<u8> {
+    match experiment {
+        Some(e) => experiment_prefix(e),
+        None => vec![0],
+    }
+}
+
+fn clamp_ms(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
 /// Inverse of [`sticky`].
 pub fn parse_sticky(key: &[u8]) -> Option<(ExperimentKey, &str)> {
     let (&len, rest) = key.split_first()?;
@@ -41,6 +69,19 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn event_keys_sort_by_experiment_then_time_then_seq(
+            a in key(), t1 in 0i64..i64::MAX, t2 in 0i64..i64::MAX, s1: u64, s2: u64
+        ) {
+            let k1 = event(Some(&a), t1, s1);
+            let k2 = event(Some(&a), t2, s2);
+            prop_assert_eq!(k1 < k2, (t1, s1) < (t2, s2));
+            let lo = event_bound(Some(&a), t1.min(t2));
+            let hi = event_bound(Some(&a), t1.max(t2).saturating_add(1));
+            prop_assert!(lo <= k1.clone().min(k2.clone()) && k1.max(k2) < hi);
+            prop_assert!(!event(None, t1, s1).starts_with(&experiment_prefix(&a)));
+        }
+
         #[test]
         fn sticky_keys_round_trip(exp in key(), unit in "\\PC{1,40}") {
             let encoded = sticky(&exp, &unit);

@@ -9,16 +9,22 @@ pub mod keys;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::compaction_filter::Decision as CompactionDecision;
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
+};
 
 pub use cf::Cf;
 
-use crate::domain::{Experiment, ExperimentKey};
+use crate::domain::{Event, Experiment, ExperimentKey};
 use crate::{Error, Result};
 
 /// Version of the on-disk layout, kept in [`Cf::Meta`].
 const SCHEMA_VERSION: u8 = 1;
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// The next event sequence number, written with every event batch.
+const NEXT_SEQ_KEY: &[u8] = b"next_event_seq";
 /// First byte of every value: the version of its encoding.
 const VALUE_V1: u8 = 1;
 
@@ -32,7 +38,7 @@ pub struct StickyRecord {
     /// Key of the variant the unit was served.
     pub variant: Box<str>,
     /// When, in milliseconds since the Unix epoch.
-    pub first_exposed_ms: u64,
+    pub first_exposed_ms: i64,
 }
 
 /// A handle on the open database; cheap to clone.
@@ -42,16 +48,26 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database under `path`.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating if needed) the database under `path`. Client event
+    /// ids older than `dedup_window_ms` are dropped at compaction.
+    pub fn open(path: &Path, dedup_window_ms: u64) -> Result<Self> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
-        let families = Cf::ALL.iter().map(|cf| {
+        let families = Cf::ALL.iter().map(|&cf| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if cf == Cf::EventIds {
+                cf_options.set_compaction_filter("expired_event_ids", move |_, _, value| {
+                    if seen_within(value, now_ms().saturating_sub(dedup_window_ms)) {
+                        CompactionDecision::Keep
+                    } else {
+                        CompactionDecision::Remove
+                    }
+                });
+            }
             ColumnFamilyDescriptor::new(cf.name(), cf_options)
         });
         let db = DB::open_cf_descriptors(&options, path, families)?;
@@ -123,20 +139,122 @@ impl Store {
             .collect()
     }
 
-    /// Persists first exposures in one atomic batch (WAL, not fsynced: a
-    /// process crash loses nothing, a power cut may lose the last batches).
-    pub fn put_sticky(&self, records: &[StickyRecord]) -> Result<()> {
-        let cf = self.cf(Cf::Sticky);
+    /// Commits one batch of events, the first exposures they carry, the
+    /// client ids to remember for de-duplication and the next sequence
+    /// number, atomically. WAL, not fsynced: a process crash loses nothing
+    /// committed; a power cut may lose the last batches.
+    pub fn commit_batch(
+        &self,
+        events: &[Event],
+        sticky: &[StickyRecord],
+        client_ids: &[&str],
+        next_seq: u64,
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for r in records {
-            let key = keys::sticky(&r.experiment, &r.unit);
+        let events_cf = self.cf(Cf::Events);
+        let mut value = Vec::with_capacity(256);
+        for e in events {
+            value.clear();
+            value.push(VALUE_V1);
+            serde_json::to_writer(&mut value, e).map_err(|err| Error::Corrupt {
+                cf: Cf::Events.name(),
+                reason: err.to_string(),
+            })?;
+            batch.put_cf(
+                events_cf,
+                keys::event(e.experiment.as_ref(), e.timestamp_ms, e.seq),
+                &value,
+            );
+        }
+        let sticky_cf = self.cf(Cf::Sticky);
+        for r in sticky {
             let mut value = Vec::with_capacity(9 + r.variant.len());
             value.push(VALUE_V1);
             value.extend_from_slice(&r.first_exposed_ms.to_be_bytes());
             value.extend_from_slice(r.variant.as_bytes());
-            batch.put_cf(cf, key, value);
+            batch.put_cf(sticky_cf, keys::sticky(&r.experiment, &r.unit), value);
         }
+        let ids_cf = self.cf(Cf::EventIds);
+        let now = now_ms().to_be_bytes();
+        for id in client_ids {
+            batch.put_cf(ids_cf, id.as_bytes(), now);
+        }
+        batch.put_cf(self.cf(Cf::Meta), NEXT_SEQ_KEY, next_seq.to_be_bytes());
         self.db.write(batch)?;
+        Ok(())
+    }
+
+    /// The sequence number the next committed event gets.
+    pub fn next_seq(&self) -> Result<u64> {
+        Ok(self
+            .db
+            .get_cf(self.cf(Cf::Meta), NEXT_SEQ_KEY)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(1))
+    }
+
+    /// For each id, whether it was committed at or after `since_ms`.
+    pub fn seen_ids(&self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>> {
+        let cf = self.cf(Cf::EventIds);
+        self.db
+            .batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false)
+            .into_iter()
+            .map(|found| Ok(found?.is_some_and(|v| seen_within(&v, since_ms))))
+            .collect()
+    }
+
+    /// Up to `limit` events of `experiment` (or of no experiment) with
+    /// `from_ms <= timestamp < to_ms`, starting after the key `after`.
+    /// Returns the events and the key to continue from, if more remain.
+    pub fn events(
+        &self,
+        experiment: Option<&ExperimentKey>,
+        from_ms: i64,
+        to_ms: i64,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<Event>, Option<Vec<u8>>)> {
+        let start = keys::event_bound(experiment, from_ms);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(keys::event_bound(experiment, to_ms));
+        let from = match after {
+            Some(after) if after >= start.as_slice() => after.to_vec(),
+            _ => start,
+        };
+        let iter = self.db.iterator_cf_opt(
+            self.cf(Cf::Events),
+            options,
+            IteratorMode::From(&from, Direction::Forward),
+        );
+        let mut events = Vec::with_capacity(limit.min(1024));
+        let mut last: Option<Box<[u8]>> = None;
+        for item in iter {
+            let (key, value) = item?;
+            if Some(&*key) == after {
+                continue;
+            }
+            if events.len() == limit {
+                // More remain: continue after the last key returned.
+                return Ok((events, last.map(Vec::from)));
+            }
+            events.push(decode_event(&value)?);
+            last = Some(key);
+        }
+        Ok((events, None))
+    }
+
+    /// Deletes the events of `experiment` (or of no experiment) older than
+    /// `cutoff_ms` with one range tombstone: cheap, and never blocks writers.
+    pub fn delete_events_before(
+        &self,
+        experiment: Option<&ExperimentKey>,
+        cutoff_ms: i64,
+    ) -> Result<()> {
+        self.db.delete_range_cf(
+            self.cf(Cf::Events),
+            keys::event_bound(experiment, 0),
+            keys::event_bound(experiment, cutoff_ms),
+        )?;
         Ok(())
     }
 
@@ -160,6 +278,34 @@ impl Store {
     }
 }
 
+fn decode_event(value: &[u8]) -> Result<Event> {
+    match value.split_first() {
+        Some((&VALUE_V1, json)) => serde_json::from_slice(json).map_err(|e| Error::Corrupt {
+            cf: Cf::Events.name(),
+            reason: e.to_string(),
+        }),
+        _ => Err(Error::Corrupt {
+            cf: Cf::Events.name(),
+            reason: "unknown value version".into(),
+        }),
+    }
+}
+
+/// Whether an [`Cf::EventIds`] value records a time at or after `since_ms`.
+fn seen_within(value: &[u8], since_ms: u64) -> bool {
+    value
+        .try_into()
+        .map(u64::from_be_bytes)
+        .is_ok_and(|at| at >= since_ms)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyRecord> {
     let (experiment, unit) = keys::parse_sticky(key)?;
     let (&VALUE_V1, rest) = value.split_first()? else {
@@ -170,7 +316,7 @@ fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyRecord> {
         experiment,
         unit: unit.into(),
         variant: std::str::from_utf8(variant).ok()?.into(),
-        first_exposed_ms: u64::from_be_bytes(ts.try_into().ok()?),
+        first_exposed_ms: i64::from_be_bytes(ts.try_into().ok()?),
     })
 }
 
@@ -178,7 +324,9 @@ fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyRecord> {
 mod tests {
     use super::*;
 
-    fn record(exp: &str, unit: &str, variant: &str, ms: u64) -> StickyRecord {
+    const WINDOW: u64 = 7 * 24 * 3600 * 1000;
+
+    fn record(exp: &str, unit: &str, variant: &str, ms: i64) -> StickyRecord {
         StickyRecord {
             experiment: ExperimentKey::try_from(exp).unwrap(),
             unit: unit.into(),
@@ -193,13 +341,14 @@ mod tests {
         let written = vec![
             record("a", "alice", "control", 1),
             record("a", "bob", "green", 2),
-            record("b", "ünï", "x", u64::MAX),
+            record("b", "ünï", "x", i64::MAX),
         ];
         {
-            let store = Store::open(dir.path()).unwrap();
-            store.put_sticky(&written).unwrap();
+            let store = Store::open(dir.path(), WINDOW).unwrap();
+            store.commit_batch(&[], &written, &[], 7).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path(), WINDOW).unwrap();
+        assert_eq!(store.next_seq().unwrap(), 7);
         let read: Vec<_> = store.sticky().collect::<Result<_>>().unwrap();
         assert_eq!(read, written);
     }
@@ -208,15 +357,80 @@ mod tests {
     fn a_future_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(dir.path(), WINDOW).unwrap();
             store
                 .db
                 .put_cf(store.cf(Cf::Meta), SCHEMA_KEY, [SCHEMA_VERSION + 1])
                 .unwrap();
         }
         assert!(matches!(
-            Store::open(dir.path()),
+            Store::open(dir.path(), WINDOW),
             Err(Error::Corrupt { .. })
         ));
+    }
+
+    fn event(experiment: Option<&str>, ts: i64, seq: u64) -> Event {
+        Event {
+            seq,
+            event_id: format!("e{seq}").into(),
+            kind: crate::domain::EventType::Conversion,
+            unit_id: "u".into(),
+            experiment: experiment.map(|e| ExperimentKey::try_from(e).unwrap()),
+            variant: None,
+            value: None,
+            timestamp_ms: ts,
+            received_ms: ts,
+            session_id: None,
+            properties: None,
+            assignment_mismatch: false,
+            client_id: false,
+        }
+    }
+
+    #[test]
+    fn event_ranges_page_by_time_and_experiment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WINDOW).unwrap();
+        let events: Vec<Event> = (1..=10)
+            .map(|i| event(Some("a"), i * 100, i as u64))
+            .chain([event(Some("b"), 150, 11), event(None, 150, 12)])
+            .collect();
+        store.commit_batch(&events, &[], &[], 13).unwrap();
+        let a = ExperimentKey::try_from("a").unwrap();
+
+        let (page, next) = store.events(Some(&a), 200, 800, None, 3).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
+        let (rest, end) = store
+            .events(Some(&a), 200, 800, next.as_deref(), 10)
+            .unwrap();
+        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6, 7]);
+        assert!(end.is_none());
+        let (none, _) = store.events(None, 0, i64::MAX, None, 10).unwrap();
+        assert_eq!(none.iter().map(|e| e.seq).collect::<Vec<_>>(), [12]);
+
+        store.delete_events_before(Some(&a), 500).unwrap();
+        let (kept, _) = store.events(Some(&a), 0, i64::MAX, None, 100).unwrap();
+        assert_eq!(kept.first().map(|e| e.seq), Some(5));
+        let b = ExperimentKey::try_from("b").unwrap();
+        assert_eq!(
+            store
+                .events(Some(&b), 0, i64::MAX, None, 10)
+                .unwrap()
+                .0
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn client_ids_are_remembered_within_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WINDOW).unwrap();
+        store.commit_batch(&[], &[], &["x", "y"], 1).unwrap();
+        assert_eq!(
+            store.seen_ids(&["x", "z", "y"], 0).unwrap(),
+            [true, false, true]
+        );
+        assert_eq!(store.seen_ids(&["x"], u64::MAX).unwrap(), [false]);
     }
 }

@@ -140,6 +140,12 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Starts again on the same data after [`TestServer::stop`].
+    pub fn restart_stopped(&mut self) {
+        assert!(self.child.is_none(), "server is still running");
+        self.spawn();
+    }
+
     /// Sends `Authorization: Bearer token` from now on.
     pub fn use_token(&mut self, token: Option<&str>) {
         self.token = token.map(str::to_owned);

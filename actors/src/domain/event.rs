@@ -1,0 +1,480 @@
+//! Events: what units did. [`EventIn`] is one event as a client sends it;
+//! [`EventIn::check`] applies the rules of its type, and [`Event`] is the
+//! stamped record the sinks store.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::{ExperimentKey, MetricKey, UnitId, VariantKey};
+use crate::{Error, Result};
+
+const MAX_ID_BYTES: usize = 128;
+/// Client timestamps further ahead than this are refused as clock errors.
+const MAX_FUTURE_SKEW_S: i64 = 24 * 3600;
+
+/// What kind of thing happened. Typed events have required properties;
+/// any other name is a custom event with free properties.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// The unit saw its variant.
+    Exposure,
+    /// A result list was shown: `{query?, results_count?, response_time_ms?}`.
+    Impression,
+    /// An item was clicked: `{item_id, rank?, query?, response_time_ms?, source?}`.
+    Click,
+    /// The unit converted: `{value?}`.
+    Conversion,
+    /// Time spent on an item: `{item_id, dwell_time_ms, action?}`.
+    Engagement,
+    /// A named measurement: `{name, value}`.
+    Metric,
+    /// Anything else, named `[a-z0-9_-]{1,64}`.
+    Custom(MetricKey),
+}
+
+impl EventType {
+    /// The type's name on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventType::Exposure => "exposure",
+            EventType::Impression => "impression",
+            EventType::Click => "click",
+            EventType::Conversion => "conversion",
+            EventType::Engagement => "engagement",
+            EventType::Metric => "metric",
+            EventType::Custom(name) => name.as_str(),
+        }
+    }
+}
+
+impl TryFrom<String> for EventType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Ok(match s.as_str() {
+            "exposure" => EventType::Exposure,
+            "impression" => EventType::Impression,
+            "click" => EventType::Click,
+            "conversion" => EventType::Conversion,
+            "engagement" => EventType::Engagement,
+            "metric" => EventType::Metric,
+            _ => EventType::Custom(
+                MetricKey::try_from(s)
+                    .map_err(|_| "event type must be 1-64 characters of a-z, 0-9, _ or -")?,
+            ),
+        })
+    }
+}
+
+impl From<EventType> for String {
+    fn from(t: EventType) -> String {
+        t.as_str().to_owned()
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EventType::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One event as sent by a client.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventIn {
+    /// Client id for de-duplication; the server makes one otherwise.
+    #[serde(default)]
+    pub event_id: Option<String>,
+    /// `exposure`, `impression`, `click`, `conversion`, `engagement`,
+    /// `metric`, or a custom name.
+    #[serde(rename = "type")]
+    #[schema(value_type = String)]
+    pub kind: EventType,
+    /// The unit that did it.
+    pub unit_id: UnitId,
+    /// The experiment it belongs to, if any.
+    #[serde(default)]
+    pub experiment: Option<ExperimentKey>,
+    /// The variant the unit saw; derived from its assignment when omitted.
+    #[serde(default)]
+    pub variant: Option<VariantKey>,
+    /// A number: revenue, a metric value, ...
+    #[serde(default)]
+    pub value: Option<f64>,
+    /// When it happened (RFC 3339); default now.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub timestamp: Option<OffsetDateTime>,
+    /// Session id.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Type-specific and free properties.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub properties: Option<Map<String, Value>>,
+}
+
+/// A stamped event, as stored and exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the store's commit order; assigned by the sink.
+    pub seq: u64,
+    /// De-duplication id.
+    pub event_id: Box<str>,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The unit.
+    pub unit_id: Box<str>,
+    /// The experiment, if any.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub experiment: Option<ExperimentKey>,
+    /// The variant the unit saw, if known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub variant: Option<VariantKey>,
+    /// The event's number: `value`, or for metrics and conversions
+    /// `properties.value` when `value` is absent.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<f64>,
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// When the server accepted it.
+    pub received_ms: i64,
+    /// Session id.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub session_id: Option<Box<str>>,
+    /// Properties as sent.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub properties: Option<Map<String, Value>>,
+    /// The explicit variant differs from abacus's own assignment.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub assignment_mismatch: bool,
+    /// The id came from the client, so the sink checks it for duplicates
+    /// (server-made ids are UUIDv7 and cannot collide).
+    #[serde(skip)]
+    pub client_id: bool,
+}
+
+impl Event {
+    /// The metric key this event counts towards: its type, or a metric
+    /// event's `name`.
+    pub fn metric_name(&self) -> &str {
+        match (&self.kind, &self.properties) {
+            (EventType::Metric, Some(p)) => p.get("name").and_then(Value::as_str).unwrap_or(""),
+            (kind, _) => kind.as_str(),
+        }
+    }
+
+    /// A string property.
+    pub fn str_prop(&self, key: &str) -> Option<&str> {
+        self.properties.as_ref()?.get(key)?.as_str()
+    }
+
+    /// A numeric property.
+    pub fn num_prop(&self, key: &str) -> Option<f64> {
+        self.properties.as_ref()?.get(key)?.as_f64()
+    }
+}
+
+impl EventIn {
+    /// Applies the rules of the event's type and stamps it. Field names in
+    /// errors are relative to the event (`properties.item_id`).
+    pub fn check(self, now: OffsetDateTime, make_id: impl FnOnce() -> String) -> Result<Event> {
+        let props = self.properties.as_ref();
+        let value = match (&self.kind, self.value) {
+            (EventType::Metric | EventType::Conversion, None) => {
+                optional_number(props, "value", Bound::Any)?
+            }
+            (_, value) => value,
+        };
+        if let Some(v) = value {
+            if !v.is_finite() {
+                return Err(Error::invalid("value", "value must be a finite number"));
+            }
+        }
+        match self.kind {
+            EventType::Exposure => {
+                if self.experiment.is_none() {
+                    return Err(Error::invalid(
+                        "experiment",
+                        "an exposure names its experiment",
+                    ));
+                }
+            }
+            EventType::Impression => {
+                optional_string(props, "query")?;
+                optional_number(props, "results_count", Bound::Count)?;
+                optional_number(props, "response_time_ms", Bound::NonNegative)?;
+            }
+            EventType::Click => {
+                required_string(props, "item_id")?;
+                optional_number(props, "rank", Bound::Count)?;
+                optional_string(props, "query")?;
+                optional_number(props, "response_time_ms", Bound::NonNegative)?;
+                optional_string(props, "source")?;
+            }
+            EventType::Conversion | EventType::Custom(_) => {}
+            EventType::Engagement => {
+                required_string(props, "item_id")?;
+                if optional_number(props, "dwell_time_ms", Bound::NonNegative)?.is_none() {
+                    return Err(Error::invalid(
+                        "properties.dwell_time_ms",
+                        "an engagement needs dwell_time_ms",
+                    ));
+                }
+                optional_string(props, "action")?;
+            }
+            EventType::Metric => {
+                let name = required_string(props, "name")?;
+                MetricKey::try_from(name).map_err(|m| Error::invalid("properties.name", m))?;
+                if value.is_none() {
+                    return Err(Error::invalid("value", "a metric event needs a value"));
+                }
+            }
+        }
+        let client_id = self.event_id.is_some();
+        let event_id = match self.event_id {
+            Some(id) => {
+                if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+                    return Err(Error::invalid(
+                        "event_id",
+                        format!("event_id must be 1-{MAX_ID_BYTES} printable bytes"),
+                    ));
+                }
+                id
+            }
+            None => make_id(),
+        };
+        if let Some(s) = &self.session_id {
+            if s.len() > MAX_ID_BYTES {
+                return Err(Error::invalid(
+                    "session_id",
+                    format!("session_id must be at most {MAX_ID_BYTES} bytes"),
+                ));
+            }
+        }
+        let timestamp = self.timestamp.unwrap_or(now);
+        if (timestamp - now).whole_seconds() > MAX_FUTURE_SKEW_S {
+            return Err(Error::invalid(
+                "timestamp",
+                "timestamp is more than a day in the future",
+            ));
+        }
+        Ok(Event {
+            seq: 0,
+            event_id: event_id.into(),
+            kind: self.kind,
+            unit_id: String::from(self.unit_id).into(),
+            experiment: self.experiment,
+            variant: self.variant,
+            value,
+            timestamp_ms: unix_ms(timestamp),
+            received_ms: unix_ms(now),
+            session_id: self.session_id.map(Into::into),
+            properties: self.properties,
+            assignment_mismatch: false,
+            client_id,
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+#[derive(Clone, Copy)]
+enum Bound {
+    Any,
+    NonNegative,
+    /// A non-negative integer.
+    Count,
+}
+
+fn optional_number(
+    props: Option<&Map<String, Value>>,
+    key: &str,
+    bound: Bound,
+) -> Result<Option<f64>> {
+    let Some(v) = props.and_then(|p| p.get(key)) else {
+        return Ok(None);
+    };
+    let field = || format!("properties.{key}");
+    let n = v
+        .as_f64()
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| Error::invalid(field(), format!("{key} must be a number")))?;
+    match bound {
+        Bound::Any => {}
+        Bound::NonNegative if n >= 0.0 => {}
+        Bound::Count if v.is_u64() => {}
+        Bound::NonNegative => {
+            return Err(Error::invalid(
+                field(),
+                format!("{key} must not be negative"),
+            ))
+        }
+        Bound::Count => {
+            return Err(Error::invalid(
+                field(),
+                format!("{key} must be a non-negative integer"),
+            ))
+        }
+    }
+    Ok(Some(n))
+}
+
+fn optional_string<'a>(
+    props: Option<&'a Map<String, Value>>,
+    key: &str,
+) -> Result<Option<&'a str>> {
+    match props.and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Error::invalid(
+            format!("properties.{key}"),
+            format!("{key} must be a string"),
+        )),
+    }
+}
+
+fn required_string<'a>(props: Option<&'a Map<String, Value>>, key: &str) -> Result<&'a str> {
+    match optional_string(props, key)? {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(Error::invalid(
+            format!("properties.{key}"),
+            format!("{key} is required"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn check(body: Value) -> Result<Event> {
+        let input: EventIn =
+            serde_json::from_value(body).map_err(|e| Error::invalid("body", e.to_string()))?;
+        input.check(
+            OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+            || "generated".into(),
+        )
+    }
+
+    fn field_of(r: Result<Event>) -> String {
+        match r {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typed_events_need_their_properties() {
+        let cases = [
+            (
+                json!({"type": "click", "unit_id": "u"}),
+                "properties.item_id",
+            ),
+            (
+                json!({"type": "click", "unit_id": "u", "properties": {"item_id": 5}}),
+                "properties.item_id",
+            ),
+            (
+                json!({"type": "click", "unit_id": "u", "properties": {"item_id": "a", "rank": -1}}),
+                "properties.rank",
+            ),
+            (
+                json!({"type": "click", "unit_id": "u", "properties": {"item_id": "a", "rank": 1.5}}),
+                "properties.rank",
+            ),
+            (
+                json!({"type": "engagement", "unit_id": "u", "properties": {"item_id": "a"}}),
+                "properties.dwell_time_ms",
+            ),
+            (
+                json!({"type": "engagement", "unit_id": "u", "properties": {"item_id": "a", "dwell_time_ms": -5}}),
+                "properties.dwell_time_ms",
+            ),
+            (
+                json!({"type": "impression", "unit_id": "u", "properties": {"response_time_ms": "fast"}}),
+                "properties.response_time_ms",
+            ),
+            (
+                json!({"type": "metric", "unit_id": "u", "properties": {"name": "revenue"}}),
+                "value",
+            ),
+            (
+                json!({"type": "metric", "unit_id": "u", "value": 1}),
+                "properties.name",
+            ),
+            (json!({"type": "exposure", "unit_id": "u"}), "experiment"),
+            (
+                json!({"type": "custom", "unit_id": "u", "event_id": ""}),
+                "event_id",
+            ),
+        ];
+        for (body, field) in cases {
+            assert_eq!(field_of(check(body.clone())), field, "{body}");
+        }
+    }
+
+    #[test]
+    fn valid_events_are_stamped() {
+        let e = check(json!({
+            "type": "metric", "unit_id": "u", "properties": {"name": "revenue", "value": 9.5}
+        }))
+        .unwrap();
+        assert_eq!((e.value, e.metric_name()), (Some(9.5), "revenue"));
+        assert_eq!(&*e.event_id, "generated");
+        assert_eq!(e.timestamp_ms, e.received_ms);
+
+        let click = check(json!({
+            "type": "click", "unit_id": "u", "event_id": "c-1",
+            "timestamp": "2024-05-01T10:00:00Z",
+            "properties": {"item_id": "sku-1", "rank": 3, "response_time_ms": 12.5}
+        }))
+        .unwrap();
+        assert_eq!(&*click.event_id, "c-1");
+        assert_eq!(click.timestamp_ms, 1_714_557_600_000);
+        assert_eq!(click.num_prop("rank"), Some(3.0));
+        assert_eq!(click.metric_name(), "click");
+    }
+
+    #[test]
+    fn event_types_are_validated_names() {
+        assert!(check(json!({"type": "add_to_cart", "unit_id": "u"})).is_ok());
+        assert!(check(json!({"type": "Add To Cart", "unit_id": "u"})).is_err());
+        assert!(check(json!({"type": "click", "unit_id": "u", "extra": 1})).is_err());
+    }
+
+    #[test]
+    fn far_future_timestamps_are_refused() {
+        let r = check(json!({"type": "x", "unit_id": "u", "timestamp": "2999-01-01T00:00:00Z"}));
+        assert_eq!(field_of(r), "timestamp");
+    }
+
+    #[test]
+    fn stored_events_round_trip() {
+        let e = check(
+            json!({"type": "conversion", "unit_id": "u", "value": 3, "properties": {"a": [1]}}),
+        )
+        .unwrap();
+        let json = serde_json::to_vec(&e).unwrap();
+        let back = serde_json::from_slice::<Event>(&json).unwrap();
+        assert_eq!(
+            back,
+            Event {
+                client_id: false,
+                ..e
+            }
+        );
+    }
+}

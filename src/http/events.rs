@@ -1,0 +1,293 @@
+//! `/v1/events`: ingestion (fire-and-forget, or `ack=persisted`) and export.
+
+use std::time::Duration;
+
+use abacus_actors::domain::{unix_ms, Event, EventIn, ExperimentKey};
+use actix_web::{get, post, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Admin, Ingest};
+use super::error::{ApiError, ApiResult};
+use super::extract::ValidJson;
+use super::{AppState, Limits};
+use abacus_actors::Error as EngineError;
+
+/// Longest an `ack=persisted` request waits for its group commit.
+const PERSIST_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_EXPORT_PAGE: usize = 10_000;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(ingest).service(export);
+}
+
+/// When `POST /v1/events` answers.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AckMode {
+    /// As soon as the events are validated and queued (default).
+    #[default]
+    Accepted,
+    /// Once they are committed to RocksDB.
+    Persisted,
+}
+
+/// Query of `POST /v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct IngestQuery {
+    /// `accepted` (default) or `persisted`.
+    #[serde(default)]
+    ack: AckMode,
+}
+
+/// Body of `POST /v1/events`: one event, or `{"events": [...]}`.
+#[derive(Debug, ToSchema)]
+#[schema(as = EventsIn)]
+#[allow(dead_code)] // documents the body's shape; parsing goes through `split`
+pub enum EventsIn {
+    /// One event.
+    One(EventIn),
+    /// Up to `ingest.max_batch` events, accepted or rejected whole.
+    Many {
+        /// The events.
+        events: Vec<EventIn>,
+    },
+}
+
+/// Answer of `POST /v1/events`.
+#[derive(Serialize, ToSchema)]
+pub struct AcceptedOut {
+    /// Events accepted (duplicates of earlier ids included; they are
+    /// stored once).
+    accepted: usize,
+    /// `true` when `ack=persisted` and the events are committed.
+    persisted: bool,
+}
+
+/// Send one event or a batch.
+#[utoipa::path(
+    tag = "events",
+    params(IngestQuery),
+    request_body = EventsIn,
+    responses(
+        (status = 202, description = "Queued (or committed, with ack=persisted)", body = AcceptedOut),
+        (status = 400, description = "Malformed JSON"),
+        (status = 422, description = "An event is invalid; nothing was stored"),
+        (status = 503, description = "Mailbox full; retry after Retry-After seconds"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/events")]
+async fn ingest(
+    _: Ingest,
+    state: web::Data<AppState>,
+    limits: web::Data<Limits>,
+    query: web::Query<IngestQuery>,
+    ValidJson(body): ValidJson<Value>,
+) -> ApiResult<HttpResponse> {
+    let (inputs, batch) = split(body, limits.max_batch)?;
+    let wait = query.ack == AckMode::Persisted;
+    let accepted = state.engine.ingest(inputs, batch, wait)?;
+    let persisted = match accepted.persisted {
+        Some(rx) => match tokio::time::timeout(PERSIST_TIMEOUT, rx).await {
+            Ok(Ok(true)) => true,
+            _ => return Err(EngineError::Unavailable.into()),
+        },
+        None => false,
+    };
+    Ok(HttpResponse::Accepted().json(AcceptedOut {
+        accepted: accepted.count,
+        persisted,
+    }))
+}
+
+/// Splits a body into events, with each decoding error's field prefixed by
+/// its index in a batch. Returns whether the body was a batch.
+fn split(body: Value, max_batch: usize) -> ApiResult<(Vec<EventIn>, bool)> {
+    let decode = |value: Value, prefix: &str| {
+        serde_path_to_error::deserialize::<_, EventIn>(value).map_err(|e| {
+            let path = e.path().to_string();
+            let field = match (prefix.is_empty(), path.as_str()) {
+                (true, ".") => None,
+                (true, _) => Some(path),
+                (false, ".") => Some(prefix.to_owned()),
+                (false, _) => Some(format!("{prefix}.{path}")),
+            };
+            ApiError::InvalidBody {
+                message: match prefix {
+                    "" => e.into_inner().to_string(),
+                    _ => format!("{prefix}: {}", e.into_inner()),
+                },
+                field,
+            }
+        })
+    };
+    match body {
+        Value::Object(mut map) if map.contains_key("events") => {
+            let Some(Value::Array(events)) = map.remove("events") else {
+                return Err(invalid_batch("events must be an array"));
+            };
+            if let Some(extra) = map.keys().next() {
+                return Err(invalid_batch(&format!(
+                    "unknown field `{extra}` next to `events`"
+                )));
+            }
+            if events.is_empty() || events.len() > max_batch {
+                return Err(invalid_batch(&format!(
+                    "a batch holds 1 to {max_batch} events, got {}",
+                    events.len()
+                )));
+            }
+            let inputs = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| decode(v, &format!("events[{i}]")))
+                .collect::<ApiResult<_>>()?;
+            Ok((inputs, true))
+        }
+        single => Ok((vec![decode(single, "")?], false)),
+    }
+}
+
+fn invalid_batch(message: &str) -> ApiError {
+    ApiError::InvalidBody {
+        field: Some("events".into()),
+        message: message.to_owned(),
+    }
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// Events of this experiment; without it, events not tied to any experiment.
+    experiment: Option<ExperimentKey>,
+    /// Inclusive start (RFC 3339); default the beginning.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    from: Option<OffsetDateTime>,
+    /// Exclusive end (RFC 3339); default the end of time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    to: Option<OffsetDateTime>,
+    /// Page size, 1..=10000 (default 1000).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of stored events.
+#[derive(Serialize, ToSchema)]
+pub struct EventPageOut {
+    /// Events by time, then commit order (`seq`); times in ms since the epoch.
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Event>,
+    /// Cursor of the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
+/// Export stored events by experiment and time range, a page at a time.
+#[utoipa::path(
+    tag = "events",
+    params(ExportQuery),
+    responses((status = 200, description = "A page of events", body = EventPageOut)),
+    security(("bearer" = []))
+)]
+#[get("/v1/events")]
+async fn export(
+    _: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<ExportQuery>,
+) -> ApiResult<HttpResponse> {
+    let query = query.into_inner();
+    let limit = query.limit.unwrap_or(1000);
+    if !(1..=MAX_EXPORT_PAGE).contains(&limit) {
+        return Err(bad_query(
+            "limit",
+            format!("limit must be between 1 and {MAX_EXPORT_PAGE}"),
+        ));
+    }
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            decode_hex(c).ok_or_else(|| bad_query("cursor", "not a cursor from this API".into()))
+        })
+        .transpose()?;
+    let from = query.from.map_or(0, unix_ms);
+    let to = query.to.map_or(i64::MAX, unix_ms);
+    let page = state
+        .engine
+        .events(query.experiment, from, to, cursor, limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(EventPageOut {
+        events: page.events,
+        next_cursor: page.next.map(|k| encode_hex(&k)),
+    }))
+}
+
+fn bad_query(field: &str, message: String) -> ApiError {
+    ApiError::InvalidQuery {
+        field: Some(field.to_owned()),
+        message,
+    }
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn batches_name_the_failing_index_and_field() {
+        let body = json!({"events": [
+            {"type": "click", "unit_id": "u", "properties": {"item_id": "a"}},
+            {"type": "click", "unit_id": 7}
+        ]});
+        match split(body, 10) {
+            Err(ApiError::InvalidBody { field, message }) => {
+                assert_eq!(field.as_deref(), Some("events[1].unit_id"));
+                assert!(message.starts_with("events[1]"), "{message}");
+            }
+            other => panic!("{:?}", other.map(|(v, b)| (v.len(), b))),
+        }
+    }
+
+    #[test]
+    fn batch_size_is_bounded() {
+        let event = json!({"type": "x", "unit_id": "u"});
+        assert!(split(json!({"events": [event.clone(), event.clone()]}), 2).is_ok());
+        assert!(split(json!({"events": [event.clone(), event.clone(), event]}), 2).is_err());
+        assert!(split(json!({"events": []}), 2).is_err());
+        assert!(split(json!({"events": {}}), 2).is_err());
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let key = vec![0u8, 1, 254, 255];
+        assert_eq!(decode_hex(&encode_hex(&key)), Some(key));
+        assert_eq!(decode_hex("zz"), None);
+        assert_eq!(decode_hex("abc"), None);
+    }
+}

@@ -1,0 +1,298 @@
+//! The event pipeline over HTTP: validation, de-duplication, exposures,
+//! `ack=persisted`, sinks, and nothing acknowledged lost on shutdown.
+
+use serde_json::{json, Value};
+
+use crate::common::{error_code, TestServer};
+
+/// Every stored event of `experiment` (or of no experiment), paging through the export.
+fn stored(server: &TestServer, experiment: Option<&str>) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/v1/events?limit=10000".to_owned();
+        if let Some(e) = experiment {
+            path.push_str(&format!("&experiment={e}"));
+        }
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = server.get(&path);
+        assert_eq!(status, 200, "{page}");
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return events,
+        }
+    }
+}
+
+/// Waits for everything queued so far: the pipeline is FIFO, so once a
+/// later `ack=persisted` request is committed, so is all before it.
+fn barrier(server: &TestServer) {
+    let (status, body) = server.post(
+        "/v1/events?ack=persisted",
+        json!({"type": "barrier", "unit_id": "barrier"}),
+    );
+    assert_eq!(
+        (status, body["persisted"].as_bool()),
+        (202, Some(true)),
+        "{body}"
+    );
+}
+
+#[test]
+fn single_and_batched_events_are_accepted_and_stored() {
+    let server = TestServer::start();
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"type": "click", "unit_id": "u1", "properties": {"item_id": "sku-1", "rank": 2}}),
+    );
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (202, Some(1)),
+        "{body}"
+    );
+    let (status, body) = server.post(
+        "/v1/events?ack=persisted",
+        json!({"events": [
+            {"type": "impression", "unit_id": "u1", "properties": {"query": "shoes", "results_count": 20}},
+            {"type": "engagement", "unit_id": "u1", "properties": {"item_id": "sku-1", "dwell_time_ms": 1500}},
+            {"type": "metric", "unit_id": "u2", "value": 3.5, "properties": {"name": "revenue"}},
+            {"type": "signup", "unit_id": "u3", "timestamp": "2026-01-01T00:00:00Z"}
+        ]}),
+    );
+    assert_eq!(
+        (
+            status,
+            body["accepted"].as_u64(),
+            body["persisted"].as_bool()
+        ),
+        (202, Some(4), Some(true))
+    );
+    let events = stored(&server, None);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["signup", "click", "impression", "engagement", "metric"],
+        "ordered by time"
+    );
+    assert_eq!(events[0]["timestamp_ms"], 1_767_225_600_000_i64);
+    let seqs: Vec<u64> = events[1..]
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+#[test]
+fn a_bad_batch_is_rejected_whole_naming_index_and_field() {
+    let server = TestServer::start();
+    server.running_experiment("exp", json!({}));
+    let cases = [
+        (
+            json!({"type": "click", "unit_id": "u", "properties": {"item_id": "a", "rank": -1}}),
+            "events[1].properties.rank",
+        ),
+        (
+            json!({"type": "engagement", "unit_id": "u", "properties": {"item_id": "a", "dwell_time_ms": -3}}),
+            "events[1].properties.dwell_time_ms",
+        ),
+        (
+            json!({"type": "metric", "unit_id": "u", "properties": {"name": "m", "value": "x"}}),
+            "events[1].properties.value",
+        ),
+        (
+            json!({"type": "click", "unit_id": "u", "experiment": "nope", "properties": {"item_id": "a"}}),
+            "events[1].experiment",
+        ),
+        (
+            json!({"type": "conversion", "unit_id": "u", "experiment": "exp", "variant": "purple"}),
+            "events[1].variant",
+        ),
+        (
+            json!({"type": "conversion", "unit_id": "", "experiment": "exp"}),
+            "events[1].unit_id",
+        ),
+        (
+            json!({"type": "conversion", "unit_id": "u", "value": "NaN"}),
+            "events[1].value",
+        ),
+        (
+            json!({"type": "conversion", "unit_id": "u", "timestamp": "yesterday"}),
+            "events[1].timestamp",
+        ),
+    ];
+    for (bad, field) in cases {
+        let good = json!({"type": "conversion", "unit_id": "ok"});
+        let (status, err) = server.post("/v1/events", json!({"events": [good, bad]}));
+        assert!(status == 422, "{status} {err}");
+        assert!(["validation_failed", "invalid_body"].contains(&error_code(&err)));
+        assert_eq!(err["error"]["field"], field, "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains('1'),
+            "{err}"
+        );
+    }
+    barrier(&server);
+    let stored = stored(&server, None);
+    assert!(
+        stored.iter().all(|e| e["unit_id"] == "barrier"),
+        "nothing from a rejected batch: {stored:?}"
+    );
+
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| json!({"type": "x", "unit_id": format!("u{i}")}))
+        .collect();
+    let (status, err) = server.post("/v1/events", json!({"events": too_many}));
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("events"))
+    );
+}
+
+#[test]
+fn the_same_event_id_is_stored_once() {
+    let server = TestServer::start();
+    let event =
+        |id: &str| json!({"event_id": id, "type": "conversion", "unit_id": "u", "value": 1});
+    server.post(
+        "/v1/events",
+        json!({"events": [event("a"), event("a"), event("b")]}),
+    );
+    server.post("/v1/events", event("a"));
+    server.post("/v1/events", json!({"events": [event("b"), event("c")]}));
+    barrier(&server);
+    let mut ids: Vec<String> = stored(&server, None)
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .filter(|id| id.len() == 1)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "b", "c"]);
+}
+
+#[test]
+fn assignments_log_exposures_and_events_get_their_variant() {
+    let server = TestServer::start();
+    server.running_experiment("exp", json!({}));
+    let assigned = server.assign("exp", "alice");
+    let variant = assigned["variant"].as_str().unwrap().to_owned();
+    server.assign("exp", "alice");
+    let other = if variant == "control" {
+        "treatment"
+    } else {
+        "control"
+    };
+    server.post(
+        "/v1/events",
+        json!({"events": [
+            {"type": "conversion", "unit_id": "alice", "experiment": "exp"},
+            {"type": "conversion", "unit_id": "alice", "experiment": "exp", "variant": other}
+        ]}),
+    );
+    // Client-side assignment: an exposure event establishes stickiness.
+    server.post(
+        "/v1/events",
+        json!({"type": "exposure", "unit_id": "bob", "experiment": "exp", "variant": "treatment"}),
+    );
+    barrier(&server);
+
+    let events = stored(&server, Some("exp"));
+    let exposures: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "exposure" && e["unit_id"] == "alice")
+        .collect();
+    assert_eq!(
+        exposures.len(),
+        2,
+        "every in-experiment assignment logs an exposure"
+    );
+    assert!(exposures.iter().all(|e| e["variant"] == variant.as_str()));
+    let conversions: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "conversion")
+        .collect();
+    assert_eq!(
+        conversions[0]["variant"],
+        variant.as_str(),
+        "derived from the assignment"
+    );
+    assert_eq!(conversions[0].get("assignment_mismatch"), None);
+    assert_eq!(
+        conversions[1]["variant"], other,
+        "the explicit variant counts"
+    );
+    assert_eq!(conversions[1]["assignment_mismatch"], true);
+
+    let bob = server.assign("exp", "bob");
+    assert_eq!(
+        (bob["variant"].as_str(), bob["reason"].as_str()),
+        (Some("treatment"), Some("sticky"))
+    );
+
+    let (_, quiet) = server.get("/v1/experiments/exp/assignment?unit_id=carol&log_exposure=false");
+    assert_eq!(quiet["in_experiment"], true);
+    barrier(&server);
+    assert!(stored(&server, Some("exp"))
+        .iter()
+        .all(|e| e["unit_id"] != "carol"));
+}
+
+#[test]
+fn the_jsonl_sink_receives_every_committed_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let mut server = TestServer::start_with(&[
+        ("ABACUS_INGEST__SINKS", "[\"rocksdb\", \"jsonl\"]"),
+        ("ABACUS_INGEST__JSONL_PATH", path.to_str().unwrap()),
+    ]);
+    let batch: Vec<Value> = (0..250)
+        .map(|i| json!({"type": "view", "unit_id": format!("u{i}")}))
+        .collect();
+    for _ in 0..4 {
+        assert_eq!(server.post("/v1/events", json!({"events": batch})).0, 202);
+    }
+    assert!(server.stop().success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1000);
+    assert!(lines.iter().all(|e| e["type"] == "view"));
+}
+
+/// N >= 100,000 events, mixed single and batched, all answered 202; SIGTERM
+/// right after the last answer; after a restart exactly N are stored.
+#[test]
+fn nothing_acknowledged_is_lost_across_a_graceful_restart() {
+    let mut server = TestServer::start();
+    let mut sent = 0usize;
+    for b in 0..95 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"type": "view", "unit_id": format!("u{b}-{i}"), "properties": {"page": i}}))
+            .collect();
+        let (status, body) = server.post("/v1/events", json!({"events": events}));
+        assert_eq!(status, 202, "{body}");
+        sent += 1000;
+    }
+    for i in 0..5000 {
+        let (status, _) = server.post(
+            "/v1/events",
+            json!({"type": "view", "unit_id": format!("single-{i}")}),
+        );
+        assert_eq!(status, 202);
+        sent += 1;
+    }
+    assert!(sent >= 100_000);
+    let status = server.stop();
+    assert!(status.success(), "{status}");
+    server.restart_stopped();
+    let events = stored(&server, None);
+    assert_eq!(events.len(), sent);
+    let mut seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), sent, "every event stored once");
+}
