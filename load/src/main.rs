@@ -46,6 +46,9 @@ pub struct Args {
     /// for all of them; `assign` uses the first).
     #[arg(long, default_value_t = 1)]
     experiments: usize,
+    /// Events per request in `ingest-batch`.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// Bearer key for the server, if auth is on.
     #[arg(long, env = "ABACUS_LOAD_TOKEN")]
     token: Option<String>,

@@ -11,6 +11,10 @@ pub enum Scenario {
     Assign,
     /// `POST /v1/assignments` for random units.
     AssignAll,
+    /// `POST /v1/events` with one click event.
+    Ingest,
+    /// `POST /v1/events` with `--batch` click events.
+    IngestBatch,
 }
 
 impl Scenario {
@@ -19,6 +23,8 @@ impl Scenario {
         match self {
             Scenario::Assign => "assign",
             Scenario::AssignAll => "assign-all",
+            Scenario::Ingest => "ingest",
+            Scenario::IngestBatch => "ingest-batch",
         }
     }
 }
@@ -31,6 +37,7 @@ pub struct Target {
     scenario: Scenario,
     experiment: String,
     units: u64,
+    batch: usize,
 }
 
 impl Target {
@@ -46,6 +53,7 @@ impl Target {
             scenario: args.scenario,
             experiment: String::new(),
             units: args.units.max(1),
+            batch: args.batch.max(1),
         };
         for i in 0..args.experiments.max(1) {
             let key = format!("load-{run_id}-{i}");
@@ -98,6 +106,22 @@ impl Target {
             Scenario::AssignAll => self
                 .request(Method::POST, "/v1/assignments")
                 .json(&json!({"unit_id": format!("user-{unit}")})),
+            Scenario::Ingest => self
+                .request(Method::POST, "/v1/events")
+                .json(&self.click(unit, 0)),
+            Scenario::IngestBatch => {
+                let events: Vec<_> = (0..self.batch).map(|i| self.click(unit, i)).collect();
+                self.request(Method::POST, "/v1/events")
+                    .json(&json!({ "events": events }))
+            }
         }
+    }
+
+    /// A click of `unit` in the run's experiment.
+    fn click(&self, unit: u64, i: usize) -> serde_json::Value {
+        json!({
+            "type": "click", "unit_id": format!("user-{unit}"), "experiment": self.experiment,
+            "properties": {"item_id": format!("sku-{i}"), "rank": i % 10 + 1, "response_time_ms": 12.5}
+        })
     }
 }
