@@ -47,20 +47,6 @@ pub enum Reason {
     NotInLayer,
 }
 
-impl Reason {
-    /// The reason's name in JSON and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Hashed => "hashed",
-            Reason::Sticky => "sticky",
-            Reason::Forced => "forced",
-            Reason::NotRunning => "not_running",
-            Reason::NotInCoverage => "not_in_coverage",
-            Reason::NotInLayer => "not_in_layer",
-        }
-    }
-}
-
 /// The outcome of assigning one unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

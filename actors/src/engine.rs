@@ -13,7 +13,7 @@ use crate::domain::{
     Status, Variant, VariantKey,
 };
 use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
-use crate::ingest::{Envelope, Ingest, IngestLimits, IngestStats, JsonlSink, SinkActor};
+use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
 use crate::sticky::FirstExposure;
 use crate::storage::{StickyRecord, Store};
 use crate::{Error, Result};
@@ -426,11 +426,6 @@ impl Engine {
         .await
     }
 
-    /// The event pipeline's counters.
-    pub fn ingest_stats(&self) -> &IngestStats {
-        self.ingest.stats()
-    }
-
     fn entry(&self, key: &str) -> Result<Entry> {
         self.registry
             .get(key)
@@ -440,21 +435,6 @@ impl Engine {
     /// Whether the engine can serve: the writer is running.
     pub fn is_ready(&self) -> bool {
         self.ingest.is_alive() && self.catalog.connected()
-    }
-
-    /// Number of experiments in each status.
-    pub fn status_counts(&self) -> Vec<(Status, usize)> {
-        let entries = self.registry.load();
-        Status::ALL
-            .iter()
-            .map(|&s| {
-                let n = entries
-                    .values()
-                    .filter(|e| e.slot.snapshot().experiment().status == s)
-                    .count();
-                (s, n)
-            })
-            .collect()
     }
 
     /// Drains the writers and flushes the WAL. Call after the HTTP server

@@ -34,16 +34,6 @@ impl StickyTable {
         })
     }
 
-    /// Number of units exposed.
-    pub fn len(&self) -> usize {
-        self.units.len()
-    }
-
-    /// Whether no unit has been exposed yet.
-    pub fn is_empty(&self) -> bool {
-        self.units.is_empty()
-    }
-
     /// Records `unit`'s first exposure unless it already has one. Returns
     /// the standing first exposure when there was one (`Err`), so a race
     /// between two requests for one unit has exactly one winner.
