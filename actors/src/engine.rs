@@ -302,7 +302,8 @@ impl Engine {
             other => other,
         };
         let mut events = Vec::with_capacity(inputs.len());
-        let mut firsts: Vec<(&Entry, usize)> = Vec::new();
+        // (experiment, variant, index of the exposure event) per exposure.
+        let mut firsts: Vec<(&Entry, usize, usize)> = Vec::new();
         for (i, input) in inputs.into_iter().enumerate() {
             let mut event = input
                 .check(now, || uuid::Uuid::now_v7().to_string())
@@ -341,7 +342,7 @@ impl Engine {
                         }
                     };
                     if let (EventType::Exposure, Some(variant)) = (&event.kind, variant) {
-                        firsts.push((entry, variant));
+                        firsts.push((entry, variant, i));
                     }
                 }
                 None if event.variant.is_some() => {
@@ -354,10 +355,10 @@ impl Engine {
             }
             events.push(event);
         }
-        let exposures = events.iter().filter(|e| e.kind == EventType::Exposure);
         let mut sticky = Vec::new();
         let mut remembered = Vec::new();
-        for ((entry, variant), event) in firsts.into_iter().zip(exposures) {
+        for (entry, variant, i) in firsts {
+            let event = &events[i];
             let first = FirstExposure {
                 variant,
                 at_ms: event.timestamp_ms,

@@ -231,6 +231,30 @@ fn assignments_log_exposures_and_events_get_their_variant() {
         (Some("treatment"), Some("sticky"))
     );
 
+    // An exposure to a draft (no variant to derive) does not shift the
+    // stickiness recorded for the exposures after it in the batch.
+    server.post(
+        "/v1/experiments",
+        json!({
+            "key": "draft", "name": "d",
+            "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}]
+        }),
+    );
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"events": [
+            {"type": "exposure", "unit_id": "dave", "experiment": "draft"},
+            {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": "treatment"}
+        ]}),
+    );
+    assert_eq!(status, 202, "{body}");
+    let erin = server.assign("exp", "erin");
+    assert_eq!(
+        (erin["variant"].as_str(), erin["reason"].as_str()),
+        (Some("treatment"), Some("sticky"))
+    );
+    assert_eq!(server.assign("exp", "dave")["reason"], "hashed");
+
     let (_, quiet) = server.get("/v1/experiments/exp/assignment?unit_id=carol&log_exposure=false");
     assert_eq!(quiet["in_experiment"], true);
     barrier(&server);
