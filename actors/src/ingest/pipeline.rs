@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Batch, Command, Envelope, IngestLimits, IngestStats, SinkActor};
-use crate::storage::Store;
+use crate::storage::{now_ms, Store};
 use crate::Result;
 
 /// State of the writer thread.
@@ -159,10 +159,4 @@ impl Writer {
         self.next_seq = seq;
         Ok(())
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -300,7 +300,7 @@ fn seen_within(value: &[u8], since_ms: u64) -> bool {
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
