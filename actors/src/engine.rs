@@ -1,16 +1,18 @@
 //! The facade the HTTP layer calls: one method per thing a client can ask.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::aggregator::{Aggregator, LiveAggregates};
 use crate::assignment::{Compiled, Decision, Reason};
 use crate::catalog::{Catalog, CreateExperiment, Entry, Registry};
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, Action, Event, EventIn, EventType, ExperimentIn, ExperimentKey, ExperimentPatch,
-    Status, Variant, VariantKey,
+    unix_ms, Action, Event, EventIn, EventType, ExperimentAggregates, ExperimentIn, ExperimentKey,
+    ExperimentPatch, Status, Variant, VariantKey,
 };
 use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
 use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
@@ -89,6 +91,7 @@ pub struct Engine {
     catalog: Addr<Catalog>,
     store: Store,
     ingest: Ingest,
+    aggregates: Arc<LiveAggregates>,
     clock: Arc<dyn Clock>,
 }
 
@@ -125,7 +128,11 @@ impl Engine {
             })?;
             sinks.push(SinkActor::spawn(Box::new(sink), 64).map_err(|_| Error::Unavailable)?);
         }
-        let ingest = Ingest::start(store.clone(), config.ingest, sinks)?;
+        let aggregates = Arc::new(LiveAggregates::default());
+        let ingest = {
+            let (store, aggregates) = (store.clone(), Arc::clone(&aggregates));
+            blocking(move || Ingest::start(store, config.ingest, sinks, aggregates)).await?
+        };
         let catalog =
             Catalog::new(Arc::clone(&registry), store.clone(), Arc::clone(&clock)).start();
         Ok(Self {
@@ -133,6 +140,7 @@ impl Engine {
             catalog,
             store,
             ingest,
+            aggregates,
             clock,
         })
     }
@@ -304,6 +312,7 @@ impl Engine {
         let mut events = Vec::with_capacity(inputs.len());
         // (experiment, variant, index of the exposure event) per exposure.
         let mut firsts: Vec<(&Entry, usize, usize)> = Vec::new();
+        let mut exposed_in_batch: HashMap<(*const Slot, Box<str>), usize> = HashMap::new();
         for (i, input) in inputs.into_iter().enumerate() {
             let mut event = input
                 .check(now, || uuid::Uuid::now_v7().to_string())
@@ -318,8 +327,19 @@ impl Engine {
                     })?;
                     let compiled = entry.slot.snapshot();
                     let experiment = compiled.experiment();
+                    // A first exposure earlier in this batch is not in the
+                    // sticky table yet, but already decides the variant.
                     let decided = compiled.decide(&event.unit_id, || {
-                        entry.slot.sticky.get(&event.unit_id).map(|f| f.variant)
+                        entry
+                            .slot
+                            .sticky
+                            .get(&event.unit_id)
+                            .map(|f| f.variant)
+                            .or_else(|| {
+                                exposed_in_batch
+                                    .get(&(Arc::as_ptr(&entry.slot), event.unit_id.clone()))
+                                    .copied()
+                            })
                     });
                     let assigned = decided.in_experiment.then_some(decided.variant);
                     let variant = match &event.variant {
@@ -343,6 +363,9 @@ impl Engine {
                     };
                     if let (EventType::Exposure, Some(variant)) = (&event.kind, variant) {
                         firsts.push((entry, variant, i));
+                        exposed_in_batch
+                            .entry((Arc::as_ptr(&entry.slot), event.unit_id.clone()))
+                            .or_insert(variant);
                     }
                 }
                 None if event.variant.is_some() => {
@@ -423,6 +446,41 @@ impl Engine {
                 limit,
             )?;
             Ok(EventPage { events, next })
+        })
+        .await
+    }
+
+    /// The experiment's aggregates as of the last committed batch.
+    pub fn aggregates(&self, key: &str) -> Result<Arc<ExperimentAggregates>> {
+        self.entry(key)?;
+        Ok(self.aggregates.get(key))
+    }
+
+    /// The experiment's aggregates recomputed from its stored events (and
+    /// the events that name no experiment), folded in commit order. Reads
+    /// them all into memory: an operator's check, not a hot path. Equal to
+    /// [`Engine::aggregates`] unless retention has removed events.
+    pub async fn rebuilt_aggregates(&self, key: &str) -> Result<ExperimentAggregates> {
+        let experiment = self.entry(key)?.slot.snapshot().experiment().key.clone();
+        let store = self.store.clone();
+        blocking(move || {
+            let mut events = Vec::new();
+            for scope in [Some(&experiment), None] {
+                let mut cursor = None;
+                loop {
+                    let (page, next) =
+                        store.events(scope, i64::MIN, i64::MAX, cursor.as_deref(), 10_000)?;
+                    events.extend(page);
+                    match next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
+            events.sort_unstable_by_key(|e| e.seq);
+            let mut aggregator = Aggregator::default();
+            aggregator.fold(&events);
+            Ok(aggregator.experiment(experiment.as_str()))
         })
         .await
     }

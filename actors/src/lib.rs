@@ -8,6 +8,7 @@
 //! reads without a lock or a mailbox round-trip. The [`Engine`] is the facade
 //! the HTTP layer calls.
 
+pub mod aggregator;
 pub mod assignment;
 pub mod catalog;
 pub mod clock;

@@ -2,6 +2,7 @@
 //! Handlers are thin: extract (auth and validation happen in extractors),
 //! one call into the engine, map to a response.
 
+pub mod aggregates;
 pub mod assignments;
 pub mod auth;
 pub mod error;
@@ -48,6 +49,7 @@ pub fn configure(
             .app_data(extract::path_config())
             .configure(experiments::configure)
             .configure(assignments::configure)
+            .configure(aggregates::configure)
             .configure(events::configure)
             .configure(health::configure)
             .configure(openapi::configure)

@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{assignments, events, experiments, health};
+use super::{aggregates, assignments, events, experiments, health};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -23,6 +23,7 @@ use super::{assignments, events, experiments, health};
         experiments::update,
         experiments::archive,
         experiments::lifecycle,
+        aggregates::aggregates,
         assignments::assign_one,
         assignments::assign_all,
         events::ingest,

@@ -6,9 +6,11 @@
 
 mod common;
 
+mod aggregates;
 mod assignment;
 mod auth;
 mod config;
+mod durability;
 mod errors;
 mod events;
 mod experiments;

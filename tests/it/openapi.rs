@@ -19,6 +19,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("patch", "/v1/experiments/{key}"),
     ("delete", "/v1/experiments/{key}"),
     ("post", "/v1/experiments/{key}/{action}"),
+    ("get", "/v1/experiments/{key}/aggregates"),
     ("get", "/v1/experiments/{key}/assignment"),
     ("post", "/v1/assignments"),
     ("post", "/v1/events"),

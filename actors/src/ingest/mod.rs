@@ -4,7 +4,8 @@
 //! handlers ──try_send──▶ [bounded flume mailbox] ──▶ writer thread
 //!                                                     │ batch (size/time bounded)
 //!                                                     │ de-duplicate client ids
-//!                                                     │ number, commit one WriteBatch (events + first exposures)
+//!                                                     │ number, fold into the aggregates
+//!                                                     │ commit one WriteBatch (events, first exposures, aggregates)
 //!                                                     │ acknowledge `ack=persisted` callers
 //!                                                     └──▶ other sinks, each its own thread and bounded mailbox
 //! ```
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 pub use sink::{JsonlSink, Sink, SinkActor};
 
+use crate::aggregator::LiveAggregates;
 use crate::domain::Event;
 use crate::storage::{StickyRecord, Store};
 use crate::{Error, Result};
@@ -88,10 +90,16 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer thread, feeding committed batches to `sinks`.
-    pub fn start(store: Store, limits: IngestLimits, sinks: Vec<SinkActor>) -> Result<Self> {
+    /// Restores the aggregates from `store` and publishes them to `live`.
+    pub fn start(
+        store: Store,
+        limits: IngestLimits,
+        sinks: Vec<SinkActor>,
+        live: Arc<LiveAggregates>,
+    ) -> Result<Self> {
         let (tx, rx) = flume::bounded(limits.mailbox_capacity);
         let stats = Arc::new(IngestStats::default());
-        let writer = pipeline::Writer::new(store, limits, sinks, Arc::clone(&stats))?;
+        let writer = pipeline::Writer::new(store, limits, sinks, Arc::clone(&stats), live)?;
         let thread = std::thread::Builder::new()
             .name("ingest-writer".into())
             .spawn(move || writer.run(&rx))
@@ -197,7 +205,8 @@ mod tests {
             flush_max_events: 1_000_000,
             dedup_window: Duration::from_secs(60),
         };
-        let ingest = Ingest::start(store.clone(), limits, Vec::new()).expect("start");
+        let live = Arc::new(LiveAggregates::default());
+        let ingest = Ingest::start(store.clone(), limits, Vec::new(), live).expect("start");
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let event = |i: usize| Event {
             seq: 0,

@@ -1,4 +1,5 @@
-//! The writer thread: the store-of-record sink.
+//! The writer thread: the store-of-record sink, and owner of the
+//! aggregates (see [`crate::aggregator`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -6,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Batch, Command, Envelope, IngestLimits, IngestStats, SinkActor};
-use crate::storage::{now_ms, Store};
+use crate::aggregator::{Aggregator, LiveAggregates};
+use crate::storage::{now_ms, Commit, Store};
 use crate::Result;
 
 /// State of the writer thread.
@@ -16,6 +18,8 @@ pub(super) struct Writer {
     sinks: Vec<SinkActor>,
     stats: Arc<IngestStats>,
     next_seq: u64,
+    aggregator: Aggregator,
+    live: Arc<LiveAggregates>,
 }
 
 impl Writer {
@@ -24,14 +28,19 @@ impl Writer {
         limits: IngestLimits,
         sinks: Vec<SinkActor>,
         stats: Arc<IngestStats>,
+        live: Arc<LiveAggregates>,
     ) -> Result<Self> {
         let next_seq = store.next_seq()?;
+        let aggregator = Aggregator::restore(store.aggregates()?, store.unit_exposures()?);
+        aggregator.publish_all(&live);
         Ok(Self {
             store,
             limits,
             sinks,
             stats,
             next_seq,
+            aggregator,
+            live,
         })
     }
 
@@ -74,9 +83,10 @@ impl Writer {
         );
     }
 
-    /// Commits everything pending as one WriteBatch, retrying until the
-    /// store takes it: acknowledged events are never dropped. While it
-    /// retries the mailbox fills and handlers answer 503.
+    /// Commits everything pending as one WriteBatch with the aggregates it
+    /// changes, retrying until the store takes it: acknowledged events are
+    /// never dropped. While it retries the mailbox fills and handlers
+    /// answer 503.
     fn commit(&mut self, pending: &mut Vec<Envelope>) {
         let mut batch = Batch::default();
         let mut acks = Vec::new();
@@ -85,17 +95,31 @@ impl Writer {
             batch.sticky.extend(envelope.sticky);
             acks.extend(envelope.ack);
         }
-        let mut delay = Duration::from_millis(10);
-        loop {
-            match self.try_commit(&mut batch) {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, events = batch.events.len(), "commit failed; retrying");
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
+        self.drop_duplicates(&mut batch);
+        let mut seq = self.next_seq;
+        for e in &mut batch.events {
+            e.seq = seq;
+            seq += 1;
         }
+        self.aggregator.fold(&batch.events);
+        let ids: Vec<&str> = batch
+            .events
+            .iter()
+            .filter(|e| e.client_id)
+            .map(|e| &*e.event_id)
+            .collect();
+        retry("commit", || {
+            self.store.commit(&Commit {
+                events: &batch.events,
+                sticky: &batch.sticky,
+                client_ids: &ids,
+                next_seq: seq,
+                aggregates: Some(self.aggregator.changes()),
+            })
+        });
+        drop(ids);
+        self.next_seq = seq;
+        self.aggregator.published(&self.live);
         self.stats
             .persisted
             .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
@@ -111,9 +135,9 @@ impl Writer {
         }
     }
 
-    /// Drops duplicates, numbers the rest and writes them. Idempotent on
-    /// retry: numbering restarts from the last committed sequence.
-    fn try_commit(&mut self, batch: &mut Batch) -> Result<()> {
+    /// Removes events whose client id was committed within the window or
+    /// repeats one earlier in the batch.
+    fn drop_duplicates(&self, batch: &mut Batch) {
         let window_start = now_ms().saturating_sub(
             u64::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u64::MAX),
         );
@@ -123,7 +147,12 @@ impl Writer {
             .filter(|e| e.client_id)
             .map(|e| &*e.event_id)
             .collect();
-        let seen = self.store.seen_ids(&client_ids, window_start)?;
+        if client_ids.is_empty() {
+            return;
+        }
+        let seen = retry("reading event ids", || {
+            self.store.seen_ids(&client_ids, window_start)
+        });
         let mut duplicate = seen.into_iter();
         let mut in_batch = HashSet::with_capacity(client_ids.len());
         let keep: Vec<bool> = batch
@@ -131,9 +160,10 @@ impl Writer {
             .iter()
             .map(|e| {
                 !e.client_id
-                    || (!duplicate.next().unwrap_or(false) && in_batch.insert(e.event_id.clone()))
+                    || (!duplicate.next().unwrap_or(false) && in_batch.insert(&*e.event_id))
             })
             .collect();
+        drop(in_batch);
         let before = batch.events.len();
         let mut keep = keep.into_iter();
         batch.events.retain(|_| keep.next().unwrap_or(true));
@@ -143,20 +173,20 @@ impl Writer {
                 .duplicates
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
-        let mut seq = self.next_seq;
-        for e in &mut batch.events {
-            e.seq = seq;
-            seq += 1;
+    }
+}
+
+/// Runs a store operation until it succeeds, backing off up to 5 s.
+fn retry<T>(what: &str, mut op: impl FnMut() -> Result<T>) -> T {
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match op() {
+            Ok(t) => return t,
+            Err(e) => {
+                tracing::error!(error = %e, "{what} failed; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
         }
-        let ids: Vec<&str> = batch
-            .events
-            .iter()
-            .filter(|e| e.client_id)
-            .map(|e| &*e.event_id)
-            .collect();
-        self.store
-            .commit_batch(&batch.events, &batch.sticky, &ids, seq)?;
-        self.next_seq = seq;
-        Ok(())
     }
 }

@@ -7,7 +7,7 @@ pub enum Cf {
     Meta,
     /// experiment key (UTF-8) → `[v1][JSON Experiment]`.
     Experiments,
-    /// [`keys::sticky`](super::keys::sticky) → `[v1][first_exposed_ms: i64 BE][variant key UTF-8]`.
+    /// [`keys::unit`](super::keys::unit) → `[v1][first_exposed_ms: i64 BE][variant key UTF-8]`.
     /// A unit's first exposure; later assignments return the same variant.
     Sticky,
     /// [`keys::event`](super::keys::event) → `[v1][JSON Event]`. Every stored
@@ -19,16 +19,27 @@ pub enum Cf {
     /// the de-duplication window; older entries are dropped by a compaction
     /// filter and ignored on read.
     EventIds,
+    /// experiment key (UTF-8) → `[v1][JSON ExperimentAggregates]`. Written
+    /// with the batch of events that changed them.
+    Aggregates,
+    /// [`keys::unit`](super::keys::unit) → `[v1]` then per exposure
+    /// `[variant len: u8][variant][exposed_ms: i64 BE][measures: u16 BE]`
+    /// and per measure `[key len: u8][key][events: u64 BE][sum: f64 BE]`.
+    /// What each exposed unit has done, so a restart resumes the per-unit
+    /// sums that sums of squares need.
+    UnitExposures,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 5] = [
+    pub const ALL: [Cf; 7] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
         Cf::Events,
         Cf::EventIds,
+        Cf::Aggregates,
+        Cf::UnitExposures,
     ];
 
     /// The family's name on disk.
@@ -39,6 +50,8 @@ impl Cf {
             Cf::Sticky => "sticky_assignments",
             Cf::Events => "events",
             Cf::EventIds => "event_ids",
+            Cf::Aggregates => "aggregates",
+            Cf::UnitExposures => "unit_exposures",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! [`keys`]. Callers must not call it from an async worker thread: it
 //! blocks on disk.
 
+mod aggregates;
 mod cf;
 pub mod keys;
 
@@ -17,6 +18,7 @@ use rocksdb::{
 
 pub use cf::Cf;
 
+use crate::aggregator::Changes;
 use crate::domain::{Event, Experiment, ExperimentKey};
 use crate::{Error, Result};
 
@@ -39,6 +41,21 @@ pub struct StickyRecord {
     pub variant: Box<str>,
     /// When, in milliseconds since the Unix epoch.
     pub first_exposed_ms: i64,
+}
+
+/// Everything one committed batch writes, in one RocksDB WriteBatch.
+#[derive(Default)]
+pub struct Commit<'a> {
+    /// Numbered events.
+    pub events: &'a [Event],
+    /// First exposures they establish.
+    pub sticky: &'a [StickyRecord],
+    /// Client event ids to remember for de-duplication.
+    pub client_ids: &'a [&'a str],
+    /// The sequence number after the last event.
+    pub next_seq: u64,
+    /// Aggregates the events changed.
+    pub aggregates: Option<Changes<'a>>,
 }
 
 /// A handle on the open database; cheap to clone.
@@ -139,21 +156,13 @@ impl Store {
             .collect()
     }
 
-    /// Commits one batch of events, the first exposures they carry, the
-    /// client ids to remember for de-duplication and the next sequence
-    /// number, atomically. WAL, not fsynced: a process crash loses nothing
-    /// committed; a power cut may lose the last batches.
-    pub fn commit_batch(
-        &self,
-        events: &[Event],
-        sticky: &[StickyRecord],
-        client_ids: &[&str],
-        next_seq: u64,
-    ) -> Result<()> {
+    /// Commits one batch atomically. WAL, not fsynced: a process crash
+    /// loses nothing committed; a power cut may lose the last batches.
+    pub fn commit(&self, commit: &Commit<'_>) -> Result<()> {
         let mut batch = WriteBatch::default();
         let events_cf = self.cf(Cf::Events);
         let mut value = Vec::with_capacity(256);
-        for e in events {
+        for e in commit.events {
             value.clear();
             value.push(VALUE_V1);
             serde_json::to_writer(&mut value, e).map_err(|err| Error::Corrupt {
@@ -167,19 +176,41 @@ impl Store {
             );
         }
         let sticky_cf = self.cf(Cf::Sticky);
-        for r in sticky {
+        for r in commit.sticky {
             let mut value = Vec::with_capacity(9 + r.variant.len());
             value.push(VALUE_V1);
             value.extend_from_slice(&r.first_exposed_ms.to_be_bytes());
             value.extend_from_slice(r.variant.as_bytes());
-            batch.put_cf(sticky_cf, keys::sticky(&r.experiment, &r.unit), value);
+            batch.put_cf(sticky_cf, keys::unit(r.experiment.as_str(), &r.unit), value);
         }
         let ids_cf = self.cf(Cf::EventIds);
         let now = now_ms().to_be_bytes();
-        for id in client_ids {
+        for id in commit.client_ids {
             batch.put_cf(ids_cf, id.as_bytes(), now);
         }
-        batch.put_cf(self.cf(Cf::Meta), NEXT_SEQ_KEY, next_seq.to_be_bytes());
+        if let Some(changes) = &commit.aggregates {
+            let cf = self.cf(Cf::Aggregates);
+            for (key, aggregates) in &changes.experiments {
+                value.clear();
+                value.push(VALUE_V1);
+                serde_json::to_writer(&mut value, aggregates).map_err(|err| Error::Corrupt {
+                    cf: Cf::Aggregates.name(),
+                    reason: err.to_string(),
+                })?;
+                batch.put_cf(cf, key.as_bytes(), &value);
+            }
+            let cf = self.cf(Cf::UnitExposures);
+            for unit in &changes.units {
+                value.clear();
+                aggregates::encode_exposures(&unit.exposures, &mut value);
+                batch.put_cf(cf, keys::unit(unit.experiment, unit.unit), &value);
+            }
+        }
+        batch.put_cf(
+            self.cf(Cf::Meta),
+            NEXT_SEQ_KEY,
+            commit.next_seq.to_be_bytes(),
+        );
         self.db.write(batch)?;
         Ok(())
     }
@@ -307,7 +338,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyRecord> {
-    let (experiment, unit) = keys::parse_sticky(key)?;
+    let (experiment, unit) = keys::parse_unit(key)?;
     let (&VALUE_V1, rest) = value.split_first()? else {
         return None;
     };
@@ -345,7 +376,13 @@ mod tests {
         ];
         {
             let store = Store::open(dir.path(), WINDOW).unwrap();
-            store.commit_batch(&[], &written, &[], 7).unwrap();
+            store
+                .commit(&Commit {
+                    sticky: &written,
+                    next_seq: 7,
+                    ..Commit::default()
+                })
+                .unwrap();
         }
         let store = Store::open(dir.path(), WINDOW).unwrap();
         assert_eq!(store.next_seq().unwrap(), 7);
@@ -395,7 +432,13 @@ mod tests {
             .map(|i| event(Some("a"), i * 100, i as u64))
             .chain([event(Some("b"), 150, 11), event(None, 150, 12)])
             .collect();
-        store.commit_batch(&events, &[], &[], 13).unwrap();
+        store
+            .commit(&Commit {
+                events: &events,
+                next_seq: 13,
+                ..Commit::default()
+            })
+            .unwrap();
         let a = ExperimentKey::try_from("a").unwrap();
 
         let (page, next) = store.events(Some(&a), 200, 800, None, 3).unwrap();
@@ -426,7 +469,13 @@ mod tests {
     fn client_ids_are_remembered_within_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), WINDOW).unwrap();
-        store.commit_batch(&[], &[], &["x", "y"], 1).unwrap();
+        store
+            .commit(&Commit {
+                client_ids: &["x", "y"],
+                next_seq: 1,
+                ..Commit::default()
+            })
+            .unwrap();
         assert_eq!(
             store.seen_ids(&["x", "z", "y"], 0).unwrap(),
             [true, false, true]

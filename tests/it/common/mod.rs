@@ -133,6 +133,13 @@ impl TestServer {
         }
     }
 
+    /// Sends SIGKILL: no drain, no flush.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("server is running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("wait");
+    }
+
     /// Stops gracefully (asserting a clean exit) and starts again on the same data.
     pub fn restart(&mut self) {
         let status = self.stop();
@@ -214,6 +221,55 @@ impl TestServer {
         let (status, started) = self.post_empty(&format!("/v1/experiments/{key}/start"));
         assert_eq!(status, 200, "{started}");
         started
+    }
+
+    /// Every stored event of `experiment` (or of no experiment), paging
+    /// through the export.
+    pub fn stored(&self, experiment: Option<&str>) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = "/v1/events?limit=10000".to_owned();
+            if let Some(e) = experiment {
+                path.push_str(&format!("&experiment={e}"));
+            }
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (status, page) = self.get(&path);
+            assert_eq!(status, 200, "{page}");
+            events.extend(page["events"].as_array().expect("events").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return events,
+            }
+        }
+    }
+
+    /// Waits for everything queued so far: the pipeline is FIFO, so once a
+    /// later `ack=persisted` request is committed, so is all before it.
+    pub fn barrier(&self) {
+        let (status, body) = self.post(
+            "/v1/events?ack=persisted",
+            json!({"type": "barrier", "unit_id": "barrier"}),
+        );
+        assert_eq!(
+            (status, body["persisted"].as_bool()),
+            (202, Some(true)),
+            "{body}"
+        );
+    }
+
+    /// The experiment's aggregates, live and recomputed from stored
+    /// events; asserts both agree exactly.
+    pub fn aggregates(&self, key: &str) -> Value {
+        let (status, live) = self.get(&format!("/v1/experiments/{key}/aggregates"));
+        assert_eq!(status, 200, "{live}");
+        let (status, rebuilt) =
+            self.get(&format!("/v1/experiments/{key}/aggregates?source=events"));
+        assert_eq!(status, 200, "{rebuilt}");
+        assert_eq!(live, rebuilt, "live aggregates differ from a rebuild");
+        live
     }
 
     /// `GET .../assignment` for `unit`.

@@ -1,0 +1,464 @@
+//! The aggregator: folds committed events into per-experiment aggregates.
+//!
+//! It is owned by the ingest writer thread, which folds each batch just
+//! before committing it and writes the aggregates that changed in the same
+//! RocksDB WriteBatch as the events. Aggregates on disk therefore always
+//! describe exactly the events on disk, across crashes, with no second
+//! write path to reconcile, and a single thread owns them, so there is no
+//! lock. Readers get immutable snapshots from [`LiveAggregates`].
+//!
+//! Attribution (SPEC "Results"): an exposure event makes its unit an
+//! exposed unit of its variant (once); any other event counts towards the
+//! measure named by [`Event::metric_name`] for each exposure of its unit
+//! that it matches — the event's experiment (all of the unit's experiments
+//! when it names none) and variant (all of the unit's variants in that
+//! experiment when it names none) — provided it happened at or after that
+//! exposure. Events are folded in commit order, so an outcome that arrives
+//! before its unit's exposure does not count. [`Aggregator::fold`] over the
+//! stored events in `seq` order reproduces the live numbers exactly.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::domain::{
+    Event, EventType, ExperimentAggregates, Exposure, MeasureAggregates, UnitMeasure,
+    VariantAggregates,
+};
+
+/// The writer's aggregation state.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    experiments: HashMap<Arc<str>, ExperimentAggregates>,
+    units: HashMap<Box<str>, Vec<Exposure>>,
+    interned: HashSet<Arc<str>>,
+    dirty_experiments: BTreeSet<Arc<str>>,
+    dirty_units: HashSet<(Arc<str>, Box<str>)>,
+}
+
+/// What a fold changed, to be written with the batch that caused it.
+pub struct Changes<'a> {
+    /// Each changed experiment's aggregates.
+    pub experiments: Vec<(&'a str, &'a ExperimentAggregates)>,
+    /// Each changed (experiment, unit): the unit's exposures in it.
+    pub units: Vec<UnitChange<'a>>,
+}
+
+/// One unit's exposures to one experiment, as persisted.
+pub struct UnitChange<'a> {
+    /// The experiment.
+    pub experiment: &'a str,
+    /// The unit.
+    pub unit: &'a str,
+    /// Its exposures to that experiment's variants.
+    pub exposures: Vec<&'a Exposure>,
+}
+
+impl Aggregator {
+    /// Restores persisted state: every experiment's aggregates and every
+    /// unit's exposures.
+    pub fn restore(
+        experiments: impl IntoIterator<Item = (String, ExperimentAggregates)>,
+        units: impl IntoIterator<Item = (Box<str>, Exposure)>,
+    ) -> Self {
+        let mut this = Self::default();
+        for (key, aggregates) in experiments {
+            let key = this.intern(&key);
+            this.experiments.insert(key, aggregates);
+        }
+        for (unit, mut exposure) in units {
+            exposure.experiment = this.intern(&exposure.experiment);
+            exposure.variant = this.intern(&exposure.variant);
+            for m in &mut exposure.measures {
+                m.key = this.intern(&m.key);
+            }
+            this.units.entry(unit).or_default().push(exposure);
+        }
+        this
+    }
+
+    /// Folds events in order, as committed.
+    pub fn fold<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) {
+        for event in events {
+            self.fold_one(event);
+        }
+    }
+
+    fn fold_one(&mut self, e: &Event) {
+        if let (true, Some(exp), Some(variant)) = (e.assignment_mismatch, &e.experiment, &e.variant)
+        {
+            let exp = self.intern(exp.as_str());
+            self.variant_mut(&exp, variant.as_str())
+                .assignment_mismatches += 1;
+        }
+        if e.kind == EventType::Exposure {
+            if let (Some(exp), Some(variant)) = (&e.experiment, &e.variant) {
+                self.expose(exp.as_str(), variant.as_str(), &e.unit_id, e.timestamp_ms);
+            }
+            return;
+        }
+        let Some(exposures) = self.units.get_mut(&*e.unit_id) else {
+            return;
+        };
+        let measure = e.metric_name();
+        if measure.is_empty() {
+            return;
+        }
+        let value = e.value.unwrap_or(1.0);
+        let mut measure_key: Option<Arc<str>> = None;
+        for exposure in exposures.iter_mut() {
+            let matches = e
+                .experiment
+                .as_ref()
+                .is_none_or(|x| x.as_str() == &*exposure.experiment)
+                && e.variant
+                    .as_ref()
+                    .is_none_or(|v| v.as_str() == &*exposure.variant)
+                && e.timestamp_ms >= exposure.exposed_ms;
+            if !matches {
+                continue;
+            }
+            let key = measure_key
+                .get_or_insert_with(|| intern(&mut self.interned, measure))
+                .clone();
+            let unit = match exposure.measures.iter_mut().find(|m| m.key == key) {
+                Some(unit) => unit,
+                None => {
+                    exposure.measures.push(UnitMeasure {
+                        key: Arc::clone(&key),
+                        events: 0,
+                        sum: 0.0,
+                    });
+                    let last = exposure.measures.len() - 1;
+                    &mut exposure.measures[last]
+                }
+            };
+            let before = unit.sum;
+            unit.events += 1;
+            unit.sum += value;
+            let (first, after) = (unit.events == 1, unit.sum);
+            let totals = measure_mut(
+                &mut self.experiments,
+                &exposure.experiment,
+                &exposure.variant,
+                &key,
+            );
+            totals.units += u64::from(first);
+            totals.events += 1;
+            totals.sum += value;
+            totals.sum_squares += after * after - before * before;
+            self.dirty_experiments
+                .insert(Arc::clone(&exposure.experiment));
+            self.dirty_units
+                .insert((Arc::clone(&exposure.experiment), e.unit_id.clone()));
+        }
+    }
+
+    /// Counts an exposure; a unit's first to this variant makes it an
+    /// exposed unit.
+    fn expose(&mut self, experiment: &str, variant: &str, unit: &str, at_ms: i64) {
+        let exp = self.intern(experiment);
+        let var = self.intern(variant);
+        let exposures = self.units.entry(unit.into()).or_default();
+        let first = !exposures
+            .iter()
+            .any(|x| x.experiment == exp && x.variant == var);
+        if first {
+            exposures.push(Exposure {
+                experiment: Arc::clone(&exp),
+                variant: Arc::clone(&var),
+                exposed_ms: at_ms,
+                measures: Vec::new(),
+            });
+            self.dirty_units.insert((Arc::clone(&exp), unit.into()));
+        }
+        let totals = self.variant_mut(&exp, &var);
+        totals.exposures += 1;
+        totals.units += u64::from(first);
+    }
+
+    fn variant_mut(&mut self, exp: &Arc<str>, variant: &str) -> &mut VariantAggregates {
+        self.dirty_experiments.insert(Arc::clone(exp));
+        variant_mut(&mut self.experiments, exp, variant)
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        intern(&mut self.interned, s)
+    }
+
+    /// What changed since the last [`Aggregator::published`].
+    pub fn changes(&self) -> Changes<'_> {
+        let experiments = self
+            .dirty_experiments
+            .iter()
+            .filter_map(|k| self.experiments.get_key_value(k))
+            .map(|(k, a)| (&**k, a))
+            .collect();
+        let units = self
+            .dirty_units
+            .iter()
+            .map(|(exp, unit)| UnitChange {
+                experiment: exp,
+                unit,
+                exposures: self
+                    .units
+                    .get(unit)
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x.experiment == *exp)
+                    .collect(),
+            })
+            .collect();
+        Changes { experiments, units }
+    }
+
+    /// Publishes what changed to readers, once it is committed.
+    pub fn published(&mut self, live: &LiveAggregates) {
+        for key in std::mem::take(&mut self.dirty_experiments) {
+            if let Some(a) = self.experiments.get(&key) {
+                live.by_experiment.insert(key, Arc::new(a.clone()));
+            }
+        }
+        self.dirty_units.clear();
+    }
+
+    /// Publishes everything (at start).
+    pub fn publish_all(&self, live: &LiveAggregates) {
+        for (key, a) in &self.experiments {
+            live.by_experiment
+                .insert(Arc::clone(key), Arc::new(a.clone()));
+        }
+    }
+
+    /// One experiment's aggregates (empty when it has none yet).
+    pub fn experiment(&self, key: &str) -> ExperimentAggregates {
+        self.experiments.get(key).cloned().unwrap_or_default()
+    }
+}
+
+fn intern(interned: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
+    match interned.get(s) {
+        Some(k) => Arc::clone(k),
+        None => {
+            let k: Arc<str> = s.into();
+            interned.insert(Arc::clone(&k));
+            k
+        }
+    }
+}
+
+fn variant_mut<'a>(
+    experiments: &'a mut HashMap<Arc<str>, ExperimentAggregates>,
+    exp: &Arc<str>,
+    variant: &str,
+) -> &'a mut VariantAggregates {
+    let variants = &mut experiments.entry(Arc::clone(exp)).or_default().variants;
+    if !variants.contains_key(variant) {
+        variants.insert(variant.to_owned(), VariantAggregates::default());
+    }
+    variants
+        .get_mut(variant)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
+fn measure_mut<'a>(
+    experiments: &'a mut HashMap<Arc<str>, ExperimentAggregates>,
+    exp: &Arc<str>,
+    variant: &str,
+    measure: &str,
+) -> &'a mut MeasureAggregates {
+    let measures = &mut variant_mut(experiments, exp, variant).measures;
+    if !measures.contains_key(measure) {
+        measures.insert(measure.to_owned(), MeasureAggregates::default());
+    }
+    measures
+        .get_mut(measure)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
+/// The published aggregates readers see: one immutable snapshot per
+/// experiment, replaced after each committed batch that changed it.
+#[derive(Debug, Default)]
+pub struct LiveAggregates {
+    by_experiment: DashMap<Arc<str>, Arc<ExperimentAggregates>>,
+}
+
+impl LiveAggregates {
+    /// The latest committed aggregates of an experiment.
+    pub fn get(&self, experiment: &str) -> Arc<ExperimentAggregates> {
+        self.by_experiment
+            .get(experiment)
+            .map(|a| Arc::clone(&a))
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ExperimentKey, VariantKey};
+
+    fn event(kind: &str, unit: &str, exp: Option<&str>, variant: Option<&str>, ts: i64) -> Event {
+        Event {
+            seq: 0,
+            event_id: "id".into(),
+            kind: EventType::try_from(kind.to_owned()).unwrap(),
+            unit_id: unit.into(),
+            experiment: exp.map(|e| ExperimentKey::try_from(e).unwrap()),
+            variant: variant.map(|v| VariantKey::try_from(v).unwrap()),
+            value: None,
+            timestamp_ms: ts,
+            received_ms: ts,
+            session_id: None,
+            properties: None,
+            assignment_mismatch: false,
+            client_id: false,
+        }
+    }
+
+    fn valued(mut e: Event, v: f64) -> Event {
+        e.value = Some(v);
+        e
+    }
+
+    fn measure<'a>(a: &'a ExperimentAggregates, variant: &str, m: &str) -> &'a MeasureAggregates {
+        &a.variants[variant].measures[m]
+    }
+
+    #[test]
+    fn repeat_exposures_count_the_unit_once() {
+        let mut agg = Aggregator::default();
+        let events = [
+            event("exposure", "u1", Some("e"), Some("a"), 10),
+            event("exposure", "u1", Some("e"), Some("a"), 20),
+            event("exposure", "u2", Some("e"), Some("b"), 30),
+        ];
+        agg.fold(&events);
+        let a = agg.experiment("e");
+        assert_eq!((a.variants["a"].units, a.variants["a"].exposures), (1, 2));
+        assert_eq!((a.variants["b"].units, a.variants["b"].exposures), (1, 1));
+    }
+
+    #[test]
+    fn per_unit_sums_feed_sum_and_sum_of_squares() {
+        let mut agg = Aggregator::default();
+        let events = [
+            event("exposure", "u1", Some("e"), Some("a"), 10),
+            event("exposure", "u2", Some("e"), Some("a"), 10),
+            valued(event("conversion", "u1", Some("e"), None, 11), 2.0),
+            valued(event("conversion", "u1", Some("e"), None, 12), 3.0),
+            event("conversion", "u2", None, None, 13),
+        ];
+        agg.fold(&events);
+        let a = agg.experiment("e");
+        let m = measure(&a, "a", "conversion");
+        assert_eq!((m.units, m.events), (2, 3));
+        assert_eq!(m.sum, 6.0);
+        assert_eq!(m.sum_squares, 5.0 * 5.0 + 1.0);
+    }
+
+    #[test]
+    fn only_exposed_units_count_and_only_after_their_exposure() {
+        let mut agg = Aggregator::default();
+        let events = [
+            event("click", "u1", Some("e"), None, 5),
+            event("exposure", "u1", Some("e"), Some("a"), 10),
+            event("click", "u1", Some("e"), None, 9),
+            event("click", "u1", Some("e"), None, 10),
+            event("click", "stranger", None, None, 50),
+        ];
+        agg.fold(&events);
+        let a = agg.experiment("e");
+        assert_eq!(measure(&a, "a", "click").events, 1);
+        assert_eq!(a.variants.len(), 1);
+    }
+
+    #[test]
+    fn events_without_an_experiment_count_for_each_experiment_of_the_unit() {
+        let mut agg = Aggregator::default();
+        let events = [
+            event("exposure", "u", Some("e1"), Some("a"), 1),
+            event("exposure", "u", Some("e2"), Some("b"), 1),
+            valued(event("purchase", "u", None, None, 2), 9.5),
+            valued(event("purchase", "u", Some("e1"), None, 3), 1.0),
+        ];
+        agg.fold(&events);
+        assert_eq!(measure(&agg.experiment("e1"), "a", "purchase").sum, 10.5);
+        assert_eq!(measure(&agg.experiment("e2"), "b", "purchase").sum, 9.5);
+    }
+
+    #[test]
+    fn metric_events_count_under_their_name_and_mismatches_are_counted() {
+        let mut agg = Aggregator::default();
+        let mut metric = valued(event("metric", "u", Some("e"), Some("a"), 2), 4.0);
+        metric.properties = serde_json::from_str(r#"{"name": "latency", "value": 4}"#).unwrap();
+        let mut drifted = event("exposure", "u", Some("e"), Some("b"), 3);
+        drifted.assignment_mismatch = true;
+        let events = [
+            event("exposure", "u", Some("e"), Some("a"), 1),
+            metric,
+            drifted,
+            event("click", "u", Some("e"), Some("b"), 4),
+        ];
+        agg.fold(&events);
+        let a = agg.experiment("e");
+        assert_eq!(measure(&a, "a", "latency").sum, 4.0);
+        assert_eq!(a.variants["b"].assignment_mismatches, 1);
+        assert_eq!(a.variants["b"].units, 1, "the drifted unit saw b too");
+        assert_eq!(measure(&a, "b", "click").events, 1);
+        assert!(!a.variants["a"].measures.contains_key("click"));
+    }
+
+    #[test]
+    fn restored_state_continues_exactly_where_it_left_off() {
+        let events: Vec<Event> = (0..200)
+            .map(|i| {
+                let unit = format!("u{}", i % 7);
+                if i % 5 == 0 {
+                    event("exposure", &unit, Some("e"), Some("a"), i)
+                } else {
+                    valued(
+                        event("buy", &unit, None, None, i),
+                        f64::from(i as u32) / 3.0,
+                    )
+                }
+            })
+            .collect();
+        let mut whole = Aggregator::default();
+        whole.fold(&events);
+
+        let mut first = Aggregator::default();
+        first.fold(&events[..100]);
+        let units: Vec<(Box<str>, Exposure)> = first
+            .units
+            .iter()
+            .flat_map(|(u, xs)| xs.iter().map(|x| (u.clone(), x.clone())))
+            .collect();
+        let totals = first
+            .experiments
+            .iter()
+            .map(|(k, a)| (k.to_string(), a.clone()));
+        let mut resumed = Aggregator::restore(totals, units);
+        resumed.fold(&events[100..]);
+        assert_eq!(resumed.experiment("e"), whole.experiment("e"));
+    }
+
+    #[test]
+    fn changes_name_what_a_fold_touched_until_published() {
+        let mut agg = Aggregator::default();
+        agg.fold(&[
+            event("exposure", "u1", Some("e"), Some("a"), 1),
+            event("click", "u1", None, None, 2),
+        ]);
+        let changes = agg.changes();
+        assert_eq!(changes.experiments.len(), 1);
+        assert_eq!(changes.units.len(), 1);
+        assert_eq!(changes.units[0].exposures[0].measures[0].events, 1);
+        let live = LiveAggregates::default();
+        agg.published(&live);
+        assert_eq!(live.get("e").variants["a"].units, 1);
+        assert!(agg.changes().units.is_empty());
+        assert_eq!(*live.get("nothing"), ExperimentAggregates::default());
+    }
+}

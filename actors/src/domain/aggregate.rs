@@ -1,0 +1,76 @@
+//! Aggregates: what the units of each variant did, summed so that results
+//! never scan raw events.
+//!
+//! Everything is kept per *measure*: an event type, or a `metric` event's
+//! name. A metric `{key: K}` of an experiment reads the measure `K`, so a
+//! metric added after the experiment started already has its history.
+//! Per unit, only the unit's own running sum is kept ([`UnitMeasure`]);
+//! the per-variant totals carry the sum of squares of those per-unit sums,
+//! which is all a mean metric's variance needs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// One experiment's aggregates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExperimentAggregates {
+    /// By variant key.
+    pub variants: BTreeMap<String, VariantAggregates>,
+}
+
+/// One variant's aggregates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VariantAggregates {
+    /// Exposed units: each unit counts once, at its first exposure.
+    pub units: u64,
+    /// Exposure events, repeats included.
+    pub exposures: u64,
+    /// Events whose explicit variant differed from abacus's assignment.
+    pub assignment_mismatches: u64,
+    /// By measure (event type or `metric` name).
+    pub measures: BTreeMap<String, MeasureAggregates>,
+}
+
+/// What a variant's exposed units did with one measure, counting only
+/// events at or after each unit's first exposure.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MeasureAggregates {
+    /// Units with at least one counted event (conversions, for a binomial
+    /// metric).
+    pub units: u64,
+    /// Counted events.
+    pub events: u64,
+    /// Sum over units of each unit's sum of values; an event without a
+    /// value counts 1.
+    pub sum: f64,
+    /// Sum over units of the square of each unit's sum.
+    pub sum_squares: f64,
+}
+
+/// A unit's exposure to one variant of one experiment, and what it has
+/// done since. A unit normally has one per experiment; a client that
+/// reports several variants for one unit gives it several.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exposure {
+    /// Experiment key (interned: millions of units share a few keys).
+    pub experiment: Arc<str>,
+    /// Variant key, interned.
+    pub variant: Arc<str>,
+    /// Timestamp of the first exposure event; earlier events do not count.
+    pub exposed_ms: i64,
+    /// Running per-measure sums since then.
+    pub measures: Vec<UnitMeasure>,
+}
+
+/// One unit's running total of one measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitMeasure {
+    /// Measure key, interned.
+    pub key: Arc<str>,
+    /// Events counted.
+    pub events: u64,
+    /// Sum of their values.
+    pub sum: f64,
+}
