@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use abacus_actors::clock::SystemClock;
 use abacus_actors::ingest::IngestLimits;
+use abacus_actors::retention::Retention;
 use abacus_actors::{Engine, EngineConfig};
 use abacus_config::{Config, SinkKind};
 use actix_web::{web, App, HttpServer};
@@ -57,6 +58,10 @@ pub async fn run(
                     .sinks
                     .contains(&SinkKind::Jsonl)
                     .then(|| config.ingest.jsonl_path.clone()),
+                retention: (config.storage.retention_days > 0).then(|| Retention {
+                    keep: Duration::from_secs(u64::from(config.storage.retention_days) * 24 * 3600),
+                    every: Duration::from_secs(config.storage.retention_sweep_interval_s),
+                }),
             },
             Arc::new(SystemClock),
         )

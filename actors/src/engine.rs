@@ -16,6 +16,7 @@ use crate::domain::{
 };
 use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
 use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
+use crate::retention::Retention;
 use crate::sticky::FirstExposure;
 use crate::storage::{StickyRecord, Store};
 use crate::{Error, Result};
@@ -29,6 +30,8 @@ pub struct EngineConfig {
     pub ingest: IngestLimits,
     /// Also append every committed event to this JSON-lines file.
     pub jsonl_path: Option<PathBuf>,
+    /// Delete raw events older than this; `None` keeps them forever.
+    pub retention: Option<Retention>,
 }
 
 /// What `ingest` queued.
@@ -133,6 +136,9 @@ impl Engine {
             let (store, aggregates) = (store.clone(), Arc::clone(&aggregates));
             blocking(move || Ingest::start(store, config.ingest, sinks, aggregates)).await?
         };
+        if let Some(retention) = config.retention {
+            crate::retention::spawn(retention, store.clone(), Arc::clone(&registry));
+        }
         let catalog =
             Catalog::new(Arc::clone(&registry), store.clone(), Arc::clone(&clock)).start();
         Ok(Self {

@@ -83,6 +83,11 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Database directory.
     pub path: PathBuf,
+    /// Raw events older than this many days are deleted; 0 keeps them
+    /// forever. Aggregates are kept either way.
+    pub retention_days: u32,
+    /// How often the retention sweep runs, in seconds (also once at start).
+    pub retention_sweep_interval_s: u64,
 }
 
 /// `[ingest]`: the event pipeline.
@@ -212,6 +217,9 @@ impl Config {
         }
         if self.storage.path.as_os_str().is_empty() {
             return invalid("storage.path", "must not be empty");
+        }
+        if self.storage.retention_sweep_interval_s == 0 {
+            return invalid("storage.retention_sweep_interval_s", "must be positive");
         }
         if self.ingest.mailbox_capacity == 0 {
             return invalid("ingest.mailbox_capacity", "must be positive");

@@ -108,20 +108,27 @@ impl Target {
                 .json(&json!({"unit_id": format!("user-{unit}")})),
             Scenario::Ingest => self
                 .request(Method::POST, "/v1/events")
-                .json(&self.click(unit, 0)),
+                .json(&self.event(unit, (n % 10) as usize)),
             Scenario::IngestBatch => {
-                let events: Vec<_> = (0..self.batch).map(|i| self.click(unit, i)).collect();
+                let events: Vec<_> = (0..self.batch).map(|i| self.event(unit, i)).collect();
                 self.request(Method::POST, "/v1/events")
                     .json(&json!({ "events": events }))
             }
         }
     }
 
-    /// A click of `unit` in the run's experiment.
-    fn click(&self, unit: u64, i: usize) -> serde_json::Value {
-        json!({
-            "type": "click", "unit_id": format!("user-{unit}"), "experiment": self.experiment,
-            "properties": {"item_id": format!("sku-{i}"), "rank": i % 10 + 1, "response_time_ms": 12.5}
-        })
+    /// The `i`th event of `unit` in the run's experiment, a realistic mix
+    /// for the aggregates: an exposure (i % 10 == 0), a conversion with a
+    /// value (i % 10 == 9), clicks otherwise.
+    fn event(&self, unit: u64, i: usize) -> serde_json::Value {
+        let unit_id = format!("user-{unit}");
+        match i % 10 {
+            0 => json!({"type": "exposure", "unit_id": unit_id, "experiment": self.experiment}),
+            9 => json!({"type": "conversion", "unit_id": unit_id, "value": 19.99}),
+            _ => json!({
+                "type": "click", "unit_id": unit_id, "experiment": self.experiment,
+                "properties": {"item_id": format!("sku-{i}"), "rank": i % 10 + 1, "response_time_ms": 12.5}
+            }),
+        }
     }
 }

@@ -16,3 +16,4 @@ mod events;
 mod experiments;
 mod openapi;
 mod restart;
+mod retention;

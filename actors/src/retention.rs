@@ -1,0 +1,53 @@
+//! Retention: raw events older than the configured age are deleted.
+//!
+//! A sweep lays one range tombstone per experiment (and one for events
+//! without an experiment) over the keys older than the cutoff. That is a
+//! handful of small writes, so ingestion never waits on it; RocksDB drops
+//! the covered data at compaction. Aggregates are not touched: results keep
+//! counting expired events, while a rebuild from events no longer can.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::catalog::Registry;
+use crate::storage::{now_ms, Store};
+use crate::Result;
+
+/// How long raw events are kept and how often that is enforced.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events whose timestamp is older than this are deleted.
+    pub keep: Duration,
+    /// Time between sweeps; the first runs at start.
+    pub every: Duration,
+}
+
+/// Sweeps now and then every `retention.every`, on the blocking pool, for as
+/// long as the actix system runs.
+pub(crate) fn spawn(retention: Retention, store: Store, registry: Arc<Registry>) {
+    actix::spawn(async move {
+        let mut ticks = tokio::time::interval(retention.every);
+        loop {
+            ticks.tick().await;
+            let (store, registry) = (store.clone(), Arc::clone(&registry));
+            let swept = tokio::task::spawn_blocking(move || sweep(&store, &registry, retention));
+            match swept.await {
+                Ok(Ok(cutoff_ms)) => tracing::debug!(cutoff_ms, "retention sweep done"),
+                Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+            }
+        }
+    });
+}
+
+/// Deletes every event older than now minus `retention.keep`; returns the
+/// cutoff.
+fn sweep(store: &Store, registry: &Registry, retention: Retention) -> Result<i64> {
+    let keep_ms = u64::try_from(retention.keep.as_millis()).unwrap_or(u64::MAX);
+    let cutoff_ms = i64::try_from(now_ms().saturating_sub(keep_ms)).unwrap_or(0);
+    for key in registry.load().keys() {
+        store.delete_events_before(Some(key), cutoff_ms)?;
+    }
+    store.delete_events_before(None, cutoff_ms)?;
+    Ok(cutoff_ms)
+}
