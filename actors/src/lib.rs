@@ -18,6 +18,7 @@ mod error;
 pub mod experiment;
 pub mod ingest;
 pub mod retention;
+pub mod stats;
 pub mod sticky;
 pub mod storage;
 

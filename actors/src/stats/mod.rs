@@ -1,0 +1,457 @@
+//! The statistics behind results: per-variant estimates, each treatment
+//! against the control, Holm's correction, Bayesian chance to win, an
+//! always-valid (mSPRT) p-value and the sample-ratio-mismatch check.
+//!
+//! Pure functions of the aggregates (units, conversions, sums and sums of
+//! squares of per-unit values), so a result costs microseconds however many
+//! events produced it. The definitions are spelled out, and the expected
+//! values computed with scipy/statsmodels, in `tests/stats/reference.py`;
+//! the tests below hold every number to 1e-6 relative against its output.
+//! Where a number is undefined (fewer than two units, no variance, no
+//! control data) it is `None` with a reason, never NaN.
+
+mod dist;
+mod sample_size;
+
+use serde::Serialize;
+
+use crate::domain::MetricKind;
+
+pub use sample_size::{sample_size, SampleSize, SampleSizeAnswer, SampleSizeError};
+
+/// SRM is flagged below this p-value.
+pub const SRM_THRESHOLD: f64 = 0.001;
+/// Two-sided 95% intervals.
+const CONFIDENCE: f64 = 0.95;
+
+/// One variant's aggregates for one metric.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Arm {
+    /// Exposed units.
+    pub units: u64,
+    /// Units with at least one event (binomial metrics).
+    pub conversions: u64,
+    /// Counted events.
+    pub events: u64,
+    /// Sum of per-unit values (mean metrics).
+    pub sum: f64,
+    /// Sum of squared per-unit values (mean metrics).
+    pub sum_squares: f64,
+}
+
+/// How to analyse a metric.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Binomial or mean.
+    pub kind: MetricKind,
+    /// Significance level.
+    pub alpha: f64,
+    /// Variance of the normal mixture over the relative lift (mSPRT).
+    pub mixing_variance: f64,
+}
+
+/// One variant's estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct VariantStats {
+    /// Variant key.
+    pub variant: String,
+    /// Exposed units.
+    pub units: u64,
+    /// Counted events.
+    pub events: u64,
+    /// Conversions and rate, or sum and mean.
+    #[serde(flatten)]
+    pub estimate: Estimate,
+    /// Standard deviation of the per-unit value.
+    pub stddev: Option<f64>,
+    /// 95% interval: Wilson for a rate, Student t for a mean.
+    pub ci: Option<[f64; 2]>,
+    /// Why something is `null`.
+    pub reason: Option<&'static str>,
+}
+
+/// The per-kind part of a variant's estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Estimate {
+    /// A binomial metric.
+    Rate {
+        /// Units that converted.
+        conversions: u64,
+        /// conversions / units.
+        rate: Option<f64>,
+    },
+    /// A mean metric.
+    Mean {
+        /// Sum of per-unit values.
+        sum: f64,
+        /// sum / units.
+        mean: Option<f64>,
+    },
+}
+
+/// A difference and its 95% interval.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Lift {
+    /// Point estimate.
+    pub estimate: Option<f64>,
+    /// 95% interval.
+    pub ci: Option<[f64; 2]>,
+}
+
+/// One treatment against the control.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Comparison {
+    /// The treatment's key.
+    pub variant: String,
+    /// Treatment minus control, with the unpooled (Wald or Welch) interval.
+    pub absolute: Option<Lift>,
+    /// (Treatment - control) / control, delta-method interval.
+    pub relative: Option<Lift>,
+    /// z (binomial, pooled) or Welch's t (mean).
+    pub statistic: Option<f64>,
+    /// Two-sided fixed-horizon p-value.
+    pub p_value: Option<f64>,
+    /// `p_value` after Holm's correction across treatments.
+    pub p_value_holm: Option<f64>,
+    /// `p_value_holm <= alpha`.
+    pub significant: bool,
+    /// Posterior probability that the treatment beats the control.
+    pub chance_to_win: Option<f64>,
+    /// Always-valid p-value (mSPRT): safe to watch continuously.
+    pub sequential_p_value: Option<f64>,
+    /// `sequential_p_value` after Holm's correction.
+    pub sequential_p_value_holm: Option<f64>,
+    /// `sequential_p_value_holm <= alpha`.
+    pub sequential_significant: bool,
+    /// Why something is `null`.
+    pub reason: Option<&'static str>,
+}
+
+/// Sample-ratio mismatch: exposed units against the configured weights.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Srm {
+    /// Pearson's chi-square statistic.
+    pub chi_square: Option<f64>,
+    /// Its p-value (k - 1 degrees of freedom).
+    pub p_value: Option<f64>,
+    /// `p_value < 0.001`.
+    pub detected: bool,
+    /// Why something is `null`.
+    pub reason: Option<&'static str>,
+}
+
+/// Variants first (the control first), then each treatment against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Analysis {
+    /// Per variant.
+    pub variants: Vec<VariantStats>,
+    /// Per treatment, in variant order.
+    pub comparisons: Vec<Comparison>,
+}
+
+/// The per-unit mean and variance of one arm.
+#[derive(Clone, Copy)]
+struct Moments {
+    n: f64,
+    mean: f64,
+    /// Variance of the per-unit value (p(1-p) for a rate).
+    var: f64,
+}
+
+impl Moments {
+    /// Variance of the estimated mean.
+    fn var_of_mean(self) -> f64 {
+        self.var / self.n
+    }
+}
+
+/// Analyses one metric; `arms[0]` is the control.
+pub fn analyse(settings: Settings, arms: &[(&str, Arm)]) -> Analysis {
+    let variants = arms
+        .iter()
+        .map(|(key, arm)| variant_stats(settings.kind, key, arm))
+        .collect();
+    let mut comparisons: Vec<Comparison> = match arms.split_first() {
+        Some(((_, control), treatments)) => treatments
+            .iter()
+            .map(|(key, arm)| compare(settings, key, arm, control))
+            .collect(),
+        None => Vec::new(),
+    };
+    let fixed = holm(comparisons.iter().map(|c| c.p_value));
+    let sequential = holm(comparisons.iter().map(|c| c.sequential_p_value));
+    for ((c, p), s) in comparisons.iter_mut().zip(fixed).zip(sequential) {
+        c.p_value_holm = p;
+        c.significant = p.is_some_and(|p| p <= settings.alpha);
+        c.sequential_p_value_holm = s;
+        c.sequential_significant = s.is_some_and(|s| s <= settings.alpha);
+    }
+    Analysis {
+        variants,
+        comparisons,
+    }
+}
+
+fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
+    if arm.units == 0 {
+        return None;
+    }
+    let n = arm.units as f64;
+    Some(match kind {
+        MetricKind::Binomial => {
+            let p = arm.conversions as f64 / n;
+            Moments {
+                n,
+                mean: p,
+                var: p * (1.0 - p),
+            }
+        }
+        MetricKind::Mean => {
+            let mean = arm.sum / n;
+            let var = if arm.units < 2 {
+                f64::NAN
+            } else {
+                let raw = (arm.sum_squares - arm.sum * arm.sum / n) / (n - 1.0);
+                // Below the rounding error of the sums the variance is zero.
+                if raw <= 8.0 * f64::EPSILON * arm.sum_squares / (n - 1.0) {
+                    0.0
+                } else {
+                    raw
+                }
+            };
+            Moments { n, mean, var }
+        }
+    })
+}
+
+fn variant_stats(kind: MetricKind, key: &str, arm: &Arm) -> VariantStats {
+    let m = moments(kind, arm);
+    let estimate = match kind {
+        MetricKind::Binomial => Estimate::Rate {
+            conversions: arm.conversions,
+            rate: m.map(|m| m.mean),
+        },
+        MetricKind::Mean => Estimate::Mean {
+            sum: arm.sum,
+            mean: m.map(|m| m.mean),
+        },
+    };
+    let mut out = VariantStats {
+        variant: key.to_owned(),
+        units: arm.units,
+        events: arm.events,
+        estimate,
+        stddev: None,
+        ci: None,
+        reason: None,
+    };
+    let Some(m) = m else {
+        out.reason = Some("no exposed units");
+        return out;
+    };
+    if kind == MetricKind::Binomial {
+        out.stddev = Some(m.var.sqrt());
+    }
+    if arm.units < 2 {
+        out.reason = Some("fewer than 2 units");
+        return out;
+    }
+    out.stddev = Some(m.var.sqrt());
+    let tail = (1.0 + CONFIDENCE) / 2.0;
+    out.ci = Some(match kind {
+        MetricKind::Binomial => wilson(m, dist::normal_quantile(tail)),
+        MetricKind::Mean if m.var == 0.0 => [m.mean, m.mean],
+        MetricKind::Mean => {
+            let half = dist::t_quantile(tail, m.n - 1.0) * m.var_of_mean().sqrt();
+            [m.mean - half, m.mean + half]
+        }
+    });
+    out
+}
+
+/// The Wilson score interval of a rate.
+fn wilson(m: Moments, z: f64) -> [f64; 2] {
+    let z2 = z * z;
+    let denom = 1.0 + z2 / m.n;
+    let centre = (m.mean + z2 / (2.0 * m.n)) / denom;
+    let half = z / denom * (m.mean * (1.0 - m.mean) / m.n + z2 / (4.0 * m.n * m.n)).sqrt();
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
+}
+
+fn compare(settings: Settings, key: &str, arm: &Arm, control: &Arm) -> Comparison {
+    let mut out = Comparison {
+        variant: key.to_owned(),
+        absolute: None,
+        relative: None,
+        statistic: None,
+        p_value: None,
+        p_value_holm: None,
+        significant: false,
+        chance_to_win: None,
+        sequential_p_value: None,
+        sequential_p_value_holm: None,
+        sequential_significant: false,
+        reason: None,
+    };
+    let (Some(t), Some(c)) = (moments(settings.kind, arm), moments(settings.kind, control)) else {
+        out.reason = Some("fewer than 2 units in a variant");
+        return out;
+    };
+    if arm.units < 2 || control.units < 2 {
+        out.reason = Some("fewer than 2 units in a variant");
+        return out;
+    }
+    let z = dist::normal_quantile((1.0 + CONFIDENCE) / 2.0);
+    let d = t.mean - c.mean;
+    let (var_t, var_c) = (t.var_of_mean(), c.var_of_mean());
+    let se = (var_t + var_c).sqrt();
+    let relative = relative_lift(d, t, c, z);
+    out.reason = relative.reason;
+    out.sequential_p_value = relative
+        .variance
+        .filter(|v| *v > 0.0)
+        .zip(relative.lift.estimate)
+        .map(|(v, r)| msprt(r, v, settings.mixing_variance));
+    out.relative = Some(relative.lift);
+    match settings.kind {
+        MetricKind::Binomial => {
+            out.absolute = Some(Lift {
+                estimate: Some(d),
+                ci: (se > 0.0).then_some([d - z * se, d + z * se]),
+            });
+            out.chance_to_win = Some(dist::beta_chance_to_beat(
+                1.0 + arm.conversions as f64,
+                1.0 + (arm.units - arm.conversions) as f64,
+                1.0 + control.conversions as f64,
+                1.0 + (control.units - control.conversions) as f64,
+            ));
+            let pooled = (arm.conversions + control.conversions) as f64 / (t.n + c.n);
+            if pooled <= 0.0 || pooled >= 1.0 {
+                out.sequential_p_value = None;
+                out.reason = Some("no variance: every unit did the same");
+                return out;
+            }
+            let statistic = d / (pooled * (1.0 - pooled) * (1.0 / t.n + 1.0 / c.n)).sqrt();
+            out.statistic = Some(statistic);
+            out.p_value = Some(dist::normal_two_sided(statistic));
+        }
+        MetricKind::Mean => {
+            if se == 0.0 {
+                out.absolute = Some(Lift {
+                    estimate: Some(d),
+                    ci: None,
+                });
+                out.sequential_p_value = None;
+                out.reason = Some("no variance in either variant");
+                return out;
+            }
+            let df = (var_t + var_c).powi(2)
+                / (var_t * var_t / (t.n - 1.0) + var_c * var_c / (c.n - 1.0));
+            let half = dist::t_quantile((1.0 + CONFIDENCE) / 2.0, df) * se;
+            out.absolute = Some(Lift {
+                estimate: Some(d),
+                ci: Some([d - half, d + half]),
+            });
+            let statistic = d / se;
+            out.statistic = Some(statistic);
+            out.p_value = Some(dist::t_two_sided(statistic, df));
+            out.chance_to_win = Some(dist::normal_cdf(statistic));
+        }
+    }
+    out
+}
+
+struct Relative {
+    lift: Lift,
+    variance: Option<f64>,
+    reason: Option<&'static str>,
+}
+
+/// (t - c) / c with the delta-method variance
+/// `var_t / c^2 + t^2 var_c / c^4`.
+fn relative_lift(d: f64, t: Moments, c: Moments, z: f64) -> Relative {
+    if c.mean == 0.0 {
+        return Relative {
+            lift: Lift {
+                estimate: None,
+                ci: None,
+            },
+            variance: None,
+            reason: Some("control is zero"),
+        };
+    }
+    let r = d / c.mean;
+    let v = t.var_of_mean() / c.mean.powi(2) + t.mean.powi(2) * c.var_of_mean() / c.mean.powi(4);
+    let half = z * v.sqrt();
+    Relative {
+        lift: Lift {
+            estimate: Some(r),
+            ci: Some([r - half, r + half]),
+        },
+        variance: Some(v),
+        reason: None,
+    }
+}
+
+/// The mSPRT always-valid p-value for an estimate `r` with variance `v`
+/// under a normal mixture N(0, tau2) over the true effect:
+/// `1 / Lambda`, `Lambda = sqrt(v / (v + tau2)) exp(tau2 r^2 / (2 v (v + tau2)))`.
+/// Rejecting whenever it falls below alpha, however often it is looked
+/// at, keeps the false-positive rate at alpha.
+pub fn msprt(r: f64, v: f64, tau2: f64) -> f64 {
+    let log_lambda = 0.5 * (v / (v + tau2)).ln() + tau2 * r * r / (2.0 * v * (v + tau2));
+    (-log_lambda).exp().min(1.0)
+}
+
+/// Holm's step-down adjustment of the p-values present; absent ones stay
+/// absent and are not part of the family.
+fn holm(p: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
+    let p: Vec<Option<f64>> = p.collect();
+    let mut present: Vec<(usize, f64)> = p
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.map(|p| (i, p)))
+        .collect();
+    present.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let m = present.len();
+    let mut out = vec![None; p.len()];
+    let mut running = 0.0_f64;
+    for (rank, (i, p)) in present.into_iter().enumerate() {
+        running = running.max(((m - rank) as f64 * p).min(1.0));
+        out[i] = Some(running);
+    }
+    out
+}
+
+/// Chi-square test of exposed units against the configured weights.
+pub fn srm(units: &[u64], weights: &[f64]) -> Srm {
+    let total: u64 = units.iter().sum();
+    let weight_sum: f64 = weights.iter().sum();
+    if total == 0 || units.len() != weights.len() || units.len() < 2 || weight_sum <= 0.0 {
+        return Srm {
+            chi_square: None,
+            p_value: None,
+            detected: false,
+            reason: Some("no exposed units"),
+        };
+    }
+    let chi_square: f64 = units
+        .iter()
+        .zip(weights)
+        .map(|(&o, &w)| {
+            let e = total as f64 * w / weight_sum;
+            (o as f64 - e).powi(2) / e
+        })
+        .sum();
+    let p = dist::chi_square_sf(chi_square, (units.len() - 1) as f64);
+    Srm {
+        chi_square: Some(chi_square),
+        p_value: Some(p),
+        detected: p < SRM_THRESHOLD,
+        reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

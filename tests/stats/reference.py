@@ -1,0 +1,362 @@
+"""Expected statistics for abacus's results, computed with scipy/statsmodels.
+
+Writes tests/stats/cases.json: per case the per-variant inputs abacus keeps
+as aggregates (units, conversions / sum and sum of squares of per-unit
+values) and every number `GET /v1/experiments/{key}/results` reports for
+them. The Rust tests in actors/src/stats/ recompute each case and must
+agree to 1e-6 relative.
+
+Rerun (any machine with Python 3.10+):
+
+    python3 -m pip install -r tests/stats/requirements.txt
+    python3 tests/stats/reference.py
+
+Definitions (the contract the Rust code implements independently):
+- binomial variant: rate c/n, stddev sqrt(p(1-p)), 95% Wilson interval
+  (statsmodels proportion_confint(method="wilson")).
+- mean variant: mean S/n, sample stddev (ddof=1), 95% t interval
+  (scipy.stats.t.interval), from the raw per-unit values.
+- binomial comparison: difference of rates with the unpooled Wald
+  interval (statsmodels confint_proportions_2indep(method="wald")),
+  pooled two-proportion z-test (statsmodels proportions_ztest).
+- mean comparison: difference of means, Welch's t-test and its interval
+  (statsmodels CompareMeans with usevar="unequal", on the raw values).
+- relative lift d / control with a delta-method normal interval.
+- Holm across treatments (statsmodels multipletests(method="holm")).
+- chance to win: binomial P(p_t > p_c) under Beta(1 + c, 1 + n - c)
+  posteriors, by the exact closed form (sum over the treatment's alpha);
+  mean: Phi(d / se).
+- always-valid p-value: mSPRT with a normal mixture N(0, tau2) on the
+  relative lift, Lambda = sqrt(V / (V + tau2)) exp(tau2 r^2 / (2 V (V + tau2))),
+  p = min(1, 1 / Lambda), V the delta-method variance of r.
+- SRM: chi-square of exposed units against the configured weights
+  (scipy.stats.chisquare); detected when p < 0.001.
+Degenerate inputs give None with a reason (the Rust code must give null).
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+from scipy import special, stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import (
+    confint_proportions_2indep,
+    proportion_confint,
+    proportions_ztest,
+)
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+
+Z = stats.norm.ppf(0.975)
+RNG = np.random.default_rng(20261122)
+
+
+def chance_beta(ct, nt, cc, nc):
+    """P(p_t > p_c), Beta(1+c, 1+n-c) posteriors: Evan Miller's closed form."""
+    a_t, b_t = 1 + ct, 1 + nt - ct
+    a_c, b_c = 1 + cc, 1 + nc - cc
+    i = np.arange(a_t, dtype=float)
+    terms = (
+        special.betaln(a_c + i, b_c + b_t)
+        - np.log(b_t + i)
+        - special.betaln(1 + i, b_t)
+        - special.betaln(a_c, b_c)
+    )
+    return float(np.exp(special.logsumexp(terms)))
+
+
+def msprt(r, v, tau2):
+    log_lambda = 0.5 * math.log(v / (v + tau2)) + tau2 * r * r / (2 * v * (v + tau2))
+    return min(1.0, math.exp(-log_lambda))
+
+
+def variant_binomial(key, n, c):
+    out = {"variant": key, "units": n, "conversions": c}
+    if n == 0:
+        out.update(rate=None, stddev=None, ci=None, reason="no exposed units")
+        return out
+    p = c / n
+    out.update(rate=p, stddev=math.sqrt(p * (1 - p)))
+    if n < 2:
+        out.update(ci=None, reason="fewer than 2 units")
+    else:
+        lo, hi = proportion_confint(c, n, alpha=0.05, method="wilson")
+        out.update(ci=[lo, hi], reason=None)
+    return out
+
+
+def variant_mean(key, values):
+    n = len(values)
+    s = float(np.sum(values))
+    out = {"variant": key, "units": n, "sum": s}
+    if n == 0:
+        out.update(mean=None, stddev=None, ci=None, reason="no exposed units")
+        return out
+    mean = s / n
+    if n < 2:
+        out.update(mean=mean, stddev=None, ci=None, reason="fewer than 2 units")
+        return out
+    sd = float(np.std(values, ddof=1))
+    if sd == 0:
+        ci = [mean, mean]
+    else:
+        lo, hi = stats.t.interval(0.95, n - 1, loc=mean, scale=sd / math.sqrt(n))
+        ci = [lo, hi]
+    out.update(mean=mean, stddev=sd, ci=ci, reason=None)
+    return out
+
+
+def compare_binomial(t, c, tau2):
+    nt, ct, nc, cc = t["units"], t["conversions"], c["units"], c["conversions"]
+    out = {"variant": t["variant"]}
+    if nc < 2 or nt < 2:
+        return null_comparison(out, "fewer than 2 units in a variant")
+    pt, pc = ct / nt, cc / nc
+    d = pt - pc
+    var_t, var_c = pt * (1 - pt) / nt, pc * (1 - pc) / nc
+    out["absolute"] = {"estimate": d}
+    if var_t + var_c > 0:
+        lo, hi = confint_proportions_2indep(ct, nt, cc, nc, method="wald", compare="diff")
+        out["absolute"]["ci"] = [lo, hi]
+    else:
+        out["absolute"]["ci"] = None
+    pooled = (ct + cc) / (nt + nc)
+    if pooled in (0.0, 1.0):
+        out.update(relative=relative(d, pc, pt, var_t, var_c), statistic=None, p_value=None)
+        out["chance_to_win"] = chance_beta(ct, nt, cc, nc)
+        out["sequential_p_value"] = None
+        out["reason"] = "no variance: every unit did the same"
+        return out
+    z, p = proportions_ztest([ct, cc], [nt, nc], alternative="two-sided")
+    out.update(relative=relative(d, pc, pt, var_t, var_c), statistic=float(z), p_value=float(p))
+    out["chance_to_win"] = chance_beta(ct, nt, cc, nc)
+    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
+    return out
+
+
+def compare_mean(t_values, c_values, t, c, tau2):
+    out = {"variant": t["variant"]}
+    nt, nc = len(t_values), len(c_values)
+    if nc < 2 or nt < 2:
+        return null_comparison(out, "fewer than 2 units in a variant")
+    mt, mc = t["mean"], c["mean"]
+    d = mt - mc
+    var_t, var_c = t["stddev"] ** 2 / nt, c["stddev"] ** 2 / nc
+    if var_t + var_c == 0:
+        out.update(absolute={"estimate": d, "ci": None}, relative=relative(d, mc, mt, var_t, var_c))
+        out.update(statistic=None, p_value=None, chance_to_win=None, sequential_p_value=None)
+        out["reason"] = "no variance in either variant"
+        return out
+    cm = CompareMeans(DescrStatsW(np.asarray(t_values)), DescrStatsW(np.asarray(c_values)))
+    tstat, p, _df = cm.ttest_ind(usevar="unequal")
+    lo, hi = cm.tconfint_diff(alpha=0.05, usevar="unequal")
+    # The same test from the summary statistics abacus keeps.
+    check = stats.ttest_ind_from_stats(mt, t["stddev"], nt, mc, c["stddev"], nc, equal_var=False)
+    assert math.isclose(check.pvalue, p, rel_tol=1e-9, abs_tol=1e-300), (check.pvalue, p)
+    out.update(absolute={"estimate": d, "ci": [lo, hi]}, relative=relative(d, mc, mt, var_t, var_c))
+    out.update(statistic=float(tstat), p_value=float(p))
+    out["chance_to_win"] = float(stats.norm.cdf(d / math.sqrt(var_t + var_c)))
+    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
+    return out
+
+
+def relative(d, base, mt, var_t, var_c):
+    if base == 0:
+        return {"estimate": None, "ci": None, "variance": None, "reason": "control is zero"}
+    r = d / base
+    v = var_t / base**2 + mt**2 * var_c / base**4
+    half = Z * math.sqrt(v)
+    return {"estimate": r, "ci": [r - half, r + half], "variance": v, "reason": None}
+
+
+def sequential(rel, tau2):
+    if rel["estimate"] is None or rel["variance"] == 0:
+        return None
+    return msprt(rel["estimate"], rel["variance"], tau2)
+
+
+def null_comparison(out, reason):
+    out.update(
+        absolute=None,
+        relative=None,
+        statistic=None,
+        p_value=None,
+        chance_to_win=None,
+        sequential_p_value=None,
+        reason=reason,
+    )
+    return out
+
+
+def holm(comparisons, key, alpha):
+    idx = [i for i, c in enumerate(comparisons) if c[key] is not None]
+    adjusted = [None] * len(comparisons)
+    if idx:
+        _, corrected, _, _ = multipletests([comparisons[i][key] for i in idx], alpha, method="holm")
+        for i, p in zip(idx, corrected):
+            adjusted[i] = float(p)
+    return adjusted
+
+
+def srm(units, weights):
+    total = sum(units)
+    if total == 0:
+        return {"chi_square": None, "p_value": None, "detected": False, "reason": "no exposed units"}
+    w = np.asarray(weights, dtype=float)
+    expected = total * w / w.sum()
+    chi2, p = stats.chisquare(units, f_exp=expected)
+    return {"chi_square": float(chi2), "p_value": float(p), "detected": bool(p < 0.001), "reason": None}
+
+
+def case_binomial(name, arms, weights=None, alpha=0.05, tau2=0.01):
+    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
+    weights = weights or [1.0] * len(arms)
+    variants = [variant_binomial(k, n, c) for k, (n, c) in zip(keys, arms)]
+    comparisons = [compare_binomial(v, variants[0], tau2) for v in variants[1:]]
+    finish(comparisons, alpha)
+    return {
+        "name": name,
+        "kind": "binomial",
+        "alpha": alpha,
+        "mixing_variance": tau2,
+        "weights": weights,
+        "input": [{"units": n, "conversions": c} for n, c in arms],
+        "variants": variants,
+        "comparisons": comparisons,
+        "srm": srm([n for n, _ in arms], weights),
+    }
+
+
+def case_mean(name, arms, weights=None, alpha=0.05, tau2=0.01):
+    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
+    weights = weights or [1.0] * len(arms)
+    arms = [np.asarray(a, dtype=float) for a in arms]
+    variants = [variant_mean(k, a) for k, a in zip(keys, arms)]
+    comparisons = [compare_mean(a, arms[0], v, variants[0], tau2) for a, v in zip(arms[1:], variants[1:])]
+    finish(comparisons, alpha)
+    return {
+        "name": name,
+        "kind": "mean",
+        "alpha": alpha,
+        "mixing_variance": tau2,
+        "weights": weights,
+        "input": [
+            {"units": len(a), "sum": float(np.sum(a)), "sum_squares": float(np.sum(a * a))} for a in arms
+        ],
+        "variants": variants,
+        "comparisons": comparisons,
+        "srm": srm([len(a) for a in arms], weights),
+    }
+
+
+def finish(comparisons, alpha):
+    for key, out in (("p_value", "p_value_holm"), ("sequential_p_value", "sequential_p_value_holm")):
+        for c, p in zip(comparisons, holm(comparisons, key, alpha)):
+            c[out] = p
+            c["significant" if key == "p_value" else "sequential_significant"] = p is not None and p <= alpha
+    for c in comparisons:
+        if c["relative"] is not None:
+            c["relative"].pop("variance")
+            c["relative"].pop("reason")
+
+
+def revenue(n, buy_rate, mean_value, sd_value=None):
+    """Per-unit sums: most units 0, buyers a positive amount (integers or cents)."""
+    values = np.zeros(n)
+    buyers = RNG.random(n) < buy_rate
+    k = int(buyers.sum())
+    if sd_value is None:
+        values[buyers] = np.round(RNG.lognormal(math.log(mean_value), 0.8, k), 2)
+    else:
+        values[buyers] = np.round(RNG.normal(mean_value, sd_value, k), 2)
+    return values
+
+
+def counts(n, rate):
+    return RNG.poisson(rate, n).astype(float)
+
+
+def main():
+    cases = []
+    # Binomial: small and large n, unequal sizes, zero conversions,
+    # identical variants, 3+ variants, degenerate inputs.
+    b = [
+        ("small equal", [(20, 3), (20, 7)]),
+        ("small unequal", [(15, 2), (40, 11)]),
+        ("tiny", [(5, 1), (6, 3)]),
+        ("medium", [(1000, 100), (1000, 120)]),
+        ("medium unequal", [(800, 64), (1200, 118)]),
+        ("large", [(100_000, 10_000), (100_000, 10_300)]),
+        ("large small effect", [(500_000, 25_000), (500_000, 25_200)]),
+        ("huge", [(1_000_000, 100_000), (1_000_000, 101_000)]),
+        ("identical", [(5000, 500), (5000, 500)]),
+        ("identical large", [(200_000, 31_000), (200_000, 31_000)]),
+        ("zero conversions control", [(1000, 0), (1000, 12)]),
+        ("zero conversions treatment", [(1000, 9), (1000, 0)]),
+        ("zero conversions both", [(1000, 0), (1000, 0)]),
+        ("all converted", [(300, 300), (300, 300)]),
+        ("all converted one", [(300, 300), (300, 280)]),
+        ("rare events", [(50_000, 5), (50_000, 14)]),
+        ("high rate", [(2000, 1900), (2000, 1950)]),
+        ("three variants", [(3000, 300), (3000, 330), (3000, 360)]),
+        ("four variants", [(2000, 200), (2100, 190), (1900, 240), (2000, 205)]),
+        ("five variants mixed", [(10_000, 1000), (10_000, 1000), (10_000, 1100), (10_000, 950), (10_000, 1025)]),
+        ("one unit control", [(1, 1), (100, 10)]),
+        ("empty control", [(0, 0), (100, 10)]),
+        ("empty treatment", [(100, 10), (0, 0)]),
+        ("strong effect", [(10_000, 500), (10_000, 900)]),
+        ("negative effect", [(10_000, 900), (10_000, 500)]),
+    ]
+    for name, arms in b:
+        cases.append(case_binomial("binomial " + name, arms))
+    cases.append(case_binomial("binomial srm 50/50 skewed", [(10_000, 1000), (10_600, 1060)]))
+    cases.append(case_binomial("binomial weights 20/80", [(2000, 200), (8000, 840)], weights=[0.2, 0.8]))
+    cases.append(case_binomial("binomial weights 3 way", [(5000, 500), (3000, 310), (2000, 230)], weights=[0.5, 0.3, 0.2]))
+    cases.append(case_binomial("binomial alpha 0.01", [(4000, 400), (4000, 470), (4000, 430)], alpha=0.01))
+    cases.append(case_binomial("binomial tau2 0.001", [(20_000, 2000), (20_000, 2150)], tau2=0.001))
+    cases.append(case_binomial("binomial tau2 0.1", [(20_000, 2000), (20_000, 2150)], tau2=0.1))
+
+    m = [
+        ("small", [revenue(30, 0.4, 20), revenue(30, 0.5, 22)]),
+        ("small unequal", [revenue(12, 0.5, 10), revenue(45, 0.5, 12)]),
+        ("tiny", [np.array([1.0, 3.0]), np.array([2.0, 2.5, 7.0])]),
+        ("medium", [revenue(2000, 0.1, 30), revenue(2000, 0.11, 31)]),
+        ("medium unequal", [revenue(1500, 0.1, 30), revenue(2500, 0.12, 30)]),
+        ("large", [revenue(200_000, 0.05, 40), revenue(200_000, 0.051, 41)]),
+        ("huge", [revenue(1_000_000, 0.03, 25), revenue(1_000_000, 0.031, 25)]),
+        ("counts", [counts(5000, 2.0), counts(5000, 2.1)]),
+        ("counts large", [counts(300_000, 0.7), counts(300_000, 0.7)]),
+        ("identical", [np.tile([0.0, 1.0, 5.0, 2.0], 250), np.tile([0.0, 1.0, 5.0, 2.0], 250)]),
+        ("zero control", [np.zeros(500), revenue(500, 0.1, 10)]),
+        ("zero both", [np.zeros(500), np.zeros(500)]),
+        ("constant both", [np.full(100, 3.0), np.full(100, 3.0)]),
+        ("constant control", [np.full(100, 3.0), counts(100, 3.0)]),
+        ("normal values", [RNG.normal(100, 15, 4000), RNG.normal(101, 15, 4000)]),
+        ("unequal variances", [RNG.normal(50, 5, 3000), RNG.normal(51, 25, 1000)]),
+        ("negative values", [RNG.normal(-2, 4, 2500), RNG.normal(-1.8, 4, 2500)]),
+        ("three variants", [revenue(3000, 0.2, 15), revenue(3000, 0.22, 15), revenue(3000, 0.2, 17)]),
+        ("four variants", [counts(4000, 1.0), counts(4000, 1.05), counts(4000, 0.95), counts(4000, 1.2)]),
+        ("one unit treatment", [revenue(100, 0.3, 5), np.array([4.0])]),
+        ("empty treatment", [revenue(100, 0.3, 5), np.array([])]),
+        ("strong effect", [RNG.normal(10, 2, 2000), RNG.normal(11, 2, 2000)]),
+        ("dwell times", [RNG.exponential(30_000, 8000), RNG.exponential(31_000, 8000)]),
+    ]
+    for name, arms in m:
+        cases.append(case_mean("mean " + name, arms))
+    cases.append(case_mean("mean weights 30/70", [revenue(3000, 0.1, 20), revenue(7000, 0.1, 21)], weights=[0.3, 0.7]))
+    cases.append(case_mean("mean srm", [counts(10_000, 1.0), counts(9_500, 1.0)]))
+    cases.append(case_mean("mean tau2 0.05", [RNG.normal(10, 3, 5000), RNG.normal(10.2, 3, 5000)], tau2=0.05))
+    cases.append(case_mean("mean alpha 0.1 three", [counts(2000, 1.0), counts(2000, 1.1), counts(2000, 1.08)], alpha=0.1))
+
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases.json")
+    with open(out, "w") as f:
+        json.dump({"generated_by": "tests/stats/reference.py", "cases": cases}, f, indent=1, allow_nan=False)
+        f.write("\n")
+    print(f"{len(cases)} cases written to {out}")
+
+
+if __name__ == "__main__":
+    main()
