@@ -16,6 +16,7 @@ use crate::domain::{
 };
 use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
 use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
+use crate::results::{self, ExperimentResults};
 use crate::retention::Retention;
 use crate::sticky::FirstExposure;
 use crate::storage::{StickyRecord, Store};
@@ -463,10 +464,17 @@ impl Engine {
     }
 
     /// The experiment's aggregates recomputed from its stored events (and
-    /// the events that name no experiment), folded in commit order. Reads
-    /// them all into memory: an operator's check, not a hot path. Equal to
-    /// [`Engine::aggregates`] unless retention has removed events.
-    pub async fn rebuilt_aggregates(&self, key: &str) -> Result<ExperimentAggregates> {
+    /// the events that name no experiment) with `from_ms <= timestamp <
+    /// to_ms`, folded in commit order. Reads them all into memory: for an
+    /// operator's check or a time-window query, not a hot path. Over all
+    /// time it equals [`Engine::aggregates`] unless retention has removed
+    /// events.
+    pub async fn rebuilt_aggregates(
+        &self,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<ExperimentAggregates> {
         let experiment = self.entry(key)?.slot.snapshot().experiment().key.clone();
         let store = self.store.clone();
         blocking(move || {
@@ -475,7 +483,7 @@ impl Engine {
                 let mut cursor = None;
                 loop {
                     let (page, next) =
-                        store.events(scope, i64::MIN, i64::MAX, cursor.as_deref(), 10_000)?;
+                        store.events(scope, from_ms, to_ms, cursor.as_deref(), 10_000)?;
                     events.extend(page);
                     match next {
                         Some(next) => cursor = Some(next),
@@ -489,6 +497,32 @@ impl Engine {
             Ok(aggregator.experiment(experiment.as_str()))
         })
         .await
+    }
+
+    /// Results for one metric (all the experiment's metrics when `None`),
+    /// from the live aggregates, or for units exposed and events within
+    /// `window` (from, to in ms) by folding the stored events of that window.
+    pub async fn results(
+        &self,
+        key: &str,
+        metric: Option<&str>,
+        window: Option<(i64, i64)>,
+    ) -> Result<ExperimentResults> {
+        let compiled = self.get(key)?;
+        let experiment = compiled.experiment();
+        if let Some(metric) = metric {
+            if !experiment.metrics.iter().any(|m| m.key.as_str() == metric) {
+                return Err(Error::invalid(
+                    "metric",
+                    format!("'{metric}' is not a metric of '{key}'"),
+                ));
+            }
+        }
+        let aggregates = match window {
+            None => self.aggregates.get(key),
+            Some((from, to)) => Arc::new(self.rebuilt_aggregates(key, from, to).await?),
+        };
+        Ok(results::compute(experiment, &aggregates, metric))
     }
 
     fn entry(&self, key: &str) -> Result<Entry> {

@@ -56,6 +56,11 @@ async fn aggregates(
 ) -> ApiResult<HttpResponse> {
     Ok(match query.source.unwrap_or_default() {
         Source::Live => HttpResponse::Ok().json(&*state.engine.aggregates(&key)?),
-        Source::Events => HttpResponse::Ok().json(state.engine.rebuilt_aggregates(&key).await?),
+        Source::Events => HttpResponse::Ok().json(
+            state
+                .engine
+                .rebuilt_aggregates(&key, i64::MIN, i64::MAX)
+                .await?,
+        ),
     })
 }

@@ -11,6 +11,7 @@ pub mod experiments;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod results;
 
 use std::sync::Arc;
 
@@ -50,6 +51,7 @@ pub fn configure(
             .configure(experiments::configure)
             .configure(assignments::configure)
             .configure(aggregates::configure)
+            .configure(results::configure)
             .configure(events::configure)
             .configure(health::configure)
             .configure(openapi::configure)

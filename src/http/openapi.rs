@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{aggregates, assignments, events, experiments, health};
+use super::{aggregates, assignments, events, experiments, health, results};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -24,6 +24,8 @@ use super::{aggregates, assignments, events, experiments, health};
         experiments::archive,
         experiments::lifecycle,
         aggregates::aggregates,
+        results::results,
+        results::sample_size_route,
         assignments::assign_one,
         assignments::assign_all,
         events::ingest,
@@ -37,6 +39,7 @@ use super::{aggregates, assignments, events, experiments, health};
         (name = "experiments", description = "Experiments and their lifecycle"),
         (name = "assignments", description = "Which variant a unit sees"),
         (name = "events", description = "What units did"),
+        (name = "results", description = "Statistics and analytics"),
         (name = "operations", description = "Health and API description"),
     )
 )]

@@ -16,4 +16,5 @@ mod events;
 mod experiments;
 mod openapi;
 mod restart;
+mod results;
 mod retention;

@@ -20,6 +20,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/v1/experiments/{key}"),
     ("post", "/v1/experiments/{key}/{action}"),
     ("get", "/v1/experiments/{key}/aggregates"),
+    ("get", "/v1/experiments/{key}/results"),
+    ("get", "/v1/stats/sample-size"),
     ("get", "/v1/experiments/{key}/assignment"),
     ("post", "/v1/assignments"),
     ("post", "/v1/events"),

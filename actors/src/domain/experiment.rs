@@ -46,6 +46,20 @@ pub struct Experiment {
     pub primary_metric: Option<MetricKey>,
     /// Significance level.
     pub alpha: f64,
+    /// Variance of the normal mixture the always-valid (mSPRT) p-value puts
+    /// over the relative lift: about the square of the lift you expect
+    /// (0.01 = effects around 10%).
+    #[serde(default = "default_mixing_variance")]
+    pub mixing_variance: f64,
+    /// When the primary metric first became significant (Holm-corrected
+    /// always-valid p-value below alpha); recorded once.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub significant_at: Option<OffsetDateTime>,
+    /// When a sample-ratio mismatch was first detected; recorded once.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub srm_detected_at: Option<OffsetDateTime>,
     /// Variant served to everyone once completed; `null` means the control.
     pub winner: Option<VariantKey>,
     /// Incremented by every change.
@@ -148,6 +162,9 @@ pub struct ExperimentIn {
     /// Significance level (default 0.05).
     #[serde(default)]
     pub alpha: Option<f64>,
+    /// mSPRT mixing variance over the relative lift (default 0.01).
+    #[serde(default)]
+    pub mixing_variance: Option<f64>,
 }
 
 /// Body of `PATCH /v1/experiments/{key}`. Absent fields stay as they are;
@@ -188,6 +205,9 @@ pub struct ExperimentPatch {
     /// New significance level (any time).
     #[serde(default)]
     pub alpha: Option<f64>,
+    /// New mSPRT mixing variance (any time).
+    #[serde(default)]
+    pub mixing_variance: Option<f64>,
 }
 
 /// Tells "field present and null" (`Some(None)`) from "field absent" (`None`).
@@ -213,6 +233,11 @@ impl Experiment {
             metrics: input.metrics,
             primary_metric: input.primary_metric,
             alpha: input.alpha.unwrap_or(0.05),
+            mixing_variance: input
+                .mixing_variance
+                .unwrap_or_else(default_mixing_variance),
+            significant_at: None,
+            srm_detected_at: None,
             winner: None,
             version: 1,
             created_at: now,
@@ -278,6 +303,9 @@ impl Experiment {
         }
         if let Some(alpha) = patch.alpha {
             next.alpha = alpha;
+        }
+        if let Some(v) = patch.mixing_variance {
+            next.mixing_variance = v;
         }
         next.check()?;
         next.touch(now);
@@ -398,8 +426,18 @@ impl Experiment {
                 "alpha must be between 0 and 1, exclusive",
             ));
         }
+        if !(self.mixing_variance.is_finite() && self.mixing_variance > 0.0) {
+            return Err(Error::invalid(
+                "mixing_variance",
+                "mixing_variance must be a positive number",
+            ));
+        }
         Ok(())
     }
+}
+
+fn default_mixing_variance() -> f64 {
+    0.01
 }
 
 fn check_hash_key(field: &str, value: &str) -> Result<()> {

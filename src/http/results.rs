@@ -1,0 +1,141 @@
+//! Results and statistics: `/v1/experiments/{key}/results` and
+//! `/v1/stats/sample-size`.
+
+use abacus_actors::domain::unix_ms;
+use abacus_actors::results::ExperimentResults;
+use abacus_actors::stats::{sample_size, SampleSize, SampleSizeAnswer};
+use actix_web::{get, web, HttpResponse};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use utoipa::IntoParams;
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::AppState;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(results).service(sample_size_route);
+}
+
+/// Query of `GET /v1/experiments/{key}/results`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ResultsQuery {
+    /// One metric; all of the experiment's metrics when absent.
+    metric: Option<String>,
+    /// Only units first exposed, and events, at or after this time (RFC 3339).
+    /// With `from` or `to` the stored events of the window are read.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    from: Option<OffsetDateTime>,
+    /// ... and before this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>)]
+    to: Option<OffsetDateTime>,
+}
+
+/// Per variant units, events, conversions or sum, rate or mean, stddev and
+/// 95% interval; per treatment the absolute and relative lift, p-value,
+/// Holm-corrected significance, chance to win and an always-valid p-value;
+/// and the sample-ratio-mismatch check. Undefined numbers are `null` with a
+/// `reason`.
+#[utoipa::path(
+    tag = "results",
+    params(("key" = String, Path, description = "Experiment key"), ResultsQuery),
+    responses(
+        (status = 200, description = "The results", body = ExperimentResults),
+        (status = 404, description = "No such experiment"),
+        (status = 422, description = "Not a metric of the experiment"),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/experiments/{key}/results")]
+async fn results(
+    _: Admin,
+    state: web::Data<AppState>,
+    key: web::Path<String>,
+    query: web::Query<ResultsQuery>,
+) -> ApiResult<HttpResponse> {
+    let window = match (query.from, query.to) {
+        (None, None) => None,
+        (from, to) => {
+            let from = from.map_or(i64::MIN, unix_ms);
+            let to = to.map_or(i64::MAX, unix_ms);
+            if from >= to {
+                return Err(ApiError::InvalidQuery {
+                    field: Some("to".into()),
+                    message: "to must be after from".into(),
+                });
+            }
+            Some((from, to))
+        }
+    };
+    let results = state
+        .engine
+        .results(&key, query.metric.as_deref(), window)
+        .await?;
+    Ok(HttpResponse::Ok().json(results))
+}
+
+/// Query of `GET /v1/stats/sample-size`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SampleSizeQuery {
+    /// Baseline conversion rate (proportions), in (0, 1).
+    baseline: Option<f64>,
+    /// Standard deviation of the per-unit value (means); give this or `baseline`.
+    stddev: Option<f64>,
+    /// Smallest absolute difference to detect (p2 - p1, or of means).
+    mde: f64,
+    /// Significance level, two-sided (default 0.05).
+    alpha: Option<f64>,
+    /// Power (default 0.8).
+    power: Option<f64>,
+}
+
+/// Units needed per variant: two proportions from `baseline`, or two means
+/// from `stddev`.
+#[utoipa::path(
+    tag = "results",
+    params(SampleSizeQuery),
+    responses(
+        (status = 200, description = "Units per variant", body = SampleSizeAnswer),
+        (status = 400, description = "Missing or impossible parameters"),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/stats/sample-size")]
+async fn sample_size_route(
+    _: Admin,
+    query: web::Query<SampleSizeQuery>,
+) -> ApiResult<HttpResponse> {
+    let question = match (query.baseline, query.stddev) {
+        (Some(baseline), None) => SampleSize::Proportion {
+            baseline,
+            mde: query.mde,
+        },
+        (None, Some(stddev)) => SampleSize::Mean {
+            stddev,
+            mde: query.mde,
+        },
+        _ => {
+            return Err(ApiError::InvalidQuery {
+                field: Some("baseline".into()),
+                message: "give baseline (proportions) or stddev (means), not both".into(),
+            })
+        }
+    };
+    let answer = sample_size(
+        question,
+        query.alpha.unwrap_or(0.05),
+        query.power.unwrap_or(0.8),
+    )
+    .map_err(|e| ApiError::InvalidQuery {
+        field: Some(e.field.into()),
+        message: e.message.into(),
+    })?;
+    Ok(HttpResponse::Ok().json(answer))
+}

@@ -1,0 +1,216 @@
+//! Results over HTTP: numbers equal to the scipy/statsmodels reference for
+//! the same counts, nulls with reasons where undefined, time windows, and
+//! the sample-size calculator.
+
+use serde_json::{json, Value};
+
+use crate::common::TestServer;
+
+const CASES: &str = include_str!("../stats/cases.json");
+
+fn reference(name: &str) -> Value {
+    let cases: Value = serde_json::from_str(CASES).unwrap();
+    cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+        .clone()
+}
+
+fn close(expected: &Value, actual: &Value) -> bool {
+    match (expected.as_f64(), actual.as_f64()) {
+        (Some(e), Some(a)) => (e - a).abs() <= 1e-6 * e.abs().max(a.abs()),
+        _ => expected == actual,
+    }
+}
+
+/// Sends exposures for `units` units of `variant` (ids `{variant}-{i}`),
+/// and a purchase for the first `buyers` of them.
+fn populate(server: &TestServer, variant: &str, units: usize, buyers: usize) {
+    let mut events: Vec<Value> = (0..units)
+        .map(|i| json!({"type": "exposure", "unit_id": format!("{variant}-{i}"), "experiment": "exp", "variant": variant}))
+        .collect();
+    events.extend(
+        (0..buyers).map(|i| json!({"type": "purchase", "unit_id": format!("{variant}-{i}")})),
+    );
+    for chunk in events.chunks(1000) {
+        let (status, body) = server.post("/v1/events", json!({ "events": chunk }));
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+#[test]
+fn results_match_the_reference_statistics_for_the_same_counts() {
+    let server = TestServer::start();
+    server.post(
+        "/v1/experiments",
+        json!({
+            "key": "exp", "name": "reference",
+            "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
+            "metrics": [{"key": "purchase", "kind": "binomial"}],
+            "primary_metric": "purchase"
+        }),
+    );
+    assert_eq!(server.post_empty("/v1/experiments/exp/start").0, 200);
+    populate(&server, "control", 1000, 100);
+    populate(&server, "t1", 1000, 120);
+    server.barrier();
+
+    let (status, results) = server.get("/v1/experiments/exp/results");
+    assert_eq!(status, 200, "{results}");
+    let case = reference("binomial medium");
+    let metric = &results["metrics"][0];
+    assert_eq!(
+        (metric["metric"].as_str(), metric["primary"].as_bool()),
+        (Some("purchase"), Some(true))
+    );
+    for (i, expected) in case["variants"].as_array().unwrap().iter().enumerate() {
+        let actual = &metric["variants"][i];
+        for field in ["variant", "units", "conversions", "rate", "stddev"] {
+            assert!(
+                close(&expected[field], &actual[field]),
+                "{field}: {expected} vs {actual}"
+            );
+        }
+        for bound in 0..2 {
+            assert!(close(&expected["ci"][bound], &actual["ci"][bound]));
+        }
+    }
+    let expected = &case["comparisons"][0];
+    let actual = &metric["comparisons"][0];
+    for field in [
+        "statistic",
+        "p_value",
+        "p_value_holm",
+        "significant",
+        "chance_to_win",
+        "sequential_p_value",
+    ] {
+        assert!(
+            close(&expected[field], &actual[field]),
+            "{field}: {} vs {}",
+            expected[field],
+            actual[field]
+        );
+    }
+    for lift in ["absolute", "relative"] {
+        assert!(close(
+            &expected[lift]["estimate"],
+            &actual[lift]["estimate"]
+        ));
+        for bound in 0..2 {
+            assert!(close(
+                &expected[lift]["ci"][bound],
+                &actual[lift]["ci"][bound]
+            ));
+        }
+    }
+    assert!(close(&case["srm"]["p_value"], &results["srm"]["p_value"]));
+    assert_eq!(results["srm"]["detected"], false);
+    assert_eq!(results["units"], 2000);
+
+    // One metric by name; a metric the experiment does not have is 422.
+    let (status, one) = server.get("/v1/experiments/exp/results?metric=purchase");
+    assert_eq!((status, one["metrics"].as_array().unwrap().len()), (200, 1));
+    let (status, err) = server.get("/v1/experiments/exp/results?metric=nope");
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("metric"))
+    );
+}
+
+#[test]
+fn an_experiment_without_data_gives_nulls_with_reasons() {
+    let server = TestServer::start();
+    server.running_experiment(
+        "exp",
+        json!({"metrics": [{"key": "revenue", "kind": "mean"}, {"key": "signup", "kind": "binomial"}]}),
+    );
+    let (status, results) = server.get("/v1/experiments/exp/results");
+    assert_eq!(status, 200, "{results}");
+    assert_eq!(results["srm"]["p_value"], Value::Null);
+    assert!(results["srm"]["reason"].is_string());
+    for metric in results["metrics"].as_array().unwrap() {
+        let c = &metric["comparisons"][0];
+        assert_eq!(c["p_value"], Value::Null, "{c}");
+        assert!(c["reason"].is_string(), "{c}");
+        assert_eq!(metric["variants"][0]["reason"], "no exposed units");
+    }
+    let text = serde_json::to_string(&results).unwrap();
+    assert!(!text.contains("NaN"));
+    let (status, _) = server.get("/v1/experiments/missing/results");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn a_time_window_counts_only_units_and_events_inside_it() {
+    let server = TestServer::start();
+    server.running_experiment(
+        "exp",
+        json!({"metrics": [{"key": "buy", "kind": "binomial"}]}),
+    );
+    let event = |kind: &str, unit: &str, variant: Option<&str>, ts: &str| {
+        let mut e = json!({"type": kind, "unit_id": unit, "timestamp": ts});
+        if let Some(v) = variant {
+            e["experiment"] = json!("exp");
+            e["variant"] = json!(v);
+        }
+        e
+    };
+    let (status, _) = server.post(
+        "/v1/events?ack=persisted",
+        json!({"events": [
+            event("exposure", "early", Some("control"), "2026-10-01T00:00:00Z"),
+            event("buy", "early", None, "2026-10-01T01:00:00Z"),
+            event("exposure", "late", Some("treatment"), "2026-10-10T00:00:00Z"),
+            event("buy", "late", None, "2026-10-10T01:00:00Z"),
+        ]}),
+    );
+    assert_eq!(status, 202);
+    let (_, all) = server.get("/v1/experiments/exp/results");
+    assert_eq!(all["units"], 2);
+    let (status, window) =
+        server.get("/v1/experiments/exp/results?from=2026-10-05T00:00:00Z&to=2026-10-20T00:00:00Z");
+    assert_eq!(status, 200, "{window}");
+    assert_eq!(window["units"], 1);
+    let variants = &window["metrics"][0]["variants"];
+    assert_eq!(variants[0]["units"], 0);
+    assert_eq!(
+        (&variants[1]["units"], &variants[1]["conversions"]),
+        (&json!(1), &json!(1))
+    );
+    let (status, _) =
+        server.get("/v1/experiments/exp/results?from=2026-10-20T00:00:00Z&to=2026-10-05T00:00:00Z");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn sample_size_for_proportions_and_means() {
+    let server = TestServer::start();
+    let (status, body) =
+        server.get("/v1/stats/sample-size?baseline=0.1&mde=0.02&alpha=0.05&power=0.8");
+    assert_eq!(
+        (status, body["units_per_variant"].as_u64()),
+        (200, Some(3841)),
+        "{body}"
+    );
+    let (status, body) = server.get("/v1/stats/sample-size?stddev=10&mde=1");
+    assert_eq!(
+        (status, body["units_per_variant"].as_u64()),
+        (200, Some(1570))
+    );
+    let (status, body) = server.get("/v1/stats/sample-size?baseline=0.99&mde=0.02");
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("mde"))
+    );
+    let (status, body) = server.get("/v1/stats/sample-size?baseline=0.1");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+    let (status, _) = server.get("/v1/stats/sample-size?baseline=0.1&stddev=2&mde=0.01");
+    assert_eq!(status, 400);
+}
