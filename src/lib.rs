@@ -62,6 +62,7 @@ pub async fn run(
                     keep: Duration::from_secs(u64::from(config.storage.retention_days) * 24 * 3600),
                     every: Duration::from_secs(config.storage.retention_sweep_interval_s),
                 }),
+                monitor_interval: Duration::from_millis(config.results.check_interval_ms),
             },
             Arc::new(SystemClock),
         )

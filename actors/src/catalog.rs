@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::assignment::Compiled;
 use crate::clock::Clock;
-use crate::domain::{Experiment, ExperimentIn, ExperimentKey};
+use crate::domain::{DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey};
 use crate::experiment::{ExperimentActor, Slot};
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -108,8 +108,15 @@ impl Handler<CreateExperiment> for Catalog {
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
         let store = self.store.clone();
+        let event = DomainEvent::new(
+            DomainEventKind::ExperimentCreated,
+            &experiment,
+            experiment.created_at,
+        );
         let write = tokio::task::spawn_blocking(move || {
-            store.put_experiment(&experiment).map(|()| experiment)
+            store
+                .put_experiment(&experiment, Some(&event))
+                .map(|()| experiment)
         });
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
             |joined, catalog: &mut Self, _| {

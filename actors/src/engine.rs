@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
@@ -33,6 +34,8 @@ pub struct EngineConfig {
     pub jsonl_path: Option<PathBuf>,
     /// Delete raw events older than this; `None` keeps them forever.
     pub retention: Option<Retention>,
+    /// How often running experiments are checked for significance and SRM.
+    pub monitor_interval: Duration,
 }
 
 /// What `ingest` queued.
@@ -137,6 +140,11 @@ impl Engine {
             let (store, aggregates) = (store.clone(), Arc::clone(&aggregates));
             blocking(move || Ingest::start(store, config.ingest, sinks, aggregates)).await?
         };
+        crate::monitor::spawn(
+            config.monitor_interval,
+            Arc::clone(&registry),
+            Arc::clone(&aggregates),
+        );
         if let Some(retention) = config.retention {
             crate::retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }

@@ -13,7 +13,9 @@ use arc_swap::ArcSwap;
 
 use crate::assignment::Compiled;
 use crate::clock::Clock;
-use crate::domain::{Action, Experiment, ExperimentPatch, VariantKey};
+use crate::domain::{
+    Action, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, VariantKey,
+};
 use crate::sticky::StickyTable;
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -55,15 +57,21 @@ impl ExperimentActor {
         Self { slot, store, clock }
     }
 
-    /// Persists `next` on the blocking pool, then publishes it. Wrapped in an
-    /// [`AtomicResponse`] so the next message waits until this one is done.
-    fn commit(&self, next: Result<Experiment>) -> AtomicResponse<Self, Result<Arc<Compiled>>> {
-        let next = match next {
+    /// Persists `next` (with the domain event the change causes) on the
+    /// blocking pool, then publishes it. Wrapped in an [`AtomicResponse`]
+    /// so the next message waits until this one is done.
+    fn commit(
+        &self,
+        next: Result<(Experiment, Option<DomainEvent>)>,
+    ) -> AtomicResponse<Self, Result<Arc<Compiled>>> {
+        let (next, event) = match next {
             Ok(next) => next,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
         let store = self.store.clone();
-        let write = tokio::task::spawn_blocking(move || store.put_experiment(&next).map(|()| next));
+        let write = tokio::task::spawn_blocking(move || {
+            store.put_experiment(&next, event.as_ref()).map(|()| next)
+        });
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
             |joined, actor: &mut Self, _| {
                 let next = joined.map_err(|_| Error::Unavailable)??;
@@ -95,7 +103,13 @@ impl Handler<PatchExperiment> for ExperimentActor {
 
     fn handle(&mut self, msg: PatchExperiment, _: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
-        self.commit(self.slot.snapshot().experiment().patched(msg.0, now))
+        self.commit(
+            self.slot
+                .snapshot()
+                .experiment()
+                .patched(msg.0, now)
+                .map(|next| (next, None)),
+        )
     }
 }
 
@@ -118,7 +132,81 @@ impl Handler<TransitionExperiment> for ExperimentActor {
         self.commit(
             current
                 .experiment()
-                .transitioned(msg.action, msg.winner, now),
+                .transitioned(msg.action, msg.winner, now)
+                .map(|next| {
+                    let event = DomainEventKind::of_action(msg.action)
+                        .map(|kind| DomainEvent::new(kind, &next, now));
+                    (next, event)
+                }),
         )
+    }
+}
+
+/// A finding of the results monitor worth recording once.
+#[derive(Debug, Clone)]
+pub enum Finding {
+    /// The primary metric is significant by its Holm-corrected always-valid
+    /// p-value.
+    Significant {
+        /// The metric.
+        metric: String,
+        /// The treatment that differs from the control.
+        variant: String,
+        /// Its Holm-corrected always-valid p-value.
+        p_value: f64,
+        /// Its relative lift.
+        relative_lift: Option<f64>,
+    },
+    /// Exposed units deviate from the configured weights.
+    SampleRatioMismatch {
+        /// The chi-square p-value.
+        p_value: f64,
+        /// Exposed units per variant.
+        units: Vec<u64>,
+    },
+}
+
+/// Record a finding on the experiment (`significant_at`,
+/// `srm_detected_at`) with its domain event, unless it is already recorded.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Compiled>>")]
+pub struct RecordFinding(pub Finding);
+
+impl Handler<RecordFinding> for ExperimentActor {
+    type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
+
+    fn handle(&mut self, msg: RecordFinding, _: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let current = self.slot.snapshot();
+        let mut next = current.experiment().clone();
+        let (slot, kind, data) = match msg.0 {
+            Finding::Significant {
+                metric,
+                variant,
+                p_value,
+                relative_lift,
+            } => (
+                &mut next.significant_at,
+                DomainEventKind::ExperimentSignificant,
+                serde_json::json!({
+                    "metric": metric, "variant": variant,
+                    "sequential_p_value_holm": p_value, "relative_lift": relative_lift,
+                }),
+            ),
+            Finding::SampleRatioMismatch { p_value, units } => (
+                &mut next.srm_detected_at,
+                DomainEventKind::ExperimentSrmDetected,
+                serde_json::json!({"p_value": p_value, "units": units}),
+            ),
+        };
+        if slot.is_some() {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(current))));
+        }
+        *slot = Some(now);
+        next.touch(now);
+        let mut data = data;
+        data["experiment"] = serde_json::to_value(&next).unwrap_or_default();
+        let event = DomainEvent::with_data(kind, &next, now, data);
+        self.commit(Ok((next, Some(event))))
     }
 }

@@ -17,6 +17,7 @@ mod engine;
 mod error;
 pub mod experiment;
 pub mod ingest;
+mod monitor;
 pub mod results;
 pub mod retention;
 pub mod stats;

@@ -55,11 +55,7 @@ pub fn compute(
         .iter()
         .map(|v| aggregates.variants.get(v.key.as_str()))
         .collect();
-    let units: Vec<u64> = per_variant
-        .iter()
-        .map(|a| a.map_or(0, |a| a.units))
-        .collect();
-    let weights: Vec<f64> = experiment.variants.iter().map(|v| v.weight).collect();
+    let (srm, units) = sample_ratio(experiment, aggregates);
     let metrics = experiment
         .metrics
         .iter()
@@ -107,7 +103,23 @@ pub fn compute(
             .values()
             .map(|v| v.assignment_mismatches)
             .sum(),
-        srm: stats::srm(&units, &weights),
+        srm,
         metrics,
     }
+}
+
+/// The SRM check and the exposed units per variant it is based on.
+pub fn sample_ratio(experiment: &Experiment, aggregates: &ExperimentAggregates) -> (Srm, Vec<u64>) {
+    let units: Vec<u64> = experiment
+        .variants
+        .iter()
+        .map(|v| {
+            aggregates
+                .variants
+                .get(v.key.as_str())
+                .map_or(0, |a| a.units)
+        })
+        .collect();
+    let weights: Vec<f64> = experiment.variants.iter().map(|v| v.weight).collect();
+    (stats::srm(&units, &weights), units)
 }

@@ -57,6 +57,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Mailboxes and batching between handlers and writers.
     pub ingest: IngestConfig,
+    /// Results monitoring.
+    pub results: ResultsConfig,
     /// Bearer keys.
     pub auth: AuthConfig,
     /// Logging.
@@ -108,6 +110,15 @@ pub struct IngestConfig {
     pub sinks: Vec<SinkKind>,
     /// File the `jsonl` sink appends to.
     pub jsonl_path: PathBuf,
+}
+
+/// `[results]`: watching running experiments.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsConfig {
+    /// How often running experiments are checked for significance of the
+    /// primary metric and for sample-ratio mismatch.
+    pub check_interval_ms: u64,
 }
 
 /// A destination for committed events.
@@ -220,6 +231,9 @@ impl Config {
         }
         if self.storage.retention_sweep_interval_s == 0 {
             return invalid("storage.retention_sweep_interval_s", "must be positive");
+        }
+        if self.results.check_interval_ms == 0 {
+            return invalid("results.check_interval_ms", "must be positive");
         }
         if self.ingest.mailbox_capacity == 0 {
             return invalid("ingest.mailbox_capacity", "must be positive");

@@ -214,3 +214,46 @@ fn sample_size_for_proportions_and_means() {
     let (status, _) = server.get("/v1/stats/sample-size?baseline=0.1&stddev=2&mde=0.01");
     assert_eq!(status, 400);
 }
+
+#[test]
+fn significance_and_srm_are_recorded_once_and_survive_a_restart() {
+    let mut server = TestServer::start_with(&[("ABACUS_RESULTS__CHECK_INTERVAL_MS", "50")]);
+    server.post(
+        "/v1/experiments",
+        json!({
+            "key": "exp", "name": "signals",
+            "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
+            "metrics": [{"key": "purchase", "kind": "binomial"}],
+            "primary_metric": "purchase"
+        }),
+    );
+    assert_eq!(server.post_empty("/v1/experiments/exp/start").0, 200);
+    let (_, before) = server.get("/v1/experiments/exp");
+    assert_eq!(before["significant_at"], Value::Null);
+    assert_eq!(before["srm_detected_at"], Value::Null);
+    // 2,000 vs 3,000 exposed units on 50/50 weights; 10% vs 20% buy.
+    populate(&server, "control", 2000, 200);
+    populate(&server, "t1", 3000, 600);
+    server.barrier();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let recorded = loop {
+        let (_, e) = server.get("/v1/experiments/exp");
+        if e["significant_at"].is_string() && e["srm_detected_at"].is_string() {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recorded: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // More evidence later does not move the first record.
+    populate(&server, "t1", 500, 200);
+    server.barrier();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (_, later) = server.get("/v1/experiments/exp");
+    assert_eq!(later["significant_at"], recorded["significant_at"]);
+    assert_eq!(later["srm_detected_at"], recorded["srm_detected_at"]);
+    server.restart();
+    let (_, restarted) = server.get("/v1/experiments/exp");
+    assert_eq!(restarted["significant_at"], recorded["significant_at"]);
+    assert_eq!(restarted["srm_detected_at"], recorded["srm_detected_at"]);
+}

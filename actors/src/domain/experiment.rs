@@ -347,7 +347,8 @@ impl Experiment {
         self.variants.iter().position(|v| v.key.as_str() == key)
     }
 
-    fn touch(&mut self, now: OffsetDateTime) {
+    /// Counts a change: bumps the version and the change time.
+    pub(crate) fn touch(&mut self, now: OffsetDateTime) {
         self.version += 1;
         self.updated_at = now;
     }

@@ -5,6 +5,7 @@
 mod aggregate;
 mod event;
 mod experiment;
+mod happening;
 mod ids;
 mod lifecycle;
 
@@ -15,5 +16,6 @@ pub use event::{unix_ms, Event, EventIn, EventType};
 pub use experiment::{
     Experiment, ExperimentIn, ExperimentPatch, Layer, Metric, MetricKind, Variant, MAX_VARIANTS,
 };
+pub use happening::{DomainEvent, DomainEventKind};
 pub use ids::{ExperimentKey, MetricKey, UnitId, VariantKey};
 pub use lifecycle::{Action, Status};

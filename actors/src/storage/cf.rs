@@ -28,11 +28,15 @@ pub enum Cf {
     /// What each exposed unit has done, so a restart resumes the per-unit
     /// sums that sums of squares need.
     UnitExposures,
+    /// sequence number (u64 BE) → `[v1][JSON DomainEvent]`. Domain events
+    /// (lifecycle, significance, SRM), each written in the same WriteBatch
+    /// as the experiment change that caused it; webhooks deliver from here.
+    Outbox,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 8] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -40,6 +44,7 @@ impl Cf {
         Cf::EventIds,
         Cf::Aggregates,
         Cf::UnitExposures,
+        Cf::Outbox,
     ];
 
     /// The family's name on disk.
@@ -52,6 +57,7 @@ impl Cf {
             Cf::EventIds => "event_ids",
             Cf::Aggregates => "aggregates",
             Cf::UnitExposures => "unit_exposures",
+            Cf::Outbox => "outbox",
         }
     }
 }

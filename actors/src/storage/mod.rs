@@ -8,7 +8,7 @@ mod cf;
 pub mod keys;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
@@ -19,7 +19,7 @@ use rocksdb::{
 pub use cf::Cf;
 
 use crate::aggregator::Changes;
-use crate::domain::{Event, Experiment, ExperimentKey};
+use crate::domain::{DomainEvent, Event, Experiment, ExperimentKey};
 use crate::{Error, Result};
 
 /// Version of the on-disk layout, kept in [`Cf::Meta`].
@@ -62,6 +62,9 @@ pub struct Commit<'a> {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    /// The next outbox sequence number. Held while an experiment change and
+    /// its domain event are written, so outbox keys commit in order.
+    next_outbox: Arc<Mutex<u64>>,
 }
 
 impl Store {
@@ -88,8 +91,18 @@ impl Store {
             ColumnFamilyDescriptor::new(cf.name(), cf_options)
         });
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        let store = Self { db: Arc::new(db) };
+        let mut store = Self {
+            db: Arc::new(db),
+            next_outbox: Arc::default(),
+        };
         store.check_schema()?;
+        let last = store
+            .db
+            .iterator_cf(store.cf(Cf::Outbox), IteratorMode::End)
+            .next()
+            .transpose()?
+            .and_then(|(key, _)| key.as_ref().try_into().ok().map(u64::from_be_bytes));
+        store.next_outbox = Arc::new(Mutex::new(last.map_or(1, |l| l + 1)));
         Ok(store)
     }
 
@@ -115,23 +128,62 @@ impl Store {
             .unwrap_or_else(|| unreachable!("column family {} is opened at start", cf.name()))
     }
 
-    /// Writes an experiment record, synced to disk: control-plane changes
-    /// are rare and must survive a power cut once acknowledged.
-    pub fn put_experiment(&self, experiment: &Experiment) -> Result<()> {
-        let mut value = vec![VALUE_V1];
-        serde_json::to_writer(&mut value, experiment).map_err(|e| Error::Corrupt {
-            cf: Cf::Experiments.name(),
-            reason: e.to_string(),
-        })?;
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.put_cf_opt(
+    /// Writes an experiment record and the domain event its change caused,
+    /// atomically and synced to disk: control-plane changes are rare and
+    /// must survive a power cut once acknowledged.
+    pub fn put_experiment(
+        &self,
+        experiment: &Experiment,
+        event: Option<&DomainEvent>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
             self.cf(Cf::Experiments),
             experiment.key.as_str(),
-            value,
-            &sync,
-        )?;
+            versioned_json(Cf::Experiments, experiment)?,
+        );
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let Some(event) = event else {
+            self.db.write_opt(batch, &sync)?;
+            return Ok(());
+        };
+        let value = versioned_json(Cf::Outbox, event)?;
+        let mut next = self.next_outbox.lock().map_err(|_| Error::Unavailable)?;
+        batch.put_cf(self.cf(Cf::Outbox), next.to_be_bytes(), value);
+        self.db.write_opt(batch, &sync)?;
+        *next += 1;
         Ok(())
+    }
+
+    /// Up to `limit` domain events with sequence numbers after `after`, in order.
+    pub fn outbox(&self, after: u64, limit: usize) -> Result<Vec<(u64, DomainEvent)>> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.db
+            .iterator_cf(
+                self.cf(Cf::Outbox),
+                IteratorMode::From(&start, Direction::Forward),
+            )
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item?;
+                let corrupt = |reason: String| Error::Corrupt {
+                    cf: Cf::Outbox.name(),
+                    reason,
+                };
+                let seq = key
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| corrupt(format!("bad key {key:?}")))?;
+                match value.split_first() {
+                    Some((&VALUE_V1, json)) => serde_json::from_slice(json)
+                        .map(|e| (seq, e))
+                        .map_err(|e| corrupt(e.to_string())),
+                    _ => Err(corrupt("unknown value version".into())),
+                }
+            })
+            .collect()
     }
 
     /// Every stored experiment, in key order.
@@ -309,6 +361,16 @@ impl Store {
     }
 }
 
+/// `[v1][JSON]`.
+fn versioned_json(cf: Cf, value: &impl serde::Serialize) -> Result<Vec<u8>> {
+    let mut out = vec![VALUE_V1];
+    serde_json::to_writer(&mut out, value).map_err(|e| Error::Corrupt {
+        cf: cf.name(),
+        reason: e.to_string(),
+    })?;
+    Ok(out)
+}
+
 fn decode_event(value: &[u8]) -> Result<Event> {
     match value.split_first() {
         Some((&VALUE_V1, json)) => serde_json::from_slice(json).map_err(|e| Error::Corrupt {
@@ -388,6 +450,35 @@ mod tests {
         assert_eq!(store.next_seq().unwrap(), 7);
         let read: Vec<_> = store.sticky().collect::<Result<_>>().unwrap();
         assert_eq!(read, written);
+    }
+
+    #[test]
+    fn experiment_changes_and_their_domain_events_commit_together_in_order() {
+        use crate::domain::{DomainEvent, DomainEventKind, ExperimentIn};
+        let dir = tempfile::tempdir().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let input: ExperimentIn = serde_json::from_value(serde_json::json!({
+            "key": "e", "name": "e",
+            "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]
+        }))
+        .unwrap();
+        let experiment = Experiment::create(input, now).unwrap();
+        let event = |kind| DomainEvent::new(kind, &experiment, now);
+        let (created, started) = (
+            event(DomainEventKind::ExperimentCreated),
+            event(DomainEventKind::ExperimentStarted),
+        );
+        {
+            let store = Store::open(dir.path(), WINDOW).unwrap();
+            store.put_experiment(&experiment, Some(&created)).unwrap();
+            store.put_experiment(&experiment, None).unwrap();
+        }
+        let store = Store::open(dir.path(), WINDOW).unwrap();
+        store.put_experiment(&experiment, Some(&started)).unwrap();
+        let outbox = store.outbox(0, 10).unwrap();
+        assert_eq!(outbox, [(1, created), (2, started.clone())]);
+        assert_eq!(store.outbox(1, 10).unwrap(), [(2, started)]);
+        assert_eq!(store.experiments().unwrap(), [experiment]);
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! Domain events: what happened to an experiment that someone outside may
+//! want to hear about. Each is written to the outbox (`Cf::Outbox`) in the
+//! same WriteBatch as the change that caused it, so none is lost or
+//! invented by a crash; webhooks deliver them from there.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{Action, Experiment};
+
+/// The kinds of domain event, named as webhook subscribers see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum DomainEventKind {
+    /// A draft was created.
+    #[serde(rename = "experiment.created")]
+    ExperimentCreated,
+    /// `draft → running`.
+    #[serde(rename = "experiment.started")]
+    ExperimentStarted,
+    /// `running → paused`.
+    #[serde(rename = "experiment.paused")]
+    ExperimentPaused,
+    /// `paused → running`.
+    #[serde(rename = "experiment.resumed")]
+    ExperimentResumed,
+    /// `→ completed`.
+    #[serde(rename = "experiment.completed")]
+    ExperimentCompleted,
+    /// The primary metric became significant (first time only).
+    #[serde(rename = "experiment.significant")]
+    ExperimentSignificant,
+    /// A sample-ratio mismatch was detected (first time only).
+    #[serde(rename = "experiment.srm_detected")]
+    ExperimentSrmDetected,
+}
+
+impl DomainEventKind {
+    /// The event a lifecycle action causes, if any (archiving has none).
+    pub fn of_action(action: Action) -> Option<Self> {
+        match action {
+            Action::Start => Some(Self::ExperimentStarted),
+            Action::Pause => Some(Self::ExperimentPaused),
+            Action::Resume => Some(Self::ExperimentResumed),
+            Action::Complete => Some(Self::ExperimentCompleted),
+            Action::Archive => None,
+        }
+    }
+}
+
+/// One domain event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DomainEvent {
+    /// Unique id (UUIDv7); becomes the `webhook-id` of its deliveries.
+    pub id: String,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: DomainEventKind,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    /// The experiment it concerns.
+    pub experiment: String,
+    /// Details: the experiment after the change, and for significance and
+    /// SRM the numbers that triggered it.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+impl DomainEvent {
+    /// An event about `experiment` (as it is after the change).
+    pub fn new(kind: DomainEventKind, experiment: &Experiment, at: OffsetDateTime) -> Self {
+        Self::with_data(
+            kind,
+            experiment,
+            at,
+            serde_json::json!({ "experiment": experiment }),
+        )
+    }
+
+    /// An event with its own details.
+    pub fn with_data(
+        kind: DomainEventKind,
+        experiment: &Experiment,
+        at: OffsetDateTime,
+        data: Value,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind,
+            at,
+            experiment: experiment.key.to_string(),
+            data,
+        }
+    }
+}
