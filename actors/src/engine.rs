@@ -1,6 +1,6 @@
 //! The facade the HTTP layer calls: one method per thing a client can ask.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +8,9 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::aggregator::{Aggregator, LiveAggregates};
+use crate::analytics::{
+    self, Bucket, CompareReport, EngagementReport, Filter, UnitSummary, VariantSummary,
+};
 use crate::assignment::{Compiled, Decision, Reason};
 use crate::catalog::{Catalog, CreateExperiment, Entry, Registry};
 use crate::clock::Clock;
@@ -20,7 +23,7 @@ use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
 use crate::results::{self, ExperimentResults};
 use crate::retention::Retention;
 use crate::sticky::FirstExposure;
-use crate::storage::{StickyRecord, Store};
+use crate::storage::{StickyRecord, Store, StoreOptions};
 use crate::{Error, Result};
 
 /// What the engine needs to start.
@@ -107,9 +110,13 @@ impl Engine {
     /// assignments, and starts the actors. Must run inside an actix system.
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let path = config.storage_path.clone();
-        let window_ms = u64::try_from(config.ingest.dedup_window.as_millis()).unwrap_or(u64::MAX);
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let options = StoreOptions {
+            dedup_window_ms: ms(config.ingest.dedup_window),
+            retention_ms: config.retention.map(|r| ms(r.keep)),
+        };
         let (store, experiments) = blocking(move || {
-            let store = Store::open(&path, window_ms)?;
+            let store = Store::open(&path, options)?;
             let experiments = store.experiments()?;
             Ok((store, experiments))
         })
@@ -531,6 +538,93 @@ impl Engine {
             Some((from, to)) => Arc::new(self.rebuilt_aggregates(key, from, to).await?),
         };
         Ok(results::compute(experiment, &aggregates, metric))
+    }
+
+    /// Analytics buckets the filter covers, merged per variant.
+    pub async fn analytics(&self, filter: Filter) -> Result<BTreeMap<String, Bucket>> {
+        if let Some(key) = &filter.experiment {
+            self.entry(key)?;
+        } else if filter.variant.is_some() {
+            return Err(Error::invalid(
+                "variant",
+                "a variant filter needs experiment",
+            ));
+        }
+        let store = self.store.clone();
+        blocking(move || analytics::query(&store, &filter)).await
+    }
+
+    /// One unit: its first exposures, and what its stored events add up to.
+    pub async fn unit_summary(&self, unit: &str) -> Result<UnitSummary> {
+        let assignments = self
+            .registry
+            .load()
+            .values()
+            .filter_map(|entry| {
+                let first = entry.slot.sticky.get(unit)?;
+                let compiled = entry.slot.snapshot();
+                let experiment = compiled.experiment();
+                let variant = experiment.variants.get(first.variant)?;
+                Some((experiment.key.to_string(), variant.key.to_string()))
+            })
+            .collect();
+        let store = self.store.clone();
+        let owned = unit.to_owned();
+        let (events, bucket) = blocking(move || {
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            let mut bucket = Bucket::default();
+            for e in store.unit_events(&owned, 0, i64::MAX, 100_000)? {
+                *counts.entry(e.kind.as_str().to_owned()).or_default() += 1;
+                bucket.add(&e);
+            }
+            Ok((counts, bucket))
+        })
+        .await?;
+        Ok(UnitSummary {
+            unit_id: unit.to_owned(),
+            assignments,
+            events,
+            impressions: bucket.impressions,
+            clicks: bucket.clicks,
+            ctr: analytics::ctr(&bucket),
+            mean_dwell_ms: EngagementReport::of(&bucket).dwell_time_ms.mean,
+        })
+    }
+
+    /// The variants side by side, and the winner by the primary metric.
+    pub async fn compare(&self, key: &str) -> Result<CompareReport> {
+        let compiled = self.get(key)?;
+        let experiment = compiled.experiment();
+        let aggregates = self.aggregates.get(key);
+        let buckets = self
+            .analytics(Filter {
+                experiment: Some(key.to_owned()),
+                ..Filter::default()
+            })
+            .await?;
+        let empty = Bucket::default();
+        let variants = experiment
+            .variants
+            .iter()
+            .map(|v| {
+                let a = aggregates.variants.get(v.key.as_str());
+                let converted = a
+                    .and_then(|a| a.measures.get("conversion"))
+                    .map_or(0, |m| m.units);
+                let bucket = buckets.get(v.key.as_str()).unwrap_or(&empty);
+                VariantSummary::of(v.key.as_str(), bucket, a.map_or(0, |a| a.units), converted)
+            })
+            .collect();
+        let winner = experiment.primary_metric.as_ref().and_then(|metric| {
+            let results = results::compute(experiment, &aggregates, Some(metric.as_str()));
+            results::winner(experiment, &results.metrics.first()?.comparisons)
+        });
+        Ok(CompareReport {
+            experiment: experiment.key.to_string(),
+            primary_metric: experiment.primary_metric.as_ref().map(ToString::to_string),
+            variants,
+            winner,
+        })
     }
 
     fn entry(&self, key: &str) -> Result<Entry> {

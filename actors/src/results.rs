@@ -123,3 +123,23 @@ pub fn sample_ratio(experiment: &Experiment, aggregates: &ExperimentAggregates) 
     let weights: Vec<f64> = experiment.variants.iter().map(|v| v.weight).collect();
     (stats::srm(&units, &weights), units)
 }
+
+/// The winner by these comparisons of the primary metric: the treatment
+/// significantly better than the control by its Holm-corrected always-valid
+/// p-value (the largest relative lift if several), the control when every
+/// treatment is significantly worse, else `None`.
+pub fn winner(experiment: &Experiment, comparisons: &[Comparison]) -> Option<String> {
+    let lift = |c: &Comparison| c.relative.as_ref().and_then(|r| r.estimate);
+    let better = comparisons
+        .iter()
+        .filter(|c| c.sequential_significant && lift(c).is_some_and(|l| l > 0.0))
+        .max_by(|a, b| lift(a).unwrap_or(0.0).total_cmp(&lift(b).unwrap_or(0.0)));
+    if let Some(best) = better {
+        return Some(best.variant.clone());
+    }
+    let all_worse = !comparisons.is_empty()
+        && comparisons
+            .iter()
+            .all(|c| c.sequential_significant && lift(c).is_some_and(|l| l < 0.0));
+    all_worse.then(|| experiment.variants[0].key.to_string())
+}

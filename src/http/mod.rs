@@ -3,6 +3,7 @@
 //! one call into the engine, map to a response.
 
 pub mod aggregates;
+pub mod analytics;
 pub mod assignments;
 pub mod auth;
 pub mod error;
@@ -52,6 +53,7 @@ pub fn configure(
             .configure(assignments::configure)
             .configure(aggregates::configure)
             .configure(results::configure)
+            .configure(analytics::configure)
             .configure(events::configure)
             .configure(health::configure)
             .configure(openapi::configure)

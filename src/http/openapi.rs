@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{aggregates, assignments, events, experiments, health, results};
+use super::{aggregates, analytics, assignments, events, experiments, health, results};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -26,6 +26,12 @@ use super::{aggregates, assignments, events, experiments, health, results};
         aggregates::aggregates,
         results::results,
         results::sample_size_route,
+        analytics::ctr,
+        analytics::ranks,
+        analytics::response_times,
+        analytics::engagement,
+        analytics::unit,
+        analytics::compare,
         assignments::assign_one,
         assignments::assign_all,
         events::ingest,
@@ -39,7 +45,8 @@ use super::{aggregates, assignments, events, experiments, health, results};
         (name = "experiments", description = "Experiments and their lifecycle"),
         (name = "assignments", description = "Which variant a unit sees"),
         (name = "events", description = "What units did"),
-        (name = "results", description = "Statistics and analytics"),
+        (name = "results", description = "Statistics"),
+        (name = "analytics", description = "Clicks, ranks, response and dwell times, units"),
         (name = "operations", description = "Health and API description"),
     )
 )]

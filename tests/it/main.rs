@@ -7,6 +7,7 @@
 mod common;
 
 mod aggregates;
+mod analytics;
 mod assignment;
 mod auth;
 mod config;

@@ -22,6 +22,12 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/experiments/{key}/aggregates"),
     ("get", "/v1/experiments/{key}/results"),
     ("get", "/v1/stats/sample-size"),
+    ("get", "/v1/experiments/{key}/compare"),
+    ("get", "/v1/analytics/ctr"),
+    ("get", "/v1/analytics/ranks"),
+    ("get", "/v1/analytics/response-times"),
+    ("get", "/v1/analytics/engagement"),
+    ("get", "/v1/units/{unit_id}"),
     ("get", "/v1/experiments/{key}/assignment"),
     ("post", "/v1/assignments"),
     ("post", "/v1/events"),
@@ -60,7 +66,10 @@ fn every_documented_route_is_mounted() {
     let server = TestServer::start();
     server.running_experiment("k", json!({}));
     for (method, path) in ROUTES {
-        let path = path.replace("{key}", "k").replace("{action}", "pause");
+        let path = path
+            .replace("{key}", "k")
+            .replace("{action}", "pause")
+            .replace("{unit_id}", "u");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (_, body) = read(server.request(method.clone(), &path).send().unwrap());
         assert_ne!(

@@ -198,7 +198,11 @@ mod tests {
     #[test]
     fn close_commits_everything_queued_and_acknowledges_it() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), 1000).expect("store");
+        let options = crate::storage::StoreOptions {
+            dedup_window_ms: 1000,
+            retention_ms: None,
+        };
+        let store = Store::open(dir.path(), options).expect("store");
         let limits = IngestLimits {
             mailbox_capacity: 10_000,
             flush_interval: Duration::from_secs(60),

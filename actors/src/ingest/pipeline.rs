@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{Batch, Command, Envelope, IngestLimits, IngestStats, SinkActor};
 use crate::aggregator::{Aggregator, LiveAggregates};
+use crate::analytics;
 use crate::storage::{now_ms, Commit, Store};
 use crate::Result;
 
@@ -102,6 +103,7 @@ impl Writer {
             seq += 1;
         }
         self.aggregator.fold(&batch.events);
+        let buckets = analytics::deltas(&batch.events);
         let ids: Vec<&str> = batch
             .events
             .iter()
@@ -115,6 +117,7 @@ impl Writer {
                 client_ids: &ids,
                 next_seq: seq,
                 aggregates: Some(self.aggregator.changes()),
+                buckets: Some(&buckets),
             })
         });
         drop(ids);

@@ -32,11 +32,19 @@ pub enum Cf {
     /// (lifecycle, significance, SRM), each written in the same WriteBatch
     /// as the experiment change that caused it; webhooks deliver from here.
     Outbox,
+    /// [`keys::bucket`](super::keys::bucket) → `[v1][JSON Bucket]`.
+    /// Per-minute, -hour and -day counts and DDSketches for the analytics
+    /// endpoints; written as RocksDB merges, combined by a merge operator.
+    Analytics,
+    /// [`keys::unit_event`](super::keys::unit_event) → the event's key in
+    /// [`Cf::Events`]. A unit's events in time order; dropped at compaction
+    /// once older than the retention.
+    UnitEvents,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 8] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -45,6 +53,8 @@ impl Cf {
         Cf::Aggregates,
         Cf::UnitExposures,
         Cf::Outbox,
+        Cf::Analytics,
+        Cf::UnitEvents,
     ];
 
     /// The family's name on disk.
@@ -58,6 +68,8 @@ impl Cf {
             Cf::Aggregates => "aggregates",
             Cf::UnitExposures => "unit_exposures",
             Cf::Outbox => "outbox",
+            Cf::Analytics => "analytics",
+            Cf::UnitEvents => "unit_events",
         }
     }
 }

@@ -51,6 +51,54 @@ pub fn event_prefix(experiment: Option<&ExperimentKey>) -> Vec<u8> {
     }
 }
 
+/// `[len: u8][scope][level: u8][start_ms: u64 BE][variant]`: one analytics
+/// bucket. The scope is an experiment key, `""` for events without one or
+/// `"*"` for all events; all variants of one bucket are adjacent, and one
+/// level of one scope is a time-ordered range.
+pub fn bucket(scope: &str, level: u8, start_ms: i64, variant: &str) -> Vec<u8> {
+    let mut key = bucket_bound(scope, level, start_ms);
+    key.extend_from_slice(variant.as_bytes());
+    key
+}
+
+/// The first key of `scope`'s buckets of `level` starting at or after `start_ms`.
+pub fn bucket_bound(scope: &str, level: u8, start_ms: i64) -> Vec<u8> {
+    let mut key = prefix(scope);
+    key.push(level);
+    key.extend_from_slice(&clamp_ms(start_ms).to_be_bytes());
+    key
+}
+
+/// The variant of a [`bucket`] key, given its scope.
+pub fn bucket_variant<'k>(key: &'k [u8], scope: &str) -> Option<&'k str> {
+    std::str::from_utf8(key.get(1 + scope.len() + 1 + 8..)?).ok()
+}
+
+/// `[len: u16 BE][unit][timestamp_ms: u64 BE][seq: u64 BE]`: one event of a
+/// unit, so a unit's events are one range scan.
+pub fn unit_event(unit: &str, timestamp_ms: i64, seq: u64) -> Vec<u8> {
+    let mut key = unit_event_bound(unit, timestamp_ms);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The first [`unit_event`] key of `unit` at or after `timestamp_ms`.
+pub fn unit_event_bound(unit: &str, timestamp_ms: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + unit.len() + 16);
+    // Unit ids are at most 256 bytes by construction.
+    key.extend_from_slice(&(unit.len() as u16).to_be_bytes());
+    key.extend_from_slice(unit.as_bytes());
+    key.extend_from_slice(&clamp_ms(timestamp_ms).to_be_bytes());
+    key
+}
+
+/// The timestamp of a [`unit_event`] key.
+pub fn unit_event_ms(key: &[u8]) -> Option<u64> {
+    let (len, rest) = key.split_first_chunk::<2>()?;
+    let ts = rest.get(usize::from(u16::from_be_bytes(*len))..)?;
+    Some(u64::from_be_bytes(*ts.first_chunk::<8>()?))
+}
+
 fn clamp_ms(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }
@@ -85,6 +133,37 @@ mod tests {
             let hi = event_bound(Some(&a), t1.max(t2).saturating_add(1));
             prop_assert!(lo <= k1.clone().min(k2.clone()) && k1.max(k2) < hi);
             prop_assert!(!event(None, t1, s1).starts_with(&experiment_prefix(&a)));
+        }
+
+        #[test]
+        fn bucket_keys_order_by_level_then_time_and_keep_their_variant(
+            a in key(), l1 in 0u8..3, l2 in 0u8..3, t1 in 0i64..i64::MAX, t2 in 0i64..i64::MAX,
+            v in "[a-z0-9_-]{0,64}"
+        ) {
+            let k1 = bucket(a.as_str(), l1, t1, &v);
+            let k2 = bucket(a.as_str(), l2, t2, "");
+            if (l1, t1) != (l2, t2) {
+                prop_assert_eq!(k1 < k2, (l1, t1) < (l2, t2));
+            }
+            prop_assert_eq!(bucket_variant(&k1, a.as_str()), Some(v.as_str()));
+            prop_assert!(k1 >= bucket_bound(a.as_str(), l1, t1));
+        }
+
+        #[test]
+        fn unit_event_keys_keep_a_units_events_together_in_time_order(
+            u in "\\PC{1,40}", w in "\\PC{1,40}", t1 in 0i64..i64::MAX, t2 in 0i64..i64::MAX, s: u64
+        ) {
+            let k1 = unit_event(&u, t1, s);
+            let k2 = unit_event(&u, t2, s);
+            prop_assert_eq!(k1 < k2, t1 < t2);
+            prop_assert_eq!(unit_event_ms(&k1), Some(t1 as u64));
+            let lo = unit_event_bound(&u, 0);
+            let hi = unit_event_bound(&u, i64::MAX);
+            prop_assert!(lo <= k1 && k1 < hi);
+            if u != w {
+                let other = unit_event(&w, t1, s);
+                prop_assert!(!(lo <= other && other < hi));
+            }
         }
 
         #[test]

@@ -4,9 +4,11 @@
 //! blocks on disk.
 
 mod aggregates;
+mod analytics;
 mod cf;
 pub mod keys;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -19,6 +21,7 @@ use rocksdb::{
 pub use cf::Cf;
 
 use crate::aggregator::Changes;
+use crate::analytics::Bucket;
 use crate::domain::{DomainEvent, Event, Experiment, ExperimentKey};
 use crate::{Error, Result};
 
@@ -43,6 +46,16 @@ pub struct StickyRecord {
     pub first_exposed_ms: i64,
 }
 
+/// How long the store keeps what it expires on its own.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// Client event ids older than this are dropped at compaction.
+    pub dedup_window_ms: u64,
+    /// Unit event-index entries older than this are dropped at compaction
+    /// (the events themselves by the retention sweep); `None` keeps them.
+    pub retention_ms: Option<u64>,
+}
+
 /// Everything one committed batch writes, in one RocksDB WriteBatch.
 #[derive(Default)]
 pub struct Commit<'a> {
@@ -56,6 +69,8 @@ pub struct Commit<'a> {
     pub next_seq: u64,
     /// Aggregates the events changed.
     pub aggregates: Option<Changes<'a>>,
+    /// Analytics bucket deltas, by [`keys::bucket`], merged into the store.
+    pub buckets: Option<&'a HashMap<Vec<u8>, Bucket>>,
 }
 
 /// A handle on the open database; cheap to clone.
@@ -68,9 +83,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database under `path`. Client event
-    /// ids older than `dedup_window_ms` are dropped at compaction.
-    pub fn open(path: &Path, dedup_window_ms: u64) -> Result<Self> {
+    /// Opens (creating if needed) the database under `path`.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self> {
+        let StoreOptions {
+            dedup_window_ms,
+            retention_ms,
+        } = options;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -79,6 +97,19 @@ impl Store {
         let families = Cf::ALL.iter().map(|&cf| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if cf == Cf::Analytics {
+                cf_options.set_merge_operator_associative("bucket_merge", analytics::merge_buckets);
+            }
+            if let (Cf::UnitEvents, Some(keep)) = (cf, retention_ms) {
+                cf_options.set_compaction_filter("expired_unit_events", move |_, key, _| {
+                    match keys::unit_event_ms(key) {
+                        Some(ms) if ms < now_ms().saturating_sub(keep) => {
+                            CompactionDecision::Remove
+                        }
+                        _ => CompactionDecision::Keep,
+                    }
+                });
+            }
             if cf == Cf::EventIds {
                 cf_options.set_compaction_filter("expired_event_ids", move |_, _, value| {
                     if seen_within(value, now_ms().saturating_sub(dedup_window_ms)) {
@@ -214,6 +245,7 @@ impl Store {
         let mut batch = WriteBatch::default();
         let events_cf = self.cf(Cf::Events);
         let mut value = Vec::with_capacity(256);
+        let units_cf = self.cf(Cf::UnitEvents);
         for e in commit.events {
             value.clear();
             value.push(VALUE_V1);
@@ -221,11 +253,19 @@ impl Store {
                 cf: Cf::Events.name(),
                 reason: err.to_string(),
             })?;
+            let key = keys::event(e.experiment.as_ref(), e.timestamp_ms, e.seq);
             batch.put_cf(
-                events_cf,
-                keys::event(e.experiment.as_ref(), e.timestamp_ms, e.seq),
-                &value,
+                units_cf,
+                keys::unit_event(&e.unit_id, e.timestamp_ms, e.seq),
+                &key,
             );
+            batch.put_cf(events_cf, key, &value);
+        }
+        if let Some(buckets) = commit.buckets {
+            let cf = self.cf(Cf::Analytics);
+            for (key, bucket) in buckets {
+                batch.merge_cf(cf, key, versioned_json(Cf::Analytics, bucket)?);
+            }
         }
         let sticky_cf = self.cf(Cf::Sticky);
         for r in commit.sticky {
@@ -417,7 +457,10 @@ fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyRecord> {
 mod tests {
     use super::*;
 
-    const WINDOW: u64 = 7 * 24 * 3600 * 1000;
+    const WINDOW: StoreOptions = StoreOptions {
+        dedup_window_ms: 7 * 24 * 3600 * 1000,
+        retention_ms: None,
+    };
 
     fn record(exp: &str, unit: &str, variant: &str, ms: i64) -> StickyRecord {
         StickyRecord {
