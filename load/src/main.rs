@@ -46,6 +46,10 @@ pub struct Args {
     /// for all of them; `assign` uses the first).
     #[arg(long, default_value_t = 1)]
     experiments: usize,
+    /// Use this existing experiment instead of creating fresh ones (e.g.
+    /// read `results` of an experiment another run is filling).
+    #[arg(long)]
+    experiment: Option<String>,
     /// Events per request in `ingest-batch`.
     #[arg(long, default_value_t = 100)]
     batch: usize,

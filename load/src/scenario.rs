@@ -11,10 +11,12 @@ pub enum Scenario {
     Assign,
     /// `POST /v1/assignments` for random units.
     AssignAll,
-    /// `POST /v1/events` with one click event.
+    /// `POST /v1/events` with one event.
     Ingest,
-    /// `POST /v1/events` with `--batch` click events.
+    /// `POST /v1/events` with `--batch` events.
     IngestBatch,
+    /// `GET /v1/experiments/{key}/results`.
+    Results,
 }
 
 impl Scenario {
@@ -25,6 +27,7 @@ impl Scenario {
             Scenario::AssignAll => "assign-all",
             Scenario::Ingest => "ingest",
             Scenario::IngestBatch => "ingest-batch",
+            Scenario::Results => "results",
         }
     }
 }
@@ -55,6 +58,10 @@ impl Target {
             units: args.units.max(1),
             batch: args.batch.max(1),
         };
+        if let Some(key) = &args.experiment {
+            target.experiment = key.clone();
+            return Ok(target);
+        }
         for i in 0..args.experiments.max(1) {
             let key = format!("load-{run_id}-{i}");
             let body = json!({
@@ -62,7 +69,12 @@ impl Target {
                 "variants": [
                     {"key": "control", "weight": 1, "payload": {"colour": "blue"}},
                     {"key": "treatment", "weight": 1, "payload": {"colour": "green"}}
-                ]
+                ],
+                "metrics": [
+                    {"key": "conversion", "kind": "mean"},
+                    {"key": "click", "kind": "binomial"}
+                ],
+                "primary_metric": "conversion"
             });
             let created = target
                 .request(Method::POST, "/v1/experiments")
@@ -108,23 +120,34 @@ impl Target {
                 .json(&json!({"unit_id": format!("user-{unit}")})),
             Scenario::Ingest => self
                 .request(Method::POST, "/v1/events")
-                .json(&self.event(unit, (n % 10) as usize)),
+                .json(&self.event(n)),
             Scenario::IngestBatch => {
-                let events: Vec<_> = (0..self.batch).map(|i| self.event(unit, i)).collect();
+                let first = n * self.batch as u64;
+                let events: Vec<_> = (first..first + self.batch as u64)
+                    .map(|i| self.event(i))
+                    .collect();
                 self.request(Method::POST, "/v1/events")
                     .json(&json!({ "events": events }))
             }
+            Scenario::Results => self.request(
+                Method::GET,
+                &format!("/v1/experiments/{}/results", self.experiment),
+            ),
         }
     }
 
-    /// The `i`th event of `unit` in the run's experiment, a realistic mix
-    /// for the aggregates: an exposure (i % 10 == 0), a conversion with a
-    /// value (i % 10 == 9), clicks otherwise.
-    fn event(&self, unit: u64, i: usize) -> serde_json::Value {
+    /// The run's `i`th event. Ten consecutive events belong to one unit
+    /// (`--units` of them, round robin): an exposure to the run's
+    /// experiment, eight clicks, then a conversion worth 5..45 and no
+    /// experiment (it counts in every experiment of the unit). So N events
+    /// expose min(N / 10, units) units.
+    fn event(&self, i: u64) -> serde_json::Value {
+        let unit = (i / 10) % self.units;
         let unit_id = format!("user-{unit}");
-        match i % 10 {
+        let i = (i % 10) as usize;
+        match i {
             0 => json!({"type": "exposure", "unit_id": unit_id, "experiment": self.experiment}),
-            9 => json!({"type": "conversion", "unit_id": unit_id, "value": 19.99}),
+            9 => json!({"type": "conversion", "unit_id": unit_id, "value": 5 + unit % 40}),
             _ => json!({
                 "type": "click", "unit_id": unit_id, "experiment": self.experiment,
                 "properties": {"item_id": format!("sku-{i}"), "rank": i % 10 + 1, "response_time_ms": 12.5}

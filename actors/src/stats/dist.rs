@@ -60,6 +60,33 @@ pub fn chi_square_sf(x: f64, k: f64) -> f64 {
     checked_gamma_ur(k / 2.0, x / 2.0).unwrap_or(f64::NAN)
 }
 
+/// P(p_t > p_c) when p_t ~ Beta(a_t, b_t) and p_c ~ Beta(a_c, b_c), for
+/// whole numbers `>= 1`. The closed form below sums up to its first
+/// parameter's worth of terms, and decays slowly when a rate is near 0 or
+/// 1, so it is evaluated in whichever equivalent form has the fewest:
+/// `P(p_t > p_c) = P(1 - p_c > 1 - p_t)` (swap to `(b_c, a_c, b_t, a_t)`),
+/// or as `1 - P(p_c > p_t)` when that is a thousand times shorter (at the
+/// cost of relative precision for chances near zero).
+pub fn chance_to_beat(a_t: f64, b_t: f64, a_c: f64, b_c: f64) -> f64 {
+    let direct = if b_c < a_t {
+        (b_c, a_c, b_t, a_t)
+    } else {
+        (a_t, b_t, a_c, b_c)
+    };
+    let complement = if b_t < a_c {
+        (b_t, a_t, b_c, a_c)
+    } else {
+        (a_c, b_c, a_t, b_t)
+    };
+    if complement.0 * 1000.0 < direct.0 {
+        let (a, b, c, d) = complement;
+        1.0 - beta_chance_to_beat(a, b, c, d)
+    } else {
+        let (a, b, c, d) = direct;
+        beta_chance_to_beat(a, b, c, d)
+    }
+}
+
 /// P(p_t > p_c) when p_t ~ Beta(a_t, b_t) and p_c ~ Beta(a_c, b_c), for a
 /// whole number `a_t >= 1`: Evan Miller's closed form
 ///
@@ -72,7 +99,7 @@ pub fn chi_square_sf(x: f64, k: f64) -> f64 {
 /// largest term (where that ratio crosses 1) and walks outwards until the
 /// terms no longer matter: O(sqrt(a_t)) terms instead of a_t, which keeps a
 /// million conversions in the microseconds.
-pub fn beta_chance_to_beat(a_t: f64, b_t: f64, a_c: f64, b_c: f64) -> f64 {
+fn beta_chance_to_beat(a_t: f64, b_t: f64, a_c: f64, b_c: f64) -> f64 {
     let ratio = |i: f64| (a_c + i) * (b_t + i) / ((a_c + b_c + b_t + i) * (1.0 + i));
     let last = a_t - 1.0;
     let peak = ((a_c * b_t - a_c - b_c - b_t) / (b_c + 1.0))
@@ -136,5 +163,22 @@ mod tests {
         let a = beta_chance_to_beat(31.0, 70.0, 21.0, 80.0);
         let b = beta_chance_to_beat(21.0, 80.0, 31.0, 70.0);
         assert!((a + b - 1.0).abs() < 1e-12);
+        // Every form agrees.
+        assert!((chance_to_beat(31.0, 70.0, 21.0, 80.0) - a).abs() < 1e-12);
+        assert!(
+            (chance_to_beat(70.0, 31.0, 80.0, 21.0) - beta_chance_to_beat(70.0, 31.0, 80.0, 21.0))
+                .abs()
+                < 1e-12
+        );
+    }
+
+    #[test]
+    fn rates_near_one_take_the_short_form() {
+        // Half a million conversions out of half a million units each: the
+        // direct form would walk 500,000 slowly decaying terms.
+        let p = chance_to_beat(500_001.0, 1.0, 499_001.0, 1.0);
+        assert!((0.0..=1.0).contains(&p));
+        let q = beta_chance_to_beat(1.0, 499_001.0, 1.0, 500_001.0);
+        assert!((p - q).abs() < 1e-12, "{p} vs {q}");
     }
 }

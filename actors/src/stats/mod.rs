@@ -320,7 +320,7 @@ fn compare(settings: Settings, key: &str, arm: &Arm, control: &Arm) -> Compariso
                 estimate: Some(d),
                 ci: (se > 0.0).then_some([d - z * se, d + z * se]),
             });
-            out.chance_to_win = Some(dist::beta_chance_to_beat(
+            out.chance_to_win = Some(dist::chance_to_beat(
                 1.0 + arm.conversions as f64,
                 1.0 + (arm.units - arm.conversions) as f64,
                 1.0 + control.conversions as f64,
