@@ -16,6 +16,7 @@ use std::time::Duration;
 use abacus_actors::clock::SystemClock;
 use abacus_actors::ingest::IngestLimits;
 use abacus_actors::retention::Retention;
+use abacus_actors::webhooks;
 use abacus_actors::{Engine, EngineConfig};
 use abacus_config::{Config, SinkKind};
 use actix_web::{web, App, HttpServer};
@@ -63,6 +64,19 @@ pub async fn run(
                     every: Duration::from_secs(config.storage.retention_sweep_interval_s),
                 }),
                 monitor_interval: Duration::from_millis(config.results.check_interval_ms),
+                webhooks: webhooks::Settings {
+                    allow_private: config.webhooks.allow_private,
+                    timeout: Duration::from_millis(config.webhooks.timeout_ms),
+                    retry_schedule: config
+                        .webhooks
+                        .retry_schedule_ms
+                        .iter()
+                        .map(|&ms| Duration::from_millis(ms))
+                        .collect(),
+                    jitter: config.webhooks.jitter,
+                    disable_after: config.webhooks.disable_after,
+                    max_retry_after: Duration::from_millis(config.webhooks.max_retry_after_ms),
+                },
             },
             Arc::new(SystemClock),
         )

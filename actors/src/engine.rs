@@ -24,6 +24,7 @@ use crate::results::{self, ExperimentResults};
 use crate::retention::Retention;
 use crate::sticky::FirstExposure;
 use crate::storage::{StickyRecord, Store, StoreOptions};
+use crate::webhooks::{self, Webhooks};
 use crate::{Error, Result};
 
 /// What the engine needs to start.
@@ -39,6 +40,8 @@ pub struct EngineConfig {
     pub retention: Option<Retention>,
     /// How often running experiments are checked for significance and SRM.
     pub monitor_interval: Duration,
+    /// Webhook delivery policy.
+    pub webhooks: webhooks::Settings,
 }
 
 /// What `ingest` queued.
@@ -102,6 +105,7 @@ pub struct Engine {
     store: Store,
     ingest: Ingest,
     aggregates: Arc<LiveAggregates>,
+    webhooks: Webhooks,
     clock: Arc<dyn Clock>,
 }
 
@@ -155,6 +159,7 @@ impl Engine {
         if let Some(retention) = config.retention {
             crate::retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }
+        let webhooks = Webhooks::start(store.clone(), config.webhooks).await?;
         let catalog =
             Catalog::new(Arc::clone(&registry), store.clone(), Arc::clone(&clock)).start();
         Ok(Self {
@@ -163,6 +168,7 @@ impl Engine {
             store,
             ingest,
             aggregates,
+            webhooks,
             clock,
         })
     }
@@ -470,6 +476,11 @@ impl Engine {
             Ok(EventPage { events, next })
         })
         .await
+    }
+
+    /// Webhook subscriptions and their deliveries.
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     /// The experiment's aggregates as of the last committed batch.

@@ -9,6 +9,9 @@ pub enum Error {
     /// No experiment has this key.
     #[error("experiment '{0}' not found")]
     ExperimentNotFound(String),
+    /// No webhook subscription has this id.
+    #[error("webhook subscription '{0}' not found")]
+    WebhookNotFound(String),
     /// An experiment with this key exists already (archived ones included).
     #[error("experiment '{0}' already exists")]
     ExperimentExists(ExperimentKey),

@@ -24,6 +24,7 @@ pub mod retention;
 pub mod stats;
 pub mod sticky;
 pub mod storage;
+pub mod webhooks;
 
 pub use engine::{Assignment, Engine, EngineConfig, Page};
 pub use error::{Error, Result};

@@ -59,6 +59,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Results monitoring.
     pub results: ResultsConfig,
+    /// Webhook delivery.
+    pub webhooks: WebhooksConfig,
     /// Bearer keys.
     pub auth: AuthConfig,
     /// Logging.
@@ -119,6 +121,24 @@ pub struct ResultsConfig {
     /// How often running experiments are checked for significance of the
     /// primary metric and for sample-ratio mismatch.
     pub check_interval_ms: u64,
+}
+
+/// `[webhooks]`: delivery policy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Allow targets on loopback, private and link-local addresses.
+    pub allow_private: bool,
+    /// Bound on one delivery attempt.
+    pub timeout_ms: u64,
+    /// Delays before each retry; a message fails once they are used up.
+    pub retry_schedule_ms: Vec<u64>,
+    /// Each delay is scaled by a random factor in 1 ± jitter.
+    pub jitter: f64,
+    /// Consecutive failed messages that disable a subscription.
+    pub disable_after: u32,
+    /// Longest `Retry-After` honoured.
+    pub max_retry_after_ms: u64,
 }
 
 /// A destination for committed events.
@@ -234,6 +254,15 @@ impl Config {
         }
         if self.results.check_interval_ms == 0 {
             return invalid("results.check_interval_ms", "must be positive");
+        }
+        if self.webhooks.timeout_ms == 0 {
+            return invalid("webhooks.timeout_ms", "must be positive");
+        }
+        if !(0.0..1.0).contains(&self.webhooks.jitter) {
+            return invalid("webhooks.jitter", "must be in [0, 1)");
+        }
+        if self.webhooks.disable_after == 0 {
+            return invalid("webhooks.disable_after", "must be positive");
         }
         if self.ingest.mailbox_capacity == 0 {
             return invalid("ingest.mailbox_capacity", "must be positive");

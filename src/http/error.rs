@@ -79,6 +79,7 @@ impl ApiError {
         match self {
             ApiError::Engine(e) => match e {
                 EngineError::ExperimentNotFound(_) => "experiment_not_found",
+                EngineError::WebhookNotFound(_) => "webhook_not_found",
                 EngineError::ExperimentExists(_) => "experiment_exists",
                 EngineError::Invalid { .. } => "validation_failed",
                 EngineError::InvalidTransition { .. } => "invalid_transition",
@@ -115,7 +116,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Engine(e) => match e {
-                EngineError::ExperimentNotFound(_) => StatusCode::NOT_FOUND,
+                EngineError::ExperimentNotFound(_) | EngineError::WebhookNotFound(_) => {
+                    StatusCode::NOT_FOUND
+                }
                 EngineError::ExperimentExists(_)
                 | EngineError::InvalidTransition { .. }
                 | EngineError::NotEditable { .. } => StatusCode::CONFLICT,

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod results;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -54,6 +55,7 @@ pub fn configure(
             .configure(aggregates::configure)
             .configure(results::configure)
             .configure(analytics::configure)
+            .configure(webhooks::configure)
             .configure(events::configure)
             .configure(health::configure)
             .configure(openapi::configure)

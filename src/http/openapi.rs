@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{aggregates, analytics, assignments, events, experiments, health, results};
+use super::{aggregates, analytics, assignments, events, experiments, health, results, webhooks};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -32,6 +32,13 @@ use super::{aggregates, analytics, assignments, events, experiments, health, res
         analytics::engagement,
         analytics::unit,
         analytics::compare,
+        webhooks::create,
+        webhooks::list,
+        webhooks::read,
+        webhooks::remove,
+        webhooks::test,
+        webhooks::enable,
+        webhooks::deliveries,
         assignments::assign_one,
         assignments::assign_all,
         events::ingest,
@@ -47,6 +54,7 @@ use super::{aggregates, analytics, assignments, events, experiments, health, res
         (name = "events", description = "What units did"),
         (name = "results", description = "Statistics"),
         (name = "analytics", description = "Clicks, ranks, response and dwell times, units"),
+        (name = "webhooks", description = "Signed deliveries of domain events"),
         (name = "operations", description = "Health and API description"),
     )
 )]

@@ -19,3 +19,4 @@ mod openapi;
 mod restart;
 mod results;
 mod retention;
+mod webhooks;

@@ -28,6 +28,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/analytics/response-times"),
     ("get", "/v1/analytics/engagement"),
     ("get", "/v1/units/{unit_id}"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
+    ("get", "/v1/webhooks/{id}"),
+    ("delete", "/v1/webhooks/{id}"),
+    ("post", "/v1/webhooks/{id}/test"),
+    ("post", "/v1/webhooks/{id}/enable"),
+    ("get", "/v1/webhooks/{id}/deliveries"),
     ("get", "/v1/experiments/{key}/assignment"),
     ("post", "/v1/assignments"),
     ("post", "/v1/events"),
@@ -69,7 +76,8 @@ fn every_documented_route_is_mounted() {
         let path = path
             .replace("{key}", "k")
             .replace("{action}", "pause")
-            .replace("{unit_id}", "u");
+            .replace("{unit_id}", "u")
+            .replace("{id}", "wh_none");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let (_, body) = read(server.request(method.clone(), &path).send().unwrap());
         assert_ne!(

@@ -33,6 +33,15 @@ pub enum DomainEventKind {
     /// A sample-ratio mismatch was detected (first time only).
     #[serde(rename = "experiment.srm_detected")]
     ExperimentSrmDetected,
+    /// An alert was raised.
+    #[serde(rename = "alert.raised")]
+    AlertRaised,
+    /// An alert was resolved.
+    #[serde(rename = "alert.resolved")]
+    AlertResolved,
+    /// Sent on request to one webhook subscription.
+    #[serde(rename = "webhook.test")]
+    WebhookTest,
 }
 
 impl DomainEventKind {
@@ -60,8 +69,13 @@ pub struct DomainEvent {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub at: OffsetDateTime,
-    /// The experiment it concerns.
-    pub experiment: String,
+    /// The experiment it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
+    /// Only this webhook subscription gets it (`webhook.test`); else every
+    /// subscription to its type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
     /// Details: the experiment after the change, and for significance and
     /// SRM the numbers that triggered it.
     #[schema(value_type = Object)]
@@ -90,8 +104,40 @@ impl DomainEvent {
             id: uuid::Uuid::now_v7().to_string(),
             kind,
             at,
-            experiment: experiment.key.to_string(),
+            experiment: Some(experiment.key.to_string()),
+            subscription: None,
             data,
         }
+    }
+
+    /// A `webhook.test` for one subscription.
+    pub fn test(subscription: &str, at: OffsetDateTime) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind: DomainEventKind::WebhookTest,
+            at,
+            experiment: None,
+            subscription: Some(subscription.to_owned()),
+            data: serde_json::json!({ "subscription": subscription }),
+        }
+    }
+
+    /// The body webhook subscribers receive:
+    /// `{"type", "timestamp", "data"}` (the Standard Webhooks shape), with
+    /// the event's id and experiment in `data`.
+    pub fn payload(&self) -> Value {
+        let mut data = self.data.clone();
+        if let Value::Object(map) = &mut data {
+            map.insert("event_id".into(), Value::String(self.id.clone()));
+            if let Some(e) = &self.experiment {
+                map.entry("experiment_key")
+                    .or_insert(Value::String(e.clone()));
+            }
+        }
+        serde_json::json!({
+            "type": self.kind,
+            "timestamp": self.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "data": data,
+        })
     }
 }

@@ -40,11 +40,21 @@ pub enum Cf {
     /// [`Cf::Events`]. A unit's events in time order; dropped at compaction
     /// once older than the retention.
     UnitEvents,
+    /// subscription id (UTF-8) → `[v1][JSON Subscription]` (with its secret
+    /// and delivery counters).
+    Webhooks,
+    /// [`keys::webhook_message`](super::keys::webhook_message) →
+    /// `[v1][JSON Message]`. Each subscription's pending messages, in
+    /// outbox order.
+    WebhookQueue,
+    /// [`keys::webhook_attempt`](super::keys::webhook_attempt) →
+    /// `[v1][JSON Attempt]`. Every delivery attempt, newest first.
+    WebhookAttempts,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 13] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -55,6 +65,9 @@ impl Cf {
         Cf::Outbox,
         Cf::Analytics,
         Cf::UnitEvents,
+        Cf::Webhooks,
+        Cf::WebhookQueue,
+        Cf::WebhookAttempts,
     ];
 
     /// The family's name on disk.
@@ -70,6 +83,9 @@ impl Cf {
             Cf::Outbox => "outbox",
             Cf::Analytics => "analytics",
             Cf::UnitEvents => "unit_events",
+            Cf::Webhooks => "webhooks",
+            Cf::WebhookQueue => "webhook_queue",
+            Cf::WebhookAttempts => "webhook_attempts",
         }
     }
 }

@@ -99,6 +99,32 @@ pub fn unit_event_ms(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(*ts.first_chunk::<8>()?))
 }
 
+/// `[len: u8][subscription id][outbox seq: u64 BE]`: a pending webhook
+/// message; a subscription's queue is one prefix, oldest first.
+pub fn webhook_message(subscription: &str, seq: u64) -> Vec<u8> {
+    let mut key = prefix(subscription);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// `[len: u8][subscription id][u64::MAX - attempt number: u64 BE]`: newest
+/// attempt first.
+pub fn webhook_attempt(subscription: &str, number: u64) -> Vec<u8> {
+    let mut key = prefix(subscription);
+    key.extend_from_slice(&(u64::MAX - number).to_be_bytes());
+    key
+}
+
+/// The prefix of every key of one subscription.
+pub fn subscription_prefix(subscription: &str) -> Vec<u8> {
+    prefix(subscription)
+}
+
+/// The trailing `u64` of a webhook key.
+pub fn trailing_u64(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(*key.last_chunk::<8>()?))
+}
+
 fn clamp_ms(ms: i64) -> u64 {
     u64::try_from(ms).unwrap_or(0)
 }

@@ -7,6 +7,7 @@ mod aggregates;
 mod analytics;
 mod cf;
 pub mod keys;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +20,7 @@ use rocksdb::{
 };
 
 pub use cf::Cf;
+pub use webhooks::AttemptRecord;
 
 use crate::aggregator::Changes;
 use crate::analytics::Bucket;
@@ -80,6 +82,8 @@ pub struct Store {
     /// The next outbox sequence number. Held while an experiment change and
     /// its domain event are written, so outbox keys commit in order.
     next_outbox: Arc<Mutex<u64>>,
+    /// Woken after every outbox write, for the webhook dispatcher.
+    outbox_written: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -125,6 +129,7 @@ impl Store {
         let mut store = Self {
             db: Arc::new(db),
             next_outbox: Arc::default(),
+            outbox_written: Arc::default(),
         };
         store.check_schema()?;
         let last = store
@@ -179,12 +184,33 @@ impl Store {
             self.db.write_opt(batch, &sync)?;
             return Ok(());
         };
+        self.write_with_event(batch, event)
+    }
+
+    /// Appends a domain event that changes nothing else (`webhook.test`).
+    pub fn append_outbox(&self, event: &DomainEvent) -> Result<()> {
+        self.write_with_event(WriteBatch::default(), event)
+    }
+
+    /// Writes `batch` plus `event` at the next outbox position, synced.
+    fn write_with_event(&self, mut batch: WriteBatch, event: &DomainEvent) -> Result<()> {
         let value = versioned_json(Cf::Outbox, event)?;
-        let mut next = self.next_outbox.lock().map_err(|_| Error::Unavailable)?;
-        batch.put_cf(self.cf(Cf::Outbox), next.to_be_bytes(), value);
-        self.db.write_opt(batch, &sync)?;
-        *next += 1;
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        {
+            let mut next = self.next_outbox.lock().map_err(|_| Error::Unavailable)?;
+            batch.put_cf(self.cf(Cf::Outbox), next.to_be_bytes(), value);
+            self.db.write_opt(batch, &sync)?;
+            *next += 1;
+        }
+        self.outbox_written.notify_one();
         Ok(())
+    }
+
+    /// Resolves after the next outbox write (or at once if one happened
+    /// since the last call).
+    pub async fn outbox_written(&self) {
+        self.outbox_written.notified().await;
     }
 
     /// Up to `limit` domain events with sequence numbers after `after`, in order.

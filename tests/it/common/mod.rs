@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod receiver;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

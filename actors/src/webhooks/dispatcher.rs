@@ -1,0 +1,91 @@
+//! The dispatcher: fans each new outbox event out to the queues of the
+//! enabled subscriptions to its type, moving its cursor in the same write,
+//! then wakes their actors.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::subscriber::Wake;
+use super::{blocking, Entries, Message};
+use crate::storage::Store;
+use crate::Result;
+
+/// Outbox events read per write.
+const CHUNK: usize = 500;
+
+/// Runs for as long as the actix system: after every outbox write, and
+/// once a second in case a wake-up was missed.
+pub(super) fn spawn(store: Store, entries: Entries) {
+    actix::spawn(async move {
+        loop {
+            if let Err(e) = dispatch(&store, &entries).await {
+                tracing::error!(error = %e, "webhook dispatch failed; retrying");
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), store.outbox_written()).await;
+        }
+    });
+}
+
+/// Fans out everything after the cursor.
+async fn dispatch(store: &Store, entries: &Entries) -> Result<()> {
+    loop {
+        // (id, event types, enabled) of every subscription, read once per chunk.
+        let targets: Vec<_> = match entries.read() {
+            Ok(entries) => entries
+                .iter()
+                .map(|(id, e)| {
+                    (
+                        id.clone(),
+                        e.events.clone(),
+                        e.enabled.load(Ordering::Acquire),
+                    )
+                })
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        let owned = store.clone();
+        let woken = blocking(move || {
+            let cursor = owned.dispatch_cursor()?;
+            let events = owned.outbox(cursor, CHUNK)?;
+            let Some(&(last, _)) = events.last() else {
+                return Ok(None);
+            };
+            let mut messages = Vec::new();
+            let mut woken = BTreeSet::new();
+            for (seq, event) in &events {
+                let body = event.payload().to_string();
+                for (id, kinds, enabled) in &targets {
+                    let addressed = event.subscription.as_ref().is_none_or(|s| s == id);
+                    if *enabled && addressed && kinds.contains(&event.kind) {
+                        messages.push((
+                            id.as_str(),
+                            *seq,
+                            Message {
+                                id: event.id.clone(),
+                                kind: event.kind,
+                                body: body.clone(),
+                                attempts: 0,
+                                next_attempt_ms: 0,
+                            },
+                        ));
+                        woken.insert(id.clone());
+                    }
+                }
+            }
+            owned.enqueue(&messages, last)?;
+            Ok(Some(woken))
+        })
+        .await?;
+        let Some(woken) = woken else {
+            return Ok(());
+        };
+        if let Ok(entries) = entries.read() {
+            for id in woken {
+                if let Some(entry) = entries.get(&id) {
+                    entry.addr.do_send(Wake);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Webhooks: signed deliveries of domain events to subscribers.
+//!
+//! ```text
+//! experiment actor ── one WriteBatch: experiment + domain event ──▶ outbox
+//! dispatcher ── one WriteBatch per pass: queue entries + cursor ──▶ per-subscription queues
+//! Subscriber actor (one per subscription) ── head of its queue ──▶ HTTP POST, signed
+//!                 └── one WriteBatch per attempt: log entry + message fate + counters
+//! ```
+//!
+//! Every step is persisted before the next one acts on it, so a crash or
+//! restart loses no message and duplicates at most one attempt (delivery
+//! is at least once; `webhook-id` lets receivers de-duplicate). Each
+//! subscription delivers its own queue in order, one message at a time, so
+//! a slow or failing endpoint only delays itself.
+
+mod dispatcher;
+mod guard;
+mod signature;
+mod subscriber;
+mod subscription;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use actix::prelude::*;
+use time::OffsetDateTime;
+
+pub use guard::is_public;
+pub use signature::Secret;
+pub use subscription::{
+    Attempt, DeliveryStats, Disabled, Message, Subscription, SubscriptionIn, SubscriptionOut,
+};
+
+use self::subscriber::{Enable, Snapshot, Subscriber};
+use crate::domain::{DomainEvent, DomainEventKind};
+use crate::storage::Store;
+use crate::{Error, Result};
+
+/// Delivery policy, from `[webhooks]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Allow targets on loopback and private networks.
+    pub allow_private: bool,
+    /// Bound on one attempt.
+    pub timeout: Duration,
+    /// Delays before the 2nd, 3rd, ... attempt; a message fails for good
+    /// once they are used up.
+    pub retry_schedule: Vec<Duration>,
+    /// Each delay is scaled by a random factor in `1 ± jitter`.
+    pub jitter: f64,
+    /// Consecutive failed messages that disable a subscription.
+    pub disable_after: u32,
+    /// Longest `Retry-After` honoured.
+    pub max_retry_after: Duration,
+}
+
+/// A running subscription: its actor and what the dispatcher needs.
+#[derive(Clone)]
+struct Entry {
+    addr: Addr<Subscriber>,
+    events: Vec<DomainEventKind>,
+    enabled: Arc<AtomicBool>,
+}
+
+type Entries = Arc<RwLock<BTreeMap<String, Entry>>>;
+
+/// The webhook subsystem.
+pub struct Webhooks {
+    store: Store,
+    settings: Arc<Settings>,
+    client: reqwest::Client,
+    entries: Entries,
+}
+
+impl Webhooks {
+    /// Starts an actor per stored subscription and the dispatcher. Must run
+    /// inside an actix system.
+    pub async fn start(store: Store, settings: Settings) -> Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::invalid("webhooks", e.to_string()))?;
+        let this = Self {
+            store: store.clone(),
+            settings: Arc::new(settings),
+            client,
+            entries: Arc::default(),
+        };
+        let stored = blocking(move || store.subscriptions()).await?;
+        for subscription in stored {
+            this.spawn(subscription);
+        }
+        dispatcher::spawn(this.store.clone(), Arc::clone(&this.entries));
+        Ok(this)
+    }
+
+    fn spawn(&self, subscription: Subscription) -> Entry {
+        let enabled = Arc::new(AtomicBool::new(subscription.disabled.is_none()));
+        let entry = Entry {
+            events: subscription.events.clone(),
+            enabled: Arc::clone(&enabled),
+            addr: Subscriber::new(
+                subscription.clone(),
+                self.store.clone(),
+                self.client.clone(),
+                Arc::clone(&self.settings),
+                enabled,
+            )
+            .start(),
+        };
+        if let Ok(mut entries) = self.entries.write() {
+            entries.insert(subscription.id, entry.clone());
+        }
+        entry
+    }
+
+    fn entry(&self, id: &str) -> Result<Entry> {
+        self.entries
+            .read()
+            .map_err(|_| Error::Unavailable)?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::WebhookNotFound(id.to_owned()))
+    }
+
+    /// Creates a subscription; returns it and its secret (shown once).
+    pub async fn create(&self, input: SubscriptionIn) -> Result<(SubscriptionOut, String)> {
+        if input.events.is_empty() {
+            return Err(Error::invalid(
+                "events",
+                "subscribe to at least one event type",
+            ));
+        }
+        if input
+            .description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 1000)
+        {
+            return Err(Error::invalid("description", "at most 1000 characters"));
+        }
+        guard::check_target(&input.url, self.settings.allow_private)
+            .await
+            .map_err(|e| Error::invalid("url", e))?;
+        let (_, secret) = Secret::generate();
+        let mut events = input.events;
+        events.sort_by_key(|k| format!("{k:?}"));
+        events.dedup();
+        let subscription = Subscription {
+            id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
+            url: input.url,
+            events,
+            description: input.description,
+            secret: secret.clone(),
+            created_at: OffsetDateTime::now_utc(),
+            disabled: None,
+            stats: DeliveryStats::default(),
+        };
+        let store = self.store.clone();
+        let stored = subscription.clone();
+        blocking(move || store.put_subscription(&stored)).await?;
+        tracing::info!(subscription = %subscription.id, url = %subscription.url, "webhook subscription created");
+        self.spawn(subscription.clone());
+        Ok((subscription.view(0), secret))
+    }
+
+    /// One subscription, with its counters and queue length.
+    pub async fn get(&self, id: &str) -> Result<SubscriptionOut> {
+        let entry = self.entry(id)?;
+        let subscription = entry.addr.send(Snapshot).await?;
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        let pending = blocking(move || store.queue_len(&owned)).await?;
+        Ok(subscription.view(pending))
+    }
+
+    /// Every subscription, by id.
+    pub async fn list(&self) -> Result<Vec<SubscriptionOut>> {
+        let ids: Vec<String> = self
+            .entries
+            .read()
+            .map_err(|_| Error::Unavailable)?
+            .keys()
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.get(&id).await {
+                Ok(s) => out.push(s),
+                Err(Error::WebhookNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a subscription, its queue and its log.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let entry = self
+            .entries
+            .write()
+            .map_err(|_| Error::Unavailable)?
+            .remove(id)
+            .ok_or_else(|| Error::WebhookNotFound(id.to_owned()))?;
+        entry.enabled.store(false, Ordering::Release);
+        entry.addr.do_send(subscriber::Stop);
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        blocking(move || store.delete_subscription(&owned)).await?;
+        tracing::info!(subscription = %id, "webhook subscription deleted");
+        Ok(())
+    }
+
+    /// Queues a `webhook.test` for one subscription; returns its message id.
+    pub async fn test(&self, id: &str) -> Result<String> {
+        self.entry(id)?;
+        let event = DomainEvent::test(id, OffsetDateTime::now_utc());
+        let message_id = event.id.clone();
+        let store = self.store.clone();
+        blocking(move || store.append_outbox(&event)).await?;
+        Ok(message_id)
+    }
+
+    /// Turns a disabled subscription back on.
+    pub async fn enable(&self, id: &str) -> Result<SubscriptionOut> {
+        let entry = self.entry(id)?;
+        entry.addr.send(Enable).await??;
+        self.get(id).await
+    }
+
+    /// A page of delivery attempts, newest first.
+    pub async fn deliveries(
+        &self,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Attempt>, Option<u64>)> {
+        self.entry(id)?;
+        let store = self.store.clone();
+        let owned = id.to_owned();
+        blocking(move || store.attempts(&owned, before, limit)).await
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Unavailable)?
+}

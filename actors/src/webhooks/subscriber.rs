@@ -1,0 +1,372 @@
+//! One actor per subscription: delivers its queue in order, one message at
+//! a time, retrying on the configured schedule. A slow or dead endpoint
+//! only ever holds up its own queue.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rand::RngExt;
+use time::OffsetDateTime;
+
+use super::guard::check_target;
+use super::signature::Secret;
+use super::{Attempt, Disabled, Message, Settings, Subscription};
+use crate::domain::unix_ms;
+use crate::storage::{AttemptRecord, Store};
+use crate::{Error, Result};
+
+/// Owns one subscription's deliveries.
+pub struct Subscriber {
+    subscription: Subscription,
+    secret: Option<Secret>,
+    store: Store,
+    client: reqwest::Client,
+    settings: Arc<Settings>,
+    /// Shared with the dispatcher, which queues nothing while it is false.
+    enabled: Arc<AtomicBool>,
+    /// A delivery (or the read before it) is in progress.
+    busy: bool,
+    /// A retry is scheduled.
+    timer: Option<SpawnHandle>,
+}
+
+impl Subscriber {
+    /// An actor for `subscription`.
+    pub fn new(
+        subscription: Subscription,
+        store: Store,
+        client: reqwest::Client,
+        settings: Arc<Settings>,
+        enabled: Arc<AtomicBool>,
+    ) -> Self {
+        enabled.store(subscription.disabled.is_none(), Ordering::Release);
+        Self {
+            secret: Secret::parse(&subscription.secret),
+            subscription,
+            store,
+            client,
+            settings,
+            enabled,
+            busy: false,
+            timer: None,
+        }
+    }
+}
+
+impl Actor for Subscriber {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.notify(Wake);
+    }
+}
+
+/// Look at the queue: deliver its head if due, or schedule it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake;
+
+impl Handler<Wake> for Subscriber {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
+        if self.busy || self.subscription.disabled.is_some() {
+            return;
+        }
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.busy = true;
+        let job = Delivery {
+            subscription: self.subscription.clone(),
+            secret: self.secret.clone(),
+            store: self.store.clone(),
+            client: self.client.clone(),
+            settings: Arc::clone(&self.settings),
+        };
+        ctx.spawn(
+            job.run()
+                .into_actor(self)
+                .map(|outcome, actor, ctx| actor.finish(outcome, ctx)),
+        );
+    }
+}
+
+impl Subscriber {
+    fn finish(&mut self, outcome: Result<Step>, ctx: &mut Context<Self>) {
+        self.busy = false;
+        match outcome {
+            Ok(Step::Idle) => {}
+            Ok(Step::Wait(delay)) => {
+                self.timer = Some(ctx.run_later(delay, |_, ctx| ctx.notify(Wake)));
+            }
+            Ok(Step::Attempted(subscription)) => {
+                self.enabled
+                    .store(subscription.disabled.is_none(), Ordering::Release);
+                self.subscription = *subscription;
+                ctx.notify(Wake);
+            }
+            Err(e) => {
+                tracing::error!(subscription = %self.subscription.id, error = %e, "webhook queue unavailable; retrying in 1 s");
+                self.timer = Some(ctx.run_later(Duration::from_secs(1), |_, ctx| ctx.notify(Wake)));
+            }
+        }
+    }
+}
+
+/// Turn deliveries back on after a disable.
+#[derive(Message)]
+#[rtype(result = "Result<Subscription>")]
+pub struct Enable;
+
+impl Handler<Enable> for Subscriber {
+    type Result = AtomicResponse<Self, Result<Subscription>>;
+
+    fn handle(&mut self, _: Enable, _: &mut Context<Self>) -> Self::Result {
+        let mut next = self.subscription.clone();
+        next.disabled = None;
+        next.stats.consecutive_failed_messages = 0;
+        let store = self.store.clone();
+        let write =
+            tokio::task::spawn_blocking(move || store.put_subscription(&next).map(|()| next));
+        AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
+            |joined, actor: &mut Self, ctx: &mut Context<Self>| {
+                let next = joined.map_err(|_| Error::Unavailable)??;
+                actor.subscription = next.clone();
+                actor.enabled.store(true, Ordering::Release);
+                tracing::info!(subscription = %next.id, "webhook subscription enabled");
+                ctx.notify(Wake);
+                Ok(next)
+            },
+        )))
+    }
+}
+
+/// The subscription as the actor holds it (counters included).
+#[derive(Message)]
+#[rtype(result = "Subscription")]
+pub struct Snapshot;
+
+impl Handler<Snapshot> for Subscriber {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.subscription.clone())
+    }
+}
+
+/// What a delivery job ended with.
+enum Step {
+    /// Nothing queued.
+    Idle,
+    /// The head is not due yet.
+    Wait(Duration),
+    /// One attempt was made and recorded.
+    Attempted(Box<Subscription>),
+}
+
+/// One turn of the queue, run off the actor: read the head, maybe send it,
+/// record the attempt.
+struct Delivery {
+    subscription: Subscription,
+    secret: Option<Secret>,
+    store: Store,
+    client: reqwest::Client,
+    settings: Arc<Settings>,
+}
+
+/// What the endpoint did with one attempt.
+struct Response {
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    error: Option<String>,
+    latency: Duration,
+}
+
+impl Delivery {
+    async fn run(self) -> Result<Step> {
+        let store = self.store.clone();
+        let id = self.subscription.id.clone();
+        let head = tokio::task::spawn_blocking(move || store.queue_head(&id))
+            .await
+            .map_err(|_| Error::Unavailable)??;
+        let Some((seq, message)) = head else {
+            return Ok(Step::Idle);
+        };
+        let now_ms = unix_ms(OffsetDateTime::now_utc());
+        if message.next_attempt_ms > now_ms {
+            let wait = u64::try_from(message.next_attempt_ms - now_ms).unwrap_or(0);
+            return Ok(Step::Wait(Duration::from_millis(wait)));
+        }
+        let sent_at = OffsetDateTime::now_utc();
+        let response = self.send(&message, sent_at).await;
+        let (subscription, retry, attempt) = self.account(message, response, sent_at);
+        let store = self.store.clone();
+        let recorded = subscription.clone();
+        tokio::task::spawn_blocking(move || {
+            store.record_attempt(&AttemptRecord {
+                subscription: &recorded,
+                seq,
+                retry: retry.as_ref(),
+                attempt: &attempt,
+            })
+        })
+        .await
+        .map_err(|_| Error::Unavailable)??;
+        Ok(Step::Attempted(Box::new(subscription)))
+    }
+
+    /// One HTTP attempt. Never follows redirects; bounded by the timeout.
+    async fn send(&self, message: &Message, at: OffsetDateTime) -> Response {
+        let started = Instant::now();
+        let fail = |error: String| Response {
+            status: None,
+            retry_after: None,
+            error: Some(error),
+            latency: started.elapsed(),
+        };
+        let Some(secret) = &self.secret else {
+            return fail("the subscription's secret is unreadable".into());
+        };
+        // Checked again at every attempt: DNS may have changed since.
+        let url = match check_target(&self.subscription.url, self.settings.allow_private).await {
+            Ok(url) => url,
+            Err(e) => return fail(e),
+        };
+        let timestamp = at.unix_timestamp();
+        let request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header(
+                "user-agent",
+                concat!("abacus-webhooks/", env!("CARGO_PKG_VERSION")),
+            )
+            .header("webhook-id", &message.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                secret.sign(&message.id, timestamp, message.body.as_bytes()),
+            )
+            .body(message.body.clone());
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                Response {
+                    status: Some(status.as_u16()),
+                    retry_after,
+                    error: (!status.is_success()).then(|| format!("HTTP {}", status.as_u16())),
+                    latency: started.elapsed(),
+                }
+            }
+            Err(e) if e.is_timeout() => fail(format!(
+                "timed out after {} ms",
+                self.settings.timeout.as_millis()
+            )),
+            Err(e) => fail(error_chain(&e)),
+        }
+    }
+
+    /// The subscription, the message to keep (if it is to be retried) and
+    /// the attempt log entry after `response`.
+    fn account(
+        &self,
+        mut message: Message,
+        response: Response,
+        at: OffsetDateTime,
+    ) -> (Subscription, Option<Message>, Attempt) {
+        let mut subscription = self.subscription.clone();
+        let stats = &mut subscription.stats;
+        message.attempts += 1;
+        stats.attempts += 1;
+        let success = response.status.is_some_and(|s| (200..300).contains(&s));
+        let gone = response.status == Some(410);
+        let (retry, outcome) = if success {
+            stats.successes += 1;
+            stats.delivered += 1;
+            stats.consecutive_failed_messages = 0;
+            (None, "delivered")
+        } else {
+            stats.failures += 1;
+            stats.last_error = response.error.clone();
+            let schedule = &self.settings.retry_schedule;
+            if gone {
+                subscription.disabled = Some(Disabled {
+                    at,
+                    reason: "gone".into(),
+                });
+                // Kept for if it is enabled again.
+                message.next_attempt_ms = unix_ms(at);
+                (Some(message.clone()), "disabled")
+            } else if let Some(base) = schedule.get(message.attempts as usize - 1) {
+                let jitter = self.settings.jitter;
+                let factor = 1.0 + rand::rng().random_range(-jitter..=jitter);
+                let mut delay = base.mul_f64(factor.max(0.0));
+                if let Some(asked) = response.retry_after {
+                    delay = delay.max(asked.min(self.settings.max_retry_after));
+                }
+                message.next_attempt_ms =
+                    unix_ms(at) + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+                (Some(message.clone()), "retrying")
+            } else {
+                stats.failed_messages += 1;
+                stats.consecutive_failed_messages += 1;
+                if stats.consecutive_failed_messages >= self.settings.disable_after {
+                    subscription.disabled = Some(Disabled {
+                        at,
+                        reason: "failing".into(),
+                    });
+                }
+                (None, "failed")
+            }
+        };
+        let attempt = Attempt {
+            message_id: message.id.clone(),
+            kind: message.kind,
+            attempt: message.attempts,
+            at,
+            status_code: response.status,
+            latency_ms: response.latency.as_secs_f64() * 1000.0,
+            error: response.error,
+            outcome: outcome.into(),
+        };
+        if let Some(d) = &subscription.disabled {
+            tracing::warn!(subscription = %subscription.id, reason = %d.reason, "webhook subscription disabled");
+        }
+        (subscription, retry, attempt)
+    }
+}
+
+/// The error and its causes, on one line ("connection refused" is usually
+/// a few levels down).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Stop delivering (the subscription was deleted).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Subscriber {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,223 @@
+//! `/v1/webhooks`: subscriptions, test messages, re-enabling and the
+//! delivery log.
+
+use abacus_actors::webhooks::{Attempt, SubscriptionIn, SubscriptionOut};
+use actix_web::{delete, get, post, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::Admin;
+use super::error::{ApiError, ApiResult};
+use super::extract::ValidJson;
+use super::AppState;
+
+const MAX_PAGE: usize = 500;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(create)
+        .service(list)
+        .service(read)
+        .service(remove)
+        .service(test)
+        .service(enable)
+        .service(deliveries);
+}
+
+/// A new subscription, with its secret (shown this once).
+#[derive(Serialize, ToSchema)]
+pub struct CreatedSubscription {
+    /// The subscription.
+    #[serde(flatten)]
+    subscription: SubscriptionOut,
+    /// `whsec_` + base64 of 32 random bytes: verify signatures with it.
+    secret: String,
+}
+
+/// Subscribe a URL to event types. The URL must be http(s) and resolve to
+/// public addresses unless `webhooks.allow_private` is set.
+#[utoipa::path(
+    tag = "webhooks",
+    request_body = SubscriptionIn,
+    responses(
+        (status = 201, description = "Created; the secret is shown only here", body = CreatedSubscription),
+        (status = 422, description = "Bad URL (scheme, private address) or event types"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/webhooks")]
+async fn create(
+    _: Admin,
+    state: web::Data<AppState>,
+    ValidJson(input): ValidJson<SubscriptionIn>,
+) -> ApiResult<HttpResponse> {
+    let (subscription, secret) = state.engine.webhooks().create(input).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("location", format!("/v1/webhooks/{}", subscription.id)))
+        .json(CreatedSubscription {
+            subscription,
+            secret,
+        }))
+}
+
+/// Every subscription.
+#[derive(Serialize, ToSchema)]
+pub struct SubscriptionList {
+    /// By id.
+    webhooks: Vec<SubscriptionOut>,
+}
+
+/// List subscriptions with their delivery counters.
+#[utoipa::path(
+    tag = "webhooks",
+    responses((status = 200, description = "Subscriptions", body = SubscriptionList)),
+    security(("bearer" = []))
+)]
+#[get("/v1/webhooks")]
+async fn list(_: Admin, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    let webhooks = state.engine.webhooks().list().await?;
+    Ok(HttpResponse::Ok().json(SubscriptionList { webhooks }))
+}
+
+/// One subscription: counters (messages, attempts, successes, failures,
+/// success rate, last error), pending messages, why it is disabled.
+#[utoipa::path(
+    tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionOut),
+        (status = 404, description = "No such subscription"),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/webhooks/{id}")]
+async fn read(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.engine.webhooks().get(&id).await?))
+}
+
+/// Delete a subscription with its pending messages and log.
+#[utoipa::path(
+    tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such subscription"),
+    ),
+    security(("bearer" = []))
+)]
+#[delete("/v1/webhooks/{id}")]
+async fn remove(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    state.engine.webhooks().delete(&id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// A queued test message.
+#[derive(Serialize, ToSchema)]
+pub struct TestQueued {
+    /// Its `webhook-id`.
+    message_id: String,
+}
+
+/// Send a `webhook.test` message to this subscription (queued like any
+/// other; an enabled subscription gets it at once).
+#[utoipa::path(
+    tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 202, description = "Queued", body = TestQueued),
+        (status = 404, description = "No such subscription"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/webhooks/{id}/test")]
+async fn test(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let message_id = state.engine.webhooks().test(&id).await?;
+    Ok(HttpResponse::Accepted().json(TestQueued { message_id }))
+}
+
+/// Turn a disabled subscription back on; its pending messages go out.
+#[utoipa::path(
+    tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses(
+        (status = 200, description = "Enabled", body = SubscriptionOut),
+        (status = 404, description = "No such subscription"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/webhooks/{id}/enable")]
+async fn enable(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.engine.webhooks().enable(&id).await?))
+}
+
+/// Query of the delivery log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveriesQuery {
+    /// Page size, 1..=500 (default 50).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<u64>,
+}
+
+/// A page of attempts.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryPage {
+    /// Newest first.
+    deliveries: Vec<Attempt>,
+    /// Cursor of the next (older) page; `null` on the last.
+    next_cursor: Option<u64>,
+}
+
+/// Every delivery attempt, newest first: time, status code, latency, error
+/// and outcome.
+#[utoipa::path(
+    tag = "webhooks",
+    params(("id" = String, Path, description = "Subscription id"), DeliveriesQuery),
+    responses(
+        (status = 200, description = "Attempts", body = DeliveryPage),
+        (status = 404, description = "No such subscription"),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/webhooks/{id}/deliveries")]
+async fn deliveries(
+    _: Admin,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    query: web::Query<DeliveriesQuery>,
+) -> ApiResult<HttpResponse> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::InvalidQuery {
+            field: Some("limit".into()),
+            message: format!("limit must be between 1 and {MAX_PAGE}"),
+        });
+    }
+    let (deliveries, next_cursor) = state
+        .engine
+        .webhooks()
+        .deliveries(&id, query.cursor, limit)
+        .await?;
+    Ok(HttpResponse::Ok().json(DeliveryPage {
+        deliveries,
+        next_cursor,
+    }))
+}
