@@ -6,6 +6,7 @@
 //! coordinated omission). Latencies go into an HDR histogram. Every run is
 //! bounded by `--duration` and `--max-requests`.
 
+mod receiver;
 mod report;
 mod run;
 mod scenario;
@@ -50,6 +51,10 @@ pub struct Args {
     /// read `results` of an experiment another run is filling).
     #[arg(long)]
     experiment: Option<String>,
+    /// Webhook subscriptions the `webhooks` scenario creates (the server
+    /// needs `webhooks.allow_private = true`).
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
     /// Events per request in `ingest-batch`.
     #[arg(long, default_value_t = 100)]
     batch: usize,

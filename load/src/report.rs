@@ -49,6 +49,24 @@ pub struct Report {
     throughput_rps: f64,
     /// Latency from each request's scheduled start to its last body byte.
     pub latency_ms: Percentiles,
+    /// Webhook deliveries (`webhooks` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fan_out: Option<FanOut>,
+}
+
+/// What the local receiver got in a `webhooks` run.
+#[derive(Debug, Serialize)]
+pub struct FanOut {
+    /// Subscriptions created.
+    pub subscribers: usize,
+    /// Created experiments × subscribers.
+    pub expected: u64,
+    /// Deliveries received.
+    pub delivered: u64,
+    /// From the first request to the last delivery.
+    pub seconds: f64,
+    /// delivered / seconds.
+    pub messages_per_s: f64,
 }
 
 impl Report {
@@ -75,6 +93,7 @@ impl Report {
                 p999: ms(0.999),
                 max: h.max() as f64 / 1000.0,
             },
+            fan_out: None,
         }
     }
 }
@@ -97,6 +116,14 @@ impl fmt::Display for Report {
             f,
             "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             l.p50, l.p90, l.p99, l.p999, l.max
-        )
+        )?;
+        if let Some(w) = &self.fan_out {
+            writeln!(
+                f,
+                "webhooks  {} subscribers  delivered {} of {}  in {:.2} s  {:.0} messages/s",
+                w.subscribers, w.delivered, w.expected, w.seconds, w.messages_per_s
+            )?;
+        }
+        Ok(())
     }
 }

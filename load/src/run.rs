@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
-use crate::report::{Counts, Report};
+use crate::receiver::Deliveries;
+use crate::report::{Counts, FanOut, Report};
 use crate::scenario::Target;
 use crate::Args;
 
@@ -74,7 +75,40 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
         .clone();
-    Ok(Report::new(args, &histogram, &counts, elapsed))
+    let mut report = Report::new(args, &histogram, &counts, elapsed);
+    if let Some(deliveries) = &target.deliveries {
+        let expected = counts.ok.load(Ordering::Relaxed) * args.subscribers as u64;
+        report.fan_out = Some(fan_out(deliveries, expected, args.subscribers, start).await);
+    }
+    Ok(report)
+}
+
+/// Waits (at most 120 s) for every expected delivery, then measures.
+async fn fan_out(
+    deliveries: &Deliveries,
+    expected: u64,
+    subscribers: usize,
+    start: Instant,
+) -> FanOut {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while deliveries.count.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = deliveries.count.load(Ordering::Relaxed);
+    let last = deliveries
+        .last
+        .lock()
+        .ok()
+        .and_then(|l| *l)
+        .unwrap_or(start);
+    let seconds = last.duration_since(start).as_secs_f64();
+    FanOut {
+        subscribers,
+        expected,
+        delivered,
+        seconds,
+        messages_per_s: delivered as f64 / seconds.max(f64::EPSILON),
+    }
 }
 
 /// Emits `(n, scheduled start)` for each of `total` arrivals from an OS

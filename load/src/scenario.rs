@@ -17,6 +17,9 @@ pub enum Scenario {
     IngestBatch,
     /// `GET /v1/experiments/{key}/results`.
     Results,
+    /// `POST /v1/experiments`, each fanned out as `experiment.created` to
+    /// `--subscribers` webhook subscriptions on a local receiver.
+    Webhooks,
 }
 
 impl Scenario {
@@ -28,6 +31,7 @@ impl Scenario {
             Scenario::Ingest => "ingest",
             Scenario::IngestBatch => "ingest-batch",
             Scenario::Results => "results",
+            Scenario::Webhooks => "webhooks",
         }
     }
 }
@@ -41,6 +45,9 @@ pub struct Target {
     experiment: String,
     units: u64,
     batch: usize,
+    run_id: u128,
+    /// Deliveries to the local receiver (`webhooks` only).
+    pub deliveries: Option<std::sync::Arc<crate::receiver::Deliveries>>,
 }
 
 impl Target {
@@ -57,7 +64,27 @@ impl Target {
             experiment: String::new(),
             units: args.units.max(1),
             batch: args.batch.max(1),
+            run_id,
+            deliveries: None,
         };
+        if args.scenario == Scenario::Webhooks {
+            let (url, deliveries) = crate::receiver::start().await?;
+            for _ in 0..args.subscribers {
+                let created = target
+                    .request(Method::POST, "/v1/webhooks")
+                    .json(&json!({"url": url, "events": ["experiment.created"]}))
+                    .send()
+                    .await
+                    .context("is abacus running at --url?")?;
+                anyhow::ensure!(
+                    created.status() == 201,
+                    "subscribe (needs webhooks.allow_private): {}",
+                    created.text().await?
+                );
+            }
+            target.deliveries = Some(deliveries);
+            return Ok(target);
+        }
         if let Some(key) = &args.experiment {
             target.experiment = key.clone();
             return Ok(target);
@@ -133,6 +160,10 @@ impl Target {
                 Method::GET,
                 &format!("/v1/experiments/{}/results", self.experiment),
             ),
+            Scenario::Webhooks => self.request(Method::POST, "/v1/experiments").json(&json!({
+                "key": format!("load-{}-wh-{n}", self.run_id), "name": "webhook fan-out",
+                "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}]
+            })),
         }
     }
 

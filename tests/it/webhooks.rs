@@ -338,3 +338,31 @@ fn private_and_non_http_targets_are_refused_by_default() {
     let (status, _) = server.get("/v1/webhooks/wh_missing");
     assert_eq!(status, 404);
 }
+
+#[test]
+fn a_deleted_subscription_stays_deleted_and_receives_nothing_more() {
+    let mut server = server("[300, 300, 300, 300, 300, 300]", "5");
+    let receiver = Receiver::answering(500);
+    let (id, _) = subscribe(&server, &receiver.url(), json!(["experiment.created"]));
+    create_experiment(&server, "a");
+    receiver.wait_for(1, WAIT);
+    let (status, _) = server.delete(&format!("/v1/webhooks/{id}"));
+    assert_eq!(status, 204);
+    let (status, _) = server.get(&format!("/v1/webhooks/{id}"));
+    assert_eq!(status, 404);
+    let seen = receiver.received().len();
+    create_experiment(&server, "b");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        receiver.received().len() <= seen + 1,
+        "at most the attempt in flight"
+    );
+    server.restart();
+    let (status, _) = server.get(&format!("/v1/webhooks/{id}"));
+    assert_eq!(
+        status, 404,
+        "not resurrected by an attempt that finished late"
+    );
+    let (_, list) = server.get("/v1/webhooks");
+    assert_eq!(list["webhooks"], json!([]));
+}

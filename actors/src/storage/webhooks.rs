@@ -86,9 +86,12 @@ impl Store {
         Ok(())
     }
 
-    /// The oldest pending message of a subscription, with its position.
-    pub fn queue_head(&self, subscription: &str) -> Result<Option<(u64, Message)>> {
-        let (from, to) = prefix_range(subscription);
+    /// The oldest pending message of a subscription at or after position
+    /// `from`, with its position. Starting past the messages already
+    /// removed keeps the read from wading through their tombstones.
+    pub fn queue_head(&self, subscription: &str, from: u64) -> Result<Option<(u64, Message)>> {
+        let (_, to) = prefix_range(subscription);
+        let from = keys::webhook_message(subscription, from);
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(to);
         let mut iter = self.db.iterator_cf_opt(

@@ -21,7 +21,7 @@ mod subscription;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -62,6 +62,10 @@ struct Entry {
     addr: Addr<Subscriber>,
     events: Vec<DomainEventKind>,
     enabled: Arc<AtomicBool>,
+    /// Held while the actor records an attempt and while the subscription
+    /// is deleted; `true` once deleted, so an attempt that finishes after
+    /// a delete cannot write the subscription back.
+    deleted: Arc<Mutex<bool>>,
 }
 
 type Entries = Arc<RwLock<BTreeMap<String, Entry>>>;
@@ -99,15 +103,18 @@ impl Webhooks {
 
     fn spawn(&self, subscription: Subscription) -> Entry {
         let enabled = Arc::new(AtomicBool::new(subscription.disabled.is_none()));
+        let deleted = Arc::new(Mutex::new(false));
         let entry = Entry {
             events: subscription.events.clone(),
             enabled: Arc::clone(&enabled),
+            deleted: Arc::clone(&deleted),
             addr: Subscriber::new(
                 subscription.clone(),
                 self.store.clone(),
                 self.client.clone(),
                 Arc::clone(&self.settings),
                 enabled,
+                deleted,
             )
             .start(),
         };
@@ -208,7 +215,12 @@ impl Webhooks {
         entry.addr.do_send(subscriber::Stop);
         let store = self.store.clone();
         let owned = id.to_owned();
-        blocking(move || store.delete_subscription(&owned)).await?;
+        blocking(move || {
+            let mut deleted = entry.deleted.lock().map_err(|_| Error::Unavailable)?;
+            *deleted = true;
+            store.delete_subscription(&owned)
+        })
+        .await?;
         tracing::info!(subscription = %id, "webhook subscription deleted");
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! only ever holds up its own queue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -26,10 +26,14 @@ pub struct Subscriber {
     settings: Arc<Settings>,
     /// Shared with the dispatcher, which queues nothing while it is false.
     enabled: Arc<AtomicBool>,
+    /// Set (under its lock) once the subscription is deleted.
+    deleted: Arc<Mutex<bool>>,
     /// A delivery (or the read before it) is in progress.
     busy: bool,
     /// A retry is scheduled.
     timer: Option<SpawnHandle>,
+    /// Queue positions before this are done.
+    cursor: u64,
 }
 
 impl Subscriber {
@@ -40,6 +44,7 @@ impl Subscriber {
         client: reqwest::Client,
         settings: Arc<Settings>,
         enabled: Arc<AtomicBool>,
+        deleted: Arc<Mutex<bool>>,
     ) -> Self {
         enabled.store(subscription.disabled.is_none(), Ordering::Release);
         Self {
@@ -49,8 +54,10 @@ impl Subscriber {
             client,
             settings,
             enabled,
+            deleted,
             busy: false,
             timer: None,
+            cursor: 0,
         }
     }
 }
@@ -85,6 +92,8 @@ impl Handler<Wake> for Subscriber {
             store: self.store.clone(),
             client: self.client.clone(),
             settings: Arc::clone(&self.settings),
+            from: self.cursor,
+            deleted: Arc::clone(&self.deleted),
         };
         ctx.spawn(
             job.run()
@@ -102,10 +111,11 @@ impl Subscriber {
             Ok(Step::Wait(delay)) => {
                 self.timer = Some(ctx.run_later(delay, |_, ctx| ctx.notify(Wake)));
             }
-            Ok(Step::Attempted(subscription)) => {
+            Ok(Step::Attempted(subscription, cursor)) => {
                 self.enabled
                     .store(subscription.disabled.is_none(), Ordering::Release);
                 self.subscription = *subscription;
+                self.cursor = cursor;
                 ctx.notify(Wake);
             }
             Err(e) => {
@@ -163,8 +173,8 @@ enum Step {
     Idle,
     /// The head is not due yet.
     Wait(Duration),
-    /// One attempt was made and recorded.
-    Attempted(Box<Subscription>),
+    /// One attempt was made and recorded; the queue position to read from next.
+    Attempted(Box<Subscription>, u64),
 }
 
 /// One turn of the queue, run off the actor: read the head, maybe send it,
@@ -175,6 +185,9 @@ struct Delivery {
     store: Store,
     client: reqwest::Client,
     settings: Arc<Settings>,
+    /// Read the queue from this position.
+    from: u64,
+    deleted: Arc<Mutex<bool>>,
 }
 
 /// What the endpoint did with one attempt.
@@ -189,7 +202,8 @@ impl Delivery {
     async fn run(self) -> Result<Step> {
         let store = self.store.clone();
         let id = self.subscription.id.clone();
-        let head = tokio::task::spawn_blocking(move || store.queue_head(&id))
+        let from = self.from;
+        let head = tokio::task::spawn_blocking(move || store.queue_head(&id, from))
             .await
             .map_err(|_| Error::Unavailable)??;
         let Some((seq, message)) = head else {
@@ -203,9 +217,15 @@ impl Delivery {
         let sent_at = OffsetDateTime::now_utc();
         let response = self.send(&message, sent_at).await;
         let (subscription, retry, attempt) = self.account(message, response, sent_at);
+        let next = if retry.is_some() { seq } else { seq + 1 };
         let store = self.store.clone();
         let recorded = subscription.clone();
+        let deleted = Arc::clone(&self.deleted);
         tokio::task::spawn_blocking(move || {
+            let deleted = deleted.lock().map_err(|_| Error::Unavailable)?;
+            if *deleted {
+                return Ok(());
+            }
             store.record_attempt(&AttemptRecord {
                 subscription: &recorded,
                 seq,
@@ -215,7 +235,7 @@ impl Delivery {
         })
         .await
         .map_err(|_| Error::Unavailable)??;
-        Ok(Step::Attempted(Box::new(subscription)))
+        Ok(Step::Attempted(Box::new(subscription), next))
     }
 
     /// One HTTP attempt. Never follows redirects; bounded by the timeout.
