@@ -32,6 +32,9 @@ pub enum Error {
     /// The listener or the HTTP server failed.
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, finishes
@@ -92,15 +95,25 @@ pub async fn run(
             "bearer-key auth enabled"
         );
     }
+    let metrics = http::prometheus::install().map_err(Error::Metrics)?;
     let state = web::Data::new(AppState {
         engine: Arc::clone(&engine),
+        high_water: config.ingest.high_water,
     });
+    let metrics = web::Data::new(metrics);
+    let slow = web::Data::new(http::observe::SlowRequest(Duration::from_millis(
+        config.server.slow_request_ms,
+    )));
     let limits = http::Limits {
         body_bytes: config.server.max_body_bytes,
         max_batch: config.ingest.max_batch,
     };
     let mut server = HttpServer::new(move || {
-        App::new().configure(http::configure(state.clone(), keys.clone(), limits))
+        App::new()
+            .wrap(actix_web::middleware::from_fn(http::observe::observe))
+            .app_data(metrics.clone())
+            .app_data(slow.clone())
+            .configure(http::configure(state.clone(), keys.clone(), limits))
     })
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000));

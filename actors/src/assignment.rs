@@ -47,6 +47,30 @@ pub enum Reason {
     NotInLayer,
 }
 
+impl Reason {
+    /// Every reason, in declaration order (`as usize` indexes this).
+    pub const ALL: [Reason; 6] = [
+        Reason::Hashed,
+        Reason::Sticky,
+        Reason::Forced,
+        Reason::NotRunning,
+        Reason::NotInCoverage,
+        Reason::NotInLayer,
+    ];
+
+    /// The name on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Hashed => "hashed",
+            Reason::Sticky => "sticky",
+            Reason::Forced => "forced",
+            Reason::NotRunning => "not_running",
+            Reason::NotInCoverage => "not_in_coverage",
+            Reason::NotInLayer => "not_in_layer",
+        }
+    }
+}
+
 /// The outcome of assigning one unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {

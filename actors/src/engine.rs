@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +107,8 @@ pub struct Engine {
     ingest: Ingest,
     aggregates: Arc<LiveAggregates>,
     webhooks: Webhooks,
+    /// Assignments served, by [`Reason`] (index = `reason as usize`).
+    assignments: [AtomicU64; 6],
     clock: Arc<dyn Clock>,
 }
 
@@ -169,6 +172,7 @@ impl Engine {
             ingest,
             aggregates,
             webhooks,
+            assignments: Default::default(),
             clock,
         })
     }
@@ -239,6 +243,7 @@ impl Engine {
             self.expose(&[&entry.slot], &mut assignments, unit)?;
         }
         let [assignment] = assignments;
+        self.count(std::slice::from_ref(&assignment));
         Ok(assignment)
     }
 
@@ -268,7 +273,62 @@ impl Engine {
         if log_exposure {
             self.expose(&slots, &mut assignments, unit)?;
         }
+        self.count(&assignments);
         Ok(assignments)
+    }
+
+    /// Counts served assignments by reason (one relaxed add each).
+    fn count(&self, assignments: &[Assignment]) {
+        for a in assignments {
+            self.assignments[a.decision.reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes the figures kept in atomics and the ones read on demand
+    /// (mailbox, experiments, RocksDB, memory) to the metrics recorder.
+    /// Call just before rendering a scrape.
+    pub async fn export_metrics(&self) {
+        use crate::metrics as m;
+        use metrics::{counter, gauge};
+        let stats = self.ingest.stats();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter!(m::EVENTS_ACCEPTED).absolute(load(&stats.accepted));
+        counter!(m::EVENTS_REJECTED, "reason" => "mailbox_full")
+            .absolute(load(&stats.rejected_full_events));
+        counter!(m::EVENTS_REJECTED, "reason" => "invalid").absolute(load(&stats.rejected_invalid));
+        counter!(m::EVENTS_PERSISTED).absolute(load(&stats.persisted));
+        counter!(m::EVENTS_DUPLICATE).absolute(load(&stats.duplicates));
+        gauge!(m::MAILBOX_DEPTH, "mailbox" => "ingest").set(self.ingest.depth() as f64);
+        gauge!(m::MAILBOX_CAPACITY, "mailbox" => "ingest").set(self.ingest.capacity() as f64);
+        for reason in Reason::ALL {
+            counter!(m::ASSIGNMENTS, "reason" => reason.as_str())
+                .absolute(load(&self.assignments[reason as usize]));
+        }
+        let mut by_status = [0u64; Status::ALL.len()];
+        for entry in self.registry.load().values() {
+            let status = entry.slot.snapshot().experiment().status;
+            if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
+                by_status[i] += 1;
+            }
+        }
+        for (status, n) in Status::ALL.iter().zip(by_status) {
+            gauge!(m::EXPERIMENTS, "status" => status.as_str()).set(n as f64);
+        }
+        gauge!(m::WEBHOOK_DISABLED).set(self.webhooks.disabled_count() as f64);
+        let store = self.store.clone();
+        if let Ok((live, pending, stalled)) = blocking(move || store.health()).await {
+            gauge!(m::ROCKSDB_LIVE_SST).set(live as f64);
+            gauge!(m::ROCKSDB_PENDING_COMPACTION).set(pending as f64);
+            gauge!(m::ROCKSDB_WRITE_STALL).set(f64::from(u8::from(stalled)));
+        }
+        if let Some(rss) = resident_bytes() {
+            gauge!(m::PROCESS_RSS).set(rss as f64);
+        }
+    }
+
+    /// The ingest mailbox's depth and capacity.
+    pub fn mailbox(&self) -> (usize, usize) {
+        (self.ingest.depth(), self.ingest.capacity())
     }
 
     /// Queues an exposure for every assignment in the experiment, recording
@@ -328,6 +388,23 @@ impl Engine {
     /// marked as a mismatch. `index_fields` prefixes error fields with
     /// `events[i].` (for a batch body).
     pub fn ingest(&self, inputs: Vec<EventIn>, index_fields: bool, wait: bool) -> Result<Accepted> {
+        let n = inputs.len() as u64;
+        let result = self.validate_and_queue(inputs, index_fields, wait);
+        if let Err(Error::Invalid { .. }) = &result {
+            self.ingest
+                .stats()
+                .rejected_invalid
+                .fetch_add(n, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn validate_and_queue(
+        &self,
+        inputs: Vec<EventIn>,
+        index_fields: bool,
+        wait: bool,
+    ) -> Result<Accepted> {
         let now = self.clock.now();
         let entries = self.registry.load();
         let at = |i: usize, e: Error| match e {
@@ -686,6 +763,14 @@ fn restore_sticky(store: &Store, registry: &Registry) -> Result<usize> {
         }
     }
     Ok(restored)
+}
+
+/// Resident memory from `/proc/self/status` (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Assigns without side effects: the snapshot and the sticky table only.

@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Upper bound on a graceful shutdown.
     pub shutdown_timeout_ms: u64,
+    /// Requests slower than this are logged as warnings and counted.
+    pub slow_request_ms: u64,
 }
 
 /// `[storage]`: the RocksDB database.
@@ -112,6 +114,8 @@ pub struct IngestConfig {
     pub sinks: Vec<SinkKind>,
     /// File the `jsonl` sink appends to.
     pub jsonl_path: PathBuf,
+    /// `/readyz` fails while the mailbox is fuller than this fraction.
+    pub high_water: f64,
 }
 
 /// `[results]`: watching running experiments.
@@ -263,6 +267,9 @@ impl Config {
         }
         if self.webhooks.disable_after == 0 {
             return invalid("webhooks.disable_after", "must be positive");
+        }
+        if !(self.ingest.high_water > 0.0 && self.ingest.high_water <= 1.0) {
+            return invalid("ingest.high_water", "must be in (0, 1]");
         }
         if self.ingest.mailbox_capacity == 0 {
             return invalid("ingest.mailbox_capacity", "must be positive");

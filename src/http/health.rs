@@ -16,27 +16,48 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct Health {
     /// `ok`, `ready` or `not_ready`.
     status: &'static str,
+    /// Why not ready.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    reasons: Vec<String>,
 }
 
 /// Alive: the process answers HTTP.
 #[utoipa::path(tag = "operations", responses((status = 200, body = Health)))]
 #[get("/healthz")]
 async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(Health { status: "ok" })
+    HttpResponse::Ok().json(Health {
+        status: "ok",
+        reasons: Vec::new(),
+    })
 }
 
-/// Ready: the store is open and the engine's actors and writers run.
+/// Ready: the store is open, the engine's actors and writers run, and the
+/// ingest mailbox is below its high-water mark (`ingest.high_water`).
 #[utoipa::path(
     tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.engine.is_ready() {
-        HttpResponse::Ok().json(Health { status: "ready" })
+    let mut reasons = Vec::new();
+    if !state.engine.is_ready() {
+        reasons.push("the store or an actor is not running".to_owned());
+    }
+    let (depth, capacity) = state.engine.mailbox();
+    if depth as f64 > state.high_water * capacity as f64 {
+        reasons.push(format!(
+            "ingest mailbox above its high-water mark ({depth} of {capacity})"
+        ));
+    }
+    if reasons.is_empty() {
+        HttpResponse::Ok().json(Health {
+            status: "ready",
+            reasons,
+        })
     } else {
         HttpResponse::ServiceUnavailable().json(Health {
             status: "not_ready",
+            reasons,
         })
     }
 }

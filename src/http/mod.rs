@@ -11,7 +11,9 @@ pub mod events;
 pub mod experiments;
 pub mod extract;
 pub mod health;
+pub mod observe;
 pub mod openapi;
+pub mod prometheus;
 pub mod results;
 pub mod webhooks;
 
@@ -26,6 +28,8 @@ use self::error::ApiError;
 pub struct AppState {
     /// The engine.
     pub engine: Arc<Engine>,
+    /// `/readyz` fails above this fraction of the mailbox's capacity.
+    pub high_water: f64,
 }
 
 /// Request-size limits from the configuration.
@@ -58,6 +62,7 @@ pub fn configure(
             .configure(webhooks::configure)
             .configure(events::configure)
             .configure(health::configure)
+            .configure(prometheus::configure)
             .configure(openapi::configure)
             .default_service(web::to(not_found));
     }

@@ -6,7 +6,9 @@ use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{aggregates, analytics, assignments, events, experiments, health, results, webhooks};
+use super::{
+    aggregates, analytics, assignments, events, experiments, health, prometheus, results, webhooks,
+};
 
 /// The API description.
 #[derive(OpenApi)]
@@ -45,6 +47,7 @@ use super::{aggregates, analytics, assignments, events, experiments, health, res
         events::export,
         health::healthz,
         health::readyz,
+        prometheus::scrape,
         openapi_json,
     ),
     modifiers(&BearerAuth),
@@ -55,7 +58,7 @@ use super::{aggregates, analytics, assignments, events, experiments, health, res
         (name = "results", description = "Statistics"),
         (name = "analytics", description = "Clicks, ranks, response and dwell times, units"),
         (name = "webhooks", description = "Signed deliveries of domain events"),
-        (name = "operations", description = "Health and API description"),
+        (name = "operations", description = "Health, metrics and API description"),
     )
 )]
 pub struct ApiDoc;

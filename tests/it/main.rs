@@ -15,6 +15,7 @@ mod durability;
 mod errors;
 mod events;
 mod experiments;
+mod metrics;
 mod openapi;
 mod restart;
 mod results;

@@ -11,6 +11,7 @@ use crate::common::{read, TestServer};
 /// the document, or this test fails.
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/readyz"),
     ("get", "/v1/experiments"),

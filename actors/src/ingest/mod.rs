@@ -69,6 +69,10 @@ pub struct IngestStats {
     pub accepted: AtomicU64,
     /// Envelopes refused because the mailbox was full.
     pub rejected_full: AtomicU64,
+    /// Events in those envelopes.
+    pub rejected_full_events: AtomicU64,
+    /// Events refused by validation (the whole request is refused).
+    pub rejected_invalid: AtomicU64,
     /// Events committed to the store.
     pub persisted: AtomicU64,
     /// Events dropped as duplicates of an earlier event id.
@@ -122,6 +126,9 @@ impl Ingest {
             }
             Err(flume::TrySendError::Full(_)) => {
                 self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .rejected_full_events
+                    .fetch_add(n, Ordering::Relaxed);
                 Err(Error::Overloaded("ingest"))
             }
             Err(flume::TrySendError::Disconnected(_)) => Err(Error::Unavailable),

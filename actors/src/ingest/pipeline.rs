@@ -104,6 +104,7 @@ impl Writer {
         }
         self.aggregator.fold(&batch.events);
         let buckets = analytics::deltas(&batch.events);
+        let started = Instant::now();
         let ids: Vec<&str> = batch
             .events
             .iter()
@@ -121,6 +122,8 @@ impl Writer {
             })
         });
         drop(ids);
+        metrics::histogram!(crate::metrics::SINK_COMMIT).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(crate::metrics::SINK_BATCH).record(batch.events.len() as f64);
         self.next_seq = seq;
         self.aggregator.published(&self.live);
         self.stats

@@ -420,6 +420,33 @@ impl Store {
             })
     }
 
+    /// RocksDB's own figures: (live SST bytes, pending compaction bytes,
+    /// whether writes are delayed or stopped), over all column families.
+    pub fn health(&self) -> Result<(u64, u64, bool)> {
+        let mut live = 0;
+        let mut pending = 0;
+        for cf in Cf::ALL {
+            let handle = self.cf(cf);
+            live += self
+                .db
+                .property_int_value_cf(handle, "rocksdb.live-sst-files-size")?
+                .unwrap_or(0);
+            pending += self
+                .db
+                .property_int_value_cf(handle, "rocksdb.estimate-pending-compaction-bytes")?
+                .unwrap_or(0);
+        }
+        let stopped = self
+            .db
+            .property_int_value("rocksdb.is-write-stopped")?
+            .unwrap_or(0);
+        let delayed = self
+            .db
+            .property_int_value("rocksdb.actual-delayed-write-rate")?
+            .unwrap_or(0);
+        Ok((live, pending, stopped > 0 || delayed > 0))
+    }
+
     /// Flushes the write-ahead log to disk; called once at shutdown.
     pub fn flush_wal(&self) -> Result<()> {
         self.db.flush_wal(true)?;

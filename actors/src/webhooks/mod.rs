@@ -225,6 +225,16 @@ impl Webhooks {
         Ok(())
     }
 
+    /// Subscriptions currently disabled.
+    pub fn disabled_count(&self) -> usize {
+        self.entries.read().map_or(0, |entries| {
+            entries
+                .values()
+                .filter(|e| !e.enabled.load(Ordering::Acquire))
+                .count()
+        })
+    }
+
     /// Queues a `webhook.test` for one subscription; returns its message id.
     pub async fn test(&self, id: &str) -> Result<String> {
         self.entry(id)?;

@@ -348,6 +348,11 @@ impl Delivery {
                 (None, "failed")
             }
         };
+        let result = if success { "success" } else { "failure" };
+        metrics::counter!(crate::metrics::WEBHOOK_ATTEMPTS, "result" => result).increment(1);
+        if outcome == "delivered" || outcome == "failed" {
+            metrics::counter!(crate::metrics::WEBHOOK_MESSAGES, "outcome" => outcome).increment(1);
+        }
         let attempt = Attempt {
             message_id: message.id.clone(),
             kind: message.kind,

@@ -1,0 +1,120 @@
+//! Every metric abacus exports, named `abacus_<subsystem>_<name>_<unit>`
+//! and described once at start. Hot paths count in atomics (or per batch)
+//! and [`crate::Engine::export_metrics`] publishes those at scrape time.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+/// Requests by route pattern, method and status class.
+pub const HTTP_REQUESTS: &str = "abacus_http_requests_total";
+/// Request duration by route pattern and method.
+pub const HTTP_DURATION: &str = "abacus_http_request_duration_seconds";
+/// Requests slower than `server.slow_request_ms`, by route pattern.
+pub const HTTP_SLOW: &str = "abacus_http_slow_requests_total";
+/// Events queued for storage.
+pub const EVENTS_ACCEPTED: &str = "abacus_events_accepted_total";
+/// Events refused, by reason (`mailbox_full`, `invalid`).
+pub const EVENTS_REJECTED: &str = "abacus_events_rejected_total";
+/// Events committed to RocksDB.
+pub const EVENTS_PERSISTED: &str = "abacus_events_persisted_total";
+/// Events dropped as repeats of an `event_id`.
+pub const EVENTS_DUPLICATE: &str = "abacus_events_duplicate_total";
+/// Envelopes waiting in a mailbox, by mailbox.
+pub const MAILBOX_DEPTH: &str = "abacus_ingest_mailbox_depth";
+/// Capacity of a mailbox, by mailbox.
+pub const MAILBOX_CAPACITY: &str = "abacus_ingest_mailbox_capacity";
+/// Events per committed batch.
+pub const SINK_BATCH: &str = "abacus_sink_batch_events";
+/// Time to commit one batch (WriteBatch incl. aggregates).
+pub const SINK_COMMIT: &str = "abacus_sink_commit_duration_seconds";
+/// Assignments by reason.
+pub const ASSIGNMENTS: &str = "abacus_assignments_total";
+/// Experiments by status.
+pub const EXPERIMENTS: &str = "abacus_experiments";
+/// Webhook messages finished, by outcome (`delivered`, `failed`).
+pub const WEBHOOK_MESSAGES: &str = "abacus_webhook_messages_total";
+/// Webhook delivery attempts, by result (`success`, `failure`).
+pub const WEBHOOK_ATTEMPTS: &str = "abacus_webhook_attempts_total";
+/// Webhook subscriptions currently disabled.
+pub const WEBHOOK_DISABLED: &str = "abacus_webhook_disabled_subscriptions";
+/// Size of RocksDB's live SST files, all column families.
+pub const ROCKSDB_LIVE_SST: &str = "abacus_rocksdb_live_sst_bytes";
+/// Bytes RocksDB estimates compaction still has to rewrite.
+pub const ROCKSDB_PENDING_COMPACTION: &str = "abacus_rocksdb_pending_compaction_bytes";
+/// 1 while RocksDB delays or stops writes (a write stall), else 0.
+pub const ROCKSDB_WRITE_STALL: &str = "abacus_rocksdb_write_stall";
+/// Resident memory of the process.
+pub const PROCESS_RSS: &str = "abacus_process_resident_memory_bytes";
+
+/// Histogram buckets of request and commit durations, in seconds.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Histogram buckets of batch sizes, in events.
+pub const BATCH_BUCKETS: &[f64] = &[
+    1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 4096.0, 8192.0,
+];
+
+/// Describes every metric to the installed recorder.
+pub fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by route pattern, method and status class."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request duration by route pattern and method."
+    );
+    describe_counter!(
+        HTTP_SLOW,
+        "HTTP requests slower than server.slow_request_ms, by route pattern."
+    );
+    describe_counter!(EVENTS_ACCEPTED, "Events accepted into the ingest mailbox.");
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Events refused, by reason (mailbox_full, invalid)."
+    );
+    describe_counter!(EVENTS_PERSISTED, "Events committed to RocksDB.");
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "Events dropped as repeats of an event_id within the window."
+    );
+    describe_gauge!(MAILBOX_DEPTH, "Envelopes waiting in a mailbox.");
+    describe_gauge!(
+        MAILBOX_CAPACITY,
+        "Envelopes a mailbox holds before refusing with 503."
+    );
+    describe_histogram!(SINK_BATCH, "Events per committed batch.");
+    describe_histogram!(
+        SINK_COMMIT,
+        Unit::Seconds,
+        "Time to commit one batch with its aggregates."
+    );
+    describe_counter!(ASSIGNMENTS, "Assignments by reason.");
+    describe_gauge!(EXPERIMENTS, "Experiments by status.");
+    describe_counter!(WEBHOOK_MESSAGES, "Webhook messages finished, by outcome.");
+    describe_counter!(WEBHOOK_ATTEMPTS, "Webhook delivery attempts, by result.");
+    describe_gauge!(
+        WEBHOOK_DISABLED,
+        "Webhook subscriptions currently disabled."
+    );
+    describe_gauge!(
+        ROCKSDB_LIVE_SST,
+        Unit::Bytes,
+        "Size of RocksDB's live SST files."
+    );
+    describe_gauge!(
+        ROCKSDB_PENDING_COMPACTION,
+        Unit::Bytes,
+        "Bytes RocksDB estimates compaction has to rewrite."
+    );
+    describe_gauge!(
+        ROCKSDB_WRITE_STALL,
+        "1 while RocksDB delays or stops writes."
+    );
+    describe_gauge!(
+        PROCESS_RSS,
+        Unit::Bytes,
+        "Resident memory of the abacus process."
+    );
+}

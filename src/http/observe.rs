@@ -1,0 +1,58 @@
+//! Per-request observability: `X-Response-Time-Ms` on every response, the
+//! request counter and duration histogram by route pattern (never the raw
+//! path), and a warning plus a counter for requests slower than
+//! `server.slow_request_ms`.
+
+use std::time::{Duration, Instant};
+
+use abacus_actors::metrics as m;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, Error};
+
+/// The header every response carries.
+pub const RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time-ms");
+
+/// Requests slower than this are logged and counted (app data).
+#[derive(Debug, Clone, Copy)]
+pub struct SlowRequest(pub Duration);
+
+/// The middleware, for `actix_web::middleware::from_fn`.
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let slow = req
+        .app_data::<web::Data<SlowRequest>>()
+        .map_or(Duration::MAX, |s| s.0);
+    let method = req.method().as_str().to_owned();
+    let mut res = next.call(req).await?;
+    let elapsed = started.elapsed();
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let class = match res.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    if let Ok(value) = HeaderValue::from_str(&format!("{ms:.3}")) {
+        res.headers_mut().insert(RESPONSE_TIME, value);
+    }
+    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => class)
+        .increment(1);
+    metrics::histogram!(m::HTTP_DURATION, "route" => route.clone(), "method" => method.clone())
+        .record(elapsed.as_secs_f64());
+    if elapsed > slow {
+        tracing::warn!(%route, %method, status = res.status().as_u16(), duration_ms = ms, "slow request");
+        metrics::counter!(m::HTTP_SLOW, "route" => route).increment(1);
+    }
+    Ok(res)
+}
