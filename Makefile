@@ -10,9 +10,11 @@ bootstrap:
 serve: bootstrap
 	cargo run --release -- serve
 
-## Unit tests and black-box tests against the real binary.
+## Unit tests, black-box tests against the real binary, then a few-second
+## smoke run of every load-harness scenario (no latency gate).
 test: bootstrap
 	cargo test
+	./scripts/smoke.sh
 
 ## Formatting and lints as CI would want them.
 lint: bootstrap

@@ -10,6 +10,7 @@ mod receiver;
 mod report;
 mod run;
 mod scenario;
+mod server;
 
 use std::time::Duration;
 
@@ -65,12 +66,28 @@ pub struct Args {
     /// own scheduler shows up as tens of milliseconds of false latency.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Closed loop: `--concurrency` workers each send their next request as
+    /// soon as the last one answered (measures capacity; `--rate` is ignored).
+    #[arg(long)]
+    closed_loop: bool,
+    /// Workers in closed-loop mode.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Start this abacus binary (`serve` on a free loopback port with a
+    /// fresh temporary data directory, webhooks to loopback allowed), run
+    /// against it, then stop it with SIGTERM. `--url` is ignored.
+    #[arg(long)]
+    serve: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
     /// Exit non-zero if p99 is above this many milliseconds.
     #[arg(long)]
     assert_p99_ms: Option<f64>,
+    /// Exit non-zero if any request failed or none succeeded (or, for
+    /// `webhooks`, a delivery is missing).
+    #[arg(long)]
+    assert_no_errors: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -88,8 +105,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     anyhow::ensure!(args.rate > 0, "--rate must be positive");
+    let _server = match &args.serve {
+        Some(binary) => {
+            let server = server::Spawned::start(binary)?;
+            args.url = server.url();
+            Some(server)
+        }
+        None => None,
+    };
     let host = reqwest::Url::parse(&args.url)?;
     anyhow::ensure!(
         matches!(host.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
@@ -104,6 +129,12 @@ fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{report}");
+    }
+    if args.assert_no_errors {
+        anyhow::ensure!(
+            report.is_clean(),
+            "the run had errors or no successful request"
+        );
     }
     if let Some(limit) = args.assert_p99_ms {
         anyhow::ensure!(

@@ -39,7 +39,10 @@ pub struct Percentiles {
 #[derive(Debug, Serialize)]
 pub struct Report {
     scenario: String,
+    /// `open` (at `target_rate`) or `closed` (`concurrency` workers).
+    mode: &'static str,
     target_rate: u64,
+    concurrency: usize,
     duration_s: f64,
     requests: u64,
     ok: u64,
@@ -70,6 +73,18 @@ pub struct FanOut {
 }
 
 impl Report {
+    /// Some requests succeeded, none failed, and every webhook delivery
+    /// arrived.
+    pub fn is_clean(&self) -> bool {
+        self.ok > 0
+            && self.http_errors == 0
+            && self.io_errors == 0
+            && self
+                .fan_out
+                .as_ref()
+                .is_none_or(|w| w.delivered >= w.expected)
+    }
+
     /// Summarises a finished run.
     pub fn new(args: &crate::Args, h: &Histogram<u64>, c: &Counts, elapsed: Duration) -> Self {
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -78,7 +93,13 @@ impl Report {
         let io_errors = c.io_errors.load(Ordering::Relaxed);
         Self {
             scenario: args.scenario.name().to_owned(),
-            target_rate: args.rate,
+            mode: if args.closed_loop { "closed" } else { "open" },
+            target_rate: if args.closed_loop { 0 } else { args.rate },
+            concurrency: if args.closed_loop {
+                args.concurrency
+            } else {
+                0
+            },
             duration_s: elapsed.as_secs_f64(),
             requests: ok + http_errors + io_errors,
             ok,
@@ -101,11 +122,19 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let l = &self.latency_ms;
-        writeln!(
-            f,
-            "scenario {}  target {}/s  {:.1} s",
-            self.scenario, self.target_rate, self.duration_s
-        )?;
+        if self.mode == "closed" {
+            writeln!(
+                f,
+                "scenario {}  closed loop, {} workers  {:.1} s",
+                self.scenario, self.concurrency, self.duration_s
+            )?;
+        } else {
+            writeln!(
+                f,
+                "scenario {}  target {}/s  {:.1} s",
+                self.scenario, self.target_rate, self.duration_s
+            )?;
+        }
         writeln!(
             f,
             "requests {}  ok {}  http errors {}  io errors {}  overflow {}",

@@ -26,11 +26,20 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let counts = Arc::new(Counts::default());
     let in_flight = Arc::new(AtomicUsize::new(0));
 
+    let start = Instant::now();
+    if args.closed_loop {
+        closed_loop(args, &target, &histogram, &counts).await;
+        let elapsed = start.elapsed();
+        let histogram = histogram
+            .lock()
+            .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+            .clone();
+        return Ok(Report::new(args, &histogram, &counts, elapsed));
+    }
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let total = args
         .max_requests
         .min((args.duration.as_secs_f64() * args.rate as f64).ceil() as u64);
-    let start = Instant::now();
     let mut arrivals = pace(start, interval, total);
     let mut tasks = tokio::task::JoinSet::new();
     while let Some((n, scheduled)) = arrivals.recv().await {
@@ -46,20 +55,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             Arc::clone(&in_flight),
         );
         tasks.spawn(async move {
-            let outcome = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    // Read the whole body: the request is done when it is.
-                    let body = response.bytes().await;
-                    if body.is_ok() && status.is_success() {
-                        &counts.ok
-                    } else {
-                        &counts.http_errors
-                    }
-                }
-                Err(_) => &counts.io_errors,
-            };
-            outcome.fetch_add(1, Ordering::Relaxed);
+            let outcome = send(request).await;
+            outcome_counter(&counts, outcome).fetch_add(1, Ordering::Relaxed);
             let micros = u64::try_from(scheduled.elapsed().as_micros()).unwrap_or(u64::MAX);
             if let Ok(mut h) = histogram.lock() {
                 h.saturating_record(micros.max(1));
@@ -81,6 +78,74 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         report.fan_out = Some(fan_out(deliveries, expected, args.subscribers, start).await);
     }
     Ok(report)
+}
+
+/// `--concurrency` workers sending back to back until the duration or the
+/// request count runs out; latency from each send.
+async fn closed_loop(
+    args: &Args,
+    target: &Arc<Target>,
+    histogram: &Arc<Mutex<Histogram<u64>>>,
+    counts: &Arc<Counts>,
+) {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + args.duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency.max(1) {
+        let (target, histogram, counts, next) = (
+            Arc::clone(target),
+            Arc::clone(histogram),
+            Arc::clone(counts),
+            Arc::clone(&next),
+        );
+        let max = args.max_requests;
+        workers.spawn(async move {
+            while Instant::now() < deadline {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= max {
+                    break;
+                }
+                let sent = Instant::now();
+                let outcome = send(target.nth(n)).await;
+                outcome_counter(&counts, outcome).fetch_add(1, Ordering::Relaxed);
+                let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if let Ok(mut h) = histogram.lock() {
+                    h.saturating_record(micros.max(1));
+                }
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// How a request ended.
+enum Outcome {
+    Ok,
+    Http,
+    Io,
+}
+
+/// Sends and reads the whole body: the request is done when it is.
+async fn send(request: reqwest::RequestBuilder) -> Outcome {
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status();
+            if response.bytes().await.is_ok() && status.is_success() {
+                Outcome::Ok
+            } else {
+                Outcome::Http
+            }
+        }
+        Err(_) => Outcome::Io,
+    }
+}
+
+fn outcome_counter(counts: &Counts, outcome: Outcome) -> &std::sync::atomic::AtomicU64 {
+    match outcome {
+        Outcome::Ok => &counts.ok,
+        Outcome::Http => &counts.http_errors,
+        Outcome::Io => &counts.io_errors,
+    }
 }
 
 /// Waits (at most 120 s) for every expected delivery, then measures.

@@ -20,6 +20,8 @@ pub enum Scenario {
     /// `POST /v1/experiments`, each fanned out as `experiment.created` to
     /// `--subscribers` webhook subscriptions on a local receiver.
     Webhooks,
+    /// Half assignments, 40% single events, 10% results reads.
+    Mixed,
 }
 
 impl Scenario {
@@ -32,6 +34,7 @@ impl Scenario {
             Scenario::IngestBatch => "ingest-batch",
             Scenario::Results => "results",
             Scenario::Webhooks => "webhooks",
+            Scenario::Mixed => "mixed",
         }
     }
 }
@@ -134,7 +137,15 @@ impl Target {
     pub fn nth(&self, n: u64) -> RequestBuilder {
         // A cheap, well-spread sequence of unit ids (a multiplicative hash).
         let unit = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.units;
-        match self.scenario {
+        let scenario = match self.scenario {
+            Scenario::Mixed => match n % 10 {
+                0..=4 => Scenario::Assign,
+                5..=8 => Scenario::Ingest,
+                _ => Scenario::Results,
+            },
+            other => other,
+        };
+        match scenario {
             Scenario::Assign => self.request(
                 Method::GET,
                 &format!(
@@ -160,6 +171,7 @@ impl Target {
                 Method::GET,
                 &format!("/v1/experiments/{}/results", self.experiment),
             ),
+            Scenario::Mixed => unreachable!("resolved above"),
             Scenario::Webhooks => self.request(Method::POST, "/v1/experiments").json(&json!({
                 "key": format!("load-{}-wh-{n}", self.run_id), "name": "webhook fan-out",
                 "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}]
