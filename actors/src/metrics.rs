@@ -45,6 +45,30 @@ pub const ROCKSDB_WRITE_STALL: &str = "abacus_rocksdb_write_stall";
 /// Resident memory of the process.
 pub const PROCESS_RSS: &str = "abacus_process_resident_memory_bytes";
 
+/// Every name above.
+pub const ALL: &[&str] = &[
+    HTTP_REQUESTS,
+    HTTP_DURATION,
+    HTTP_SLOW,
+    EVENTS_ACCEPTED,
+    EVENTS_REJECTED,
+    EVENTS_PERSISTED,
+    EVENTS_DUPLICATE,
+    MAILBOX_DEPTH,
+    MAILBOX_CAPACITY,
+    SINK_BATCH,
+    SINK_COMMIT,
+    ASSIGNMENTS,
+    EXPERIMENTS,
+    WEBHOOK_MESSAGES,
+    WEBHOOK_ATTEMPTS,
+    WEBHOOK_DISABLED,
+    ROCKSDB_LIVE_SST,
+    ROCKSDB_PENDING_COMPACTION,
+    ROCKSDB_WRITE_STALL,
+    PROCESS_RSS,
+];
+
 /// Histogram buckets of request and commit durations, in seconds.
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

@@ -47,3 +47,37 @@ async fn scrape(state: web::Data<AppState>, handle: web::Data<PrometheusHandle>)
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(handle.render())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped dashboard and alert examples only query metrics that exist.
+    #[test]
+    fn the_dashboard_and_examples_name_only_real_metrics() {
+        for (file, text) in [
+            (
+                "grafana-dashboard.json",
+                include_str!("../../config/grafana-dashboard.json"),
+            ),
+            (
+                "prometheus.yml",
+                include_str!("../../config/prometheus.yml"),
+            ),
+        ] {
+            let mut found = 0;
+            for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("abacus_") || word == "abacus_overview" {
+                    continue;
+                }
+                let name = word.strip_suffix("_bucket").unwrap_or(word);
+                assert!(
+                    m::ALL.contains(&name),
+                    "{file} queries unknown metric {word}"
+                );
+                found += 1;
+            }
+            assert!(found > 0, "{file} names no metric");
+        }
+    }
+}
