@@ -127,6 +127,8 @@ pub async fn run(
 
     let serving = actix_web::rt::spawn(server);
     shutdown.await;
+    // Long-lived streams would otherwise hold the graceful stop until its timeout.
+    engine.live().close();
     tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
     handle.stop(true).await;
     if let Ok(Err(e)) = serving.await {

@@ -21,6 +21,7 @@ use crate::domain::{
 };
 use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
 use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
+use crate::live::Live;
 use crate::results::{self, ExperimentResults};
 use crate::retention::Retention;
 use crate::sticky::FirstExposure;
@@ -107,6 +108,7 @@ pub struct Engine {
     ingest: Ingest,
     aggregates: Arc<LiveAggregates>,
     webhooks: Webhooks,
+    live: Arc<Live>,
     /// Assignments served, by [`Reason`] (index = `reason as usize`).
     assignments: [AtomicU64; 6],
     clock: Arc<dyn Clock>,
@@ -163,6 +165,13 @@ impl Engine {
             crate::retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }
         let webhooks = Webhooks::start(store.clone(), config.webhooks).await?;
+        let live = Arc::new(Live::default());
+        crate::live::spawn(
+            Arc::clone(&live),
+            Arc::clone(&registry),
+            Arc::clone(&aggregates),
+            store.clone(),
+        );
         let catalog =
             Catalog::new(Arc::clone(&registry), store.clone(), Arc::clone(&clock)).start();
         Ok(Self {
@@ -172,6 +181,7 @@ impl Engine {
             ingest,
             aggregates,
             webhooks,
+            live,
             assignments: Default::default(),
             clock,
         })
@@ -321,6 +331,8 @@ impl Engine {
             gauge!(m::ROCKSDB_PENDING_COMPACTION).set(pending as f64);
             gauge!(m::ROCKSDB_WRITE_STALL).set(f64::from(u8::from(stalled)));
         }
+        gauge!(m::STREAM_CLIENTS).set(self.live.clients() as f64);
+        counter!(m::STREAM_DROPPED, "reason" => "slow_consumer").absolute(load(&self.live.dropped));
         if let Some(rss) = resident_bytes() {
             gauge!(m::PROCESS_RSS).set(rss as f64);
         }
@@ -553,6 +565,11 @@ impl Engine {
             Ok(EventPage { events, next })
         })
         .await
+    }
+
+    /// The live feed.
+    pub fn live(&self) -> &Arc<Live> {
+        &self.live
     }
 
     /// Webhook subscriptions and their deliveries.

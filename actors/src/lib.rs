@@ -18,6 +18,7 @@ mod engine;
 mod error;
 pub mod experiment;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 mod monitor;
 pub mod results;

@@ -42,6 +42,10 @@ pub const ROCKSDB_LIVE_SST: &str = "abacus_rocksdb_live_sst_bytes";
 pub const ROCKSDB_PENDING_COMPACTION: &str = "abacus_rocksdb_pending_compaction_bytes";
 /// 1 while RocksDB delays or stops writes (a write stall), else 0.
 pub const ROCKSDB_WRITE_STALL: &str = "abacus_rocksdb_write_stall";
+/// Clients of the live stream.
+pub const STREAM_CLIENTS: &str = "abacus_stream_clients";
+/// Live-stream clients dropped, by reason (`slow_consumer`).
+pub const STREAM_DROPPED: &str = "abacus_stream_dropped_total";
 /// Resident memory of the process.
 pub const PROCESS_RSS: &str = "abacus_process_resident_memory_bytes";
 
@@ -66,6 +70,8 @@ pub const ALL: &[&str] = &[
     ROCKSDB_LIVE_SST,
     ROCKSDB_PENDING_COMPACTION,
     ROCKSDB_WRITE_STALL,
+    STREAM_CLIENTS,
+    STREAM_DROPPED,
     PROCESS_RSS,
 ];
 

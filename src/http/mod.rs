@@ -15,6 +15,7 @@ pub mod observe;
 pub mod openapi;
 pub mod prometheus;
 pub mod results;
+pub mod stream;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ pub fn configure(
             .configure(results::configure)
             .configure(analytics::configure)
             .configure(webhooks::configure)
+            .configure(stream::configure)
             .configure(events::configure)
             .configure(health::configure)
             .configure(prometheus::configure)

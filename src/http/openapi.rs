@@ -7,7 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, analytics, assignments, events, experiments, health, prometheus, results, webhooks,
+    aggregates, analytics, assignments, events, experiments, health, prometheus, results, stream,
+    webhooks,
 };
 
 /// The API description.
@@ -41,6 +42,7 @@ use super::{
         webhooks::test,
         webhooks::enable,
         webhooks::deliveries,
+        stream::stream,
         assignments::assign_one,
         assignments::assign_all,
         events::ingest,
@@ -58,6 +60,7 @@ use super::{
         (name = "results", description = "Statistics"),
         (name = "analytics", description = "Clicks, ranks, response and dwell times, units"),
         (name = "webhooks", description = "Signed deliveries of domain events"),
+        (name = "live", description = "What is happening now"),
         (name = "operations", description = "Health, metrics and API description"),
     )
 )]

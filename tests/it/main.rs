@@ -20,4 +20,5 @@ mod openapi;
 mod restart;
 mod results;
 mod retention;
+mod stream;
 mod webhooks;

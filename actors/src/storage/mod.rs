@@ -82,8 +82,9 @@ pub struct Store {
     /// The next outbox sequence number. Held while an experiment change and
     /// its domain event are written, so outbox keys commit in order.
     next_outbox: Arc<Mutex<u64>>,
-    /// Woken after every outbox write, for the webhook dispatcher.
-    outbox_written: Arc<tokio::sync::Notify>,
+    /// Counts outbox writes; its receivers (webhook dispatcher, live
+    /// stream) wake on every change.
+    outbox_written: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Store {
@@ -129,7 +130,7 @@ impl Store {
         let mut store = Self {
             db: Arc::new(db),
             next_outbox: Arc::default(),
-            outbox_written: Arc::default(),
+            outbox_written: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         store.check_schema()?;
         let last = store
@@ -203,14 +204,22 @@ impl Store {
             self.db.write_opt(batch, &sync)?;
             *next += 1;
         }
-        self.outbox_written.notify_one();
+        self.outbox_written.send_modify(|n| *n += 1);
         Ok(())
     }
 
-    /// Resolves after the next outbox write (or at once if one happened
-    /// since the last call).
-    pub async fn outbox_written(&self) {
-        self.outbox_written.notified().await;
+    /// A receiver that changes after every outbox write.
+    pub fn outbox_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.outbox_written.subscribe()
+    }
+
+    /// The sequence number of the last outbox entry (0 when empty).
+    pub fn outbox_last(&self) -> Result<u64> {
+        Ok(self
+            .next_outbox
+            .lock()
+            .map_err(|_| Error::Unavailable)?
+            .saturating_sub(1))
     }
 
     /// Up to `limit` domain events with sequence numbers after `after`, in order.

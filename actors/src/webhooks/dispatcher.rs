@@ -18,11 +18,12 @@ const CHUNK: usize = 500;
 /// once a second in case a wake-up was missed.
 pub(super) fn spawn(store: Store, entries: Entries) {
     actix::spawn(async move {
+        let mut written = store.outbox_watch();
         loop {
             if let Err(e) = dispatch(&store, &entries).await {
                 tracing::error!(error = %e, "webhook dispatch failed; retrying");
             }
-            let _ = tokio::time::timeout(Duration::from_secs(1), store.outbox_written()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), written.changed()).await;
         }
     });
 }

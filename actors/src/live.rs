@@ -1,0 +1,261 @@
+//! The live feed behind `GET /v1/stream` (SSE) and `GET /v1/ws`: once a
+//! second, per running experiment, exposures/s, events/s by type and the
+//! live per-variant figures; and every domain event (lifecycle,
+//! significance, SRM, alerts) as it is written.
+//!
+//! One bounded broadcast channel fans messages out to every client; a
+//! client that falls more than its capacity behind is dropped (and
+//! counted) rather than allowed to grow memory. The last
+//! [`REPLAY`] messages are kept so a reconnecting client resumes from its
+//! `Last-Event-ID` without a gap.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::aggregator::LiveAggregates;
+use crate::catalog::Registry;
+use crate::domain::{ExperimentAggregates, MetricKind, Status};
+use crate::storage::Store;
+
+/// Messages a client may lag behind before it is dropped.
+pub const CAPACITY: usize = 1024;
+/// Messages kept for `Last-Event-ID` resumption.
+pub const REPLAY: usize = 1024;
+
+/// One message of the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveMessage {
+    /// Monotonic id (the SSE `id`).
+    pub id: u64,
+    /// `stats` or a domain event type (`experiment.started`, ...).
+    pub kind: String,
+    /// The experiment it concerns, for filtering.
+    pub experiment: Option<String>,
+    /// The JSON payload.
+    pub data: String,
+}
+
+/// The hub.
+pub struct Live {
+    tx: broadcast::Sender<Arc<LiveMessage>>,
+    recent: Mutex<VecDeque<Arc<LiveMessage>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    /// Clients dropped for falling behind.
+    pub dropped: AtomicU64,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::Sender::new(CAPACITY),
+            recent: Mutex::new(VecDeque::with_capacity(REPLAY)),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A client's view: what to replay, then the live receiver.
+pub struct Subscription {
+    /// Kept messages after the client's `Last-Event-ID`, oldest first.
+    pub replay: Vec<Arc<LiveMessage>>,
+    /// Everything published from now on (may repeat the tail of `replay`;
+    /// skip ids already seen).
+    pub receiver: broadcast::Receiver<Arc<LiveMessage>>,
+}
+
+impl Live {
+    /// Publishes a message to every client.
+    pub fn publish(&self, kind: &str, experiment: Option<&str>, data: &Value) {
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let message = Arc::new(LiveMessage {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            kind: kind.to_owned(),
+            experiment: experiment.map(str::to_owned),
+            data: data.to_string(),
+        });
+        if recent.len() == REPLAY {
+            recent.pop_front();
+        }
+        recent.push_back(Arc::clone(&message));
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(message);
+    }
+
+    /// Subscribes, replaying kept messages after `after`.
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        let recent = self.recent.lock();
+        let receiver = self.tx.subscribe();
+        let replay = match (after, recent) {
+            (Some(after), Ok(recent)) => recent.iter().filter(|m| m.id > after).cloned().collect(),
+            _ => Vec::new(),
+        };
+        Subscription { replay, receiver }
+    }
+
+    /// Ends every stream (at shutdown, so long-lived requests do not hold
+    /// it up).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.publish("closing", None, &json!({}));
+    }
+
+    /// Whether [`Live::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Clients currently subscribed.
+    pub fn clients(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+/// Publishes per-second stats of running experiments and tails the outbox
+/// for domain events, for as long as the actix system runs.
+pub(crate) fn spawn(
+    live: Arc<Live>,
+    registry: Arc<Registry>,
+    aggregates: Arc<LiveAggregates>,
+    store: Store,
+) {
+    let stats = Arc::clone(&live);
+    actix::spawn(async move {
+        let mut previous: HashMap<String, Arc<ExperimentAggregates>> = HashMap::new();
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if stats.clients() == 0 {
+                previous.clear();
+                continue;
+            }
+            for entry in registry.load().values() {
+                let compiled = entry.slot.snapshot();
+                let experiment = compiled.experiment();
+                if experiment.status != Status::Running {
+                    continue;
+                }
+                let key = experiment.key.as_str();
+                let now = aggregates.get(key);
+                let before = previous.get(key).cloned().unwrap_or_default();
+                let data = second(experiment, &now, &before);
+                stats.publish("stats", Some(key), &data);
+                previous.insert(key.to_owned(), now);
+            }
+        }
+    });
+    actix::spawn(async move {
+        let mut written = store.outbox_watch();
+        let mut cursor = store.outbox_last().unwrap_or(0);
+        loop {
+            if written.changed().await.is_err() {
+                return;
+            }
+            let owned = store.clone();
+            let read = tokio::task::spawn_blocking(move || owned.outbox(cursor, 1000)).await;
+            let Ok(Ok(events)) = read else {
+                continue;
+            };
+            for (seq, event) in events {
+                cursor = seq;
+                live.publish(
+                    &serde_json::to_value(event.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    event.experiment.as_deref(),
+                    &event.payload(),
+                );
+            }
+        }
+    });
+}
+
+/// One second of an experiment: what changed since `before`.
+fn second(
+    experiment: &crate::domain::Experiment,
+    now: &ExperimentAggregates,
+    before: &ExperimentAggregates,
+) -> Value {
+    let mut exposures = 0;
+    let mut events: HashMap<&str, u64> = HashMap::new();
+    for (key, v) in &now.variants {
+        let was = before.variants.get(key);
+        exposures += v.exposures - was.map_or(0, |w| w.exposures.min(v.exposures));
+        for (measure, m) in &v.measures {
+            let then = was
+                .and_then(|w| w.measures.get(measure))
+                .map_or(0, |w| w.events.min(m.events));
+            *events.entry(measure.as_str()).or_default() += m.events - then;
+        }
+    }
+    let primary = experiment
+        .primary_metric
+        .as_ref()
+        .and_then(|p| experiment.metrics.iter().find(|m| &m.key == p));
+    let variants: Vec<Value> = experiment
+        .variants
+        .iter()
+        .map(|v| {
+            let a = now.variants.get(v.key.as_str());
+            let units = a.map_or(0, |a| a.units);
+            let value = primary.and_then(|metric| {
+                let m = a?.measures.get(metric.key.as_str())?;
+                (units > 0).then(|| match metric.kind {
+                    MetricKind::Binomial => m.units as f64 / units as f64,
+                    MetricKind::Mean => m.sum / units as f64,
+                })
+            });
+            json!({"variant": v.key, "units": units, "primary": value})
+        })
+        .collect();
+    json!({
+        "experiment": experiment.key,
+        "exposures_per_s": exposures,
+        "events_per_s": events,
+        "primary_metric": experiment.primary_metric,
+        "variants": variants,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_replays_what_was_missed_in_order() {
+        let live = Live::default();
+        for i in 0..5 {
+            live.publish("stats", Some("e"), &json!({ "i": i }));
+        }
+        let sub = live.subscribe(Some(3));
+        let ids: Vec<u64> = sub.replay.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [4, 5]);
+        assert!(live.subscribe(None).replay.is_empty());
+    }
+
+    #[test]
+    fn a_client_that_falls_behind_is_told_it_lagged() {
+        let live = Live::default();
+        let mut sub = live.subscribe(None);
+        for i in 0..(CAPACITY + 10) {
+            live.publish("stats", None, &json!({ "i": i }));
+        }
+        assert!(matches!(
+            sub.receiver.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(_))
+        ));
+        // Memory stays bounded: only the replay window is kept.
+        assert_eq!(live.recent.lock().unwrap().len(), REPLAY);
+    }
+}
