@@ -142,6 +142,8 @@ pub fn describe() {
         ROCKSDB_WRITE_STALL,
         "1 while RocksDB delays or stops writes."
     );
+    describe_gauge!(STREAM_CLIENTS, "Clients of the live stream (SSE).");
+    describe_counter!(STREAM_DROPPED, "Live-stream clients dropped, by reason.");
     describe_gauge!(
         PROCESS_RSS,
         Unit::Bytes,
