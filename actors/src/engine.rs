@@ -25,7 +25,7 @@ use crate::live::Live;
 use crate::results::{self, ExperimentResults};
 use crate::retention::Retention;
 use crate::sticky::FirstExposure;
-use crate::storage::{StickyRecord, Store, StoreOptions};
+use crate::storage::{blocking, StickyRecord, Store, StoreOptions};
 use crate::webhooks::{self, Webhooks};
 use crate::{Error, Result};
 
@@ -752,13 +752,6 @@ impl Engine {
         })
         .await
     }
-}
-
-/// Runs RocksDB work on the blocking pool, never on an async worker.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Error::Unavailable)?
 }
 
 fn restore_sticky(store: &Store, registry: &Registry) -> Result<usize> {

@@ -494,6 +494,15 @@ fn seen_within(value: &[u8], since_ms: u64) -> bool {
         .is_ok_and(|at| at >= since_ms)
 }
 
+/// Runs store work on the blocking pool, never on an async worker.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Error::Unavailable)?
+}
+
 /// Wall-clock milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::subscriber::Wake;
-use super::{blocking, Entries, Message};
-use crate::storage::Store;
+use super::{Entries, Message};
+use crate::storage::{blocking, Store};
 use crate::Result;
 
 /// Outbox events read per write.

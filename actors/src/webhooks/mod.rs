@@ -35,7 +35,7 @@ pub use subscription::{
 
 use self::subscriber::{Enable, Snapshot, Subscriber};
 use crate::domain::{DomainEvent, DomainEventKind};
-use crate::storage::Store;
+use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
 /// Delivery policy, from `[webhooks]`.
@@ -264,10 +264,4 @@ impl Webhooks {
         let owned = id.to_owned();
         blocking(move || store.attempts(&owned, before, limit)).await
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| Error::Unavailable)?
 }
