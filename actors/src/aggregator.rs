@@ -301,19 +301,11 @@ mod tests {
 
     fn event(kind: &str, unit: &str, exp: Option<&str>, variant: Option<&str>, ts: i64) -> Event {
         Event {
-            seq: 0,
-            event_id: "id".into(),
-            kind: EventType::try_from(kind.to_owned()).unwrap(),
-            unit_id: unit.into(),
             experiment: exp.map(|e| ExperimentKey::try_from(e).unwrap()),
             variant: variant.map(|v| VariantKey::try_from(v).unwrap()),
-            value: None,
             timestamp_ms: ts,
             received_ms: ts,
-            session_id: None,
-            properties: None,
-            assignment_mismatch: false,
-            client_id: false,
+            ..Event::sample(kind, unit)
         }
     }
 

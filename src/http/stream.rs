@@ -1,6 +1,7 @@
 //! `GET /v1/stream`: the live feed as Server-Sent Events.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use abacus_actors::live::LiveMessage;
@@ -56,11 +57,14 @@ async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
         .or(query.last_event_id);
-    let live = std::sync::Arc::clone(state.engine.live());
+    let live = Arc::clone(state.engine.live());
     let subscription = live.subscribe(after);
-    let filter = query.into_inner().experiment;
+    // Shared, so cloning the filter per message allocates nothing.
+    let filter: Option<Arc<str>> = query.into_inner().experiment.map(Into::into);
     let wanted = move |m: &LiveMessage| {
-        m.kind == "closing" || filter.is_none() || m.experiment.is_some() && m.experiment == filter
+        m.kind == "closing"
+            || filter.is_none()
+            || m.experiment.is_some() && m.experiment.as_deref() == filter.as_deref()
     };
     let replay: Vec<_> = subscription
         .replay
@@ -75,7 +79,7 @@ async fn stream(
         false,
     );
     let body = futures_util::stream::unfold(state, move |(mut replay, mut rx, mut seen, done)| {
-        let live = std::sync::Arc::clone(&live);
+        let live = Arc::clone(&live);
         let wanted = wanted.clone();
         async move {
             if done {

@@ -205,19 +205,8 @@ mod tests {
     #[test]
     fn buckets_merge_like_their_events_combined() {
         let event = |kind: &str, props: serde_json::Value| Event {
-            seq: 0,
-            event_id: "e".into(),
-            kind: EventType::try_from(kind.to_owned()).unwrap(),
-            unit_id: "u".into(),
-            experiment: None,
-            variant: None,
-            value: None,
-            timestamp_ms: 0,
-            received_ms: 0,
-            session_id: None,
             properties: props.as_object().cloned(),
-            assignment_mismatch: false,
-            client_id: false,
+            ..Event::sample(kind, "u")
         };
         let events = [
             event("impression", serde_json::json!({"response_time_ms": 12})),

@@ -182,6 +182,29 @@ impl Event {
     }
 }
 
+#[cfg(test)]
+impl Event {
+    /// A stored event of `kind` by `unit` at time 0, everything else empty:
+    /// tests set what they care about with struct-update syntax.
+    pub(crate) fn sample(kind: &str, unit: &str) -> Self {
+        Self {
+            seq: 0,
+            event_id: "e".into(),
+            kind: EventType::try_from(kind.to_owned()).expect("a valid event type"),
+            unit_id: unit.into(),
+            experiment: None,
+            variant: None,
+            value: None,
+            timestamp_ms: 0,
+            received_ms: 0,
+            session_id: None,
+            properties: None,
+            assignment_mismatch: false,
+            client_id: false,
+        }
+    }
+}
+
 impl EventIn {
     /// Applies the rules of the event's type and stamps it. Field names in
     /// errors are relative to the event (`properties.item_id`).

@@ -220,19 +220,11 @@ mod tests {
         let ingest = Ingest::start(store.clone(), limits, Vec::new(), live).expect("start");
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let event = |i: usize| Event {
-            seq: 0,
             event_id: format!("id-{}", i % 900).into(),
-            kind: crate::domain::EventType::Conversion,
-            unit_id: "u".into(),
-            experiment: None,
-            variant: None,
-            value: None,
             timestamp_ms: 1,
             received_ms: 1,
-            session_id: None,
-            properties: None,
-            assignment_mismatch: false,
             client_id: true,
+            ..Event::sample("conversion", "u")
         };
         ingest
             .submit(Envelope {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rocksdb::IteratorMode;
 
-use super::{keys, Cf, Store, VALUE_V1};
+use super::{decode_json, keys, Cf, Store, VALUE_V1};
 use crate::domain::{ExperimentAggregates, Exposure, UnitMeasure};
 use crate::{Error, Result};
 
@@ -23,12 +23,7 @@ impl Store {
             .map(|item| {
                 let (key, value) = item?;
                 let key = String::from_utf8(key.into_vec()).map_err(|e| corrupt(e.to_string()))?;
-                match value.split_first() {
-                    Some((&VALUE_V1, json)) => serde_json::from_slice(json)
-                        .map(|a| (key, a))
-                        .map_err(|e| corrupt(e.to_string())),
-                    _ => Err(corrupt(format!("{key}: unknown value version"))),
-                }
+                Ok((key, decode_json(Cf::Aggregates, &value)?))
             })
             .collect()
     }

@@ -3,7 +3,7 @@
 
 use rocksdb::{Direction, IteratorMode, MergeOperands, ReadOptions};
 
-use super::{decode_event, keys, Cf, Store, VALUE_V1};
+use super::{decode_event, decode_json, keys, Cf, Store, VALUE_V1};
 use crate::analytics::Bucket;
 use crate::domain::Event;
 use crate::{Error, Result};
@@ -75,10 +75,7 @@ impl Store {
 }
 
 fn decode_bucket(value: &[u8]) -> Option<Bucket> {
-    match value.split_first()? {
-        (&VALUE_V1, json) => serde_json::from_slice(json).ok(),
-        _ => None,
-    }
+    decode_json(Cf::Analytics, value).ok()
 }
 
 /// RocksDB's merge operator for [`Cf::Analytics`]: the stored bucket plus

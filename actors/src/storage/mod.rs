@@ -242,35 +242,16 @@ impl Store {
                     .try_into()
                     .map(u64::from_be_bytes)
                     .map_err(|_| corrupt(format!("bad key {key:?}")))?;
-                match value.split_first() {
-                    Some((&VALUE_V1, json)) => serde_json::from_slice(json)
-                        .map(|e| (seq, e))
-                        .map_err(|e| corrupt(e.to_string())),
-                    _ => Err(corrupt("unknown value version".into())),
-                }
+                Ok((seq, decode_json(Cf::Outbox, &value)?))
             })
             .collect()
     }
 
     /// Every stored experiment, in key order.
     pub fn experiments(&self) -> Result<Vec<Experiment>> {
-        let corrupt = |reason: String| Error::Corrupt {
-            cf: Cf::Experiments.name(),
-            reason,
-        };
         self.db
             .iterator_cf(self.cf(Cf::Experiments), IteratorMode::Start)
-            .map(|item| {
-                let (key, value) = item?;
-                match value.split_first() {
-                    Some((&VALUE_V1, json)) => serde_json::from_slice(json)
-                        .map_err(|e| corrupt(format!("{}: {e}", String::from_utf8_lossy(&key)))),
-                    _ => Err(corrupt(format!(
-                        "{}: unknown value version",
-                        String::from_utf8_lossy(&key)
-                    ))),
-                }
-            })
+            .map(|item| decode_json(Cf::Experiments, &item?.1))
             .collect()
     }
 
@@ -474,15 +455,18 @@ fn versioned_json(cf: Cf, value: &impl serde::Serialize) -> Result<Vec<u8>> {
 }
 
 fn decode_event(value: &[u8]) -> Result<Event> {
+    decode_json(Cf::Events, value)
+}
+
+/// The inverse of [`versioned_json`]: strict on the version byte.
+fn decode_json<T: serde::de::DeserializeOwned>(cf: Cf, value: &[u8]) -> Result<T> {
+    let corrupt = |reason: String| Error::Corrupt {
+        cf: cf.name(),
+        reason,
+    };
     match value.split_first() {
-        Some((&VALUE_V1, json)) => serde_json::from_slice(json).map_err(|e| Error::Corrupt {
-            cf: Cf::Events.name(),
-            reason: e.to_string(),
-        }),
-        _ => Err(Error::Corrupt {
-            cf: Cf::Events.name(),
-            reason: "unknown value version".into(),
-        }),
+        Some((&VALUE_V1, json)) => serde_json::from_slice(json).map_err(|e| corrupt(e.to_string())),
+        _ => Err(corrupt("unknown value version".into())),
     }
 }
 
@@ -615,17 +599,10 @@ mod tests {
         Event {
             seq,
             event_id: format!("e{seq}").into(),
-            kind: crate::domain::EventType::Conversion,
-            unit_id: "u".into(),
             experiment: experiment.map(|e| ExperimentKey::try_from(e).unwrap()),
-            variant: None,
-            value: None,
             timestamp_ms: ts,
             received_ms: ts,
-            session_id: None,
-            properties: None,
-            assignment_mismatch: false,
-            client_id: false,
+            ..Event::sample("conversion", "u")
         }
     }
 

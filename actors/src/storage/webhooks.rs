@@ -2,7 +2,7 @@
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
-use super::{keys, versioned_json, Cf, Store, VALUE_V1};
+use super::{decode_json, keys, versioned_json, Cf, Store};
 use crate::webhooks::{Attempt, Message, Subscription};
 use crate::{Error, Result};
 
@@ -40,7 +40,7 @@ impl Store {
     pub fn subscriptions(&self) -> Result<Vec<Subscription>> {
         self.db
             .iterator_cf(self.cf(Cf::Webhooks), IteratorMode::Start)
-            .map(|item| decode(Cf::Webhooks, &item?.1))
+            .map(|item| decode_json(Cf::Webhooks, &item?.1))
             .collect()
     }
 
@@ -106,7 +106,7 @@ impl Store {
                     cf: Cf::WebhookQueue.name(),
                     reason: format!("bad key {key:?}"),
                 })?;
-                Ok(Some((seq, decode(Cf::WebhookQueue, &value)?)))
+                Ok(Some((seq, decode_json(Cf::WebhookQueue, &value)?)))
             }
         }
     }
@@ -184,7 +184,7 @@ impl Store {
                 return Ok((out, last));
             }
             last = keys::trailing_u64(&key).map(|k| u64::MAX - k);
-            out.push(decode(Cf::WebhookAttempts, &value)?);
+            out.push(decode_json(Cf::WebhookAttempts, &value)?);
         }
         Ok((out, None))
     }
@@ -199,17 +199,4 @@ fn prefix_range(subscription: &str) -> (Vec<u8>, Vec<u8>) {
         *last += 1;
     }
     (from, to)
-}
-
-fn decode<T: serde::de::DeserializeOwned>(cf: Cf, value: &[u8]) -> Result<T> {
-    match value.split_first() {
-        Some((&VALUE_V1, json)) => serde_json::from_slice(json).map_err(|e| Error::Corrupt {
-            cf: cf.name(),
-            reason: e.to_string(),
-        }),
-        _ => Err(Error::Corrupt {
-            cf: cf.name(),
-            reason: "unknown value version".into(),
-        }),
-    }
 }
