@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The route exists but not with this method.
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// A WebSocket route was asked for without a valid upgrade handshake.
+    #[error("this route speaks WebSocket only: {0}")]
+    UpgradeRequired(String),
 }
 
 #[derive(Serialize)]
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::UpgradeRequired(_) => "upgrade_required",
         }
     }
 
@@ -138,6 +142,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
         }
     }
 

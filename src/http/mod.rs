@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod experiments;
 pub mod extract;
+pub mod feed;
 pub mod health;
 pub mod observe;
 pub mod openapi;
@@ -17,6 +18,7 @@ pub mod prometheus;
 pub mod results;
 pub mod stream;
 pub mod webhooks;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -62,6 +64,7 @@ pub fn configure(
             .configure(analytics::configure)
             .configure(webhooks::configure)
             .configure(stream::configure)
+            .configure(ws::configure)
             .configure(events::configure)
             .configure(health::configure)
             .configure(prometheus::configure)

@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     aggregates, analytics, assignments, events, experiments, health, prometheus, results, stream,
-    webhooks,
+    webhooks, ws,
 };
 
 /// The API description.
@@ -43,6 +43,7 @@ use super::{
         webhooks::enable,
         webhooks::deliveries,
         stream::stream,
+        ws::ws,
         assignments::assign_one,
         assignments::assign_all,
         events::ingest,

@@ -37,6 +37,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/webhooks/{id}/enable"),
     ("get", "/v1/webhooks/{id}/deliveries"),
     ("get", "/v1/stream"),
+    ("get", "/v1/ws"),
     ("get", "/v1/experiments/{key}/assignment"),
     ("post", "/v1/assignments"),
     ("post", "/v1/events"),

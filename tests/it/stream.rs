@@ -126,3 +126,66 @@ fn the_stream_carries_domain_events_and_per_second_stats_and_resumes() {
         began.elapsed()
     );
 }
+
+/// Opens `/v1/ws{query}` and forwards each text frame, parsed.
+fn connect_ws(server: &TestServer, query: &str) -> mpsc::Receiver<Sse> {
+    let url = server
+        .url(&format!("/v1/ws{query}"))
+        .replacen("http", "ws", 1);
+    let (mut socket, response) = tungstenite::connect(url).unwrap();
+    assert_eq!(response.status(), 101);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(frame) = socket.read() {
+            let tungstenite::Message::Text(text) = frame else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let m = Sse {
+                id: v["id"].as_u64().unwrap_or(0),
+                event: v["event"].as_str().unwrap().to_owned(),
+                data: v["data"].clone(),
+            };
+            if tx.send(m).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn the_websocket_carries_the_same_feed_filters_and_resumes() {
+    let mut server = TestServer::start();
+    let (status, body) = server.get("/v1/ws");
+    assert_eq!(status, 426, "{body}");
+    assert_eq!(body["error"]["code"], "upgrade_required");
+
+    let only_a = connect_ws(&server, "?experiment=a");
+    server.running_experiment(
+        "b",
+        json!({"metrics": [{"key": "buy", "kind": "binomial"}], "primary_metric": "buy"}),
+    );
+    server.running_experiment(
+        "a",
+        json!({"metrics": [{"key": "buy", "kind": "binomial"}], "primary_metric": "buy"}),
+    );
+    let created = expect(&only_a, |m| m.event == "experiment.created");
+    assert_eq!(created.data["data"]["experiment"]["key"], "a");
+    let started = expect(&only_a, |m| m.event == "experiment.started");
+    assert!(started.id > created.id);
+    server.assign("a", "u1");
+    let stats = expect(&only_a, |m| {
+        m.event == "stats" && m.data["exposures_per_s"].as_u64().unwrap_or(0) > 0
+    });
+    assert_eq!(stats.data["experiment"], "a");
+    while let Ok(m) = only_a.try_recv() {
+        assert_ne!(m.data["experiment"], "b", "{m:?}");
+    }
+
+    // Browsers cannot set Last-Event-ID on a WebSocket: the query does it.
+    let resumed = connect_ws(&server, &format!("?last_event_id={}", created.id));
+    let replayed = expect(&resumed, |m| m.event == "experiment.started");
+    assert_eq!(replayed.id, started.id);
+    assert!(server.stop().success());
+}
