@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::aggregator::{Aggregator, LiveAggregates};
+use crate::alerts::{Alerts, Sources};
 use crate::analytics::{
     self, Bucket, CompareReport, EngagementReport, Filter, UnitSummary, VariantSummary,
 };
@@ -107,7 +108,8 @@ pub struct Engine {
     store: Store,
     ingest: Ingest,
     aggregates: Arc<LiveAggregates>,
-    webhooks: Webhooks,
+    webhooks: Arc<Webhooks>,
+    alerts: Alerts,
     live: Arc<Live>,
     /// Assignments served, by [`Reason`] (index = `reason as usize`).
     assignments: [AtomicU64; 6],
@@ -164,7 +166,19 @@ impl Engine {
         if let Some(retention) = config.retention {
             crate::retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }
-        let webhooks = Webhooks::start(store.clone(), config.webhooks).await?;
+        let webhooks = Arc::new(Webhooks::start(store.clone(), config.webhooks).await?);
+        let alerts = Alerts::start(
+            store.clone(),
+            Sources {
+                registry: Arc::clone(&registry),
+                aggregates: Arc::clone(&aggregates),
+                ingest: Arc::clone(ingest.stats()),
+                webhooks: Arc::clone(&webhooks),
+                signals: Arc::default(),
+            },
+            Arc::clone(&clock),
+        )
+        .await?;
         let live = Arc::new(Live::default());
         crate::live::spawn(
             Arc::clone(&live),
@@ -181,6 +195,7 @@ impl Engine {
             ingest,
             aggregates,
             webhooks,
+            alerts,
             live,
             assignments: Default::default(),
             clock,
@@ -324,7 +339,7 @@ impl Engine {
         for (status, n) in Status::ALL.iter().zip(by_status) {
             gauge!(m::EXPERIMENTS, "status" => status.as_str()).set(n as f64);
         }
-        gauge!(m::WEBHOOK_DISABLED).set(self.webhooks.disabled_count() as f64);
+        gauge!(m::WEBHOOK_DISABLED).set(self.webhooks.disabled().len() as f64);
         let store = self.store.clone();
         if let Ok((live, pending, stalled)) = blocking(move || store.health()).await {
             gauge!(m::ROCKSDB_LIVE_SST).set(live as f64);
@@ -573,6 +588,11 @@ impl Engine {
     }
 
     /// Webhook subscriptions and their deliveries.
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
+    /// The webhook subsystem.
     pub fn webhooks(&self) -> &Webhooks {
         &self.webhooks
     }

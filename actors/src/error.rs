@@ -12,6 +12,20 @@ pub enum Error {
     /// No webhook subscription has this id.
     #[error("webhook subscription '{0}' not found")]
     WebhookNotFound(String),
+    /// No alert rule has this id.
+    #[error("alert rule '{0}' not found")]
+    RuleNotFound(String),
+    /// No alert has this id.
+    #[error("alert '{0}' not found")]
+    AlertNotFound(String),
+    /// An alert cannot go this way from where it is.
+    #[error("cannot {action} an alert that is {from}")]
+    AlertTransition {
+        /// Where the alert is.
+        from: crate::alerts::AlertStatus,
+        /// What was asked.
+        action: &'static str,
+    },
     /// An experiment with this key exists already (archived ones included).
     #[error("experiment '{0}' already exists")]
     ExperimentExists(ExperimentKey),

@@ -11,11 +11,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
+use crate::alerts::{event_of, Alert};
 use crate::assignment::Compiled;
 use crate::clock::Clock;
 use crate::domain::{
-    Action, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, VariantKey,
+    Action, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, GuardrailStop, Status,
+    VariantKey,
 };
+use crate::results::GuardrailCheck;
 use crate::sticky::StickyTable;
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -64,14 +67,27 @@ impl ExperimentActor {
         &self,
         next: Result<(Experiment, Option<DomainEvent>)>,
     ) -> AtomicResponse<Self, Result<Arc<Compiled>>> {
-        let (next, event) = match next {
+        self.commit_with(next.map(|(next, event)| {
+            (next, move |store: &Store, e: &Experiment| {
+                store.put_experiment(e, event.as_ref())
+            })
+        }))
+    }
+
+    /// [`Self::commit`] with its own write (one atomic store call).
+    fn commit_with<W>(
+        &self,
+        next: Result<(Experiment, W)>,
+    ) -> AtomicResponse<Self, Result<Arc<Compiled>>>
+    where
+        W: FnOnce(&Store, &Experiment) -> Result<()> + Send + 'static,
+    {
+        let (next, write) = match next {
             Ok(next) => next,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
         let store = self.store.clone();
-        let write = tokio::task::spawn_blocking(move || {
-            store.put_experiment(&next, event.as_ref()).map(|()| next)
-        });
+        let write = tokio::task::spawn_blocking(move || write(&store, &next).map(|()| next));
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
             |joined, actor: &mut Self, _| {
                 let next = joined.map_err(|_| Error::Unavailable)??;
@@ -208,5 +224,63 @@ impl Handler<RecordFinding> for ExperimentActor {
         data["experiment"] = serde_json::to_value(&next).unwrap_or_default();
         let event = DomainEvent::with_data(kind, &next, now, data);
         self.commit(Ok((next, Some(event))))
+    }
+}
+
+/// Pause the experiment because a guardrail regressed (once: ignored when
+/// it is not running or a guardrail already stopped it).
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Compiled>>")]
+pub struct StopForGuardrail(pub GuardrailCheck);
+
+impl Handler<StopForGuardrail> for ExperimentActor {
+    type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
+
+    fn handle(&mut self, msg: StopForGuardrail, _: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let current = self.slot.snapshot();
+        let experiment = current.experiment();
+        if experiment.status != Status::Running || experiment.guardrail_stop.is_some() {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(current))));
+        }
+        let check = msg.0;
+        let (Some(guardrail), Some(variant)) = (
+            experiment
+                .guardrails
+                .iter()
+                .find(|g| g.metric.as_str() == check.metric),
+            experiment
+                .variants
+                .iter()
+                .find(|v| v.key.as_str() == check.variant),
+        ) else {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(current))));
+        };
+        let stop = GuardrailStop {
+            metric: guardrail.metric.clone(),
+            variant: variant.key.clone(),
+            relative_lift: check.relative_lift,
+            p_value: check.p_value.unwrap_or(0.0),
+            max_relative_drop: check.max_relative_drop,
+            at: now,
+        };
+        let next = experiment
+            .transitioned(Action::Pause, None, now)
+            .map(|mut next| {
+                next.guardrail_stop = Some(stop.clone());
+                let alert = Alert::guardrail_stop(next.key.as_str(), &stop);
+                let paused = DomainEvent::with_data(
+                    DomainEventKind::ExperimentPaused,
+                    &next,
+                    now,
+                    serde_json::json!({"experiment": &next, "reason": "guardrail", "guardrail": &stop}),
+                );
+                let raised = event_of(&alert, now);
+                tracing::warn!(experiment = %next.key, metric = %stop.metric, variant = %stop.variant, "guardrail regression: pausing");
+                (next, move |store: &Store, e: &Experiment| {
+                    store.put_guardrail_stop(e, &alert, &[&paused, &raised])
+                })
+            });
+        self.commit_with(next)
     }
 }

@@ -9,6 +9,7 @@
 //! the HTTP layer calls.
 
 pub mod aggregator;
+pub mod alerts;
 pub mod analytics;
 pub mod assignment;
 pub mod catalog;

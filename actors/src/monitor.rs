@@ -1,9 +1,10 @@
 //! The results monitor: every so often, looks at each running experiment's
 //! live results and tells its actor, once, when the primary metric has
 //! become significant (Holm-corrected always-valid p-value at or below
-//! alpha; safe to check this often, which is what it is for) or a
-//! sample-ratio mismatch shows. The actor records it on the experiment and
-//! writes the domain event with it.
+//! alpha; safe to check this often, which is what it is for), a
+//! sample-ratio mismatch shows, or an `auto_stop` guardrail regressed (the
+//! actor then pauses the experiment). The actor records it on the
+//! experiment and writes the domain event with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use crate::aggregator::LiveAggregates;
 use crate::catalog::Registry;
 use crate::domain::Status;
-use crate::experiment::{Finding, RecordFinding};
+use crate::experiment::{Finding, RecordFinding, StopForGuardrail};
 use crate::results;
 
 /// Checks every `every`, for as long as the actix system runs.
@@ -34,10 +35,17 @@ fn check(registry: &Registry, live: &LiveAggregates) {
         if experiment.status != Status::Running {
             continue;
         }
-        if experiment.significant_at.is_some() && experiment.srm_detected_at.is_some() {
-            continue;
-        }
         let aggregates = live.get(experiment.key.as_str());
+        if experiment.guardrail_stop.is_none() && experiment.guardrails.iter().any(|g| g.auto_stop)
+        {
+            let regressed = results::guardrails(experiment, &aggregates)
+                .into_iter()
+                .find(|g| g.auto_stop && g.regressed);
+            if let Some(check) = regressed {
+                entry.addr.do_send(StopForGuardrail(check));
+                continue;
+            }
+        }
         if experiment.srm_detected_at.is_none() {
             let (srm, units) = results::sample_ratio(experiment, &aggregates);
             if srm.detected {

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::domain::{Experiment, ExperimentAggregates, MetricKind, Status};
+use crate::domain::{Experiment, ExperimentAggregates, MetricKind, Status, VariantAggregates};
 use crate::stats::{self, Arm, Comparison, Settings, Srm, VariantStats};
 
 /// `GET /v1/experiments/{key}/results`.
@@ -26,6 +26,28 @@ pub struct ExperimentResults {
     pub srm: Srm,
     /// One entry per metric asked for.
     pub metrics: Vec<MetricResults>,
+    /// Every guardrail against every treatment.
+    pub guardrails: Vec<GuardrailCheck>,
+}
+
+/// One guardrail metric, one treatment against the control.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct GuardrailCheck {
+    /// The guardrail metric.
+    pub metric: String,
+    /// The treatment.
+    pub variant: String,
+    /// Tolerated relative change in the bad direction.
+    pub max_relative_drop: f64,
+    /// Whether a regression pauses the experiment.
+    pub auto_stop: bool,
+    /// (treatment - control) / control.
+    pub relative_lift: Option<f64>,
+    /// Always-valid p-value that the harm exceeds the tolerance, Holm-corrected
+    /// across treatments.
+    pub p_value: Option<f64>,
+    /// `p_value <= alpha`.
+    pub regressed: bool,
 }
 
 /// One metric's results.
@@ -50,39 +72,15 @@ pub fn compute(
     aggregates: &ExperimentAggregates,
     metric: Option<&str>,
 ) -> ExperimentResults {
-    let per_variant: Vec<_> = experiment
-        .variants
-        .iter()
-        .map(|v| aggregates.variants.get(v.key.as_str()))
-        .collect();
+    let per_variant = per_variant(experiment, aggregates);
     let (srm, units) = sample_ratio(experiment, aggregates);
     let metrics = experiment
         .metrics
         .iter()
         .filter(|m| metric.is_none_or(|k| k == m.key.as_str()))
         .map(|m| {
-            let arms: Vec<(&str, Arm)> = experiment
-                .variants
-                .iter()
-                .zip(&per_variant)
-                .map(|(v, a)| {
-                    let measure = a.and_then(|a| a.measures.get(m.key.as_str()));
-                    let arm = Arm {
-                        units: a.map_or(0, |a| a.units),
-                        conversions: measure.map_or(0, |m| m.units),
-                        events: measure.map_or(0, |m| m.events),
-                        sum: measure.map_or(0.0, |m| m.sum),
-                        sum_squares: measure.map_or(0.0, |m| m.sum_squares),
-                    };
-                    (v.key.as_str(), arm)
-                })
-                .collect();
-            let settings = Settings {
-                kind: m.kind,
-                alpha: experiment.alpha,
-                mixing_variance: experiment.mixing_variance,
-            };
-            let analysis = stats::analyse(settings, &arms);
+            let arms = arms(experiment, &per_variant, m.key.as_str());
+            let analysis = stats::analyse(settings(experiment, m.kind), &arms);
             MetricResults {
                 metric: m.key.to_string(),
                 kind: m.kind,
@@ -105,6 +103,93 @@ pub fn compute(
             .sum(),
         srm,
         metrics,
+        guardrails: guardrails(experiment, aggregates),
+    }
+}
+
+/// Every guardrail of `experiment` against every treatment.
+pub fn guardrails(
+    experiment: &Experiment,
+    aggregates: &ExperimentAggregates,
+) -> Vec<GuardrailCheck> {
+    let per_variant = per_variant(experiment, aggregates);
+    let mut out = Vec::new();
+    for g in &experiment.guardrails {
+        let Some(metric) = experiment.metrics.iter().find(|m| m.key == g.metric) else {
+            continue;
+        };
+        let arms = arms(experiment, &per_variant, metric.key.as_str());
+        let Some(((_, control), treatments)) = arms.split_first() else {
+            continue;
+        };
+        let tests: Vec<_> = treatments
+            .iter()
+            .map(|(_, arm)| {
+                stats::regression(
+                    settings(experiment, metric.kind),
+                    arm,
+                    control,
+                    g.max_relative_drop,
+                    g.higher_is_better,
+                )
+            })
+            .collect();
+        let adjusted = stats::holm(tests.iter().map(|t| t.p_value));
+        for (((variant, _), test), p) in treatments.iter().zip(&tests).zip(adjusted) {
+            out.push(GuardrailCheck {
+                metric: g.metric.to_string(),
+                variant: (*variant).to_owned(),
+                max_relative_drop: g.max_relative_drop,
+                auto_stop: g.auto_stop,
+                relative_lift: test.relative_lift,
+                p_value: p,
+                regressed: p.is_some_and(|p| p <= experiment.alpha),
+            });
+        }
+    }
+    out
+}
+
+fn per_variant<'a>(
+    experiment: &Experiment,
+    aggregates: &'a ExperimentAggregates,
+) -> Vec<Option<&'a VariantAggregates>> {
+    experiment
+        .variants
+        .iter()
+        .map(|v| aggregates.variants.get(v.key.as_str()))
+        .collect()
+}
+
+/// Each variant's aggregates for one metric, the control first.
+fn arms<'a>(
+    experiment: &'a Experiment,
+    per_variant: &[Option<&VariantAggregates>],
+    metric: &str,
+) -> Vec<(&'a str, Arm)> {
+    experiment
+        .variants
+        .iter()
+        .zip(per_variant)
+        .map(|(v, a)| {
+            let measure = a.and_then(|a| a.measures.get(metric));
+            let arm = Arm {
+                units: a.map_or(0, |a| a.units),
+                conversions: measure.map_or(0, |m| m.units),
+                events: measure.map_or(0, |m| m.events),
+                sum: measure.map_or(0.0, |m| m.sum),
+                sum_squares: measure.map_or(0.0, |m| m.sum_squares),
+            };
+            (v.key.as_str(), arm)
+        })
+        .collect()
+}
+
+fn settings(experiment: &Experiment, kind: MetricKind) -> Settings {
+    Settings {
+        kind,
+        alpha: experiment.alpha,
+        mixing_variance: experiment.mixing_variance,
     }
 }
 

@@ -83,6 +83,9 @@ impl ApiError {
             ApiError::Engine(e) => match e {
                 EngineError::ExperimentNotFound(_) => "experiment_not_found",
                 EngineError::WebhookNotFound(_) => "webhook_not_found",
+                EngineError::RuleNotFound(_) => "alert_rule_not_found",
+                EngineError::AlertNotFound(_) => "alert_not_found",
+                EngineError::AlertTransition { .. } => "invalid_transition",
                 EngineError::ExperimentExists(_) => "experiment_exists",
                 EngineError::Invalid { .. } => "validation_failed",
                 EngineError::InvalidTransition { .. } => "invalid_transition",
@@ -120,11 +123,13 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Engine(e) => match e {
-                EngineError::ExperimentNotFound(_) | EngineError::WebhookNotFound(_) => {
-                    StatusCode::NOT_FOUND
-                }
+                EngineError::ExperimentNotFound(_)
+                | EngineError::WebhookNotFound(_)
+                | EngineError::RuleNotFound(_)
+                | EngineError::AlertNotFound(_) => StatusCode::NOT_FOUND,
                 EngineError::ExperimentExists(_)
                 | EngineError::InvalidTransition { .. }
+                | EngineError::AlertTransition { .. }
                 | EngineError::NotEditable { .. } => StatusCode::CONFLICT,
                 EngineError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
                 EngineError::Overloaded(_) | EngineError::Unavailable => {

@@ -3,6 +3,7 @@
 //! one call into the engine, map to a response.
 
 pub mod aggregates;
+pub mod alerts;
 pub mod analytics;
 pub mod assignments;
 pub mod auth;
@@ -63,6 +64,7 @@ pub fn configure(
             .configure(results::configure)
             .configure(analytics::configure)
             .configure(webhooks::configure)
+            .configure(alerts::configure)
             .configure(stream::configure)
             .configure(ws::configure)
             .configure(events::configure)

@@ -7,8 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, analytics, assignments, events, experiments, health, prometheus, results, stream,
-    webhooks, ws,
+    aggregates, alerts, analytics, assignments, events, experiments, health, prometheus, results,
+    stream, webhooks, ws,
 };
 
 /// The API description.
@@ -42,6 +42,15 @@ use super::{
         webhooks::test,
         webhooks::enable,
         webhooks::deliveries,
+        alerts::create_rule,
+        alerts::list_rules,
+        alerts::read_rule,
+        alerts::update_rule,
+        alerts::delete_rule,
+        alerts::list,
+        alerts::read,
+        alerts::acknowledge,
+        alerts::resolve,
         stream::stream,
         ws::ws,
         assignments::assign_one,
@@ -62,6 +71,7 @@ use super::{
         (name = "analytics", description = "Clicks, ranks, response and dwell times, units"),
         (name = "webhooks", description = "Signed deliveries of domain events"),
         (name = "live", description = "What is happening now"),
+        (name = "alerts", description = "Rules, alerts, acknowledgement and resolution"),
         (name = "operations", description = "Health, metrics and API description"),
     )
 )]

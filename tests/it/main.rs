@@ -7,6 +7,7 @@
 mod common;
 
 mod aggregates;
+mod alerts;
 mod analytics;
 mod assignment;
 mod auth;

@@ -60,6 +60,13 @@ pub struct Experiment {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub srm_detected_at: Option<OffsetDateTime>,
+    /// Metrics that must not get worse; see [`Guardrail`].
+    #[serde(default)]
+    pub guardrails: Vec<Guardrail>,
+    /// Why a guardrail paused the experiment, if one did (recorded once;
+    /// resuming by hand does not clear it, and it does not trip again).
+    #[serde(default)]
+    pub guardrail_stop: Option<GuardrailStop>,
     /// Variant served to everyone once completed; `null` means the control.
     pub winner: Option<VariantKey>,
     /// Incremented by every change.
@@ -118,6 +125,49 @@ pub struct Metric {
     pub kind: MetricKind,
 }
 
+/// A metric a treatment must not make worse than the control by more than
+/// `max_relative_drop`. A regression beyond it that is significant by the
+/// always-valid p-value shows in results, fires `guardrail_regression`
+/// alert rules, and with `auto_stop` pauses the experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Guardrail {
+    /// One of the experiment's metrics.
+    pub metric: MetricKey,
+    /// Tolerated relative change in the bad direction (0.05 = 5%).
+    pub max_relative_drop: f64,
+    /// `false` for metrics where less is better (errors, latency): then a
+    /// rise is the regression.
+    #[serde(default = "yes")]
+    pub higher_is_better: bool,
+    /// Pause the experiment (everyone gets the control) on a regression.
+    #[serde(default)]
+    pub auto_stop: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a guardrail saw when it paused the experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GuardrailStop {
+    /// The guardrail metric.
+    pub metric: MetricKey,
+    /// The treatment that regressed.
+    pub variant: VariantKey,
+    /// Its relative lift against the control.
+    pub relative_lift: Option<f64>,
+    /// The always-valid p-value of the regression (Holm across treatments).
+    pub p_value: f64,
+    /// The tolerance it exceeded.
+    pub max_relative_drop: f64,
+    /// When it paused the experiment.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+}
+
 /// How a metric turns a unit's events into one number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -165,6 +215,9 @@ pub struct ExperimentIn {
     /// mSPRT mixing variance over the relative lift (default 0.01).
     #[serde(default)]
     pub mixing_variance: Option<f64>,
+    /// Guardrail metrics; each must be one of `metrics`.
+    #[serde(default)]
+    pub guardrails: Vec<Guardrail>,
 }
 
 /// Body of `PATCH /v1/experiments/{key}`. Absent fields stay as they are;
@@ -208,6 +261,9 @@ pub struct ExperimentPatch {
     /// New mSPRT mixing variance (any time).
     #[serde(default)]
     pub mixing_variance: Option<f64>,
+    /// Replaces the guardrails (any time).
+    #[serde(default)]
+    pub guardrails: Option<Vec<Guardrail>>,
 }
 
 /// Tells "field present and null" (`Some(None)`) from "field absent" (`None`).
@@ -238,6 +294,8 @@ impl Experiment {
                 .unwrap_or_else(default_mixing_variance),
             significant_at: None,
             srm_detected_at: None,
+            guardrails: input.guardrails,
+            guardrail_stop: None,
             winner: None,
             version: 1,
             created_at: now,
@@ -306,6 +364,9 @@ impl Experiment {
         }
         if let Some(v) = patch.mixing_variance {
             next.mixing_variance = v;
+        }
+        if let Some(guardrails) = patch.guardrails {
+            next.guardrails = guardrails;
         }
         next.check()?;
         next.touch(now);
@@ -426,6 +487,27 @@ impl Experiment {
                 "alpha",
                 "alpha must be between 0 and 1, exclusive",
             ));
+        }
+        let mut guarded = HashSet::new();
+        for (i, g) in self.guardrails.iter().enumerate() {
+            if !seen.contains(&g.metric) {
+                return Err(Error::invalid(
+                    format!("guardrails[{i}].metric"),
+                    format!("'{}' is not one of the experiment's metrics", g.metric),
+                ));
+            }
+            if !guarded.insert(&g.metric) {
+                return Err(Error::invalid(
+                    format!("guardrails[{i}].metric"),
+                    format!("metric '{}' is guarded twice", g.metric),
+                ));
+            }
+            if !(g.max_relative_drop.is_finite() && (0.0..1.0).contains(&g.max_relative_drop)) {
+                return Err(Error::invalid(
+                    format!("guardrails[{i}].max_relative_drop"),
+                    "max_relative_drop must be at least 0 and below 1",
+                ));
+            }
         }
         if !(self.mixing_variance.is_finite() && self.mixing_variance > 0.0) {
             return Err(Error::invalid(

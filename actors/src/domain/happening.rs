@@ -110,6 +110,24 @@ impl DomainEvent {
         }
     }
 
+    /// An event not caused by an experiment change (alerts), maybe about
+    /// an experiment.
+    pub fn about(
+        kind: DomainEventKind,
+        experiment: Option<&str>,
+        at: OffsetDateTime,
+        data: Value,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7().to_string(),
+            kind,
+            at,
+            experiment: experiment.map(str::to_owned),
+            subscription: None,
+            data,
+        }
+    }
+
     /// A `webhook.test` for one subscription.
     pub fn test(subscription: &str, at: OffsetDateTime) -> Self {
         Self {

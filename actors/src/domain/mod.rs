@@ -14,7 +14,8 @@ pub use aggregate::{
 };
 pub use event::{unix_ms, Event, EventIn, EventType};
 pub use experiment::{
-    Experiment, ExperimentIn, ExperimentPatch, Layer, Metric, MetricKind, Variant, MAX_VARIANTS,
+    Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric, MetricKind,
+    Variant, MAX_VARIANTS,
 };
 pub use happening::{DomainEvent, DomainEventKind};
 pub use ids::{ExperimentKey, MetricKey, UnitId, VariantKey};

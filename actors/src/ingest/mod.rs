@@ -146,7 +146,7 @@ impl Ingest {
     }
 
     /// The pipeline's counters.
-    pub fn stats(&self) -> &IngestStats {
+    pub fn stats(&self) -> &Arc<IngestStats> {
         &self.stats
     }
 

@@ -11,12 +11,14 @@
 //! control data) it is `None` with a reason, never NaN.
 
 mod dist;
+mod guardrail;
 mod sample_size;
 
 use serde::Serialize;
 
 use crate::domain::MetricKind;
 
+pub use guardrail::{regression, Regression};
 pub use sample_size::{sample_size, SampleSize, SampleSizeAnswer, SampleSizeError};
 
 /// SRM is flagged below this p-value.
@@ -406,7 +408,7 @@ pub fn msprt(r: f64, v: f64, tau2: f64) -> f64 {
 
 /// Holm's step-down adjustment of the p-values present; absent ones stay
 /// absent and are not part of the family.
-fn holm(p: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
+pub fn holm(p: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
     let p: Vec<Option<f64>> = p.collect();
     let mut present: Vec<(usize, f64)> = p
         .iter()

@@ -50,11 +50,16 @@ pub enum Cf {
     /// [`keys::webhook_attempt`](super::keys::webhook_attempt) →
     /// `[v1][JSON Attempt]`. Every delivery attempt, newest first.
     WebhookAttempts,
+    /// rule id (UTF-8) → `[v1][JSON AlertRule]`.
+    AlertRules,
+    /// alert id (UTF-8, `alert_` + UUIDv7, so in time order) →
+    /// `[v1][JSON Alert]`. Written with its `alert.*` outbox events.
+    Alerts,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 13] = [
+    pub const ALL: [Cf; 15] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -68,6 +73,8 @@ impl Cf {
         Cf::Webhooks,
         Cf::WebhookQueue,
         Cf::WebhookAttempts,
+        Cf::AlertRules,
+        Cf::Alerts,
     ];
 
     /// The family's name on disk.
@@ -86,6 +93,8 @@ impl Cf {
             Cf::Webhooks => "webhooks",
             Cf::WebhookQueue => "webhook_queue",
             Cf::WebhookAttempts => "webhook_attempts",
+            Cf::AlertRules => "alert_rules",
+            Cf::Alerts => "alerts",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! blocks on disk.
 
 mod aggregates;
+mod alerts;
 mod analytics;
 mod cf;
 pub mod keys;
@@ -185,24 +186,33 @@ impl Store {
             self.db.write_opt(batch, &sync)?;
             return Ok(());
         };
-        self.write_with_event(batch, event)
+        self.write_with_events(batch, &[event])
     }
 
     /// Appends a domain event that changes nothing else (`webhook.test`).
     pub fn append_outbox(&self, event: &DomainEvent) -> Result<()> {
-        self.write_with_event(WriteBatch::default(), event)
+        self.write_with_events(WriteBatch::default(), &[event])
     }
 
-    /// Writes `batch` plus `event` at the next outbox position, synced.
-    fn write_with_event(&self, mut batch: WriteBatch, event: &DomainEvent) -> Result<()> {
-        let value = versioned_json(Cf::Outbox, event)?;
+    /// Writes `batch` plus `events` at the next outbox positions, synced.
+    pub(crate) fn write_with_events(
+        &self,
+        mut batch: WriteBatch,
+        events: &[&DomainEvent],
+    ) -> Result<()> {
+        let values = events
+            .iter()
+            .map(|e| versioned_json(Cf::Outbox, e))
+            .collect::<Result<Vec<_>>>()?;
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         {
             let mut next = self.next_outbox.lock().map_err(|_| Error::Unavailable)?;
-            batch.put_cf(self.cf(Cf::Outbox), next.to_be_bytes(), value);
+            for (i, value) in values.into_iter().enumerate() {
+                batch.put_cf(self.cf(Cf::Outbox), (*next + i as u64).to_be_bytes(), value);
+            }
             self.db.write_opt(batch, &sync)?;
-            *next += 1;
+            *next += events.len() as u64;
         }
         self.outbox_written.send_modify(|n| *n += 1);
         Ok(())

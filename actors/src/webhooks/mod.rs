@@ -225,14 +225,18 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Subscriptions currently disabled.
-    pub fn disabled_count(&self) -> usize {
-        self.entries.read().map_or(0, |entries| {
-            entries
-                .values()
-                .filter(|e| !e.enabled.load(Ordering::Acquire))
-                .count()
-        })
+    /// Ids of the subscriptions currently disabled.
+    pub fn disabled(&self) -> Vec<String> {
+        self.entries.read().map_or_else(
+            |_| Vec::new(),
+            |entries| {
+                entries
+                    .iter()
+                    .filter(|(_, e)| !e.enabled.load(Ordering::Acquire))
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            },
+        )
     }
 
     /// Queues a `webhook.test` for one subscription; returns its message id.

@@ -1,0 +1,444 @@
+//! The alert actor: owns the rules and the active alerts, evaluates every
+//! rule once a second, and is the one writer of both.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use time::OffsetDateTime;
+
+use super::alert::{Alert, Firing, StampIn};
+use super::rule::{AlertMetric, AlertRule, RuleIn, RulePatch, MAX_WINDOW_S};
+use super::signals::Snapshot;
+use super::Sources;
+use crate::clock::Clock;
+use crate::domain::{DomainEvent, DomainEventKind, Status};
+use crate::results;
+use crate::storage::Store;
+use crate::{Error, Result};
+
+/// How often rules are evaluated.
+const TICK: Duration = Duration::from_secs(1);
+
+/// An alert's identity while active: its rule and its subject (experiment,
+/// subscription, or empty for server rules).
+type Key = (String, String);
+
+/// One second's cumulative server counters.
+struct Sample {
+    signals: Snapshot,
+    rejections: u64,
+}
+
+/// See the module docs.
+pub(super) struct AlertActor {
+    store: Store,
+    sources: Sources,
+    clock: Arc<dyn Clock>,
+    rules: BTreeMap<String, AlertRule>,
+    active: HashMap<Key, Alert>,
+    /// Resolved by a person while still firing: not raised again until the
+    /// condition clears once.
+    suppressed: HashSet<Key>,
+    history: VecDeque<Sample>,
+}
+
+impl AlertActor {
+    pub(super) fn new(
+        store: Store,
+        sources: Sources,
+        clock: Arc<dyn Clock>,
+        rules: Vec<AlertRule>,
+        active: Vec<Alert>,
+    ) -> Self {
+        // Counting starts now: the first window includes the first second.
+        let mut history = VecDeque::with_capacity(MAX_WINDOW_S as usize + 2);
+        history.push_back(Sample {
+            signals: sources.signals.snapshot(),
+            rejections: 0,
+        });
+        Self {
+            store,
+            sources,
+            clock,
+            rules: rules.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            active: active
+                .into_iter()
+                .filter_map(|a| Some((key_of(&a)?, a)))
+                .collect(),
+            suppressed: HashSet::new(),
+            history,
+        }
+    }
+
+    /// Takes this second's sample and evaluates every enabled rule.
+    fn evaluate(&mut self) {
+        let sample = Sample {
+            signals: self.sources.signals.snapshot(),
+            rejections: self
+                .sources
+                .ingest
+                .rejected_full_events
+                .load(Ordering::Relaxed)
+                + self.sources.ingest.rejected_invalid.load(Ordering::Relaxed),
+        };
+        if self.history.len() > MAX_WINDOW_S as usize {
+            self.history.pop_front();
+        }
+        self.history.push_back(sample);
+
+        let mut firing: HashMap<Key, (&AlertRule, Firing)> = HashMap::new();
+        for rule in self.rules.values().filter(|r| r.enabled) {
+            for f in self.check(rule) {
+                let subject = f
+                    .experiment
+                    .clone()
+                    .or_else(|| f.subscription.clone())
+                    .unwrap_or_default();
+                firing.insert((rule.id.clone(), subject), (rule, f));
+            }
+        }
+        let now = self.clock.now();
+        let mut changes = Vec::new();
+        for (key, (rule, f)) in &firing {
+            if !self.active.contains_key(key) && !self.suppressed.contains(key) {
+                changes.push(Alert::raised(rule, f.clone(), now));
+            }
+        }
+        for (key, alert) in &self.active {
+            if !firing.contains_key(key) {
+                changes.push(alert.cleared("condition cleared", now));
+            }
+        }
+        self.suppressed.retain(|k| firing.contains_key(k));
+        if !changes.is_empty() {
+            // A failed write changes nothing: the next tick tries again.
+            let _ = self.write(changes);
+        }
+    }
+
+    /// What `rule` finds true now.
+    fn check(&self, rule: &AlertRule) -> Vec<Firing> {
+        let threshold = rule.threshold.unwrap_or(0.0);
+        let server = |value: Option<f64>, message: String| -> Vec<Firing> {
+            value
+                .filter(|v| *v > threshold)
+                .map(|value| Firing {
+                    experiment: None,
+                    subscription: None,
+                    value: Some(value),
+                    message,
+                })
+                .into_iter()
+                .collect()
+        };
+        match rule.metric {
+            AlertMetric::EventLatencyP95Ms => {
+                let p95 = self.window(rule).0.event_latency_ms(0.95);
+                server(
+                    p95,
+                    format!(
+                        "p95 of POST /v1/events over {} s is {:.2} ms (threshold {threshold} ms)",
+                        rule.window_s,
+                        p95.unwrap_or(0.0)
+                    ),
+                )
+            }
+            AlertMetric::ErrorRate => {
+                let rate = self.window(rule).0.error_rate();
+                server(
+                    rate,
+                    format!(
+                        "{:.1}% of responses over {} s were errors (threshold {:.1}%)",
+                        rate.unwrap_or(0.0) * 100.0,
+                        rule.window_s,
+                        threshold * 100.0
+                    ),
+                )
+            }
+            AlertMetric::IngestRejections => {
+                let rejected = self.window(rule).1;
+                server(
+                    Some(rejected as f64),
+                    format!(
+                        "{rejected} events refused over {} s (threshold {threshold})",
+                        rule.window_s
+                    ),
+                )
+            }
+            AlertMetric::Srm | AlertMetric::GuardrailRegression => self.experiments(rule),
+            AlertMetric::WebhookDisabled => self
+                .sources
+                .webhooks
+                .disabled()
+                .into_iter()
+                .map(|id| Firing {
+                    experiment: None,
+                    message: format!("webhook subscription {id} is disabled"),
+                    subscription: Some(id),
+                    value: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The rule's window: server counters and refused events.
+    fn window(&self, rule: &AlertRule) -> (Snapshot, u64) {
+        let (Some(last), Some(oldest)) = (self.history.back(), self.history.front()) else {
+            return (Snapshot::default(), 0);
+        };
+        let back = (rule.window_s as usize).min(self.history.len() - 1);
+        let first = self
+            .history
+            .get(self.history.len() - 1 - back)
+            .unwrap_or(oldest);
+        (
+            last.signals.since(&first.signals),
+            last.rejections.saturating_sub(first.rejections),
+        )
+    }
+
+    /// SRM and guardrail rules over running experiments.
+    fn experiments(&self, rule: &AlertRule) -> Vec<Firing> {
+        let mut out = Vec::new();
+        for (key, entry) in self.sources.registry.load().iter() {
+            if rule.experiment.as_ref().is_some_and(|e| e != key) {
+                continue;
+            }
+            let compiled = entry.slot.snapshot();
+            let experiment = compiled.experiment();
+            if experiment.status != Status::Running {
+                continue;
+            }
+            let aggregates = self.sources.aggregates.get(key.as_str());
+            let found = if rule.metric == AlertMetric::Srm {
+                let (srm, units) = results::sample_ratio(experiment, &aggregates);
+                srm.detected.then(|| Firing {
+                    experiment: Some(key.to_string()),
+                    subscription: None,
+                    value: srm.p_value,
+                    message: format!(
+                        "sample-ratio mismatch in {key}: units {units:?}, p = {:.2e}",
+                        srm.p_value.unwrap_or(0.0)
+                    ),
+                })
+            } else {
+                results::guardrails(experiment, &aggregates)
+                    .into_iter()
+                    .find(|g| g.regressed)
+                    .map(|g| Firing {
+                        experiment: Some(key.to_string()),
+                        subscription: None,
+                        value: g.relative_lift,
+                        message: format!(
+                            "guardrail '{}' regressed in {key}: variant '{}' moved it by {:+.1}% \
+                             (tolerated {:.1}%)",
+                            g.metric,
+                            g.variant,
+                            g.relative_lift.unwrap_or(0.0) * 100.0,
+                            g.max_relative_drop * 100.0
+                        ),
+                    })
+            };
+            out.extend(found);
+        }
+        out
+    }
+
+    /// Persists alert changes with their events, then mirrors them in
+    /// memory.
+    fn write(&mut self, changes: Vec<Alert>) -> Result<()> {
+        let now = self.clock.now();
+        let with_events: Vec<(Alert, DomainEvent)> = changes
+            .into_iter()
+            .map(|a| {
+                let event = event_of(&a, now);
+                (a, event)
+            })
+            .collect();
+        if let Err(e) = self.store.put_alerts(&with_events) {
+            tracing::error!(error = %e, "writing alerts failed");
+            return Err(e);
+        }
+        for (alert, _) in with_events {
+            self.remember(alert);
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, alert: Alert) {
+        let Some(key) = key_of(&alert) else {
+            return;
+        };
+        if alert.is_active() {
+            tracing::warn!(alert = %alert.id, severity = ?alert.severity, message = %alert.message, "alert raised");
+            self.active.insert(key, alert);
+        } else {
+            tracing::info!(alert = %alert.id, "alert resolved");
+            self.active.remove(&key);
+        }
+    }
+
+    /// The rule's active alerts, resolved because `why`.
+    fn resolve_all_of(&self, rule: &str, why: &str, now: OffsetDateTime) -> Vec<Alert> {
+        self.active
+            .iter()
+            .filter(|((r, _), _)| r == rule)
+            .map(|(_, a)| a.cleared(why, now))
+            .collect()
+    }
+}
+
+fn key_of(alert: &Alert) -> Option<Key> {
+    let subject = alert
+        .experiment
+        .clone()
+        .or_else(|| alert.subscription.clone())
+        .unwrap_or_default();
+    Some((alert.rule_id.clone()?, subject))
+}
+
+/// The `alert.raised` or `alert.resolved` event of an alert as it is now.
+pub(crate) fn event_of(alert: &Alert, now: OffsetDateTime) -> DomainEvent {
+    let kind = if alert.is_active() {
+        DomainEventKind::AlertRaised
+    } else {
+        DomainEventKind::AlertResolved
+    };
+    DomainEvent::about(
+        kind,
+        alert.experiment.as_deref(),
+        now,
+        serde_json::json!({ "alert": alert }),
+    )
+}
+
+impl Actor for AlertActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(TICK, |actor, _| actor.evaluate());
+    }
+}
+
+/// Create a rule.
+#[derive(Message)]
+#[rtype(result = "Result<AlertRule>")]
+pub(super) struct CreateRule(pub RuleIn);
+
+impl Handler<CreateRule> for AlertActor {
+    type Result = Result<AlertRule>;
+
+    fn handle(&mut self, msg: CreateRule, _: &mut Context<Self>) -> Self::Result {
+        let rule = AlertRule::create(msg.0, self.clock.now())?;
+        self.store.put_rule(&rule)?;
+        self.rules.insert(rule.id.clone(), rule.clone());
+        Ok(rule)
+    }
+}
+
+/// Change a rule.
+#[derive(Message)]
+#[rtype(result = "Result<AlertRule>")]
+pub(super) struct PatchRule(pub String, pub RulePatch);
+
+impl Handler<PatchRule> for AlertActor {
+    type Result = Result<AlertRule>;
+
+    fn handle(&mut self, msg: PatchRule, _: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let current = self
+            .rules
+            .get(&msg.0)
+            .ok_or_else(|| Error::RuleNotFound(msg.0.clone()))?;
+        let next = current.patched(msg.1, now)?;
+        self.store.put_rule(&next)?;
+        let disabled = !next.enabled;
+        self.rules.insert(next.id.clone(), next.clone());
+        if disabled {
+            let resolved = self.resolve_all_of(&next.id, "rule disabled", now);
+            if !resolved.is_empty() {
+                self.write(resolved)?;
+            }
+        }
+        Ok(next)
+    }
+}
+
+/// Delete a rule.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub(super) struct DeleteRule(pub String);
+
+impl Handler<DeleteRule> for AlertActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, msg: DeleteRule, _: &mut Context<Self>) -> Self::Result {
+        if !self.rules.contains_key(&msg.0) {
+            return Err(Error::RuleNotFound(msg.0));
+        }
+        let now = self.clock.now();
+        let resolved: Vec<(Alert, DomainEvent)> = self
+            .resolve_all_of(&msg.0, "rule deleted", now)
+            .into_iter()
+            .map(|a| {
+                let event = event_of(&a, now);
+                (a, event)
+            })
+            .collect();
+        self.store.delete_rule(&msg.0, &resolved)?;
+        self.rules.remove(&msg.0);
+        for (alert, _) in resolved {
+            self.remember(alert);
+        }
+        self.suppressed.retain(|(rule, _)| rule != &msg.0);
+        Ok(())
+    }
+}
+
+/// Acknowledge an alert.
+#[derive(Message)]
+#[rtype(result = "Result<Alert>")]
+pub(super) struct Acknowledge(pub String, pub StampIn);
+
+impl Handler<Acknowledge> for AlertActor {
+    type Result = Result<Alert>;
+
+    fn handle(&mut self, msg: Acknowledge, _: &mut Context<Self>) -> Self::Result {
+        let current = self
+            .store
+            .alert(&msg.0)?
+            .ok_or_else(|| Error::AlertNotFound(msg.0.clone()))?;
+        let next = current.acknowledged(msg.1, self.clock.now())?;
+        // Acknowledging is not news for subscribers: no outbox event.
+        self.store.put_alert(&next)?;
+        if let Some(key) = key_of(&next) {
+            self.active.insert(key, next.clone());
+        }
+        Ok(next)
+    }
+}
+
+/// Resolve an alert by hand.
+#[derive(Message)]
+#[rtype(result = "Result<Alert>")]
+pub(super) struct Resolve(pub String, pub StampIn);
+
+impl Handler<Resolve> for AlertActor {
+    type Result = Result<Alert>;
+
+    fn handle(&mut self, msg: Resolve, _: &mut Context<Self>) -> Self::Result {
+        let current = self
+            .store
+            .alert(&msg.0)?
+            .ok_or_else(|| Error::AlertNotFound(msg.0.clone()))?;
+        let next = current.resolved_by(msg.1, self.clock.now())?;
+        self.write(vec![next.clone()])?;
+        if let Some(key) = key_of(&next) {
+            self.suppressed.insert(key);
+        }
+        Ok(next)
+    }
+}
