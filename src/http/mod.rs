@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod analytics;
 pub mod assignments;
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod experiments;
@@ -15,6 +16,7 @@ pub mod feed;
 pub mod health;
 pub mod observe;
 pub mod openapi;
+pub mod performance;
 pub mod prometheus;
 pub mod results;
 pub mod stream;
@@ -69,6 +71,8 @@ pub fn configure(
             .configure(ws::configure)
             .configure(events::configure)
             .configure(health::configure)
+            .configure(performance::configure)
+            .configure(dashboard::configure)
             .configure(prometheus::configure)
             .configure(openapi::configure)
             .default_service(web::to(not_found));

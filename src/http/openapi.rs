@@ -7,7 +7,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, alerts, analytics, assignments, events, experiments, health, prometheus, results,
+    aggregates, alerts, analytics, assignments, events, experiments, health, performance, prometheus, results,
     stream, webhooks, ws,
 };
 
@@ -60,6 +60,7 @@ use super::{
         health::healthz,
         health::readyz,
         prometheus::scrape,
+        performance::server_stats,
         openapi_json,
     ),
     modifiers(&BearerAuth),

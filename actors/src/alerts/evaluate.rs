@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use super::alert::{Alert, Firing, StampIn};
 use super::rule::{AlertMetric, AlertRule, RuleIn, RulePatch, MAX_WINDOW_S};
 use super::signals::Snapshot;
-use super::Sources;
+use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
 use crate::domain::{DomainEvent, DomainEventKind, Status};
 use crate::results;
@@ -30,6 +30,7 @@ type Key = (String, String);
 struct Sample {
     signals: Snapshot,
     rejections: u64,
+    accepted: u64,
 }
 
 /// See the module docs.
@@ -58,6 +59,7 @@ impl AlertActor {
         history.push_back(Sample {
             signals: sources.signals.snapshot(),
             rejections: 0,
+            accepted: 0,
         });
         Self {
             store,
@@ -75,14 +77,12 @@ impl AlertActor {
 
     /// Takes this second's sample and evaluates every enabled rule.
     fn evaluate(&mut self) {
+        let ingest = &self.sources.ingest;
         let sample = Sample {
             signals: self.sources.signals.snapshot(),
-            rejections: self
-                .sources
-                .ingest
-                .rejected_full_events
-                .load(Ordering::Relaxed)
-                + self.sources.ingest.rejected_invalid.load(Ordering::Relaxed),
+            rejections: ingest.rejected_full_events.load(Ordering::Relaxed)
+                + ingest.rejected_invalid.load(Ordering::Relaxed),
+            accepted: ingest.accepted.load(Ordering::Relaxed),
         };
         if self.history.len() > MAX_WINDOW_S as usize {
             self.history.pop_front();
@@ -186,18 +186,21 @@ impl AlertActor {
 
     /// The rule's window: server counters and refused events.
     fn window(&self, rule: &AlertRule) -> (Snapshot, u64) {
-        let (Some(last), Some(oldest)) = (self.history.back(), self.history.front()) else {
-            return (Snapshot::default(), 0);
-        };
-        let back = (rule.window_s as usize).min(self.history.len() - 1);
-        let first = self
-            .history
-            .get(self.history.len() - 1 - back)
-            .unwrap_or(oldest);
+        let (last, first, _) = self.span(rule.window_s);
         (
             last.signals.since(&first.signals),
             last.rejections.saturating_sub(first.rejections),
         )
+    }
+
+    /// The newest sample, the one up to `seconds` before it, and the
+    /// seconds between them.
+    fn span(&self, seconds: u32) -> (&Sample, &Sample, usize) {
+        let len = self.history.len();
+        let back = (seconds as usize).min(len.saturating_sub(1));
+        // The history is never empty: it is seeded at start.
+        let last = &self.history[len - 1];
+        (last, &self.history[len - 1 - back], back)
     }
 
     /// SRM and guardrail rules over running experiments.
@@ -320,6 +323,33 @@ impl Actor for AlertActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(TICK, |actor, _| actor.evaluate());
+    }
+}
+
+/// The server's figures over the last `0` seconds.
+#[derive(Message)]
+#[rtype(result = "ServerFigures")]
+pub(super) struct Figures(pub u32);
+
+impl Handler<Figures> for AlertActor {
+    type Result = MessageResult<Figures>;
+
+    fn handle(&mut self, msg: Figures, _: &mut Context<Self>) -> Self::Result {
+        let (last, first, seconds) = self.span(msg.0);
+        let window = last.signals.since(&first.signals);
+        let per_s = |n: u64| if seconds == 0 { 0.0 } else { n as f64 / seconds as f64 };
+        MessageResult(ServerFigures {
+            window_s: seconds,
+            requests_per_s: per_s(window.requests),
+            error_rate: window.error_rate(),
+            events_per_s: per_s(last.accepted.saturating_sub(first.accepted)),
+            rejected: last.rejections.saturating_sub(first.rejections),
+            event_latency_ms: Percentiles {
+                p50: window.event_latency_ms(0.50),
+                p95: window.event_latency_ms(0.95),
+                p99: window.event_latency_ms(0.99),
+            },
+        })
     }
 }
 

@@ -19,7 +19,7 @@ pub use rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity};
 pub use signals::Signals;
 
 pub(crate) use self::evaluate::event_of;
-use self::evaluate::{Acknowledge, AlertActor, CreateRule, DeleteRule, PatchRule, Resolve};
+use self::evaluate::{Acknowledge, AlertActor, CreateRule, DeleteRule, Figures, PatchRule, Resolve};
 use crate::aggregator::LiveAggregates;
 use crate::catalog::Registry;
 use crate::clock::Clock;
@@ -43,6 +43,34 @@ pub struct Alerts {
     store: Store,
     signals: Arc<Signals>,
     _thread: Arbiter,
+}
+
+/// Response-time percentiles in ms (upper bucket edges: at most 10% high).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+/// The server over a recent window, as the alert rules see it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ServerFigures {
+    /// Seconds covered (less than asked for just after start).
+    pub window_s: usize,
+    /// HTTP responses per second.
+    pub requests_per_s: f64,
+    /// Share of responses with status >= 400.
+    pub error_rate: Option<f64>,
+    /// Events accepted per second.
+    pub events_per_s: f64,
+    /// Events refused in the window.
+    pub rejected: u64,
+    /// `POST /v1/events` response times.
+    pub event_latency_ms: Percentiles,
 }
 
 /// Filter of [`Alerts::list`].
@@ -90,6 +118,11 @@ impl Alerts {
     /// Where the HTTP layer records responses.
     pub fn signals(&self) -> &Arc<Signals> {
         &self.signals
+    }
+
+    /// The server's figures over the last `seconds` (at most 300).
+    pub async fn server_figures(&self, seconds: u32) -> Result<ServerFigures> {
+        Ok(self.addr.send(Figures(seconds)).await?)
     }
 
     /// Creates a rule.

@@ -1,0 +1,402 @@
+// abacus dashboard: plain DOM and SVG over the public API and the live
+// stream. No framework, no build step; served from the binary.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = {
+  experiments: [],
+  selected: null,
+  stats: new Map(),   // experiment -> last `stats` message
+  series: new Map(),  // experiment -> Map(variant -> [[t, units]])
+  lastEventId: null,
+};
+
+// ---------- helpers ----------
+
+function el(tag, attrs = {}, ...children) {
+  const svg = ["svg", "line", "polyline", "circle", "text", "rect", "g"].includes(tag);
+  const node = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c !== null && c !== undefined) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const pct = (x, digits = 1) => (x === null || x === undefined ? "–" : `${(x * 100).toFixed(digits)}%`);
+const num = (x, digits = 2) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+const pval = (p) => (p === null || p === undefined ? "–" : p < 0.0001 ? p.toExponential(1) : p.toFixed(4));
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+// ---------- API ----------
+
+let keyWaiters = [];
+
+function askForKey() {
+  return new Promise((resolve) => {
+    keyWaiters.push(resolve);
+    const dialog = $("#key-dialog");
+    if (!dialog.open) dialog.showModal();
+  });
+}
+
+function headers(extra = {}) {
+  const key = sessionStorage.getItem("abacus.key");
+  return key ? { ...extra, authorization: `Bearer ${key}` } : extra;
+}
+
+async function api(method, path, body) {
+  for (;;) {
+    const init = { method, headers: headers(body === undefined ? {} : { "content-type": "application/json" }) };
+    if (body !== undefined) init.body = JSON.stringify(body);
+    const response = await fetch(path, init);
+    if (response.status === 401) {
+      await askForKey();
+      continue;
+    }
+    const text = await response.text();
+    const data = text ? JSON.parse(text) : null;
+    if (!response.ok) {
+      const e = data && data.error;
+      throw new Error(e ? `${e.code}: ${e.message}` : `${method} ${path}: ${response.status}`);
+    }
+    return data;
+  }
+}
+
+async function act(fn) {
+  try {
+    await fn();
+    showError("");
+    await refresh();
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+// ---------- experiments ----------
+
+const ACTIONS = { draft: ["start"], running: ["pause", "complete"], paused: ["resume", "complete"], completed: ["archive"] };
+
+function renderExperiments() {
+  const body = $("#experiments tbody");
+  body.replaceChildren(
+    ...state.experiments.map((e) => {
+      const live = state.stats.get(e.key);
+      const units = live ? live.variants.reduce((n, v) => n + v.units, 0) : "–";
+      const events = live ? Object.values(live.events_per_s).reduce((a, b) => a + b, 0) : "–";
+      const buttons = (ACTIONS[e.status] || []).map((action) =>
+        el("button", {
+          type: "button",
+          "data-action": action,
+          onclick: (ev) => {
+            ev.stopPropagation();
+            act(() => (action === "archive" ? api("DELETE", `/v1/experiments/${e.key}`) : api("POST", `/v1/experiments/${e.key}/${action}`, {})));
+          },
+        }, action));
+      return el("tr", {
+        class: `clickable${state.selected === e.key ? " selected" : ""}`,
+        "data-key": e.key,
+        onclick: () => select(e.key),
+      },
+        el("td", {}, e.key),
+        el("td", {}, e.name),
+        el("td", {}, el("span", { class: `badge ${e.status}`, "data-field": "status" }, e.status)),
+        el("td", { class: "num", "data-field": "units" }, units),
+        el("td", { class: "num", "data-field": "exposures" }, live ? live.exposures_per_s : "–"),
+        el("td", { class: "num", "data-field": "events" }, events),
+        el("td", {}, buttons));
+    }));
+}
+
+function list(value, parse) {
+  return value.split(",").map((s) => s.trim()).filter(Boolean).map(parse);
+}
+
+async function create(form) {
+  const f = new FormData(form);
+  const metrics = list(f.get("metrics"), (m) => {
+    const [key, kind = "binomial"] = m.split(":");
+    return { key: key.trim(), kind: kind.trim() };
+  });
+  const body = {
+    key: f.get("key"),
+    name: f.get("name"),
+    variants: list(f.get("variants"), (v) => {
+      const [key, weight = "1"] = v.split(":");
+      return { key: key.trim(), weight: Number(weight) };
+    }),
+    metrics,
+  };
+  if (f.get("primary")) body.primary_metric = f.get("primary");
+  if (f.get("guard_metric")) {
+    body.guardrails = [{ metric: f.get("guard_metric"), max_relative_drop: Number(f.get("guard_drop")), auto_stop: f.get("guard_stop") === "on" }];
+  }
+  await api("POST", "/v1/experiments", body);
+  if (f.get("start") === "on") await api("POST", `/v1/experiments/${body.key}/start`, {});
+  state.selected = body.key;
+  form.reset();
+}
+
+// ---------- results ----------
+
+function select(key) {
+  state.selected = key;
+  if (location.hash.slice(1) !== key) history.replaceState(null, "", `#${key}`);
+  renderExperiments();
+  refreshResults();
+}
+
+async function refreshResults() {
+  const key = state.selected;
+  if (!key) return;
+  const [experiment, results] = await Promise.all([api("GET", `/v1/experiments/${key}`), api("GET", `/v1/experiments/${key}/results`)]);
+  if (key !== state.selected) return;
+  $("#detail").hidden = false;
+  $("#detail-key").textContent = key;
+  const badges = [el("span", { class: `badge ${experiment.status}` }, experiment.status)];
+  if (results.srm.detected) badges.push(el("span", { class: "badge srm", "data-badge": "srm" }, `SRM p=${pval(results.srm.p_value)}`));
+  if (experiment.significant_at) badges.push(el("span", { class: "badge significant", "data-badge": "significant" }, "significant"));
+  if (experiment.guardrail_stop) badges.push(el("span", { class: "badge guardrail", "data-badge": "guardrail" }, `stopped by guardrail ${experiment.guardrail_stop.metric}`));
+  $("#badges").replaceChildren(...badges);
+  $("#detail-note").textContent = `${results.units} exposed units · alpha ${results.alpha} · ${results.assignment_mismatches} assignment mismatches`;
+  $("#results").replaceChildren(...results.metrics.map(renderMetric), ...renderGuardrails(results.guardrails));
+  renderChart();
+}
+
+function renderMetric(m) {
+  const comparisons = new Map(m.comparisons.map((c) => [c.variant, c]));
+  const values = m.variants.map((v) => (m.kind === "binomial" ? v.rate : v.mean));
+  const bounds = m.variants.flatMap((v) => v.ci || []).concat(values.filter((x) => x !== null));
+  const lo = Math.min(...bounds, 0), hi = Math.max(...bounds, 1e-9);
+  const scale = (x) => 8 + ((x - lo) / (hi - lo || 1)) * 184;
+  const rows = m.variants.map((v, i) => {
+    const c = comparisons.get(v.variant);
+    const value = values[i];
+    const bar = el("svg", { width: 200, height: 16, viewBox: "0 0 200 16" },
+      v.ci ? el("line", { class: "ci", x1: scale(v.ci[0]), x2: scale(v.ci[1]), y1: 8, y2: 8 }) : null,
+      value !== null ? el("circle", { class: "point", cx: scale(value), cy: 8, r: 4 }) : null);
+    const lift = c && c.relative ? `${pct(c.relative.estimate)} [${pct(c.relative.ci && c.relative.ci[0])}, ${pct(c.relative.ci && c.relative.ci[1])}]` : i === 0 ? "control" : "–";
+    const sig = c && c.sequential_significant ? el("span", { class: "badge significant" }, "significant") : null;
+    return el("tr", { "data-variant": v.variant },
+      el("td", {}, v.variant),
+      el("td", { class: "num", "data-field": "units" }, v.units),
+      el("td", { class: "num", "data-field": "value" }, m.kind === "binomial" ? pct(value, 2) : num(value)),
+      el("td", {}, bar),
+      el("td", { class: "num" }, lift),
+      el("td", { class: "num" }, c ? pval(c.p_value) : ""),
+      el("td", { class: "num" }, c ? pval(c.sequential_p_value_holm) : ""),
+      el("td", { class: "num" }, c ? pct(c.chance_to_win) : ""),
+      el("td", {}, sig));
+  });
+  return el("div", { class: "metric", "data-metric": m.metric },
+    el("h3", {}, `${m.metric} (${m.kind})${m.primary ? " · primary" : ""}`),
+    el("table", {},
+      el("thead", {}, el("tr", {}, ["variant", "units", m.kind === "binomial" ? "rate" : "mean", "95% CI", "lift [95% CI]", "p", "always-valid p", "chance to win", ""].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)));
+}
+
+function renderGuardrails(checks) {
+  if (!checks.length) return [];
+  return [el("h3", {}, "Guardrails"), el("table", {},
+    el("thead", {}, el("tr", {}, ["metric", "variant", "lift", "tolerated drop", "always-valid p", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, checks.map((g) => el("tr", {},
+      el("td", {}, g.metric), el("td", {}, g.variant), el("td", { class: "num" }, pct(g.relative_lift)),
+      el("td", { class: "num" }, pct(g.max_relative_drop)), el("td", { class: "num" }, pval(g.p_value)),
+      el("td", {}, el("span", { class: `badge ${g.regressed ? "critical" : "ok"}` }, g.regressed ? "regressed" : "ok"))))))];
+}
+
+function renderChart() {
+  const svg = $("#chart");
+  const series = state.series.get(state.selected);
+  if (!series || !series.size) {
+    svg.replaceChildren(el("text", { x: 10, y: 20 }, "waiting for the live stream…"));
+    return;
+  }
+  const all = [...series.values()].flat();
+  const t0 = Math.min(...all.map((p) => p[0])), t1 = Math.max(...all.map((p) => p[0]), t0 + 1);
+  const yMax = Math.max(...all.map((p) => p[1]), 1);
+  const x = (t) => 40 + ((t - t0) / (t1 - t0)) * 590, y = (u) => 160 - (u / yMax) * 145;
+  const lines = [...series.entries()].map(([variant, points], i) =>
+    el("polyline", { class: `series-${i % 4}`, fill: "none", "stroke-width": 2, points: points.map((p) => `${x(p[0])},${y(p[1])}`).join(" "), "data-variant": variant }));
+  const legend = [...series.keys()].map((v, i) => el("text", { x: 45 + i * 110, y: 178, class: `series-${i % 4}` }, `— ${v}`));
+  svg.replaceChildren(
+    el("line", { class: "zero", x1: 40, x2: 630, y1: 160, y2: 160 }),
+    el("text", { x: 2, y: 20 }, yMax), el("text", { x: 2, y: 160 }, 0),
+    ...lines, ...legend);
+}
+
+// ---------- alerts, webhooks, performance ----------
+
+function me() {
+  return $("#me").value.trim() || "dashboard";
+}
+
+function renderAlerts(alerts) {
+  $("#alerts").replaceChildren(...(alerts.length ? alerts : [null]).map((a) => {
+    if (!a) return el("li", { class: "muted" }, "no alerts");
+    const buttons = [];
+    if (a.status === "open") buttons.push(el("button", { type: "button", "data-action": "acknowledge", onclick: () => act(() => api("POST", `/v1/alerts/${a.id}/acknowledge`, { by: me() })) }, "acknowledge"));
+    if (a.status !== "resolved") buttons.push(el("button", { type: "button", "data-action": "resolve", onclick: () => act(() => api("POST", `/v1/alerts/${a.id}/resolve`, { by: me() })) }, "resolve"));
+    const who = a.resolved ? `resolved by ${a.resolved.by}` : a.acknowledged ? `acknowledged by ${a.acknowledged.by}` : "";
+    return el("li", { "data-alert": a.id, "data-status": a.status },
+      el("span", { class: `badge ${a.severity}` }, a.severity), " ",
+      el("span", { class: `badge ${a.status}`, "data-field": "status" }, a.status), " ",
+      el("strong", {}, a.name), el("br"),
+      el("span", { class: "muted" }, `${a.message} · ${new Date(a.raised_at).toLocaleTimeString()} ${who}`), el("br"),
+      buttons);
+  }));
+}
+
+function renderWebhooks(hooks) {
+  $("#webhooks").replaceChildren(...(hooks.length ? hooks : [null]).map((h) => {
+    if (!h) return el("li", { class: "muted" }, "no subscriptions");
+    return el("li", {},
+      el("span", { class: `badge ${h.enabled ? "ok" : "disabled"}` }, h.enabled ? "enabled" : `disabled (${h.disabled.reason})`), " ",
+      el("strong", {}, h.url), el("br"),
+      el("span", { class: "muted" }, `${h.stats.delivered} delivered · ${h.pending} pending · success ${pct(h.success_rate)}${h.stats.last_error ? ` · last error: ${h.stats.last_error}` : ""}`),
+      h.enabled ? null : el("button", { type: "button", onclick: () => act(() => api("POST", `/v1/webhooks/${h.id}/enable`, {})) }, "enable"));
+  }));
+}
+
+function renderPerformance(s) {
+  const rows = [
+    ["requests/s", num(s.requests_per_s, 1)],
+    ["events/s", num(s.events_per_s, 1)],
+    ["error rate", pct(s.error_rate, 2)],
+    ["event p50", `${num(s.event_latency_ms.p50, 3)} ms`],
+    ["event p95", `${num(s.event_latency_ms.p95, 3)} ms`],
+    ["event p99", `${num(s.event_latency_ms.p99, 3)} ms`],
+    ["refused events", s.rejected],
+    ["mailbox", `${s.mailbox_depth} / ${s.mailbox_capacity}`],
+    ["stream clients", s.stream_clients],
+  ];
+  $("#performance").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v)]));
+}
+
+// ---------- live stream ----------
+
+function onMessage(event, data) {
+  if (event === "stats") {
+    state.stats.set(data.experiment, data);
+    const series = state.series.get(data.experiment) || new Map();
+    const t = Date.now() / 1000;
+    for (const v of data.variants) {
+      const points = series.get(v.variant) || [];
+      points.push([t, v.units]);
+      if (points.length > 600) points.shift();
+      series.set(v.variant, points);
+    }
+    state.series.set(data.experiment, series);
+    renderExperiments();
+    if (data.experiment === state.selected) renderChart();
+    return;
+  }
+  const feed = $("#feed");
+  const about = (data.data && (data.data.experiment_key || (data.data.alert && data.data.alert.name))) || "";
+  feed.prepend(el("li", {}, `${new Date().toLocaleTimeString()} ${event} ${about}`));
+  while (feed.children.length > 50) feed.lastChild.remove();
+  refresh();
+}
+
+async function stream() {
+  for (;;) {
+    try {
+      const h = headers(state.lastEventId ? { "last-event-id": state.lastEventId } : {});
+      const response = await fetch("/v1/stream", { headers: h });
+      if (response.status === 401) {
+        await askForKey();
+        continue;
+      }
+      if (!response.ok) throw new Error(`stream: ${response.status}`);
+      $("#live").textContent = "live";
+      $("#live").className = "pill on";
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let id = null, event = "message", data = "";
+          for (const line of frame.split("\n")) {
+            if (line.startsWith("id: ")) id = line.slice(4);
+            else if (line.startsWith("event: ")) event = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (id) state.lastEventId = id;
+          if (data) onMessage(event, JSON.parse(data));
+        }
+      }
+    } catch (e) {
+      console.warn(e);
+    }
+    $("#live").textContent = "reconnecting";
+    $("#live").className = "pill off";
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+// ---------- refresh loop ----------
+
+let refreshing = null;
+
+function refresh() {
+  refreshing = refreshing || (async () => {
+    try {
+      const [experiments, alerts, hooks, perf] = await Promise.all([
+        api("GET", "/v1/experiments?limit=200"),
+        api("GET", "/v1/alerts?limit=20"),
+        api("GET", "/v1/webhooks"),
+        api("GET", "/v1/server/stats"),
+      ]);
+      state.experiments = experiments.experiments.filter((e) => e.status !== "archived");
+      renderExperiments();
+      renderAlerts(alerts.alerts.filter((a) => a.status !== "resolved").concat(alerts.alerts.filter((a) => a.status === "resolved").slice(0, 5)));
+      renderWebhooks(hooks.webhooks);
+      renderPerformance(perf);
+      await refreshResults();
+    } catch (e) {
+      showError(e.message);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#me").value = sessionStorage.getItem("abacus.me") || "";
+  $("#me").addEventListener("change", () => sessionStorage.setItem("abacus.me", $("#me").value));
+  $("#key-form").addEventListener("submit", () => {
+    sessionStorage.setItem("abacus.key", $("#key").value);
+    $("#key").value = "";
+    const waiters = keyWaiters;
+    keyWaiters = [];
+    waiters.forEach((w) => w());
+  });
+  $("#forget").addEventListener("click", () => {
+    sessionStorage.removeItem("abacus.key");
+    location.reload();
+  });
+  $("#create").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(() => create(ev.target));
+  });
+  if (location.hash.length > 1) state.selected = decodeURIComponent(location.hash.slice(1));
+  refresh();
+  setInterval(refresh, 2000);
+  stream();
+});
