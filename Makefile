@@ -1,10 +1,13 @@
 # The two commands of the README's quick start, and a few helpers.
 # Each target first installs what a fresh machine lacks (clang for RocksDB).
 
-.PHONY: serve test lint bootstrap
+.PHONY: serve test lint bootstrap bootstrap-test
 
 bootstrap:
 	@./scripts/bootstrap.sh
+
+bootstrap-test:
+	@./scripts/bootstrap.sh test
 
 ## Serve on 127.0.0.1:8080 with RocksDB under ./data and the embedded config.
 serve: bootstrap
@@ -12,7 +15,7 @@ serve: bootstrap
 
 ## Unit tests, black-box tests against the real binary, then a few-second
 ## smoke run of every load-harness scenario (no latency gate).
-test: bootstrap
+test: bootstrap-test
 	cargo test
 	./scripts/smoke.sh
 

@@ -67,6 +67,7 @@ pub async fn run(
                     every: Duration::from_secs(config.storage.retention_sweep_interval_s),
                 }),
                 monitor_interval: Duration::from_millis(config.results.check_interval_ms),
+                timeline_interval: Duration::from_secs(config.results.timeline_interval_s),
                 webhooks: webhooks::Settings {
                     allow_private: config.webhooks.allow_private,
                     timeout: Duration::from_millis(config.webhooks.timeout_ms),

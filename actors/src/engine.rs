@@ -27,8 +27,29 @@ use crate::results::{self, ExperimentResults};
 use crate::retention::Retention;
 use crate::sticky::FirstExposure;
 use crate::storage::{blocking, StickyRecord, Store, StoreOptions};
+use crate::timeline;
 use crate::webhooks::{self, Webhooks};
 use crate::{Error, Result};
+
+/// `GET /v1/experiments/{key}/timeline`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Timeline {
+    /// The experiment.
+    pub experiment: String,
+    /// The metric whose value is given (the primary one by default).
+    pub metric: Option<String>,
+    /// Oldest first; the last one is now.
+    pub points: Vec<TimelinePoint>,
+}
+
+/// The cumulative figures at one moment.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TimelinePoint {
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// Per variant, the control first.
+    pub variants: Vec<timeline::Point>,
+}
 
 /// What the engine needs to start.
 #[derive(Debug, Clone)]
@@ -43,6 +64,8 @@ pub struct EngineConfig {
     pub retention: Option<Retention>,
     /// How often running experiments are checked for significance and SRM.
     pub monitor_interval: Duration,
+    /// How often running experiments' cumulative figures are kept.
+    pub timeline_interval: Duration,
     /// Webhook delivery policy.
     pub webhooks: webhooks::Settings,
 }
@@ -162,6 +185,12 @@ impl Engine {
             config.monitor_interval,
             Arc::clone(&registry),
             Arc::clone(&aggregates),
+        );
+        crate::timeline::spawn(
+            config.timeline_interval,
+            Arc::clone(&registry),
+            Arc::clone(&aggregates),
+            store.clone(),
         );
         if let Some(retention) = config.retention {
             crate::retention::spawn(retention, store.clone(), Arc::clone(&registry));
@@ -663,6 +692,51 @@ impl Engine {
             Some((from, to)) => Arc::new(self.rebuilt_aggregates(key, from, to).await?),
         };
         Ok(results::compute(experiment, &aggregates, metric))
+    }
+
+    /// The experiment's cumulative figures over time for `metric` (the
+    /// primary metric when `None`), thinned to at most `max_points`, ending
+    /// with the figures now.
+    pub async fn timeline(
+        &self,
+        key: &str,
+        metric: Option<&str>,
+        max_points: usize,
+    ) -> Result<Timeline> {
+        let compiled = self.get(key)?;
+        let experiment = compiled.experiment();
+        let metric = match metric {
+            Some(m) if experiment.metrics.iter().any(|x| x.key.as_str() == m) => Some(m.to_owned()),
+            Some(m) => {
+                return Err(Error::invalid(
+                    "metric",
+                    format!("'{m}' is not a metric of '{key}'"),
+                ))
+            }
+            None => experiment.primary_metric.as_ref().map(ToString::to_string),
+        };
+        let (store, owned) = (self.store.clone(), key.to_owned());
+        let mut stored = blocking(move || store.timeline(&owned)).await?;
+        stored.push((
+            unix_ms(self.clock.now()),
+            timeline::Snapshot::of(experiment, &self.aggregates.get(key)),
+        ));
+        let step = stored.len().div_ceil(max_points.max(2) - 1).max(1);
+        let last = stored.len() - 1;
+        let points = stored
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % step == 0 || *i == last)
+            .map(|(_, (at, snapshot))| TimelinePoint {
+                at_ms: *at,
+                variants: snapshot.values(experiment, metric.as_deref()),
+            })
+            .collect();
+        Ok(Timeline {
+            experiment: key.to_owned(),
+            metric,
+            points,
+        })
     }
 
     /// Analytics buckets the filter covers, merged per variant.

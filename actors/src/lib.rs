@@ -27,7 +27,8 @@ pub mod retention;
 pub mod stats;
 pub mod sticky;
 pub mod storage;
+pub mod timeline;
 pub mod webhooks;
 
-pub use engine::{Assignment, Engine, EngineConfig, Page};
+pub use engine::{Assignment, Engine, EngineConfig, Page, Timeline, TimelinePoint};
 pub use error::{Error, Result};

@@ -125,6 +125,9 @@ pub struct ResultsConfig {
     /// How often running experiments are checked for significance of the
     /// primary metric and for sample-ratio mismatch.
     pub check_interval_ms: u64,
+    /// How often running experiments' cumulative figures are kept for the
+    /// timeline (`GET /v1/experiments/{key}/timeline`).
+    pub timeline_interval_s: u64,
 }
 
 /// `[webhooks]`: delivery policy.
@@ -258,6 +261,9 @@ impl Config {
         }
         if self.results.check_interval_ms == 0 {
             return invalid("results.check_interval_ms", "must be positive");
+        }
+        if self.results.timeline_interval_s == 0 {
+            return invalid("results.timeline_interval_s", "must be positive");
         }
         if self.webhooks.timeout_ms == 0 {
             return invalid("webhooks.timeout_ms", "must be positive");

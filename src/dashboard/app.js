@@ -7,7 +7,6 @@ const state = {
   experiments: [],
   selected: null,
   stats: new Map(),   // experiment -> last `stats` message
-  series: new Map(),  // experiment -> Map(variant -> [[t, units]])
   lastEventId: null,
 };
 
@@ -100,7 +99,7 @@ function renderExperiments() {
           "data-action": action,
           onclick: (ev) => {
             ev.stopPropagation();
-            act(() => (action === "archive" ? api("DELETE", `/v1/experiments/${e.key}`) : api("POST", `/v1/experiments/${e.key}/${action}`, {})));
+            act(() => (action === "archive" ? api("DELETE", `/v1/experiments/${e.key}`) : api("POST", `/v1/experiments/${e.key}/${action}`)));
           },
         }, action));
       return el("tr", {
@@ -142,7 +141,7 @@ async function create(form) {
     body.guardrails = [{ metric: f.get("guard_metric"), max_relative_drop: Number(f.get("guard_drop")), auto_stop: f.get("guard_stop") === "on" }];
   }
   await api("POST", "/v1/experiments", body);
-  if (f.get("start") === "on") await api("POST", `/v1/experiments/${body.key}/start`, {});
+  if (f.get("start") === "on") await api("POST", `/v1/experiments/${body.key}/start`);
   state.selected = body.key;
   form.reset();
 }
@@ -159,7 +158,11 @@ function select(key) {
 async function refreshResults() {
   const key = state.selected;
   if (!key) return;
-  const [experiment, results] = await Promise.all([api("GET", `/v1/experiments/${key}`), api("GET", `/v1/experiments/${key}/results`)]);
+  const [experiment, results, timeline] = await Promise.all([
+    api("GET", `/v1/experiments/${key}`),
+    api("GET", `/v1/experiments/${key}/results`),
+    api("GET", `/v1/experiments/${key}/timeline?points=300`),
+  ]);
   if (key !== state.selected) return;
   $("#detail").hidden = false;
   $("#detail-key").textContent = key;
@@ -170,7 +173,7 @@ async function refreshResults() {
   $("#badges").replaceChildren(...badges);
   $("#detail-note").textContent = `${results.units} exposed units · alpha ${results.alpha} · ${results.assignment_mismatches} assignment mismatches`;
   $("#results").replaceChildren(...results.metrics.map(renderMetric), ...renderGuardrails(results.guardrails));
-  renderChart();
+  renderChart(timeline);
 }
 
 function renderMetric(m) {
@@ -215,24 +218,36 @@ function renderGuardrails(checks) {
       el("td", {}, el("span", { class: `badge ${g.regressed ? "critical" : "ok"}` }, g.regressed ? "regressed" : "ok"))))))];
 }
 
-function renderChart() {
-  const svg = $("#chart");
-  const series = state.series.get(state.selected);
-  if (!series || !series.size) {
-    svg.replaceChildren(el("text", { x: 10, y: 20 }, "waiting for the live stream…"));
-    return;
-  }
-  const all = [...series.values()].flat();
+/** One line chart: `series` is [[variant, [[t, y]...]]...]. */
+function lineChart(top, title, series, format) {
+  const all = series.flatMap(([, points]) => points);
+  const ys = all.map((p) => p[1]).filter((y) => y !== null);
+  if (!ys.length) return [el("text", { x: 10, y: top + 20 }, `${title}: no data yet`)];
   const t0 = Math.min(...all.map((p) => p[0])), t1 = Math.max(...all.map((p) => p[0]), t0 + 1);
-  const yMax = Math.max(...all.map((p) => p[1]), 1);
-  const x = (t) => 40 + ((t - t0) / (t1 - t0)) * 590, y = (u) => 160 - (u / yMax) * 145;
-  const lines = [...series.entries()].map(([variant, points], i) =>
-    el("polyline", { class: `series-${i % 4}`, fill: "none", "stroke-width": 2, points: points.map((p) => `${x(p[0])},${y(p[1])}`).join(" "), "data-variant": variant }));
-  const legend = [...series.keys()].map((v, i) => el("text", { x: 45 + i * 110, y: 178, class: `series-${i % 4}` }, `— ${v}`));
-  svg.replaceChildren(
-    el("line", { class: "zero", x1: 40, x2: 630, y1: 160, y2: 160 }),
-    el("text", { x: 2, y: 20 }, yMax), el("text", { x: 2, y: 160 }, 0),
-    ...lines, ...legend);
+  const yMax = Math.max(...ys) || 1;
+  const x = (t) => 70 + ((t - t0) / (t1 - t0)) * 1100, y = (v) => top + 150 - (v / yMax) * 130;
+  const lines = series.map(([variant, points], i) =>
+    el("polyline", { class: `series-${i % 4}`, fill: "none", "stroke-width": 2, "data-variant": variant,
+      points: points.filter((p) => p[1] !== null).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ") }));
+  return [
+    el("text", { x: 70, y: top + 12, class: "title" }, title),
+    el("line", { class: "zero", x1: 70, x2: 1170, y1: top + 150, y2: top + 150 }),
+    el("text", { x: 4, y: top + 24 }, format(yMax)),
+    el("text", { x: 4, y: top + 150 }, format(0)),
+    el("text", { x: 70, y: top + 166 }, new Date(t0).toLocaleString()),
+    el("text", { x: 1170, y: top + 166, "text-anchor": "end" }, new Date(t1).toLocaleString()),
+    ...lines,
+  ];
+}
+
+function renderChart(timeline) {
+  const variants = timeline.points.length ? timeline.points[0].variants.map((v) => v.variant) : [];
+  const series = (field) => variants.map((name, i) => [name, timeline.points.map((p) => [p.at_ms, p.variants[i][field]])]);
+  const legend = variants.map((v, i) => el("text", { x: 70 + i * 140, y: 376, class: `series-${i % 4} legend` }, `— ${v}`));
+  $("#chart").replaceChildren(
+    ...lineChart(0, "exposed units", series("units"), (v) => Math.round(v)),
+    ...lineChart(185, timeline.metric ? `${timeline.metric} per unit` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3)),
+    ...legend);
 }
 
 // ---------- alerts, webhooks, performance ----------
@@ -264,7 +279,7 @@ function renderWebhooks(hooks) {
       el("span", { class: `badge ${h.enabled ? "ok" : "disabled"}` }, h.enabled ? "enabled" : `disabled (${h.disabled.reason})`), " ",
       el("strong", {}, h.url), el("br"),
       el("span", { class: "muted" }, `${h.stats.delivered} delivered · ${h.pending} pending · success ${pct(h.success_rate)}${h.stats.last_error ? ` · last error: ${h.stats.last_error}` : ""}`),
-      h.enabled ? null : el("button", { type: "button", onclick: () => act(() => api("POST", `/v1/webhooks/${h.id}/enable`, {})) }, "enable"));
+      h.enabled ? null : el("button", { type: "button", onclick: () => act(() => api("POST", `/v1/webhooks/${h.id}/enable`)) }, "enable"));
   }));
 }
 
@@ -288,17 +303,7 @@ function renderPerformance(s) {
 function onMessage(event, data) {
   if (event === "stats") {
     state.stats.set(data.experiment, data);
-    const series = state.series.get(data.experiment) || new Map();
-    const t = Date.now() / 1000;
-    for (const v of data.variants) {
-      const points = series.get(v.variant) || [];
-      points.push([t, v.units]);
-      if (points.length > 600) points.shift();
-      series.set(v.variant, points);
-    }
-    state.series.set(data.experiment, series);
     renderExperiments();
-    if (data.experiment === state.selected) renderChart();
     return;
   }
   const feed = $("#feed");

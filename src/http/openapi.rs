@@ -7,8 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, alerts, analytics, assignments, events, experiments, health, performance, prometheus, results,
-    stream, webhooks, ws,
+    aggregates, alerts, analytics, assignments, events, experiments, health, performance,
+    prometheus, results, stream, webhooks, ws,
 };
 
 /// The API description.
@@ -28,6 +28,7 @@ use super::{
         experiments::lifecycle,
         aggregates::aggregates,
         results::results,
+        results::timeline,
         results::sample_size_route,
         analytics::ctr,
         analytics::ranks,

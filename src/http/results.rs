@@ -15,7 +15,54 @@ use super::AppState;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(results).service(sample_size_route);
+    cfg.service(results)
+        .service(timeline)
+        .service(sample_size_route);
+}
+
+/// Query of `GET /v1/experiments/{key}/timeline`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TimelineQuery {
+    /// The metric whose value to give (default: the primary metric).
+    metric: Option<String>,
+    /// At most this many points, 2-2000 (default 200), evenly thinned.
+    points: Option<usize>,
+}
+
+/// How the experiment grew: per variant cumulative exposed units and the
+/// metric's value (rate or mean per unit), kept every
+/// `results.timeline_interval_s` while it runs; the last point is now.
+#[utoipa::path(
+    tag = "results",
+    params(("key" = String, Path, description = "Experiment key"), TimelineQuery),
+    responses(
+        (status = 200, description = "The timeline", body = abacus_actors::Timeline),
+        (status = 404, description = "No such experiment"),
+        (status = 422, description = "Not a metric of the experiment"),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/experiments/{key}/timeline")]
+async fn timeline(
+    _: Admin,
+    state: web::Data<AppState>,
+    key: web::Path<String>,
+    query: web::Query<TimelineQuery>,
+) -> ApiResult<HttpResponse> {
+    let points = query.points.unwrap_or(200);
+    if !(2..=2000).contains(&points) {
+        return Err(ApiError::InvalidQuery {
+            field: Some("points".into()),
+            message: "points must be 2-2000".into(),
+        });
+    }
+    let timeline = state
+        .engine
+        .timeline(&key, query.metric.as_deref(), points)
+        .await?;
+    Ok(HttpResponse::Ok().json(timeline))
 }
 
 /// Query of `GET /v1/experiments/{key}/results`.

@@ -12,6 +12,7 @@ mod analytics;
 mod assignment;
 mod auth;
 mod config;
+mod dashboard;
 mod durability;
 mod errors;
 mod events;

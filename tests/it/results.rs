@@ -257,3 +257,56 @@ fn significance_and_srm_are_recorded_once_and_survive_a_restart() {
     assert_eq!(restarted["significant_at"], recorded["significant_at"]);
     assert_eq!(restarted["srm_detected_at"], recorded["srm_detected_at"]);
 }
+
+#[test]
+fn the_timeline_keeps_cumulative_figures_as_the_experiment_grows() {
+    let server = TestServer::start_with(&[("ABACUS_RESULTS__TIMELINE_INTERVAL_S", "1")]);
+    server.post(
+        "/v1/experiments",
+        json!({
+            "key": "exp", "name": "timeline",
+            "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
+            "metrics": [{"key": "purchase", "kind": "binomial"}],
+            "primary_metric": "purchase"
+        }),
+    );
+    assert_eq!(server.post_empty("/v1/experiments/exp/start").0, 200);
+    populate(&server, "control", 100, 10);
+    server.barrier();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    populate(&server, "t1", 100, 40);
+    server.barrier();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+
+    let (status, timeline) = server.get("/v1/experiments/exp/timeline");
+    assert_eq!(status, 200, "{timeline}");
+    assert_eq!(timeline["metric"], "purchase");
+    let points = timeline["points"].as_array().unwrap();
+    assert!(points.len() >= 3, "{timeline}");
+    let units = |p: &Value, i: usize| p["variants"][i]["units"].as_u64().unwrap();
+    for pair in points.windows(2) {
+        assert!(pair[0]["at_ms"].as_i64() <= pair[1]["at_ms"].as_i64());
+        assert!(units(&pair[0], 1) <= units(&pair[1], 1), "{timeline}");
+    }
+    // Kept while only the control had data, and now.
+    assert!(
+        points
+            .iter()
+            .any(|p| units(p, 0) == 100 && units(p, 1) == 0),
+        "{timeline}"
+    );
+    let now = points.last().unwrap();
+    assert_eq!((units(now, 0), units(now, 1)), (100, 100));
+    assert_eq!(now["variants"][0]["value"].as_f64(), Some(0.1));
+    assert_eq!(now["variants"][1]["value"].as_f64(), Some(0.4));
+
+    let (status, thin) = server.get("/v1/experiments/exp/timeline?points=2");
+    assert_eq!(status, 200);
+    assert_eq!(thin["points"].as_array().unwrap().len(), 2, "{thin}");
+    assert_eq!(thin["points"][1]["variants"], now["variants"]);
+    assert_eq!(server.get("/v1/experiments/exp/timeline?points=1").0, 400);
+    assert_eq!(
+        server.get("/v1/experiments/exp/timeline?metric=nope").0,
+        422
+    );
+}

@@ -337,7 +337,13 @@ impl Handler<Figures> for AlertActor {
     fn handle(&mut self, msg: Figures, _: &mut Context<Self>) -> Self::Result {
         let (last, first, seconds) = self.span(msg.0);
         let window = last.signals.since(&first.signals);
-        let per_s = |n: u64| if seconds == 0 { 0.0 } else { n as f64 / seconds as f64 };
+        let per_s = |n: u64| {
+            if seconds == 0 {
+                0.0
+            } else {
+                n as f64 / seconds as f64
+            }
+        };
         MessageResult(ServerFigures {
             window_s: seconds,
             requests_per_s: per_s(window.requests),

@@ -19,7 +19,9 @@ pub use rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity};
 pub use signals::Signals;
 
 pub(crate) use self::evaluate::event_of;
-use self::evaluate::{Acknowledge, AlertActor, CreateRule, DeleteRule, Figures, PatchRule, Resolve};
+use self::evaluate::{
+    Acknowledge, AlertActor, CreateRule, DeleteRule, Figures, PatchRule, Resolve,
+};
 use crate::aggregator::LiveAggregates;
 use crate::catalog::Registry;
 use crate::clock::Clock;

@@ -55,11 +55,15 @@ pub enum Cf {
     /// alert id (UTF-8, `alert_` + UUIDv7, so in time order) →
     /// `[v1][JSON Alert]`. Written with its `alert.*` outbox events.
     Alerts,
+    /// [`keys::timeline`](super::keys::timeline) → `[v1][JSON Snapshot]`.
+    /// Cumulative per-variant figures of running experiments, every
+    /// `results.timeline_interval_s` when they changed.
+    Timeline,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 15] = [
+    pub const ALL: [Cf; 16] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -75,6 +79,7 @@ impl Cf {
         Cf::WebhookAttempts,
         Cf::AlertRules,
         Cf::Alerts,
+        Cf::Timeline,
     ];
 
     /// The family's name on disk.
@@ -95,6 +100,7 @@ impl Cf {
             Cf::WebhookAttempts => "webhook_attempts",
             Cf::AlertRules => "alert_rules",
             Cf::Alerts => "alerts",
+            Cf::Timeline => "timeline",
         }
     }
 }

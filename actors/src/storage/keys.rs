@@ -13,6 +13,13 @@ pub fn unit(experiment: &str, unit: &str) -> Vec<u8> {
     key
 }
 
+/// `[len: u8][experiment key][at_ms: u64 BE]`: a timeline snapshot.
+pub fn timeline(experiment: &str, at_ms: i64) -> Vec<u8> {
+    let mut key = prefix(experiment);
+    key.extend_from_slice(&u64::try_from(at_ms).unwrap_or(0).to_be_bytes());
+    key
+}
+
 /// `[len: u8][experiment key]`: the prefix of every per-experiment key.
 pub fn experiment_prefix(experiment: &ExperimentKey) -> Vec<u8> {
     prefix(experiment.as_str())

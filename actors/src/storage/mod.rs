@@ -8,6 +8,7 @@ mod alerts;
 mod analytics;
 mod cf;
 pub mod keys;
+mod timeline;
 mod webhooks;
 
 use std::collections::HashMap;

@@ -1,0 +1,185 @@
+//! The dashboard, used as a person would: headless Chromium against a real
+//! server with auth on. Enter the key once, create and start an experiment
+//! through the form, watch live counters and results move as events
+//! arrive through the API, acknowledge an alert.
+//!
+//! With `ABACUS_SCREENSHOTS=dir` it also saves the screenshots the README
+//! shows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::browser::Browser;
+use crate::common::TestServer;
+
+const ADMIN: &str = "dashboard-admin-key";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// JS: the trimmed text of the first element matching `selector`, or "".
+fn text(selector: &str) -> String {
+    format!(
+        "(document.querySelector({}) || {{textContent: ''}}).textContent.trim()",
+        json!(selector)
+    )
+}
+
+/// JS: sets a form field as typing would.
+fn fill(selector: &str, value: &str) -> String {
+    format!(
+        "(() => {{ const e = document.querySelector({}); e.value = {}; \
+         e.dispatchEvent(new Event('input', {{bubbles: true}})); \
+         e.dispatchEvent(new Event('change', {{bubbles: true}})); return true; }})()",
+        json!(selector),
+        json!(value)
+    )
+}
+
+fn click(selector: &str) -> String {
+    format!(
+        "(document.querySelector({}).click(), true)",
+        json!(selector)
+    )
+}
+
+#[test]
+fn a_person_runs_an_experiment_from_the_dashboard() {
+    let mut server = TestServer::start_with(&[
+        ("ABACUS_AUTH__ADMIN_KEYS", &format!("[\"{ADMIN}\"]")),
+        ("ABACUS_RESULTS__TIMELINE_INTERVAL_S", "1"),
+    ]);
+    server.use_token(Some(ADMIN));
+    let (status, rule) = server.post(
+        "/v1/alerts/rules",
+        json!({"name": "error spike", "metric": "error_rate", "threshold": 0.3, "window_s": 30, "severity": "critical"}),
+    );
+    assert_eq!(status, 201, "{rule}");
+
+    let mut browser = Browser::launch();
+    browser.goto(&server.url("/"));
+    // Auth is on: the page asks for the key once and keeps it in the tab.
+    browser.wait_for("document.querySelector('#key-dialog').open", WAIT);
+    browser.eval(&fill("#key", ADMIN));
+    browser.eval("document.querySelector('#key-form').requestSubmit(), true");
+    browser.wait_for(
+        "document.querySelector('#live').textContent === 'live'",
+        WAIT,
+    );
+    assert_eq!(
+        browser.eval("sessionStorage.getItem('abacus.key')"),
+        json!(ADMIN)
+    );
+    browser.eval(&fill("#me", "Ana"));
+
+    // Create and start an experiment through the form.
+    browser.eval(&fill("#create [name=key]", "cta"));
+    browser.eval(&fill("#create [name=name]", "Call to action"));
+    browser.eval(&fill("#create [name=variants]", "control:1, green:1"));
+    browser.eval(&fill("#create [name=metrics]", "click:binomial"));
+    browser.eval(&fill("#create [name=primary]", "click"));
+    browser.eval("document.querySelector('#create').requestSubmit(), true");
+    browser.wait_for(
+        &format!(
+            "{} === 'running'",
+            text("#experiments tr[data-key=cta] [data-field=status]")
+        ),
+        WAIT,
+    );
+    let (_, experiment) = server.get("/v1/experiments/cta");
+    assert_eq!(experiment["status"], "running");
+    assert_eq!(experiment["primary_metric"], "click");
+
+    // Traffic through the API over four seconds: 80 units assigned (and
+    // exposed); a third of control units click, two thirds of green ones.
+    let mut units = std::collections::HashMap::<String, (u32, u32)>::new();
+    for batch in 0..4 {
+        let mut events: Vec<Value> = Vec::new();
+        for i in batch * 20..(batch + 1) * 20 {
+            let unit = format!("u{i}");
+            let variant = server.assign("cta", &unit)["variant"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let clicks = if variant == "green" {
+                i % 3 != 0
+            } else {
+                i % 3 == 0
+            };
+            let tally = units.entry(variant).or_default();
+            tally.0 += 1;
+            if clicks {
+                tally.1 += 1;
+                events.push(
+                    json!({"type": "click", "unit_id": unit, "properties": {"item_id": "cta"}}),
+                );
+            }
+        }
+        let (status, body) = server.post("/v1/events", json!({ "events": events }));
+        assert_eq!(status, 202, "{body}");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+
+    // Live counters from the stream, then results once the row is opened.
+    browser.wait_for(
+        &format!(
+            "{} === '80'",
+            text("#experiments tr[data-key=cta] [data-field=units]")
+        ),
+        WAIT,
+    );
+    browser.eval(&click("#experiments tr[data-key=cta]"));
+    for (variant, (n, clicked)) in &units {
+        let row = format!("#results [data-metric=click] tr[data-variant={variant}]");
+        browser.wait_for(
+            &format!("{} === '{n}'", text(&format!("{row} [data-field=units]"))),
+            WAIT,
+        );
+        let expected = 100.0 * f64::from(*clicked) / f64::from(*n);
+        browser.wait_for(
+            &format!(
+                "Math.abs(parseFloat({}) - {expected}) < 0.006",
+                text(&format!("{row} [data-field=value]"))
+            ),
+            WAIT,
+        );
+    }
+    browser.wait_for(
+        "document.querySelectorAll('#chart polyline').length === 4",
+        WAIT,
+    );
+
+    // Requests without the key are errors: the rule raises an alert, which
+    // is acknowledged from the page.
+    server.use_token(None);
+    for _ in 0..60 {
+        assert_eq!(server.get("/v1/experiments").0, 401);
+    }
+    server.use_token(Some(ADMIN));
+    let alert = "#alerts li[data-status=open] button[data-action=acknowledge]";
+    browser.wait_for(&format!("!!document.querySelector({})", json!(alert)), WAIT);
+    browser.eval(&click(alert));
+    browser.wait_for(
+        "!!document.querySelector('#alerts li[data-status=acknowledged]')",
+        WAIT,
+    );
+    let (_, alerts) = server.get("/v1/alerts");
+    let acked = &alerts["alerts"][0];
+    assert_eq!(acked["rule_id"], rule["id"]);
+    assert_eq!(acked["status"], "acknowledged");
+    assert_eq!(acked["acknowledged"]["by"], "Ana");
+
+    // The performance panel reflects the traffic.
+    browser.wait_for(
+        &format!(
+            "{} !== '0.0'",
+            text("#performance [data-field='requests/s']")
+        ),
+        WAIT,
+    );
+
+    if let Some(dir) = std::env::var_os("ABACUS_SCREENSHOTS").map(PathBuf::from) {
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        browser.screenshot(&dir.join("dashboard.png"));
+    }
+}
