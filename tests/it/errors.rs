@@ -145,7 +145,7 @@ fn non_json_content_types_are_415() {
 #[test]
 fn unknown_routes_are_json_404s() {
     let server = TestServer::start();
-    for path in ["/", "/v1/nothing", "/v1/experiments/a/b/c"] {
+    for path in ["/index.html", "/v1/nothing", "/v1/experiments/a/b/c"] {
         let (status, err) = server.get(path);
         assert_eq!((status, error_code(&err)), (404, "not_found"), "{path}");
     }
