@@ -447,12 +447,18 @@ impl Engine {
         let n = inputs.len() as u64;
         let result = self.validate_and_queue(inputs, index_fields, wait);
         if let Err(Error::Invalid { .. }) = &result {
-            self.ingest
-                .stats()
-                .rejected_invalid
-                .fetch_add(n, Ordering::Relaxed);
+            self.count_invalid(n);
         }
         result
+    }
+
+    /// Counts events refused before they reached [`Engine::ingest`] (a
+    /// body of the wrong shape), so rejection figures include them.
+    pub fn count_invalid(&self, events: u64) {
+        self.ingest
+            .stats()
+            .rejected_invalid
+            .fetch_add(events, Ordering::Relaxed);
     }
 
     fn validate_and_queue(

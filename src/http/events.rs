@@ -90,7 +90,15 @@ async fn ingest(
     query: web::Query<IngestQuery>,
     ValidJson(body): ValidJson<Value>,
 ) -> ApiResult<HttpResponse> {
-    let (inputs, batch) = split(body, limits.max_batch)?;
+    let offered = match &body {
+        Value::Object(map) => map
+            .get("events")
+            .and_then(Value::as_array)
+            .map_or(1, Vec::len),
+        _ => 1,
+    };
+    let (inputs, batch) = split(body, limits.max_batch)
+        .inspect_err(|_| state.engine.count_invalid(offered as u64))?;
     let wait = query.ack == AckMode::Persisted;
     let accepted = state.engine.ingest(inputs, batch, wait)?;
     let persisted = match accepted.persisted {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::receiver::Receiver;
+use crate::common::receiver::{Answer, Receiver};
 use crate::common::TestServer;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -294,4 +294,93 @@ fn a_guardrail_regression_pauses_the_experiment_once_and_says_why() {
         1
     );
     assert_eq!(receiver.received().len(), 2);
+}
+
+#[test]
+fn latency_rejection_webhook_and_guardrail_rules_fire_on_their_figures() {
+    let server = server();
+    let rule = |body: Value| {
+        let (status, rule) = server.post("/v1/alerts/rules", body);
+        assert_eq!(status, 201, "{rule}");
+        rule["id"].as_str().unwrap().to_owned()
+    };
+    let latency = rule(
+        json!({"name": "p95", "metric": "event_latency_p95_ms", "threshold": 0, "window_s": 60}),
+    );
+    let rejections = rule(
+        json!({"name": "refused", "metric": "ingest_rejections", "threshold": 2, "window_s": 60}),
+    );
+    let disabled =
+        rule(json!({"name": "hooks", "metric": "webhook_disabled", "severity": "error"}));
+    let guardrail = rule(json!({"name": "guard", "metric": "guardrail_regression"}));
+
+    // Any event response time is above 0 ms; three refused events exceed 2.
+    assert_eq!(
+        server
+            .post("/v1/events", json!({"type": "click", "unit_id": "u"}))
+            .0,
+        422
+    );
+    let bad: Vec<Value> = (0..3).map(|_| json!({"type": "exposure"})).collect();
+    assert_eq!(server.post("/v1/events", json!({ "events": bad })).0, 422);
+
+    // A subscription whose endpoint is gone is disabled at once.
+    let receiver = Receiver::answering(410);
+    let (_, hook) = server.post(
+        "/v1/webhooks",
+        json!({"url": receiver.url(), "events": ["webhook.test"]}),
+    );
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    server.post_empty(&format!("/v1/webhooks/{hook_id}/test"));
+
+    // A guardrail without auto_stop: the rule fires, the experiment runs on.
+    server.post(
+        "/v1/experiments",
+        json!({
+            "key": "g", "name": "g",
+            "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}],
+            "metrics": [{"key": "buy", "kind": "binomial"}],
+            "guardrails": [{"metric": "buy", "max_relative_drop": 0.0}]
+        }),
+    );
+    server.post_empty("/v1/experiments/g/start");
+    let mut events = Vec::new();
+    for (variant, buyers) in [("control", 500), ("b", 100)] {
+        for i in 0..1000 {
+            let unit = format!("{variant}{i}");
+            events.push(
+                json!({"type": "exposure", "unit_id": unit, "experiment": "g", "variant": variant}),
+            );
+            if i < buyers {
+                events.push(json!({"type": "buy", "unit_id": unit}));
+            }
+        }
+    }
+    for chunk in events.chunks(1000) {
+        assert_eq!(server.post("/v1/events", json!({ "events": chunk })).0, 202);
+    }
+    server.barrier();
+
+    let open = wait_until(&server, "/v1/alerts?status=open", |b| alerts(b).len() == 4);
+    let of = |rule: &str| {
+        alerts(&open)
+            .iter()
+            .find(|a| a["rule_id"] == rule)
+            .unwrap_or_else(|| panic!("no alert of {rule}: {open}"))
+            .clone()
+    };
+    assert!(of(&latency)["value"].as_f64().unwrap() > 0.0);
+    assert_eq!(of(&rejections)["value"].as_f64(), Some(4.0));
+    assert_eq!(of(&disabled)["subscription"], hook_id.as_str());
+    assert_eq!(of(&guardrail)["experiment"], "g");
+    let (_, g) = server.get("/v1/experiments/g");
+    assert_eq!(g["status"], "running", "no auto_stop: {g}");
+
+    // Re-enabling the subscription clears its alert.
+    receiver.set_script(|_| Answer::Status(200));
+    server.post_empty(&format!("/v1/webhooks/{hook_id}/enable"));
+    let cleared = wait_until(&server, "/v1/alerts?status=resolved", |b| {
+        !alerts(b).is_empty()
+    });
+    assert_eq!(alerts(&cleared)[0]["rule_id"], disabled.as_str());
 }

@@ -60,6 +60,11 @@ fn metrics_count_what_happened_and_pass_promtool() {
     assert_eq!(status, 202);
     let (status, _) = server.post("/v1/events", json!({"type": "click", "unit_id": "a"}));
     assert_eq!(status, 422, "a click needs item_id");
+    let (status, _) = server.post(
+        "/v1/events",
+        json!({"events": [{"type": "exposure"}, {"type": "exposure"}]}),
+    );
+    assert_eq!(status, 422, "events need unit_id");
     let response = server
         .request(reqwest::Method::GET, "/healthz")
         .send()
@@ -85,7 +90,8 @@ fn metrics_count_what_happened_and_pass_promtool() {
     assert!(sample(&text, "abacus_events_persisted_total", "").unwrap() >= 2.0);
     assert_eq!(
         sample(&text, "abacus_events_rejected_total", r#"reason="invalid""#),
-        Some(1.0)
+        Some(3.0),
+        "one failing a rule, two of the wrong shape"
     );
     assert_eq!(
         sample(&text, "abacus_experiments", r#"status="running""#),
