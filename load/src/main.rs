@@ -11,6 +11,7 @@ mod report;
 mod run;
 mod scenario;
 mod server;
+mod stream;
 
 use std::time::Duration;
 
@@ -78,6 +79,10 @@ pub struct Args {
     /// against it, then stop it with SIGTERM. `--url` is ignored.
     #[arg(long)]
     serve: Option<std::path::PathBuf>,
+    /// Hold this many `GET /v1/stream` connections open during the run
+    /// and report what they received (fan-out cost of the live feed).
+    #[arg(long, default_value_t = 0)]
+    stream_clients: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,

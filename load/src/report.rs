@@ -7,6 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::stream::StreamFigures;
+
 /// Outcome counters, shared by the request tasks.
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -55,6 +57,9 @@ pub struct Report {
     /// Webhook deliveries (`webhooks` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fan_out: Option<FanOut>,
+    /// Live-stream listeners (`--stream-clients`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamFigures>,
 }
 
 /// What the local receiver got in a `webhooks` run.
@@ -73,8 +78,8 @@ pub struct FanOut {
 }
 
 impl Report {
-    /// Some requests succeeded, none failed, and every webhook delivery
-    /// arrived.
+    /// Some requests succeeded, none failed, every webhook delivery
+    /// arrived, and stream listeners (if any) received and kept up.
     pub fn is_clean(&self) -> bool {
         self.ok > 0
             && self.http_errors == 0
@@ -83,6 +88,10 @@ impl Report {
                 .fan_out
                 .as_ref()
                 .is_none_or(|w| w.delivered >= w.expected)
+            && self
+                .stream
+                .as_ref()
+                .is_none_or(|s| s.messages > 0 && s.dropped == 0)
     }
 
     /// Summarises a finished run.
@@ -115,6 +124,7 @@ impl Report {
                 max: h.max() as f64 / 1000.0,
             },
             fan_out: None,
+            stream: None,
         }
     }
 }
@@ -151,6 +161,13 @@ impl fmt::Display for Report {
                 f,
                 "webhooks  {} subscribers  delivered {} of {}  in {:.2} s  {:.0} messages/s",
                 w.subscribers, w.delivered, w.expected, w.seconds, w.messages_per_s
+            )?;
+        }
+        if let Some(s) = &self.stream {
+            writeln!(
+                f,
+                "stream  {} clients  {} messages received  {} dropped as slow",
+                s.clients, s.messages, s.dropped
             )?;
         }
         Ok(())

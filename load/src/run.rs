@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::receiver::Deliveries;
 use crate::report::{Counts, FanOut, Report};
 use crate::scenario::Target;
+use crate::stream::Listeners;
 use crate::Args;
 
 /// Runs one bounded open-loop test and summarises it.
@@ -18,7 +19,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         .pool_max_idle_per_host(args.max_in_flight)
         .timeout(Duration::from_secs(10))
         .build()?;
-    let target = Arc::new(Target::prepare(args, client).await?);
+    let target = Arc::new(Target::prepare(args, client.clone()).await?);
+    let listeners = match args.stream_clients {
+        0 => None,
+        n => Some(Listeners::open(&client, &args.url, args.token.as_deref(), n).await?),
+    };
     // 1 µs to 60 s, 3 significant digits.
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
         1, 60_000_000, 3,
@@ -34,7 +39,9 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
             .lock()
             .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
             .clone();
-        return Ok(Report::new(args, &histogram, &counts, elapsed));
+        let mut report = Report::new(args, &histogram, &counts, elapsed);
+        report.stream = listeners.map(Listeners::close);
+        return Ok(report);
     }
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let total = args
@@ -73,6 +80,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
         .clone();
     let mut report = Report::new(args, &histogram, &counts, elapsed);
+    report.stream = listeners.map(Listeners::close);
     if let Some(deliveries) = &target.deliveries {
         let expected = counts.ok.load(Ordering::Relaxed) * args.subscribers as u64;
         report.fan_out = Some(fan_out(deliveries, expected, args.subscribers, start).await);
