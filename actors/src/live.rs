@@ -27,7 +27,7 @@ pub const CAPACITY: usize = 1024;
 /// Messages kept for `Last-Event-ID` resumption.
 pub const REPLAY: usize = 1024;
 
-/// One message of the feed.
+/// One message of the feed, rendered once for every client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveMessage {
     /// Monotonic id (the SSE `id`).
@@ -36,8 +36,10 @@ pub struct LiveMessage {
     pub kind: String,
     /// The experiment it concerns, for filtering.
     pub experiment: Option<String>,
-    /// The JSON payload.
-    pub data: String,
+    /// As a Server-Sent Events frame: `id`, `event`, `data` lines.
+    pub sse: bytes::Bytes,
+    /// As a WebSocket text frame: `{"id", "event", "data"}`.
+    pub json: bytestring::ByteString,
 }
 
 /// The hub.
@@ -77,11 +79,15 @@ impl Live {
         let Ok(mut recent) = self.recent.lock() else {
             return;
         };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let message = Arc::new(LiveMessage {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             kind: kind.to_owned(),
             experiment: experiment.map(str::to_owned),
-            data: data.to_string(),
+            sse: format!("id: {id}\nevent: {kind}\ndata: {data}\n\n").into(),
+            json: json!({"id": id, "event": kind, "data": data})
+                .to_string()
+                .into(),
         });
         if recent.len() == REPLAY {
             recent.pop_front();

@@ -49,10 +49,7 @@ async fn stream(
     let feed = Feed::open(state.engine.live(), after, query.experiment);
     let body = futures_util::stream::unfold(feed, |mut feed| async move {
         let bytes = match feed.next().await? {
-            Item::Message(m) => Bytes::from(format!(
-                "id: {}\nevent: {}\ndata: {}\n\n",
-                m.id, m.kind, m.data
-            )),
+            Item::Message(m) => m.sse.clone(),
             Item::Idle => Bytes::from_static(b": keepalive\n\n"),
             Item::Dropped => {
                 Bytes::from_static(b"event: dropped\ndata: {\"reason\":\"slow_consumer\"}\n\n")

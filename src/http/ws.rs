@@ -44,11 +44,7 @@ async fn ws(
             tokio::select! {
                 item = feed.next() => match item {
                     Some(Item::Message(m)) => {
-                        let frame = format!(
-                            "{{\"id\":{},\"event\":\"{}\",\"data\":{}}}",
-                            m.id, m.kind, m.data
-                        );
-                        if session.text(frame).await.is_err() {
+                        if session.text(m.json.clone()).await.is_err() {
                             return;
                         }
                     }
