@@ -19,10 +19,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         .pool_max_idle_per_host(args.max_in_flight)
         .timeout(Duration::from_secs(10))
         .build()?;
-    let target = Arc::new(Target::prepare(args, client.clone()).await?);
+    let target = Arc::new(Target::prepare(args, client).await?);
     let listeners = match args.stream_clients {
         0 => None,
-        n => Some(Listeners::open(&client, &args.url, args.token.as_deref(), n).await?),
+        n => Some(Listeners::open(&args.url, args.token.as_deref(), n).await?),
     };
     // 1 µs to 60 s, 3 significant digits.
     let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(

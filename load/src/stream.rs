@@ -29,12 +29,12 @@ pub struct StreamFigures {
 
 impl Listeners {
     /// Opens `n` streams and starts reading them.
-    pub async fn open(
-        client: &reqwest::Client,
-        base: &str,
-        token: Option<&str>,
-        n: usize,
-    ) -> anyhow::Result<Self> {
+    pub async fn open(base: &str, token: Option<&str>, n: usize) -> anyhow::Result<Self> {
+        // Its own client: the requests' client has a total timeout, which
+        // would cut an endless stream.
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
         let messages = Arc::new(AtomicU64::new(0));
         let dropped = Arc::new(AtomicU64::new(0));
         let mut tasks = JoinSet::new();

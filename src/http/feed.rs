@@ -85,6 +85,31 @@ impl Feed {
     }
 }
 
+impl Feed {
+    /// A message already waiting, without waiting: lets a caller write a
+    /// burst (the per-second stats of every experiment) in one go. Lag is
+    /// left for [`Feed::next`] to report.
+    pub fn ready(&mut self) -> Option<Arc<LiveMessage>> {
+        if self.done {
+            return None;
+        }
+        if let Some(m) = self.replay.next() {
+            return Some(m);
+        }
+        loop {
+            let m = self.receiver.try_recv().ok()?;
+            if m.kind == "closing" {
+                self.done = true;
+                return None;
+            }
+            if m.id > self.seen && wanted(self.experiment.as_deref(), &m) {
+                self.seen = m.id;
+                return Some(m);
+            }
+        }
+    }
+}
+
 fn wanted(experiment: Option<&str>, m: &LiveMessage) -> bool {
     experiment.is_none() || m.experiment.as_deref() == experiment
 }

@@ -1,6 +1,6 @@
 //! `GET /v1/stream`: the live feed as Server-Sent Events.
 
-use actix_web::web::Bytes;
+use actix_web::web::{Bytes, BytesMut};
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -8,6 +8,9 @@ use utoipa::IntoParams;
 use super::auth::Admin;
 use super::feed::{resume_after, Feed, Item};
 use super::AppState;
+
+/// Most messages written together.
+const BURST: usize = 256;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -49,7 +52,23 @@ async fn stream(
     let feed = Feed::open(state.engine.live(), after, query.experiment);
     let body = futures_util::stream::unfold(feed, |mut feed| async move {
         let bytes = match feed.next().await? {
-            Item::Message(m) => m.sse.clone(),
+            // A burst (each experiment's stats, once a second) goes out as
+            // one write rather than one per message.
+            Item::Message(m) => match feed.ready() {
+                None => m.sse.clone(),
+                Some(next) => {
+                    let mut burst = BytesMut::with_capacity(m.sse.len() * 8);
+                    burst.extend_from_slice(&m.sse);
+                    burst.extend_from_slice(&next.sse);
+                    for _ in 0..BURST {
+                        match feed.ready() {
+                            Some(more) => burst.extend_from_slice(&more.sse),
+                            None => break,
+                        }
+                    }
+                    burst.freeze()
+                }
+            },
             Item::Idle => Bytes::from_static(b": keepalive\n\n"),
             Item::Dropped => {
                 Bytes::from_static(b"event: dropped\ndata: {\"reason\":\"slow_consumer\"}\n\n")
