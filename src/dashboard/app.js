@@ -173,7 +173,8 @@ async function refreshResults() {
   $("#badges").replaceChildren(...badges);
   $("#detail-note").textContent = `${results.units} exposed units · alpha ${results.alpha} · ${results.assignment_mismatches} assignment mismatches`;
   $("#results").replaceChildren(...results.metrics.map(renderMetric), ...renderGuardrails(results.guardrails));
-  renderChart(timeline);
+  const charted = results.metrics.find((m) => m.metric === timeline.metric);
+  renderChart(timeline, charted && charted.kind);
 }
 
 function renderMetric(m) {
@@ -240,13 +241,13 @@ function lineChart(top, title, series, format) {
   ];
 }
 
-function renderChart(timeline) {
+function renderChart(timeline, kind) {
   const variants = timeline.points.length ? timeline.points[0].variants.map((v) => v.variant) : [];
   const series = (field) => variants.map((name, i) => [name, timeline.points.map((p) => [p.at_ms, p.variants[i][field]])]);
   const legend = variants.map((v, i) => el("text", { x: 70 + i * 140, y: 376, class: `series-${i % 4} legend` }, `— ${v}`));
   $("#chart").replaceChildren(
     ...lineChart(0, "exposed units", series("units"), (v) => Math.round(v)),
-    ...lineChart(185, timeline.metric ? `${timeline.metric} per unit` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3)),
+    ...lineChart(185, timeline.metric ? `${timeline.metric}: ${kind === "mean" ? "mean per unit" : "rate"}` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3)),
     ...legend);
 }
 
@@ -288,6 +289,7 @@ function renderPerformance(s) {
     ["requests/s", num(s.requests_per_s, 1)],
     ["events/s", num(s.events_per_s, 1)],
     ["error rate", pct(s.error_rate, 2)],
+    ["request p50 / p95 / p99", `${num(s.latency_ms.p50, 3)} / ${num(s.latency_ms.p95, 3)} / ${num(s.latency_ms.p99, 3)} ms`],
     ["event p50", `${num(s.event_latency_ms.p50, 3)} ms`],
     ["event p95", `${num(s.event_latency_ms.p95, 3)} ms`],
     ["event p99", `${num(s.event_latency_ms.p99, 3)} ms`],

@@ -180,6 +180,7 @@ fn a_person_runs_an_experiment_from_the_dashboard() {
 
     if let Some(dir) = std::env::var_os("ABACUS_SCREENSHOTS").map(PathBuf::from) {
         std::fs::create_dir_all(&dir).expect("screenshot dir");
-        browser.screenshot(&dir.join("dashboard.png"));
+        browser.screenshot(None, &dir.join("dashboard.png"));
+        browser.screenshot(Some("#detail"), &dir.join("results.png"));
     }
 }

@@ -350,6 +350,11 @@ impl Handler<Figures> for AlertActor {
             error_rate: window.error_rate(),
             events_per_s: per_s(last.accepted.saturating_sub(first.accepted)),
             rejected: last.rejections.saturating_sub(first.rejections),
+            latency_ms: Percentiles {
+                p50: window.latency_ms(0.50),
+                p95: window.latency_ms(0.95),
+                p99: window.latency_ms(0.99),
+            },
             event_latency_ms: Percentiles {
                 p50: window.event_latency_ms(0.50),
                 p95: window.event_latency_ms(0.95),

@@ -71,6 +71,8 @@ pub struct ServerFigures {
     pub events_per_s: f64,
     /// Events refused in the window.
     pub rejected: u64,
+    /// Response times, every route.
+    pub latency_ms: Percentiles,
     /// `POST /v1/events` response times.
     pub event_latency_ms: Percentiles,
 }

@@ -1,7 +1,8 @@
-//! Server figures the HTTP layer feeds in for alert rules: every response's
-//! status, and the response times of `POST /v1/events`. Lock-free counters
-//! (one relaxed add per request); the evaluator takes a cumulative
-//! snapshot each second and differences them over a rule's window.
+//! Server figures the HTTP layer feeds in for alert rules and the
+//! dashboard: every response's status and response time, and separately
+//! those of `POST /v1/events`. Lock-free counters (a few relaxed adds per
+//! request); the evaluator takes a cumulative snapshot each second and
+//! differences them over a rule's window.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,6 +18,7 @@ const BUCKETS: usize = 200;
 pub struct Signals {
     requests: AtomicU64,
     errors: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
     event_latency: [AtomicU64; BUCKETS],
 }
 
@@ -25,6 +27,7 @@ impl Default for Signals {
         Self {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
             event_latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -37,6 +40,8 @@ pub struct Snapshot {
     pub requests: u64,
     /// Responses with status >= 400.
     pub errors: u64,
+    /// Response times per bucket, every route.
+    pub latency: Vec<u64>,
     /// `POST /v1/events` response times per bucket.
     pub event_latency: Vec<u64>,
 }
@@ -48,8 +53,10 @@ impl Signals {
         if status >= 400 {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+        let bucket = bucket(took);
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
         if event {
-            self.event_latency[bucket(took)].fetch_add(1, Ordering::Relaxed);
+            self.event_latency[bucket].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -58,11 +65,8 @@ impl Signals {
         Snapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            event_latency: self
-                .event_latency
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
+            latency: load(&self.latency),
+            event_latency: load(&self.event_latency),
         }
     }
 }
@@ -73,37 +77,55 @@ impl Snapshot {
         Snapshot {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
-            event_latency: self
-                .event_latency
-                .iter()
-                .zip(&earlier.event_latency)
-                .map(|(now, then)| now.saturating_sub(*then))
-                .collect(),
+            latency: minus(&self.latency, &earlier.latency),
+            event_latency: minus(&self.event_latency, &earlier.event_latency),
         }
     }
 
     /// The `q` quantile of event response times in ms (the bucket's upper
     /// edge), or `None` without events.
     pub fn event_latency_ms(&self, q: f64) -> Option<f64> {
-        let total: u64 = self.event_latency.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, count) in self.event_latency.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(GROWTH.powi(i as i32 + 1) / 1000.0);
-            }
-        }
-        None
+        quantile_ms(&self.event_latency, q)
+    }
+
+    /// The `q` quantile of every response time in ms, or `None` without
+    /// requests.
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        quantile_ms(&self.latency, q)
     }
 
     /// Share of responses that were errors, or `None` without requests.
     pub fn error_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.errors as f64 / self.requests as f64)
     }
+}
+
+fn load(buckets: &[AtomicU64]) -> Vec<u64> {
+    buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+}
+
+fn minus(now: &[u64], then: &[u64]) -> Vec<u64> {
+    now.iter()
+        .zip(then)
+        .map(|(now, then)| now.saturating_sub(*then))
+        .collect()
+}
+
+/// The upper edge of the bucket holding rank `ceil(q n)`, in ms.
+fn quantile_ms(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, count) in buckets.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(GROWTH.powi(i as i32 + 1) / 1000.0);
+        }
+    }
+    None
 }
 
 /// The bucket of a duration: `floor(log_1.1(µs))`, clamped.

@@ -148,12 +148,18 @@ impl Browser {
         }
     }
 
-    /// Saves a PNG of the whole page.
-    pub fn screenshot(&mut self, path: &Path) {
-        let shot = self.call(
-            "Page.captureScreenshot",
-            json!({"format": "png", "captureBeyondViewport": true}),
-        );
+    /// Saves a PNG of the whole page, or of the element matching `selector`.
+    pub fn screenshot(&mut self, selector: Option<&str>, path: &Path) {
+        let mut params = json!({"format": "png", "captureBeyondViewport": true});
+        if let Some(selector) = selector {
+            let rect = self.eval(&format!(
+                "(() => {{ const r = document.querySelector({}).getBoundingClientRect(); \
+                 return {{x: r.left + scrollX, y: r.top + scrollY, width: r.width, height: r.height, scale: 1}}; }})()",
+                json!(selector)
+            ));
+            params["clip"] = rect;
+        }
+        let shot = self.call("Page.captureScreenshot", params);
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("png data"))
             .expect("base64 png");
