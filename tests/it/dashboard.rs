@@ -183,4 +183,17 @@ fn a_person_runs_an_experiment_from_the_dashboard() {
         browser.screenshot(None, &dir.join("dashboard.png"));
         browser.screenshot(Some("#detail"), &dir.join("results.png"));
     }
+
+    // Lifecycle from the list: pause.
+    browser.eval(&click(
+        "#experiments tr[data-key=cta] button[data-action=pause]",
+    ));
+    browser.wait_for(
+        &format!(
+            "{} === 'paused'",
+            text("#experiments tr[data-key=cta] [data-field=status]")
+        ),
+        WAIT,
+    );
+    assert_eq!(server.get("/v1/experiments/cta").1["status"], "paused");
 }

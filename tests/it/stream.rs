@@ -189,3 +189,20 @@ fn the_websocket_carries_the_same_feed_filters_and_resumes() {
     assert_eq!(replayed.id, started.id);
     assert!(server.stop().success());
 }
+
+#[test]
+fn alerts_are_on_the_stream_as_they_are_raised() {
+    let server = TestServer::start();
+    let all = connect(&server, "", None);
+    let (status, rule) = server.post(
+        "/v1/alerts/rules",
+        json!({"name": "errors", "metric": "error_rate", "threshold": 0.5, "window_s": 5}),
+    );
+    assert_eq!(status, 201, "{rule}");
+    for i in 0..20 {
+        assert_eq!(server.get(&format!("/v1/experiments/missing-{i}")).0, 404);
+    }
+    let raised = expect(&all, |m| m.event == "alert.raised");
+    assert_eq!(raised.data["data"]["alert"]["rule_id"], rule["id"]);
+    assert_eq!(raised.data["data"]["alert"]["status"], "open");
+}
