@@ -30,9 +30,6 @@ pub async fn observe(
         .app_data::<web::Data<SlowRequest>>()
         .map_or(Duration::MAX, |s| s.0);
     let method = method_label(req.method());
-    let signals = req
-        .app_data::<web::Data<super::AppState>>()
-        .map(|s| std::sync::Arc::clone(s.engine.alerts().signals()));
     let mut res = next.call(req).await?;
     let elapsed = started.elapsed();
     let route = res
@@ -46,9 +43,13 @@ pub async fn observe(
         400..=499 => "4xx",
         _ => "5xx",
     };
-    if let Some(signals) = signals {
+    if let Some(state) = res.request().app_data::<web::Data<super::AppState>>() {
         let event = method == "POST" && route == "/v1/events";
-        signals.record(res.status().as_u16(), event, elapsed);
+        state
+            .engine
+            .alerts()
+            .signals()
+            .record(res.status().as_u16(), event, elapsed);
     }
     let ms = elapsed.as_secs_f64() * 1000.0;
     if let Ok(value) = HeaderValue::from_str(&format!("{ms:.3}")) {
