@@ -92,11 +92,7 @@ impl AlertActor {
         let mut firing: HashMap<Key, (&AlertRule, Firing)> = HashMap::new();
         for rule in self.rules.values().filter(|r| r.enabled) {
             for f in self.check(rule) {
-                let subject = f
-                    .experiment
-                    .clone()
-                    .or_else(|| f.subscription.clone())
-                    .unwrap_or_default();
+                let subject = subject(f.experiment.as_deref(), f.subscription.as_deref());
                 firing.insert((rule.id.clone(), subject), (rule, f));
             }
         }
@@ -295,12 +291,14 @@ impl AlertActor {
 }
 
 fn key_of(alert: &Alert) -> Option<Key> {
-    let subject = alert
-        .experiment
-        .clone()
-        .or_else(|| alert.subscription.clone())
-        .unwrap_or_default();
+    let subject = subject(alert.experiment.as_deref(), alert.subscription.as_deref());
     Some((alert.rule_id.clone()?, subject))
+}
+
+/// What an alert is about: its experiment, its subscription, or the server
+/// (empty).
+fn subject(experiment: Option<&str>, subscription: Option<&str>) -> String {
+    experiment.or(subscription).unwrap_or_default().to_owned()
 }
 
 /// The `alert.raised` or `alert.resolved` event of an alert as it is now.
