@@ -127,4 +127,49 @@ mod tests {
         let r = regression(settings(), &rate(1, 0), &rate(1, 1), 0.05, true);
         assert_eq!(r.p_value, None);
     }
+
+    /// Share of `experiments` simulated binomial experiments (control rate
+    /// `control`, treatment `treatment`) that a guardrail with `tolerance`
+    /// stops at any of 50 peeks, every 200 units per arm.
+    fn stop_rate(control: f64, treatment: f64, tolerance: f64, seed: u64) -> f64 {
+        use rand::{RngExt, SeedableRng};
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let experiments = 300;
+        let mut stopped = 0;
+        for _ in 0..experiments {
+            let mut arms = [Arm::default(); 2];
+            let mut stop = false;
+            for _ in 0..50 {
+                for (arm, p) in arms.iter_mut().zip([control, treatment]) {
+                    for _ in 0..200 {
+                        let converted = rng.random::<f64>() < p;
+                        arm.units += 1;
+                        arm.conversions += u64::from(converted);
+                        arm.events += u64::from(converted);
+                    }
+                }
+                let r = regression(settings(), &arms[1], &arms[0], tolerance, true);
+                stop |= r.p_value.is_some_and(|p| p <= 0.05);
+            }
+            stopped += u32::from(stop);
+        }
+        f64::from(stopped) / f64::from(experiments)
+    }
+
+    /// Watched 50 times, the guardrail keeps its promise at the edge of the
+    /// tolerance (the null's hardest case), stays quiet inside it, and
+    /// catches a real regression.
+    #[test]
+    fn peeking_does_not_inflate_false_stops_and_real_drops_are_caught() {
+        let at_the_edge = stop_rate(0.10, 0.10, 0.0, 1);
+        let inside = stop_rate(0.10, 0.098, 0.05, 2);
+        let regression = stop_rate(0.10, 0.08, 0.05, 3);
+        eprintln!(
+            "stops: at the edge {at_the_edge:.3}, inside {inside:.3}, 20% drop {regression:.3}"
+        );
+        assert!(at_the_edge <= 0.07, "{at_the_edge}");
+        assert!(inside <= 0.02, "{inside}");
+        assert!(regression >= 0.8, "{regression}");
+    }
 }
