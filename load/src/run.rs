@@ -13,7 +13,8 @@ use crate::scenario::Target;
 use crate::stream::Listeners;
 use crate::Args;
 
-/// Runs one bounded open-loop test and summarises it.
+/// Runs one bounded test (open loop, or closed with `--closed-loop`) and
+/// summarises it.
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.max_in_flight)
@@ -29,20 +30,38 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         1, 60_000_000, 3,
     )?));
     let counts = Arc::new(Counts::default());
-    let in_flight = Arc::new(AtomicUsize::new(0));
 
     let start = Instant::now();
     if args.closed_loop {
         closed_loop(args, &target, &histogram, &counts).await;
-        let elapsed = start.elapsed();
-        let histogram = histogram
-            .lock()
-            .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-            .clone();
-        let mut report = Report::new(args, &histogram, &counts, elapsed);
-        report.stream = listeners.map(Listeners::close);
-        return Ok(report);
+    } else {
+        open_loop(args, &target, &histogram, &counts, start).await;
     }
+    let elapsed = start.elapsed();
+    let histogram = histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+        .clone();
+    let mut report = Report::new(args, &histogram, &counts, elapsed);
+    report.stream = listeners.map(Listeners::close);
+    if let Some(deliveries) = &target.deliveries {
+        let expected = counts.ok.load(Ordering::Relaxed) * args.subscribers as u64;
+        report.fan_out = Some(fan_out(deliveries, expected, args.subscribers, start).await);
+    }
+    Ok(report)
+}
+
+/// Arrivals at `--rate` from `start`, each sent on its own task; latency
+/// from each request's scheduled start, so a slow server cannot hide
+/// behind its own slowness (no coordinated omission).
+async fn open_loop(
+    args: &Args,
+    target: &Arc<Target>,
+    histogram: &Arc<Mutex<Histogram<u64>>>,
+    counts: &Arc<Counts>,
+    start: Instant,
+) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
     let total = args
         .max_requests
@@ -57,8 +76,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         in_flight.fetch_add(1, Ordering::Relaxed);
         let request = target.nth(n);
         let (histogram, counts, in_flight) = (
-            Arc::clone(&histogram),
-            Arc::clone(&counts),
+            Arc::clone(histogram),
+            Arc::clone(counts),
             Arc::clone(&in_flight),
         );
         tasks.spawn(async move {
@@ -74,18 +93,6 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    let elapsed = start.elapsed();
-    let histogram = histogram
-        .lock()
-        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-        .clone();
-    let mut report = Report::new(args, &histogram, &counts, elapsed);
-    report.stream = listeners.map(Listeners::close);
-    if let Some(deliveries) = &target.deliveries {
-        let expected = counts.ok.load(Ordering::Relaxed) * args.subscribers as u64;
-        report.fan_out = Some(fan_out(deliveries, expected, args.subscribers, start).await);
-    }
-    Ok(report)
 }
 
 /// `--concurrency` workers sending back to back until the duration or the

@@ -170,10 +170,10 @@ async fn list(
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidQuery {
-            field: Some("limit".into()),
-            message: format!("limit must be 1-{MAX_PAGE}"),
-        });
+        return Err(ApiError::bad_query(
+            "limit",
+            format!("limit must be 1-{MAX_PAGE}"),
+        ));
     }
     let alerts = state
         .engine

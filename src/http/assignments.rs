@@ -97,10 +97,7 @@ async fn assign_one(
     key: web::Path<String>,
     query: web::Query<AssignQuery>,
 ) -> ApiResult<HttpResponse> {
-    UnitId::check(&query.unit_id).map_err(|message| ApiError::InvalidQuery {
-        field: Some("unit_id".into()),
-        message,
-    })?;
+    UnitId::check(&query.unit_id).map_err(|message| ApiError::bad_query("unit_id", message))?;
     let assignment =
         state
             .engine

@@ -77,6 +77,14 @@ struct Detail<'a> {
 }
 
 impl ApiError {
+    /// A malformed or out-of-range query parameter.
+    pub fn bad_query(field: &str, message: impl Into<String>) -> Self {
+        Self::InvalidQuery {
+            field: Some(field.to_owned()),
+            message: message.into(),
+        }
+    }
+
     /// Stable snake_case code clients can match on.
     pub fn code(&self) -> &'static str {
         match self {

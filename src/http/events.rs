@@ -216,7 +216,7 @@ async fn export(
     let query = query.into_inner();
     let limit = query.limit.unwrap_or(1000);
     if !(1..=MAX_EXPORT_PAGE).contains(&limit) {
-        return Err(bad_query(
+        return Err(ApiError::bad_query(
             "limit",
             format!("limit must be between 1 and {MAX_EXPORT_PAGE}"),
         ));
@@ -225,7 +225,7 @@ async fn export(
         .cursor
         .as_deref()
         .map(|c| {
-            decode_hex(c).ok_or_else(|| bad_query("cursor", "not a cursor from this API".into()))
+            decode_hex(c).ok_or_else(|| ApiError::bad_query("cursor", "not a cursor from this API"))
         })
         .transpose()?;
     let from = query.from.map_or(0, unix_ms);
@@ -238,13 +238,6 @@ async fn export(
         events: page.events,
         next_cursor: page.next.map(|k| encode_hex(&k)),
     }))
-}
-
-fn bad_query(field: &str, message: String) -> ApiError {
-    ApiError::InvalidQuery {
-        field: Some(field.to_owned()),
-        message,
-    }
 }
 
 fn encode_hex(bytes: &[u8]) -> String {

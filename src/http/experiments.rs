@@ -123,10 +123,10 @@ async fn list(
 ) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidQuery {
-            field: Some("limit".into()),
-            message: format!("limit must be between 1 and {MAX_PAGE}"),
-        });
+        return Err(ApiError::bad_query(
+            "limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let page = state
         .engine

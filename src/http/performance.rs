@@ -54,10 +54,7 @@ async fn server_stats(
 ) -> ApiResult<HttpResponse> {
     let window = query.window_s.unwrap_or(60);
     if !(1..=300).contains(&window) {
-        return Err(ApiError::InvalidQuery {
-            field: Some("window_s".into()),
-            message: "window_s must be 1-300".into(),
-        });
+        return Err(ApiError::bad_query("window_s", "window_s must be 1-300"));
     }
     let engine = &state.engine;
     let figures = engine.alerts().server_figures(window).await?;

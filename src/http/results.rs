@@ -53,10 +53,7 @@ async fn timeline(
 ) -> ApiResult<HttpResponse> {
     let points = query.points.unwrap_or(200);
     if !(2..=2000).contains(&points) {
-        return Err(ApiError::InvalidQuery {
-            field: Some("points".into()),
-            message: "points must be 2-2000".into(),
-        });
+        return Err(ApiError::bad_query("points", "points must be 2-2000"));
     }
     let timeline = state
         .engine
@@ -111,10 +108,7 @@ async fn results(
             let from = from.map_or(i64::MIN, unix_ms);
             let to = to.map_or(i64::MAX, unix_ms);
             if from >= to {
-                return Err(ApiError::InvalidQuery {
-                    field: Some("to".into()),
-                    message: "to must be after from".into(),
-                });
+                return Err(ApiError::bad_query("to", "to must be after from"));
             }
             Some((from, to))
         }
@@ -169,10 +163,10 @@ async fn sample_size_route(
             mde: query.mde,
         },
         _ => {
-            return Err(ApiError::InvalidQuery {
-                field: Some("baseline".into()),
-                message: "give baseline (proportions) or stddev (means), not both".into(),
-            })
+            return Err(ApiError::bad_query(
+                "baseline",
+                "give baseline (proportions) or stddev (means), not both",
+            ))
         }
     };
     let answer = sample_size(
@@ -180,9 +174,6 @@ async fn sample_size_route(
         query.alpha.unwrap_or(0.05),
         query.power.unwrap_or(0.8),
     )
-    .map_err(|e| ApiError::InvalidQuery {
-        field: Some(e.field.into()),
-        message: e.message.into(),
-    })?;
+    .map_err(|e| ApiError::bad_query(e.field, e.message))?;
     Ok(HttpResponse::Ok().json(answer))
 }

@@ -206,10 +206,10 @@ async fn deliveries(
 ) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::InvalidQuery {
-            field: Some("limit".into()),
-            message: format!("limit must be between 1 and {MAX_PAGE}"),
-        });
+        return Err(ApiError::bad_query(
+            "limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let (deliveries, next_cursor) = state
         .engine

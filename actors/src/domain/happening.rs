@@ -100,14 +100,7 @@ impl DomainEvent {
         at: OffsetDateTime,
         data: Value,
     ) -> Self {
-        Self {
-            id: uuid::Uuid::now_v7().to_string(),
-            kind,
-            at,
-            experiment: Some(experiment.key.to_string()),
-            subscription: None,
-            data,
-        }
+        Self::about(kind, Some(experiment.key.as_str()), at, data)
     }
 
     /// An event not caused by an experiment change (alerts), maybe about
@@ -131,12 +124,13 @@ impl DomainEvent {
     /// A `webhook.test` for one subscription.
     pub fn test(subscription: &str, at: OffsetDateTime) -> Self {
         Self {
-            id: uuid::Uuid::now_v7().to_string(),
-            kind: DomainEventKind::WebhookTest,
-            at,
-            experiment: None,
             subscription: Some(subscription.to_owned()),
-            data: serde_json::json!({ "subscription": subscription }),
+            ..Self::about(
+                DomainEventKind::WebhookTest,
+                None,
+                at,
+                serde_json::json!({ "subscription": subscription }),
+            )
         }
     }
 

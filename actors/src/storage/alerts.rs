@@ -62,12 +62,7 @@ impl Store {
         alert: &Alert,
         events: &[&DomainEvent],
     ) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            self.cf(Cf::Experiments),
-            experiment.key.as_str(),
-            versioned_json(Cf::Experiments, experiment)?,
-        );
+        let mut batch = self.experiment_batch(experiment)?;
         batch.put_cf(
             self.cf(Cf::Alerts),
             alert.id.as_bytes(),

@@ -175,19 +175,18 @@ impl Store {
         experiment: &Experiment,
         event: Option<&DomainEvent>,
     ) -> Result<()> {
+        self.write_with_events(self.experiment_batch(experiment)?, event.as_slice())
+    }
+
+    /// A batch writing an experiment record.
+    pub(crate) fn experiment_batch(&self, experiment: &Experiment) -> Result<WriteBatch> {
         let mut batch = WriteBatch::default();
         batch.put_cf(
             self.cf(Cf::Experiments),
             experiment.key.as_str(),
             versioned_json(Cf::Experiments, experiment)?,
         );
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        let Some(event) = event else {
-            self.db.write_opt(batch, &sync)?;
-            return Ok(());
-        };
-        self.write_with_events(batch, &[event])
+        Ok(batch)
     }
 
     /// Appends a domain event that changes nothing else (`webhook.test`).
@@ -195,7 +194,8 @@ impl Store {
         self.write_with_events(WriteBatch::default(), &[event])
     }
 
-    /// Writes `batch` plus `events` at the next outbox positions, synced.
+    /// Writes `batch` plus `events` at the next outbox positions, synced,
+    /// and wakes the outbox's readers if there were any.
     pub(crate) fn write_with_events(
         &self,
         mut batch: WriteBatch,
@@ -215,7 +215,9 @@ impl Store {
             self.db.write_opt(batch, &sync)?;
             *next += events.len() as u64;
         }
-        self.outbox_written.send_modify(|n| *n += 1);
+        if !events.is_empty() {
+            self.outbox_written.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
