@@ -142,7 +142,10 @@ pub fn describe() {
         ROCKSDB_WRITE_STALL,
         "1 while RocksDB delays or stops writes."
     );
-    describe_gauge!(STREAM_CLIENTS, "Clients of the live stream (SSE).");
+    describe_gauge!(
+        STREAM_CLIENTS,
+        "Clients of the live stream (SSE and WebSocket)."
+    );
     describe_counter!(STREAM_DROPPED, "Live-stream clients dropped, by reason.");
     describe_gauge!(
         PROCESS_RSS,
