@@ -68,12 +68,11 @@ impl Feed {
             }
             match tokio::time::timeout(KEEPALIVE, self.receiver.recv()).await {
                 Err(_) => return Some(Item::Idle),
-                Ok(Ok(m)) if m.kind == "closing" => return None,
-                Ok(Ok(m)) if m.id <= self.seen || !wanted(self.experiment.as_deref(), &m) => {}
-                Ok(Ok(m)) => {
-                    self.seen = m.id;
-                    return Some(Item::Message(m));
-                }
+                Ok(Ok(m)) => match self.admit(m) {
+                    Admit::Take(m) => return Some(Item::Message(m)),
+                    Admit::Skip => {}
+                    Admit::End => return None,
+                },
                 Ok(Err(RecvError::Lagged(_))) => {
                     self.live.dropped.fetch_add(1, Ordering::Relaxed);
                     self.done = true;
@@ -83,9 +82,7 @@ impl Feed {
             }
         }
     }
-}
 
-impl Feed {
     /// A message already waiting, without waiting: lets a caller write a
     /// burst (the per-second stats of every experiment) in one go. Lag is
     /// left for [`Feed::next`] to report.
@@ -98,16 +95,34 @@ impl Feed {
         }
         loop {
             let m = self.receiver.try_recv().ok()?;
-            if m.kind == "closing" {
-                self.done = true;
-                return None;
-            }
-            if m.id > self.seen && wanted(self.experiment.as_deref(), &m) {
-                self.seen = m.id;
-                return Some(m);
+            match self.admit(m) {
+                Admit::Take(m) => return Some(m),
+                Admit::Skip => {}
+                Admit::End => return None,
             }
         }
     }
+
+    /// What to do with a received message: send it, skip it (seen already
+    /// in the replay, or about another experiment), or end (shutdown).
+    fn admit(&mut self, m: Arc<LiveMessage>) -> Admit {
+        if m.kind == "closing" {
+            self.done = true;
+            return Admit::End;
+        }
+        if m.id <= self.seen || !wanted(self.experiment.as_deref(), &m) {
+            return Admit::Skip;
+        }
+        self.seen = m.id;
+        Admit::Take(m)
+    }
+}
+
+/// See [`Feed::admit`].
+enum Admit {
+    Take(Arc<LiveMessage>),
+    Skip,
+    End,
 }
 
 fn wanted(experiment: Option<&str>, m: &LiveMessage) -> bool {
