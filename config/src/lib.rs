@@ -61,6 +61,8 @@ pub struct Config {
     pub results: ResultsConfig,
     /// Webhook delivery.
     pub webhooks: WebhooksConfig,
+    /// Rate limits and bounds on what a client can make abacus hold.
+    pub limits: LimitsConfig,
     /// Bearer keys.
     pub auth: AuthConfig,
     /// Logging.
@@ -81,6 +83,12 @@ pub struct ServerConfig {
     pub shutdown_timeout_ms: u64,
     /// Requests slower than this are logged as warnings and counted.
     pub slow_request_ms: u64,
+    /// Open connections per worker thread.
+    pub max_connections: usize,
+    /// Deadline for a request's headers.
+    pub client_request_timeout_ms: u64,
+    /// Deadline for a request's body once its headers arrived (408 after).
+    pub body_timeout_ms: u64,
 }
 
 /// `[storage]`: the RocksDB database.
@@ -89,8 +97,8 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Database directory.
     pub path: PathBuf,
-    /// Raw events older than this many days are deleted; 0 keeps them
-    /// forever. Aggregates are kept either way.
+    /// Raw events are kept at least this many days after they were
+    /// received; 0 keeps them forever. Aggregates are kept either way.
     pub retention_days: u32,
     /// How often the retention sweep runs, in seconds (also once at start).
     pub retention_sweep_interval_s: u64,
@@ -116,6 +124,14 @@ pub struct IngestConfig {
     pub jsonl_path: PathBuf,
     /// `/readyz` fails while the mailbox is fuller than this fraction.
     pub high_water: f64,
+    /// Oldest event timestamp accepted, in seconds before now.
+    pub max_event_age_s: u64,
+    /// Newest event timestamp accepted, in seconds after now.
+    pub max_future_skew_s: u64,
+    /// Retries of a failing commit before the store is marked failed.
+    pub commit_retries: u32,
+    /// Added wait before each retry of a failing commit (linear back-off).
+    pub commit_retry_ms: u64,
 }
 
 /// `[results]`: watching running experiments.
@@ -148,6 +164,35 @@ pub struct WebhooksConfig {
     pub max_retry_after_ms: u64,
 }
 
+/// `[limits]`: what one client may cost. Every resource a client can grow
+/// is bounded here.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second per key on the ingest routes; 0 = unlimited.
+    pub ingest_rps: u32,
+    /// Requests per second per key on every other `/v1` route; 0 = unlimited.
+    pub admin_rps: u32,
+    /// Token-bucket depth: requests a key may make at once.
+    pub burst: u32,
+    /// Largest accepted `|value|` of an event.
+    pub max_abs_value: f64,
+    /// Largest accepted duration property, in milliseconds.
+    pub max_duration_ms: f64,
+    /// Undeclared measures counted per experiment before `(other)`.
+    pub max_measures: usize,
+    /// Largest serialised `properties` of one event, in bytes.
+    pub max_property_bytes: usize,
+    /// Most experiments named in one `POST /v1/assignments`.
+    pub max_assignment_experiments: usize,
+    /// Ranks above this share one overflow bucket in rank histograms.
+    pub max_rank: u32,
+    /// Largest per-second live stats message, in bytes.
+    pub max_stats_message_bytes: usize,
+    /// An events export page stops once it holds this many bytes.
+    pub max_export_page_bytes: usize,
+}
+
 /// A destination for committed events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -162,6 +207,8 @@ pub enum SinkKind {
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
+    /// Serve without keys on a non-loopback address.
+    pub allow_open: bool,
     /// Keys with every permission.
     pub admin_keys: Vec<String>,
     /// Keys that may only assign and send events.
@@ -298,8 +345,37 @@ impl Config {
                 "must include \"rocksdb\", the store of record",
             );
         }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be positive");
+        }
+        if self.server.client_request_timeout_ms == 0 {
+            return invalid("server.client_request_timeout_ms", "must be positive");
+        }
+        if self.server.body_timeout_ms == 0 {
+            return invalid("server.body_timeout_ms", "must be positive");
+        }
+        if self.ingest.max_event_age_s == 0 {
+            return invalid("ingest.max_event_age_s", "must be positive");
+        }
+        if self.ingest.commit_retry_ms == 0 {
+            return invalid("ingest.commit_retry_ms", "must be positive");
+        }
+        self.limits.validate()?;
+        if self.auth.is_open() && !self.auth.allow_open && !self.server.bind.ip().is_loopback() {
+            return invalid(
+                "auth",
+                "no keys are configured and server.bind is not a loopback address: \
+                 set auth.admin_keys (or auth.allow_open = true to serve openly)",
+            );
+        }
         let keys = self.auth.admin_keys.iter().chain(&self.auth.ingest_keys);
         for key in keys.clone() {
+            if key.to_ascii_lowercase().contains("change-me") {
+                return invalid(
+                    "auth",
+                    "a key is still the example's placeholder: generate a secret one",
+                );
+            }
             if key.len() < 16 {
                 return invalid("auth", "every key must be at least 16 characters");
             }
@@ -311,6 +387,51 @@ impl Config {
         all.sort();
         if all.windows(2).any(|w| w[0] == w[1]) {
             return invalid("auth", "a key appears twice (or in both scopes)");
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<()> {
+        let invalid = |key: &'static str, reason: &str| {
+            Err(Error::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.burst == 0 {
+            return invalid("limits.burst", "must be positive");
+        }
+        if !(self.max_abs_value.is_finite() && self.max_abs_value >= 1.0) {
+            return invalid("limits.max_abs_value", "must be finite and at least 1");
+        }
+        // Sums of squares of per-unit sums must stay finite: (1e15 * 1e9
+        // events)^2 = 1e48, far from f64::MAX (1.8e308).
+        if self.max_abs_value > 1e100 {
+            return invalid("limits.max_abs_value", "must be at most 1e100");
+        }
+        if !(self.max_duration_ms.is_finite() && self.max_duration_ms >= 1.0) {
+            return invalid("limits.max_duration_ms", "must be finite and at least 1");
+        }
+        let positive = [
+            ("limits.max_measures", self.max_measures),
+            ("limits.max_property_bytes", self.max_property_bytes),
+            (
+                "limits.max_assignment_experiments",
+                self.max_assignment_experiments,
+            ),
+            ("limits.max_rank", self.max_rank as usize),
+            ("limits.max_stats_message_bytes", self.max_stats_message_bytes),
+            ("limits.max_export_page_bytes", self.max_export_page_bytes),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return invalid(key, "must be positive");
+            }
+        }
+        if self.max_rank > 100_000 {
+            return invalid("limits.max_rank", "must be at most 100000");
         }
         Ok(())
     }
@@ -415,6 +536,53 @@ mod tests {
     }
 
     #[test]
+    fn open_mode_is_loopback_only_unless_allowed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_SERVER__BIND", "0.0.0.0:8080");
+            let err = load_in(jail, None).expect_err("open on 0.0.0.0");
+            assert!(err.to_string().contains("auth"), "{err}");
+            jail.set_env("ABACUS_AUTH__ALLOW_OPEN", "true");
+            load_in(jail, None).expect("allowed explicitly");
+            jail.set_env("ABACUS_AUTH__ALLOW_OPEN", "false");
+            jail.set_env("ABACUS_AUTH__ADMIN_KEYS", "[\"0123456789abcdef\"]");
+            load_in(jail, None).expect("keys make any bind fine");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_production_example_needs_real_keys() {
+        figment::Jail::expect_with(|jail| {
+            let example = include_str!("../examples/production.toml");
+            let err = load_in(jail, Some(example)).expect_err("placeholders refused");
+            assert!(err.to_string().contains("placeholder"), "{err}");
+            jail.set_env(
+                "ABACUS_AUTH__ADMIN_KEYS",
+                "[\"a-real-admin-secret-0123456789\"]",
+            );
+            jail.set_env(
+                "ABACUS_AUTH__INGEST_KEYS",
+                "[\"a-real-ingest-secret-0123456789\"]",
+            );
+            load_in(jail, Some(example)).expect("real keys from the environment");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_LIMITS__INGEST_RPS", "500");
+            let config = load_in(jail, None).expect("loads");
+            assert_eq!(config.limits.ingest_rps, 500);
+            jail.set_env("ABACUS_LIMITS__MAX_ABS_VALUE", "1e300");
+            let err = load_in(jail, None).expect_err("too large a bound");
+            assert!(err.to_string().contains("limits.max_abs_value"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn missing_config_file_is_an_error() {
         let err = Config::load(Some(Path::new("/nonexistent/abacus.toml"))).unwrap_err();
         assert!(matches!(err, Error::File { .. }), "{err}");
@@ -423,6 +591,7 @@ mod tests {
     #[test]
     fn debug_output_redacts_keys() {
         let auth = AuthConfig {
+            allow_open: false,
             admin_keys: vec!["super-secret-admin-key".into()],
             ingest_keys: vec![],
         };
