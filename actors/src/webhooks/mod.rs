@@ -82,10 +82,9 @@ impl Webhooks {
     /// Starts an actor per stored subscription and the dispatcher. Must run
     /// inside an actix system.
     pub async fn start(store: Store, settings: Settings) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        // Resolves names through the SSRF guard: it connects only to
+        // addresses the guard allows.
+        let client = guard::client(settings.timeout, settings.allow_private)
             .map_err(|e| Error::invalid("webhooks", e.to_string()))?;
         let this = Self {
             store: store.clone(),
