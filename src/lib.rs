@@ -108,15 +108,33 @@ pub async fn run(
     let limits = http::Limits {
         body_bytes: config.server.max_body_bytes,
         max_batch: config.ingest.max_batch,
+        body_timeout: Duration::from_millis(config.server.body_timeout_ms),
     };
+    let rates = http::limits::RateLimits::new(
+        config.limits.ingest_rps,
+        config.limits.admin_rps,
+        config.limits.burst,
+    );
+    // Keeps the keyed limiters' memory bounded (see `RateLimits`); runs on
+    // this (the system's) thread, not on an HTTP worker.
+    let sweeper = actix_web::rt::spawn(rates.clone().sweep(http::limits::SWEEP_EVERY));
     let mut server = HttpServer::new(move || {
         App::new()
             .wrap(actix_web::middleware::from_fn(http::observe::observe))
             .app_data(metrics.clone())
             .app_data(slow.clone())
-            .configure(http::configure(state.clone(), keys.clone(), limits))
+            .configure(http::configure(
+                state.clone(),
+                keys.clone(),
+                rates.clone(),
+                limits,
+            ))
     })
     .disable_signals()
+    .max_connections(config.server.max_connections)
+    .client_request_timeout(Duration::from_millis(
+        config.server.client_request_timeout_ms,
+    ))
     .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000));
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
@@ -132,6 +150,7 @@ pub async fn run(
     engine.live().close();
     tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
     handle.stop(true).await;
+    sweeper.abort();
     if let Ok(Err(e)) = serving.await {
         tracing::error!(error = %e, "http server stopped with an error");
     }

@@ -10,6 +10,9 @@ pub const HTTP_REQUESTS: &str = "abacus_http_requests_total";
 pub const HTTP_DURATION: &str = "abacus_http_request_duration_seconds";
 /// Requests slower than `server.slow_request_ms`, by route pattern.
 pub const HTTP_SLOW: &str = "abacus_http_slow_requests_total";
+/// Requests refused with 429 by a caller's token bucket, by scope
+/// (`ingest`, `admin`).
+pub const HTTP_RATE_LIMITED: &str = "abacus_http_rate_limited_total";
 /// Events queued for storage.
 pub const EVENTS_ACCEPTED: &str = "abacus_events_accepted_total";
 /// Events refused, by reason (`mailbox_full`, `invalid`).
@@ -54,6 +57,7 @@ pub const ALL: &[&str] = &[
     HTTP_REQUESTS,
     HTTP_DURATION,
     HTTP_SLOW,
+    HTTP_RATE_LIMITED,
     EVENTS_ACCEPTED,
     EVENTS_REJECTED,
     EVENTS_PERSISTED,
@@ -98,6 +102,10 @@ pub fn describe() {
     describe_counter!(
         HTTP_SLOW,
         "HTTP requests slower than server.slow_request_ms, by route pattern."
+    );
+    describe_counter!(
+        HTTP_RATE_LIMITED,
+        "HTTP requests refused with 429 by the caller's token bucket, by scope (ingest, admin)."
     );
     describe_counter!(EVENTS_ACCEPTED, "Events accepted into the ingest mailbox.");
     describe_counter!(

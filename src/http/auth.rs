@@ -5,7 +5,14 @@
 //! or [`Ingest`] extractor as their first argument. Presented keys are
 //! hashed and compared against every configured key's hash in constant
 //! time, so neither a key's content nor its length leaks through timing.
-//! With no key configured the server is open.
+//! With no key configured the server is open, to programs: a request that a
+//! browser marks as coming from another site's page (an `Origin` that is
+//! not this server's own) is refused, so a page on the web cannot drive an
+//! open server on the visitor's machine.
+//!
+//! Once the caller is known, the same extractor takes a token from its
+//! bucket ([`super::limits`]): admin routes and ingest routes each have one
+//! bucket per caller.
 
 use std::future::{ready, Ready};
 
@@ -15,6 +22,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::limits::{Caller, RateLimits};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,22 +57,27 @@ impl Keys {
         self.keys.is_empty()
     }
 
-    /// The scope of `presented`, checking every key without an early exit.
-    fn scope_of(&self, presented: &[u8]) -> Option<Scope> {
+    /// The position and scope of `presented`, checking every key without an
+    /// early exit.
+    fn find(&self, presented: &[u8]) -> Option<(usize, Scope)> {
         let presented = digest(presented);
         let mut found = None;
-        for (key, scope) in &self.keys {
+        for (i, (key, scope)) in self.keys.iter().enumerate() {
             if bool::from(key.ct_eq(&presented)) {
-                found = Some(*scope);
+                found = Some((i, *scope));
             }
         }
         found
     }
 
-    /// Checks the request's bearer key allows `needed`.
-    fn authorize(&self, req: &HttpRequest, needed: Scope) -> Result<(), ApiError> {
+    /// Checks the request's bearer key allows `needed`; returns who is
+    /// calling, for the rate limits.
+    fn authorize(&self, req: &HttpRequest, needed: Scope) -> Result<Caller, ApiError> {
         if self.is_open() {
-            return Ok(());
+            if cross_site(req) {
+                return Err(ApiError::CrossSite);
+            }
+            return Ok(Caller::from_peer(req.peer_addr()));
         }
         let token = req
             .headers()
@@ -75,12 +88,44 @@ impl Keys {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             })
             .ok_or(ApiError::Unauthorized)?;
-        match (self.scope_of(token.as_bytes()), needed) {
+        match (self.find(token.as_bytes()), needed) {
             (None, _) => Err(ApiError::Unauthorized),
-            (Some(Scope::Admin), _) | (Some(Scope::Ingest), Scope::Ingest) => Ok(()),
-            (Some(Scope::Ingest), Scope::Admin) => Err(ApiError::Forbidden),
+            (Some((i, Scope::Admin)), _) | (Some((i, Scope::Ingest)), Scope::Ingest) => {
+                Ok(Caller::Key(i))
+            }
+            (Some((_, Scope::Ingest)), Scope::Admin) => Err(ApiError::Forbidden),
         }
     }
+}
+
+/// The request carries an `Origin` that is not this server's own: a
+/// browser sent it on behalf of another site's page (or of an opaque
+/// origin, `null`). Same origin means the same host and port as the `Host`
+/// header (the scheme's default port may be left out of either). Requests
+/// without `Origin` (curl, SDKs, same-origin GETs) are not cross-site.
+fn cross_site(req: &HttpRequest) -> bool {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return false;
+    };
+    let Some((scheme, origin)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some(host) = host else {
+        return true;
+    };
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ":80"
+    };
+    let origin = origin.strip_suffix(default_port).unwrap_or(origin);
+    let host = host.strip_suffix(default_port).unwrap_or(host);
+    !origin.eq_ignore_ascii_case(host)
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
@@ -88,10 +133,14 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn authorize(req: &HttpRequest, needed: Scope) -> Result<(), ApiError> {
-    match req.app_data::<Keys>() {
-        Some(keys) => keys.authorize(req, needed),
+    let caller = match req.app_data::<Keys>() {
+        Some(keys) => keys.authorize(req, needed)?,
         // Keys are registered by `http::configure`; failing closed if not.
-        None => Err(ApiError::Unauthorized),
+        None => return Err(ApiError::Unauthorized),
+    };
+    match req.app_data::<RateLimits>() {
+        Some(limits) => limits.check(needed, caller),
+        None => Ok(()),
     }
 }
 
@@ -168,5 +217,53 @@ mod tests {
         assert!(open.is_open());
         let bare = TestRequest::default().to_http_request();
         assert!(open.authorize(&bare, Scope::Admin).is_ok());
+    }
+
+    fn from(origin: &str, host: &str) -> HttpRequest {
+        TestRequest::default()
+            .insert_header((header::ORIGIN, origin))
+            .insert_header((header::HOST, host))
+            .to_http_request()
+    }
+
+    #[test]
+    fn open_mode_refuses_other_sites_pages() {
+        let open = Keys::new(&[], &[]);
+        for (origin, host) in [
+            ("http://127.0.0.1:8080", "127.0.0.1:8080"),
+            ("http://LOCALHOST:8080", "localhost:8080"),
+            ("http://example.com", "example.com:80"),
+            ("https://example.com:443", "example.com"),
+        ] {
+            assert!(
+                open.authorize(&from(origin, host), Scope::Admin).is_ok(),
+                "{origin} on {host}"
+            );
+        }
+        for (origin, host) in [
+            ("http://evil.example", "127.0.0.1:8080"),
+            ("http://127.0.0.1:9999", "127.0.0.1:8080"),
+            ("http://127.0.0.1", "127.0.0.1:8080"),
+            ("null", "127.0.0.1:8080"),
+            ("https://example.com", "example.com:80"),
+        ] {
+            assert!(
+                matches!(
+                    open.authorize(&from(origin, host), Scope::Ingest),
+                    Err(ApiError::CrossSite)
+                ),
+                "{origin} on {host}"
+            );
+        }
+        // With keys, the key is what counts: no Origin rule.
+        let keyed = keys();
+        let req = TestRequest::default()
+            .insert_header((header::ORIGIN, "http://evil.example"))
+            .insert_header((header::AUTHORIZATION, "Bearer admin-key-0123456789"))
+            .to_http_request();
+        assert_eq!(
+            keyed.authorize(&req, Scope::Admin).ok(),
+            Some(Caller::Key(0))
+        );
     }
 }

@@ -52,6 +52,26 @@ pub enum ApiError {
     /// The key is valid but its scope does not allow this route.
     #[error("this key's scope does not allow this request; an admin key is required")]
     Forbidden,
+    /// Open mode (no keys): a browser sent this request for another site's page.
+    #[error(
+        "cross-site request refused: this server runs without keys and only \
+         answers its own pages and clients that send no Origin"
+    )]
+    CrossSite,
+    /// The caller has used up its token bucket for this class of routes.
+    #[error("too many requests on the {scope} routes for this caller; retry in {retry_after_s} s")]
+    RateLimited {
+        /// `ingest` or `admin`.
+        scope: &'static str,
+        /// Whole seconds until a token is back (at least 1).
+        retry_after_s: u64,
+    },
+    /// The body did not arrive within `server.body_timeout_ms` of the headers.
+    #[error("the request body was not received within {after_ms} ms")]
+    RequestTimeout {
+        /// The configured deadline.
+        after_ms: u64,
+    },
     /// No route matches the path.
     #[error("no route matches {0}")]
     RouteNotFound(String),
@@ -108,7 +128,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::CrossSite => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::RouteNotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::UpgradeRequired(_) => "upgrade_required",
@@ -152,7 +174,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::CrossSite => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
@@ -177,6 +201,14 @@ impl ResponseError for ApiError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"abacus\""),
                 ));
+            }
+            ApiError::RateLimited { retry_after_s, .. } => {
+                response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_s)));
+            }
+            // The rest of the body may still be trickling in: do not wait
+            // for it on this connection.
+            ApiError::RequestTimeout { .. } => {
+                response.force_close();
             }
             _ => {}
         }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
@@ -16,13 +17,20 @@ use super::error::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A JSON body decoded strictly: 413 past the limit, 415 for a non-JSON
-/// content type, 400 for malformed JSON, 422 naming the field for a body
-/// of the wrong shape.
+/// How long a body may take to arrive once its request's headers did
+/// (`server.body_timeout_ms`), stored as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// A JSON body decoded strictly: 413 past the limit, 415 without a JSON
+/// content type (`application/json` or `application/*+json`, parameters
+/// allowed), 408 when it does not arrive within the body deadline, 400 for
+/// malformed JSON, 422 naming the field for a body of the wrong shape.
 pub struct ValidJson<T>(pub T);
 
 /// Like [`ValidJson`], but an empty body is `None` (for actions whose body
-/// is optional, such as `complete`).
+/// is optional, such as `complete`); only a request that does carry a body
+/// needs the JSON content type.
 pub struct MaybeJson<T>(pub Option<T>);
 
 impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
@@ -30,7 +38,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = read_body(req, payload);
+        let body = read_body(req, payload, true);
         Box::pin(async move {
             let bytes = body?.await?;
             parse(&bytes).map(ValidJson)
@@ -43,41 +51,74 @@ impl<T: DeserializeOwned + 'static> FromRequest for MaybeJson<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = read_body(req, payload);
+        let typed = req.headers().contains_key(header::CONTENT_TYPE);
+        let body = read_body(req, payload, false);
         Box::pin(async move {
             let bytes = body?.await?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Ok(MaybeJson(None));
+            }
+            if !typed {
+                // Sent without a declared length and without a type.
+                return Err(ApiError::UnsupportedMediaType);
             }
             parse(&bytes).map(|v| MaybeJson(Some(v)))
         })
     }
 }
 
+/// `application/json` or `application/<anything>+json`, any parameters
+/// (`; charset=utf-8`), any case.
+fn is_json(content_type: &header::HeaderValue) -> bool {
+    let Ok(ct) = content_type.to_str() else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let json = subtype.eq_ignore_ascii_case("json")
+        || subtype
+            .len()
+            .checked_sub(5)
+            .and_then(|at| subtype.get(at..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case("+json"));
+    kind.eq_ignore_ascii_case("application") && json
+}
+
 /// Checks headers at once, then returns a future reading at most the
-/// configured limit.
+/// configured limit before the body deadline. A body needs a JSON content
+/// type; with `required` false a request without one passes as long as it
+/// declares no body (the caller checks a body sent without a length).
 fn read_body(
     req: &HttpRequest,
     payload: &mut Payload,
+    required: bool,
 ) -> Result<impl Future<Output = Result<web::BytesMut, ApiError>>, ApiError> {
     let limit = req.app_data::<BodyLimit>().map_or(1 << 20, |l| l.0);
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        if !(essence == "application/json" || essence.ends_with("+json")) {
-            return Err(ApiError::UnsupportedMediaType);
-        }
-    }
+    let timeout = req
+        .app_data::<BodyTimeout>()
+        .map_or(Duration::from_secs(10), |t| t.0);
+    // The deadline runs from now, when the headers have been read, not from
+    // the first poll.
+    let deadline = tokio::time::Instant::now() + timeout;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    match req.headers().get(header::CONTENT_TYPE) {
+        Some(ct) if !is_json(ct) => return Err(ApiError::UnsupportedMediaType),
+        None if required || declared.is_some_and(|n| n > 0) => {
+            return Err(ApiError::UnsupportedMediaType)
+        }
+        _ => {}
+    }
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut payload = payload.take();
-    Ok(async move {
+    let read = async move {
         let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| ApiError::MalformedJson(e.to_string()))?;
@@ -87,6 +128,15 @@ fn read_body(
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    };
+    Ok(async move {
+        tokio::time::timeout_at(deadline, read)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError::RequestTimeout {
+                    after_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                })
+            })
     })
 }
 
@@ -159,6 +209,29 @@ mod tests {
             parse::<Shape>(b"{\"name\":\"a\",\"inner\":{\"weight\":1}} trailing"),
             Err(ApiError::MalformedJson(_))
         ));
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+            "application/vnd.abacus+JSON ;q=1",
+        ] {
+            assert!(is_json(&header::HeaderValue::from_static(ct)), "{ct}");
+        }
+        for ct in [
+            "text/plain",
+            "text/json",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonp",
+            "json",
+            "",
+        ] {
+            assert!(!is_json(&header::HeaderValue::from_static(ct)), "{ct}");
+        }
     }
 
     #[test]

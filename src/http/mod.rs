@@ -14,6 +14,7 @@ pub mod experiments;
 pub mod extract;
 pub mod feed;
 pub mod health;
+pub mod limits;
 pub mod observe;
 pub mod openapi;
 pub mod performance;
@@ -24,6 +25,7 @@ pub mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use abacus_actors::Engine;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -45,19 +47,24 @@ pub struct Limits {
     pub body_bytes: usize,
     /// Most events in one `POST /v1/events`.
     pub max_batch: usize,
+    /// Deadline for a body once its headers arrived (408 after).
+    pub body_timeout: Duration,
 }
 
 /// Mounts every route, the extractor configuration and the JSON 404.
 pub fn configure(
     state: web::Data<AppState>,
     keys: auth::Keys,
+    rates: limits::RateLimits,
     limits: Limits,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(state)
             .app_data(keys)
+            .app_data(rates)
             .app_data(web::Data::new(limits))
             .app_data(extract::BodyLimit(limits.body_bytes))
+            .app_data(extract::BodyTimeout(limits.body_timeout))
             .app_data(extract::query_config())
             .app_data(extract::path_config())
             .configure(experiments::configure)

@@ -3,7 +3,9 @@
 //! `openapi_covers_every_route` test.
 
 use actix_web::{get, web, HttpResponse};
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Response;
 use utoipa::{Modify, OpenApi};
 
 use super::{
@@ -17,7 +19,11 @@ use super::{
     info(
         title = "abacus",
         description = "Self-hosted A/B testing and event analytics. Errors are \
-            `{\"error\": {\"code\", \"message\", \"field\"?}}`."
+            `{\"error\": {\"code\", \"message\", \"field\"?}}`. Every `/v1` route \
+            may answer 401 `unauthorized`, 403 `forbidden` (a key of the wrong scope, or \
+            a cross-site request to a server without keys) and 429 `rate_limited` (with \
+            `Retry-After`); every route taking a body may answer 408 `request_timeout`, \
+            413 `payload_too_large` and 415 `unsupported_media_type`."
     ),
     paths(
         experiments::create,
@@ -64,7 +70,7 @@ use super::{
         performance::server_stats,
         openapi_json,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "experiments", description = "Experiments and their lifecycle"),
         (name = "assignments", description = "Which variant a unit sees"),
@@ -88,6 +94,65 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The errors any `/v1` route, or any route with a body, may answer with,
+/// added to every operation so clients see them where they look.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let add = |op: &mut Operation, status: &str, description: &str| {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| Response::new(description).into());
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let ops = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                add(op, "401", "unauthorized: no valid bearer key");
+                add(
+                    op,
+                    "403",
+                    "forbidden: the key's scope does not allow this route, or (without \
+                     keys) a cross-site browser request",
+                );
+                add(
+                    op,
+                    "429",
+                    "rate_limited: this key's (or, without keys, this address's) requests \
+                     per second are used up; Retry-After says when to retry",
+                );
+                if op.request_body.is_some() {
+                    add(
+                        op,
+                        "408",
+                        "request_timeout: the body did not arrive within server.body_timeout_ms",
+                    );
+                    add(
+                        op,
+                        "413",
+                        "payload_too_large: body over server.max_body_bytes",
+                    );
+                    add(
+                        op,
+                        "415",
+                        "unsupported_media_type: a body needs Content-Type application/json",
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@ mod durability;
 mod errors;
 mod events;
 mod experiments;
+mod limits;
 mod metrics;
 mod openapi;
 mod restart;

@@ -340,3 +340,47 @@ pub fn vectors() -> Value {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("actors/testdata/assignment_vectors.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("vectors")).expect("json")
 }
+
+impl TestServer {
+    /// `127.0.0.1:port`, for raw TCP clients.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// Runs `abacus serve` with only `env` (and a temporary data directory)
+/// and expects it to exit by itself within `within`; returns its exit code
+/// and everything it printed. A server still running then is killed and
+/// the test fails.
+pub fn serve_expecting_exit(env: &[(&str, &str)], within: Duration) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("server.log");
+    let log = File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_abacus"))
+        .arg("serve")
+        .env_clear()
+        .env("ABACUS_STORAGE__PATH", dir.path().join("data"))
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start abacus");
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "abacus was still running after {within:?}:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    (status.code(), output)
+}
