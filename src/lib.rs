@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abacus_actors::clock::SystemClock;
+use abacus_actors::domain::EventLimits;
 use abacus_actors::ingest::IngestLimits;
 use abacus_actors::retention::Retention;
 use abacus_actors::webhooks;
@@ -37,6 +38,19 @@ pub enum Error {
     Metrics(String),
 }
 
+/// What one event may carry and when it may have happened.
+fn event_limits(config: &Config) -> EventLimits {
+    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    EventLimits {
+        max_abs_value: config.limits.max_abs_value,
+        max_duration_ms: config.limits.max_duration_ms,
+        max_rank: u64::from(config.limits.max_rank),
+        max_property_bytes: config.limits.max_property_bytes,
+        max_age_ms: ms(config.ingest.max_event_age_s),
+        max_skew_ms: ms(config.ingest.max_future_skew_s),
+    }
+}
+
 /// Serves until `shutdown` resolves, then stops accepting, finishes
 /// in-flight requests, drains the engine's mailboxes and flushes RocksDB.
 /// Must run inside an actix system.
@@ -56,6 +70,9 @@ pub async fn run(
                     dedup_window: Duration::from_secs(
                         u64::from(config.ingest.dedup_window_days) * 24 * 3600,
                     ),
+                    max_measures: config.limits.max_measures,
+                    commit_retries: config.ingest.commit_retries,
+                    commit_retry: Duration::from_millis(config.ingest.commit_retry_ms),
                 },
                 jsonl_path: config
                     .ingest
@@ -64,8 +81,13 @@ pub async fn run(
                     .then(|| config.ingest.jsonl_path.clone()),
                 retention: (config.storage.retention_days > 0).then(|| Retention {
                     keep: Duration::from_secs(u64::from(config.storage.retention_days) * 24 * 3600),
+                    max_event_age: Duration::from_secs(config.ingest.max_event_age_s),
                     every: Duration::from_secs(config.storage.retention_sweep_interval_s),
                 }),
+                events: event_limits(&config),
+                max_assignment_experiments: config.limits.max_assignment_experiments,
+                max_stats_message_bytes: config.limits.max_stats_message_bytes,
+                max_export_page_bytes: config.limits.max_export_page_bytes,
                 monitor_interval: Duration::from_millis(config.results.check_interval_ms),
                 timeline_interval: Duration::from_secs(config.results.timeline_interval_s),
                 webhooks: webhooks::Settings {

@@ -16,8 +16,16 @@
 //! exposure. Events are folded in commit order, so an outcome that arrives
 //! before its unit's exposure does not count. [`Aggregator::fold`] over the
 //! stored events in `seq` order reproduces the live numbers exactly.
+//!
+//! Two rules keep the state bounded and finite whatever clients send.
+//! Each experiment counts at most `max_measures` distinct measures; events
+//! of further names count together under [`OTHER_MEASURE`], so random event
+//! names cannot grow memory, records or stats messages. And every sum is
+//! kept finite: values are bounded at ingestion (so sums cannot overflow in
+//! practice), and the arithmetic saturates at `±f64::MAX` regardless, so no
+//! infinity or NaN can ever reach a stored record.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{hash_map, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -26,11 +34,21 @@ use crate::domain::{
     Event, EventType, ExperimentAggregates, Exposure, MeasureAggregates, UnitMeasure,
     VariantAggregates,
 };
+use crate::storage::Store;
+use crate::{Error, Result};
+
+/// The measure that events of names beyond an experiment's
+/// `max_measures` count under. Measure names are `[a-z0-9_-]`, so no client
+/// name can collide with it.
+pub const OTHER_MEASURE: &str = "(other)";
 
 /// The writer's aggregation state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Aggregator {
+    max_measures: usize,
     experiments: HashMap<Arc<str>, ExperimentAggregates>,
+    /// Each experiment's distinct measures (at most `max_measures` + 1).
+    measures: HashMap<Arc<str>, HashSet<Arc<str>>>,
     units: HashMap<Box<str>, Vec<Exposure>>,
     interned: HashSet<Arc<str>>,
     dirty_experiments: BTreeSet<Arc<str>>,
@@ -56,15 +74,40 @@ pub struct UnitChange<'a> {
 }
 
 impl Aggregator {
+    /// An empty aggregator counting at most `max_measures` distinct
+    /// measures per experiment (further ones as [`OTHER_MEASURE`]).
+    pub fn new(max_measures: usize) -> Self {
+        Self {
+            max_measures,
+            experiments: HashMap::new(),
+            measures: HashMap::new(),
+            units: HashMap::new(),
+            interned: HashSet::new(),
+            dirty_experiments: BTreeSet::new(),
+            dirty_units: HashSet::new(),
+        }
+    }
+
     /// Restores persisted state: every experiment's aggregates and every
     /// unit's exposures.
     pub fn restore(
+        max_measures: usize,
         experiments: impl IntoIterator<Item = (String, ExperimentAggregates)>,
         units: impl IntoIterator<Item = (Box<str>, Exposure)>,
     ) -> Self {
-        let mut this = Self::default();
+        let mut this = Self::new(max_measures);
         for (key, aggregates) in experiments {
             let key = this.intern(&key);
+            let names: Vec<Arc<str>> = aggregates
+                .variants
+                .values()
+                .flat_map(|v| v.measures.keys())
+                .map(|m| intern(&mut this.interned, m))
+                .collect();
+            this.measures
+                .entry(Arc::clone(&key))
+                .or_default()
+                .extend(names);
             this.experiments.insert(key, aggregates);
         }
         for (unit, mut exposure) in units {
@@ -76,6 +119,38 @@ impl Aggregator {
             this.units.entry(unit).or_default().push(exposure);
         }
         this
+    }
+
+    /// Restores the persisted state from `store`. When a record cannot be
+    /// decoded (a corrupt or foreign value), the state is rebuilt from the
+    /// stored events instead, logged, counted in
+    /// `abacus_store_records_rebuilt_total` and written back: a bad record
+    /// never keeps the server from starting. Events that retention already
+    /// removed are then no longer counted.
+    pub fn load(store: &Store, max_measures: usize) -> Result<Self> {
+        let failure = match (store.aggregates(), store.unit_exposures()) {
+            (Ok(experiments), Ok(units)) => {
+                return Ok(Self::restore(max_measures, experiments, units))
+            }
+            (Err(e @ Error::Corrupt { .. }), _) | (_, Err(e @ Error::Corrupt { .. })) => e,
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        tracing::error!(
+            error = %failure,
+            "aggregates could not be read; rebuilding them from the stored events"
+        );
+        metrics::counter!(crate::metrics::STORE_RECORDS_REBUILT, "cf" => "aggregates").increment(1);
+        let mut this = Self::new(max_measures);
+        let mut folded = 0u64;
+        store.for_each_event_in_commit_order(|events| {
+            folded += events.len() as u64;
+            this.fold(events);
+        })?;
+        store.replace_aggregates(&this.changes())?;
+        this.dirty_experiments.clear();
+        this.dirty_units.clear();
+        tracing::warn!(events = folded, "aggregates rebuilt from stored events");
+        Ok(this)
     }
 
     /// Folds events in order, as committed.
@@ -106,7 +181,6 @@ impl Aggregator {
             return;
         }
         let value = e.value.unwrap_or(1.0);
-        let mut measure_key: Option<Arc<str>> = None;
         for exposure in exposures.iter_mut() {
             let matches = e
                 .experiment
@@ -119,9 +193,13 @@ impl Aggregator {
             if !matches {
                 continue;
             }
-            let key = measure_key
-                .get_or_insert_with(|| intern(&mut self.interned, measure))
-                .clone();
+            let key = admit(
+                &mut self.measures,
+                &mut self.interned,
+                self.max_measures,
+                &exposure.experiment,
+                measure,
+            );
             let unit = match exposure.measures.iter_mut().find(|m| m.key == key) {
                 Some(unit) => unit,
                 None => {
@@ -135,8 +213,8 @@ impl Aggregator {
                 }
             };
             let before = unit.sum;
-            unit.events += 1;
-            unit.sum += value;
+            unit.events = unit.events.saturating_add(1);
+            unit.sum = finite(unit.sum + value);
             let (first, after) = (unit.events == 1, unit.sum);
             let totals = measure_mut(
                 &mut self.experiments,
@@ -145,9 +223,10 @@ impl Aggregator {
                 &key,
             );
             totals.units += u64::from(first);
-            totals.events += 1;
-            totals.sum += value;
-            totals.sum_squares += after * after - before * before;
+            totals.events = totals.events.saturating_add(1);
+            totals.sum = finite(totals.sum + value);
+            totals.sum_squares =
+                finite(totals.sum_squares + (finite(after * after) - finite(before * before)));
             self.dirty_experiments
                 .insert(Arc::clone(&exposure.experiment));
             self.dirty_units
@@ -237,6 +316,39 @@ impl Aggregator {
     }
 }
 
+/// The measure an event of `name` counts under in `experiment`: its own
+/// name while the experiment has fewer than `max` distinct measures (or
+/// already counts this one), [`OTHER_MEASURE`] after that.
+fn admit(
+    measures: &mut HashMap<Arc<str>, HashSet<Arc<str>>>,
+    interned: &mut HashSet<Arc<str>>,
+    max: usize,
+    experiment: &Arc<str>,
+    name: &str,
+) -> Arc<str> {
+    let known = match measures.entry(Arc::clone(experiment)) {
+        hash_map::Entry::Occupied(o) => o.into_mut(),
+        hash_map::Entry::Vacant(v) => v.insert(HashSet::new()),
+    };
+    if let Some(key) = known.get(name) {
+        return Arc::clone(key);
+    }
+    let counted = known.len() - usize::from(known.contains(OTHER_MEASURE));
+    let key = intern(interned, if counted < max { name } else { OTHER_MEASURE });
+    known.insert(Arc::clone(&key));
+    key
+}
+
+/// `x`, or the nearest finite value: sums saturate at `±f64::MAX`, and a
+/// NaN (which only `inf - inf` could make) counts as 0.
+fn finite(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-f64::MAX, f64::MAX)
+    }
+}
+
 fn intern(interned: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
     match interned.get(s) {
         Some(k) => Arc::clone(k),
@@ -320,7 +432,7 @@ mod tests {
 
     #[test]
     fn repeat_exposures_count_the_unit_once() {
-        let mut agg = Aggregator::default();
+        let mut agg = Aggregator::new(usize::MAX);
         let events = [
             event("exposure", "u1", Some("e"), Some("a"), 10),
             event("exposure", "u1", Some("e"), Some("a"), 20),
@@ -334,7 +446,7 @@ mod tests {
 
     #[test]
     fn per_unit_sums_feed_sum_and_sum_of_squares() {
-        let mut agg = Aggregator::default();
+        let mut agg = Aggregator::new(usize::MAX);
         let events = [
             event("exposure", "u1", Some("e"), Some("a"), 10),
             event("exposure", "u2", Some("e"), Some("a"), 10),
@@ -352,7 +464,7 @@ mod tests {
 
     #[test]
     fn only_exposed_units_count_and_only_after_their_exposure() {
-        let mut agg = Aggregator::default();
+        let mut agg = Aggregator::new(usize::MAX);
         let events = [
             event("click", "u1", Some("e"), None, 5),
             event("exposure", "u1", Some("e"), Some("a"), 10),
@@ -368,7 +480,7 @@ mod tests {
 
     #[test]
     fn events_without_an_experiment_count_for_each_experiment_of_the_unit() {
-        let mut agg = Aggregator::default();
+        let mut agg = Aggregator::new(usize::MAX);
         let events = [
             event("exposure", "u", Some("e1"), Some("a"), 1),
             event("exposure", "u", Some("e2"), Some("b"), 1),
@@ -382,7 +494,7 @@ mod tests {
 
     #[test]
     fn metric_events_count_under_their_name_and_mismatches_are_counted() {
-        let mut agg = Aggregator::default();
+        let mut agg = Aggregator::new(usize::MAX);
         let mut metric = valued(event("metric", "u", Some("e"), Some("a"), 2), 4.0);
         metric.properties = serde_json::from_str(r#"{"name": "latency", "value": 4}"#).unwrap();
         let mut drifted = event("exposure", "u", Some("e"), Some("b"), 3);
@@ -417,10 +529,10 @@ mod tests {
                 }
             })
             .collect();
-        let mut whole = Aggregator::default();
+        let mut whole = Aggregator::new(usize::MAX);
         whole.fold(&events);
 
-        let mut first = Aggregator::default();
+        let mut first = Aggregator::new(usize::MAX);
         first.fold(&events[..100]);
         let units: Vec<(Box<str>, Exposure)> = first
             .units
@@ -431,14 +543,62 @@ mod tests {
             .experiments
             .iter()
             .map(|(k, a)| (k.to_string(), a.clone()));
-        let mut resumed = Aggregator::restore(totals, units);
+        let mut resumed = Aggregator::restore(usize::MAX, totals, units);
         resumed.fold(&events[100..]);
         assert_eq!(resumed.experiment("e"), whole.experiment("e"));
     }
 
     #[test]
+    fn measures_beyond_the_bound_count_as_other_and_memory_stays_bounded() {
+        let mut agg = Aggregator::new(3);
+        let mut events = vec![event("exposure", "u", Some("e"), Some("a"), 1)];
+        events.extend((0..1000).map(|i| event(&format!("name-{i}"), "u", None, None, 2)));
+        events.push(event("name-1", "u", None, None, 3));
+        agg.fold(&events);
+        let a = agg.experiment("e");
+        let names: Vec<&str> = a.variants["a"]
+            .measures
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(names, ["(other)", "name-0", "name-1", "name-2"]);
+        assert_eq!(measure(&a, "a", "(other)").events, 997);
+        assert_eq!(
+            measure(&a, "a", "name-1").events,
+            2,
+            "a known name keeps counting"
+        );
+        assert_eq!(agg.units["u"][0].measures.len(), 4);
+        assert!(agg.interned.len() < 10, "unadmitted names are not kept");
+        // Restored state keeps the same bound.
+        let units: Vec<(Box<str>, Exposure)> = agg.units["u"]
+            .iter()
+            .map(|x| ("u".into(), x.clone()))
+            .collect();
+        let mut resumed = Aggregator::restore(3, [("e".to_owned(), a.clone())], units);
+        resumed.fold(&[event("brand-new", "u", None, None, 4)]);
+        assert_eq!(
+            measure(&resumed.experiment("e"), "a", "(other)").events,
+            998
+        );
+    }
+
+    #[test]
+    fn sums_stay_finite_whatever_the_values() {
+        let mut agg = Aggregator::new(10);
+        let mut events = vec![event("exposure", "u", Some("e"), Some("a"), 1)];
+        events.extend((0..4).map(|_| valued(event("buy", "u", None, None, 2), 1e200)));
+        events.push(valued(event("buy", "u", None, None, 2), -f64::MAX));
+        agg.fold(&events);
+        let m = measure(&agg.experiment("e"), "a", "buy").clone();
+        assert!(m.sum.is_finite() && m.sum_squares.is_finite(), "{m:?}");
+        let json = serde_json::to_string(&agg.experiment("e")).unwrap();
+        assert!(!json.contains("null"), "{json}");
+    }
+
+    #[test]
     fn changes_name_what_a_fold_touched_until_published() {
-        let mut agg = Aggregator::default();
+        let mut agg = Aggregator::new(usize::MAX);
         agg.fold(&[
             event("exposure", "u1", Some("e"), Some("a"), 1),
             event("click", "u1", None, None, 2),

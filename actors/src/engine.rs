@@ -17,8 +17,8 @@ use crate::assignment::{Compiled, Decision, Reason};
 use crate::catalog::{Catalog, CreateExperiment, Entry, Registry};
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, Action, Event, EventIn, EventType, ExperimentAggregates, ExperimentIn, ExperimentKey,
-    ExperimentPatch, Status, Variant, VariantKey,
+    unix_ms, Action, Event, EventIn, EventLimits, EventType, ExperimentAggregates, ExperimentIn,
+    ExperimentKey, ExperimentPatch, Status, Variant, VariantKey,
 };
 use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
 use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
@@ -68,6 +68,14 @@ pub struct EngineConfig {
     pub timeline_interval: Duration,
     /// Webhook delivery policy.
     pub webhooks: webhooks::Settings,
+    /// Bounds on what one event may carry and when it may have happened.
+    pub events: EventLimits,
+    /// Most experiments one `assign_all` call may name.
+    pub max_assignment_experiments: usize,
+    /// Largest per-second live stats message.
+    pub max_stats_message_bytes: usize,
+    /// An export page stops once it holds this many bytes of events.
+    pub max_export_page_bytes: usize,
 }
 
 /// What `ingest` queued.
@@ -137,6 +145,10 @@ pub struct Engine {
     /// Assignments served, by [`Reason`] (index = `reason as usize`).
     assignments: [AtomicU64; 6],
     clock: Arc<dyn Clock>,
+    event_limits: EventLimits,
+    max_measures: usize,
+    max_assignment_experiments: usize,
+    max_export_page_bytes: usize,
 }
 
 impl Engine {
@@ -147,7 +159,7 @@ impl Engine {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let options = StoreOptions {
             dedup_window_ms: ms(config.ingest.dedup_window),
-            retention_ms: config.retention.map(|r| ms(r.keep)),
+            retention_ms: config.retention.map(|r| ms(r.by_timestamp())),
         };
         let (store, experiments) = blocking(move || {
             let store = Store::open(&path, options)?;
@@ -174,7 +186,10 @@ impl Engine {
             let sink = JsonlSink::open(path).map_err(|e| {
                 Error::invalid("ingest.jsonl_path", format!("{}: {e}", path.display()))
             })?;
-            sinks.push(SinkActor::spawn(Box::new(sink), 64).map_err(|_| Error::Unavailable)?);
+            sinks.push(
+                SinkActor::spawn(Box::new(sink), store.clone(), 64)
+                    .map_err(|_| Error::Unavailable)?,
+            );
         }
         let aggregates = Arc::new(LiveAggregates::default());
         let ingest = {
@@ -196,6 +211,7 @@ impl Engine {
             crate::retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }
         let webhooks = Arc::new(Webhooks::start(store.clone(), config.webhooks).await?);
+        let live = Arc::new(Live::default());
         let alerts = Alerts::start(
             store.clone(),
             Sources {
@@ -204,16 +220,17 @@ impl Engine {
                 ingest: Arc::clone(ingest.stats()),
                 webhooks: Arc::clone(&webhooks),
                 signals: Arc::default(),
+                live: Arc::clone(&live),
             },
             Arc::clone(&clock),
         )
         .await?;
-        let live = Arc::new(Live::default());
         crate::live::spawn(
             Arc::clone(&live),
             Arc::clone(&registry),
             Arc::clone(&aggregates),
             store.clone(),
+            config.max_stats_message_bytes,
         );
         let catalog =
             Catalog::new(Arc::clone(&registry), store.clone(), Arc::clone(&clock)).start();
@@ -228,6 +245,10 @@ impl Engine {
             live,
             assignments: Default::default(),
             clock,
+            event_limits: config.events,
+            max_measures: config.ingest.max_measures,
+            max_assignment_experiments: config.max_assignment_experiments,
+            max_export_page_bytes: config.max_export_page_bytes,
         })
     }
 
@@ -302,7 +323,8 @@ impl Engine {
     }
 
     /// Assigns `unit` to every running experiment, or to the named ones
-    /// whatever their status. Exposures are queued together.
+    /// whatever their status (each once, at most
+    /// `max_assignment_experiments`). Exposures are queued together.
     pub fn assign_all(
         &self,
         unit: &str,
@@ -310,10 +332,27 @@ impl Engine {
         log_exposure: bool,
     ) -> Result<Vec<Assignment>> {
         let entries: Vec<Entry> = match keys {
-            Some(keys) => keys
-                .iter()
-                .map(|k| self.entry(k.as_str()))
-                .collect::<Result<_>>()?,
+            Some(keys) => {
+                let mut unique: Vec<&ExperimentKey> = Vec::with_capacity(keys.len());
+                for key in keys {
+                    if !unique.contains(&key) {
+                        unique.push(key);
+                    }
+                    if unique.len() > self.max_assignment_experiments {
+                        return Err(Error::invalid(
+                            "experiments",
+                            format!(
+                                "at most {} distinct experiments per request",
+                                self.max_assignment_experiments
+                            ),
+                        ));
+                    }
+                }
+                unique
+                    .into_iter()
+                    .map(|k| self.entry(k.as_str()))
+                    .collect::<Result<_>>()?
+            }
             None => self
                 .registry
                 .load()
@@ -352,6 +391,11 @@ impl Engine {
         counter!(m::EVENTS_REJECTED, "reason" => "invalid").absolute(load(&stats.rejected_invalid));
         counter!(m::EVENTS_PERSISTED).absolute(load(&stats.persisted));
         counter!(m::EVENTS_DUPLICATE).absolute(load(&stats.duplicates));
+        counter!(m::EVENTS_REJECTED, "reason" => "store_failed")
+            .absolute(load(&stats.rejected_failed));
+        counter!(m::EVENTS_LOST).absolute(load(&stats.lost));
+        counter!(m::INGEST_COMMIT_FAILURES).absolute(load(&stats.commit_failures));
+        gauge!(m::INGEST_STORE_FAILED).set(f64::from(u8::from(stats.is_failed())));
         gauge!(m::MAILBOX_DEPTH, "mailbox" => "ingest").set(self.ingest.depth() as f64);
         gauge!(m::MAILBOX_CAPACITY, "mailbox" => "ingest").set(self.ingest.capacity() as f64);
         for reason in Reason::ALL {
@@ -477,12 +521,16 @@ impl Engine {
             other => other,
         };
         let mut events = Vec::with_capacity(inputs.len());
-        // (experiment, variant, index of the exposure event) per exposure.
-        let mut firsts: Vec<(&Entry, usize, usize)> = Vec::new();
+        // (experiment, its snapshot, variant, index of the exposure event)
+        // per exposure.
+        let mut firsts: Vec<(&Entry, Arc<Compiled>, usize, usize)> = Vec::new();
         let mut exposed_in_batch: HashMap<(*const Slot, Box<str>), usize> = HashMap::new();
+        // One snapshot per experiment for the whole request, so a change
+        // published meanwhile cannot make two events disagree on variants.
+        let mut snapshots: HashMap<*const Slot, Arc<Compiled>> = HashMap::new();
         for (i, input) in inputs.into_iter().enumerate() {
             let mut event = input
-                .check(now, || uuid::Uuid::now_v7().to_string())
+                .check(now, &self.event_limits, || uuid::Uuid::now_v7().to_string())
                 .map_err(|e| at(i, e))?;
             match &event.experiment {
                 Some(key) => {
@@ -492,8 +540,27 @@ impl Engine {
                             Error::invalid("experiment", format!("experiment '{key}' not found")),
                         )
                     })?;
-                    let compiled = entry.slot.snapshot();
+                    let compiled = Arc::clone(
+                        snapshots
+                            .entry(Arc::as_ptr(&entry.slot))
+                            .or_insert_with(|| entry.slot.snapshot()),
+                    );
                     let experiment = compiled.experiment();
+                    // Only a running experiment has exposures: one reported
+                    // for a draft, paused, completed or archived experiment
+                    // would make its unit count (and stick) outside the test.
+                    if event.kind == EventType::Exposure && experiment.status != Status::Running {
+                        return Err(at(
+                            i,
+                            Error::invalid(
+                                "experiment",
+                                format!(
+                                    "experiment '{key}' is {}: only a running experiment has exposures",
+                                    experiment.status.as_str()
+                                ),
+                            ),
+                        ));
+                    }
                     // A first exposure earlier in this batch is not in the
                     // sticky table yet, but already decides the variant.
                     let decided = compiled.decide(&event.unit_id, || {
@@ -529,7 +596,7 @@ impl Engine {
                         }
                     };
                     if let (EventType::Exposure, Some(variant)) = (&event.kind, variant) {
-                        firsts.push((entry, variant, i));
+                        firsts.push((entry, Arc::clone(&compiled), variant, i));
                         exposed_in_batch
                             .entry((Arc::as_ptr(&entry.slot), event.unit_id.clone()))
                             .or_insert(variant);
@@ -547,7 +614,7 @@ impl Engine {
         }
         let mut sticky = Vec::new();
         let mut remembered = Vec::new();
-        for (entry, variant, i) in firsts {
+        for (entry, compiled, variant, i) in firsts {
             let event = &events[i];
             let first = FirstExposure {
                 variant,
@@ -560,14 +627,11 @@ impl Engine {
                 .is_ok()
             {
                 remembered.push((entry, event.unit_id.clone()));
-                let experiment = entry.slot.snapshot();
+                let experiment = compiled.experiment();
                 sticky.push(StickyRecord {
-                    experiment: experiment.experiment().key.clone(),
+                    experiment: experiment.key.clone(),
                     unit: event.unit_id.clone(),
-                    variant: experiment.experiment().variants[variant]
-                        .key
-                        .as_str()
-                        .into(),
+                    variant: experiment.variants[variant].key.as_str().into(),
                     first_exposed_ms: event.timestamp_ms,
                 });
             }
@@ -594,7 +658,8 @@ impl Engine {
     }
 
     /// A page of stored events of `experiment` (or of events without one)
-    /// with `from_ms <= timestamp < to_ms`.
+    /// with `from_ms <= timestamp < to_ms`: at most `limit` events, and it
+    /// ends early once it holds `limits.max_export_page_bytes`.
     pub async fn events(
         &self,
         experiment: Option<ExperimentKey>,
@@ -604,6 +669,7 @@ impl Engine {
         limit: usize,
     ) -> Result<EventPage> {
         let store = self.store.clone();
+        let max_bytes = self.max_export_page_bytes;
         blocking(move || {
             let (events, next) = store.events(
                 experiment.as_ref(),
@@ -611,6 +677,7 @@ impl Engine {
                 to_ms,
                 cursor.as_deref(),
                 limit,
+                max_bytes,
             )?;
             Ok(EventPage { events, next })
         })
@@ -652,13 +719,20 @@ impl Engine {
     ) -> Result<ExperimentAggregates> {
         let experiment = self.entry(key)?.slot.snapshot().experiment().key.clone();
         let store = self.store.clone();
+        let max_measures = self.max_measures;
         blocking(move || {
             let mut events = Vec::new();
             for scope in [Some(&experiment), None] {
                 let mut cursor = None;
                 loop {
-                    let (page, next) =
-                        store.events(scope, from_ms, to_ms, cursor.as_deref(), 10_000)?;
+                    let (page, next) = store.events(
+                        scope,
+                        from_ms,
+                        to_ms,
+                        cursor.as_deref(),
+                        10_000,
+                        usize::MAX,
+                    )?;
                     events.extend(page);
                     match next {
                         Some(next) => cursor = Some(next),
@@ -667,7 +741,7 @@ impl Engine {
                 }
             }
             events.sort_unstable_by_key(|e| e.seq);
-            let mut aggregator = Aggregator::default();
+            let mut aggregator = Aggregator::new(max_measures);
             aggregator.fold(&events);
             Ok(aggregator.experiment(experiment.as_str()))
         })
@@ -843,6 +917,12 @@ impl Engine {
         self.ingest.is_alive() && self.catalog.connected()
     }
 
+    /// Why the event store was marked failed (a commit refused after every
+    /// retry; events are refused until restart), or `None` while it works.
+    pub fn store_failure(&self) -> Option<String> {
+        self.ingest.stats().store_failure()
+    }
+
     /// Drains the writers and flushes the WAL. Call after the HTTP server
     /// has stopped taking requests.
     pub async fn shutdown(self: Arc<Self>) -> Result<()> {
@@ -858,7 +938,19 @@ fn restore_sticky(store: &Store, registry: &Registry) -> Result<usize> {
     let entries = registry.load();
     let mut restored = 0;
     for record in store.sticky() {
-        let record = record?;
+        // An undecodable first exposure is skipped rather than refusing to
+        // start: its unit is assigned by hash again (the same variant
+        // unless weights or coverage changed since).
+        let record = match record {
+            Ok(record) => record,
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(error = %e, "skipping an undecodable sticky assignment");
+                metrics::counter!(crate::metrics::STORE_RECORDS_REBUILT, "cf" => "sticky")
+                    .increment(1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let Some(entry) = entries.get(&record.experiment) else {
             continue;
         };

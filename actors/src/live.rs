@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use crate::aggregator::LiveAggregates;
 use crate::catalog::Registry;
-use crate::domain::{ExperimentAggregates, MetricKind, Status};
+use crate::domain::{json_len, ExperimentAggregates, MetricKind, Status};
 use crate::storage::Store;
 
 /// Messages a client may lag behind before it is dropped.
@@ -133,6 +133,7 @@ pub(crate) fn spawn(
     registry: Arc<Registry>,
     aggregates: Arc<LiveAggregates>,
     store: Store,
+    max_stats_bytes: usize,
 ) {
     let stats = Arc::clone(&live);
     actix::spawn(async move {
@@ -154,7 +155,7 @@ pub(crate) fn spawn(
                 let key = experiment.key.as_str();
                 let now = aggregates.get(key);
                 let before = previous.get(key).cloned().unwrap_or_default();
-                let data = second(experiment, &now, &before);
+                let data = bounded(second(experiment, &now, &before), max_stats_bytes);
                 stats.publish("stats", Some(key), &data);
                 previous.insert(key.to_owned(), now);
             }
@@ -185,6 +186,38 @@ pub(crate) fn spawn(
             }
         }
     });
+}
+
+/// `data` cut down to `max_bytes` when it is larger: the measures with the
+/// most events in `events_per_s` are kept as far as they fit, and
+/// `truncated: true` says some were left out. A message (kept 1,024 times
+/// for replay and sent to every client) thus has a bounded size whatever
+/// clients name their events.
+fn bounded(mut data: Value, max_bytes: usize) -> Value {
+    if json_len(&data) <= max_bytes {
+        return data;
+    }
+    metrics::counter!(crate::metrics::STREAM_STATS_TRUNCATED).increment(1);
+    let Some(Value::Object(events)) = data.get_mut("events_per_s").map(Value::take) else {
+        return data;
+    };
+    data["events_per_s"] = json!({});
+    data["truncated"] = json!(true);
+    let mut budget = max_bytes.saturating_sub(json_len(&data));
+    let mut busiest: Vec<(String, Value)> = events.into_iter().collect();
+    busiest.sort_by_key(|(_, n)| std::cmp::Reverse(n.as_u64().unwrap_or(0)));
+    let mut kept = serde_json::Map::new();
+    for (name, n) in busiest {
+        // `"name":n,` with room for a 20-digit count.
+        let cost = name.len() + 24;
+        if cost > budget {
+            break;
+        }
+        budget -= cost;
+        kept.insert(name, n);
+    }
+    data["events_per_s"] = Value::Object(kept);
+    data
 }
 
 /// One second of an experiment: what changed since `before`.
@@ -248,6 +281,23 @@ mod tests {
         let ids: Vec<u64> = sub.replay.iter().map(|m| m.id).collect();
         assert_eq!(ids, [4, 5]);
         assert!(live.subscribe(None).replay.is_empty());
+    }
+
+    #[test]
+    fn stats_messages_are_cut_to_their_bound_keeping_the_busiest_measures() {
+        let events: serde_json::Map<String, Value> = (0..5000)
+            .map(|i| (format!("measure-name-{i}"), json!(i)))
+            .collect();
+        let data = json!({"experiment": "e", "events_per_s": events, "variants": []});
+        let cut = bounded(data, 4096);
+        assert!(json_len(&cut) <= 4096, "{}", json_len(&cut));
+        assert_eq!(cut["truncated"], json!(true));
+        let kept = cut["events_per_s"].as_object().unwrap();
+        assert!(kept.len() > 50, "{}", kept.len());
+        assert!(kept.contains_key("measure-name-4999"));
+        assert!(!kept.contains_key("measure-name-0"));
+        let small = json!({"experiment": "e", "events_per_s": {"click": 3}});
+        assert_eq!(bounded(small.clone(), 4096), small);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub const HTTP_SLOW: &str = "abacus_http_slow_requests_total";
 pub const HTTP_RATE_LIMITED: &str = "abacus_http_rate_limited_total";
 /// Events queued for storage.
 pub const EVENTS_ACCEPTED: &str = "abacus_events_accepted_total";
-/// Events refused, by reason (`mailbox_full`, `invalid`).
+/// Events refused, by reason (`mailbox_full`, `invalid`, `store_failed`).
 pub const EVENTS_REJECTED: &str = "abacus_events_rejected_total";
 /// Events committed to RocksDB.
 pub const EVENTS_PERSISTED: &str = "abacus_events_persisted_total";
@@ -29,6 +29,21 @@ pub const MAILBOX_CAPACITY: &str = "abacus_ingest_mailbox_capacity";
 pub const SINK_BATCH: &str = "abacus_sink_batch_events";
 /// Time to commit one batch (WriteBatch incl. aggregates).
 pub const SINK_COMMIT: &str = "abacus_sink_commit_duration_seconds";
+/// Events answered 202 (fire-and-forget) whose batch the store refused.
+pub const EVENTS_LOST: &str = "abacus_events_lost_total";
+/// Failed attempts of the ingest writer's store operations (each retry).
+pub const INGEST_COMMIT_FAILURES: &str = "abacus_ingest_commit_failures_total";
+/// 1 once a commit failed after every retry (until restart), else 0.
+pub const INGEST_STORE_FAILED: &str = "abacus_ingest_store_failed";
+/// Failed writes or flushes of an extra sink, by sink.
+pub const SINK_WRITE_FAILURES: &str = "abacus_sink_write_failures_total";
+/// 1 while an extra sink's writes fail (it replays once they work), by sink.
+pub const SINK_FAILING: &str = "abacus_sink_failing";
+/// Events an extra sink replayed from the store after a crash or an
+/// error, by sink.
+pub const SINK_REPLAYED: &str = "abacus_sink_replayed_events_total";
+/// Committed events an extra sink has not made durable yet, by sink.
+pub const SINK_LAG: &str = "abacus_sink_lag_events";
 /// Assignments by reason.
 pub const ASSIGNMENTS: &str = "abacus_assignments_total";
 /// Experiments by status.
@@ -51,6 +66,13 @@ pub const STREAM_CLIENTS: &str = "abacus_stream_clients";
 pub const STREAM_DROPPED: &str = "abacus_stream_dropped_total";
 /// Resident memory of the process.
 pub const PROCESS_RSS: &str = "abacus_process_resident_memory_bytes";
+/// Derived records that could not be decoded at start, by family: rebuilt
+/// from events (`aggregates`) or skipped (`sticky`).
+pub const STORE_RECORDS_REBUILT: &str = "abacus_store_records_rebuilt_total";
+/// Undecodable values the analytics merge operator skipped.
+pub const STORE_MERGE_SKIPPED: &str = "abacus_store_merge_operands_skipped_total";
+/// Live-stream stats messages cut to `limits.max_stats_message_bytes`.
+pub const STREAM_STATS_TRUNCATED: &str = "abacus_stream_stats_truncated_total";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
@@ -66,6 +88,13 @@ pub const ALL: &[&str] = &[
     MAILBOX_CAPACITY,
     SINK_BATCH,
     SINK_COMMIT,
+    EVENTS_LOST,
+    INGEST_COMMIT_FAILURES,
+    INGEST_STORE_FAILED,
+    SINK_WRITE_FAILURES,
+    SINK_FAILING,
+    SINK_REPLAYED,
+    SINK_LAG,
     ASSIGNMENTS,
     EXPERIMENTS,
     WEBHOOK_MESSAGES,
@@ -77,6 +106,9 @@ pub const ALL: &[&str] = &[
     STREAM_CLIENTS,
     STREAM_DROPPED,
     PROCESS_RSS,
+    STORE_RECORDS_REBUILT,
+    STORE_MERGE_SKIPPED,
+    STREAM_STATS_TRUNCATED,
 ];
 
 /// Histogram buckets of request and commit durations, in seconds.
@@ -110,7 +142,7 @@ pub fn describe() {
     describe_counter!(EVENTS_ACCEPTED, "Events accepted into the ingest mailbox.");
     describe_counter!(
         EVENTS_REJECTED,
-        "Events refused, by reason (mailbox_full, invalid)."
+        "Events refused, by reason (mailbox_full, invalid, store_failed)."
     );
     describe_counter!(EVENTS_PERSISTED, "Events committed to RocksDB.");
     describe_counter!(
@@ -127,6 +159,34 @@ pub fn describe() {
         SINK_COMMIT,
         Unit::Seconds,
         "Time to commit one batch with its aggregates."
+    );
+    describe_counter!(
+        EVENTS_LOST,
+        "Events answered 202 without ack=persisted whose batch the store refused after every retry."
+    );
+    describe_counter!(
+        INGEST_COMMIT_FAILURES,
+        "Failed attempts of the ingest writer's store operations (commits, event-id reads); each retry counts."
+    );
+    describe_gauge!(
+        INGEST_STORE_FAILED,
+        "1 once a commit failed after ingest.commit_retries retries: events are refused until restart."
+    );
+    describe_counter!(
+        SINK_WRITE_FAILURES,
+        "Failed writes or flushes of an extra sink, by sink."
+    );
+    describe_gauge!(
+        SINK_FAILING,
+        "1 while an extra sink's writes fail; it replays from its cursor once they work."
+    );
+    describe_counter!(
+        SINK_REPLAYED,
+        "Events an extra sink replayed from RocksDB after a crash or an error, by sink."
+    );
+    describe_gauge!(
+        SINK_LAG,
+        "Committed events an extra sink has not made durable yet, by sink."
     );
     describe_counter!(ASSIGNMENTS, "Assignments by reason.");
     describe_gauge!(EXPERIMENTS, "Experiments by status.");
@@ -159,5 +219,17 @@ pub fn describe() {
         PROCESS_RSS,
         Unit::Bytes,
         "Resident memory of the abacus process."
+    );
+    describe_counter!(
+        STORE_RECORDS_REBUILT,
+        "Derived records undecodable at start, by family: rebuilt from events (aggregates) or skipped (sticky)."
+    );
+    describe_counter!(
+        STORE_MERGE_SKIPPED,
+        "Undecodable analytics bucket values skipped by the merge operator."
+    );
+    describe_counter!(
+        STREAM_STATS_TRUNCATED,
+        "Live stats messages cut down to limits.max_stats_message_bytes."
     );
 }

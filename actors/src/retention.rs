@@ -1,4 +1,12 @@
-//! Retention: raw events older than the configured age are deleted.
+//! Retention: raw events are deleted once they have been kept for the
+//! configured time after abacus received them.
+//!
+//! Events are keyed by their own timestamp, which a client chooses, but
+//! only within `[received - max_event_age, received + skew]` (checked at
+//! ingestion). So deleting every event whose *timestamp* is older than
+//! `keep + max_event_age` never removes one received less than `keep` ago:
+//! nothing acknowledged disappears before its time, and nothing is kept
+//! longer than `keep + max_event_age + skew`.
 //!
 //! A sweep lays one range tombstone per experiment (and one for events
 //! without an experiment) over the keys older than the cutoff. That is a
@@ -16,10 +24,20 @@ use crate::Result;
 /// How long raw events are kept and how often that is enforced.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Events whose timestamp is older than this are deleted.
+    /// How long an event is kept at least, counted from its receipt.
     pub keep: Duration,
+    /// How far in the past an event's timestamp may be when it arrives.
+    pub max_event_age: Duration,
     /// Time between sweeps; the first runs at start.
     pub every: Duration,
+}
+
+impl Retention {
+    /// Events whose timestamp is older than this are past their time
+    /// whenever they arrived (see the module docs).
+    pub fn by_timestamp(&self) -> Duration {
+        self.keep.saturating_add(self.max_event_age)
+    }
 }
 
 /// Sweeps now and then every `retention.every`, on the blocking pool, for as
@@ -40,10 +58,10 @@ pub(crate) fn spawn(retention: Retention, store: Store, registry: Arc<Registry>)
     });
 }
 
-/// Deletes every event older than now minus `retention.keep`; returns the
-/// cutoff.
+/// Deletes every event whose timestamp is older than now minus
+/// [`Retention::by_timestamp`]; returns the cutoff.
 fn sweep(store: &Store, registry: &Registry, retention: Retention) -> Result<i64> {
-    let keep_ms = u64::try_from(retention.keep.as_millis()).unwrap_or(u64::MAX);
+    let keep_ms = u64::try_from(retention.by_timestamp().as_millis()).unwrap_or(u64::MAX);
     let cutoff_ms = i64::try_from(now_ms().saturating_sub(keep_ms)).unwrap_or(0);
     for key in registry.load().keys() {
         store.delete_events_before(Some(key), cutoff_ms)?;

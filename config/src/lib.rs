@@ -179,13 +179,13 @@ pub struct LimitsConfig {
     pub max_abs_value: f64,
     /// Largest accepted duration property, in milliseconds.
     pub max_duration_ms: f64,
-    /// Undeclared measures counted per experiment before `(other)`.
+    /// Distinct measures counted per experiment before `(other)`.
     pub max_measures: usize,
     /// Largest serialised `properties` of one event, in bytes.
     pub max_property_bytes: usize,
     /// Most experiments named in one `POST /v1/assignments`.
     pub max_assignment_experiments: usize,
-    /// Ranks above this share one overflow bucket in rank histograms.
+    /// Largest accepted clicked rank (bounds rank histograms).
     pub max_rank: u32,
     /// Largest per-second live stats message, in bytes.
     pub max_stats_message_bytes: usize,
@@ -422,7 +422,10 @@ impl LimitsConfig {
                 self.max_assignment_experiments,
             ),
             ("limits.max_rank", self.max_rank as usize),
-            ("limits.max_stats_message_bytes", self.max_stats_message_bytes),
+            (
+                "limits.max_stats_message_bytes",
+                self.max_stats_message_bytes,
+            ),
             ("limits.max_export_page_bytes", self.max_export_page_bytes),
         ];
         for (key, value) in positive {

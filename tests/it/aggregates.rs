@@ -22,7 +22,7 @@ fn measure<'a>(a: &'a Value, variant: &str, m: &str) -> &'a Value {
 
 #[test]
 fn aggregates_follow_the_attribution_rules_and_survive_a_restart() {
-    let mut server = TestServer::start();
+    let mut server = TestServer::start_with(&[("ABACUS_INGEST__MAX_EVENT_AGE_S", "315360000")]);
     server.running_experiment(
         "exp",
         json!({"metrics": [{"key": "purchase", "kind": "mean"}, {"key": "click", "kind": "binomial"}]}),

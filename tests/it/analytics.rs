@@ -17,7 +17,7 @@ fn within_one_percent(got: &Value, want: f64) -> bool {
 
 #[test]
 fn analytics_count_exactly_and_percentiles_stay_within_one_percent() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&[("ABACUS_INGEST__MAX_EVENT_AGE_S", "315360000")]);
     server.running_experiment(
         "search",
         json!({"metrics": [{"key": "conversion", "kind": "binomial"}], "primary_metric": "conversion"}),

@@ -8,7 +8,7 @@ use crate::common::{error_code, TestServer};
 
 #[test]
 fn single_and_batched_events_are_accepted_and_stored() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&[("ABACUS_INGEST__MAX_EVENT_AGE_S", "315360000")]);
     let (status, body) = server.post(
         "/v1/events",
         json!({"type": "click", "unit_id": "u1", "properties": {"item_id": "sku-1", "rank": 2}}),
@@ -197,8 +197,8 @@ fn assignments_log_exposures_and_events_get_their_variant() {
         (Some("treatment"), Some("sticky"))
     );
 
-    // An exposure to a draft (no variant to derive) does not shift the
-    // stickiness recorded for the exposures after it in the batch.
+    // An exposure to a draft is refused, and with it the whole batch: the
+    // exposure after it makes nobody sticky.
     server.post(
         "/v1/experiments",
         json!({
@@ -206,13 +206,24 @@ fn assignments_log_exposures_and_events_get_their_variant() {
             "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}]
         }),
     );
-    let (status, body) = server.post(
-        "/v1/events",
-        json!({"events": [
-            {"type": "exposure", "unit_id": "dave", "experiment": "draft"},
-            {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": "treatment"}
-        ]}),
+    let batch = |events: Value| server.post("/v1/events", json!({ "events": events }));
+    let (status, body) = batch(json!([
+        {"type": "exposure", "unit_id": "dave", "experiment": "draft"},
+        {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": "treatment"}
+    ]));
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (422, Some("events[0].experiment")),
+        "{body}"
     );
+    let (_, peek) = server.get("/v1/experiments/exp/assignment?unit_id=erin&log_exposure=false");
+    assert_eq!(
+        peek["reason"], "hashed",
+        "the refused batch made erin sticky: {peek}"
+    );
+    let (status, body) = batch(json!([
+        {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": "treatment"}
+    ]));
     assert_eq!(status, 202, "{body}");
     let erin = server.assign("exp", "erin");
     assert_eq!(

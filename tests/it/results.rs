@@ -146,7 +146,7 @@ fn an_experiment_without_data_gives_nulls_with_reasons() {
 
 #[test]
 fn a_time_window_counts_only_units_and_events_inside_it() {
-    let server = TestServer::start();
+    let server = TestServer::start_with(&[("ABACUS_INGEST__MAX_EVENT_AGE_S", "315360000")]);
     server.running_experiment(
         "exp",
         json!({"metrics": [{"key": "buy", "kind": "binomial"}]}),

@@ -10,8 +10,42 @@ use super::{ExperimentKey, MetricKey, UnitId, VariantKey};
 use crate::{Error, Result};
 
 const MAX_ID_BYTES: usize = 128;
-/// Client timestamps further ahead than this are refused as clock errors.
-const MAX_FUTURE_SKEW_S: i64 = 24 * 3600;
+/// Largest `results_count` of an impression: far more than any result list.
+const MAX_RESULTS_COUNT: u64 = 1_000_000_000;
+
+/// The bounds every event is checked against (`[limits]` and the time
+/// window in `[ingest]`). They exist so that no accepted event can make a
+/// stored figure non-finite (sums of values stay below 1e15 x 2^64, their
+/// squares below 1e69) and no client can grow what abacus keeps per event.
+#[derive(Debug, Clone, Copy)]
+pub struct EventLimits {
+    /// Largest `|value|` (and metric/conversion `properties.value`).
+    pub max_abs_value: f64,
+    /// Largest `response_time_ms` / `dwell_time_ms`.
+    pub max_duration_ms: f64,
+    /// Largest clicked `rank`.
+    pub max_rank: u64,
+    /// Largest serialised `properties` object, in bytes.
+    pub max_property_bytes: usize,
+    /// Oldest accepted timestamp, in ms before the time of receipt.
+    pub max_age_ms: i64,
+    /// Newest accepted timestamp, in ms after the time of receipt.
+    pub max_skew_ms: i64,
+}
+
+impl Default for EventLimits {
+    /// The defaults of `config/default.toml`.
+    fn default() -> Self {
+        Self {
+            max_abs_value: 1e15,
+            max_duration_ms: 86_400_000.0,
+            max_rank: 1000,
+            max_property_bytes: 16 * 1024,
+            max_age_ms: 7 * 24 * 3600 * 1000,
+            max_skew_ms: 24 * 3600 * 1000,
+        }
+    }
+}
 
 /// What kind of thing happened. Typed events have required properties;
 /// any other name is a custom event with free properties.
@@ -208,17 +242,41 @@ impl Event {
 impl EventIn {
     /// Applies the rules of the event's type and stamps it. Field names in
     /// errors are relative to the event (`properties.item_id`).
-    pub fn check(self, now: OffsetDateTime, make_id: impl FnOnce() -> String) -> Result<Event> {
+    pub fn check(
+        self,
+        now: OffsetDateTime,
+        limits: &EventLimits,
+        make_id: impl FnOnce() -> String,
+    ) -> Result<Event> {
         let props = self.properties.as_ref();
+        if let Some(p) = props {
+            if json_len(p) > limits.max_property_bytes {
+                return Err(Error::invalid(
+                    "properties",
+                    format!(
+                        "properties must serialise to at most {} bytes",
+                        limits.max_property_bytes
+                    ),
+                ));
+            }
+        }
+        let value_bound = Bound::Magnitude(limits.max_abs_value);
+        let duration = Bound::Range(0.0, limits.max_duration_ms);
         let value = match (&self.kind, self.value) {
             (EventType::Metric | EventType::Conversion, None) => {
-                optional_number(props, "value", Bound::Any)?
+                optional_number(props, "value", value_bound)?
             }
             (_, value) => value,
         };
         if let Some(v) = value {
-            if !v.is_finite() {
-                return Err(Error::invalid("value", "value must be a finite number"));
+            if !(v.is_finite() && v.abs() <= limits.max_abs_value) {
+                return Err(Error::invalid(
+                    "value",
+                    format!(
+                        "value must be a finite number of magnitude at most {:e}",
+                        limits.max_abs_value
+                    ),
+                ));
             }
         }
         match self.kind {
@@ -232,20 +290,20 @@ impl EventIn {
             }
             EventType::Impression => {
                 optional_string(props, "query")?;
-                optional_number(props, "results_count", Bound::Count)?;
-                optional_number(props, "response_time_ms", Bound::NonNegative)?;
+                optional_number(props, "results_count", Bound::Count(MAX_RESULTS_COUNT))?;
+                optional_number(props, "response_time_ms", duration)?;
             }
             EventType::Click => {
                 required_string(props, "item_id")?;
-                optional_number(props, "rank", Bound::Count)?;
+                optional_number(props, "rank", Bound::Count(limits.max_rank))?;
                 optional_string(props, "query")?;
-                optional_number(props, "response_time_ms", Bound::NonNegative)?;
+                optional_number(props, "response_time_ms", duration)?;
                 optional_string(props, "source")?;
             }
             EventType::Conversion | EventType::Custom(_) => {}
             EventType::Engagement => {
                 required_string(props, "item_id")?;
-                if optional_number(props, "dwell_time_ms", Bound::NonNegative)?.is_none() {
+                if optional_number(props, "dwell_time_ms", duration)?.is_none() {
                     return Err(Error::invalid(
                         "properties.dwell_time_ms",
                         "an engagement needs dwell_time_ms",
@@ -282,11 +340,24 @@ impl EventIn {
                 ));
             }
         }
-        let timestamp = self.timestamp.unwrap_or(now);
-        if (timestamp - now).whole_seconds() > MAX_FUTURE_SKEW_S {
+        let received_ms = unix_ms(now);
+        let timestamp_ms = self.timestamp.map_or(received_ms, unix_ms);
+        if timestamp_ms > received_ms.saturating_add(limits.max_skew_ms) {
             return Err(Error::invalid(
                 "timestamp",
-                "timestamp is more than a day in the future",
+                format!(
+                    "timestamp is more than {} s in the future",
+                    limits.max_skew_ms / 1000
+                ),
+            ));
+        }
+        if timestamp_ms < received_ms.saturating_sub(limits.max_age_ms) {
+            return Err(Error::invalid(
+                "timestamp",
+                format!(
+                    "timestamp is more than {} s in the past",
+                    limits.max_age_ms / 1000
+                ),
             ));
         }
         Ok(Event {
@@ -297,8 +368,8 @@ impl EventIn {
             experiment: self.experiment,
             variant: self.variant,
             value,
-            timestamp_ms: unix_ms(timestamp),
-            received_ms: unix_ms(now),
+            timestamp_ms,
+            received_ms,
             session_id: self.session_id.map(Into::into),
             properties: self.properties,
             assignment_mismatch: false,
@@ -312,12 +383,33 @@ pub fn unix_ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// The serialised size of a JSON value, counted without building it.
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing JSON to a sink that never fails fails only for a value that
+    // is not JSON (a map with non-string keys); that counts what it wrote.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 #[derive(Clone, Copy)]
 enum Bound {
-    Any,
-    NonNegative,
-    /// A non-negative integer.
-    Count,
+    /// `|n| <= bound`.
+    Magnitude(f64),
+    /// `low <= n <= high`.
+    Range(f64, f64),
+    /// An integer in `0..=max`.
+    Count(u64),
 }
 
 fn optional_number(
@@ -333,24 +425,20 @@ fn optional_number(
         .as_f64()
         .filter(|n| n.is_finite())
         .ok_or_else(|| Error::invalid(field(), format!("{key} must be a number")))?;
-    match bound {
-        Bound::Any => {}
-        Bound::NonNegative if n >= 0.0 => {}
-        Bound::Count if v.is_u64() => {}
-        Bound::NonNegative => {
-            return Err(Error::invalid(
-                field(),
-                format!("{key} must not be negative"),
-            ))
-        }
-        Bound::Count => {
-            return Err(Error::invalid(
-                field(),
-                format!("{key} must be a non-negative integer"),
-            ))
-        }
+    let within = match bound {
+        Bound::Magnitude(max) => n.abs() <= max,
+        Bound::Range(low, high) => (low..=high).contains(&n),
+        Bound::Count(max) => v.as_u64().is_some_and(|c| c <= max),
+    };
+    if within {
+        return Ok(Some(n));
     }
-    Ok(Some(n))
+    let rule = match bound {
+        Bound::Magnitude(max) => format!("{key} must be a number of magnitude at most {max:e}"),
+        Bound::Range(low, high) => format!("{key} must be between {low} and {high}"),
+        Bound::Count(max) => format!("{key} must be an integer between 0 and {max}"),
+    };
+    Err(Error::invalid(field(), rule))
 }
 
 fn optional_string<'a>(
@@ -386,10 +474,12 @@ mod tests {
     fn check(body: Value) -> Result<Event> {
         let input: EventIn =
             serde_json::from_value(body).map_err(|e| Error::invalid("body", e.to_string()))?;
-        input.check(
-            OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
-            || "generated".into(),
-        )
+        input.check(now(), &EventLimits::default(), || "generated".into())
+    }
+
+    /// 2024-10-04, a few months after the sample timestamps below.
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)
     }
 
     fn field_of(r: Result<Event>) -> String {
@@ -461,12 +551,12 @@ mod tests {
 
         let click = check(json!({
             "type": "click", "unit_id": "u", "event_id": "c-1",
-            "timestamp": "2024-05-01T10:00:00Z",
+            "timestamp": "2024-10-01T10:00:00Z",
             "properties": {"item_id": "sku-1", "rank": 3, "response_time_ms": 12.5}
         }))
         .unwrap();
         assert_eq!(&*click.event_id, "c-1");
-        assert_eq!(click.timestamp_ms, 1_714_557_600_000);
+        assert_eq!(click.timestamp_ms, 1_727_776_800_000);
         assert_eq!(click.num_prop("rank"), Some(3.0));
         assert_eq!(click.metric_name(), "click");
     }
@@ -479,9 +569,119 @@ mod tests {
     }
 
     #[test]
-    fn far_future_timestamps_are_refused() {
-        let r = check(json!({"type": "x", "unit_id": "u", "timestamp": "2999-01-01T00:00:00Z"}));
-        assert_eq!(field_of(r), "timestamp");
+    fn timestamps_outside_the_window_are_refused() {
+        for ts in [
+            "2999-01-01T00:00:00Z",
+            "0001-01-01T00:00:00Z",
+            "2024-01-01T00:00:00Z",
+            "2024-10-05T00:00:01Z",
+        ] {
+            let r = check(json!({"type": "x", "unit_id": "u", "timestamp": ts}));
+            assert_eq!(field_of(r), "timestamp", "{ts}");
+        }
+        // Inside: six days ago and twenty hours ahead.
+        for ts in ["2024-09-28T00:00:00Z", "2024-10-04T20:00:00Z"] {
+            assert!(check(json!({"type": "x", "unit_id": "u", "timestamp": ts})).is_ok());
+        }
+    }
+
+    #[test]
+    fn numbers_beyond_their_bounds_are_refused() {
+        let cases = [
+            (
+                json!({"type": "x", "unit_id": "u", "value": 1e200}),
+                "value",
+            ),
+            (
+                json!({"type": "x", "unit_id": "u", "value": -1e16}),
+                "value",
+            ),
+            (
+                json!({"type": "metric", "unit_id": "u", "properties": {"name": "m", "value": 1e16}}),
+                "properties.value",
+            ),
+            (
+                json!({"type": "impression", "unit_id": "u", "properties": {"response_time_ms": 1e308}}),
+                "properties.response_time_ms",
+            ),
+            (
+                json!({"type": "engagement", "unit_id": "u", "properties": {"item_id": "a", "dwell_time_ms": 9e7}}),
+                "properties.dwell_time_ms",
+            ),
+            (
+                json!({"type": "click", "unit_id": "u", "properties": {"item_id": "a", "rank": 1001}}),
+                "properties.rank",
+            ),
+            (
+                json!({"type": "impression", "unit_id": "u", "properties": {"results_count": 1e12}}),
+                "properties.results_count",
+            ),
+        ];
+        for (body, field) in cases {
+            assert_eq!(field_of(check(body.clone())), field, "{body}");
+        }
+        let edge = json!({"type": "x", "unit_id": "u", "value": -1e15});
+        assert_eq!(check(edge).unwrap().value, Some(-1e15));
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends, the decoder and the checks either refuse
+        /// it with a field or produce an event within every bound.
+        #[test]
+        fn arbitrary_events_never_panic_and_accepted_ones_are_bounded(
+            mut body in crate::domain::arbitrary::object_with(&[
+                "type", "unit_id", "experiment", "variant", "value", "timestamp",
+                "event_id", "session_id", "properties", "extra",
+            ]),
+            kind in proptest::sample::select(vec![
+                "exposure", "impression", "click", "conversion", "engagement", "metric", "custom",
+            ]),
+            props in crate::domain::arbitrary::object_with(&[
+                "item_id", "rank", "query", "response_time_ms", "results_count", "source",
+                "dwell_time_ms", "action", "name", "value",
+            ]),
+        ) {
+            // Often a plausible event, so the type-specific checks run too.
+            if body.get("type").is_none_or(|_| kind.len() % 2 == 0) {
+                body["type"] = json!(kind);
+                body["unit_id"] = json!("u");
+                body["properties"] = props;
+            }
+            let limits = EventLimits::default();
+            let Ok(input) = serde_json::from_value::<EventIn>(body) else {
+                return Ok(());
+            };
+            if let Ok(e) = input.check(now(), &limits, || "id".into()) {
+                if let Some(v) = e.value {
+                    proptest::prop_assert!(v.is_finite() && v.abs() <= limits.max_abs_value);
+                }
+                let durations: &[&str] = match e.kind {
+                    EventType::Impression | EventType::Click => &["response_time_ms"],
+                    EventType::Engagement => &["dwell_time_ms"],
+                    _ => &[],
+                };
+                for &key in durations {
+                    if let Some(d) = e.num_prop(key) {
+                        proptest::prop_assert!((0.0..=limits.max_duration_ms).contains(&d));
+                    }
+                }
+                let received = e.received_ms;
+                proptest::prop_assert!(e.timestamp_ms >= received - limits.max_age_ms);
+                proptest::prop_assert!(e.timestamp_ms <= received + limits.max_skew_ms);
+                proptest::prop_assert!(
+                    e.properties.as_ref().is_none_or(|p| json_len(p) <= limits.max_property_bytes)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn large_property_bags_are_refused() {
+        let big = "x".repeat(16 * 1024);
+        let r = check(json!({"type": "x", "unit_id": "u", "properties": {"blob": big}}));
+        assert_eq!(field_of(r), "properties");
+        let fits = "x".repeat(16 * 1024 - 20);
+        assert!(check(json!({"type": "x", "unit_id": "u", "properties": {"blob": fits}})).is_ok());
     }
 
     #[test]

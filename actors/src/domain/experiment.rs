@@ -509,15 +509,22 @@ impl Experiment {
                 ));
             }
         }
-        if !(self.mixing_variance.is_finite() && self.mixing_variance > 0.0) {
+        if !(self.mixing_variance.is_finite()
+            && self.mixing_variance > 0.0
+            && self.mixing_variance <= MAX_MIXING_VARIANCE)
+        {
             return Err(Error::invalid(
                 "mixing_variance",
-                "mixing_variance must be a positive number",
+                format!("mixing_variance must be above 0 and at most {MAX_MIXING_VARIANCE}"),
             ));
         }
         Ok(())
     }
 }
+
+/// The largest prior variance of the relative lift: a standard deviation of
+/// 1,000% is already far beyond any real effect.
+const MAX_MIXING_VARIANCE: f64 = 100.0;
 
 fn default_mixing_variance() -> f64 {
     0.01
@@ -532,6 +539,11 @@ fn check_hash_key(field: &str, value: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The smallest share of traffic a variant may have once weights are
+/// normalised: one unit in a billion, far above f64's resolution of the
+/// bucket space (2^-32), so every variant's range is non-empty.
+const MIN_NORMALISED_WEIGHT: f64 = 1e-9;
 
 /// Checks count, key uniqueness and weights, and scales weights to sum 1.
 fn normalised(mut variants: Vec<Variant>) -> Result<Vec<Variant>> {
@@ -566,8 +578,20 @@ fn normalised(mut variants: Vec<Variant>) -> Result<Vec<Variant>> {
             "weights are too large to add up",
         ));
     }
-    for v in &mut variants {
+    for (i, v) in variants.iter_mut().enumerate() {
         v.weight /= total;
+        // A weight far smaller than its neighbours (1e-320 beside 1e300)
+        // normalises to 0 or to a subnormal: its range would be empty and
+        // the weights would no longer describe the split. Refuse it.
+        if !(v.weight.is_normal() && v.weight >= MIN_NORMALISED_WEIGHT) {
+            return Err(Error::invalid(
+                format!("variants[{i}].weight"),
+                format!(
+                    "weight is too small next to the others: each variant needs at least \
+                     {MIN_NORMALISED_WEIGHT} of the traffic"
+                ),
+            ));
+        }
     }
     Ok(variants)
 }
@@ -626,6 +650,10 @@ mod tests {
             ),
             (
                 json!([{"key": "a", "weight": -1}, {"key": "b", "weight": 1}]),
+                "variants[0].weight",
+            ),
+            (
+                json!([{"key": "a", "weight": 1e-320}, {"key": "b", "weight": 1e300}]),
                 "variants[0].weight",
             ),
             (
@@ -751,5 +779,55 @@ mod tests {
             .patched(ExperimentPatch::default(), now())
             .unwrap_err();
         assert!(matches!(err, Error::InvalidTransition { .. }));
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends to create or patch, the decoder and the
+        /// rules either refuse it or yield an experiment whose every number
+        /// is finite and in range, with weights that still sum to 1.
+        #[test]
+        fn arbitrary_experiments_never_panic_and_accepted_ones_are_sound(
+            fields in crate::domain::arbitrary::object_with(&[
+                "name", "description", "coverage", "salt", "alpha", "mixing_variance",
+                "primary_metric", "forced", "layer", "metrics", "guardrails", "extra",
+            ]),
+            weights in proptest::collection::vec(crate::domain::arbitrary::number(), 0..5),
+            patch in crate::domain::arbitrary::object_with(&[
+                "name", "coverage", "alpha", "variants", "salt", "mixing_variance", "forced",
+            ]),
+        ) {
+            let mut body = minimal();
+            for (k, v) in fields.as_object().into_iter().flatten() {
+                body[k] = v.clone();
+            }
+            if weights.len() >= 2 {
+                let variants: Vec<Value> = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| json!({"key": format!("v{i}"), "weight": w}))
+                    .collect();
+                body["variants"] = json!(variants);
+            }
+            let sound = |e: &Experiment| {
+                let total: f64 = e.variants.iter().map(|v| v.weight).sum();
+                (total - 1.0).abs() < 1e-9
+                    && e.variants.iter().all(|v| v.weight.is_normal() && v.weight > 0.0)
+                    && (0.0..=1.0).contains(&e.coverage)
+                    && e.alpha > 0.0 && e.alpha < 1.0
+                    && e.mixing_variance.is_finite() && e.mixing_variance > 0.0
+            };
+            let Ok(input) = serde_json::from_value::<ExperimentIn>(body) else {
+                return Ok(());
+            };
+            let Ok(created) = Experiment::create(input, now()) else {
+                return Ok(());
+            };
+            proptest::prop_assert!(sound(&created), "{created:?}");
+            if let Ok(patch) = serde_json::from_value::<ExperimentPatch>(patch) {
+                if let Ok(next) = created.patched(patch, now()) {
+                    proptest::prop_assert!(sound(&next), "{next:?}");
+                }
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@ mod lifecycle;
 pub use aggregate::{
     ExperimentAggregates, Exposure, MeasureAggregates, UnitMeasure, VariantAggregates,
 };
-pub use event::{unix_ms, Event, EventIn, EventType};
+pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
     Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric, MetricKind,
     Variant, MAX_VARIANTS,
@@ -20,3 +20,77 @@ pub use experiment::{
 pub use happening::{DomainEvent, DomainEventKind};
 pub use ids::{ExperimentKey, MetricKey, UnitId, VariantKey};
 pub use lifecycle::{Action, Status};
+
+/// Strategies for property tests of the decoders: arbitrary JSON, with
+/// the numbers and strings that break naive code weighted in.
+#[cfg(test)]
+pub(crate) mod arbitrary {
+    use proptest::prelude::*;
+    use serde_json::{Number, Value};
+
+    /// A number: ordinary, huge, tiny, negative zero, integer edges.
+    pub fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<f64>().prop_filter_map("JSON numbers are finite", |f| {
+                Number::from_f64(f).map(Value::Number)
+            }),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            prop::sample::select(vec![
+                1e308,
+                -1e308,
+                1.7976931348623157e308,
+                1e-320,
+                -0.0,
+                0.0,
+                1e15,
+                1e16,
+                1e200,
+                -1.0,
+                0.5,
+                1e9,
+                4294967296.0,
+            ])
+            .prop_map(|f| Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        ]
+    }
+
+    /// A string: names that look valid, empty, long, control characters.
+    pub fn string() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            "[a-z0-9_-]{1,70}",
+            "\\PC{0,40}",
+            Just(String::new()),
+            Just("x".repeat(300)),
+            Just("\u{0}\n\t".to_owned()),
+            Just("2024-01-01T00:00:00Z".to_owned()),
+            Just("0001-01-01T00:00:00Z".to_owned()),
+        ]
+        .prop_map(Value::from)
+    }
+
+    /// Any JSON value up to a few levels deep.
+    pub fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            number(),
+            string(),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z_]{1,10}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An object with some of `fields` (each an arbitrary value, often of a
+    /// plausible kind) and perhaps a stray one.
+    pub fn object_with(fields: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        let value = prop_oneof![3 => number(), 3 => string(), 2 => json()];
+        prop::collection::btree_map(prop::sample::select(fields), value, 0..=fields.len())
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+    }
+}

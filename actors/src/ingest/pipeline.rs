@@ -2,19 +2,40 @@
 //! aggregates (see [`crate::aggregator`]).
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use super::{Batch, Command, Envelope, IngestLimits, IngestStats, SinkActor};
 use crate::aggregator::{Aggregator, LiveAggregates};
 use crate::analytics;
 use crate::storage::{now_ms, Commit, Store};
-use crate::Result;
+use crate::{Error, Result};
+
+/// Where the writer commits batches and looks up event ids: the store, or
+/// a test double that fails on demand.
+pub(crate) trait Committer: Send + 'static {
+    /// Commits one batch atomically (see [`Store::commit`]).
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<()>;
+    /// For each id, whether it was committed at or after `since_ms`.
+    fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>>;
+}
+
+impl Committer for Store {
+    fn commit(&mut self, commit: &Commit<'_>) -> Result<()> {
+        Store::commit(self, commit)
+    }
+
+    fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>> {
+        Store::seen_ids(self, ids, since_ms)
+    }
+}
 
 /// State of the writer thread.
 pub(super) struct Writer {
-    store: Store,
+    committer: Box<dyn Committer>,
     limits: IngestLimits,
     sinks: Vec<SinkActor>,
     stats: Arc<IngestStats>,
@@ -32,10 +53,10 @@ impl Writer {
         live: Arc<LiveAggregates>,
     ) -> Result<Self> {
         let next_seq = store.next_seq()?;
-        let aggregator = Aggregator::restore(store.aggregates()?, store.unit_exposures()?);
+        let aggregator = Aggregator::load(&store, limits.max_measures)?;
         aggregator.publish_all(&live);
         Ok(Self {
-            store,
+            committer: Box::new(store),
             limits,
             sinks,
             stats,
@@ -43,6 +64,12 @@ impl Writer {
             aggregator,
             live,
         })
+    }
+
+    /// Commits through `committer` instead of the store.
+    pub(super) fn committing_to(mut self, committer: Box<dyn Committer>) -> Self {
+        self.committer = committer;
+        self
     }
 
     /// Batches, commits and fans out until told to stop; then drains.
@@ -80,23 +107,37 @@ impl Writer {
         }
         tracing::info!(
             persisted = self.stats.persisted.load(Ordering::Relaxed),
+            lost = self.stats.lost.load(Ordering::Relaxed),
             "ingest writer drained and stopped"
         );
     }
 
     /// Commits everything pending as one WriteBatch with the aggregates it
-    /// changes, retrying until the store takes it: acknowledged events are
-    /// never dropped. While it retries the mailbox fills and handlers
+    /// changes, fsynced when an `ack=persisted` caller waits on it (one
+    /// sync for all of them; batches nobody waits on are not synced). A
+    /// failing commit is retried `commit_retries` times; then the store is
+    /// marked failed and this and every later batch is refused (see
+    /// [`Writer::refuse`]). While it retries the mailbox fills and handlers
     /// answer 503.
     fn commit(&mut self, pending: &mut Vec<Envelope>) {
         let mut batch = Batch::default();
         let mut acks = Vec::new();
+        let mut unwaited = 0;
         for envelope in pending.drain(..) {
+            if envelope.ack.is_none() {
+                unwaited += envelope.events.len();
+            }
             batch.events.extend(envelope.events);
             batch.sticky.extend(envelope.sticky);
             acks.extend(envelope.ack);
         }
-        self.drop_duplicates(&mut batch);
+        if self.stats.is_failed() {
+            return self.refuse(acks, unwaited);
+        }
+        if let Err(e) = self.drop_duplicates(&mut batch) {
+            self.fail("reading event ids", &e);
+            return self.refuse(acks, unwaited);
+        }
         let mut seq = self.next_seq;
         for e in &mut batch.events {
             e.seq = seq;
@@ -111,17 +152,23 @@ impl Writer {
             .filter(|e| e.client_id)
             .map(|e| &*e.event_id)
             .collect();
-        retry("commit", || {
-            self.store.commit(&Commit {
+        let sync = !acks.is_empty();
+        let committed = retry("commit", &self.limits, &self.stats.commit_failures, || {
+            self.committer.commit(&Commit {
                 events: &batch.events,
                 sticky: &batch.sticky,
                 client_ids: &ids,
                 next_seq: seq,
                 aggregates: Some(self.aggregator.changes()),
                 buckets: Some(&buckets),
+                sync,
             })
         });
         drop(ids);
+        if let Err(e) = committed {
+            self.fail("commit", &e);
+            return self.refuse(acks, unwaited);
+        }
         metrics::histogram!(crate::metrics::SINK_COMMIT).record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::SINK_BATCH).record(batch.events.len() as f64);
         self.next_seq = seq;
@@ -141,9 +188,41 @@ impl Writer {
         }
     }
 
+    /// Marks the store failed: `what` failed after every retry.
+    fn fail(&self, what: &str, error: &Error) {
+        let retries = self.limits.commit_retries;
+        tracing::error!(
+            error = %error,
+            retries,
+            "{what} failed after every retry: the event store is marked failed; \
+             new events are refused with 503 until abacus is restarted"
+        );
+        self.stats
+            .mark_failed(format!("{what} failed after {retries} retries: {error}"));
+    }
+
+    /// Answers a batch the store did not take: `ack=persisted` callers are
+    /// told `false` (they answer 503); the `unwaited` events were already
+    /// answered 202 and are lost, counted and logged.
+    fn refuse(&self, acks: Vec<oneshot::Sender<bool>>, unwaited: usize) {
+        for ack in acks {
+            let _ = ack.send(false);
+        }
+        if unwaited > 0 {
+            self.stats
+                .lost
+                .fetch_add(unwaited as u64, Ordering::Relaxed);
+            tracing::error!(
+                events = unwaited,
+                "events answered 202 could not be stored and are lost"
+            );
+        }
+    }
+
     /// Removes events whose client id was committed within the window or
-    /// repeats one earlier in the batch.
-    fn drop_duplicates(&self, batch: &mut Batch) {
+    /// repeats one earlier in the batch. Fails when the store cannot be
+    /// read after every retry.
+    fn drop_duplicates(&mut self, batch: &mut Batch) -> Result<()> {
         let window_start = now_ms().saturating_sub(
             u64::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u64::MAX),
         );
@@ -154,11 +233,14 @@ impl Writer {
             .map(|e| &*e.event_id)
             .collect();
         if client_ids.is_empty() {
-            return;
+            return Ok(());
         }
-        let seen = retry("reading event ids", || {
-            self.store.seen_ids(&client_ids, window_start)
-        });
+        let seen = retry(
+            "reading event ids",
+            &self.limits,
+            &self.stats.commit_failures,
+            || self.committer.seen_ids(&client_ids, window_start),
+        )?;
         let mut duplicate = seen.into_iter();
         let mut in_batch = HashSet::with_capacity(client_ids.len());
         let keep: Vec<bool> = batch
@@ -179,20 +261,74 @@ impl Writer {
                 .duplicates
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
+        Ok(())
     }
 }
 
-/// Runs a store operation until it succeeds, backing off up to 5 s.
-fn retry<T>(what: &str, mut op: impl FnMut() -> Result<T>) -> T {
-    let mut delay = Duration::from_millis(10);
+/// Runs a store operation until it succeeds, at most `1 + commit_retries`
+/// times, the n-th retry after [`back_off`]`(n)`; the last error when every
+/// attempt failed. Each failed attempt is counted in `failures`.
+fn retry<T>(
+    what: &str,
+    limits: &IngestLimits,
+    failures: &AtomicU64,
+    mut op: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 0;
     loop {
         match op() {
-            Ok(t) => return t,
+            Ok(t) => return Ok(t),
             Err(e) => {
-                tracing::error!(error = %e, "{what} failed; retrying");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(5));
+                failures.fetch_add(1, Ordering::Relaxed);
+                if attempt >= limits.commit_retries {
+                    return Err(e);
+                }
+                attempt += 1;
+                let wait = back_off(limits.commit_retry, attempt);
+                tracing::error!(
+                    error = %e,
+                    attempt,
+                    retries = limits.commit_retries,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "{what} failed; retrying"
+                );
+                std::thread::sleep(wait);
             }
         }
+    }
+}
+
+/// The wait before retry number `attempt` (from 1): linear back-off.
+fn back_off(step: Duration, attempt: u32) -> Duration {
+    step.saturating_mul(attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_linearly_and_stop_after_the_last() {
+        let step = Duration::from_millis(100);
+        let waits: Vec<u128> = (1..=5).map(|n| back_off(step, n).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 300, 400, 500]);
+
+        let limits = IngestLimits {
+            mailbox_capacity: 1,
+            flush_interval: Duration::ZERO,
+            flush_max_events: 1,
+            dedup_window: Duration::ZERO,
+            commit_retries: 3,
+            commit_retry: Duration::ZERO,
+            max_measures: 1,
+        };
+        let failures = AtomicU64::new(0);
+        let mut calls = 0;
+        let result: Result<()> = retry("test", &limits, &failures, || {
+            calls += 1;
+            Err(Error::Unavailable)
+        });
+        assert!(result.is_err());
+        assert_eq!((calls, failures.load(Ordering::Relaxed)), (4, 4));
     }
 }

@@ -5,11 +5,15 @@
 
 use std::sync::Arc;
 
-use rocksdb::IteratorMode;
+use rocksdb::{IteratorMode, WriteBatch};
 
-use super::{decode_json, keys, Cf, Store, VALUE_V1};
-use crate::domain::{ExperimentAggregates, Exposure, UnitMeasure};
+use super::{decode_event, decode_json, keys, versioned_json, Cf, Store, VALUE_V1};
+use crate::aggregator::Changes;
+use crate::domain::{Event, ExperimentAggregates, Exposure, UnitMeasure};
 use crate::{Error, Result};
+
+/// Events read per step of [`Store::for_each_event_in_commit_order`].
+const REPLAY_CHUNK: usize = 10_000;
 
 impl Store {
     /// Every experiment's persisted aggregates.
@@ -47,6 +51,78 @@ impl Store {
             out.extend(exposures.into_iter().map(|x| (Box::from(unit), x)));
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    /// Calls `f` with every stored event, in commit (`seq`) order, a chunk
+    /// at a time. Events are keyed by experiment and time, so this first
+    /// collects every event key with its `seq` (about 40 bytes each), sorts
+    /// them, then reads the events in chunks: a recovery path, not a hot
+    /// one.
+    pub fn for_each_event_in_commit_order(&self, mut f: impl FnMut(&[Event])) -> Result<()> {
+        let mut order: Vec<(u64, Box<[u8]>)> = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Events), IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            let seq = key
+                .last_chunk::<8>()
+                .map(|s| u64::from_be_bytes(*s))
+                .ok_or_else(|| Error::Corrupt {
+                    cf: Cf::Events.name(),
+                    reason: format!("key too short: {key:?}"),
+                })?;
+            order.push((seq, key));
+        }
+        order.sort_unstable_by_key(|(seq, _)| *seq);
+        let events_cf = self.cf(Cf::Events);
+        let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+        for keys in order.chunks(REPLAY_CHUNK) {
+            chunk.clear();
+            for found in self
+                .db
+                .batched_multi_get_cf(events_cf, keys.iter().map(|(_, k)| k), false)
+            {
+                if let Some(value) = found? {
+                    chunk.push(decode_event(&value)?);
+                }
+            }
+            f(&chunk);
+        }
+        Ok(())
+    }
+
+    /// Replaces every aggregate and unit-exposure record with `changes`,
+    /// in one synced write (after a rebuild from events).
+    pub fn replace_aggregates(&self, changes: &Changes<'_>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for cf in [Cf::Aggregates, Cf::UnitExposures] {
+            let handle = self.cf(cf);
+            for item in self.db.iterator_cf(handle, IteratorMode::Start) {
+                batch.delete_cf(handle, item?.0);
+            }
+        }
+        let cf = self.cf(Cf::Aggregates);
+        for (key, aggregates) in &changes.experiments {
+            batch.put_cf(
+                cf,
+                key.as_bytes(),
+                versioned_json(Cf::Aggregates, aggregates)?,
+            );
+        }
+        let cf = self.cf(Cf::UnitExposures);
+        let mut value = Vec::new();
+        for unit in &changes.units {
+            value.clear();
+            encode_exposures(&unit.exposures, &mut value);
+            batch.put_cf(cf, keys::unit(unit.experiment, unit.unit), &value);
+        }
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
     }
 }
 
@@ -116,6 +192,63 @@ fn take_key(rest: &mut &[u8]) -> Option<Arc<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregator::Aggregator;
+    use crate::domain::{ExperimentKey, VariantKey};
+    use crate::storage::{Commit, StoreOptions};
+
+    #[test]
+    fn an_undecodable_aggregate_is_rebuilt_from_the_events_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            dedup_window_ms: 1000,
+            retention_ms: None,
+        };
+        let store = Store::open(dir.path(), options).unwrap();
+        let event = |seq: u64, kind: &str, unit: &str, variant: Option<&str>| Event {
+            seq,
+            event_id: format!("e{seq}").into(),
+            experiment: Some(ExperimentKey::try_from("exp").unwrap()),
+            variant: variant.map(|v| VariantKey::try_from(v).unwrap()),
+            value: Some(2.5),
+            timestamp_ms: seq as i64,
+            ..Event::sample(kind, unit)
+        };
+        let events = [
+            event(1, "exposure", "u1", Some("a")),
+            event(2, "exposure", "u2", Some("b")),
+            event(3, "buy", "u1", None),
+            event(4, "buy", "u2", None),
+            event(5, "buy", "u1", None),
+        ];
+        let mut written = Aggregator::new(10);
+        written.fold(&events);
+        store
+            .commit(&Commit {
+                events: &events,
+                next_seq: 6,
+                aggregates: Some(written.changes()),
+                ..Commit::default()
+            })
+            .unwrap();
+        // What a non-finite sum used to be stored as.
+        let poisoned = br#"{"variants":{"a":{"units":1,"exposures":1,"assignment_mismatches":0,"measures":{"buy":{"units":1,"events":2,"sum":null,"sum_squares":null}}}}}"#;
+        let mut value = vec![VALUE_V1];
+        value.extend_from_slice(poisoned);
+        store
+            .db
+            .put_cf(store.cf(Cf::Aggregates), b"exp", &value)
+            .unwrap();
+        assert!(store.aggregates().is_err());
+
+        let mut loaded = Aggregator::load(&store, 10).expect("rebuilt, not refused");
+        assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
+        assert_eq!(store.aggregates().unwrap()[0].1, written.experiment("exp"));
+        // The rebuilt per-unit state continues like the original.
+        let more = [event(6, "buy", "u2", None)];
+        loaded.fold(&more);
+        written.fold(&more);
+        assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
+    }
 
     #[test]
     fn exposures_round_trip_bit_for_bit() {

@@ -35,8 +35,17 @@ impl Store {
                 let (key, value) = item?;
                 let variant = keys::bucket_variant(&key, scope)
                     .ok_or_else(|| corrupt(format!("bad key {key:?}")))?;
-                let bucket = decode_bucket(&value).ok_or_else(|| corrupt("bad bucket".into()))?;
-                Ok((variant.to_owned(), bucket))
+                Ok(decode_bucket(&value).map(|bucket| (variant.to_owned(), bucket)))
+            })
+            // A bucket that cannot be decoded is left out of the answer
+            // (and counted) rather than failing every query over its time.
+            .filter_map(|r: Result<Option<_>>| {
+                r.inspect(|found| {
+                    if found.is_none() {
+                        metrics::counter!(crate::metrics::STORE_MERGE_SKIPPED).increment(1);
+                    }
+                })
+                .transpose()
             })
             .collect()
     }
@@ -79,21 +88,70 @@ fn decode_bucket(value: &[u8]) -> Option<Bucket> {
 }
 
 /// RocksDB's merge operator for [`Cf::Analytics`]: the stored bucket plus
-/// every delta. `None` (an undecodable value) makes RocksDB report
-/// corruption rather than silently drop counts.
+/// every delta. It never fails: a failed merge would make RocksDB refuse
+/// every later read of the key (and compaction), so one bad value would
+/// break the endpoint for good. An undecodable value is skipped instead,
+/// logged and counted in `abacus_store_merge_operands_skipped_total`; what
+/// it held is lost, what the others hold is kept.
 pub(super) fn merge_buckets(
     _key: &[u8],
     existing: Option<&[u8]>,
     operands: &MergeOperands,
 ) -> Option<Vec<u8>> {
-    let mut merged = match existing {
-        Some(v) => decode_bucket(v)?,
-        None => Bucket::default(),
+    let mut skipped = 0u64;
+    let mut decode = |v: &[u8]| {
+        let bucket = decode_bucket(v);
+        skipped += u64::from(bucket.is_none());
+        bucket
     };
+    let mut merged = existing.and_then(&mut decode).unwrap_or_default();
     for operand in operands {
-        merged.merge(&decode_bucket(operand)?);
+        if let Some(delta) = decode(operand) {
+            merged.merge(&delta);
+        }
+    }
+    if skipped > 0 {
+        tracing::error!(skipped, "undecodable analytics values skipped in a merge");
+        metrics::counter!(crate::metrics::STORE_MERGE_SKIPPED).increment(skipped);
     }
     let mut out = vec![VALUE_V1];
+    // A bucket holds only finite numbers (inputs are bounded at ingestion),
+    // so it always serialises.
     serde_json::to_writer(&mut out, &merged).ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StoreOptions;
+
+    #[test]
+    fn a_bad_merge_operand_is_skipped_and_the_rest_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            dedup_window_ms: 1000,
+            retention_ms: None,
+        };
+        let store = Store::open(dir.path(), options).unwrap();
+        let cf = store.cf(Cf::Analytics);
+        let key = keys::bucket("exp", 0, 60_000, "a");
+        let one = Bucket {
+            events: 1,
+            clicks: 1,
+            ..Bucket::default()
+        };
+        let good = super::super::versioned_json(Cf::Analytics, &one).unwrap();
+        store.db.merge_cf(cf, &key, &good).unwrap();
+        store.db.merge_cf(cf, &key, b"\x01{not json").unwrap();
+        store.db.merge_cf(cf, &key, &good).unwrap();
+        let buckets = store.buckets("exp", 0, 0, i64::MAX).expect("readable");
+        assert_eq!(buckets.len(), 1);
+        assert_eq!((buckets[0].1.events, buckets[0].1.clicks), (2, 2));
+        // Stays readable after compaction, and later merges still apply.
+        store.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        store.db.merge_cf(cf, &key, &good).unwrap();
+        let buckets = store.buckets("exp", 0, 0, i64::MAX).expect("readable");
+        assert_eq!(buckets[0].1.events, 3);
+    }
 }

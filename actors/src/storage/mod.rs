@@ -34,6 +34,8 @@ const SCHEMA_VERSION: u8 = 1;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The next event sequence number, written with every event batch.
 const NEXT_SEQ_KEY: &[u8] = b"next_event_seq";
+/// Prefix of an extra sink's cursor in [`Cf::Meta`]; the sink's name follows.
+const SINK_CURSOR_PREFIX: &[u8] = b"sink_cursor/";
 /// First byte of every value: the version of its encoding.
 const VALUE_V1: u8 = 1;
 
@@ -75,6 +77,9 @@ pub struct Commit<'a> {
     pub aggregates: Option<Changes<'a>>,
     /// Analytics bucket deltas, by [`keys::bucket`], merged into the store.
     pub buckets: Option<&'a HashMap<Vec<u8>, Bucket>>,
+    /// fsync the write-ahead log before returning: set when an
+    /// `ack=persisted` caller waits on the batch (one sync for all of them).
+    pub sync: bool,
 }
 
 /// A handle on the open database; cheap to clone.
@@ -268,8 +273,10 @@ impl Store {
             .collect()
     }
 
-    /// Commits one batch atomically. WAL, not fsynced: a process crash
-    /// loses nothing committed; a power cut may lose the last batches.
+    /// Commits one batch atomically through the write-ahead log. Unless
+    /// `commit.sync`, the WAL is not fsynced: a process crash loses nothing
+    /// committed, a power cut may lose the last unsynced batches. With
+    /// `sync` the batch (and every earlier one) survives a power cut.
     pub fn commit(&self, commit: &Commit<'_>) -> Result<()> {
         let mut batch = WriteBatch::default();
         let events_cf = self.cf(Cf::Events);
@@ -332,8 +339,79 @@ impl Store {
             NEXT_SEQ_KEY,
             commit.next_seq.to_be_bytes(),
         );
-        self.db.write(batch)?;
+        let mut options = WriteOptions::default();
+        options.set_sync(commit.sync);
+        self.db.write_opt(batch, &options)?;
         Ok(())
+    }
+
+    /// The last event `seq` the sink `name` wrote and made durable; 0 when
+    /// it has written nothing yet.
+    pub fn sink_cursor(&self, name: &str) -> Result<u64> {
+        let Some(value) = self.db.get_cf(self.cf(Cf::Meta), sink_cursor_key(name))? else {
+            return Ok(0);
+        };
+        let seq = match value.split_first() {
+            Some((&VALUE_V1, seq)) => <[u8; 8]>::try_from(seq).ok(),
+            _ => None,
+        };
+        seq.map(u64::from_be_bytes).ok_or_else(|| Error::Corrupt {
+            cf: Cf::Meta.name(),
+            reason: format!("sink cursor of {name}: {value:?}"),
+        })
+    }
+
+    /// Moves the sink `name`'s cursor to `seq`. Not synced: a cursor lost
+    /// with the last unsynced WAL records only makes the sink write those
+    /// events again.
+    pub fn set_sink_cursor(&self, name: &str, seq: u64) -> Result<()> {
+        let mut value = [0u8; 9];
+        value[0] = VALUE_V1;
+        value[1..].copy_from_slice(&seq.to_be_bytes());
+        self.db
+            .put_cf(self.cf(Cf::Meta), sink_cursor_key(name), value)?;
+        Ok(())
+    }
+
+    /// Up to `limit` stored events with `seq > after`, in `seq` order: what
+    /// a sink replays from its cursor. Scans every event key (the `seq` is
+    /// the key's last eight bytes, so no value is decoded for the scan):
+    /// retention bounds it, and sinks call it only at start and after an
+    /// error. Keeps at most `limit` keys in memory per call.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let cf = self.cf(Cf::Events);
+        let mut options = ReadOptions::default();
+        options.fill_cache(false);
+        let mut iter = self.db.raw_iterator_cf_opt(cf, options);
+        iter.seek_to_first();
+        // The `limit` smallest seqs above `after`, largest on top.
+        let mut smallest: std::collections::BinaryHeap<(u64, Box<[u8]>)> =
+            std::collections::BinaryHeap::with_capacity(limit.min(1 << 16) + 1);
+        while let Some(key) = iter.key() {
+            let seq = key.last_chunk::<8>().map_or(0, |s| u64::from_be_bytes(*s));
+            let wanted = seq > after
+                && (smallest.len() < limit || smallest.peek().is_some_and(|(top, _)| seq < *top));
+            if wanted {
+                smallest.push((seq, key.into()));
+                if smallest.len() > limit {
+                    smallest.pop();
+                }
+            }
+            iter.next();
+        }
+        iter.status()?;
+        let keys = smallest.into_sorted_vec();
+        let mut events = Vec::with_capacity(keys.len());
+        let values = self
+            .db
+            .batched_multi_get_cf(cf, keys.iter().map(|(_, key)| key), false);
+        for value in values {
+            // Gone since the scan (retention): nothing to replay.
+            if let Some(value) = value? {
+                events.push(decode_event(&value)?);
+            }
+        }
+        Ok(events)
     }
 
     /// The sequence number the next committed event gets.
@@ -365,6 +443,7 @@ impl Store {
         to_ms: i64,
         after: Option<&[u8]>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<(Vec<Event>, Option<Vec<u8>>)> {
         let start = keys::event_bound(experiment, from_ms);
         let mut options = ReadOptions::default();
@@ -380,15 +459,17 @@ impl Store {
         );
         let mut events = Vec::with_capacity(limit.min(1024));
         let mut last: Option<Box<[u8]>> = None;
+        let mut bytes = 0usize;
         for item in iter {
             let (key, value) = item?;
             if Some(&*key) == after {
                 continue;
             }
-            if events.len() == limit {
+            if events.len() == limit || (bytes >= max_bytes && !events.is_empty()) {
                 // More remain: continue after the last key returned.
                 return Ok((events, last.map(Vec::from)));
             }
+            bytes += value.len();
             events.push(decode_event(&value)?);
             last = Some(key);
         }
@@ -455,6 +536,11 @@ impl Store {
         self.db.flush_wal(true)?;
         Ok(())
     }
+}
+
+/// [`SINK_CURSOR_PREFIX`] then the sink's name.
+fn sink_cursor_key(name: &str) -> Vec<u8> {
+    [SINK_CURSOR_PREFIX, name.as_bytes()].concat()
 }
 
 /// `[v1][JSON]`.
@@ -636,23 +722,33 @@ mod tests {
             .unwrap();
         let a = ExperimentKey::try_from("a").unwrap();
 
-        let (page, next) = store.events(Some(&a), 200, 800, None, 3).unwrap();
+        let (page, next) = store
+            .events(Some(&a), 200, 800, None, 3, usize::MAX)
+            .unwrap();
         assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3, 4]);
         let (rest, end) = store
-            .events(Some(&a), 200, 800, next.as_deref(), 10)
+            .events(Some(&a), 200, 800, next.as_deref(), 10, usize::MAX)
             .unwrap();
         assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), [5, 6, 7]);
         assert!(end.is_none());
-        let (none, _) = store.events(None, 0, i64::MAX, None, 10).unwrap();
+        let (none, _) = store
+            .events(None, 0, i64::MAX, None, 10, usize::MAX)
+            .unwrap();
         assert_eq!(none.iter().map(|e| e.seq).collect::<Vec<_>>(), [12]);
+        // A byte budget smaller than one event still returns one per page.
+        let (small, next) = store.events(Some(&a), 200, 800, None, 10, 1).unwrap();
+        assert_eq!(small.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        assert!(next.is_some());
 
         store.delete_events_before(Some(&a), 500).unwrap();
-        let (kept, _) = store.events(Some(&a), 0, i64::MAX, None, 100).unwrap();
+        let (kept, _) = store
+            .events(Some(&a), 0, i64::MAX, None, 100, usize::MAX)
+            .unwrap();
         assert_eq!(kept.first().map(|e| e.seq), Some(5));
         let b = ExperimentKey::try_from("b").unwrap();
         assert_eq!(
             store
-                .events(Some(&b), 0, i64::MAX, None, 10)
+                .events(Some(&b), 0, i64::MAX, None, 10, usize::MAX)
                 .unwrap()
                 .0
                 .len(),
@@ -676,5 +772,54 @@ mod tests {
             [true, false, true]
         );
         assert_eq!(store.seen_ids(&["x"], u64::MAX).unwrap(), [false]);
+    }
+
+    #[test]
+    fn sink_cursors_round_trip_and_replay_reads_events_after_them_in_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), WINDOW).unwrap();
+        assert_eq!(
+            store.sink_cursor("jsonl").unwrap(),
+            0,
+            "nothing written yet"
+        );
+        // Key order is experiment, then time; seq order differs.
+        let events: Vec<Event> = (1..=9)
+            .map(|seq| {
+                let experiment = ["a", "b"][seq as usize % 2];
+                event(Some(experiment), 1000 - seq as i64, seq)
+            })
+            .chain([event(None, 5, 10)])
+            .collect();
+        store
+            .commit(&Commit {
+                events: &events,
+                next_seq: 11,
+                sync: true,
+                ..Commit::default()
+            })
+            .unwrap();
+        store.set_sink_cursor("jsonl", 4).unwrap();
+        assert_eq!(store.sink_cursor("jsonl").unwrap(), 4);
+        assert_eq!(store.sink_cursor("other").unwrap(), 0);
+        let seqs = |after, limit| -> Vec<u64> {
+            store
+                .events_after(after, limit)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(4, 100), [5, 6, 7, 8, 9, 10]);
+        assert_eq!(seqs(4, 2), [5, 6], "the smallest first, at most limit");
+        assert!(seqs(10, 100).is_empty());
+        store
+            .db
+            .put_cf(store.cf(Cf::Meta), sink_cursor_key("bad"), [9u8, 0])
+            .unwrap();
+        assert!(matches!(
+            store.sink_cursor("bad"),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

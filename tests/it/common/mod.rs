@@ -150,6 +150,24 @@ impl TestServer {
         self.spawn();
     }
 
+    /// Sets (or replaces) an `ABACUS_*` variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// The server process's resident memory, from `/proc/<pid>/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("server is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS line");
+        kib * 1024
+    }
+
     /// Starts again on the same data after [`TestServer::stop`].
     pub fn restart_stopped(&mut self) {
         assert!(self.child.is_none(), "server is still running");
