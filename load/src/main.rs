@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::scenario::Scenario;
+use crate::scenario::{Ack, Scenario};
 
 /// Open-loop load test for an abacus server.
 #[derive(Debug, Parser)]
@@ -60,6 +60,11 @@ pub struct Args {
     /// Events per request in `ingest-batch`.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// When event requests (`ingest`, `ingest-batch`, `mixed`) are
+    /// answered: `accepted` (queued) or `persisted` (`?ack=persisted`:
+    /// after the group commit, fsynced).
+    #[arg(long, value_enum, default_value_t = Ack::Accepted)]
+    ack: Ack,
     /// Bearer key for the server, if auth is on.
     #[arg(long, env = "ABACUS_LOAD_TOKEN")]
     token: Option<String>,

@@ -41,6 +41,8 @@ pub struct Percentiles {
 #[derive(Debug, Serialize)]
 pub struct Report {
     scenario: String,
+    /// `?ack=` of event requests: `accepted` or `persisted`.
+    ack: &'static str,
     /// `open` (at `target_rate`) or `closed` (`concurrency` workers).
     mode: &'static str,
     target_rate: u64,
@@ -102,6 +104,7 @@ impl Report {
         let io_errors = c.io_errors.load(Ordering::Relaxed);
         Self {
             scenario: args.scenario.name().to_owned(),
+            ack: args.ack.name(),
             mode: if args.closed_loop { "closed" } else { "open" },
             target_rate: if args.closed_loop { 0 } else { args.rate },
             concurrency: if args.closed_loop {
@@ -144,6 +147,9 @@ impl fmt::Display for Report {
                 "scenario {}  target {}/s  {:.1} s",
                 self.scenario, self.target_rate, self.duration_s
             )?;
+        }
+        if self.ack != "accepted" {
+            writeln!(f, "events answered with ack={}", self.ack)?;
         }
         writeln!(
             f,

@@ -24,6 +24,25 @@ pub enum Scenario {
     Mixed,
 }
 
+/// When `POST /v1/events` answers: its `ack` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ack {
+    /// Once the events are validated and queued (202 at once).
+    Accepted,
+    /// Once their batch is committed and fsynced (group commit).
+    Persisted,
+}
+
+impl Ack {
+    /// The name used on the command line and in the query.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ack::Accepted => "accepted",
+            Ack::Persisted => "persisted",
+        }
+    }
+}
+
 impl Scenario {
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
@@ -48,6 +67,8 @@ pub struct Target {
     experiment: String,
     units: u64,
     batch: usize,
+    /// `POST` path of event requests, with `?ack=` when not the default.
+    events_path: &'static str,
     run_id: u128,
     /// Deliveries to the local receiver (`webhooks` only).
     pub deliveries: Option<std::sync::Arc<crate::receiver::Deliveries>>,
@@ -67,6 +88,10 @@ impl Target {
             experiment: String::new(),
             units: args.units.max(1),
             batch: args.batch.max(1),
+            events_path: match args.ack {
+                Ack::Accepted => "/v1/events",
+                Ack::Persisted => "/v1/events?ack=persisted",
+            },
             run_id,
             deliveries: None,
         };
@@ -157,14 +182,14 @@ impl Target {
                 .request(Method::POST, "/v1/assignments")
                 .json(&json!({"unit_id": format!("user-{unit}")})),
             Scenario::Ingest => self
-                .request(Method::POST, "/v1/events")
+                .request(Method::POST, self.events_path)
                 .json(&self.event(n)),
             Scenario::IngestBatch => {
                 let first = n * self.batch as u64;
                 let events: Vec<_> = (first..first + self.batch as u64)
                     .map(|i| self.event(i))
                     .collect();
-                self.request(Method::POST, "/v1/events")
+                self.request(Method::POST, self.events_path)
                     .json(&json!({ "events": events }))
             }
             Scenario::Results => self.request(

@@ -31,8 +31,10 @@ async fn healthz() -> HttpResponse {
     })
 }
 
-/// Ready: the store is open, the engine's actors and writers run, and the
-/// ingest mailbox is below its high-water mark (`ingest.high_water`).
+/// Ready: the store is open, the engine's actors and writers run, the
+/// event store has not failed (a commit refused after every retry, until
+/// restart), and the ingest mailbox is below its high-water mark
+/// (`ingest.high_water`).
 #[utoipa::path(
     tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health))
@@ -42,6 +44,11 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut reasons = Vec::new();
     if !state.engine.is_ready() {
         reasons.push("the store or an actor is not running".to_owned());
+    }
+    if let Some(failure) = state.engine.store_failure() {
+        reasons.push(format!(
+            "the event store failed ({failure}); events are refused until abacus is restarted"
+        ));
     }
     let (depth, capacity) = state.engine.mailbox();
     if depth as f64 > state.high_water * capacity as f64 {

@@ -94,9 +94,11 @@ fn nothing_acknowledged_is_lost_across_a_graceful_restart() {
 }
 
 /// Two writers, one waiting for `ack=persisted`, one fire-and-forget, until
-/// the server is killed with SIGKILL mid-load. After a restart every
-/// persisted-acknowledged event is there; the fire-and-forget events lost
-/// are counted and reported, and must stay within the mailbox's bound.
+/// the server is killed with SIGKILL mid-load. A persisted request is
+/// answered 202 only with `persisted: true` (its batch committed and
+/// fsynced), and after a restart every such event is there; the
+/// fire-and-forget events lost are counted and reported, and must stay
+/// within the mailbox's bound.
 #[test]
 fn sigkill_loses_nothing_acknowledged_as_persisted() {
     let mut server = TestServer::start();
@@ -141,9 +143,11 @@ fn sigkill_loses_nothing_acknowledged_as_persisted() {
                 let Ok(body) = response.json::<Value>() else {
                     break;
                 };
-                if ack == "accepted" || body["persisted"] == true {
-                    out.lock().unwrap().extend(ids);
-                }
+                assert!(
+                    ack == "accepted" || body["persisted"] == true,
+                    "202 without persisted: {body}"
+                );
+                out.lock().unwrap().extend(ids);
             }
         });
         (handle, acked)

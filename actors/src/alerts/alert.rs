@@ -92,7 +92,8 @@ impl StampIn {
 pub struct Alert {
     /// `alert_` and a UUIDv7 (so ids sort by time).
     pub id: String,
-    /// The rule that raised it; `null` for a guardrail stop.
+    /// The rule that raised it; `null` for a guardrail stop or a store
+    /// failure, which abacus raises itself.
     pub rule_id: Option<String>,
     /// The rule's name, or what happened.
     pub name: String,
@@ -185,6 +186,31 @@ impl Alert {
                 stop.p_value
             ),
             raised_at: stop.at,
+            acknowledged: None,
+            resolved: None,
+        }
+    }
+
+    /// The critical alert abacus raises itself when the event store
+    /// refused a commit after every retry.
+    pub fn store_failed(reason: &str, now: OffsetDateTime) -> Self {
+        Self {
+            id: Self::new_id(),
+            rule_id: None,
+            name: "event store failed".to_owned(),
+            metric: AlertMetric::StoreFailed,
+            severity: Severity::Critical,
+            experiment: None,
+            subscription: None,
+            status: AlertStatus::Open,
+            value: None,
+            threshold: None,
+            message: format!(
+                "{reason}. New events and exposures are refused with 503 and /readyz fails \
+                 until abacus is restarted; fire-and-forget events of the failed batch are \
+                 lost (abacus_events_lost_total)"
+            ),
+            raised_at: now,
             acknowledged: None,
             resolved: None,
         }

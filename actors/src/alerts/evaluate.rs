@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -44,6 +44,14 @@ pub(super) struct AlertActor {
     /// condition clears once.
     suppressed: HashSet<Key>,
     history: VecDeque<Sample>,
+    /// The built-in store-failure alerts not yet resolved by abacus (one,
+    /// or those an earlier run left), shared with [`super::Alerts`] so they
+    /// are listed even when the failed store cannot record them.
+    store_alerts: Arc<Mutex<Vec<Alert>>>,
+    /// The newest is recorded in the store with its `alert.raised` event.
+    store_alert_recorded: bool,
+    /// The newest was published to the live feed directly.
+    store_alert_streamed: bool,
 }
 
 impl AlertActor {
@@ -53,6 +61,7 @@ impl AlertActor {
         clock: Arc<dyn Clock>,
         rules: Vec<AlertRule>,
         active: Vec<Alert>,
+        store_alerts: Arc<Mutex<Vec<Alert>>>,
     ) -> Self {
         // Counting starts now: the first window includes the first second.
         let mut history = VecDeque::with_capacity(MAX_WINDOW_S as usize + 2);
@@ -72,11 +81,107 @@ impl AlertActor {
                 .collect(),
             suppressed: HashSet::new(),
             history,
+            store_alerts,
+            store_alert_recorded: true,
+            store_alert_streamed: false,
         }
     }
 
-    /// Takes this second's sample and evaluates every enabled rule.
+    /// The built-in alert on the event store: raised (critical, without a
+    /// rule) once the ingest writer marks the store failed; resolved by
+    /// abacus when the store works (after a restart). The failed store
+    /// may refuse to record it too, so it is kept in memory (listed by
+    /// [`super::Alerts::list`]), published to the live feed directly when
+    /// it cannot go through the outbox, and mirrored by the
+    /// `abacus_ingest_store_failed` gauge. Recording it is retried every
+    /// tick.
+    fn check_store(&mut self) {
+        let now = self.clock.now();
+        let current = self.store_alerts();
+        match self.sources.ingest.store_failure() {
+            Some(reason) if current.is_empty() => {
+                let alert = Alert::store_failed(&reason, now);
+                tracing::error!(alert = %alert.id, %reason, "alert raised: the event store failed");
+                self.set_store_alerts(vec![alert]);
+                self.store_alert_recorded = false;
+                self.store_alert_streamed = false;
+            }
+            None if !current.is_empty() => {
+                let cleared: Vec<(Alert, DomainEvent)> = current
+                    .iter()
+                    .filter(|a| a.is_active())
+                    .map(|a| {
+                        let a = a.cleared("the event store takes writes again", now);
+                        let event = event_of(&a, now);
+                        (a, event)
+                    })
+                    .collect();
+                match self.store.put_alerts(&cleared) {
+                    Ok(()) => {
+                        tracing::info!("store-failure alert resolved");
+                        self.set_store_alerts(Vec::new());
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "resolving the store-failure alert failed")
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        if self.store_alert_recorded {
+            return;
+        }
+        let Some(alert) = self.store_alerts().pop() else {
+            return;
+        };
+        let event = event_of(&alert, now);
+        match self.store.put_alerts(&[(alert, event.clone())]) {
+            Ok(()) => self.store_alert_recorded = true,
+            Err(e) if !self.store_alert_streamed => {
+                tracing::error!(error = %e, "recording the store-failure alert failed; it is kept in memory and sent to the live feed");
+                self.sources
+                    .live
+                    .publish("alert.raised", None, &event.payload());
+                self.store_alert_streamed = true;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The unresolved built-in store alerts, oldest first.
+    fn store_alerts(&self) -> Vec<Alert> {
+        self.store_alerts
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
+    }
+
+    fn set_store_alerts(&self, alerts: Vec<Alert>) {
+        if let Ok(mut current) = self.store_alerts.lock() {
+            *current = alerts;
+        }
+    }
+
+    /// A built-in store alert by id, recorded or not.
+    fn store_alert(&self, id: &str) -> Option<Alert> {
+        self.store_alerts().into_iter().find(|a| a.id == id)
+    }
+
+    /// Keeps the in-memory copy of a built-in store alert in step with a
+    /// change made through the API.
+    fn track(&self, alert: &Alert) {
+        if let Ok(mut alerts) = self.store_alerts.lock() {
+            for a in alerts.iter_mut().filter(|a| a.id == alert.id) {
+                a.clone_from(alert);
+            }
+        }
+    }
+
+    /// Takes this second's sample and evaluates every enabled rule and the
+    /// built-in store check.
     fn evaluate(&mut self) {
+        self.check_store();
         let ingest = &self.sources.ingest;
         let sample = Sample {
             signals: self.sources.signals.snapshot(),
@@ -165,6 +270,8 @@ impl AlertActor {
                 )
             }
             AlertMetric::Srm | AlertMetric::GuardrailRegression => self.experiments(rule),
+            // Raised by `check_store`, never by a rule.
+            AlertMetric::StoreFailed => Vec::new(),
             AlertMetric::WebhookDisabled => self
                 .sources
                 .webhooks
@@ -449,10 +556,12 @@ impl Handler<Acknowledge> for AlertActor {
         let current = self
             .store
             .alert(&msg.0)?
+            .or_else(|| self.store_alert(&msg.0))
             .ok_or_else(|| Error::AlertNotFound(msg.0.clone()))?;
         let next = current.acknowledged(msg.1, self.clock.now())?;
         // Acknowledging is not news for subscribers: no outbox event.
         self.store.put_alert(&next)?;
+        self.track(&next);
         if let Some(key) = key_of(&next) {
             self.active.insert(key, next.clone());
         }
@@ -472,12 +581,81 @@ impl Handler<Resolve> for AlertActor {
         let current = self
             .store
             .alert(&msg.0)?
+            .or_else(|| self.store_alert(&msg.0))
             .ok_or_else(|| Error::AlertNotFound(msg.0.clone()))?;
         let next = current.resolved_by(msg.1, self.clock.now())?;
         self.write(vec![next.clone()])?;
+        // A store alert resolved by hand is not raised again before a restart.
+        self.track(&next);
         if let Some(key) = key_of(&next) {
             self.suppressed.insert(key);
         }
         Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::tests::{sources, store};
+    use crate::alerts::{AlertStatus, Severity};
+    use crate::clock::SystemClock;
+    use crate::ingest::IngestStats;
+
+    async fn actor(store: &Store, ingest: &Arc<IngestStats>, loaded: Vec<Alert>) -> AlertActor {
+        let sources = sources(store, ingest).await;
+        let loaded = Arc::new(Mutex::new(loaded));
+        AlertActor::new(
+            store.clone(),
+            sources,
+            Arc::new(SystemClock),
+            Vec::new(),
+            Vec::new(),
+            loaded,
+        )
+    }
+
+    #[test]
+    fn a_failed_store_raises_one_critical_alert_without_a_rule_until_a_healthy_restart() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path());
+        actix::System::new().block_on(async {
+            let ingest = Arc::new(IngestStats::default());
+            let mut alerts = actor(&store, &ingest, Vec::new()).await;
+            alerts.check_store();
+            assert!(
+                alerts.store_alerts().is_empty(),
+                "nothing while the store works"
+            );
+
+            ingest.mark_failed("commit failed after 5 retries: disk full".into());
+            alerts.check_store();
+            alerts.check_store();
+            let raised = alerts.store_alerts();
+            assert_eq!(raised.len(), 1, "raised once");
+            let alert = &raised[0];
+            assert_eq!(
+                (alert.metric, alert.severity, alert.rule_id.as_deref()),
+                (AlertMetric::StoreFailed, Severity::Critical, None)
+            );
+            assert!(alert.message.contains("disk full"), "{}", alert.message);
+            assert!(
+                alerts.store_alert_recorded,
+                "this store still takes the alert"
+            );
+            let stored = store.alert(&alert.id).expect("read").expect("recorded");
+            assert_eq!(stored.status, AlertStatus::Open);
+            let outbox = store.outbox(0, 10).expect("outbox");
+            assert_eq!(outbox.len(), 1, "alert.raised for webhooks and the stream");
+
+            // After a restart the store works: the alert resolves itself.
+            let healthy = Arc::new(IngestStats::default());
+            let mut restarted = actor(&store, &healthy, vec![stored]).await;
+            restarted.check_store();
+            assert!(restarted.store_alerts().is_empty());
+            let resolved = store.alert(&alert.id).expect("read").expect("kept");
+            assert_eq!(resolved.status, AlertStatus::Resolved);
+            assert_eq!(resolved.resolved.expect("stamp").by, "abacus");
+        });
     }
 }

@@ -4,13 +4,19 @@
 //! themselves when their condition clears. Every raise and resolution is
 //! written with its `alert.raised` / `alert.resolved` outbox event in one
 //! synced write, so webhooks and the live stream carry it.
+//!
+//! One alert needs no rule: when the event store fails (a commit refused
+//! after every retry) the actor raises a critical `store_failed` alert
+//! itself. The failed store may refuse to record it, so it is also kept in
+//! memory (listed with the stored ones) and sent to the live feed directly;
+//! the `abacus_ingest_store_failed` gauge carries it to Prometheus.
 
 mod alert;
 mod evaluate;
 mod rule;
 mod signals;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
@@ -26,6 +32,7 @@ use crate::aggregator::LiveAggregates;
 use crate::catalog::Registry;
 use crate::clock::Clock;
 use crate::ingest::IngestStats;
+use crate::live::Live;
 use crate::storage::{blocking, Store};
 use crate::webhooks::Webhooks;
 use crate::{Error, Result};
@@ -37,6 +44,7 @@ pub(crate) struct Sources {
     pub ingest: Arc<IngestStats>,
     pub webhooks: Arc<Webhooks>,
     pub signals: Arc<Signals>,
+    pub live: Arc<Live>,
 }
 
 /// The alerting subsystem.
@@ -44,6 +52,8 @@ pub struct Alerts {
     addr: Addr<AlertActor>,
     store: Store,
     signals: Arc<Signals>,
+    /// The built-in store-failure alerts, recorded or not.
+    store_alerts: Arc<Mutex<Vec<Alert>>>,
     _thread: Arbiter,
 }
 
@@ -96,25 +106,31 @@ impl Alerts {
         sources: Sources,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        let (rules, active) = {
+        let (rules, active, failed) = {
             let store = store.clone();
             blocking(move || {
                 let rules = store.rules()?;
                 let active = store.alerts(usize::MAX, |a| a.is_active() && a.rule_id.is_some())?;
-                Ok((rules, active))
+                let failed = store.alerts(usize::MAX, |a| {
+                    a.is_active() && a.metric == AlertMetric::StoreFailed
+                })?;
+                Ok((rules, active, failed))
             })
             .await?
         };
         let signals = Arc::clone(&sources.signals);
+        let store_alerts = Arc::new(Mutex::new(failed));
         let thread = Arbiter::new();
         let actor_store = store.clone();
+        let actor_alerts = Arc::clone(&store_alerts);
         let addr = AlertActor::start_in_arbiter(&thread.handle(), move |_| {
-            AlertActor::new(actor_store, sources, clock, rules, active)
+            AlertActor::new(actor_store, sources, clock, rules, active, actor_alerts)
         });
         Ok(Self {
             addr,
             store,
             signals,
+            store_alerts,
             _thread: thread,
         })
     }
@@ -158,17 +174,28 @@ impl Alerts {
             .ok_or_else(|| Error::RuleNotFound(id.to_owned()))
     }
 
-    /// Alerts, newest first.
+    /// Alerts, newest first, with a store-failure alert the store could
+    /// not record.
     pub async fn list(&self, filter: AlertFilter) -> Result<Vec<Alert>> {
         let store = self.store.clone();
+        let unrecorded = self.store_alerts();
         blocking(move || {
-            store.alerts(filter.limit, |a| {
+            let keep = |a: &Alert| {
                 filter.status.is_none_or(|s| a.status == s)
                     && filter
                         .experiment
                         .as_deref()
                         .is_none_or(|e| a.experiment.as_deref() == Some(e))
-            })
+            };
+            let mut alerts = store.alerts(filter.limit, keep)?;
+            for alert in unrecorded.into_iter().filter(keep) {
+                // Ids sort by time, and the list is newest first.
+                if let Err(at) = alerts.binary_search_by(|a| alert.id.cmp(&a.id)) {
+                    alerts.insert(at, alert);
+                }
+            }
+            alerts.truncate(filter.limit);
+            Ok(alerts)
         })
         .await
     }
@@ -176,9 +203,18 @@ impl Alerts {
     /// One alert.
     pub async fn get(&self, id: &str) -> Result<Alert> {
         let (store, key) = (self.store.clone(), id.to_owned());
+        let unrecorded = self.store_alerts().into_iter().find(|a| a.id == id);
         blocking(move || store.alert(&key))
             .await?
+            .or(unrecorded)
             .ok_or_else(|| Error::AlertNotFound(id.to_owned()))
+    }
+
+    fn store_alerts(&self) -> Vec<Alert> {
+        self.store_alerts
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default()
     }
 
     /// `open → acknowledged`.
@@ -189,5 +225,79 @@ impl Alerts {
     /// `open | acknowledged → resolved`.
     pub async fn resolve(&self, id: &str, stamp: StampIn) -> Result<Alert> {
         self.addr.send(Resolve(id.to_owned(), stamp)).await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::storage::StoreOptions;
+    use crate::webhooks::Settings;
+
+    /// Sources with nothing in them but `ingest`.
+    pub(super) async fn sources(store: &Store, ingest: &Arc<IngestStats>) -> Sources {
+        let settings = Settings {
+            allow_private: false,
+            timeout: Duration::from_secs(1),
+            retry_schedule: Vec::new(),
+            jitter: 0.0,
+            disable_after: 1,
+            max_retry_after: Duration::from_secs(1),
+        };
+        let webhooks = Webhooks::start(store.clone(), settings)
+            .await
+            .expect("webhooks");
+        Sources {
+            registry: Arc::default(),
+            aggregates: Arc::default(),
+            ingest: Arc::clone(ingest),
+            webhooks: Arc::new(webhooks),
+            signals: Arc::default(),
+            live: Arc::default(),
+        }
+    }
+
+    pub(super) fn store(dir: &std::path::Path) -> Store {
+        let options = StoreOptions {
+            dedup_window_ms: 1000,
+            retention_ms: None,
+        };
+        Store::open(dir, options).expect("store")
+    }
+
+    #[test]
+    fn a_store_alert_the_store_could_not_record_is_listed_and_found() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = store(dir.path());
+        actix::System::new().block_on(async {
+            let ingest = Arc::new(IngestStats::default());
+            let sources = sources(&store, &ingest).await;
+            let alerts = Alerts::start(store.clone(), sources, Arc::new(SystemClock))
+                .await
+                .expect("start");
+            let unrecorded = Alert::store_failed("disk full", time::OffsetDateTime::now_utc());
+            alerts
+                .store_alerts
+                .lock()
+                .expect("lock")
+                .push(unrecorded.clone());
+            let filter = AlertFilter {
+                status: Some(AlertStatus::Open),
+                experiment: None,
+                limit: 10,
+            };
+            let listed = alerts.list(filter).await.expect("list");
+            assert_eq!(listed, std::slice::from_ref(&unrecorded));
+            assert_eq!(alerts.get(&unrecorded.id).await.expect("get"), unrecorded);
+            let filter = AlertFilter {
+                status: Some(AlertStatus::Resolved),
+                experiment: None,
+                limit: 10,
+            };
+            assert!(alerts.list(filter).await.expect("list").is_empty());
+        });
     }
 }

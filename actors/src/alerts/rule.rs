@@ -47,6 +47,10 @@ pub enum AlertMetric {
     GuardrailRegression,
     /// A webhook subscription is disabled.
     WebhookDisabled,
+    /// The event store refused a commit after every retry: events are
+    /// refused until restart. Raised by abacus itself (critical, without
+    /// a rule); rules cannot watch it.
+    StoreFailed,
 }
 
 impl AlertMetric {
@@ -220,6 +224,12 @@ impl AlertRule {
                 format!("window_s must be 1-{MAX_WINDOW_S}"),
             ));
         }
+        if self.metric == AlertMetric::StoreFailed {
+            return Err(Error::invalid(
+                "metric",
+                "store_failed alerts are raised by abacus itself; no rule is needed",
+            ));
+        }
         if self.experiment.is_some() && !self.metric.per_experiment() {
             return Err(Error::invalid(
                 "experiment",
@@ -293,6 +303,10 @@ mod tests {
             "window_s"
         );
         assert!(create(json!({"name": "x", "metric": "srm", "experiment": "e"})).is_ok());
+        assert_eq!(
+            field(create(json!({"name": "x", "metric": "store_failed"}))),
+            "metric"
+        );
     }
 
     #[test]

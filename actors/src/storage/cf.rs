@@ -3,7 +3,14 @@
 /// A RocksDB column family, named for what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
-    /// `schema_version` → `[u8]`. Layout version of the whole database.
+    /// `schema_version` → `[u8]`: layout version of the whole database.
+    /// `next_event_seq` → `[u64 BE]`: the `seq` the next committed event
+    /// gets, written with every event batch.
+    /// `sink_cursor/{sink name}` → `[v1][seq: u64 BE]`: the last event an
+    /// extra sink (e.g. `jsonl`) wrote and made durable; moved only after
+    /// its output is fsynced, so after a crash or a write error the sink
+    /// replays every event with a larger `seq` from [`Cf::Events`] (at
+    /// least once).
     Meta,
     /// experiment key (UTF-8) → `[v1][JSON Experiment]`.
     Experiments,
