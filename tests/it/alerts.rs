@@ -253,10 +253,11 @@ fn a_guardrail_regression_pauses_the_experiment_once_and_says_why() {
         (stop["metric"].as_str(), stop["variant"].as_str()),
         (Some("purchase"), Some("new"))
     );
-    assert!(
-        (stop["relative_lift"].as_f64().unwrap() + 2.0 / 3.0).abs() < 1e-9,
-        "{stop}"
-    );
+    // The monitor may stop it before every chunk is committed (as soon as
+    // the evidence suffices), so the lift is that of the data seen then:
+    // a drop beyond the tolerance, at most the full data's -2/3 give or take.
+    let lift = stop["relative_lift"].as_f64().unwrap();
+    assert!((-1.0..-0.05).contains(&lift), "{stop}");
     assert!(stop["p_value"].as_f64().unwrap() < 0.05);
     // Paused: everyone gets the control.
     let (_, a) = server.get("/v1/experiments/checkout/assignment?unit_id=new-1");
