@@ -281,12 +281,7 @@ mod tests {
 
     #[test]
     fn close_commits_everything_queued_and_acknowledges_it() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let options = crate::storage::StoreOptions {
-            dedup_window_ms: 1000,
-            retention_ms: None,
-        };
-        let store = Store::open(dir.path(), options).expect("store");
+        let (_dir, store) = Store::temporary();
         let limits = IngestLimits {
             mailbox_capacity: 10_000,
             flush_interval: Duration::from_secs(60),
@@ -351,12 +346,7 @@ mod tests {
     /// An ingest pipeline whose commits fail `failures` times, with five
     /// retries 1 ms apart (linear), and a counter of commit calls.
     fn flaky(failures: u64) -> (tempfile::TempDir, Store, Ingest, Arc<AtomicU64>) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let options = crate::storage::StoreOptions {
-            dedup_window_ms: 1000,
-            retention_ms: None,
-        };
-        let store = Store::open(dir.path(), options).expect("store");
+        let (dir, store) = Store::temporary();
         let limits = IngestLimits {
             mailbox_capacity: 100,
             flush_interval: Duration::from_millis(20),

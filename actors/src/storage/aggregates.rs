@@ -67,13 +67,10 @@ impl Store {
             .iterator_cf(self.cf(Cf::Events), IteratorMode::Start)
         {
             let (key, _) = item?;
-            let seq = key
-                .last_chunk::<8>()
-                .map(|s| u64::from_be_bytes(*s))
-                .ok_or_else(|| Error::Corrupt {
-                    cf: Cf::Events.name(),
-                    reason: format!("key too short: {key:?}"),
-                })?;
+            let seq = keys::trailing_u64(&key).ok_or_else(|| Error::Corrupt {
+                cf: Cf::Events.name(),
+                reason: format!("key too short: {key:?}"),
+            })?;
             order.push((seq, key));
         }
         order.sort_unstable_by_key(|(seq, _)| *seq);
@@ -194,16 +191,11 @@ mod tests {
     use super::*;
     use crate::aggregator::Aggregator;
     use crate::domain::{ExperimentKey, VariantKey};
-    use crate::storage::{Commit, StoreOptions};
+    use crate::storage::Commit;
 
     #[test]
     fn an_undecodable_aggregate_is_rebuilt_from_the_events_not_fatal() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            dedup_window_ms: 1000,
-            retention_ms: None,
-        };
-        let store = Store::open(dir.path(), options).unwrap();
+        let (_dir, store) = Store::temporary();
         let event = |seq: u64, kind: &str, unit: &str, variant: Option<&str>| Event {
             seq,
             event_id: format!("e{seq}").into(),

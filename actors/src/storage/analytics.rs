@@ -124,16 +124,10 @@ pub(super) fn merge_buckets(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::StoreOptions;
 
     #[test]
     fn a_bad_merge_operand_is_skipped_and_the_rest_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            dedup_window_ms: 1000,
-            retention_ms: None,
-        };
-        let store = Store::open(dir.path(), options).unwrap();
+        let (_dir, store) = Store::temporary();
         let cf = store.cf(Cf::Analytics);
         let key = keys::bucket("exp", 0, 60_000, "a");
         let one = Bucket {

@@ -388,7 +388,7 @@ impl Store {
         let mut smallest: std::collections::BinaryHeap<(u64, Box<[u8]>)> =
             std::collections::BinaryHeap::with_capacity(limit.min(1 << 16) + 1);
         while let Some(key) = iter.key() {
-            let seq = key.last_chunk::<8>().map_or(0, |s| u64::from_be_bytes(*s));
+            let seq = keys::trailing_u64(key).unwrap_or(0);
             let wanted = seq > after
                 && (smallest.len() < limit || smallest.peek().is_some_and(|(top, _)| seq < *top));
             if wanted {
@@ -605,6 +605,21 @@ fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyRecord> {
         variant: std::str::from_utf8(variant).ok()?.into(),
         first_exposed_ms: i64::from_be_bytes(ts.try_into().ok()?),
     })
+}
+
+#[cfg(test)]
+impl Store {
+    /// A store in a fresh temporary directory, for tests; the directory
+    /// lives as long as the returned guard.
+    pub(crate) fn temporary() -> (tempfile::TempDir, Self) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = StoreOptions {
+            dedup_window_ms: 1000,
+            retention_ms: None,
+        };
+        let store = Store::open(dir.path(), options).expect("store");
+        (dir, store)
+    }
 }
 
 #[cfg(test)]
