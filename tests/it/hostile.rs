@@ -227,6 +227,46 @@ fn memory_stays_bounded_under_endless_measure_names() {
     assert_eq!(measures, 201, "200 names plus (other)");
 }
 
+#[test]
+fn memory_stays_bounded_under_large_property_bags() {
+    let server = TestServer::start();
+    let before = server.rss_bytes();
+    // Bodies just under the 1 MB body limit: 60 events, each with a
+    // property bag just under the 16 KiB bound, so every one is accepted.
+    let bag = "p".repeat(16_000);
+    let body = json!({ "events": (0..60)
+        .map(|i| json!({"type": "view", "unit_id": format!("u{i}"), "properties": {"bag": bag}}))
+        .collect::<Vec<_>>() });
+    let send = |requests: usize| {
+        for _ in 0..requests {
+            let (status, reply) = server.post("/v1/events", body.clone());
+            assert_eq!(status, 202, "{reply}");
+        }
+        server.barrier();
+        server.rss_bytes()
+    };
+    let (half, full) = (send(50), send(50));
+    let mb = |b: u64| b >> 20;
+    eprintln!(
+        "RSS {} MB before, {} MB after 48 MB of property bags, {} MB after 96 MB",
+        mb(before),
+        mb(half),
+        mb(full)
+    );
+    // What is held is RocksDB's memtables (flushed at 64 MB per family) and
+    // allocator slack; a request's bags are dropped once it is written.
+    assert!(
+        full - before < 192 << 20,
+        "RSS grew by {} MB",
+        mb(full - before)
+    );
+    assert!(
+        full.saturating_sub(half) < 96 << 20,
+        "the second 48 MB grew RSS by {} MB",
+        mb(full.saturating_sub(half))
+    );
+}
+
 /// Arbitrary JSON against the real server: never a 5xx, and every refusal
 /// carries the JSON error body.
 #[test]
