@@ -31,8 +31,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::domain::{
-    Event, EventType, ExperimentAggregates, Exposure, MeasureAggregates, UnitMeasure,
-    VariantAggregates,
+    AggregateChanges, Event, EventType, ExperimentAggregates, Exposure, MeasureAggregates,
+    UnitChange, UnitMeasure, VariantAggregates,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -53,24 +53,6 @@ pub struct Aggregator {
     interned: HashSet<Arc<str>>,
     dirty_experiments: BTreeSet<Arc<str>>,
     dirty_units: HashSet<(Arc<str>, Box<str>)>,
-}
-
-/// What a fold changed, to be written with the batch that caused it.
-pub struct Changes<'a> {
-    /// Each changed experiment's aggregates.
-    pub experiments: Vec<(&'a str, &'a ExperimentAggregates)>,
-    /// Each changed (experiment, unit): the unit's exposures in it.
-    pub units: Vec<UnitChange<'a>>,
-}
-
-/// One unit's exposures to one experiment, as persisted.
-pub struct UnitChange<'a> {
-    /// The experiment.
-    pub experiment: &'a str,
-    /// The unit.
-    pub unit: &'a str,
-    /// Its exposures to that experiment's variants.
-    pub exposures: Vec<&'a Exposure>,
 }
 
 impl Aggregator {
@@ -267,7 +249,7 @@ impl Aggregator {
     }
 
     /// What changed since the last [`Aggregator::published`].
-    pub fn changes(&self) -> Changes<'_> {
+    pub fn changes(&self) -> AggregateChanges<'_> {
         let experiments = self
             .dirty_experiments
             .iter()
@@ -289,7 +271,7 @@ impl Aggregator {
                     .collect(),
             })
             .collect();
-        Changes { experiments, units }
+        AggregateChanges { experiments, units }
     }
 
     /// Publishes what changed to readers, once it is committed.

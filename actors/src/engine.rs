@@ -11,14 +11,15 @@ use actix::prelude::*;
 use crate::aggregator::{Aggregator, LiveAggregates};
 use crate::alerts::{Alerts, Sources};
 use crate::analytics::{
-    self, Bucket, CompareReport, EngagementReport, Filter, UnitSummary, VariantSummary,
+    self, CompareReport, EngagementReport, Filter, UnitSummary, VariantSummary,
 };
 use crate::assignment::{Compiled, Decision, Reason};
 use crate::catalog::{Catalog, CreateExperiment, Entry, Registry};
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, Action, Event, EventIn, EventLimits, EventType, ExperimentAggregates, ExperimentIn,
-    ExperimentKey, ExperimentPatch, Status, Variant, VariantKey,
+    unix_ms, Action, Bucket, Event, EventIn, EventLimits, EventType, ExperimentAggregates,
+    ExperimentIn, ExperimentKey, ExperimentPatch, Status, StickyAssignment, TimelineSnapshot,
+    Variant, VariantKey, VariantPoint,
 };
 use crate::experiment::{PatchExperiment, Slot, TransitionExperiment};
 use crate::ingest::{Envelope, Ingest, IngestLimits, JsonlSink, SinkActor};
@@ -26,8 +27,7 @@ use crate::live::Live;
 use crate::results::{self, ExperimentResults};
 use crate::retention::Retention;
 use crate::sticky::FirstExposure;
-use crate::storage::{blocking, StickyRecord, Store, StoreOptions};
-use crate::timeline;
+use crate::storage::{blocking, Store, StoreOptions};
 use crate::webhooks::{self, Webhooks};
 use crate::{Error, Result};
 
@@ -48,7 +48,7 @@ pub struct TimelinePoint {
     /// When (ms since the epoch).
     pub at_ms: i64,
     /// Per variant, the control first.
-    pub variants: Vec<timeline::Point>,
+    pub variants: Vec<VariantPoint>,
 }
 
 /// What the engine needs to start.
@@ -452,7 +452,7 @@ impl Engine {
                 match slot.sticky.insert_first(unit, first) {
                     Ok(()) => {
                         remembered.push(*slot);
-                        sticky.push(StickyRecord {
+                        sticky.push(StickyAssignment {
                             experiment: experiment.key.clone(),
                             unit: unit.into(),
                             variant: experiment.variants[first.variant].key.as_str().into(),
@@ -628,7 +628,7 @@ impl Engine {
             {
                 remembered.push((entry, event.unit_id.clone()));
                 let experiment = compiled.experiment();
-                sticky.push(StickyRecord {
+                sticky.push(StickyAssignment {
                     experiment: experiment.key.clone(),
                     unit: event.unit_id.clone(),
                     variant: experiment.variants[variant].key.as_str().into(),
@@ -799,7 +799,7 @@ impl Engine {
         let mut stored = blocking(move || store.timeline(&owned)).await?;
         stored.push((
             unix_ms(self.clock.now()),
-            timeline::Snapshot::of(experiment, &self.aggregates.get(key)),
+            TimelineSnapshot::of(experiment, &self.aggregates.get(key)),
         ));
         let step = stored.len().div_ceil(max_points.max(2) - 1).max(1);
         let last = stored.len() - 1;

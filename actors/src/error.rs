@@ -22,7 +22,7 @@ pub enum Error {
     #[error("cannot {action} an alert that is {from}")]
     AlertTransition {
         /// Where the alert is.
-        from: crate::alerts::AlertStatus,
+        from: crate::domain::AlertStatus,
         /// What was asked.
         action: &'static str,
     },

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use crate::alerts::{event_of, Alert};
 use crate::assignment::Compiled;
 use crate::clock::Clock;
 use crate::domain::{
-    Action, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, GuardrailStop, Status,
-    VariantKey,
+    Action, Alert, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, GuardrailStop,
+    Status, VariantKey,
 };
 use crate::results::GuardrailCheck;
 use crate::sticky::StickyTable;
@@ -275,7 +274,7 @@ impl Handler<StopForGuardrail> for ExperimentActor {
                     now,
                     serde_json::json!({"experiment": &next, "reason": "guardrail", "guardrail": &stop}),
                 );
-                let raised = event_of(&alert, now);
+                let raised = alert.domain_event(now);
                 tracing::warn!(experiment = %next.key, metric = %stop.metric, variant = %stop.variant, "guardrail regression: pausing");
                 (next, move |store: &Store, e: &Experiment| {
                     store.put_guardrail_stop(e, &alert, &[&paused, &raised])

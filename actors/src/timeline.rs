@@ -4,103 +4,14 @@
 //! life. One small record per experiment per interval, written only when
 //! something changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::aggregator::LiveAggregates;
 use crate::catalog::Registry;
-use crate::domain::{Experiment, ExperimentAggregates, MetricKind, Status};
+use crate::domain::{Status, TimelineSnapshot};
 use crate::storage::{now_ms, Store};
-
-/// Cumulative figures of one experiment at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
-    /// Per variant key.
-    pub variants: BTreeMap<String, VariantSnapshot>,
-}
-
-/// One variant's cumulative figures.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct VariantSnapshot {
-    /// Exposed units.
-    pub units: u64,
-    /// Per metric: units with at least one event, and the sum of values.
-    pub measures: BTreeMap<String, (u64, f64)>,
-}
-
-impl Snapshot {
-    /// The experiment's metrics from its aggregates.
-    pub fn of(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Self {
-        let variants = experiment
-            .variants
-            .iter()
-            .map(|v| {
-                let a = aggregates.variants.get(v.key.as_str());
-                let measures = experiment
-                    .metrics
-                    .iter()
-                    .filter_map(|m| {
-                        let x = a?.measures.get(m.key.as_str())?;
-                        Some((m.key.to_string(), (x.units, x.sum)))
-                    })
-                    .collect();
-                let snapshot = VariantSnapshot {
-                    units: a.map_or(0, |a| a.units),
-                    measures,
-                };
-                (v.key.to_string(), snapshot)
-            })
-            .collect();
-        Self { variants }
-    }
-
-    /// Per variant (in the experiment's order): units and the metric's
-    /// value (rate or mean per exposed unit; `None` without units).
-    pub fn values(&self, experiment: &Experiment, metric: Option<&str>) -> Vec<Point> {
-        let kind = metric.and_then(|k| {
-            experiment
-                .metrics
-                .iter()
-                .find(|m| m.key.as_str() == k)
-                .map(|m| m.kind)
-        });
-        experiment
-            .variants
-            .iter()
-            .map(|v| {
-                let s = self.variants.get(v.key.as_str());
-                let units = s.map_or(0, |s| s.units);
-                let measure = metric.and_then(|k| s?.measures.get(k)).copied();
-                let value = match (kind, units) {
-                    (None, _) | (_, 0) => None,
-                    (Some(MetricKind::Binomial), n) => {
-                        Some(measure.map_or(0, |m| m.0) as f64 / n as f64)
-                    }
-                    (Some(MetricKind::Mean), n) => Some(measure.map_or(0.0, |m| m.1) / n as f64),
-                };
-                Point {
-                    variant: v.key.to_string(),
-                    units,
-                    value,
-                }
-            })
-            .collect()
-    }
-}
-
-/// One variant at one moment, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct Point {
-    /// Variant key.
-    pub variant: String,
-    /// Exposed units so far.
-    pub units: u64,
-    /// The metric so far: rate (binomial) or mean per unit.
-    pub value: Option<f64>,
-}
 
 /// Keeps snapshots every `every`, for as long as the actix system runs.
 pub(crate) fn spawn(
@@ -110,7 +21,7 @@ pub(crate) fn spawn(
     store: Store,
 ) {
     actix::spawn(async move {
-        let mut last: HashMap<String, Snapshot> = HashMap::new();
+        let mut last: HashMap<String, TimelineSnapshot> = HashMap::new();
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -123,7 +34,7 @@ pub(crate) fn spawn(
                 if experiment.status != Status::Running {
                     continue;
                 }
-                let snapshot = Snapshot::of(experiment, &aggregates.get(key.as_str()));
+                let snapshot = TimelineSnapshot::of(experiment, &aggregates.get(key.as_str()));
                 if last.get(key.as_str()) != Some(&snapshot) {
                     last.insert(key.to_string(), snapshot.clone());
                     changed.push((key.to_string(), snapshot));
@@ -143,55 +54,4 @@ pub(crate) fn spawn(
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{ExperimentIn, MeasureAggregates, VariantAggregates};
-
-    #[test]
-    fn values_are_rates_or_means_per_exposed_unit() {
-        let experiment = Experiment::create(
-            serde_json::from_value::<ExperimentIn>(serde_json::json!({
-                "key": "e", "name": "e",
-                "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}],
-                "metrics": [{"key": "buy", "kind": "binomial"}, {"key": "rev", "kind": "mean"}]
-            }))
-            .expect("input"),
-            time::OffsetDateTime::UNIX_EPOCH,
-        )
-        .expect("valid");
-        let mut aggregates = ExperimentAggregates::default();
-        let mut a = VariantAggregates {
-            units: 4,
-            ..VariantAggregates::default()
-        };
-        a.measures.insert(
-            "buy".into(),
-            MeasureAggregates {
-                units: 1,
-                events: 3,
-                sum: 3.0,
-                sum_squares: 9.0,
-            },
-        );
-        a.measures.insert(
-            "rev".into(),
-            MeasureAggregates {
-                units: 2,
-                events: 2,
-                sum: 10.0,
-                sum_squares: 50.0,
-            },
-        );
-        aggregates.variants.insert("a".into(), a);
-        let snapshot = Snapshot::of(&experiment, &aggregates);
-        let buy = snapshot.values(&experiment, Some("buy"));
-        assert_eq!((buy[0].units, buy[0].value), (4, Some(0.25)));
-        assert_eq!((buy[1].units, buy[1].value), (0, None));
-        let rev = snapshot.values(&experiment, Some("rev"));
-        assert_eq!(rev[0].value, Some(2.5));
-        assert_eq!(snapshot.values(&experiment, None)[0].value, None);
-    }
 }

@@ -1,9 +1,8 @@
 //! `/v1/alerts`: alert rules, and the alerts they raise with their
 //! acknowledge / resolve actions.
 
-use abacus_actors::alerts::{
-    Alert, AlertFilter, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn,
-};
+use abacus_actors::alerts::AlertFilter;
+use abacus_actors::domain::{Alert, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn};
 use actix_web::{delete, get, patch, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

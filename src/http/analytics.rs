@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 
 use abacus_actors::analytics::{
-    total, Bucket, CompareReport, CtrReport, Distribution, EngagementReport, Filter, RankReport,
+    total, CompareReport, CtrReport, Distribution, EngagementReport, Filter, RankReport,
     UnitSummary,
 };
-use abacus_actors::domain::{unix_ms, ExperimentKey, UnitId};
+use abacus_actors::domain::{unix_ms, Bucket, ExperimentKey, UnitId};
 use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use time::OffsetDateTime;

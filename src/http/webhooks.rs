@@ -1,7 +1,7 @@
 //! `/v1/webhooks`: subscriptions, test messages, re-enabling and the
 //! delivery log.
 
-use abacus_actors::webhooks::{Attempt, SubscriptionIn, SubscriptionOut};
+use abacus_actors::domain::{DeliveryAttempt, WebhookIn, WebhookOut};
 use actix_web::{delete, get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -29,7 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub struct CreatedSubscription {
     /// The subscription.
     #[serde(flatten)]
-    subscription: SubscriptionOut,
+    subscription: WebhookOut,
     /// `whsec_` + base64 of 32 random bytes: verify signatures with it.
     secret: String,
 }
@@ -38,7 +38,7 @@ pub struct CreatedSubscription {
 /// public addresses unless `webhooks.allow_private` is set.
 #[utoipa::path(
     tag = "webhooks",
-    request_body = SubscriptionIn,
+    request_body = WebhookIn,
     responses(
         (status = 201, description = "Created; the secret is shown only here", body = CreatedSubscription),
         (status = 422, description = "Bad URL (scheme, private address) or event types"),
@@ -49,7 +49,7 @@ pub struct CreatedSubscription {
 async fn create(
     _: Admin,
     state: web::Data<AppState>,
-    ValidJson(input): ValidJson<SubscriptionIn>,
+    ValidJson(input): ValidJson<WebhookIn>,
 ) -> ApiResult<HttpResponse> {
     let (subscription, secret) = state.engine.webhooks().create(input).await?;
     Ok(HttpResponse::Created()
@@ -64,7 +64,7 @@ async fn create(
 #[derive(Serialize, ToSchema)]
 pub struct SubscriptionList {
     /// By id.
-    webhooks: Vec<SubscriptionOut>,
+    webhooks: Vec<WebhookOut>,
 }
 
 /// List subscriptions with their delivery counters.
@@ -83,9 +83,9 @@ async fn list(_: Admin, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
 /// success rate, last error), pending messages, why it is disabled.
 #[utoipa::path(
     tag = "webhooks",
-    params(("id" = String, Path, description = "Subscription id")),
+    params(("id" = String, Path, description = "Webhook id")),
     responses(
-        (status = 200, description = "The subscription", body = SubscriptionOut),
+        (status = 200, description = "The subscription", body = WebhookOut),
         (status = 404, description = "No such subscription"),
     ),
     security(("bearer" = []))
@@ -102,7 +102,7 @@ async fn read(
 /// Delete a subscription with its pending messages and log.
 #[utoipa::path(
     tag = "webhooks",
-    params(("id" = String, Path, description = "Subscription id")),
+    params(("id" = String, Path, description = "Webhook id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such subscription"),
@@ -130,7 +130,7 @@ pub struct TestQueued {
 /// other; an enabled subscription gets it at once).
 #[utoipa::path(
     tag = "webhooks",
-    params(("id" = String, Path, description = "Subscription id")),
+    params(("id" = String, Path, description = "Webhook id")),
     responses(
         (status = 202, description = "Queued", body = TestQueued),
         (status = 404, description = "No such subscription"),
@@ -150,9 +150,9 @@ async fn test(
 /// Turn a disabled subscription back on; its pending messages go out.
 #[utoipa::path(
     tag = "webhooks",
-    params(("id" = String, Path, description = "Subscription id")),
+    params(("id" = String, Path, description = "Webhook id")),
     responses(
-        (status = 200, description = "Enabled", body = SubscriptionOut),
+        (status = 200, description = "Enabled", body = WebhookOut),
         (status = 404, description = "No such subscription"),
     ),
     security(("bearer" = []))
@@ -181,7 +181,7 @@ pub struct DeliveriesQuery {
 #[derive(Serialize, ToSchema)]
 pub struct DeliveryPage {
     /// Newest first.
-    deliveries: Vec<Attempt>,
+    deliveries: Vec<DeliveryAttempt>,
     /// Cursor of the next (older) page; `null` on the last.
     next_cursor: Option<u64>,
 }
@@ -190,7 +190,7 @@ pub struct DeliveryPage {
 /// and outcome.
 #[utoipa::path(
     tag = "webhooks",
-    params(("id" = String, Path, description = "Subscription id"), DeliveriesQuery),
+    params(("id" = String, Path, description = "Webhook id"), DeliveriesQuery),
     responses(
         (status = 200, description = "Attempts", body = DeliveryPage),
         (status = 404, description = "No such subscription"),

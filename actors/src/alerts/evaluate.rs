@@ -9,12 +9,13 @@ use std::time::Duration;
 use actix::prelude::*;
 use time::OffsetDateTime;
 
-use super::alert::{Alert, Firing, StampIn};
-use super::rule::{AlertMetric, AlertRule, RuleIn, RulePatch, MAX_WINDOW_S};
 use super::signals::Snapshot;
 use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
-use crate::domain::{DomainEvent, DomainEventKind, Status};
+use crate::domain::{
+    Alert, AlertMetric, AlertRule, DomainEvent, Firing, RuleIn, RulePatch, StampIn, Status,
+    MAX_WINDOW_S,
+};
 use crate::results;
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -112,7 +113,7 @@ impl AlertActor {
                     .filter(|a| a.is_active())
                     .map(|a| {
                         let a = a.cleared("the event store takes writes again", now);
-                        let event = event_of(&a, now);
+                        let event = a.domain_event(now);
                         (a, event)
                     })
                     .collect();
@@ -135,7 +136,7 @@ impl AlertActor {
         let Some(alert) = self.store_alerts().pop() else {
             return;
         };
-        let event = event_of(&alert, now);
+        let event = alert.domain_event(now);
         match self.store.put_alerts(&[(alert, event.clone())]) {
             Ok(()) => self.store_alert_recorded = true,
             Err(e) if !self.store_alert_streamed => {
@@ -360,7 +361,7 @@ impl AlertActor {
         let with_events: Vec<(Alert, DomainEvent)> = changes
             .into_iter()
             .map(|a| {
-                let event = event_of(&a, now);
+                let event = a.domain_event(now);
                 (a, event)
             })
             .collect();
@@ -406,21 +407,6 @@ fn key_of(alert: &Alert) -> Option<Key> {
 /// (empty).
 fn subject(experiment: Option<&str>, subscription: Option<&str>) -> String {
     experiment.or(subscription).unwrap_or_default().to_owned()
-}
-
-/// The `alert.raised` or `alert.resolved` event of an alert as it is now.
-pub(crate) fn event_of(alert: &Alert, now: OffsetDateTime) -> DomainEvent {
-    let kind = if alert.is_active() {
-        DomainEventKind::AlertRaised
-    } else {
-        DomainEventKind::AlertResolved
-    };
-    DomainEvent::about(
-        kind,
-        alert.experiment.as_deref(),
-        now,
-        serde_json::json!({ "alert": alert }),
-    )
 }
 
 impl Actor for AlertActor {
@@ -530,7 +516,7 @@ impl Handler<DeleteRule> for AlertActor {
             .resolve_all_of(&msg.0, "rule deleted", now)
             .into_iter()
             .map(|a| {
-                let event = event_of(&a, now);
+                let event = a.domain_event(now);
                 (a, event)
             })
             .collect();
@@ -598,8 +584,8 @@ impl Handler<Resolve> for AlertActor {
 mod tests {
     use super::*;
     use crate::alerts::tests::{sources, store};
-    use crate::alerts::{AlertStatus, Severity};
     use crate::clock::SystemClock;
+    use crate::domain::{AlertStatus, Severity};
     use crate::ingest::IngestStats;
 
     async fn actor(store: &Store, ingest: &Arc<IngestStats>, loaded: Vec<Alert>) -> AlertActor {

@@ -11,26 +11,22 @@
 //! memory (listed with the stored ones) and sent to the live feed directly;
 //! the `abacus_ingest_store_failed` gauge carries it to Prometheus.
 
-mod alert;
 mod evaluate;
-mod rule;
 mod signals;
 
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
-pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn};
-pub use rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity};
 pub use signals::Signals;
 
-pub(crate) use self::evaluate::event_of;
 use self::evaluate::{
     Acknowledge, AlertActor, CreateRule, DeleteRule, Figures, PatchRule, Resolve,
 };
 use crate::aggregator::LiveAggregates;
 use crate::catalog::Registry;
 use crate::clock::Clock;
+use crate::domain::{Alert, AlertMetric, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn};
 use crate::ingest::IngestStats;
 use crate::live::Live;
 use crate::storage::{blocking, Store};

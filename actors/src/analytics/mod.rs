@@ -9,18 +9,16 @@
 //! minute (`from` rounds down, `to` up). A query for one unit instead reads
 //! that unit's events through the `unit_events` index, exactly.
 
-mod bucket;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
 pub use report::{
     ctr, total, ActionDwell, CompareReport, CtrReport, Distribution, EngagementReport, RankReport,
     UnitSummary, VariantCtr, VariantSummary,
 };
 
-use crate::domain::Event;
+use crate::domain::{Bucket, Event};
 use crate::storage::{keys, now_ms, Store};
 use crate::Result;
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Bucket, Sketch};
+use crate::domain::{Bucket, Sketch};
 
 /// `GET /v1/analytics/ctr`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]

@@ -74,3 +74,21 @@ pub struct UnitMeasure {
     /// Sum of their values.
     pub sum: f64,
 }
+
+/// What a fold changed, to be written with the batch that caused it.
+pub struct AggregateChanges<'a> {
+    /// Each changed experiment's aggregates.
+    pub experiments: Vec<(&'a str, &'a ExperimentAggregates)>,
+    /// Each changed (experiment, unit): the unit's exposures in it.
+    pub units: Vec<UnitChange<'a>>,
+}
+
+/// One unit's exposures to one experiment, as persisted.
+pub struct UnitChange<'a> {
+    /// The experiment.
+    pub experiment: &'a str,
+    /// The unit.
+    pub unit: &'a str,
+    /// Its exposures to that experiment's variants.
+    pub exposures: Vec<&'a Exposure>,
+}

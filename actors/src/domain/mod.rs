@@ -1,25 +1,43 @@
 //! The domain: identifiers, experiments, their lifecycle and validation,
-//! events and their aggregates.
-//! Plain data and pure functions, tested without actors or storage.
+//! events and their aggregates, and every record the store keeps (alerts
+//! and their rules, webhook subscriptions and deliveries, analytics
+//! buckets, timeline snapshots).
+//! Plain data and pure functions, tested without actors or storage; the
+//! store depends on this module and on nothing above it.
 
 mod aggregate;
+mod alert;
+mod alert_rule;
+mod bucket;
+mod domain_event;
 mod event;
 mod experiment;
-mod happening;
 mod ids;
 mod lifecycle;
+mod sticky;
+mod timeline;
+mod webhook;
 
 pub use aggregate::{
-    ExperimentAggregates, Exposure, MeasureAggregates, UnitMeasure, VariantAggregates,
+    AggregateChanges, ExperimentAggregates, Exposure, MeasureAggregates, UnitChange, UnitMeasure,
+    VariantAggregates,
 };
+pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn};
+pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
+pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
+pub use domain_event::{DomainEvent, DomainEventKind};
 pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
     Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric, MetricKind,
     Variant, MAX_VARIANTS,
 };
-pub use happening::{DomainEvent, DomainEventKind};
 pub use ids::{ExperimentKey, MetricKey, UnitId, VariantKey};
 pub use lifecycle::{Action, Status};
+pub use sticky::StickyAssignment;
+pub use timeline::{TimelineSnapshot, VariantFigures, VariantPoint};
+pub use webhook::{
+    DeliveryAttempt, DeliveryStats, Disabled, Webhook, WebhookIn, WebhookMessage, WebhookOut,
+};
 
 /// Strategies for property tests of the decoders: arbitrary JSON, with
 /// the numbers and strings that break naive code weighted in.

@@ -41,7 +41,8 @@ pub use sink::{JsonlSink, Sink, SinkActor};
 
 use crate::aggregator::LiveAggregates;
 use crate::domain::Event;
-use crate::storage::{StickyRecord, Store};
+use crate::domain::StickyAssignment;
+use crate::storage::Store;
 use crate::{Error, Result};
 
 /// Events to store together, from one request.
@@ -49,7 +50,7 @@ pub struct Envelope {
     /// Validated, stamped events.
     pub events: Vec<Event>,
     /// First exposures these events establish.
-    pub sticky: Vec<StickyRecord>,
+    pub sticky: Vec<StickyAssignment>,
     /// Told `true` once the events are committed (for `ack=persisted`).
     pub ack: Option<tokio::sync::oneshot::Sender<bool>>,
 }
@@ -60,7 +61,7 @@ pub struct Batch {
     /// Events in commit order, numbered, duplicates removed.
     pub events: Vec<Event>,
     /// First exposures committed with them.
-    pub sticky: Vec<StickyRecord>,
+    pub sticky: Vec<StickyAssignment>,
 }
 
 /// Batching and capacity of the pipeline.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rocksdb::{IteratorMode, WriteBatch};
 
 use super::{decode_event, decode_json, keys, versioned_json, Cf, Store, VALUE_V1};
-use crate::aggregator::Changes;
+use crate::domain::AggregateChanges;
 use crate::domain::{Event, ExperimentAggregates, Exposure, UnitMeasure};
 use crate::{Error, Result};
 
@@ -93,7 +93,7 @@ impl Store {
 
     /// Replaces every aggregate and unit-exposure record with `changes`,
     /// in one synced write (after a rebuild from events).
-    pub fn replace_aggregates(&self, changes: &Changes<'_>) -> Result<()> {
+    pub fn replace_aggregates(&self, changes: &AggregateChanges<'_>) -> Result<()> {
         let mut batch = WriteBatch::default();
         for cf in [Cf::Aggregates, Cf::UnitExposures] {
             let handle = self.cf(cf);

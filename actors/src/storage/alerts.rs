@@ -3,7 +3,7 @@
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use super::{decode_json, versioned_json, Cf, Store};
-use crate::alerts::{Alert, AlertRule};
+use crate::domain::{Alert, AlertRule};
 use crate::domain::{DomainEvent, Experiment};
 use crate::Result;
 

@@ -4,7 +4,7 @@
 use rocksdb::{Direction, IteratorMode, MergeOperands, ReadOptions};
 
 use super::{decode_event, decode_json, keys, Cf, Store, VALUE_V1};
-use crate::analytics::Bucket;
+use crate::domain::Bucket;
 use crate::domain::Event;
 use crate::{Error, Result};
 

@@ -51,11 +51,11 @@ pub enum Cf {
     /// and delivery counters).
     Webhooks,
     /// [`keys::webhook_message`](super::keys::webhook_message) →
-    /// `[v1][JSON Message]`. Each subscription's pending messages, in
+    /// `[v1][JSON WebhookMessage]`. Each subscription's pending messages, in
     /// outbox order.
     WebhookQueue,
     /// [`keys::webhook_attempt`](super::keys::webhook_attempt) →
-    /// `[v1][JSON Attempt]`. Every delivery attempt, newest first.
+    /// `[v1][JSON DeliveryAttempt]`. Every delivery attempt, newest first.
     WebhookAttempts,
     /// rule id (UTF-8) → `[v1][JSON AlertRule]`.
     AlertRules,

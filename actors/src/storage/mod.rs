@@ -24,9 +24,9 @@ use rocksdb::{
 pub use cf::Cf;
 pub use webhooks::AttemptRecord;
 
-use crate::aggregator::Changes;
-use crate::analytics::Bucket;
-use crate::domain::{DomainEvent, Event, Experiment, ExperimentKey};
+use crate::domain::{
+    AggregateChanges, Bucket, DomainEvent, Event, Experiment, ExperimentKey, StickyAssignment,
+};
 use crate::{Error, Result};
 
 /// Version of the on-disk layout, kept in [`Cf::Meta`].
@@ -38,19 +38,6 @@ const NEXT_SEQ_KEY: &[u8] = b"next_event_seq";
 const SINK_CURSOR_PREFIX: &[u8] = b"sink_cursor/";
 /// First byte of every value: the version of its encoding.
 const VALUE_V1: u8 = 1;
-
-/// A unit's first exposure to an experiment, as persisted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StickyRecord {
-    /// The experiment.
-    pub experiment: ExperimentKey,
-    /// The unit.
-    pub unit: Box<str>,
-    /// Key of the variant the unit was served.
-    pub variant: Box<str>,
-    /// When, in milliseconds since the Unix epoch.
-    pub first_exposed_ms: i64,
-}
 
 /// How long the store keeps what it expires on its own.
 #[derive(Debug, Clone, Copy)]
@@ -68,13 +55,13 @@ pub struct Commit<'a> {
     /// Numbered events.
     pub events: &'a [Event],
     /// First exposures they establish.
-    pub sticky: &'a [StickyRecord],
+    pub sticky: &'a [StickyAssignment],
     /// Client event ids to remember for de-duplication.
     pub client_ids: &'a [&'a str],
     /// The sequence number after the last event.
     pub next_seq: u64,
     /// Aggregates the events changed.
-    pub aggregates: Option<Changes<'a>>,
+    pub aggregates: Option<AggregateChanges<'a>>,
     /// Analytics bucket deltas, by [`keys::bucket`], merged into the store.
     pub buckets: Option<&'a HashMap<Vec<u8>, Bucket>>,
     /// fsync the write-ahead log before returning: set when an
@@ -492,7 +479,7 @@ impl Store {
     }
 
     /// Every persisted first exposure, grouped by experiment.
-    pub fn sticky(&self) -> impl Iterator<Item = Result<StickyRecord>> + '_ {
+    pub fn sticky(&self) -> impl Iterator<Item = Result<StickyAssignment>> + '_ {
         self.db
             .iterator_cf(self.cf(Cf::Sticky), IteratorMode::Start)
             .map(|item| {
@@ -593,13 +580,13 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyRecord> {
+fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyAssignment> {
     let (experiment, unit) = keys::parse_unit(key)?;
     let (&VALUE_V1, rest) = value.split_first()? else {
         return None;
     };
     let (ts, variant) = rest.split_at_checked(8)?;
-    Some(StickyRecord {
+    Some(StickyAssignment {
         experiment,
         unit: unit.into(),
         variant: std::str::from_utf8(variant).ok()?.into(),
@@ -631,8 +618,8 @@ mod tests {
         retention_ms: None,
     };
 
-    fn record(exp: &str, unit: &str, variant: &str, ms: i64) -> StickyRecord {
-        StickyRecord {
+    fn record(exp: &str, unit: &str, variant: &str, ms: i64) -> StickyAssignment {
+        StickyAssignment {
             experiment: ExperimentKey::try_from(exp).unwrap(),
             unit: unit.into(),
             variant: variant.into(),

@@ -3,13 +3,18 @@
 use rocksdb::{Direction, IteratorMode};
 
 use super::{decode_json, keys, versioned_json, Cf, Store};
-use crate::timeline::Snapshot;
+use crate::domain::TimelineSnapshot;
 use crate::Result;
 
 impl Store {
     /// Keeps an experiment's snapshot at `at_ms`. Not synced: it is derived
     /// from aggregates and a lost one only thins the chart.
-    pub fn put_timeline(&self, experiment: &str, at_ms: i64, snapshot: &Snapshot) -> Result<()> {
+    pub fn put_timeline(
+        &self,
+        experiment: &str,
+        at_ms: i64,
+        snapshot: &TimelineSnapshot,
+    ) -> Result<()> {
         self.db.put_cf(
             self.cf(Cf::Timeline),
             keys::timeline(experiment, at_ms),
@@ -19,7 +24,7 @@ impl Store {
     }
 
     /// An experiment's snapshots, oldest first.
-    pub fn timeline(&self, experiment: &str) -> Result<Vec<(i64, Snapshot)>> {
+    pub fn timeline(&self, experiment: &str) -> Result<Vec<(i64, TimelineSnapshot)>> {
         let from = keys::timeline(experiment, 0);
         let prefix = &from[..from.len() - 8];
         let mut out = Vec::new();

@@ -3,7 +3,7 @@
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::{decode_json, keys, versioned_json, Cf, Store};
-use crate::webhooks::{Attempt, Message, Subscription};
+use crate::domain::{DeliveryAttempt, Webhook, WebhookMessage};
 use crate::{Error, Result};
 
 /// Meta key: the last outbox sequence number fanned out to queues.
@@ -12,19 +12,19 @@ const DISPATCH_CURSOR_KEY: &[u8] = b"webhook_dispatch_cursor";
 /// What one finished delivery attempt changes, written together.
 pub struct AttemptRecord<'a> {
     /// The subscription after the attempt (counters, maybe disabled).
-    pub subscription: &'a Subscription,
+    pub subscription: &'a Webhook,
     /// The message's queue position.
     pub seq: u64,
     /// The message to keep for a retry; `None` removes it (delivered or
     /// failed for good).
-    pub retry: Option<&'a Message>,
+    pub retry: Option<&'a WebhookMessage>,
     /// The attempt to log.
-    pub attempt: &'a Attempt,
+    pub attempt: &'a DeliveryAttempt,
 }
 
 impl Store {
     /// Writes a subscription record, synced.
-    pub fn put_subscription(&self, subscription: &Subscription) -> Result<()> {
+    pub fn put_subscription(&self, subscription: &Webhook) -> Result<()> {
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         self.db.put_cf_opt(
@@ -37,7 +37,7 @@ impl Store {
     }
 
     /// Every subscription.
-    pub fn subscriptions(&self) -> Result<Vec<Subscription>> {
+    pub fn subscriptions(&self) -> Result<Vec<Webhook>> {
         self.db
             .iterator_cf(self.cf(Cf::Webhooks), IteratorMode::Start)
             .map(|item| decode_json(Cf::Webhooks, &item?.1))
@@ -69,7 +69,7 @@ impl Store {
     /// Queues messages (subscription, outbox seq, message) and moves the
     /// dispatch cursor, atomically: a crash re-dispatches nothing twice and
     /// loses nothing.
-    pub fn enqueue(&self, messages: &[(&str, u64, Message)], cursor: u64) -> Result<()> {
+    pub fn enqueue(&self, messages: &[(&str, u64, WebhookMessage)], cursor: u64) -> Result<()> {
         let mut batch = WriteBatch::default();
         let queue = self.cf(Cf::WebhookQueue);
         for (subscription, seq, message) in messages {
@@ -89,7 +89,11 @@ impl Store {
     /// The oldest pending message of a subscription at or after position
     /// `from`, with its position. Starting past the messages already
     /// removed keeps the read from wading through their tombstones.
-    pub fn queue_head(&self, subscription: &str, from: u64) -> Result<Option<(u64, Message)>> {
+    pub fn queue_head(
+        &self,
+        subscription: &str,
+        from: u64,
+    ) -> Result<Option<(u64, WebhookMessage)>> {
         let (_, to) = prefix_range(subscription);
         let from = keys::webhook_message(subscription, from);
         let mut options = ReadOptions::default();
@@ -164,7 +168,7 @@ impl Store {
         subscription: &str,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<Attempt>, Option<u64>)> {
+    ) -> Result<(Vec<DeliveryAttempt>, Option<u64>)> {
         let (from, to) = prefix_range(subscription);
         let start = match before {
             Some(n) => keys::webhook_attempt(subscription, n.saturating_sub(1)),

@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::subscriber::Wake;
-use super::{Entries, Message};
+use super::Entries;
+use crate::domain::WebhookMessage;
 use crate::storage::{blocking, Store};
 use crate::Result;
 
@@ -62,7 +63,7 @@ async fn dispatch(store: &Store, entries: &Entries) -> Result<()> {
                         messages.push((
                             id.as_str(),
                             *seq,
-                            Message {
+                            WebhookMessage {
                                 id: event.id.clone(),
                                 kind: event.kind,
                                 body: body.clone(),

@@ -17,7 +17,6 @@ mod dispatcher;
 mod guard;
 mod signature;
 mod subscriber;
-mod subscription;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,12 +28,11 @@ use time::OffsetDateTime;
 
 pub use guard::is_public;
 pub use signature::Secret;
-pub use subscription::{
-    Attempt, DeliveryStats, Disabled, Message, Subscription, SubscriptionIn, SubscriptionOut,
-};
 
 use self::subscriber::{Enable, Snapshot, Subscriber};
-use crate::domain::{DomainEvent, DomainEventKind};
+use crate::domain::{
+    DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Webhook, WebhookIn, WebhookOut,
+};
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
@@ -100,7 +98,7 @@ impl Webhooks {
         Ok(this)
     }
 
-    fn spawn(&self, subscription: Subscription) -> Entry {
+    fn spawn(&self, subscription: Webhook) -> Entry {
         let enabled = Arc::new(AtomicBool::new(subscription.disabled.is_none()));
         let deleted = Arc::new(Mutex::new(false));
         let entry = Entry {
@@ -133,7 +131,7 @@ impl Webhooks {
     }
 
     /// Creates a subscription; returns it and its secret (shown once).
-    pub async fn create(&self, input: SubscriptionIn) -> Result<(SubscriptionOut, String)> {
+    pub async fn create(&self, input: WebhookIn) -> Result<(WebhookOut, String)> {
         if input.events.is_empty() {
             return Err(Error::invalid(
                 "events",
@@ -154,7 +152,7 @@ impl Webhooks {
         let mut events = input.events;
         events.sort_by_key(|k| format!("{k:?}"));
         events.dedup();
-        let subscription = Subscription {
+        let subscription = Webhook {
             id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
             url: input.url,
             events,
@@ -173,7 +171,7 @@ impl Webhooks {
     }
 
     /// One subscription, with its counters and queue length.
-    pub async fn get(&self, id: &str) -> Result<SubscriptionOut> {
+    pub async fn get(&self, id: &str) -> Result<WebhookOut> {
         let entry = self.entry(id)?;
         let subscription = entry.addr.send(Snapshot).await?;
         let store = self.store.clone();
@@ -183,7 +181,7 @@ impl Webhooks {
     }
 
     /// Every subscription, by id.
-    pub async fn list(&self) -> Result<Vec<SubscriptionOut>> {
+    pub async fn list(&self) -> Result<Vec<WebhookOut>> {
         let ids: Vec<String> = self
             .entries
             .read()
@@ -249,7 +247,7 @@ impl Webhooks {
     }
 
     /// Turns a disabled subscription back on.
-    pub async fn enable(&self, id: &str) -> Result<SubscriptionOut> {
+    pub async fn enable(&self, id: &str) -> Result<WebhookOut> {
         let entry = self.entry(id)?;
         entry.addr.send(Enable).await??;
         self.get(id).await
@@ -261,7 +259,7 @@ impl Webhooks {
         id: &str,
         before: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<Attempt>, Option<u64>)> {
+    ) -> Result<(Vec<DeliveryAttempt>, Option<u64>)> {
         self.entry(id)?;
         let store = self.store.clone();
         let owned = id.to_owned();

@@ -12,14 +12,14 @@ use time::OffsetDateTime;
 
 use super::guard::check_target;
 use super::signature::Secret;
-use super::{Attempt, Disabled, Message, Settings, Subscription};
-use crate::domain::unix_ms;
+use super::Settings;
+use crate::domain::{unix_ms, DeliveryAttempt, Disabled, Webhook, WebhookMessage};
 use crate::storage::{AttemptRecord, Store};
 use crate::{Error, Result};
 
 /// Owns one subscription's deliveries.
 pub struct Subscriber {
-    subscription: Subscription,
+    subscription: Webhook,
     secret: Option<Secret>,
     store: Store,
     client: reqwest::Client,
@@ -39,7 +39,7 @@ pub struct Subscriber {
 impl Subscriber {
     /// An actor for `subscription`.
     pub fn new(
-        subscription: Subscription,
+        subscription: Webhook,
         store: Store,
         client: reqwest::Client,
         settings: Arc<Settings>,
@@ -128,11 +128,11 @@ impl Subscriber {
 
 /// Turn deliveries back on after a disable.
 #[derive(Message)]
-#[rtype(result = "Result<Subscription>")]
+#[rtype(result = "Result<Webhook>")]
 pub struct Enable;
 
 impl Handler<Enable> for Subscriber {
-    type Result = AtomicResponse<Self, Result<Subscription>>;
+    type Result = AtomicResponse<Self, Result<Webhook>>;
 
     fn handle(&mut self, _: Enable, _: &mut Context<Self>) -> Self::Result {
         let mut next = self.subscription.clone();
@@ -156,7 +156,7 @@ impl Handler<Enable> for Subscriber {
 
 /// The subscription as the actor holds it (counters included).
 #[derive(Message)]
-#[rtype(result = "Subscription")]
+#[rtype(result = "Webhook")]
 pub struct Snapshot;
 
 impl Handler<Snapshot> for Subscriber {
@@ -174,13 +174,13 @@ enum Step {
     /// The head is not due yet.
     Wait(Duration),
     /// One attempt was made and recorded; the queue position to read from next.
-    Attempted(Box<Subscription>, u64),
+    Attempted(Box<Webhook>, u64),
 }
 
 /// One turn of the queue, run off the actor: read the head, maybe send it,
 /// record the attempt.
 struct Delivery {
-    subscription: Subscription,
+    subscription: Webhook,
     secret: Option<Secret>,
     store: Store,
     client: reqwest::Client,
@@ -239,7 +239,7 @@ impl Delivery {
     }
 
     /// One HTTP attempt. Never follows redirects; bounded by the timeout.
-    async fn send(&self, message: &Message, at: OffsetDateTime) -> Response {
+    async fn send(&self, message: &WebhookMessage, at: OffsetDateTime) -> Response {
         let started = Instant::now();
         let fail = |error: String| Response {
             status: None,
@@ -299,10 +299,10 @@ impl Delivery {
     /// the attempt log entry after `response`.
     fn account(
         &self,
-        mut message: Message,
+        mut message: WebhookMessage,
         response: Response,
         at: OffsetDateTime,
-    ) -> (Subscription, Option<Message>, Attempt) {
+    ) -> (Webhook, Option<WebhookMessage>, DeliveryAttempt) {
         let mut subscription = self.subscription.clone();
         let stats = &mut subscription.stats;
         message.attempts += 1;
@@ -353,7 +353,7 @@ impl Delivery {
         if outcome == "delivered" || outcome == "failed" {
             metrics::counter!(crate::metrics::WEBHOOK_MESSAGES, "outcome" => outcome).increment(1);
         }
-        let attempt = Attempt {
+        let attempt = DeliveryAttempt {
             message_id: message.id.clone(),
             kind: message.kind,
             attempt: message.attempts,

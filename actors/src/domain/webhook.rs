@@ -9,7 +9,7 @@ use crate::domain::DomainEventKind;
 /// `POST /v1/webhooks`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct SubscriptionIn {
+pub struct WebhookIn {
     /// Where to POST: `http` or `https`.
     pub url: String,
     /// Which event types to receive (at least one).
@@ -21,7 +21,7 @@ pub struct SubscriptionIn {
 
 /// A subscription as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Subscription {
+pub struct Webhook {
     /// `wh_` and 32 hex digits.
     pub id: String,
     /// Target URL.
@@ -74,7 +74,7 @@ pub struct DeliveryStats {
 
 /// A subscription as the API shows it: no secret.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct SubscriptionOut {
+pub struct WebhookOut {
     /// Id.
     pub id: String,
     /// Target URL.
@@ -101,10 +101,10 @@ pub struct SubscriptionOut {
     pub pending: u64,
 }
 
-impl Subscription {
+impl Webhook {
     /// The API view, with the queue length.
-    pub fn view(&self, pending: u64) -> SubscriptionOut {
-        SubscriptionOut {
+    pub fn view(&self, pending: u64) -> WebhookOut {
+        WebhookOut {
             id: self.id.clone(),
             url: self.url.clone(),
             events: self.events.clone(),
@@ -123,7 +123,7 @@ impl Subscription {
 
 /// A message waiting in a subscription's queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
+pub struct WebhookMessage {
     /// The `webhook-id`: the domain event's id, the same on every retry.
     pub id: String,
     /// Event type.
@@ -138,7 +138,7 @@ pub struct Message {
 
 /// One delivery attempt, as `GET /v1/webhooks/{id}/deliveries` lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Attempt {
+pub struct DeliveryAttempt {
     /// The message's `webhook-id`.
     pub message_id: String,
     /// Its event type.

@@ -5,8 +5,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::rule::{AlertMetric, AlertRule, Severity};
-use crate::domain::GuardrailStop;
+use crate::domain::{
+    AlertMetric, AlertRule, DomainEvent, DomainEventKind, GuardrailStop, Severity,
+};
 use crate::{Error, Result};
 
 const MAX_BY_CHARS: usize = 200;
@@ -137,6 +138,22 @@ pub struct Firing {
 }
 
 impl Alert {
+    /// The `alert.raised` or `alert.resolved` event of the alert as it is
+    /// now.
+    pub fn domain_event(&self, now: OffsetDateTime) -> DomainEvent {
+        let kind = if self.is_active() {
+            DomainEventKind::AlertRaised
+        } else {
+            DomainEventKind::AlertResolved
+        };
+        DomainEvent::about(
+            kind,
+            self.experiment.as_deref(),
+            now,
+            serde_json::json!({ "alert": self }),
+        )
+    }
+
     fn new_id() -> String {
         format!("alert_{}", uuid::Uuid::now_v7().simple())
     }
@@ -266,7 +283,7 @@ impl Alert {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::rule::RuleIn;
+    use crate::domain::RuleIn;
 
     fn alert() -> Alert {
         let rule = AlertRule::create(
