@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use abacus_actors::clock::SystemClock;
 use abacus_actors::domain::EventLimits;
+use abacus_actors::ingest::retention::Retention;
 use abacus_actors::ingest::IngestLimits;
-use abacus_actors::retention::Retention;
 use abacus_actors::webhooks;
 use abacus_actors::{Engine, EngineConfig};
 use abacus_config::{Config, SinkKind};

@@ -37,6 +37,17 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// One event of a request breaks a rule; nothing of the request was
+    /// kept.
+    #[error("event {index}: {message}")]
+    InvalidEvent {
+        /// The event's position in the request, from 0.
+        index: usize,
+        /// Path of the offending field within the event.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The lifecycle does not allow this action from the current status.
     #[error("cannot {action} an experiment that is {from}")]
     InvalidTransition {
@@ -78,6 +89,19 @@ impl Error {
         Self::Invalid {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// `error`, if a validation failure, as one of the `index`-th event of
+    /// a request.
+    pub fn in_event(index: usize, error: Self) -> Self {
+        match error {
+            Self::Invalid { field, message } => Self::InvalidEvent {
+                index,
+                field,
+                message,
+            },
+            other => other,
         }
     }
 }

@@ -1,34 +1,35 @@
 //! The abacus engine.
 //!
-//! Everything that is not HTTP lives here: the domain (experiments, their
-//! lifecycle and validation), the assignment algorithm, the RocksDB store and
-//! the actors that own state. Each experiment is owned by one
-//! [`ExperimentActor`](experiment::ExperimentActor), the single writer of its
-//! record; it publishes an immutable snapshot that the assignment hot path
-//! reads without a lock or a mailbox round-trip. The [`Engine`] is the facade
-//! the HTTP layer calls.
+//! Everything that is not HTTP lives here, in layers that only look down:
+//!
+//! - [`domain`]: plain data and pure functions, and every stored record;
+//! - [`storage`]: RocksDB, depending on the domain only; [`stats`]: the
+//!   statistics, pure;
+//! - the services: [`experiments`] (the registry, one actor per
+//!   experiment, assignment, stickiness, exposures), [`ingest`] (accepting
+//!   events, the mailbox, the writer, sinks), [`results`], [`webhooks`],
+//!   [`alerts`], [`live`];
+//! - [`Engine`]: builds the services and hands the HTTP layer a handle to
+//!   each. It holds no policy.
+//!
+//! Each experiment is owned by one
+//! [`ExperimentActor`](experiments::actor::ExperimentActor), the single
+//! writer of its record; it publishes an immutable snapshot that the
+//! assignment hot path reads without a lock or a mailbox round-trip.
 
-pub mod aggregator;
 pub mod alerts;
-pub mod analytics;
-pub mod assignment;
-pub mod catalog;
 pub mod clock;
 pub mod domain;
 mod engine;
 mod error;
-pub mod experiment;
+pub mod experiments;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
-mod monitor;
 pub mod results;
-pub mod retention;
 pub mod stats;
-pub mod sticky;
 pub mod storage;
-pub mod timeline;
 pub mod webhooks;
 
-pub use engine::{Assignment, Engine, EngineConfig, Page, Timeline, TimelinePoint};
+pub use engine::{Engine, EngineConfig};
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! Every metric abacus exports, named `abacus_<subsystem>_<name>_<unit>`
 //! and described once at start. Hot paths count in atomics (or per batch)
-//! and [`crate::Engine::export_metrics`] publishes those at scrape time.
+//! and [`crate::Engine::export_metrics`] publishes those at scrape time,
+//! each service its own.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
@@ -232,4 +233,26 @@ pub fn describe() {
         STREAM_STATS_TRUNCATED,
         "Live stats messages cut down to limits.max_stats_message_bytes."
     );
+}
+/// Publishes RocksDB's health: live SST files, bytes pending compaction,
+/// whether writes are stalled (as [`Store::health`](crate::storage::Store::health) reads them).
+pub(crate) fn export_store((live, pending, stalled): (u64, u64, bool)) {
+    metrics::gauge!(ROCKSDB_LIVE_SST).set(live as f64);
+    metrics::gauge!(ROCKSDB_PENDING_COMPACTION).set(pending as f64);
+    metrics::gauge!(ROCKSDB_WRITE_STALL).set(f64::from(u8::from(stalled)));
+}
+
+/// Publishes the process's resident memory.
+pub(crate) fn export_process() {
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!(PROCESS_RSS).set(rss as f64);
+    }
+}
+
+/// Resident memory from `/proc/self/status` (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }

@@ -2,13 +2,13 @@
 //! results are computed from, live or recomputed from stored events.
 
 use abacus_actors::domain::ExperimentAggregates;
+use abacus_actors::results::Results;
 use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Admin;
 use super::error::ApiResult;
-use super::AppState;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -50,17 +50,14 @@ pub struct AggregatesQuery {
 #[get("/v1/experiments/{key}/aggregates")]
 async fn aggregates(
     _: Admin,
-    state: web::Data<AppState>,
+    results: web::Data<Results>,
     key: web::Path<String>,
     query: web::Query<AggregatesQuery>,
 ) -> ApiResult<HttpResponse> {
     Ok(match query.source.unwrap_or_default() {
-        Source::Live => HttpResponse::Ok().json(&*state.engine.aggregates(&key)?),
-        Source::Events => HttpResponse::Ok().json(
-            state
-                .engine
-                .rebuilt_aggregates(&key, i64::MIN, i64::MAX)
-                .await?,
-        ),
+        Source::Live => HttpResponse::Ok().json(&*results.aggregates(&key)?),
+        Source::Events => {
+            HttpResponse::Ok().json(results.rebuilt_aggregates(&key, i64::MIN, i64::MAX).await?)
+        }
     })
 }

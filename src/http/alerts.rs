@@ -2,6 +2,7 @@
 //! acknowledge / resolve actions.
 
 use abacus_actors::alerts::AlertFilter;
+use abacus_actors::alerts::Alerts;
 use abacus_actors::domain::{Alert, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn};
 use actix_web::{delete, get, patch, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
-use super::AppState;
 
 const MAX_PAGE: usize = 500;
 
@@ -43,10 +43,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[post("/v1/alerts/rules")]
 async fn create_rule(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     ValidJson(input): ValidJson<RuleIn>,
 ) -> ApiResult<HttpResponse> {
-    let rule = state.engine.alerts().create_rule(input).await?;
+    let rule = alerts.create_rule(input).await?;
     Ok(HttpResponse::Created()
         .insert_header(("location", format!("/v1/alerts/rules/{}", rule.id)))
         .json(rule))
@@ -66,8 +66,8 @@ pub struct RuleList {
     security(("bearer" = []))
 )]
 #[get("/v1/alerts/rules")]
-async fn list_rules(_: Admin, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    let rules = state.engine.alerts().rules().await?;
+async fn list_rules(_: Admin, alerts: web::Data<Alerts>) -> ApiResult<HttpResponse> {
+    let rules = alerts.rules().await?;
     Ok(HttpResponse::Ok().json(RuleList { rules }))
 }
 
@@ -84,10 +84,10 @@ async fn list_rules(_: Admin, state: web::Data<AppState>) -> ApiResult<HttpRespo
 #[get("/v1/alerts/rules/{id}")]
 async fn read_rule(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.alerts().rule(&id).await?))
+    Ok(HttpResponse::Ok().json(alerts.rule(&id).await?))
 }
 
 /// Change a rule's name, threshold, window, severity or enabled flag.
@@ -106,11 +106,11 @@ async fn read_rule(
 #[patch("/v1/alerts/rules/{id}")]
 async fn update_rule(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(patch): ValidJson<RulePatch>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.alerts().patch_rule(&id, patch).await?))
+    Ok(HttpResponse::Ok().json(alerts.patch_rule(&id, patch).await?))
 }
 
 /// Delete a rule; its active alerts resolve.
@@ -126,10 +126,10 @@ async fn update_rule(
 #[delete("/v1/alerts/rules/{id}")]
 async fn delete_rule(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    state.engine.alerts().delete_rule(&id).await?;
+    alerts.delete_rule(&id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -163,7 +163,7 @@ pub struct AlertList {
 #[get("/v1/alerts")]
 async fn list(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     query: web::Query<AlertQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();
@@ -174,9 +174,7 @@ async fn list(
             format!("limit must be 1-{MAX_PAGE}"),
         ));
     }
-    let alerts = state
-        .engine
-        .alerts()
+    let alerts = alerts
         .list(AlertFilter {
             status: query.status,
             experiment: query.experiment,
@@ -199,10 +197,10 @@ async fn list(
 #[get("/v1/alerts/{id}")]
 async fn read(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.alerts().get(&id).await?))
+    Ok(HttpResponse::Ok().json(alerts.get(&id).await?))
 }
 
 /// `open → acknowledged`, recording who and why.
@@ -220,11 +218,11 @@ async fn read(
 #[post("/v1/alerts/{id}/acknowledge")]
 async fn acknowledge(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.alerts().acknowledge(&id, stamp).await?))
+    Ok(HttpResponse::Ok().json(alerts.acknowledge(&id, stamp).await?))
 }
 
 /// `open | acknowledged → resolved`, recording who and why. A rule's alert
@@ -244,9 +242,9 @@ async fn acknowledge(
 #[post("/v1/alerts/{id}/resolve")]
 async fn resolve(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.alerts().resolve(&id, stamp).await?))
+    Ok(HttpResponse::Ok().json(alerts.resolve(&id, stamp).await?))
 }

@@ -2,13 +2,14 @@
 //! (`/v1/units/{unit_id}`) and the side-by-side comparison of an
 //! experiment's variants (`/v1/experiments/{key}/compare`).
 
+use abacus_actors::results::Results;
+use abacus_actors::storage::AnalyticsFilter;
 use std::collections::BTreeMap;
 
-use abacus_actors::analytics::{
-    total, CompareReport, CtrReport, Distribution, EngagementReport, Filter, RankReport,
-    UnitSummary,
-};
 use abacus_actors::domain::{unix_ms, Bucket, ExperimentKey, UnitId};
+use abacus_actors::results::analytics::{
+    total, CompareReport, CtrReport, Distribution, EngagementReport, RankReport, UnitSummary,
+};
 use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -16,7 +17,6 @@ use utoipa::IntoParams;
 
 use super::auth::Admin;
 use super::error::ApiResult;
-use super::AppState;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -49,9 +49,9 @@ pub struct AnalyticsQuery {
     to: Option<OffsetDateTime>,
 }
 
-impl From<AnalyticsQuery> for Filter {
+impl From<AnalyticsQuery> for AnalyticsFilter {
     fn from(q: AnalyticsQuery) -> Self {
-        Filter {
+        AnalyticsFilter {
             experiment: q.experiment.map(String::from),
             variant: q.variant,
             unit: q.unit_id.map(String::from),
@@ -62,10 +62,10 @@ impl From<AnalyticsQuery> for Filter {
 }
 
 async fn buckets(
-    state: &AppState,
+    results: &Results,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<BTreeMap<String, Bucket>> {
-    Ok(state.engine.analytics(query.into_inner().into()).await?)
+    Ok(results.analytics(query.into_inner().into()).await?)
 }
 
 /// Click-through rate: clicks / impressions, overall and per variant.
@@ -78,10 +78,10 @@ async fn buckets(
 #[get("/v1/analytics/ctr")]
 async fn ctr(
     _: Admin,
-    state: web::Data<AppState>,
+    results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
-    let by_variant = buckets(&state, query).await?;
+    let by_variant = buckets(&results, query).await?;
     Ok(HttpResponse::Ok().json(CtrReport::of(&by_variant)))
 }
 
@@ -95,10 +95,10 @@ async fn ctr(
 #[get("/v1/analytics/ranks")]
 async fn ranks(
     _: Admin,
-    state: web::Data<AppState>,
+    results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
-    let by_variant = buckets(&state, query).await?;
+    let by_variant = buckets(&results, query).await?;
     Ok(HttpResponse::Ok().json(RankReport::of(&total(by_variant.values()))))
 }
 
@@ -113,10 +113,10 @@ async fn ranks(
 #[get("/v1/analytics/response-times")]
 async fn response_times(
     _: Admin,
-    state: web::Data<AppState>,
+    results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
-    let all = total(buckets(&state, query).await?.values());
+    let all = total(buckets(&results, query).await?.values());
     Ok(HttpResponse::Ok().json(Distribution::of(all.response_times.as_ref())))
 }
 
@@ -130,10 +130,10 @@ async fn response_times(
 #[get("/v1/analytics/engagement")]
 async fn engagement(
     _: Admin,
-    state: web::Data<AppState>,
+    results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
-    let all = total(buckets(&state, query).await?.values());
+    let all = total(buckets(&results, query).await?.values());
     Ok(HttpResponse::Ok().json(EngagementReport::of(&all)))
 }
 
@@ -147,11 +147,11 @@ async fn engagement(
 #[get("/v1/units/{unit_id}")]
 async fn unit(
     _: Admin,
-    state: web::Data<AppState>,
+    results: web::Data<Results>,
     unit_id: web::Path<UnitId>,
 ) -> ApiResult<HttpResponse> {
     let unit_id = String::from(unit_id.into_inner());
-    Ok(HttpResponse::Ok().json(state.engine.unit_summary(&unit_id).await?))
+    Ok(HttpResponse::Ok().json(results.unit_summary(&unit_id).await?))
 }
 
 /// The variants side by side (CTR, conversion rate, mean dwell, response
@@ -169,8 +169,8 @@ async fn unit(
 #[get("/v1/experiments/{key}/compare")]
 async fn compare(
     _: Admin,
-    state: web::Data<AppState>,
+    results: web::Data<Results>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.compare(&key).await?))
+    Ok(HttpResponse::Ok().json(results.compare(&key).await?))
 }

@@ -1,8 +1,9 @@
 //! Assignment: which variant a unit sees, for one experiment or all.
 
-use abacus_actors::assignment::Reason;
 use abacus_actors::domain::{ExperimentKey, UnitId};
-use abacus_actors::Assignment;
+use abacus_actors::experiments::assignment::Reason;
+use abacus_actors::experiments::Assignment;
+use abacus_actors::experiments::Experiments;
 use actix_web::{get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Ingest;
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
-use super::AppState;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -93,15 +93,13 @@ pub struct AssignmentsOut<'a> {
 #[get("/v1/experiments/{key}/assignment")]
 async fn assign_one(
     _: Ingest,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     key: web::Path<String>,
     query: web::Query<AssignQuery>,
 ) -> ApiResult<HttpResponse> {
     UnitId::check(&query.unit_id).map_err(|message| ApiError::bad_query("unit_id", message))?;
     let assignment =
-        state
-            .engine
-            .assign(&key, &query.unit_id, query.log_exposure.unwrap_or(true))?;
+        experiments.assign(&key, &query.unit_id, query.log_exposure.unwrap_or(true))?;
     Ok(HttpResponse::Ok().json(AssignmentOut::from(&assignment)))
 }
 
@@ -119,10 +117,10 @@ async fn assign_one(
 #[post("/v1/assignments")]
 async fn assign_all(
     _: Ingest,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     ValidJson(body): ValidJson<AssignAllIn>,
 ) -> ApiResult<HttpResponse> {
-    let assignments = state.engine.assign_all(
+    let assignments = experiments.assign_all(
         body.unit_id.as_str(),
         body.experiments.as_deref(),
         body.log_exposure.unwrap_or(true),

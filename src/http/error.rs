@@ -105,6 +105,16 @@ impl ApiError {
         }
     }
 
+    /// Whether the request was refused for what it carries (a body or a
+    /// value that breaks a rule), rather than for the server's state.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            ApiError::InvalidBody { .. }
+                | ApiError::Engine(EngineError::Invalid { .. } | EngineError::InvalidEvent { .. })
+        )
+    }
+
     /// Stable snake_case code clients can match on.
     pub fn code(&self) -> &'static str {
         match self {
@@ -115,7 +125,9 @@ impl ApiError {
                 EngineError::AlertNotFound(_) => "alert_not_found",
                 EngineError::AlertTransition { .. } => "invalid_transition",
                 EngineError::ExperimentExists(_) => "experiment_exists",
-                EngineError::Invalid { .. } => "validation_failed",
+                EngineError::Invalid { .. } | EngineError::InvalidEvent { .. } => {
+                    "validation_failed"
+                }
                 EngineError::InvalidTransition { .. } => "invalid_transition",
                 EngineError::NotEditable { .. } => "not_editable",
                 EngineError::Overloaded(_) => "overloaded",
@@ -139,7 +151,9 @@ impl ApiError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            ApiError::Engine(EngineError::Invalid { field, .. }) => Some(field),
+            ApiError::Engine(
+                EngineError::Invalid { field, .. } | EngineError::InvalidEvent { field, .. },
+            ) => Some(field),
             ApiError::Engine(EngineError::NotEditable { field, .. }) => Some(field),
             ApiError::InvalidBody { field, .. } | ApiError::InvalidQuery { field, .. } => {
                 field.as_deref()
@@ -161,7 +175,9 @@ impl ResponseError for ApiError {
                 | EngineError::InvalidTransition { .. }
                 | EngineError::AlertTransition { .. }
                 | EngineError::NotEditable { .. } => StatusCode::CONFLICT,
-                EngineError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                EngineError::Invalid { .. } | EngineError::InvalidEvent { .. } => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
                 EngineError::Overloaded(_) | EngineError::Unavailable => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

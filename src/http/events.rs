@@ -1,5 +1,6 @@
 //! `/v1/events`: ingestion (fire-and-forget, or `ack=persisted`) and export.
 
+use abacus_actors::ingest;
 use std::time::Duration;
 
 use abacus_actors::domain::{unix_ms, Event, EventIn, ExperimentKey};
@@ -12,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Admin, Ingest};
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
-use super::{AppState, Limits};
+use super::Limits;
 use abacus_actors::Error as EngineError;
 
 /// Longest an `ack=persisted` request waits for its group commit.
@@ -21,7 +22,7 @@ const MAX_EXPORT_PAGE: usize = 10_000;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(ingest).service(export);
+    cfg.service(accept).service(export);
 }
 
 /// When `POST /v1/events` answers.
@@ -83,9 +84,9 @@ pub struct AcceptedOut {
     security(("bearer" = []))
 )]
 #[post("/v1/events")]
-async fn ingest(
+async fn accept(
     _: Ingest,
-    state: web::Data<AppState>,
+    intake: web::Data<ingest::Ingest>,
     limits: web::Data<Limits>,
     query: web::Query<IngestQuery>,
     ValidJson(body): ValidJson<Value>,
@@ -97,10 +98,18 @@ async fn ingest(
             .map_or(1, Vec::len),
         _ => 1,
     };
-    let (inputs, batch) = split(body, limits.max_batch)
-        .inspect_err(|_| state.engine.count_invalid(offered as u64))?;
     let wait = query.ack == AckMode::Persisted;
-    let accepted = state.engine.ingest(inputs, batch, wait)?;
+    let accepted = split(body, limits.max_batch)
+        .and_then(|(inputs, batch)| {
+            intake
+                .accept(inputs, wait)
+                .map_err(|e| in_request(e, batch))
+        })
+        .inspect_err(|e| {
+            if e.is_invalid_input() {
+                intake.count_invalid(offered as u64);
+            }
+        })?;
     let persisted = match accepted.persisted {
         Some(rx) => match tokio::time::timeout(PERSIST_TIMEOUT, rx).await {
             Ok(Ok(true)) => true,
@@ -162,6 +171,24 @@ fn split(body: Value, max_batch: usize) -> ApiResult<(Vec<EventIn>, bool)> {
     }
 }
 
+/// An event's refusal as the client sees it: in a batch, the field path
+/// and the message name the event (`events[3].value`, `event 3: …`).
+fn in_request(error: EngineError, batch: bool) -> ApiError {
+    match error {
+        EngineError::InvalidEvent {
+            index,
+            field,
+            message,
+        } if batch => EngineError::Invalid {
+            field: format!("events[{index}].{field}"),
+            message: format!("event {index}: {message}"),
+        },
+        EngineError::InvalidEvent { field, message, .. } => EngineError::Invalid { field, message },
+        other => other,
+    }
+    .into()
+}
+
 fn invalid_batch(message: &str) -> ApiError {
     ApiError::InvalidBody {
         field: Some("events".into()),
@@ -210,7 +237,7 @@ pub struct EventPageOut {
 #[get("/v1/events")]
 async fn export(
     _: Admin,
-    state: web::Data<AppState>,
+    intake: web::Data<ingest::Ingest>,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();
@@ -230,8 +257,7 @@ async fn export(
         .transpose()?;
     let from = query.from.map_or(0, unix_ms);
     let to = query.to.map_or(i64::MAX, unix_ms);
-    let page = state
-        .engine
+    let page = intake
         .events(query.experiment, from, to, cursor, limit)
         .await?;
     Ok(HttpResponse::Ok().json(EventPageOut {

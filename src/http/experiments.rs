@@ -3,6 +3,7 @@
 use abacus_actors::domain::{
     Action, Experiment, ExperimentIn, ExperimentPatch, Status, VariantKey,
 };
+use abacus_actors::experiments::Experiments;
 use actix_web::http::header;
 use actix_web::{delete, get, patch, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -11,7 +12,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::{MaybeJson, ValidJson};
-use super::AppState;
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -95,10 +95,10 @@ impl From<LifecycleAction> for Action {
 #[post("/v1/experiments")]
 async fn create(
     _: Admin,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     ValidJson(input): ValidJson<ExperimentIn>,
 ) -> ApiResult<HttpResponse> {
-    let created = state.engine.create(input).await?;
+    let created = experiments.create(input).await?;
     let experiment = created.experiment();
     Ok(HttpResponse::Created()
         .insert_header((
@@ -118,7 +118,7 @@ async fn create(
 #[get("/v1/experiments")]
 async fn list(
     _: Admin,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
@@ -128,9 +128,7 @@ async fn list(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let page = state
-        .engine
-        .list(query.status, query.cursor.as_deref(), limit);
+    let page = experiments.list(query.status, query.cursor.as_deref(), limit);
     Ok(HttpResponse::Ok().json(ExperimentPage {
         experiments: page.items.iter().map(|c| c.experiment()).collect(),
         next_cursor: page.next.map(String::from),
@@ -150,10 +148,10 @@ async fn list(
 #[get("/v1/experiments/{key}")]
 async fn read(
     _: Admin,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.get(&key)?.experiment()))
+    Ok(HttpResponse::Ok().json(experiments.get(&key)?.experiment()))
 }
 
 /// Change an experiment. Name, description, coverage, forced overrides,
@@ -174,11 +172,11 @@ async fn read(
 #[patch("/v1/experiments/{key}")]
 async fn update(
     _: Admin,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     key: web::Path<String>,
     ValidJson(patch): ValidJson<ExperimentPatch>,
 ) -> ApiResult<HttpResponse> {
-    let changed = state.engine.patch(&key, patch).await?;
+    let changed = experiments.patch(&key, patch).await?;
     Ok(HttpResponse::Ok().json(changed.experiment()))
 }
 
@@ -197,10 +195,10 @@ async fn update(
 #[delete("/v1/experiments/{key}")]
 async fn archive(
     _: Admin,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let archived = state.engine.transition(&key, Action::Archive, None).await?;
+    let archived = experiments.transition(&key, Action::Archive, None).await?;
     Ok(HttpResponse::Ok().json(archived.experiment()))
 }
 
@@ -222,7 +220,7 @@ async fn archive(
 #[post("/v1/experiments/{key}/{action}")]
 async fn lifecycle(
     _: Admin,
-    state: web::Data<AppState>,
+    experiments: web::Data<Experiments>,
     path: web::Path<(String, LifecycleAction)>,
     MaybeJson(body): MaybeJson<CompleteIn>,
 ) -> ApiResult<HttpResponse> {
@@ -237,6 +235,6 @@ async fn lifecycle(
             })
         }
     };
-    let changed = state.engine.transition(&key, action.into(), winner).await?;
+    let changed = experiments.transition(&key, action.into(), winner).await?;
     Ok(HttpResponse::Ok().json(changed.experiment()))
 }

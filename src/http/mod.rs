@@ -52,6 +52,8 @@ pub struct Limits {
 }
 
 /// Mounts every route, the extractor configuration and the JSON 404.
+/// Handlers get the service they call as `web::Data<Service>`; the
+/// engine itself only serves readiness and the metrics scrape.
 pub fn configure(
     state: web::Data<AppState>,
     keys: auth::Keys,
@@ -59,7 +61,14 @@ pub fn configure(
     limits: Limits,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(state)
+        let engine = &state.engine;
+        cfg.app_data(web::Data::from(Arc::clone(engine.experiments())))
+            .app_data(web::Data::from(Arc::clone(engine.ingest())))
+            .app_data(web::Data::from(Arc::clone(engine.results())))
+            .app_data(web::Data::from(Arc::clone(engine.webhooks())))
+            .app_data(web::Data::from(Arc::clone(engine.alerts())))
+            .app_data(web::Data::from(Arc::clone(engine.live())))
+            .app_data(state.clone())
             .app_data(keys)
             .app_data(rates)
             .app_data(web::Data::new(limits))

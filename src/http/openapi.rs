@@ -62,7 +62,7 @@ use super::{
         ws::ws,
         assignments::assign_one,
         assignments::assign_all,
-        events::ingest,
+        events::accept,
         events::export,
         health::healthz,
         health::readyz,

@@ -2,7 +2,8 @@
 //! `/v1/stats/sample-size`.
 
 use abacus_actors::domain::unix_ms;
-use abacus_actors::results::ExperimentResults;
+use abacus_actors::results::compute::ExperimentResults;
+use abacus_actors::results::Results;
 use abacus_actors::stats::{sample_size, SampleSize, SampleSizeAnswer};
 use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
@@ -11,7 +12,6 @@ use utoipa::IntoParams;
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
-use super::AppState;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -38,7 +38,7 @@ pub struct TimelineQuery {
     tag = "results",
     params(("key" = String, Path, description = "Experiment key"), TimelineQuery),
     responses(
-        (status = 200, description = "The timeline", body = abacus_actors::Timeline),
+        (status = 200, description = "The timeline", body = abacus_actors::results::Timeline),
         (status = 404, description = "No such experiment"),
         (status = 422, description = "Not a metric of the experiment"),
     ),
@@ -47,7 +47,7 @@ pub struct TimelineQuery {
 #[get("/v1/experiments/{key}/timeline")]
 async fn timeline(
     _: Admin,
-    state: web::Data<AppState>,
+    service: web::Data<Results>,
     key: web::Path<String>,
     query: web::Query<TimelineQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -55,8 +55,7 @@ async fn timeline(
     if !(2..=2000).contains(&points) {
         return Err(ApiError::bad_query("points", "points must be 2-2000"));
     }
-    let timeline = state
-        .engine
+    let timeline = service
         .timeline(&key, query.metric.as_deref(), points)
         .await?;
     Ok(HttpResponse::Ok().json(timeline))
@@ -98,7 +97,7 @@ pub struct ResultsQuery {
 #[get("/v1/experiments/{key}/results")]
 async fn results(
     _: Admin,
-    state: web::Data<AppState>,
+    service: web::Data<Results>,
     key: web::Path<String>,
     query: web::Query<ResultsQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -113,8 +112,7 @@ async fn results(
             Some((from, to))
         }
     };
-    let results = state
-        .engine
+    let results = service
         .results(&key, query.metric.as_deref(), window)
         .await?;
     Ok(HttpResponse::Ok().json(results))

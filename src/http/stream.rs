@@ -1,5 +1,6 @@
 //! `GET /v1/stream`: the live feed as Server-Sent Events.
 
+use abacus_actors::live::Live;
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -7,7 +8,6 @@ use utoipa::IntoParams;
 
 use super::auth::Admin;
 use super::feed::{resume_after, Feed, Item};
-use super::AppState;
 
 /// Most messages written together.
 const BURST: usize = 256;
@@ -43,13 +43,13 @@ pub struct StreamQuery {
 #[get("/v1/stream")]
 async fn stream(
     _: Admin,
-    state: web::Data<AppState>,
+    live: web::Data<Live>,
     req: HttpRequest,
     query: web::Query<StreamQuery>,
 ) -> HttpResponse {
     let query = query.into_inner();
     let after = resume_after(&req, query.last_event_id);
-    let feed = Feed::open(state.engine.live(), after, query.experiment);
+    let feed = Feed::open(&live.into_inner(), after, query.experiment);
     let body = futures_util::stream::unfold(feed, |mut feed| async move {
         let bytes = match feed.next().await? {
             // A burst (each experiment's stats, once a second) goes out as

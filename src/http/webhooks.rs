@@ -2,6 +2,7 @@
 //! delivery log.
 
 use abacus_actors::domain::{DeliveryAttempt, WebhookIn, WebhookOut};
+use abacus_actors::webhooks::Webhooks;
 use actix_web::{delete, get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -9,7 +10,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
-use super::AppState;
 
 const MAX_PAGE: usize = 500;
 
@@ -48,10 +48,10 @@ pub struct CreatedSubscription {
 #[post("/v1/webhooks")]
 async fn create(
     _: Admin,
-    state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     ValidJson(input): ValidJson<WebhookIn>,
 ) -> ApiResult<HttpResponse> {
-    let (subscription, secret) = state.engine.webhooks().create(input).await?;
+    let (subscription, secret) = webhooks.create(input).await?;
     Ok(HttpResponse::Created()
         .insert_header(("location", format!("/v1/webhooks/{}", subscription.id)))
         .json(CreatedSubscription {
@@ -74,8 +74,8 @@ pub struct SubscriptionList {
     security(("bearer" = []))
 )]
 #[get("/v1/webhooks")]
-async fn list(_: Admin, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    let webhooks = state.engine.webhooks().list().await?;
+async fn list(_: Admin, webhooks: web::Data<Webhooks>) -> ApiResult<HttpResponse> {
+    let webhooks = webhooks.list().await?;
     Ok(HttpResponse::Ok().json(SubscriptionList { webhooks }))
 }
 
@@ -93,10 +93,10 @@ async fn list(_: Admin, state: web::Data<AppState>) -> ApiResult<HttpResponse> {
 #[get("/v1/webhooks/{id}")]
 async fn read(
     _: Admin,
-    state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.webhooks().get(&id).await?))
+    Ok(HttpResponse::Ok().json(webhooks.get(&id).await?))
 }
 
 /// Delete a subscription with its pending messages and log.
@@ -112,10 +112,10 @@ async fn read(
 #[delete("/v1/webhooks/{id}")]
 async fn remove(
     _: Admin,
-    state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    state.engine.webhooks().delete(&id).await?;
+    webhooks.delete(&id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -140,10 +140,10 @@ pub struct TestQueued {
 #[post("/v1/webhooks/{id}/test")]
 async fn test(
     _: Admin,
-    state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let message_id = state.engine.webhooks().test(&id).await?;
+    let message_id = webhooks.test(&id).await?;
     Ok(HttpResponse::Accepted().json(TestQueued { message_id }))
 }
 
@@ -160,10 +160,10 @@ async fn test(
 #[post("/v1/webhooks/{id}/enable")]
 async fn enable(
     _: Admin,
-    state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(state.engine.webhooks().enable(&id).await?))
+    Ok(HttpResponse::Ok().json(webhooks.enable(&id).await?))
 }
 
 /// Query of the delivery log.
@@ -200,7 +200,7 @@ pub struct DeliveryPage {
 #[get("/v1/webhooks/{id}/deliveries")]
 async fn deliveries(
     _: Admin,
-    state: web::Data<AppState>,
+    webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
     query: web::Query<DeliveriesQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -211,11 +211,7 @@ async fn deliveries(
             format!("limit must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let (deliveries, next_cursor) = state
-        .engine
-        .webhooks()
-        .deliveries(&id, query.cursor, limit)
-        .await?;
+    let (deliveries, next_cursor) = webhooks.deliveries(&id, query.cursor, limit).await?;
     Ok(HttpResponse::Ok().json(DeliveryPage {
         deliveries,
         next_cursor,

@@ -2,6 +2,7 @@
 //! one. Same messages, filters and resumption as `GET /v1/stream`, each as
 //! one text frame `{"id": 7, "event": "stats", "data": {...}}`.
 
+use abacus_actors::live::Live;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use futures_util::StreamExt;
@@ -10,7 +11,6 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::feed::{resume_after, Feed, Item};
 use super::stream::StreamQuery;
-use super::AppState;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -29,7 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[get("/v1/ws")]
 async fn ws(
     _: Admin,
-    state: web::Data<AppState>,
+    live: web::Data<Live>,
     req: HttpRequest,
     body: web::Payload,
     query: web::Query<StreamQuery>,
@@ -38,7 +38,7 @@ async fn ws(
     let after = resume_after(&req, query.last_event_id);
     let (response, mut session, mut incoming) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::UpgradeRequired(e.to_string()))?;
-    let mut feed = Feed::open(state.engine.live(), after, query.experiment);
+    let mut feed = Feed::open(&live.into_inner(), after, query.experiment);
     actix_web::rt::spawn(async move {
         let close = loop {
             tokio::select! {

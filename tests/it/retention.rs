@@ -20,7 +20,7 @@ fn an_acknowledged_event_is_not_swept_before_its_time_however_old_its_timestamp(
     let server = TestServer::start_with(&[
         ("ABACUS_STORAGE__RETENTION_DAYS", "2"),
         ("ABACUS_STORAGE__RETENTION_SWEEP_INTERVAL_S", "1"),
-        ("RUST_LOG", "info,abacus_actors::retention=debug"),
+        ("RUST_LOG", "info,abacus_actors::ingest::retention=debug"),
     ]);
     let (status, body) = server.post(
         "/v1/events?ack=persisted",

@@ -16,7 +16,7 @@ use crate::domain::{
     Alert, AlertMetric, AlertRule, DomainEvent, Firing, RuleIn, RulePatch, StampIn, Status,
     MAX_WINDOW_S,
 };
-use crate::results;
+use crate::results::compute as results;
 use crate::storage::Store;
 use crate::{Error, Result};
 

@@ -23,11 +23,11 @@ pub use signals::Signals;
 use self::evaluate::{
     Acknowledge, AlertActor, CreateRule, DeleteRule, Figures, PatchRule, Resolve,
 };
-use crate::aggregator::LiveAggregates;
-use crate::catalog::Registry;
 use crate::clock::Clock;
 use crate::domain::{Alert, AlertMetric, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn};
+use crate::experiments::registry::Registry;
 use crate::ingest::IngestStats;
+use crate::ingest::LiveAggregates;
 use crate::live::Live;
 use crate::storage::{blocking, Store};
 use crate::webhooks::Webhooks;

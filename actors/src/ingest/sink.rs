@@ -1,5 +1,5 @@
 //! Pluggable sinks. A [`Sink`] receives every committed event, in `seq`
-//! order, at least once, on its own thread ([`SinkActor`]) behind its own
+//! order, at least once, on its own thread ([`SinkWorker`]) behind its own
 //! bounded mailbox, so a slow sink holds back only itself until its
 //! mailbox fills, and then the writer (and so ingestion) waits.
 //!
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::Batch;
+use super::mailbox::Batch;
 use crate::domain::Event;
 use crate::storage::Store;
 
@@ -140,13 +140,13 @@ impl Sink for JsonlSink {
 }
 
 /// A sink on its own thread with a bounded mailbox of committed batches.
-pub struct SinkActor {
+pub struct SinkWorker {
     name: &'static str,
     tx: flume::Sender<Arc<Batch>>,
     thread: JoinHandle<()>,
 }
 
-impl SinkActor {
+impl SinkWorker {
     /// Starts `sink` with room for `capacity` batches; it first replays
     /// from `store` what it has not made durable yet.
     pub fn spawn(sink: Box<dyn Sink>, store: Store, capacity: usize) -> std::io::Result<Self> {
@@ -609,7 +609,7 @@ mod tests {
             written: Arc::default(),
             failures: Arc::new(AtomicUsize::new(usize::MAX)),
         };
-        let actor = SinkActor::spawn(Box::new(sink), store.clone(), 2).expect("spawn");
+        let actor = SinkWorker::spawn(Box::new(sink), store.clone(), 2).expect("spawn");
         for b in 0..20 {
             actor.send(Arc::new(commit(&store, b * 5 + 1, b * 5 + 5)));
         }

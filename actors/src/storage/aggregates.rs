@@ -189,8 +189,8 @@ fn take_key(rest: &mut &[u8]) -> Option<Arc<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregator::Aggregator;
     use crate::domain::{ExperimentKey, VariantKey};
+    use crate::ingest::aggregator::Aggregator;
     use crate::storage::Commit;
 
     #[test]

@@ -21,6 +21,8 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
+pub(crate) use analytics::bucket_deltas;
+pub use analytics::AnalyticsFilter;
 pub use cf::Cf;
 pub use webhooks::AttemptRecord;
 

@@ -222,6 +222,11 @@ impl Webhooks {
         Ok(())
     }
 
+    /// Publishes how many subscriptions are disabled.
+    pub fn export_metrics(&self) {
+        metrics::gauge!(crate::metrics::WEBHOOK_DISABLED).set(self.disabled().len() as f64);
+    }
+
     /// Ids of the subscriptions currently disabled.
     pub fn disabled(&self) -> Vec<String> {
         self.entries.read().map_or_else(

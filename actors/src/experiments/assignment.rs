@@ -186,7 +186,7 @@ mod tests {
     use super::*;
     use crate::domain::{Action, ExperimentIn, Layer};
 
-    const VECTORS: &str = include_str!("../testdata/assignment_vectors.json");
+    const VECTORS: &str = include_str!("../../testdata/assignment_vectors.json");
 
     #[derive(Deserialize)]
     struct Vectors {

@@ -17,9 +17,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::aggregator::LiveAggregates;
-use crate::catalog::Registry;
 use crate::domain::{json_len, ExperimentAggregates, MetricKind, Status};
+use crate::experiments::registry::Registry;
+use crate::ingest::LiveAggregates;
 use crate::storage::Store;
 
 /// Messages a client may lag behind before it is dropped.
@@ -118,6 +118,14 @@ impl Live {
     /// Whether [`Live::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Publishes the listeners and the slow ones dropped.
+    pub fn export_metrics(&self) {
+        use crate::metrics as m;
+        metrics::gauge!(m::STREAM_CLIENTS).set(self.clients() as f64);
+        metrics::counter!(m::STREAM_DROPPED, "reason" => "slow_consumer")
+            .absolute(self.dropped.load(Ordering::Relaxed));
     }
 
     /// Clients currently subscribed.

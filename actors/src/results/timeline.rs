@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregator::LiveAggregates;
-use crate::catalog::Registry;
 use crate::domain::{Status, TimelineSnapshot};
+use crate::experiments::registry::Registry;
+use crate::ingest::LiveAggregates;
 use crate::storage::{now_ms, Store};
 
 /// Keeps snapshots every `every`, for as long as the actix system runs.

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use crate::assignment::Compiled;
+use super::assignment::Compiled;
+use super::sticky::StickyTable;
 use crate::clock::Clock;
 use crate::domain::{
     Action, Alert, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, GuardrailStop,
     Status, VariantKey,
 };
-use crate::results::GuardrailCheck;
-use crate::sticky::StickyTable;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -228,9 +227,20 @@ impl Handler<RecordFinding> for ExperimentActor {
 
 /// Pause the experiment because a guardrail regressed (once: ignored when
 /// it is not running or a guardrail already stopped it).
-#[derive(Message)]
+#[derive(Debug, Message)]
 #[rtype(result = "Result<Arc<Compiled>>")]
-pub struct StopForGuardrail(pub GuardrailCheck);
+pub struct StopForGuardrail {
+    /// The guardrail metric.
+    pub metric: String,
+    /// The treatment that regressed.
+    pub variant: String,
+    /// (treatment - control) / control.
+    pub relative_lift: Option<f64>,
+    /// The always-valid p-value that the harm exceeds the tolerance.
+    pub p_value: Option<f64>,
+    /// The tolerance.
+    pub max_relative_drop: f64,
+}
 
 impl Handler<StopForGuardrail> for ExperimentActor {
     type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
@@ -242,7 +252,7 @@ impl Handler<StopForGuardrail> for ExperimentActor {
         if experiment.status != Status::Running || experiment.guardrail_stop.is_some() {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(current))));
         }
-        let check = msg.0;
+        let check = msg;
         let (Some(guardrail), Some(variant)) = (
             experiment
                 .guardrails

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::aggregator::LiveAggregates;
-use crate::catalog::Registry;
+use super::compute as results;
 use crate::domain::Status;
-use crate::experiment::{Finding, RecordFinding, StopForGuardrail};
-use crate::results;
+use crate::experiments::actor::{Finding, RecordFinding, StopForGuardrail};
+use crate::experiments::registry::Registry;
+use crate::ingest::LiveAggregates;
 
 /// Checks every `every`, for as long as the actix system runs.
 pub(crate) fn spawn(every: Duration, registry: Arc<Registry>, live: Arc<LiveAggregates>) {
@@ -42,7 +42,13 @@ fn check(registry: &Registry, live: &LiveAggregates) {
                 .into_iter()
                 .find(|g| g.auto_stop && g.regressed);
             if let Some(check) = regressed {
-                entry.addr.do_send(StopForGuardrail(check));
+                entry.addr.do_send(StopForGuardrail {
+                    metric: check.metric,
+                    variant: check.variant,
+                    relative_lift: check.relative_lift,
+                    p_value: check.p_value,
+                    max_relative_drop: check.max_relative_drop,
+                });
                 continue;
             }
         }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use crate::assignment::Compiled;
+use super::actor::{ExperimentActor, Slot};
+use super::assignment::Compiled;
 use crate::clock::Clock;
 use crate::domain::{DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey};
-use crate::experiment::{ExperimentActor, Slot};
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -42,6 +42,20 @@ impl Registry {
     /// The experiment with this key.
     pub fn get(&self, key: &str) -> Option<Entry> {
         self.entries.load().get(key).cloned()
+    }
+
+    /// The unit's first exposures: (experiment, variant) pairs.
+    pub fn first_exposures(&self, unit: &str) -> Vec<(String, String)> {
+        self.load()
+            .values()
+            .filter_map(|entry| {
+                let first = entry.slot.sticky.get(unit)?;
+                let compiled = entry.slot.snapshot();
+                let experiment = compiled.experiment();
+                let variant = experiment.variants.get(first.variant)?;
+                Some((experiment.key.to_string(), variant.key.to_string()))
+            })
+            .collect()
     }
 
     /// Adds an experiment. Only the catalog (and start-up) call this.

@@ -1,5 +1,5 @@
 //! The writer thread: the store-of-record sink, and owner of the
-//! aggregates (see [`crate::aggregator`]).
+//! aggregates (see [`super::aggregator`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Batch, Command, Envelope, IngestLimits, IngestStats, SinkActor};
-use crate::aggregator::{Aggregator, LiveAggregates};
-use crate::analytics;
-use crate::storage::{now_ms, Commit, Store};
+use super::aggregator::{Aggregator, LiveAggregates};
+use super::mailbox::{Batch, Command, Envelope, IngestLimits, IngestStats};
+use super::sink::SinkWorker;
+use crate::storage::{bucket_deltas, now_ms, Commit, Store};
 use crate::{Error, Result};
 
 /// Where the writer commits batches and looks up event ids: the store, or
@@ -37,7 +37,7 @@ impl Committer for Store {
 pub(super) struct Writer {
     committer: Box<dyn Committer>,
     limits: IngestLimits,
-    sinks: Vec<SinkActor>,
+    sinks: Vec<SinkWorker>,
     stats: Arc<IngestStats>,
     next_seq: u64,
     aggregator: Aggregator,
@@ -48,7 +48,7 @@ impl Writer {
     pub(super) fn new(
         store: Store,
         limits: IngestLimits,
-        sinks: Vec<SinkActor>,
+        sinks: Vec<SinkWorker>,
         stats: Arc<IngestStats>,
         live: Arc<LiveAggregates>,
     ) -> Result<Self> {
@@ -144,7 +144,7 @@ impl Writer {
             seq += 1;
         }
         self.aggregator.fold(&batch.events);
-        let buckets = analytics::deltas(&batch.events);
+        let buckets = bucket_deltas(&batch.events);
         let started = Instant::now();
         let ids: Vec<&str> = batch
             .events

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::Registry;
+use crate::experiments::registry::Registry;
 use crate::storage::{now_ms, Store};
 use crate::Result;
 

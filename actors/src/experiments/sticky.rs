@@ -9,6 +9,10 @@
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use super::registry::Registry;
+use crate::storage::Store;
+use crate::{Error, Result};
+
 /// A unit's first exposure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FirstExposure {
@@ -37,7 +41,11 @@ impl StickyTable {
     /// Records `unit`'s first exposure unless it already has one. Returns
     /// the standing first exposure when there was one (`Err`), so a race
     /// between two requests for one unit has exactly one winner.
-    pub fn insert_first(&self, unit: &str, first: FirstExposure) -> Result<(), FirstExposure> {
+    pub fn insert_first(
+        &self,
+        unit: &str,
+        first: FirstExposure,
+    ) -> std::result::Result<(), FirstExposure> {
         match self.units.entry(unit.into()) {
             Entry::Occupied(e) => Err(FirstExposure {
                 variant: usize::from(e.get().0),
@@ -60,6 +68,41 @@ impl StickyTable {
     pub fn restore(&self, unit: Box<str>, first: FirstExposure) {
         self.units.insert(unit, (first.variant as u8, first.at_ms));
     }
+}
+
+/// Rebuilds every experiment's sticky table from the store; returns how
+/// many first exposures were restored. Blocks on the store.
+pub(super) fn restore(store: &Store, registry: &Registry) -> Result<usize> {
+    let entries = registry.load();
+    let mut restored = 0;
+    for record in store.sticky() {
+        // An undecodable first exposure is skipped rather than refusing to
+        // start: its unit is assigned by hash again (the same variant
+        // unless weights or coverage changed since).
+        let record = match record {
+            Ok(record) => record,
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::error!(error = %e, "skipping an undecodable sticky assignment");
+                metrics::counter!(crate::metrics::STORE_RECORDS_REBUILT, "cf" => "sticky")
+                    .increment(1);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(entry) = entries.get(&record.experiment) else {
+            continue;
+        };
+        let snapshot = entry.slot.snapshot();
+        if let Some(variant) = snapshot.experiment().variant_index(&record.variant) {
+            let first = FirstExposure {
+                variant,
+                at_ms: record.first_exposed_ms,
+            };
+            entry.slot.sticky.restore(record.unit, first);
+            restored += 1;
+        }
+    }
+    Ok(restored)
 }
 
 #[cfg(test)]

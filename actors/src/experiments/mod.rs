@@ -1,0 +1,298 @@
+//! Experiments: which exist, what each one is now, and which variant a
+//! unit sees.
+//!
+//! - [`registry`]: the map from key to experiment that readers load
+//!   without a lock, and the `Catalog` actor that creates experiments.
+//! - [`actor`]: `ExperimentActor`, the single writer of one experiment,
+//!   and the `Slot` it publishes snapshots into.
+//! - [`assignment`]: the algorithm (md5 buckets, ranges, decision order)
+//!   over an experiment prepared for the hot path.
+//! - [`sticky`]: each experiment's first exposures in memory.
+//! - [`exposure`]: the one place a decision becomes sticky and becomes an
+//!   exposure event.
+
+pub mod actor;
+pub mod assignment;
+pub mod exposure;
+pub mod registry;
+pub mod sticky;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use self::actor::{PatchExperiment, Slot, TransitionExperiment};
+use self::assignment::{Compiled, Decision, Reason};
+use self::exposure::ExposureQueue;
+use self::registry::{Catalog, CreateExperiment, Entry, Registry};
+use crate::clock::Clock;
+use crate::domain::{
+    unix_ms, Action, ExperimentIn, ExperimentKey, ExperimentPatch, Status, Variant, VariantKey,
+};
+use crate::storage::{blocking, Store};
+use crate::{Error, Result};
+
+/// One unit's assignment to one experiment. Holds the snapshot it was
+/// decided on, so the response borrows keys and payloads instead of
+/// cloning them.
+pub struct Assignment {
+    compiled: Arc<Compiled>,
+    decision: Decision,
+}
+
+impl Assignment {
+    /// Assigns without side effects: the snapshot and the sticky table
+    /// only.
+    fn decide(slot: &Slot, unit: &str) -> Self {
+        let compiled = slot.snapshot();
+        let decision = compiled.decide(unit, || slot.sticky.get(unit).map(|f| f.variant));
+        Self { compiled, decision }
+    }
+
+    /// The experiment's key.
+    pub fn experiment(&self) -> &ExperimentKey {
+        &self.compiled.experiment().key
+    }
+
+    /// The variant served.
+    pub fn variant(&self) -> &Variant {
+        &self.compiled.experiment().variants[self.decision.variant]
+    }
+
+    /// Whether the unit takes part.
+    pub fn in_experiment(&self) -> bool {
+        self.decision.in_experiment
+    }
+
+    /// Why it got this variant.
+    pub fn reason(&self) -> Reason {
+        self.decision.reason
+    }
+}
+
+/// A page of experiments.
+pub struct Page {
+    /// The experiments, in key order.
+    pub items: Vec<Arc<Compiled>>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<ExperimentKey>,
+}
+
+/// Loads every stored experiment and its first exposures and starts their
+/// actors. Must run inside an actix system.
+pub(crate) async fn restore(store: &Store, clock: Arc<dyn Clock>) -> Result<Arc<Registry>> {
+    let registry = Arc::new(Registry::default());
+    let experiments = {
+        let store = store.clone();
+        blocking(move || store.experiments()).await?
+    };
+    for experiment in experiments {
+        registry.start(experiment, store.clone(), Arc::clone(&clock));
+    }
+    let restored = {
+        let (store, registry) = (store.clone(), Arc::clone(&registry));
+        blocking(move || sticky::restore(&store, &registry)).await?
+    };
+    tracing::info!(
+        experiments = registry.load().len(),
+        sticky_assignments = restored,
+        "experiments restored"
+    );
+    Ok(registry)
+}
+
+/// The experiments service: reads from snapshots, changes through the
+/// owning actors, assignments on the caller's thread.
+pub struct Experiments {
+    registry: Arc<Registry>,
+    catalog: Addr<Catalog>,
+    exposures: Arc<dyn ExposureQueue>,
+    clock: Arc<dyn Clock>,
+    /// Assignments served, by [`Reason`] (index = `reason as usize`).
+    served: [AtomicU64; Reason::ALL.len()],
+    max_assignment_experiments: usize,
+}
+
+impl Experiments {
+    /// The service over `registry`, queueing exposures into `exposures`.
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        store: Store,
+        exposures: Arc<dyn ExposureQueue>,
+        clock: Arc<dyn Clock>,
+        max_assignment_experiments: usize,
+    ) -> Self {
+        let catalog = Catalog::new(Arc::clone(&registry), store, Arc::clone(&clock)).start();
+        Self {
+            registry,
+            catalog,
+            exposures,
+            clock,
+            served: Default::default(),
+            max_assignment_experiments,
+        }
+    }
+
+    /// Creates a draft experiment.
+    pub async fn create(&self, input: ExperimentIn) -> Result<Arc<Compiled>> {
+        self.catalog.send(CreateExperiment(input)).await?
+    }
+
+    /// The current snapshot of one experiment.
+    pub fn get(&self, key: &str) -> Result<Arc<Compiled>> {
+        Ok(self.entry(key)?.slot.snapshot())
+    }
+
+    /// Experiments in key order after `after`, at most `limit`. Archived
+    /// experiments only appear when asked for by status.
+    pub fn list(&self, status: Option<Status>, after: Option<&str>, limit: usize) -> Page {
+        let entries = self.registry.load();
+        let range = match after {
+            Some(after) => entries
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => entries.range::<str, _>(..),
+        };
+        let mut items: Vec<Arc<Compiled>> = Vec::with_capacity(limit.min(entries.len()));
+        let mut next = None;
+        for entry in range.map(|(_, entry)| entry) {
+            let compiled = entry.slot.snapshot();
+            let s = compiled.experiment().status;
+            let wanted = match status {
+                Some(wanted) => s == wanted,
+                None => s != Status::Archived,
+            };
+            if !wanted {
+                continue;
+            }
+            if items.len() == limit {
+                next = items.last().map(|last| last.experiment().key.clone());
+                break;
+            }
+            items.push(compiled);
+        }
+        Page { items, next }
+    }
+
+    /// Applies a patch through the experiment's actor.
+    pub async fn patch(&self, key: &str, patch: ExperimentPatch) -> Result<Arc<Compiled>> {
+        self.entry(key)?.addr.send(PatchExperiment(patch)).await?
+    }
+
+    /// Runs a lifecycle action through the experiment's actor.
+    pub async fn transition(
+        &self,
+        key: &str,
+        action: Action,
+        winner: Option<VariantKey>,
+    ) -> Result<Arc<Compiled>> {
+        let msg = TransitionExperiment { action, winner };
+        self.entry(key)?.addr.send(msg).await?
+    }
+
+    /// Assigns `unit` to one experiment. Lock-free on the experiment; the
+    /// exposure (and a first exposure's stickiness) is queued without
+    /// waiting.
+    pub fn assign(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
+        let entry = self.entry(key)?;
+        let mut assignments = [Assignment::decide(&entry.slot, unit)];
+        if log_exposure {
+            self.expose(&[&entry.slot], &mut assignments, unit)?;
+        }
+        let [assignment] = assignments;
+        self.count(std::slice::from_ref(&assignment));
+        Ok(assignment)
+    }
+
+    /// Assigns `unit` to every running experiment, or to the named ones
+    /// whatever their status (each once, at most
+    /// `max_assignment_experiments`). Exposures are queued together.
+    pub fn assign_all(
+        &self,
+        unit: &str,
+        keys: Option<&[ExperimentKey]>,
+        log_exposure: bool,
+    ) -> Result<Vec<Assignment>> {
+        let entries: Vec<Entry> = match keys {
+            Some(keys) => {
+                let mut unique: Vec<&ExperimentKey> = Vec::with_capacity(keys.len());
+                for key in keys {
+                    if !unique.contains(&key) {
+                        unique.push(key);
+                    }
+                    if unique.len() > self.max_assignment_experiments {
+                        return Err(Error::invalid(
+                            "experiments",
+                            format!(
+                                "at most {} distinct experiments per request",
+                                self.max_assignment_experiments
+                            ),
+                        ));
+                    }
+                }
+                unique
+                    .into_iter()
+                    .map(|k| self.entry(k.as_str()))
+                    .collect::<Result<_>>()?
+            }
+            None => self
+                .registry
+                .load()
+                .values()
+                .filter(|e| e.slot.snapshot().experiment().status == Status::Running)
+                .cloned()
+                .collect(),
+        };
+        let slots: Vec<&Slot> = entries.iter().map(|e| &*e.slot).collect();
+        let mut assignments: Vec<Assignment> =
+            slots.iter().map(|s| Assignment::decide(s, unit)).collect();
+        if log_exposure {
+            self.expose(&slots, &mut assignments, unit)?;
+        }
+        self.count(&assignments);
+        Ok(assignments)
+    }
+
+    fn expose(&self, slots: &[&Slot], assignments: &mut [Assignment], unit: &str) -> Result<()> {
+        let now = unix_ms(self.clock.now());
+        exposure::expose(slots, assignments, unit, now, &*self.exposures)
+    }
+
+    /// Counts served assignments by reason (one relaxed add each).
+    fn count(&self, assignments: &[Assignment]) {
+        for a in assignments {
+            self.served[a.decision.reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes assignments served by reason and experiments by status.
+    pub fn export_metrics(&self) {
+        use crate::metrics as m;
+        use metrics::{counter, gauge};
+        for reason in Reason::ALL {
+            counter!(m::ASSIGNMENTS, "reason" => reason.as_str())
+                .absolute(self.served[reason as usize].load(Ordering::Relaxed));
+        }
+        let mut by_status = [0u64; Status::ALL.len()];
+        for entry in self.registry.load().values() {
+            let status = entry.slot.snapshot().experiment().status;
+            if let Some(i) = Status::ALL.iter().position(|s| *s == status) {
+                by_status[i] += 1;
+            }
+        }
+        for (status, n) in Status::ALL.iter().zip(by_status) {
+            gauge!(m::EXPERIMENTS, "status" => status.as_str()).set(n as f64);
+        }
+    }
+
+    /// Whether the catalog actor is running.
+    pub fn is_alive(&self) -> bool {
+        self.catalog.connected()
+    }
+
+    fn entry(&self, key: &str) -> Result<Entry> {
+        self.registry
+            .get(key)
+            .ok_or_else(|| Error::ExperimentNotFound(key.to_owned()))
+    }
+}

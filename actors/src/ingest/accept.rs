@@ -1,0 +1,127 @@
+//! Accepting client events: each one checked on its own, then attributed
+//! against one snapshot per experiment for the whole request. All or
+//! none: any failure refuses the request and leaves no trace.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::domain::{Event, EventIn, EventLimits, EventType, ExperimentKey, Status};
+use crate::experiments::actor::Slot;
+use crate::experiments::assignment::Compiled;
+use crate::experiments::exposure::FirstExposures;
+use crate::experiments::registry::Entry;
+use crate::{Error, Result};
+
+/// Checks and attributes `inputs`. Exposures among them establish first
+/// exposures (remembered in `firsts`, to be stored with the events); an
+/// omitted variant is derived from the unit's assignment, and an explicit
+/// one that differs from it is marked as a mismatch. A refusal names the
+/// event: [`Error::InvalidEvent`].
+pub(super) fn attribute<'r>(
+    inputs: Vec<EventIn>,
+    entries: &'r BTreeMap<ExperimentKey, Entry>,
+    firsts: &mut FirstExposures<'r>,
+    limits: &EventLimits,
+    now: OffsetDateTime,
+) -> Result<Vec<Event>> {
+    let mut events = Vec::with_capacity(inputs.len());
+    // (experiment, its snapshot, variant, index of the exposure event) per
+    // exposure.
+    let mut exposures: Vec<(&Entry, Arc<Compiled>, usize, usize)> = Vec::new();
+    let mut exposed_in_batch: HashMap<(*const Slot, Box<str>), usize> = HashMap::new();
+    // One snapshot per experiment for the whole request, so a change
+    // published meanwhile cannot make two events disagree on variants.
+    let mut snapshots: HashMap<*const Slot, Arc<Compiled>> = HashMap::new();
+    for (i, input) in inputs.into_iter().enumerate() {
+        let at = |e: Error| Error::in_event(i, e);
+        let mut event = input
+            .check(now, limits, || uuid::Uuid::now_v7().to_string())
+            .map_err(at)?;
+        let Some(key) = &event.experiment else {
+            if event.variant.is_some() {
+                return Err(at(Error::invalid(
+                    "variant",
+                    "a variant needs its experiment",
+                )));
+            }
+            events.push(event);
+            continue;
+        };
+        let entry = entries.get(key).ok_or_else(|| {
+            at(Error::invalid(
+                "experiment",
+                format!("experiment '{key}' not found"),
+            ))
+        })?;
+        let compiled = Arc::clone(
+            snapshots
+                .entry(Arc::as_ptr(&entry.slot))
+                .or_insert_with(|| entry.slot.snapshot()),
+        );
+        let experiment = compiled.experiment();
+        // Only a running experiment has exposures: one reported for a
+        // draft, paused, completed or archived experiment would make its
+        // unit count (and stick) outside the test.
+        if event.kind == EventType::Exposure && experiment.status != Status::Running {
+            return Err(at(Error::invalid(
+                "experiment",
+                format!(
+                    "experiment '{key}' is {}: only a running experiment has exposures",
+                    experiment.status.as_str()
+                ),
+            )));
+        }
+        // A first exposure earlier in this batch is not in the sticky table
+        // yet, but already decides the variant.
+        let decided = compiled.decide(&event.unit_id, || {
+            entry
+                .slot
+                .sticky
+                .get(&event.unit_id)
+                .map(|f| f.variant)
+                .or_else(|| {
+                    exposed_in_batch
+                        .get(&(Arc::as_ptr(&entry.slot), event.unit_id.clone()))
+                        .copied()
+                })
+        });
+        let assigned = decided.in_experiment.then_some(decided.variant);
+        let variant = match &event.variant {
+            Some(v) => {
+                let index = experiment.variant_index(v.as_str()).ok_or_else(|| {
+                    at(Error::invalid(
+                        "variant",
+                        format!("'{v}' is not a variant of '{key}'"),
+                    ))
+                })?;
+                event.assignment_mismatch = assigned.is_some_and(|a| a != index);
+                Some(index)
+            }
+            None => {
+                event.variant = assigned.map(|a| experiment.variants[a].key.clone());
+                assigned
+            }
+        };
+        if let (EventType::Exposure, Some(variant)) = (&event.kind, variant) {
+            exposures.push((entry, Arc::clone(&compiled), variant, i));
+            exposed_in_batch
+                .entry((Arc::as_ptr(&entry.slot), event.unit_id.clone()))
+                .or_insert(variant);
+        }
+        events.push(event);
+    }
+    for (entry, compiled, variant, i) in exposures {
+        let event = &events[i];
+        // An exposure after the unit's first one leaves the first standing.
+        let _ = firsts.remember(
+            &entry.slot,
+            compiled.experiment(),
+            &event.unit_id,
+            variant,
+            event.timestamp_ms,
+        );
+    }
+    Ok(events)
+}

@@ -1,0 +1,282 @@
+//! Results: what the experiments' data says.
+//!
+//! - [`compute`]: an experiment's results from its aggregates, guardrail
+//!   checks, the winner;
+//! - [`analytics`]: click analytics, one unit's summary, the comparison;
+//! - [`monitor`]: the periodic check for significance, SRM and guardrails;
+//! - [`timeline`]: the periodic record of cumulative figures.
+
+pub mod analytics;
+pub mod compute;
+pub(crate) mod monitor;
+pub(crate) mod timeline;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use self::analytics::{CompareReport, EngagementReport, UnitSummary, VariantSummary};
+use self::compute::ExperimentResults;
+use crate::clock::Clock;
+use crate::domain::{
+    unix_ms, Bucket, Experiment, ExperimentAggregates, TimelineSnapshot, VariantPoint,
+};
+use crate::experiments::assignment::Compiled;
+use crate::experiments::registry::Registry;
+use crate::ingest::aggregator::Aggregator;
+use crate::ingest::LiveAggregates;
+use crate::storage::{blocking, AnalyticsFilter, Store};
+use crate::{Error, Result};
+
+/// `GET /v1/experiments/{key}/timeline`.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Timeline {
+    /// The experiment.
+    pub experiment: String,
+    /// The metric whose value is given (the primary one by default).
+    pub metric: Option<String>,
+    /// Oldest first; the last one is now.
+    pub points: Vec<TimelinePoint>,
+}
+
+/// The cumulative figures at one moment.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TimelinePoint {
+    /// When (ms since the epoch).
+    pub at_ms: i64,
+    /// Per variant, the control first.
+    pub variants: Vec<VariantPoint>,
+}
+
+/// The results service: reads the live aggregates and the store, never
+/// writes.
+pub struct Results {
+    registry: Arc<Registry>,
+    aggregates: Arc<LiveAggregates>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    max_measures: usize,
+}
+
+impl Results {
+    /// The service over the experiments in `registry` and the aggregates
+    /// the writer publishes into `aggregates`.
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        aggregates: Arc<LiveAggregates>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+        max_measures: usize,
+    ) -> Self {
+        Self {
+            registry,
+            aggregates,
+            store,
+            clock,
+            max_measures,
+        }
+    }
+
+    /// The experiment's aggregates as of the last committed batch.
+    pub fn aggregates(&self, key: &str) -> Result<Arc<ExperimentAggregates>> {
+        self.snapshot(key)?;
+        Ok(self.aggregates.get(key))
+    }
+
+    /// The experiment's aggregates recomputed from its stored events (and
+    /// the events that name no experiment) with `from_ms <= timestamp <
+    /// to_ms`, folded in commit order. Reads them all into memory: for an
+    /// operator's check or a time-window query, not a hot path. Over all
+    /// time it equals [`Results::aggregates`] unless retention has removed
+    /// events.
+    pub async fn rebuilt_aggregates(
+        &self,
+        key: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<ExperimentAggregates> {
+        let experiment = self.snapshot(key)?.experiment().key.clone();
+        let store = self.store.clone();
+        let max_measures = self.max_measures;
+        blocking(move || {
+            let mut events = Vec::new();
+            for scope in [Some(&experiment), None] {
+                let mut cursor = None;
+                loop {
+                    let (page, next) = store.events(
+                        scope,
+                        from_ms,
+                        to_ms,
+                        cursor.as_deref(),
+                        10_000,
+                        usize::MAX,
+                    )?;
+                    events.extend(page);
+                    match next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+            }
+            events.sort_unstable_by_key(|e| e.seq);
+            let mut aggregator = Aggregator::new(max_measures);
+            aggregator.fold(&events);
+            Ok(aggregator.experiment(experiment.as_str()))
+        })
+        .await
+    }
+
+    /// Results for one metric (all the experiment's metrics when `None`),
+    /// from the live aggregates, or for units exposed and events within
+    /// `window` (from, to in ms) by folding the stored events of that window.
+    pub async fn results(
+        &self,
+        key: &str,
+        metric: Option<&str>,
+        window: Option<(i64, i64)>,
+    ) -> Result<ExperimentResults> {
+        let compiled = self.snapshot(key)?;
+        let experiment = compiled.experiment();
+        if let Some(metric) = metric {
+            known_metric(experiment, metric)?;
+        }
+        let aggregates = match window {
+            None => self.aggregates.get(key),
+            Some((from, to)) => Arc::new(self.rebuilt_aggregates(key, from, to).await?),
+        };
+        Ok(compute::compute(experiment, &aggregates, metric))
+    }
+
+    /// The experiment's cumulative figures over time for `metric` (the
+    /// primary metric when `None`), thinned to at most `max_points`, ending
+    /// with the figures now.
+    pub async fn timeline(
+        &self,
+        key: &str,
+        metric: Option<&str>,
+        max_points: usize,
+    ) -> Result<Timeline> {
+        let compiled = self.snapshot(key)?;
+        let experiment = compiled.experiment();
+        let metric = match metric {
+            Some(m) => Some(known_metric(experiment, m)?.to_owned()),
+            None => experiment.primary_metric.as_ref().map(ToString::to_string),
+        };
+        let (store, owned) = (self.store.clone(), key.to_owned());
+        let mut stored = blocking(move || store.timeline(&owned)).await?;
+        stored.push((
+            unix_ms(self.clock.now()),
+            TimelineSnapshot::of(experiment, &self.aggregates.get(key)),
+        ));
+        let step = stored.len().div_ceil(max_points.max(2) - 1).max(1);
+        let last = stored.len() - 1;
+        let points = stored
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % step == 0 || *i == last)
+            .map(|(_, (at, snapshot))| TimelinePoint {
+                at_ms: *at,
+                variants: snapshot.values(experiment, metric.as_deref()),
+            })
+            .collect();
+        Ok(Timeline {
+            experiment: key.to_owned(),
+            metric,
+            points,
+        })
+    }
+
+    /// Analytics buckets the filter covers, merged per variant.
+    pub async fn analytics(&self, filter: AnalyticsFilter) -> Result<BTreeMap<String, Bucket>> {
+        if let Some(key) = &filter.experiment {
+            self.snapshot(key)?;
+        } else if filter.variant.is_some() {
+            return Err(Error::invalid(
+                "variant",
+                "a variant filter needs experiment",
+            ));
+        }
+        let store = self.store.clone();
+        blocking(move || store.analytics(&filter)).await
+    }
+
+    /// One unit: its first exposures, and what its stored events add up to.
+    pub async fn unit_summary(&self, unit: &str) -> Result<UnitSummary> {
+        let assignments = self.registry.first_exposures(unit).into_iter().collect();
+        let store = self.store.clone();
+        let owned = unit.to_owned();
+        let (events, bucket) = blocking(move || {
+            let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+            let mut bucket = Bucket::default();
+            for e in store.unit_events(&owned, 0, i64::MAX, 100_000)? {
+                *counts.entry(e.kind.as_str().to_owned()).or_default() += 1;
+                bucket.add(&e);
+            }
+            Ok((counts, bucket))
+        })
+        .await?;
+        Ok(UnitSummary {
+            unit_id: unit.to_owned(),
+            assignments,
+            events,
+            impressions: bucket.impressions,
+            clicks: bucket.clicks,
+            ctr: analytics::ctr(&bucket),
+            mean_dwell_ms: EngagementReport::of(&bucket).dwell_time_ms.mean,
+        })
+    }
+
+    /// The variants side by side, and the winner by the primary metric.
+    pub async fn compare(&self, key: &str) -> Result<CompareReport> {
+        let compiled = self.snapshot(key)?;
+        let experiment = compiled.experiment();
+        let aggregates = self.aggregates.get(key);
+        let buckets = self
+            .analytics(AnalyticsFilter {
+                experiment: Some(key.to_owned()),
+                ..AnalyticsFilter::default()
+            })
+            .await?;
+        let empty = Bucket::default();
+        let variants = experiment
+            .variants
+            .iter()
+            .map(|v| {
+                let a = aggregates.variants.get(v.key.as_str());
+                let converted = a
+                    .and_then(|a| a.measures.get("conversion"))
+                    .map_or(0, |m| m.units);
+                let bucket = buckets.get(v.key.as_str()).unwrap_or(&empty);
+                VariantSummary::of(v.key.as_str(), bucket, a.map_or(0, |a| a.units), converted)
+            })
+            .collect();
+        let winner = experiment.primary_metric.as_ref().and_then(|metric| {
+            let results = compute::compute(experiment, &aggregates, Some(metric.as_str()));
+            compute::winner(experiment, &results.metrics.first()?.comparisons)
+        });
+        Ok(CompareReport {
+            experiment: experiment.key.to_string(),
+            primary_metric: experiment.primary_metric.as_ref().map(ToString::to_string),
+            variants,
+            winner,
+        })
+    }
+
+    fn snapshot(&self, key: &str) -> Result<Arc<Compiled>> {
+        self.registry
+            .get(key)
+            .map(|entry| entry.slot.snapshot())
+            .ok_or_else(|| Error::ExperimentNotFound(key.to_owned()))
+    }
+}
+
+/// `metric` if it is one of the experiment's metrics, else a 422 naming it.
+fn known_metric<'m>(experiment: &Experiment, metric: &'m str) -> Result<&'m str> {
+    if experiment.metrics.iter().any(|m| m.key.as_str() == metric) {
+        Ok(metric)
+    } else {
+        Err(Error::invalid(
+            "metric",
+            format!("'{metric}' is not a metric of '{}'", experiment.key),
+        ))
+    }
+}
