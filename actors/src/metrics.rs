@@ -235,7 +235,7 @@ pub fn describe() {
     );
 }
 /// Publishes RocksDB's health: live SST files, bytes pending compaction,
-/// whether writes are stalled (as [`Store::health`](crate::storage::Store::health) reads them).
+/// whether writes are stalled.
 pub(crate) fn export_store((live, pending, stalled): (u64, u64, bool)) {
     metrics::gauge!(ROCKSDB_LIVE_SST).set(live as f64);
     metrics::gauge!(ROCKSDB_PENDING_COMPACTION).set(pending as f64);

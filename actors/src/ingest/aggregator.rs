@@ -392,6 +392,7 @@ impl LiveAggregates {
 mod tests {
     use super::*;
     use crate::domain::{ExperimentKey, VariantKey};
+    use crate::storage::{Cf, Commit};
 
     fn event(kind: &str, unit: &str, exp: Option<&str>, variant: Option<&str>, ts: i64) -> Event {
         Event {
@@ -594,5 +595,49 @@ mod tests {
         assert_eq!(live.get("e").variants["a"].units, 1);
         assert!(agg.changes().units.is_empty());
         assert_eq!(*live.get("nothing"), ExperimentAggregates::default());
+    }
+
+    #[test]
+    fn an_undecodable_aggregate_is_rebuilt_from_the_events_not_fatal() {
+        let (_dir, store) = Store::temporary();
+        let event = |seq: u64, kind: &str, unit: &str, variant: Option<&str>| Event {
+            seq,
+            event_id: format!("e{seq}").into(),
+            experiment: Some(ExperimentKey::try_from("exp").unwrap()),
+            variant: variant.map(|v| VariantKey::try_from(v).unwrap()),
+            value: Some(2.5),
+            timestamp_ms: seq as i64,
+            ..Event::sample(kind, unit)
+        };
+        let events = [
+            event(1, "exposure", "u1", Some("a")),
+            event(2, "exposure", "u2", Some("b")),
+            event(3, "buy", "u1", None),
+            event(4, "buy", "u2", None),
+            event(5, "buy", "u1", None),
+        ];
+        let mut written = Aggregator::new(10);
+        written.fold(&events);
+        store
+            .commit(&Commit {
+                events: &events,
+                next_seq: 6,
+                aggregates: Some(written.changes()),
+                ..Commit::default()
+            })
+            .unwrap();
+        // What a non-finite sum used to be stored as.
+        let poisoned = br#"{"variants":{"a":{"units":1,"exposures":1,"assignment_mismatches":0,"measures":{"buy":{"units":1,"events":2,"sum":null,"sum_squares":null}}}}}"#;
+        store.put_raw(Cf::Aggregates, b"exp", poisoned);
+        assert!(store.aggregates().is_err());
+
+        let mut loaded = Aggregator::load(&store, 10).expect("rebuilt, not refused");
+        assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
+        assert_eq!(store.aggregates().unwrap()[0].1, written.experiment("exp"));
+        // The rebuilt per-unit state continues like the original.
+        let more = [event(6, "buy", "u2", None)];
+        loaded.fold(&more);
+        written.fold(&more);
+        assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
     }
 }

@@ -609,6 +609,14 @@ impl Store {
         let store = Store::open(dir.path(), options).expect("store");
         (dir, store)
     }
+
+    /// Writes `value` as a version-1 record under `key`, bypassing every
+    /// encoder: how tests plant a record abacus could not have written.
+    pub(crate) fn put_raw(&self, cf: Cf, key: &[u8], value: &[u8]) {
+        let mut record = vec![VALUE_V1];
+        record.extend_from_slice(value);
+        self.db.put_cf(self.cf(cf), key, &record).expect("put");
+    }
 }
 
 #[cfg(test)]
