@@ -12,7 +12,8 @@ use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
 use crate::ingest::{Ingest, IngestLimits, JsonlSink, LiveAggregates, Mailbox, SinkWorker};
 use crate::live::{self, Live};
-use crate::results::{monitor, timeline, Results};
+use crate::results::figures::{self, Board, Cadence, Consumers};
+use crate::results::Results;
 use crate::storage::{blocking, Store, StoreOptions};
 use crate::webhooks::{self, Webhooks};
 use crate::{Error, Result};
@@ -92,28 +93,34 @@ impl Engine {
             Arc::clone(&clock),
             config.ingest.max_measures,
         ));
-        monitor::spawn(
-            config.monitor_interval,
-            Arc::clone(&registry),
-            Arc::clone(&aggregates),
-        );
-        timeline::spawn(
-            config.timeline_interval,
-            Arc::clone(&registry),
-            Arc::clone(&aggregates),
-            store.clone(),
-        );
         if let Some(retention) = config.retention {
             retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }
         let webhooks = Arc::new(Webhooks::start(store.clone(), config.webhooks).await?);
         let live = Arc::new(Live::default());
+        let board = Arc::new(Board::default());
+        figures::spawn(
+            Cadence {
+                monitor: config.monitor_interval,
+                timeline: config.timeline_interval,
+                stats: Duration::from_secs(1),
+            },
+            Consumers {
+                board: Arc::clone(&board),
+                registry: Arc::clone(&registry),
+                aggregates: Arc::clone(&aggregates),
+                live: Arc::clone(&live),
+                store: store.clone(),
+                clock: Arc::clone(&clock),
+                max_stats_bytes: config.max_stats_message_bytes,
+            },
+        );
+        live::spawn(Arc::clone(&live), store.clone());
         let alerts = Arc::new(
             Alerts::start(
                 store.clone(),
                 Sources {
-                    registry: Arc::clone(&registry),
-                    aggregates: Arc::clone(&aggregates),
+                    figures: board,
                     ingest: Arc::clone(mailbox.stats()),
                     webhooks: Arc::clone(&webhooks),
                     signals: Arc::default(),
@@ -122,13 +129,6 @@ impl Engine {
                 Arc::clone(&clock),
             )
             .await?,
-        );
-        live::spawn(
-            Arc::clone(&live),
-            registry,
-            aggregates,
-            store.clone(),
-            config.max_stats_message_bytes,
         );
         Ok(Self {
             experiments,

@@ -13,10 +13,8 @@ use super::signals::Snapshot;
 use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
 use crate::domain::{
-    Alert, AlertMetric, AlertRule, DomainEvent, Firing, RuleIn, RulePatch, StampIn, Status,
-    MAX_WINDOW_S,
+    Alert, AlertMetric, AlertRule, DomainEvent, Firing, RuleIn, RulePatch, StampIn, MAX_WINDOW_S,
 };
-use crate::results::compute as results;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -307,33 +305,30 @@ impl AlertActor {
         (last, &self.history[len - 1 - back], back)
     }
 
-    /// SRM and guardrail rules over running experiments.
+    /// SRM and guardrail rules over running experiments, from the figures
+    /// the results ticker derived.
     fn experiments(&self, rule: &AlertRule) -> Vec<Firing> {
         let mut out = Vec::new();
-        for (key, entry) in self.sources.registry.load().iter() {
+        for (key, (_, figures)) in self.sources.figures.load().iter() {
             if rule.experiment.as_ref().is_some_and(|e| e != key) {
                 continue;
             }
-            let compiled = entry.slot.snapshot();
-            let experiment = compiled.experiment();
-            if experiment.status != Status::Running {
-                continue;
-            }
-            let aggregates = self.sources.aggregates.get(key.as_str());
+            let results = &figures.results;
             let found = if rule.metric == AlertMetric::Srm {
-                let (srm, units) = results::sample_ratio(experiment, &aggregates);
-                srm.detected.then(|| Firing {
+                results.srm.detected.then(|| Firing {
                     experiment: Some(key.to_string()),
                     subscription: None,
-                    value: srm.p_value,
+                    value: results.srm.p_value,
                     message: format!(
-                        "sample-ratio mismatch in {key}: units {units:?}, p = {:.2e}",
-                        srm.p_value.unwrap_or(0.0)
+                        "sample-ratio mismatch in {key}: units {:?}, p = {:.2e}",
+                        figures.units,
+                        results.srm.p_value.unwrap_or(0.0)
                     ),
                 })
             } else {
-                results::guardrails(experiment, &aggregates)
-                    .into_iter()
+                results
+                    .guardrails
+                    .iter()
                     .find(|g| g.regressed)
                     .map(|g| Firing {
                         experiment: Some(key.to_string()),

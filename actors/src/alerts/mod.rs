@@ -25,18 +25,17 @@ use self::evaluate::{
 };
 use crate::clock::Clock;
 use crate::domain::{Alert, AlertMetric, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn};
-use crate::experiments::registry::Registry;
 use crate::ingest::IngestStats;
-use crate::ingest::LiveAggregates;
 use crate::live::Live;
+use crate::results::figures::Board;
 use crate::storage::{blocking, Store};
 use crate::webhooks::Webhooks;
 use crate::{Error, Result};
 
 /// What the rules look at.
 pub(crate) struct Sources {
-    pub registry: Arc<Registry>,
-    pub aggregates: Arc<LiveAggregates>,
+    /// Each running experiment's figures, derived once per tick.
+    pub figures: Arc<Board>,
     pub ingest: Arc<IngestStats>,
     pub webhooks: Arc<Webhooks>,
     pub signals: Arc<Signals>,
@@ -247,8 +246,7 @@ mod tests {
             .await
             .expect("webhooks");
         Sources {
-            registry: Arc::default(),
-            aggregates: Arc::default(),
+            figures: Arc::default(),
             ingest: Arc::clone(ingest),
             webhooks: Arc::new(webhooks),
             signals: Arc::default(),

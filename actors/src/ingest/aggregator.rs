@@ -376,6 +376,9 @@ fn measure_mut<'a>(
 #[derive(Debug, Default)]
 pub struct LiveAggregates {
     by_experiment: DashMap<Arc<str>, Arc<ExperimentAggregates>>,
+    /// What an experiment without data gets: always the same snapshot, so
+    /// readers can tell "unchanged" by pointer.
+    empty: Arc<ExperimentAggregates>,
 }
 
 impl LiveAggregates {
@@ -383,8 +386,7 @@ impl LiveAggregates {
     pub fn get(&self, experiment: &str) -> Arc<ExperimentAggregates> {
         self.by_experiment
             .get(experiment)
-            .map(|a| Arc::clone(&a))
-            .unwrap_or_default()
+            .map_or_else(|| Arc::clone(&self.empty), |a| Arc::clone(&a))
     }
 }
 

@@ -12,15 +12,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::domain::{json_len, ExperimentAggregates, MetricKind, Status};
-use crate::experiments::registry::Registry;
-use crate::ingest::LiveAggregates;
-use crate::storage::Store;
+use crate::domain::{json_len, ExperimentAggregates, MetricKind};
+use crate::storage::{blocking, Store};
 
 /// Messages a client may lag behind before it is dropped.
 pub const CAPACITY: usize = 1024;
@@ -134,41 +131,9 @@ impl Live {
     }
 }
 
-/// Publishes per-second stats of running experiments and tails the outbox
-/// for domain events, for as long as the actix system runs.
-pub(crate) fn spawn(
-    live: Arc<Live>,
-    registry: Arc<Registry>,
-    aggregates: Arc<LiveAggregates>,
-    store: Store,
-    max_stats_bytes: usize,
-) {
-    let stats = Arc::clone(&live);
-    actix::spawn(async move {
-        let mut previous: HashMap<String, Arc<ExperimentAggregates>> = HashMap::new();
-        let mut ticks = tokio::time::interval(Duration::from_secs(1));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            if stats.clients() == 0 {
-                previous.clear();
-                continue;
-            }
-            for entry in registry.load().values() {
-                let compiled = entry.slot.snapshot();
-                let experiment = compiled.experiment();
-                if experiment.status != Status::Running {
-                    continue;
-                }
-                let key = experiment.key.as_str();
-                let now = aggregates.get(key);
-                let before = previous.get(key).cloned().unwrap_or_default();
-                let data = bounded(second(experiment, &now, &before), max_stats_bytes);
-                stats.publish("stats", Some(key), &data);
-                previous.insert(key.to_owned(), now);
-            }
-        }
-    });
+/// Tails the outbox for domain events and publishes each, for as long as
+/// the actix system runs.
+pub(crate) fn spawn(live: Arc<Live>, store: Store) {
     actix::spawn(async move {
         let mut written = store.outbox_watch();
         let mut cursor = store.outbox_last().unwrap_or(0);
@@ -177,8 +142,8 @@ pub(crate) fn spawn(
                 return;
             }
             let owned = store.clone();
-            let read = tokio::task::spawn_blocking(move || owned.outbox(cursor, 1000)).await;
-            let Ok(Ok(events)) = read else {
+            let read = blocking(move || owned.outbox(cursor, 1000)).await;
+            let Ok(events) = read else {
                 continue;
             };
             for (seq, event) in events {
@@ -226,6 +191,17 @@ fn bounded(mut data: Value, max_bytes: usize) -> Value {
     }
     data["events_per_s"] = Value::Object(kept);
     data
+}
+
+/// The per-second `stats` message of a running experiment: what changed
+/// since `before`, cut to `max_bytes` (see [`bounded`]).
+pub(crate) fn stats_message(
+    experiment: &crate::domain::Experiment,
+    now: &ExperimentAggregates,
+    before: &ExperimentAggregates,
+    max_bytes: usize,
+) -> Value {
+    bounded(second(experiment, now, before), max_bytes)
 }
 
 /// One second of an experiment: what changed since `before`.

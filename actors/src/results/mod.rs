@@ -3,13 +3,17 @@
 //! - [`compute`]: an experiment's results from its aggregates, guardrail
 //!   checks, the winner;
 //! - [`analytics`]: click analytics, one unit's summary, the comparison;
-//! - [`monitor`]: the periodic check for significance, SRM and guardrails;
-//! - [`timeline`]: the periodic record of cumulative figures.
+//! - [`figures`]: each running experiment's figures, derived once per
+//!   tick and fanned out to the monitor, the timeline, the live stats and
+//!   the alert rules;
+//! - [`monitor`]: the check for significance, SRM and guardrail stops;
+//! - [`timeline`]: the record of cumulative figures.
 
 pub mod analytics;
 pub mod compute;
-pub(crate) mod monitor;
-pub(crate) mod timeline;
+pub mod figures;
+mod monitor;
+mod timeline;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

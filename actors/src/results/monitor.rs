@@ -1,88 +1,174 @@
-//! The results monitor: every so often, looks at each running experiment's
-//! live results and tells its actor, once, when the primary metric has
-//! become significant (Holm-corrected always-valid p-value at or below
-//! alpha; safe to check this often, which is what it is for), a
-//! sample-ratio mismatch shows, or an `auto_stop` guardrail regressed (the
-//! actor then pauses the experiment). The actor records it on the
-//! experiment and writes the domain event with it.
+//! The results monitor: looks at each running experiment's figures and
+//! tells its actor, once, when the primary metric has become significant
+//! (Holm-corrected always-valid p-value at or below alpha; safe to check
+//! this often, which is what it is for), a sample-ratio mismatch shows, or
+//! an `auto_stop` guardrail regressed (the actor then pauses the
+//! experiment). The actor records it on the experiment and writes the
+//! domain event with it. Runs every `results.check_interval_ms`, from the
+//! figures ticker.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use super::compute as results;
-use crate::domain::Status;
+use super::figures::Figures;
 use crate::experiments::actor::{Finding, RecordFinding, StopForGuardrail};
-use crate::experiments::registry::Registry;
-use crate::ingest::LiveAggregates;
+use crate::experiments::registry::Entry;
 
-/// Checks every `every`, for as long as the actix system runs.
-pub(crate) fn spawn(every: Duration, registry: Arc<Registry>, live: Arc<LiveAggregates>) {
-    actix::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            check(&registry, &live);
+/// Checks one running experiment's figures; cheap (no statistics are
+/// computed here).
+pub(crate) fn check(entry: &Entry, figures: &Figures) {
+    let experiment = figures.compiled.experiment();
+    let results = &figures.results;
+    if experiment.guardrail_stop.is_none() {
+        if let Some(check) = results
+            .guardrails
+            .iter()
+            .find(|g| g.auto_stop && g.regressed)
+        {
+            entry.addr.do_send(StopForGuardrail {
+                metric: check.metric.clone(),
+                variant: check.variant.clone(),
+                relative_lift: check.relative_lift,
+                p_value: check.p_value,
+                max_relative_drop: check.max_relative_drop,
+            });
+            return;
         }
-    });
+    }
+    if experiment.srm_detected_at.is_none() && results.srm.detected {
+        entry
+            .addr
+            .do_send(RecordFinding(Finding::SampleRatioMismatch {
+                p_value: results.srm.p_value.unwrap_or(0.0),
+                units: figures.units.clone(),
+            }));
+    }
+    let (None, Some(primary)) = (experiment.significant_at, &experiment.primary_metric) else {
+        return;
+    };
+    let significant = results
+        .metrics
+        .iter()
+        .filter(|m| m.metric == primary.as_str())
+        .flat_map(|m| m.comparisons.iter().map(move |c| (m, c)))
+        .filter(|(_, c)| c.sequential_significant)
+        .min_by(|a, b| {
+            let p = |c: &crate::stats::Comparison| c.sequential_p_value_holm.unwrap_or(1.0);
+            p(a.1).total_cmp(&p(b.1))
+        });
+    if let Some((metric, comparison)) = significant {
+        entry.addr.do_send(RecordFinding(Finding::Significant {
+            metric: metric.metric.clone(),
+            variant: comparison.variant.clone(),
+            p_value: comparison.sequential_p_value_holm.unwrap_or(0.0),
+            relative_lift: comparison.relative.as_ref().and_then(|r| r.estimate),
+        }));
+    }
 }
 
-/// One pass over the running experiments; cheap (microseconds each).
-fn check(registry: &Registry, live: &LiveAggregates) {
-    for entry in registry.load().values() {
-        let compiled = entry.slot.snapshot();
-        let experiment = compiled.experiment();
-        if experiment.status != Status::Running {
-            continue;
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::domain::{
+        Action, Experiment, ExperimentAggregates, ExperimentIn, MeasureAggregates,
+        VariantAggregates,
+    };
+    use crate::experiments::registry::Registry;
+    use crate::storage::Store;
+
+    fn running(extra: serde_json::Value) -> Experiment {
+        let mut body = json!({
+            "key": "exp", "name": "exp",
+            "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}],
+            "metrics": [{"key": "buy", "kind": "binomial"}],
+            "primary_metric": "buy",
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let input: ExperimentIn = serde_json::from_value(body).expect("input");
+        Experiment::create(input, OffsetDateTime::now_utc())
+            .and_then(|e| e.transitioned(Action::Start, None, OffsetDateTime::now_utc()))
+            .expect("running")
+    }
+
+    /// `units` exposed and `buyers` converted per variant (control first).
+    fn aggregates(units: [u64; 2], buyers: [u64; 2]) -> ExperimentAggregates {
+        let mut a = ExperimentAggregates::default();
+        for (i, key) in ["control", "b"].into_iter().enumerate() {
+            let mut v = VariantAggregates {
+                units: units[i],
+                exposures: units[i],
+                ..VariantAggregates::default()
+            };
+            let n = buyers[i];
+            v.measures.insert(
+                "buy".into(),
+                MeasureAggregates {
+                    units: n,
+                    events: n,
+                    sum: n as f64,
+                    sum_squares: n as f64,
+                },
+            );
+            a.variants.insert(key.into(), v);
         }
-        let aggregates = live.get(experiment.key.as_str());
-        if experiment.guardrail_stop.is_none() && experiment.guardrails.iter().any(|g| g.auto_stop)
-        {
-            let regressed = results::guardrails(experiment, &aggregates)
-                .into_iter()
-                .find(|g| g.auto_stop && g.regressed);
-            if let Some(check) = regressed {
-                entry.addr.do_send(StopForGuardrail {
-                    metric: check.metric,
-                    variant: check.variant,
-                    relative_lift: check.relative_lift,
-                    p_value: check.p_value,
-                    max_relative_drop: check.max_relative_drop,
-                });
-                continue;
+        a
+    }
+
+    /// Runs `check` on the figures of `experiment` with `aggregates`, then
+    /// waits for the actor to have handled what it was told.
+    async fn checked(experiment: Experiment, aggregates: ExperimentAggregates) -> Experiment {
+        let (_dir, store) = Store::temporary();
+        store.put_experiment(&experiment, None).expect("stored");
+        let registry = Registry::default();
+        let entry = registry.start(experiment, store, Arc::new(SystemClock));
+        let figures = Figures::of(entry.slot.snapshot(), Arc::new(aggregates));
+        check(&entry, &figures);
+        // Wait (at most a second) for the actor to publish what it recorded.
+        let before = entry.slot.snapshot();
+        for _ in 0..100 {
+            if !Arc::ptr_eq(&before, &entry.slot.snapshot()) {
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if experiment.srm_detected_at.is_none() {
-            let (srm, units) = results::sample_ratio(experiment, &aggregates);
-            if srm.detected {
-                entry
-                    .addr
-                    .do_send(RecordFinding(Finding::SampleRatioMismatch {
-                        p_value: srm.p_value.unwrap_or(0.0),
-                        units,
-                    }));
-            }
-        }
-        let (None, Some(primary)) = (experiment.significant_at, &experiment.primary_metric) else {
-            continue;
-        };
-        let results = results::compute(experiment, &aggregates, Some(primary.as_str()));
-        let significant = results
-            .metrics
-            .iter()
-            .flat_map(|m| m.comparisons.iter().map(move |c| (m, c)))
-            .filter(|(_, c)| c.sequential_significant)
-            .min_by(|a, b| {
-                let p = |c: &crate::stats::Comparison| c.sequential_p_value_holm.unwrap_or(1.0);
-                p(a.1).total_cmp(&p(b.1))
-            });
-        if let Some((metric, comparison)) = significant {
-            entry.addr.do_send(RecordFinding(Finding::Significant {
-                metric: metric.metric.clone(),
-                variant: comparison.variant.clone(),
-                p_value: comparison.sequential_p_value_holm.unwrap_or(0.0),
-                relative_lift: comparison.relative.as_ref().and_then(|r| r.estimate),
-            }));
-        }
+        entry.slot.snapshot().experiment().clone()
+    }
+
+    #[actix::test]
+    async fn a_significant_primary_metric_is_recorded_on_the_experiment() {
+        let e = checked(running(json!({})), aggregates([5000, 5000], [500, 800])).await;
+        assert!(e.significant_at.is_some(), "significance recorded");
+        assert_eq!(e.status, crate::domain::Status::Running);
+    }
+
+    #[actix::test]
+    async fn a_sample_ratio_mismatch_is_recorded() {
+        let e = checked(running(json!({})), aggregates([5000, 4000], [500, 400])).await;
+        assert!(e.srm_detected_at.is_some(), "SRM recorded");
+        assert!(e.significant_at.is_none(), "no lift: nothing significant");
+    }
+
+    #[actix::test]
+    async fn an_auto_stop_guardrail_that_regressed_pauses_the_experiment() {
+        let guarded = running(json!({
+            "guardrails": [{"metric": "buy", "max_relative_drop": 0.05, "auto_stop": true}]
+        }));
+        let e = checked(guarded, aggregates([5000, 5000], [1000, 600])).await;
+        assert_eq!(e.status, crate::domain::Status::Paused);
+        let stop = e.guardrail_stop.expect("guardrail stop recorded");
+        assert_eq!((stop.metric.as_str(), stop.variant.as_str()), ("buy", "b"));
+    }
+
+    #[actix::test]
+    async fn nothing_is_said_of_an_experiment_without_findings() {
+        let e = checked(running(json!({})), aggregates([5000, 5000], [500, 505])).await;
+        assert!(e.significant_at.is_none() && e.srm_detected_at.is_none());
+        assert!(e.guardrail_stop.is_none());
     }
 }

@@ -4,54 +4,48 @@
 //! life. One small record per experiment per interval, written only when
 //! something changed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::domain::{Status, TimelineSnapshot};
-use crate::experiments::registry::Registry;
-use crate::ingest::LiveAggregates;
-use crate::storage::{now_ms, Store};
+use super::figures::Figures;
+use crate::domain::{ExperimentKey, TimelineSnapshot};
+use crate::experiments::registry::Entry;
+use crate::storage::{blocking, Store};
 
-/// Keeps snapshots every `every`, for as long as the actix system runs.
-pub(crate) fn spawn(
-    every: Duration,
-    registry: Arc<Registry>,
-    aggregates: Arc<LiveAggregates>,
-    store: Store,
-) {
-    actix::spawn(async move {
-        let mut last: HashMap<String, TimelineSnapshot> = HashMap::new();
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let at = i64::try_from(now_ms()).unwrap_or(i64::MAX);
-            let mut changed = Vec::new();
-            for (key, entry) in registry.load().iter() {
-                let compiled = entry.slot.snapshot();
-                let experiment = compiled.experiment();
-                if experiment.status != Status::Running {
-                    continue;
-                }
-                let snapshot = TimelineSnapshot::of(experiment, &aggregates.get(key.as_str()));
-                if last.get(key.as_str()) != Some(&snapshot) {
-                    last.insert(key.to_string(), snapshot.clone());
-                    changed.push((key.to_string(), snapshot));
-                }
-            }
-            if changed.is_empty() {
-                continue;
-            }
-            let store = store.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                changed
-                    .iter()
-                    .try_for_each(|(key, snapshot)| store.put_timeline(key, at, snapshot))
-            });
-            if let Ok(Err(e)) = written.await {
-                tracing::error!(error = %e, "writing the timeline failed");
+/// Remembers what was last kept per experiment, so only changes are
+/// written.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    last: HashMap<ExperimentKey, TimelineSnapshot>,
+}
+
+impl Recorder {
+    /// Keeps, at `at` (ms since the epoch), the snapshot of every running
+    /// experiment whose figures changed since the last record.
+    pub(crate) async fn record(
+        &mut self,
+        board: &BTreeMap<ExperimentKey, (Entry, Arc<Figures>)>,
+        at: i64,
+        store: &Store,
+    ) {
+        let mut changed = Vec::new();
+        for (key, (_, figures)) in board {
+            if self.last.get(key) != Some(&figures.timeline) {
+                self.last.insert(key.clone(), figures.timeline.clone());
+                changed.push((key.to_string(), figures.timeline.clone()));
             }
         }
-    });
+        if changed.is_empty() {
+            return;
+        }
+        let store = store.clone();
+        let written = blocking(move || {
+            changed
+                .iter()
+                .try_for_each(|(key, snapshot)| store.put_timeline(key, at, snapshot))
+        });
+        if let Err(e) = written.await {
+            tracing::error!(error = %e, "writing the timeline failed");
+        }
+    }
 }
