@@ -126,3 +126,246 @@ fn event(experiment: &Experiment, variant: usize, unit: &str, now_ms: i64) -> Ev
         client_id: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::assignment::Reason;
+    use super::super::sticky::FirstExposure;
+    use super::super::testing::{input, running, RecordingQueue, T0};
+    use super::*;
+    use crate::domain::Experiment;
+    use crate::Error;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn slot(key: &str) -> Slot {
+        Slot::new(running(key))
+    }
+
+    /// Decides and exposes `unit` in every slot, as one request does.
+    fn request(
+        slots: &[&Slot],
+        unit: &str,
+        now_ms: i64,
+        queue: &RecordingQueue,
+    ) -> (Result<()>, Vec<Assignment>) {
+        let mut assignments: Vec<Assignment> =
+            slots.iter().map(|s| Assignment::decide(s, unit)).collect();
+        let result = expose(slots, &mut assignments, unit, now_ms, queue);
+        (result, assignments)
+    }
+
+    fn summary(a: &Assignment) -> (usize, Reason) {
+        (a.decision.variant, a.decision.reason)
+    }
+
+    #[test]
+    fn a_hashed_decision_becomes_the_first_exposure_with_one_event_and_one_record() {
+        let slot = slot("e");
+        let queue = RecordingQueue::default();
+        let (result, assignments) = request(&[&slot], "alice", NOW, &queue);
+        result.unwrap();
+        let [a] = &assignments[..] else { panic!() };
+        assert_eq!(a.reason(), Reason::Hashed);
+        let variant = a.decision.variant;
+        let variant_key = slot.snapshot().experiment().variants[variant].key.clone();
+
+        let queued = queue.queued();
+        assert_eq!(queued.len(), 1, "one call for the request");
+        let (events, sticky) = &queued[0];
+        let [event] = &events[..] else {
+            panic!("one exposure event: {events:?}")
+        };
+        assert_eq!(event.kind, EventType::Exposure);
+        assert_eq!(&*event.unit_id, "alice");
+        assert_eq!(event.experiment.as_ref().map(|k| k.as_str()), Some("e"));
+        assert_eq!(event.variant.as_ref(), Some(&variant_key));
+        assert_eq!((event.timestamp_ms, event.received_ms), (NOW, NOW));
+        assert_eq!(
+            sticky,
+            &[StickyAssignment {
+                experiment: "e".try_into().unwrap(),
+                unit: "alice".into(),
+                variant: variant_key.as_str().into(),
+                first_exposed_ms: NOW,
+            }]
+        );
+        assert_eq!(
+            slot.sticky.get("alice"),
+            Some(FirstExposure {
+                variant,
+                at_ms: NOW
+            }),
+            "remembered at once, for the next request"
+        );
+    }
+
+    #[test]
+    fn a_second_request_is_served_the_standing_variant_as_sticky_and_stores_nothing_new() {
+        let slot = slot("e");
+        let queue = RecordingQueue::default();
+        let (first, assignments) = request(&[&slot], "alice", NOW, &queue);
+        first.unwrap();
+        let variant = assignments[0].decision.variant;
+
+        let (second, assignments) = request(&[&slot], "alice", NOW + 1000, &queue);
+        second.unwrap();
+        assert_eq!(summary(&assignments[0]), (variant, Reason::Sticky));
+        let queued = queue.queued();
+        assert_eq!(queued.len(), 2);
+        let (events, sticky) = &queued[1];
+        assert_eq!(events.len(), 1, "every exposure is an event");
+        assert_eq!(events[0].timestamp_ms, NOW + 1000);
+        assert!(sticky.is_empty(), "no second first exposure: {sticky:?}");
+        assert_eq!(slot.sticky.get("alice").map(|f| f.at_ms), Some(NOW));
+    }
+
+    /// Two requests for one unit decided before either exposed: the one
+    /// that exposes second is served what the first one made sticky.
+    #[test]
+    fn a_racing_request_takes_the_variant_that_won() {
+        let slot = slot("e");
+        let queue = RecordingQueue::default();
+        let mut assignments = [Assignment::decide(&slot, "alice")];
+        assert_eq!(assignments[0].reason(), Reason::Hashed);
+        // The winner saw the other variant (weights may differ between
+        // snapshots), so the rewrite is visible.
+        let standing = FirstExposure {
+            variant: 1 - assignments[0].decision.variant,
+            at_ms: NOW - 5,
+        };
+        slot.sticky.insert_first("alice", standing).unwrap();
+
+        expose(&[&slot], &mut assignments, "alice", NOW, &queue).unwrap();
+        assert_eq!(summary(&assignments[0]), (standing.variant, Reason::Sticky));
+        let queued = queue.queued();
+        let (events, sticky) = &queued[0];
+        let standing_key = slot.snapshot().experiment().variants[standing.variant]
+            .key
+            .clone();
+        assert_eq!(events[0].variant.as_ref(), Some(&standing_key));
+        assert!(sticky.is_empty());
+        assert_eq!(slot.sticky.get("alice"), Some(standing), "left as it was");
+    }
+
+    #[test]
+    fn a_refused_queue_forgets_every_first_exposure_of_the_request_and_only_those() {
+        let (a, b, c) = (slot("a"), slot("b"), slot("c"));
+        let queue = RecordingQueue::default();
+        // An earlier, accepted request made alice sticky in `a`.
+        request(&[&a], "alice", NOW - 1000, &queue).0.unwrap();
+
+        queue.refuse(true);
+        let (refused, assignments) = request(&[&a, &b, &c], "alice", NOW, &queue);
+        assert!(matches!(refused, Err(Error::Overloaded(_))), "{refused:?}");
+        assert_eq!(queue.queued().len(), 1, "nothing of the refused request");
+        assert_eq!(assignments[0].reason(), Reason::Sticky);
+        assert_eq!(b.sticky.get("alice"), None, "forgotten");
+        assert_eq!(c.sticky.get("alice"), None, "forgotten");
+        assert_eq!(
+            a.sticky.get("alice").map(|f| f.at_ms),
+            Some(NOW - 1000),
+            "the earlier request's first exposure stands"
+        );
+
+        // The next request makes its own first exposures.
+        queue.refuse(false);
+        let (accepted, assignments) = request(&[&b, &c], "alice", NOW + 1, &queue);
+        accepted.unwrap();
+        assert!(assignments.iter().all(|a| a.reason() == Reason::Hashed));
+        let (events, sticky) = queue.queued().pop().unwrap();
+        assert_eq!(events.len(), 2);
+        let firsts: Vec<_> = sticky
+            .iter()
+            .map(|s| (s.experiment.as_str(), s.first_exposed_ms))
+            .collect();
+        assert_eq!(firsts, [("b", NOW + 1), ("c", NOW + 1)]);
+    }
+
+    #[test]
+    fn units_not_in_the_experiment_produce_no_event_and_no_first_exposure() {
+        let draft = Slot::new(Experiment::create(input("d"), T0).unwrap());
+        let mut closed = running("closed");
+        closed.coverage = 0.0;
+        let closed = Slot::new(closed);
+        let queue = RecordingQueue::default();
+
+        let (result, assignments) = request(&[&draft, &closed], "alice", NOW, &queue);
+        result.unwrap();
+        let reasons: Vec<_> = assignments.iter().map(Assignment::reason).collect();
+        assert_eq!(reasons, [Reason::NotRunning, Reason::NotInCoverage]);
+        assert!(queue.queued().is_empty(), "the queue is not even called");
+        assert_eq!(draft.sticky.get("alice"), None);
+        assert_eq!(closed.sticky.get("alice"), None);
+
+        // Beside an experiment it is in, only that one is exposed.
+        let open = slot("open");
+        let (result, _) = request(&[&closed, &open], "alice", NOW, &queue);
+        result.unwrap();
+        let queued = queue.queued();
+        let (events, sticky) = &queued[0];
+        let exposed: Vec<_> = events
+            .iter()
+            .map(|e| e.experiment.as_ref().unwrap().as_str())
+            .collect();
+        assert_eq!(exposed, ["open"]);
+        assert_eq!(sticky.len(), 1);
+    }
+
+    /// Forced units are exposed (they take part) but never made sticky:
+    /// lifting the override must return them to their hashed variant.
+    #[test]
+    fn forced_units_are_exposed_but_not_made_sticky() {
+        let mut experiment = running("f");
+        experiment.forced.insert(
+            "qa".to_owned().try_into().unwrap(),
+            "treatment".try_into().unwrap(),
+        );
+        let slot = Slot::new(experiment);
+        let queue = RecordingQueue::default();
+        let (result, assignments) = request(&[&slot], "qa", NOW, &queue);
+        result.unwrap();
+        assert_eq!(summary(&assignments[0]), (1, Reason::Forced));
+        let queued = queue.queued();
+        let (events, sticky) = &queued[0];
+        assert_eq!(events.len(), 1);
+        assert!(sticky.is_empty());
+        assert_eq!(slot.sticky.get("qa"), None);
+    }
+
+    #[test]
+    fn remember_on_a_unit_that_has_a_first_exposure_returns_the_standing_one() {
+        let slot = slot("e");
+        let experiment = running("e");
+        let mut firsts = FirstExposures::default();
+        firsts.remember(&slot, &experiment, "alice", 0, 10).unwrap();
+        let standing = firsts
+            .remember(&slot, &experiment, "alice", 1, 20)
+            .unwrap_err();
+        assert_eq!(
+            standing,
+            FirstExposure {
+                variant: 0,
+                at_ms: 10
+            }
+        );
+        let records = firsts.queue_with(Ok).unwrap();
+        assert_eq!(records.len(), 1, "the loser remembered nothing");
+        assert_eq!(
+            (&*records[0].variant, records[0].first_exposed_ms),
+            ("control", 10)
+        );
+
+        // One made by an earlier request stands against a new collector too.
+        let mut later = FirstExposures::default();
+        assert_eq!(
+            later.remember(&slot, &experiment, "alice", 1, 30),
+            Err(standing)
+        );
+        // Refusing it forgets nothing it did not remember.
+        later
+            .queue_with(|_| Err::<(), _>(Error::Unavailable))
+            .unwrap_err();
+        assert_eq!(slot.sticky.get("alice"), Some(standing));
+    }
+}

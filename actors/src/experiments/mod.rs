@@ -296,3 +296,76 @@ impl Experiments {
             .ok_or_else(|| Error::ExperimentNotFound(key.to_owned()))
     }
 }
+
+/// Fixtures the experiments tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    use serde_json::json;
+    use time::macros::datetime;
+    use time::OffsetDateTime;
+
+    use super::exposure::ExposureQueue;
+    use crate::domain::{Action, Event, Experiment, ExperimentIn, StickyAssignment};
+    use crate::{Error, Result};
+
+    /// Where the tests' clocks start.
+    pub const T0: OffsetDateTime = datetime!(2030-01-01 00:00 UTC);
+
+    /// A draft body: variants `control` and `treatment`, an `errors`
+    /// metric whose guardrail stops the experiment.
+    pub fn input(key: &str) -> ExperimentIn {
+        serde_json::from_value(json!({
+            "key": key, "name": key,
+            "variants": [{"key": "control", "weight": 1}, {"key": "treatment", "weight": 1}],
+            "metrics": [{"key": "errors", "kind": "binomial"}],
+            "guardrails": [{
+                "metric": "errors", "max_relative_drop": 0.05,
+                "higher_is_better": false, "auto_stop": true
+            }]
+        }))
+        .expect("a valid body")
+    }
+
+    /// [`input`] created and started at [`T0`].
+    pub fn running(key: &str) -> Experiment {
+        Experiment::create(input(key), T0)
+            .and_then(|e| e.transitioned(Action::Start, None, T0))
+            .expect("a valid experiment")
+    }
+
+    /// One accepted call of [`ExposureQueue::queue`].
+    pub type Queued = (Vec<Event>, Vec<StickyAssignment>);
+
+    /// An exposure queue that records what it accepts, or refuses every
+    /// call (as a full mailbox does) while `refuse` is set.
+    #[derive(Default)]
+    pub struct RecordingQueue {
+        refuse: AtomicBool,
+        queued: Mutex<Vec<Queued>>,
+    }
+
+    impl RecordingQueue {
+        /// Every accepted call, in order.
+        pub fn queued(&self) -> Vec<Queued> {
+            self.queued.lock().expect("lock").clone()
+        }
+
+        /// Starts or stops refusing.
+        pub fn refuse(&self, refuse: bool) {
+            self.refuse.store(refuse, Ordering::SeqCst);
+        }
+    }
+
+    impl ExposureQueue for RecordingQueue {
+        fn queue(&self, events: Vec<Event>, sticky: Vec<StickyAssignment>) -> Result<()> {
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(Error::Overloaded("ingest"));
+            }
+            self.queued.lock().expect("lock").push((events, sticky));
+            Ok(())
+        }
+    }
+}
