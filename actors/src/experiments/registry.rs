@@ -146,3 +146,175 @@ impl Handler<CreateExperiment> for Catalog {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::sticky::FirstExposure;
+    use super::super::testing::{input, running, T0};
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{DomainEventKind, Status};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        clock: Arc<ManualClock>,
+        registry: Arc<Registry>,
+        catalog: Addr<Catalog>,
+    }
+
+    /// A catalog over an empty registry and store. Must run inside an
+    /// actix system.
+    fn fixture() -> Fixture {
+        let (dir, store) = Store::temporary();
+        let clock = Arc::new(ManualClock::new(T0));
+        let registry = Arc::new(Registry::default());
+        let catalog = Catalog::new(Arc::clone(&registry), store.clone(), clock.clone()).start();
+        Fixture {
+            _dir: dir,
+            store,
+            clock,
+            registry,
+            catalog,
+        }
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|&(e, v)| (e.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[actix::test]
+    async fn a_created_experiment_is_a_stored_draft_found_by_its_key() {
+        let f = fixture();
+        f.clock.advance(Duration::from_secs(90));
+        let now = T0 + Duration::from_secs(90);
+        let before = f.registry.load();
+
+        let created = f
+            .catalog
+            .send(CreateExperiment(input("checkout")))
+            .await
+            .unwrap()
+            .unwrap();
+        let experiment = created.experiment();
+        assert_eq!(experiment.status, Status::Draft);
+        assert_eq!(experiment.version, 1);
+        assert_eq!((experiment.created_at, experiment.updated_at), (now, now));
+
+        let entry = f.registry.get("checkout").expect("registered");
+        assert!(Arc::ptr_eq(&entry.slot.snapshot(), &created));
+        assert!(entry.addr.connected(), "its actor runs");
+        assert!(f.registry.get("other").is_none());
+        assert!(
+            before.is_empty(),
+            "a map already loaded is a snapshot and does not change"
+        );
+
+        assert_eq!(
+            f.store.experiments().unwrap(),
+            std::slice::from_ref(experiment)
+        );
+        let outbox = f.store.outbox(0, 10).unwrap();
+        let [(_, event)] = &outbox[..] else {
+            panic!("one domain event: {outbox:?}")
+        };
+        assert_eq!(event.kind, DomainEventKind::ExperimentCreated);
+        assert_eq!(event.experiment.as_deref(), Some("checkout"));
+        assert_eq!(event.at, now);
+    }
+
+    #[actix::test]
+    async fn a_second_create_of_a_key_is_refused_and_changes_nothing() {
+        let f = fixture();
+        f.catalog
+            .send(CreateExperiment(input("checkout")))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut again = input("checkout");
+        again.name = "another".into();
+        let refused = f.catalog.send(CreateExperiment(again)).await.unwrap();
+        assert!(
+            matches!(&refused, Err(Error::ExperimentExists(k)) if k.as_str() == "checkout"),
+            "{:?}",
+            refused.map(|c| c.experiment().clone())
+        );
+        let standing = f.registry.get("checkout").unwrap().slot.snapshot();
+        assert_eq!(standing.experiment().name, "checkout");
+        assert_eq!(f.store.experiments().unwrap().len(), 1);
+        assert_eq!(f.store.outbox(0, 10).unwrap().len(), 1, "one created event");
+    }
+
+    /// Creates queued together are handled one at a time, the store write
+    /// included, so exactly one of them wins.
+    #[actix::test]
+    async fn concurrent_creates_of_one_key_have_one_winner() {
+        let f = fixture();
+        // `send` enqueues at once: all four wait in the mailbox before the
+        // first is handled.
+        let requests: Vec<_> = (0..4)
+            .map(|i| {
+                let mut body = input("race");
+                body.name = format!("attempt {i}");
+                f.catalog.send(CreateExperiment(body))
+            })
+            .collect();
+        let mut won = Vec::new();
+        let mut refused = 0;
+        for request in requests {
+            match request.await.unwrap() {
+                Ok(created) => won.push(created.experiment().name.clone()),
+                Err(Error::ExperimentExists(_)) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            (won.as_slice(), refused),
+            (["attempt 0".to_owned()].as_slice(), 3)
+        );
+        assert_eq!(f.store.experiments().unwrap().len(), 1);
+    }
+
+    #[actix::test]
+    async fn an_invalid_body_registers_and_stores_nothing() {
+        let f = fixture();
+        let mut body = input("bad");
+        body.name = " ".into();
+        let refused = f.catalog.send(CreateExperiment(body)).await.unwrap();
+        assert!(matches!(refused, Err(Error::Invalid { ref field, .. }) if field == "name"));
+        assert!(f.registry.load().is_empty());
+        assert!(f.store.experiments().unwrap().is_empty());
+        assert!(f.store.outbox(0, 10).unwrap().is_empty());
+    }
+
+    #[actix::test]
+    async fn first_exposures_name_each_experiment_and_variant_a_unit_saw() {
+        let f = fixture();
+        let start = |key| {
+            f.registry
+                .start(running(key), f.store.clone(), f.clock.clone())
+        };
+        let (a, b, c) = (start("a"), start("b"), start("c"));
+        let first = |variant| FirstExposure { variant, at_ms: 1 };
+        a.slot.sticky.insert_first("alice", first(1)).unwrap();
+        b.slot.sticky.insert_first("alice", first(0)).unwrap();
+        b.slot.sticky.insert_first("bob", first(1)).unwrap();
+
+        let alice = pairs(&[("a", "treatment"), ("b", "control")]);
+        assert_eq!(f.registry.first_exposures("alice"), alice);
+        assert_eq!(
+            f.registry.first_exposures("bob"),
+            pairs(&[("b", "treatment")])
+        );
+        assert!(f.registry.first_exposures("carol").is_empty());
+
+        // An index the experiment has no variant for is skipped, not a panic.
+        c.slot.sticky.restore("alice".into(), first(7));
+        assert_eq!(f.registry.first_exposures("alice"), alice);
+    }
+}
