@@ -13,7 +13,8 @@ use super::signals::Snapshot;
 use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
 use crate::domain::{
-    Alert, AlertMetric, AlertRule, DomainEvent, Firing, RuleIn, RulePatch, StampIn, MAX_WINDOW_S,
+    Alert, AlertId, AlertMetric, AlertRule, DomainEvent, Firing, RuleId, RuleIn, RulePatch,
+    StampIn, MAX_WINDOW_S,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -23,7 +24,7 @@ const TICK: Duration = Duration::from_secs(1);
 
 /// An alert's identity while active: its rule and its subject (experiment,
 /// subscription, or empty for server rules).
-type Key = (String, String);
+type Key = (RuleId, String);
 
 /// One second's cumulative server counters.
 struct Sample {
@@ -37,7 +38,7 @@ pub(super) struct AlertActor {
     store: Store,
     sources: Sources,
     clock: Arc<dyn Clock>,
-    rules: BTreeMap<String, AlertRule>,
+    rules: BTreeMap<RuleId, AlertRule>,
     active: HashMap<Key, Alert>,
     /// Resolved by a person while still firing: not raised again until the
     /// condition clears once.
@@ -163,8 +164,8 @@ impl AlertActor {
     }
 
     /// A built-in store alert by id, recorded or not.
-    fn store_alert(&self, id: &str) -> Option<Alert> {
-        self.store_alerts().into_iter().find(|a| a.id == id)
+    fn store_alert(&self, id: &AlertId) -> Option<Alert> {
+        self.store_alerts().into_iter().find(|a| &a.id == id)
     }
 
     /// Keeps the in-memory copy of a built-in store alert in step with a
@@ -384,7 +385,7 @@ impl AlertActor {
     }
 
     /// The rule's active alerts, resolved because `why`.
-    fn resolve_all_of(&self, rule: &str, why: &str, now: OffsetDateTime) -> Vec<Alert> {
+    fn resolve_all_of(&self, rule: &RuleId, why: &str, now: OffsetDateTime) -> Vec<Alert> {
         self.active
             .iter()
             .filter(|((r, _), _)| r == rule)
@@ -469,7 +470,7 @@ impl Handler<CreateRule> for AlertActor {
 /// Change a rule.
 #[derive(Message)]
 #[rtype(result = "Result<AlertRule>")]
-pub(super) struct PatchRule(pub String, pub RulePatch);
+pub(super) struct PatchRule(pub RuleId, pub RulePatch);
 
 impl Handler<PatchRule> for AlertActor {
     type Result = Result<AlertRule>;
@@ -479,7 +480,7 @@ impl Handler<PatchRule> for AlertActor {
         let current = self
             .rules
             .get(&msg.0)
-            .ok_or_else(|| Error::RuleNotFound(msg.0.clone()))?;
+            .ok_or_else(|| Error::RuleNotFound(msg.0.to_string()))?;
         let next = current.patched(msg.1, now)?;
         self.store.put_rule(&next)?;
         let disabled = !next.enabled;
@@ -497,14 +498,14 @@ impl Handler<PatchRule> for AlertActor {
 /// Delete a rule.
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
-pub(super) struct DeleteRule(pub String);
+pub(super) struct DeleteRule(pub RuleId);
 
 impl Handler<DeleteRule> for AlertActor {
     type Result = Result<()>;
 
     fn handle(&mut self, msg: DeleteRule, _: &mut Context<Self>) -> Self::Result {
         if !self.rules.contains_key(&msg.0) {
-            return Err(Error::RuleNotFound(msg.0));
+            return Err(Error::RuleNotFound(msg.0.to_string()));
         }
         let now = self.clock.now();
         let resolved: Vec<(Alert, DomainEvent)> = self
@@ -515,7 +516,7 @@ impl Handler<DeleteRule> for AlertActor {
                 (a, event)
             })
             .collect();
-        self.store.delete_rule(&msg.0, &resolved)?;
+        self.store.delete_rule(msg.0.as_str(), &resolved)?;
         self.rules.remove(&msg.0);
         for (alert, _) in resolved {
             self.remember(alert);
@@ -528,7 +529,7 @@ impl Handler<DeleteRule> for AlertActor {
 /// Acknowledge an alert.
 #[derive(Message)]
 #[rtype(result = "Result<Alert>")]
-pub(super) struct Acknowledge(pub String, pub StampIn);
+pub(super) struct Acknowledge(pub AlertId, pub StampIn);
 
 impl Handler<Acknowledge> for AlertActor {
     type Result = Result<Alert>;
@@ -536,9 +537,9 @@ impl Handler<Acknowledge> for AlertActor {
     fn handle(&mut self, msg: Acknowledge, _: &mut Context<Self>) -> Self::Result {
         let current = self
             .store
-            .alert(&msg.0)?
+            .alert(msg.0.as_str())?
             .or_else(|| self.store_alert(&msg.0))
-            .ok_or_else(|| Error::AlertNotFound(msg.0.clone()))?;
+            .ok_or_else(|| Error::AlertNotFound(msg.0.to_string()))?;
         let next = current.acknowledged(msg.1, self.clock.now())?;
         // Acknowledging is not news for subscribers: no outbox event.
         self.store.put_alert(&next)?;
@@ -553,7 +554,7 @@ impl Handler<Acknowledge> for AlertActor {
 /// Resolve an alert by hand.
 #[derive(Message)]
 #[rtype(result = "Result<Alert>")]
-pub(super) struct Resolve(pub String, pub StampIn);
+pub(super) struct Resolve(pub AlertId, pub StampIn);
 
 impl Handler<Resolve> for AlertActor {
     type Result = Result<Alert>;
@@ -561,9 +562,9 @@ impl Handler<Resolve> for AlertActor {
     fn handle(&mut self, msg: Resolve, _: &mut Context<Self>) -> Self::Result {
         let current = self
             .store
-            .alert(&msg.0)?
+            .alert(msg.0.as_str())?
             .or_else(|| self.store_alert(&msg.0))
-            .ok_or_else(|| Error::AlertNotFound(msg.0.clone()))?;
+            .ok_or_else(|| Error::AlertNotFound(msg.0.to_string()))?;
         let next = current.resolved_by(msg.1, self.clock.now())?;
         self.write(vec![next.clone()])?;
         // A store alert resolved by hand is not raised again before a restart.
@@ -616,7 +617,11 @@ mod tests {
             assert_eq!(raised.len(), 1, "raised once");
             let alert = &raised[0];
             assert_eq!(
-                (alert.metric, alert.severity, alert.rule_id.as_deref()),
+                (
+                    alert.metric,
+                    alert.severity,
+                    alert.rule_id.as_ref().map(RuleId::as_str)
+                ),
                 (AlertMetric::StoreFailed, Severity::Critical, None)
             );
             assert!(alert.message.contains("disk full"), "{}", alert.message);
@@ -624,7 +629,10 @@ mod tests {
                 alerts.store_alert_recorded,
                 "this store still takes the alert"
             );
-            let stored = store.alert(&alert.id).expect("read").expect("recorded");
+            let stored = store
+                .alert(alert.id.as_str())
+                .expect("read")
+                .expect("recorded");
             assert_eq!(stored.status, AlertStatus::Open);
             let outbox = store.outbox(0, 10).expect("outbox");
             assert_eq!(outbox.len(), 1, "alert.raised for webhooks and the stream");
@@ -634,7 +642,7 @@ mod tests {
             let mut restarted = actor(&store, &healthy, vec![stored]).await;
             restarted.check_store();
             assert!(restarted.store_alerts().is_empty());
-            let resolved = store.alert(&alert.id).expect("read").expect("kept");
+            let resolved = store.alert(alert.id.as_str()).expect("read").expect("kept");
             assert_eq!(resolved.status, AlertStatus::Resolved);
             assert_eq!(resolved.resolved.expect("stamp").by, "abacus");
         });

@@ -24,7 +24,9 @@ use self::evaluate::{
     Acknowledge, AlertActor, CreateRule, DeleteRule, Figures, PatchRule, Resolve,
 };
 use crate::clock::Clock;
-use crate::domain::{Alert, AlertMetric, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn};
+use crate::domain::{
+    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, RuleId, RuleIn, RulePatch, StampIn,
+};
 use crate::ingest::IngestStats;
 use crate::live::Live;
 use crate::results::figures::Board;
@@ -147,12 +149,12 @@ impl Alerts {
 
     /// Changes a rule.
     pub async fn patch_rule(&self, id: &str, patch: RulePatch) -> Result<AlertRule> {
-        self.addr.send(PatchRule(id.to_owned(), patch)).await?
+        self.addr.send(PatchRule(rule_id(id)?, patch)).await?
     }
 
     /// Deletes a rule; its active alerts resolve.
     pub async fn delete_rule(&self, id: &str) -> Result<()> {
-        self.addr.send(DeleteRule(id.to_owned())).await?
+        self.addr.send(DeleteRule(rule_id(id)?)).await?
     }
 
     /// Every rule.
@@ -198,7 +200,10 @@ impl Alerts {
     /// One alert.
     pub async fn get(&self, id: &str) -> Result<Alert> {
         let (store, key) = (self.store.clone(), id.to_owned());
-        let unrecorded = self.store_alerts().into_iter().find(|a| a.id == id);
+        let unrecorded = self
+            .store_alerts()
+            .into_iter()
+            .find(|a| a.id.as_str() == id);
         blocking(move || store.alert(&key))
             .await?
             .or(unrecorded)
@@ -214,13 +219,23 @@ impl Alerts {
 
     /// `open → acknowledged`.
     pub async fn acknowledge(&self, id: &str, stamp: StampIn) -> Result<Alert> {
-        self.addr.send(Acknowledge(id.to_owned(), stamp)).await?
+        self.addr.send(Acknowledge(alert_id(id)?, stamp)).await?
     }
 
     /// `open | acknowledged → resolved`.
     pub async fn resolve(&self, id: &str, stamp: StampIn) -> Result<Alert> {
-        self.addr.send(Resolve(id.to_owned(), stamp)).await?
+        self.addr.send(Resolve(alert_id(id)?, stamp)).await?
     }
+}
+
+/// `id` as a rule id; one that cannot be one names no rule.
+fn rule_id(id: &str) -> Result<RuleId> {
+    RuleId::try_from(id.to_owned()).map_err(|_| Error::RuleNotFound(id.to_owned()))
+}
+
+/// `id` as an alert id; one that cannot be one names no alert.
+fn alert_id(id: &str) -> Result<AlertId> {
+    AlertId::try_from(id.to_owned()).map_err(|_| Error::AlertNotFound(id.to_owned()))
 }
 
 #[cfg(test)]
@@ -285,7 +300,10 @@ mod tests {
             };
             let listed = alerts.list(filter).await.expect("list");
             assert_eq!(listed, std::slice::from_ref(&unrecorded));
-            assert_eq!(alerts.get(&unrecorded.id).await.expect("get"), unrecorded);
+            assert_eq!(
+                alerts.get(unrecorded.id.as_str()).await.expect("get"),
+                unrecorded
+            );
             let filter = AlertFilter {
                 status: Some(AlertStatus::Resolved),
                 experiment: None,

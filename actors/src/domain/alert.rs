@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::{
-    AlertMetric, AlertRule, DomainEvent, DomainEventKind, GuardrailStop, Severity,
+    AlertId, AlertMetric, AlertRule, DomainEvent, DomainEventKind, GuardrailStop, RuleId, Severity,
 };
 use crate::{Error, Result};
 
@@ -92,10 +92,10 @@ impl StampIn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     /// `alert_` and a UUIDv7 (so ids sort by time).
-    pub id: String,
+    pub id: AlertId,
     /// The rule that raised it; `null` for a guardrail stop or a store
     /// failure, which abacus raises itself.
-    pub rule_id: Option<String>,
+    pub rule_id: Option<RuleId>,
     /// The rule's name, or what happened.
     pub name: String,
     /// What was watched.
@@ -154,14 +154,10 @@ impl Alert {
         )
     }
 
-    fn new_id() -> String {
-        format!("alert_{}", uuid::Uuid::now_v7().simple())
-    }
-
     /// An open alert raised by `rule`.
     pub fn raised(rule: &AlertRule, firing: Firing, now: OffsetDateTime) -> Self {
         Self {
-            id: Self::new_id(),
+            id: AlertId::mint(),
             rule_id: Some(rule.id.clone()),
             name: rule.name.clone(),
             metric: rule.metric,
@@ -184,7 +180,7 @@ impl Alert {
             .relative_lift
             .map_or_else(|| "unknown".to_owned(), |l| format!("{:+.1}%", l * 100.0));
         Self {
-            id: Self::new_id(),
+            id: AlertId::mint(),
             rule_id: None,
             name: format!("guardrail '{}' paused {experiment}", stop.metric),
             metric: AlertMetric::GuardrailRegression,
@@ -212,7 +208,7 @@ impl Alert {
     /// refused a commit after every retry.
     pub fn store_failed(reason: &str, now: OffsetDateTime) -> Self {
         Self {
-            id: Self::new_id(),
+            id: AlertId::mint(),
             rule_id: None,
             name: "event store failed".to_owned(),
             metric: AlertMetric::StoreFailed,

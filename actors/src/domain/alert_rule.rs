@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::domain::ExperimentKey;
+use crate::domain::{ExperimentKey, RuleId};
 use crate::{Error, Result};
 
 /// Longest window a rate rule may look back over, in seconds.
@@ -72,7 +72,7 @@ impl AlertMetric {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AlertRule {
     /// `rule_` and 32 hex digits.
-    pub id: String,
+    pub id: RuleId,
     /// Human-readable name, copied onto its alerts.
     pub name: String,
     /// What it watches.
@@ -148,7 +148,7 @@ impl AlertRule {
     /// A new rule from a create request, validated.
     pub fn create(input: RuleIn, now: OffsetDateTime) -> Result<Self> {
         let rule = Self {
-            id: format!("rule_{}", uuid::Uuid::new_v4().simple()),
+            id: RuleId::mint(),
             name: input.name,
             metric: input.metric,
             threshold: input.threshold,
@@ -269,7 +269,7 @@ mod tests {
             (rule.window_s, rule.severity, rule.enabled),
             (60, Severity::Warning, true)
         );
-        assert!(rule.id.starts_with("rule_"));
+        assert!(rule.id.as_str().starts_with("rule_"));
     }
 
     #[test]

@@ -78,6 +78,78 @@ macro_rules! key_type {
     };
 }
 
+/// An id abacus mints: a fixed prefix and a UUIDv7 in hex, so ids sort
+/// by creation time and say what they name. Decoding refuses any other
+/// shape.
+macro_rules! minted_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String, example = $prefix)]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            /// A new id.
+            pub fn mint() -> Self {
+                Self(format!(concat!($prefix, "{}"), uuid::Uuid::now_v7().simple()).into())
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                let rest = s.strip_prefix($prefix).unwrap_or_default();
+                if rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    Ok(Self(s.into_boxed_str()))
+                } else {
+                    Err(format!(concat!("invalid id '{}': expected ", $prefix, " and 32 hex digits"), s.escape_debug()))
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0.into_string()
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+    };
+}
+
+minted_id!(
+    /// An alert rule's id: `rule_` and 32 hex digits.
+    RuleId,
+    "rule_"
+);
+minted_id!(
+    /// An alert's id: `alert_` and 32 hex digits.
+    AlertId,
+    "alert_"
+);
+
 key_type!(
     /// Unique, immutable key of an experiment.
     ExperimentKey,

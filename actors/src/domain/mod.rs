@@ -31,7 +31,7 @@ pub use experiment::{
     Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric, MetricKind,
     Variant, MAX_VARIANTS,
 };
-pub use ids::{ExperimentKey, MetricKey, UnitId, VariantKey};
+pub use ids::{AlertId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey};
 pub use lifecycle::{Action, Status};
 pub use sticky::StickyAssignment;
 pub use timeline::{TimelineSnapshot, VariantFigures, VariantPoint};

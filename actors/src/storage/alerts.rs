@@ -14,7 +14,7 @@ impl Store {
         sync.set_sync(true);
         self.db.put_cf_opt(
             self.cf(Cf::AlertRules),
-            rule.id.as_bytes(),
+            rule.id.as_str().as_bytes(),
             versioned_json(Cf::AlertRules, rule)?,
             &sync,
         )?;
@@ -65,7 +65,7 @@ impl Store {
         let mut batch = self.experiment_batch(experiment)?;
         batch.put_cf(
             self.cf(Cf::Alerts),
-            alert.id.as_bytes(),
+            alert.id.as_str().as_bytes(),
             versioned_json(Cf::Alerts, alert)?,
         );
         self.write_with_events(batch, events)
@@ -77,7 +77,7 @@ impl Store {
         sync.set_sync(true);
         self.db.put_cf_opt(
             self.cf(Cf::Alerts),
-            alert.id.as_bytes(),
+            alert.id.as_str().as_bytes(),
             versioned_json(Cf::Alerts, alert)?,
             &sync,
         )?;
@@ -112,7 +112,7 @@ impl Store {
         for (alert, _) in changes {
             batch.put_cf(
                 self.cf(Cf::Alerts),
-                alert.id.as_bytes(),
+                alert.id.as_str().as_bytes(),
                 versioned_json(Cf::Alerts, alert)?,
             );
         }
