@@ -293,3 +293,332 @@ impl Handler<StopForGuardrail> for ExperimentActor {
         self.commit_with(next)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::testing::{input, running, T0};
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::AlertMetric;
+    use crate::storage::StoreOptions;
+
+    const OPTIONS: StoreOptions = StoreOptions {
+        dedup_window_ms: 1000,
+        retention_ms: None,
+    };
+
+    /// Starts an actor publishing `experiment`. Must run inside an actix
+    /// system.
+    fn start(
+        experiment: Experiment,
+        store: &Store,
+        clock: &Arc<ManualClock>,
+    ) -> (Arc<Slot>, Addr<ExperimentActor>) {
+        let slot = Arc::new(Slot::new(experiment));
+        let actor = ExperimentActor::new(Arc::clone(&slot), store.clone(), clock.clone());
+        (slot, actor.start())
+    }
+
+    /// The kinds of the domain events in the outbox, in order.
+    fn outbox(store: &Store) -> Vec<DomainEventKind> {
+        let events = store.outbox(0, 100).unwrap();
+        events.into_iter().map(|(_, e)| e.kind).collect()
+    }
+
+    fn transition(action: Action) -> TransitionExperiment {
+        TransitionExperiment {
+            action,
+            winner: None,
+        }
+    }
+
+    fn patch(body: serde_json::Value) -> PatchExperiment {
+        PatchExperiment(serde_json::from_value(body).unwrap())
+    }
+
+    fn guardrail_stop() -> StopForGuardrail {
+        StopForGuardrail {
+            metric: "errors".into(),
+            variant: "treatment".into(),
+            relative_lift: Some(0.2),
+            p_value: Some(0.001),
+            max_relative_drop: 0.05,
+        }
+    }
+
+    #[test]
+    fn changes_publish_a_new_snapshot_and_persist_it_for_the_next_start() {
+        use DomainEventKind as K;
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let at = |s: u64| T0 + Duration::from_secs(s);
+        let last = actix::System::new().block_on(async {
+            let store = Store::open(dir.path(), OPTIONS).unwrap();
+            let draft = Experiment::create(input("e"), T0).unwrap();
+            let (slot, addr) = start(draft, &store, &clock);
+
+            clock.set(at(10));
+            let patched = addr
+                .send(patch(serde_json::json!({"name": "renamed"})))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(Arc::ptr_eq(&slot.snapshot(), &patched), "published");
+            let e = patched.experiment();
+            assert_eq!(
+                (e.name.as_str(), e.version, e.updated_at),
+                ("renamed", 2, at(10))
+            );
+            assert_eq!(
+                store.experiments().unwrap(),
+                std::slice::from_ref(e),
+                "persisted"
+            );
+
+            let mut statuses = Vec::new();
+            for (second, action) in [
+                (20, Action::Start),
+                (30, Action::Pause),
+                (40, Action::Resume),
+            ] {
+                clock.set(at(second));
+                let next = addr.send(transition(action)).await.unwrap().unwrap();
+                assert!(Arc::ptr_eq(&slot.snapshot(), &next));
+                assert_eq!(next.experiment().updated_at, at(second));
+                statuses.push(next.experiment().status);
+            }
+            assert_eq!(statuses, [Status::Running, Status::Paused, Status::Running]);
+
+            clock.set(at(50));
+            let winner = Some("treatment".try_into().unwrap());
+            let done = addr
+                .send(TransitionExperiment {
+                    action: Action::Complete,
+                    winner: winner.clone(),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            let e = done.experiment().clone();
+            assert_eq!(
+                (e.status, &e.winner, e.version),
+                (Status::Completed, &winner, 6)
+            );
+            assert_eq!((e.started_at, e.completed_at), (Some(at(20)), Some(at(50))));
+            assert_eq!(
+                outbox(&store),
+                [
+                    K::ExperimentStarted,
+                    K::ExperimentPaused,
+                    K::ExperimentResumed,
+                    K::ExperimentCompleted
+                ],
+                "a patch has no event; each transition one"
+            );
+            e
+        });
+
+        // The system and its actors are gone; the store opens again and
+        // start-up restores the last published state.
+        let store = Store::open(dir.path(), OPTIONS).unwrap();
+        assert_eq!(store.experiments().unwrap(), std::slice::from_ref(&last));
+        actix::System::new().block_on(async {
+            let registry = super::super::restore(&store, clock).await.unwrap();
+            let entry = registry.get("e").expect("restored");
+            assert_eq!(entry.slot.snapshot().experiment(), &last);
+        });
+    }
+
+    /// Two changes queued together: the second starts from the first's
+    /// result, so neither is lost.
+    #[actix::test]
+    async fn queued_changes_apply_one_after_another() {
+        let (_dir, store) = Store::temporary();
+        let clock = Arc::new(ManualClock::new(T0));
+        let (slot, addr) = start(running("e"), &store, &clock);
+        let first = addr.send(patch(serde_json::json!({"name": "one"})));
+        let second = addr.send(patch(serde_json::json!({"description": "two"})));
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        let e = slot.snapshot();
+        let e = e.experiment();
+        assert_eq!(
+            (e.name.as_str(), e.description.as_deref(), e.version),
+            ("one", Some("two"), 4)
+        );
+        assert_eq!(store.experiments().unwrap()[0].version, 4);
+    }
+
+    #[actix::test]
+    async fn a_refused_change_leaves_the_snapshot_and_the_store_as_they_were() {
+        let (_dir, store) = Store::temporary();
+        let clock = Arc::new(ManualClock::new(T0));
+        let draft = Experiment::create(input("e"), T0).unwrap();
+        store.put_experiment(&draft, None).unwrap();
+        let (slot, addr) = start(draft.clone(), &store, &clock);
+        let before = slot.snapshot();
+
+        let refused = addr.send(transition(Action::Pause)).await.unwrap();
+        assert!(
+            matches!(
+                refused,
+                Err(Error::InvalidTransition {
+                    from: Status::Draft,
+                    action: "pause"
+                })
+            ),
+            "{:?}",
+            refused.map(|_| ())
+        );
+        let bad_winner = TransitionExperiment {
+            action: Action::Complete,
+            winner: Some("nobody".try_into().unwrap()),
+        };
+        addr.send(transition(Action::Start)).await.unwrap().unwrap();
+        let running = slot.snapshot();
+        let refused = addr.send(bad_winner).await.unwrap();
+        assert!(matches!(refused, Err(Error::Invalid { ref field, .. }) if field == "winner"));
+        let refused = addr
+            .send(patch(serde_json::json!({"salt": "reshuffle"})))
+            .await
+            .unwrap();
+        assert!(matches!(
+            refused,
+            Err(Error::NotEditable {
+                field: "salt",
+                status: Status::Running
+            })
+        ));
+
+        assert!(Arc::ptr_eq(&slot.snapshot(), &running), "nothing published");
+        assert_eq!(
+            store.experiments().unwrap(),
+            std::slice::from_ref(running.experiment())
+        );
+        assert_eq!(outbox(&store), [DomainEventKind::ExperimentStarted]);
+        assert_eq!(before.experiment(), &draft, "an old snapshot is immutable");
+    }
+
+    #[actix::test]
+    async fn a_guardrail_stop_pauses_once_and_records_when_by_the_clock() {
+        use DomainEventKind as K;
+        let (_dir, store) = Store::temporary();
+        let clock = Arc::new(ManualClock::new(T0));
+        let (slot, addr) = start(running("e"), &store, &clock);
+        let stopped_at = T0 + Duration::from_secs(3600);
+        clock.set(stopped_at);
+
+        let paused = addr.send(guardrail_stop()).await.unwrap().unwrap();
+        let e = paused.experiment();
+        assert_eq!(e.status, Status::Paused);
+        assert_eq!(e.updated_at, stopped_at);
+        let stop = GuardrailStop {
+            metric: "errors".try_into().unwrap(),
+            variant: "treatment".try_into().unwrap(),
+            relative_lift: Some(0.2),
+            p_value: 0.001,
+            max_relative_drop: 0.05,
+            at: stopped_at,
+        };
+        assert_eq!(e.guardrail_stop.as_ref(), Some(&stop));
+        assert!(Arc::ptr_eq(&slot.snapshot(), &paused));
+        assert_eq!(store.experiments().unwrap(), std::slice::from_ref(e));
+        let alerts = store.alerts(10, |_| true).unwrap();
+        let [alert] = &alerts[..] else {
+            panic!("one alert: {alerts:?}")
+        };
+        assert_eq!(alert.metric, AlertMetric::GuardrailRegression);
+        assert_eq!(alert.experiment.as_deref(), Some("e"));
+        assert_eq!(alert.raised_at, stopped_at);
+        assert_eq!(outbox(&store), [K::ExperimentPaused, K::AlertRaised]);
+
+        // Paused: a second stop is ignored.
+        clock.advance(Duration::from_secs(60));
+        let again = addr.send(guardrail_stop()).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&again, &paused));
+
+        // Resumed by hand, the record stays and the guardrail does not
+        // trip again.
+        let resumed = addr
+            .send(transition(Action::Resume))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resumed.experiment().guardrail_stop.as_ref(), Some(&stop));
+        let again = addr.send(guardrail_stop()).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&again, &resumed));
+        assert_eq!(again.experiment().status, Status::Running);
+        assert_eq!(store.alerts(10, |_| true).unwrap().len(), 1);
+        assert_eq!(
+            outbox(&store),
+            [K::ExperimentPaused, K::AlertRaised, K::ExperimentResumed]
+        );
+    }
+
+    #[actix::test]
+    async fn a_guardrail_stop_naming_no_guardrail_or_variant_is_ignored() {
+        let (_dir, store) = Store::temporary();
+        let clock = Arc::new(ManualClock::new(T0));
+        let (slot, addr) = start(running("e"), &store, &clock);
+        let before = slot.snapshot();
+        for stop in [
+            StopForGuardrail {
+                metric: "latency".into(),
+                ..guardrail_stop()
+            },
+            StopForGuardrail {
+                variant: "nobody".into(),
+                ..guardrail_stop()
+            },
+        ] {
+            let after = addr.send(stop).await.unwrap().unwrap();
+            assert!(Arc::ptr_eq(&after, &before));
+        }
+        assert!(store.experiments().unwrap().is_empty(), "nothing written");
+    }
+
+    #[actix::test]
+    async fn a_finding_is_recorded_once_with_its_event() {
+        use DomainEventKind as K;
+        let (_dir, store) = Store::temporary();
+        let clock = Arc::new(ManualClock::new(T0));
+        let (_slot, addr) = start(running("e"), &store, &clock);
+        let significant = || {
+            RecordFinding(Finding::Significant {
+                metric: "errors".into(),
+                variant: "treatment".into(),
+                p_value: 0.01,
+                relative_lift: Some(-0.1),
+            })
+        };
+        let found_at = T0 + Duration::from_secs(5);
+        clock.set(found_at);
+        let recorded = addr.send(significant()).await.unwrap().unwrap();
+        assert_eq!(recorded.experiment().significant_at, Some(found_at));
+        assert_eq!(recorded.experiment().version, 3);
+
+        clock.advance(Duration::from_secs(5));
+        let again = addr.send(significant()).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&again, &recorded), "recorded once");
+
+        let srm = RecordFinding(Finding::SampleRatioMismatch {
+            p_value: 1e-6,
+            units: vec![100, 150],
+        });
+        let both = addr.send(srm).await.unwrap().unwrap();
+        let e = both.experiment();
+        assert_eq!(
+            (e.significant_at, e.srm_detected_at),
+            (Some(found_at), Some(clock.now()))
+        );
+        let events = store.outbox(0, 10).unwrap();
+        let kinds: Vec<_> = events.iter().map(|(_, e)| e.kind).collect();
+        assert_eq!(kinds, [K::ExperimentSignificant, K::ExperimentSrmDetected]);
+        let data = &events[0].1.data;
+        assert_eq!(data["metric"], "errors");
+        assert_eq!(data["experiment"]["key"], "e");
+        assert_eq!(events[1].1.data["units"], serde_json::json!([100, 150]));
+    }
+}
