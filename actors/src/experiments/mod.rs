@@ -369,3 +369,239 @@ pub(crate) mod testing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::testing::{input, RecordingQueue, T0};
+    use super::*;
+    use crate::clock::ManualClock;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        service: Experiments,
+        queue: Arc<RecordingQueue>,
+        clock: Arc<ManualClock>,
+    }
+
+    /// The service over an empty store, at most `max` experiments per
+    /// `assign_all`. Must run inside an actix system.
+    fn fixture(max: usize) -> Fixture {
+        let (dir, store) = Store::temporary();
+        let clock = Arc::new(ManualClock::new(T0));
+        let queue = Arc::new(RecordingQueue::default());
+        let service = Experiments::new(Arc::default(), store, queue.clone(), clock.clone(), max);
+        Fixture {
+            _dir: dir,
+            service,
+            queue,
+            clock,
+        }
+    }
+
+    impl Fixture {
+        async fn draft(&self, key: &str) {
+            self.service.create(input(key)).await.unwrap();
+        }
+
+        async fn with_status(&self, key: &str, actions: &[Action]) {
+            self.draft(key).await;
+            for &action in actions {
+                self.service.transition(key, action, None).await.unwrap();
+            }
+        }
+
+        async fn running(&self, key: &str) {
+            self.with_status(key, &[Action::Start]).await;
+        }
+
+        /// Assignments served so far, by reason.
+        fn served(&self) -> Vec<(Reason, u64)> {
+            Reason::ALL
+                .into_iter()
+                .map(|r| (r, self.service.served[r as usize].load(Ordering::Relaxed)))
+                .filter(|&(_, n)| n > 0)
+                .collect()
+        }
+    }
+
+    fn keys(names: &[&str]) -> Vec<ExperimentKey> {
+        names.iter().map(|&k| k.try_into().unwrap()).collect()
+    }
+
+    fn experiments(assignments: &[Assignment]) -> Vec<&str> {
+        assignments
+            .iter()
+            .map(|a| a.experiment().as_str())
+            .collect()
+    }
+
+    #[actix::test]
+    async fn assign_counts_each_answer_by_reason_and_exposes_at_the_clocks_time() {
+        let f = fixture(10);
+        f.running("e").await;
+        f.draft("d").await;
+        f.clock.advance(Duration::from_secs(1));
+
+        let first = f.service.assign("e", "alice", true).unwrap();
+        assert_eq!(
+            (first.reason(), first.in_experiment()),
+            (Reason::Hashed, true)
+        );
+        let again = f.service.assign("e", "alice", true).unwrap();
+        assert_eq!(again.reason(), Reason::Sticky);
+        assert_eq!(again.variant().key, first.variant().key);
+        let draft = f.service.assign("d", "alice", true).unwrap();
+        assert_eq!(
+            (draft.reason(), draft.in_experiment()),
+            (Reason::NotRunning, false)
+        );
+        assert_eq!(draft.variant().key.as_str(), "control");
+        // Without an exposure nothing is remembered: still hashed.
+        for _ in 0..2 {
+            let unlogged = f.service.assign("e", "bob", false).unwrap();
+            assert_eq!(unlogged.reason(), Reason::Hashed);
+        }
+        assert!(matches!(
+            f.service.assign("missing", "alice", true),
+            Err(Error::ExperimentNotFound(k)) if k == "missing"
+        ));
+
+        assert_eq!(
+            f.served(),
+            [
+                (Reason::Hashed, 3),
+                (Reason::Sticky, 1),
+                (Reason::NotRunning, 1)
+            ]
+        );
+        let queued = f.queue.queued();
+        let exposed: Vec<_> = queued
+            .iter()
+            .flat_map(|(events, _)| events)
+            .map(|e| (&*e.unit_id, e.timestamp_ms))
+            .collect();
+        let now = unix_ms(T0 + Duration::from_secs(1));
+        assert_eq!(exposed, [("alice", now), ("alice", now)]);
+    }
+
+    #[actix::test]
+    async fn a_refused_exposure_fails_the_assignment_and_counts_nothing() {
+        let f = fixture(10);
+        f.running("e").await;
+        f.queue.refuse(true);
+        assert!(matches!(
+            f.service.assign("e", "alice", true),
+            Err(Error::Overloaded(_))
+        ));
+        assert!(matches!(
+            f.service.assign_all("alice", None, true),
+            Err(Error::Overloaded(_))
+        ));
+        assert!(f.served().is_empty());
+        f.queue.refuse(false);
+        let retried = f.service.assign("e", "alice", true).unwrap();
+        assert_eq!(retried.reason(), Reason::Hashed, "nothing was remembered");
+    }
+
+    #[actix::test]
+    async fn assign_all_without_keys_assigns_the_running_experiments_in_one_exposure() {
+        let f = fixture(10);
+        f.running("b").await;
+        f.running("a").await;
+        f.draft("c").await;
+        f.with_status("d", &[Action::Start, Action::Pause]).await;
+        f.with_status("e", &[Action::Start, Action::Complete]).await;
+
+        let all = f.service.assign_all("alice", None, true).unwrap();
+        assert_eq!(experiments(&all), ["a", "b"]);
+        assert_eq!(f.served(), [(Reason::Hashed, 2)]);
+        let queued = f.queue.queued();
+        let [(events, sticky)] = &queued[..] else {
+            panic!("one queue call: {}", queued.len())
+        };
+        assert_eq!((events.len(), sticky.len()), (2, 2));
+    }
+
+    #[actix::test]
+    async fn assign_all_with_keys_assigns_each_once_and_bounds_the_distinct_keys() {
+        let f = fixture(2);
+        f.running("a").await;
+        f.running("b").await;
+        f.draft("c").await;
+
+        let repeated = keys(&["b", "a", "b", "b", "a"]);
+        let once = f.service.assign_all("u", Some(&repeated), true).unwrap();
+        assert_eq!(experiments(&once), ["b", "a"], "first mention order");
+        let [(events, _)] = &f.queue.queued()[..] else {
+            panic!("one queue call")
+        };
+        assert_eq!(events.len(), 2, "one exposure each");
+
+        let named = f
+            .service
+            .assign_all("u", Some(&keys(&["c"])), false)
+            .unwrap();
+        assert_eq!(
+            named[0].reason(),
+            Reason::NotRunning,
+            "any status when named"
+        );
+
+        let before = f.served();
+        let three = keys(&["a", "b", "c"]);
+        match f.service.assign_all("u", Some(&three), true) {
+            Err(Error::Invalid { field, message }) => {
+                assert_eq!(field, "experiments");
+                assert!(message.contains("at most 2"), "{message}");
+            }
+            other => panic!("{:?}", other.map(|a| a.len())),
+        }
+        let unknown = keys(&["a", "zzz"]);
+        assert!(matches!(
+            f.service.assign_all("u", Some(&unknown), true),
+            Err(Error::ExperimentNotFound(k)) if k == "zzz"
+        ));
+        assert_eq!(f.served(), before, "a refused request counts nothing");
+        assert_eq!(f.queue.queued().len(), 1, "and exposes nothing");
+    }
+
+    #[actix::test]
+    async fn list_pages_in_key_order_and_shows_archived_only_when_asked() {
+        let f = fixture(10);
+        f.draft("a").await;
+        f.with_status("b", &[Action::Archive]).await;
+        f.running("c").await;
+        f.draft("d").await;
+        let page = |status, after, limit| {
+            let page = f.service.list(status, after, limit);
+            let items: Vec<String> = page
+                .items
+                .iter()
+                .map(|c| c.experiment().key.to_string())
+                .collect();
+            (items, page.next.map(|k| k.to_string()))
+        };
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+        assert_eq!(
+            page(None, None, 2),
+            (strings(&["a", "c"]), Some("c".into()))
+        );
+        assert_eq!(page(None, Some("c"), 2), (strings(&["d"]), None));
+        assert_eq!(page(None, None, 3), (strings(&["a", "c", "d"]), None));
+        assert_eq!(
+            page(Some(Status::Archived), None, 10),
+            (strings(&["b"]), None)
+        );
+        assert_eq!(
+            page(Some(Status::Running), None, 10),
+            (strings(&["c"]), None)
+        );
+        assert!(matches!(
+            f.service.get("nope"),
+            Err(Error::ExperimentNotFound(_))
+        ));
+    }
+}
