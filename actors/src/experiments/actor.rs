@@ -18,8 +18,8 @@ use crate::domain::{
     Action, Alert, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, GuardrailStop,
     Status, VariantKey,
 };
-use crate::storage::Store;
-use crate::{Error, Result};
+use crate::storage::{blocking, Store};
+use crate::Result;
 
 /// What the hot path reads for one experiment: the published snapshot and
 /// the units' first exposures.
@@ -85,10 +85,10 @@ impl ExperimentActor {
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
         let store = self.store.clone();
-        let write = tokio::task::spawn_blocking(move || write(&store, &next).map(|()| next));
+        let write = blocking(move || write(&store, &next).map(|()| next));
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
-            |joined, actor: &mut Self, _| {
-                let next = joined.map_err(|_| Error::Unavailable)??;
+            |written, actor: &mut Self, _| {
+                let next = written?;
                 tracing::info!(
                     experiment = %next.key,
                     status = %next.status,
@@ -303,6 +303,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::domain::AlertMetric;
     use crate::storage::StoreOptions;
+    use crate::Error;
 
     const OPTIONS: StoreOptions = StoreOptions {
         dedup_window_ms: 1000,

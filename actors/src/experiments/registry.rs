@@ -14,7 +14,7 @@ use super::actor::{ExperimentActor, Slot};
 use super::assignment::Compiled;
 use crate::clock::Clock;
 use crate::domain::{DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey};
-use crate::storage::Store;
+use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
 /// A live experiment: what readers load and where writers send.
@@ -127,14 +127,14 @@ impl Handler<CreateExperiment> for Catalog {
             &experiment,
             experiment.created_at,
         );
-        let write = tokio::task::spawn_blocking(move || {
+        let write = blocking(move || {
             store
                 .put_experiment(&experiment, Some(&event))
                 .map(|()| experiment)
         });
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
-            |joined, catalog: &mut Self, _| {
-                let experiment = joined.map_err(|_| Error::Unavailable)??;
+            |written, catalog: &mut Self, _| {
+                let experiment = written?;
                 tracing::info!(experiment = %experiment.key, "experiment created");
                 let entry = catalog.registry.start(
                     experiment,
