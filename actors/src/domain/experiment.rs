@@ -19,8 +19,9 @@ const MAX_SALT_BYTES: usize = 128;
 const MAX_FORCED: usize = 10_000;
 const MAX_METRICS: usize = 50;
 
-/// An experiment as stored and as returned by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// An experiment as the engine holds it and the API and webhooks show it.
+/// The store keeps an [`ExperimentRecord`](super::ExperimentRecord).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Experiment {
     /// Unique key, `[a-z0-9_-]{1,64}`.
     pub key: ExperimentKey,
@@ -526,7 +527,7 @@ impl Experiment {
 /// 1,000% is already far beyond any real effect.
 const MAX_MIXING_VARIANCE: f64 = 100.0;
 
-fn default_mixing_variance() -> f64 {
+pub(super) fn default_mixing_variance() -> f64 {
     0.01
 }
 

@@ -14,6 +14,7 @@ mod event;
 mod experiment;
 mod ids;
 mod lifecycle;
+mod records;
 mod sticky;
 mod timeline;
 mod webhook;
@@ -33,6 +34,7 @@ pub use experiment::{
 };
 pub use ids::{AlertId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey};
 pub use lifecycle::{Action, Status};
+pub use records::ExperimentRecord;
 pub use sticky::StickyAssignment;
 pub use timeline::{TimelineSnapshot, VariantFigures, VariantPoint};
 pub use webhook::{

@@ -27,7 +27,8 @@ pub use cf::Cf;
 pub use webhooks::AttemptRecord;
 
 use crate::domain::{
-    AggregateChanges, Bucket, DomainEvent, Event, Experiment, ExperimentKey, StickyAssignment,
+    AggregateChanges, Bucket, DomainEvent, Event, Experiment, ExperimentKey, ExperimentRecord,
+    StickyAssignment,
 };
 use crate::{Error, Result};
 
@@ -178,7 +179,7 @@ impl Store {
         batch.put_cf(
             self.cf(Cf::Experiments),
             experiment.key.as_str(),
-            versioned_json(Cf::Experiments, experiment)?,
+            versioned_json(Cf::Experiments, &ExperimentRecord::from(experiment))?,
         );
         Ok(batch)
     }
@@ -258,7 +259,9 @@ impl Store {
     pub fn experiments(&self) -> Result<Vec<Experiment>> {
         self.db
             .iterator_cf(self.cf(Cf::Experiments), IteratorMode::Start)
-            .map(|item| decode_json(Cf::Experiments, &item?.1))
+            .map(|item| {
+                decode_json::<ExperimentRecord>(Cf::Experiments, &item?.1).map(Experiment::from)
+            })
             .collect()
     }
 
