@@ -6,6 +6,7 @@
 //! `127.0.0.1:0`.
 
 pub mod http;
+mod settings;
 pub mod telemetry;
 
 use std::future::Future;
@@ -14,12 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use abacus_actors::clock::SystemClock;
-use abacus_actors::domain::EventLimits;
-use abacus_actors::ingest::retention::Retention;
-use abacus_actors::ingest::IngestLimits;
-use abacus_actors::webhooks;
-use abacus_actors::{Engine, EngineConfig};
-use abacus_config::{Config, SinkKind};
+use abacus_actors::Engine;
+use abacus_config::Config;
 use actix_web::{web, App, HttpServer};
 
 use crate::http::{auth::Keys, AppState};
@@ -38,19 +35,6 @@ pub enum Error {
     Metrics(String),
 }
 
-/// What one event may carry and when it may have happened.
-fn event_limits(config: &Config) -> EventLimits {
-    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
-    EventLimits {
-        max_abs_value: config.limits.max_abs_value,
-        max_duration_ms: config.limits.max_duration_ms,
-        max_rank: u64::from(config.limits.max_rank),
-        max_property_bytes: config.limits.max_property_bytes,
-        max_age_ms: ms(config.ingest.max_event_age_s),
-        max_skew_ms: ms(config.ingest.max_future_skew_s),
-    }
-}
-
 /// Serves until `shutdown` resolves, then stops accepting, finishes
 /// in-flight requests, drains the engine's mailboxes and flushes RocksDB.
 /// Must run inside an actix system.
@@ -59,55 +43,20 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let engine = Arc::new(
-        Engine::open(
-            EngineConfig {
-                storage_path: config.storage.path.clone(),
-                ingest: IngestLimits {
-                    mailbox_capacity: config.ingest.mailbox_capacity,
-                    flush_interval: Duration::from_millis(config.ingest.flush_interval_ms),
-                    flush_max_events: config.ingest.flush_max_events,
-                    dedup_window: Duration::from_secs(
-                        u64::from(config.ingest.dedup_window_days) * 24 * 3600,
-                    ),
-                    max_measures: config.limits.max_measures,
-                    commit_retries: config.ingest.commit_retries,
-                    commit_retry: Duration::from_millis(config.ingest.commit_retry_ms),
-                },
-                jsonl_path: config
-                    .ingest
-                    .sinks
-                    .contains(&SinkKind::Jsonl)
-                    .then(|| config.ingest.jsonl_path.clone()),
-                retention: (config.storage.retention_days > 0).then(|| Retention {
-                    keep: Duration::from_secs(u64::from(config.storage.retention_days) * 24 * 3600),
-                    max_event_age: Duration::from_secs(config.ingest.max_event_age_s),
-                    every: Duration::from_secs(config.storage.retention_sweep_interval_s),
-                }),
-                events: event_limits(&config),
-                max_assignment_experiments: config.limits.max_assignment_experiments,
-                max_stats_message_bytes: config.limits.max_stats_message_bytes,
-                max_export_page_bytes: config.limits.max_export_page_bytes,
-                monitor_interval: Duration::from_millis(config.results.check_interval_ms),
-                timeline_interval: Duration::from_secs(config.results.timeline_interval_s),
-                webhooks: webhooks::Settings {
-                    allow_private: config.webhooks.allow_private,
-                    timeout: Duration::from_millis(config.webhooks.timeout_ms),
-                    retry_schedule: config
-                        .webhooks
-                        .retry_schedule_ms
-                        .iter()
-                        .map(|&ms| Duration::from_millis(ms))
-                        .collect(),
-                    jitter: config.webhooks.jitter,
-                    disable_after: config.webhooks.disable_after,
-                    max_retry_after: Duration::from_millis(config.webhooks.max_retry_after_ms),
-                },
-            },
-            Arc::new(SystemClock),
-        )
-        .await?,
-    );
+    let engine = Arc::new(Engine::open(settings::engine(&config), Arc::new(SystemClock)).await?);
+    let keys = auth_keys(&config);
+    let metrics = http::prometheus::install().map_err(Error::Metrics)?;
+    let serving = serve(&config, listener, Arc::clone(&engine), keys, metrics)?;
+    shutdown.await;
+    serving.stop().await;
+    tracing::info!("shutdown: draining mailboxes and flushing the store");
+    engine.shutdown().await?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// The API keys, and a loud word when there are none.
+fn auth_keys(config: &Config) -> Keys {
     let keys = Keys::new(&config.auth.admin_keys, &config.auth.ingest_keys);
     if keys.is_open() {
         tracing::warn!("no auth keys configured: the API is OPEN to anyone who can reach it");
@@ -118,7 +67,41 @@ pub async fn run(
             "bearer-key auth enabled"
         );
     }
-    let metrics = http::prometheus::install().map_err(Error::Metrics)?;
+    keys
+}
+
+/// The running HTTP server and what must stop with it.
+struct Serving {
+    engine: Arc<Engine>,
+    handle: actix_web::dev::ServerHandle,
+    server: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    sweeper: actix_web::rt::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Stops accepting and finishes in-flight requests.
+    async fn stop(self) {
+        // Long-lived streams would otherwise hold the graceful stop until
+        // its timeout.
+        self.engine.live().close();
+        tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
+        self.handle.stop(true).await;
+        self.sweeper.abort();
+        if let Ok(Err(e)) = self.server.await {
+            tracing::error!(error = %e, "http server stopped with an error");
+        }
+    }
+}
+
+/// Starts the HTTP server on `listener` with every route, limit and
+/// middleware the configuration asks for.
+fn serve(
+    config: &Config,
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    keys: Keys,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<Serving, Error> {
     let state = web::Data::new(AppState {
         engine: Arc::clone(&engine),
         high_water: config.ingest.high_water,
@@ -165,21 +148,12 @@ pub async fn run(
     let server = server.listen(listener)?.run();
     let handle = server.handle();
     tracing::info!(%addr, "abacus listening");
-
-    let serving = actix_web::rt::spawn(server);
-    shutdown.await;
-    // Long-lived streams would otherwise hold the graceful stop until its timeout.
-    engine.live().close();
-    tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
-    handle.stop(true).await;
-    sweeper.abort();
-    if let Ok(Err(e)) = serving.await {
-        tracing::error!(error = %e, "http server stopped with an error");
-    }
-    tracing::info!("shutdown: draining mailboxes and flushing the store");
-    engine.shutdown().await?;
-    tracing::info!("shutdown complete");
-    Ok(())
+    Ok(Serving {
+        engine,
+        handle,
+        server: actix_web::rt::spawn(server),
+        sweeper,
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.
