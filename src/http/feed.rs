@@ -36,9 +36,9 @@ pub struct Feed {
 impl Feed {
     /// Subscribes, replaying kept messages after `after`.
     pub fn open(live: &Arc<Live>, after: Option<u64>, experiment: Option<String>) -> Self {
-        let subscription = live.subscribe(after);
+        let listener = live.subscribe(after);
         let experiment: Option<Arc<str>> = experiment.map(Into::into);
-        let replay: Vec<_> = subscription
+        let replay: Vec<_> = listener
             .replay
             .into_iter()
             .filter(|m| wanted(experiment.as_deref(), m))
@@ -47,7 +47,7 @@ impl Feed {
             live: Arc::clone(live),
             seen: replay.last().map_or(0, |m| m.id),
             replay: replay.into_iter(),
-            receiver: subscription.receiver,
+            receiver: listener.receiver,
             experiment,
             done: false,
         }

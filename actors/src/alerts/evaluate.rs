@@ -9,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use time::OffsetDateTime;
 
-use super::signals::Snapshot;
+use super::signals::SignalCounts;
 use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
 use crate::domain::{
@@ -28,7 +28,7 @@ type Key = (RuleId, String);
 
 /// One second's cumulative server counters.
 struct Sample {
-    signals: Snapshot,
+    signals: SignalCounts,
     rejections: u64,
     accepted: u64,
 }
@@ -288,7 +288,7 @@ impl AlertActor {
     }
 
     /// The rule's window: server counters and refused events.
-    fn window(&self, rule: &AlertRule) -> (Snapshot, u64) {
+    fn window(&self, rule: &AlertRule) -> (SignalCounts, u64) {
         let (last, first, _) = self.span(rule.window_s);
         (
             last.signals.since(&first.signals),

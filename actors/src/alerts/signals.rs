@@ -35,7 +35,7 @@ impl Default for Signals {
 
 /// A copy of the counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Snapshot {
+pub struct SignalCounts {
     /// Responses sent.
     pub requests: u64,
     /// Responses with status >= 400.
@@ -61,8 +61,8 @@ impl Signals {
     }
 
     /// The counters now.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
+    pub fn snapshot(&self) -> SignalCounts {
+        SignalCounts {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             latency: load(&self.latency),
@@ -71,10 +71,10 @@ impl Signals {
     }
 }
 
-impl Snapshot {
+impl SignalCounts {
     /// What happened between `earlier` and this snapshot.
-    pub fn since(&self, earlier: &Snapshot) -> Snapshot {
-        Snapshot {
+    pub fn since(&self, earlier: &SignalCounts) -> SignalCounts {
+        SignalCounts {
             requests: self.requests.saturating_sub(earlier.requests),
             errors: self.errors.saturating_sub(earlier.errors),
             latency: minus(&self.latency, &earlier.latency),
@@ -152,7 +152,7 @@ mod tests {
         let p95 = window.event_latency_ms(0.95).unwrap();
         assert!((95.0..=95.0 * GROWTH).contains(&p95), "{p95}");
         assert_eq!(
-            Snapshot {
+            SignalCounts {
                 event_latency: vec![0; BUCKETS],
                 ..window
             }

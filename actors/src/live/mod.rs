@@ -62,7 +62,7 @@ impl Default for Live {
 }
 
 /// A client's view: what to replay, then the live receiver.
-pub struct Subscription {
+pub struct Listener {
     /// Kept messages after the client's `Last-Event-ID`, oldest first.
     pub replay: Vec<Arc<LiveMessage>>,
     /// Everything published from now on (may repeat the tail of `replay`;
@@ -95,14 +95,14 @@ impl Live {
     }
 
     /// Subscribes, replaying kept messages after `after`.
-    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+    pub fn subscribe(&self, after: Option<u64>) -> Listener {
         let recent = self.recent.lock();
         let receiver = self.tx.subscribe();
         let replay = match (after, recent) {
             (Some(after), Ok(recent)) => recent.iter().filter(|m| m.id > after).cloned().collect(),
             _ => Vec::new(),
         };
-        Subscription { replay, receiver }
+        Listener { replay, receiver }
     }
 
     /// Ends every stream (at shutdown, so long-lived requests do not hold
