@@ -96,7 +96,8 @@ impl Engine {
         if let Some(retention) = config.retention {
             retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }
-        let webhooks = Arc::new(Webhooks::start(store.clone(), config.webhooks).await?);
+        let webhooks =
+            Arc::new(Webhooks::start(store.clone(), config.webhooks, Arc::clone(&clock)).await?);
         let live = Arc::new(Live::default());
         let board = Arc::new(Board::default());
         figures::spawn(

@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use actix::prelude::*;
-use time::OffsetDateTime;
 
 pub use guard::is_public;
 pub use signature::Secret;
 
 use self::subscriber::{Enable, Snapshot, Subscriber};
+use crate::clock::Clock;
 use crate::domain::{
     DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Webhook, WebhookIn, WebhookOut,
 };
@@ -74,12 +74,15 @@ pub struct Webhooks {
     settings: Arc<Settings>,
     client: reqwest::Client,
     entries: Entries,
+    /// Every "now" of the subsystem: creation times, delivery timestamps
+    /// and signatures, retry schedules, disables.
+    clock: Arc<dyn Clock>,
 }
 
 impl Webhooks {
     /// Starts an actor per stored subscription and the dispatcher. Must run
     /// inside an actix system.
-    pub async fn start(store: Store, settings: Settings) -> Result<Self> {
+    pub async fn start(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> Result<Self> {
         // Resolves names through the SSRF guard: it connects only to
         // addresses the guard allows.
         let client = guard::client(settings.timeout, settings.allow_private)
@@ -89,6 +92,7 @@ impl Webhooks {
             settings: Arc::new(settings),
             client,
             entries: Arc::default(),
+            clock,
         };
         let stored = blocking(move || store.subscriptions()).await?;
         for subscription in stored {
@@ -112,6 +116,7 @@ impl Webhooks {
                 Arc::clone(&self.settings),
                 enabled,
                 deleted,
+                Arc::clone(&self.clock),
             )
             .start(),
         };
@@ -158,7 +163,7 @@ impl Webhooks {
             events,
             description: input.description,
             secret: secret.clone(),
-            created_at: OffsetDateTime::now_utc(),
+            created_at: self.clock.now(),
             disabled: None,
             stats: DeliveryStats::default(),
         };
@@ -244,7 +249,7 @@ impl Webhooks {
     /// Queues a `webhook.test` for one subscription; returns its message id.
     pub async fn test(&self, id: &str) -> Result<String> {
         self.entry(id)?;
-        let event = DomainEvent::test(id, OffsetDateTime::now_utc());
+        let event = DomainEvent::test(id, self.clock.now());
         let message_id = event.id.clone();
         let store = self.store.clone();
         blocking(move || store.append_outbox(&event)).await?;
@@ -271,3 +276,4 @@ impl Webhooks {
         blocking(move || store.attempts(&owned, before, limit)).await
     }
 }
+

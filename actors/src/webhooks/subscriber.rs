@@ -13,8 +13,9 @@ use time::OffsetDateTime;
 use super::guard::check_target;
 use super::signature::Secret;
 use super::Settings;
+use crate::clock::Clock;
 use crate::domain::{unix_ms, DeliveryAttempt, Disabled, Webhook, WebhookMessage};
-use crate::storage::{AttemptRecord, Store};
+use crate::storage::{blocking, AttemptRecord, Store};
 use crate::{Error, Result};
 
 /// Owns one subscription's deliveries.
@@ -28,6 +29,8 @@ pub struct Subscriber {
     enabled: Arc<AtomicBool>,
     /// Set (under its lock) once the subscription is deleted.
     deleted: Arc<Mutex<bool>>,
+    /// When messages are due, and the time stamped on attempts.
+    clock: Arc<dyn Clock>,
     /// A delivery (or the read before it) is in progress.
     busy: bool,
     /// A retry is scheduled.
@@ -45,6 +48,7 @@ impl Subscriber {
         settings: Arc<Settings>,
         enabled: Arc<AtomicBool>,
         deleted: Arc<Mutex<bool>>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         enabled.store(subscription.disabled.is_none(), Ordering::Release);
         Self {
@@ -55,6 +59,7 @@ impl Subscriber {
             settings,
             enabled,
             deleted,
+            clock,
             busy: false,
             timer: None,
             cursor: 0,
@@ -94,6 +99,7 @@ impl Handler<Wake> for Subscriber {
             settings: Arc::clone(&self.settings),
             from: self.cursor,
             deleted: Arc::clone(&self.deleted),
+            clock: Arc::clone(&self.clock),
         };
         ctx.spawn(
             job.run()
@@ -139,11 +145,10 @@ impl Handler<Enable> for Subscriber {
         next.disabled = None;
         next.stats.consecutive_failed_messages = 0;
         let store = self.store.clone();
-        let write =
-            tokio::task::spawn_blocking(move || store.put_subscription(&next).map(|()| next));
+        let write = blocking(move || store.put_subscription(&next).map(|()| next));
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
-            |joined, actor: &mut Self, ctx: &mut Context<Self>| {
-                let next = joined.map_err(|_| Error::Unavailable)??;
+            |written, actor: &mut Self, ctx: &mut Context<Self>| {
+                let next = written?;
                 actor.subscription = next.clone();
                 actor.enabled.store(true, Ordering::Release);
                 tracing::info!(subscription = %next.id, "webhook subscription enabled");
@@ -188,6 +193,7 @@ struct Delivery {
     /// Read the queue from this position.
     from: u64,
     deleted: Arc<Mutex<bool>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// What the endpoint did with one attempt.
@@ -203,25 +209,23 @@ impl Delivery {
         let store = self.store.clone();
         let id = self.subscription.id.clone();
         let from = self.from;
-        let head = tokio::task::spawn_blocking(move || store.queue_head(&id, from))
-            .await
-            .map_err(|_| Error::Unavailable)??;
+        let head = blocking(move || store.queue_head(&id, from)).await?;
         let Some((seq, message)) = head else {
             return Ok(Step::Idle);
         };
-        let now_ms = unix_ms(OffsetDateTime::now_utc());
+        let now_ms = unix_ms(self.clock.now());
         if message.next_attempt_ms > now_ms {
             let wait = u64::try_from(message.next_attempt_ms - now_ms).unwrap_or(0);
             return Ok(Step::Wait(Duration::from_millis(wait)));
         }
-        let sent_at = OffsetDateTime::now_utc();
+        let sent_at = self.clock.now();
         let response = self.send(&message, sent_at).await;
         let (subscription, retry, attempt) = self.account(message, response, sent_at);
         let next = if retry.is_some() { seq } else { seq + 1 };
         let store = self.store.clone();
         let recorded = subscription.clone();
         let deleted = Arc::clone(&self.deleted);
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let deleted = deleted.lock().map_err(|_| Error::Unavailable)?;
             if *deleted {
                 return Ok(());
@@ -233,13 +237,14 @@ impl Delivery {
                 attempt: &attempt,
             })
         })
-        .await
-        .map_err(|_| Error::Unavailable)??;
+        .await?;
         Ok(Step::Attempted(Box::new(subscription), next))
     }
 
     /// One HTTP attempt. Never follows redirects; bounded by the timeout.
     async fn send(&self, message: &WebhookMessage, at: OffsetDateTime) -> Response {
+        // Latency is an interval on the monotonic clock, not a time of
+        // day, so it does not come from `self.clock`.
         let started = Instant::now();
         let fail = |error: String| Response {
             status: None,
@@ -395,3 +400,4 @@ impl Handler<Stop> for Subscriber {
         ctx.stop();
     }
 }
+
