@@ -277,3 +277,176 @@ impl Webhooks {
     }
 }
 
+/// A scripted HTTP endpoint on 127.0.0.1 for the delivery tests.
+#[cfg(test)]
+mod testing {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A request the endpoint received.
+    #[derive(Debug)]
+    pub(super) struct Received {
+        /// Header names in lower case, with their values.
+        pub headers: Vec<(String, String)>,
+        pub body: String,
+    }
+
+    impl Received {
+        /// The value of header `name` (lower case).
+        pub fn header(&self, name: &str) -> &str {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, v)| v.as_str())
+        }
+    }
+
+    /// Listens on an ephemeral port of 127.0.0.1 (no traffic leaves the
+    /// machine) and answers the n-th request with `script[n]`, a status
+    /// and extra header lines; the last entry repeats.
+    pub(super) struct Endpoint {
+        pub url: String,
+        received: mpsc::Receiver<Received>,
+    }
+
+    impl Endpoint {
+        pub fn new(script: &[(u16, &'static str)]) -> Self {
+            let script = script.to_vec();
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = listener.local_addr().expect("address").port();
+            let (tx, received) = mpsc::channel();
+            std::thread::spawn(move || {
+                for (n, stream) in listener.incoming().enumerate() {
+                    let Ok(stream) = stream else { return };
+                    let (status, extra) = script[n.min(script.len() - 1)];
+                    let mut reader = BufReader::new(stream);
+                    let Some(request) = read(&mut reader) else {
+                        continue;
+                    };
+                    // Reported before the answer, so a recorded attempt's
+                    // request is always already here.
+                    if tx.send(request).is_err() {
+                        return;
+                    }
+                    let _ = write!(
+                        reader.get_mut(),
+                        "HTTP/1.1 {status} Scripted\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                }
+            });
+            Self {
+                url: format!("http://127.0.0.1:{port}/hook"),
+                received,
+            }
+        }
+
+        /// The next request, waiting for it up to 5 s. Blocks the thread:
+        /// for requests already made, or made by another thread.
+        pub fn next(&self) -> Received {
+            self.received
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a request within 5 s")
+        }
+
+        /// The next request, polled for up to 5 s without blocking the
+        /// thread (the actors delivering it may share it).
+        pub async fn arrival(&self) -> Received {
+            for _ in 0..500 {
+                if let Ok(request) = self.received.try_recv() {
+                    return request;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no request within 5 s");
+        }
+
+        /// Whether no request is waiting to be taken (does not wait).
+        pub fn is_quiet(&self) -> bool {
+            self.received.try_recv().is_err()
+        }
+    }
+
+    fn read(reader: &mut impl BufRead) -> Option<Received> {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).ok()?;
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        let length = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).ok()?;
+        Some(Received {
+            headers,
+            body: String::from_utf8(body).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::testing::Endpoint;
+    use super::*;
+    use crate::clock::ManualClock;
+
+    /// The subsystem's times come from its clock, end to end: creation,
+    /// the test message's event, and the delivery's signed timestamp.
+    #[actix::test]
+    async fn a_test_message_reaches_the_endpoint_stamped_by_the_clock() {
+        let (_dir, store) = Store::temporary();
+        let t0 = datetime!(2030-01-01 00:00 UTC);
+        let clock = Arc::new(ManualClock::new(t0));
+        let settings = Settings {
+            allow_private: true,
+            timeout: Duration::from_secs(5),
+            retry_schedule: Vec::new(),
+            jitter: 0.0,
+            disable_after: 1,
+            max_retry_after: Duration::from_secs(1),
+        };
+        let webhooks = Webhooks::start(store.clone(), settings, clock.clone())
+            .await
+            .unwrap();
+        let endpoint = Endpoint::new(&[(200, "")]);
+        let input = WebhookIn {
+            url: endpoint.url.clone(),
+            events: vec![DomainEventKind::WebhookTest],
+            description: None,
+        };
+        let (created, _secret) = webhooks.create(input).await.unwrap();
+        assert_eq!(created.created_at, t0);
+
+        clock.advance(Duration::from_secs(30));
+        let sent = webhooks.test(&created.id).await.unwrap();
+        let outbox = store.outbox(0, 10).unwrap();
+        assert_eq!(outbox.last().map(|(_, e)| e.at), Some(clock.now()));
+
+        // The dispatcher and the subscriber deliver it on their own.
+        let request = endpoint.arrival().await;
+        assert_eq!(request.header("webhook-id"), sent);
+        assert_eq!(
+            request.header("webhook-timestamp"),
+            clock.now().unix_timestamp().to_string()
+        );
+        for _ in 0..500 {
+            if webhooks.get(&created.id).await.unwrap().stats.delivered == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the delivery was not recorded within 5 s");
+    }
+}

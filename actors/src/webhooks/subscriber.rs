@@ -401,3 +401,389 @@ impl Handler<Stop> for Subscriber {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::super::guard;
+    use super::super::testing::{Endpoint, Received};
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::domain::{DeliveryStats, DomainEventKind};
+
+    const T0: OffsetDateTime = datetime!(2030-01-01 00:00 UTC);
+    const ID: &str = "wh_test";
+    const OK: (u16, &str) = (204, "");
+    const FAIL: (u16, &str) = (500, "");
+
+    /// Private targets allowed (the endpoint is on 127.0.0.1), no jitter
+    /// so delays are exact.
+    fn settings(retry_schedule: &[u64], disable_after: u32) -> Arc<Settings> {
+        Arc::new(Settings {
+            allow_private: true,
+            timeout: Duration::from_secs(5),
+            retry_schedule: retry_schedule
+                .iter()
+                .map(|&s| Duration::from_secs(s))
+                .collect(),
+            jitter: 0.0,
+            disable_after,
+            max_retry_after: Duration::from_secs(300),
+        })
+    }
+
+    fn subscription(url: &str) -> Webhook {
+        Webhook {
+            id: ID.into(),
+            url: url.into(),
+            events: vec![DomainEventKind::WebhookTest],
+            description: None,
+            secret: Secret::generate().1,
+            created_at: T0,
+            disabled: None,
+            stats: DeliveryStats::default(),
+        }
+    }
+
+    /// Queues messages `msg_{seq}` at positions `seqs`, due at once.
+    fn enqueue(store: &Store, seqs: &[u64]) {
+        let messages: Vec<_> = seqs
+            .iter()
+            .map(|&seq| {
+                let message = WebhookMessage {
+                    id: format!("msg_{seq}"),
+                    kind: DomainEventKind::WebhookTest,
+                    body: format!(r#"{{"n":{seq}}}"#),
+                    attempts: 0,
+                    next_attempt_ms: 0,
+                };
+                (ID, seq, message)
+            })
+            .collect();
+        store.enqueue(&messages, seqs[seqs.len() - 1]).unwrap();
+    }
+
+    /// One subscription's queue, driven a turn at a time.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Store,
+        clock: Arc<ManualClock>,
+        settings: Arc<Settings>,
+        client: reqwest::Client,
+        endpoint: Endpoint,
+        subscription: Webhook,
+        cursor: u64,
+    }
+
+    impl Fixture {
+        fn new(script: &[(u16, &'static str)], settings: Arc<Settings>) -> Self {
+            let (dir, store) = Store::temporary();
+            let endpoint = Endpoint::new(script);
+            let subscription = subscription(&endpoint.url);
+            store.put_subscription(&subscription).unwrap();
+            Self {
+                _dir: dir,
+                store,
+                clock: Arc::new(ManualClock::new(T0)),
+                client: guard::client(settings.timeout, true).unwrap(),
+                settings,
+                endpoint,
+                subscription,
+                cursor: 0,
+            }
+        }
+
+        /// One turn of the queue, as the actor runs it; keeps what it
+        /// would keep.
+        async fn turn(&mut self) -> Step {
+            let delivery = Delivery {
+                subscription: self.subscription.clone(),
+                secret: Secret::parse(&self.subscription.secret),
+                store: self.store.clone(),
+                client: self.client.clone(),
+                settings: Arc::clone(&self.settings),
+                from: self.cursor,
+                deleted: Arc::default(),
+                clock: self.clock.clone(),
+            };
+            let step = delivery.run().await.unwrap();
+            if let Step::Attempted(subscription, cursor) = &step {
+                self.subscription = (**subscription).clone();
+                self.cursor = *cursor;
+            }
+            step
+        }
+
+        /// A turn that must make an attempt; returns it as logged.
+        async fn attempt(&mut self) -> DeliveryAttempt {
+            let step = self.turn().await;
+            assert!(matches!(step, Step::Attempted(..)), "{}", describe(&step));
+            let (mut log, _) = self.store.attempts(ID, None, 1).unwrap();
+            log.pop().expect("the attempt is logged")
+        }
+
+        fn head(&self) -> Option<(u64, WebhookMessage)> {
+            self.store.queue_head(ID, 0).unwrap()
+        }
+
+        fn now_ms(&self) -> i64 {
+            unix_ms(self.clock.now())
+        }
+    }
+
+    fn describe(step: &Step) -> String {
+        match step {
+            Step::Idle => "idle".into(),
+            Step::Wait(d) => format!("wait {d:?}"),
+            Step::Attempted(_, cursor) => format!("attempted, next from {cursor}"),
+        }
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[tokio::test]
+    async fn a_delivered_message_leaves_the_queue_signed_and_stamped_with_the_clocks_time() {
+        let mut f = Fixture::new(&[OK], settings(&[60], 5));
+        enqueue(&f.store, &[7]);
+        f.clock.advance(secs(5));
+        let sent_at = f.clock.now();
+
+        let attempt = f.attempt().await;
+        assert_eq!(
+            (attempt.attempt, attempt.at, attempt.status_code),
+            (1, sent_at, Some(204))
+        );
+        assert_eq!(
+            (attempt.outcome.as_str(), attempt.error),
+            ("delivered", None)
+        );
+        assert_eq!(f.cursor, 8, "the queue moves past the message");
+        assert_eq!(f.store.queue_len(ID).unwrap(), 0);
+        let stats = &f.subscription.stats;
+        assert_eq!(
+            (
+                stats.attempts,
+                stats.successes,
+                stats.delivered,
+                stats.failures
+            ),
+            (1, 1, 1, 0)
+        );
+        assert_eq!(f.store.subscriptions().unwrap(), [f.subscription.clone()]);
+
+        let request: Received = f.endpoint.next();
+        let timestamp = sent_at.unix_timestamp();
+        assert_eq!(request.header("webhook-id"), "msg_7");
+        assert_eq!(request.header("webhook-timestamp"), timestamp.to_string());
+        let secret = Secret::parse(&f.subscription.secret).unwrap();
+        assert_eq!(
+            request.header("webhook-signature"),
+            secret.sign("msg_7", timestamp, request.body.as_bytes())
+        );
+        assert_eq!(request.body, r#"{"n":7}"#);
+
+        assert!(matches!(f.turn().await, Step::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_failed_attempt_is_retried_on_the_schedule_as_the_clock_reaches_it() {
+        let mut f = Fixture::new(&[FAIL, (503, ""), OK], settings(&[60, 600], 5));
+        enqueue(&f.store, &[1]);
+        let t0 = f.now_ms();
+
+        let first = f.attempt().await;
+        assert_eq!(
+            (first.outcome.as_str(), first.status_code),
+            ("retrying", Some(500))
+        );
+        assert_eq!(first.error.as_deref(), Some("HTTP 500"));
+        assert_eq!(f.cursor, 1, "the message stays at the head");
+        let (_, kept) = f.head().unwrap();
+        assert_eq!((kept.attempts, kept.next_attempt_ms), (1, t0 + 60_000));
+        f.endpoint.next();
+
+        // Not due yet: the turn says how long to wait, and sends nothing.
+        f.clock.advance(secs(59));
+        let step = f.turn().await;
+        assert!(
+            matches!(step, Step::Wait(d) if d == secs(1)),
+            "{}",
+            describe(&step)
+        );
+        assert!(f.endpoint.is_quiet());
+
+        f.clock.advance(secs(1));
+        let second = f.attempt().await;
+        assert_eq!((second.attempt, second.outcome.as_str()), (2, "retrying"));
+        let (_, kept) = f.head().unwrap();
+        assert_eq!(
+            kept.next_attempt_ms,
+            t0 + 60_000 + 600_000,
+            "the next delay"
+        );
+        f.endpoint.next();
+
+        f.clock.advance(secs(600));
+        let third = f.attempt().await;
+        assert_eq!((third.attempt, third.outcome.as_str()), (3, "delivered"));
+        assert!(f.head().is_none());
+        let stats = &f.subscription.stats;
+        assert_eq!(
+            (
+                stats.attempts,
+                stats.failures,
+                stats.delivered,
+                stats.failed_messages
+            ),
+            (3, 2, 1, 0)
+        );
+        assert_eq!(stats.last_error.as_deref(), Some("HTTP 503"));
+    }
+
+    /// `Retry-After` may lengthen a delay, never beyond `max_retry_after`.
+    #[tokio::test]
+    async fn retry_after_lengthens_the_delay_up_to_its_bound() {
+        let script = [
+            (429, "retry-after: 120\r\n"),
+            (429, "retry-after: 86400\r\n"),
+            (429, "retry-after: 1\r\n"),
+        ];
+        let mut f = Fixture::new(&script, settings(&[60, 60, 60], 5));
+        enqueue(&f.store, &[1]);
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            let before = f.now_ms();
+            f.attempt().await;
+            let (_, kept) = f.head().unwrap();
+            delays.push((kept.next_attempt_ms - before) / 1000);
+            f.clock.set(
+                OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(kept.next_attempt_ms) * 1_000_000,
+                )
+                .unwrap(),
+            );
+        }
+        assert_eq!(delays, [120, 300, 60]);
+    }
+
+    #[tokio::test]
+    async fn enough_messages_failing_every_retry_in_a_row_disable_the_subscription() {
+        // Message 1 fails twice (for good), 2 is delivered, 3 and 4 fail
+        // twice each: the second failure in a row disables.
+        let script = [FAIL, FAIL, OK, FAIL, FAIL, FAIL, FAIL];
+        let mut f = Fixture::new(&script, settings(&[60], 2));
+        enqueue(&f.store, &[1, 2, 3, 4, 5]);
+        let mut outcomes = Vec::new();
+        let mut in_a_row = Vec::new();
+        while f.subscription.disabled.is_none() {
+            let attempt = f.attempt().await;
+            outcomes.push(format!("{} {}", attempt.message_id, attempt.outcome));
+            in_a_row.push(f.subscription.stats.consecutive_failed_messages);
+            f.clock.advance(secs(60));
+            assert!(outcomes.len() < 10, "{outcomes:?}");
+        }
+        assert_eq!(
+            outcomes,
+            [
+                "msg_1 retrying",
+                "msg_1 failed",
+                "msg_2 delivered",
+                "msg_3 retrying",
+                "msg_3 failed",
+                "msg_4 retrying",
+                "msg_4 failed"
+            ]
+        );
+        assert_eq!(in_a_row, [0, 1, 0, 0, 1, 1, 2]);
+        let disabled = f.subscription.disabled.clone().unwrap();
+        assert_eq!(disabled.reason, "failing");
+        assert_eq!(
+            disabled.at,
+            f.clock.now() - secs(60),
+            "the last attempt's time"
+        );
+        let stats = &f.subscription.stats;
+        assert_eq!((stats.failed_messages, stats.delivered), (3, 1));
+        assert_eq!(f.store.queue_len(ID).unwrap(), 1, "message 5 waits");
+        assert_eq!(f.store.subscriptions().unwrap()[0].disabled, Some(disabled));
+    }
+
+    #[tokio::test]
+    async fn a_gone_endpoint_disables_at_once_and_the_message_is_kept() {
+        let mut f = Fixture::new(&[(410, "")], settings(&[60], 5));
+        enqueue(&f.store, &[1]);
+        f.clock.advance(secs(30));
+        let attempt = f.attempt().await;
+        assert_eq!(attempt.outcome, "disabled");
+        let disabled = f.subscription.disabled.clone().unwrap();
+        assert_eq!(
+            (disabled.reason.as_str(), disabled.at),
+            ("gone", f.clock.now())
+        );
+        let (_, kept) = f.head().expect("kept for when it is enabled again");
+        assert_eq!(kept.next_attempt_ms, f.now_ms(), "due at once then");
+    }
+
+    /// Polls the actor until `done` holds (for up to 5 s).
+    async fn until(addr: &Addr<Subscriber>, done: impl Fn(&Webhook) -> bool) -> Webhook {
+        for _ in 0..500 {
+            let subscription = addr.send(Snapshot).await.unwrap();
+            if done(&subscription) {
+                return subscription;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not reached within 5 s: {:?}", addr.send(Snapshot).await);
+    }
+
+    #[actix::test]
+    async fn the_actor_stops_delivering_when_disabled_and_resumes_when_enabled() {
+        let f = Fixture::new(&[FAIL, FAIL, OK], settings(&[], 2));
+        enqueue(&f.store, &[1, 2, 3]);
+        f.clock.advance(secs(10));
+        let enabled = Arc::new(AtomicBool::new(true));
+        let addr = Subscriber::new(
+            f.subscription.clone(),
+            f.store.clone(),
+            f.client.clone(),
+            Arc::clone(&f.settings),
+            Arc::clone(&enabled),
+            Arc::default(),
+            f.clock.clone(),
+        )
+        .start();
+
+        // With no retries each failure is final: two in a row disable.
+        let disabled = until(&addr, |s| s.disabled.is_some()).await;
+        let stop = disabled.disabled.as_ref().unwrap();
+        assert_eq!((stop.reason.as_str(), stop.at), ("failing", f.clock.now()));
+        assert!(!enabled.load(Ordering::Acquire), "the dispatcher is told");
+        let ids: Vec<_> = (0..2)
+            .map(|_| f.endpoint.next().header("webhook-id").to_owned())
+            .collect();
+        assert_eq!(ids, ["msg_1", "msg_2"], "in queue order");
+
+        // A wake-up while disabled is handled at once and sends nothing.
+        addr.send(Wake).await.unwrap();
+        addr.send(Snapshot).await.unwrap();
+        assert!(f.endpoint.is_quiet());
+        assert_eq!(f.store.queue_len(ID).unwrap(), 1);
+
+        let on = addr.send(Enable).await.unwrap().unwrap();
+        assert_eq!(on.disabled, None);
+        assert_eq!(on.stats.consecutive_failed_messages, 0);
+        assert!(enabled.load(Ordering::Acquire));
+        assert_eq!(
+            f.store.subscriptions().unwrap()[0].disabled,
+            None,
+            "persisted"
+        );
+
+        let delivered = until(&addr, |s| s.stats.delivered == 1).await;
+        assert_eq!(f.endpoint.next().header("webhook-id"), "msg_3");
+        assert_eq!(delivered.stats.failed_messages, 2);
+        assert_eq!(f.store.queue_len(ID).unwrap(), 0);
+    }
+}
