@@ -12,7 +12,6 @@ pub mod telemetry;
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use abacus_actors::clock::SystemClock;
 use abacus_actors::Engine;
@@ -107,13 +106,13 @@ fn serve(
         high_water: config.ingest.high_water,
     });
     let metrics = web::Data::new(metrics);
-    let slow = web::Data::new(http::observe::SlowRequest(Duration::from_millis(
-        config.server.slow_request_ms,
-    )));
+    let slow = web::Data::new(http::observe::SlowRequest(
+        config.server.slow_request_ms.get(),
+    ));
     let limits = http::Limits {
         body_bytes: config.server.max_body_bytes,
         max_batch: config.ingest.max_batch,
-        body_timeout: Duration::from_millis(config.server.body_timeout_ms),
+        body_timeout: config.server.body_timeout_ms.get(),
     };
     let rates = http::limits::RateLimits::new(
         config.limits.ingest_rps,
@@ -137,10 +136,18 @@ fn serve(
     })
     .disable_signals()
     .max_connections(config.server.max_connections)
-    .client_request_timeout(Duration::from_millis(
-        config.server.client_request_timeout_ms,
-    ))
-    .shutdown_timeout(config.server.shutdown_timeout_ms.div_ceil(1000));
+    .client_request_timeout(config.server.client_request_timeout_ms.get())
+    .shutdown_timeout(
+        u64::try_from(
+            config
+                .server
+                .shutdown_timeout_ms
+                .get()
+                .as_millis()
+                .div_ceil(1000),
+        )
+        .unwrap_or(u64::MAX),
+    );
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }

@@ -23,15 +23,15 @@ pub fn engine(config: &Config) -> EngineConfig {
             .then(|| config.ingest.jsonl_path.clone()),
         retention: (config.storage.retention_days > 0).then(|| Retention {
             keep: days(config.storage.retention_days),
-            max_event_age: Duration::from_secs(config.ingest.max_event_age_s),
-            every: Duration::from_secs(config.storage.retention_sweep_interval_s),
+            max_event_age: config.ingest.max_event_age_s.get(),
+            every: config.storage.retention_sweep_interval_s.get(),
         }),
         events: event_limits(config),
         max_assignment_experiments: config.limits.max_assignment_experiments,
         max_stats_message_bytes: config.limits.max_stats_message_bytes,
         max_export_page_bytes: config.limits.max_export_page_bytes,
-        monitor_interval: Duration::from_millis(config.results.check_interval_ms),
-        timeline_interval: Duration::from_secs(config.results.timeline_interval_s),
+        monitor_interval: config.results.check_interval_ms.get(),
+        timeline_interval: config.results.timeline_interval_s.get(),
         webhooks: webhooks_settings(config),
     }
 }
@@ -40,25 +40,25 @@ pub fn engine(config: &Config) -> EngineConfig {
 fn ingest(config: &Config) -> IngestLimits {
     IngestLimits {
         mailbox_capacity: config.ingest.mailbox_capacity,
-        flush_interval: Duration::from_millis(config.ingest.flush_interval_ms),
+        flush_interval: config.ingest.flush_interval_ms.get(),
         flush_max_events: config.ingest.flush_max_events,
         dedup_window: days(config.ingest.dedup_window_days),
         max_measures: config.limits.max_measures,
         commit_retries: config.ingest.commit_retries,
-        commit_retry: Duration::from_millis(config.ingest.commit_retry_ms),
+        commit_retry: config.ingest.commit_retry_ms.get(),
     }
 }
 
 /// What one event may carry and when it may have happened.
 fn event_limits(config: &Config) -> EventLimits {
-    let ms = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     EventLimits {
         max_abs_value: config.limits.max_abs_value,
         max_duration_ms: config.limits.max_duration_ms,
         max_rank: u64::from(config.limits.max_rank),
         max_property_bytes: config.limits.max_property_bytes,
-        max_age_ms: ms(config.ingest.max_event_age_s),
-        max_skew_ms: ms(config.ingest.max_future_skew_s),
+        max_age_ms: ms(config.ingest.max_event_age_s.get()),
+        max_skew_ms: ms(config.ingest.max_future_skew_s.get()),
     }
 }
 
@@ -66,16 +66,16 @@ fn event_limits(config: &Config) -> EventLimits {
 fn webhooks_settings(config: &Config) -> webhooks::Settings {
     webhooks::Settings {
         allow_private: config.webhooks.allow_private,
-        timeout: Duration::from_millis(config.webhooks.timeout_ms),
+        timeout: config.webhooks.timeout_ms.get(),
         retry_schedule: config
             .webhooks
             .retry_schedule_ms
             .iter()
-            .map(|&ms| Duration::from_millis(ms))
+            .map(|ms| ms.get())
             .collect(),
         jitter: config.webhooks.jitter,
         disable_after: config.webhooks.disable_after,
-        max_retry_after: Duration::from_millis(config.webhooks.max_retry_after_ms),
+        max_retry_after: config.webhooks.max_retry_after_ms.get(),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -69,6 +70,67 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Declares a duration type the configuration writes as a whole number
+/// of one unit. A positive one refuses 0 while the configuration is read,
+/// so the error names the key and no later check can be forgotten.
+macro_rules! duration_type {
+    ($(#[$doc:meta])* $name:ident, $from:path, positive: $positive:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+        #[serde(try_from = "u64", into = "u64")]
+        pub struct $name(u64);
+
+        impl $name {
+            /// The duration.
+            pub fn get(self) -> Duration {
+                $from(self.0)
+            }
+        }
+
+        impl TryFrom<u64> for $name {
+            type Error = &'static str;
+            fn try_from(n: u64) -> std::result::Result<Self, Self::Error> {
+                if $positive && n == 0 {
+                    Err("must be positive")
+                } else {
+                    Ok(Self(n))
+                }
+            }
+        }
+
+        impl From<$name> for u64 {
+            fn from(d: $name) -> u64 {
+                d.0
+            }
+        }
+    };
+}
+
+duration_type!(
+    /// Milliseconds, 0 allowed.
+    Millis,
+    Duration::from_millis,
+    positive: false
+);
+duration_type!(
+    /// Milliseconds, more than 0.
+    PositiveMillis,
+    Duration::from_millis,
+    positive: true
+);
+duration_type!(
+    /// Seconds, 0 allowed.
+    Seconds,
+    Duration::from_secs,
+    positive: false
+);
+duration_type!(
+    /// Seconds, more than 0.
+    PositiveSeconds,
+    Duration::from_secs,
+    positive: true
+);
+
 /// `[server]`: the HTTP listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -80,15 +142,15 @@ pub struct ServerConfig {
     /// Largest accepted request body in bytes.
     pub max_body_bytes: usize,
     /// Upper bound on a graceful shutdown.
-    pub shutdown_timeout_ms: u64,
+    pub shutdown_timeout_ms: PositiveMillis,
     /// Requests slower than this are logged as warnings and counted.
-    pub slow_request_ms: u64,
+    pub slow_request_ms: Millis,
     /// Open connections per worker thread.
     pub max_connections: usize,
     /// Deadline for a request's headers.
-    pub client_request_timeout_ms: u64,
+    pub client_request_timeout_ms: PositiveMillis,
     /// Deadline for a request's body once its headers arrived (408 after).
-    pub body_timeout_ms: u64,
+    pub body_timeout_ms: PositiveMillis,
 }
 
 /// `[storage]`: the RocksDB database.
@@ -101,7 +163,7 @@ pub struct StorageConfig {
     /// received; 0 keeps them forever. Aggregates are kept either way.
     pub retention_days: u32,
     /// How often the retention sweep runs, in seconds (also once at start).
-    pub retention_sweep_interval_s: u64,
+    pub retention_sweep_interval_s: PositiveSeconds,
 }
 
 /// `[ingest]`: the event pipeline.
@@ -113,7 +175,7 @@ pub struct IngestConfig {
     /// Most events in one request body.
     pub max_batch: usize,
     /// Longest time an event waits in the writer before its batch commits.
-    pub flush_interval_ms: u64,
+    pub flush_interval_ms: PositiveMillis,
     /// Most events in one committed batch.
     pub flush_max_events: usize,
     /// How long a client `event_id` is remembered for de-duplication.
@@ -125,13 +187,13 @@ pub struct IngestConfig {
     /// `/readyz` fails while the mailbox is fuller than this fraction.
     pub high_water: f64,
     /// Oldest event timestamp accepted, in seconds before now.
-    pub max_event_age_s: u64,
+    pub max_event_age_s: PositiveSeconds,
     /// Newest event timestamp accepted, in seconds after now.
-    pub max_future_skew_s: u64,
+    pub max_future_skew_s: Seconds,
     /// Retries of a failing commit before the store is marked failed.
     pub commit_retries: u32,
     /// Added wait before each retry of a failing commit (linear back-off).
-    pub commit_retry_ms: u64,
+    pub commit_retry_ms: PositiveMillis,
 }
 
 /// `[results]`: watching running experiments.
@@ -140,10 +202,10 @@ pub struct IngestConfig {
 pub struct ResultsConfig {
     /// How often running experiments are checked for significance of the
     /// primary metric and for sample-ratio mismatch.
-    pub check_interval_ms: u64,
+    pub check_interval_ms: PositiveMillis,
     /// How often running experiments' cumulative figures are kept for the
     /// timeline (`GET /v1/experiments/{key}/timeline`).
-    pub timeline_interval_s: u64,
+    pub timeline_interval_s: PositiveSeconds,
 }
 
 /// `[webhooks]`: delivery policy.
@@ -153,15 +215,15 @@ pub struct WebhooksConfig {
     /// Allow targets on loopback, private and link-local addresses.
     pub allow_private: bool,
     /// Bound on one delivery attempt.
-    pub timeout_ms: u64,
+    pub timeout_ms: PositiveMillis,
     /// Delays before each retry; a message fails once they are used up.
-    pub retry_schedule_ms: Vec<u64>,
+    pub retry_schedule_ms: Vec<Millis>,
     /// Each delay is scaled by a random factor in 1 ± jitter.
     pub jitter: f64,
     /// Consecutive failed messages that disable a subscription.
     pub disable_after: u32,
     /// Longest `Retry-After` honoured.
-    pub max_retry_after_ms: u64,
+    pub max_retry_after_ms: Millis,
 }
 
 /// `[limits]`: what one client may cost. Every resource a client can grow
@@ -297,23 +359,8 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes", "must be at least 1024");
         }
-        if self.server.shutdown_timeout_ms == 0 {
-            return invalid("server.shutdown_timeout_ms", "must be positive");
-        }
         if self.storage.path.as_os_str().is_empty() {
             return invalid("storage.path", "must not be empty");
-        }
-        if self.storage.retention_sweep_interval_s == 0 {
-            return invalid("storage.retention_sweep_interval_s", "must be positive");
-        }
-        if self.results.check_interval_ms == 0 {
-            return invalid("results.check_interval_ms", "must be positive");
-        }
-        if self.results.timeline_interval_s == 0 {
-            return invalid("results.timeline_interval_s", "must be positive");
-        }
-        if self.webhooks.timeout_ms == 0 {
-            return invalid("webhooks.timeout_ms", "must be positive");
         }
         if !(0.0..1.0).contains(&self.webhooks.jitter) {
             return invalid("webhooks.jitter", "must be in [0, 1)");
@@ -330,9 +377,6 @@ impl Config {
         if self.ingest.flush_max_events == 0 {
             return invalid("ingest.flush_max_events", "must be positive");
         }
-        if self.ingest.flush_interval_ms == 0 {
-            return invalid("ingest.flush_interval_ms", "must be positive");
-        }
         if !(1..=100_000).contains(&self.ingest.max_batch) {
             return invalid("ingest.max_batch", "must be between 1 and 100000");
         }
@@ -347,18 +391,6 @@ impl Config {
         }
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be positive");
-        }
-        if self.server.client_request_timeout_ms == 0 {
-            return invalid("server.client_request_timeout_ms", "must be positive");
-        }
-        if self.server.body_timeout_ms == 0 {
-            return invalid("server.body_timeout_ms", "must be positive");
-        }
-        if self.ingest.max_event_age_s == 0 {
-            return invalid("ingest.max_event_age_s", "must be positive");
-        }
-        if self.ingest.commit_retry_ms == 0 {
-            return invalid("ingest.commit_retry_ms", "must be positive");
         }
         self.limits.validate()?;
         if self.auth.is_open() && !self.auth.allow_open && !self.server.bind.ip().is_loopback() {
@@ -476,7 +508,11 @@ mod tests {
             .expect("loads");
             assert_eq!(config.server.workers, 3, "env wins over file");
             assert_eq!(config.server.bind.port(), 9000, "file wins over default");
-            assert_eq!(config.ingest.flush_interval_ms, 5, "default kept");
+            assert_eq!(
+                config.ingest.flush_interval_ms.get(),
+                Duration::from_millis(5),
+                "default kept"
+            );
             Ok(())
         });
     }
@@ -599,5 +635,23 @@ mod tests {
             ingest_keys: vec![],
         };
         assert!(!format!("{auth:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn a_zero_duration_that_must_be_positive_names_its_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_SERVER__BODY_TIMEOUT_MS", "0");
+            let err = load_in(jail, None).expect_err("refused");
+            let text = err.to_string().to_lowercase();
+            assert!(text.contains("body_timeout_ms"), "{text}");
+            assert!(text.contains("must be positive"), "{text}");
+            Ok(())
+        });
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_SERVER__SLOW_REQUEST_MS", "0");
+            let config = load_in(jail, None).expect("0 is allowed here");
+            assert_eq!(config.server.slow_request_ms.get(), Duration::ZERO);
+            Ok(())
+        });
     }
 }
