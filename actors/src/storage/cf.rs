@@ -12,7 +12,7 @@ pub enum Cf {
     /// replays every event with a larger `seq` from [`Cf::Events`] (at
     /// least once).
     Meta,
-    /// experiment key (UTF-8) → `[v1][JSON Experiment]`.
+    /// experiment key (UTF-8) → `[v1][JSON ExperimentRecord]`.
     Experiments,
     /// [`keys::unit`](super::keys::unit) → `[v1][first_exposed_ms: i64 BE][variant key UTF-8]`.
     /// A unit's first exposure; later assignments return the same variant.
@@ -22,9 +22,10 @@ pub enum Cf {
     /// events of X between t1 and t2" is one range scan. Events without an
     /// experiment share the empty-experiment prefix `[0]`.
     Events,
-    /// client event id (UTF-8) → `[received_ms: u64 BE]`. Ids seen within
-    /// the de-duplication window; older entries are dropped by a compaction
-    /// filter and ignored on read.
+    /// client event id (UTF-8) → `[committed_ms: u64 BE]`: when the batch
+    /// holding the id was committed (the store's clock, not the event's
+    /// timestamp). Ids seen within the de-duplication window; older entries
+    /// are dropped by a compaction filter and ignored on read.
     EventIds,
     /// experiment key (UTF-8) → `[v1][JSON ExperimentAggregates]`. Written
     /// with the batch of events that changed them.
@@ -35,9 +36,11 @@ pub enum Cf {
     /// What each exposed unit has done, so a restart resumes the per-unit
     /// sums that sums of squares need.
     UnitExposures,
-    /// sequence number (u64 BE) → `[v1][JSON DomainEvent]`. Domain events
-    /// (lifecycle, significance, SRM), each written in the same WriteBatch
-    /// as the experiment change that caused it; webhooks deliver from here.
+    /// sequence number (u64 BE) → `[v1][JSON DomainEvent]`. Every domain
+    /// event: experiment created, changed and lifecycle, significance, SRM,
+    /// guardrail stops, alerts raised and resolved, webhook tests. Each is
+    /// written in the same WriteBatch as the change that caused it; the
+    /// webhook dispatcher and the live stream read from here.
     Outbox,
     /// [`keys::bucket`](super::keys::bucket) → `[v1][JSON Bucket]`.
     /// Per-minute, -hour and -day counts and DDSketches for the analytics
@@ -47,7 +50,7 @@ pub enum Cf {
     /// [`Cf::Events`]. A unit's events in time order; dropped at compaction
     /// once older than the retention.
     UnitEvents,
-    /// subscription id (UTF-8) → `[v1][JSON Subscription]` (with its secret
+    /// subscription id (UTF-8) → `[v1][JSON Webhook]` (with its secret
     /// and delivery counters).
     Webhooks,
     /// [`keys::webhook_message`](super::keys::webhook_message) →
@@ -62,7 +65,7 @@ pub enum Cf {
     /// alert id (UTF-8, `alert_` + UUIDv7, so in time order) →
     /// `[v1][JSON Alert]`. Written with its `alert.*` outbox events.
     Alerts,
-    /// [`keys::timeline`](super::keys::timeline) → `[v1][JSON Snapshot]`.
+    /// [`keys::timeline`](super::keys::timeline) → `[v1][JSON TimelineSnapshot]`.
     /// Cumulative per-variant figures of running experiments, every
     /// `results.timeline_interval_s` when they changed.
     Timeline,
