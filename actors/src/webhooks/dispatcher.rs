@@ -16,7 +16,8 @@ use crate::Result;
 const CHUNK: usize = 500;
 
 /// Runs for as long as the actix system: after every outbox write, and
-/// once a second in case a wake-up was missed.
+/// once a second in case a write's notification was missed. (A wake-up a
+/// busy subscriber receives is remembered by the subscriber itself.)
 pub(super) fn spawn(store: Store, entries: Entries) {
     actix::spawn(async move {
         let mut written = store.outbox_watch();

@@ -33,6 +33,9 @@ pub struct Subscriber {
     clock: Arc<dyn Clock>,
     /// A delivery (or the read before it) is in progress.
     busy: bool,
+    /// A `Wake` came while busy: the queue may have grown after the turn
+    /// read it, so look again when the turn ends.
+    woken: bool,
     /// A retry is scheduled.
     timer: Option<SpawnHandle>,
     /// Queue positions before this are done.
@@ -61,6 +64,7 @@ impl Subscriber {
             deleted,
             clock,
             busy: false,
+            woken: false,
             timer: None,
             cursor: 0,
         }
@@ -84,7 +88,11 @@ impl Handler<Wake> for Subscriber {
     type Result = ();
 
     fn handle(&mut self, _: Wake, ctx: &mut Context<Self>) {
-        if self.busy || self.subscription.disabled.is_some() {
+        if self.subscription.disabled.is_some() {
+            return;
+        }
+        if self.busy {
+            self.woken = true;
             return;
         }
         if let Some(timer) = self.timer.take() {
@@ -112,7 +120,11 @@ impl Handler<Wake> for Subscriber {
 impl Subscriber {
     fn finish(&mut self, outcome: Result<Step>, ctx: &mut Context<Self>) {
         self.busy = false;
+        let woken = std::mem::take(&mut self.woken);
         match outcome {
+            // The turn found nothing, but a message queued after it looked
+            // would otherwise wait for the subscription's next event.
+            Ok(Step::Idle) if woken => ctx.notify(Wake),
             Ok(Step::Idle) => {}
             Ok(Step::Wait(delay)) => {
                 self.timer = Some(ctx.run_later(delay, |_, ctx| ctx.notify(Wake)));
