@@ -62,7 +62,7 @@ impl Engine {
     /// assignments, and starts the services. Must run inside an actix
     /// system.
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
-        let store = open_store(&config).await?;
+        let store = open_store(&config, Arc::clone(&clock)).await?;
         let registry = experiments::restore(&store, Arc::clone(&clock)).await?;
         let aggregates = Arc::new(LiveAggregates::default());
         let mailbox = {
@@ -205,7 +205,7 @@ impl Engine {
 }
 
 /// Opens RocksDB with the expiry the configuration asks for.
-async fn open_store(config: &EngineConfig) -> Result<Store> {
+async fn open_store(config: &EngineConfig, clock: Arc<dyn Clock>) -> Result<Store> {
     let path = config.storage_path.clone();
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let options = StoreOptions {
@@ -213,7 +213,7 @@ async fn open_store(config: &EngineConfig) -> Result<Store> {
         retention_ms: config.retention.map(|r| ms(r.by_timestamp())),
     };
     tracing::info!(path = %path.display(), "opening the store");
-    blocking(move || Store::open(&path, options)).await
+    blocking(move || Store::open_with_clock(&path, options, clock)).await
 }
 
 /// The extra sinks the configuration names.

@@ -290,6 +290,61 @@ mod tests {
         assert_eq!(store.next_seq().expect("seq"), 901);
     }
 
+    /// The de-duplication window is measured on the store's clock: moving
+    /// the clock past it lets a repeated client id through again.
+    #[test]
+    fn the_dedup_window_follows_the_stores_clock() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(crate::clock::ManualClock::new(
+            time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap(),
+        ));
+        let options = crate::storage::StoreOptions {
+            dedup_window_ms: 60_000,
+            retention_ms: None,
+        };
+        let store =
+            Store::open_with_clock(dir.path(), options, Arc::clone(&clock) as _).expect("store");
+        let limits = IngestLimits {
+            mailbox_capacity: 16,
+            flush_interval: Duration::from_millis(1),
+            flush_max_events: 100,
+            dedup_window: Duration::from_secs(60),
+            commit_retries: 0,
+            commit_retry: Duration::from_millis(1),
+            max_measures: 10,
+        };
+        let live = Arc::new(LiveAggregates::default());
+        let ingest = Mailbox::start(store.clone(), limits, Vec::new(), live).expect("start");
+        let send = || {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let event = Event {
+                event_id: "same".into(),
+                client_id: true,
+                ..Event::sample("conversion", "u")
+            };
+            ingest
+                .submit(Envelope {
+                    events: vec![event],
+                    sticky: Vec::new(),
+                    ack: Some(tx),
+                })
+                .expect("queued");
+            rx.blocking_recv().expect("answered")
+        };
+        assert!(send());
+        assert!(send());
+        assert_eq!(ingest.stats().duplicates.load(Ordering::Relaxed), 1);
+        clock.advance(Duration::from_secs(61));
+        assert!(send());
+        ingest.close();
+        assert_eq!(
+            ingest.stats().duplicates.load(Ordering::Relaxed),
+            1,
+            "past the window, the id is new again"
+        );
+        assert_eq!(store.next_seq().expect("seq"), 3, "two events stored");
+    }
+
     /// Commits through the store after failing the first `failures` calls.
     struct Flaky {
         store: Store,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::experiments::registry::Registry;
-use crate::storage::{now_ms, Store};
+use crate::storage::Store;
 use crate::Result;
 
 /// How long raw events are kept and how often that is enforced.
@@ -62,7 +62,7 @@ pub(crate) fn spawn(retention: Retention, store: Store, registry: Arc<Registry>)
 /// [`Retention::by_timestamp`]; returns the cutoff.
 fn sweep(store: &Store, registry: &Registry, retention: Retention) -> Result<i64> {
     let keep_ms = u64::try_from(retention.by_timestamp().as_millis()).unwrap_or(u64::MAX);
-    let cutoff_ms = i64::try_from(now_ms().saturating_sub(keep_ms)).unwrap_or(0);
+    let cutoff_ms = i64::try_from(store.now_ms().saturating_sub(keep_ms)).unwrap_or(0);
     for key in registry.load().keys() {
         store.delete_events_before(Some(key), cutoff_ms)?;
     }

@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 use super::aggregator::{Aggregator, LiveAggregates};
 use super::mailbox::{Batch, Command, Envelope, IngestLimits, IngestStats};
 use super::sink::SinkWorker;
-use crate::storage::{bucket_deltas, now_ms, Commit, Store};
+use crate::clock::Clock;
+use crate::domain::unix_ms;
+use crate::storage::{bucket_deltas, Commit, Store};
 use crate::{Error, Result};
 
 /// Where the writer commits batches and looks up event ids: the store, or
@@ -42,6 +44,8 @@ pub(super) struct Writer {
     next_seq: u64,
     aggregator: Aggregator,
     live: Arc<LiveAggregates>,
+    /// The store's clock: where the de-duplication window ends.
+    clock: Arc<dyn Clock>,
 }
 
 impl Writer {
@@ -56,6 +60,7 @@ impl Writer {
         let aggregator = Aggregator::load(&store, limits.max_measures)?;
         aggregator.publish_all(&live);
         Ok(Self {
+            clock: Arc::clone(store.clock()),
             committer: Box::new(store),
             limits,
             sinks,
@@ -223,7 +228,8 @@ impl Writer {
     /// repeats one earlier in the batch. Fails when the store cannot be
     /// read after every retry.
     fn drop_duplicates(&mut self, batch: &mut Batch) -> Result<()> {
-        let window_start = now_ms().saturating_sub(
+        let now_ms = u64::try_from(unix_ms(self.clock.now())).unwrap_or(0);
+        let window_start = now_ms.saturating_sub(
             u64::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u64::MAX),
         );
         let client_ids: Vec<&str> = batch

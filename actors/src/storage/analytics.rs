@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rocksdb::{Direction, IteratorMode, MergeOperands, ReadOptions};
 
-use super::{decode_event, decode_json, keys, now_ms, Cf, Store, VALUE_V1};
+use super::{decode_event, decode_json, keys, Cf, Store, VALUE_V1};
 use crate::domain::Bucket;
 use crate::domain::Event;
 use crate::{Error, Result};
@@ -184,7 +184,7 @@ impl Store {
         let to = filter
             .to_ms
             .unwrap_or(i64::MAX)
-            .min(i64::try_from(now_ms()).unwrap_or(i64::MAX) + 2 * LEVELS[2].1);
+            .min(i64::try_from(store.now_ms()).unwrap_or(i64::MAX) + 2 * LEVELS[2].1);
         let mut out: BTreeMap<String, Bucket> = BTreeMap::new();
         if let Some(unit) = &filter.unit {
             for e in store.unit_events(unit, from, to, MAX_UNIT_EVENTS)? {

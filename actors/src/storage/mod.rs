@@ -26,9 +26,10 @@ pub use analytics::AnalyticsFilter;
 pub use cf::Cf;
 pub use webhooks::AttemptRecord;
 
+use crate::clock::{Clock, SystemClock};
 use crate::domain::{
-    AggregateChanges, Bucket, DomainEvent, Event, Experiment, ExperimentKey, ExperimentRecord,
-    StickyAssignment,
+    unix_ms, AggregateChanges, Bucket, DomainEvent, Event, Experiment, ExperimentKey,
+    ExperimentRecord, StickyAssignment,
 };
 use crate::{Error, Result};
 
@@ -82,11 +83,23 @@ pub struct Store {
     /// Counts outbox writes; its receivers (webhook dispatcher, live
     /// stream) wake on every change.
     outbox_written: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What "now" is for expiry and for the commit time of event ids.
+    clock: Arc<dyn Clock>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the database under `path`.
+    /// Opens (creating if needed) the database under `path`, on the
+    /// system clock.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self> {
+        Self::open_with_clock(path, options, Arc::new(SystemClock))
+    }
+
+    /// Opens the database under `path`, expiring by `clock`'s time.
+    pub fn open_with_clock(
+        path: &Path,
+        options: StoreOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         let StoreOptions {
             dedup_window_ms,
             retention_ms,
@@ -103,9 +116,10 @@ impl Store {
                 cf_options.set_merge_operator_associative("bucket_merge", analytics::merge_buckets);
             }
             if let (Cf::UnitEvents, Some(keep)) = (cf, retention_ms) {
+                let clock = Arc::clone(&clock);
                 cf_options.set_compaction_filter("expired_unit_events", move |_, key, _| {
                     match keys::unit_event_ms(key) {
-                        Some(ms) if ms < now_ms().saturating_sub(keep) => {
+                        Some(ms) if ms < now_ms(&*clock).saturating_sub(keep) => {
                             CompactionDecision::Remove
                         }
                         _ => CompactionDecision::Keep,
@@ -113,8 +127,9 @@ impl Store {
                 });
             }
             if cf == Cf::EventIds {
+                let clock = Arc::clone(&clock);
                 cf_options.set_compaction_filter("expired_event_ids", move |_, _, value| {
-                    if seen_within(value, now_ms().saturating_sub(dedup_window_ms)) {
+                    if seen_within(value, now_ms(&*clock).saturating_sub(dedup_window_ms)) {
                         CompactionDecision::Keep
                     } else {
                         CompactionDecision::Remove
@@ -128,6 +143,7 @@ impl Store {
             db: Arc::new(db),
             next_outbox: Arc::default(),
             outbox_written: Arc::new(tokio::sync::watch::Sender::new(0)),
+            clock,
         };
         store.check_schema()?;
         let last = store
@@ -160,6 +176,16 @@ impl Store {
         self.db
             .cf_handle(cf.name())
             .unwrap_or_else(|| unreachable!("column family {} is opened at start", cf.name()))
+    }
+
+    /// The clock the store expires by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Now by the store's clock, in milliseconds since the Unix epoch.
+    pub(crate) fn now_ms(&self) -> u64 {
+        now_ms(&*self.clock)
     }
 
     /// Writes an experiment record and the domain event its change caused,
@@ -304,7 +330,7 @@ impl Store {
             batch.put_cf(sticky_cf, keys::unit(r.experiment.as_str(), &r.unit), value);
         }
         let ids_cf = self.cf(Cf::EventIds);
-        let now = now_ms().to_be_bytes();
+        let now = self.now_ms().to_be_bytes();
         for id in commit.client_ids {
             batch.put_cf(ids_cf, id.as_bytes(), now);
         }
@@ -578,11 +604,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|_| Error::Unavailable)?
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// The clock's time in milliseconds since the Unix epoch (0 before it).
+fn now_ms(clock: &dyn Clock) -> u64 {
+    u64::try_from(unix_ms(clock.now())).unwrap_or(0)
 }
 
 fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyAssignment> {
