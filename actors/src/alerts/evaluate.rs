@@ -14,7 +14,7 @@ use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
 use crate::domain::{
     Alert, AlertId, AlertMetric, AlertRule, DomainEvent, Firing, RuleId, RuleIn, RulePatch,
-    StampIn, MAX_WINDOW_S,
+    StampIn, WebhookId, MAX_WINDOW_S,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -197,7 +197,10 @@ impl AlertActor {
         let mut firing: HashMap<Key, (&AlertRule, Firing)> = HashMap::new();
         for rule in self.rules.values().filter(|r| r.enabled) {
             for f in self.check(rule) {
-                let subject = subject(f.experiment.as_deref(), f.subscription.as_deref());
+                let subject = subject(
+                    f.experiment.as_deref(),
+                    f.subscription.as_ref().map(WebhookId::as_str),
+                );
                 firing.insert((rule.id.clone(), subject), (rule, f));
             }
         }
@@ -395,7 +398,10 @@ impl AlertActor {
 }
 
 fn key_of(alert: &Alert) -> Option<Key> {
-    let subject = subject(alert.experiment.as_deref(), alert.subscription.as_deref());
+    let subject = subject(
+        alert.experiment.as_deref(),
+        alert.subscription.as_ref().map(WebhookId::as_str),
+    );
     Some((alert.rule_id.clone()?, subject))
 }
 

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{
     AlertId, AlertMetric, AlertRule, DomainEvent, DomainEventKind, GuardrailStop, RuleId, Severity,
+    WebhookId,
 };
 use crate::{Error, Result};
 
@@ -105,7 +106,7 @@ pub struct Alert {
     /// The experiment it concerns.
     pub experiment: Option<String>,
     /// The webhook subscription it concerns.
-    pub subscription: Option<String>,
+    pub subscription: Option<WebhookId>,
     /// Where it is in its life.
     pub status: AlertStatus,
     /// The figure when raised.
@@ -130,7 +131,7 @@ pub struct Firing {
     /// The experiment, for experiment rules.
     pub experiment: Option<String>,
     /// The subscription, for webhook rules.
-    pub subscription: Option<String>,
+    pub subscription: Option<WebhookId>,
     /// The figure.
     pub value: Option<f64>,
     /// One sentence for people.

@@ -149,6 +149,11 @@ minted_id!(
     AlertId,
     "alert_"
 );
+minted_id!(
+    /// A webhook subscription's id: `wh_` and 32 hex digits.
+    WebhookId,
+    "wh_"
+);
 
 key_type!(
     /// Unique, immutable key of an experiment.

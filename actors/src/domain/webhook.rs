@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::domain::DomainEventKind;
+use crate::domain::{DomainEventKind, WebhookId};
 
 /// `POST /v1/webhooks`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -23,7 +23,7 @@ pub struct WebhookIn {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Webhook {
     /// `wh_` and 32 hex digits.
-    pub id: String,
+    pub id: WebhookId,
     /// Target URL.
     pub url: String,
     /// Event types delivered.
@@ -76,7 +76,7 @@ pub struct DeliveryStats {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct WebhookOut {
     /// Id.
-    pub id: String,
+    pub id: WebhookId,
     /// Target URL.
     pub url: String,
     /// Event types delivered.

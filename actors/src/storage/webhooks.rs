@@ -29,7 +29,7 @@ impl Store {
         sync.set_sync(true);
         self.db.put_cf_opt(
             self.cf(Cf::Webhooks),
-            subscription.id.as_bytes(),
+            subscription.id.as_str().as_bytes(),
             versioned_json(Cf::Webhooks, subscription)?,
             &sync,
         )?;

@@ -28,10 +28,11 @@ use actix::prelude::*;
 pub use guard::is_public;
 pub use signature::Secret;
 
-use self::subscriber::{Enable, Snapshot, Subscriber};
+use self::subscriber::{CurrentSubscription, Enable, Subscriber};
 use crate::clock::Clock;
 use crate::domain::{
-    DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Webhook, WebhookIn, WebhookOut,
+    DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Webhook, WebhookId, WebhookIn,
+    WebhookOut,
 };
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
@@ -56,7 +57,7 @@ pub struct Settings {
 
 /// A running subscription: its actor and what the dispatcher needs.
 #[derive(Clone)]
-struct Entry {
+struct SubscriberHandle {
     addr: Addr<Subscriber>,
     events: Vec<DomainEventKind>,
     enabled: Arc<AtomicBool>,
@@ -66,7 +67,7 @@ struct Entry {
     deleted: Arc<Mutex<bool>>,
 }
 
-type Entries = Arc<RwLock<BTreeMap<String, Entry>>>;
+type Entries = Arc<RwLock<BTreeMap<WebhookId, SubscriberHandle>>>;
 
 /// The webhook subsystem.
 pub struct Webhooks {
@@ -102,10 +103,10 @@ impl Webhooks {
         Ok(this)
     }
 
-    fn spawn(&self, subscription: Webhook) -> Entry {
+    fn spawn(&self, subscription: Webhook) -> SubscriberHandle {
         let enabled = Arc::new(AtomicBool::new(subscription.disabled.is_none()));
         let deleted = Arc::new(Mutex::new(false));
-        let entry = Entry {
+        let entry = SubscriberHandle {
             events: subscription.events.clone(),
             enabled: Arc::clone(&enabled),
             deleted: Arc::clone(&deleted),
@@ -126,7 +127,7 @@ impl Webhooks {
         entry
     }
 
-    fn entry(&self, id: &str) -> Result<Entry> {
+    fn entry(&self, id: &str) -> Result<SubscriberHandle> {
         self.entries
             .read()
             .map_err(|_| Error::Unavailable)?
@@ -158,7 +159,7 @@ impl Webhooks {
         events.sort_by_key(|k| format!("{k:?}"));
         events.dedup();
         let subscription = Webhook {
-            id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
+            id: WebhookId::mint(),
             url: input.url,
             events,
             description: input.description,
@@ -178,7 +179,7 @@ impl Webhooks {
     /// One subscription, with its counters and queue length.
     pub async fn get(&self, id: &str) -> Result<WebhookOut> {
         let entry = self.entry(id)?;
-        let subscription = entry.addr.send(Snapshot).await?;
+        let subscription = entry.addr.send(CurrentSubscription).await?;
         let store = self.store.clone();
         let owned = id.to_owned();
         let pending = blocking(move || store.queue_len(&owned)).await?;
@@ -187,7 +188,7 @@ impl Webhooks {
 
     /// Every subscription, by id.
     pub async fn list(&self) -> Result<Vec<WebhookOut>> {
-        let ids: Vec<String> = self
+        let ids: Vec<WebhookId> = self
             .entries
             .read()
             .map_err(|_| Error::Unavailable)?
@@ -196,7 +197,7 @@ impl Webhooks {
             .collect();
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            match self.get(&id).await {
+            match self.get(id.as_str()).await {
                 Ok(s) => out.push(s),
                 Err(Error::WebhookNotFound(_)) => {}
                 Err(e) => return Err(e),
@@ -233,7 +234,7 @@ impl Webhooks {
     }
 
     /// Ids of the subscriptions currently disabled.
-    pub fn disabled(&self) -> Vec<String> {
+    pub fn disabled(&self) -> Vec<WebhookId> {
         self.entries.read().map_or_else(
             |_| Vec::new(),
             |entries| {
@@ -430,7 +431,7 @@ mod tests {
         assert_eq!(created.created_at, t0);
 
         clock.advance(Duration::from_secs(30));
-        let sent = webhooks.test(&created.id).await.unwrap();
+        let sent = webhooks.test(created.id.as_str()).await.unwrap();
         let outbox = store.outbox(0, 10).unwrap();
         assert_eq!(outbox.last().map(|(_, e)| e.at), Some(clock.now()));
 
@@ -442,7 +443,14 @@ mod tests {
             clock.now().unix_timestamp().to_string()
         );
         for _ in 0..500 {
-            if webhooks.get(&created.id).await.unwrap().stats.delivered == 1 {
+            if webhooks
+                .get(created.id.as_str())
+                .await
+                .unwrap()
+                .stats
+                .delivered
+                == 1
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

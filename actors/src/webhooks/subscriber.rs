@@ -174,12 +174,12 @@ impl Handler<Enable> for Subscriber {
 /// The subscription as the actor holds it (counters included).
 #[derive(Message)]
 #[rtype(result = "Webhook")]
-pub struct Snapshot;
+pub struct CurrentSubscription;
 
-impl Handler<Snapshot> for Subscriber {
-    type Result = MessageResult<Snapshot>;
+impl Handler<CurrentSubscription> for Subscriber {
+    type Result = MessageResult<CurrentSubscription>;
 
-    fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: CurrentSubscription, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.subscription.clone())
     }
 }
@@ -221,7 +221,7 @@ impl Delivery {
         let store = self.store.clone();
         let id = self.subscription.id.clone();
         let from = self.from;
-        let head = blocking(move || store.queue_head(&id, from)).await?;
+        let head = blocking(move || store.queue_head(id.as_str(), from)).await?;
         let Some((seq, message)) = head else {
             return Ok(Step::Idle);
         };
@@ -415,6 +415,7 @@ impl Handler<Stop> for Subscriber {
 
 #[cfg(test)]
 mod tests {
+    use crate::domain::WebhookId;
     use time::macros::datetime;
 
     use super::super::guard;
@@ -424,7 +425,7 @@ mod tests {
     use crate::domain::{DeliveryStats, DomainEventKind};
 
     const T0: OffsetDateTime = datetime!(2030-01-01 00:00 UTC);
-    const ID: &str = "wh_test";
+    const ID: &str = "wh_0123456789abcdef0123456789abcdef";
     const OK: (u16, &str) = (204, "");
     const FAIL: (u16, &str) = (500, "");
 
@@ -446,7 +447,7 @@ mod tests {
 
     fn subscription(url: &str) -> Webhook {
         Webhook {
-            id: ID.into(),
+            id: WebhookId::try_from(ID.to_owned()).expect("a webhook id"),
             url: url.into(),
             events: vec![DomainEventKind::WebhookTest],
             description: None,
@@ -741,13 +742,16 @@ mod tests {
     /// Polls the actor until `done` holds (for up to 5 s).
     async fn until(addr: &Addr<Subscriber>, done: impl Fn(&Webhook) -> bool) -> Webhook {
         for _ in 0..500 {
-            let subscription = addr.send(Snapshot).await.unwrap();
+            let subscription = addr.send(CurrentSubscription).await.unwrap();
             if done(&subscription) {
                 return subscription;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("not reached within 5 s: {:?}", addr.send(Snapshot).await);
+        panic!(
+            "not reached within 5 s: {:?}",
+            addr.send(CurrentSubscription).await
+        );
     }
 
     #[actix::test]
@@ -779,7 +783,7 @@ mod tests {
 
         // A wake-up while disabled is handled at once and sends nothing.
         addr.send(Wake).await.unwrap();
-        addr.send(Snapshot).await.unwrap();
+        addr.send(CurrentSubscription).await.unwrap();
         assert!(f.endpoint.is_quiet());
         assert_eq!(f.store.queue_len(ID).unwrap(), 1);
 
