@@ -90,7 +90,7 @@ impl StampIn {
 }
 
 /// One alert.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Alert {
     /// `alert_` and a UUIDv7 (so ids sort by time).
     pub id: AlertId,

@@ -69,7 +69,7 @@ impl AlertMetric {
 }
 
 /// A stored rule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AlertRule {
     /// `rule_` and 32 hex digits.
     pub id: RuleId,

@@ -154,8 +154,9 @@ pub struct EventIn {
     pub properties: Option<Map<String, Value>>,
 }
 
-/// A stamped event, as stored and exported.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A stamped event, as exported, sent to sinks and shown by the API. The
+/// store keeps an [`EventRecord`](super::EventRecord).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     /// Position in the store's commit order; assigned by the sink.
     pub seq: u64,
@@ -690,8 +691,10 @@ mod tests {
             json!({"type": "conversion", "unit_id": "u", "value": 3, "properties": {"a": [1]}}),
         )
         .unwrap();
-        let json = serde_json::to_vec(&e).unwrap();
-        let back = serde_json::from_slice::<Event>(&json).unwrap();
+        let json = serde_json::to_vec(&crate::domain::EventRecordRef::from(&e)).unwrap();
+        assert_eq!(json, serde_json::to_vec(&e).unwrap(), "stored as exported");
+        let back =
+            Event::from(serde_json::from_slice::<crate::domain::EventRecord>(&json).unwrap());
         assert_eq!(
             back,
             Event {

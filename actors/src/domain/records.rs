@@ -3,12 +3,14 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use super::experiment::default_mixing_variance;
 use super::{
-    Experiment, ExperimentKey, Guardrail, GuardrailStop, Layer, Metric, MetricKey, Status, UnitId,
-    Variant, VariantKey,
+    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, DeliveryAttempt, DomainEventKind, Event,
+    EventType, Experiment, ExperimentKey, Guardrail, GuardrailStop, Layer, Metric, MetricKey,
+    RuleId, Severity, Stamp, Status, UnitId, Variant, VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -135,6 +137,292 @@ impl From<ExperimentRecord> for Experiment {
             updated_at: r.updated_at,
             started_at: r.started_at,
             completed_at: r.completed_at,
+        }
+    }
+}
+
+/// An alert as the `alerts` column family stores it; [`Alert`] is what
+/// the API and the `alert.*` webhooks show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    /// `alert_` and a UUIDv7 (so ids sort by time).
+    pub id: AlertId,
+    /// The rule that raised it; `null` for a guardrail stop or a store
+    /// failure, which abacus raises itself.
+    pub rule_id: Option<RuleId>,
+    /// The rule's name, or what happened.
+    pub name: String,
+    /// What was watched.
+    pub metric: AlertMetric,
+    /// How loud.
+    pub severity: Severity,
+    /// The experiment it concerns.
+    pub experiment: Option<String>,
+    /// The webhook subscription it concerns.
+    pub subscription: Option<WebhookId>,
+    /// Where it is in its life.
+    pub status: AlertStatus,
+    /// The figure when raised.
+    pub value: Option<f64>,
+    /// The rule's threshold.
+    pub threshold: Option<f64>,
+    /// One sentence for people.
+    pub message: String,
+    /// When it was raised.
+    #[serde(with = "time::serde::rfc3339")]
+    pub raised_at: OffsetDateTime,
+    /// Who acknowledged it.
+    pub acknowledged: Option<Stamp>,
+    /// Who (or `abacus`, when the condition cleared) resolved it.
+    pub resolved: Option<Stamp>,
+}
+
+impl From<&Alert> for AlertRecord {
+    fn from(e: &Alert) -> Self {
+        Self {
+            id: e.id.clone(),
+            rule_id: e.rule_id.clone(),
+            name: e.name.clone(),
+            metric: e.metric,
+            severity: e.severity,
+            experiment: e.experiment.clone(),
+            subscription: e.subscription.clone(),
+            status: e.status,
+            value: e.value,
+            threshold: e.threshold,
+            message: e.message.clone(),
+            raised_at: e.raised_at,
+            acknowledged: e.acknowledged.clone(),
+            resolved: e.resolved.clone(),
+        }
+    }
+}
+
+impl From<AlertRecord> for Alert {
+    fn from(r: AlertRecord) -> Self {
+        Self {
+            id: r.id,
+            rule_id: r.rule_id,
+            name: r.name,
+            metric: r.metric,
+            severity: r.severity,
+            experiment: r.experiment,
+            subscription: r.subscription,
+            status: r.status,
+            value: r.value,
+            threshold: r.threshold,
+            message: r.message,
+            raised_at: r.raised_at,
+            acknowledged: r.acknowledged,
+            resolved: r.resolved,
+        }
+    }
+}
+
+/// An alert rule as the `alert_rules` column family stores it;
+/// [`AlertRule`] is what the API shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertRuleRecord {
+    /// `rule_` and 32 hex digits.
+    pub id: RuleId,
+    /// Human-readable name, copied onto its alerts.
+    pub name: String,
+    /// What it watches.
+    pub metric: AlertMetric,
+    /// Fires above this (rate rules only).
+    pub threshold: Option<f64>,
+    /// Seconds the rate rules look back over.
+    pub window_s: u32,
+    /// Only this experiment (experiment rules); `null` = every running one.
+    pub experiment: Option<ExperimentKey>,
+    /// Severity of its alerts.
+    pub severity: Severity,
+    /// Disabled rules raise nothing, and their open alerts resolve.
+    pub enabled: bool,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl From<&AlertRule> for AlertRuleRecord {
+    fn from(e: &AlertRule) -> Self {
+        Self {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            metric: e.metric,
+            threshold: e.threshold,
+            window_s: e.window_s,
+            experiment: e.experiment.clone(),
+            severity: e.severity,
+            enabled: e.enabled,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+impl From<AlertRuleRecord> for AlertRule {
+    fn from(r: AlertRuleRecord) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            metric: r.metric,
+            threshold: r.threshold,
+            window_s: r.window_s,
+            experiment: r.experiment,
+            severity: r.severity,
+            enabled: r.enabled,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// A delivery attempt as the `webhook_attempts` column family stores it;
+/// [`DeliveryAttempt`] is what the deliveries list shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAttemptRecord {
+    /// The message's `webhook-id`.
+    pub message_id: String,
+    /// Its event type.
+    #[serde(rename = "type")]
+    pub kind: DomainEventKind,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// When it was sent.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The HTTP status, if one came back.
+    pub status_code: Option<u16>,
+    /// Time to the response (or the failure), in ms.
+    pub latency_ms: f64,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// `delivered`, `retrying`, `failed` (retries exhausted) or `disabled`.
+    pub outcome: String,
+}
+
+impl From<&DeliveryAttempt> for DeliveryAttemptRecord {
+    fn from(e: &DeliveryAttempt) -> Self {
+        Self {
+            message_id: e.message_id.clone(),
+            kind: e.kind,
+            attempt: e.attempt,
+            at: e.at,
+            status_code: e.status_code,
+            latency_ms: e.latency_ms,
+            error: e.error.clone(),
+            outcome: e.outcome.clone(),
+        }
+    }
+}
+
+impl From<DeliveryAttemptRecord> for DeliveryAttempt {
+    fn from(r: DeliveryAttemptRecord) -> Self {
+        Self {
+            message_id: r.message_id,
+            kind: r.kind,
+            attempt: r.attempt,
+            at: r.at,
+            status_code: r.status_code,
+            latency_ms: r.latency_ms,
+            error: r.error,
+            outcome: r.outcome,
+        }
+    }
+}
+
+/// An event as the `events` column family stores it, written borrowed
+/// from the [`Event`] so the writer copies nothing; read back as an
+/// [`EventRecord`]. [`Event`] is what the export, the sinks and the API
+/// show.
+#[derive(Serialize)]
+pub struct EventRecordRef<'a> {
+    seq: u64,
+    event_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a EventType,
+    unit_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    experiment: Option<&'a ExperimentKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'a VariantKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<f64>,
+    timestamp_ms: i64,
+    received_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    properties: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    assignment_mismatch: bool,
+}
+
+impl<'a> From<&'a Event> for EventRecordRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        Self {
+            seq: e.seq,
+            event_id: &e.event_id,
+            kind: &e.kind,
+            unit_id: &e.unit_id,
+            experiment: e.experiment.as_ref(),
+            variant: e.variant.as_ref(),
+            value: e.value,
+            timestamp_ms: e.timestamp_ms,
+            received_ms: e.received_ms,
+            session_id: e.session_id.as_deref(),
+            properties: e.properties.as_ref(),
+            assignment_mismatch: e.assignment_mismatch,
+        }
+    }
+}
+
+/// A stored event as read back (see [`EventRecordRef`]).
+#[derive(Deserialize)]
+pub struct EventRecord {
+    seq: u64,
+    event_id: Box<str>,
+    #[serde(rename = "type")]
+    kind: EventType,
+    unit_id: Box<str>,
+    #[serde(default)]
+    experiment: Option<ExperimentKey>,
+    #[serde(default)]
+    variant: Option<VariantKey>,
+    #[serde(default)]
+    value: Option<f64>,
+    timestamp_ms: i64,
+    received_ms: i64,
+    #[serde(default)]
+    session_id: Option<Box<str>>,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+    #[serde(default)]
+    assignment_mismatch: bool,
+}
+
+impl From<EventRecord> for Event {
+    fn from(r: EventRecord) -> Self {
+        Self {
+            seq: r.seq,
+            event_id: r.event_id,
+            kind: r.kind,
+            unit_id: r.unit_id,
+            experiment: r.experiment,
+            variant: r.variant,
+            value: r.value,
+            timestamp_ms: r.timestamp_ms,
+            received_ms: r.received_ms,
+            session_id: r.session_id,
+            properties: r.properties,
+            assignment_mismatch: r.assignment_mismatch,
+            // Whether the id came from the client matters only until the
+            // event is committed.
+            client_id: false,
         }
     }
 }

@@ -137,7 +137,7 @@ pub struct WebhookMessage {
 }
 
 /// One delivery attempt, as `GET /v1/webhooks/{id}/deliveries` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeliveryAttempt {
     /// The message's `webhook-id`.
     pub message_id: String,

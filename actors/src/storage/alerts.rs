@@ -3,7 +3,7 @@
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use super::{decode_json, versioned_json, Cf, Store};
-use crate::domain::{Alert, AlertRule};
+use crate::domain::{Alert, AlertRecord, AlertRule, AlertRuleRecord};
 use crate::domain::{DomainEvent, Experiment};
 use crate::Result;
 
@@ -15,7 +15,7 @@ impl Store {
         self.db.put_cf_opt(
             self.cf(Cf::AlertRules),
             rule.id.as_str().as_bytes(),
-            versioned_json(Cf::AlertRules, rule)?,
+            versioned_json(Cf::AlertRules, &AlertRuleRecord::from(rule))?,
             &sync,
         )?;
         Ok(())
@@ -33,7 +33,9 @@ impl Store {
     pub fn rules(&self) -> Result<Vec<AlertRule>> {
         self.db
             .iterator_cf(self.cf(Cf::AlertRules), IteratorMode::Start)
-            .map(|item| decode_json(Cf::AlertRules, &item?.1))
+            .map(|item| {
+                decode_json::<AlertRuleRecord>(Cf::AlertRules, &item?.1).map(AlertRule::from)
+            })
             .collect()
     }
 
@@ -41,7 +43,7 @@ impl Store {
     pub fn rule(&self, id: &str) -> Result<Option<AlertRule>> {
         self.db
             .get_pinned_cf(self.cf(Cf::AlertRules), id.as_bytes())?
-            .map(|v| decode_json(Cf::AlertRules, &v))
+            .map(|v| decode_json::<AlertRuleRecord>(Cf::AlertRules, &v).map(AlertRule::from))
             .transpose()
     }
 
@@ -66,7 +68,7 @@ impl Store {
         batch.put_cf(
             self.cf(Cf::Alerts),
             alert.id.as_str().as_bytes(),
-            versioned_json(Cf::Alerts, alert)?,
+            versioned_json(Cf::Alerts, &AlertRecord::from(alert))?,
         );
         self.write_with_events(batch, events)
     }
@@ -78,7 +80,7 @@ impl Store {
         self.db.put_cf_opt(
             self.cf(Cf::Alerts),
             alert.id.as_str().as_bytes(),
-            versioned_json(Cf::Alerts, alert)?,
+            versioned_json(Cf::Alerts, &AlertRecord::from(alert))?,
             &sync,
         )?;
         Ok(())
@@ -88,7 +90,7 @@ impl Store {
     pub fn alerts(&self, limit: usize, keep: impl Fn(&Alert) -> bool) -> Result<Vec<Alert>> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(Cf::Alerts), IteratorMode::End) {
-            let alert: Alert = decode_json(Cf::Alerts, &item?.1)?;
+            let alert = Alert::from(decode_json::<AlertRecord>(Cf::Alerts, &item?.1)?);
             if keep(&alert) {
                 out.push(alert);
                 if out.len() == limit {
@@ -103,7 +105,7 @@ impl Store {
     pub fn alert(&self, id: &str) -> Result<Option<Alert>> {
         self.db
             .get_pinned_cf(self.cf(Cf::Alerts), id.as_bytes())?
-            .map(|v| decode_json(Cf::Alerts, &v))
+            .map(|v| decode_json::<AlertRecord>(Cf::Alerts, &v).map(Alert::from))
             .transpose()
     }
 
@@ -113,7 +115,7 @@ impl Store {
             batch.put_cf(
                 self.cf(Cf::Alerts),
                 alert.id.as_str().as_bytes(),
-                versioned_json(Cf::Alerts, alert)?,
+                versioned_json(Cf::Alerts, &AlertRecord::from(alert))?,
             );
         }
         Ok(batch)

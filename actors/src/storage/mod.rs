@@ -28,8 +28,8 @@ pub use webhooks::AttemptRecord;
 
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
-    unix_ms, AggregateChanges, Bucket, DomainEvent, Event, Experiment, ExperimentKey,
-    ExperimentRecord, StickyAssignment,
+    unix_ms, AggregateChanges, Bucket, DomainEvent, Event, EventRecord, EventRecordRef, Experiment,
+    ExperimentKey, ExperimentRecord, StickyAssignment,
 };
 use crate::{Error, Result};
 
@@ -303,9 +303,11 @@ impl Store {
         for e in commit.events {
             value.clear();
             value.push(VALUE_V1);
-            serde_json::to_writer(&mut value, e).map_err(|err| Error::Corrupt {
-                cf: Cf::Events.name(),
-                reason: err.to_string(),
+            serde_json::to_writer(&mut value, &EventRecordRef::from(e)).map_err(|err| {
+                Error::Corrupt {
+                    cf: Cf::Events.name(),
+                    reason: err.to_string(),
+                }
             })?;
             let key = keys::event(e.experiment.as_ref(), e.timestamp_ms, e.seq);
             batch.put_cf(
@@ -572,7 +574,7 @@ fn versioned_json(cf: Cf, value: &impl serde::Serialize) -> Result<Vec<u8>> {
 }
 
 fn decode_event(value: &[u8]) -> Result<Event> {
-    decode_json(Cf::Events, value)
+    decode_json::<EventRecord>(Cf::Events, value).map(Event::from)
 }
 
 /// The inverse of [`versioned_json`]: strict on the version byte.

@@ -3,7 +3,7 @@
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::{decode_json, keys, versioned_json, Cf, Store};
-use crate::domain::{DeliveryAttempt, Webhook, WebhookMessage};
+use crate::domain::{DeliveryAttempt, DeliveryAttemptRecord, Webhook, WebhookMessage};
 use crate::{Error, Result};
 
 /// Meta key: the last outbox sequence number fanned out to queues.
@@ -154,7 +154,10 @@ impl Store {
         batch.put_cf(
             self.cf(Cf::WebhookAttempts),
             keys::webhook_attempt(id, record.subscription.stats.attempts),
-            versioned_json(Cf::WebhookAttempts, record.attempt)?,
+            versioned_json(
+                Cf::WebhookAttempts,
+                &DeliveryAttemptRecord::from(record.attempt),
+            )?,
         );
         self.db.write(batch)?;
         Ok(())
@@ -188,7 +191,10 @@ impl Store {
                 return Ok((out, last));
             }
             last = keys::trailing_u64(&key).map(|k| u64::MAX - k);
-            out.push(decode_json(Cf::WebhookAttempts, &value)?);
+            out.push(DeliveryAttempt::from(decode_json::<DeliveryAttemptRecord>(
+                Cf::WebhookAttempts,
+                &value,
+            )?));
         }
         Ok((out, None))
     }
