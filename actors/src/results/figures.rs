@@ -35,15 +35,37 @@ pub struct Figures {
     /// Exposed units per variant, in the experiment's order.
     pub units: Vec<u64>,
     /// Results of the primary metric (every metric without one), with the
-    /// SRM check and every guardrail against every treatment.
-    pub results: ExperimentResults,
+    /// SRM check and every guardrail against every treatment, as of the
+    /// last monitor tick: the statistics are derived at the monitor's
+    /// cadence, not every tick.
+    pub results: Arc<ExperimentResults>,
     /// The cumulative figures the timeline keeps.
     pub timeline: TimelineSnapshot,
+    /// The aggregates `results` were derived from.
+    results_from: Arc<ExperimentAggregates>,
 }
 
 impl Figures {
-    /// Derives the figures of `compiled`'s experiment from `aggregates`.
+    /// Derives the figures of `compiled`'s experiment from `aggregates`,
+    /// the statistics included.
     pub fn of(compiled: Arc<Compiled>, aggregates: Arc<ExperimentAggregates>) -> Self {
+        let primary = compiled.experiment().primary_metric.as_ref();
+        let results = compute::compute(
+            compiled.experiment(),
+            &aggregates,
+            primary.map(|m| m.as_str()),
+        );
+        Self::with_results(compiled, aggregates, Arc::new(results), None)
+    }
+
+    /// The figures of `aggregates` with statistics derived earlier (from
+    /// `results_from`, or from `aggregates` themselves when `None`).
+    fn with_results(
+        compiled: Arc<Compiled>,
+        aggregates: Arc<ExperimentAggregates>,
+        results: Arc<ExperimentResults>,
+        results_from: Option<Arc<ExperimentAggregates>>,
+    ) -> Self {
         let experiment = compiled.experiment();
         let units = experiment
             .variants
@@ -55,10 +77,9 @@ impl Figures {
                     .map_or(0, |a| a.units)
             })
             .collect();
-        let primary = experiment.primary_metric.as_ref().map(|m| m.as_str());
-        let results = compute::compute(experiment, &aggregates, primary);
         let timeline = TimelineSnapshot::of(experiment, &aggregates);
         Self {
+            results_from: results_from.unwrap_or_else(|| Arc::clone(&aggregates)),
             compiled,
             aggregates,
             units,
@@ -67,9 +88,17 @@ impl Figures {
         }
     }
 
-    /// Whether these figures still describe `compiled` and `aggregates`.
-    fn is_of(&self, compiled: &Arc<Compiled>, aggregates: &Arc<ExperimentAggregates>) -> bool {
-        Arc::ptr_eq(&self.compiled, compiled) && Arc::ptr_eq(&self.aggregates, aggregates)
+    /// Whether these figures still describe `compiled` and `aggregates`
+    /// (with statistics derived from them, when `statistics`).
+    fn is_of(
+        &self,
+        compiled: &Arc<Compiled>,
+        aggregates: &Arc<ExperimentAggregates>,
+        statistics: bool,
+    ) -> bool {
+        Arc::ptr_eq(&self.compiled, compiled)
+            && Arc::ptr_eq(&self.aggregates, aggregates)
+            && (!statistics || Arc::ptr_eq(&self.results_from, aggregates))
     }
 }
 
@@ -86,8 +115,10 @@ impl Board {
     }
 
     /// Derives this tick's figures, reusing the last tick's for every
-    /// experiment whose snapshot and aggregates did not change.
-    fn refresh(&self, registry: &Registry, aggregates: &LiveAggregates) {
+    /// experiment whose snapshot and aggregates did not change. The
+    /// statistics are derived again only when `statistics` (the monitor's
+    /// turn) or when the experiment itself changed.
+    fn refresh(&self, registry: &Registry, aggregates: &LiveAggregates, statistics: bool) {
         let last = self.figures.load();
         let mut next = BTreeMap::new();
         for (key, entry) in registry.load().iter() {
@@ -97,7 +128,15 @@ impl Board {
             }
             let now = aggregates.get(key.as_str());
             let figures = match last.get(key) {
-                Some((_, f)) if f.is_of(&compiled, &now) => Arc::clone(f),
+                Some((_, f)) if f.is_of(&compiled, &now, statistics) => Arc::clone(f),
+                Some((_, f)) if !statistics && Arc::ptr_eq(&f.compiled, &compiled) => {
+                    Arc::new(Figures::with_results(
+                        compiled,
+                        now,
+                        Arc::clone(&f.results),
+                        Some(Arc::clone(&f.results_from)),
+                    ))
+                }
                 _ => Arc::new(Figures::of(compiled, now)),
             };
             next.insert(key.clone(), (entry.clone(), figures));
@@ -140,9 +179,10 @@ pub(crate) fn spawn(cadence: Cadence, to: Consumers) {
         let mut before: HashMap<ExperimentKey, Arc<ExperimentAggregates>> = HashMap::new();
         loop {
             let now = ticks.tick().await;
-            to.board.refresh(&to.registry, &to.aggregates);
+            let monitor = due(&mut monitored, now, cadence.monitor);
+            to.board.refresh(&to.registry, &to.aggregates, monitor);
             let board = to.board.load();
-            if due(&mut monitored, now, cadence.monitor) {
+            if monitor {
                 for (entry, figures) in board.values() {
                     monitor::check(entry, figures);
                 }
@@ -218,14 +258,14 @@ mod tests {
         let live = LiveAggregates::default();
         let board = Board::default();
 
-        board.refresh(&registry, &live);
+        board.refresh(&registry, &live, true);
         let first = board.load();
         assert_eq!(
             first.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
             ["on"],
             "only running experiments have figures"
         );
-        board.refresh(&registry, &live);
+        board.refresh(&registry, &live, true);
         let (_, a) = &first["on"];
         let (_, b) = &board.load()["on"];
         assert!(
@@ -240,11 +280,22 @@ mod tests {
             ..Event::sample("exposure", "u1")
         }]);
         aggregator.published(&live);
-        board.refresh(&registry, &live);
+        board.refresh(&registry, &live, false);
         let (_, c) = &board.load()["on"];
         assert!(!Arc::ptr_eq(a, c), "new aggregates: derived again");
         assert_eq!(c.units, [0, 1]);
         assert_eq!(c.timeline.variants["b"].units, 1);
+        assert!(
+            Arc::ptr_eq(&a.results, &c.results),
+            "between monitor ticks the statistics are carried over"
+        );
+        assert_eq!(c.results.units, 0);
+        board.refresh(&registry, &live, true);
+        let (_, d) = &board.load()["on"];
+        assert_eq!(d.results.units, 1, "the monitor's tick derives them");
+        board.refresh(&registry, &live, true);
+        let (_, e) = &board.load()["on"];
+        assert!(Arc::ptr_eq(d, e), "and only once");
     }
 
     #[test]
