@@ -11,17 +11,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// One experiment's aggregates.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExperimentAggregates {
     /// By variant key.
     pub variants: BTreeMap<String, VariantAggregates>,
 }
 
 /// One variant's aggregates.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct VariantAggregates {
     /// Exposed units: each unit counts once, at its first exposure.
     pub units: u64,
@@ -35,7 +35,7 @@ pub struct VariantAggregates {
 
 /// What a variant's exposed units did with one measure, counting only
 /// events at or after each unit's first exposure.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MeasureAggregates {
     /// Units with at least one counted event (conversions, for a binomial
     /// metric).

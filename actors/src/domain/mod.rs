@@ -35,8 +35,8 @@ pub use experiment::{
 pub use ids::{AlertId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId};
 pub use lifecycle::{Action, Status};
 pub use records::{
-    AlertRecord, AlertRuleRecord, DeliveryAttemptRecord, EventRecord, EventRecordRef,
-    ExperimentRecord,
+    AggregatesRecord, AggregatesRecordRef, AlertRecord, AlertRuleRecord, DeliveryAttemptRecord,
+    EventRecord, EventRecordRef, ExperimentRecord,
 };
 pub use sticky::StickyAssignment;
 pub use timeline::{TimelineSnapshot, VariantFigures, VariantPoint};

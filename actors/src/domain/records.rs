@@ -9,8 +9,9 @@ use time::OffsetDateTime;
 use super::experiment::default_mixing_variance;
 use super::{
     Alert, AlertId, AlertMetric, AlertRule, AlertStatus, DeliveryAttempt, DomainEventKind, Event,
-    EventType, Experiment, ExperimentKey, Guardrail, GuardrailStop, Layer, Metric, MetricKey,
-    RuleId, Severity, Stamp, Status, UnitId, Variant, VariantKey, WebhookId,
+    EventType, Experiment, ExperimentAggregates, ExperimentKey, Guardrail, GuardrailStop, Layer,
+    MeasureAggregates, Metric, MetricKey, RuleId, Severity, Stamp, Status, UnitId, Variant,
+    VariantAggregates, VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -427,6 +428,120 @@ impl From<EventRecord> for Event {
     }
 }
 
+/// An experiment's aggregates as the `aggregates` column family stores
+/// them, written from the live [`ExperimentAggregates`] without copying
+/// (once per changed experiment per committed batch) and read back as an
+/// [`AggregatesRecord`]. [`ExperimentAggregates`] is what the API shows.
+pub struct AggregatesRecordRef<'a>(pub &'a ExperimentAggregates);
+
+impl Serialize for AggregatesRecordRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Measure<'a>(&'a MeasureAggregates);
+        impl Serialize for Measure<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let m = self.0;
+                let mut out = s.serialize_struct("MeasureRecord", 4)?;
+                out.serialize_field("units", &m.units)?;
+                out.serialize_field("events", &m.events)?;
+                out.serialize_field("sum", &m.sum)?;
+                out.serialize_field("sum_squares", &m.sum_squares)?;
+                out.end()
+            }
+        }
+        struct Variant<'a>(&'a VariantAggregates);
+        impl Serialize for Variant<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let v = self.0;
+                let mut out = s.serialize_struct("VariantRecord", 4)?;
+                out.serialize_field("units", &v.units)?;
+                out.serialize_field("exposures", &v.exposures)?;
+                out.serialize_field("assignment_mismatches", &v.assignment_mismatches)?;
+                let measures = v.measures.iter().map(|(k, m)| (k, Measure(m)));
+                out.serialize_field("measures", &Collect::new(measures))?;
+                out.end()
+            }
+        }
+        let variants = self.0.variants.iter().map(|(k, v)| (k, Variant(v)));
+        let mut out = s.serialize_struct("AggregatesRecord", 1)?;
+        out.serialize_field("variants", &Collect::new(variants))?;
+        out.end()
+    }
+}
+
+/// A map serialised straight from an iterator, without collecting it.
+struct Collect<I>(std::cell::Cell<Option<I>>);
+
+impl<I> Collect<I> {
+    fn new(items: I) -> Self {
+        Self(std::cell::Cell::new(Some(items)))
+    }
+}
+
+impl<K: Serialize, V: Serialize, I: Iterator<Item = (K, V)>> Serialize for Collect<I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let items = self
+            .0
+            .take()
+            .ok_or_else(|| serde::ser::Error::custom("a record map is serialised once"))?;
+        s.collect_map(items)
+    }
+}
+
+/// Stored aggregates as read back (see [`AggregatesRecordRef`]).
+#[derive(Deserialize)]
+pub struct AggregatesRecord {
+    variants: BTreeMap<String, VariantRecord>,
+}
+
+#[derive(Deserialize)]
+struct VariantRecord {
+    units: u64,
+    exposures: u64,
+    assignment_mismatches: u64,
+    measures: BTreeMap<String, MeasureRecord>,
+}
+
+#[derive(Deserialize)]
+struct MeasureRecord {
+    units: u64,
+    events: u64,
+    sum: f64,
+    sum_squares: f64,
+}
+
+impl From<AggregatesRecord> for ExperimentAggregates {
+    fn from(r: AggregatesRecord) -> Self {
+        let variants = r
+            .variants
+            .into_iter()
+            .map(|(key, v)| {
+                let measures = v
+                    .measures
+                    .into_iter()
+                    .map(|(key, m)| {
+                        let m = MeasureAggregates {
+                            units: m.units,
+                            events: m.events,
+                            sum: m.sum,
+                            sum_squares: m.sum_squares,
+                        };
+                        (key, m)
+                    })
+                    .collect();
+                let v = VariantAggregates {
+                    units: v.units,
+                    exposures: v.exposures,
+                    assignment_mismatches: v.assignment_mismatches,
+                    measures,
+                };
+                (key, v)
+            })
+            .collect();
+        Self { variants }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,5 +577,30 @@ mod tests {
         let experiment = Experiment::from(record);
         assert!(experiment.guardrails.is_empty() && experiment.guardrail_stop.is_none());
         assert_eq!(experiment.mixing_variance, default_mixing_variance());
+    }
+
+    #[test]
+    fn aggregates_are_stored_in_the_shape_they_are_shown_and_read_back() {
+        let mut a = ExperimentAggregates::default();
+        let mut v = VariantAggregates {
+            units: 3,
+            exposures: 4,
+            assignment_mismatches: 1,
+            ..VariantAggregates::default()
+        };
+        v.measures.insert(
+            "buy".into(),
+            MeasureAggregates {
+                units: 2,
+                events: 5,
+                sum: 7.5,
+                sum_squares: 30.25,
+            },
+        );
+        a.variants.insert("control".into(), v);
+        let stored = serde_json::to_vec(&AggregatesRecordRef(&a)).expect("encode");
+        assert_eq!(stored, serde_json::to_vec(&a).expect("shown"), "same JSON");
+        let back: AggregatesRecord = serde_json::from_slice(&stored).expect("decode");
+        assert_eq!(ExperimentAggregates::from(back), a);
     }
 }

@@ -9,7 +9,9 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use super::{decode_event, decode_json, keys, versioned_json, Cf, Store, VALUE_V1};
 use crate::domain::AggregateChanges;
-use crate::domain::{Event, ExperimentAggregates, Exposure, UnitMeasure};
+use crate::domain::{
+    AggregatesRecord, AggregatesRecordRef, Event, ExperimentAggregates, Exposure, UnitMeasure,
+};
 use crate::{Error, Result};
 
 /// Events read per step of [`Store::for_each_event_in_commit_order`].
@@ -27,7 +29,10 @@ impl Store {
             .map(|item| {
                 let (key, value) = item?;
                 let key = String::from_utf8(key.into_vec()).map_err(|e| corrupt(e.to_string()))?;
-                Ok((key, decode_json(Cf::Aggregates, &value)?))
+                Ok((
+                    key,
+                    decode_json::<AggregatesRecord>(Cf::Aggregates, &value)?.into(),
+                ))
             })
             .collect()
     }
@@ -106,7 +111,7 @@ impl Store {
             batch.put_cf(
                 cf,
                 key.as_bytes(),
-                versioned_json(Cf::Aggregates, aggregates)?,
+                versioned_json(Cf::Aggregates, &AggregatesRecordRef(aggregates))?,
             );
         }
         let cf = self.cf(Cf::UnitExposures);

@@ -28,8 +28,8 @@ pub use webhooks::AttemptRecord;
 
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
-    unix_ms, AggregateChanges, Bucket, DomainEvent, Event, EventRecord, EventRecordRef, Experiment,
-    ExperimentKey, ExperimentRecord, StickyAssignment,
+    unix_ms, AggregateChanges, AggregatesRecordRef, Bucket, DomainEvent, Event, EventRecord,
+    EventRecordRef, Experiment, ExperimentKey, ExperimentRecord, StickyAssignment,
 };
 use crate::{Error, Result};
 
@@ -341,10 +341,12 @@ impl Store {
             for (key, aggregates) in &changes.experiments {
                 value.clear();
                 value.push(VALUE_V1);
-                serde_json::to_writer(&mut value, aggregates).map_err(|err| Error::Corrupt {
-                    cf: Cf::Aggregates.name(),
-                    reason: err.to_string(),
-                })?;
+                serde_json::to_writer(&mut value, &AggregatesRecordRef(aggregates)).map_err(
+                    |err| Error::Corrupt {
+                        cf: Cf::Aggregates.name(),
+                        reason: err.to_string(),
+                    },
+                )?;
                 batch.put_cf(cf, key.as_bytes(), &value);
             }
             let cf = self.cf(Cf::UnitExposures);
