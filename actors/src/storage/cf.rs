@@ -17,7 +17,7 @@ pub enum Cf {
     /// [`keys::unit`](super::keys::unit) → `[v1][first_exposed_ms: i64 BE][variant key UTF-8]`.
     /// A unit's first exposure; later assignments return the same variant.
     Sticky,
-    /// [`keys::event`](super::keys::event) → `[v1][JSON Event]`. Every stored
+    /// [`keys::event`](super::keys::event) → `[v1][JSON EventRecord]`. Every stored
     /// event, ordered by experiment, then time, then commit order, so "the
     /// events of X between t1 and t2" is one range scan. Events without an
     /// experiment share the empty-experiment prefix `[0]`.
@@ -27,7 +27,7 @@ pub enum Cf {
     /// timestamp). Ids seen within the de-duplication window; older entries
     /// are dropped by a compaction filter and ignored on read.
     EventIds,
-    /// experiment key (UTF-8) → `[v1][JSON ExperimentAggregates]`. Written
+    /// experiment key (UTF-8) → `[v1][JSON AggregatesRecord]`. Written
     /// with the batch of events that changed them.
     Aggregates,
     /// [`keys::unit`](super::keys::unit) → `[v1]` then per exposure
@@ -58,12 +58,12 @@ pub enum Cf {
     /// outbox order.
     WebhookQueue,
     /// [`keys::webhook_attempt`](super::keys::webhook_attempt) →
-    /// `[v1][JSON DeliveryAttempt]`. Every delivery attempt, newest first.
+    /// `[v1][JSON DeliveryAttemptRecord]`. Every delivery attempt, newest first.
     WebhookAttempts,
-    /// rule id (UTF-8) → `[v1][JSON AlertRule]`.
+    /// rule id (UTF-8) → `[v1][JSON AlertRuleRecord]`.
     AlertRules,
     /// alert id (UTF-8, `alert_` + UUIDv7, so in time order) →
-    /// `[v1][JSON Alert]`. Written with its `alert.*` outbox events.
+    /// `[v1][JSON AlertRecord]`. Written with its `alert.*` outbox events.
     Alerts,
     /// [`keys::timeline`](super::keys::timeline) → `[v1][JSON TimelineSnapshot]`.
     /// Cumulative per-variant figures of running experiments, every
