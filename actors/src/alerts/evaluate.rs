@@ -584,11 +584,19 @@ impl Handler<Resolve> for AlertActor {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+    use time::macros::datetime;
+
     use super::*;
     use crate::alerts::tests::{sources, store};
-    use crate::clock::SystemClock;
-    use crate::domain::{AlertStatus, Severity};
+    use crate::clock::{ManualClock, SystemClock};
+    use crate::domain::{
+        Action, AlertStatus, DomainEventKind, Experiment, ExperimentAggregates, ExperimentIn,
+        ExperimentKey, MeasureAggregates, Severity, VariantAggregates,
+    };
+    use crate::experiments::registry::{Entry, Registry};
     use crate::ingest::IngestStats;
+    use crate::results::figures::{Board, Figures as ExperimentFigures};
 
     async fn actor(store: &Store, ingest: &Arc<IngestStats>, loaded: Vec<Alert>) -> AlertActor {
         let sources = sources(store, ingest).await;
@@ -652,5 +660,262 @@ mod tests {
             assert_eq!(resolved.status, AlertStatus::Resolved);
             assert_eq!(resolved.resolved.expect("stamp").by, "abacus");
         });
+    }
+
+    const T0: OffsetDateTime = datetime!(2030-01-02 03:04:05 UTC);
+
+    /// An alert actor on a [`ManualClock`], with the board it reads,
+    /// driven by calling its methods (the interval never runs).
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: Store,
+        clock: Arc<ManualClock>,
+        board: Arc<Board>,
+        registry: Registry,
+        alerts: AlertActor,
+    }
+
+    impl Harness {
+        async fn new(rules: Vec<AlertRule>) -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = store(dir.path());
+            let clock = Arc::new(ManualClock::new(T0));
+            let ingest = Arc::new(IngestStats::default());
+            let sources = sources(&store, &ingest).await;
+            let board = Arc::clone(&sources.figures);
+            let alerts = AlertActor::new(
+                store.clone(),
+                sources,
+                Arc::clone(&clock) as Arc<dyn Clock>,
+                rules,
+                Vec::new(),
+                Arc::default(),
+            );
+            Self {
+                _dir: dir,
+                store,
+                clock,
+                board,
+                registry: Registry::default(),
+                alerts,
+            }
+        }
+
+        /// Starts a running experiment `key` (two variants, metric `buy`).
+        fn experiment(&self, key: &str, extra: serde_json::Value) -> Entry {
+            let mut body = json!({
+                "key": key, "name": key,
+                "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}],
+                "metrics": [{"key": "buy", "kind": "binomial"}],
+            });
+            body.as_object_mut()
+                .expect("object")
+                .extend(extra.as_object().expect("object").clone());
+            let input: ExperimentIn = serde_json::from_value(body).expect("input");
+            let running = Experiment::create(input, T0)
+                .and_then(|e| e.transitioned(Action::Start, None, T0))
+                .expect("running");
+            let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
+            self.registry.start(running, self.store.clone(), clock)
+        }
+
+        /// Puts these experiments' figures on the board (and only these).
+        fn show(&self, figures: &[(&Entry, ExperimentAggregates)]) {
+            let board = figures
+                .iter()
+                .map(|(entry, aggregates)| {
+                    let compiled = entry.slot.snapshot();
+                    let key = compiled.experiment().key.clone();
+                    let f = ExperimentFigures::of(compiled, Arc::new(aggregates.clone()));
+                    (key, (Entry::clone(entry), Arc::new(f)))
+                })
+                .collect::<BTreeMap<ExperimentKey, _>>();
+            self.board.publish(board);
+        }
+
+        /// One tick a second later.
+        fn tick(&mut self) {
+            self.clock.advance(Duration::from_secs(1));
+            self.alerts.evaluate();
+        }
+
+        /// Every stored alert, oldest first.
+        fn stored(&self) -> Vec<Alert> {
+            let mut all = self.store.alerts(usize::MAX, |_| true).expect("alerts");
+            all.reverse();
+            all
+        }
+
+        /// The outbox: each event's kind, alert id and time.
+        fn outbox(&self) -> Vec<(DomainEventKind, String, OffsetDateTime)> {
+            self.store
+                .outbox(0, 100)
+                .expect("outbox")
+                .into_iter()
+                .map(|(_, e)| {
+                    let id = e.data["alert"]["id"].as_str().expect("alert id").to_owned();
+                    (e.kind, id, e.at)
+                })
+                .collect()
+        }
+    }
+
+    fn rule(body: serde_json::Value) -> AlertRule {
+        AlertRule::create(serde_json::from_value(body).expect("rule input"), T0).expect("valid")
+    }
+
+    /// `units` exposed and `buyers` converted per variant (control first).
+    fn aggregates(units: [u64; 2], buyers: [u64; 2]) -> ExperimentAggregates {
+        let mut a = ExperimentAggregates::default();
+        for (i, key) in ["control", "b"].into_iter().enumerate() {
+            let mut v = VariantAggregates {
+                units: units[i],
+                exposures: units[i],
+                ..VariantAggregates::default()
+            };
+            let n = buyers[i];
+            v.measures.insert(
+                "buy".into(),
+                MeasureAggregates {
+                    units: n,
+                    events: n,
+                    sum: n as f64,
+                    sum_squares: n as f64,
+                },
+            );
+            a.variants.insert(key.into(), v);
+        }
+        a
+    }
+
+    /// A sample-ratio mismatch (p far below 0.001).
+    fn srm() -> ExperimentAggregates {
+        aggregates([5000, 4000], [500, 400])
+    }
+
+    /// Even split, same conversion: nothing to report.
+    fn healthy() -> ExperimentAggregates {
+        aggregates([5000, 5000], [500, 500])
+    }
+
+    #[actix::test]
+    async fn an_srm_rule_raises_one_alert_per_experiment_and_resolves_it_when_it_clears() {
+        let srm_rule = rule(json!({"name": "srm", "metric": "srm", "severity": "error"}));
+        let mut h = Harness::new(vec![srm_rule.clone()]).await;
+        let (checkout, search) = (
+            h.experiment("checkout", json!({})),
+            h.experiment("search", json!({})),
+        );
+        h.show(&[(&checkout, srm()), (&search, healthy())]);
+
+        h.tick();
+        let raised_at = h.clock.now();
+        let stored = h.stored();
+        assert_eq!(stored.len(), 1, "one alert, for checkout only: {stored:?}");
+        let alert = &stored[0];
+        assert_eq!(alert.rule_id.as_ref(), Some(&srm_rule.id));
+        assert_eq!(
+            (alert.metric, alert.severity, alert.status),
+            (AlertMetric::Srm, Severity::Error, AlertStatus::Open)
+        );
+        assert_eq!(alert.experiment.as_deref(), Some("checkout"));
+        assert!(
+            alert.message.contains("sample-ratio mismatch in checkout"),
+            "{}",
+            alert.message
+        );
+        assert!(alert.value.is_some_and(|p| p < 0.001), "{:?}", alert.value);
+        assert_eq!(alert.raised_at, raised_at, "stamped by the actor's clock");
+
+        // Still mismatched: the same alert, nothing new.
+        h.tick();
+        h.tick();
+        assert_eq!(h.stored(), stored, "one alert over repeated evaluations");
+        assert_eq!(h.outbox().len(), 1, "one alert.raised");
+
+        // The figures recover: abacus resolves it.
+        h.show(&[(&checkout, healthy()), (&search, healthy())]);
+        h.tick();
+        let cleared_at = h.clock.now();
+        let [resolved] = h.stored().try_into().expect("still one alert");
+        assert_eq!(resolved.id, alert.id);
+        assert_eq!(resolved.status, AlertStatus::Resolved);
+        let stamp = resolved.resolved.expect("resolution stamp");
+        assert_eq!(
+            (stamp.by.as_str(), stamp.at, stamp.note.as_deref()),
+            ("abacus", cleared_at, Some("condition cleared"))
+        );
+        assert!(h.alerts.active.is_empty());
+        assert_eq!(
+            h.outbox(),
+            [
+                (
+                    DomainEventKind::AlertRaised,
+                    alert.id.to_string(),
+                    raised_at
+                ),
+                (
+                    DomainEventKind::AlertResolved,
+                    alert.id.to_string(),
+                    cleared_at
+                ),
+            ]
+        );
+
+        h.tick();
+        assert_eq!(h.outbox().len(), 2, "nothing more once cleared");
+    }
+
+    #[actix::test]
+    async fn a_rule_scoped_to_one_experiment_ignores_the_others() {
+        let scoped = rule(json!({"name": "b only", "metric": "srm", "experiment": "b"}));
+        let every = rule(json!({"name": "all", "metric": "srm"}));
+        let mut h = Harness::new(vec![scoped.clone(), every.clone()]).await;
+        let (a, b) = (h.experiment("a", json!({})), h.experiment("b", json!({})));
+        h.show(&[(&a, srm()), (&b, srm())]);
+
+        h.tick();
+        let by = |rule: &AlertRule| {
+            let mut experiments: Vec<String> = h
+                .stored()
+                .into_iter()
+                .filter(|x| x.rule_id.as_ref() == Some(&rule.id))
+                .filter_map(|x| x.experiment)
+                .collect();
+            experiments.sort();
+            experiments
+        };
+        assert_eq!(by(&scoped), ["b"]);
+        assert_eq!(by(&every), ["a", "b"], "both show SRM");
+    }
+
+    #[actix::test]
+    async fn a_guardrail_rule_raises_on_a_regressed_guardrail() {
+        let guard = rule(json!({"name": "guard", "metric": "guardrail_regression"}));
+        let mut h = Harness::new(vec![guard.clone()]).await;
+        let guardrails = json!({"guardrails": [{"metric": "buy", "max_relative_drop": 0.05}]});
+        let (worse, fine) = (
+            h.experiment("worse", guardrails.clone()),
+            h.experiment("fine", guardrails),
+        );
+        h.show(&[
+            (&worse, aggregates([5000, 5000], [1000, 600])),
+            (&fine, aggregates([5000, 5000], [1000, 1000])),
+        ]);
+
+        h.tick();
+        let [alert] = h.stored().try_into().expect("one alert");
+        assert_eq!(alert.rule_id.as_ref(), Some(&guard.id));
+        assert_eq!(alert.metric, AlertMetric::GuardrailRegression);
+        assert_eq!(alert.experiment.as_deref(), Some("worse"));
+        assert!(
+            alert
+                .message
+                .starts_with("guardrail 'buy' regressed in worse: variant 'b' moved it by -40.0%"),
+            "{}",
+            alert.message
+        );
+        let lift = alert.value.expect("relative lift");
+        assert!((lift + 0.4).abs() < 1e-9, "{lift}");
     }
 }

@@ -145,6 +145,14 @@ impl Board {
     }
 }
 
+#[cfg(test)]
+impl Board {
+    /// Puts `figures` on the board as if a tick had derived them.
+    pub(crate) fn publish(&self, figures: BTreeMap<ExperimentKey, (Entry, Arc<Figures>)>) {
+        self.figures.store(Arc::new(figures));
+    }
+}
+
 /// How often each consumer wants the figures.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cadence {
