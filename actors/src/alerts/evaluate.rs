@@ -589,6 +589,7 @@ mod tests {
 
     use super::*;
     use crate::alerts::tests::{sources, store};
+    use crate::alerts::Signals;
     use crate::clock::{ManualClock, SystemClock};
     use crate::domain::{
         Action, AlertStatus, DomainEventKind, Experiment, ExperimentAggregates, ExperimentIn,
@@ -664,13 +665,14 @@ mod tests {
 
     const T0: OffsetDateTime = datetime!(2030-01-02 03:04:05 UTC);
 
-    /// An alert actor on a [`ManualClock`], with the board it reads,
-    /// driven by calling its methods (the interval never runs).
+    /// An alert actor on a [`ManualClock`], with the board and signals it
+    /// reads, driven by calling its methods (the interval never runs).
     struct Harness {
         _dir: tempfile::TempDir,
         store: Store,
         clock: Arc<ManualClock>,
         board: Arc<Board>,
+        signals: Arc<Signals>,
         registry: Registry,
         alerts: AlertActor,
     }
@@ -682,7 +684,7 @@ mod tests {
             let clock = Arc::new(ManualClock::new(T0));
             let ingest = Arc::new(IngestStats::default());
             let sources = sources(&store, &ingest).await;
-            let board = Arc::clone(&sources.figures);
+            let (board, signals) = (Arc::clone(&sources.figures), Arc::clone(&sources.signals));
             let alerts = AlertActor::new(
                 store.clone(),
                 sources,
@@ -696,6 +698,7 @@ mod tests {
                 store,
                 clock,
                 board,
+                signals,
                 registry: Registry::default(),
                 alerts,
             }
@@ -757,6 +760,24 @@ mod tests {
                     (e.kind, id, e.at)
                 })
                 .collect()
+        }
+
+        fn patch(&mut self, rule: &AlertRule, patch: RulePatch) -> AlertRule {
+            let mut ctx = Context::new();
+            self.alerts
+                .handle(PatchRule(rule.id.clone(), patch), &mut ctx)
+                .expect("patched")
+        }
+
+        fn resolve(&mut self, alert: &Alert, by: &str) -> Alert {
+            let mut ctx = Context::new();
+            let stamp = StampIn {
+                by: by.to_owned(),
+                note: None,
+            };
+            self.alerts
+                .handle(Resolve(alert.id.clone(), stamp), &mut ctx)
+                .expect("resolved")
         }
     }
 
@@ -917,5 +938,153 @@ mod tests {
         );
         let lift = alert.value.expect("relative lift");
         assert!((lift + 0.4).abs() < 1e-9, "{lift}");
+    }
+
+    #[actix::test]
+    async fn an_error_rate_rule_looks_at_its_window_only() {
+        // The window counts the actor's samples, one per evaluation (the
+        // clock does not enter into it): window_s = 3 is the last three
+        // evaluations.
+        let errors = rule(json!({
+            "name": "errors", "metric": "error_rate", "threshold": 0.5, "window_s": 3
+        }));
+        let mut h = Harness::new(vec![errors]).await;
+
+        h.tick();
+        assert!(h.stored().is_empty(), "no requests: no rate, no alert");
+
+        for _ in 0..10 {
+            h.signals.record(500, false, Duration::from_millis(1));
+        }
+        h.tick();
+        let raised_at = h.clock.now();
+        let [alert] = h.stored().try_into().expect("raised");
+        assert_eq!(alert.value, Some(1.0));
+        assert!(
+            alert.message.starts_with("100.0% of responses over 3 s"),
+            "{}",
+            alert.message
+        );
+        assert_eq!(alert.raised_at, raised_at);
+
+        // One good response a second: the errors stay in the window for
+        // three samples, then drop out, though 10 of the 13 responses
+        // since start were errors.
+        for second in 1..=3 {
+            h.signals.record(200, false, Duration::from_millis(1));
+            h.tick();
+            let [now] = h.stored().try_into().expect("one alert");
+            let expected = if second < 3 {
+                AlertStatus::Open
+            } else {
+                AlertStatus::Resolved
+            };
+            assert_eq!(now.status, expected, "{second} s after the errors");
+        }
+        let [cleared] = h.stored().try_into().expect("one alert");
+        assert_eq!(
+            cleared.resolved.map(|s| (s.by, s.at)),
+            Some(("abacus".to_owned(), h.clock.now()))
+        );
+    }
+
+    #[actix::test]
+    async fn an_alert_resolved_by_hand_stays_down_until_its_condition_clears_once() {
+        let srm_rule = rule(json!({"name": "srm", "metric": "srm"}));
+        let mut h = Harness::new(vec![srm_rule]).await;
+        let exp = h.experiment("exp", json!({}));
+        h.show(&[(&exp, srm())]);
+
+        h.tick();
+        let [first] = h.stored().try_into().expect("raised");
+        h.clock.advance(Duration::from_millis(300));
+        let resolved = h.resolve(&first, "ana");
+        assert_eq!(resolved.status, AlertStatus::Resolved);
+        let stamp = resolved.resolved.expect("stamp");
+        assert_eq!((stamp.by.as_str(), stamp.at), ("ana", h.clock.now()));
+
+        // The mismatch persists: not raised again.
+        h.tick();
+        h.tick();
+        let [still] = h.stored().try_into().expect("no new alert");
+        assert_eq!(still.id, first.id);
+        assert_eq!(still.resolved.expect("stamp").by, "ana");
+
+        // It clears once, and the next mismatch is news again.
+        h.show(&[(&exp, healthy())]);
+        h.tick();
+        assert_eq!(h.stored().len(), 1);
+        h.show(&[(&exp, srm())]);
+        h.tick();
+        let [old, new] = h.stored().try_into().expect("raised again");
+        assert_eq!(old.id, first.id);
+        assert_ne!(new.id, first.id);
+        assert_eq!(
+            (new.status, new.raised_at),
+            (AlertStatus::Open, h.clock.now())
+        );
+        let kinds: Vec<_> = h.outbox().into_iter().map(|(kind, ..)| kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                DomainEventKind::AlertRaised,
+                DomainEventKind::AlertResolved,
+                DomainEventKind::AlertRaised
+            ]
+        );
+    }
+
+    #[actix::test]
+    async fn disabling_a_rule_resolves_its_alerts_and_it_raises_nothing_until_enabled() {
+        let (one, other) = (
+            rule(json!({"name": "one", "metric": "srm"})),
+            rule(json!({"name": "other", "metric": "srm"})),
+        );
+        let mut h = Harness::new(vec![one.clone(), other.clone()]).await;
+        let exp = h.experiment("exp", json!({}));
+        h.show(&[(&exp, srm())]);
+        h.tick();
+        assert_eq!(h.stored().len(), 2, "one alert per rule");
+        let of = |h: &Harness, rule: &AlertRule| -> Vec<Alert> {
+            h.stored()
+                .into_iter()
+                .filter(|a| a.rule_id.as_ref() == Some(&rule.id))
+                .collect()
+        };
+
+        h.clock.advance(Duration::from_secs(5));
+        let off = RulePatch {
+            enabled: Some(false),
+            ..RulePatch::default()
+        };
+        let disabled = h.patch(&one, off);
+        assert!(!disabled.enabled);
+        assert_eq!(disabled.updated_at, h.clock.now());
+        assert_eq!(h.store.rule(one.id.as_str()).expect("read"), Some(disabled));
+        let [resolved] = of(&h, &one).try_into().expect("one alert of the rule");
+        assert_eq!(resolved.status, AlertStatus::Resolved);
+        let stamp = resolved.resolved.expect("stamp");
+        assert_eq!(
+            (stamp.by.as_str(), stamp.at, stamp.note.as_deref()),
+            ("abacus", h.clock.now(), Some("rule disabled"))
+        );
+        let [open] = of(&h, &other).try_into().expect("one alert of the other");
+        assert_eq!(open.status, AlertStatus::Open, "other rules' alerts stay");
+        let kinds: Vec<_> = h.outbox().into_iter().map(|(kind, ..)| kind).collect();
+        assert_eq!(kinds.last(), Some(&DomainEventKind::AlertResolved));
+
+        // Still mismatched, but the rule is off.
+        h.tick();
+        assert_eq!(of(&h, &one).len(), 1, "a disabled rule raises nothing");
+
+        let on = RulePatch {
+            enabled: Some(true),
+            ..RulePatch::default()
+        };
+        h.patch(&one, on);
+        h.tick();
+        let alerts = of(&h, &one);
+        assert_eq!(alerts.len(), 2, "enabled again, it raises anew");
+        assert!(alerts[1].is_active());
     }
 }
