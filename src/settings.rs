@@ -63,8 +63,8 @@ fn event_limits(config: &Config) -> EventLimits {
 }
 
 /// Webhook delivery policy.
-fn webhooks_settings(config: &Config) -> webhooks::Settings {
-    webhooks::Settings {
+fn webhooks_settings(config: &Config) -> webhooks::DeliveryPolicy {
+    webhooks::DeliveryPolicy {
         allow_private: config.webhooks.allow_private,
         timeout: config.webhooks.timeout_ms.get(),
         retry_schedule: config

@@ -10,7 +10,7 @@ use crate::clock::Clock;
 use crate::domain::EventLimits;
 use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
-use crate::ingest::{Ingest, IngestLimits, JsonlSink, LiveAggregates, Mailbox, SinkWorker};
+use crate::ingest::{IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, SinkWorker};
 use crate::live::{self, Live};
 use crate::results::figures::{self, Board, Cadence, Consumers};
 use crate::results::Results;
@@ -34,7 +34,7 @@ pub struct EngineConfig {
     /// How often running experiments' cumulative figures are kept.
     pub timeline_interval: Duration,
     /// Webhook delivery policy.
-    pub webhooks: webhooks::Settings,
+    pub webhooks: webhooks::DeliveryPolicy,
     /// Bounds on what one event may carry and when it may have happened.
     pub events: EventLimits,
     /// Most experiments one `assign_all` call may name.
@@ -48,7 +48,7 @@ pub struct EngineConfig {
 /// The running engine: one handle per service.
 pub struct Engine {
     experiments: Arc<Experiments>,
-    ingest: Arc<Ingest>,
+    intake: Arc<Intake>,
     results: Arc<Results>,
     webhooks: Arc<Webhooks>,
     alerts: Arc<Alerts>,
@@ -78,7 +78,7 @@ impl Engine {
             Arc::clone(&clock),
             config.max_assignment_experiments,
         ));
-        let ingest = Arc::new(Ingest::new(
+        let intake = Arc::new(Intake::new(
             Arc::clone(&mailbox),
             Arc::clone(&registry),
             store.clone(),
@@ -133,7 +133,7 @@ impl Engine {
         );
         Ok(Self {
             experiments,
-            ingest,
+            intake,
             results,
             webhooks,
             alerts,
@@ -149,8 +149,8 @@ impl Engine {
     }
 
     /// Accepting client events and exporting stored ones.
-    pub fn ingest(&self) -> &Arc<Ingest> {
-        &self.ingest
+    pub fn intake(&self) -> &Arc<Intake> {
+        &self.intake
     }
 
     /// Results, timelines, aggregates and analytics.
@@ -178,7 +178,7 @@ impl Engine {
     /// scrape.
     pub async fn export_metrics(&self) {
         self.experiments.export_metrics();
-        self.ingest.export_metrics();
+        self.intake.export_metrics();
         self.webhooks.export_metrics();
         self.live.export_metrics();
         let store = self.store.clone();
@@ -190,7 +190,7 @@ impl Engine {
 
     /// Whether the engine can serve: the writer and the catalog run.
     pub fn is_ready(&self) -> bool {
-        self.ingest.is_alive() && self.experiments.is_alive()
+        self.intake.is_alive() && self.experiments.is_alive()
     }
 
     /// Drains the writers and flushes the WAL. Call after the HTTP server

@@ -1,6 +1,6 @@
 //! `/v1/events`: ingestion (fire-and-forget, or `ack=persisted`) and export.
 
-use abacus_actors::ingest;
+use abacus_actors::ingest::Intake;
 use std::time::Duration;
 
 use abacus_actors::domain::{unix_ms, Event, EventIn, ExperimentKey};
@@ -86,7 +86,7 @@ pub struct AcceptedOut {
 #[post("/v1/events")]
 async fn accept(
     _: Ingest,
-    intake: web::Data<ingest::Ingest>,
+    intake: web::Data<Intake>,
     limits: web::Data<Limits>,
     query: web::Query<IngestQuery>,
     ValidJson(body): ValidJson<Value>,
@@ -237,7 +237,7 @@ pub struct EventPageOut {
 #[get("/v1/events")]
 async fn export(
     _: Admin,
-    intake: web::Data<ingest::Ingest>,
+    intake: web::Data<Intake>,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();

@@ -45,12 +45,12 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if !state.engine.is_ready() {
         reasons.push("the store or an actor is not running".to_owned());
     }
-    if let Some(failure) = state.engine.ingest().store_failure() {
+    if let Some(failure) = state.engine.intake().store_failure() {
         reasons.push(format!(
             "the event store failed ({failure}); events are refused until abacus is restarted"
         ));
     }
-    let (depth, capacity) = state.engine.ingest().mailbox();
+    let (depth, capacity) = state.engine.intake().mailbox();
     if depth as f64 > state.high_water * capacity as f64 {
         reasons.push(format!(
             "ingest mailbox above its high-water mark ({depth} of {capacity})"

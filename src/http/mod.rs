@@ -63,7 +63,7 @@ pub fn configure(
     move |cfg| {
         let engine = &state.engine;
         cfg.app_data(web::Data::from(Arc::clone(engine.experiments())))
-            .app_data(web::Data::from(Arc::clone(engine.ingest())))
+            .app_data(web::Data::from(Arc::clone(engine.intake())))
             .app_data(web::Data::from(Arc::clone(engine.results())))
             .app_data(web::Data::from(Arc::clone(engine.webhooks())))
             .app_data(web::Data::from(Arc::clone(engine.alerts())))

@@ -58,7 +58,7 @@ async fn server_stats(
     }
     let engine = &state.engine;
     let figures = engine.alerts().server_figures(window).await?;
-    let (mailbox_depth, mailbox_capacity) = engine.ingest().mailbox();
+    let (mailbox_depth, mailbox_capacity) = engine.intake().mailbox();
     Ok(HttpResponse::Ok().json(ServerStats {
         figures,
         mailbox_depth,

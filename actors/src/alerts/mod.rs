@@ -245,11 +245,11 @@ mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::storage::StoreOptions;
-    use crate::webhooks::Settings;
+    use crate::webhooks::DeliveryPolicy;
 
     /// Sources with nothing in them but `ingest`.
     pub(super) async fn sources(store: &Store, ingest: &Arc<IngestStats>) -> Sources {
-        let settings = Settings {
+        let settings = DeliveryPolicy {
             allow_private: false,
             timeout: Duration::from_secs(1),
             retry_schedule: Vec::new(),

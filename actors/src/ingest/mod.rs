@@ -57,7 +57,7 @@ use crate::experiments::registry::Registry;
 use crate::storage::{blocking, Store};
 use crate::Result;
 
-/// What [`Ingest::accept`] queued.
+/// What [`Intake::accept`] queued.
 pub struct Accepted {
     /// Number of events queued.
     pub count: usize,
@@ -75,7 +75,7 @@ pub struct EventPage {
 
 /// The ingest service: accepts client events into the mailbox and reads
 /// stored ones back.
-pub struct Ingest {
+pub struct Intake {
     mailbox: Arc<Mailbox>,
     registry: Arc<Registry>,
     store: Store,
@@ -84,7 +84,7 @@ pub struct Ingest {
     max_export_page_bytes: usize,
 }
 
-impl Ingest {
+impl Intake {
     /// The service over a started mailbox.
     pub(crate) fn new(
         mailbox: Arc<Mailbox>,

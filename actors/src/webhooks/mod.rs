@@ -39,7 +39,7 @@ use crate::{Error, Result};
 
 /// Delivery policy, from `[webhooks]`.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct DeliveryPolicy {
     /// Allow targets on loopback and private networks.
     pub allow_private: bool,
     /// Bound on one attempt.
@@ -72,7 +72,7 @@ type Entries = Arc<RwLock<BTreeMap<WebhookId, SubscriberHandle>>>;
 /// The webhook subsystem.
 pub struct Webhooks {
     store: Store,
-    settings: Arc<Settings>,
+    settings: Arc<DeliveryPolicy>,
     client: reqwest::Client,
     entries: Entries,
     /// Every "now" of the subsystem: creation times, delivery timestamps
@@ -83,7 +83,11 @@ pub struct Webhooks {
 impl Webhooks {
     /// Starts an actor per stored subscription and the dispatcher. Must run
     /// inside an actix system.
-    pub async fn start(store: Store, settings: Settings, clock: Arc<dyn Clock>) -> Result<Self> {
+    pub async fn start(
+        store: Store,
+        settings: DeliveryPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         // Resolves names through the SSRF guard: it connects only to
         // addresses the guard allows.
         let client = guard::client(settings.timeout, settings.allow_private)
@@ -410,7 +414,7 @@ mod tests {
         let (_dir, store) = Store::temporary();
         let t0 = datetime!(2030-01-01 00:00 UTC);
         let clock = Arc::new(ManualClock::new(t0));
-        let settings = Settings {
+        let settings = DeliveryPolicy {
             allow_private: true,
             timeout: Duration::from_secs(5),
             retry_schedule: Vec::new(),

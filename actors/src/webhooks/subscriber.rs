@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::guard::check_target;
 use super::signature::Secret;
-use super::Settings;
+use super::DeliveryPolicy;
 use crate::clock::Clock;
 use crate::domain::{unix_ms, DeliveryAttempt, Disabled, Webhook, WebhookMessage};
 use crate::storage::{blocking, AttemptRecord, Store};
@@ -24,7 +24,7 @@ pub struct Subscriber {
     secret: Option<Secret>,
     store: Store,
     client: reqwest::Client,
-    settings: Arc<Settings>,
+    settings: Arc<DeliveryPolicy>,
     /// Shared with the dispatcher, which queues nothing while it is false.
     enabled: Arc<AtomicBool>,
     /// Set (under its lock) once the subscription is deleted.
@@ -48,7 +48,7 @@ impl Subscriber {
         subscription: Webhook,
         store: Store,
         client: reqwest::Client,
-        settings: Arc<Settings>,
+        settings: Arc<DeliveryPolicy>,
         enabled: Arc<AtomicBool>,
         deleted: Arc<Mutex<bool>>,
         clock: Arc<dyn Clock>,
@@ -201,7 +201,7 @@ struct Delivery {
     secret: Option<Secret>,
     store: Store,
     client: reqwest::Client,
-    settings: Arc<Settings>,
+    settings: Arc<DeliveryPolicy>,
     /// Read the queue from this position.
     from: u64,
     deleted: Arc<Mutex<bool>>,
@@ -431,8 +431,8 @@ mod tests {
 
     /// Private targets allowed (the endpoint is on 127.0.0.1), no jitter
     /// so delays are exact.
-    fn settings(retry_schedule: &[u64], disable_after: u32) -> Arc<Settings> {
-        Arc::new(Settings {
+    fn settings(retry_schedule: &[u64], disable_after: u32) -> Arc<DeliveryPolicy> {
+        Arc::new(DeliveryPolicy {
             allow_private: true,
             timeout: Duration::from_secs(5),
             retry_schedule: retry_schedule
@@ -481,7 +481,7 @@ mod tests {
         _dir: tempfile::TempDir,
         store: Store,
         clock: Arc<ManualClock>,
-        settings: Arc<Settings>,
+        settings: Arc<DeliveryPolicy>,
         client: reqwest::Client,
         endpoint: Endpoint,
         subscription: Webhook,
@@ -489,7 +489,7 @@ mod tests {
     }
 
     impl Fixture {
-        fn new(script: &[(u16, &'static str)], settings: Arc<Settings>) -> Self {
+        fn new(script: &[(u16, &'static str)], settings: Arc<DeliveryPolicy>) -> Self {
             let (dir, store) = Store::temporary();
             let endpoint = Endpoint::new(script);
             let subscription = subscription(&endpoint.url);
