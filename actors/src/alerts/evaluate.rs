@@ -317,20 +317,19 @@ impl AlertActor {
             if rule.experiment.as_ref().is_some_and(|e| e != key) {
                 continue;
             }
-            let results = &figures.results;
             let found = if rule.metric == AlertMetric::Srm {
-                results.srm.detected.then(|| Firing {
+                figures.srm.detected.then(|| Firing {
                     experiment: Some(key.to_string()),
                     subscription: None,
-                    value: results.srm.p_value,
+                    value: figures.srm.p_value,
                     message: format!(
                         "sample-ratio mismatch in {key}: units {:?}, p = {:.2e}",
                         figures.units,
-                        results.srm.p_value.unwrap_or(0.0)
+                        figures.srm.p_value.unwrap_or(0.0)
                     ),
                 })
             } else {
-                results
+                figures
                     .guardrails
                     .iter()
                     .find(|g| g.regressed)

@@ -4,7 +4,9 @@
 
 use serde::Serialize;
 
-use crate::domain::{Experiment, ExperimentAggregates, MetricKind, Status, VariantAggregates};
+use crate::domain::{
+    Experiment, ExperimentAggregates, Metric, MetricKind, Status, VariantAggregates,
+};
 use crate::stats::{self, Arm, Comparison, Settings, Srm, VariantStats};
 
 /// `GET /v1/experiments/{key}/results`.
@@ -78,17 +80,7 @@ pub fn compute(
         .metrics
         .iter()
         .filter(|m| metric.is_none_or(|k| k == m.key.as_str()))
-        .map(|m| {
-            let arms = arms(experiment, &per_variant, m.key.as_str());
-            let analysis = stats::analyse(settings(experiment, m.kind), &arms);
-            MetricResults {
-                metric: m.key.to_string(),
-                kind: m.kind,
-                primary: experiment.primary_metric.as_ref() == Some(&m.key),
-                variants: analysis.variants,
-                comparisons: analysis.comparisons,
-            }
-        })
+        .map(|m| analyse(experiment, &per_variant, m))
         .collect();
     ExperimentResults {
         experiment: experiment.key.to_string(),
@@ -104,6 +96,37 @@ pub fn compute(
         srm,
         metrics,
         guardrails: guardrails(experiment, aggregates),
+    }
+}
+
+/// Results of the experiment's primary metric alone, if it has one.
+pub fn primary(
+    experiment: &Experiment,
+    aggregates: &ExperimentAggregates,
+) -> Option<MetricResults> {
+    let key = experiment.primary_metric.as_ref()?;
+    let metric = experiment.metrics.iter().find(|m| &m.key == key)?;
+    Some(analyse(
+        experiment,
+        &per_variant(experiment, aggregates),
+        metric,
+    ))
+}
+
+/// One metric's estimates and comparisons.
+fn analyse(
+    experiment: &Experiment,
+    per_variant: &[Option<&VariantAggregates>],
+    m: &Metric,
+) -> MetricResults {
+    let arms = arms(experiment, per_variant, m.key.as_str());
+    let analysis = stats::analyse(settings(experiment, m.kind), &arms);
+    MetricResults {
+        metric: m.key.to_string(),
+        kind: m.kind,
+        primary: experiment.primary_metric.as_ref() == Some(&m.key),
+        variants: analysis.variants,
+        comparisons: analysis.comparisons,
     }
 }
 

@@ -1,21 +1,22 @@
-//! Each running experiment's figures, derived once per tick and read by
-//! everything that watches experiments: the monitor (significance, SRM,
-//! guardrail stops), the timeline, the live stats and the alert rules.
+//! Each running experiment's figures, derived once and read by everything
+//! that watches experiments: the monitor (significance, SRM, guardrail
+//! stops), the timeline, the live stats and the alert rules.
 //!
-//! One task ([`spawn`]) walks the running experiments once per tick,
-//! derives their [`Figures`] (again only when the experiment or its
-//! aggregates changed since the last tick), publishes them on the
-//! [`Board`], and hands them to each consumer at its own cadence. Readers
-//! on other threads (the alert actor) load the board without a lock.
+//! One task ([`spawn`]) keeps the [`Board`]: every second (and on the
+//! monitor's and the timeline's turns) it derives the figures of each
+//! running experiment whose snapshot or aggregates changed — units, SRM,
+//! guardrails and the timeline snapshot, all from the same aggregates —
+//! and, on the monitor's turn, the primary metric's statistics. It then
+//! hands them to the consumer whose turn it is. Readers on other threads
+//! (the alert actor) load the board without a lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::time::Instant;
 
-use super::compute::{self, ExperimentResults};
+use super::compute::{self, GuardrailCheck, MetricResults};
 use super::{monitor, timeline};
 use crate::clock::Clock;
 use crate::domain::{unix_ms, ExperimentAggregates, ExperimentKey, Status, TimelineSnapshot};
@@ -23,9 +24,10 @@ use crate::experiments::assignment::Compiled;
 use crate::experiments::registry::{Entry, Registry};
 use crate::ingest::LiveAggregates;
 use crate::live::{self, Live};
+use crate::stats::Srm;
 use crate::storage::Store;
 
-/// One running experiment's figures at one tick.
+/// One running experiment's figures.
 #[derive(Debug)]
 pub struct Figures {
     /// The snapshot they were derived from.
@@ -34,62 +36,54 @@ pub struct Figures {
     pub aggregates: Arc<ExperimentAggregates>,
     /// Exposed units per variant, in the experiment's order.
     pub units: Vec<u64>,
-    /// Results of the primary metric (every metric without one), with the
-    /// SRM check and every guardrail against every treatment, as of the
-    /// last monitor tick: the statistics are derived at the monitor's
-    /// cadence, not every tick.
-    pub results: Arc<ExperimentResults>,
+    /// The sample-ratio check on `units`.
+    pub srm: Srm,
+    /// Every guardrail against every treatment.
+    pub guardrails: Vec<GuardrailCheck>,
     /// The cumulative figures the timeline keeps.
     pub timeline: TimelineSnapshot,
-    /// The aggregates `results` were derived from.
-    results_from: Arc<ExperimentAggregates>,
+    /// The primary metric's results as of the monitor's last turn (`None`
+    /// without a primary metric).
+    pub primary: Option<Arc<MetricResults>>,
+    /// The aggregates `primary` was derived from.
+    primary_from: Arc<ExperimentAggregates>,
 }
 
 impl Figures {
-    /// Derives the figures of `compiled`'s experiment from `aggregates`,
-    /// the statistics included.
+    /// Derives every figure of `compiled`'s experiment from `aggregates`,
+    /// the primary metric's statistics included.
     pub fn of(compiled: Arc<Compiled>, aggregates: Arc<ExperimentAggregates>) -> Self {
-        let primary = compiled.experiment().primary_metric.as_ref();
-        let results = compute::compute(
-            compiled.experiment(),
-            &aggregates,
-            primary.map(|m| m.as_str()),
-        );
-        Self::with_results(compiled, aggregates, Arc::new(results), None)
+        let primary = compute::primary(compiled.experiment(), &aggregates).map(Arc::new);
+        let from = Arc::clone(&aggregates);
+        Self::with_primary(compiled, aggregates, primary, from)
     }
 
-    /// The figures of `aggregates` with statistics derived earlier (from
-    /// `results_from`, or from `aggregates` themselves when `None`).
-    fn with_results(
+    /// The figures of `aggregates`, with the primary metric's statistics
+    /// derived earlier from `primary_from`.
+    fn with_primary(
         compiled: Arc<Compiled>,
         aggregates: Arc<ExperimentAggregates>,
-        results: Arc<ExperimentResults>,
-        results_from: Option<Arc<ExperimentAggregates>>,
+        primary: Option<Arc<MetricResults>>,
+        primary_from: Arc<ExperimentAggregates>,
     ) -> Self {
         let experiment = compiled.experiment();
-        let units = experiment
-            .variants
-            .iter()
-            .map(|v| {
-                aggregates
-                    .variants
-                    .get(v.key.as_str())
-                    .map_or(0, |a| a.units)
-            })
-            .collect();
+        let (srm, units) = compute::sample_ratio(experiment, &aggregates);
+        let guardrails = compute::guardrails(experiment, &aggregates);
         let timeline = TimelineSnapshot::of(experiment, &aggregates);
         Self {
-            results_from: results_from.unwrap_or_else(|| Arc::clone(&aggregates)),
             compiled,
             aggregates,
             units,
-            results,
+            srm,
+            guardrails,
             timeline,
+            primary,
+            primary_from,
         }
     }
 
     /// Whether these figures still describe `compiled` and `aggregates`
-    /// (with statistics derived from them, when `statistics`).
+    /// (with the primary metric's statistics too, when `statistics`).
     fn is_of(
         &self,
         compiled: &Arc<Compiled>,
@@ -98,27 +92,35 @@ impl Figures {
     ) -> bool {
         Arc::ptr_eq(&self.compiled, compiled)
             && Arc::ptr_eq(&self.aggregates, aggregates)
-            && (!statistics || Arc::ptr_eq(&self.results_from, aggregates))
+            && (!statistics || Arc::ptr_eq(&self.primary_from, aggregates))
     }
 }
+
+/// Every running experiment's entry and figures.
+pub type Figured = BTreeMap<ExperimentKey, (Entry, Arc<Figures>)>;
 
 /// The latest figures of every running experiment.
 #[derive(Default)]
 pub struct Board {
-    figures: ArcSwap<BTreeMap<ExperimentKey, (Entry, Arc<Figures>)>>,
+    figures: ArcSwap<Figured>,
 }
 
 impl Board {
-    /// Every running experiment's entry and figures as of the last tick.
-    pub fn load(&self) -> Arc<BTreeMap<ExperimentKey, (Entry, Arc<Figures>)>> {
+    /// Every running experiment's entry and figures as of the last refresh.
+    pub fn load(&self) -> Arc<Figured> {
         self.figures.load_full()
     }
 
-    /// Derives this tick's figures, reusing the last tick's for every
-    /// experiment whose snapshot and aggregates did not change. The
-    /// statistics are derived again only when `statistics` (the monitor's
-    /// turn) or when the experiment itself changed.
-    fn refresh(&self, registry: &Registry, aggregates: &LiveAggregates, statistics: bool) {
+    /// Derives the figures of every running experiment whose snapshot or
+    /// aggregates changed since the last refresh, and the primary metric's
+    /// statistics too when `statistics` (the monitor's turn) or when the
+    /// experiment itself changed. Returns the board.
+    fn refresh(
+        &self,
+        registry: &Registry,
+        aggregates: &LiveAggregates,
+        statistics: bool,
+    ) -> Arc<Figured> {
         let last = self.figures.load();
         let mut next = BTreeMap::new();
         for (key, entry) in registry.load().iter() {
@@ -130,25 +132,27 @@ impl Board {
             let figures = match last.get(key) {
                 Some((_, f)) if f.is_of(&compiled, &now, statistics) => Arc::clone(f),
                 Some((_, f)) if !statistics && Arc::ptr_eq(&f.compiled, &compiled) => {
-                    Arc::new(Figures::with_results(
+                    Arc::new(Figures::with_primary(
                         compiled,
                         now,
-                        Arc::clone(&f.results),
-                        Some(Arc::clone(&f.results_from)),
+                        f.primary.clone(),
+                        Arc::clone(&f.primary_from),
                     ))
                 }
                 _ => Arc::new(Figures::of(compiled, now)),
             };
             next.insert(key.clone(), (entry.clone(), figures));
         }
-        self.figures.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.figures.store(Arc::clone(&next));
+        next
     }
 }
 
 #[cfg(test)]
 impl Board {
-    /// Puts `figures` on the board as if a tick had derived them.
-    pub(crate) fn publish(&self, figures: BTreeMap<ExperimentKey, (Entry, Arc<Figures>)>) {
+    /// Puts `figures` on the board as if a refresh had derived them.
+    pub(crate) fn publish(&self, figures: Figured) {
         self.figures.store(Arc::new(figures));
     }
 }
@@ -160,7 +164,8 @@ pub(crate) struct Cadence {
     pub monitor: Duration,
     /// The timeline's records (`results.timeline_interval_s`).
     pub timeline: Duration,
-    /// The live stats messages (once a second).
+    /// The live stats messages, and the board's refresh for the alert
+    /// rules (once a second).
     pub stats: Duration,
 }
 
@@ -175,30 +180,35 @@ pub(crate) struct Consumers {
     pub max_stats_bytes: usize,
 }
 
-/// Derives the figures every tick (the shortest cadence) and fans them
-/// out, for as long as the actix system runs.
+/// Keeps the board and feeds each consumer on its own interval, for as
+/// long as the actix system runs.
 pub(crate) fn spawn(cadence: Cadence, to: Consumers) {
-    let tick = cadence.monitor.min(cadence.stats).min(cadence.timeline);
-    actix::spawn(async move {
-        let mut ticks = tokio::time::interval(tick);
+    let interval = |every: Duration| {
+        let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (mut monitored, mut recorded, mut streamed) = (None, None, None);
-        let mut timeline = timeline::Recorder::default();
+        ticks
+    };
+    actix::spawn(async move {
+        let (mut monitor, mut stats, mut timeline) = (
+            interval(cadence.monitor),
+            interval(cadence.stats),
+            interval(cadence.timeline),
+        );
+        let mut recorder = timeline::Recorder::default();
         let mut before: HashMap<ExperimentKey, Arc<ExperimentAggregates>> = HashMap::new();
         loop {
-            let now = ticks.tick().await;
-            let monitor = due(&mut monitored, now, cadence.monitor);
-            to.board.refresh(&to.registry, &to.aggregates, monitor);
-            let board = to.board.load();
-            if monitor {
-                for (entry, figures) in board.values() {
-                    monitor::check(entry, figures);
+            tokio::select! {
+                _ = monitor.tick() => {
+                    for (entry, figures) in to.board.refresh(&to.registry, &to.aggregates, true).values() {
+                        monitor::check(entry, figures);
+                    }
                 }
-            }
-            if due(&mut streamed, now, cadence.stats) {
-                if to.live.clients() == 0 {
-                    before.clear();
-                } else {
+                _ = stats.tick() => {
+                    let board = to.board.refresh(&to.registry, &to.aggregates, false);
+                    if to.live.clients() == 0 {
+                        before.clear();
+                        continue;
+                    }
                     for (key, (_, figures)) in board.iter() {
                         let was = before.get(key).cloned().unwrap_or_default();
                         let data = live::stats_message(
@@ -211,23 +221,13 @@ pub(crate) fn spawn(cadence: Cadence, to: Consumers) {
                         before.insert(key.clone(), Arc::clone(&figures.aggregates));
                     }
                 }
-            }
-            if due(&mut recorded, now, cadence.timeline) {
-                let at = unix_ms(to.clock.now());
-                timeline.record(&board, at, &to.store).await;
+                _ = timeline.tick() => {
+                    let board = to.board.refresh(&to.registry, &to.aggregates, false);
+                    recorder.record(&board, unix_ms(to.clock.now()), &to.store);
+                }
             }
         }
     });
-}
-
-/// Whether work done `every` is due at `now` (at once the first time);
-/// if so, remembers `now` as its last run.
-fn due(last: &mut Option<Instant>, now: Instant, every: Duration) -> bool {
-    let due = last.is_none_or(|last| now.duration_since(last) >= every);
-    if due {
-        *last = Some(now);
-    }
-    due
 }
 
 #[cfg(test)]
@@ -244,6 +244,8 @@ mod tests {
         let input: ExperimentIn = serde_json::from_value(json!({
             "key": key, "name": key,
             "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}],
+            "metrics": [{"key": "exposure", "kind": "binomial"}],
+            "primary_metric": "exposure",
         }))
         .expect("input");
         let draft = Experiment::create(input, OffsetDateTime::now_utc()).expect("draft");
@@ -294,26 +296,20 @@ mod tests {
         assert_eq!(c.units, [0, 1]);
         assert_eq!(c.timeline.variants["b"].units, 1);
         assert!(
-            Arc::ptr_eq(&a.results, &c.results),
-            "between monitor ticks the statistics are carried over"
+            a.primary.is_some()
+                && Arc::ptr_eq(a.primary.as_ref().unwrap(), c.primary.as_ref().unwrap()),
+            "between monitor turns the primary metric's statistics are carried over"
         );
-        assert_eq!(c.results.units, 0);
+        assert_eq!(c.primary.as_ref().unwrap().variants[1].units, 0);
         board.refresh(&registry, &live, true);
         let (_, d) = &board.load()["on"];
-        assert_eq!(d.results.units, 1, "the monitor's tick derives them");
+        assert_eq!(
+            d.primary.as_ref().unwrap().variants[1].units,
+            1,
+            "the monitor's turn derives them"
+        );
         board.refresh(&registry, &live, true);
         let (_, e) = &board.load()["on"];
         assert!(Arc::ptr_eq(d, e), "and only once");
-    }
-
-    #[test]
-    fn work_is_due_at_once_then_every_period() {
-        let start = Instant::now();
-        let mut last = None;
-        let every = Duration::from_secs(5);
-        assert!(due(&mut last, start, every));
-        assert!(!due(&mut last, start + Duration::from_secs(4), every));
-        assert!(due(&mut last, start + Duration::from_secs(5), every));
-        assert!(!due(&mut last, start + Duration::from_secs(9), every));
     }
 }

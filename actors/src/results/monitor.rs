@@ -15,9 +15,8 @@ use crate::experiments::registry::Entry;
 /// computed here).
 pub(crate) fn check(entry: &Entry, figures: &Figures) {
     let experiment = figures.compiled.experiment();
-    let results = &figures.results;
     if experiment.guardrail_stop.is_none() {
-        if let Some(check) = results
+        if let Some(check) = figures
             .guardrails
             .iter()
             .find(|g| g.auto_stop && g.regressed)
@@ -32,28 +31,26 @@ pub(crate) fn check(entry: &Entry, figures: &Figures) {
             return;
         }
     }
-    if experiment.srm_detected_at.is_none() && results.srm.detected {
+    if experiment.srm_detected_at.is_none() && figures.srm.detected {
         entry
             .addr
             .do_send(RecordFinding(Finding::SampleRatioMismatch {
-                p_value: results.srm.p_value.unwrap_or(0.0),
+                p_value: figures.srm.p_value.unwrap_or(0.0),
                 units: figures.units.clone(),
             }));
     }
-    let (None, Some(primary)) = (experiment.significant_at, &experiment.primary_metric) else {
+    let (None, Some(metric)) = (experiment.significant_at, &figures.primary) else {
         return;
     };
-    let significant = results
-        .metrics
+    let significant = metric
+        .comparisons
         .iter()
-        .filter(|m| m.metric == primary.as_str())
-        .flat_map(|m| m.comparisons.iter().map(move |c| (m, c)))
-        .filter(|(_, c)| c.sequential_significant)
+        .filter(|c| c.sequential_significant)
         .min_by(|a, b| {
             let p = |c: &crate::stats::Comparison| c.sequential_p_value_holm.unwrap_or(1.0);
-            p(a.1).total_cmp(&p(b.1))
+            p(a).total_cmp(&p(b))
         });
-    if let Some((metric, comparison)) = significant {
+    if let Some(comparison) = significant {
         entry.addr.do_send(RecordFinding(Finding::Significant {
             metric: metric.metric.clone(),
             variant: comparison.variant.clone(),

@@ -4,12 +4,10 @@
 //! life. One small record per experiment per interval, written only when
 //! something changed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
-use super::figures::Figures;
+use super::figures::Figured;
 use crate::domain::{ExperimentKey, TimelineSnapshot};
-use crate::experiments::registry::Entry;
 use crate::storage::{blocking, Store};
 
 /// Remembers what was last kept per experiment, so only changes are
@@ -21,13 +19,9 @@ pub(crate) struct Recorder {
 
 impl Recorder {
     /// Keeps, at `at` (ms since the epoch), the snapshot of every running
-    /// experiment whose figures changed since the last record.
-    pub(crate) async fn record(
-        &mut self,
-        board: &BTreeMap<ExperimentKey, (Entry, Arc<Figures>)>,
-        at: i64,
-        store: &Store,
-    ) {
+    /// experiment whose figures changed since the last record. The write
+    /// runs on its own task, so a slow disk never holds up the ticker.
+    pub(crate) fn record(&mut self, board: &Figured, at: i64, store: &Store) {
         let mut changed = Vec::new();
         for (key, (_, figures)) in board {
             if self.last.get(key) != Some(&figures.timeline) {
@@ -39,13 +33,15 @@ impl Recorder {
             return;
         }
         let store = store.clone();
-        let written = blocking(move || {
-            changed
-                .iter()
-                .try_for_each(|(key, snapshot)| store.put_timeline(key, at, snapshot))
+        actix::spawn(async move {
+            let written = blocking(move || {
+                changed
+                    .iter()
+                    .try_for_each(|(key, snapshot)| store.put_timeline(key, at, snapshot))
+            });
+            if let Err(e) = written.await {
+                tracing::error!(error = %e, "writing the timeline failed");
+            }
         });
-        if let Err(e) = written.await {
-            tracing::error!(error = %e, "writing the timeline failed");
-        }
     }
 }
