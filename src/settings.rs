@@ -21,8 +21,8 @@ pub fn engine(config: &Config) -> EngineConfig {
             .sinks
             .contains(&SinkKind::Jsonl)
             .then(|| config.ingest.jsonl_path.clone()),
-        retention: (config.storage.retention_days > 0).then(|| Retention {
-            keep: days(config.storage.retention_days),
+        retention: (config.storage.retention_days.get() > Duration::ZERO).then(|| Retention {
+            keep: config.storage.retention_days.get(),
             max_event_age: config.ingest.max_event_age_s.get(),
             every: config.storage.retention_sweep_interval_s.get(),
         }),
@@ -42,7 +42,7 @@ fn ingest(config: &Config) -> IngestLimits {
         mailbox_capacity: config.ingest.mailbox_capacity,
         flush_interval: config.ingest.flush_interval_ms.get(),
         flush_max_events: config.ingest.flush_max_events,
-        dedup_window: days(config.ingest.dedup_window_days),
+        dedup_window: config.ingest.dedup_window_days.get(),
         max_measures: config.limits.max_measures,
         commit_retries: config.ingest.commit_retries,
         commit_retry: config.ingest.commit_retry_ms.get(),
@@ -77,8 +77,4 @@ fn webhooks_settings(config: &Config) -> webhooks::DeliveryPolicy {
         disable_after: config.webhooks.disable_after,
         max_retry_after: config.webhooks.max_retry_after_ms.get(),
     }
-}
-
-fn days(n: u32) -> Duration {
-    Duration::from_secs(u64::from(n) * 24 * 3600)
 }

@@ -1,7 +1,5 @@
 //! The engine's one error type.
 
-use crate::domain::{ExperimentKey, Status};
-
 /// Everything the engine can refuse or fail at. The HTTP layer maps each
 /// variant to a status code in exactly one place.
 #[derive(Debug, thiserror::Error)]
@@ -21,14 +19,14 @@ pub enum Error {
     /// An alert cannot go this way from where it is.
     #[error("cannot {action} an alert that is {from}")]
     AlertTransition {
-        /// Where the alert is.
-        from: crate::domain::AlertStatus,
+        /// Where the alert is (its status).
+        from: &'static str,
         /// What was asked.
         action: &'static str,
     },
     /// An experiment with this key exists already (archived ones included).
     #[error("experiment '{0}' already exists")]
-    ExperimentExists(ExperimentKey),
+    ExperimentExists(String),
     /// A value is well-formed JSON but breaks a rule.
     #[error("{message}")]
     Invalid {
@@ -52,7 +50,7 @@ pub enum Error {
     #[error("cannot {action} an experiment that is {from}")]
     InvalidTransition {
         /// Status the experiment is in.
-        from: Status,
+        from: &'static str,
         /// What was asked, e.g. `start`.
         action: &'static str,
     },
@@ -62,7 +60,7 @@ pub enum Error {
         /// The field that was asked to change.
         field: &'static str,
         /// Status the experiment is in.
-        status: Status,
+        status: &'static str,
     },
     /// A bounded mailbox is full; the caller should retry shortly.
     #[error("the {0} mailbox is full")]

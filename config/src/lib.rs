@@ -106,6 +106,11 @@ macro_rules! duration_type {
     };
 }
 
+/// `n` days as a duration.
+fn days(n: u64) -> Duration {
+    Duration::from_secs(n.saturating_mul(24 * 3600))
+}
+
 duration_type!(
     /// Milliseconds, 0 allowed.
     Millis,
@@ -116,6 +121,18 @@ duration_type!(
     /// Milliseconds, more than 0.
     PositiveMillis,
     Duration::from_millis,
+    positive: true
+);
+duration_type!(
+    /// Whole days, 0 allowed.
+    Days,
+    days,
+    positive: false
+);
+duration_type!(
+    /// Whole days, more than 0.
+    PositiveDays,
+    days,
     positive: true
 );
 duration_type!(
@@ -161,7 +178,7 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// Raw events are kept at least this many days after they were
     /// received; 0 keeps them forever. Aggregates are kept either way.
-    pub retention_days: u32,
+    pub retention_days: Days,
     /// How often the retention sweep runs, in seconds (also once at start).
     pub retention_sweep_interval_s: PositiveSeconds,
 }
@@ -179,7 +196,7 @@ pub struct IngestConfig {
     /// Most events in one committed batch.
     pub flush_max_events: usize,
     /// How long a client `event_id` is remembered for de-duplication.
-    pub dedup_window_days: u32,
+    pub dedup_window_days: PositiveDays,
     /// Sinks committed events go to; `rocksdb` is required.
     pub sinks: Vec<SinkKind>,
     /// File the `jsonl` sink appends to.
@@ -379,9 +396,6 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.ingest.max_batch) {
             return invalid("ingest.max_batch", "must be between 1 and 100000");
-        }
-        if self.ingest.dedup_window_days == 0 {
-            return invalid("ingest.dedup_window_days", "must be positive");
         }
         if !self.ingest.sinks.contains(&SinkKind::Rocksdb) {
             return invalid(

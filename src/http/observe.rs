@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use abacus_actors::alerts::Alerts;
 use abacus_actors::metrics as m;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -43,11 +44,9 @@ pub async fn observe(
         400..=499 => "4xx",
         _ => "5xx",
     };
-    if let Some(state) = res.request().app_data::<web::Data<super::AppState>>() {
+    if let Some(alerts) = res.request().app_data::<web::Data<Alerts>>() {
         let event = method == "POST" && route == "/v1/events";
-        state
-            .engine
-            .alerts()
+        alerts
             .signals()
             .record(res.status().as_u16(), event, elapsed);
     }

@@ -1,14 +1,15 @@
 //! `GET /v1/server/stats`: how the server is doing right now, for the
 //! dashboard's performance panel (Prometheus has the full picture).
 
-use abacus_actors::alerts::ServerFigures;
+use abacus_actors::alerts::{Alerts, ServerFigures};
+use abacus_actors::ingest::Intake;
+use abacus_actors::live::Live;
 use actix_web::{get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
-use super::AppState;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -49,20 +50,21 @@ pub struct ServerStats {
 #[get("/v1/server/stats")]
 async fn server_stats(
     _: Admin,
-    state: web::Data<AppState>,
+    alerts: web::Data<Alerts>,
+    intake: web::Data<Intake>,
+    live: web::Data<Live>,
     query: web::Query<StatsQuery>,
 ) -> ApiResult<HttpResponse> {
     let window = query.window_s.unwrap_or(60);
     if !(1..=300).contains(&window) {
         return Err(ApiError::bad_query("window_s", "window_s must be 1-300"));
     }
-    let engine = &state.engine;
-    let figures = engine.alerts().server_figures(window).await?;
-    let (mailbox_depth, mailbox_capacity) = engine.intake().mailbox();
+    let figures = alerts.server_figures(window).await?;
+    let (mailbox_depth, mailbox_capacity) = intake.mailbox();
     Ok(HttpResponse::Ok().json(ServerStats {
         figures,
         mailbox_depth,
         mailbox_capacity,
-        stream_clients: engine.live().clients(),
+        stream_clients: live.clients(),
     }))
 }

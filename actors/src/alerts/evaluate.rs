@@ -421,12 +421,12 @@ impl Actor for AlertActor {
 /// The server's figures over the last `0` seconds.
 #[derive(Message)]
 #[rtype(result = "ServerFigures")]
-pub(super) struct Figures(pub u32);
+pub(super) struct ReadServerFigures(pub u32);
 
-impl Handler<Figures> for AlertActor {
-    type Result = MessageResult<Figures>;
+impl Handler<ReadServerFigures> for AlertActor {
+    type Result = MessageResult<ReadServerFigures>;
 
-    fn handle(&mut self, msg: Figures, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ReadServerFigures, _: &mut Context<Self>) -> Self::Result {
         let (last, first, seconds) = self.span(msg.0);
         let window = last.signals.since(&first.signals);
         let per_s = |n: u64| {
@@ -596,7 +596,7 @@ mod tests {
     };
     use crate::experiments::registry::{Entry, Registry};
     use crate::ingest::IngestStats;
-    use crate::results::figures::{Board, Figures as ExperimentFigures};
+    use crate::results::figures::{Board, Figures};
 
     async fn actor(store: &Store, ingest: &Arc<IngestStats>, loaded: Vec<Alert>) -> AlertActor {
         let sources = sources(store, ingest).await;
@@ -728,7 +728,7 @@ mod tests {
                 .map(|(entry, aggregates)| {
                     let compiled = entry.slot.snapshot();
                     let key = compiled.experiment().key.clone();
-                    let f = ExperimentFigures::of(compiled, Arc::new(aggregates.clone()));
+                    let f = Figures::of(compiled, Arc::new(aggregates.clone()));
                     (key, (Entry::clone(entry), Arc::new(f)))
                 })
                 .collect::<BTreeMap<ExperimentKey, _>>();

@@ -21,7 +21,7 @@ use actix::prelude::*;
 pub use signals::Signals;
 
 use self::evaluate::{
-    Acknowledge, AlertActor, CreateRule, DeleteRule, Figures, PatchRule, Resolve,
+    Acknowledge, AlertActor, CreateRule, DeleteRule, PatchRule, ReadServerFigures, Resolve,
 };
 use crate::clock::Clock;
 use crate::domain::{
@@ -139,7 +139,7 @@ impl Alerts {
 
     /// The server's figures over the last `seconds` (at most 300).
     pub async fn server_figures(&self, seconds: u32) -> Result<ServerFigures> {
-        Ok(self.addr.send(Figures(seconds)).await?)
+        Ok(self.addr.send(ReadServerFigures(seconds)).await?)
     }
 
     /// Creates a rule.

@@ -28,13 +28,20 @@ pub enum AlertStatus {
     Resolved,
 }
 
-impl std::fmt::Display for AlertStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl AlertStatus {
+    /// The status as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Self::Open => "open",
             Self::Acknowledged => "acknowledged",
             Self::Resolved => "resolved",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for AlertStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -239,7 +246,7 @@ impl Alert {
     pub fn acknowledged(&self, input: StampIn, now: OffsetDateTime) -> Result<Self> {
         if self.status != AlertStatus::Open {
             return Err(Error::AlertTransition {
-                from: self.status,
+                from: self.status.as_str(),
                 action: "acknowledge",
             });
         }
@@ -253,7 +260,7 @@ impl Alert {
     pub fn resolved_by(&self, input: StampIn, now: OffsetDateTime) -> Result<Self> {
         if self.status == AlertStatus::Resolved {
             return Err(Error::AlertTransition {
-                from: self.status,
+                from: self.status.as_str(),
                 action: "resolve",
             });
         }

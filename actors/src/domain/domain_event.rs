@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::{Action, Experiment};
+use super::{Action, Experiment, WebhookId};
 
 /// The kinds of domain event, named as webhook subscribers see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -75,7 +75,7 @@ pub struct DomainEvent {
     /// Only this webhook subscription gets it (`webhook.test`); else every
     /// subscription to its type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subscription: Option<String>,
+    pub subscription: Option<WebhookId>,
     /// Details: the experiment after the change, and for significance and
     /// SRM the numbers that triggered it.
     #[schema(value_type = Object)]
@@ -122,9 +122,9 @@ impl DomainEvent {
     }
 
     /// A `webhook.test` for one subscription.
-    pub fn test(subscription: &str, at: OffsetDateTime) -> Self {
+    pub fn test(subscription: &WebhookId, at: OffsetDateTime) -> Self {
         Self {
-            subscription: Some(subscription.to_owned()),
+            subscription: Some(subscription.clone()),
             ..Self::about(
                 DomainEventKind::WebhookTest,
                 None,

@@ -315,7 +315,7 @@ impl Experiment {
     pub fn patched(&self, patch: ExperimentPatch, now: OffsetDateTime) -> Result<Self> {
         if self.status == Status::Archived {
             return Err(Error::InvalidTransition {
-                from: self.status,
+                from: self.status.as_str(),
                 action: "edit",
             });
         }
@@ -325,7 +325,7 @@ impl Experiment {
             } else {
                 Err(Error::NotEditable {
                     field,
-                    status: self.status,
+                    status: self.status.as_str(),
                 })
             }
         };

@@ -54,12 +54,12 @@ impl Status {
             (S::Paused, A::Resume) => Ok(S::Running),
             (S::Running | S::Paused, A::Complete) => Ok(S::Completed),
             (S::Archived, A::Archive) => Err(Error::InvalidTransition {
-                from: self,
+                from: self.as_str(),
                 action: action.as_str(),
             }),
             (_, A::Archive) => Ok(S::Archived),
             _ => Err(Error::InvalidTransition {
-                from: self,
+                from: self.as_str(),
                 action: action.as_str(),
             }),
         }

@@ -466,7 +466,7 @@ mod tests {
             matches!(
                 refused,
                 Err(Error::InvalidTransition {
-                    from: Status::Draft,
+                    from: "draft",
                     action: "pause"
                 })
             ),
@@ -489,7 +489,7 @@ mod tests {
             refused,
             Err(Error::NotEditable {
                 field: "salt",
-                status: Status::Running
+                status: "running"
             })
         ));
 

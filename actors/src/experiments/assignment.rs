@@ -1,4 +1,4 @@
-//! The assignment algorithm of SPEC section 2, exactly:
+//! The assignment algorithm of `docs/assignment.md`, exactly:
 //!
 //! ```text
 //! bucket(salt, unit) = be_u32(md5(utf8(salt + ":" + unit))[0..4]) / 2^32

@@ -113,7 +113,7 @@ impl Handler<CreateExperiment> for Catalog {
 
     fn handle(&mut self, msg: CreateExperiment, _: &mut Context<Self>) -> Self::Result {
         let created = if self.registry.get(msg.0.key.as_str()).is_some() {
-            Err(Error::ExperimentExists(msg.0.key))
+            Err(Error::ExperimentExists(msg.0.key.to_string()))
         } else {
             Experiment::create(msg.0, self.clock.now())
         };

@@ -7,7 +7,7 @@
 //! write path to reconcile, and a single thread owns them, so there is no
 //! lock. Readers get immutable snapshots from [`LiveAggregates`].
 //!
-//! Attribution (SPEC "Results"): an exposure event makes its unit an
+//! Attribution (`docs/events.md`, "Attribution"): an exposure event makes its unit an
 //! exposed unit of its variant (once); any other event counts towards the
 //! measure named by [`Event::metric_name`] for each exposure of its unit
 //! that it matches — the event's experiment (all of the unit's experiments

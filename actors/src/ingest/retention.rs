@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::experiments::registry::Registry;
-use crate::storage::Store;
+use crate::storage::{blocking, Store};
 use crate::Result;
 
 /// How long raw events are kept and how often that is enforced.
@@ -48,11 +48,9 @@ pub(crate) fn spawn(retention: Retention, store: Store, registry: Arc<Registry>)
         loop {
             ticks.tick().await;
             let (store, registry) = (store.clone(), Arc::clone(&registry));
-            let swept = tokio::task::spawn_blocking(move || sweep(&store, &registry, retention));
-            match swept.await {
-                Ok(Ok(cutoff_ms)) => tracing::debug!(cutoff_ms, "retention sweep done"),
-                Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
-                Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+            match blocking(move || sweep(&store, &registry, retention)).await {
+                Ok(cutoff_ms) => tracing::debug!(cutoff_ms, "retention sweep done"),
+                Err(e) => tracing::error!(error = %e, "retention sweep failed"),
             }
         }
     });

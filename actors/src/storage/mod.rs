@@ -24,9 +24,9 @@ use rocksdb::{
 pub(crate) use analytics::bucket_deltas;
 pub use analytics::AnalyticsFilter;
 pub use cf::Cf;
-pub use webhooks::AttemptRecord;
+pub use webhooks::AttemptWrite;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::domain::{
     unix_ms, AggregateChanges, AggregatesRecordRef, Bucket, DomainEvent, Event, EventRecord,
     EventRecordRef, Experiment, ExperimentKey, ExperimentRecord, StickyAssignment,
@@ -89,12 +89,14 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database under `path`, on the
-    /// system clock.
-    pub fn open(path: &Path, options: StoreOptions) -> Result<Self> {
-        Self::open_with_clock(path, options, Arc::new(SystemClock))
+    /// system clock: for tests; the engine opens it on its own clock.
+    #[cfg(test)]
+    pub(crate) fn open(path: &Path, options: StoreOptions) -> Result<Self> {
+        Self::open_with_clock(path, options, Arc::new(crate::clock::SystemClock))
     }
 
-    /// Opens the database under `path`, expiring by `clock`'s time.
+    /// Opens (creating if needed) the database under `path`, expiring by
+    /// `clock`'s time.
     pub fn open_with_clock(
         path: &Path,
         options: StoreOptions,

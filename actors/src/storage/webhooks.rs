@@ -10,7 +10,7 @@ use crate::{Error, Result};
 const DISPATCH_CURSOR_KEY: &[u8] = b"webhook_dispatch_cursor";
 
 /// What one finished delivery attempt changes, written together.
-pub struct AttemptRecord<'a> {
+pub struct AttemptWrite<'a> {
     /// The subscription after the attempt (counters, maybe disabled).
     pub subscription: &'a Webhook,
     /// The message's queue position.
@@ -134,7 +134,7 @@ impl Store {
 
     /// Records a finished attempt: the log entry, the message's fate and
     /// the subscription's counters, atomically.
-    pub fn record_attempt(&self, record: &AttemptRecord<'_>) -> Result<()> {
+    pub fn record_attempt(&self, record: &AttemptWrite<'_>) -> Result<()> {
         let id = record.subscription.id.as_str();
         let mut batch = WriteBatch::default();
         batch.put_cf(

@@ -59,7 +59,7 @@ async fn dispatch(store: &Store, entries: &Entries) -> Result<()> {
             for (seq, event) in &events {
                 let body = event.payload().to_string();
                 for (id, kinds, enabled) in &targets {
-                    let addressed = event.subscription.as_ref().is_none_or(|s| s == id.as_str());
+                    let addressed = event.subscription.as_ref().is_none_or(|s| s == id);
                     if *enabled && addressed && kinds.contains(&event.kind) {
                         messages.push((
                             id.as_str(),

@@ -253,8 +253,10 @@ impl Webhooks {
 
     /// Queues a `webhook.test` for one subscription; returns its message id.
     pub async fn test(&self, id: &str) -> Result<String> {
-        self.entry(id)?;
-        let event = DomainEvent::test(id, self.clock.now());
+        let id = WebhookId::try_from(id.to_owned())
+            .map_err(|_| Error::WebhookNotFound(id.to_owned()))?;
+        self.entry(id.as_str())?;
+        let event = DomainEvent::test(&id, self.clock.now());
         let message_id = event.id.clone();
         let store = self.store.clone();
         blocking(move || store.append_outbox(&event)).await?;

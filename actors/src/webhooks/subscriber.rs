@@ -15,7 +15,7 @@ use super::signature::Secret;
 use super::DeliveryPolicy;
 use crate::clock::Clock;
 use crate::domain::{unix_ms, DeliveryAttempt, Disabled, Webhook, WebhookMessage};
-use crate::storage::{blocking, AttemptRecord, Store};
+use crate::storage::{blocking, AttemptWrite, Store};
 use crate::{Error, Result};
 
 /// Owns one subscription's deliveries.
@@ -242,7 +242,7 @@ impl Delivery {
             if *deleted {
                 return Ok(());
             }
-            store.record_attempt(&AttemptRecord {
+            store.record_attempt(&AttemptWrite {
                 subscription: &recorded,
                 seq,
                 retry: retry.as_ref(),
