@@ -186,7 +186,8 @@ impl AlertActor {
         let sample = Sample {
             signals: self.sources.signals.snapshot(),
             rejections: ingest.rejected_full_events.load(Ordering::Relaxed)
-                + ingest.rejected_invalid.load(Ordering::Relaxed),
+                + ingest.rejected_invalid.load(Ordering::Relaxed)
+                + ingest.rejected_failed.load(Ordering::Relaxed),
             accepted: ingest.accepted.load(Ordering::Relaxed),
         };
         if self.history.len() > MAX_WINDOW_S as usize {
@@ -672,6 +673,7 @@ mod tests {
         clock: Arc<ManualClock>,
         board: Arc<Board>,
         signals: Arc<Signals>,
+        ingest: Arc<IngestStats>,
         registry: Registry,
         alerts: AlertActor,
     }
@@ -683,6 +685,7 @@ mod tests {
             let clock = Arc::new(ManualClock::new(T0));
             let ingest = Arc::new(IngestStats::default());
             let sources = sources(&store, &ingest).await;
+            let ingest_stats = Arc::clone(&ingest);
             let (board, signals) = (Arc::clone(&sources.figures), Arc::clone(&sources.signals));
             let alerts = AlertActor::new(
                 store.clone(),
@@ -698,6 +701,7 @@ mod tests {
                 clock,
                 board,
                 signals,
+                ingest: ingest_stats,
                 registry: Registry::default(),
                 alerts,
             }
@@ -937,6 +941,20 @@ mod tests {
         );
         let lift = alert.value.expect("relative lift");
         assert!((lift + 0.4).abs() < 1e-9, "{lift}");
+    }
+
+    #[actix::test]
+    async fn events_refused_on_a_failed_store_count_as_ingest_rejections() {
+        let rejections = rule(json!({
+            "name": "refused", "metric": "ingest_rejections", "threshold": 5, "window_s": 10
+        }));
+        let mut h = Harness::new(vec![rejections]).await;
+        h.tick();
+        assert!(h.stored().is_empty());
+        h.ingest.rejected_failed.fetch_add(8, Ordering::Relaxed);
+        h.tick();
+        let [alert] = h.stored().try_into().expect("raised");
+        assert_eq!(alert.value, Some(8.0));
     }
 
     #[actix::test]
