@@ -20,7 +20,7 @@ run --scenario assign --rate 200
 run --scenario assign-all --experiments 3 --rate 200
 run --scenario ingest --rate 200
 run --scenario ingest --rate 200 --stream-clients 5
-run --scenario ingest-batch --batch 50 --rate 50
+run --scenario ingest-batch --batch 50 --rate 50 --footprint
 run --scenario results --rate 50
 run --scenario mixed --rate 200
 run --scenario webhooks --subscribers 3 --rate 20

@@ -84,6 +84,12 @@ pub struct Args {
     /// against it, then stop it with SIGTERM. `--url` is ignored.
     #[arg(long)]
     serve: Option<std::path::PathBuf>,
+    /// With `--serve`: after the run, report the server's resident memory,
+    /// its data directory's size and bytes per committed event, then
+    /// restart it on the same data and report the time to ready and the
+    /// memory and disk right after.
+    #[arg(long, requires = "serve")]
+    footprint: bool,
     /// Hold this many `GET /v1/stream` connections open during the run
     /// and report what they received (fan-out cost of the live feed).
     #[arg(long, default_value_t = 0)]
@@ -117,7 +123,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     anyhow::ensure!(args.rate > 0, "--rate must be positive");
-    let _server = match &args.serve {
+    let mut server = match &args.serve {
         Some(binary) => {
             let server = server::Spawned::start(binary)?;
             args.url = server.url();
@@ -134,7 +140,10 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?;
-    let report = runtime.block_on(run::run(&args))?;
+    let mut report = runtime.block_on(run::run(&args))?;
+    if let (true, Some(server)) = (args.footprint, server.as_mut()) {
+        report.footprint = Some(server.footprint()?);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

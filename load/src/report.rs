@@ -7,6 +7,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::server::Footprint;
 use crate::stream::StreamFigures;
 
 /// Outcome counters, shared by the request tasks.
@@ -62,6 +63,9 @@ pub struct Report {
     /// Live-stream listeners (`--stream-clients`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamFigures>,
+    /// The server's memory, disk and restart time (`--footprint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub footprint: Option<Footprint>,
 }
 
 /// What the local receiver got in a `webhooks` run.
@@ -128,6 +132,7 @@ impl Report {
             },
             fan_out: None,
             stream: None,
+            footprint: None,
         }
     }
 }
@@ -174,6 +179,18 @@ impl fmt::Display for Report {
                 f,
                 "stream  {} clients  {} messages received  {} dropped as slow",
                 s.clients, s.messages, s.dropped
+            )?;
+        }
+        if let Some(p) = &self.footprint {
+            writeln!(
+                f,
+                "footprint  {} events  RSS {:.1} MB  disk {:.1} MB ({:.0} bytes/event)",
+                p.events, p.rss_mb, p.disk_mb, p.disk_bytes_per_event
+            )?;
+            writeln!(
+                f,
+                "restart  ready in {:.0} ms  RSS {:.1} MB  disk {:.1} MB",
+                p.restart_to_ready_ms, p.rss_after_restart_mb, p.disk_after_restart_mb
             )?;
         }
         Ok(())

@@ -1,18 +1,41 @@
 //! `--serve`: the harness starts its own abacus on a free loopback port
-//! with a fresh data directory, and stops it with SIGTERM when done.
+//! with a fresh data directory, and stops it with SIGTERM when done. With
+//! `--footprint` it also reads what the server costs: resident memory (from
+//! `/proc`), bytes on disk, and how long a restart takes to be ready.
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use serde::Serialize;
 
 /// A server the harness started.
 pub struct Spawned {
+    binary: PathBuf,
     child: Child,
     port: u16,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
+}
+
+/// What a server costs after a run (`--footprint`).
+#[derive(Debug, Serialize)]
+pub struct Footprint {
+    /// Events the server committed (`abacus_events_persisted_total`).
+    pub events: u64,
+    /// Resident memory at the end of the run.
+    pub rss_mb: f64,
+    /// The data directory's size at the end of the run.
+    pub disk_mb: f64,
+    /// `disk_mb` per committed event, in bytes.
+    pub disk_bytes_per_event: f64,
+    /// SIGTERM, then start again on the same data: until `/readyz` is 200.
+    pub restart_to_ready_ms: f64,
+    /// Resident memory right after the restart.
+    pub rss_after_restart_mb: f64,
+    /// The data directory's size right after the restart.
+    pub disk_after_restart_mb: f64,
 }
 
 impl Spawned {
@@ -20,44 +43,85 @@ impl Spawned {
     pub fn start(binary: &Path) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(binary)
-            .arg("serve")
-            .env("ABACUS_SERVER__BIND", format!("127.0.0.1:{port}"))
-            .env("ABACUS_STORAGE__PATH", data.path().join("data"))
-            .env("ABACUS_WEBHOOKS__ALLOW_PRIVATE", "true")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let child = launch(binary, port, data.path())?;
         let server = Self {
+            binary: binary.to_owned(),
             child,
             port,
-            _data: data,
+            data,
         };
-        let ready = format!("{}/readyz", server.url());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ok = reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success());
-            if ok {
-                return Ok(server);
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{} never became ready",
-                binary.display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        server.wait_ready()?;
+        Ok(server)
     }
 
     /// Its base URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
-}
 
-impl Drop for Spawned {
-    fn drop(&mut self) {
+    /// Reads the server's footprint, restarting it once on the same data
+    /// directory to time how long it takes to be ready again.
+    pub fn footprint(&mut self) -> anyhow::Result<Footprint> {
+        let metrics = reqwest::blocking::get(format!("{}/metrics", self.url()))?.text()?;
+        let events = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("abacus_events_persisted_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        let rss = self.rss_bytes()?;
+        let disk = dir_bytes(self.data.path())?;
+        self.stop();
+        let started = Instant::now();
+        self.child = launch(&self.binary, self.port, self.data.path())?;
+        self.wait_ready()?;
+        let restart = started.elapsed();
+        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        Ok(Footprint {
+            events,
+            rss_mb: mb(rss),
+            disk_mb: mb(disk),
+            disk_bytes_per_event: if events == 0 {
+                0.0
+            } else {
+                disk as f64 / events as f64
+            },
+            restart_to_ready_ms: restart.as_secs_f64() * 1000.0,
+            rss_after_restart_mb: mb(self.rss_bytes()?),
+            disk_after_restart_mb: mb(dir_bytes(self.data.path())?),
+        })
+    }
+
+    /// The server's resident memory, from `/proc/<pid>/status`.
+    fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .context("no VmRSS in /proc status")?;
+        Ok(kb * 1024)
+    }
+
+    /// Polls `/readyz` until it is 200 (at most 60 s).
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let ready = format!("{}/readyz", self.url());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} never became ready",
+                self.binary.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 30 s.
+    fn stop(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -71,4 +135,38 @@ impl Drop for Spawned {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts `binary serve` on `port` with its data under `data`.
+fn launch(binary: &Path, port: u16, data: &Path) -> anyhow::Result<Child> {
+    Command::new(binary)
+        .arg("serve")
+        .env("ABACUS_SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env("ABACUS_STORAGE__PATH", data.join("data"))
+        .env("ABACUS_WEBHOOKS__ALLOW_PRIVATE", "true")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
