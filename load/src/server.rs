@@ -62,12 +62,18 @@ impl Spawned {
     /// Reads the server's footprint, restarting it once on the same data
     /// directory to time how long it takes to be ready again.
     pub fn footprint(&mut self) -> anyhow::Result<Footprint> {
-        let metrics = reqwest::blocking::get(format!("{}/metrics", self.url()))?.text()?;
-        let events = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("abacus_events_persisted_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
+        // What was accepted may still be in the mailbox: wait (at most
+        // 60 s) until the writer has committed it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let metrics = loop {
+            let metrics = reqwest::blocking::get(format!("{}/metrics", self.url()))?.text()?;
+            let queued = metric(&metrics, "abacus_ingest_mailbox_depth{mailbox=\"ingest\"}");
+            if queued == 0.0 || Instant::now() >= deadline {
+                break metrics;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let events = metric(&metrics, "abacus_events_persisted_total") as u64;
         let rss = self.rss_bytes()?;
         let disk = dir_bytes(self.data.path())?;
         self.stop();
@@ -143,6 +149,16 @@ impl Drop for Spawned {
     }
 }
 
+/// The value of the sample named exactly `name` (with its labels) in a
+/// Prometheus text exposition; 0 when absent.
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Starts `binary serve` on `port` with its data under `data`.
 fn launch(binary: &Path, port: u16, data: &Path) -> anyhow::Result<Child> {
     Command::new(binary)
@@ -169,4 +185,21 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
         };
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_by_their_exact_name_and_labels() {
+        let text = "# TYPE x counter\nabacus_events_persisted_total 12\n\
+                    abacus_ingest_mailbox_depth{mailbox=\"ingest\"} 3\n";
+        assert_eq!(metric(text, "abacus_events_persisted_total"), 12.0);
+        assert_eq!(
+            metric(text, "abacus_ingest_mailbox_depth{mailbox=\"ingest\"}"),
+            3.0
+        );
+        assert_eq!(metric(text, "abacus_events"), 0.0);
+    }
 }
