@@ -15,6 +15,7 @@ use abacus_config::{Config, SinkKind};
 pub fn engine(config: &Config) -> EngineConfig {
     EngineConfig {
         storage_path: config.storage.path.clone(),
+        cache_bytes: config.storage.cache_mb.saturating_mul(1 << 20),
         ingest: ingest(config),
         jsonl_path: config
             .ingest

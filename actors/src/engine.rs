@@ -23,6 +23,8 @@ use crate::{Error, Result};
 pub struct EngineConfig {
     /// RocksDB directory.
     pub storage_path: PathBuf,
+    /// RocksDB's block cache, shared by every column family.
+    pub cache_bytes: usize,
     /// Mailbox, batching and de-duplication of the event pipeline.
     pub ingest: IngestLimits,
     /// Also append every committed event to this JSON-lines file.
@@ -211,6 +213,7 @@ async fn open_store(config: &EngineConfig, clock: Arc<dyn Clock>) -> Result<Stor
     let options = StoreOptions {
         dedup_window_ms: ms(config.ingest.dedup_window),
         retention_ms: config.retention.map(|r| ms(r.by_timestamp())),
+        cache_bytes: config.cache_bytes,
     };
     tracing::info!(path = %path.display(), "opening the store");
     blocking(move || Store::open_with_clock(&path, options, clock)).await

@@ -181,6 +181,9 @@ pub struct StorageConfig {
     pub retention_days: Days,
     /// How often the retention sweep runs, in seconds (also once at start).
     pub retention_sweep_interval_s: PositiveSeconds,
+    /// RocksDB's block cache (with bloom and index blocks), shared by every
+    /// column family, in MiB.
+    pub cache_mb: usize,
 }
 
 /// `[ingest]`: the event pipeline.
@@ -375,6 +378,9 @@ impl Config {
         }
         if self.server.max_body_bytes < 1024 {
             return invalid("server.max_body_bytes", "must be at least 1024");
+        }
+        if !(8..=1 << 20).contains(&self.storage.cache_mb) {
+            return invalid("storage.cache_mb", "must be between 8 and 1048576");
         }
         if self.storage.path.as_os_str().is_empty() {
             return invalid("storage.path", "must not be empty");
@@ -665,6 +671,16 @@ mod tests {
             jail.set_env("ABACUS_SERVER__SLOW_REQUEST_MS", "0");
             let config = load_in(jail, None).expect("0 is allowed here");
             assert_eq!(config.server.slow_request_ms.get(), Duration::ZERO);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_block_cache_budget_is_bounded() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_STORAGE__CACHE_MB", "4");
+            let err = load_in(jail, None).expect_err("too small");
+            assert!(err.to_string().contains("storage.cache_mb"), "{err}");
             Ok(())
         });
     }

@@ -308,6 +308,7 @@ mod tests {
     const OPTIONS: StoreOptions = StoreOptions {
         dedup_window_ms: 1000,
         retention_ms: None,
+        cache_bytes: 8 << 20,
     };
 
     /// Starts an actor publishing `experiment`. Must run inside an actix

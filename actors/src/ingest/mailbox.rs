@@ -301,6 +301,7 @@ mod tests {
         let options = crate::storage::StoreOptions {
             dedup_window_ms: 60_000,
             retention_ms: None,
+            cache_bytes: 8 << 20,
         };
         let store =
             Store::open_with_clock(dir.path(), options, Arc::clone(&clock) as _).expect("store");

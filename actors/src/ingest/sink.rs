@@ -443,6 +443,7 @@ mod tests {
         let options = StoreOptions {
             dedup_window_ms: 1000,
             retention_ms: None,
+            cache_bytes: 8 << 20,
         };
         Store::open(dir, options).expect("store")
     }

@@ -51,6 +51,9 @@ pub struct StoreOptions {
     /// Unit event-index entries older than this are dropped at compaction
     /// (the events themselves by the retention sweep); `None` keeps them.
     pub retention_ms: Option<u64>,
+    /// The block cache every column family shares: RocksDB's memory for
+    /// reads, bounded whatever the store holds.
+    pub cache_bytes: usize,
 }
 
 /// Everything one committed batch writes, in one RocksDB WriteBatch.
@@ -105,7 +108,17 @@ impl Store {
         let StoreOptions {
             dedup_window_ms,
             retention_ms,
+            cache_bytes,
         } = options;
+        // One block cache for every family, with bloom filters so a point
+        // read of a key that is not there rarely touches disk; index and
+        // filter blocks live in the cache, inside the same budget.
+        let cache = rocksdb::Cache::new_lru_cache(cache_bytes);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -114,6 +127,7 @@ impl Store {
         let families = Cf::ALL.iter().map(|&cf| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            cf_options.set_block_based_table_factory(&table);
             if cf == Cf::Analytics {
                 cf_options.set_merge_operator_associative("bucket_merge", analytics::merge_buckets);
             }
@@ -638,6 +652,7 @@ impl Store {
         let options = StoreOptions {
             dedup_window_ms: 1000,
             retention_ms: None,
+            cache_bytes: 8 << 20,
         };
         let store = Store::open(dir.path(), options).expect("store");
         (dir, store)
@@ -656,9 +671,22 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_family_reads_through_the_one_bounded_block_cache() {
+        let (_dir, store) = Store::temporary();
+        for cf in Cf::ALL {
+            let capacity = store
+                .db
+                .property_int_value_cf(store.cf(cf), "rocksdb.block-cache-capacity")
+                .expect("property");
+            assert_eq!(capacity, Some(8 << 20), "{}", cf.name());
+        }
+    }
+
     const WINDOW: StoreOptions = StoreOptions {
         dedup_window_ms: 7 * 24 * 3600 * 1000,
         retention_ms: None,
+        cache_bytes: 8 << 20,
     };
 
     fn record(exp: &str, unit: &str, variant: &str, ms: i64) -> StickyAssignment {
