@@ -593,7 +593,7 @@ mod tests {
     use crate::clock::{ManualClock, SystemClock};
     use crate::domain::{
         Action, AlertStatus, DomainEventKind, Experiment, ExperimentAggregates, ExperimentIn,
-        ExperimentKey, MeasureAggregates, Severity, VariantAggregates,
+        ExperimentKey, Severity,
     };
     use crate::experiments::registry::{Entry, Registry};
     use crate::ingest::IngestStats;
@@ -788,38 +788,14 @@ mod tests {
         AlertRule::create(serde_json::from_value(body).expect("rule input"), T0).expect("valid")
     }
 
-    /// `units` exposed and `buyers` converted per variant (control first).
-    fn aggregates(units: [u64; 2], buyers: [u64; 2]) -> ExperimentAggregates {
-        let mut a = ExperimentAggregates::default();
-        for (i, key) in ["control", "b"].into_iter().enumerate() {
-            let mut v = VariantAggregates {
-                units: units[i],
-                exposures: units[i],
-                ..VariantAggregates::default()
-            };
-            let n = buyers[i];
-            v.measures.insert(
-                "buy".into(),
-                MeasureAggregates {
-                    units: n,
-                    events: n,
-                    sum: n as f64,
-                    sum_squares: n as f64,
-                },
-            );
-            a.variants.insert(key.into(), v);
-        }
-        a
-    }
-
     /// A sample-ratio mismatch (p far below 0.001).
     fn srm() -> ExperimentAggregates {
-        aggregates([5000, 4000], [500, 400])
+        ExperimentAggregates::two_arms([5000, 4000], [500, 400])
     }
 
     /// Even split, same conversion: nothing to report.
     fn healthy() -> ExperimentAggregates {
-        aggregates([5000, 5000], [500, 500])
+        ExperimentAggregates::two_arms([5000, 5000], [500, 500])
     }
 
     #[actix::test]
@@ -923,8 +899,14 @@ mod tests {
             h.experiment("fine", guardrails),
         );
         h.show(&[
-            (&worse, aggregates([5000, 5000], [1000, 600])),
-            (&fine, aggregates([5000, 5000], [1000, 1000])),
+            (
+                &worse,
+                ExperimentAggregates::two_arms([5000, 5000], [1000, 600]),
+            ),
+            (
+                &fine,
+                ExperimentAggregates::two_arms([5000, 5000], [1000, 1000]),
+            ),
         ]);
 
         h.tick();

@@ -92,3 +92,31 @@ pub struct UnitChange<'a> {
     /// Its exposures to that experiment's variants.
     pub exposures: Vec<&'a Exposure>,
 }
+
+#[cfg(test)]
+impl ExperimentAggregates {
+    /// A control and a treatment `b`: `units` exposed per variant, and
+    /// `buyers` of them converted once each on the measure `buy`.
+    pub(crate) fn two_arms(units: [u64; 2], buyers: [u64; 2]) -> Self {
+        let mut a = Self::default();
+        for (i, key) in ["control", "b"].into_iter().enumerate() {
+            let mut v = VariantAggregates {
+                units: units[i],
+                exposures: units[i],
+                ..VariantAggregates::default()
+            };
+            let n = buyers[i];
+            v.measures.insert(
+                "buy".into(),
+                MeasureAggregates {
+                    units: n,
+                    events: n,
+                    sum: n as f64,
+                    sum_squares: n as f64,
+                },
+            );
+            a.variants.insert(key.into(), v);
+        }
+        a
+    }
+}

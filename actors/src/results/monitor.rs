@@ -70,10 +70,7 @@ mod tests {
 
     use super::*;
     use crate::clock::SystemClock;
-    use crate::domain::{
-        Action, Experiment, ExperimentAggregates, ExperimentIn, MeasureAggregates,
-        VariantAggregates,
-    };
+    use crate::domain::{Action, Experiment, ExperimentAggregates, ExperimentIn};
     use crate::experiments::registry::Registry;
     use crate::storage::Store;
 
@@ -91,30 +88,6 @@ mod tests {
         Experiment::create(input, OffsetDateTime::now_utc())
             .and_then(|e| e.transitioned(Action::Start, None, OffsetDateTime::now_utc()))
             .expect("running")
-    }
-
-    /// `units` exposed and `buyers` converted per variant (control first).
-    fn aggregates(units: [u64; 2], buyers: [u64; 2]) -> ExperimentAggregates {
-        let mut a = ExperimentAggregates::default();
-        for (i, key) in ["control", "b"].into_iter().enumerate() {
-            let mut v = VariantAggregates {
-                units: units[i],
-                exposures: units[i],
-                ..VariantAggregates::default()
-            };
-            let n = buyers[i];
-            v.measures.insert(
-                "buy".into(),
-                MeasureAggregates {
-                    units: n,
-                    events: n,
-                    sum: n as f64,
-                    sum_squares: n as f64,
-                },
-            );
-            a.variants.insert(key.into(), v);
-        }
-        a
     }
 
     /// Runs `check` on the figures of `experiment` with `aggregates`, then
@@ -139,14 +112,22 @@ mod tests {
 
     #[actix::test]
     async fn a_significant_primary_metric_is_recorded_on_the_experiment() {
-        let e = checked(running(json!({})), aggregates([5000, 5000], [500, 800])).await;
+        let e = checked(
+            running(json!({})),
+            ExperimentAggregates::two_arms([5000, 5000], [500, 800]),
+        )
+        .await;
         assert!(e.significant_at.is_some(), "significance recorded");
         assert_eq!(e.status, crate::domain::Status::Running);
     }
 
     #[actix::test]
     async fn a_sample_ratio_mismatch_is_recorded() {
-        let e = checked(running(json!({})), aggregates([5000, 4000], [500, 400])).await;
+        let e = checked(
+            running(json!({})),
+            ExperimentAggregates::two_arms([5000, 4000], [500, 400]),
+        )
+        .await;
         assert!(e.srm_detected_at.is_some(), "SRM recorded");
         assert!(e.significant_at.is_none(), "no lift: nothing significant");
     }
@@ -156,7 +137,11 @@ mod tests {
         let guarded = running(json!({
             "guardrails": [{"metric": "buy", "max_relative_drop": 0.05, "auto_stop": true}]
         }));
-        let e = checked(guarded, aggregates([5000, 5000], [1000, 600])).await;
+        let e = checked(
+            guarded,
+            ExperimentAggregates::two_arms([5000, 5000], [1000, 600]),
+        )
+        .await;
         assert_eq!(e.status, crate::domain::Status::Paused);
         let stop = e.guardrail_stop.expect("guardrail stop recorded");
         assert_eq!((stop.metric.as_str(), stop.variant.as_str()), ("buy", "b"));
@@ -164,7 +149,11 @@ mod tests {
 
     #[actix::test]
     async fn nothing_is_said_of_an_experiment_without_findings() {
-        let e = checked(running(json!({})), aggregates([5000, 5000], [500, 505])).await;
+        let e = checked(
+            running(json!({})),
+            ExperimentAggregates::two_arms([5000, 5000], [500, 505]),
+        )
+        .await;
         assert!(e.significant_at.is_none() && e.srm_detected_at.is_none());
         assert!(e.guardrail_stop.is_none());
     }
