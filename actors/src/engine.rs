@@ -55,7 +55,6 @@ pub struct Engine {
     webhooks: Arc<Webhooks>,
     alerts: Arc<Alerts>,
     live: Arc<Live>,
-    mailbox: Arc<Mailbox>,
     store: Store,
 }
 
@@ -140,7 +139,6 @@ impl Engine {
             webhooks,
             alerts,
             live,
-            mailbox,
             store,
         })
     }
@@ -199,7 +197,7 @@ impl Engine {
     /// has stopped taking requests.
     pub async fn shutdown(self: Arc<Self>) -> Result<()> {
         blocking(move || {
-            self.mailbox.close();
+            self.intake.close();
             self.store.flush_wal()
         })
         .await

@@ -291,9 +291,7 @@ impl Experiments {
     }
 
     fn entry(&self, key: &str) -> Result<Entry> {
-        self.registry
-            .get(key)
-            .ok_or_else(|| Error::ExperimentNotFound(key.to_owned()))
+        self.registry.entry(key)
     }
 }
 

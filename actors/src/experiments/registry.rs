@@ -44,6 +44,12 @@ impl Registry {
         self.entries.load().get(key).cloned()
     }
 
+    /// The experiment with this key, or `ExperimentNotFound`.
+    pub fn entry(&self, key: &str) -> Result<Entry> {
+        self.get(key)
+            .ok_or_else(|| Error::ExperimentNotFound(key.to_owned()))
+    }
+
     /// The unit's first exposures: (experiment, variant) pairs.
     pub fn first_exposures(&self, unit: &str) -> Vec<(String, String)> {
         self.load()

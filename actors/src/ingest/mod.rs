@@ -175,6 +175,11 @@ impl Intake {
         (self.mailbox.depth(), self.mailbox.capacity())
     }
 
+    /// Drains the mailbox into the store and stops the writer (shutdown).
+    pub fn close(&self) {
+        self.mailbox.close();
+    }
+
     /// Whether the writer thread is running.
     pub fn is_alive(&self) -> bool {
         self.mailbox.is_alive()

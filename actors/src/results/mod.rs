@@ -266,10 +266,7 @@ impl Results {
     }
 
     fn snapshot(&self, key: &str) -> Result<Arc<Compiled>> {
-        self.registry
-            .get(key)
-            .map(|entry| entry.slot.snapshot())
-            .ok_or_else(|| Error::ExperimentNotFound(key.to_owned()))
+        Ok(self.registry.entry(key)?.slot.snapshot())
     }
 }
 
