@@ -199,27 +199,11 @@ fn memory_stays_bounded_under_endless_measure_names() {
         server.barrier();
         server.rss_bytes()
     };
-    let (half, full) = (send_half(0), send_half(1));
-    let mb = |b: u64| b >> 20;
-    eprintln!(
-        "RSS {} MB before, {} MB after 50,000 distinct measure names, {} MB after 100,000",
-        mb(before),
-        mb(half),
-        mb(full)
-    );
+    let rss = (before, send_half(0), send_half(1));
     // Unbounded, 60,000 names took RSS from 23 MB to 232 MB. Bounded, what
     // grows is RocksDB's memtables (the events themselves, flushed at 64 MB
     // per family) and allocator slack, not per-name state.
-    assert!(
-        full - before < 128 << 20,
-        "RSS grew by {} MB",
-        mb(full - before)
-    );
-    assert!(
-        full.saturating_sub(half) < 48 << 20,
-        "the second 50,000 names grew RSS by {} MB",
-        mb(full.saturating_sub(half))
-    );
+    assert_rss_bounded(rss, ["50,000 distinct measure names", "100,000"], 128, 48);
     let measures = server.aggregates("exp")["variants"]["control"]["measures"]
         .as_object()
         .unwrap()
@@ -245,24 +229,39 @@ fn memory_stays_bounded_under_large_property_bags() {
         server.barrier();
         server.rss_bytes()
     };
-    let (half, full) = (send(50), send(50));
-    let mb = |b: u64| b >> 20;
-    eprintln!(
-        "RSS {} MB before, {} MB after 48 MB of property bags, {} MB after 96 MB",
-        mb(before),
-        mb(half),
-        mb(full)
-    );
+    let rss = (before, send(50), send(50));
     // What is held is RocksDB's memtables (flushed at 64 MB per family) and
     // allocator slack; a request's bags are dropped once it is written.
+    assert_rss_bounded(rss, ["48 MB of property bags", "96 MB"], 192, 96);
+}
+
+/// Prints resident memory before, after the first half of a load and
+/// after all of it (`after`: what each half was), and asserts the whole
+/// load grew it by less than `total_mb` and the second half by less than
+/// `second_half_mb`: bounded state stops growing.
+fn assert_rss_bounded(
+    (before, half, full): (u64, u64, u64),
+    after: [&str; 2],
+    total_mb: u64,
+    second_half_mb: u64,
+) {
+    let mb = |b: u64| b >> 20;
+    eprintln!(
+        "RSS {} MB before, {} MB after {}, {} MB after {}",
+        mb(before),
+        mb(half),
+        after[0],
+        mb(full),
+        after[1]
+    );
     assert!(
-        full - before < 192 << 20,
+        full - before < total_mb << 20,
         "RSS grew by {} MB",
         mb(full - before)
     );
     assert!(
-        full.saturating_sub(half) < 96 << 20,
-        "the second 48 MB grew RSS by {} MB",
+        full.saturating_sub(half) < second_half_mb << 20,
+        "the second half grew RSS by {} MB",
         mb(full.saturating_sub(half))
     );
 }
