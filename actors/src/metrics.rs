@@ -67,8 +67,8 @@ pub const STREAM_CLIENTS: &str = "abacus_stream_clients";
 pub const STREAM_DROPPED: &str = "abacus_stream_dropped_total";
 /// Resident memory of the process.
 pub const PROCESS_RSS: &str = "abacus_process_resident_memory_bytes";
-/// Derived records that could not be decoded at start, by family: rebuilt
-/// from events (`aggregates`) or skipped (`sticky`).
+/// Derived records that could not be decoded, by family: rebuilt from
+/// events at start (`aggregates`) or read as empty (`units`).
 pub const STORE_RECORDS_REBUILT: &str = "abacus_store_records_rebuilt_total";
 /// Undecodable values the analytics merge operator skipped.
 pub const STORE_MERGE_SKIPPED: &str = "abacus_store_merge_operands_skipped_total";
@@ -223,7 +223,7 @@ pub fn describe() {
     );
     describe_counter!(
         STORE_RECORDS_REBUILT,
-        "Derived records undecodable at start, by family: rebuilt from events (aggregates) or skipped (sticky)."
+        "Derived records undecodable, by family: rebuilt from events at start (aggregates) or read as empty (units)."
     );
     describe_counter!(
         STORE_MERGE_SKIPPED,

@@ -70,12 +70,20 @@ fn the_first_exposure_sticks_when_coverage_shrinks() {
 
     let (status, _) = server.patch("/v1/experiments/sticky", json!({"coverage": 0.01}));
     assert_eq!(status, 200);
+    let mut sticky = 0;
     for (unit, before) in units.iter().zip(&first) {
         let now = server.assign("sticky", unit);
         assert_eq!(now["variant"], before["variant"], "{unit}");
-        assert_eq!(now["reason"], "sticky");
-        assert_eq!(now["in_experiment"], true);
+        assert_eq!(now["in_experiment"], true, "{unit}");
+        // `sticky` when the first exposure changed the answer: the unit is
+        // outside the new coverage. The 1% still inside are `hashed`.
+        match now["reason"].as_str() {
+            Some("sticky") => sticky += 1,
+            Some("hashed") => {}
+            other => panic!("{unit}: {other:?}"),
+        }
     }
+    assert!(sticky > 190, "{sticky}");
     // A newcomer now mostly falls outside the shrunken coverage.
     let outsiders = (0..100)
         .filter(|i| server.assign("sticky", &format!("new-{i}"))["reason"] == "not_in_coverage")
@@ -91,8 +99,14 @@ fn without_exposure_logging_nothing_sticks() {
         let (_, a) = server.get("/v1/experiments/quiet/assignment?unit_id=ann&log_exposure=false");
         assert_eq!(a["reason"], "hashed");
     }
-    assert_eq!(server.assign("quiet", "ann")["reason"], "hashed");
-    assert_eq!(server.assign("quiet", "ann")["reason"], "sticky");
+    assert_eq!(server.assign("quiet", "bea")["reason"], "hashed");
+    // With nobody in coverage any more, only a recorded first exposure
+    // keeps a unit in.
+    let (status, _) = server.patch("/v1/experiments/quiet", json!({"coverage": 0.0}));
+    assert_eq!(status, 200);
+    let (_, ann) = server.get("/v1/experiments/quiet/assignment?unit_id=ann&log_exposure=false");
+    assert_eq!(ann["reason"], "not_in_coverage");
+    assert_eq!(server.assign("quiet", "bea")["reason"], "sticky");
 }
 
 #[test]

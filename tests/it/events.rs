@@ -157,10 +157,17 @@ fn assignments_log_exposures_and_events_get_their_variant() {
             {"type": "conversion", "unit_id": "alice", "experiment": "exp", "variant": other}
         ]}),
     );
-    // Client-side assignment: an exposure event establishes stickiness.
+    // Client-side assignment: an exposure event establishes stickiness,
+    // here to the variant abacus would not have given bob.
+    let (_, peek) = server.get("/v1/experiments/exp/assignment?unit_id=bob&log_exposure=false");
+    let bob_reported = if peek["variant"] == "control" {
+        "treatment"
+    } else {
+        "control"
+    };
     server.post(
         "/v1/events",
-        json!({"type": "exposure", "unit_id": "bob", "experiment": "exp", "variant": "treatment"}),
+        json!({"type": "exposure", "unit_id": "bob", "experiment": "exp", "variant": bob_reported}),
     );
     server.barrier();
 
@@ -194,7 +201,7 @@ fn assignments_log_exposures_and_events_get_their_variant() {
     let bob = server.assign("exp", "bob");
     assert_eq!(
         (bob["variant"].as_str(), bob["reason"].as_str()),
-        (Some("treatment"), Some("sticky"))
+        (Some(bob_reported), Some("sticky"))
     );
 
     // An exposure to a draft is refused, and with it the whole batch: the
@@ -207,9 +214,15 @@ fn assignments_log_exposures_and_events_get_their_variant() {
         }),
     );
     let batch = |events: Value| server.post("/v1/events", json!({ "events": events }));
+    let (_, peek) = server.get("/v1/experiments/exp/assignment?unit_id=erin&log_exposure=false");
+    let erin_reported = if peek["variant"] == "control" {
+        "treatment"
+    } else {
+        "control"
+    };
     let (status, body) = batch(json!([
         {"type": "exposure", "unit_id": "dave", "experiment": "draft"},
-        {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": "treatment"}
+        {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": erin_reported}
     ]));
     assert_eq!(
         (status, body["error"]["field"].as_str()),
@@ -222,13 +235,13 @@ fn assignments_log_exposures_and_events_get_their_variant() {
         "the refused batch made erin sticky: {peek}"
     );
     let (status, body) = batch(json!([
-        {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": "treatment"}
+        {"type": "exposure", "unit_id": "erin", "experiment": "exp", "variant": erin_reported}
     ]));
     assert_eq!(status, 202, "{body}");
     let erin = server.assign("exp", "erin");
     assert_eq!(
         (erin["variant"].as_str(), erin["reason"].as_str()),
-        (Some("treatment"), Some("sticky"))
+        (Some(erin_reported), Some("sticky"))
     );
     assert_eq!(server.assign("exp", "dave")["reason"], "hashed");
 

@@ -33,11 +33,15 @@ fn experiments_and_sticky_assignments_survive_restart() {
         before["version"].as_u64().map(|v| v + 1)
     );
     assert_eq!(server.get("/v1/experiments/draft-one").1["status"], "draft");
+    let mut sticky = 0;
     for (unit, before) in units.iter().zip(&first) {
         let after = server.assign("survivor", unit);
         assert_eq!(after["variant"], before["variant"], "{unit}");
-        assert_eq!(after["reason"], "sticky", "{unit}");
+        assert_eq!(after["in_experiment"], true, "{unit}");
+        sticky += usize::from(after["reason"] == "sticky");
     }
+    // All but the ~1% the new coverage still hashes in.
+    assert!(sticky > 480, "{sticky}");
     assert!(
         server.log().contains("shutdown complete"),
         "{}",

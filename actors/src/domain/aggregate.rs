@@ -79,18 +79,16 @@ pub struct UnitMeasure {
 pub struct AggregateChanges<'a> {
     /// Each changed experiment's aggregates.
     pub experiments: Vec<(&'a str, &'a ExperimentAggregates)>,
-    /// Each changed (experiment, unit): the unit's exposures in it.
+    /// Each changed unit: all its exposures.
     pub units: Vec<UnitChange<'a>>,
 }
 
-/// One unit's exposures to one experiment, as persisted.
+/// One unit's exposures, across experiments, as persisted.
 pub struct UnitChange<'a> {
-    /// The experiment.
-    pub experiment: &'a str,
     /// The unit.
     pub unit: &'a str,
-    /// Its exposures to that experiment's variants.
-    pub exposures: Vec<&'a Exposure>,
+    /// Its exposures.
+    pub exposures: &'a [Exposure],
 }
 
 #[cfg(test)]

@@ -35,6 +35,13 @@ pub struct Experiment {
     pub variants: Vec<Variant>,
     /// Share of the population (0..=1) that takes part.
     pub coverage: f64,
+    /// The widest coverage since the experiment first started (today's
+    /// while it is a draft). Ranges grow from fixed starts, so a unit the
+    /// hash puts in today was in under any wider coverage too: only a unit
+    /// inside this peak but outside today's coverage can have a first
+    /// exposure that differs from the hash. Internal: not shown by the API.
+    #[serde(skip)]
+    pub peak_coverage: f64,
     /// Hash salt; defaults to the key.
     pub salt: String,
     /// Mutually exclusive layer this experiment occupies a slice of.
@@ -278,12 +285,14 @@ impl Experiment {
     /// A new draft from a create request, validated.
     pub fn create(input: ExperimentIn, now: OffsetDateTime) -> Result<Self> {
         let salt = input.salt.unwrap_or_else(|| input.key.to_string());
+        let coverage = input.coverage.unwrap_or(1.0);
         let experiment = Self {
             name: input.name,
             description: input.description,
             status: Status::Draft,
             variants: normalised(input.variants)?,
-            coverage: input.coverage.unwrap_or(1.0),
+            coverage,
+            peak_coverage: coverage,
             salt,
             layer: input.layer,
             forced: input.forced,
@@ -350,6 +359,11 @@ impl Experiment {
         }
         if let Some(coverage) = patch.coverage {
             next.coverage = coverage;
+            next.peak_coverage = if self.started_at.is_some() {
+                self.peak_coverage.max(coverage)
+            } else {
+                coverage
+            };
         }
         if let Some(forced) = patch.forced {
             next.forced = forced;

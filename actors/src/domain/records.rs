@@ -33,6 +33,11 @@ pub struct ExperimentRecord {
     pub variants: Vec<Variant>,
     /// Share of the population (0..=1) that takes part.
     pub coverage: f64,
+    /// The widest coverage since it first started. Absent from records
+    /// written before it was kept: read as 1.0, the widest possible, so
+    /// units outside today's coverage are looked up.
+    #[serde(default)]
+    pub peak_coverage: Option<f64>,
     /// Hash salt; defaults to the key.
     pub salt: String,
     /// Mutually exclusive layer this experiment occupies a slice of.
@@ -91,6 +96,7 @@ impl From<&Experiment> for ExperimentRecord {
             status: e.status,
             variants: e.variants.clone(),
             coverage: e.coverage,
+            peak_coverage: Some(e.peak_coverage),
             salt: e.salt.clone(),
             layer: e.layer.clone(),
             forced: e.forced.clone(),
@@ -121,6 +127,7 @@ impl From<ExperimentRecord> for Experiment {
             status: r.status,
             variants: r.variants,
             coverage: r.coverage,
+            peak_coverage: r.peak_coverage.unwrap_or(1.0).max(r.coverage),
             salt: r.salt,
             layer: r.layer,
             forced: r.forced,

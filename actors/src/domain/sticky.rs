@@ -14,4 +14,8 @@ pub struct StickyAssignment {
     pub variant: Box<str>,
     /// When, in milliseconds since the Unix epoch.
     pub first_exposed_ms: i64,
+    /// The variant is not the one the hash gives the unit (a client
+    /// reported it), so the experiment's assignments must look their units
+    /// up from now on.
+    pub diverges: bool,
 }

@@ -27,15 +27,16 @@ use crate::Result;
 pub struct Slot {
     live: ArcSwap<Compiled>,
     /// First exposures, consulted for `sticky` assignments.
-    pub sticky: StickyTable,
+    pub sticky: Arc<StickyTable>,
 }
 
 impl Slot {
-    /// A slot publishing `experiment`.
-    pub fn new(experiment: Experiment) -> Self {
+    /// A slot publishing `experiment`, its first exposures in `store`.
+    pub fn new(experiment: Experiment, store: Store) -> Self {
+        let sticky = StickyTable::new(experiment.key.clone(), store, false);
         Self {
             live: ArcSwap::from_pointee(Compiled::new(experiment)),
-            sticky: StickyTable::default(),
+            sticky: Arc::new(sticky),
         }
     }
 
@@ -318,7 +319,7 @@ mod tests {
         store: &Store,
         clock: &Arc<ManualClock>,
     ) -> (Arc<Slot>, Addr<ExperimentActor>) {
-        let slot = Arc::new(Slot::new(experiment));
+        let slot = Arc::new(Slot::new(experiment, store.clone()));
         let actor = ExperimentActor::new(Arc::clone(&slot), store.clone(), clock.clone());
         (slot, actor.start())
     }

@@ -16,6 +16,7 @@ use md5::{Digest, Md5};
 use serde::Serialize;
 
 use crate::domain::{Experiment, Status};
+use crate::Result;
 
 /// The unit's position in `[0, 1)` for `salt`. Hashes the parts one after
 /// the other so no `salt:unit` string is allocated.
@@ -82,6 +83,21 @@ pub struct Decision {
     pub reason: Reason,
 }
 
+impl Decision {
+    /// `hashed` overridden by a first exposure to `variant`: `sticky`
+    /// unless it is the answer `hashed` gives anyway.
+    pub fn sticky(hashed: Decision, variant: usize) -> Decision {
+        if hashed.in_experiment && hashed.variant == variant {
+            return hashed;
+        }
+        Decision {
+            variant,
+            in_experiment: true,
+            reason: Reason::Sticky,
+        }
+    }
+}
+
 /// An experiment prepared for the hot path: ranges computed and forced
 /// overrides indexed once per change rather than once per request.
 #[derive(Debug)]
@@ -89,6 +105,10 @@ pub struct Compiled {
     experiment: Experiment,
     /// `[start, start + coverage * w)` per variant.
     ranges: Vec<(f64, f64)>,
+    /// The same at the experiment's peak coverage, when coverage was cut
+    /// since it started (else empty): a unit in one of these but in none of
+    /// `ranges` may have a first exposure from before the cut.
+    peak_ranges: Vec<(f64, f64)>,
     forced: HashMap<Box<str>, usize>,
     /// What a unit outside the experiment is served.
     fallback: usize,
@@ -97,16 +117,12 @@ pub struct Compiled {
 impl Compiled {
     /// Precomputes what [`Compiled::decide`] needs.
     pub fn new(experiment: Experiment) -> Self {
-        let mut start = 0.0;
-        let ranges = experiment
-            .variants
-            .iter()
-            .map(|v| {
-                let range = (start, start + experiment.coverage * v.weight);
-                start += v.weight;
-                range
-            })
-            .collect();
+        let peak_ranges = if experiment.peak_coverage > experiment.coverage {
+            ranges(&experiment, experiment.peak_coverage)
+        } else {
+            Vec::new()
+        };
+        let ranges = ranges(&experiment, experiment.coverage);
         let forced = experiment
             .forced
             .iter()
@@ -124,6 +140,7 @@ impl Compiled {
         Self {
             experiment,
             ranges,
+            peak_ranges,
             forced,
             fallback,
         }
@@ -135,8 +152,18 @@ impl Compiled {
     }
 
     /// Assigns `unit`. `sticky` looks up the variant the unit was first
-    /// exposed to; it is only called when the answer depends on it.
-    pub fn decide(&self, unit: &str, sticky: impl FnOnce() -> Option<usize>) -> Decision {
+    /// exposed to; it is called only when that can differ from the hash:
+    /// when the experiment is `diverged` (a client reported a variant the
+    /// hash would not give), or when the hash puts the unit outside a
+    /// coverage that was cut while it may have been inside. Everyone else
+    /// is answered from the hash alone, with no lookup: their first
+    /// exposure, if any, is the variant the hash gives.
+    pub fn decide(
+        &self,
+        unit: &str,
+        diverged: bool,
+        sticky: impl FnOnce() -> Result<Option<usize>>,
+    ) -> Result<Decision> {
         let out = |variant, reason| Decision {
             variant,
             in_experiment: false,
@@ -148,33 +175,68 @@ impl Compiled {
             reason,
         };
         if self.experiment.status != Status::Running {
-            return out(self.fallback, Reason::NotRunning);
+            return Ok(out(self.fallback, Reason::NotRunning));
         }
         if let Some(&variant) = self.forced.get(unit) {
-            return enrolled(variant, Reason::Forced);
-        }
-        if let Some(variant) = sticky().filter(|&v| v < self.ranges.len()) {
-            return enrolled(variant, Reason::Sticky);
+            return Ok(enrolled(variant, Reason::Forced));
         }
         if let Some(layer) = &self.experiment.layer {
             let b = bucket(&layer.key, unit);
             if !(layer.start <= b && b < layer.end) {
-                return out(self.fallback, Reason::NotInLayer);
+                return self.or_sticky(diverged, sticky, out(self.fallback, Reason::NotInLayer));
             }
         }
-        match self.hashed(unit) {
-            Some(variant) => enrolled(variant, Reason::Hashed),
-            None => out(self.fallback, Reason::NotInCoverage),
+        let b = bucket(&self.experiment.salt, unit);
+        match position(&self.ranges, b) {
+            Some(variant) => self.or_sticky(diverged, sticky, enrolled(variant, Reason::Hashed)),
+            None => {
+                let cut = position(&self.peak_ranges, b).is_some();
+                self.or_sticky(
+                    diverged || cut,
+                    sticky,
+                    out(self.fallback, Reason::NotInCoverage),
+                )
+            }
         }
     }
 
-    /// The range `unit`'s bucket falls in, if any.
-    fn hashed(&self, unit: &str) -> Option<usize> {
-        let b = bucket(&self.experiment.salt, unit);
-        self.ranges
-            .iter()
-            .position(|&(start, end)| start <= b && b < end)
+    /// The unit's first exposure if `look` and it has one that differs
+    /// from `hashed`, else `hashed`: `sticky` means the first exposure
+    /// changed the answer, whichever way it was found.
+    fn or_sticky(
+        &self,
+        look: bool,
+        sticky: impl FnOnce() -> Result<Option<usize>>,
+        hashed: Decision,
+    ) -> Result<Decision> {
+        if look {
+            if let Some(variant) = sticky()?.filter(|&v| v < self.ranges.len()) {
+                return Ok(Decision::sticky(hashed, variant));
+            }
+        }
+        Ok(hashed)
     }
+}
+
+/// `[start, start + coverage * w)` per variant, starts fixed by the weights.
+fn ranges(experiment: &Experiment, coverage: f64) -> Vec<(f64, f64)> {
+    let mut start = 0.0;
+    experiment
+        .variants
+        .iter()
+        .map(|v| {
+            let range = (start, start + coverage * v.weight);
+            start += v.weight;
+            range
+        })
+        .collect()
+}
+
+/// The first range `b` falls in.
+fn position(ranges: &[(f64, f64)], b: f64) -> Option<usize> {
+    ranges
+        .iter()
+        .position(|&(start, end)| start <= b && b < end)
 }
 
 #[cfg(test)]
@@ -240,7 +302,7 @@ mod tests {
     }
 
     fn served(c: &Compiled, unit: &str) -> Option<String> {
-        let d = c.decide(unit, || None);
+        let d = c.decide(unit, false, no_lookup).unwrap();
         d.in_experiment
             .then(|| c.experiment().variants[d.variant].key.to_string())
     }
@@ -313,7 +375,7 @@ mod tests {
         let n = 100_000;
         let mut counts = [0usize; 3];
         for i in 0..n {
-            let d = c.decide(&format!("unit-{i}"), || None);
+            let d = c.decide(&format!("unit-{i}"), false, no_lookup).unwrap();
             assert!(d.in_experiment);
             counts[d.variant] += 1;
         }
@@ -354,13 +416,95 @@ mod tests {
             "layer": {"key": "l", "start": 0.0, "end": 0.0001},
             "forced": {"qa-user": "b"}
         }));
-        let forced = c.decide("qa-user", || panic!("sticky must not be consulted"));
+        let forced = c.decide("qa-user", true, no_lookup).unwrap();
         assert_eq!((forced.variant, forced.reason), (1, Reason::Forced));
-        let sticky = c.decide("someone", || Some(1));
+        let sticky = c.decide("someone", true, || Ok(Some(1))).unwrap();
         assert_eq!((sticky.variant, sticky.reason), (1, Reason::Sticky));
-        let outside = c.decide("someone", || None);
+        let full = running(json!({
+            "key": "p", "name": "p",
+            "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]
+        }));
+        let hashed = full.decide("someone", false, no_lookup).unwrap();
+        let same = full
+            .decide("someone", true, || Ok(Some(hashed.variant)))
+            .unwrap();
+        assert_eq!(
+            same, hashed,
+            "a first exposure the hash agrees with is not news"
+        );
+        let other = full
+            .decide("someone", true, || Ok(Some(1 - hashed.variant)))
+            .unwrap();
+        assert_eq!(
+            (other.variant, other.reason),
+            (1 - hashed.variant, Reason::Sticky)
+        );
+        let outside = c.decide("someone", true, || Ok(None)).unwrap();
         assert_eq!(outside.reason, Reason::NotInLayer);
         assert!(!outside.in_experiment);
+        let undiverged = c.decide("someone", false, no_lookup).unwrap();
+        assert_eq!(undiverged.reason, Reason::NotInLayer);
+    }
+
+    /// Looking a unit up is for the cases where its first exposure can
+    /// differ from the hash; everyone else costs no read.
+    #[test]
+    fn only_units_a_coverage_cut_left_outside_are_looked_up() {
+        let c = running(json!({
+            "key": "cut", "name": "cut",
+            "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]
+        }));
+        let units: Vec<String> = (0..2000).map(|i| format!("u{i}")).collect();
+        for unit in &units {
+            let d = c.decide(unit, false, no_lookup).unwrap();
+            assert_eq!(d.reason, Reason::Hashed, "full coverage: no lookup");
+        }
+        let patch = serde_json::from_value(json!({"coverage": 0.3})).unwrap();
+        let cut = Compiled::new(
+            c.experiment()
+                .patched(patch, OffsetDateTime::UNIX_EPOCH)
+                .unwrap(),
+        );
+        let mut looked_up = 0;
+        for unit in &units {
+            let before = c.decide(unit, false, no_lookup).unwrap();
+            let mut asked = false;
+            let after = cut
+                .decide(unit, false, || {
+                    asked = true;
+                    Ok(Some(before.variant))
+                })
+                .unwrap();
+            looked_up += usize::from(asked);
+            if asked {
+                assert_eq!(after.reason, Reason::Sticky, "{unit}");
+                assert!(after.in_experiment);
+            } else {
+                assert_eq!(
+                    (after.variant, after.reason),
+                    (before.variant, Reason::Hashed)
+                );
+            }
+            assert_eq!(after.variant, before.variant, "{unit} moved");
+        }
+        let share = looked_up as f64 / units.len() as f64;
+        assert!((share - 0.7).abs() < 0.05, "only the 70% cut out: {share}");
+
+        // Raising it back to the peak leaves nothing to look up.
+        let patch = serde_json::from_value(json!({"coverage": 1.0})).unwrap();
+        let restored = Compiled::new(
+            cut.experiment()
+                .patched(patch, OffsetDateTime::UNIX_EPOCH)
+                .unwrap(),
+        );
+        for unit in &units {
+            restored.decide(unit, false, no_lookup).unwrap();
+        }
+    }
+
+    /// A `sticky` lookup a decision must not make.
+    fn no_lookup() -> Result<Option<usize>> {
+        panic!("the first exposure must not be looked up")
     }
 
     #[test]
@@ -372,7 +516,9 @@ mod tests {
         }))
         .unwrap();
         let draft = Experiment::create(input, now).unwrap();
-        let d = Compiled::new(draft.clone()).decide("qa", || Some(1));
+        let d = Compiled::new(draft.clone())
+            .decide("qa", true, || Ok(Some(1)))
+            .unwrap();
         assert_eq!(
             (d.variant, d.in_experiment, d.reason),
             (0, false, Reason::NotRunning)
@@ -383,7 +529,9 @@ mod tests {
             .transitioned(Action::Start, None, now)
             .and_then(|e| e.transitioned(Action::Complete, Some(winner), now))
             .unwrap();
-        let d = Compiled::new(done).decide("anyone", || None);
+        let d = Compiled::new(done)
+            .decide("anyone", true, no_lookup)
+            .unwrap();
         assert_eq!((d.variant, d.reason), (1, Reason::NotRunning));
     }
 }

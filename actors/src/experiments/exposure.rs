@@ -1,83 +1,81 @@
 //! Exposure: the one place an assignment decision becomes sticky and
 //! becomes an exposure event.
 //!
-//! A unit's first exposure to an experiment is remembered in the
-//! experiment's [`StickyTable`](super::sticky::StickyTable) at once (so
-//! the next request already sees it) and travels to the store with the
-//! exposure event that caused it, in the same committed batch. If the
-//! request is refused before it is queued (a full mailbox, a failed
-//! store), every first exposure it remembered is forgotten again, so what
-//! the hot path sees never runs ahead of what will be stored.
+//! A unit's new first exposure to an experiment is claimed at once as
+//! pending in the experiment's [`StickyTable`](super::sticky::StickyTable)
+//! (so a request for the same unit before the commit already sees it) and
+//! travels to the store with the exposure event that caused it, in the
+//! same committed batch, where it is kept only if the unit has none yet.
+//! The [`Claim`] travels with it and releases the pending entry once the
+//! batch is committed, or at once if the request is refused (a full
+//! mailbox, a failed store), so what the hot path sees never runs ahead of
+//! what will be stored.
 
 use super::actor::Slot;
-use super::assignment::Reason;
-use super::sticky::FirstExposure;
+use super::assignment::{Decision, Reason};
+use super::sticky::{Claim, FirstExposure};
 use super::Assignment;
 use crate::domain::{Event, EventType, Experiment, StickyAssignment};
 use crate::Result;
 
 /// Where exposures are queued: the ingest mailbox in the server.
 pub trait ExposureQueue: Send + Sync {
-    /// Queues `events` with the first exposures they establish, or refuses
-    /// at once (full mailbox, failed store) without queueing any of them.
-    fn queue(&self, events: Vec<Event>, sticky: Vec<StickyAssignment>) -> Result<()>;
+    /// Queues `events` with the first exposures they may establish, or
+    /// refuses at once (full mailbox, failed store) without queueing any
+    /// of them.
+    fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()>;
 }
 
-/// First exposures remembered while one request is handled: they become
-/// records stored with the request's events, or are forgotten again if
-/// the request is refused.
-#[derive(Default)]
-pub struct FirstExposures<'a> {
-    remembered: Vec<(&'a Slot, Box<str>)>,
+/// First exposures claimed while one request is handled: records to store
+/// with the request's events, and the claims that hold them pending until
+/// then. Dropped unqueued, it releases every claim.
+#[derive(Debug, Default)]
+pub struct FirstExposures {
     records: Vec<StickyAssignment>,
+    claims: Vec<Claim>,
 }
 
-impl<'a> FirstExposures<'a> {
+impl FirstExposures {
     /// Makes `variant` the unit's first exposure to the experiment in
-    /// `slot`, at `at_ms`. If one stands already (an earlier request, or
-    /// one racing this one), returns it and remembers nothing.
+    /// `slot`, at `at_ms`, unless one is pending already (a request racing
+    /// this one): then returns that one and claims nothing. `diverges`
+    /// says the variant is not the one the hash gives the unit; the
+    /// experiment is marked so before anything is queued.
     pub fn remember(
         &mut self,
-        slot: &'a Slot,
+        slot: &Slot,
         experiment: &Experiment,
         unit: &str,
         variant: usize,
         at_ms: i64,
+        diverges: bool,
     ) -> std::result::Result<(), FirstExposure> {
-        slot.sticky
-            .insert_first(unit, FirstExposure { variant, at_ms })?;
-        self.remembered.push((slot, unit.into()));
+        let claim = slot.sticky.claim(unit, FirstExposure { variant, at_ms })?;
+        if diverges {
+            slot.sticky.diverge();
+        }
+        self.claims.push(claim);
         self.records.push(StickyAssignment {
             experiment: experiment.key.clone(),
             unit: unit.into(),
             variant: experiment.variants[variant].key.as_str().into(),
             first_exposed_ms: at_ms,
+            diverges,
         });
         Ok(())
     }
 
-    /// Hands the records to `queue`. If it refuses, every first exposure
-    /// remembered here is forgotten, so a later request makes its own.
-    pub fn queue_with<T>(
-        self,
-        queue: impl FnOnce(Vec<StickyAssignment>) -> Result<T>,
-    ) -> Result<T> {
-        let Self {
-            remembered,
-            records,
-        } = self;
-        queue(records).inspect_err(|_| {
-            for (slot, unit) in &remembered {
-                slot.sticky.forget(unit);
-            }
-        })
+    /// The records to store, and the claims to release after the commit.
+    pub fn into_parts(self) -> (Vec<StickyAssignment>, Vec<Claim>) {
+        (self.records, self.claims)
     }
 }
 
 /// Queues an exposure for every assignment that puts the unit in its
-/// experiment. A `hashed` answer becomes the unit's first exposure; if
-/// another request made one first, the answer becomes that variant,
-/// `sticky`. If the queue refuses, nothing is remembered.
+/// experiment. A `hashed` answer becomes the unit's pending first exposure
+/// (kept only if it has none yet); if another request in flight claimed one
+/// first, the answer becomes that variant (`sticky` if it differs). If the
+/// queue refuses, nothing is remembered.
 pub(super) fn expose(
     slots: &[&Slot],
     assignments: &mut [Assignment],
@@ -93,11 +91,10 @@ pub(super) fn expose(
         }
         let experiment = a.compiled.experiment();
         if a.decision.reason == Reason::Hashed {
-            if let Err(standing) =
-                firsts.remember(slot, experiment, unit, a.decision.variant, now_ms)
-            {
-                a.decision.variant = standing.variant;
-                a.decision.reason = Reason::Sticky;
+            let claimed =
+                firsts.remember(slot, experiment, unit, a.decision.variant, now_ms, false);
+            if let Err(standing) = claimed {
+                a.decision = Decision::sticky(a.decision, standing.variant);
             }
         }
         events.push(event(experiment, a.decision.variant, unit, now_ms));
@@ -105,7 +102,7 @@ pub(super) fn expose(
     if events.is_empty() {
         return Ok(());
     }
-    firsts.queue_with(|sticky| queue.queue(events, sticky))
+    queue.queue(events, firsts)
 }
 
 /// The exposure event an assignment logs.
@@ -134,12 +131,30 @@ mod tests {
     use super::super::testing::{input, running, RecordingQueue, T0};
     use super::*;
     use crate::domain::Experiment;
+    use crate::storage::Store;
     use crate::Error;
 
     const NOW: i64 = 1_700_000_000_000;
 
-    fn slot(key: &str) -> Slot {
-        Slot::new(running(key))
+    /// Slots over one temporary store.
+    struct Slots {
+        _dir: tempfile::TempDir,
+        store: Store,
+    }
+
+    impl Slots {
+        fn new() -> Self {
+            let (dir, store) = Store::temporary();
+            Self { _dir: dir, store }
+        }
+
+        fn of(&self, experiment: Experiment) -> Slot {
+            Slot::new(experiment, self.store.clone())
+        }
+
+        fn running(&self, key: &str) -> Slot {
+            self.of(running(key))
+        }
     }
 
     /// Decides and exposes `unit` in every slot, as one request does.
@@ -149,8 +164,10 @@ mod tests {
         now_ms: i64,
         queue: &RecordingQueue,
     ) -> (Result<()>, Vec<Assignment>) {
-        let mut assignments: Vec<Assignment> =
-            slots.iter().map(|s| Assignment::decide(s, unit)).collect();
+        let mut assignments: Vec<Assignment> = slots
+            .iter()
+            .map(|s| Assignment::decide(s, unit).unwrap())
+            .collect();
         let result = expose(slots, &mut assignments, unit, now_ms, queue);
         (result, assignments)
     }
@@ -159,9 +176,14 @@ mod tests {
         (a.decision.variant, a.decision.reason)
     }
 
+    fn pending(slot: &Slot, unit: &str) -> Option<FirstExposure> {
+        slot.sticky.get(unit, slot.snapshot().experiment()).unwrap()
+    }
+
     #[test]
-    fn a_hashed_decision_becomes_the_first_exposure_with_one_event_and_one_record() {
-        let slot = slot("e");
+    fn a_hashed_decision_becomes_a_pending_first_exposure_with_one_event_and_one_record() {
+        let slots = Slots::new();
+        let slot = slots.running("e");
         let queue = RecordingQueue::default();
         let (result, assignments) = request(&[&slot], "alice", NOW, &queue);
         result.unwrap();
@@ -188,21 +210,22 @@ mod tests {
                 unit: "alice".into(),
                 variant: variant_key.as_str().into(),
                 first_exposed_ms: NOW,
+                diverges: false,
             }]
         );
-        assert_eq!(
-            slot.sticky.get("alice"),
-            Some(FirstExposure {
-                variant,
-                at_ms: NOW
-            }),
-            "remembered at once, for the next request"
-        );
+        let first = Some(FirstExposure {
+            variant,
+            at_ms: NOW,
+        });
+        assert_eq!(pending(&slot, "alice"), first, "pending at once");
+        queue.release();
+        assert_eq!(pending(&slot, "alice"), None, "released with the claim");
     }
 
     #[test]
-    fn a_second_request_is_served_the_standing_variant_as_sticky_and_stores_nothing_new() {
-        let slot = slot("e");
+    fn a_request_while_the_first_is_in_flight_is_served_it_and_claims_nothing() {
+        let slots = Slots::new();
+        let slot = slots.running("e");
         let queue = RecordingQueue::default();
         let (first, assignments) = request(&[&slot], "alice", NOW, &queue);
         first.unwrap();
@@ -210,31 +233,35 @@ mod tests {
 
         let (second, assignments) = request(&[&slot], "alice", NOW + 1000, &queue);
         second.unwrap();
-        assert_eq!(summary(&assignments[0]), (variant, Reason::Sticky));
+        assert_eq!(
+            summary(&assignments[0]),
+            (variant, Reason::Hashed),
+            "the hash agrees with the pending first exposure"
+        );
         let queued = queue.queued();
         assert_eq!(queued.len(), 2);
         let (events, sticky) = &queued[1];
         assert_eq!(events.len(), 1, "every exposure is an event");
         assert_eq!(events[0].timestamp_ms, NOW + 1000);
         assert!(sticky.is_empty(), "no second first exposure: {sticky:?}");
-        assert_eq!(slot.sticky.get("alice").map(|f| f.at_ms), Some(NOW));
+        assert_eq!(pending(&slot, "alice").map(|f| f.at_ms), Some(NOW));
     }
 
     /// Two requests for one unit decided before either exposed: the one
-    /// that exposes second is served what the first one made sticky.
+    /// that exposes second is served what the first one claimed.
     #[test]
     fn a_racing_request_takes_the_variant_that_won() {
-        let slot = slot("e");
+        let slots = Slots::new();
+        let slot = slots.running("e");
         let queue = RecordingQueue::default();
-        let mut assignments = [Assignment::decide(&slot, "alice")];
+        let mut assignments = [Assignment::decide(&slot, "alice").unwrap()];
         assert_eq!(assignments[0].reason(), Reason::Hashed);
-        // The winner saw the other variant (weights may differ between
-        // snapshots), so the rewrite is visible.
+        // The winner saw the other variant, so the rewrite is visible.
         let standing = FirstExposure {
             variant: 1 - assignments[0].decision.variant,
             at_ms: NOW - 5,
         };
-        slot.sticky.insert_first("alice", standing).unwrap();
+        let _winner = slot.sticky.claim("alice", standing).unwrap();
 
         expose(&[&slot], &mut assignments, "alice", NOW, &queue).unwrap();
         assert_eq!(summary(&assignments[0]), (standing.variant, Reason::Sticky));
@@ -245,27 +272,28 @@ mod tests {
             .clone();
         assert_eq!(events[0].variant.as_ref(), Some(&standing_key));
         assert!(sticky.is_empty());
-        assert_eq!(slot.sticky.get("alice"), Some(standing), "left as it was");
+        assert_eq!(pending(&slot, "alice"), Some(standing), "left as it was");
     }
 
     #[test]
-    fn a_refused_queue_forgets_every_first_exposure_of_the_request_and_only_those() {
-        let (a, b, c) = (slot("a"), slot("b"), slot("c"));
+    fn a_refused_queue_releases_every_claim_of_the_request_and_only_those() {
+        let slots = Slots::new();
+        let (a, b, c) = (slots.running("a"), slots.running("b"), slots.running("c"));
         let queue = RecordingQueue::default();
-        // An earlier, accepted request made alice sticky in `a`.
+        // An earlier request, still in flight, claimed alice in `a`.
         request(&[&a], "alice", NOW - 1000, &queue).0.unwrap();
 
         queue.refuse(true);
         let (refused, assignments) = request(&[&a, &b, &c], "alice", NOW, &queue);
         assert!(matches!(refused, Err(Error::Overloaded(_))), "{refused:?}");
         assert_eq!(queue.queued().len(), 1, "nothing of the refused request");
-        assert_eq!(assignments[0].reason(), Reason::Sticky);
-        assert_eq!(b.sticky.get("alice"), None, "forgotten");
-        assert_eq!(c.sticky.get("alice"), None, "forgotten");
+        assert_eq!(assignments[0].reason(), Reason::Hashed, "the hash agrees");
+        assert_eq!(pending(&b, "alice"), None, "released");
+        assert_eq!(pending(&c, "alice"), None, "released");
         assert_eq!(
-            a.sticky.get("alice").map(|f| f.at_ms),
+            pending(&a, "alice").map(|f| f.at_ms),
             Some(NOW - 1000),
-            "the earlier request's first exposure stands"
+            "the earlier request's claim stands"
         );
 
         // The next request makes its own first exposures.
@@ -284,10 +312,12 @@ mod tests {
 
     #[test]
     fn units_not_in_the_experiment_produce_no_event_and_no_first_exposure() {
-        let draft = Slot::new(Experiment::create(input("d"), T0).unwrap());
+        let slots = Slots::new();
+        let draft = slots.of(Experiment::create(input("d"), T0).unwrap());
         let mut closed = running("closed");
         closed.coverage = 0.0;
-        let closed = Slot::new(closed);
+        closed.peak_coverage = 0.0;
+        let closed = slots.of(closed);
         let queue = RecordingQueue::default();
 
         let (result, assignments) = request(&[&draft, &closed], "alice", NOW, &queue);
@@ -295,11 +325,11 @@ mod tests {
         let reasons: Vec<_> = assignments.iter().map(Assignment::reason).collect();
         assert_eq!(reasons, [Reason::NotRunning, Reason::NotInCoverage]);
         assert!(queue.queued().is_empty(), "the queue is not even called");
-        assert_eq!(draft.sticky.get("alice"), None);
-        assert_eq!(closed.sticky.get("alice"), None);
+        assert_eq!(pending(&draft, "alice"), None);
+        assert_eq!(pending(&closed, "alice"), None);
 
         // Beside an experiment it is in, only that one is exposed.
-        let open = slot("open");
+        let open = slots.running("open");
         let (result, _) = request(&[&closed, &open], "alice", NOW, &queue);
         result.unwrap();
         let queued = queue.queued();
@@ -316,12 +346,13 @@ mod tests {
     /// lifting the override must return them to their hashed variant.
     #[test]
     fn forced_units_are_exposed_but_not_made_sticky() {
+        let slots = Slots::new();
         let mut experiment = running("f");
         experiment.forced.insert(
             "qa".to_owned().try_into().unwrap(),
             "treatment".try_into().unwrap(),
         );
-        let slot = Slot::new(experiment);
+        let slot = slots.of(experiment);
         let queue = RecordingQueue::default();
         let (result, assignments) = request(&[&slot], "qa", NOW, &queue);
         result.unwrap();
@@ -330,17 +361,25 @@ mod tests {
         let (events, sticky) = &queued[0];
         assert_eq!(events.len(), 1);
         assert!(sticky.is_empty());
-        assert_eq!(slot.sticky.get("qa"), None);
+        assert_eq!(pending(&slot, "qa"), None);
     }
 
     #[test]
-    fn remember_on_a_unit_that_has_a_first_exposure_returns_the_standing_one() {
-        let slot = slot("e");
+    fn a_diverging_first_exposure_marks_its_experiment_before_it_is_queued() {
+        let slots = Slots::new();
+        let slot = slots.running("e");
         let experiment = running("e");
         let mut firsts = FirstExposures::default();
-        firsts.remember(&slot, &experiment, "alice", 0, 10).unwrap();
+        firsts
+            .remember(&slot, &experiment, "alice", 0, 10, false)
+            .unwrap();
+        assert!(!slot.sticky.diverged());
+        firsts
+            .remember(&slot, &experiment, "bob", 1, 10, true)
+            .unwrap();
+        assert!(slot.sticky.diverged());
         let standing = firsts
-            .remember(&slot, &experiment, "alice", 1, 20)
+            .remember(&slot, &experiment, "alice", 1, 20, true)
             .unwrap_err();
         assert_eq!(
             standing,
@@ -349,23 +388,17 @@ mod tests {
                 at_ms: 10
             }
         );
-        let records = firsts.queue_with(Ok).unwrap();
-        assert_eq!(records.len(), 1, "the loser remembered nothing");
+        let (records, claims) = firsts.into_parts();
+        let summary: Vec<_> = records
+            .iter()
+            .map(|r| (&*r.unit, &*r.variant, r.diverges))
+            .collect();
         assert_eq!(
-            (&*records[0].variant, records[0].first_exposed_ms),
-            ("control", 10)
+            summary,
+            [("alice", "control", false), ("bob", "treatment", true)],
+            "the loser claimed nothing"
         );
-
-        // One made by an earlier request stands against a new collector too.
-        let mut later = FirstExposures::default();
-        assert_eq!(
-            later.remember(&slot, &experiment, "alice", 1, 30),
-            Err(standing)
-        );
-        // Refusing it forgets nothing it did not remember.
-        later
-            .queue_with(|_| Err::<(), _>(Error::Unavailable))
-            .unwrap_err();
-        assert_eq!(slot.sticky.get("alice"), Some(standing));
+        drop(claims);
+        assert_eq!(pending(&slot, "alice"), None);
     }
 }

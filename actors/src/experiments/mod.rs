@@ -7,7 +7,8 @@
 //!   and the `Slot` it publishes snapshots into.
 //! - [`assignment`]: the algorithm (md5 buckets, ranges, decision order)
 //!   over an experiment prepared for the hot path.
-//! - [`sticky`]: each experiment's first exposures in memory.
+//! - [`sticky`]: each experiment's first exposures: on disk, pending ones
+//!   in memory until committed.
 //! - [`exposure`]: the one place a decision becomes sticky and becomes an
 //!   exposure event.
 
@@ -42,12 +43,15 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    /// Assigns without side effects: the snapshot and the sticky table
-    /// only.
-    fn decide(slot: &Slot, unit: &str) -> Self {
+    /// Assigns without side effects: the snapshot, and the unit's first
+    /// exposure when the decision depends on it.
+    fn decide(slot: &Slot, unit: &str) -> Result<Self> {
         let compiled = slot.snapshot();
-        let decision = compiled.decide(unit, || slot.sticky.get(unit).map(|f| f.variant));
-        Self { compiled, decision }
+        let decision = compiled.decide(unit, slot.sticky.diverged(), || {
+            let first = slot.sticky.get(unit, compiled.experiment())?;
+            Ok(first.map(|f| f.variant))
+        })?;
+        Ok(Self { compiled, decision })
     }
 
     /// The experiment's key.
@@ -79,24 +83,27 @@ pub struct Page {
     pub next: Option<ExperimentKey>,
 }
 
-/// Loads every stored experiment and its first exposures and starts their
-/// actors. Must run inside an actix system.
+/// Loads every stored experiment and starts its actor. Reads nothing per
+/// unit: first exposures stay on disk, looked up when needed. Must run
+/// inside an actix system.
 pub(crate) async fn restore(store: &Store, clock: Arc<dyn Clock>) -> Result<Arc<Registry>> {
     let registry = Arc::new(Registry::default());
-    let experiments = {
+    let (experiments, diverged) = {
         let store = store.clone();
-        blocking(move || store.experiments()).await?
+        blocking(move || Ok((store.experiments()?, store.divergent_experiments()?))).await?
     };
     for experiment in experiments {
-        registry.start(experiment, store.clone(), Arc::clone(&clock));
+        let entry = registry.start(experiment, store.clone(), Arc::clone(&clock));
+        if diverged
+            .iter()
+            .any(|k| k == entry.slot.snapshot().experiment().key.as_str())
+        {
+            entry.slot.sticky.diverge();
+        }
     }
-    let restored = {
-        let (store, registry) = (store.clone(), Arc::clone(&registry));
-        blocking(move || sticky::restore(&store, &registry)).await?
-    };
     tracing::info!(
         experiments = registry.load().len(),
-        sticky_assignments = restored,
+        diverged = diverged.len(),
         "experiments restored"
     );
     Ok(registry)
@@ -195,7 +202,7 @@ impl Experiments {
     /// waiting.
     pub fn assign(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
         let entry = self.entry(key)?;
-        let mut assignments = [Assignment::decide(&entry.slot, unit)];
+        let mut assignments = [Assignment::decide(&entry.slot, unit)?];
         if log_exposure {
             self.expose(&[&entry.slot], &mut assignments, unit)?;
         }
@@ -244,8 +251,10 @@ impl Experiments {
                 .collect(),
         };
         let slots: Vec<&Slot> = entries.iter().map(|e| &*e.slot).collect();
-        let mut assignments: Vec<Assignment> =
-            slots.iter().map(|s| Assignment::decide(s, unit)).collect();
+        let mut assignments: Vec<Assignment> = slots
+            .iter()
+            .map(|s| Assignment::decide(s, unit))
+            .collect::<Result<_>>()?;
         if log_exposure {
             self.expose(&slots, &mut assignments, unit)?;
         }
@@ -305,7 +314,8 @@ pub(crate) mod testing {
     use time::macros::datetime;
     use time::OffsetDateTime;
 
-    use super::exposure::ExposureQueue;
+    use super::exposure::{ExposureQueue, FirstExposures};
+    use super::sticky::Claim;
     use crate::domain::{Action, Event, Experiment, ExperimentIn, StickyAssignment};
     use crate::{Error, Result};
 
@@ -337,12 +347,14 @@ pub(crate) mod testing {
     /// One accepted call of [`ExposureQueue::queue`].
     pub type Queued = (Vec<Event>, Vec<StickyAssignment>);
 
-    /// An exposure queue that records what it accepts, or refuses every
-    /// call (as a full mailbox does) while `refuse` is set.
+    /// An exposure queue that records what it accepts, keeping the claims
+    /// as if in flight, or refuses every call (as a full mailbox does)
+    /// while `refuse` is set.
     #[derive(Default)]
     pub struct RecordingQueue {
         refuse: AtomicBool,
         queued: Mutex<Vec<Queued>>,
+        in_flight: Mutex<Vec<Claim>>,
     }
 
     impl RecordingQueue {
@@ -355,14 +367,21 @@ pub(crate) mod testing {
         pub fn refuse(&self, refuse: bool) {
             self.refuse.store(refuse, Ordering::SeqCst);
         }
+
+        /// Releases every claim accepted so far, as a commit does.
+        pub fn release(&self) {
+            self.in_flight.lock().expect("lock").clear();
+        }
     }
 
     impl ExposureQueue for RecordingQueue {
-        fn queue(&self, events: Vec<Event>, sticky: Vec<StickyAssignment>) -> Result<()> {
+        fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()> {
             if self.refuse.load(Ordering::SeqCst) {
                 return Err(Error::Overloaded("ingest"));
             }
-            self.queued.lock().expect("lock").push((events, sticky));
+            let (records, claims) = firsts.into_parts();
+            self.queued.lock().expect("lock").push((events, records));
+            self.in_flight.lock().expect("lock").extend(claims);
             Ok(())
         }
     }
@@ -448,7 +467,7 @@ mod tests {
             (Reason::Hashed, true)
         );
         let again = f.service.assign("e", "alice", true).unwrap();
-        assert_eq!(again.reason(), Reason::Sticky);
+        assert_eq!(again.reason(), Reason::Hashed, "the hash still agrees");
         assert_eq!(again.variant().key, first.variant().key);
         let draft = f.service.assign("d", "alice", true).unwrap();
         assert_eq!(
@@ -465,11 +484,19 @@ mod tests {
             f.service.assign("missing", "alice", true),
             Err(Error::ExperimentNotFound(k)) if k == "missing"
         ));
+        // Once the hash leaves her out, her first exposure answers.
+        let nobody = serde_json::from_value(serde_json::json!({"coverage": 0.0})).unwrap();
+        f.service.patch("e", nobody).await.unwrap();
+        let kept = f.service.assign("e", "alice", true).unwrap();
+        assert_eq!(
+            (kept.reason(), kept.variant().key.clone()),
+            (Reason::Sticky, first.variant().key.clone())
+        );
 
         assert_eq!(
             f.served(),
             [
-                (Reason::Hashed, 3),
+                (Reason::Hashed, 4),
                 (Reason::Sticky, 1),
                 (Reason::NotRunning, 1)
             ]
@@ -481,7 +508,7 @@ mod tests {
             .map(|e| (&*e.unit_id, e.timestamp_ms))
             .collect();
         let now = unix_ms(T0 + Duration::from_secs(1));
-        assert_eq!(exposed, [("alice", now), ("alice", now)]);
+        assert_eq!(exposed, [("alice", now), ("alice", now), ("alice", now)]);
     }
 
     #[actix::test]

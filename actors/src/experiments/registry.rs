@@ -50,18 +50,25 @@ impl Registry {
             .ok_or_else(|| Error::ExperimentNotFound(key.to_owned()))
     }
 
-    /// The unit's first exposures: (experiment, variant) pairs.
-    pub fn first_exposures(&self, unit: &str) -> Vec<(String, String)> {
-        self.load()
+    /// The unit's committed first exposures: (experiment, variant) pairs,
+    /// by experiment key. One batched read of `store`: call it off the
+    /// async workers.
+    pub fn first_exposures(&self, store: &Store, unit: &str) -> Result<Vec<(String, String)>> {
+        let entries = self.load();
+        let keys: Vec<&str> = entries.keys().map(ExperimentKey::as_str).collect();
+        let found = store.first_exposures(&keys, unit)?;
+        Ok(entries
             .values()
-            .filter_map(|entry| {
-                let first = entry.slot.sticky.get(unit)?;
+            .zip(found)
+            .filter_map(|(entry, first)| {
+                let first = first?;
                 let compiled = entry.slot.snapshot();
                 let experiment = compiled.experiment();
-                let variant = experiment.variants.get(first.variant)?;
-                Some((experiment.key.to_string(), variant.key.to_string()))
+                // A variant the experiment no longer has is skipped.
+                experiment.variant_index(&first.variant)?;
+                Some((experiment.key.to_string(), first.variant.into()))
             })
-            .collect()
+            .collect())
     }
 
     /// Adds an experiment. Only the catalog (and start-up) call this.
@@ -79,7 +86,7 @@ impl Registry {
         clock: Arc<dyn Clock>,
     ) -> Entry {
         let key = experiment.key.clone();
-        let slot = Arc::new(Slot::new(experiment));
+        let slot = Arc::new(Slot::new(experiment, store.clone()));
         let addr = ExperimentActor::new(Arc::clone(&slot), store, clock).start();
         let entry = Entry { slot, addr };
         self.insert(key, entry.clone());
@@ -157,11 +164,11 @@ impl Handler<CreateExperiment> for Catalog {
 mod tests {
     use std::time::Duration;
 
-    use super::super::sticky::FirstExposure;
     use super::super::testing::{input, running, T0};
     use super::*;
     use crate::clock::ManualClock;
-    use crate::domain::{DomainEventKind, Status};
+    use crate::domain::{DomainEventKind, Status, StickyAssignment};
+    use crate::storage::Commit;
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -301,26 +308,37 @@ mod tests {
     #[actix::test]
     async fn first_exposures_name_each_experiment_and_variant_a_unit_saw() {
         let f = fixture();
-        let start = |key| {
+        for key in ["a", "b", "c"] {
             f.registry
-                .start(running(key), f.store.clone(), f.clock.clone())
+                .start(running(key), f.store.clone(), f.clock.clone());
+        }
+        let first = |exp: &str, unit: &str, variant: &str| StickyAssignment {
+            experiment: exp.try_into().unwrap(),
+            unit: unit.into(),
+            variant: variant.into(),
+            first_exposed_ms: 1,
+            diverges: false,
         };
-        let (a, b, c) = (start("a"), start("b"), start("c"));
-        let first = |variant| FirstExposure { variant, at_ms: 1 };
-        a.slot.sticky.insert_first("alice", first(1)).unwrap();
-        b.slot.sticky.insert_first("alice", first(0)).unwrap();
-        b.slot.sticky.insert_first("bob", first(1)).unwrap();
+        f.store
+            .commit(&Commit {
+                sticky: &[
+                    first("a", "alice", "treatment"),
+                    first("b", "alice", "control"),
+                    first("b", "bob", "treatment"),
+                    // A variant the experiment does not have is skipped.
+                    first("c", "alice", "gone"),
+                ],
+                next_seq: 1,
+                ..Commit::default()
+            })
+            .unwrap();
 
-        let alice = pairs(&[("a", "treatment"), ("b", "control")]);
-        assert_eq!(f.registry.first_exposures("alice"), alice);
+        let read = |unit| f.registry.first_exposures(&f.store, unit).unwrap();
         assert_eq!(
-            f.registry.first_exposures("bob"),
-            pairs(&[("b", "treatment")])
+            read("alice"),
+            pairs(&[("a", "treatment"), ("b", "control")])
         );
-        assert!(f.registry.first_exposures("carol").is_empty());
-
-        // An index the experiment has no variant for is skipped, not a panic.
-        c.slot.sticky.restore("alice".into(), first(7));
-        assert_eq!(f.registry.first_exposures("alice"), alice);
+        assert_eq!(read("bob"), pairs(&[("b", "treatment")]));
+        assert!(read("carol").is_empty());
     }
 }

@@ -1,17 +1,32 @@
 //! Sticky assignments: the variant each unit was first exposed to, and when.
 //!
-//! Reads are on the assignment hot path, so every experiment keeps its
-//! first exposures in memory ([`StickyTable`], a sharded concurrent map: no
-//! lock is held across an await and a lookup never touches disk). A new
-//! entry travels to RocksDB with the exposure event that caused it, in the
-//! same committed batch; at start the tables are rebuilt from the store.
+//! First exposures live on disk (the `sticky_assignments` column family),
+//! one per unit and experiment, however many units arrive; nothing per unit
+//! is loaded at start. Most assignments never need them: a unit's first
+//! exposure can only differ from what the hash gives it now when the
+//! experiment's coverage was cut after it was exposed and the hash now puts
+//! it outside, or when a client reported a variant the hash would not have
+//! given (the experiment is then *diverged*). [`Compiled::decide`] asks for
+//! a lookup only in those cases, and a lookup is one point read answered by
+//! the bloom filter or the block cache.
+//!
+//! Between a request and the commit of its exposure (a flush interval),
+//! the new first exposure is *pending*: held here, so a request for the same
+//! unit in that window sees it, and released by the [`Claim`] that the
+//! exposure carries to the writer once it is committed (or refused). So
+//! what this table holds is bounded by what the ingest mailbox holds.
+//!
+//! [`Compiled::decide`]: super::assignment::Compiled::decide
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use super::registry::Registry;
+use crate::domain::{Experiment, ExperimentKey};
 use crate::storage::Store;
-use crate::{Error, Result};
+use crate::Result;
 
 /// A unit's first exposure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,108 +37,164 @@ pub struct FirstExposure {
     pub at_ms: i64,
 }
 
-/// One experiment's first exposures, by unit id.
-#[derive(Debug, Default)]
+/// One experiment's first exposures: committed ones in the store, pending
+/// ones here.
 pub struct StickyTable {
-    /// Variants are at most 20, so one byte holds the index.
-    units: DashMap<Box<str>, (u8, i64)>,
+    experiment: ExperimentKey,
+    store: Store,
+    /// First exposures queued but not committed yet. Variants are at most
+    /// 20, so one byte holds the index.
+    pending: DashMap<Box<str>, (u8, i64)>,
+    /// Some first exposure differs from the hash: every assignment must
+    /// look its unit up.
+    diverged: AtomicBool,
 }
 
 impl StickyTable {
-    /// The unit's first exposure, if it has had one.
-    pub fn get(&self, unit: &str) -> Option<FirstExposure> {
-        self.units.get(unit).map(|e| FirstExposure {
-            variant: usize::from(e.0),
-            at_ms: e.1,
-        })
+    /// The table of `experiment`, reading committed first exposures from
+    /// `store`; `diverged` as the store recorded it.
+    pub fn new(experiment: ExperimentKey, store: Store, diverged: bool) -> Self {
+        Self {
+            experiment,
+            store,
+            pending: DashMap::new(),
+            diverged: AtomicBool::new(diverged),
+        }
     }
 
-    /// Records `unit`'s first exposure unless it already has one. Returns
-    /// the standing first exposure when there was one (`Err`), so a race
-    /// between two requests for one unit has exactly one winner.
-    pub fn insert_first(
-        &self,
+    /// Whether some first exposure differs from what the hash gives.
+    pub fn diverged(&self) -> bool {
+        self.diverged.load(Ordering::Relaxed)
+    }
+
+    /// Records that a first exposure about to be queued differs from the
+    /// hash. Set before the exposure is queued, so no request can miss it;
+    /// the store records it with the exposure (see `Store::commit`).
+    pub fn diverge(&self) {
+        self.diverged.store(true, Ordering::Relaxed);
+    }
+
+    /// The unit's first exposure to `experiment` (the current snapshot,
+    /// which maps the stored variant key to its index): pending, else
+    /// committed. A committed one whose variant no longer exists is
+    /// ignored.
+    pub fn get(&self, unit: &str, experiment: &Experiment) -> Result<Option<FirstExposure>> {
+        if let Some(e) = self.pending.get(unit) {
+            return Ok(Some(FirstExposure {
+                variant: usize::from(e.0),
+                at_ms: e.1,
+            }));
+        }
+        let Some(stored) = self.store.first_exposure(self.experiment.as_str(), unit)? else {
+            return Ok(None);
+        };
+        Ok(experiment
+            .variant_index(&stored.variant)
+            .map(|variant| FirstExposure {
+                variant,
+                at_ms: stored.at_ms,
+            }))
+    }
+
+    /// Makes `first` the unit's pending first exposure unless one is
+    /// pending already; then returns that one (`Err`), so two requests for
+    /// one unit in flight together agree. The [`Claim`] releases it.
+    pub fn claim(
+        self: &Arc<Self>,
         unit: &str,
         first: FirstExposure,
-    ) -> std::result::Result<(), FirstExposure> {
-        match self.units.entry(unit.into()) {
+    ) -> std::result::Result<Claim, FirstExposure> {
+        match self.pending.entry(unit.into()) {
             Entry::Occupied(e) => Err(FirstExposure {
                 variant: usize::from(e.get().0),
                 at_ms: e.get().1,
             }),
             Entry::Vacant(e) => {
                 e.insert((first.variant as u8, first.at_ms));
-                Ok(())
+                Ok(Claim {
+                    table: Arc::clone(self),
+                    unit: unit.into(),
+                })
             }
         }
     }
 
-    /// Undoes [`StickyTable::insert_first`] when the exposure carrying it
-    /// could not be queued, so nothing unpersisted is remembered.
-    pub fn forget(&self, unit: &str) {
-        self.units.remove(unit);
-    }
-
-    /// Loads a persisted first exposure at start.
-    pub fn restore(&self, unit: Box<str>, first: FirstExposure) {
-        self.units.insert(unit, (first.variant as u8, first.at_ms));
+    /// First exposures pending now.
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
     }
 }
 
-/// Rebuilds every experiment's sticky table from the store; returns how
-/// many first exposures were restored. Blocks on the store.
-pub(super) fn restore(store: &Store, registry: &Registry) -> Result<usize> {
-    let entries = registry.load();
-    let mut restored = 0;
-    for record in store.sticky() {
-        // An undecodable first exposure is skipped rather than refusing to
-        // start: its unit is assigned by hash again (the same variant
-        // unless weights or coverage changed since).
-        let record = match record {
-            Ok(record) => record,
-            Err(e @ Error::Corrupt { .. }) => {
-                tracing::error!(error = %e, "skipping an undecodable sticky assignment");
-                metrics::counter!(crate::metrics::STORE_RECORDS_REBUILT, "cf" => "sticky")
-                    .increment(1);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(entry) = entries.get(&record.experiment) else {
-            continue;
-        };
-        let snapshot = entry.slot.snapshot();
-        if let Some(variant) = snapshot.experiment().variant_index(&record.variant) {
-            let first = FirstExposure {
-                variant,
-                at_ms: record.first_exposed_ms,
-            };
-            entry.slot.sticky.restore(record.unit, first);
-            restored += 1;
-        }
+impl std::fmt::Debug for StickyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickyTable")
+            .field("experiment", &self.experiment)
+            .field("pending", &self.pending.len())
+            .field("diverged", &self.diverged())
+            .finish_non_exhaustive()
     }
-    Ok(restored)
+}
+
+/// A pending first exposure, travelling with its exposure event to the
+/// writer. Dropping it (after the commit, or when the event is refused)
+/// releases the entry: committed, the store answers for it; refused, it
+/// never happened.
+#[derive(Debug)]
+pub struct Claim {
+    table: Arc<StickyTable>,
+    unit: Box<str>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.table.pending.remove(&self.unit);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::StickyAssignment;
+    use crate::storage::Commit;
 
     #[test]
-    fn the_first_exposure_wins() {
-        let table = StickyTable::default();
+    fn a_pending_first_exposure_wins_until_released_then_the_store_answers() {
+        let (_dir, store) = Store::temporary();
+        let experiment = super::super::testing::running("e");
+        let table = Arc::new(StickyTable::new(
+            experiment.key.clone(),
+            store.clone(),
+            false,
+        ));
         let first = FirstExposure {
             variant: 1,
             at_ms: 10,
         };
-        assert_eq!(table.insert_first("alice", first), Ok(()));
+        let claim = table.claim("alice", first).unwrap();
         let later = FirstExposure {
             variant: 0,
             at_ms: 20,
         };
-        assert_eq!(table.insert_first("alice", later), Err(first));
-        assert_eq!(table.get("alice"), Some(first));
-        table.forget("alice");
-        assert_eq!(table.get("alice"), None);
+        assert_eq!(table.claim("alice", later).unwrap_err(), first);
+        assert_eq!(table.get("alice", &experiment).unwrap(), Some(first));
+
+        store
+            .commit(&Commit {
+                sticky: &[StickyAssignment {
+                    experiment: experiment.key.clone(),
+                    unit: "alice".into(),
+                    variant: "treatment".into(),
+                    first_exposed_ms: 10,
+                    diverges: false,
+                }],
+                next_seq: 1,
+                ..Commit::default()
+            })
+            .unwrap();
+        drop(claim);
+        assert_eq!(table.pending(), 0, "released");
+        assert_eq!(table.get("alice", &experiment).unwrap(), Some(first));
+        assert_eq!(table.get("bob", &experiment).unwrap(), None);
     }
 }

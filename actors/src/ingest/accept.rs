@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{Event, EventIn, EventLimits, EventType, ExperimentKey, Status};
 use crate::experiments::actor::Slot;
-use crate::experiments::assignment::Compiled;
+use crate::experiments::assignment::{Compiled, Reason};
 use crate::experiments::exposure::FirstExposures;
 use crate::experiments::registry::Entry;
 use crate::{Error, Result};
@@ -19,17 +19,17 @@ use crate::{Error, Result};
 /// omitted variant is derived from the unit's assignment, and an explicit
 /// one that differs from it is marked as a mismatch. A refusal names the
 /// event: [`Error::InvalidEvent`].
-pub(super) fn attribute<'r>(
+pub(super) fn attribute(
     inputs: Vec<EventIn>,
-    entries: &'r BTreeMap<ExperimentKey, Entry>,
-    firsts: &mut FirstExposures<'r>,
+    entries: &BTreeMap<ExperimentKey, Entry>,
+    firsts: &mut FirstExposures,
     limits: &EventLimits,
     now: OffsetDateTime,
 ) -> Result<Vec<Event>> {
     let mut events = Vec::with_capacity(inputs.len());
-    // (experiment, its snapshot, variant, index of the exposure event) per
-    // exposure.
-    let mut exposures: Vec<(&Entry, Arc<Compiled>, usize, usize)> = Vec::new();
+    // (experiment, its snapshot, variant, index of the exposure event,
+    // whether it differs from the hash) per exposure that may be a first.
+    let mut exposures: Vec<(&Entry, Arc<Compiled>, usize, usize, bool)> = Vec::new();
     let mut exposed_in_batch: HashMap<(*const Slot, Box<str>), usize> = HashMap::new();
     // One snapshot per experiment for the whole request, so a change
     // published meanwhile cannot make two events disagree on variants.
@@ -75,18 +75,20 @@ pub(super) fn attribute<'r>(
         }
         // A first exposure earlier in this batch is not in the sticky table
         // yet, but already decides the variant.
-        let decided = compiled.decide(&event.unit_id, || {
-            entry
-                .slot
-                .sticky
-                .get(&event.unit_id)
-                .map(|f| f.variant)
-                .or_else(|| {
-                    exposed_in_batch
-                        .get(&(Arc::as_ptr(&entry.slot), event.unit_id.clone()))
-                        .copied()
-                })
-        });
+        let earlier = exposed_in_batch
+            .get(&(Arc::as_ptr(&entry.slot), event.unit_id.clone()))
+            .copied();
+        let diverged = entry.slot.sticky.diverged() || earlier.is_some();
+        let decided = compiled
+            .decide(&event.unit_id, diverged, || match earlier {
+                Some(variant) => Ok(Some(variant)),
+                None => Ok(entry
+                    .slot
+                    .sticky
+                    .get(&event.unit_id, experiment)?
+                    .map(|f| f.variant)),
+            })
+            .map_err(at)?;
         let assigned = decided.in_experiment.then_some(decided.variant);
         let variant = match &event.variant {
             Some(v) => {
@@ -105,22 +107,28 @@ pub(super) fn attribute<'r>(
             }
         };
         if let (EventType::Exposure, Some(variant)) = (&event.kind, variant) {
-            exposures.push((entry, Arc::clone(&compiled), variant, i));
+            // A unit with a first exposure keeps it; any other becomes one,
+            // and one the hash would not have given diverges.
+            if decided.reason != Reason::Sticky {
+                let diverges = decided.reason != Reason::Hashed || decided.variant != variant;
+                exposures.push((entry, Arc::clone(&compiled), variant, i, diverges));
+            }
             exposed_in_batch
                 .entry((Arc::as_ptr(&entry.slot), event.unit_id.clone()))
                 .or_insert(variant);
         }
         events.push(event);
     }
-    for (entry, compiled, variant, i) in exposures {
+    for (entry, compiled, variant, i, diverges) in exposures {
         let event = &events[i];
-        // An exposure after the unit's first one leaves the first standing.
+        // One claimed by a request in flight stands.
         let _ = firsts.remember(
             &entry.slot,
             compiled.experiment(),
             &event.unit_id,
             variant,
             event.timestamp_ms,
+            diverges,
         );
     }
     Ok(events)

@@ -17,6 +17,14 @@
 //! before its unit's exposure does not count. [`Aggregator::fold`] over the
 //! stored events in `seq` order reproduces the live numbers exactly.
 //!
+//! Per-unit state (each unit's exposures and running sums) lives on disk
+//! ([`Cf::Units`](crate::storage::Cf::Units)), not here: before a batch is
+//! folded, the writer loads the state of the batch's units into a working
+//! set ([`Aggregator::missing_units`], [`Aggregator::load_units`]), and
+//! after the commit the working set is dropped. Memory is therefore bounded
+//! by the batch, not by how many units exist, and start-up reads only the
+//! per-experiment totals.
+//!
 //! Two rules keep the state bounded and finite whatever clients send.
 //! Each experiment counts at most `max_measures` distinct measures; events
 //! of further names count together under [`OTHER_MEASURE`], so random event
@@ -49,10 +57,12 @@ pub struct Aggregator {
     experiments: HashMap<Arc<str>, ExperimentAggregates>,
     /// Each experiment's distinct measures (at most `max_measures` + 1).
     measures: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// The working set: the state of the units of the batch being folded,
+    /// loaded from the store and dropped once it is committed.
     units: HashMap<Box<str>, Vec<Exposure>>,
     interned: HashSet<Arc<str>>,
     dirty_experiments: BTreeSet<Arc<str>>,
-    dirty_units: HashSet<(Arc<str>, Box<str>)>,
+    dirty_units: BTreeSet<Box<str>>,
 }
 
 impl Aggregator {
@@ -66,16 +76,15 @@ impl Aggregator {
             units: HashMap::new(),
             interned: HashSet::new(),
             dirty_experiments: BTreeSet::new(),
-            dirty_units: HashSet::new(),
+            dirty_units: BTreeSet::new(),
         }
     }
 
-    /// Restores persisted state: every experiment's aggregates and every
-    /// unit's exposures.
+    /// Restores every experiment's persisted aggregates; per-unit state
+    /// stays on disk until a batch needs it.
     pub fn restore(
         max_measures: usize,
         experiments: impl IntoIterator<Item = (String, ExperimentAggregates)>,
-        units: impl IntoIterator<Item = (Box<str>, Exposure)>,
     ) -> Self {
         let mut this = Self::new(max_measures);
         for (key, aggregates) in experiments {
@@ -92,30 +101,23 @@ impl Aggregator {
                 .extend(names);
             this.experiments.insert(key, aggregates);
         }
-        for (unit, mut exposure) in units {
-            exposure.experiment = this.intern(&exposure.experiment);
-            exposure.variant = this.intern(&exposure.variant);
-            for m in &mut exposure.measures {
-                m.key = this.intern(&m.key);
-            }
-            this.units.entry(unit).or_default().push(exposure);
-        }
         this
     }
 
-    /// Restores the persisted state from `store`. When a record cannot be
-    /// decoded (a corrupt or foreign value), the state is rebuilt from the
-    /// stored events instead, logged, counted in
-    /// `abacus_store_records_rebuilt_total` and written back: a bad record
-    /// never keeps the server from starting. Events that retention already
-    /// removed are then no longer counted.
+    /// Restores the persisted totals from `store`. When one cannot be
+    /// decoded (a corrupt or foreign value), or an earlier rebuild did not
+    /// finish, everything is rebuilt from the stored events instead,
+    /// logged and counted in `abacus_store_records_rebuilt_total`: a bad
+    /// record never keeps the server from starting. Events that retention
+    /// already removed are then no longer counted.
     pub fn load(store: &Store, max_measures: usize) -> Result<Self> {
-        let failure = match (store.aggregates(), store.unit_exposures()) {
-            (Ok(experiments), Ok(units)) => {
-                return Ok(Self::restore(max_measures, experiments, units))
+        let failure = match store.aggregates() {
+            Ok(experiments) if !store.rebuild_pending()? => {
+                return Ok(Self::restore(max_measures, experiments))
             }
-            (Err(e @ Error::Corrupt { .. }), _) | (_, Err(e @ Error::Corrupt { .. })) => e,
-            (Err(e), _) | (_, Err(e)) => return Err(e),
+            Ok(_) => "an earlier rebuild did not finish".to_owned(),
+            Err(e @ Error::Corrupt { .. }) => e.to_string(),
+            Err(e) => return Err(e),
         };
         tracing::error!(
             error = %failure,
@@ -124,15 +126,42 @@ impl Aggregator {
         metrics::counter!(crate::metrics::STORE_RECORDS_REBUILT, "cf" => "aggregates").increment(1);
         let mut this = Self::new(max_measures);
         let mut folded = 0u64;
+        store.start_rebuild()?;
         store.for_each_event_in_commit_order(|events| {
             folded += events.len() as u64;
+            let missing = this.missing_units(events);
+            let states = store.unit_states(&missing)?;
+            let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
+            this.load_units(missing.into_iter().zip(states));
             this.fold(events);
+            store.write_aggregates(&this.changes())?;
+            this.clear_working_set();
+            Ok(())
         })?;
-        store.replace_aggregates(&this.changes())?;
-        this.dirty_experiments.clear();
-        this.dirty_units.clear();
+        store.finish_rebuild()?;
         tracing::warn!(events = folded, "aggregates rebuilt from stored events");
         Ok(this)
+    }
+
+    /// The distinct units of `events` whose state is not in the working
+    /// set yet: what to read from the store before [`Aggregator::fold`].
+    pub fn missing_units<'e>(&self, events: &'e [Event]) -> Vec<&'e str> {
+        let mut seen = HashSet::with_capacity(events.len());
+        events
+            .iter()
+            .map(|e| &*e.unit_id)
+            .filter(|u| !self.units.contains_key(*u) && seen.insert(*u))
+            .collect()
+    }
+
+    /// Puts units' stored state (`None`: nothing stored) into the working set.
+    pub fn load_units(
+        &mut self,
+        units: impl IntoIterator<Item = (Box<str>, Option<Vec<Exposure>>)>,
+    ) {
+        for (unit, state) in units {
+            self.units.insert(unit, state.unwrap_or_default());
+        }
     }
 
     /// Folds events in order, as committed.
@@ -163,6 +192,7 @@ impl Aggregator {
             return;
         }
         let value = e.value.unwrap_or(1.0);
+        let mut dirty = false;
         for exposure in exposures.iter_mut() {
             let matches = e
                 .experiment
@@ -211,8 +241,10 @@ impl Aggregator {
                 finite(totals.sum_squares + (finite(after * after) - finite(before * before)));
             self.dirty_experiments
                 .insert(Arc::clone(&exposure.experiment));
-            self.dirty_units
-                .insert((Arc::clone(&exposure.experiment), e.unit_id.clone()));
+            dirty = true;
+        }
+        if dirty {
+            self.dirty_units.insert(e.unit_id.clone());
         }
     }
 
@@ -232,7 +264,7 @@ impl Aggregator {
                 exposed_ms: at_ms,
                 measures: Vec::new(),
             });
-            self.dirty_units.insert((Arc::clone(&exp), unit.into()));
+            self.dirty_units.insert(unit.into());
         }
         let totals = self.variant_mut(&exp, &var);
         totals.exposures += 1;
@@ -259,29 +291,30 @@ impl Aggregator {
         let units = self
             .dirty_units
             .iter()
-            .map(|(exp, unit)| UnitChange {
-                experiment: exp,
-                unit,
-                exposures: self
-                    .units
-                    .get(unit)
-                    .into_iter()
-                    .flatten()
-                    .filter(|x| x.experiment == *exp)
-                    .collect(),
+            .filter_map(|unit| {
+                let exposures = self.units.get(unit)?;
+                Some(UnitChange { unit, exposures })
             })
             .collect();
         AggregateChanges { experiments, units }
     }
 
-    /// Publishes what changed to readers, once it is committed.
+    /// Publishes what changed to readers, once it is committed, and drops
+    /// the working set.
     pub fn published(&mut self, live: &LiveAggregates) {
         for key in std::mem::take(&mut self.dirty_experiments) {
             if let Some(a) = self.experiments.get(&key) {
                 live.by_experiment.insert(key, Arc::new(a.clone()));
             }
         }
+        self.clear_working_set();
+    }
+
+    /// Forgets the working set and what changed in it.
+    fn clear_working_set(&mut self) {
+        self.dirty_experiments.clear();
         self.dirty_units.clear();
+        self.units.clear();
     }
 
     /// Publishes everything (at start).
@@ -517,20 +550,40 @@ mod tests {
         let mut whole = Aggregator::new(usize::MAX);
         whole.fold(&events);
 
+        // The first half is folded and committed; the second half starts
+        // from the stored totals and loads each unit's state as it comes.
+        let (_dir, store) = Store::temporary();
         let mut first = Aggregator::new(usize::MAX);
-        first.fold(&events[..100]);
-        let units: Vec<(Box<str>, Exposure)> = first
-            .units
-            .iter()
-            .flat_map(|(u, xs)| xs.iter().map(|x| (u.clone(), x.clone())))
-            .collect();
-        let totals = first
-            .experiments
-            .iter()
-            .map(|(k, a)| (k.to_string(), a.clone()));
-        let mut resumed = Aggregator::restore(usize::MAX, totals, units);
-        resumed.fold(&events[100..]);
+        for chunk in events[..100].chunks(30) {
+            fold_through(&mut first, &store, chunk);
+        }
+        let mut resumed = Aggregator::load(&store, usize::MAX).unwrap();
+        assert!(
+            resumed.units.is_empty(),
+            "no per-unit state is loaded at start"
+        );
+        for chunk in events[100..].chunks(7) {
+            fold_through(&mut resumed, &store, chunk);
+        }
         assert_eq!(resumed.experiment("e"), whole.experiment("e"));
+    }
+
+    /// What the writer does with a batch: load its units, fold, commit,
+    /// publish.
+    fn fold_through(agg: &mut Aggregator, store: &Store, events: &[Event]) {
+        let missing = agg.missing_units(events);
+        let states = store.unit_states(&missing).unwrap();
+        let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
+        agg.load_units(missing.into_iter().zip(states));
+        agg.fold(events);
+        store
+            .commit(&Commit {
+                aggregates: Some(agg.changes()),
+                next_seq: 1,
+                ..Commit::default()
+            })
+            .unwrap();
+        agg.published(&LiveAggregates::default());
     }
 
     #[test]
@@ -539,7 +592,15 @@ mod tests {
         let mut events = vec![event("exposure", "u", Some("e"), Some("a"), 1)];
         events.extend((0..1000).map(|i| event(&format!("name-{i}"), "u", None, None, 2)));
         events.push(event("name-1", "u", None, None, 3));
+        let (_dir, store) = Store::temporary();
         agg.fold(&events);
+        store
+            .commit(&Commit {
+                aggregates: Some(agg.changes()),
+                next_seq: 1,
+                ..Commit::default()
+            })
+            .unwrap();
         let a = agg.experiment("e");
         let names: Vec<&str> = a.variants["a"]
             .measures
@@ -556,12 +617,12 @@ mod tests {
         assert_eq!(agg.units["u"][0].measures.len(), 4);
         assert!(agg.interned.len() < 10, "unadmitted names are not kept");
         // Restored state keeps the same bound.
-        let units: Vec<(Box<str>, Exposure)> = agg.units["u"]
-            .iter()
-            .map(|x| ("u".into(), x.clone()))
-            .collect();
-        let mut resumed = Aggregator::restore(3, [("e".to_owned(), a.clone())], units);
-        resumed.fold(&[event("brand-new", "u", None, None, 4)]);
+        let mut resumed = Aggregator::load(&store, 3).unwrap();
+        fold_through(
+            &mut resumed,
+            &store,
+            &[event("brand-new", "u", None, None, 4)],
+        );
         assert_eq!(
             measure(&resumed.experiment("e"), "a", "(other)").events,
             998
@@ -596,6 +657,7 @@ mod tests {
         agg.published(&live);
         assert_eq!(live.get("e").variants["a"].units, 1);
         assert!(agg.changes().units.is_empty());
+        assert!(agg.units.is_empty(), "the working set is dropped");
         assert_eq!(*live.get("nothing"), ExperimentAggregates::default());
     }
 
@@ -633,12 +695,19 @@ mod tests {
         store.put_raw(Cf::Aggregates, b"exp", poisoned);
         assert!(store.aggregates().is_err());
 
-        let mut loaded = Aggregator::load(&store, 10).expect("rebuilt, not refused");
+        let loaded = Aggregator::load(&store, 10).expect("rebuilt, not refused");
         assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
         assert_eq!(store.aggregates().unwrap()[0].1, written.experiment("exp"));
+        assert!(!store.rebuild_pending().unwrap());
+
+        // A rebuild cut short (a crash) is done again at the next start.
+        store.start_rebuild().unwrap();
+        let mut loaded = Aggregator::load(&store, 10).expect("rebuilt again");
+        assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
+
         // The rebuilt per-unit state continues like the original.
         let more = [event(6, "buy", "u2", None)];
-        loaded.fold(&more);
+        fold_through(&mut loaded, &store, &more);
         written.fold(&more);
         assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
     }

@@ -13,6 +13,7 @@ use super::writer::{self, Committer};
 use super::aggregator::LiveAggregates;
 use crate::domain::Event;
 use crate::domain::StickyAssignment;
+use crate::experiments::sticky::Claim;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -20,8 +21,11 @@ use crate::{Error, Result};
 pub struct Envelope {
     /// Validated, stamped events.
     pub events: Vec<Event>,
-    /// First exposures these events establish.
+    /// First exposures these events may establish.
     pub sticky: Vec<StickyAssignment>,
+    /// Holds them pending until the commit; dropped after it (or with a
+    /// refused envelope), which releases them.
+    pub claims: Vec<Claim>,
     /// Told `true` once the events are committed (for `ack=persisted`).
     pub ack: Option<tokio::sync::oneshot::Sender<bool>>,
 }
@@ -228,6 +232,7 @@ mod tests {
         Envelope {
             events: Vec::new(),
             sticky: Vec::new(),
+            claims: Vec::new(),
             ack: None,
         }
     }
@@ -277,6 +282,7 @@ mod tests {
             .submit(Envelope {
                 events: (0..1000).map(event).collect(),
                 sticky: Vec::new(),
+                claims: Vec::new(),
                 ack: Some(tx),
             })
             .expect("queued");
@@ -327,6 +333,7 @@ mod tests {
                 .submit(Envelope {
                     events: vec![event],
                     sticky: Vec::new(),
+                    claims: Vec::new(),
                     ack: Some(tx),
                 })
                 .expect("queued");
@@ -368,6 +375,13 @@ mod tests {
 
         fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>> {
             self.store.seen_ids(ids, since_ms)
+        }
+
+        fn unit_states(
+            &mut self,
+            units: &[&str],
+        ) -> Result<Vec<Option<Vec<crate::domain::Exposure>>>> {
+            self.store.unit_states(units)
         }
     }
 
@@ -423,6 +437,7 @@ mod tests {
             .submit(Envelope {
                 events: events(10),
                 sticky: Vec::new(),
+                claims: Vec::new(),
                 ack: Some(tx),
             })
             .expect("queued");
@@ -449,6 +464,7 @@ mod tests {
                 .submit(Envelope {
                     events: events(if ack.is_some() { 10 } else { 7 }),
                     sticky: Vec::new(),
+                    claims: Vec::new(),
                     ack,
                 })
                 .expect("queued");
@@ -475,6 +491,7 @@ mod tests {
             ingest.submit(Envelope {
                 events: events(3),
                 sticky: Vec::new(),
+                claims: Vec::new(),
                 ack: None,
             }),
             Err(Error::Unavailable)

@@ -51,7 +51,7 @@ pub use mailbox::{Envelope, IngestLimits, IngestStats, Mailbox};
 pub use sink::{JsonlSink, Sink, SinkWorker};
 
 use crate::clock::Clock;
-use crate::domain::{Event, EventIn, EventLimits, ExperimentKey, StickyAssignment};
+use crate::domain::{Event, EventIn, EventLimits, ExperimentKey};
 use crate::experiments::exposure::{ExposureQueue, FirstExposures};
 use crate::experiments::registry::Registry;
 use crate::storage::{blocking, Store};
@@ -124,12 +124,12 @@ impl Intake {
             (None, None)
         };
         let count = events.len();
-        firsts.queue_with(|sticky| {
-            self.mailbox.submit(Envelope {
-                events,
-                sticky,
-                ack,
-            })
+        let (sticky, claims) = firsts.into_parts();
+        self.mailbox.submit(Envelope {
+            events,
+            sticky,
+            claims,
+            ack,
         })?;
         Ok(Accepted { count, persisted })
     }
@@ -215,10 +215,12 @@ impl Intake {
 
 /// Exposures from assignments go through the same mailbox as client events.
 impl ExposureQueue for Mailbox {
-    fn queue(&self, events: Vec<Event>, sticky: Vec<StickyAssignment>) -> Result<()> {
+    fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()> {
+        let (sticky, claims) = firsts.into_parts();
         self.submit(Envelope {
             events,
             sticky,
+            claims,
             ack: None,
         })
     }

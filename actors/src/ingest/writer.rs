@@ -12,7 +12,7 @@ use super::aggregator::{Aggregator, LiveAggregates};
 use super::mailbox::{Batch, Command, Envelope, IngestLimits, IngestStats};
 use super::sink::SinkWorker;
 use crate::clock::Clock;
-use crate::domain::unix_ms;
+use crate::domain::{unix_ms, Exposure};
 use crate::storage::{bucket_deltas, Commit, Store};
 use crate::{Error, Result};
 
@@ -23,6 +23,8 @@ pub(crate) trait Committer: Send + 'static {
     fn commit(&mut self, commit: &Commit<'_>) -> Result<()>;
     /// For each id, whether it was committed at or after `since_ms`.
     fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>>;
+    /// Each unit's stored aggregator state (see [`Store::unit_states`]).
+    fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>>;
 }
 
 impl Committer for Store {
@@ -32,6 +34,10 @@ impl Committer for Store {
 
     fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>> {
         Store::seen_ids(self, ids, since_ms)
+    }
+
+    fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>> {
+        Store::unit_states(self, units)
     }
 }
 
@@ -123,10 +129,12 @@ impl Writer {
     /// failing commit is retried `commit_retries` times; then the store is
     /// marked failed and this and every later batch is refused (see
     /// [`Writer::refuse`]). While it retries the mailbox fills and handlers
-    /// answer 503.
+    /// answer 503. The first exposures' claims are released when this
+    /// returns: after the commit, or with the refusal.
     fn commit(&mut self, pending: &mut Vec<Envelope>) {
         let mut batch = Batch::default();
         let mut acks = Vec::new();
+        let mut claims = Vec::new();
         let mut unwaited = 0;
         for envelope in pending.drain(..) {
             if envelope.ack.is_none() {
@@ -134,6 +142,7 @@ impl Writer {
             }
             batch.events.extend(envelope.events);
             batch.sticky.extend(envelope.sticky);
+            claims.extend(envelope.claims);
             acks.extend(envelope.ack);
         }
         if self.stats.is_failed() {
@@ -141,6 +150,10 @@ impl Writer {
         }
         if let Err(e) = self.drop_duplicates(&mut batch) {
             self.fail("reading event ids", &e);
+            return self.refuse(acks, unwaited);
+        }
+        if let Err(e) = self.load_units(&batch) {
+            self.fail("reading unit state", &e);
             return self.refuse(acks, unwaited);
         }
         let mut seq = self.next_seq;
@@ -178,6 +191,7 @@ impl Writer {
         metrics::histogram!(crate::metrics::SINK_BATCH).record(batch.events.len() as f64);
         self.next_seq = seq;
         self.aggregator.published(&self.live);
+        drop(claims);
         self.stats
             .persisted
             .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
@@ -191,6 +205,21 @@ impl Writer {
                 sink.send(Arc::clone(&batch));
             }
         }
+    }
+
+    /// Reads the stored state of the batch's units into the aggregator's
+    /// working set: one batched read per batch.
+    fn load_units(&mut self, batch: &Batch) -> Result<()> {
+        let missing = self.aggregator.missing_units(&batch.events);
+        let states = retry(
+            "reading unit state",
+            &self.limits,
+            &self.stats.commit_failures,
+            || self.committer.unit_states(&missing),
+        )?;
+        let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
+        self.aggregator.load_units(missing.into_iter().zip(states));
+        Ok(())
     }
 
     /// Marks the store failed: `what` failed after every retry.

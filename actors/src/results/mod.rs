@@ -205,17 +205,21 @@ impl Results {
 
     /// One unit: its first exposures, and what its stored events add up to.
     pub async fn unit_summary(&self, unit: &str) -> Result<UnitSummary> {
-        let assignments = self.registry.first_exposures(unit).into_iter().collect();
         let store = self.store.clone();
+        let registry = Arc::clone(&self.registry);
         let owned = unit.to_owned();
-        let (events, bucket) = blocking(move || {
+        let (assignments, events, bucket) = blocking(move || {
+            let assignments = registry
+                .first_exposures(&store, &owned)?
+                .into_iter()
+                .collect();
             let mut counts: BTreeMap<String, u64> = BTreeMap::new();
             let mut bucket = Bucket::default();
             for e in store.unit_events(&owned, 0, i64::MAX, 100_000)? {
                 *counts.entry(e.kind.as_str().to_owned()).or_default() += 1;
                 bucket.add(&e);
             }
-            Ok((counts, bucket))
+            Ok((assignments, counts, bucket))
         })
         .await?;
         Ok(UnitSummary {

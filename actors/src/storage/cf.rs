@@ -16,6 +16,10 @@ pub enum Cf {
     Experiments,
     /// [`keys::unit`](super::keys::unit) → `[v1][first_exposed_ms: i64 BE][variant key UTF-8]`.
     /// A unit's first exposure; later assignments return the same variant.
+    /// Written as merges that keep the first value (see
+    /// [`units`](super::units)), so the writer never reads before it writes.
+    /// Read by point lookups through the bloom filter and block cache,
+    /// never loaded whole.
     Sticky,
     /// [`keys::event`](super::keys::event) → `[v1][JSON EventRecord]`. Every stored
     /// event, ordered by experiment, then time, then commit order, so "the
@@ -30,11 +34,9 @@ pub enum Cf {
     /// experiment key (UTF-8) → `[v1][JSON AggregatesRecord]`. Written
     /// with the batch of events that changed them.
     Aggregates,
-    /// [`keys::unit`](super::keys::unit) → `[v1]` then per exposure
-    /// `[variant len: u8][variant][exposed_ms: i64 BE][measures: u16 BE]`
-    /// and per measure `[key len: u8][key][events: u64 BE][sum: f64 BE]`.
-    /// What each exposed unit has done, so a restart resumes the per-unit
-    /// sums that sums of squares need.
+    /// Legacy (layout 1): [`keys::unit`](super::keys::unit) → one unit's
+    /// exposures to one experiment. Moved into [`Cf::Units`] the first time
+    /// a newer abacus opens the store, and empty from then on.
     UnitExposures,
     /// sequence number (u64 BE) → `[v1][JSON DomainEvent]`. Every domain
     /// event: experiment created, changed and lifecycle, significance, SRM,
@@ -69,11 +71,19 @@ pub enum Cf {
     /// Cumulative per-variant figures of running experiments, every
     /// `results.timeline_interval_s` when they changed.
     Timeline,
+    /// [`keys::unit_state`](super::keys::unit_state) → `[v1]` then per
+    /// exposure `[experiment len: u8][experiment][variant len: u8][variant]
+    /// [exposed_ms: i64 BE][measures: u16 BE]` and per measure
+    /// `[key len: u8][key][events: u64 BE][sum: f64 BE]`. Everything the
+    /// aggregator keeps about one unit across experiments (its exposures
+    /// and running per-measure sums, which sums of squares need), read and
+    /// rewritten by the ingest writer for the units of each batch.
+    Units,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 16] = [
+    pub const ALL: [Cf; 17] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -90,6 +100,7 @@ impl Cf {
         Cf::AlertRules,
         Cf::Alerts,
         Cf::Timeline,
+        Cf::Units,
     ];
 
     /// The family's name on disk.
@@ -111,6 +122,7 @@ impl Cf {
             Cf::AlertRules => "alert_rules",
             Cf::Alerts => "alerts",
             Cf::Timeline => "timeline",
+            Cf::Units => "units",
         }
     }
 }

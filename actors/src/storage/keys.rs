@@ -1,5 +1,12 @@
 //! Key codecs. Variable-length parts are length-prefixed or last, so that
 //! all keys of one experiment are one contiguous, prefix-scannable range.
+//!
+//! Room for projects: every per-experiment key starts with the experiment
+//! key's length, 1..=64. A later project scope goes in front as
+//! `[0x80 | project len][project]`, a first byte no key written today can
+//! have, so scoped and unscoped keys never collide and one project's keys
+//! stay one range. Per-unit keys ([`unit_state`]) start with the project
+//! scope already: `0` for the default project.
 
 use crate::domain::ExperimentKey;
 
@@ -9,6 +16,17 @@ use crate::domain::ExperimentKey;
 /// shares the prefix [`experiment_prefix`].
 pub fn unit(experiment: &str, unit: &str) -> Vec<u8> {
     let mut key = prefix(experiment);
+    key.extend_from_slice(unit.as_bytes());
+    key
+}
+
+/// `[0][unit id]`: all of one unit's aggregator state ([`Cf::Units`]).
+/// The leading `0` is the default project's scope (see the module docs).
+///
+/// [`Cf::Units`]: super::Cf::Units
+pub fn unit_state(unit: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + unit.len());
+    key.push(0);
     key.extend_from_slice(unit.as_bytes());
     key
 }

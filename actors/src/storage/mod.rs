@@ -9,6 +9,7 @@ mod analytics;
 mod cf;
 pub mod keys;
 mod timeline;
+mod units;
 mod webhooks;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use rocksdb::{
 pub(crate) use analytics::bucket_deltas;
 pub use analytics::AnalyticsFilter;
 pub use cf::Cf;
+pub use units::StoredFirstExposure;
 pub use webhooks::AttemptWrite;
 
 use crate::clock::Clock;
@@ -61,7 +63,8 @@ pub struct StoreOptions {
 pub struct Commit<'a> {
     /// Numbered events.
     pub events: &'a [Event],
-    /// First exposures they establish.
+    /// First exposures they may establish (each kept only if its unit has
+    /// none yet).
     pub sticky: &'a [StickyAssignment],
     /// Client event ids to remember for de-duplication.
     pub client_ids: &'a [&'a str],
@@ -131,6 +134,9 @@ impl Store {
             if cf == Cf::Analytics {
                 cf_options.set_merge_operator_associative("bucket_merge", analytics::merge_buckets);
             }
+            if cf == Cf::Sticky {
+                cf_options.set_merge_operator_associative("keep_first", units::keep_first);
+            }
             if let (Cf::UnitEvents, Some(keep)) = (cf, retention_ms) {
                 let clock = Arc::clone(&clock);
                 cf_options.set_compaction_filter("expired_unit_events", move |_, key, _| {
@@ -162,6 +168,7 @@ impl Store {
             clock,
         };
         store.check_schema()?;
+        store.migrate_unit_exposures()?;
         let last = store
             .db
             .iterator_cf(store.cf(Cf::Outbox), IteratorMode::End)
@@ -339,13 +346,8 @@ impl Store {
                 batch.merge_cf(cf, key, versioned_json(Cf::Analytics, bucket)?);
             }
         }
-        let sticky_cf = self.cf(Cf::Sticky);
         for r in commit.sticky {
-            let mut value = Vec::with_capacity(9 + r.variant.len());
-            value.push(VALUE_V1);
-            value.extend_from_slice(&r.first_exposed_ms.to_be_bytes());
-            value.extend_from_slice(r.variant.as_bytes());
-            batch.put_cf(sticky_cf, keys::unit(r.experiment.as_str(), &r.unit), value);
+            self.write_first_exposure(&mut batch, r);
         }
         let ids_cf = self.cf(Cf::EventIds);
         let now = self.now_ms().to_be_bytes();
@@ -365,11 +367,11 @@ impl Store {
                 )?;
                 batch.put_cf(cf, key.as_bytes(), &value);
             }
-            let cf = self.cf(Cf::UnitExposures);
+            let cf = self.cf(Cf::Units);
             for unit in &changes.units {
                 value.clear();
-                aggregates::encode_exposures(&unit.exposures, &mut value);
-                batch.put_cf(cf, keys::unit(unit.experiment, unit.unit), &value);
+                units::encode_unit(unit.exposures, &mut value);
+                batch.put_cf(cf, keys::unit_state(unit.unit), &value);
             }
         }
         batch.put_cf(
@@ -529,19 +531,6 @@ impl Store {
         Ok(())
     }
 
-    /// Every persisted first exposure, grouped by experiment.
-    pub fn sticky(&self) -> impl Iterator<Item = Result<StickyAssignment>> + '_ {
-        self.db
-            .iterator_cf(self.cf(Cf::Sticky), IteratorMode::Start)
-            .map(|item| {
-                let (key, value) = item?;
-                decode_sticky(&key, &value).ok_or_else(|| Error::Corrupt {
-                    cf: Cf::Sticky.name(),
-                    reason: format!("undecodable record {key:?}"),
-                })
-            })
-    }
-
     /// RocksDB's own figures: (live SST bytes, pending compaction bytes,
     /// whether writes are delayed or stopped), over all column families.
     pub fn health(&self) -> Result<(u64, u64, bool)> {
@@ -629,20 +618,6 @@ fn now_ms(clock: &dyn Clock) -> u64 {
     u64::try_from(unix_ms(clock.now())).unwrap_or(0)
 }
 
-fn decode_sticky(key: &[u8], value: &[u8]) -> Option<StickyAssignment> {
-    let (experiment, unit) = keys::parse_unit(key)?;
-    let (&VALUE_V1, rest) = value.split_first()? else {
-        return None;
-    };
-    let (ts, variant) = rest.split_at_checked(8)?;
-    Some(StickyAssignment {
-        experiment,
-        unit: unit.into(),
-        variant: std::str::from_utf8(variant).ok()?.into(),
-        first_exposed_ms: i64::from_be_bytes(ts.try_into().ok()?),
-    })
-}
-
 #[cfg(test)]
 impl Store {
     /// A store in a fresh temporary directory, for tests; the directory
@@ -688,39 +663,6 @@ mod tests {
         retention_ms: None,
         cache_bytes: 8 << 20,
     };
-
-    fn record(exp: &str, unit: &str, variant: &str, ms: i64) -> StickyAssignment {
-        StickyAssignment {
-            experiment: ExperimentKey::try_from(exp).unwrap(),
-            unit: unit.into(),
-            variant: variant.into(),
-            first_exposed_ms: ms,
-        }
-    }
-
-    #[test]
-    fn sticky_records_round_trip_through_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let written = vec![
-            record("a", "alice", "control", 1),
-            record("a", "bob", "green", 2),
-            record("b", "ünï", "x", i64::MAX),
-        ];
-        {
-            let store = Store::open(dir.path(), WINDOW).unwrap();
-            store
-                .commit(&Commit {
-                    sticky: &written,
-                    next_seq: 7,
-                    ..Commit::default()
-                })
-                .unwrap();
-        }
-        let store = Store::open(dir.path(), WINDOW).unwrap();
-        assert_eq!(store.next_seq().unwrap(), 7);
-        let read: Vec<_> = store.sticky().collect::<Result<_>>().unwrap();
-        assert_eq!(read, written);
-    }
 
     #[test]
     fn experiment_changes_and_their_domain_events_commit_together_in_order() {
