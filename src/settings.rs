@@ -39,7 +39,13 @@ pub fn engine(config: &Config) -> EngineConfig {
 
 /// The event pipeline's mailbox, batching and de-duplication.
 fn ingest(config: &Config) -> IngestLimits {
+    let partitions = match config.ingest.partitions {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
     IngestLimits {
+        // At most 64, by the configuration's bounds.
+        partitions: u16::try_from(partitions.min(64)).unwrap_or(1),
         mailbox_capacity: config.ingest.mailbox_capacity,
         flush_interval: config.ingest.flush_interval_ms.get(),
         flush_max_events: config.ingest.flush_max_events,

@@ -59,13 +59,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the store, restores every experiment and its sticky
-    /// assignments, and starts the services. Must run inside an actix
+    /// Opens the store, restores every experiment (nothing per unit), and
+    /// starts the services. Must run inside an actix
     /// system.
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = open_store(&config, Arc::clone(&clock)).await?;
         let registry = experiments::restore(&store, Arc::clone(&clock)).await?;
-        let aggregates = Arc::new(LiveAggregates::default());
+        let aggregates = Arc::new(LiveAggregates::new(usize::from(config.ingest.partitions)));
         let mailbox = {
             let sinks = sinks(&config, &store)?;
             let (store, aggregates) = (store.clone(), Arc::clone(&aggregates));

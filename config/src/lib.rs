@@ -190,7 +190,9 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// Requests the ingest mailbox holds before answering 503.
+    /// Writers events are partitioned over by unit; 0 = one per core.
+    pub partitions: usize,
+    /// Requests each partition's mailbox holds before answering 503.
     pub mailbox_capacity: usize,
     /// Most events in one request body.
     pub max_batch: usize,
@@ -397,6 +399,12 @@ impl Config {
         if self.ingest.mailbox_capacity == 0 {
             return invalid("ingest.mailbox_capacity", "must be positive");
         }
+        if self.ingest.partitions > 64 {
+            return invalid(
+                "ingest.partitions",
+                "must be between 1 and 64, or 0 for one per core",
+            );
+        }
         if self.ingest.flush_max_events == 0 {
             return invalid("ingest.flush_max_events", "must be positive");
         }
@@ -565,6 +573,12 @@ mod tests {
             jail.set_env("ABACUS_INGEST__MAILBOX_CAPACITY", "0");
             let err = load_in(jail, None).unwrap_err();
             assert!(err.to_string().contains("ingest.mailbox_capacity"), "{err}");
+            jail.set_env("ABACUS_INGEST__MAILBOX_CAPACITY", "8");
+            jail.set_env("ABACUS_INGEST__PARTITIONS", "65");
+            let err = load_in(jail, None).unwrap_err();
+            assert!(err.to_string().contains("ingest.partitions"), "{err}");
+            jail.set_env("ABACUS_INGEST__PARTITIONS", "64");
+            assert_eq!(load_in(jail, None).unwrap().ingest.partitions, 64);
             Ok(())
         });
     }

@@ -101,7 +101,9 @@ fn nothing_acknowledged_is_lost_across_a_graceful_restart() {
 /// within the mailbox's bound.
 #[test]
 fn sigkill_loses_nothing_acknowledged_as_persisted() {
-    let mut server = TestServer::start();
+    // Four partitions: every request's units span several, each committed
+    // on its own; a persisted answer waits for all of them.
+    let mut server = TestServer::start_with(&[("ABACUS_INGEST__PARTITIONS", "4")]);
     server.running_experiment("exp", json!({}));
     let server_url = server.url("");
     let stop = Arc::new(AtomicBool::new(false));
@@ -190,10 +192,29 @@ fn sigkill_loses_nothing_acknowledged_as_persisted() {
         durable_ids.len(),
         casual_ids.len()
     );
-    // Bound: what the mailbox (8,192 requests) and one batch in flight can hold.
-    assert!(lost <= 8_192 * 50 + 4_096, "{lost} lost");
-    // Aggregates on disk match the events on disk, crash or not.
+    // Bound: what the mailboxes (8,192 requests each) and a batch in
+    // flight per partition can hold.
+    assert!(lost <= 4 * (8_192 * 50 + 4_096), "{lost} lost");
+    // Aggregates on disk match the events on disk, crash or not, across
+    // every partition: `aggregates` compares them with a rebuild from the
+    // stored events, and here with a count of them too.
     let a = server.aggregates("exp");
-    let units = a["variants"]["control"]["units"].as_u64().unwrap();
-    assert!(units as usize >= durable_ids.len() / 2, "{a}");
+    let exposed: HashSet<String> = server
+        .stored(Some("exp"))
+        .iter()
+        .map(|e| e["unit_id"].as_str().unwrap().to_owned())
+        .collect();
+    let converted = server
+        .stored(None)
+        .iter()
+        .filter(|e| exposed.contains(e["unit_id"].as_str().unwrap()))
+        .count();
+    let control = &a["variants"]["control"];
+    assert_eq!(control["units"].as_u64(), Some(exposed.len() as u64), "{a}");
+    assert_eq!(
+        control["measures"]["conversion"]["events"].as_u64(),
+        Some(converted as u64),
+        "{a}"
+    );
+    assert!(exposed.len() >= durable_ids.len() / 2, "{a}");
 }

@@ -24,6 +24,7 @@ mod openapi;
 mod restart;
 mod results;
 mod retention;
+mod scale;
 mod sinks;
 mod stream;
 mod webhooks;

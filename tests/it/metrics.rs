@@ -47,7 +47,10 @@ fn tool(name: &str) -> String {
 
 #[test]
 fn metrics_count_what_happened_and_pass_promtool() {
-    let server = TestServer::start_with(&[("ABACUS_SERVER__SLOW_REQUEST_MS", "0")]);
+    let server = TestServer::start_with(&[
+        ("ABACUS_SERVER__SLOW_REQUEST_MS", "0"),
+        ("ABACUS_INGEST__PARTITIONS", "2"),
+    ]);
     server.running_experiment("exp", json!({}));
     for unit in ["a", "b", "c"] {
         server.assign("exp", unit);
@@ -103,7 +106,8 @@ fn metrics_count_what_happened_and_pass_promtool() {
             "abacus_ingest_mailbox_capacity",
             r#"mailbox="ingest""#
         ),
-        Some(8192.0)
+        Some(2.0 * 8192.0),
+        "every partition's mailbox"
     );
     assert!(text.contains(r#"abacus_http_requests_total{route="/v1/experiments/{key}/assignment",method="GET",status="2xx"} 3"#), "{text}");
     assert!(text.contains("abacus_http_request_duration_seconds_bucket{"));

@@ -49,6 +49,29 @@ pub struct MeasureAggregates {
     pub sum_squares: f64,
 }
 
+impl ExperimentAggregates {
+    /// Adds `other`'s counts and sums to these: how the shares of several
+    /// ingest partitions, which count disjoint units, make one total. Sums
+    /// saturate at `±f64::MAX`, like the aggregator's.
+    pub fn add(&mut self, other: &ExperimentAggregates) {
+        for (key, theirs) in &other.variants {
+            let ours = self.variants.entry(key.clone()).or_default();
+            ours.units = ours.units.saturating_add(theirs.units);
+            ours.exposures = ours.exposures.saturating_add(theirs.exposures);
+            ours.assignment_mismatches = ours
+                .assignment_mismatches
+                .saturating_add(theirs.assignment_mismatches);
+            for (name, m) in &theirs.measures {
+                let sum = ours.measures.entry(name.clone()).or_default();
+                sum.units = sum.units.saturating_add(m.units);
+                sum.events = sum.events.saturating_add(m.events);
+                sum.sum = (sum.sum + m.sum).clamp(-f64::MAX, f64::MAX);
+                sum.sum_squares = (sum.sum_squares + m.sum_squares).clamp(-f64::MAX, f64::MAX);
+            }
+        }
+    }
+}
+
 /// A unit's exposure to one variant of one experiment, and what it has
 /// done since. A unit normally has one per experiment; a client that
 /// reports several variants for one unit gives it several.

@@ -146,6 +146,13 @@ pub struct Claim {
     unit: Box<str>,
 }
 
+impl Claim {
+    /// The unit whose first exposure this holds.
+    pub fn unit(&self) -> &str {
+        &self.unit
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         self.table.pending.remove(&self.unit);

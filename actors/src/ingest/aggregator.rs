@@ -33,11 +33,11 @@
 //! practice), and the arithmetic saturates at `±f64::MAX` regardless, so no
 //! infinity or NaN can ever reach a stored record.
 
-use std::collections::{hash_map, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use dashmap::DashMap;
-
+use super::totals::MeasureNames;
+pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
     AggregateChanges, Event, EventType, ExperimentAggregates, Exposure, MeasureAggregates,
     UnitChange, UnitMeasure, VariantAggregates,
@@ -45,18 +45,14 @@ use crate::domain::{
 use crate::storage::Store;
 use crate::{Error, Result};
 
-/// The measure that events of names beyond an experiment's
-/// `max_measures` count under. Measure names are `[a-z0-9_-]`, so no client
-/// name can collide with it.
-pub const OTHER_MEASURE: &str = "(other)";
-
-/// The writer's aggregation state.
+/// One partition's aggregation state: its share of every experiment's
+/// aggregates, and the working set of the batch it folds.
 #[derive(Debug)]
 pub struct Aggregator {
-    max_measures: usize,
+    partition: usize,
     experiments: HashMap<Arc<str>, ExperimentAggregates>,
-    /// Each experiment's distinct measures (at most `max_measures` + 1).
-    measures: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// The measures each experiment counts, shared with every partition.
+    names: Arc<MeasureNames>,
     /// The working set: the state of the units of the batch being folded,
     /// loaded from the store and dropped once it is committed.
     units: HashMap<Box<str>, Vec<Exposure>>,
@@ -66,13 +62,27 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    /// An empty aggregator counting at most `max_measures` distinct
-    /// measures per experiment (further ones as [`OTHER_MEASURE`]).
+    /// An empty, single-partition aggregator counting at most
+    /// `max_measures` distinct measures per experiment (further ones as
+    /// [`OTHER_MEASURE`]).
     pub fn new(max_measures: usize) -> Self {
+        Self::for_partition(0, Arc::new(MeasureNames::new(max_measures)))
+    }
+
+    /// [`Aggregator::new`], counting from the start the measure names
+    /// `counted` (another aggregator's figures of `experiment`) counts.
+    pub fn counting(max_measures: usize, experiment: &str, counted: &ExperimentAggregates) -> Self {
+        let this = Self::new(max_measures);
+        this.names.restore(&Arc::from(experiment), counted);
+        this
+    }
+
+    /// An empty aggregator for `partition`, sharing `names`.
+    fn for_partition(partition: usize, names: Arc<MeasureNames>) -> Self {
         Self {
-            max_measures,
+            partition,
             experiments: HashMap::new(),
-            measures: HashMap::new(),
+            names,
             units: HashMap::new(),
             interned: HashSet::new(),
             dirty_experiments: BTreeSet::new(),
@@ -80,51 +90,94 @@ impl Aggregator {
         }
     }
 
-    /// Restores every experiment's persisted aggregates; per-unit state
-    /// stays on disk until a batch needs it.
-    pub fn restore(
-        max_measures: usize,
-        experiments: impl IntoIterator<Item = (String, ExperimentAggregates)>,
-    ) -> Self {
-        let mut this = Self::new(max_measures);
-        for (key, aggregates) in experiments {
-            let key = this.intern(&key);
-            let names: Vec<Arc<str>> = aggregates
-                .variants
-                .values()
-                .flat_map(|v| v.measures.keys())
-                .map(|m| intern(&mut this.interned, m))
-                .collect();
-            this.measures
-                .entry(Arc::clone(&key))
-                .or_default()
-                .extend(names);
-            this.experiments.insert(key, aggregates);
-        }
-        this
+    /// Takes a restored share of `experiment`'s aggregates.
+    fn restore(&mut self, experiment: &str, aggregates: ExperimentAggregates) {
+        let key = self.intern(experiment);
+        self.names.restore(&key, &aggregates);
+        self.experiments.insert(key, aggregates);
     }
 
-    /// Restores the persisted totals from `store`. When one cannot be
-    /// decoded (a corrupt or foreign value), or an earlier rebuild did not
-    /// finish, everything is rebuilt from the stored events instead,
-    /// logged and counted in `abacus_store_records_rebuilt_total`: a bad
-    /// record never keeps the server from starting. Events that retention
-    /// already removed are then no longer counted.
-    pub fn load(store: &Store, max_measures: usize) -> Result<Self> {
+    /// One aggregator per partition, restored from `store` and published
+    /// to `live`. Reads the shares of every experiment's aggregates (one
+    /// small record per experiment and partition), nothing per unit.
+    ///
+    /// When a share cannot be decoded (a corrupt or foreign value), or an
+    /// earlier rebuild did not finish, everything is rebuilt from the
+    /// stored events instead, logged and counted in
+    /// `abacus_store_records_rebuilt_total`: a bad record never keeps the
+    /// server from starting (events that retention already removed are
+    /// then no longer counted). When the store was written by another
+    /// partition count, each experiment's shares are summed into one,
+    /// which partition 0 takes: shares count disjoint units, so the totals
+    /// stay exact whichever partition owns a unit from now on.
+    pub fn load_partitions(
+        store: &Store,
+        partitions: u16,
+        max_measures: usize,
+        live: &LiveAggregates,
+    ) -> Result<Vec<Self>> {
+        let names = Arc::new(MeasureNames::new(max_measures));
         let failure = match store.aggregates() {
-            Ok(experiments) if !store.rebuild_pending()? => {
-                return Ok(Self::restore(max_measures, experiments))
-            }
-            Ok(_) => "an earlier rebuild did not finish".to_owned(),
-            Err(e @ Error::Corrupt { .. }) => e.to_string(),
+            Ok(shares) if !store.rebuild_pending()? => Ok(shares),
+            Ok(_) => Err("an earlier rebuild did not finish".to_owned()),
+            Err(e @ Error::Corrupt { .. }) => Err(e.to_string()),
             Err(e) => return Err(e),
         };
+        let mut shares = match failure {
+            Ok(shares) => shares,
+            Err(failure) => Self::rebuild(store, &names, &failure)?,
+        };
+        let recorded = store.ingest_partitions()?;
+        let moved = recorded.is_some_and(|r| r != partitions)
+            || shares.iter().any(|(_, p, _)| *p >= partitions);
+        if moved {
+            let mut totals: BTreeMap<String, ExperimentAggregates> = BTreeMap::new();
+            for (experiment, _, share) in &shares {
+                totals.entry(experiment.clone()).or_default().add(share);
+            }
+            let list: Vec<(&str, &ExperimentAggregates)> =
+                totals.iter().map(|(k, a)| (k.as_str(), a)).collect();
+            store.set_ingest_partitions(partitions, Some(&list))?;
+            tracing::warn!(
+                from = recorded,
+                to = partitions,
+                experiments = totals.len(),
+                "ingest partitions changed: each experiment's shares summed into partition 0"
+            );
+            shares = totals.into_iter().map(|(k, a)| (k, 0, a)).collect();
+        } else if recorded.is_none() {
+            store.set_ingest_partitions(partitions, None)?;
+        }
+        let mut aggregators: Vec<Self> = (0..usize::from(partitions))
+            .map(|p| Self::for_partition(p, Arc::clone(&names)))
+            .collect();
+        for (experiment, partition, share) in shares {
+            if let Some(aggregator) = aggregators.get_mut(usize::from(partition)) {
+                aggregator.restore(&experiment, share);
+            }
+        }
+        for aggregator in &aggregators {
+            for (key, share) in &aggregator.experiments {
+                live.publish(aggregator.partition, Arc::clone(key), share.clone());
+            }
+        }
+        Ok(aggregators)
+    }
+
+    /// Rebuilds every experiment's aggregates from the stored events into
+    /// partition 0's shares, through the same per-batch path the writer
+    /// takes, so memory stays bounded by a chunk of events.
+    fn rebuild(
+        store: &Store,
+        names: &Arc<MeasureNames>,
+        failure: &str,
+    ) -> Result<Vec<(String, u16, ExperimentAggregates)>> {
         tracing::error!(
             error = %failure,
             "aggregates could not be read; rebuilding them from the stored events"
         );
         metrics::counter!(crate::metrics::STORE_RECORDS_REBUILT, "cf" => "aggregates").increment(1);
-        let mut this = Self::new(max_measures);
+        let mut this = Self::for_partition(0, Arc::clone(names));
         let mut folded = 0u64;
         store.start_rebuild()?;
         store.for_each_event_in_commit_order(|events| {
@@ -140,7 +193,11 @@ impl Aggregator {
         })?;
         store.finish_rebuild()?;
         tracing::warn!(events = folded, "aggregates rebuilt from stored events");
-        Ok(this)
+        Ok(this
+            .experiments
+            .into_iter()
+            .map(|(k, a)| (k.to_string(), 0, a))
+            .collect())
     }
 
     /// The distinct units of `events` whose state is not in the working
@@ -205,13 +262,7 @@ impl Aggregator {
             if !matches {
                 continue;
             }
-            let key = admit(
-                &mut self.measures,
-                &mut self.interned,
-                self.max_measures,
-                &exposure.experiment,
-                measure,
-            );
+            let key = self.names.admit(&exposure.experiment, measure);
             let unit = match exposure.measures.iter_mut().find(|m| m.key == key) {
                 Some(unit) => unit,
                 None => {
@@ -304,7 +355,7 @@ impl Aggregator {
     pub fn published(&mut self, live: &LiveAggregates) {
         for key in std::mem::take(&mut self.dirty_experiments) {
             if let Some(a) = self.experiments.get(&key) {
-                live.by_experiment.insert(key, Arc::new(a.clone()));
+                live.publish(self.partition, key, a.clone());
             }
         }
         self.clear_working_set();
@@ -317,41 +368,10 @@ impl Aggregator {
         self.units.clear();
     }
 
-    /// Publishes everything (at start).
-    pub fn publish_all(&self, live: &LiveAggregates) {
-        for (key, a) in &self.experiments {
-            live.by_experiment
-                .insert(Arc::clone(key), Arc::new(a.clone()));
-        }
-    }
-
     /// One experiment's aggregates (empty when it has none yet).
     pub fn experiment(&self, key: &str) -> ExperimentAggregates {
         self.experiments.get(key).cloned().unwrap_or_default()
     }
-}
-
-/// The measure an event of `name` counts under in `experiment`: its own
-/// name while the experiment has fewer than `max` distinct measures (or
-/// already counts this one), [`OTHER_MEASURE`] after that.
-fn admit(
-    measures: &mut HashMap<Arc<str>, HashSet<Arc<str>>>,
-    interned: &mut HashSet<Arc<str>>,
-    max: usize,
-    experiment: &Arc<str>,
-    name: &str,
-) -> Arc<str> {
-    let known = match measures.entry(Arc::clone(experiment)) {
-        hash_map::Entry::Occupied(o) => o.into_mut(),
-        hash_map::Entry::Vacant(v) => v.insert(HashSet::new()),
-    };
-    if let Some(key) = known.get(name) {
-        return Arc::clone(key);
-    }
-    let counted = known.len() - usize::from(known.contains(OTHER_MEASURE));
-    let key = intern(interned, if counted < max { name } else { OTHER_MEASURE });
-    known.insert(Arc::clone(&key));
-    key
 }
 
 /// `x`, or the nearest finite value: sums saturate at `±f64::MAX`, and a
@@ -404,30 +424,17 @@ fn measure_mut<'a>(
         .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
-/// The published aggregates readers see: one immutable snapshot per
-/// experiment, replaced after each committed batch that changed it.
-#[derive(Debug, Default)]
-pub struct LiveAggregates {
-    by_experiment: DashMap<Arc<str>, Arc<ExperimentAggregates>>,
-    /// What an experiment without data gets: always the same snapshot, so
-    /// readers can tell "unchanged" by pointer.
-    empty: Arc<ExperimentAggregates>,
-}
-
-impl LiveAggregates {
-    /// The latest committed aggregates of an experiment.
-    pub fn get(&self, experiment: &str) -> Arc<ExperimentAggregates> {
-        self.by_experiment
-            .get(experiment)
-            .map_or_else(|| Arc::clone(&self.empty), |a| Arc::clone(&a))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{ExperimentKey, VariantKey};
-    use crate::storage::{Cf, Commit};
+    use crate::storage::{keys, Cf, Commit};
+
+    /// The one aggregator of a single-partition store.
+    fn load(store: &Store, max_measures: usize) -> Result<Aggregator> {
+        Aggregator::load_partitions(store, 1, max_measures, &LiveAggregates::default())
+            .map(|mut all| all.remove(0))
+    }
 
     fn event(kind: &str, unit: &str, exp: Option<&str>, variant: Option<&str>, ts: i64) -> Event {
         Event {
@@ -557,7 +564,7 @@ mod tests {
         for chunk in events[..100].chunks(30) {
             fold_through(&mut first, &store, chunk);
         }
-        let mut resumed = Aggregator::load(&store, usize::MAX).unwrap();
+        let mut resumed = load(&store, usize::MAX).unwrap();
         assert!(
             resumed.units.is_empty(),
             "no per-unit state is loaded at start"
@@ -615,9 +622,9 @@ mod tests {
             "a known name keeps counting"
         );
         assert_eq!(agg.units["u"][0].measures.len(), 4);
-        assert!(agg.interned.len() < 10, "unadmitted names are not kept");
+        assert_eq!(agg.names.count("e"), 4, "unadmitted names are not kept");
         // Restored state keeps the same bound.
-        let mut resumed = Aggregator::load(&store, 3).unwrap();
+        let mut resumed = load(&store, 3).unwrap();
         fold_through(
             &mut resumed,
             &store,
@@ -692,17 +699,17 @@ mod tests {
             .unwrap();
         // What a non-finite sum used to be stored as.
         let poisoned = br#"{"variants":{"a":{"units":1,"exposures":1,"assignment_mismatches":0,"measures":{"buy":{"units":1,"events":2,"sum":null,"sum_squares":null}}}}}"#;
-        store.put_raw(Cf::Aggregates, b"exp", poisoned);
+        store.put_raw(Cf::Aggregates, &keys::aggregates("exp", 0), poisoned);
         assert!(store.aggregates().is_err());
 
-        let loaded = Aggregator::load(&store, 10).expect("rebuilt, not refused");
+        let loaded = load(&store, 10).expect("rebuilt, not refused");
         assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
-        assert_eq!(store.aggregates().unwrap()[0].1, written.experiment("exp"));
+        assert_eq!(store.aggregates().unwrap()[0].2, written.experiment("exp"));
         assert!(!store.rebuild_pending().unwrap());
 
         // A rebuild cut short (a crash) is done again at the next start.
         store.start_rebuild().unwrap();
-        let mut loaded = Aggregator::load(&store, 10).expect("rebuilt again");
+        let mut loaded = load(&store, 10).expect("rebuilt again");
         assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
 
         // The rebuilt per-unit state continues like the original.
@@ -710,5 +717,61 @@ mod tests {
         fold_through(&mut loaded, &store, &more);
         written.fold(&more);
         assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
+    }
+
+    /// Each partition folds its own units; the totals are the sum of the
+    /// shares, and survive a restart with another partition count.
+    #[test]
+    fn shares_of_several_partitions_sum_to_the_totals_across_a_partition_count_change() {
+        let (_dir, store) = Store::temporary();
+        let live = LiveAggregates::new(2);
+        let mut parts = Aggregator::load_partitions(&store, 2, 10, &live).unwrap();
+        let events: Vec<Event> = (0..60)
+            .map(|i| {
+                let unit = format!("u{}", i % 6);
+                if i < 6 {
+                    event("exposure", &unit, Some("e"), Some(["a", "b"][i % 2]), 1)
+                } else {
+                    valued(event("buy", &unit, None, None, 2), i as f64)
+                }
+            })
+            .collect();
+        let mut whole = Aggregator::new(10);
+        whole.fold(&events);
+        // Units u0, u2, u4 go to partition 0; the others to partition 1.
+        for (p, aggregator) in parts.iter_mut().enumerate() {
+            let mine: Vec<Event> = events
+                .iter()
+                .filter(|e| (e.unit_id.as_bytes()[1] - b'0') as usize % 2 == p)
+                .cloned()
+                .collect();
+            let missing = aggregator.missing_units(&mine);
+            let states = store.unit_states(&missing).unwrap();
+            let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
+            aggregator.load_units(missing.into_iter().zip(states));
+            aggregator.fold(&mine);
+            store
+                .commit(&Commit {
+                    aggregates: Some(aggregator.changes()),
+                    partition: p as u16,
+                    next_seq: 1,
+                    ..Commit::default()
+                })
+                .unwrap();
+            aggregator.published(&live);
+        }
+        assert_eq!(*live.get("e"), whole.experiment("e"));
+        assert_eq!(store.aggregates().unwrap().len(), 2, "one share each");
+
+        for partitions in [3, 1] {
+            let live = LiveAggregates::new(usize::from(partitions));
+            let restored = Aggregator::load_partitions(&store, partitions, 10, &live).unwrap();
+            assert_eq!(restored.len(), usize::from(partitions));
+            assert_eq!(*live.get("e"), whole.experiment("e"), "{partitions}");
+            assert_eq!(store.ingest_partitions().unwrap(), Some(partitions));
+            let shares = store.aggregates().unwrap();
+            assert_eq!(shares.len(), 1, "summed into partition 0");
+            assert_eq!(shares[0].1, 0);
+        }
     }
 }

@@ -1,16 +1,17 @@
-//! The bounded mailbox between the handlers and the writer thread, and the
-//! counters both sides keep. [`Mailbox::submit`] either queues an envelope
-//! or refuses at once: handlers never wait on disk.
+//! The bounded mailboxes between the handlers and the partition writers,
+//! and the counters both sides keep. [`Mailbox::submit`] routes a
+//! request's events to the partitions that own their units and either
+//! queues all of them or refuses at once: handlers never wait on disk.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::aggregator::{Aggregator, LiveAggregates};
+use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use super::writer::{self, Committer};
-
-use super::aggregator::LiveAggregates;
 use crate::domain::Event;
 use crate::domain::StickyAssignment;
 use crate::experiments::sticky::Claim;
@@ -30,6 +31,15 @@ pub struct Envelope {
     pub ack: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
+/// One partition's part of an [`Envelope`]: the events of the units it
+/// owns.
+pub(super) struct Part {
+    pub(super) events: Vec<Event>,
+    pub(super) sticky: Vec<StickyAssignment>,
+    pub(super) claims: Vec<Claim>,
+    pub(super) ack: Option<Ack>,
+}
+
 /// A committed batch, as sinks and aggregates see it.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -39,10 +49,74 @@ pub struct Batch {
     pub sticky: Vec<StickyAssignment>,
 }
 
+/// One partition's share of an `ack=persisted` caller's answer: the caller
+/// hears `true` once every partition its events went to has committed
+/// them, `false` as soon as one could not. Dropped unsent, it says `false`.
+pub(super) struct Ack {
+    group: Arc<AckGroup>,
+    sent: bool,
+}
+
+struct AckGroup {
+    remaining: AtomicUsize,
+    failed: AtomicBool,
+    tx: Mutex<Option<tokio::sync::oneshot::Sender<bool>>>,
+}
+
+impl Ack {
+    /// `parts` shares of the answer `tx` waits for.
+    fn split(parts: usize, tx: tokio::sync::oneshot::Sender<bool>) -> Vec<Ack> {
+        let group = Arc::new(AckGroup {
+            remaining: AtomicUsize::new(parts),
+            failed: AtomicBool::new(false),
+            tx: Mutex::new(Some(tx)),
+        });
+        (0..parts)
+            .map(|_| Ack {
+                group: Arc::clone(&group),
+                sent: false,
+            })
+            .collect()
+    }
+
+    /// This partition's outcome.
+    pub(super) fn send(mut self, committed: bool) {
+        self.sent = true;
+        self.group.done(committed);
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.group.done(false);
+        }
+    }
+}
+
+impl AckGroup {
+    fn done(&self, committed: bool) {
+        if !committed {
+            self.failed.store(true, Ordering::Release);
+        }
+        let last = self.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last || !committed {
+            let tx = self.tx.lock().ok().and_then(|mut tx| tx.take());
+            if let Some(tx) = tx {
+                // The caller may have given up waiting; nothing to do then.
+                let _ = tx.send(!self.failed.load(Ordering::Acquire));
+            }
+        }
+    }
+}
+
 /// Batching and capacity of the pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct IngestLimits {
-    /// Envelopes the mailbox holds before `submit` answers `Overloaded`.
+    /// Partitions: writers, each owning the units that hash to it.
+    pub partitions: u16,
+    /// Requests each partition's mailbox holds before `submit` answers
+    /// `Overloaded`.
     pub mailbox_capacity: usize,
     /// Longest an event waits before its batch is committed.
     pub flush_interval: Duration,
@@ -111,88 +185,210 @@ impl IngestStats {
 }
 
 pub(super) enum Command {
-    Store(Envelope),
-    /// Commit everything queued before this, stop the sinks, then stop.
+    Store(Part),
+    /// Commit everything queued before this, then stop.
     Stop,
 }
 
-/// The handlers' end of the pipeline.
-pub struct Mailbox {
+/// One partition's end of the pipeline.
+struct Partition {
     tx: flume::Sender<Command>,
+    /// Parts queued and not yet taken by the writer: the mailbox's bound
+    /// is kept here, so a request can reserve room in every partition it
+    /// touches before queueing in any.
+    queued: Arc<AtomicUsize>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The handlers' end of the pipeline: one bounded mailbox per partition.
+pub struct Mailbox {
+    partitions: Vec<Partition>,
+    capacity: usize,
+    /// The extra sinks every partition feeds; closed after the last
+    /// partition stops.
+    sinks: Mutex<Option<Arc<Vec<SinkWorker>>>>,
     stats: Arc<IngestStats>,
 }
 
 impl Mailbox {
-    /// Starts the writer thread, feeding committed batches to `sinks`.
-    /// Restores the aggregates from `store` and publishes them to `live`.
+    /// Starts one writer per partition, feeding committed batches to
+    /// `sinks`. Restores the aggregates from `store` and publishes them to
+    /// `live`.
     pub fn start(
         store: Store,
         limits: IngestLimits,
         sinks: Vec<SinkWorker>,
         live: Arc<LiveAggregates>,
     ) -> Result<Self> {
-        let committer = Box::new(store.clone());
-        Self::start_with(store, limits, sinks, live, committer)
+        let committers = (0..limits.partitions)
+            .map(|_| Box::new(store.clone()) as Box<dyn Committer>)
+            .collect();
+        Self::start_with(store, limits, sinks, live, committers)
     }
 
-    /// [`Mailbox::start`], committing through `committer` (a test double
-    /// that fails on demand) instead of the store itself.
+    /// [`Mailbox::start`], committing through `committers` (test doubles
+    /// that fail on demand; one per partition) instead of the store.
     fn start_with(
         store: Store,
         limits: IngestLimits,
         sinks: Vec<SinkWorker>,
         live: Arc<LiveAggregates>,
-        committer: Box<dyn Committer>,
+        committers: Vec<Box<dyn Committer>>,
     ) -> Result<Self> {
-        let (tx, rx) = flume::bounded(limits.mailbox_capacity);
         let stats = Arc::new(IngestStats::default());
-        let writer = writer::Writer::new(store, limits, sinks, Arc::clone(&stats), live)?
-            .committing_to(committer);
-        let thread = std::thread::Builder::new()
-            .name("ingest-writer".into())
-            .spawn(move || writer.run(&rx))
-            .map_err(|_| Error::Unavailable)?;
+        let sinks = Arc::new(sinks);
+        let sequencer = Sequencer::new(store.next_seq()?);
+        let aggregators =
+            Aggregator::load_partitions(&store, limits.partitions, limits.max_measures, &live)?;
+        let mut partitions = Vec::with_capacity(aggregators.len());
+        for ((index, aggregator), committer) in aggregators.into_iter().enumerate().zip(committers)
+        {
+            let (tx, rx) = flume::unbounded();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let writer = writer::Writer {
+                partition: index as u16,
+                committer,
+                clock: Arc::clone(store.clock()),
+                limits,
+                sinks: Arc::clone(&sinks),
+                stats: Arc::clone(&stats),
+                sequencer: Arc::clone(&sequencer),
+                aggregator,
+                live: Arc::clone(&live),
+                queued: Arc::clone(&queued),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("ingest-{index}"))
+                .spawn(move || writer.run(&rx))
+                .map_err(|_| Error::Unavailable)?;
+            partitions.push(Partition {
+                tx,
+                queued,
+                thread: Mutex::new(Some(thread)),
+            });
+        }
         Ok(Self {
-            tx,
-            thread: Mutex::new(Some(thread)),
+            partitions,
+            capacity: limits.mailbox_capacity,
+            sinks: Mutex::new(Some(sinks)),
             stats,
         })
     }
 
-    /// Queues an envelope without waiting; `Overloaded` when the mailbox is
+    /// Queues a request's events in the partitions that own their units,
+    /// all or none, without waiting: `Overloaded` when one of them is
     /// full, `Unavailable` once the store has failed (the caller answers
-    /// 503 and nothing is stored).
+    /// 503 and nothing is stored). A waiting caller's `ack` hears `true`
+    /// once every partition involved has committed its part.
     pub fn submit(&self, envelope: Envelope) -> Result<()> {
         let n = envelope.events.len() as u64;
         if self.stats.is_failed() {
             self.stats.rejected_failed.fetch_add(n, Ordering::Relaxed);
             return Err(Error::Unavailable);
         }
-        match self.tx.try_send(Command::Store(envelope)) {
-            Ok(()) => {
-                self.stats.accepted.fetch_add(n, Ordering::Relaxed);
-                Ok(())
+        let parts = self.split(envelope);
+        let reserved: Vec<&Partition> = parts
+            .iter()
+            .map(|(p, _)| &self.partitions[*p])
+            .take_while(|p| self.reserve(p))
+            .collect();
+        if reserved.len() < parts.len() {
+            for p in reserved {
+                p.queued.fetch_sub(1, Ordering::AcqRel);
             }
-            Err(flume::TrySendError::Full(_)) => {
-                self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .rejected_full_events
-                    .fetch_add(n, Ordering::Relaxed);
-                Err(Error::Overloaded("ingest"))
-            }
-            Err(flume::TrySendError::Disconnected(_)) => Err(Error::Unavailable),
+            self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .rejected_full_events
+                .fetch_add(n, Ordering::Relaxed);
+            return Err(Error::Overloaded("ingest"));
         }
+        for (p, part) in parts {
+            if self.partitions[p].tx.send(Command::Store(part)).is_err() {
+                return Err(Error::Unavailable);
+            }
+        }
+        self.stats.accepted.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Envelopes waiting in the mailbox.
+    /// Takes a place in `p`'s mailbox if it has room.
+    fn reserve(&self, p: &Partition) -> bool {
+        p.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.capacity).then_some(q + 1)
+            })
+            .is_ok()
+    }
+
+    /// The envelope's parts, by partition, in partition order. Events keep
+    /// their order within a part, so a unit's events (all in one part)
+    /// stay in the order they came.
+    fn split(&self, envelope: Envelope) -> Vec<(usize, Part)> {
+        let Envelope {
+            events,
+            sticky,
+            claims,
+            ack,
+        } = envelope;
+        let count = self.partitions.len();
+        if count == 1 {
+            let ack = ack.map(|tx| Ack::split(1, tx).remove(0));
+            let part = Part {
+                events,
+                sticky,
+                claims,
+                ack,
+            };
+            return vec![(0, part)];
+        }
+        let mut slots: Vec<Part> = (0..count)
+            .map(|_| Part {
+                events: Vec::new(),
+                sticky: Vec::new(),
+                claims: Vec::new(),
+                ack: None,
+            })
+            .collect();
+        for event in events {
+            slots[partition_of(&event.unit_id, count)]
+                .events
+                .push(event);
+        }
+        for record in sticky {
+            slots[partition_of(&record.unit, count)].sticky.push(record);
+        }
+        for claim in claims {
+            slots[partition_of(claim.unit(), count)].claims.push(claim);
+        }
+        let mut by_partition: Vec<(usize, Part)> = slots
+            .into_iter()
+            .enumerate()
+            .filter(|(_, part)| !(part.events.is_empty() && part.sticky.is_empty()))
+            .collect();
+        if let Some(tx) = ack {
+            if by_partition.is_empty() {
+                let _ = tx.send(true);
+                return by_partition;
+            }
+            let acks = Ack::split(by_partition.len(), tx);
+            for ((_, part), ack) in by_partition.iter_mut().zip(acks) {
+                part.ack = Some(ack);
+            }
+        }
+        by_partition
+    }
+
+    /// Parts waiting in the mailboxes.
     pub fn depth(&self) -> usize {
-        self.tx.len()
+        self.partitions
+            .iter()
+            .map(|p| p.queued.load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// The mailbox's capacity.
+    /// What the mailboxes hold together.
     pub fn capacity(&self) -> usize {
-        self.tx.capacity().unwrap_or(usize::MAX)
+        self.capacity * self.partitions.len()
     }
 
     /// The pipeline's counters.
@@ -200,26 +396,55 @@ impl Mailbox {
         &self.stats
     }
 
-    /// Whether the writer thread is running.
+    /// Whether every partition's writer is running.
     pub fn is_alive(&self) -> bool {
-        !self.tx.is_disconnected()
+        self.partitions.iter().all(|p| !p.tx.is_disconnected())
     }
 
-    /// Commits everything queued, flushes and stops every sink. Blocks, but
-    /// not for ever: a failing store is given up on after its retries, and
-    /// what is queued then is refused at once. Idempotent.
+    /// Commits everything queued, then flushes and stops every sink.
+    /// Blocks, but not for ever: a failing store is given up on after its
+    /// retries, and what is queued then is refused at once. Idempotent.
     pub fn close(&self) {
-        let taken = self.thread.lock().map(|mut t| t.take());
-        let Ok(Some(thread)) = taken else {
-            return;
-        };
-        if self.tx.send(Command::Stop).is_err() {
-            tracing::error!("ingest writer had already stopped");
+        let threads: Vec<JoinHandle<()>> = self
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                let thread = p.thread.lock().ok().and_then(|mut t| t.take())?;
+                if p.tx.send(Command::Stop).is_err() {
+                    tracing::error!("an ingest writer had already stopped");
+                }
+                Some(thread)
+            })
+            .collect();
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("an ingest writer panicked");
+            }
         }
-        if thread.join().is_err() {
-            tracing::error!("ingest writer panicked");
+        let sinks = self.sinks.lock().ok().and_then(|mut s| s.take());
+        if let Some(sinks) = sinks {
+            match Arc::try_unwrap(sinks) {
+                Ok(sinks) => {
+                    for sink in sinks {
+                        sink.close();
+                    }
+                }
+                Err(_) => tracing::error!("sinks still in use after every writer stopped"),
+            }
         }
     }
+}
+
+/// The partition that owns `unit`: a hash of its id with fixed keys, so
+/// all of a unit's events meet in one writer. Only this process relies on
+/// it: per-unit state is keyed by unit, not partition, and every share of
+/// the aggregates counts, so a unit may land elsewhere after an upgrade.
+pub(super) fn partition_of(unit: &str, partitions: usize) -> usize {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hasher.write(unit.as_bytes());
+    // Multiply-shift maps the 64-bit hash onto 0..partitions evenly.
+    ((u128::from(hasher.finish()) * partitions as u128) >> 64) as usize
 }
 
 #[cfg(test)]
@@ -228,38 +453,131 @@ mod tests {
 
     use super::*;
 
-    fn envelope() -> Envelope {
+    fn envelope(units: &[&str]) -> Envelope {
         Envelope {
-            events: Vec::new(),
+            events: units
+                .iter()
+                .map(|u| Event::sample("conversion", u))
+                .collect(),
             sticky: Vec::new(),
             claims: Vec::new(),
             ack: None,
         }
     }
 
-    #[test]
-    fn a_full_mailbox_is_refused_at_once_and_counted() {
-        // No writer thread: nothing drains the mailbox.
-        let (tx, _rx) = flume::bounded(2);
-        let ingest = Mailbox {
-            tx,
-            thread: Mutex::new(None),
+    /// A mailbox of `partitions` holding `capacity` parts each, with no
+    /// writer: nothing drains it. The receivers are returned so the
+    /// mailboxes stay open.
+    fn idle(partitions: usize, capacity: usize) -> (Mailbox, Vec<flume::Receiver<Command>>) {
+        let (parts, receivers) = (0..partitions)
+            .map(|_| {
+                let (tx, rx) = flume::unbounded();
+                let part = Partition {
+                    tx,
+                    queued: Arc::default(),
+                    thread: Mutex::new(None),
+                };
+                (part, rx)
+            })
+            .unzip();
+        let mailbox = Mailbox {
+            partitions: parts,
+            capacity,
+            sinks: Mutex::new(None),
             stats: Arc::default(),
         };
-        assert!(ingest.submit(envelope()).is_ok());
-        assert!(ingest.submit(envelope()).is_ok());
+        (mailbox, receivers)
+    }
+
+    /// A unit of each of `partitions` partitions.
+    fn one_unit_per_partition(partitions: usize) -> Vec<String> {
+        let mut units = vec![String::new(); partitions];
+        for i in 0.. {
+            let unit = format!("u{i}");
+            let p = partition_of(&unit, partitions);
+            if units[p].is_empty() {
+                units[p] = unit;
+            }
+            if units.iter().all(|u| !u.is_empty()) {
+                return units;
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn a_full_mailbox_is_refused_at_once_and_counted() {
+        let (ingest, _rx) = idle(1, 2);
+        assert!(ingest.submit(envelope(&["a"])).is_ok());
+        assert!(ingest.submit(envelope(&["a"])).is_ok());
         assert!(matches!(
-            ingest.submit(envelope()),
+            ingest.submit(envelope(&["a"])),
             Err(Error::Overloaded("ingest"))
         ));
         assert_eq!(ingest.stats().rejected_full.load(Ordering::Relaxed), 1);
         assert_eq!((ingest.depth(), ingest.capacity()), (2, 2));
     }
 
+    /// A request whose units span partitions is queued in all of them or
+    /// in none: one full partition refuses the whole request.
+    #[test]
+    fn a_request_across_partitions_is_queued_whole_or_refused_whole() {
+        let (ingest, rx) = idle(3, 1);
+        let units = one_unit_per_partition(3);
+        let [a, b, c] = [&*units[0], &*units[1], &*units[2]];
+        ingest.submit(envelope(&[b])).unwrap();
+        assert!(matches!(
+            ingest.submit(envelope(&[a, c, b, a])),
+            Err(Error::Overloaded("ingest"))
+        ));
+        assert_eq!(ingest.depth(), 1, "nothing of the refused request stays");
+        assert!(rx[0].is_empty() && rx[2].is_empty());
+
+        let (ingest, rx) = idle(3, 1);
+        ingest.submit(envelope(&[a, c, b, a])).unwrap();
+        assert_eq!(ingest.depth(), 3);
+        let Ok(Command::Store(part)) = rx[0].try_recv() else {
+            panic!("a part for partition 0")
+        };
+        let mine: Vec<&str> = part.events.iter().map(|e| &*e.unit_id).collect();
+        assert_eq!(mine, [a, a], "a unit's events stay together, in order");
+    }
+
+    #[test]
+    fn a_waiting_caller_hears_true_only_once_every_partition_committed() {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let mut acks = Ack::split(3, tx);
+        acks.pop().unwrap().send(true);
+        acks.pop().unwrap().send(true);
+        assert!(rx.try_recv().is_err(), "one part still out");
+        acks.pop().unwrap().send(true);
+        assert_eq!(rx.try_recv(), Ok(true));
+
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let mut acks = Ack::split(2, tx);
+        drop(acks.pop());
+        assert_eq!(rx.try_recv(), Ok(false), "a part refused (dropped) is a no");
+        acks.pop().unwrap().send(true);
+    }
+
+    #[test]
+    fn units_spread_over_the_partitions() {
+        let mut counts = [0usize; 4];
+        for i in 0..40_000 {
+            counts[partition_of(&format!("user-{i}"), 4)] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (9_000..11_000).contains(&n)),
+            "{counts:?}"
+        );
+        assert_eq!(partition_of("anyone", 1), 0);
+    }
+
     #[test]
     fn close_commits_everything_queued_and_acknowledges_it() {
         let (_dir, store) = Store::temporary();
         let limits = IngestLimits {
+            partitions: 1,
             mailbox_capacity: 10_000,
             flush_interval: Duration::from_secs(60),
             flush_max_events: 1_000_000,
@@ -312,6 +630,7 @@ mod tests {
         let store =
             Store::open_with_clock(dir.path(), options, Arc::clone(&clock) as _).expect("store");
         let limits = IngestLimits {
+            partitions: 1,
             mailbox_capacity: 16,
             flush_interval: Duration::from_millis(1),
             flush_max_events: 100,
@@ -361,7 +680,11 @@ mod tests {
     }
 
     impl Committer for Flaky {
-        fn commit(&mut self, commit: &crate::storage::Commit<'_>) -> Result<()> {
+        fn prepare(&mut self, commit: &crate::storage::Commit<'_>) -> Result<rocksdb::WriteBatch> {
+            self.store.prepare(commit)
+        }
+
+        fn write(&mut self, batch: rocksdb::WriteBatch, sync: bool) -> Result<()> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             if self.failures > 0 {
                 self.failures -= 1;
@@ -370,10 +693,14 @@ mod tests {
                     reason: "injected failure".into(),
                 });
             }
-            self.store.commit(commit)
+            self.store.write(batch, sync)
         }
 
-        fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>> {
+        fn seen_ids(
+            &mut self,
+            ids: &[crate::storage::ClientId<'_>],
+            since_ms: u64,
+        ) -> Result<Vec<bool>> {
             self.store.seen_ids(ids, since_ms)
         }
 
@@ -390,6 +717,7 @@ mod tests {
     fn flaky(failures: u64) -> (tempfile::TempDir, Store, Mailbox, Arc<AtomicU64>) {
         let (dir, store) = Store::temporary();
         let limits = IngestLimits {
+            partitions: 1,
             mailbox_capacity: 100,
             flush_interval: Duration::from_millis(20),
             flush_max_events: 1_000_000,
@@ -405,9 +733,14 @@ mod tests {
             calls: Arc::clone(&calls),
         };
         let live = Arc::new(LiveAggregates::default());
-        let ingest =
-            Mailbox::start_with(store.clone(), limits, Vec::new(), live, Box::new(committer))
-                .expect("start");
+        let ingest = Mailbox::start_with(
+            store.clone(),
+            limits,
+            Vec::new(),
+            live,
+            vec![Box::new(committer)],
+        )
+        .expect("start");
         (dir, store, ingest, calls)
     }
 

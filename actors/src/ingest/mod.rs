@@ -40,7 +40,9 @@ mod accept;
 pub mod aggregator;
 mod mailbox;
 pub mod retention;
+mod sequencer;
 mod sink;
+mod totals;
 mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};

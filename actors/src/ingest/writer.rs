@@ -1,38 +1,47 @@
-//! The writer thread: the store-of-record sink, and owner of the
-//! aggregates (see [`super::aggregator`]).
+//! A partition's writer thread: it owns the units that hash to its
+//! partition, their state and its share of the aggregates (see
+//! [`super::aggregator`]), and commits their events.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use rocksdb::WriteBatch;
 
 use super::aggregator::{Aggregator, LiveAggregates};
-use super::mailbox::{Batch, Command, Envelope, IngestLimits, IngestStats};
+use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part};
+use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
 use crate::domain::{unix_ms, Exposure};
-use crate::storage::{bucket_deltas, Commit, Store};
+use crate::storage::{bucket_deltas, ClientId, Commit, Store};
 use crate::{Error, Result};
 
-/// Where the writer commits batches and looks up event ids: the store, or
-/// a test double that fails on demand.
+/// Where the writer commits batches and looks things up: the store, or a
+/// test double that fails on demand.
 pub(crate) trait Committer: Send + 'static {
-    /// Commits one batch atomically (see [`Store::commit`]).
-    fn commit(&mut self, commit: &Commit<'_>) -> Result<()>;
-    /// For each id, whether it was committed at or after `since_ms`.
-    fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>>;
+    /// Encodes one batch (see [`Store::prepare`]).
+    fn prepare(&mut self, commit: &Commit<'_>) -> Result<WriteBatch>;
+    /// Writes a prepared batch atomically (see [`Store::write`]).
+    fn write(&mut self, batch: WriteBatch, sync: bool) -> Result<()>;
+    /// For each id, whether it was committed for its unit at or after
+    /// `since_ms`.
+    fn seen_ids(&mut self, ids: &[ClientId<'_>], since_ms: u64) -> Result<Vec<bool>>;
     /// Each unit's stored aggregator state (see [`Store::unit_states`]).
     fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>>;
 }
 
 impl Committer for Store {
-    fn commit(&mut self, commit: &Commit<'_>) -> Result<()> {
-        Store::commit(self, commit)
+    fn prepare(&mut self, commit: &Commit<'_>) -> Result<WriteBatch> {
+        Store::prepare(self, commit)
     }
 
-    fn seen_ids(&mut self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>> {
+    fn write(&mut self, batch: WriteBatch, sync: bool) -> Result<()> {
+        Store::write(self, batch, sync)
+    }
+
+    fn seen_ids(&mut self, ids: &[ClientId<'_>], since_ms: u64) -> Result<Vec<bool>> {
         Store::seen_ids(self, ids, since_ms)
     }
 
@@ -41,67 +50,46 @@ impl Committer for Store {
     }
 }
 
-/// State of the writer thread.
+/// State of one partition's writer thread.
 pub(super) struct Writer {
-    committer: Box<dyn Committer>,
-    limits: IngestLimits,
-    sinks: Vec<SinkWorker>,
-    stats: Arc<IngestStats>,
-    next_seq: u64,
-    aggregator: Aggregator,
-    live: Arc<LiveAggregates>,
+    pub(super) partition: u16,
+    pub(super) committer: Box<dyn Committer>,
+    pub(super) limits: IngestLimits,
+    /// The extra sinks, shared by every partition; fed in `seq` order.
+    pub(super) sinks: Arc<Vec<SinkWorker>>,
+    pub(super) stats: Arc<IngestStats>,
+    /// Numbers events and orders commits across partitions.
+    pub(super) sequencer: Arc<Sequencer>,
+    pub(super) aggregator: Aggregator,
+    pub(super) live: Arc<LiveAggregates>,
+    /// Parts in this partition's mailbox (the mailbox's bound).
+    pub(super) queued: Arc<AtomicUsize>,
     /// The store's clock: where the de-duplication window ends.
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl Writer {
-    pub(super) fn new(
-        store: Store,
-        limits: IngestLimits,
-        sinks: Vec<SinkWorker>,
-        stats: Arc<IngestStats>,
-        live: Arc<LiveAggregates>,
-    ) -> Result<Self> {
-        let next_seq = store.next_seq()?;
-        let aggregator = Aggregator::load(&store, limits.max_measures)?;
-        aggregator.publish_all(&live);
-        Ok(Self {
-            clock: Arc::clone(store.clock()),
-            committer: Box::new(store),
-            limits,
-            sinks,
-            stats,
-            next_seq,
-            aggregator,
-            live,
-        })
-    }
-
-    /// Commits through `committer` instead of the store.
-    pub(super) fn committing_to(mut self, committer: Box<dyn Committer>) -> Self {
-        self.committer = committer;
-        self
-    }
-
     /// Batches, commits and fans out until told to stop; then drains.
     pub(super) fn run(mut self, rx: &flume::Receiver<Command>) {
-        let mut pending: Vec<Envelope> = Vec::new();
+        let mut pending: Vec<Part> = Vec::new();
         let mut stopping = false;
         while !stopping {
             let mut events = 0;
             match rx.recv() {
-                Ok(Command::Store(e)) => {
-                    events += e.events.len();
-                    pending.push(e);
+                Ok(Command::Store(part)) => {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    events += part.events.len();
+                    pending.push(part);
                 }
                 Ok(Command::Stop) | Err(_) => stopping = true,
             }
             let deadline = Instant::now() + self.limits.flush_interval;
             while !stopping && events < self.limits.flush_max_events {
                 match rx.recv_deadline(deadline) {
-                    Ok(Command::Store(e)) => {
-                        events += e.events.len();
-                        pending.push(e);
+                    Ok(Command::Store(part)) => {
+                        self.queued.fetch_sub(1, Ordering::AcqRel);
+                        events += part.events.len();
+                        pending.push(part);
                     }
                     Ok(Command::Stop) | Err(flume::RecvTimeoutError::Disconnected) => {
                         stopping = true
@@ -113,10 +101,8 @@ impl Writer {
                 self.commit(&mut pending);
             }
         }
-        for sink in self.sinks.drain(..) {
-            sink.close();
-        }
         tracing::info!(
+            partition = self.partition,
             persisted = self.stats.persisted.load(Ordering::Relaxed),
             lost = self.stats.lost.load(Ordering::Relaxed),
             "ingest writer drained and stopped"
@@ -125,25 +111,30 @@ impl Writer {
 
     /// Commits everything pending as one WriteBatch with the aggregates it
     /// changes, fsynced when an `ack=persisted` caller waits on it (one
-    /// sync for all of them; batches nobody waits on are not synced). A
-    /// failing commit is retried `commit_retries` times; then the store is
-    /// marked failed and this and every later batch is refused (see
-    /// [`Writer::refuse`]). While it retries the mailbox fills and handlers
-    /// answer 503. The first exposures' claims are released when this
-    /// returns: after the commit, or with the refusal.
-    fn commit(&mut self, pending: &mut Vec<Envelope>) {
+    /// sync for all of them; batches nobody waits on are not synced).
+    ///
+    /// Everything but the write happens side by side with the other
+    /// partitions: de-duplicate, read the units' state, fold, encode. Then
+    /// the batch takes a [`Ticket`](super::sequencer::Ticket) — its `seq`
+    /// range — and writes when its turn comes, so `seq` order is commit
+    /// order. A failing write is retried `commit_retries` times; then the
+    /// store is marked failed and this and every later batch is refused
+    /// (see [`Writer::refuse`]). While it retries the mailboxes fill and
+    /// handlers answer 503. The first exposures' claims are released when
+    /// this returns: after the commit, or with the refusal.
+    fn commit(&mut self, pending: &mut Vec<Part>) {
         let mut batch = Batch::default();
         let mut acks = Vec::new();
         let mut claims = Vec::new();
         let mut unwaited = 0;
-        for envelope in pending.drain(..) {
-            if envelope.ack.is_none() {
-                unwaited += envelope.events.len();
+        for part in pending.drain(..) {
+            if part.ack.is_none() {
+                unwaited += part.events.len();
             }
-            batch.events.extend(envelope.events);
-            batch.sticky.extend(envelope.sticky);
-            claims.extend(envelope.claims);
-            acks.extend(envelope.ack);
+            batch.events.extend(part.events);
+            batch.sticky.extend(part.sticky);
+            claims.extend(part.claims);
+            acks.extend(part.ack);
         }
         if self.stats.is_failed() {
             return self.refuse(acks, unwaited);
@@ -156,55 +147,66 @@ impl Writer {
             self.fail("reading unit state", &e);
             return self.refuse(acks, unwaited);
         }
-        let mut seq = self.next_seq;
-        for e in &mut batch.events {
-            e.seq = seq;
-            seq += 1;
-        }
         self.aggregator.fold(&batch.events);
         let buckets = bucket_deltas(&batch.events);
+        let ticket = self.sequencer.ticket(batch.events.len() as u64);
+        for (e, seq) in batch.events.iter_mut().zip(ticket.start()..) {
+            e.seq = seq;
+        }
         let started = Instant::now();
-        let ids: Vec<&str> = batch
+        let ids: Vec<ClientId<'_>> = batch
             .events
             .iter()
             .filter(|e| e.client_id)
-            .map(|e| &*e.event_id)
-            .collect();
-        let sync = !acks.is_empty();
-        let committed = retry("commit", &self.limits, &self.stats.commit_failures, || {
-            self.committer.commit(&Commit {
-                events: &batch.events,
-                sticky: &batch.sticky,
-                client_ids: &ids,
-                next_seq: seq,
-                aggregates: Some(self.aggregator.changes()),
-                buckets: Some(&buckets),
-                sync,
+            .map(|e| ClientId {
+                unit: &e.unit_id,
+                id: &e.event_id,
             })
+            .collect();
+        let commit = Commit {
+            events: &batch.events,
+            sticky: &batch.sticky,
+            client_ids: &ids,
+            next_seq: ticket.end(),
+            aggregates: Some(self.aggregator.changes()),
+            partition: self.partition,
+            buckets: Some(&buckets),
+            sync: !acks.is_empty(),
+        };
+        let mut prepared = Some(self.committer.prepare(&commit));
+        ticket.wait_turn();
+        let committed = retry("commit", &self.limits, &self.stats.commit_failures, || {
+            let batch = match prepared.take() {
+                Some(batch) => batch?,
+                None => self.committer.prepare(&commit)?,
+            };
+            self.committer.write(batch, commit.sync)
         });
+        drop(commit);
         drop(ids);
         if let Err(e) = committed {
             self.fail("commit", &e);
+            drop(ticket);
             return self.refuse(acks, unwaited);
         }
         metrics::histogram!(crate::metrics::SINK_COMMIT).record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::SINK_BATCH).record(batch.events.len() as f64);
-        self.next_seq = seq;
         self.aggregator.published(&self.live);
         drop(claims);
         self.stats
             .persisted
             .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
         for ack in acks {
-            // The caller may have given up waiting; nothing to do then.
-            let _ = ack.send(true);
+            ack.send(true);
         }
         if !self.sinks.is_empty() {
             let batch = Arc::new(batch);
-            for sink in &self.sinks {
+            for sink in self.sinks.iter() {
                 sink.send(Arc::clone(&batch));
             }
         }
+        // Sinks are fed in `seq` order: the turn passes on only now.
+        drop(ticket);
     }
 
     /// Reads the stored state of the batch's units into the aggregator's
@@ -238,9 +240,9 @@ impl Writer {
     /// Answers a batch the store did not take: `ack=persisted` callers are
     /// told `false` (they answer 503); the `unwaited` events were already
     /// answered 202 and are lost, counted and logged.
-    fn refuse(&self, acks: Vec<oneshot::Sender<bool>>, unwaited: usize) {
+    fn refuse(&self, acks: Vec<Ack>, unwaited: usize) {
         for ack in acks {
-            let _ = ack.send(false);
+            ack.send(false);
         }
         if unwaited > 0 {
             self.stats
@@ -261,11 +263,14 @@ impl Writer {
         let window_start = now_ms.saturating_sub(
             u64::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u64::MAX),
         );
-        let client_ids: Vec<&str> = batch
+        let client_ids: Vec<ClientId<'_>> = batch
             .events
             .iter()
             .filter(|e| e.client_id)
-            .map(|e| &*e.event_id)
+            .map(|e| ClientId {
+                unit: &e.unit_id,
+                id: &e.event_id,
+            })
             .collect();
         if client_ids.is_empty() {
             return Ok(());
@@ -276,14 +281,16 @@ impl Writer {
             &self.stats.commit_failures,
             || self.committer.seen_ids(&client_ids, window_start),
         )?;
+        drop(client_ids);
         let mut duplicate = seen.into_iter();
-        let mut in_batch = HashSet::with_capacity(client_ids.len());
+        let mut in_batch = HashSet::with_capacity(duplicate.len());
         let keep: Vec<bool> = batch
             .events
             .iter()
             .map(|e| {
                 !e.client_id
-                    || (!duplicate.next().unwrap_or(false) && in_batch.insert(&*e.event_id))
+                    || (!duplicate.next().unwrap_or(false)
+                        && in_batch.insert((&*e.unit_id, &*e.event_id)))
             })
             .collect();
         drop(in_batch);
@@ -349,6 +356,7 @@ mod tests {
         assert_eq!(waits, [100, 200, 300, 400, 500]);
 
         let limits = IngestLimits {
+            partitions: 1,
             mailbox_capacity: 1,
             flush_interval: Duration::ZERO,
             flush_max_events: 1,

@@ -88,7 +88,8 @@ impl Results {
 
     /// The experiment's aggregates recomputed from its stored events (and
     /// the events that name no experiment) with `from_ms <= timestamp <
-    /// to_ms`, folded in commit order. Reads them all into memory: for an
+    /// to_ms`, folded in commit order, counting the measure names the live
+    /// aggregates count. Reads them all into memory: for an
     /// operator's check or a time-window query, not a hot path. Over all
     /// time it equals [`Results::aggregates`] unless retention has removed
     /// events.
@@ -101,6 +102,10 @@ impl Results {
         let experiment = self.snapshot(key)?.experiment().key.clone();
         let store = self.store.clone();
         let max_measures = self.max_measures;
+        // Which names an experiment counts (at most `max_measures`) is
+        // settled as they first arrive, by whichever partition sees them
+        // first: the rebuild counts the names the live aggregates count.
+        let counted = self.aggregates.get(experiment.as_str());
         blocking(move || {
             let mut events = Vec::new();
             for scope in [Some(&experiment), None] {
@@ -122,7 +127,7 @@ impl Results {
                 }
             }
             events.sort_unstable_by_key(|e| e.seq);
-            let mut aggregator = Aggregator::new(max_measures);
+            let mut aggregator = Aggregator::counting(max_measures, experiment.as_str(), &counted);
             aggregator.fold(&events);
             Ok(aggregator.experiment(experiment.as_str()))
         })

@@ -5,17 +5,25 @@ use rocksdb::{IteratorMode, WriteBatch};
 
 use super::{decode_event, decode_json, keys, versioned_json, Cf, Store};
 use crate::domain::AggregateChanges;
-use crate::domain::{AggregatesRecord, AggregatesRecordRef, Event, ExperimentAggregates};
+use crate::domain::{
+    AggregatesRecord, AggregatesRecordRef, Event, ExperimentAggregates, ExperimentKey,
+};
 use crate::{Error, Result};
 
 /// Events read per step of [`Store::for_each_event_in_commit_order`].
 const REPLAY_CHUNK: usize = 10_000;
 /// Present in [`Cf::Meta`] while a rebuild of the aggregates runs.
 const REBUILDING_KEY: &[u8] = b"aggregates_rebuilding";
+/// In [`Cf::Meta`]: the ingest partition count that wrote the store (u16 BE).
+const PARTITIONS_KEY: &[u8] = b"ingest_partitions";
+/// In [`Cf::Meta`] once the aggregates are keyed by partition.
+const AGGREGATES_LAYOUT_KEY: &[u8] = b"aggregates_layout";
 
 impl Store {
-    /// Every experiment's persisted aggregates.
-    pub fn aggregates(&self) -> Result<Vec<(String, ExperimentAggregates)>> {
+    /// Every persisted share of an experiment's aggregates: (experiment,
+    /// ingest partition, aggregates). An experiment's totals are the sum
+    /// of its shares.
+    pub fn aggregates(&self) -> Result<Vec<(String, u16, ExperimentAggregates)>> {
         let corrupt = |reason: String| Error::Corrupt {
             cf: Cf::Aggregates.name(),
             reason,
@@ -24,13 +32,88 @@ impl Store {
             .iterator_cf(self.cf(Cf::Aggregates), IteratorMode::Start)
             .map(|item| {
                 let (key, value) = item?;
-                let key = String::from_utf8(key.into_vec()).map_err(|e| corrupt(e.to_string()))?;
+                let (experiment, partition) = keys::parse_aggregates(&key)
+                    .ok_or_else(|| corrupt(format!("bad key {key:?}")))?;
                 Ok((
-                    key,
+                    experiment.to_owned(),
+                    partition,
                     decode_json::<AggregatesRecord>(Cf::Aggregates, &value)?.into(),
                 ))
             })
             .collect()
+    }
+
+    /// How many ingest partitions wrote this store, if it was recorded.
+    pub fn ingest_partitions(&self) -> Result<Option<u16>> {
+        let value = self.db.get_pinned_cf(self.cf(Cf::Meta), PARTITIONS_KEY)?;
+        Ok(value.and_then(|v| <[u8; 2]>::try_from(&*v).ok().map(u16::from_be_bytes)))
+    }
+
+    /// Records `partitions` as the store's partition count, and when
+    /// `totals` is given replaces every share of every experiment's
+    /// aggregates with one share, in partition 0, holding its totals: how
+    /// a store moves to another partition count. Shares are sums over
+    /// disjoint units, so the totals are exact whichever partition owns a
+    /// unit from now on. One synced write.
+    pub fn set_ingest_partitions(
+        &self,
+        partitions: u16,
+        totals: Option<&[(&str, &ExperimentAggregates)]>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        if let Some(totals) = totals {
+            let cf = self.cf(Cf::Aggregates);
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                batch.delete_cf(cf, item?.0);
+            }
+            for (experiment, aggregates) in totals {
+                batch.put_cf(
+                    cf,
+                    keys::aggregates(experiment, 0),
+                    versioned_json(Cf::Aggregates, &AggregatesRecordRef(aggregates))?,
+                );
+            }
+        }
+        batch.put_cf(self.cf(Cf::Meta), PARTITIONS_KEY, partitions.to_be_bytes());
+        self.write_synced(batch)
+    }
+
+    /// Moves layout-1 aggregates (keyed by the bare experiment key) to
+    /// partition 0's share, once, at the first open by this version.
+    pub(super) fn migrate_aggregates(&self) -> Result<()> {
+        let meta = self.cf(Cf::Meta);
+        if self
+            .db
+            .get_pinned_cf(meta, AGGREGATES_LAYOUT_KEY)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let cf = self.cf(Cf::Aggregates);
+        let mut batch = WriteBatch::default();
+        let mut moved = 0;
+        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+            let (key, value) = item?;
+            batch.delete_cf(cf, &key);
+            match std::str::from_utf8(&key) {
+                Ok(experiment) if ExperimentKey::try_from(experiment).is_ok() => {
+                    batch.put_cf(cf, keys::aggregates(experiment, 0), value);
+                    moved += 1;
+                }
+                // Not an experiment key: nothing to move; a rebuild from
+                // the events restores whatever it described.
+                _ => batch.put_cf(meta, REBUILDING_KEY, [1u8]),
+            }
+        }
+        batch.put_cf(meta, AGGREGATES_LAYOUT_KEY, [2u8]);
+        self.write_synced(batch)?;
+        if moved > 0 {
+            tracing::warn!(
+                experiments = moved,
+                "aggregates moved to the partitioned layout"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -98,14 +181,14 @@ impl Store {
         self.write_synced(batch)
     }
 
-    /// Writes one step of a rebuild.
+    /// Writes one step of a rebuild, into partition 0's shares.
     pub fn write_aggregates(&self, changes: &AggregateChanges<'_>) -> Result<()> {
         let mut batch = WriteBatch::default();
         let cf = self.cf(Cf::Aggregates);
         for (key, aggregates) in &changes.experiments {
             batch.put_cf(
                 cf,
-                key.as_bytes(),
+                keys::aggregates(key, 0),
                 versioned_json(Cf::Aggregates, &AggregatesRecordRef(aggregates))?,
             );
         }
@@ -126,7 +209,7 @@ impl Store {
         self.write_synced(batch)
     }
 
-    fn write_synced(&self, batch: WriteBatch) -> Result<()> {
+    pub(super) fn write_synced(&self, batch: WriteBatch) -> Result<()> {
         let mut options = rocksdb::WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(batch, &options)?;

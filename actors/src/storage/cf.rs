@@ -26,13 +26,16 @@ pub enum Cf {
     /// events of X between t1 and t2" is one range scan. Events without an
     /// experiment share the empty-experiment prefix `[0]`.
     Events,
-    /// client event id (UTF-8) → `[committed_ms: u64 BE]`: when the batch
+    /// [`keys::event_id`](super::keys::event_id) (unit and client event id)
+    /// → `[committed_ms: u64 BE]`: when the batch
     /// holding the id was committed (the store's clock, not the event's
     /// timestamp). Ids seen within the de-duplication window; older entries
     /// are dropped by a compaction filter and ignored on read.
     EventIds,
-    /// experiment key (UTF-8) → `[v1][JSON AggregatesRecord]`. Written
-    /// with the batch of events that changed them.
+    /// [`keys::aggregates`](super::keys::aggregates) (experiment and ingest
+    /// partition) → `[v1][JSON AggregatesRecord]`: one partition's share of
+    /// an experiment's aggregates, written with the batch of events that
+    /// changed it. The totals are the sum of the shares.
     Aggregates,
     /// Legacy (layout 1): [`keys::unit`](super::keys::unit) → one unit's
     /// exposures to one experiment. Moved into [`Cf::Units`] the first time

@@ -31,6 +31,35 @@ pub fn unit_state(unit: &str) -> Vec<u8> {
     key
 }
 
+/// `[len: u8][experiment key][partition: u16 BE]`: one ingest partition's
+/// share of an experiment's aggregates; an experiment's shares are one
+/// range.
+pub fn aggregates(experiment: &str, partition: u16) -> Vec<u8> {
+    let mut key = prefix(experiment);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+/// Inverse of [`aggregates`].
+pub fn parse_aggregates(key: &[u8]) -> Option<(&str, u16)> {
+    let (&len, rest) = key.split_first()?;
+    let (exp, partition) = rest.split_at_checked(usize::from(len))?;
+    let partition = u16::from_be_bytes(partition.try_into().ok()?);
+    Some((std::str::from_utf8(exp).ok()?, partition))
+}
+
+/// `[len: u16 BE][unit][event id]`: a client event id, remembered per unit.
+/// Every event of a unit goes to the same ingest partition, so the
+/// partition that owns the unit alone reads and writes its ids.
+pub fn event_id(unit: &str, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + unit.len() + id.len());
+    // Unit ids are at most 256 bytes by construction.
+    key.extend_from_slice(&(unit.len() as u16).to_be_bytes());
+    key.extend_from_slice(unit.as_bytes());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
 /// `[len: u8][experiment key][at_ms: u64 BE]`: a timeline snapshot.
 pub fn timeline(experiment: &str, at_ms: i64) -> Vec<u8> {
     let mut key = prefix(experiment);
@@ -214,6 +243,18 @@ mod tests {
             if u != w {
                 let other = unit_event(&w, t1, s);
                 prop_assert!(!(lo <= other && other < hi));
+            }
+        }
+
+        #[test]
+        fn aggregate_keys_round_trip_and_keep_an_experiments_shares_together(
+            a in key(), b in key(), p: u16
+        ) {
+            let k = aggregates(a.as_str(), p);
+            prop_assert_eq!(parse_aggregates(&k), Some((a.as_str(), p)));
+            prop_assert!(k.starts_with(&experiment_prefix(&a)));
+            if a != b {
+                prop_assert!(!k.starts_with(&experiment_prefix(&b)));
             }
         }
 

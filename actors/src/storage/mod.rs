@@ -66,17 +66,28 @@ pub struct Commit<'a> {
     /// First exposures they may establish (each kept only if its unit has
     /// none yet).
     pub sticky: &'a [StickyAssignment],
-    /// Client event ids to remember for de-duplication.
-    pub client_ids: &'a [&'a str],
+    /// Client event ids to remember for de-duplication, with their units.
+    pub client_ids: &'a [ClientId<'a>],
     /// The sequence number after the last event.
     pub next_seq: u64,
-    /// Aggregates the events changed.
+    /// Aggregates the events changed: the committing partition's shares.
     pub aggregates: Option<AggregateChanges<'a>>,
+    /// The ingest partition committing, whose aggregate shares these are.
+    pub partition: u16,
     /// Analytics bucket deltas, by [`keys::bucket`], merged into the store.
     pub buckets: Option<&'a HashMap<Vec<u8>, Bucket>>,
     /// fsync the write-ahead log before returning: set when an
     /// `ack=persisted` caller waits on the batch (one sync for all of them).
     pub sync: bool,
+}
+
+/// A client event id and its unit: de-duplication is per unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId<'a> {
+    /// The unit the event is about.
+    pub unit: &'a str,
+    /// The id the client gave it.
+    pub id: &'a str,
 }
 
 /// A handle on the open database; cheap to clone.
@@ -122,15 +133,29 @@ impl Store {
         table.set_bloom_filter(10.0, false);
         table.set_cache_index_and_filter_blocks(true);
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        // Every family's memtables are charged to the same cache, so what
+        // the store holds for reads and for writes together stays within
+        // `cache_bytes` however fast events arrive; a full budget flushes
+        // the largest memtable. The write-ahead log is bounded too: past
+        // it, the families holding its oldest entries are flushed.
+        let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
+            cache_bytes / 2,
+            false,
+            cache.clone(),
+        );
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
         options.increase_parallelism(2);
+        options.set_write_buffer_manager(&memtables);
+        options.set_max_total_wal_size((cache_bytes as u64).max(64 << 20));
+        let memtable_bytes = (cache_bytes / 4).clamp(1 << 20, 64 << 20);
         let families = Cf::ALL.iter().map(|&cf| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
             cf_options.set_block_based_table_factory(&table);
+            cf_options.set_write_buffer_size(memtable_bytes);
             if cf == Cf::Analytics {
                 cf_options.set_merge_operator_associative("bucket_merge", analytics::merge_buckets);
             }
@@ -169,6 +194,7 @@ impl Store {
         };
         store.check_schema()?;
         store.migrate_unit_exposures()?;
+        store.migrate_aggregates()?;
         let last = store
             .db
             .iterator_cf(store.cf(Cf::Outbox), IteratorMode::End)
@@ -319,6 +345,22 @@ impl Store {
     /// committed, a power cut may lose the last unsynced batches. With
     /// `sync` the batch (and every earlier one) survives a power cut.
     pub fn commit(&self, commit: &Commit<'_>) -> Result<()> {
+        let batch = self.prepare(commit)?;
+        self.write(batch, commit.sync)
+    }
+
+    /// Writes a batch [`Store::prepare`] built, fsynced if `sync`.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        self.db.write_opt(batch, &options)?;
+        Ok(())
+    }
+
+    /// Encodes everything `commit` writes into one WriteBatch, without
+    /// writing it: the costly part of a commit, which ingest partitions do
+    /// side by side before they write in `seq` order.
+    pub fn prepare(&self, commit: &Commit<'_>) -> Result<WriteBatch> {
         let mut batch = WriteBatch::default();
         let events_cf = self.cf(Cf::Events);
         let mut value = Vec::with_capacity(256);
@@ -352,7 +394,7 @@ impl Store {
         let ids_cf = self.cf(Cf::EventIds);
         let now = self.now_ms().to_be_bytes();
         for id in commit.client_ids {
-            batch.put_cf(ids_cf, id.as_bytes(), now);
+            batch.put_cf(ids_cf, keys::event_id(id.unit, id.id), now);
         }
         if let Some(changes) = &commit.aggregates {
             let cf = self.cf(Cf::Aggregates);
@@ -365,7 +407,7 @@ impl Store {
                         reason: err.to_string(),
                     },
                 )?;
-                batch.put_cf(cf, key.as_bytes(), &value);
+                batch.put_cf(cf, keys::aggregates(key, commit.partition), &value);
             }
             let cf = self.cf(Cf::Units);
             for unit in &changes.units {
@@ -379,10 +421,7 @@ impl Store {
             NEXT_SEQ_KEY,
             commit.next_seq.to_be_bytes(),
         );
-        let mut options = WriteOptions::default();
-        options.set_sync(commit.sync);
-        self.db.write_opt(batch, &options)?;
-        Ok(())
+        Ok(batch)
     }
 
     /// The last event `seq` the sink `name` wrote and made durable; 0 when
@@ -463,11 +502,13 @@ impl Store {
             .unwrap_or(1))
     }
 
-    /// For each id, whether it was committed at or after `since_ms`.
-    pub fn seen_ids(&self, ids: &[&str], since_ms: u64) -> Result<Vec<bool>> {
+    /// For each id, whether it was committed for its unit at or after
+    /// `since_ms`.
+    pub fn seen_ids(&self, ids: &[ClientId<'_>], since_ms: u64) -> Result<Vec<bool>> {
         let cf = self.cf(Cf::EventIds);
+        let keys: Vec<Vec<u8>> = ids.iter().map(|c| keys::event_id(c.unit, c.id)).collect();
         self.db
-            .batched_multi_get_cf(cf, ids.iter().map(|id| id.as_bytes()), false)
+            .batched_multi_get_cf(cf, &keys, false)
             .into_iter()
             .map(|found| Ok(found?.is_some_and(|v| seen_within(&v, since_ms))))
             .collect()
@@ -771,22 +812,29 @@ mod tests {
         );
     }
 
+    fn id<'a>(unit: &'a str, id: &'a str) -> ClientId<'a> {
+        ClientId { unit, id }
+    }
+
     #[test]
     fn client_ids_are_remembered_within_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), WINDOW).unwrap();
         store
             .commit(&Commit {
-                client_ids: &["x", "y"],
+                client_ids: &[id("u", "x"), id("u", "y")],
                 next_seq: 1,
                 ..Commit::default()
             })
             .unwrap();
         assert_eq!(
-            store.seen_ids(&["x", "z", "y"], 0).unwrap(),
-            [true, false, true]
+            store
+                .seen_ids(&[id("u", "x"), id("u", "z"), id("u", "y"), id("v", "x")], 0)
+                .unwrap(),
+            [true, false, true, false],
+            "per unit"
         );
-        assert_eq!(store.seen_ids(&["x"], u64::MAX).unwrap(), [false]);
+        assert_eq!(store.seen_ids(&[id("u", "x")], u64::MAX).unwrap(), [false]);
     }
 
     #[test]

@@ -1,0 +1,212 @@
+//! What the ingest partitions share: the measure names each experiment
+//! counts, and the published totals readers see.
+//!
+//! Each partition folds its own units into its own share of every
+//! experiment's aggregates. Shares count disjoint units, so an
+//! experiment's totals are their sum ([`ExperimentAggregates::add`]); the
+//! sum is made when a partition publishes, not when a reader reads, so a
+//! reader still gets one immutable snapshot and can tell "unchanged" by
+//! pointer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use dashmap::DashMap;
+
+use crate::domain::ExperimentAggregates;
+
+/// The measure that events of names beyond an experiment's
+/// `max_measures` count under. Measure names are `[a-z0-9_-]`, so no client
+/// name can collide with it.
+pub const OTHER_MEASURE: &str = "(other)";
+
+/// The distinct measures each experiment counts, at most `max` (plus
+/// [`OTHER_MEASURE`]). Shared by every partition, so all of them count an
+/// event name the same way: under its own name, or as `(other)`.
+#[derive(Debug)]
+pub struct MeasureNames {
+    max: usize,
+    by_experiment: RwLock<HashMap<Arc<str>, HashSet<Arc<str>>>>,
+}
+
+impl MeasureNames {
+    /// Names counted per experiment: at most `max`.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            by_experiment: RwLock::default(),
+        }
+    }
+
+    /// The measure an event of `name` counts under in `experiment`: its
+    /// own name while the experiment has fewer than `max` distinct
+    /// measures (or already counts this one), [`OTHER_MEASURE`] after
+    /// that. A known name costs one shared read lock; only a new one takes
+    /// the write lock, and there are at most `max + 1` per experiment.
+    pub fn admit(&self, experiment: &Arc<str>, name: &str) -> Arc<str> {
+        let known = self
+            .by_experiment
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(experiment)
+            .and_then(|names| names.get(name).cloned());
+        if let Some(key) = known {
+            return key;
+        }
+        let mut all = self
+            .by_experiment
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let names = all.entry(Arc::clone(experiment)).or_default();
+        if let Some(key) = names.get(name) {
+            return Arc::clone(key);
+        }
+        let counted = names.len() - usize::from(names.contains(OTHER_MEASURE));
+        let admitted = if counted < self.max {
+            name
+        } else {
+            OTHER_MEASURE
+        };
+        if let Some(key) = names.get(admitted) {
+            return Arc::clone(key);
+        }
+        let key: Arc<str> = admitted.into();
+        names.insert(Arc::clone(&key));
+        key
+    }
+
+    /// How many names `experiment` counts.
+    #[cfg(test)]
+    pub fn count(&self, experiment: &str) -> usize {
+        self.by_experiment
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(experiment)
+            .map_or(0, HashSet::len)
+    }
+
+    /// Records the names restored aggregates already count.
+    pub fn restore(&self, experiment: &Arc<str>, aggregates: &ExperimentAggregates) {
+        let mut all = self
+            .by_experiment
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let names = all.entry(Arc::clone(experiment)).or_default();
+        for variant in aggregates.variants.values() {
+            for name in variant.measures.keys() {
+                if !names.contains(name.as_str()) {
+                    names.insert(name.as_str().into());
+                }
+            }
+        }
+    }
+}
+
+/// The published aggregates readers see: one immutable snapshot of each
+/// experiment's totals, replaced after each committed batch that changed
+/// a partition's share of it.
+#[derive(Debug)]
+pub struct LiveAggregates {
+    totals: DashMap<Arc<str>, Arc<ExperimentAggregates>>,
+    /// Each experiment's latest share from each partition.
+    shares: DashMap<Arc<str>, Vec<Arc<ExperimentAggregates>>>,
+    partitions: usize,
+    /// What an experiment without data gets: always the same snapshot, so
+    /// readers can tell "unchanged" by pointer.
+    empty: Arc<ExperimentAggregates>,
+}
+
+impl Default for LiveAggregates {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
+impl LiveAggregates {
+    /// Totals over `partitions` shares.
+    pub fn new(partitions: usize) -> Self {
+        Self {
+            totals: DashMap::new(),
+            shares: DashMap::new(),
+            partitions: partitions.max(1),
+            empty: Arc::default(),
+        }
+    }
+
+    /// The latest committed totals of an experiment.
+    pub fn get(&self, experiment: &str) -> Arc<ExperimentAggregates> {
+        self.totals
+            .get(experiment)
+            .map_or_else(|| Arc::clone(&self.empty), |a| Arc::clone(&a))
+    }
+
+    /// Replaces `partition`'s share of `experiment` and publishes the new
+    /// totals. Publishes of one experiment are serialised by its entry, so
+    /// two partitions cannot publish sums that each miss the other.
+    pub fn publish(&self, partition: usize, experiment: Arc<str>, share: ExperimentAggregates) {
+        let mut shares = self
+            .shares
+            .entry(Arc::clone(&experiment))
+            .or_insert_with(|| vec![Arc::clone(&self.empty); self.partitions]);
+        let Some(slot) = shares.get_mut(partition) else {
+            return;
+        };
+        *slot = Arc::new(share);
+        let total = if self.partitions == 1 {
+            Arc::clone(slot)
+        } else {
+            let mut total = ExperimentAggregates::default();
+            for share in shares.iter() {
+                total.add(share);
+            }
+            Arc::new(total)
+        };
+        self.totals.insert(experiment, total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_counts_the_same_names_and_no_more_than_the_bound() {
+        let names = MeasureNames::new(2);
+        let e: Arc<str> = "e".into();
+        assert_eq!(&*names.admit(&e, "a"), "a");
+        assert_eq!(&*names.admit(&e, "b"), "b");
+        assert_eq!(&*names.admit(&e, "c"), OTHER_MEASURE);
+        assert_eq!(&*names.admit(&e, "a"), "a", "a known name keeps counting");
+        assert_eq!(&*names.admit(&e, "d"), OTHER_MEASURE);
+        let other: Arc<str> = "other-experiment".into();
+        assert_eq!(&*names.admit(&other, "c"), "c", "per experiment");
+    }
+
+    #[test]
+    fn totals_are_the_sum_of_the_partitions_latest_shares() {
+        let live = LiveAggregates::new(2);
+        let e: Arc<str> = "e".into();
+        assert!(Arc::ptr_eq(&live.get("e"), &live.get("nothing")));
+        live.publish(
+            0,
+            Arc::clone(&e),
+            ExperimentAggregates::two_arms([10, 20], [1, 2]),
+        );
+        live.publish(
+            1,
+            Arc::clone(&e),
+            ExperimentAggregates::two_arms([5, 5], [1, 1]),
+        );
+        let total = live.get("e");
+        assert_eq!(total.variants["control"].units, 15);
+        assert_eq!(total.variants["b"].measures["buy"].events, 3);
+        // A newer share replaces the partition's older one.
+        live.publish(
+            1,
+            Arc::clone(&e),
+            ExperimentAggregates::two_arms([6, 5], [1, 1]),
+        );
+        assert_eq!(live.get("e").variants["control"].units, 16);
+        assert!(Arc::ptr_eq(&live.get("e"), &live.get("e")), "one snapshot");
+    }
+}
