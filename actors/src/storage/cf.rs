@@ -21,7 +21,9 @@ pub enum Cf {
     /// Read by point lookups through the bloom filter and block cache,
     /// never loaded whole.
     Sticky,
-    /// [`keys::event`](super::keys::event) → `[v1][JSON EventRecord]`. Every stored
+    /// [`keys::event`](super::keys::event) → `[v2]` and the compact binary
+    /// encoding of [`event_codec`](super::event_codec) (values written by
+    /// layout 1 are `[v1][JSON EventRecord]` and still read). Every stored
     /// event, ordered by experiment, then time, then commit order, so "the
     /// events of X between t1 and t2" is one range scan. Events without an
     /// experiment share the empty-experiment prefix `[0]`.

@@ -7,8 +7,6 @@ mod aggregates;
 mod alerts;
 mod analytics;
 mod cf;
-// Wired into Store::commit by the next commit.
-#[cfg_attr(not(test), allow(dead_code))]
 mod event_codec;
 pub mod keys;
 mod timeline;
@@ -33,8 +31,8 @@ pub use webhooks::AttemptWrite;
 
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, AggregateChanges, AggregatesRecordRef, Bucket, DomainEvent, Event, EventRecord,
-    EventRecordRef, Experiment, ExperimentKey, ExperimentRecord, StickyAssignment,
+    unix_ms, AggregateChanges, AggregatesRecordRef, Bucket, DomainEvent, Event, Experiment,
+    ExperimentKey, ExperimentRecord, StickyAssignment,
 };
 use crate::{Error, Result};
 
@@ -370,13 +368,7 @@ impl Store {
         let units_cf = self.cf(Cf::UnitEvents);
         for e in commit.events {
             value.clear();
-            value.push(VALUE_V1);
-            serde_json::to_writer(&mut value, &EventRecordRef::from(e)).map_err(|err| {
-                Error::Corrupt {
-                    cf: Cf::Events.name(),
-                    reason: err.to_string(),
-                }
-            })?;
+            event_codec::encode(e, &mut value);
             let key = keys::event(e.experiment.as_ref(), e.timestamp_ms, e.seq);
             batch.put_cf(
                 units_cf,
@@ -624,8 +616,12 @@ fn versioned_json(cf: Cf, value: &impl serde::Serialize) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// A stored event: the binary encoding, or JSON as layout 1 wrote it.
 fn decode_event(value: &[u8]) -> Result<Event> {
-    decode_json::<EventRecord>(Cf::Events, value).map(Event::from)
+    event_codec::decode(value).map_err(|reason| Error::Corrupt {
+        cf: Cf::Events.name(),
+        reason,
+    })
 }
 
 /// The inverse of [`versioned_json`]: strict on the version byte.
