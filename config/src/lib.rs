@@ -192,7 +192,7 @@ pub struct StorageConfig {
 pub struct IngestConfig {
     /// Writers events are partitioned over by unit; 0 = one per core.
     pub partitions: usize,
-    /// Requests each partition's mailbox holds before answering 503.
+    /// Requests the partitions' mailboxes hold together before answering 503.
     pub mailbox_capacity: usize,
     /// Most events in one request body.
     pub max_batch: usize,

@@ -106,8 +106,8 @@ fn metrics_count_what_happened_and_pass_promtool() {
             "abacus_ingest_mailbox_capacity",
             r#"mailbox="ingest""#
         ),
-        Some(2.0 * 8192.0),
-        "every partition's mailbox"
+        Some(8192.0),
+        "the partitions' mailboxes together"
     );
     assert!(text.contains(r#"abacus_http_requests_total{route="/v1/experiments/{key}/assignment",method="GET",status="2xx"} 3"#), "{text}");
     assert!(text.contains("abacus_http_request_duration_seconds_bucket{"));

@@ -37,7 +37,7 @@ pub(super) fn attribute(
     for (i, input) in inputs.into_iter().enumerate() {
         let at = |e: Error| Error::in_event(i, e);
         let mut event = input
-            .check(now, limits, || uuid::Uuid::now_v7().to_string())
+            .check(now, limits, || crate::domain::uuid_v7().to_string())
             .map_err(at)?;
         let Some(key) = &event.experiment else {
             if event.variant.is_some() {

@@ -115,8 +115,8 @@ impl AckGroup {
 pub struct IngestLimits {
     /// Partitions: writers, each owning the units that hash to it.
     pub partitions: u16,
-    /// Requests each partition's mailbox holds before `submit` answers
-    /// `Overloaded`.
+    /// Requests the partitions' mailboxes hold together (each an equal
+    /// share) before `submit` answers `Overloaded`.
     pub mailbox_capacity: usize,
     /// Longest an event waits before its batch is committed.
     pub flush_interval: Duration,
@@ -268,8 +268,9 @@ impl Mailbox {
             });
         }
         Ok(Self {
+            // The bound is on the mailboxes together, whatever the count.
+            capacity: (limits.mailbox_capacity / partitions.len().max(1)).max(1),
             partitions,
-            capacity: limits.mailbox_capacity,
             sinks: Mutex::new(Some(sinks)),
             stats,
         })
@@ -331,7 +332,16 @@ impl Mailbox {
             ack,
         } = envelope;
         let count = self.partitions.len();
-        if count == 1 {
+        let first = events
+            .first()
+            .map_or(0, |e| partition_of(&e.unit_id, count));
+        let one = count == 1
+            || events
+                .iter()
+                .skip(1)
+                .all(|e| partition_of(&e.unit_id, count) == first);
+        if one {
+            // One unit (an assignment), or units that all hash alike.
             let ack = ack.map(|tx| Ack::split(1, tx).remove(0));
             let part = Part {
                 events,
@@ -339,7 +349,7 @@ impl Mailbox {
                 claims,
                 ack,
             };
-            return vec![(0, part)];
+            return vec![(first, part)];
         }
         let mut slots: Vec<Part> = (0..count)
             .map(|_| Part {
