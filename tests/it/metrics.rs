@@ -47,10 +47,7 @@ fn tool(name: &str) -> String {
 
 #[test]
 fn metrics_count_what_happened_and_pass_promtool() {
-    let server = TestServer::start_with(&[
-        ("ABACUS_SERVER__SLOW_REQUEST_MS", "0"),
-        ("ABACUS_INGEST__PARTITIONS", "2"),
-    ]);
+    let server = TestServer::start_with(&[("ABACUS_SERVER__SLOW_REQUEST_MS", "0")]);
     server.running_experiment("exp", json!({}));
     for unit in ["a", "b", "c"] {
         server.assign("exp", unit);

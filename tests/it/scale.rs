@@ -52,10 +52,7 @@ fn sticky_answers_survive_a_restart_for_100000_units_after_a_coverage_cut() {
             .map(|chunk| {
                 let url = url.clone();
                 scope.spawn(move || {
-                    let client = reqwest::blocking::Client::builder()
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .unwrap();
+                    let client = client();
                     chunk
                         .iter()
                         .filter(|(unit, variant)| {
@@ -125,6 +122,14 @@ fn a_restart_with_another_partition_count_keeps_the_totals_and_carries_on() {
     );
 }
 
+/// A client for a worker thread of its own.
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// Exposed units over both variants.
 fn units(aggregates: &Value) -> u64 {
     ["control", "treatment"]
@@ -147,10 +152,7 @@ fn two_million_units_stay_within_the_memory_budget() {
             for worker in 0..2 {
                 let url = url.clone();
                 scope.spawn(move || {
-                    let client = reqwest::blocking::Client::builder()
-                        .timeout(Duration::from_secs(30))
-                        .build()
-                        .unwrap();
+                    let client = client();
                     for batch in (from / 1000..to / 1000).filter(|b| b % 2 == worker) {
                         let events: Vec<Value> = (0..500)
                             .flat_map(|i| {

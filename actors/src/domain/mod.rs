@@ -34,9 +34,11 @@ pub use experiment::{
 };
 pub use ids::{uuid_v7, AlertId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId};
 pub use lifecycle::{Action, Status};
+#[cfg(test)]
+pub use records::EventRecordRef;
 pub use records::{
     AggregatesRecord, AggregatesRecordRef, AlertRecord, AlertRuleRecord, DeliveryAttemptRecord,
-    EventRecord, EventRecordRef, ExperimentRecord,
+    EventRecord, ExperimentRecord,
 };
 pub use sticky::StickyAssignment;
 pub use timeline::{TimelineSnapshot, VariantFigures, VariantPoint};

@@ -343,10 +343,11 @@ impl From<DeliveryAttemptRecord> for DeliveryAttempt {
     }
 }
 
-/// An event as the `events` column family stores it, written borrowed
-/// from the [`Event`] so the writer copies nothing; read back as an
-/// [`EventRecord`]. [`Event`] is what the export, the sinks and the API
-/// show.
+/// An event as layout 1 of the `events` column family stored it (JSON),
+/// written borrowed from the [`Event`]; read back as an [`EventRecord`].
+/// The store now writes the binary encoding (`storage::event_codec`) and
+/// still reads these, so only tests write them.
+#[cfg(test)]
 #[derive(Serialize)]
 pub struct EventRecordRef<'a> {
     seq: u64,
@@ -370,6 +371,7 @@ pub struct EventRecordRef<'a> {
     assignment_mismatch: bool,
 }
 
+#[cfg(test)]
 impl<'a> From<&'a Event> for EventRecordRef<'a> {
     fn from(e: &'a Event) -> Self {
         Self {
@@ -389,7 +391,7 @@ impl<'a> From<&'a Event> for EventRecordRef<'a> {
     }
 }
 
-/// A stored event as read back (see [`EventRecordRef`]).
+/// A stored event as layout 1 wrote it (JSON), read back.
 #[derive(Deserialize)]
 pub struct EventRecord {
     seq: u64,

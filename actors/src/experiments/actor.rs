@@ -33,7 +33,7 @@ pub struct Slot {
 impl Slot {
     /// A slot publishing `experiment`, its first exposures in `store`.
     pub fn new(experiment: Experiment, store: Store) -> Self {
-        let sticky = StickyTable::new(experiment.key.clone(), store, false);
+        let sticky = StickyTable::new(store, false);
         Self {
             live: ArcSwap::from_pointee(Compiled::new(experiment)),
             sticky: Arc::new(sticky),

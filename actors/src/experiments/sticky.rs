@@ -24,7 +24,7 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use crate::domain::{Experiment, ExperimentKey};
+use crate::domain::Experiment;
 use crate::storage::Store;
 use crate::Result;
 
@@ -40,7 +40,6 @@ pub struct FirstExposure {
 /// One experiment's first exposures: committed ones in the store, pending
 /// ones here.
 pub struct StickyTable {
-    experiment: ExperimentKey,
     store: Store,
     /// First exposures queued but not committed yet. Variants are at most
     /// 20, so one byte holds the index.
@@ -51,11 +50,10 @@ pub struct StickyTable {
 }
 
 impl StickyTable {
-    /// The table of `experiment`, reading committed first exposures from
-    /// `store`; `diverged` as the store recorded it.
-    pub fn new(experiment: ExperimentKey, store: Store, diverged: bool) -> Self {
+    /// A table reading committed first exposures from `store`;
+    /// `diverged` as the store recorded it.
+    pub fn new(store: Store, diverged: bool) -> Self {
         Self {
-            experiment,
             store,
             pending: DashMap::new(),
             diverged: AtomicBool::new(diverged),
@@ -85,7 +83,7 @@ impl StickyTable {
                 at_ms: e.1,
             }));
         }
-        let Some(stored) = self.store.first_exposure(self.experiment.as_str(), unit)? else {
+        let Some(stored) = self.store.first_exposure(experiment.key.as_str(), unit)? else {
             return Ok(None);
         };
         Ok(experiment
@@ -129,7 +127,6 @@ impl StickyTable {
 impl std::fmt::Debug for StickyTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StickyTable")
-            .field("experiment", &self.experiment)
             .field("pending", &self.pending.len())
             .field("diverged", &self.diverged())
             .finish_non_exhaustive()
@@ -169,11 +166,7 @@ mod tests {
     fn a_pending_first_exposure_wins_until_released_then_the_store_answers() {
         let (_dir, store) = Store::temporary();
         let experiment = super::super::testing::running("e");
-        let table = Arc::new(StickyTable::new(
-            experiment.key.clone(),
-            store.clone(),
-            false,
-        ));
+        let table = Arc::new(StickyTable::new(store.clone(), false));
         let first = FirstExposure {
             variant: 1,
             at_ms: 10,

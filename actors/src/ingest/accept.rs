@@ -30,7 +30,9 @@ pub(super) fn attribute(
     // (experiment, its snapshot, variant, index of the exposure event,
     // whether it differs from the hash) per exposure that may be a first.
     let mut exposures: Vec<(&Entry, Arc<Compiled>, usize, usize, bool)> = Vec::new();
-    let mut exposed_in_batch: HashMap<(*const Slot, Box<str>), usize> = HashMap::new();
+    // The variant of each unit's first exposure in this batch, by
+    // experiment (looked up by `&str`: no allocation per event).
+    let mut exposed_in_batch: HashMap<*const Slot, HashMap<Box<str>, usize>> = HashMap::new();
     // One snapshot per experiment for the whole request, so a change
     // published meanwhile cannot make two events disagree on variants.
     let mut snapshots: HashMap<*const Slot, Arc<Compiled>> = HashMap::new();
@@ -76,7 +78,8 @@ pub(super) fn attribute(
         // A first exposure earlier in this batch is not in the sticky table
         // yet, but already decides the variant.
         let earlier = exposed_in_batch
-            .get(&(Arc::as_ptr(&entry.slot), event.unit_id.clone()))
+            .get(&Arc::as_ptr(&entry.slot))
+            .and_then(|units| units.get(&*event.unit_id))
             .copied();
         let diverged = entry.slot.sticky.diverged() || earlier.is_some();
         let decided = compiled
@@ -114,7 +117,9 @@ pub(super) fn attribute(
                 exposures.push((entry, Arc::clone(&compiled), variant, i, diverges));
             }
             exposed_in_batch
-                .entry((Arc::as_ptr(&entry.slot), event.unit_id.clone()))
+                .entry(Arc::as_ptr(&entry.slot))
+                .or_default()
+                .entry(event.unit_id.clone())
                 .or_insert(variant);
         }
         events.push(event);

@@ -20,7 +20,7 @@
 //! Per-unit state (each unit's exposures and running sums) lives on disk
 //! ([`Cf::Units`](crate::storage::Cf::Units)), not here: before a batch is
 //! folded, the writer loads the state of the batch's units into a working
-//! set ([`Aggregator::missing_units`], [`Aggregator::load_units`]), and
+//! set ([`Aggregator::load_units`]), and
 //! after the commit the working set is dropped. Memory is therefore bounded
 //! by the batch, not by how many units exist, and start-up reads only the
 //! per-experiment totals.
@@ -117,15 +117,11 @@ impl Aggregator {
         live: &LiveAggregates,
     ) -> Result<Vec<Self>> {
         let names = Arc::new(MeasureNames::new(max_measures));
-        let failure = match store.aggregates() {
-            Ok(shares) if !store.rebuild_pending()? => Ok(shares),
-            Ok(_) => Err("an earlier rebuild did not finish".to_owned()),
-            Err(e @ Error::Corrupt { .. }) => Err(e.to_string()),
+        let mut shares = match store.aggregates() {
+            Ok(shares) if !store.rebuild_pending()? => shares,
+            Ok(_) => Self::rebuild(store, &names, "an earlier rebuild did not finish")?,
+            Err(e @ Error::Corrupt { .. }) => Self::rebuild(store, &names, &e.to_string())?,
             Err(e) => return Err(e),
-        };
-        let mut shares = match failure {
-            Ok(shares) => shares,
-            Err(failure) => Self::rebuild(store, &names, &failure)?,
         };
         let recorded = store.ingest_partitions()?;
         let moved = recorded.is_some_and(|r| r != partitions)
@@ -182,10 +178,7 @@ impl Aggregator {
         store.start_rebuild()?;
         store.for_each_event_in_commit_order(|events| {
             folded += events.len() as u64;
-            let missing = this.missing_units(events);
-            let states = store.unit_states(&missing)?;
-            let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
-            this.load_units(missing.into_iter().zip(states));
+            this.load_units(events, |units| store.unit_states(units))?;
             this.fold(events);
             store.write_aggregates(&this.changes())?;
             this.clear_working_set();
@@ -200,25 +193,26 @@ impl Aggregator {
             .collect())
     }
 
-    /// The distinct units of `events` whose state is not in the working
-    /// set yet: what to read from the store before [`Aggregator::fold`].
-    pub fn missing_units<'e>(&self, events: &'e [Event]) -> Vec<&'e str> {
+    /// Puts the stored state of the units of `events` that are not in the
+    /// working set yet into it, read with one call of `read` (given the
+    /// distinct units; it answers each one's state, `None` when nothing is
+    /// stored): what the writer does before [`Aggregator::fold`].
+    pub fn load_units(
+        &mut self,
+        events: &[Event],
+        read: impl FnOnce(&[&str]) -> Result<Vec<Option<Vec<Exposure>>>>,
+    ) -> Result<()> {
         let mut seen = HashSet::with_capacity(events.len());
-        events
+        let missing: Vec<&str> = events
             .iter()
             .map(|e| &*e.unit_id)
             .filter(|u| !self.units.contains_key(*u) && seen.insert(*u))
-            .collect()
-    }
-
-    /// Puts units' stored state (`None`: nothing stored) into the working set.
-    pub fn load_units(
-        &mut self,
-        units: impl IntoIterator<Item = (Box<str>, Option<Vec<Exposure>>)>,
-    ) {
-        for (unit, state) in units {
-            self.units.insert(unit, state.unwrap_or_default());
+            .collect();
+        let states = read(&missing)?;
+        for (unit, state) in missing.into_iter().zip(states) {
+            self.units.insert(unit.into(), state.unwrap_or_default());
         }
+        Ok(())
     }
 
     /// Folds events in order, as committed.
@@ -578,19 +572,23 @@ mod tests {
     /// What the writer does with a batch: load its units, fold, commit,
     /// publish.
     fn fold_through(agg: &mut Aggregator, store: &Store, events: &[Event]) {
-        let missing = agg.missing_units(events);
-        let states = store.unit_states(&missing).unwrap();
-        let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
-        agg.load_units(missing.into_iter().zip(states));
+        fold_into(agg, store, events, &LiveAggregates::default());
+    }
+
+    /// [`fold_through`] as the aggregator's partition, publishing to `live`.
+    fn fold_into(agg: &mut Aggregator, store: &Store, events: &[Event], live: &LiveAggregates) {
+        agg.load_units(events, |units| store.unit_states(units))
+            .unwrap();
         agg.fold(events);
         store
             .commit(&Commit {
                 aggregates: Some(agg.changes()),
+                partition: agg.partition as u16,
                 next_seq: 1,
                 ..Commit::default()
             })
             .unwrap();
-        agg.published(&LiveAggregates::default());
+        agg.published(live);
     }
 
     #[test]
@@ -745,20 +743,7 @@ mod tests {
                 .filter(|e| (e.unit_id.as_bytes()[1] - b'0') as usize % 2 == p)
                 .cloned()
                 .collect();
-            let missing = aggregator.missing_units(&mine);
-            let states = store.unit_states(&missing).unwrap();
-            let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
-            aggregator.load_units(missing.into_iter().zip(states));
-            aggregator.fold(&mine);
-            store
-                .commit(&Commit {
-                    aggregates: Some(aggregator.changes()),
-                    partition: p as u16,
-                    next_seq: 1,
-                    ..Commit::default()
-                })
-                .unwrap();
-            aggregator.published(&live);
+            fold_into(aggregator, &store, &mine, &live);
         }
         assert_eq!(*live.get("e"), whole.experiment("e"));
         assert_eq!(store.aggregates().unwrap().len(), 2, "one share each");

@@ -14,6 +14,7 @@ use super::sink::SinkWorker;
 use super::writer::{self, Committer};
 use crate::domain::Event;
 use crate::domain::StickyAssignment;
+use crate::experiments::exposure::FirstExposures;
 use crate::experiments::sticky::Claim;
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -31,8 +32,27 @@ pub struct Envelope {
     pub ack: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
+impl Envelope {
+    /// `events` with the first exposures they may establish, and the
+    /// caller's ack when it waits for the commit.
+    pub fn new(
+        events: Vec<Event>,
+        firsts: FirstExposures,
+        ack: Option<tokio::sync::oneshot::Sender<bool>>,
+    ) -> Self {
+        let (sticky, claims) = firsts.into_parts();
+        Self {
+            events,
+            sticky,
+            claims,
+            ack,
+        }
+    }
+}
+
 /// One partition's part of an [`Envelope`]: the events of the units it
 /// owns.
+#[derive(Default)]
 pub(super) struct Part {
     pub(super) events: Vec<Event>,
     pub(super) sticky: Vec<StickyAssignment>,
@@ -332,15 +352,17 @@ impl Mailbox {
             ack,
         } = envelope;
         let count = self.partitions.len();
-        let first = events
-            .first()
-            .map_or(0, |e| partition_of(&e.unit_id, count));
-        let one = count == 1
-            || events
+        // Each event's partition, hashed once; none to hash with one.
+        let owners: Vec<usize> = if count == 1 {
+            Vec::new()
+        } else {
+            events
                 .iter()
-                .skip(1)
-                .all(|e| partition_of(&e.unit_id, count) == first);
-        if one {
+                .map(|e| partition_of(&e.unit_id, count))
+                .collect()
+        };
+        let first = owners.first().copied().unwrap_or(0);
+        if owners.iter().all(|&p| p == first) {
             // One unit (an assignment), or units that all hash alike.
             let ack = ack.map(|tx| Ack::split(1, tx).remove(0));
             let part = Part {
@@ -351,18 +373,9 @@ impl Mailbox {
             };
             return vec![(first, part)];
         }
-        let mut slots: Vec<Part> = (0..count)
-            .map(|_| Part {
-                events: Vec::new(),
-                sticky: Vec::new(),
-                claims: Vec::new(),
-                ack: None,
-            })
-            .collect();
-        for event in events {
-            slots[partition_of(&event.unit_id, count)]
-                .events
-                .push(event);
+        let mut slots: Vec<Part> = (0..count).map(|_| Part::default()).collect();
+        for (event, p) in events.into_iter().zip(owners) {
+            slots[p].events.push(event);
         }
         for record in sticky {
             slots[partition_of(&record.unit, count)].sticky.push(record);
@@ -373,13 +386,9 @@ impl Mailbox {
         let mut by_partition: Vec<(usize, Part)> = slots
             .into_iter()
             .enumerate()
-            .filter(|(_, part)| !(part.events.is_empty() && part.sticky.is_empty()))
+            .filter(|(_, part)| !part.events.is_empty())
             .collect();
         if let Some(tx) = ack {
-            if by_partition.is_empty() {
-                let _ = tx.send(true);
-                return by_partition;
-            }
             let acks = Ack::split(by_partition.len(), tx);
             for ((_, part), ack) in by_partition.iter_mut().zip(acks) {
                 part.ack = Some(ack);
@@ -464,15 +473,11 @@ mod tests {
     use super::*;
 
     fn envelope(units: &[&str]) -> Envelope {
-        Envelope {
-            events: units
-                .iter()
-                .map(|u| Event::sample("conversion", u))
-                .collect(),
-            sticky: Vec::new(),
-            claims: Vec::new(),
-            ack: None,
-        }
+        let events = units
+            .iter()
+            .map(|u| Event::sample("conversion", u))
+            .collect();
+        Envelope::new(events, FirstExposures::default(), None)
     }
 
     /// A mailbox of `partitions` holding `capacity` parts each, with no
@@ -607,12 +612,11 @@ mod tests {
             ..Event::sample("conversion", "u")
         };
         ingest
-            .submit(Envelope {
-                events: (0..1000).map(event).collect(),
-                sticky: Vec::new(),
-                claims: Vec::new(),
-                ack: Some(tx),
-            })
+            .submit(Envelope::new(
+                (0..1000).map(event).collect(),
+                FirstExposures::default(),
+                Some(tx),
+            ))
             .expect("queued");
         ingest.close();
         assert_eq!(rx.try_recv(), Ok(true));
@@ -659,12 +663,11 @@ mod tests {
                 ..Event::sample("conversion", "u")
             };
             ingest
-                .submit(Envelope {
-                    events: vec![event],
-                    sticky: Vec::new(),
-                    claims: Vec::new(),
-                    ack: Some(tx),
-                })
+                .submit(Envelope::new(
+                    vec![event],
+                    FirstExposures::default(),
+                    Some(tx),
+                ))
                 .expect("queued");
             rx.blocking_recv().expect("answered")
         };
@@ -777,12 +780,11 @@ mod tests {
         let (_dir, store, ingest, calls) = flaky(3);
         let (tx, rx) = tokio::sync::oneshot::channel();
         ingest
-            .submit(Envelope {
-                events: events(10),
-                sticky: Vec::new(),
-                claims: Vec::new(),
-                ack: Some(tx),
-            })
+            .submit(Envelope::new(
+                events(10),
+                FirstExposures::default(),
+                Some(tx),
+            ))
             .expect("queued");
         assert_eq!(rx.blocking_recv(), Ok(true));
         assert_eq!(
@@ -804,12 +806,11 @@ mod tests {
         let started = Instant::now();
         for ack in [Some(tx), None] {
             ingest
-                .submit(Envelope {
-                    events: events(if ack.is_some() { 10 } else { 7 }),
-                    sticky: Vec::new(),
-                    claims: Vec::new(),
+                .submit(Envelope::new(
+                    events(if ack.is_some() { 10 } else { 7 }),
+                    FirstExposures::default(),
                     ack,
-                })
+                ))
                 .expect("queued");
         }
         assert_eq!(rx.blocking_recv(), Ok(false), "the waiter hears false");
@@ -831,12 +832,7 @@ mod tests {
         );
 
         assert!(matches!(
-            ingest.submit(Envelope {
-                events: events(3),
-                sticky: Vec::new(),
-                claims: Vec::new(),
-                ack: None,
-            }),
+            ingest.submit(Envelope::new(events(3), FirstExposures::default(), None)),
             Err(Error::Unavailable)
         ));
         assert_eq!(stats.rejected_failed.load(Ordering::Relaxed), 3);

@@ -126,13 +126,7 @@ impl Intake {
             (None, None)
         };
         let count = events.len();
-        let (sticky, claims) = firsts.into_parts();
-        self.mailbox.submit(Envelope {
-            events,
-            sticky,
-            claims,
-            ack,
-        })?;
+        self.mailbox.submit(Envelope::new(events, firsts, ack))?;
         Ok(Accepted { count, persisted })
     }
 
@@ -218,12 +212,6 @@ impl Intake {
 /// Exposures from assignments go through the same mailbox as client events.
 impl ExposureQueue for Mailbox {
     fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()> {
-        let (sticky, claims) = firsts.into_parts();
-        self.submit(Envelope {
-            events,
-            sticky,
-            claims,
-            ack: None,
-        })
+        self.submit(Envelope::new(events, firsts, None))
     }
 }

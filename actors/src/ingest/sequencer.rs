@@ -11,7 +11,7 @@
 //! dropped, whatever happened (committed or refused), so a failed commit
 //! never holds the others back.
 
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Hands out sequence numbers and the turns to commit them.
 #[derive(Debug)]
@@ -82,12 +82,16 @@ impl Ticket {
 
     /// Waits until every earlier ticket is done.
     pub fn wait_turn(&self) {
+        drop(self.turn());
+    }
+
+    /// The sequencer's state, once it is this ticket's turn.
+    fn turn(&self) -> MutexGuard<'_, State> {
         let s = &self.sequencer;
         let state = s.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let _turn = s
-            .turn
+        s.turn
             .wait_while(state, |state| state.turn != self.place)
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -95,14 +99,10 @@ impl Drop for Ticket {
     /// Passes the turn on. A ticket dropped before its turn (a refused
     /// batch) waits for it first, so turns pass strictly in order.
     fn drop(&mut self) {
-        let s = &self.sequencer;
-        let state = s.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut state = s
-            .turn
-            .wait_while(state, |state| state.turn != self.place)
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.turn();
         state.turn = self.place + 1;
-        s.turn.notify_all();
+        drop(state);
+        self.sequencer.turn.notify_all();
     }
 }
 

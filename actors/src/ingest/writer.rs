@@ -14,7 +14,7 @@ use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part};
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
-use crate::domain::{unix_ms, Exposure};
+use crate::domain::{unix_ms, Event, Exposure};
 use crate::storage::{bucket_deltas, ClientId, Commit, Store};
 use crate::{Error, Result};
 
@@ -154,15 +154,7 @@ impl Writer {
             e.seq = seq;
         }
         let started = Instant::now();
-        let ids: Vec<ClientId<'_>> = batch
-            .events
-            .iter()
-            .filter(|e| e.client_id)
-            .map(|e| ClientId {
-                unit: &e.unit_id,
-                id: &e.event_id,
-            })
-            .collect();
+        let ids = client_ids(&batch.events);
         let commit = Commit {
             events: &batch.events,
             sticky: &batch.sticky,
@@ -212,16 +204,13 @@ impl Writer {
     /// Reads the stored state of the batch's units into the aggregator's
     /// working set: one batched read per batch.
     fn load_units(&mut self, batch: &Batch) -> Result<()> {
-        let missing = self.aggregator.missing_units(&batch.events);
-        let states = retry(
-            "reading unit state",
-            &self.limits,
-            &self.stats.commit_failures,
-            || self.committer.unit_states(&missing),
-        )?;
-        let missing: Vec<Box<str>> = missing.into_iter().map(Box::from).collect();
-        self.aggregator.load_units(missing.into_iter().zip(states));
-        Ok(())
+        let (limits, failures) = (&self.limits, &self.stats.commit_failures);
+        let committer = &mut self.committer;
+        self.aggregator.load_units(&batch.events, |units| {
+            retry("reading unit state", limits, failures, || {
+                committer.unit_states(units)
+            })
+        })
     }
 
     /// Marks the store failed: `what` failed after every retry.
@@ -263,15 +252,7 @@ impl Writer {
         let window_start = now_ms.saturating_sub(
             u64::try_from(self.limits.dedup_window.as_millis()).unwrap_or(u64::MAX),
         );
-        let client_ids: Vec<ClientId<'_>> = batch
-            .events
-            .iter()
-            .filter(|e| e.client_id)
-            .map(|e| ClientId {
-                unit: &e.unit_id,
-                id: &e.event_id,
-            })
-            .collect();
+        let client_ids = client_ids(&batch.events);
         if client_ids.is_empty() {
             return Ok(());
         }
@@ -305,6 +286,19 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// The ids of `events` that clients gave (and so may repeat), with their
+/// units.
+fn client_ids(events: &[Event]) -> Vec<ClientId<'_>> {
+    events
+        .iter()
+        .filter(|e| e.client_id)
+        .map(|e| ClientId {
+            unit: &e.unit_id,
+            id: &e.event_id,
+        })
+        .collect()
 }
 
 /// Runs a store operation until it succeeds, at most `1 + commit_retries`

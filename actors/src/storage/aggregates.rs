@@ -75,7 +75,7 @@ impl Store {
             }
         }
         batch.put_cf(self.cf(Cf::Meta), PARTITIONS_KEY, partitions.to_be_bytes());
-        self.write_synced(batch)
+        self.write(batch, true)
     }
 
     /// Moves layout-1 aggregates (keyed by the bare experiment key) to
@@ -106,7 +106,7 @@ impl Store {
             }
         }
         batch.put_cf(meta, AGGREGATES_LAYOUT_KEY, [2u8]);
-        self.write_synced(batch)?;
+        self.write(batch, true)?;
         if moved > 0 {
             tracing::warn!(
                 experiments = moved,
@@ -178,7 +178,7 @@ impl Store {
             }
         }
         batch.put_cf(self.cf(Cf::Meta), REBUILDING_KEY, [1u8]);
-        self.write_synced(batch)
+        self.write(batch, true)
     }
 
     /// Writes one step of a rebuild, into partition 0's shares.
@@ -199,20 +199,13 @@ impl Store {
             super::units::encode_unit(unit.exposures, &mut value);
             batch.put_cf(cf, keys::unit_state(unit.unit), &value);
         }
-        self.write_synced(batch)
+        self.write(batch, true)
     }
 
     /// Marks the rebuild done.
     pub fn finish_rebuild(&self) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(Cf::Meta), REBUILDING_KEY);
-        self.write_synced(batch)
-    }
-
-    pub(super) fn write_synced(&self, batch: WriteBatch) -> Result<()> {
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
-        Ok(())
+        self.write(batch, true)
     }
 }

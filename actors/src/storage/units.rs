@@ -149,9 +149,7 @@ impl Store {
             encode_unit(exposures.iter(), &mut value);
             batch.put_cf(units, keys::unit_state(unit), &value);
         }
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        self.db.write_opt(batch, &options)?;
+        self.write(batch, true)?;
         tracing::warn!(
             units = by_unit.len(),
             "unit records moved to the per-unit layout"
@@ -295,6 +293,13 @@ mod tests {
     use super::*;
     use crate::domain::ExperimentKey;
 
+    /// Options for stores the tests reopen.
+    const OPTIONS: StoreOptions = StoreOptions {
+        dedup_window_ms: 1000,
+        retention_ms: None,
+        cache_bytes: 8 << 20,
+    };
+
     fn exposure(experiment: &str, variant: &str, ms: i64, measures: Vec<UnitMeasure>) -> Exposure {
         Exposure {
             experiment: experiment.into(),
@@ -345,13 +350,8 @@ mod tests {
     #[test]
     fn the_first_committed_first_exposure_wins_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            dedup_window_ms: 1000,
-            retention_ms: None,
-            cache_bytes: 8 << 20,
-        };
         {
-            let store = Store::open(dir.path(), options).unwrap();
+            let store = Store::open(dir.path(), OPTIONS).unwrap();
             let commit = |records: &[StickyAssignment]| {
                 store
                     .commit(&Commit {
@@ -369,7 +369,7 @@ mod tests {
             store.db.flush_cf(store.cf(Cf::Sticky)).unwrap();
             commit(&[first("a", "alice", "other", 3, false)]);
         }
-        let store = Store::open(dir.path(), options).unwrap();
+        let store = Store::open(dir.path(), OPTIONS).unwrap();
         let stored = |variant: &str, at_ms| {
             Some(StoredFirstExposure {
                 variant: variant.into(),
@@ -391,15 +391,10 @@ mod tests {
     #[test]
     fn legacy_unit_records_move_to_the_per_unit_layout_once() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions {
-            dedup_window_ms: 1000,
-            retention_ms: None,
-            cache_bytes: 8 << 20,
-        };
         let a = exposure("a", "control", 5, vec![measure("buy", 2, 3.5)]);
         let b = exposure("b", "green", 6, vec![]);
         {
-            let store = Store::open(dir.path(), options).unwrap();
+            let store = Store::open(dir.path(), OPTIONS).unwrap();
             for x in [&a, &b] {
                 let mut value = vec![VALUE_V1];
                 encode_exposure(x, &mut value);
@@ -421,7 +416,7 @@ mod tests {
                 )
                 .unwrap();
         }
-        let store = Store::open(dir.path(), options).unwrap();
+        let store = Store::open(dir.path(), OPTIONS).unwrap();
         assert_eq!(
             store.unit_states(&["alice", "broken", "nobody"]).unwrap(),
             [Some(vec![a, b]), None, None]
