@@ -19,6 +19,11 @@ use clap::Parser;
 
 use crate::scenario::{Ack, Scenario};
 
+/// The same allocator as the server: the harness shares the machine's
+/// cores with it, so every cycle the harness saves is the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Open-loop load test for an abacus server.
 #[derive(Debug, Parser)]
 #[command(version, about)]
