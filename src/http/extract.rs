@@ -33,6 +33,21 @@ pub struct ValidJson<T>(pub T);
 /// needs the JSON content type.
 pub struct MaybeJson<T>(pub Option<T>);
 
+/// A JSON body's bytes, checked like [`ValidJson`] (content type, limit,
+/// deadline) but not decoded, for a handler with a faster decoding of its
+/// own that falls back on [`parse`] for the error.
+pub struct JsonBytes(pub web::BytesMut);
+
+impl FromRequest for JsonBytes {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_body(req, payload, true);
+        Box::pin(async move { Ok(JsonBytes(body?.await?)) })
+    }
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
