@@ -88,11 +88,17 @@ impl Bucket {
                 None => self.response_times = Some(theirs.clone()),
             }
         }
+        // Bounded like `add`, so buckets merged over many batches stay small.
         for (action, theirs) in &other.dwell {
+            let action = if self.dwell.contains_key(action) || self.dwell.len() < MAX_ACTIONS {
+                action.as_str()
+            } else {
+                "other"
+            };
             match self.dwell.get_mut(action) {
                 Some(mine) => mine.merge(theirs),
                 None => {
-                    self.dwell.insert(action.clone(), theirs.clone());
+                    self.dwell.insert(action.to_owned(), theirs.clone());
                 }
             }
         }
@@ -200,6 +206,25 @@ mod tests {
         assert_eq!(merged.count(), 60_000);
         assert_eq!(merged.min(), all.first().copied());
         assert_eq!(merged.max(), all.last().copied());
+    }
+
+    #[test]
+    fn merging_keeps_the_action_bound() {
+        let mut total = Bucket::default();
+        for i in 0..2 * MAX_ACTIONS {
+            let mut one = Bucket::default();
+            one.add(&Event {
+                properties: serde_json::json!({"action": format!("a{i}"), "dwell_time_ms": 5})
+                    .as_object()
+                    .cloned(),
+                ..Event::sample("engagement", "u")
+            });
+            total.merge(&one);
+        }
+        assert_eq!(total.dwell.len(), MAX_ACTIONS + 1);
+        let counted: u64 = total.dwell.values().map(Sketch::count).sum();
+        assert_eq!(counted, 2 * MAX_ACTIONS as u64);
+        assert_eq!(total.dwell["other"].count(), MAX_ACTIONS as u64);
     }
 
     #[test]
