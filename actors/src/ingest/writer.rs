@@ -50,6 +50,10 @@ impl Committer for Store {
     }
 }
 
+/// How long a collecting writer sleeps between looks at its mailbox: short
+/// enough that a full batch (`flush_max_events`) waits little longer.
+const COLLECT_STEP: Duration = Duration::from_millis(1);
+
 /// State of one partition's writer thread.
 pub(super) struct Writer {
     pub(super) partition: u16,
@@ -70,31 +74,47 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Batches, commits and fans out until told to stop; then drains.
+    ///
+    /// Idle, the writer waits on its mailbox. Once a part arrives it
+    /// collects for the flush interval (or until `flush_max_events`) by
+    /// sleeping in short steps and draining what came meanwhile, rather
+    /// than waking for each part: under assignment load every exposure is
+    /// a part, and a wake-up each cost both sides a futex call, about a
+    /// fifth of the server's CPU.
     pub(super) fn run(mut self, rx: &flume::Receiver<Command>) {
         let mut pending: Vec<Part> = Vec::new();
         let mut stopping = false;
         while !stopping {
             let mut events = 0;
-            match rx.recv() {
-                Ok(Command::Store(part)) => {
+            let mut take = |command: Command, events: &mut usize, stopping: &mut bool| match command
+            {
+                Command::Store(part) => {
                     self.queued.fetch_sub(1, Ordering::AcqRel);
-                    events += part.events.len();
+                    *events += part.events.len();
                     pending.push(part);
                 }
-                Ok(Command::Stop) | Err(_) => stopping = true,
+                Command::Stop => *stopping = true,
+            };
+            match rx.recv() {
+                Ok(command) => take(command, &mut events, &mut stopping),
+                Err(_) => stopping = true,
             }
             let deadline = Instant::now() + self.limits.flush_interval;
             while !stopping && events < self.limits.flush_max_events {
-                match rx.recv_deadline(deadline) {
-                    Ok(Command::Store(part)) => {
-                        self.queued.fetch_sub(1, Ordering::AcqRel);
-                        events += part.events.len();
-                        pending.push(part);
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                std::thread::sleep((deadline - now).min(COLLECT_STEP));
+                loop {
+                    match rx.try_recv() {
+                        Ok(command) => take(command, &mut events, &mut stopping),
+                        Err(flume::TryRecvError::Empty) => break,
+                        Err(flume::TryRecvError::Disconnected) => stopping = true,
                     }
-                    Ok(Command::Stop) | Err(flume::RecvTimeoutError::Disconnected) => {
-                        stopping = true
+                    if stopping || events >= self.limits.flush_max_events {
+                        break;
                     }
-                    Err(flume::RecvTimeoutError::Timeout) => break,
                 }
             }
             if !pending.is_empty() {
@@ -123,7 +143,10 @@ impl Writer {
     /// handlers answer 503. The first exposures' claims are released when
     /// this returns: after the commit, or with the refusal.
     fn commit(&mut self, pending: &mut Vec<Part>) {
-        let mut batch = Batch::default();
+        let mut batch = Batch {
+            events: Vec::with_capacity(pending.iter().map(|p| p.events.len()).sum()),
+            ..Batch::default()
+        };
         let mut acks = Vec::new();
         let mut claims = Vec::new();
         let mut unwaited = 0;
