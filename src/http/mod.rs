@@ -76,8 +76,11 @@ pub fn configure(
             .app_data(extract::BodyTimeout(limits.body_timeout))
             .app_data(extract::query_config())
             .app_data(extract::path_config())
-            .configure(experiments::configure)
+            // The hot routes first: the router tries resources in order,
+            // and each dynamic pattern it passes costs a regex match.
             .configure(assignments::configure)
+            .configure(events::configure)
+            .configure(experiments::configure)
             .configure(aggregates::configure)
             .configure(results::configure)
             .configure(analytics::configure)
@@ -85,7 +88,6 @@ pub fn configure(
             .configure(alerts::configure)
             .configure(stream::configure)
             .configure(ws::configure)
-            .configure(events::configure)
             .configure(health::configure)
             .configure(performance::configure)
             .configure(dashboard::configure)
