@@ -181,16 +181,23 @@ impl Target {
             Scenario::AssignAll => self
                 .request(Method::POST, "/v1/assignments")
                 .json(&json!({"unit_id": format!("user-{unit}")})),
-            Scenario::Ingest => self
-                .request(Method::POST, self.events_path)
-                .json(&self.event(n)),
+            Scenario::Ingest => {
+                let mut body = String::with_capacity(EVENT_BYTES);
+                self.event(n, &mut body);
+                self.post_json(self.events_path, body)
+            }
             Scenario::IngestBatch => {
                 let first = n * self.batch as u64;
-                let events: Vec<_> = (first..first + self.batch as u64)
-                    .map(|i| self.event(i))
-                    .collect();
-                self.request(Method::POST, self.events_path)
-                    .json(&json!({ "events": events }))
+                let mut body = String::with_capacity(16 + self.batch * (EVENT_BYTES + 1));
+                body.push_str(r#"{"events":["#);
+                for i in first..first + self.batch as u64 {
+                    if i > first {
+                        body.push(',');
+                    }
+                    self.event(i, &mut body);
+                }
+                body.push_str("]}");
+                self.post_json(self.events_path, body)
             }
             Scenario::Results => self.request(
                 Method::GET,
@@ -204,22 +211,91 @@ impl Target {
         }
     }
 
-    /// The run's `i`th event. Ten consecutive events belong to one unit
-    /// (`--units` of them, round robin): an exposure to the run's
-    /// experiment, eight clicks, then a conversion worth 5..45 and no
-    /// experiment (it counts in every experiment of the unit). So N events
-    /// expose min(N / 10, units) units.
-    fn event(&self, i: u64) -> serde_json::Value {
+    /// A POST of a JSON body rendered by the caller.
+    fn post_json(&self, path: &str, body: String) -> RequestBuilder {
+        self.request(Method::POST, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+    }
+
+    /// Appends the run's `i`th event to `out` as JSON. Ten consecutive
+    /// events belong to one unit (`--units` of them, round robin): an
+    /// exposure to the run's experiment, eight clicks, then a conversion
+    /// worth 5..45 and no experiment (it counts in every experiment of the
+    /// unit). So N events expose min(N / 10, units) units. Rendered
+    /// straight to text (the experiment key and unit ids need no
+    /// escaping): building and serialising a JSON tree per event cost the
+    /// harness more CPU than it left the server on a small machine.
+    fn event(&self, i: u64, out: &mut String) {
+        use std::fmt::Write as _;
         let unit = (i / 10) % self.units;
-        let unit_id = format!("user-{unit}");
-        let i = (i % 10) as usize;
-        match i {
-            0 => json!({"type": "exposure", "unit_id": unit_id, "experiment": self.experiment}),
-            9 => json!({"type": "conversion", "unit_id": unit_id, "value": 5 + unit % 40}),
-            _ => json!({
-                "type": "click", "unit_id": unit_id, "experiment": self.experiment,
-                "properties": {"item_id": format!("sku-{i}"), "rank": i % 10 + 1, "response_time_ms": 12.5}
-            }),
+        let (experiment, i) = (&self.experiment, i % 10);
+        // Writing to a String cannot fail.
+        let _ = match i {
+            0 => write!(
+                out,
+                r#"{{"type":"exposure","unit_id":"user-{unit}","experiment":"{experiment}"}}"#
+            ),
+            9 => write!(
+                out,
+                r#"{{"type":"conversion","unit_id":"user-{unit}","value":{}}}"#,
+                5 + unit % 40
+            ),
+            _ => write!(
+                out,
+                r#"{{"type":"click","unit_id":"user-{unit}","experiment":"{experiment}","properties":{{"item_id":"sku-{i}","rank":{},"response_time_ms":12.5}}}}"#,
+                i % 10 + 1
+            ),
+        };
+    }
+}
+
+/// About the length of one rendered event, to size bodies up front.
+const EVENT_BYTES: usize = 160;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Target {
+        fn for_test(experiment: &str, units: u64) -> Self {
+            Self {
+                client: Client::new(),
+                base: "http://127.0.0.1:1".into(),
+                token: None,
+                scenario: Scenario::IngestBatch,
+                experiment: experiment.into(),
+                units,
+                batch: 10,
+                events_path: "/v1/events",
+                run_id: 0,
+                deliveries: None,
+            }
         }
+    }
+
+    #[test]
+    fn rendered_events_are_the_documented_json() {
+        let target = Target::for_test("exp-1", 1000);
+        let events: Vec<serde_json::Value> = (0..10)
+            .map(|i| {
+                let mut out = String::new();
+                target.event(20 + i, &mut out);
+                serde_json::from_str(&out).expect("valid JSON")
+            })
+            .collect();
+        assert_eq!(
+            events[0],
+            json!({"type": "exposure", "unit_id": "user-2", "experiment": "exp-1"})
+        );
+        assert_eq!(
+            events[3],
+            json!({"type": "click", "unit_id": "user-2", "experiment": "exp-1",
+                   "properties": {"item_id": "sku-3", "rank": 4, "response_time_ms": 12.5}})
+        );
+        assert_eq!(
+            events[9],
+            json!({"type": "conversion", "unit_id": "user-2", "value": 7})
+        );
     }
 }
