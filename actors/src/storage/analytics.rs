@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rocksdb::{Direction, IteratorMode, MergeOperands, ReadOptions};
 
-use super::{decode_event, decode_json, keys, Cf, Store, VALUE_V1};
+use super::{decode_event, decode_json, keys, Cf, Store};
 use crate::domain::Bucket;
 use crate::domain::Event;
 use crate::{Error, Result};
@@ -94,8 +94,24 @@ impl Store {
     }
 }
 
+/// First byte of a bucket in the compact encoding (`[v1]` was JSON).
+const BUCKET_V2: u8 = 2;
+
+/// `[v2][postcard]`: a bucket as stored. Counts and a sketch's bins are
+/// varints, so a sketch costs a byte per bin between its lowest and highest
+/// value instead of the digits and commas of its JSON (`[v1]`, still read).
+pub(super) fn encode_bucket(bucket: &Bucket) -> Result<Vec<u8>> {
+    postcard::to_extend(bucket, vec![BUCKET_V2]).map_err(|e| Error::Corrupt {
+        cf: Cf::Analytics.name(),
+        reason: e.to_string(),
+    })
+}
+
 fn decode_bucket(value: &[u8]) -> Option<Bucket> {
-    decode_json(Cf::Analytics, value).ok()
+    match value.split_first() {
+        Some((&BUCKET_V2, bytes)) => postcard::from_bytes(bytes).ok(),
+        _ => decode_json(Cf::Analytics, value).ok(),
+    }
 }
 
 /// RocksDB's merge operator for [`Cf::Analytics`]: the stored bucket plus
@@ -125,11 +141,8 @@ pub(super) fn merge_buckets(
         tracing::error!(skipped, "undecodable analytics values skipped in a merge");
         metrics::counter!(crate::metrics::STORE_MERGE_SKIPPED).increment(skipped);
     }
-    let mut out = vec![VALUE_V1];
-    // A bucket holds only finite numbers (inputs are bounded at ingestion),
-    // so it always serialises.
-    serde_json::to_writer(&mut out, &merged).ok()?;
-    Some(out)
+    // A bucket holds only numbers and strings, so it always encodes.
+    encode_bucket(&merged).ok()
 }
 
 const MINUTE_MS: i64 = 60_000;
@@ -278,6 +291,40 @@ mod tests {
         store.db.merge_cf(cf, &key, &good).unwrap();
         let buckets = store.buckets("exp", 0, 0, i64::MAX).expect("readable");
         assert_eq!(buckets[0].1.events, 3);
+    }
+
+    #[test]
+    fn buckets_are_stored_compactly_and_json_ones_still_read() {
+        let mut bucket = Bucket::default();
+        for i in 0..1000 {
+            bucket.add(&Event {
+                properties: serde_json::json!({"rank": i % 5, "response_time_ms": i})
+                    .as_object()
+                    .cloned(),
+                ..Event::sample("click", "u")
+            });
+        }
+        let v1 = super::super::versioned_json(Cf::Analytics, &bucket).unwrap();
+        let v2 = encode_bucket(&bucket).unwrap();
+        assert!(v2.len() * 2 < v1.len(), "{} vs {} bytes", v2.len(), v1.len());
+        let seen = |b: &Bucket| {
+            let times = b.response_times.as_ref().expect("response times");
+            format!("{b:?} {} {:?}", times.sum(), times.quantile(0.9))
+        };
+        for value in [&v1, &v2] {
+            assert_eq!(seen(&decode_bucket(value).expect("decodes")), seen(&bucket));
+        }
+        // Deltas in either encoding merge with each other.
+        let (_dir, store) = Store::temporary();
+        let (cf, key) = (store.cf(Cf::Analytics), keys::bucket("exp", 0, 60_000, "a"));
+        store.db.merge_cf(cf, &key, &v1).unwrap();
+        store.db.merge_cf(cf, &key, &v2).unwrap();
+        store.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        store.db.merge_cf(cf, &key, &v1).unwrap();
+        let buckets = store.buckets("exp", 0, 0, i64::MAX).expect("readable");
+        assert_eq!(buckets[0].1.clicks, 3000);
+        let stored = store.db.get_cf(cf, &key).unwrap().expect("stored");
+        assert_eq!(stored[0], BUCKET_V2);
     }
 
     #[test]

@@ -380,7 +380,7 @@ impl Store {
         if let Some(buckets) = commit.buckets {
             let cf = self.cf(Cf::Analytics);
             for (key, bucket) in buckets {
-                batch.merge_cf(cf, key, versioned_json(Cf::Analytics, bucket)?);
+                batch.merge_cf(cf, key, analytics::encode_bucket(bucket)?);
             }
         }
         for r in commit.sticky {
