@@ -50,6 +50,10 @@ pub struct Args {
     /// Distinct unit ids to draw from.
     #[arg(long, default_value_t = 100_000)]
     units: u64,
+    /// Unit ids run from `user-<first-unit>` (so runs into different
+    /// experiments can use disjoint units).
+    #[arg(long, default_value_t = 0)]
+    first_unit: u64,
     /// Experiments to create and start before the run (`assign-all` asks
     /// for all of them; `assign` uses the first).
     #[arg(long, default_value_t = 1)]

@@ -21,6 +21,8 @@ pub struct Counts {
     pub io_errors: AtomicU64,
     /// Arrivals not sent because `--max-in-flight` was reached.
     pub overflow: AtomicU64,
+    /// 503s sent again (closed loop only, which retries them).
+    pub retried: AtomicU64,
 }
 
 /// Latency percentiles in milliseconds.
@@ -54,6 +56,7 @@ pub struct Report {
     http_errors: u64,
     io_errors: u64,
     overflow: u64,
+    retried: u64,
     throughput_rps: f64,
     /// Latency from each request's scheduled start to its last body byte.
     pub latency_ms: Percentiles,
@@ -122,6 +125,7 @@ impl Report {
             http_errors,
             io_errors,
             overflow: c.overflow.load(Ordering::Relaxed),
+            retried: c.retried.load(Ordering::Relaxed),
             throughput_rps: (ok + http_errors) as f64 / elapsed.as_secs_f64(),
             latency_ms: Percentiles {
                 p50: ms(0.5),
@@ -161,6 +165,9 @@ impl fmt::Display for Report {
             "requests {}  ok {}  http errors {}  io errors {}  overflow {}",
             self.requests, self.ok, self.http_errors, self.io_errors, self.overflow
         )?;
+        if self.retried > 0 {
+            writeln!(f, "503s retried {}", self.retried)?;
+        }
         writeln!(f, "throughput {:.0} req/s", self.throughput_rps)?;
         writeln!(
             f,

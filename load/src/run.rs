@@ -95,8 +95,15 @@ async fn open_loop(
     while tasks.join_next().await.is_some() {}
 }
 
+/// How long a closed-loop worker waits before sending a 503'd request
+/// again, and how often it tries.
+const RETRY_AFTER: Duration = Duration::from_millis(10);
+const MAX_RETRIES: usize = 1000;
+
 /// `--concurrency` workers sending back to back until the duration or the
-/// request count runs out; latency from each send.
+/// request count runs out; latency from each first send to the answer. A
+/// 503 (mailbox full) is sent again after [`RETRY_AFTER`], so a closed-loop
+/// fill delivers every event at the rate the server takes them.
 async fn closed_loop(
     args: &Args,
     target: &Arc<Target>,
@@ -121,7 +128,15 @@ async fn closed_loop(
                     break;
                 }
                 let sent = Instant::now();
-                let outcome = send(target.nth(n)).await;
+                let mut outcome = send(target.nth(n)).await;
+                for _ in 0..MAX_RETRIES {
+                    if !matches!(outcome, Outcome::Busy) {
+                        break;
+                    }
+                    counts.retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    outcome = send(target.nth(n)).await;
+                }
                 outcome_counter(&counts, outcome).fetch_add(1, Ordering::Relaxed);
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 if let Ok(mut h) = histogram.lock() {
@@ -136,6 +151,8 @@ async fn closed_loop(
 /// How a request ended.
 enum Outcome {
     Ok,
+    /// 503: the server asks to retry.
+    Busy,
     Http,
     Io,
 }
@@ -145,8 +162,11 @@ async fn send(request: reqwest::RequestBuilder) -> Outcome {
     match request.send().await {
         Ok(response) => {
             let status = response.status();
-            if response.bytes().await.is_ok() && status.is_success() {
+            let read = response.bytes().await.is_ok();
+            if read && status.is_success() {
                 Outcome::Ok
+            } else if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                Outcome::Busy
             } else {
                 Outcome::Http
             }
@@ -158,7 +178,7 @@ async fn send(request: reqwest::RequestBuilder) -> Outcome {
 fn outcome_counter(counts: &Counts, outcome: Outcome) -> &std::sync::atomic::AtomicU64 {
     match outcome {
         Outcome::Ok => &counts.ok,
-        Outcome::Http => &counts.http_errors,
+        Outcome::Http | Outcome::Busy => &counts.http_errors,
         Outcome::Io => &counts.io_errors,
     }
 }

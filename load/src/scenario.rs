@@ -66,6 +66,8 @@ pub struct Target {
     scenario: Scenario,
     experiment: String,
     units: u64,
+    /// The first unit id's number (`--first-unit`).
+    first_unit: u64,
     batch: usize,
     /// `POST` path of event requests, with `?ack=` when not the default.
     events_path: &'static str,
@@ -87,6 +89,7 @@ impl Target {
             scenario: args.scenario,
             experiment: String::new(),
             units: args.units.max(1),
+            first_unit: args.first_unit,
             batch: args.batch.max(1),
             events_path: match args.ack {
                 Ack::Accepted => "/v1/events",
@@ -161,7 +164,7 @@ impl Target {
     /// The `n`th request of the run.
     pub fn nth(&self, n: u64) -> RequestBuilder {
         // A cheap, well-spread sequence of unit ids (a multiplicative hash).
-        let unit = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.units;
+        let unit = self.first_unit + n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % self.units;
         let scenario = match self.scenario {
             Scenario::Mixed => match n % 10 {
                 0..=4 => Scenario::Assign,
@@ -219,16 +222,17 @@ impl Target {
     }
 
     /// Appends the run's `i`th event to `out` as JSON. Ten consecutive
-    /// events belong to one unit (`--units` of them, round robin): an
-    /// exposure to the run's experiment, eight clicks, then a conversion
-    /// worth 5..45 and no experiment (it counts in every experiment of the
-    /// unit). So N events expose min(N / 10, units) units. Rendered
-    /// straight to text (the experiment key and unit ids need no
-    /// escaping): building and serialising a JSON tree per event cost the
-    /// harness more CPU than it left the server on a small machine.
+    /// events belong to one unit (`--units` of them from `--first-unit`,
+    /// round robin): an exposure to the run's experiment, eight clicks,
+    /// then a conversion worth 5..45 and no experiment (it counts in every
+    /// experiment of the unit). So N events expose min(N / 10, units)
+    /// units. Rendered straight to text (the experiment key and unit ids
+    /// need no escaping): building and serialising a JSON tree per event
+    /// cost the harness more CPU than it left the server on a small
+    /// machine.
     fn event(&self, i: u64, out: &mut String) {
         use std::fmt::Write as _;
-        let unit = (i / 10) % self.units;
+        let unit = self.first_unit + (i / 10) % self.units;
         let (experiment, i) = (&self.experiment, i % 10);
         // Writing to a String cannot fail.
         let _ = match i {
@@ -266,6 +270,7 @@ mod tests {
                 scenario: Scenario::IngestBatch,
                 experiment: experiment.into(),
                 units,
+                first_unit: 0,
                 batch: 10,
                 events_path: "/v1/events",
                 run_id: 0,
