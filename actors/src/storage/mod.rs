@@ -144,7 +144,16 @@ impl Store {
             false,
             cache.clone(),
         );
+        // Compactions run at the lowest CPU priority, so on a small machine
+        // they take the cycles requests leave rather than adding tail
+        // latency to assignment; flushes keep normal priority (a flush that
+        // waits stalls writes). Compaction that falls behind slows writes
+        // through RocksDB's own level-0 triggers, which the mailboxes turn
+        // into 503s, not into unbounded memory.
+        let mut env = rocksdb::Env::new()?;
+        env.lower_thread_pool_cpu_priority();
         let mut options = Options::default();
+        options.set_env(&env);
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
