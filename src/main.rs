@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use abacus_config::Config;
 use clap::{Parser, Subcommand};
 
-/// The process allocator. Ingest allocates and frees many small, short-lived
-/// values per event (parsed fields, batch buffers) from several threads;
-/// glibc's malloc spent over a quarter of the server's CPU on them under
-/// load and fragmented its heap, mimalloc takes a fraction of that (see
-/// `load/RESULTS.md`).
+/// The process allocator, for Rust and, through the `override` feature,
+/// for RocksDB's C++ as well. Ingest allocates and frees many small,
+/// short-lived values per event from several threads: glibc's malloc spent
+/// over a quarter of the server's CPU on them under load, and RocksDB's
+/// block churn fragmented its heap well past the cache budget. mimalloc
+/// takes a fraction of that time and memory (see `load/RESULTS.md`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
