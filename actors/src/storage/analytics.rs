@@ -306,7 +306,12 @@ mod tests {
         }
         let v1 = super::super::versioned_json(Cf::Analytics, &bucket).unwrap();
         let v2 = encode_bucket(&bucket).unwrap();
-        assert!(v2.len() * 2 < v1.len(), "{} vs {} bytes", v2.len(), v1.len());
+        assert!(
+            v2.len() * 2 < v1.len(),
+            "{} vs {} bytes",
+            v2.len(),
+            v1.len()
+        );
         let seen = |b: &Bucket| {
             let times = b.response_times.as_ref().expect("response times");
             format!("{b:?} {} {:?}", times.sum(), times.quantile(0.9))
