@@ -74,51 +74,15 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Batches, commits and fans out until told to stop; then drains.
-    ///
-    /// Idle, the writer waits on its mailbox. Once a part arrives it
-    /// collects for the flush interval (or until `flush_max_events`) by
-    /// sleeping in short steps and draining what came meanwhile, rather
-    /// than waking for each part: under assignment load every exposure is
-    /// a part, and a wake-up each cost both sides a futex call, about a
-    /// fifth of the server's CPU.
     pub(super) fn run(mut self, rx: &flume::Receiver<Command>) {
         let mut pending: Vec<Part> = Vec::new();
-        let mut stopping = false;
-        while !stopping {
-            let mut events = 0;
-            let mut take = |command: Command, events: &mut usize, stopping: &mut bool| match command
-            {
-                Command::Store(part) => {
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
-                    *events += part.events.len();
-                    pending.push(part);
-                }
-                Command::Stop => *stopping = true,
-            };
-            match rx.recv() {
-                Ok(command) => take(command, &mut events, &mut stopping),
-                Err(_) => stopping = true,
-            }
-            let deadline = Instant::now() + self.limits.flush_interval;
-            while !stopping && events < self.limits.flush_max_events {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                std::thread::sleep((deadline - now).min(COLLECT_STEP));
-                loop {
-                    match rx.try_recv() {
-                        Ok(command) => take(command, &mut events, &mut stopping),
-                        Err(flume::TryRecvError::Empty) => break,
-                        Err(flume::TryRecvError::Disconnected) => stopping = true,
-                    }
-                    if stopping || events >= self.limits.flush_max_events {
-                        break;
-                    }
-                }
-            }
+        loop {
+            let stopping = self.collect(rx, &mut pending);
             if !pending.is_empty() {
                 self.commit(&mut pending);
+            }
+            if stopping {
+                break;
             }
         }
         tracing::info!(
@@ -127,6 +91,46 @@ impl Writer {
             lost = self.stats.lost.load(Ordering::Relaxed),
             "ingest writer drained and stopped"
         );
+    }
+
+    /// Waits for a part, then collects more until the flush interval has
+    /// passed or `flush_max_events` are pending, by sleeping in short steps
+    /// and draining what came meanwhile rather than waking for each part:
+    /// under assignment load every exposure is a part, and a wake-up each
+    /// cost both sides a futex call, about a fifth of the server's CPU.
+    /// Returns whether the writer was told to stop (or its mailbox closed).
+    fn collect(&self, rx: &flume::Receiver<Command>, pending: &mut Vec<Part>) -> bool {
+        let Ok(mut command) = rx.recv() else {
+            return true;
+        };
+        let deadline = Instant::now() + self.limits.flush_interval;
+        let mut events = 0;
+        loop {
+            match command {
+                Command::Store(part) => {
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    events += part.events.len();
+                    pending.push(part);
+                }
+                Command::Stop => return true,
+            }
+            if events >= self.limits.flush_max_events {
+                return false;
+            }
+            command = loop {
+                match rx.try_recv() {
+                    Ok(next) => break next,
+                    Err(flume::TryRecvError::Disconnected) => return true,
+                    Err(flume::TryRecvError::Empty) => {
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return false;
+                        }
+                        std::thread::sleep((deadline - now).min(COLLECT_STEP));
+                    }
+                }
+            };
+        }
     }
 
     /// Commits everything pending as one WriteBatch with the aggregates it
