@@ -47,6 +47,7 @@ fn ingest(config: &Config) -> IngestLimits {
         // At most 64, by the configuration's bounds.
         partitions: u16::try_from(partitions.min(64)).unwrap_or(1),
         mailbox_capacity: config.ingest.mailbox_capacity,
+        mailbox_events: config.ingest.mailbox_events,
         flush_interval: config.ingest.flush_interval_ms.get(),
         flush_max_events: config.ingest.flush_max_events,
         dedup_window: config.ingest.dedup_window_days.get(),

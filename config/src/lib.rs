@@ -194,6 +194,9 @@ pub struct IngestConfig {
     pub partitions: usize,
     /// Requests the partitions' mailboxes hold together before answering 503.
     pub mailbox_capacity: usize,
+    /// Events the partitions' mailboxes hold together before answering 503:
+    /// the bound on what queued requests take in memory.
+    pub mailbox_events: usize,
     /// Most events in one request body.
     pub max_batch: usize,
     /// Longest time an event waits in the writer before its batch commits.
@@ -399,6 +402,12 @@ impl Config {
         if self.ingest.mailbox_capacity == 0 {
             return invalid("ingest.mailbox_capacity", "must be positive");
         }
+        if self.ingest.mailbox_events < self.ingest.max_batch {
+            return invalid(
+                "ingest.mailbox_events",
+                "must be at least ingest.max_batch (a whole batch must fit)",
+            );
+        }
         if self.ingest.partitions > 64 {
             return invalid(
                 "ingest.partitions",
@@ -579,6 +588,11 @@ mod tests {
             assert!(err.to_string().contains("ingest.partitions"), "{err}");
             jail.set_env("ABACUS_INGEST__PARTITIONS", "64");
             assert_eq!(load_in(jail, None).unwrap().ingest.partitions, 64);
+            jail.set_env("ABACUS_INGEST__MAILBOX_EVENTS", "999");
+            let err = load_in(jail, None).unwrap_err();
+            assert!(err.to_string().contains("ingest.mailbox_events"), "{err}");
+            jail.set_env("ABACUS_INGEST__MAILBOX_EVENTS", "1000");
+            assert_eq!(load_in(jail, None).unwrap().ingest.mailbox_events, 1000);
             Ok(())
         });
     }

@@ -138,6 +138,9 @@ pub struct IngestLimits {
     /// Requests the partitions' mailboxes hold together (each an equal
     /// share) before `submit` answers `Overloaded`.
     pub mailbox_capacity: usize,
+    /// Events the partitions' mailboxes hold together (each an equal
+    /// share) before `submit` answers `Overloaded`: their memory bound.
+    pub mailbox_events: usize,
     /// Longest an event waits before its batch is committed.
     pub flush_interval: Duration,
     /// Most events in one committed batch.
@@ -217,13 +220,26 @@ struct Partition {
     /// is kept here, so a request can reserve room in every partition it
     /// touches before queueing in any.
     queued: Arc<AtomicUsize>,
+    /// Events in those parts, bounded the same way.
+    queued_events: Arc<AtomicUsize>,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Partition {
+    /// Gives back a place and room for `events` (a refused request's, or
+    /// a part its writer took).
+    fn release(&self, events: usize) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.queued_events.fetch_sub(events, Ordering::AcqRel);
+    }
 }
 
 /// The handlers' end of the pipeline: one bounded mailbox per partition.
 pub struct Mailbox {
     partitions: Vec<Partition>,
+    /// Parts, and events, each partition may hold.
     capacity: usize,
+    event_capacity: usize,
     /// The extra sinks every partition feeds; closed after the last
     /// partition stops.
     sinks: Mutex<Option<Arc<Vec<SinkWorker>>>>,
@@ -265,6 +281,7 @@ impl Mailbox {
         {
             let (tx, rx) = flume::unbounded();
             let queued = Arc::new(AtomicUsize::new(0));
+            let queued_events = Arc::new(AtomicUsize::new(0));
             let writer = writer::Writer {
                 partition: index as u16,
                 committer,
@@ -276,6 +293,7 @@ impl Mailbox {
                 aggregator,
                 live: Arc::clone(&live),
                 queued: Arc::clone(&queued),
+                queued_events: Arc::clone(&queued_events),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ingest-{index}"))
@@ -284,12 +302,14 @@ impl Mailbox {
             partitions.push(Partition {
                 tx,
                 queued,
+                queued_events,
                 thread: Mutex::new(Some(thread)),
             });
         }
         Ok(Self {
             // The bound is on the mailboxes together, whatever the count.
             capacity: (limits.mailbox_capacity / partitions.len().max(1)).max(1),
+            event_capacity: (limits.mailbox_events / partitions.len().max(1)).max(1),
             partitions,
             sinks: Mutex::new(Some(sinks)),
             stats,
@@ -308,14 +328,14 @@ impl Mailbox {
             return Err(Error::Unavailable);
         }
         let parts = self.split(envelope);
-        let reserved: Vec<&Partition> = parts
+        let reserved: Vec<(&Partition, usize)> = parts
             .iter()
-            .map(|(p, _)| &self.partitions[*p])
-            .take_while(|p| self.reserve(p))
+            .map(|(p, part)| (&self.partitions[*p], part.events.len()))
+            .take_while(|(p, events)| self.reserve(p, *events))
             .collect();
         if reserved.len() < parts.len() {
-            for p in reserved {
-                p.queued.fetch_sub(1, Ordering::AcqRel);
+            for (p, events) in reserved {
+                p.release(events);
             }
             self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -332,13 +352,26 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Takes a place in `p`'s mailbox if it has room.
-    fn reserve(&self, p: &Partition) -> bool {
-        p.queued
+    /// Takes a place, and room for `events`, in `p`'s mailbox if it has
+    /// both. A partition with no events queued takes any part, so a batch
+    /// larger than one partition's share of the event bound still fits.
+    fn reserve(&self, p: &Partition, events: usize) -> bool {
+        let room = p
+            .queued_events
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < self.capacity).then_some(q + 1)
+                (q == 0 || q + events <= self.event_capacity).then_some(q + events)
             })
-            .is_ok()
+            .is_ok();
+        let place = room
+            && p.queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    (q < self.capacity).then_some(q + 1)
+                })
+                .is_ok();
+        if room && !place {
+            p.queued_events.fetch_sub(events, Ordering::AcqRel);
+        }
+        place
     }
 
     /// The envelope's parts, by partition, in partition order. Events keep
@@ -484,12 +517,22 @@ mod tests {
     /// writer: nothing drains it. The receivers are returned so the
     /// mailboxes stay open.
     fn idle(partitions: usize, capacity: usize) -> (Mailbox, Vec<flume::Receiver<Command>>) {
+        idle_bounded(partitions, capacity, usize::MAX / 2)
+    }
+
+    /// [`idle`], holding at most `event_capacity` events per partition.
+    fn idle_bounded(
+        partitions: usize,
+        capacity: usize,
+        event_capacity: usize,
+    ) -> (Mailbox, Vec<flume::Receiver<Command>>) {
         let (parts, receivers) = (0..partitions)
             .map(|_| {
                 let (tx, rx) = flume::unbounded();
                 let part = Partition {
                     tx,
                     queued: Arc::default(),
+                    queued_events: Arc::default(),
                     thread: Mutex::new(None),
                 };
                 (part, rx)
@@ -498,6 +541,7 @@ mod tests {
         let mailbox = Mailbox {
             partitions: parts,
             capacity,
+            event_capacity,
             sinks: Mutex::new(None),
             stats: Arc::default(),
         };
@@ -531,6 +575,23 @@ mod tests {
         ));
         assert_eq!(ingest.stats().rejected_full.load(Ordering::Relaxed), 1);
         assert_eq!((ingest.depth(), ingest.capacity()), (2, 2));
+    }
+
+    #[test]
+    fn queued_events_are_bounded_whatever_the_request_count() {
+        let (ingest, rx) = idle_bounded(1, 100, 3);
+        ingest.submit(envelope(&["a", "a"])).unwrap();
+        assert!(matches!(
+            ingest.submit(envelope(&["a", "a"])),
+            Err(Error::Overloaded("ingest"))
+        ));
+        ingest.submit(envelope(&["a"])).unwrap();
+        assert_eq!(ingest.depth(), 2, "the refused request took no place");
+        // A partition with nothing queued takes a part larger than its share.
+        let (ingest, _rx2) = idle_bounded(1, 100, 3);
+        ingest.submit(envelope(&["a"; 5])).unwrap();
+        assert!(ingest.submit(envelope(&["a"])).is_err());
+        drop(rx);
     }
 
     /// A request whose units span partitions is queued in all of them or
@@ -594,6 +655,7 @@ mod tests {
         let limits = IngestLimits {
             partitions: 1,
             mailbox_capacity: 10_000,
+            mailbox_events: 1 << 20,
             flush_interval: Duration::from_secs(60),
             flush_max_events: 1_000_000,
             dedup_window: Duration::from_secs(60),
@@ -646,6 +708,7 @@ mod tests {
         let limits = IngestLimits {
             partitions: 1,
             mailbox_capacity: 16,
+            mailbox_events: 1 << 20,
             flush_interval: Duration::from_millis(1),
             flush_max_events: 100,
             dedup_window: Duration::from_secs(60),
@@ -732,6 +795,7 @@ mod tests {
         let limits = IngestLimits {
             partitions: 1,
             mailbox_capacity: 100,
+            mailbox_events: 1 << 20,
             flush_interval: Duration::from_millis(20),
             flush_max_events: 1_000_000,
             dedup_window: Duration::from_secs(60),

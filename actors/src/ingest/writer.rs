@@ -68,6 +68,8 @@ pub(super) struct Writer {
     pub(super) live: Arc<LiveAggregates>,
     /// Parts in this partition's mailbox (the mailbox's bound).
     pub(super) queued: Arc<AtomicUsize>,
+    /// Events in those parts (the mailbox's memory bound).
+    pub(super) queued_events: Arc<AtomicUsize>,
     /// The store's clock: where the de-duplication window ends.
     pub(super) clock: Arc<dyn Clock>,
 }
@@ -109,6 +111,8 @@ impl Writer {
             match command {
                 Command::Store(part) => {
                     self.queued.fetch_sub(1, Ordering::AcqRel);
+                    self.queued_events
+                        .fetch_sub(part.events.len(), Ordering::AcqRel);
                     events += part.events.len();
                     pending.push(part);
                 }
@@ -379,6 +383,7 @@ mod tests {
         let limits = IngestLimits {
             partitions: 1,
             mailbox_capacity: 1,
+            mailbox_events: 1 << 20,
             flush_interval: Duration::ZERO,
             flush_max_events: 1,
             dedup_window: Duration::ZERO,
