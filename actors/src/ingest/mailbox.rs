@@ -213,25 +213,52 @@ pub(super) enum Command {
     Stop,
 }
 
+/// What a partition's mailbox holds and its writer has not taken yet:
+/// the mailbox's bounds are kept here, so a request can reserve room in
+/// every partition it touches before queueing in any.
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    parts: AtomicUsize,
+    events: AtomicUsize,
+}
+
+impl Queued {
+    /// Takes a place, and room for `events`, if there are both (at most
+    /// `parts` places and `room` events). With no events queued any part
+    /// fits, so a batch larger than one partition's share still does.
+    fn reserve(&self, events: usize, parts: usize, room: usize) -> bool {
+        let fits = self
+            .events
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q == 0 || q + events <= room).then_some(q + events)
+            })
+            .is_ok();
+        let placed = fits
+            && self
+                .parts
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    (q < parts).then_some(q + 1)
+                })
+                .is_ok();
+        if fits && !placed {
+            self.events.fetch_sub(events, Ordering::AcqRel);
+        }
+        placed
+    }
+
+    /// Gives back a place and room for `events`: a refused request's, or
+    /// a part its writer took.
+    pub(super) fn release(&self, events: usize) {
+        self.parts.fetch_sub(1, Ordering::AcqRel);
+        self.events.fetch_sub(events, Ordering::AcqRel);
+    }
+}
+
 /// One partition's end of the pipeline.
 struct Partition {
     tx: flume::Sender<Command>,
-    /// Parts queued and not yet taken by the writer: the mailbox's bound
-    /// is kept here, so a request can reserve room in every partition it
-    /// touches before queueing in any.
-    queued: Arc<AtomicUsize>,
-    /// Events in those parts, bounded the same way.
-    queued_events: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Partition {
-    /// Gives back a place and room for `events` (a refused request's, or
-    /// a part its writer took).
-    fn release(&self, events: usize) {
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        self.queued_events.fetch_sub(events, Ordering::AcqRel);
-    }
 }
 
 /// The handlers' end of the pipeline: one bounded mailbox per partition.
@@ -280,8 +307,7 @@ impl Mailbox {
         for ((index, aggregator), committer) in aggregators.into_iter().enumerate().zip(committers)
         {
             let (tx, rx) = flume::unbounded();
-            let queued = Arc::new(AtomicUsize::new(0));
-            let queued_events = Arc::new(AtomicUsize::new(0));
+            let queued = Arc::new(Queued::default());
             let writer = writer::Writer {
                 partition: index as u16,
                 committer,
@@ -293,7 +319,6 @@ impl Mailbox {
                 aggregator,
                 live: Arc::clone(&live),
                 queued: Arc::clone(&queued),
-                queued_events: Arc::clone(&queued_events),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ingest-{index}"))
@@ -302,7 +327,6 @@ impl Mailbox {
             partitions.push(Partition {
                 tx,
                 queued,
-                queued_events,
                 thread: Mutex::new(Some(thread)),
             });
         }
@@ -331,11 +355,14 @@ impl Mailbox {
         let reserved: Vec<(&Partition, usize)> = parts
             .iter()
             .map(|(p, part)| (&self.partitions[*p], part.events.len()))
-            .take_while(|(p, events)| self.reserve(p, *events))
+            .take_while(|(p, events)| {
+                p.queued
+                    .reserve(*events, self.capacity, self.event_capacity)
+            })
             .collect();
         if reserved.len() < parts.len() {
             for (p, events) in reserved {
-                p.release(events);
+                p.queued.release(events);
             }
             self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
             self.stats
@@ -350,28 +377,6 @@ impl Mailbox {
         }
         self.stats.accepted.fetch_add(n, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Takes a place, and room for `events`, in `p`'s mailbox if it has
-    /// both. A partition with no events queued takes any part, so a batch
-    /// larger than one partition's share of the event bound still fits.
-    fn reserve(&self, p: &Partition, events: usize) -> bool {
-        let room = p
-            .queued_events
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q == 0 || q + events <= self.event_capacity).then_some(q + events)
-            })
-            .is_ok();
-        let place = room
-            && p.queued
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                    (q < self.capacity).then_some(q + 1)
-                })
-                .is_ok();
-        if room && !place {
-            p.queued_events.fetch_sub(events, Ordering::AcqRel);
-        }
-        place
     }
 
     /// The envelope's parts, by partition, in partition order. Events keep
@@ -434,7 +439,7 @@ impl Mailbox {
     pub fn depth(&self) -> usize {
         self.partitions
             .iter()
-            .map(|p| p.queued.load(Ordering::Relaxed))
+            .map(|p| p.queued.parts.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -532,7 +537,6 @@ mod tests {
                 let part = Partition {
                     tx,
                     queued: Arc::default(),
-                    queued_events: Arc::default(),
                     thread: Mutex::new(None),
                 };
                 (part, rx)
@@ -579,7 +583,7 @@ mod tests {
 
     #[test]
     fn queued_events_are_bounded_whatever_the_request_count() {
-        let (ingest, rx) = idle_bounded(1, 100, 3);
+        let (ingest, _rx) = idle_bounded(1, 100, 3);
         ingest.submit(envelope(&["a", "a"])).unwrap();
         assert!(matches!(
             ingest.submit(envelope(&["a", "a"])),
@@ -588,10 +592,9 @@ mod tests {
         ingest.submit(envelope(&["a"])).unwrap();
         assert_eq!(ingest.depth(), 2, "the refused request took no place");
         // A partition with nothing queued takes a part larger than its share.
-        let (ingest, _rx2) = idle_bounded(1, 100, 3);
+        let (ingest, _rx) = idle_bounded(1, 100, 3);
         ingest.submit(envelope(&["a"; 5])).unwrap();
         assert!(ingest.submit(envelope(&["a"])).is_err());
-        drop(rx);
     }
 
     /// A request whose units span partitions is queued in all of them or

@@ -3,14 +3,14 @@
 //! [`super::aggregator`]), and commits their events.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocksdb::WriteBatch;
 
 use super::aggregator::{Aggregator, LiveAggregates};
-use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part};
+use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part, Queued};
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
@@ -66,10 +66,9 @@ pub(super) struct Writer {
     pub(super) sequencer: Arc<Sequencer>,
     pub(super) aggregator: Aggregator,
     pub(super) live: Arc<LiveAggregates>,
-    /// Parts in this partition's mailbox (the mailbox's bound).
-    pub(super) queued: Arc<AtomicUsize>,
-    /// Events in those parts (the mailbox's memory bound).
-    pub(super) queued_events: Arc<AtomicUsize>,
+    /// What this partition's mailbox holds (its bounds); released as
+    /// parts are taken.
+    pub(super) queued: Arc<Queued>,
     /// The store's clock: where the de-duplication window ends.
     pub(super) clock: Arc<dyn Clock>,
 }
@@ -110,9 +109,7 @@ impl Writer {
         loop {
             match command {
                 Command::Store(part) => {
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
-                    self.queued_events
-                        .fetch_sub(part.events.len(), Ordering::AcqRel);
+                    self.queued.release(part.events.len());
                     events += part.events.len();
                     pending.push(part);
                 }
