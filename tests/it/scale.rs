@@ -97,12 +97,7 @@ fn a_restart_with_another_partition_count_keeps_the_totals_and_carries_on() {
                 ]
             })
             .collect();
-        let (status, body) = server.post("/v1/events?ack=persisted", json!({ "events": events }));
-        assert_eq!(
-            (status, body["persisted"].as_bool()),
-            (202, Some(true)),
-            "{body}"
-        );
+        server.persist(json!({ "events": events }));
     };
     send(&server, 0);
     let mut totals = server.aggregates("exp");

@@ -215,6 +215,17 @@ impl TestServer {
         self.call(Method::POST, path, Some(body))
     }
 
+    /// `POST /v1/events?ack=persisted` with `body` (one event or a batch);
+    /// asserts every event was accepted and is committed.
+    pub fn persist(&self, body: Value) {
+        let (status, answer) = self.post("/v1/events?ack=persisted", body);
+        assert_eq!(
+            (status, answer["persisted"].as_bool()),
+            (202, Some(true)),
+            "{answer}"
+        );
+    }
+
     /// `POST path` without a body.
     pub fn post_empty(&self, path: &str) -> (u16, Value) {
         self.call(Method::POST, path, None)
@@ -288,12 +299,7 @@ impl TestServer {
         let events: Vec<Value> = (0..256)
             .map(|i| json!({"type": "barrier", "unit_id": format!("barrier-{i}")}))
             .collect();
-        let (status, body) = self.post("/v1/events?ack=persisted", json!({ "events": events }));
-        assert_eq!(
-            (status, body["persisted"].as_bool()),
-            (202, Some(true)),
-            "{body}"
-        );
+        self.persist(json!({ "events": events }));
     }
 
     /// The experiment's aggregates, live and recomputed from stored
