@@ -5,6 +5,7 @@
 # connections), and prints the server's RSS before, right after, and
 # again after a quiet wait. Loopback only; bounded by wrk's duration.
 #   load/wrk/assign_all.sh ./target/release/abacus [10s] [extra wrk args]
+# NO_EXPOSURE=1 sends the same requests without exposure logging.
 set -euo pipefail
 bin=${1:?usage: assign_all.sh BIN [DURATION]}
 duration=${2:-10s}
@@ -25,7 +26,8 @@ for key in first second; do
 done
 rss() { awk '/VmRSS/ {print int($2/1024) " MB"}' /proc/$pid/status; }
 echo "RSS before: $(rss)"
-wrk -t2 -c32 -d"$duration" --latency -s "$here/assign_all.lua" "$@" "$url"
+wrk -t2 -c32 -d"$duration" --latency -s "$here/assign_all.lua" "$@" "$url" \
+  ${NO_EXPOSURE:+-- no-exposure}
 echo "RSS right after: $(rss)"
 sleep 5
 echo "RSS 5 s later: $(rss)"
