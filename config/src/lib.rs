@@ -268,7 +268,7 @@ pub struct LimitsConfig {
     pub max_duration_ms: f64,
     /// Distinct measures counted per experiment before `(other)`.
     pub max_measures: usize,
-    /// Largest serialised `properties` of one event, in bytes.
+    /// Largest `properties` of one event, in bytes of its JSON as sent.
     pub max_property_bytes: usize,
     /// Most experiments named in one `POST /v1/assignments`.
     pub max_assignment_experiments: usize,

@@ -354,10 +354,30 @@ mod tests {
             r#"{"type": "x", "unit_id": "u"} trailing"#.to_owned(),
         ];
         let slow = |body: &str| parse::<Value>(body.as_bytes()).and_then(|v| split(v, 2));
+        // Properties are kept as sent by one path and re-serialised by the
+        // other: they agree as JSON.
+        let same = |(events, batch): (Vec<EventIn>, bool)| {
+            let properties: Vec<Option<Value>> = events
+                .iter()
+                .map(|e| {
+                    e.properties
+                        .as_ref()
+                        .map(|p| serde_json::from_str(p.get()).unwrap())
+                })
+                .collect();
+            let rest: Vec<EventIn> = events
+                .into_iter()
+                .map(|e| EventIn {
+                    properties: None,
+                    ..e
+                })
+                .collect();
+            format!("{rest:?} {properties:?} {batch}")
+        };
         for body in &taken {
             let fast = decode(body.as_bytes(), 2).expect(body);
             let slow = slow(body).expect(body);
-            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{body}");
+            assert_eq!(same(fast), same(slow), "{body}");
         }
         for body in &left_to_split {
             assert!(decode(body.as_bytes(), 2).is_none(), "{body}");

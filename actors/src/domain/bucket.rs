@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config, DDSketch};
 
-use crate::domain::{Event, EventType};
+use crate::domain::{Event, EventType, Properties};
 
 /// Relative accuracy of every percentile: the value reported for rank
 /// `floor(q (n - 1))` is within 1% of the exact value at that rank.
@@ -38,20 +38,20 @@ pub struct Bucket {
 impl Bucket {
     /// Counts one event.
     pub fn add(&mut self, e: &Event) {
+        let props = e.properties.as_ref();
         self.events += 1;
         match e.kind {
             EventType::Impression => self.impressions += 1,
             EventType::Click => {
                 self.clicks += 1;
-                if let Some(rank) = e.num_prop("rank") {
-                    // Validated as a non-negative integer at ingestion.
-                    *self.ranks.entry(rank as u64).or_default() += 1;
+                if let Some(rank) = props.and_then(Properties::rank) {
+                    *self.ranks.entry(rank).or_default() += 1;
                 }
             }
             EventType::Conversion => self.conversions += 1,
             EventType::Engagement => {
-                if let Some(dwell) = e.num_prop("dwell_time_ms") {
-                    let action = e.str_prop("action").unwrap_or("");
+                if let Some(dwell) = props.and_then(Properties::dwell_time_ms) {
+                    let action = props.and_then(Properties::action).unwrap_or("");
                     let action =
                         if self.dwell.contains_key(action) || self.dwell.len() < MAX_ACTIONS {
                             action
@@ -67,7 +67,7 @@ impl Bucket {
             _ => {}
         }
         if matches!(e.kind, EventType::Impression | EventType::Click) {
-            if let Some(ms) = e.num_prop("response_time_ms") {
+            if let Some(ms) = props.and_then(Properties::response_time_ms) {
                 self.response_times.get_or_insert_with(Sketch::new).add(ms);
             }
         }
@@ -214,9 +214,9 @@ mod tests {
         for i in 0..2 * MAX_ACTIONS {
             let mut one = Bucket::default();
             one.add(&Event {
-                properties: serde_json::json!({"action": format!("a{i}"), "dwell_time_ms": 5})
-                    .as_object()
-                    .cloned(),
+                properties: Some(crate::domain::Properties::of(
+                    serde_json::json!({"action": format!("a{i}"), "dwell_time_ms": 5}),
+                )),
                 ..Event::sample("engagement", "u")
             });
             total.merge(&one);
@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn buckets_merge_like_their_events_combined() {
         let event = |kind: &str, props: serde_json::Value| Event {
-            properties: props.as_object().cloned(),
+            properties: Some(crate::domain::Properties::of(props)),
             ..Event::sample(kind, "u")
         };
         let events = [

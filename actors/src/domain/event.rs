@@ -2,11 +2,14 @@
 //! [`EventIn::check`] applies the rules of its type, and [`Event`] is the
 //! stamped record the sinks store.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use super::{ExperimentKey, MetricKey, UnitId, VariantKey};
+use super::properties::{Counted, Fields, Slot};
+use super::{ExperimentKey, MetricKey, Properties, UnitId, VariantKey};
 use crate::{Error, Result};
 
 const MAX_ID_BYTES: usize = 128;
@@ -148,10 +151,10 @@ pub struct EventIn {
     /// Session id.
     #[serde(default)]
     pub session_id: Option<String>,
-    /// Type-specific and free properties.
+    /// Type-specific and free properties: an object, kept as sent.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub properties: Option<Map<String, Value>>,
+    pub properties: Option<Box<RawValue>>,
 }
 
 /// A stamped event, as exported, sent to sinks and shown by the API. The
@@ -186,7 +189,7 @@ pub struct Event {
     pub session_id: Option<Box<str>>,
     /// Properties as sent.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub properties: Option<Map<String, Value>>,
+    pub properties: Option<Properties>,
     /// The explicit variant differs from abacus's own assignment.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub assignment_mismatch: bool,
@@ -201,19 +204,9 @@ impl Event {
     /// event's `name`.
     pub fn metric_name(&self) -> &str {
         match (&self.kind, &self.properties) {
-            (EventType::Metric, Some(p)) => p.get("name").and_then(Value::as_str).unwrap_or(""),
+            (EventType::Metric, Some(p)) => p.name().unwrap_or(""),
             (kind, _) => kind.as_str(),
         }
-    }
-
-    /// A string property.
-    pub fn str_prop(&self, key: &str) -> Option<&str> {
-        self.properties.as_ref()?.get(key)?.as_str()
-    }
-
-    /// A numeric property.
-    pub fn num_prop(&self, key: &str) -> Option<f64> {
-        self.properties.as_ref()?.get(key)?.as_f64()
     }
 }
 
@@ -249,23 +242,24 @@ impl EventIn {
         limits: &EventLimits,
         make_id: impl FnOnce() -> String,
     ) -> Result<Event> {
-        let props = self.properties.as_ref();
-        if let Some(p) = props {
-            if json_len(p) > limits.max_property_bytes {
+        let fields = match &self.properties {
+            Some(json) if json.get().len() > limits.max_property_bytes => {
                 return Err(Error::invalid(
                     "properties",
                     format!(
-                        "properties must serialise to at most {} bytes",
+                        "properties must be at most {} bytes",
                         limits.max_property_bytes
                     ),
                 ));
             }
-        }
+            Some(json) => Fields::of(json).map_err(|m| Error::invalid("properties", m))?,
+            None => Fields::default(),
+        };
         let value_bound = Bound::Magnitude(limits.max_abs_value);
         let duration = Bound::Range(0.0, limits.max_duration_ms);
         let value = match (&self.kind, self.value) {
             (EventType::Metric | EventType::Conversion, None) => {
-                optional_number(props, "value", value_bound)?
+                optional_number(fields.value, "value", value_bound)?
             }
             (_, value) => value,
         };
@@ -280,6 +274,7 @@ impl EventIn {
                 ));
             }
         }
+        let mut counted = Counted::default();
         match self.kind {
             EventType::Exposure => {
                 if self.experiment.is_none() {
@@ -290,31 +285,43 @@ impl EventIn {
                 }
             }
             EventType::Impression => {
-                optional_string(props, "query")?;
-                optional_number(props, "results_count", Bound::Count(MAX_RESULTS_COUNT))?;
-                optional_number(props, "response_time_ms", duration)?;
+                optional_string(fields.query, "query")?;
+                optional_number(
+                    fields.results_count,
+                    "results_count",
+                    Bound::Count(MAX_RESULTS_COUNT),
+                )?;
+                counted.response_time_ms =
+                    optional_number(fields.response_time_ms, "response_time_ms", duration)?;
             }
             EventType::Click => {
-                required_string(props, "item_id")?;
-                optional_number(props, "rank", Bound::Count(limits.max_rank))?;
-                optional_string(props, "query")?;
-                optional_number(props, "response_time_ms", duration)?;
-                optional_string(props, "source")?;
+                required_string(fields.item_id, "item_id")?;
+                // Checked to be an integer in 0..=max_rank.
+                counted.rank = optional_number(fields.rank, "rank", Bound::Count(limits.max_rank))?
+                    .map(|r| r as u64);
+                optional_string(fields.query, "query")?;
+                counted.response_time_ms =
+                    optional_number(fields.response_time_ms, "response_time_ms", duration)?;
+                optional_string(fields.source, "source")?;
             }
             EventType::Conversion | EventType::Custom(_) => {}
             EventType::Engagement => {
-                required_string(props, "item_id")?;
-                if optional_number(props, "dwell_time_ms", duration)?.is_none() {
+                required_string(fields.item_id, "item_id")?;
+                counted.dwell_time_ms =
+                    optional_number(fields.dwell_time_ms, "dwell_time_ms", duration)?;
+                if counted.dwell_time_ms.is_none() {
                     return Err(Error::invalid(
                         "properties.dwell_time_ms",
                         "an engagement needs dwell_time_ms",
                     ));
                 }
-                optional_string(props, "action")?;
+                counted.action = optional_string(fields.action, "action")?.map(Into::into);
             }
             EventType::Metric => {
-                let name = required_string(props, "name")?;
-                MetricKey::try_from(name).map_err(|m| Error::invalid("properties.name", m))?;
+                let name = required_string(fields.name, "name")?;
+                let name = MetricKey::try_from(name.into_owned())
+                    .map_err(|m| Error::invalid("properties.name", m))?;
+                counted.name = Some(String::from(name).into());
                 if value.is_none() {
                     return Err(Error::invalid("value", "a metric event needs a value"));
                 }
@@ -372,7 +379,9 @@ impl EventIn {
             timestamp_ms,
             received_ms,
             session_id: self.session_id.map(Into::into),
-            properties: self.properties,
+            properties: self
+                .properties
+                .map(|json| Properties::checked(json, counted)),
             assignment_mismatch: false,
             client_id,
         })
@@ -413,23 +422,16 @@ enum Bound {
     Count(u64),
 }
 
-fn optional_number(
-    props: Option<&Map<String, Value>>,
-    key: &str,
-    bound: Bound,
-) -> Result<Option<f64>> {
-    let Some(v) = props.and_then(|p| p.get(key)) else {
+fn optional_number(slot: Slot<'_>, key: &str, bound: Bound) -> Result<Option<f64>> {
+    let Some(n) = slot.number() else {
         return Ok(None);
     };
     let field = || format!("properties.{key}");
-    let n = v
-        .as_f64()
-        .filter(|n| n.is_finite())
-        .ok_or_else(|| Error::invalid(field(), format!("{key} must be a number")))?;
+    let n = n.map_err(|()| Error::invalid(field(), format!("{key} must be a number")))?;
     let within = match bound {
         Bound::Magnitude(max) => n.abs() <= max,
         Bound::Range(low, high) => (low..=high).contains(&n),
-        Bound::Count(max) => v.as_u64().is_some_and(|c| c <= max),
+        Bound::Count(max) => slot.count().and_then(Result::ok).is_some_and(|c| c <= max),
     };
     if within {
         return Ok(Some(n));
@@ -442,22 +444,17 @@ fn optional_number(
     Err(Error::invalid(field(), rule))
 }
 
-fn optional_string<'a>(
-    props: Option<&'a Map<String, Value>>,
-    key: &str,
-) -> Result<Option<&'a str>> {
-    match props.and_then(|p| p.get(key)) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(Error::invalid(
+fn optional_string<'a>(slot: Slot<'a>, key: &str) -> Result<Option<Cow<'a, str>>> {
+    slot.text().transpose().map_err(|()| {
+        Error::invalid(
             format!("properties.{key}"),
             format!("{key} must be a string"),
-        )),
-    }
+        )
+    })
 }
 
-fn required_string<'a>(props: Option<&'a Map<String, Value>>, key: &str) -> Result<&'a str> {
-    match optional_string(props, key)? {
+fn required_string<'a>(slot: Slot<'a>, key: &str) -> Result<Cow<'a, str>> {
+    match optional_string(slot, key)? {
         Some(s) if !s.is_empty() => Ok(s),
         _ => Err(Error::invalid(
             format!("properties.{key}"),
@@ -468,7 +465,7 @@ fn required_string<'a>(props: Option<&'a Map<String, Value>>, key: &str) -> Resu
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -558,7 +555,10 @@ mod tests {
         .unwrap();
         assert_eq!(&*click.event_id, "c-1");
         assert_eq!(click.timestamp_ms, 1_727_776_800_000);
-        assert_eq!(click.num_prop("rank"), Some(3.0));
+        assert_eq!(
+            click.properties.as_ref().and_then(Properties::rank),
+            Some(3)
+        );
         assert_eq!(click.metric_name(), "click");
     }
 
@@ -656,21 +656,19 @@ mod tests {
                 if let Some(v) = e.value {
                     proptest::prop_assert!(v.is_finite() && v.abs() <= limits.max_abs_value);
                 }
-                let durations: &[&str] = match e.kind {
-                    EventType::Impression | EventType::Click => &["response_time_ms"],
-                    EventType::Engagement => &["dwell_time_ms"],
-                    _ => &[],
-                };
-                for &key in durations {
-                    if let Some(d) = e.num_prop(key) {
-                        proptest::prop_assert!((0.0..=limits.max_duration_ms).contains(&d));
-                    }
+                let p = e.properties.as_ref();
+                let durations = [
+                    p.and_then(Properties::response_time_ms),
+                    p.and_then(Properties::dwell_time_ms),
+                ];
+                for d in durations.into_iter().flatten() {
+                    proptest::prop_assert!((0.0..=limits.max_duration_ms).contains(&d));
                 }
                 let received = e.received_ms;
                 proptest::prop_assert!(e.timestamp_ms >= received - limits.max_age_ms);
                 proptest::prop_assert!(e.timestamp_ms <= received + limits.max_skew_ms);
                 proptest::prop_assert!(
-                    e.properties.as_ref().is_none_or(|p| json_len(p) <= limits.max_property_bytes)
+                    p.is_none_or(|p| p.json().len() <= limits.max_property_bytes)
                 );
             }
         }
@@ -694,7 +692,8 @@ mod tests {
         let json = serde_json::to_vec(&crate::domain::EventRecordRef::from(&e)).unwrap();
         assert_eq!(json, serde_json::to_vec(&e).unwrap(), "stored as exported");
         let back =
-            Event::from(serde_json::from_slice::<crate::domain::EventRecord>(&json).unwrap());
+            Event::try_from(serde_json::from_slice::<crate::domain::EventRecord>(&json).unwrap())
+                .unwrap();
         assert_eq!(
             back,
             Event {

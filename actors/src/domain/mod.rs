@@ -14,6 +14,7 @@ mod event;
 mod experiment;
 mod ids;
 mod lifecycle;
+mod properties;
 mod records;
 mod sticky;
 mod timeline;
@@ -34,6 +35,7 @@ pub use experiment::{
 };
 pub use ids::{uuid_v7, AlertId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId};
 pub use lifecycle::{Action, Status};
+pub use properties::Properties;
 #[cfg(test)]
 pub use records::EventRecordRef;
 pub use records::{

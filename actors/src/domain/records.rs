@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::experiment::default_mixing_variance;
@@ -366,7 +366,7 @@ pub struct EventRecordRef<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     session_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    properties: Option<&'a Map<String, Value>>,
+    properties: Option<&'a super::Properties>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     assignment_mismatch: bool,
 }
@@ -410,14 +410,15 @@ pub struct EventRecord {
     #[serde(default)]
     session_id: Option<Box<str>>,
     #[serde(default)]
-    properties: Option<Map<String, Value>>,
+    properties: Option<Box<RawValue>>,
     #[serde(default)]
     assignment_mismatch: bool,
 }
 
-impl From<EventRecord> for Event {
-    fn from(r: EventRecord) -> Self {
-        Self {
+impl TryFrom<EventRecord> for Event {
+    type Error = String;
+    fn try_from(r: EventRecord) -> Result<Self, String> {
+        Ok(Self {
             seq: r.seq,
             event_id: r.event_id,
             kind: r.kind,
@@ -428,12 +429,12 @@ impl From<EventRecord> for Event {
             timestamp_ms: r.timestamp_ms,
             received_ms: r.received_ms,
             session_id: r.session_id,
-            properties: r.properties,
+            properties: r.properties.map(super::Properties::stored).transpose()?,
             assignment_mismatch: r.assignment_mismatch,
             // Whether the id came from the client matters only until the
             // event is committed.
             client_id: false,
-        }
+        })
     }
 }
 

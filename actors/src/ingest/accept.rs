@@ -2,7 +2,9 @@
 //! against one snapshot per experiment for the whole request. All or
 //! none: any failure refuses the request and leaves no trace.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use time::OffsetDateTime;

@@ -33,7 +33,9 @@
 //! practice), and the arithmetic saturates at `±f64::MAX` regardless, so no
 //! infinity or NaN can ever reach a stored record.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use super::totals::MeasureNames;
@@ -515,7 +517,9 @@ mod tests {
     fn metric_events_count_under_their_name_and_mismatches_are_counted() {
         let mut agg = Aggregator::new(usize::MAX);
         let mut metric = valued(event("metric", "u", Some("e"), Some("a"), 2), 4.0);
-        metric.properties = serde_json::from_str(r#"{"name": "latency", "value": 4}"#).unwrap();
+        metric.properties = Some(crate::domain::Properties::of(
+            serde_json::json!({"name": "latency", "value": 4}),
+        ));
         let mut drifted = event("exposure", "u", Some("e"), Some("b"), 3);
         drifted.assignment_mismatch = true;
         let events = [

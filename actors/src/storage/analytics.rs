@@ -10,7 +10,9 @@
 //! minute (`from` rounds down, `to` up). A query for one unit instead reads
 //! that unit's events through the `unit_events` index, exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 
 use rocksdb::{Direction, IteratorMode, MergeOperands, ReadOptions};
 
@@ -298,9 +300,9 @@ mod tests {
         let mut bucket = Bucket::default();
         for i in 0..1000 {
             bucket.add(&Event {
-                properties: serde_json::json!({"rank": i % 5, "response_time_ms": i})
-                    .as_object()
-                    .cloned(),
+                properties: Some(crate::domain::Properties::of(
+                    serde_json::json!({"rank": i % 5, "response_time_ms": i}),
+                )),
                 ..Event::sample("click", "u")
             });
         }
@@ -345,12 +347,9 @@ mod tests {
                     .then(|| crate::domain::VariantKey::try_from("b".to_owned()).expect("a key"));
                 // Spread over minutes, hours and two days.
                 e.timestamp_ms = 86_400_000 - 5_000_000 + i * 20_011;
-                e.properties = Some(
-                    serde_json::json!({"rank": i % 5, "response_time_ms": i % 90})
-                        .as_object()
-                        .expect("an object")
-                        .clone(),
-                );
+                e.properties = Some(crate::domain::Properties::of(
+                    serde_json::json!({"rank": i % 5, "response_time_ms": i % 90}),
+                ));
                 e
             })
             .collect();

@@ -29,11 +29,11 @@
 //! variant) come first and together, so LZ4 can replace them with one
 //! back-reference to the previous event in the block.
 
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::VALUE_V1;
-use crate::domain::{Event, EventRecord, EventType, ExperimentKey, VariantKey};
+use crate::domain::{Event, EventRecord, EventType, ExperimentKey, Properties, VariantKey};
 
 /// First byte of a binary event value.
 pub(crate) const VALUE_V2: u8 = 2;
@@ -139,8 +139,7 @@ pub(crate) fn encode(event: &Event, out: &mut Vec<u8>) {
         put_bytes(out, s.as_bytes());
     }
     if let Some(p) = &event.properties {
-        let json = serde_json::to_vec(p).expect("a JSON object with string keys serialises");
-        put_bytes(out, &json);
+        put_bytes(out, p.json().as_bytes());
     }
 }
 
@@ -150,8 +149,8 @@ pub(crate) fn encode(event: &Event, out: &mut Vec<u8>) {
 pub(crate) fn decode(bytes: &[u8]) -> Result<Event, String> {
     match bytes.split_first() {
         Some((&VALUE_V1, json)) => serde_json::from_slice::<EventRecord>(json)
-            .map(Event::from)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+            .and_then(Event::try_from),
         Some((&VALUE_V2, rest)) => decode_v2(&mut Reader(rest)),
         Some((version, _)) => Err(format!("unknown event value version {version}")),
         None => Err("empty event value".to_owned()),
@@ -204,10 +203,9 @@ fn decode_v2(r: &mut Reader<'_>) -> Result<Event, String> {
         None
     };
     let properties = if has(HAS_PROPERTIES) {
-        Some(
-            serde_json::from_slice::<Map<String, Value>>(r.bytes("properties")?)
-                .map_err(|e| format!("properties: {e}"))?,
-        )
+        let json = serde_json::from_slice::<Box<RawValue>>(r.bytes("properties")?)
+            .map_err(|e| format!("properties: {e}"))?;
+        Some(Properties::stored(json)?)
     } else {
         None
     };
@@ -462,7 +460,7 @@ mod tests {
         let times = (time(), 0u8..3, -100_000i64..100_000, any::<i64>());
         let keys = (kind(), prop::option::of(key()), prop::option::of(key()));
         let properties = prop::collection::btree_map("[a-z_]{1,10}", arbitrary::json(), 0..4)
-            .prop_map(Map::from_iter);
+            .prop_map(|map| Properties::of(serde_json::Value::Object(map.into_iter().collect())));
         let rest = (
             prop::option::of(value()),
             prop::option::of("\\PC{0,40}"),
@@ -554,9 +552,9 @@ mod tests {
             timestamp_ms: 1_767_225_600_000,
             received_ms: 1_767_225_601_234,
             session_id: Some("s1".into()),
-            properties: serde_json::json!({"item_id": "sku-1", "nested": [1, 2.5, null]})
-                .as_object()
-                .cloned(),
+            properties: Some(crate::domain::Properties::of(
+                serde_json::json!({"item_id": "sku-1", "nested": [1, 2.5, null]}),
+            )),
             assignment_mismatch: true,
             ..Event::sample("add_to_cart", "u123456")
         }

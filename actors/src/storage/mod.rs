@@ -13,7 +13,7 @@ mod timeline;
 mod units;
 mod webhooks;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
