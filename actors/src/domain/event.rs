@@ -85,10 +85,10 @@ impl EventType {
     }
 }
 
-impl TryFrom<String> for EventType {
+impl TryFrom<&str> for EventType {
     type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Ok(match s.as_str() {
+    fn try_from(s: &str) -> Result<Self, String> {
+        Ok(match s {
             "exposure" => EventType::Exposure,
             "impression" => EventType::Impression,
             "click" => EventType::Click,
@@ -100,6 +100,13 @@ impl TryFrom<String> for EventType {
                     .map_err(|_| "event type must be 1-64 characters of a-z, 0-9, _ or -")?,
             ),
         })
+    }
+}
+
+impl TryFrom<String> for EventType {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::try_from(s.as_str())
     }
 }
 
@@ -115,9 +122,20 @@ impl Serialize for EventType {
     }
 }
 
+/// Read from borrowed text: a built-in type allocates nothing.
 impl<'de> Deserialize<'de> for EventType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        EventType::try_from(String::deserialize(d)?).map_err(serde::de::Error::custom)
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = EventType;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event type")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<EventType, E> {
+                EventType::try_from(s).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Name)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,12 +33,6 @@ pub fn uuid_v7() -> uuid::Uuid {
 /// is looked up by `&str` in maps, and prints as its text.
 macro_rules! text_impls {
     ($name:ident) => {
-        impl From<$name> for String {
-            fn from(value: $name) -> String {
-                value.0.into_string()
-            }
-        }
-
         impl Borrow<str> for $name {
             fn borrow(&self) -> &str {
                 &self.0
@@ -61,10 +56,13 @@ macro_rules! text_impls {
 macro_rules! key_type {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-        #[serde(try_from = "String", into = "String")]
+        ///
+        /// Shared text: a clone is a reference count, so every event of an
+        /// experiment can carry its key and variant without an allocation
+        /// each (and without a free on another thread when it is stored).
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, utoipa::ToSchema)]
         #[schema(value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
-        pub struct $name(Box<str>);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The key as text.
@@ -73,11 +71,11 @@ macro_rules! key_type {
             }
         }
 
-        impl TryFrom<String> for $name {
+        impl TryFrom<&str> for $name {
             type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                if is_key(&s) {
-                    Ok(Self(s.into_boxed_str()))
+            fn try_from(s: &str) -> Result<Self, String> {
+                if is_key(s) {
+                    Ok(Self(s.into()))
                 } else {
                     Err(format!(
                         concat!("invalid ", $what, " '{}': expected 1-64 characters of a-z, 0-9, _ or -"),
@@ -87,10 +85,39 @@ macro_rules! key_type {
             }
         }
 
-        impl TryFrom<&str> for $name {
+        impl TryFrom<String> for $name {
             type Error = String;
-            fn try_from(s: &str) -> Result<Self, String> {
-                Self::try_from(s.to_owned())
+            fn try_from(s: String) -> Result<Self, String> {
+                Self::try_from(s.as_str())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0.to_string()
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        /// Read from borrowed text: one allocation, not a `String` first.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Text;
+                impl serde::de::Visitor<'_> for Text {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        $name::try_from(s).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(Text)
             }
         }
 
@@ -130,6 +157,12 @@ macro_rules! minted_id {
                 } else {
                     Err(format!(concat!("invalid id '{}': expected ", $prefix, " and 32 hex digits"), s.escape_debug()))
                 }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0.into_string()
             }
         }
 

@@ -53,7 +53,7 @@ pub(super) fn attribute(
             events.push(event);
             continue;
         };
-        let entry = entries.get(key).ok_or_else(|| {
+        let (key, entry) = entries.get_key_value(key).ok_or_else(|| {
             at(Error::invalid(
                 "experiment",
                 format!("experiment '{key}' not found"),
@@ -104,6 +104,7 @@ pub(super) fn attribute(
                     ))
                 })?;
                 event.assignment_mismatch = assigned.is_some_and(|a| a != index);
+                event.variant = Some(experiment.variants[index].key.clone());
                 Some(index)
             }
             None => {
@@ -124,6 +125,9 @@ pub(super) fn attribute(
                 .entry(event.unit_id.clone())
                 .or_insert(variant);
         }
+        // The registry's keys: the event shares them instead of holding
+        // its own copies.
+        event.experiment = Some(key.clone());
         events.push(event);
     }
     for (entry, compiled, variant, i, diverges) in exposures {

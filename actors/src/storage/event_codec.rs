@@ -164,7 +164,7 @@ fn decode_v2(r: &mut Reader<'_>) -> Result<Event, String> {
         return Err("an f32 value flag without a value".to_owned());
     }
     let kind = match r.byte("type")? {
-        CUSTOM => EventType::try_from(r.text("type")?.to_owned())?,
+        CUSTOM => EventType::try_from(r.text("type")?)?,
         i => BUILT_IN
             .get(usize::from(i))
             .cloned()
