@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::properties::{Counted, Fields, Slot};
-use super::{ExperimentKey, MetricKey, Properties, UnitId, VariantKey};
+use super::{EventId, ExperimentKey, MetricKey, Properties, UnitId, VariantKey};
 use crate::{Error, Result};
 
 const MAX_ID_BYTES: usize = 128;
@@ -182,7 +182,7 @@ pub struct Event {
     /// Position in the store's commit order; assigned by the sink.
     pub seq: u64,
     /// De-duplication id.
-    pub event_id: Box<str>,
+    pub event_id: EventId,
     /// The event type.
     #[serde(rename = "type")]
     pub kind: EventType,
@@ -258,7 +258,7 @@ impl EventIn {
         self,
         now: OffsetDateTime,
         limits: &EventLimits,
-        make_id: impl FnOnce() -> String,
+        make_id: impl FnOnce() -> EventId,
     ) -> Result<Event> {
         let fields = match &self.properties {
             Some(json) if json.get().len() > limits.max_property_bytes => {
@@ -354,7 +354,7 @@ impl EventIn {
                         format!("event_id must be 1-{MAX_ID_BYTES} printable bytes"),
                     ));
                 }
-                id
+                EventId::from(id)
             }
             None => make_id(),
         };
@@ -388,7 +388,7 @@ impl EventIn {
         }
         Ok(Event {
             seq: 0,
-            event_id: event_id.into(),
+            event_id,
             kind: self.kind,
             unit_id: String::from(self.unit_id).into(),
             experiment: self.experiment,
@@ -562,7 +562,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!((e.value, e.metric_name()), (Some(9.5), "revenue"));
-        assert_eq!(&*e.event_id, "generated");
+        assert_eq!(e.event_id.text(), "generated");
         assert_eq!(e.timestamp_ms, e.received_ms);
 
         let click = check(json!({
@@ -571,7 +571,7 @@ mod tests {
             "properties": {"item_id": "sku-1", "rank": 3, "response_time_ms": 12.5}
         }))
         .unwrap();
-        assert_eq!(&*click.event_id, "c-1");
+        assert_eq!(click.event_id.text(), "c-1");
         assert_eq!(click.timestamp_ms, 1_727_776_800_000);
         assert_eq!(
             click.properties.as_ref().and_then(Properties::rank),

@@ -29,6 +29,74 @@ pub fn uuid_v7() -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
 }
 
+/// An event's de-duplication id: one abacus minted, kept as its UUID
+/// rather than as 36 characters to format, allocate, free on the writer's
+/// thread and parse back to store, or the text a client chose. Either
+/// reads and compares as its text.
+#[derive(Clone)]
+pub enum EventId {
+    /// A UUID, shown lowercase and hyphenated.
+    Uuid(uuid::Uuid),
+    /// Any other id, as sent.
+    Text(Box<str>),
+}
+
+impl EventId {
+    /// The id as text.
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            EventId::Uuid(uuid) => uuid.hyphenated().to_string().into(),
+            EventId::Text(text) => std::borrow::Cow::Borrowed(text),
+        }
+    }
+}
+
+impl From<&str> for EventId {
+    fn from(text: &str) -> Self {
+        EventId::Text(text.into())
+    }
+}
+
+impl From<String> for EventId {
+    fn from(text: String) -> Self {
+        EventId::Text(text.into())
+    }
+}
+
+impl PartialEq for EventId {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (EventId::Uuid(a), EventId::Uuid(b)) => a == b,
+            (EventId::Text(a), EventId::Text(b)) => a == b,
+            _ => self.text() == other.text(),
+        }
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventId::Uuid(uuid) => fmt::Display::fmt(&uuid.hyphenated(), f),
+            EventId::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.text(), f)
+    }
+}
+
+impl Serialize for EventId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EventId::Uuid(uuid) => s.collect_str(&uuid.hyphenated()),
+            EventId::Text(text) => s.serialize_str(text),
+        }
+    }
+}
+
 /// What every text newtype here shares: it converts back to a `String`,
 /// is looked up by `&str` in maps, and prints as its text.
 macro_rules! text_impls {

@@ -33,7 +33,9 @@ pub use experiment::{
     Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric, MetricKind,
     Variant, MAX_VARIANTS,
 };
-pub use ids::{uuid_v7, AlertId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId};
+pub use ids::{
+    uuid_v7, AlertId, EventId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId,
+};
 pub use lifecycle::{Action, Status};
 pub use properties::Properties;
 #[cfg(test)]

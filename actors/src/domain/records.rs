@@ -351,7 +351,7 @@ impl From<DeliveryAttemptRecord> for DeliveryAttempt {
 #[derive(Serialize)]
 pub struct EventRecordRef<'a> {
     seq: u64,
-    event_id: &'a str,
+    event_id: &'a super::EventId,
     #[serde(rename = "type")]
     kind: &'a EventType,
     unit_id: &'a str,
@@ -420,7 +420,7 @@ impl TryFrom<EventRecord> for Event {
     fn try_from(r: EventRecord) -> Result<Self, String> {
         Ok(Self {
             seq: r.seq,
-            event_id: r.event_id,
+            event_id: super::EventId::Text(r.event_id),
             kind: r.kind,
             unit_id: r.unit_id,
             experiment: r.experiment,

@@ -109,7 +109,7 @@ pub(super) fn expose(
 fn event(experiment: &Experiment, variant: usize, unit: &str, now_ms: i64) -> Event {
     Event {
         seq: 0,
-        event_id: crate::domain::uuid_v7().to_string().into(),
+        event_id: crate::domain::EventId::Uuid(crate::domain::uuid_v7()),
         kind: EventType::Exposure,
         unit_id: unit.into(),
         experiment: Some(experiment.key.clone()),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use time::OffsetDateTime;
 
-use crate::domain::{Event, EventIn, EventLimits, EventType, ExperimentKey, Status};
+use crate::domain::{Event, EventId, EventIn, EventLimits, EventType, ExperimentKey, Status};
 use crate::experiments::actor::Slot;
 use crate::experiments::assignment::{Compiled, Reason};
 use crate::experiments::exposure::FirstExposures;
@@ -41,7 +41,7 @@ pub(super) fn attribute(
     for (i, input) in inputs.into_iter().enumerate() {
         let at = |e: Error| Error::in_event(i, e);
         let mut event = input
-            .check(now, limits, || crate::domain::uuid_v7().to_string())
+            .check(now, limits, || EventId::Uuid(crate::domain::uuid_v7()))
             .map_err(at)?;
         let Some(key) = &event.experiment else {
             if event.variant.is_some() {

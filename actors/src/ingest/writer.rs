@@ -14,7 +14,7 @@ use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part, Queue
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
-use crate::domain::{unix_ms, Event, Exposure};
+use crate::domain::{unix_ms, Event, EventId, Exposure};
 use crate::storage::{bucket_deltas, ClientId, Commit, Store};
 use crate::{Error, Result};
 
@@ -299,7 +299,7 @@ impl Writer {
             .map(|e| {
                 !e.client_id
                     || (!duplicate.next().unwrap_or(false)
-                        && in_batch.insert((&*e.unit_id, &*e.event_id)))
+                        && in_batch.insert((&*e.unit_id, e.event_id.text())))
             })
             .collect();
         drop(in_batch);
@@ -321,10 +321,13 @@ impl Writer {
 fn client_ids(events: &[Event]) -> Vec<ClientId<'_>> {
     events
         .iter()
-        .filter(|e| e.client_id)
-        .map(|e| ClientId {
-            unit: &e.unit_id,
-            id: &e.event_id,
+        .filter_map(|e| match &e.event_id {
+            // A client's id stays its text until it is stored.
+            EventId::Text(id) if e.client_id => Some(ClientId {
+                unit: &e.unit_id,
+                id,
+            }),
+            _ => None,
         })
         .collect()
 }

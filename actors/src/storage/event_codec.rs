@@ -33,7 +33,9 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use super::VALUE_V1;
-use crate::domain::{Event, EventRecord, EventType, ExperimentKey, Properties, VariantKey};
+use crate::domain::{
+    Event, EventId, EventRecord, EventType, ExperimentKey, Properties, VariantKey,
+};
 
 /// First byte of a binary event value.
 pub(crate) const VALUE_V2: u8 = 2;
@@ -128,7 +130,16 @@ pub(crate) fn encode(event: &Event, out: &mut Vec<u8>) {
             zigzag(event.received_ms.wrapping_sub(event.timestamp_ms)),
         );
     }
-    put_event_id(out, &event.event_id, event.received_ms);
+    match &event.event_id {
+        EventId::Uuid(uuid) => put_uuid(out, uuid, event.received_ms),
+        EventId::Text(text) => match canonical_uuid(text) {
+            Some(uuid) => put_uuid(out, &uuid, event.received_ms),
+            None => {
+                put_varint(out, text.len() as u64 + ID_TEXT);
+                out.extend_from_slice(text.as_bytes());
+            }
+        },
+    }
     put_bytes(out, event.unit_id.as_bytes());
     match (short, value) {
         (Some(s), _) => out.extend_from_slice(&s.to_le_bytes()),
@@ -229,12 +240,7 @@ fn decode_v2(r: &mut Reader<'_>) -> Result<Event, String> {
     })
 }
 
-fn put_event_id(out: &mut Vec<u8>, id: &str, received_ms: i64) {
-    let Some(uuid) = canonical_uuid(id) else {
-        put_varint(out, id.len() as u64 + ID_TEXT);
-        out.extend_from_slice(id.as_bytes());
-        return;
-    };
+fn put_uuid(out: &mut Vec<u8>, uuid: &Uuid, received_ms: i64) {
     let bytes = uuid.as_bytes();
     let (time, rest) = bytes.split_at(6);
     let time = time.iter().fold(0i64, |t, &b| (t << 8) | i64::from(b));
@@ -249,7 +255,7 @@ fn put_event_id(out: &mut Vec<u8>, id: &str, received_ms: i64) {
     }
 }
 
-fn read_event_id(r: &mut Reader<'_>, received_ms: i64) -> Result<Box<str>, String> {
+fn read_event_id(r: &mut Reader<'_>, received_ms: i64) -> Result<EventId, String> {
     let bytes: [u8; 16] = match r.varint("event_id")? {
         ID_UUID => r.array("event_id")?,
         ID_UUID_AT => {
@@ -267,16 +273,11 @@ fn read_event_id(r: &mut Reader<'_>, received_ms: i64) -> Result<Box<str>, Strin
             let len = usize::try_from(tag - ID_TEXT).map_err(|e| format!("event_id: {e}"))?;
             let text = r.take(len, "event_id")?;
             return std::str::from_utf8(text)
-                .map(Into::into)
+                .map(EventId::from)
                 .map_err(|e| format!("event_id: {e}"));
         }
     };
-    let mut buffer = Uuid::encode_buffer();
-    Ok(Box::from(
-        &*Uuid::from_bytes(bytes)
-            .hyphenated()
-            .encode_lower(&mut buffer),
-    ))
+    Ok(EventId::Uuid(Uuid::from_bytes(bytes)))
 }
 
 /// `id` as a UUID if it is one in the exact text a UUID prints as
@@ -427,25 +428,23 @@ mod tests {
 
     /// An event id of one of the shapes the encoding tells apart, given
     /// the event's `received_ms`.
-    fn event_id(shape: u8, bytes: [u8; 16], near: i64, text: String, received_ms: i64) -> Box<str> {
+    fn event_id(shape: u8, bytes: [u8; 16], near: i64, text: String, received_ms: i64) -> EventId {
         let uuid = Uuid::from_bytes(bytes);
-        match shape {
+        EventId::from(match shape {
             // A minted id: a UUIDv7 whose time is about `received_ms`.
             0 => {
                 let time = received_ms.wrapping_add(near) as u64 & ((1 << UUID_TIME_BITS) - 1);
                 let rest: [u8; 10] = bytes[6..].try_into().unwrap();
-                Builder::from_unix_timestamp_millis(time, &rest)
-                    .into_uuid()
-                    .to_string()
+                return EventId::Uuid(Builder::from_unix_timestamp_millis(time, &rest).into_uuid());
             }
+            // A client's id that happens to be a UUID.
             1 => uuid.hyphenated().to_string(),
             // UUIDs in another spelling are kept as text.
             2 => uuid.hyphenated().to_string().to_uppercase(),
             3 => uuid.simple().to_string(),
             4 => uuid.braced().to_string(),
             _ => text,
-        }
-        .into()
+        })
     }
 
     fn event() -> impl Strategy<Value = Event> {
