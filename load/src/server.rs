@@ -172,12 +172,19 @@ fn launch(binary: &Path, port: u16, data: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {}", binary.display()))
 }
 
-/// Bytes of every file under `dir`.
+/// Bytes of every file under `dir`. A file RocksDB deletes while this
+/// walks (a compaction's inputs) counts as gone, not as an error: the
+/// walk runs while the server compacts.
 fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let meta = entry.metadata()?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
         total += if meta.is_dir() {
             dir_bytes(&entry.path())?
         } else {
