@@ -125,17 +125,7 @@ impl Serialize for EventType {
 /// Read from borrowed text: a built-in type allocates nothing.
 impl<'de> Deserialize<'de> for EventType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Name;
-        impl serde::de::Visitor<'_> for Name {
-            type Value = EventType;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an event type")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<EventType, E> {
-                EventType::try_from(s).map_err(E::custom)
-            }
-        }
-        d.deserialize_str(Name)
+        super::ids::deserialize_text(d, "an event type")
     }
 }
 
@@ -337,9 +327,10 @@ impl EventIn {
             }
             EventType::Metric => {
                 let name = required_string(fields.name, "name")?;
-                let name = MetricKey::try_from(name.into_owned())
-                    .map_err(|m| Error::invalid("properties.name", m))?;
-                counted.name = Some(String::from(name).into());
+                counted.name = Some(
+                    MetricKey::try_from(&*name)
+                        .map_err(|m| Error::invalid("properties.name", m))?,
+                );
                 if value.is_none() {
                     return Err(Error::invalid("value", "a metric event needs a value"));
                 }

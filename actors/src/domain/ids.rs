@@ -73,15 +73,6 @@ impl PartialEq for EventId {
     }
 }
 
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EventId::Uuid(uuid) => fmt::Display::fmt(&uuid.hyphenated(), f),
-            EventId::Text(text) => f.write_str(text),
-        }
-    }
-}
-
 impl fmt::Debug for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.text(), f)
@@ -97,8 +88,32 @@ impl Serialize for EventId {
     }
 }
 
-/// What every text newtype here shares: it converts back to a `String`,
-/// is looked up by `&str` in maps, and prints as its text.
+/// Deserialises a `T` from borrowed text through its `TryFrom<&str>`,
+/// without a `String` in between (keys and event types are read once per
+/// event on the ingest path). `what` names it in errors.
+pub(crate) fn deserialize_text<'de, D, T>(d: D, what: &'static str) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: for<'a> TryFrom<&'a str, Error = String>,
+{
+    struct Text<T>(&'static str, std::marker::PhantomData<T>);
+    impl<T> serde::de::Visitor<'_> for Text<T>
+    where
+        T: for<'a> TryFrom<&'a str, Error = String>,
+    {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+            T::try_from(s).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Text(what, std::marker::PhantomData))
+}
+
+/// What every text newtype here shares: it is looked up by `&str` in maps
+/// and prints as its text.
 macro_rules! text_impls {
     ($name:ident) => {
         impl Borrow<str> for $name {
@@ -175,17 +190,7 @@ macro_rules! key_type {
         /// Read from borrowed text: one allocation, not a `String` first.
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct Text;
-                impl serde::de::Visitor<'_> for Text {
-                    type Value = $name;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str($what)
-                    }
-                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
-                        $name::try_from(s).map_err(E::custom)
-                    }
-                }
-                d.deserialize_str(Text)
+                deserialize_text(d, $what)
             }
         }
 

@@ -12,6 +12,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
+use super::MetricKey;
+
 /// An event's `properties` object and what abacus counts from it.
 #[derive(Debug, Clone)]
 pub struct Properties {
@@ -23,7 +25,7 @@ pub struct Properties {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(super) struct Counted {
     /// A metric event's name.
-    pub name: Option<Box<str>>,
+    pub name: Option<MetricKey>,
     /// An engagement's action.
     pub action: Option<Box<str>>,
     /// A click's rank.
@@ -41,11 +43,16 @@ impl Properties {
     }
 
     /// Reads back stored properties: `json` must be an object; a counted
-    /// field of the wrong type (which ingestion refuses) counts as absent.
+    /// field of the wrong type or shape (which ingestion refuses) counts as
+    /// absent.
     pub fn stored(json: Box<RawValue>) -> Result<Self, String> {
         let fields = Fields::of(&json)?;
         let counted = Counted {
-            name: fields.name.text().and_then(Result::ok).map(Into::into),
+            name: fields
+                .name
+                .text()
+                .and_then(Result::ok)
+                .and_then(|n| MetricKey::try_from(&*n).ok()),
             action: fields.action.text().and_then(Result::ok).map(Into::into),
             rank: fields.rank.count().and_then(Result::ok),
             response_time_ms: fields.response_time_ms.number().and_then(Result::ok),
@@ -61,7 +68,7 @@ impl Properties {
 
     /// A metric event's `name`.
     pub fn name(&self) -> Option<&str> {
-        self.counted.name.as_deref()
+        self.counted.name.as_ref().map(MetricKey::as_str)
     }
 
     /// An engagement's `action`.

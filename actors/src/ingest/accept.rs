@@ -3,10 +3,9 @@
 //! none: any failure refuses the request and leaves no trace.
 
 use std::collections::BTreeMap;
-
-use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt};
 use time::OffsetDateTime;
 
 use crate::domain::{Event, EventId, EventIn, EventLimits, EventType, ExperimentKey, Status};

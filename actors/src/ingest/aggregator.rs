@@ -34,9 +34,9 @@
 //! infinity or NaN can ever reach a stored record.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
-use std::sync::Arc;
 
 use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};

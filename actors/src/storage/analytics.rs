@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 
 use foldhash::{HashMap, HashMapExt};
-
 use rocksdb::{Direction, IteratorMode, MergeOperands, ReadOptions};
 
 use super::{decode_event, decode_json, keys, Cf, Store};

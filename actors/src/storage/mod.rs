@@ -13,10 +13,10 @@ mod timeline;
 mod units;
 mod webhooks;
 
-use foldhash::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use foldhash::HashMap;
 use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
     ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch,
