@@ -125,24 +125,11 @@ impl Store {
             retention_ms,
             cache_bytes,
         } = options;
-        // One block cache for every family, with bloom filters so a point
-        // read of a key that is not there rarely touches disk; index and
-        // filter blocks live in the cache, inside the same budget.
+        // One block cache for every family, index and filter blocks inside
+        // the same budget.
         let cache = rocksdb::Cache::new_lru_cache(cache_bytes);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_bloom_filter(10.0, false);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        // Partitioned: a point read loads one small partition of a file's
-        // index and filter, not the whole of each. In a store many times
-        // the cache, whole filters and indexes were evicted and read back
-        // for nearly every lookup (half the writers' CPU in a 100M-event
-        // store). The top level of each stays pinned.
-        table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
-        table.set_partition_filters(true);
-        table.set_metadata_block_size(4096);
-        table.set_pin_top_level_index_and_filter(true);
+        let table = table_options(&cache, true);
+        let scanned = table_options(&cache, false);
         // Every family's memtables are charged to the same cache, so what
         // the store holds for reads and for writes together stays within
         // `cache_bytes` however fast events arrive; a full budget flushes
@@ -181,9 +168,9 @@ impl Store {
         let families = Cf::ALL.iter().map(|&cf| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            cf_options.set_block_based_table_factory(&table);
             cf_options.set_write_buffer_size(memtable_bytes);
             if matches!(cf, Cf::Events | Cf::UnitEvents) {
+                cf_options.set_block_based_table_factory(&scanned);
                 // Written at the rate of events and read only by range
                 // scans (exports, rebuilds, a unit's events), never by the
                 // point reads that many level-0 files slow down. Merging 16
@@ -193,6 +180,8 @@ impl Store {
                 cf_options.set_level_zero_file_num_compaction_trigger(16);
                 cf_options.set_level_zero_slowdown_writes_trigger(48);
                 cf_options.set_level_zero_stop_writes_trigger(72);
+            } else {
+                cf_options.set_block_based_table_factory(&table);
             }
             if cf == Cf::Analytics {
                 cf_options.set_merge_operator_associative("bucket_merge", analytics::merge_buckets);
@@ -640,6 +629,30 @@ impl Store {
 
 /// Background compactions RocksDB runs at once (at the lowest CPU priority).
 const COMPACTIONS: i32 = 3;
+
+/// Table options over the shared `cache`. With `bloom`, each file carries a
+/// bloom filter so a point read of a key that is not there rarely touches
+/// disk; families read only by range scans go without, and their flushes
+/// and compactions skip hashing every key into one.
+fn table_options(cache: &rocksdb::Cache, bloom: bool) -> rocksdb::BlockBasedOptions {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    if bloom {
+        table.set_bloom_filter(10.0, false);
+    }
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Partitioned: a point read loads one small partition of a file's
+    // index and filter, not the whole of each. In a store many times the
+    // cache, whole filters and indexes were evicted and read back for
+    // nearly every lookup (half the writers' CPU in a 100M-event store).
+    // The top level of each stays pinned.
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
+    table
+}
 
 /// [`SINK_CURSOR_PREFIX`] then the sink's name.
 fn sink_cursor_key(name: &str) -> Vec<u8> {
