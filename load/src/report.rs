@@ -19,6 +19,9 @@ pub struct Counts {
     pub http_errors: AtomicU64,
     /// Connection errors and timeouts.
     pub io_errors: AtomicU64,
+    /// The first connection error, with its causes: what to look at when
+    /// `io_errors` is not zero.
+    pub first_io_error: std::sync::OnceLock<String>,
     /// Arrivals not sent because `--max-in-flight` was reached.
     pub overflow: AtomicU64,
     /// 503s sent again (closed loop only, which retries them).
@@ -55,6 +58,8 @@ pub struct Report {
     ok: u64,
     http_errors: u64,
     io_errors: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_io_error: Option<String>,
     overflow: u64,
     retried: u64,
     throughput_rps: f64,
@@ -124,6 +129,7 @@ impl Report {
             ok,
             http_errors,
             io_errors,
+            first_io_error: c.first_io_error.get().cloned(),
             overflow: c.overflow.load(Ordering::Relaxed),
             retried: c.retried.load(Ordering::Relaxed),
             throughput_rps: (ok + http_errors) as f64 / elapsed.as_secs_f64(),
@@ -165,6 +171,9 @@ impl fmt::Display for Report {
             "requests {}  ok {}  http errors {}  io errors {}  overflow {}",
             self.requests, self.ok, self.http_errors, self.io_errors, self.overflow
         )?;
+        if let Some(error) = &self.first_io_error {
+            writeln!(f, "first io error: {error}")?;
+        }
         if self.retried > 0 {
             writeln!(f, "503s retried {}", self.retried)?;
         }

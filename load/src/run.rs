@@ -154,7 +154,7 @@ enum Outcome {
     /// 503: the server asks to retry.
     Busy,
     Http,
-    Io,
+    Io(reqwest::Error),
 }
 
 /// Sends and reads the whole body: the request is done when it is.
@@ -171,7 +171,7 @@ async fn send(request: reqwest::RequestBuilder) -> Outcome {
                 Outcome::Http
             }
         }
-        Err(_) => Outcome::Io,
+        Err(error) => Outcome::Io(error),
     }
 }
 
@@ -179,8 +179,23 @@ fn outcome_counter(counts: &Counts, outcome: Outcome) -> &std::sync::atomic::Ato
     match outcome {
         Outcome::Ok => &counts.ok,
         Outcome::Http | Outcome::Busy => &counts.http_errors,
-        Outcome::Io => &counts.io_errors,
+        Outcome::Io(error) => {
+            counts.first_io_error.get_or_init(|| error_chain(&error));
+            &counts.io_errors
+        }
     }
+}
+
+/// An error and its causes, outermost first.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Waits (at most 120 s) for every expected delivery, then measures.
