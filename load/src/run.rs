@@ -13,11 +13,19 @@ use crate::scenario::Target;
 use crate::stream::Listeners;
 use crate::Args;
 
+/// How long an idle pooled connection is kept. Shorter than the server's
+/// keep-alive (actix's default, 5 s): a connection the server closes just
+/// as the harness reuses it fails with "connection closed before message
+/// completed", which is the client's race, not the server's error. After a
+/// burst the pool holds many connections that then sit idle.
+const POOL_IDLE: Duration = Duration::from_secs(3);
+
 /// Runs one bounded test (open loop, or closed with `--closed-loop`) and
 /// summarises it.
 pub async fn run(args: &Args) -> anyhow::Result<Report> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.max_in_flight)
+        .pool_idle_timeout(POOL_IDLE)
         .timeout(Duration::from_secs(10))
         .build()?;
     let target = Arc::new(Target::prepare(args, client).await?);
