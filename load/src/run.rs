@@ -188,22 +188,13 @@ fn outcome_counter(counts: &Counts, outcome: Outcome) -> &std::sync::atomic::Ato
         Outcome::Ok => &counts.ok,
         Outcome::Http | Outcome::Busy => &counts.http_errors,
         Outcome::Io(error) => {
-            counts.first_io_error.get_or_init(|| error_chain(&error));
+            // `{:#}` prints the error and its causes, outermost first.
+            counts
+                .first_io_error
+                .get_or_init(|| format!("{:#}", anyhow::Error::new(error)));
             &counts.io_errors
         }
     }
-}
-
-/// An error and its causes, outermost first.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Waits (at most 120 s) for every expected delivery, then measures.

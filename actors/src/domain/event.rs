@@ -103,13 +103,6 @@ impl TryFrom<&str> for EventType {
     }
 }
 
-impl TryFrom<String> for EventType {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        Self::try_from(s.as_str())
-    }
-}
-
 impl From<EventType> for String {
     fn from(t: EventType) -> String {
         t.as_str().to_owned()
@@ -226,7 +219,7 @@ impl Event {
         Self {
             seq: 0,
             event_id: "e".into(),
-            kind: EventType::try_from(kind.to_owned()).expect("a valid event type"),
+            kind: EventType::try_from(kind).expect("a valid event type"),
             unit_id: unit.into(),
             experiment: None,
             variant: None,

@@ -386,7 +386,7 @@ mod tests {
 
     fn kind() -> impl Strategy<Value = EventType> {
         let built_in = prop::sample::select(BUILT_IN.to_vec());
-        let named = key().prop_map(|s| EventType::try_from(s).unwrap());
+        let named = key().prop_map(|s| EventType::try_from(&*s).unwrap());
         prop_oneof![built_in, named]
     }
 

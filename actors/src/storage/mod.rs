@@ -171,9 +171,11 @@ impl Store {
             cf_options.set_write_buffer_size(memtable_bytes);
             if matches!(cf, Cf::Events | Cf::UnitEvents) {
                 cf_options.set_block_based_table_factory(&scanned);
-                // Written at the rate of events and read only by range
-                // scans (exports, rebuilds, a unit's events), never by the
-                // point reads that many level-0 files slow down. Merging 16
+                // Written at the rate of events and read by range scans
+                // (exports, rebuilds) and by point reads of keys an index
+                // or a scan has just found (a unit's events, a sink's
+                // replay), never by lookups of keys that may be absent,
+                // which many level-0 files and no filters slow. Merging 16
                 // at a time rewrites the level below a quarter as often as
                 // the default 4, and the stall triggers leave compaction
                 // room to catch up after a burst instead of delaying writes.
@@ -632,8 +634,8 @@ const COMPACTIONS: i32 = 3;
 
 /// Table options over the shared `cache`. With `bloom`, each file carries a
 /// bloom filter so a point read of a key that is not there rarely touches
-/// disk; families read only by range scans go without, and their flushes
-/// and compactions skip hashing every key into one.
+/// disk; families never asked for a key that may be absent go without, and
+/// their flushes and compactions skip hashing every key into one.
 fn table_options(cache: &rocksdb::Cache, bloom: bool) -> rocksdb::BlockBasedOptions {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(cache);
