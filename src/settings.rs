@@ -48,6 +48,7 @@ fn ingest(config: &Config) -> IngestLimits {
         partitions: u16::try_from(partitions.min(64)).unwrap_or(1),
         mailbox_capacity: config.ingest.mailbox_capacity,
         mailbox_events: config.ingest.mailbox_events,
+        enqueue_wait: config.ingest.enqueue_wait_ms.get(),
         flush_interval: config.ingest.flush_interval_ms.get(),
         flush_max_events: config.ingest.flush_max_events,
         dedup_window: config.ingest.dedup_window_days.get(),

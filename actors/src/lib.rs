@@ -4,7 +4,7 @@
 //!
 //! - [`domain`]: plain data and pure functions, and every stored record;
 //! - [`storage`]: RocksDB, depending on the domain only; [`stats`]: the
-//!   statistics, pure;
+//!   statistics, pure; [`room`]: waiting for room in a full queue;
 //! - the services: [`experiments`] (the registry, one actor per
 //!   experiment, assignment, stickiness, exposures), [`ingest`] (accepting
 //!   events, the mailbox, the writer, sinks), [`results`], [`webhooks`],
@@ -27,6 +27,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod results;
+pub mod room;
 pub mod stats;
 pub mod storage;
 pub mod webhooks;

@@ -197,6 +197,8 @@ pub struct IngestConfig {
     /// Events the partitions' mailboxes hold together before answering 503:
     /// the bound on what queued requests take in memory.
     pub mailbox_events: usize,
+    /// Longest a request waits for room in a full mailbox before its 503.
+    pub enqueue_wait_ms: Millis,
     /// Most events in one request body.
     pub max_batch: usize,
     /// Longest time an event waits in the writer before its batch commits.
@@ -408,6 +410,9 @@ impl Config {
                 "must be at least ingest.max_batch (a whole batch must fit)",
             );
         }
+        if self.ingest.enqueue_wait_ms.get() > Duration::from_secs(10) {
+            return invalid("ingest.enqueue_wait_ms", "must be at most 10000");
+        }
         if self.ingest.partitions > 64 {
             return invalid(
                 "ingest.partitions",
@@ -593,6 +598,12 @@ mod tests {
             assert!(err.to_string().contains("ingest.mailbox_events"), "{err}");
             jail.set_env("ABACUS_INGEST__MAILBOX_EVENTS", "1000");
             assert_eq!(load_in(jail, None).unwrap().ingest.mailbox_events, 1000);
+            jail.set_env("ABACUS_INGEST__ENQUEUE_WAIT_MS", "10001");
+            let err = load_in(jail, None).unwrap_err();
+            assert!(err.to_string().contains("ingest.enqueue_wait_ms"), "{err}");
+            jail.set_env("ABACUS_INGEST__ENQUEUE_WAIT_MS", "0");
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config.ingest.enqueue_wait_ms.get(), Duration::ZERO);
             Ok(())
         });
     }

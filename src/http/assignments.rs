@@ -98,8 +98,9 @@ async fn assign_one(
     query: web::Query<AssignQuery>,
 ) -> ApiResult<HttpResponse> {
     UnitId::check(&query.unit_id).map_err(|message| ApiError::bad_query("unit_id", message))?;
-    let assignment =
-        experiments.assign(&key, &query.unit_id, query.log_exposure.unwrap_or(true))?;
+    let assignment = experiments
+        .assign(&key, &query.unit_id, query.log_exposure.unwrap_or(true))
+        .await?;
     Ok(HttpResponse::Ok().json(AssignmentOut::from(&assignment)))
 }
 
@@ -120,11 +121,13 @@ async fn assign_all(
     experiments: web::Data<Experiments>,
     ValidJson(body): ValidJson<AssignAllIn>,
 ) -> ApiResult<HttpResponse> {
-    let assignments = experiments.assign_all(
-        body.unit_id.as_str(),
-        body.experiments.as_deref(),
-        body.log_exposure.unwrap_or(true),
-    )?;
+    let assignments = experiments
+        .assign_all(
+            body.unit_id.as_str(),
+            body.experiments.as_deref(),
+            body.log_exposure.unwrap_or(true),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(AssignmentsOut {
         unit_id: body.unit_id.as_str(),
         assignments: assignments.iter().map(AssignmentOut::from).collect(),

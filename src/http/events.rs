@@ -113,6 +113,7 @@ async fn accept(
     let offered = inputs.len();
     let accepted = intake
         .accept(inputs, query.ack == AckMode::Persisted)
+        .await
         .map_err(|e| in_request(e, batch))
         .inspect_err(|e| count_invalid(e, offered))?;
     let persisted = match accepted.persisted {

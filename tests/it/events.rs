@@ -277,3 +277,121 @@ fn the_jsonl_sink_receives_every_committed_event() {
     assert_eq!(lines.len(), 1000);
     assert!(lines.iter().all(|e| e["type"] == "view"));
 }
+
+/// Clients that together send faster than the writers commit: with
+/// `ingest.enqueue_wait_ms` each request that finds the (one-request)
+/// mailbox full waits for room and is accepted, and every event is
+/// stored; without it the same load is refused in part, with
+/// `503 overloaded` and `Retry-After`.
+#[test]
+fn a_full_mailbox_slows_clients_for_enqueue_wait_ms_before_refusing_them() {
+    // One writer whose mailbox holds a single request.
+    let tiny = |wait_ms| {
+        TestServer::start_with(&[
+            ("ABACUS_INGEST__PARTITIONS", "1"),
+            ("ABACUS_INGEST__MAILBOX_CAPACITY", "1"),
+            ("ABACUS_INGEST__MAX_BATCH", "256"),
+            ("ABACUS_INGEST__MAILBOX_EVENTS", "256"),
+            ("ABACUS_INGEST__ENQUEUE_WAIT_MS", wait_ms),
+        ])
+    };
+
+    let waiting = tiny("10000");
+    let answers = flood(&waiting);
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status != 202).collect();
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        refused[0]
+    );
+    waiting.barrier();
+    assert_eq!(waiting.stored(None).len(), answers.len() * FLOOD_BATCH);
+    assert_eq!(rejected_for_a_full_mailbox(&waiting), 0);
+
+    let refusing = tiny("0");
+    let answers = flood(&refusing);
+    let refused: Vec<&Answer> = answers.iter().filter(|a| a.status != 202).collect();
+    assert!(!refused.is_empty(), "a one-request mailbox never filled");
+    for answer in &refused {
+        assert_eq!(
+            (
+                answer.status,
+                error_code(&answer.body),
+                answer.retry_after.as_deref()
+            ),
+            (503, "overloaded", Some("1")),
+            "{}",
+            answer.body
+        );
+    }
+    refusing.barrier();
+    let accepted = answers.len() - refused.len();
+    assert_eq!(
+        refusing.stored(None).len(),
+        accepted * FLOOD_BATCH,
+        "all or none per request"
+    );
+    assert_eq!(
+        rejected_for_a_full_mailbox(&refusing),
+        refused.len() * FLOOD_BATCH
+    );
+}
+
+/// Events per request of [`flood`].
+const FLOOD_BATCH: usize = 100;
+
+/// One answer of [`flood`].
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<String>,
+}
+
+/// Eight clients at once, each posting 25 batches of [`FLOOD_BATCH`]
+/// conversions of distinct units, as fast as they are answered.
+fn flood(server: &TestServer) -> Vec<Answer> {
+    let post = |client: usize, batch: usize| {
+        let events: Vec<Value> = (0..FLOOD_BATCH)
+            .map(|e| json!({"type": "conversion", "unit_id": format!("u-{client}-{batch}-{e}")}))
+            .collect();
+        let response = server
+            .request(reqwest::Method::POST, "/v1/events")
+            .json(&json!({ "events": events }))
+            .send()
+            .expect("request");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (status, body) = crate::common::read(response);
+        Answer {
+            status,
+            body,
+            retry_after,
+        }
+    };
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..8)
+            .map(|c| scope.spawn(move || (0..25).map(|b| post(c, b)).collect::<Vec<_>>()))
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("a client thread"))
+            .collect()
+    })
+}
+
+/// `abacus_events_rejected_total{reason="mailbox_full"}`.
+fn rejected_for_a_full_mailbox(server: &TestServer) -> usize {
+    let text = server
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(r#"abacus_events_rejected_total{reason="mailbox_full"} "#))
+        .map_or(0, |v| v.parse().expect("a count"))
+}

@@ -16,6 +16,7 @@ use super::assignment::{Decision, Reason};
 use super::sticky::{Claim, FirstExposure};
 use super::Assignment;
 use crate::domain::{Event, EventType, Experiment, StickyAssignment};
+use crate::room::Room;
 use crate::Result;
 
 /// Where exposures are queued: the ingest mailbox in the server.
@@ -24,6 +25,10 @@ pub trait ExposureQueue: Send + Sync {
     /// refuses at once (full mailbox, failed store) without queueing any
     /// of them.
     fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()>;
+
+    /// Where an assignment refused for a full queue waits for room before
+    /// it is decided again.
+    fn room(&self) -> &Room;
 }
 
 /// First exposures claimed while one request is handled: records to store

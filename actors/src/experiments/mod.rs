@@ -199,8 +199,34 @@ impl Experiments {
 
     /// Assigns `unit` to one experiment. Lock-free on the experiment; the
     /// exposure (and a first exposure's stickiness) is queued without
-    /// waiting.
-    pub fn assign(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
+    /// waiting on disk. When the queue is full, the assignment waits for
+    /// room (up to `ingest.enqueue_wait_ms`) and is decided again.
+    pub async fn assign(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
+        self.exposures
+            .room()
+            .retry(|| self.assign_now(key, unit, log_exposure))
+            .await
+    }
+
+    /// Assigns `unit` to every running experiment, or to the named ones
+    /// whatever their status (each once, at most
+    /// `max_assignment_experiments`). Exposures are queued together; a
+    /// full queue is waited on as in [`Experiments::assign`].
+    pub async fn assign_all(
+        &self,
+        unit: &str,
+        keys: Option<&[ExperimentKey]>,
+        log_exposure: bool,
+    ) -> Result<Vec<Assignment>> {
+        self.exposures
+            .room()
+            .retry(|| self.assign_all_now(unit, keys, log_exposure))
+            .await
+    }
+
+    /// One try of [`Experiments::assign`]: refused `Overloaded` at once
+    /// when the queue is full.
+    fn assign_now(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
         let entry = self.entry(key)?;
         let mut assignments = [Assignment::decide(&entry.slot, unit)?];
         if log_exposure {
@@ -211,10 +237,8 @@ impl Experiments {
         Ok(assignment)
     }
 
-    /// Assigns `unit` to every running experiment, or to the named ones
-    /// whatever their status (each once, at most
-    /// `max_assignment_experiments`). Exposures are queued together.
-    pub fn assign_all(
+    /// One try of [`Experiments::assign_all`].
+    fn assign_all_now(
         &self,
         unit: &str,
         keys: Option<&[ExperimentKey]>,
@@ -317,6 +341,7 @@ pub(crate) mod testing {
     use super::exposure::{ExposureQueue, FirstExposures};
     use super::sticky::Claim;
     use crate::domain::{Action, Event, Experiment, ExperimentIn, StickyAssignment};
+    use crate::room::Room;
     use crate::{Error, Result};
 
     /// Where the tests' clocks start.
@@ -355,9 +380,26 @@ pub(crate) mod testing {
         refuse: AtomicBool,
         queued: Mutex<Vec<Queued>>,
         in_flight: Mutex<Vec<Claim>>,
+        /// No wait: a refused assignment is refused at once.
+        room: Room,
     }
 
     impl RecordingQueue {
+        /// A queue whose refused callers wait up to `wait` for
+        /// [`RecordingQueue::make_room`].
+        pub fn waiting(wait: std::time::Duration) -> Self {
+            Self {
+                room: Room::new(wait),
+                ..Self::default()
+            }
+        }
+
+        /// Stops refusing and wakes the callers waiting for room.
+        pub fn make_room(&self) {
+            self.refuse(false);
+            self.room.freed();
+        }
+
         /// Every accepted call, in order.
         pub fn queued(&self) -> Vec<Queued> {
             self.queued.lock().expect("lock").clone()
@@ -384,6 +426,10 @@ pub(crate) mod testing {
             self.in_flight.lock().expect("lock").extend(claims);
             Ok(())
         }
+
+        fn room(&self) -> &Room {
+            &self.room
+        }
     }
 }
 
@@ -405,9 +451,14 @@ mod tests {
     /// The service over an empty store, at most `max` experiments per
     /// `assign_all`. Must run inside an actix system.
     fn fixture(max: usize) -> Fixture {
+        fixture_over(max, RecordingQueue::default())
+    }
+
+    /// [`fixture`], queueing exposures into `queue`.
+    fn fixture_over(max: usize, queue: RecordingQueue) -> Fixture {
         let (dir, store) = Store::temporary();
         let clock = Arc::new(ManualClock::new(T0));
-        let queue = Arc::new(RecordingQueue::default());
+        let queue = Arc::new(queue);
         let service = Experiments::new(Arc::default(), store, queue.clone(), clock.clone(), max);
         Fixture {
             _dir: dir,
@@ -461,15 +512,15 @@ mod tests {
         f.draft("d").await;
         f.clock.advance(Duration::from_secs(1));
 
-        let first = f.service.assign("e", "alice", true).unwrap();
+        let first = f.service.assign("e", "alice", true).await.unwrap();
         assert_eq!(
             (first.reason(), first.in_experiment()),
             (Reason::Hashed, true)
         );
-        let again = f.service.assign("e", "alice", true).unwrap();
+        let again = f.service.assign("e", "alice", true).await.unwrap();
         assert_eq!(again.reason(), Reason::Hashed, "the hash still agrees");
         assert_eq!(again.variant().key, first.variant().key);
-        let draft = f.service.assign("d", "alice", true).unwrap();
+        let draft = f.service.assign("d", "alice", true).await.unwrap();
         assert_eq!(
             (draft.reason(), draft.in_experiment()),
             (Reason::NotRunning, false)
@@ -477,17 +528,17 @@ mod tests {
         assert_eq!(draft.variant().key.as_str(), "control");
         // Without an exposure nothing is remembered: still hashed.
         for _ in 0..2 {
-            let unlogged = f.service.assign("e", "bob", false).unwrap();
+            let unlogged = f.service.assign("e", "bob", false).await.unwrap();
             assert_eq!(unlogged.reason(), Reason::Hashed);
         }
         assert!(matches!(
-            f.service.assign("missing", "alice", true),
+            f.service.assign("missing", "alice", true).await,
             Err(Error::ExperimentNotFound(k)) if k == "missing"
         ));
         // Once the hash leaves her out, her first exposure answers.
         let nobody = serde_json::from_value(serde_json::json!({"coverage": 0.0})).unwrap();
         f.service.patch("e", nobody).await.unwrap();
-        let kept = f.service.assign("e", "alice", true).unwrap();
+        let kept = f.service.assign("e", "alice", true).await.unwrap();
         assert_eq!(
             (kept.reason(), kept.variant().key.clone()),
             (Reason::Sticky, first.variant().key.clone())
@@ -517,17 +568,38 @@ mod tests {
         f.running("e").await;
         f.queue.refuse(true);
         assert!(matches!(
-            f.service.assign("e", "alice", true),
+            f.service.assign("e", "alice", true).await,
             Err(Error::Overloaded(_))
         ));
         assert!(matches!(
-            f.service.assign_all("alice", None, true),
+            f.service.assign_all("alice", None, true).await,
             Err(Error::Overloaded(_))
         ));
         assert!(f.served().is_empty());
         f.queue.refuse(false);
-        let retried = f.service.assign("e", "alice", true).unwrap();
+        let retried = f.service.assign("e", "alice", true).await.unwrap();
         assert_eq!(retried.reason(), Reason::Hashed, "nothing was remembered");
+    }
+
+    /// With `ingest.enqueue_wait_ms`, an assignment refused for a full
+    /// queue waits for room and is decided again, not answered 503.
+    #[actix::test]
+    async fn a_refused_exposure_waits_for_room_and_is_queued_then() {
+        let f = fixture_over(10, RecordingQueue::waiting(Duration::from_secs(60)));
+        f.running("e").await;
+        f.queue.refuse(true);
+        let writer = {
+            let queue = Arc::clone(&f.queue);
+            actix::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                queue.make_room();
+            })
+        };
+        let assigned = f.service.assign("e", "alice", true).await.unwrap();
+        assert_eq!(assigned.reason(), Reason::Hashed);
+        writer.await.unwrap();
+        assert_eq!(f.queue.queued().len(), 1, "exposed once");
+        assert_eq!(f.served(), [(Reason::Hashed, 1)]);
     }
 
     #[actix::test]
@@ -539,7 +611,7 @@ mod tests {
         f.with_status("d", &[Action::Start, Action::Pause]).await;
         f.with_status("e", &[Action::Start, Action::Complete]).await;
 
-        let all = f.service.assign_all("alice", None, true).unwrap();
+        let all = f.service.assign_all("alice", None, true).await.unwrap();
         assert_eq!(experiments(&all), ["a", "b"]);
         assert_eq!(f.served(), [(Reason::Hashed, 2)]);
         let queued = f.queue.queued();
@@ -557,7 +629,11 @@ mod tests {
         f.draft("c").await;
 
         let repeated = keys(&["b", "a", "b", "b", "a"]);
-        let once = f.service.assign_all("u", Some(&repeated), true).unwrap();
+        let once = f
+            .service
+            .assign_all("u", Some(&repeated), true)
+            .await
+            .unwrap();
         assert_eq!(experiments(&once), ["b", "a"], "first mention order");
         let [(events, _)] = &f.queue.queued()[..] else {
             panic!("one queue call")
@@ -567,6 +643,7 @@ mod tests {
         let named = f
             .service
             .assign_all("u", Some(&keys(&["c"])), false)
+            .await
             .unwrap();
         assert_eq!(
             named[0].reason(),
@@ -576,7 +653,7 @@ mod tests {
 
         let before = f.served();
         let three = keys(&["a", "b", "c"]);
-        match f.service.assign_all("u", Some(&three), true) {
+        match f.service.assign_all("u", Some(&three), true).await {
             Err(Error::Invalid { field, message }) => {
                 assert_eq!(field, "experiments");
                 assert!(message.contains("at most 2"), "{message}");
@@ -585,7 +662,7 @@ mod tests {
         }
         let unknown = keys(&["a", "zzz"]);
         assert!(matches!(
-            f.service.assign_all("u", Some(&unknown), true),
+            f.service.assign_all("u", Some(&unknown), true).await,
             Err(Error::ExperimentNotFound(k)) if k == "zzz"
         ));
         assert_eq!(f.served(), before, "a refused request counts nothing");

@@ -1,7 +1,9 @@
 //! The bounded mailboxes between the handlers and the partition writers,
 //! and the counters both sides keep. [`Mailbox::submit`] routes a
 //! request's events to the partitions that own their units and either
-//! queues all of them or refuses at once: handlers never wait on disk.
+//! queues all of them or, when one is full and stays full for
+//! `ingest.enqueue_wait_ms`, refuses: handlers never wait on disk, only
+//! (briefly) for a writer to take what is queued.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use crate::domain::Event;
 use crate::domain::StickyAssignment;
 use crate::experiments::exposure::FirstExposures;
 use crate::experiments::sticky::Claim;
+use crate::room::Room;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -141,6 +144,9 @@ pub struct IngestLimits {
     /// Events the partitions' mailboxes hold together (each an equal
     /// share) before `submit` answers `Overloaded`: their memory bound.
     pub mailbox_events: usize,
+    /// Longest a request waits for room in a full mailbox before it is
+    /// refused `Overloaded`.
+    pub enqueue_wait: Duration,
     /// Longest an event waits before its batch is committed.
     pub flush_interval: Duration,
     /// Most events in one committed batch.
@@ -271,6 +277,8 @@ pub struct Mailbox {
     /// partition stops.
     sinks: Mutex<Option<Arc<Vec<SinkWorker>>>>,
     stats: Arc<IngestStats>,
+    /// Where requests refused for a full mailbox wait for the writers.
+    room: Arc<Room>,
 }
 
 impl Mailbox {
@@ -303,6 +311,7 @@ impl Mailbox {
         let sequencer = Sequencer::new(store.next_seq()?);
         let aggregators =
             Aggregator::load_partitions(&store, limits.partitions, limits.max_measures, &live)?;
+        let room = Arc::new(Room::new(limits.enqueue_wait));
         let mut partitions = Vec::with_capacity(aggregators.len());
         for ((index, aggregator), committer) in aggregators.into_iter().enumerate().zip(committers)
         {
@@ -319,6 +328,7 @@ impl Mailbox {
                 aggregator,
                 live: Arc::clone(&live),
                 queued: Arc::clone(&queued),
+                room: Arc::clone(&room),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("ingest-{index}"))
@@ -337,22 +347,56 @@ impl Mailbox {
             partitions,
             sinks: Mutex::new(Some(sinks)),
             stats,
+            room,
         })
     }
 
     /// Queues a request's events in the partitions that own their units,
-    /// all or none, without waiting: `Overloaded` when one of them is
-    /// full, `Unavailable` once the store has failed (the caller answers
-    /// 503 and nothing is stored). A waiting caller's `ack` hears `true`
-    /// once every partition involved has committed its part.
-    pub fn submit(&self, envelope: Envelope) -> Result<()> {
+    /// all or none. When one of them is full, waits up to the configured
+    /// `enqueue_wait` for its writer to take parts, then answers
+    /// `Overloaded`; `Unavailable` once the store has failed (the caller
+    /// answers 503 and nothing is stored). A waiting caller's `ack` hears
+    /// `true` once every partition involved has committed its part.
+    pub async fn submit(&self, envelope: Envelope) -> Result<()> {
+        let n = self.check_store(&envelope)?;
+        let mut parts = Some(self.split(envelope));
+        let placed = self.room.retry(|| self.place(&mut parts)).await;
+        self.count(placed, n)
+    }
+
+    /// [`Mailbox::submit`] without waiting: refused at once when a
+    /// partition is full (exposures from assignments, which retry the
+    /// whole assignment through [`Mailbox::room`]).
+    pub fn try_submit(&self, envelope: Envelope) -> Result<()> {
+        let n = self.check_store(&envelope)?;
+        let mut parts = Some(self.split(envelope));
+        let placed = self.place(&mut parts);
+        self.count(placed, n)
+    }
+
+    /// Where requests refused for a full mailbox wait for the writers.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    /// The envelope's event count, or `Unavailable` (counted) once the
+    /// store has failed.
+    fn check_store(&self, envelope: &Envelope) -> Result<u64> {
         let n = envelope.events.len() as u64;
         if self.stats.is_failed() {
             self.stats.rejected_failed.fetch_add(n, Ordering::Relaxed);
             return Err(Error::Unavailable);
         }
-        let parts = self.split(envelope);
-        let reserved: Vec<(&Partition, usize)> = parts
+        Ok(n)
+    }
+
+    /// Takes a place in every partition `parts` go to and queues them
+    /// (taking them), or takes none and leaves them: `Overloaded`.
+    fn place(&self, parts: &mut Option<Vec<(usize, Part)>>) -> Result<()> {
+        let Some(pending) = parts.as_ref() else {
+            return Ok(());
+        };
+        let reserved: Vec<(&Partition, usize)> = pending
             .iter()
             .map(|(p, part)| (&self.partitions[*p], part.events.len()))
             .take_while(|(p, events)| {
@@ -360,23 +404,35 @@ impl Mailbox {
                     .reserve(*events, self.capacity, self.event_capacity)
             })
             .collect();
-        if reserved.len() < parts.len() {
+        if reserved.len() < pending.len() {
             for (p, events) in reserved {
                 p.queued.release(events);
             }
-            self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .rejected_full_events
-                .fetch_add(n, Ordering::Relaxed);
             return Err(Error::Overloaded("ingest"));
         }
-        for (p, part) in parts {
+        for (p, part) in parts.take().into_iter().flatten() {
             if self.partitions[p].tx.send(Command::Store(part)).is_err() {
                 return Err(Error::Unavailable);
             }
         }
-        self.stats.accepted.fetch_add(n, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Counts what became of a request's `n` events.
+    fn count(&self, placed: Result<()>, n: u64) -> Result<()> {
+        match &placed {
+            Ok(()) => {
+                self.stats.accepted.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(Error::Overloaded(_)) => {
+                self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .rejected_full_events
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        placed
     }
 
     /// The envelope's parts, by partition, in partition order. Events keep
@@ -548,6 +604,7 @@ mod tests {
             event_capacity,
             sinks: Mutex::new(None),
             stats: Arc::default(),
+            room: Arc::default(),
         };
         (mailbox, receivers)
     }
@@ -571,30 +628,71 @@ mod tests {
     #[test]
     fn a_full_mailbox_is_refused_at_once_and_counted() {
         let (ingest, _rx) = idle(1, 2);
-        assert!(ingest.submit(envelope(&["a"])).is_ok());
-        assert!(ingest.submit(envelope(&["a"])).is_ok());
+        assert!(ingest.try_submit(envelope(&["a"])).is_ok());
+        assert!(ingest.try_submit(envelope(&["a"])).is_ok());
         assert!(matches!(
-            ingest.submit(envelope(&["a"])),
+            ingest.try_submit(envelope(&["a"])),
             Err(Error::Overloaded("ingest"))
         ));
         assert_eq!(ingest.stats().rejected_full.load(Ordering::Relaxed), 1);
         assert_eq!((ingest.depth(), ingest.capacity()), (2, 2));
     }
 
+    /// A request that finds the mailbox full waits for its writer to take
+    /// a part and is queued then; one that waits in vain is refused once,
+    /// and counted once.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_mailbox_makes_a_request_wait_for_room_up_to_the_limit() {
+        let (mut ingest, rx) = idle(1, 1);
+        ingest.room = Arc::new(Room::new(Duration::from_millis(100)));
+        let ingest = Arc::new(ingest);
+        ingest.submit(envelope(&["a"])).await.expect("room");
+        let writer = {
+            let ingest = Arc::clone(&ingest);
+            let rx = rx[0].clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let Ok(Command::Store(part)) = rx.try_recv() else {
+                    panic!("a queued part")
+                };
+                ingest.partitions[0].queued.release(part.events.len());
+                ingest.room.freed();
+            })
+        };
+        let started = tokio::time::Instant::now();
+        ingest
+            .submit(envelope(&["b"]))
+            .await
+            .expect("queued once room was freed");
+        assert_eq!(started.elapsed(), Duration::from_millis(30));
+        writer.await.expect("the writer task");
+
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            ingest.submit(envelope(&["c"])).await,
+            Err(Error::Overloaded("ingest"))
+        ));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        let stats = ingest.stats();
+        assert_eq!(stats.rejected_full.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(ingest.depth(), 1);
+    }
+
     #[test]
     fn queued_events_are_bounded_whatever_the_request_count() {
         let (ingest, _rx) = idle_bounded(1, 100, 3);
-        ingest.submit(envelope(&["a", "a"])).unwrap();
+        ingest.try_submit(envelope(&["a", "a"])).unwrap();
         assert!(matches!(
-            ingest.submit(envelope(&["a", "a"])),
+            ingest.try_submit(envelope(&["a", "a"])),
             Err(Error::Overloaded("ingest"))
         ));
-        ingest.submit(envelope(&["a"])).unwrap();
+        ingest.try_submit(envelope(&["a"])).unwrap();
         assert_eq!(ingest.depth(), 2, "the refused request took no place");
         // A partition with nothing queued takes a part larger than its share.
         let (ingest, _rx) = idle_bounded(1, 100, 3);
-        ingest.submit(envelope(&["a"; 5])).unwrap();
-        assert!(ingest.submit(envelope(&["a"])).is_err());
+        ingest.try_submit(envelope(&["a"; 5])).unwrap();
+        assert!(ingest.try_submit(envelope(&["a"])).is_err());
     }
 
     /// A request whose units span partitions is queued in all of them or
@@ -604,16 +702,16 @@ mod tests {
         let (ingest, rx) = idle(3, 1);
         let units = one_unit_per_partition(3);
         let [a, b, c] = [&*units[0], &*units[1], &*units[2]];
-        ingest.submit(envelope(&[b])).unwrap();
+        ingest.try_submit(envelope(&[b])).unwrap();
         assert!(matches!(
-            ingest.submit(envelope(&[a, c, b, a])),
+            ingest.try_submit(envelope(&[a, c, b, a])),
             Err(Error::Overloaded("ingest"))
         ));
         assert_eq!(ingest.depth(), 1, "nothing of the refused request stays");
         assert!(rx[0].is_empty() && rx[2].is_empty());
 
         let (ingest, rx) = idle(3, 1);
-        ingest.submit(envelope(&[a, c, b, a])).unwrap();
+        ingest.try_submit(envelope(&[a, c, b, a])).unwrap();
         assert_eq!(ingest.depth(), 3);
         let Ok(Command::Store(part)) = rx[0].try_recv() else {
             panic!("a part for partition 0")
@@ -659,6 +757,7 @@ mod tests {
             partitions: 1,
             mailbox_capacity: 10_000,
             mailbox_events: 1 << 20,
+            enqueue_wait: Duration::ZERO,
             flush_interval: Duration::from_secs(60),
             flush_max_events: 1_000_000,
             dedup_window: Duration::from_secs(60),
@@ -677,7 +776,7 @@ mod tests {
             ..Event::sample("conversion", "u")
         };
         ingest
-            .submit(Envelope::new(
+            .try_submit(Envelope::new(
                 (0..1000).map(event).collect(),
                 FirstExposures::default(),
                 Some(tx),
@@ -712,6 +811,7 @@ mod tests {
             partitions: 1,
             mailbox_capacity: 16,
             mailbox_events: 1 << 20,
+            enqueue_wait: Duration::ZERO,
             flush_interval: Duration::from_millis(1),
             flush_max_events: 100,
             dedup_window: Duration::from_secs(60),
@@ -729,7 +829,7 @@ mod tests {
                 ..Event::sample("conversion", "u")
             };
             ingest
-                .submit(Envelope::new(
+                .try_submit(Envelope::new(
                     vec![event],
                     FirstExposures::default(),
                     Some(tx),
@@ -799,6 +899,7 @@ mod tests {
             partitions: 1,
             mailbox_capacity: 100,
             mailbox_events: 1 << 20,
+            enqueue_wait: Duration::ZERO,
             flush_interval: Duration::from_millis(20),
             flush_max_events: 1_000_000,
             dedup_window: Duration::from_secs(60),
@@ -847,7 +948,7 @@ mod tests {
         let (_dir, store, ingest, calls) = flaky(3);
         let (tx, rx) = tokio::sync::oneshot::channel();
         ingest
-            .submit(Envelope::new(
+            .try_submit(Envelope::new(
                 events(10),
                 FirstExposures::default(),
                 Some(tx),
@@ -873,7 +974,7 @@ mod tests {
         let started = Instant::now();
         for ack in [Some(tx), None] {
             ingest
-                .submit(Envelope::new(
+                .try_submit(Envelope::new(
                     events(if ack.is_some() { 10 } else { 7 }),
                     FirstExposures::default(),
                     ack,
@@ -899,7 +1000,7 @@ mod tests {
         );
 
         assert!(matches!(
-            ingest.submit(Envelope::new(events(3), FirstExposures::default(), None)),
+            ingest.try_submit(Envelope::new(events(3), FirstExposures::default(), None)),
             Err(Error::Unavailable)
         ));
         assert_eq!(stats.rejected_failed.load(Ordering::Relaxed), 3);

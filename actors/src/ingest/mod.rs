@@ -1,7 +1,7 @@
 //! The event pipeline: fire-and-forget ingestion with nothing lost.
 //!
 //! ```text
-//! handlers ──try_send──▶ [bounded flume mailbox] ──▶ writer thread
+//! handlers ──by unit──▶ [bounded mailbox per partition] ──▶ writer thread per partition
 //!                                                     │ batch (size/time bounded)
 //!                                                     │ de-duplicate client ids
 //!                                                     │ number, fold into the aggregates
@@ -11,12 +11,13 @@
 //!                                                     └──▶ other sinks, each its own thread and bounded mailbox
 //! ```
 //!
-//! Handlers never wait on disk: [`Mailbox::submit`] either queues the
-//! envelope or answers `Overloaded` at once. The writer thread is the
-//! store-of-record sink; [`Sink`] implementations (a JSON-lines file today)
-//! receive every committed batch after it, in order, at least once: each
-//! keeps a cursor in the store and replays from it after a crash or an
-//! error.
+//! Handlers never wait on disk: [`Mailbox::submit`] queues the envelope,
+//! or, when a mailbox is full, waits up to `ingest.enqueue_wait_ms` for
+//! its writer to take parts ([`Room`](crate::room::Room)) before answering `Overloaded`.
+//! The writer threads are the store-of-record sink; [`Sink`]
+//! implementations (a JSON-lines file today) receive every committed batch
+//! after it, in order, at least once: each keeps a cursor in the store and
+//! replays from it after a crash or an error.
 //!
 //! Faults surface rather than wedge: a commit that still fails after
 //! `commit_retries` retries marks the store failed ([`IngestStats::store_failure`]).
@@ -107,14 +108,14 @@ impl Intake {
     }
 
     /// Checks, attributes and queues client events, all or none (see
-    /// [`accept`]). With `wait`, the answer carries a receiver that
-    /// resolves once they are committed with a synced WAL.
-    pub fn accept(&self, inputs: Vec<EventIn>, wait: bool) -> Result<Accepted> {
-        let entries = self.registry.load();
+    /// [`accept`]); waits for room in a full mailbox up to
+    /// `ingest.enqueue_wait_ms`. With `wait`, the answer carries a receiver
+    /// that resolves once they are committed with a synced WAL.
+    pub async fn accept(&self, inputs: Vec<EventIn>, wait: bool) -> Result<Accepted> {
         let mut firsts = FirstExposures::default();
         let events = accept::attribute(
             inputs,
-            &entries,
+            &self.registry.load(),
             &mut firsts,
             &self.limits,
             self.clock.now(),
@@ -126,7 +127,9 @@ impl Intake {
             (None, None)
         };
         let count = events.len();
-        self.mailbox.submit(Envelope::new(events, firsts, ack))?;
+        self.mailbox
+            .submit(Envelope::new(events, firsts, ack))
+            .await?;
         Ok(Accepted { count, persisted })
     }
 
@@ -212,6 +215,10 @@ impl Intake {
 /// Exposures from assignments go through the same mailbox as client events.
 impl ExposureQueue for Mailbox {
     fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()> {
-        self.submit(Envelope::new(events, firsts, None))
+        self.try_submit(Envelope::new(events, firsts, None))
+    }
+
+    fn room(&self) -> &crate::room::Room {
+        Mailbox::room(self)
     }
 }

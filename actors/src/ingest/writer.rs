@@ -15,6 +15,7 @@ use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
 use crate::domain::{unix_ms, Event, EventId, Exposure};
+use crate::room::Room;
 use crate::storage::{bucket_deltas, ClientId, Commit, Store};
 use crate::{Error, Result};
 
@@ -69,6 +70,8 @@ pub(super) struct Writer {
     /// What this partition's mailbox holds (its bounds); released as
     /// parts are taken.
     pub(super) queued: Arc<Queued>,
+    /// Told when parts were taken, for requests waiting for room.
+    pub(super) room: Arc<Room>,
     /// The store's clock: where the de-duplication window ends.
     pub(super) clock: Arc<dyn Clock>,
 }
@@ -79,6 +82,7 @@ impl Writer {
         let mut pending: Vec<Part> = Vec::new();
         loop {
             let stopping = self.collect(rx, &mut pending);
+            self.room.freed();
             if !pending.is_empty() {
                 self.commit(&mut pending);
             }
@@ -127,6 +131,8 @@ impl Writer {
                         if now >= deadline {
                             return false;
                         }
+                        // What was taken so far is room for waiting requests.
+                        self.room.freed();
                         std::thread::sleep((deadline - now).min(COLLECT_STEP));
                     }
                 }
@@ -384,6 +390,7 @@ mod tests {
             partitions: 1,
             mailbox_capacity: 1,
             mailbox_events: 1 << 20,
+            enqueue_wait: Duration::ZERO,
             flush_interval: Duration::ZERO,
             flush_max_events: 1,
             dedup_window: Duration::ZERO,
