@@ -36,15 +36,16 @@ fn stored_ids(server: &TestServer) -> HashSet<String> {
         .collect()
 }
 
-/// The `event_id`s in the file; every line must be a whole JSON object.
+/// The `event_id`s in the file, [`TestServer::barrier`]'s left out (as
+/// [`TestServer::stored`] does); every line must be a whole JSON object.
 fn file_ids(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|line| {
+        .filter_map(|line| {
             let event: Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("torn line {line:?}: {e}"));
-            event["event_id"].as_str().unwrap().to_owned()
+            (event["type"] != "barrier").then(|| event["event_id"].as_str().unwrap().to_owned())
         })
         .collect()
 }
@@ -106,6 +107,8 @@ fn a_sink_that_cannot_write_neither_blocks_nor_loses_events() {
         assert_eq!(status, 202, "request {n}: {body}");
     }
     server.persist(json!({"event_id": "x-persisted", "type": "conversion", "unit_id": "p"}));
+    // That commit is one partition's; the barrier waits for every one.
+    server.barrier();
     let (status, ready) = server.get("/readyz");
     assert_eq!(
         status, 200,
