@@ -15,7 +15,9 @@ use super::extract::ValidJson;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(assign_one).service(assign_all);
+    // The static path first: the router tries routes in order, and a
+    // dynamic one costs a regex match on every request that passes it.
+    cfg.service(assign_all).service(assign_one);
 }
 
 /// Query of `GET /v1/experiments/{key}/assignment`.

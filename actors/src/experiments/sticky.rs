@@ -42,8 +42,11 @@ pub struct FirstExposure {
 pub struct StickyTable {
     store: Store,
     /// First exposures queued but not committed yet. Variants are at most
-    /// 20, so one byte holds the index.
-    pending: DashMap<Box<str>, (u8, i64)>,
+    /// 20, so one byte holds the index. Every exposure of a new unit
+    /// inserts and removes an entry, so the hasher is foldhash's rather
+    /// than the default SipHash (its `quality` variant, seeded per process,
+    /// as the unit ids are the client's).
+    pending: DashMap<Box<str>, (u8, i64), foldhash::quality::RandomState>,
     /// Some first exposure differs from the hash: every assignment must
     /// look its unit up.
     diverged: AtomicBool,
@@ -55,7 +58,7 @@ impl StickyTable {
     pub fn new(store: Store, diverged: bool) -> Self {
         Self {
             store,
-            pending: DashMap::new(),
+            pending: DashMap::default(),
             diverged: AtomicBool::new(diverged),
         }
     }
