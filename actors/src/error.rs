@@ -68,6 +68,13 @@ pub enum Error {
     /// The engine is shutting down or an actor has stopped.
     #[error("the engine is not running")]
     Unavailable,
+    /// Cluster mode: another node changed the experiment since this node
+    /// last saw it, and its change won; read the experiment and retry.
+    #[error("experiment '{0}' was changed by another node meanwhile; read it and retry")]
+    ChangedElsewhere(String),
+    /// Cluster mode: the NATS JetStream cluster did not answer or refused.
+    #[error("the cluster is unavailable: {0}")]
+    Cluster(String),
     /// RocksDB failed.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),

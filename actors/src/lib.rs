@@ -19,6 +19,7 @@
 
 pub mod alerts;
 pub mod clock;
+pub mod cluster;
 pub mod domain;
 mod engine;
 mod error;

@@ -68,6 +68,24 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Running as one of several nodes on NATS JetStream (off by default).
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: several nodes sharing their truth through NATS JetStream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster mode on; the single node with its embedded store otherwise.
+    pub enabled: bool,
+    /// NATS servers to connect to (any of them; the client finds the rest).
+    pub nats_urls: Vec<String>,
+    /// This node's name, unique in the cluster (logs, leases).
+    pub node_id: String,
+    /// JetStream replicas of abacus's buckets and streams (1, 3 or 5).
+    pub replicas: usize,
+    /// Longest wait for a NATS server at start.
+    pub connect_timeout_ms: PositiveMillis,
 }
 
 /// Declares a duration type the configuration writes as a whole number
@@ -410,6 +428,20 @@ impl Config {
                 "must be at least ingest.max_batch (a whole batch must fit)",
             );
         }
+        if self.cluster.enabled {
+            if self.cluster.nats_urls.is_empty() {
+                return invalid(
+                    "cluster.nats_urls",
+                    "at least one NATS server in cluster mode",
+                );
+            }
+            if self.cluster.node_id.trim().is_empty() {
+                return invalid("cluster.node_id", "every node needs a name in cluster mode");
+            }
+            if ![1, 3, 5].contains(&self.cluster.replicas) {
+                return invalid("cluster.replicas", "must be 1, 3 or 5");
+            }
+        }
         if self.ingest.enqueue_wait_ms.get() > Duration::from_secs(10) {
             return invalid("ingest.enqueue_wait_ms", "must be at most 10000");
         }
@@ -575,6 +607,29 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             let err = load_in(jail, Some("[server]\nbnd = \"x\"\n")).unwrap_err();
             assert!(err.to_string().contains("bnd"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn cluster_mode_needs_servers_a_node_name_and_an_odd_replica_count() {
+        figment::Jail::expect_with(|jail| {
+            let config = load_in(jail, None).unwrap();
+            assert!(!config.cluster.enabled, "off by default");
+            jail.set_env("ABACUS_CLUSTER__ENABLED", "true");
+            let err = load_in(jail, None).unwrap_err();
+            assert!(err.to_string().contains("cluster.node_id"), "{err}");
+            jail.set_env("ABACUS_CLUSTER__NODE_ID", "node-1");
+            jail.set_env("ABACUS_CLUSTER__REPLICAS", "2");
+            let err = load_in(jail, None).unwrap_err();
+            assert!(err.to_string().contains("cluster.replicas"), "{err}");
+            jail.set_env("ABACUS_CLUSTER__REPLICAS", "3");
+            jail.set_env("ABACUS_CLUSTER__NATS_URLS", "[]");
+            let err = load_in(jail, None).unwrap_err();
+            assert!(err.to_string().contains("cluster.nats_urls"), "{err}");
+            jail.set_env("ABACUS_CLUSTER__NATS_URLS", r#"["nats://10.0.0.1:4222"]"#);
+            let config = load_in(jail, None).unwrap();
+            assert_eq!(config.cluster.nats_urls, ["nats://10.0.0.1:4222"]);
             Ok(())
         });
     }

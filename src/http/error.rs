@@ -131,7 +131,8 @@ impl ApiError {
                 EngineError::InvalidTransition { .. } => "invalid_transition",
                 EngineError::NotEditable { .. } => "not_editable",
                 EngineError::Overloaded(_) => "overloaded",
-                EngineError::Unavailable => "unavailable",
+                EngineError::Unavailable | EngineError::Cluster(_) => "unavailable",
+                EngineError::ChangedElsewhere(_) => "conflict",
                 EngineError::Storage(_) | EngineError::Corrupt { .. } => "internal",
             },
             ApiError::MalformedJson(_) => "malformed_json",
@@ -174,11 +175,12 @@ impl ResponseError for ApiError {
                 EngineError::ExperimentExists(_)
                 | EngineError::InvalidTransition { .. }
                 | EngineError::AlertTransition { .. }
-                | EngineError::NotEditable { .. } => StatusCode::CONFLICT,
+                | EngineError::NotEditable { .. }
+                | EngineError::ChangedElsewhere(_) => StatusCode::CONFLICT,
                 EngineError::Invalid { .. } | EngineError::InvalidEvent { .. } => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
-                EngineError::Overloaded(_) | EngineError::Unavailable => {
+                EngineError::Overloaded(_) | EngineError::Unavailable | EngineError::Cluster(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
                 EngineError::Storage(_) | EngineError::Corrupt { .. } => {
@@ -209,7 +211,9 @@ impl ResponseError for ApiError {
         };
         let mut response = HttpResponse::build(status);
         match self {
-            ApiError::Engine(EngineError::Overloaded(_) | EngineError::Unavailable) => {
+            ApiError::Engine(
+                EngineError::Overloaded(_) | EngineError::Unavailable | EngineError::Cluster(_),
+            ) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
             }
             ApiError::Unauthorized => {

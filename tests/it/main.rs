@@ -11,6 +11,7 @@ mod alerts;
 mod analytics;
 mod assignment;
 mod auth;
+mod cluster;
 mod config;
 mod dashboard;
 mod durability;

@@ -722,7 +722,8 @@ mod tests {
                 .and_then(|e| e.transitioned(Action::Start, None, T0))
                 .expect("running");
             let clock: Arc<dyn Clock> = Arc::clone(&self.clock) as Arc<dyn Clock>;
-            self.registry.start(running, self.store.clone(), clock)
+            self.registry
+                .start_local(running, self.store.clone(), clock)
         }
 
         /// Puts these experiments' figures on the board (and only these).

@@ -6,19 +6,22 @@
 //! [`Slot`]. Readers only ever load the snapshot, so assignment never waits
 //! on the actor, and the actor never has to coordinate with readers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
 use super::assignment::Compiled;
+use super::records::Records;
 use super::sticky::StickyTable;
 use crate::clock::Clock;
+use crate::cluster::Revision;
 use crate::domain::{
     Action, Alert, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, GuardrailStop,
     Status, VariantKey,
 };
-use crate::storage::{blocking, Store};
+use crate::storage::Store;
 use crate::Result;
 
 /// What the hot path reads for one experiment: the published snapshot and
@@ -26,16 +29,21 @@ use crate::Result;
 #[derive(Debug)]
 pub struct Slot {
     live: ArcSwap<Compiled>,
+    /// Cluster mode: the revision of the published record in the
+    /// replicated bucket (0 on a single node).
+    revision: AtomicU64,
     /// First exposures, consulted for `sticky` assignments.
     pub sticky: Arc<StickyTable>,
 }
 
 impl Slot {
-    /// A slot publishing `experiment`, its first exposures in `store`.
-    pub fn new(experiment: Experiment, store: Store) -> Self {
+    /// A slot publishing `experiment` (at `revision` in cluster mode), its
+    /// first exposures in `store`.
+    pub fn new(experiment: Experiment, revision: Revision, store: Store) -> Self {
         let sticky = StickyTable::new(store, false);
         Self {
             live: ArcSwap::from_pointee(Compiled::new(experiment)),
+            revision: AtomicU64::new(revision),
             sticky: Arc::new(sticky),
         }
     }
@@ -44,24 +52,44 @@ impl Slot {
     pub fn snapshot(&self) -> Arc<Compiled> {
         self.live.load_full()
     }
+
+    /// The revision of the published record (cluster mode).
+    pub fn revision(&self) -> Revision {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Publishes `experiment` at `revision`. Only the owning actor calls it.
+    fn publish(&self, experiment: Experiment, revision: Revision) -> Arc<Compiled> {
+        let compiled = Arc::new(Compiled::new(experiment));
+        self.live.store(Arc::clone(&compiled));
+        self.revision.store(revision, Ordering::Release);
+        compiled
+    }
 }
 
 /// Owns one experiment.
 pub struct ExperimentActor {
     slot: Arc<Slot>,
-    store: Store,
+    records: Records,
     clock: Arc<dyn Clock>,
 }
 
 impl ExperimentActor {
-    /// An actor for the experiment published in `slot`.
-    pub fn new(slot: Arc<Slot>, store: Store, clock: Arc<dyn Clock>) -> Self {
-        Self { slot, store, clock }
+    /// An actor for the experiment published in `slot`, writing through
+    /// `records`.
+    pub fn new(slot: Arc<Slot>, records: Records, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            slot,
+            records,
+            clock,
+        }
     }
 
-    /// Persists `next` (with the domain event the change causes) on the
-    /// blocking pool, then publishes it. Wrapped in an [`AtomicResponse`]
-    /// so the next message waits until this one is done.
+    /// Persists `next` (with the domain event the change causes), then
+    /// publishes it. Wrapped in an [`AtomicResponse`] so the next message
+    /// waits until this one is done. In cluster mode the write is a
+    /// compare-and-set on the revision this node last saw: a change another
+    /// node made first wins, and this one is refused `ChangedElsewhere`.
     fn commit(
         &self,
         next: Result<(Experiment, Option<DomainEvent>)>,
@@ -85,20 +113,60 @@ impl ExperimentActor {
             Ok(next) => next,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
-        let store = self.store.clone();
-        let write = blocking(move || write(&store, &next).map(|()| next));
+        let records = self.records.clone();
+        let revision = self.slot.revision();
+        let write = async move { records.update(next, revision, write).await };
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
             |written, actor: &mut Self, _| {
-                let next = written?;
+                let (next, revision) = written?;
                 tracing::info!(
                     experiment = %next.key,
                     status = %next.status,
                     version = next.version,
+                    revision,
                     "experiment changed"
                 );
-                let compiled = Arc::new(Compiled::new(next));
-                actor.slot.live.store(Arc::clone(&compiled));
-                Ok(compiled)
+                Ok(actor.slot.publish(next, revision))
+            },
+        )))
+    }
+}
+
+/// Cluster mode: a change of this experiment read from the replicated
+/// bucket (another node's, or this node's own coming back), published if
+/// it is newer than what the slot holds.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Compiled>>")]
+pub struct Adopt {
+    /// The record as the bucket holds it.
+    pub experiment: Experiment,
+    /// Its revision there.
+    pub revision: Revision,
+}
+
+impl Handler<Adopt> for ExperimentActor {
+    type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
+
+    fn handle(&mut self, msg: Adopt, _: &mut Context<Self>) -> Self::Result {
+        if msg.revision <= self.slot.revision() {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(self.slot.snapshot()))));
+        }
+        let records = self.records.clone();
+        let adopt = async move { records.adopt(msg.experiment).await };
+        AtomicResponse::new(Box::pin(fut::wrap_future(adopt).map(
+            move |adopted, actor: &mut Self, _| {
+                let next = adopted?;
+                // A newer one may have been published while this was written.
+                if msg.revision <= actor.slot.revision() {
+                    return Ok(actor.slot.snapshot());
+                }
+                tracing::info!(
+                    experiment = %next.key,
+                    status = %next.status,
+                    revision = msg.revision,
+                    "experiment changed on another node"
+                );
+                Ok(actor.slot.publish(next, msg.revision))
             },
         )))
     }
@@ -319,8 +387,12 @@ mod tests {
         store: &Store,
         clock: &Arc<ManualClock>,
     ) -> (Arc<Slot>, Addr<ExperimentActor>) {
-        let slot = Arc::new(Slot::new(experiment, store.clone()));
-        let actor = ExperimentActor::new(Arc::clone(&slot), store.clone(), clock.clone());
+        let slot = Arc::new(Slot::new(experiment, 0, store.clone()));
+        let actor = ExperimentActor::new(
+            Arc::clone(&slot),
+            Records::local(store.clone()),
+            clock.clone(),
+        );
         (slot, actor.start())
     }
 
@@ -428,7 +500,9 @@ mod tests {
         let store = Store::open(dir.path(), OPTIONS).unwrap();
         assert_eq!(store.experiments().unwrap(), std::slice::from_ref(&last));
         actix::System::new().block_on(async {
-            let registry = super::super::restore(&store, clock).await.unwrap();
+            let (registry, _) = super::super::restore(&Records::local(store), None, clock)
+                .await
+                .unwrap();
             let entry = registry.get("e").expect("restored");
             assert_eq!(entry.slot.snapshot().experiment(), &last);
         });

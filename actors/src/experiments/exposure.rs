@@ -154,7 +154,7 @@ mod tests {
         }
 
         fn of(&self, experiment: Experiment) -> Slot {
-            Slot::new(experiment, self.store.clone())
+            Slot::new(experiment, 0, self.store.clone())
         }
 
         fn running(&self, key: &str) -> Slot {

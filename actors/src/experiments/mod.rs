@@ -11,10 +11,14 @@
 //!   in memory until committed.
 //! - [`exposure`]: the one place a decision becomes sticky and becomes an
 //!   exposure event.
+//! - [`records`]: where changes are written (the local store; in cluster
+//!   mode the replicated bucket first), and in cluster mode [`follow`]
+//!   brings other nodes' changes in.
 
 pub mod actor;
 pub mod assignment;
 pub mod exposure;
+pub mod records;
 pub mod registry;
 pub mod sticky;
 
@@ -26,12 +30,14 @@ use actix::prelude::*;
 use self::actor::{PatchExperiment, Slot, TransitionExperiment};
 use self::assignment::{Compiled, Decision, Reason};
 use self::exposure::ExposureQueue;
-use self::registry::{Catalog, CreateExperiment, Entry, Registry};
+use self::records::Records;
+use self::registry::{AdoptExperiment, Catalog, CreateExperiment, Entry, Registry};
 use crate::clock::Clock;
+use crate::cluster::{ExperimentBucket, Revision};
 use crate::domain::{
     unix_ms, Action, ExperimentIn, ExperimentKey, ExperimentPatch, Status, Variant, VariantKey,
 };
-use crate::storage::{blocking, Store};
+use crate::storage::blocking;
 use crate::{Error, Result};
 
 /// One unit's assignment to one experiment. Holds the snapshot it was
@@ -83,17 +89,35 @@ pub struct Page {
     pub next: Option<ExperimentKey>,
 }
 
-/// Loads every stored experiment and starts its actor. Reads nothing per
-/// unit: first exposures stay on disk, looked up when needed. Must run
-/// inside an actix system.
-pub(crate) async fn restore(store: &Store, clock: Arc<dyn Clock>) -> Result<Arc<Registry>> {
+/// Loads every experiment and starts its actor: from the local store, or
+/// in cluster mode from the replicated bucket (refreshing the local
+/// copies). Reads nothing per unit: first exposures stay on disk, looked
+/// up when needed. Returns the bucket revision the registry reflects
+/// (what [`follow`] continues from; 0 on a single node). Must run inside
+/// an actix system.
+pub(crate) async fn restore(
+    records: &Records,
+    bucket: Option<&ExperimentBucket>,
+    clock: Arc<dyn Clock>,
+) -> Result<(Arc<Registry>, Revision)> {
     let registry = Arc::new(Registry::default());
-    let (experiments, diverged) = {
-        let store = store.clone();
+    let (stored, diverged) = {
+        let store = records.store().clone();
         blocking(move || Ok((store.experiments()?, store.divergent_experiments()?))).await?
     };
-    for experiment in experiments {
-        let entry = registry.start(experiment, store.clone(), Arc::clone(&clock));
+    let (experiments, last) = match bucket {
+        Some(bucket) => {
+            let (replicated, last) = bucket.load().await?;
+            let mut experiments = Vec::with_capacity(replicated.len());
+            for (experiment, revision) in replicated {
+                experiments.push((records.adopt(experiment).await?, revision));
+            }
+            (experiments, last)
+        }
+        None => (stored.into_iter().map(|e| (e, 0)).collect(), 0),
+    };
+    for (experiment, revision) in experiments {
+        let entry = registry.start(experiment, revision, records.clone(), Arc::clone(&clock));
         if diverged
             .iter()
             .any(|k| k == entry.slot.snapshot().experiment().key.as_str())
@@ -104,9 +128,48 @@ pub(crate) async fn restore(store: &Store, clock: Arc<dyn Clock>) -> Result<Arc<
     tracing::info!(
         experiments = registry.load().len(),
         diverged = diverged.len(),
+        replicated = bucket.is_some(),
         "experiments restored"
     );
-    Ok(registry)
+    Ok((registry, last))
+}
+
+/// Cluster mode: brings every change in the replicated bucket after
+/// `after` into this node's registry, for as long as the system runs. A
+/// lost watch is opened again from the last revision seen.
+async fn follow(bucket: ExperimentBucket, catalog: Addr<Catalog>, mut after: Revision) {
+    use futures_util::StreamExt;
+    loop {
+        match bucket.watch(after).await {
+            Ok(changes) => {
+                let mut changes = std::pin::pin!(changes);
+                while let Some(change) = changes.next().await {
+                    let (experiment, revision) = match change {
+                        Ok(change) => change,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "experiment watch failed; watching again");
+                            break;
+                        }
+                    };
+                    after = after.max(revision);
+                    let adopted = catalog
+                        .send(AdoptExperiment {
+                            experiment,
+                            revision,
+                        })
+                        .await;
+                    match adopted {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "adopting an experiment failed"),
+                        // The catalog is gone: the system is stopping.
+                        Err(_) => return,
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch the experiments bucket; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// The experiments service: reads from snapshots, changes through the
@@ -125,12 +188,12 @@ impl Experiments {
     /// The service over `registry`, queueing exposures into `exposures`.
     pub(crate) fn new(
         registry: Arc<Registry>,
-        store: Store,
+        records: Records,
         exposures: Arc<dyn ExposureQueue>,
         clock: Arc<dyn Clock>,
         max_assignment_experiments: usize,
     ) -> Self {
-        let catalog = Catalog::new(Arc::clone(&registry), store, Arc::clone(&clock)).start();
+        let catalog = Catalog::new(Arc::clone(&registry), records, Arc::clone(&clock)).start();
         Self {
             registry,
             catalog,
@@ -139,6 +202,12 @@ impl Experiments {
             served: Default::default(),
             max_assignment_experiments,
         }
+    }
+
+    /// Cluster mode: follows the replicated bucket from after `after`
+    /// (what [`restore`] read), so other nodes' changes are served here.
+    pub(crate) fn follow(&self, bucket: ExperimentBucket, after: Revision) {
+        actix::spawn(follow(bucket, self.catalog.clone(), after));
     }
 
     /// Creates a draft experiment.
@@ -440,6 +509,7 @@ mod tests {
     use super::testing::{input, RecordingQueue, T0};
     use super::*;
     use crate::clock::ManualClock;
+    use crate::storage::Store;
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -459,7 +529,13 @@ mod tests {
         let (dir, store) = Store::temporary();
         let clock = Arc::new(ManualClock::new(T0));
         let queue = Arc::new(queue);
-        let service = Experiments::new(Arc::default(), store, queue.clone(), clock.clone(), max);
+        let service = Experiments::new(
+            Arc::default(),
+            Records::local(store),
+            queue.clone(),
+            clock.clone(),
+            max,
+        );
         Fixture {
             _dir: dir,
             service,

@@ -2,7 +2,9 @@
 //!
 //! [`Registry`] is the immutable map from key to experiment that readers
 //! load without a lock; the [`Catalog`] actor is its single writer, so two
-//! concurrent creates of one key cannot both succeed.
+//! concurrent creates of one key cannot both succeed (in cluster mode the
+//! replicated bucket refuses the second of two nodes, and the catalog
+//! adopts experiments other nodes create).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,11 +12,13 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use super::actor::{ExperimentActor, Slot};
+use super::actor::{Adopt, ExperimentActor, Slot};
 use super::assignment::Compiled;
+use super::records::Records;
 use crate::clock::Clock;
+use crate::cluster::Revision;
 use crate::domain::{DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey};
-use crate::storage::{blocking, Store};
+use crate::storage::Store;
 use crate::{Error, Result};
 
 /// A live experiment: what readers load and where writers send.
@@ -78,35 +82,48 @@ impl Registry {
         self.entries.store(Arc::new(next));
     }
 
-    /// Starts the actor for a stored experiment and registers it.
+    /// Starts the actor for a stored experiment (at `revision` in the
+    /// replicated bucket, cluster mode) and registers it.
     pub(crate) fn start(
+        &self,
+        experiment: Experiment,
+        revision: Revision,
+        records: Records,
+        clock: Arc<dyn Clock>,
+    ) -> Entry {
+        let key = experiment.key.clone();
+        let slot = Arc::new(Slot::new(experiment, revision, records.store().clone()));
+        let addr = ExperimentActor::new(Arc::clone(&slot), records, clock).start();
+        let entry = Entry { slot, addr };
+        self.insert(key, entry.clone());
+        entry
+    }
+
+    /// [`Registry::start`] on a single node (tests).
+    #[cfg(test)]
+    pub(crate) fn start_local(
         &self,
         experiment: Experiment,
         store: Store,
         clock: Arc<dyn Clock>,
     ) -> Entry {
-        let key = experiment.key.clone();
-        let slot = Arc::new(Slot::new(experiment, store.clone()));
-        let addr = ExperimentActor::new(Arc::clone(&slot), store, clock).start();
-        let entry = Entry { slot, addr };
-        self.insert(key, entry.clone());
-        entry
+        self.start(experiment, 0, Records::local(store), clock)
     }
 }
 
 /// Creates experiments, one at a time.
 pub struct Catalog {
     registry: Arc<Registry>,
-    store: Store,
+    records: Records,
     clock: Arc<dyn Clock>,
 }
 
 impl Catalog {
-    /// A catalog writing into `registry`.
-    pub fn new(registry: Arc<Registry>, store: Store, clock: Arc<dyn Clock>) -> Self {
+    /// A catalog writing into `registry` and through `records`.
+    pub fn new(registry: Arc<Registry>, records: Records, clock: Arc<dyn Clock>) -> Self {
         Self {
             registry,
-            store,
+            records,
             clock,
         }
     }
@@ -134,27 +151,70 @@ impl Handler<CreateExperiment> for Catalog {
             Ok(e) => e,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
         };
-        let store = self.store.clone();
+        let records = self.records.clone();
         let event = DomainEvent::new(
             DomainEventKind::ExperimentCreated,
             &experiment,
             experiment.created_at,
         );
-        let write = blocking(move || {
-            store
-                .put_experiment(&experiment, Some(&event))
-                .map(|()| experiment)
-        });
+        let write = async move { records.create(experiment, event).await };
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
             |written, catalog: &mut Self, _| {
-                let experiment = written?;
-                tracing::info!(experiment = %experiment.key, "experiment created");
+                let (experiment, revision) = written?;
+                tracing::info!(experiment = %experiment.key, revision, "experiment created");
                 let entry = catalog.registry.start(
                     experiment,
-                    catalog.store.clone(),
+                    revision,
+                    catalog.records.clone(),
                     Arc::clone(&catalog.clock),
                 );
                 Ok(entry.slot.snapshot())
+            },
+        )))
+    }
+}
+
+/// Cluster mode: an experiment as the replicated bucket holds it. A new
+/// one (created on another node) gets its actor here; a known one is
+/// passed to its actor, which publishes it if it is newer.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub struct AdoptExperiment {
+    /// The record.
+    pub experiment: Experiment,
+    /// Its revision in the bucket.
+    pub revision: Revision,
+}
+
+impl Handler<AdoptExperiment> for Catalog {
+    type Result = AtomicResponse<Self, Result<()>>;
+
+    fn handle(&mut self, msg: AdoptExperiment, _: &mut Context<Self>) -> Self::Result {
+        let AdoptExperiment {
+            experiment,
+            revision,
+        } = msg;
+        if let Some(entry) = self.registry.get(experiment.key.as_str()) {
+            // In order: the actor's mailbox keeps the bucket's order.
+            entry.addr.do_send(Adopt {
+                experiment,
+                revision,
+            });
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
+        }
+        let records = self.records.clone();
+        let adopt = async move { records.adopt(experiment).await };
+        AtomicResponse::new(Box::pin(fut::wrap_future(adopt).map(
+            move |adopted, catalog: &mut Self, _| {
+                let experiment = adopted?;
+                tracing::info!(experiment = %experiment.key, revision, "experiment created on another node");
+                catalog.registry.start(
+                    experiment,
+                    revision,
+                    catalog.records.clone(),
+                    Arc::clone(&catalog.clock),
+                );
+                Ok(())
             },
         )))
     }
@@ -184,7 +244,12 @@ mod tests {
         let (dir, store) = Store::temporary();
         let clock = Arc::new(ManualClock::new(T0));
         let registry = Arc::new(Registry::default());
-        let catalog = Catalog::new(Arc::clone(&registry), store.clone(), clock.clone()).start();
+        let catalog = Catalog::new(
+            Arc::clone(&registry),
+            Records::local(store.clone()),
+            clock.clone(),
+        )
+        .start();
         Fixture {
             _dir: dir,
             store,
@@ -310,7 +375,7 @@ mod tests {
         let f = fixture();
         for key in ["a", "b", "c"] {
             f.registry
-                .start(running(key), f.store.clone(), f.clock.clone());
+                .start_local(running(key), f.store.clone(), f.clock.clone());
         }
         let first = |exp: &str, unit: &str, variant: &str| StickyAssignment {
             experiment: exp.try_into().unwrap(),

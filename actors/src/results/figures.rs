@@ -263,7 +263,7 @@ mod tests {
         let (_dir, store) = Store::temporary();
         let registry = Registry::default();
         for (key, start) in [("on", true), ("draft", false)] {
-            registry.start(experiment(key, start), store.clone(), Arc::new(SystemClock));
+            registry.start_local(experiment(key, start), store.clone(), Arc::new(SystemClock));
         }
         let live = LiveAggregates::default();
         let board = Board::default();

@@ -96,7 +96,7 @@ mod tests {
         let (_dir, store) = Store::temporary();
         store.put_experiment(&experiment, None).expect("stored");
         let registry = Registry::default();
-        let entry = registry.start(experiment, store, Arc::new(SystemClock));
+        let entry = registry.start_local(experiment, store, Arc::new(SystemClock));
         let figures = Figures::of(entry.slot.snapshot(), Arc::new(aggregates));
         check(&entry, &figures);
         // Wait (at most a second) for the actor to publish what it recorded.

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod browser;
+pub mod nats;
 pub mod receiver;
 
 use std::fs::File;

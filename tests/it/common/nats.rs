@@ -1,0 +1,131 @@
+//! A JetStream cluster of real `nats-server` processes on loopback ports,
+//! each with its own temporary store, killed when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{free_port, TestServer};
+
+/// The `nats-server` the bootstrap installed (a version whose clustered
+/// compare-and-set holds), else the one on the PATH.
+fn nats_server() -> std::path::PathBuf {
+    let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/nats-server");
+    if installed.exists() {
+        installed
+    } else {
+        "nats-server".into()
+    }
+}
+
+/// One `nats-server` of the cluster.
+struct Node {
+    child: Child,
+    client_port: u16,
+    monitor_port: u16,
+}
+
+/// `size` `nats-server`s routed to each other, JetStream on.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts the servers and waits until every one knows the JetStream
+    /// meta leader (so streams can be created with `size` replicas).
+    pub fn start(size: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let nodes = (0..size)
+            .map(|i| {
+                let (client_port, monitor_port) = (free_port(), free_port());
+                let routes: Vec<String> = cluster_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                    .collect();
+                let log = std::fs::File::create(dir.path().join(format!("nats-{i}.log")))
+                    .expect("log file");
+                let child = Command::new(nats_server())
+                    .args(["-a", "127.0.0.1", "-n", &format!("nats-{i}"), "-js"])
+                    .args(["-p", &client_port.to_string()])
+                    .args(["-m", &monitor_port.to_string()])
+                    .arg("-sd")
+                    .arg(dir.path().join(format!("js-{i}")))
+                    .args(["--cluster_name", "abacus-test"])
+                    .args([
+                        "--cluster",
+                        &format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                    ])
+                    .args(["--routes", &routes.join(",")])
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().expect("log"))
+                    .stderr(log)
+                    .spawn()
+                    .expect("nats-server (make test installs it into .tools/bin)");
+                Node {
+                    child,
+                    client_port,
+                    monitor_port,
+                }
+            })
+            .collect();
+        let cluster = Self { nodes, _dir: dir };
+        cluster.wait_for_a_leader();
+        cluster
+    }
+
+    fn wait_for_a_leader(&self) {
+        let client = reqwest::blocking::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            loop {
+                let leader = client
+                    .get(format!("http://127.0.0.1:{}/jsz", node.monitor_port))
+                    .timeout(Duration::from_millis(500))
+                    .send()
+                    .and_then(|r| r.json::<Value>())
+                    .ok()
+                    .and_then(|jsz| jsz["meta_cluster"]["leader"].as_str().map(str::to_owned));
+                if leader.is_some_and(|l| !l.is_empty()) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no JetStream leader in 30 s");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// The servers' client URLs, as the `cluster.nats_urls` setting.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"nats://127.0.0.1:{}\"", n.client_port))
+            .collect();
+        format!("[{}]", urls.join(","))
+    }
+
+    /// An abacus node of this cluster named `node_id`, with `replicas`
+    /// replicas of its buckets.
+    pub fn abacus(&self, node_id: &str, replicas: usize) -> TestServer {
+        TestServer::start_with(&[
+            ("ABACUS_CLUSTER__ENABLED", "true"),
+            ("ABACUS_CLUSTER__NATS_URLS", &self.urls()),
+            ("ABACUS_CLUSTER__NODE_ID", node_id),
+            ("ABACUS_CLUSTER__REPLICAS", &replicas.to_string()),
+        ])
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+}
