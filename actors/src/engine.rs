@@ -68,16 +68,15 @@ impl Engine {
     /// system.
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = open_store(&config, Arc::clone(&clock)).await?;
-        let cluster = match &config.cluster {
-            Some(settings) => Some(Cluster::connect(settings).await?),
-            None => None,
-        };
-        let records = match &cluster {
-            Some(cluster) => Records::replicated(store.clone(), cluster.experiments().clone()),
+        let records = match &config.cluster {
+            Some(settings) => {
+                let cluster = Cluster::connect(settings).await?;
+                Records::replicated(store.clone(), cluster.experiments().clone())
+            }
             None => Records::local(store.clone()),
         };
-        let bucket = cluster.as_ref().map(|c| c.experiments());
-        let (registry, seen) = experiments::restore(&records, bucket, Arc::clone(&clock)).await?;
+        let bucket = records.bucket().cloned();
+        let (registry, seen) = experiments::restore(&records, Arc::clone(&clock)).await?;
         let aggregates = Arc::new(LiveAggregates::new(usize::from(config.ingest.partitions)));
         let mailbox = {
             let sinks = sinks(&config, &store)?;
@@ -92,8 +91,8 @@ impl Engine {
             Arc::clone(&clock),
             config.max_assignment_experiments,
         ));
-        if let Some(cluster) = &cluster {
-            experiments.follow(cluster.experiments().clone(), seen);
+        if let Some(bucket) = bucket {
+            experiments.follow(bucket, seen);
         }
         let intake = Arc::new(Intake::new(
             Arc::clone(&mailbox),

@@ -552,6 +552,12 @@ impl LimitsConfig {
 mod tests {
     use super::*;
 
+    /// Asserts the environment set in `jail` is refused, naming `key`.
+    fn refused(jail: &mut figment::Jail, key: &str) {
+        let err = load_in(jail, None).unwrap_err();
+        assert!(err.to_string().contains(key), "{err}");
+    }
+
     fn load_in(jail: &mut figment::Jail, file: Option<&str>) -> Result<Config> {
         let path = file.map(|body| {
             jail.create_file("abacus.toml", body).expect("write file");
@@ -617,16 +623,13 @@ mod tests {
             let config = load_in(jail, None).unwrap();
             assert!(!config.cluster.enabled, "off by default");
             jail.set_env("ABACUS_CLUSTER__ENABLED", "true");
-            let err = load_in(jail, None).unwrap_err();
-            assert!(err.to_string().contains("cluster.node_id"), "{err}");
+            refused(jail, "cluster.node_id");
             jail.set_env("ABACUS_CLUSTER__NODE_ID", "node-1");
             jail.set_env("ABACUS_CLUSTER__REPLICAS", "2");
-            let err = load_in(jail, None).unwrap_err();
-            assert!(err.to_string().contains("cluster.replicas"), "{err}");
+            refused(jail, "cluster.replicas");
             jail.set_env("ABACUS_CLUSTER__REPLICAS", "3");
             jail.set_env("ABACUS_CLUSTER__NATS_URLS", "[]");
-            let err = load_in(jail, None).unwrap_err();
-            assert!(err.to_string().contains("cluster.nats_urls"), "{err}");
+            refused(jail, "cluster.nats_urls");
             jail.set_env("ABACUS_CLUSTER__NATS_URLS", r#"["nats://10.0.0.1:4222"]"#);
             let config = load_in(jail, None).unwrap();
             assert_eq!(config.cluster.nats_urls, ["nats://10.0.0.1:4222"]);
@@ -654,8 +657,7 @@ mod tests {
             jail.set_env("ABACUS_INGEST__MAILBOX_EVENTS", "1000");
             assert_eq!(load_in(jail, None).unwrap().ingest.mailbox_events, 1000);
             jail.set_env("ABACUS_INGEST__ENQUEUE_WAIT_MS", "10001");
-            let err = load_in(jail, None).unwrap_err();
-            assert!(err.to_string().contains("ingest.enqueue_wait_ms"), "{err}");
+            refused(jail, "ingest.enqueue_wait_ms");
             jail.set_env("ABACUS_INGEST__ENQUEUE_WAIT_MS", "0");
             let config = load_in(jail, None).unwrap();
             assert_eq!(config.ingest.enqueue_wait_ms.get(), Duration::ZERO);

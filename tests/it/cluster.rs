@@ -9,13 +9,13 @@ use crate::common::nats::NatsCluster;
 use crate::common::{error_code, TestServer};
 
 /// Polls `node` until `path` answers 200 with `check` true, for at most
-/// five seconds; returns how long it took.
-fn served(node: &TestServer, path: &str, check: impl Fn(&Value) -> bool) -> Duration {
+/// five seconds.
+fn served(node: &TestServer, path: &str, check: impl Fn(&Value) -> bool) {
     let started = Instant::now();
     loop {
         let (status, body) = node.get(path);
         if status == 200 && check(&body) {
-            return started.elapsed();
+            return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -48,9 +48,7 @@ fn assignments(node: &TestServer, unit: &str) -> Vec<(String, String)> {
 #[test]
 fn experiments_changed_on_one_node_are_served_alike_by_every_node() {
     let nats = NatsCluster::start(3);
-    let nodes: Vec<TestServer> = (1..=3)
-        .map(|i| nats.abacus(&format!("node-{i}"), 3))
-        .collect();
+    let nodes = nats.nodes(3);
     let [a, b, c] = &nodes[..] else {
         unreachable!()
     };
@@ -125,9 +123,7 @@ fn experiments_changed_on_one_node_are_served_alike_by_every_node() {
 #[test]
 fn two_nodes_racing_one_change_cannot_both_win() {
     let nats = NatsCluster::start(3);
-    let nodes: Vec<TestServer> = (1..=3)
-        .map(|i| nats.abacus(&format!("node-{i}"), 3))
-        .collect();
+    let nodes = nats.nodes(3);
     let keys: Vec<String> = (0..5).map(|i| format!("race-{i}")).collect();
     for key in &keys {
         let (status, created) = nodes[0].post(

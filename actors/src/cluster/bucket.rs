@@ -2,9 +2,9 @@
 //! record ([`ExperimentRecord`], the JSON the local store keeps) as the
 //! value, changed only by compare-and-set on the revision.
 
+use async_nats::jetstream;
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
-use async_nats::jetstream::{self};
 use futures_util::{Stream, StreamExt};
 
 use crate::domain::{Experiment, ExperimentRecord};
@@ -68,21 +68,15 @@ impl ExperimentBucket {
             allow_direct: true,
             ..Default::default()
         };
-        if let Err(created) = jetstream.create_stream(config).await {
-            // Another node may have created it meanwhile.
-            return jetstream
-                .get_key_value(BUCKET)
-                .await
-                .map(|kv| Self { kv })
-                .map_err(|_| {
-                    Error::Cluster(format!("creating the experiments bucket: {created}"))
-                });
-        }
-        jetstream
-            .get_key_value(BUCKET)
-            .await
-            .map(|kv| Self { kv })
-            .map_err(|e| Error::Cluster(format!("opening the experiments bucket: {e}")))
+        // A failed create is fine if another node created it meanwhile.
+        let created = jetstream.create_stream(config).await.err();
+        let kv = jetstream.get_key_value(BUCKET).await.map_err(|opened| {
+            Error::Cluster(match created {
+                Some(e) => format!("creating the experiments bucket: {e}"),
+                None => format!("opening the experiments bucket: {opened}"),
+            })
+        })?;
+        Ok(Self { kv })
     }
 
     /// Writes a new experiment; `ExperimentExists` if the key is taken

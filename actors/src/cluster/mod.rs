@@ -32,7 +32,6 @@ pub struct ClusterSettings {
 /// This node's connection to the cluster and the buckets it uses.
 #[derive(Clone)]
 pub struct Cluster {
-    node_id: String,
     experiments: ExperimentBucket,
 }
 
@@ -65,15 +64,7 @@ impl Cluster {
         let jetstream = async_nats::jetstream::new(client);
         let experiments = ExperimentBucket::open(&jetstream, settings.replicas, deadline).await?;
         tracing::info!(node = %settings.node_id, replicas = settings.replicas, "joined the cluster");
-        Ok(Self {
-            node_id: settings.node_id.clone(),
-            experiments,
-        })
-    }
-
-    /// This node's name.
-    pub fn node_id(&self) -> &str {
-        &self.node_id
+        Ok(Self { experiments })
     }
 
     /// The replicated experiments.

@@ -500,7 +500,7 @@ mod tests {
         let store = Store::open(dir.path(), OPTIONS).unwrap();
         assert_eq!(store.experiments().unwrap(), std::slice::from_ref(&last));
         actix::System::new().block_on(async {
-            let (registry, _) = super::super::restore(&Records::local(store), None, clock)
+            let (registry, _) = super::super::restore(&Records::local(store), clock)
                 .await
                 .unwrap();
             let entry = registry.get("e").expect("restored");

@@ -97,15 +97,22 @@ pub struct Page {
 /// an actix system.
 pub(crate) async fn restore(
     records: &Records,
-    bucket: Option<&ExperimentBucket>,
     clock: Arc<dyn Clock>,
 ) -> Result<(Arc<Registry>, Revision)> {
     let registry = Arc::new(Registry::default());
-    let (stored, diverged) = {
-        let store = records.store().clone();
-        blocking(move || Ok((store.experiments()?, store.divergent_experiments()?))).await?
-    };
-    let (experiments, last) = match bucket {
+    let store = records.store().clone();
+    let replicated = records.bucket().is_some();
+    let (stored, diverged) = blocking(move || {
+        // In cluster mode the bucket, not the local copy, says what exists.
+        let stored = if replicated {
+            Vec::new()
+        } else {
+            store.experiments()?
+        };
+        Ok((stored, store.divergent_experiments()?))
+    })
+    .await?;
+    let (experiments, last) = match records.bucket() {
         Some(bucket) => {
             let (replicated, last) = bucket.load().await?;
             let mut experiments = Vec::with_capacity(replicated.len());
@@ -128,7 +135,7 @@ pub(crate) async fn restore(
     tracing::info!(
         experiments = registry.load().len(),
         diverged = diverged.len(),
-        replicated = bucket.is_some(),
+        replicated,
         "experiments restored"
     );
     Ok((registry, last))
@@ -449,7 +456,8 @@ pub(crate) mod testing {
         refuse: AtomicBool,
         queued: Mutex<Vec<Queued>>,
         in_flight: Mutex<Vec<Claim>>,
-        /// No wait: a refused assignment is refused at once.
+        /// Where refused assignments wait: not at all unless made by
+        /// [`RecordingQueue::waiting`].
         room: Room,
     }
 

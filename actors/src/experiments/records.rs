@@ -39,6 +39,11 @@ impl Records {
         &self.store
     }
 
+    /// The replicated bucket, in cluster mode.
+    pub fn bucket(&self) -> Option<&ExperimentBucket> {
+        self.bucket.as_ref()
+    }
+
     /// Writes a new experiment with its `experiment.created` event;
     /// `ExperimentExists` when the key is taken (on any node).
     pub async fn create(

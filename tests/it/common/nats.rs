@@ -8,9 +8,13 @@ use serde_json::Value;
 
 use super::{free_port, TestServer};
 
-/// The `nats-server` the bootstrap installed (a version whose clustered
+/// `$NATS_SERVER` if set (to try another version), else the
+/// `nats-server` the bootstrap installed (a version whose clustered
 /// compare-and-set holds), else the one on the PATH.
 fn nats_server() -> std::path::PathBuf {
+    if let Some(chosen) = std::env::var_os("NATS_SERVER") {
+        return chosen.into();
+    }
     let installed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/nats-server");
     if installed.exists() {
         installed
@@ -107,6 +111,14 @@ impl NatsCluster {
             .map(|n| format!("\"nats://127.0.0.1:{}\"", n.client_port))
             .collect();
         format!("[{}]", urls.join(","))
+    }
+
+    /// `count` abacus nodes of this cluster, `node-1`… with every bucket
+    /// on every NATS server.
+    pub fn nodes(&self, count: usize) -> Vec<TestServer> {
+        (1..=count)
+            .map(|i| self.abacus(&format!("node-{i}"), self.nodes.len()))
+            .collect()
     }
 
     /// An abacus node of this cluster named `node_id`, with `replicas`
