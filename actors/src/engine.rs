@@ -12,10 +12,13 @@ use crate::domain::EventLimits;
 use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
-use crate::ingest::{IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, SinkWorker};
+use crate::ingest::{
+    IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, Owner, Publisher, SinkWorker,
+};
 use crate::live::{self, Live};
 use crate::results::figures::{self, Board, Cadence, Consumers};
 use crate::results::Results;
+use crate::room::Room;
 use crate::storage::{blocking, Store, StoreOptions};
 use crate::webhooks::{self, Webhooks};
 use crate::{Error, Result};
@@ -60,6 +63,8 @@ pub struct Engine {
     alerts: Arc<Alerts>,
     live: Arc<Live>,
     store: Store,
+    /// Cluster mode: the partitions this node folds.
+    owner: Option<Owner>,
 }
 
 impl Engine {
@@ -68,26 +73,56 @@ impl Engine {
     /// system.
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = open_store(&config, Arc::clone(&clock)).await?;
-        let records = match &config.cluster {
-            Some(settings) => {
-                let cluster = Cluster::connect(settings).await?;
-                Records::replicated(store.clone(), cluster.experiments().clone())
-            }
+        let cluster = match &config.cluster {
+            Some(settings) => Some(Cluster::connect(settings).await?),
+            None => None,
+        };
+        let records = match &cluster {
+            Some(cluster) => Records::replicated(store.clone(), cluster.experiments().clone()),
             None => Records::local(store.clone()),
         };
         let bucket = records.bucket().cloned();
         let (registry, seen) = experiments::restore(&records, Arc::clone(&clock)).await?;
-        let aggregates = Arc::new(LiveAggregates::new(usize::from(config.ingest.partitions)));
+        let partitions = config.ingest.partitions;
+        let aggregates = Arc::new(match cluster {
+            Some(_) => LiveAggregates::replicated(usize::from(partitions)),
+            None => LiveAggregates::new(usize::from(partitions)),
+        });
         let mailbox = {
             let sinks = sinks(&config, &store)?;
             let (store, aggregates) = (store.clone(), Arc::clone(&aggregates));
             let limits = config.ingest;
             Arc::new(blocking(move || Mailbox::start(store, limits, sinks, aggregates)).await?)
         };
+        let (publisher, owner) = match &cluster {
+            Some(cluster) => {
+                let publisher = Arc::new(Publisher::new(
+                    cluster.log().clone(),
+                    partitions,
+                    Arc::clone(mailbox.stats()),
+                    Arc::new(Room::new(config.ingest.enqueue_wait)),
+                ));
+                let owner = Owner::start(
+                    cluster,
+                    Arc::clone(&mailbox),
+                    Arc::clone(&aggregates),
+                    store.clone(),
+                    partitions,
+                    config.ingest.flush_max_events,
+                )
+                .await?;
+                (Some(publisher), Some(owner))
+            }
+            None => (None, None),
+        };
+        let exposures = match &publisher {
+            Some(publisher) => Arc::clone(publisher) as _,
+            None => Arc::clone(&mailbox) as _,
+        };
         let experiments = Arc::new(Experiments::new(
             Arc::clone(&registry),
             records,
-            Arc::clone(&mailbox) as _,
+            exposures,
             Arc::clone(&clock),
             config.max_assignment_experiments,
         ));
@@ -96,6 +131,7 @@ impl Engine {
         }
         let intake = Arc::new(Intake::new(
             Arc::clone(&mailbox),
+            publisher,
             Arc::clone(&registry),
             store.clone(),
             Arc::clone(&clock),
@@ -155,6 +191,7 @@ impl Engine {
             alerts,
             live,
             store,
+            owner,
         })
     }
 
@@ -211,6 +248,10 @@ impl Engine {
     /// Drains the writers and flushes the WAL. Call after the HTTP server
     /// has stopped taking requests.
     pub async fn shutdown(self: Arc<Self>) -> Result<()> {
+        // Cluster mode: finish folding and hand the partitions over first.
+        if let Some(owner) = &self.owner {
+            owner.stop().await;
+        }
         blocking(move || {
             self.intake.close();
             self.store.flush_wal()

@@ -74,6 +74,11 @@ pub const STORE_RECORDS_REBUILT: &str = "abacus_store_records_rebuilt_total";
 pub const STORE_MERGE_SKIPPED: &str = "abacus_store_merge_operands_skipped_total";
 /// Live-stream stats messages cut to `limits.max_stats_message_bytes`.
 pub const STREAM_STATS_TRUNCATED: &str = "abacus_stream_stats_truncated_total";
+/// Cluster mode: ingest partitions this node owns.
+pub const CLUSTER_PARTITIONS_OWNED: &str = "abacus_cluster_partitions_owned";
+/// Cluster mode: how long this node's last takeover of a partition took,
+/// from taking its lease to folding everything its log held then.
+pub const CLUSTER_TAKEOVER: &str = "abacus_cluster_last_takeover_seconds";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
@@ -110,6 +115,8 @@ pub const ALL: &[&str] = &[
     STORE_RECORDS_REBUILT,
     STORE_MERGE_SKIPPED,
     STREAM_STATS_TRUNCATED,
+    CLUSTER_PARTITIONS_OWNED,
+    CLUSTER_TAKEOVER,
 ];
 
 /// Histogram buckets of request and commit durations, in seconds.
@@ -156,6 +163,15 @@ pub fn describe() {
         "Envelopes a mailbox holds before refusing with 503."
     );
     describe_histogram!(SINK_BATCH, "Events per committed batch.");
+    describe_gauge!(
+        CLUSTER_PARTITIONS_OWNED,
+        "Cluster mode: ingest partitions this node owns."
+    );
+    describe_gauge!(
+        CLUSTER_TAKEOVER,
+        Unit::Seconds,
+        "Cluster mode: the last partition takeover, from its lease to folding what its log held."
+    );
     describe_histogram!(
         SINK_COMMIT,
         Unit::Seconds,

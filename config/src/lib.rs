@@ -86,6 +86,15 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// Longest wait for a NATS server at start.
     pub connect_timeout_ms: PositiveMillis,
+    /// How long a partition's lease lasts unless its owner renews it: a
+    /// dead node's partitions are taken over within about this.
+    pub lease_ttl_ms: PositiveMillis,
+    /// Event publishes awaiting JetStream's acknowledgement on this node;
+    /// beyond it requests are refused with 503 and `Retry-After`.
+    pub max_inflight_publishes: usize,
+    /// Size of the replicated event log (MiB); once full, new events are
+    /// refused with 503 rather than old ones dropped.
+    pub log_max_mb: u64,
 }
 
 /// Declares a duration type the configuration writes as a whole number
@@ -438,8 +447,29 @@ impl Config {
             if self.cluster.node_id.trim().is_empty() {
                 return invalid("cluster.node_id", "every node needs a name in cluster mode");
             }
+            let id = &self.cluster.node_id;
+            if id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                // It is part of key names in the leases bucket.
+                return invalid(
+                    "cluster.node_id",
+                    "1-64 characters of A-Z, a-z, 0-9, - or _",
+                );
+            }
             if ![1, 3, 5].contains(&self.cluster.replicas) {
                 return invalid("cluster.replicas", "must be 1, 3 or 5");
+            }
+            if self.cluster.lease_ttl_ms.get() < Duration::from_millis(500) {
+                return invalid("cluster.lease_ttl_ms", "must be at least 500");
+            }
+            if self.cluster.max_inflight_publishes == 0 {
+                return invalid("cluster.max_inflight_publishes", "must be at least 1");
+            }
+            if self.cluster.log_max_mb == 0 {
+                return invalid("cluster.log_max_mb", "must be at least 1");
             }
         }
         if self.ingest.enqueue_wait_ms.get() > Duration::from_secs(10) {
@@ -624,7 +654,15 @@ mod tests {
             assert!(!config.cluster.enabled, "off by default");
             jail.set_env("ABACUS_CLUSTER__ENABLED", "true");
             refused(jail, "cluster.node_id");
+            jail.set_env("ABACUS_CLUSTER__NODE_ID", "node 1.a");
+            refused(jail, "cluster.node_id");
             jail.set_env("ABACUS_CLUSTER__NODE_ID", "node-1");
+            jail.set_env("ABACUS_CLUSTER__LEASE_TTL_MS", "100");
+            refused(jail, "cluster.lease_ttl_ms");
+            jail.set_env("ABACUS_CLUSTER__LEASE_TTL_MS", "3000");
+            jail.set_env("ABACUS_CLUSTER__MAX_INFLIGHT_PUBLISHES", "0");
+            refused(jail, "cluster.max_inflight_publishes");
+            jail.set_env("ABACUS_CLUSTER__MAX_INFLIGHT_PUBLISHES", "10");
             jail.set_env("ABACUS_CLUSTER__REPLICAS", "2");
             refused(jail, "cluster.replicas");
             jail.set_env("ABACUS_CLUSTER__REPLICAS", "3");

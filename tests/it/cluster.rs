@@ -186,3 +186,169 @@ fn two_nodes_racing_one_change_cannot_both_win() {
         }
     }
 }
+
+/// One request of the ingest test: `units` units of `checkout`, each an
+/// exposure then a conversion (adjacent, so a resent request keeps them
+/// in order), with client ids so a resend is de-duplicated.
+fn exposures_and_conversions(request: usize, units: usize) -> Value {
+    let events: Vec<Value> = (0..units)
+        .flat_map(|i| {
+            let unit = format!("u{request}-{i}");
+            [
+                json!({"type": "exposure", "unit_id": unit, "experiment": "checkout", "event_id": format!("x-{unit}")}),
+                json!({"type": "conversion", "unit_id": unit, "experiment": "checkout", "value": 2.5, "event_id": format!("c-{unit}")}),
+            ]
+        })
+        .collect();
+    json!({ "events": events })
+}
+
+/// Units, exposures and conversions of `checkout` as `node` sums them.
+fn checkout_totals(node: &TestServer) -> (u64, u64, u64) {
+    let (status, body) = node.get("/v1/experiments/checkout/aggregates");
+    assert_eq!(status, 200, "{body}");
+    let variants = body["variants"].as_object().expect("variants");
+    variants.values().fold((0, 0, 0), |(u, x, c), v| {
+        let count = |x: &Value| x.as_u64().unwrap_or(0);
+        (
+            u + count(&v["units"]),
+            x + count(&v["exposures"]),
+            c + count(&v["measures"]["conversion"]["events"]),
+        )
+    })
+}
+
+/// Sends `requests` requests of [`exposures_and_conversions`] round-robin
+/// to `nodes` from four clients with `ack=persisted`; `midway` runs once,
+/// when the middle request is taken. A request a node did not acknowledge
+/// is sent again, with the same event ids, to the next node. Answers how
+/// many were sent again.
+fn send_round_robin(
+    nodes: &[TestServer],
+    requests: usize,
+    units: usize,
+    midway: impl Fn() + Sync,
+) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let resent = AtomicUsize::new(0);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| loop {
+                let request = next.fetch_add(1, Ordering::SeqCst);
+                if request >= requests {
+                    return;
+                }
+                if request == requests / 2 {
+                    midway();
+                }
+                let body = exposures_and_conversions(request, units);
+                let mut attempt = 0;
+                loop {
+                    let node = &nodes[(request + attempt) % nodes.len()];
+                    let answer = client
+                        .post(node.url("/v1/events?ack=persisted"))
+                        .json(&body)
+                        .send()
+                        .ok()
+                        .filter(|r| r.status() == 202)
+                        .and_then(|r| r.json::<Value>().ok());
+                    if answer.is_some_and(|a| a["persisted"] == true) {
+                        break;
+                    }
+                    attempt += 1;
+                    resent.fetch_add(1, Ordering::SeqCst);
+                    assert!(attempt < 30, "request {request} was never acknowledged");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+    resent.load(Ordering::SeqCst)
+}
+
+/// Waits until every one of `nodes` counts `events` units, exposures and
+/// conversions of `checkout`, never more (two minutes at most).
+fn counted_exactly_once(nodes: &[&TestServer], events: u64) {
+    let expected = (events, events, events);
+    let started = Instant::now();
+    for node in nodes {
+        loop {
+            let totals = checkout_totals(node);
+            if totals == expected {
+                break;
+            }
+            assert!(
+                totals.0 <= events && totals.1 <= events && totals.2 <= events,
+                "counted more than was sent: {totals:?}, expected {expected:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "(units, exposures, conversions) {totals:?}, expected {expected:?}\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Three `nats-server`s, three nodes splitting units into six partitions
+/// (two each), and `checkout` running on all of them.
+fn three_nodes_with_checkout() -> (NatsCluster, Vec<TestServer>) {
+    let nats = NatsCluster::start(3);
+    let nodes = nats.nodes_with(3, &[("ABACUS_INGEST__PARTITIONS", "6")]);
+    nodes[0].running_experiment("checkout", json!({}));
+    for node in &nodes[1..] {
+        served(node, "/v1/experiments/checkout", |e| {
+            e["status"] == "running"
+        });
+    }
+    (nats, nodes)
+}
+
+fn kill(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+}
+
+#[test]
+fn acknowledged_events_are_counted_exactly_once_after_a_node_dies() {
+    const REQUESTS: usize = 400;
+    const UNITS: usize = 250; // 2 events each: 200,000 events in all
+    let (_nats, nodes) = three_nodes_with_checkout();
+
+    let victim = nodes[1].pid();
+    let resent = send_round_robin(&nodes, REQUESTS, UNITS, || kill(victim));
+    assert!(
+        resent > 0,
+        "some requests went to the dead node and were sent again"
+    );
+
+    // Every surviving node counts every event exactly once, once the dead
+    // node's partitions are taken over.
+    counted_exactly_once(&[&nodes[0], &nodes[2]], (REQUESTS * UNITS) as u64);
+    let logs = nodes[0].log() + &nodes[2].log();
+    assert!(
+        logs.contains("partition caught up with its log"),
+        "the takeover is logged"
+    );
+}
+
+#[test]
+fn ingestion_goes_on_when_a_nats_server_dies() {
+    const REQUESTS: usize = 200;
+    const UNITS: usize = 250; // 100,000 events
+    let (nats, nodes) = three_nodes_with_checkout();
+
+    let victim = nats.pid(0);
+    send_round_robin(&nodes, REQUESTS, UNITS, || kill(victim));
+
+    counted_exactly_once(&nodes.iter().collect::<Vec<_>>(), (REQUESTS * UNITS) as u64);
+}

@@ -3,7 +3,7 @@
 //! value, changed only by compare-and-set on the revision.
 
 use async_nats::jetstream;
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation};
 use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use futures_util::{Stream, StreamExt};
 
@@ -98,13 +98,13 @@ impl ExperimentBucket {
         let key = experiment.key.as_str();
         let refused = match self.kv.update(key, encode(experiment)?, revision).await {
             Ok(revision) => return Ok(revision),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+            Err(e) if super::stale_revision(&e) => {
                 return Err(Error::ChangedElsewhere(key.to_owned()))
             }
             Err(e) => e,
         };
-        // Servers since 2.11 refuse a stale revision with an error code
-        // this client does not name; the key's revision tells.
+        // Any other refusal may still be a stale revision the server
+        // described otherwise; the key's revision tells.
         match self.kv.entry(key).await {
             Ok(Some(entry)) if entry.revision != revision => {
                 Err(Error::ChangedElsewhere(key.to_owned()))

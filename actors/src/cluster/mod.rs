@@ -1,20 +1,77 @@
 //! Cluster mode: several abacus nodes on one NATS JetStream cluster.
 //!
-//! The experiments live in a replicated key-value bucket, the one truth
-//! every node serves from: a change is a compare-and-set on the key's
-//! revision (two nodes racing cannot both win), and every node watches the
-//! bucket and publishes what changed into its own registry. Each node keeps
-//! a local copy in its RocksDB store (and its domain events in its own
-//! outbox) so that everything downstream of the registry works as on a
-//! single node.
+//! - [`bucket`]: the experiments live in a replicated key-value bucket, the
+//!   one truth every node serves from: a change is a compare-and-set on the
+//!   key's revision (two nodes racing cannot both win), and every node
+//!   watches the bucket and publishes what changed into its own registry.
+//!   Each node keeps a local copy in its RocksDB store (and its domain
+//!   events in its own outbox) so that everything downstream of the
+//!   registry works as on a single node.
+//! - [`log`]: events go to a replicated stream, a subject per ingest
+//!   partition, in the [`wire`] format.
+//! - [`leases`]: each partition has one owner at a time, which folds its
+//!   subject into its own store (`ingest::owner` drives this).
+//! - [`shares`]: owners publish their partitions' shares of the
+//!   aggregates, which every node sums.
+//!
+//! This module speaks NATS and nothing else: what the engine does with the
+//! streams and buckets lives with the engine's parts.
 
 mod bucket;
+mod leases;
+mod log;
+mod shares;
+pub mod wire;
 
 use std::time::Duration;
 
 pub use bucket::{ExperimentBucket, Revision};
+pub use leases::Leases;
+pub use log::{Delivery, EventLog, Reservation, Sent};
+pub use shares::{Share, ShareBucket};
 
 use crate::{Error, Result};
+
+/// Whether a refused compare-and-set failed because the key's revision
+/// moved on. Older servers answer with the error kind; servers since 2.11
+/// with JetStream error code 10164 ("wrong last sequence"), which this
+/// client passes on only as text. Read back instead, a direct get may be
+/// answered by a replica that has not applied the winner's write yet.
+fn stale_revision(e: &async_nats::jetstream::kv::UpdateError) -> bool {
+    use async_nats::jetstream::kv::UpdateErrorKind;
+    e.kind() == UpdateErrorKind::WrongLastRevision || {
+        let text = e.to_string();
+        text.contains("error code 10164") || text.contains("wrong last sequence")
+    }
+}
+
+/// Opens the key-value bucket `bucket`, creating it if missing: one value
+/// per key, on disk, `settings.replicas` copies, entries expiring after
+/// `max_age` (zero: never). Two nodes starting together may both create
+/// it; JetStream accepts the same config twice.
+async fn key_value(
+    jetstream: &async_nats::jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    settings: &ClusterSettings,
+) -> Result<async_nats::jetstream::kv::Store> {
+    if let Ok(kv) = jetstream.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    jetstream
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: bucket.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            max_age,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::Cluster(format!("creating the {bucket} bucket: {e}")))
+}
 
 /// How a node joins the cluster.
 #[derive(Debug, Clone)]
@@ -27,12 +84,21 @@ pub struct ClusterSettings {
     pub replicas: usize,
     /// Longest wait for a NATS server at start.
     pub connect_timeout: Duration,
+    /// How long a partition lease lasts unless renewed.
+    pub lease_ttl: Duration,
+    /// Event publishes awaiting their acknowledgement, at most.
+    pub max_inflight_publishes: usize,
+    /// Size of the event log; full, it refuses new events.
+    pub log_max_bytes: u64,
 }
 
 /// This node's connection to the cluster and the buckets it uses.
 #[derive(Clone)]
 pub struct Cluster {
     experiments: ExperimentBucket,
+    log: EventLog,
+    leases: Leases,
+    shares: ShareBucket,
 }
 
 impl Cluster {
@@ -63,12 +129,35 @@ impl Cluster {
             .map_err(|e| Error::Cluster(format!("connecting to NATS: {e}")))?;
         let jetstream = async_nats::jetstream::new(client);
         let experiments = ExperimentBucket::open(&jetstream, settings.replicas, deadline).await?;
+        let log = EventLog::open(&jetstream, settings).await?;
+        let leases = Leases::open(&jetstream, settings).await?;
+        let shares = ShareBucket::open(&jetstream, settings).await?;
         tracing::info!(node = %settings.node_id, replicas = settings.replicas, "joined the cluster");
-        Ok(Self { experiments })
+        Ok(Self {
+            experiments,
+            log,
+            leases,
+            shares,
+        })
     }
 
     /// The replicated experiments.
     pub fn experiments(&self) -> &ExperimentBucket {
         &self.experiments
+    }
+
+    /// The replicated event log.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    /// Partition leases and live nodes.
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// The partitions' shares of the aggregates.
+    pub fn shares(&self) -> &ShareBucket {
+        &self.shares
     }
 }

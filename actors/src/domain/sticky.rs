@@ -1,10 +1,13 @@
 //! A unit's first exposure to an experiment: what makes its assignment
 //! sticky (`sticky_assignments` column family).
 
+use serde::{Deserialize, Serialize};
+
 use crate::domain::ExperimentKey;
 
-/// A unit's first exposure to an experiment, as persisted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A unit's first exposure to an experiment, as persisted (and, in cluster
+/// mode, carried on the event log with the exposure that makes it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StickyAssignment {
     /// The experiment.
     pub experiment: ExperimentKey,

@@ -61,6 +61,8 @@ pub(super) struct Part {
     pub(super) sticky: Vec<StickyAssignment>,
     pub(super) claims: Vec<Claim>,
     pub(super) ack: Option<Ack>,
+    /// Cluster mode: the event log sequence of the part's last message.
+    pub(super) stream_seq: Option<u64>,
 }
 
 /// A committed batch, as sinks and aggregates see it.
@@ -374,6 +376,39 @@ impl Mailbox {
         self.count(placed, n)
     }
 
+    /// Cluster mode: queues what the event log holds for `partition` up to
+    /// sequence `stream_seq`, for its writer to fold and commit with that
+    /// sequence. Waits for room as long as it takes (the log keeps the
+    /// events meanwhile), then for the commit. Answers whether they were
+    /// committed; `Unavailable` once the store has failed.
+    pub async fn fold(
+        &self,
+        partition: u16,
+        events: Vec<Event>,
+        sticky: Vec<StickyAssignment>,
+        stream_seq: u64,
+    ) -> Result<bool> {
+        let index = usize::from(partition);
+        if self.stats.is_failed() || index >= self.partitions.len() {
+            return Err(Error::Unavailable);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let part = Part {
+            events,
+            sticky,
+            claims: Vec::new(),
+            ack: Some(Ack::split(1, tx).remove(0)),
+            stream_seq: Some(stream_seq),
+        };
+        let mut parts = Some(vec![(index, part)]);
+        while let Err(e) = self.room.retry(|| self.place(&mut parts)).await {
+            if !matches!(e, Error::Overloaded(_)) {
+                return Err(e);
+            }
+        }
+        Ok(rx.await.unwrap_or(false))
+    }
+
     /// Where requests refused for a full mailbox wait for the writers.
     pub fn room(&self) -> &Room {
         &self.room
@@ -464,6 +499,7 @@ impl Mailbox {
                 sticky,
                 claims,
                 ack,
+                stream_seq: None,
             };
             return vec![(first, part)];
         }

@@ -35,11 +35,16 @@
 //!   commit, acknowledge, fan out);
 //! - [`aggregator`]: per-experiment and per-unit sums, owned by the writer;
 //! - [`sink`]: the extra sinks, each on its own thread with a cursor;
-//! - [`retention`]: the sweep that expires raw events.
+//! - [`retention`]: the sweep that expires raw events;
+//! - [`publish`] and [`owner`]: cluster mode, where handlers publish to
+//!   the replicated event log and each partition's owner folds it into
+//!   its writer.
 
 mod accept;
 pub mod aggregator;
 mod mailbox;
+mod owner;
+mod publish;
 pub mod retention;
 mod sequencer;
 mod sink;
@@ -51,6 +56,8 @@ use std::sync::Arc;
 
 pub use aggregator::LiveAggregates;
 pub use mailbox::{Envelope, IngestLimits, IngestStats, Mailbox};
+pub use owner::Owner;
+pub use publish::Publisher;
 pub use sink::{JsonlSink, Sink, SinkWorker};
 
 use crate::clock::Clock;
@@ -80,6 +87,8 @@ pub struct EventPage {
 /// stored ones back.
 pub struct Intake {
     mailbox: Arc<Mailbox>,
+    /// Cluster mode: events go to the event log, not to the mailbox.
+    publisher: Option<Arc<Publisher>>,
     registry: Arc<Registry>,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -91,6 +100,7 @@ impl Intake {
     /// The service over a started mailbox.
     pub(crate) fn new(
         mailbox: Arc<Mailbox>,
+        publisher: Option<Arc<Publisher>>,
         registry: Arc<Registry>,
         store: Store,
         clock: Arc<dyn Clock>,
@@ -99,6 +109,7 @@ impl Intake {
     ) -> Self {
         Self {
             mailbox,
+            publisher,
             registry,
             store,
             clock,
@@ -110,7 +121,8 @@ impl Intake {
     /// Checks, attributes and queues client events, all or none (see
     /// [`accept`]); waits for room in a full mailbox up to
     /// `ingest.enqueue_wait_ms`. With `wait`, the answer carries a receiver
-    /// that resolves once they are committed with a synced WAL.
+    /// that resolves once they are committed with a synced WAL (in cluster
+    /// mode: once the replicated log stored them on a quorum).
     pub async fn accept(&self, inputs: Vec<EventIn>, wait: bool) -> Result<Accepted> {
         let mut firsts = FirstExposures::default();
         let events = accept::attribute(
@@ -120,13 +132,17 @@ impl Intake {
             &self.limits,
             self.clock.now(),
         )?;
+        let count = events.len();
+        if let Some(publisher) = &self.publisher {
+            let persisted = publisher.send(events, firsts, wait).await?;
+            return Ok(Accepted { count, persisted });
+        }
         let (ack, persisted) = if wait {
             let (tx, rx) = tokio::sync::oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
-        let count = events.len();
         self.mailbox
             .submit(Envelope::new(events, firsts, ack))
             .await?;

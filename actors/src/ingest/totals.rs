@@ -8,8 +8,9 @@
 //! reader still gets one immutable snapshot and can tell "unchanged" by
 //! pointer.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use dashmap::DashMap;
 
@@ -102,6 +103,9 @@ impl MeasureNames {
     }
 }
 
+/// Shares named by (partition, experiment).
+pub type ShareKeys = BTreeSet<(usize, Arc<str>)>;
+
 /// The published aggregates readers see: one immutable snapshot of each
 /// experiment's totals, replaced after each committed batch that changed
 /// a partition's share of it.
@@ -114,6 +118,13 @@ pub struct LiveAggregates {
     /// What an experiment without data gets: always the same snapshot, so
     /// readers can tell "unchanged" by pointer.
     empty: Arc<ExperimentAggregates>,
+    /// Cluster mode: the shares this node's writers changed since they
+    /// were last taken for publishing, by (partition, experiment); `None`
+    /// on a single node, which publishes nowhere.
+    changed: Option<Mutex<ShareKeys>>,
+    /// Cluster mode: the event log sequence each partition's writer has
+    /// folded to.
+    folded: Vec<AtomicU64>,
 }
 
 impl Default for LiveAggregates {
@@ -130,6 +141,17 @@ impl LiveAggregates {
             shares: DashMap::new(),
             partitions: partitions.max(1),
             empty: Arc::default(),
+            changed: None,
+            folded: (0..partitions.max(1)).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Totals over `partitions` shares that also remember which shares this
+    /// node's writers changed, for publishing to the other nodes.
+    pub fn replicated(partitions: usize) -> Self {
+        Self {
+            changed: Some(Mutex::default()),
+            ..Self::new(partitions)
         }
     }
 
@@ -144,6 +166,15 @@ impl LiveAggregates {
     /// totals. Publishes of one experiment are serialised by its entry, so
     /// two partitions cannot publish sums that each miss the other.
     pub fn publish(&self, partition: usize, experiment: Arc<str>, share: ExperimentAggregates) {
+        if let Some(Ok(mut changed)) = self.changed.as_ref().map(Mutex::lock) {
+            changed.insert((partition, Arc::clone(&experiment)));
+        }
+        self.adopt(partition, experiment, share);
+    }
+
+    /// [`LiveAggregates::publish`] for a share another node folded
+    /// (cluster mode): not this node's to publish again.
+    pub fn adopt(&self, partition: usize, experiment: Arc<str>, share: ExperimentAggregates) {
         let mut shares = self
             .shares
             .entry(Arc::clone(&experiment))
@@ -162,6 +193,35 @@ impl LiveAggregates {
             Arc::new(total)
         };
         self.totals.insert(experiment, total);
+    }
+
+    /// `partition`'s latest share of `experiment`.
+    pub fn share(&self, partition: usize, experiment: &str) -> Option<Arc<ExperimentAggregates>> {
+        let shares = self.shares.get(experiment)?;
+        shares.get(partition).cloned()
+    }
+
+    /// Takes the shares this node's writers changed since the last call.
+    pub fn take_changed(&self) -> ShareKeys {
+        match self.changed.as_ref().map(Mutex::lock) {
+            Some(Ok(mut changed)) => std::mem::take(&mut *changed),
+            _ => ShareKeys::new(),
+        }
+    }
+
+    /// Records that `partition`'s writer has folded the event log up to
+    /// `seq` (cluster mode).
+    pub fn folded(&self, partition: usize, seq: u64) {
+        if let Some(folded) = self.folded.get(partition) {
+            folded.fetch_max(seq, Ordering::AcqRel);
+        }
+    }
+
+    /// The event log sequence `partition`'s writer has folded to here.
+    pub fn folded_to(&self, partition: usize) -> u64 {
+        self.folded
+            .get(partition)
+            .map_or(0, |f| f.load(Ordering::Acquire))
     }
 }
 

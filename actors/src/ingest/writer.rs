@@ -161,10 +161,12 @@ impl Writer {
         let mut acks = Vec::new();
         let mut claims = Vec::new();
         let mut unwaited = 0;
+        let mut stream_seq = None;
         for part in pending.drain(..) {
             if part.ack.is_none() {
                 unwaited += part.events.len();
             }
+            stream_seq = stream_seq.max(part.stream_seq);
             batch.events.extend(part.events);
             batch.sticky.extend(part.sticky);
             claims.extend(part.claims);
@@ -197,7 +199,9 @@ impl Writer {
             aggregates: Some(self.aggregator.changes()),
             partition: self.partition,
             buckets: Some(&buckets),
-            sync: !acks.is_empty(),
+            // The event log keeps what an owner folds: no fsync needed.
+            sync: !acks.is_empty() && stream_seq.is_none(),
+            stream_seq,
         };
         let mut prepared = Some(self.committer.prepare(&commit));
         ticket.wait_turn();
@@ -218,6 +222,9 @@ impl Writer {
         metrics::histogram!(crate::metrics::SINK_COMMIT).record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::SINK_BATCH).record(batch.events.len() as f64);
         self.aggregator.published(&self.live);
+        if let Some(seq) = stream_seq {
+            self.live.folded(usize::from(self.partition), seq);
+        }
         drop(claims);
         self.stats
             .persisted

@@ -7,7 +7,7 @@ mod aggregates;
 mod alerts;
 mod analytics;
 mod cf;
-mod event_codec;
+pub(crate) mod event_codec;
 pub mod keys;
 mod timeline;
 mod units;
@@ -41,6 +41,12 @@ const SCHEMA_VERSION: u8 = 1;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The next event sequence number, written with every event batch.
 const NEXT_SEQ_KEY: &[u8] = b"next_event_seq";
+
+/// In [`Cf::Meta`], cluster mode: the event log sequence a partition's
+/// state was folded to.
+fn stream_seq_key(partition: u16) -> Vec<u8> {
+    format!("stream_seq/{partition}").into_bytes()
+}
 /// Prefix of an extra sink's cursor in [`Cf::Meta`]; the sink's name follows.
 const SINK_CURSOR_PREFIX: &[u8] = b"sink_cursor/";
 /// First byte of every value: the version of its encoding.
@@ -80,6 +86,10 @@ pub struct Commit<'a> {
     /// fsync the write-ahead log before returning: set when an
     /// `ack=persisted` caller waits on the batch (one sync for all of them).
     pub sync: bool,
+    /// Cluster mode: the last event log sequence of the partition these
+    /// events came from, stored with the state they produce, so that what
+    /// was folded is known exactly whenever the node stops.
+    pub stream_seq: Option<u64>,
 }
 
 /// A client event id and its unit: de-duplication is per unit.
@@ -444,7 +454,25 @@ impl Store {
             NEXT_SEQ_KEY,
             commit.next_seq.to_be_bytes(),
         );
+        if let Some(seq) = commit.stream_seq {
+            batch.put_cf(
+                self.cf(Cf::Meta),
+                stream_seq_key(commit.partition),
+                seq.to_be_bytes(),
+            );
+        }
         Ok(batch)
+    }
+
+    /// Cluster mode: the last event log sequence folded into `partition`'s
+    /// state in this store; 0 when none was.
+    pub fn stream_seq(&self, partition: u16) -> Result<u64> {
+        let value = self
+            .db
+            .get_cf(self.cf(Cf::Meta), stream_seq_key(partition))?;
+        Ok(value
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     /// The last event `seq` the sink `name` wrote and made durable; 0 when
@@ -758,6 +786,36 @@ mod tests {
         retention_ms: None,
         cache_bytes: 8 << 20,
     };
+
+    #[test]
+    fn the_folded_stream_sequence_is_kept_per_partition_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), WINDOW).unwrap();
+            assert_eq!(store.stream_seq(3).unwrap(), 0, "nothing folded yet");
+            for (partition, seq) in [(3, 41), (3, 42), (1, 7)] {
+                store
+                    .commit(&Commit {
+                        next_seq: 1,
+                        partition,
+                        stream_seq: Some(seq),
+                        ..Commit::default()
+                    })
+                    .unwrap();
+            }
+            // A commit from outside the log leaves the sequence alone.
+            store
+                .commit(&Commit {
+                    next_seq: 1,
+                    partition: 3,
+                    ..Commit::default()
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), WINDOW).unwrap();
+        let folded: Vec<u64> = (0..4).map(|p| store.stream_seq(p).unwrap()).collect();
+        assert_eq!(folded, [0, 7, 0, 42]);
+    }
 
     #[test]
     fn experiment_changes_and_their_domain_events_commit_together_in_order() {

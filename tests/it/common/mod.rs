@@ -140,6 +140,11 @@ impl TestServer {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
     /// Sends SIGKILL: no drain, no flush.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("server is running");

@@ -103,6 +103,11 @@ impl NatsCluster {
         }
     }
 
+    /// The process id of server `index`.
+    pub fn pid(&self, index: usize) -> u32 {
+        self.nodes[index].child.id()
+    }
+
     /// The servers' client URLs, as the `cluster.nats_urls` setting.
     pub fn urls(&self) -> String {
         let urls: Vec<String> = self
@@ -116,20 +121,33 @@ impl NatsCluster {
     /// `count` abacus nodes of this cluster, `node-1`… with every bucket
     /// on every NATS server.
     pub fn nodes(&self, count: usize) -> Vec<TestServer> {
+        self.nodes_with(count, &[])
+    }
+
+    /// [`NatsCluster::nodes`] with extra `ABACUS_*` variables.
+    pub fn nodes_with(&self, count: usize, env: &[(&str, &str)]) -> Vec<TestServer> {
         (1..=count)
-            .map(|i| self.abacus(&format!("node-{i}"), self.nodes.len()))
+            .map(|i| self.abacus_with(&format!("node-{i}"), self.nodes.len(), env))
             .collect()
     }
 
     /// An abacus node of this cluster named `node_id`, with `replicas`
     /// replicas of its buckets.
     pub fn abacus(&self, node_id: &str, replicas: usize) -> TestServer {
-        TestServer::start_with(&[
+        self.abacus_with(node_id, replicas, &[])
+    }
+
+    fn abacus_with(&self, node_id: &str, replicas: usize, env: &[(&str, &str)]) -> TestServer {
+        let urls = self.urls();
+        let replicas = replicas.to_string();
+        let mut all = vec![
             ("ABACUS_CLUSTER__ENABLED", "true"),
-            ("ABACUS_CLUSTER__NATS_URLS", &self.urls()),
+            ("ABACUS_CLUSTER__NATS_URLS", urls.as_str()),
             ("ABACUS_CLUSTER__NODE_ID", node_id),
-            ("ABACUS_CLUSTER__REPLICAS", &replicas.to_string()),
-        ])
+            ("ABACUS_CLUSTER__REPLICAS", replicas.as_str()),
+        ];
+        all.extend_from_slice(env);
+        TestServer::start_with(&all)
     }
 }
 

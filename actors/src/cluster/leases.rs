@@ -1,0 +1,159 @@
+//! Leases: which node owns each ingest partition, and which nodes are
+//! alive. One key-value bucket, `abacus_leases`, whose entries expire
+//! `cluster.lease_ttl_ms` after their last write:
+//!
+//! - `partition.<n>` holds its owner's node id. It is taken by a create
+//!   (which fails while the key exists) and kept by compare-and-set on its
+//!   revision, so at most one node holds it; an owner that stops renewing
+//!   it (dead, or cut off from NATS) loses it when it expires, and another
+//!   node creates it again.
+//! - `node.<id>` holds how the node splits units into partitions (their
+//!   count and a probe of the hash), rewritten at every renewal: the live
+//!   nodes are the keys present, and every node must split units alike.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::jetstream::kv::{self, CreateErrorKind};
+use futures_util::TryStreamExt;
+
+use super::{ClusterSettings, Revision};
+use crate::{Error, Result};
+
+/// The bucket's name in JetStream.
+const BUCKET: &str = "abacus_leases";
+
+/// Handle on the leases bucket, as one node.
+#[derive(Clone)]
+pub struct Leases {
+    kv: kv::Store,
+    node: String,
+    ttl: Duration,
+}
+
+fn partition_key(partition: u16) -> String {
+    format!("partition.{partition}")
+}
+
+impl Leases {
+    /// Opens the bucket, creating it if missing (its entries then live
+    /// `settings.lease_ttl`; an existing bucket keeps its own).
+    pub(super) async fn open(
+        jetstream: &jetstream::Context,
+        settings: &ClusterSettings,
+    ) -> Result<Self> {
+        let description = "abacus: partition owners and live nodes";
+        let kv =
+            super::key_value(jetstream, BUCKET, description, settings.lease_ttl, settings).await?;
+        Ok(Self {
+            kv,
+            node: settings.node_id.clone(),
+            ttl: settings.lease_ttl,
+        })
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// How long a lease lasts unless renewed.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Says this node is alive and splits units as `split` says (their
+    /// partition count and a probe of the hash); answers how many nodes
+    /// are alive. `Cluster` if a live node splits them otherwise: one
+    /// unit's events would then be folded by two owners.
+    pub async fn heartbeat(&self, split: &str) -> Result<usize> {
+        let failed = |e: &dyn std::fmt::Display| Error::Cluster(format!("heartbeat: {e}"));
+        self.kv
+            .put(format!("node.{}", self.node), split.to_owned().into())
+            .await
+            .map_err(|e| failed(&e))?;
+        let keys = self.keys().await?;
+        let mut nodes = 0;
+        for key in keys.iter().filter(|k| k.starts_with("node.")) {
+            nodes += 1;
+            let theirs = self.kv.get(key).await.map_err(|e| failed(&e))?;
+            if let Some(theirs) = theirs.filter(|v| **v != *split.as_bytes()) {
+                return Err(Error::Cluster(format!(
+                    "node {} splits units as {}, this node as {split} (partitions/probe): \
+                     every node needs the same ingest.partitions and abacus version",
+                    &key["node.".len()..],
+                    String::from_utf8_lossy(&theirs)
+                )));
+            }
+        }
+        Ok(nodes.max(1))
+    }
+
+    /// Which partitions have an owner now.
+    pub async fn taken(&self) -> Result<Vec<u16>> {
+        Ok(self
+            .keys()
+            .await?
+            .iter()
+            .filter_map(|k| k.strip_prefix("partition.")?.parse().ok())
+            .collect())
+    }
+
+    /// Every key present (not expired, not deleted).
+    async fn keys(&self) -> Result<Vec<String>> {
+        let failed = |e: &dyn std::fmt::Display| Error::Cluster(format!("reading leases: {e}"));
+        self.kv
+            .keys()
+            .await
+            .map_err(|e| failed(&e))?
+            .try_collect()
+            .await
+            .map_err(|e| failed(&e))
+    }
+
+    /// Takes `partition` if nobody holds it: its lease's revision, or
+    /// `None` when another node does.
+    pub async fn acquire(&self, partition: u16) -> Result<Option<Revision>> {
+        match self
+            .kv
+            .create(partition_key(partition), self.node.clone().into())
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(Error::Cluster(format!("taking partition {partition}: {e}"))),
+        }
+    }
+
+    /// Renews this node's lease on `partition`: its new revision, or
+    /// `None` when the lease was lost (it expired and someone else took
+    /// it, or it changed since `revision`).
+    pub async fn renew(&self, partition: u16, revision: Revision) -> Result<Option<Revision>> {
+        let key = partition_key(partition);
+        match self
+            .kv
+            .update(&key, self.node.clone().into(), revision)
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if super::stale_revision(&e) => Ok(None),
+            Err(e) => match self.kv.entry(&key).await {
+                // A stale revision (servers since 2.11 name it otherwise).
+                Ok(Some(entry)) if entry.revision != revision => Ok(None),
+                Ok(None) => Ok(None),
+                _ => Err(Error::Cluster(format!(
+                    "renewing partition {partition}: {e}"
+                ))),
+            },
+        }
+    }
+
+    /// Gives `partition` up (only if this node still holds it at
+    /// `revision`), so another node can take it at once.
+    pub async fn release(&self, partition: u16, revision: Revision) -> Result<()> {
+        self.kv
+            .delete_expect_revision(partition_key(partition), Some(revision))
+            .await
+            .map_err(|e| Error::Cluster(format!("releasing partition {partition}: {e}")))
+    }
+}

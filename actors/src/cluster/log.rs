@@ -1,0 +1,217 @@
+//! The replicated event log: one JetStream stream, `abacus_events`, with a
+//! subject per ingest partition (`abacus.events.<partition>`).
+//!
+//! The node that receives events validates them and publishes each
+//! partition's part as one message; JetStream acknowledges a publish once
+//! the stream has stored it on a quorum of its replicas, which is when an
+//! `ack=persisted` caller is answered. What is in flight is bounded by
+//! `cluster.max_inflight_publishes` (a semaphore): beyond it a request is
+//! refused `Overloaded`, the 503 with `Retry-After` a full mailbox gives
+//! on a single node.
+//!
+//! A partition's owner reads its subject with a durable consumer named for
+//! the partition, from the first sequence its store has not folded (see
+//! `ingest::owner`). The stream keeps everything up to `cluster.log_max_mb`
+//! and then refuses new messages (`DiscardPolicy::New`): an acknowledged
+//! event is never dropped to make room.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, AckKind};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::wire::{self, Part};
+use super::ClusterSettings;
+use crate::{Error, Result};
+
+/// The stream's name in JetStream.
+const STREAM: &str = "abacus_events";
+
+/// How long a delivered message may stay unacknowledged before JetStream
+/// sends it again. Long: an owner acknowledges after its commit, and a
+/// redelivery at or below what it folded is skipped anyway.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Messages a partition's consumer may hold unacknowledged.
+const MAX_ACK_PENDING: i64 = 20_000;
+
+/// The subject of `partition`'s events.
+fn subject(partition: u16) -> String {
+    format!("abacus.events.{partition}")
+}
+
+/// The durable consumer of `partition`.
+fn consumer_name(partition: u16) -> String {
+    format!("partition-{partition}")
+}
+
+/// Handle on the event log.
+#[derive(Clone)]
+pub struct EventLog {
+    jetstream: jetstream::Context,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Room for some publishes, held until JetStream acknowledges them.
+pub struct Reservation {
+    _permits: OwnedSemaphorePermit,
+}
+
+/// Publishes sent, their acknowledgements not yet heard.
+pub struct Sent {
+    acks: Vec<PublishAckFuture>,
+    _room: Reservation,
+}
+
+impl Sent {
+    /// Waits for every acknowledgement: `Ok` once the stream stored every
+    /// message on a quorum.
+    pub async fn stored(self) -> Result<()> {
+        for ack in self.acks {
+            ack.await
+                .map_err(|e| Error::Cluster(format!("the event log did not store events: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// One message read from a partition's subject.
+pub struct Delivery {
+    /// Its sequence in the stream.
+    pub seq: u64,
+    /// What it carries; `Err` for a body this version cannot read.
+    pub part: std::result::Result<Part, String>,
+    message: jetstream::Message,
+}
+
+impl Delivery {
+    /// Acknowledges this message and, the consumer acknowledging
+    /// cumulatively, every one before it.
+    pub async fn ack(&self) -> Result<()> {
+        self.message
+            .ack_with(AckKind::Ack)
+            .await
+            .map_err(|e| Error::Cluster(format!("acknowledging stream message {}: {e}", self.seq)))
+    }
+}
+
+impl EventLog {
+    /// Opens the stream, creating it with `settings.replicas` if missing.
+    pub(super) async fn open(
+        jetstream: &jetstream::Context,
+        settings: &ClusterSettings,
+    ) -> Result<Self> {
+        let config = stream::Config {
+            name: STREAM.to_owned(),
+            description: Some("abacus events, a subject per ingest partition".to_owned()),
+            subjects: vec!["abacus.events.*".to_owned()],
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::New,
+            max_bytes: i64::try_from(settings.log_max_bytes).unwrap_or(i64::MAX),
+            storage: StorageType::File,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| Error::Cluster(format!("opening the event log: {e}")))?;
+        Ok(Self {
+            jetstream: jetstream.clone(),
+            in_flight: Arc::new(Semaphore::new(settings.max_inflight_publishes)),
+        })
+    }
+
+    /// Room for `messages` publishes, or `Overloaded` at once when
+    /// `cluster.max_inflight_publishes` are awaiting their acknowledgement.
+    pub fn reserve(&self, messages: usize) -> Result<Reservation> {
+        let n = u32::try_from(messages).unwrap_or(u32::MAX);
+        Arc::clone(&self.in_flight)
+            .try_acquire_many_owned(n)
+            .map(|permits| Reservation { _permits: permits })
+            .map_err(|_| Error::Overloaded("event log"))
+    }
+
+    /// Sends each partition's message; the answer waits for their
+    /// acknowledgements. Sending only hands them to the connection.
+    pub async fn publish(&self, parts: Vec<(u16, Vec<u8>)>, room: Reservation) -> Result<Sent> {
+        let mut acks = Vec::with_capacity(parts.len());
+        for (partition, body) in parts {
+            let ack = self
+                .jetstream
+                .publish(subject(partition), body.into())
+                .await
+                .map_err(|e| Error::Cluster(format!("publishing events: {e}")))?;
+            acks.push(ack);
+        }
+        Ok(Sent { acks, _room: room })
+    }
+
+    /// `partition`'s messages after sequence `after` (everything when 0),
+    /// in order, through its durable consumer, recreated to start there:
+    /// where a previous owner's consumer had got to does not matter, only
+    /// what this node's store has folded. Also answers how many messages
+    /// were waiting when it started (what a takeover must replay).
+    pub async fn read(
+        &self,
+        partition: u16,
+        after: u64,
+        batch: usize,
+    ) -> Result<(u64, impl Stream<Item = Result<Delivery>>)> {
+        let cluster = |what: &str, e: &dyn std::fmt::Display| {
+            Error::Cluster(format!("partition {partition}: {what}: {e}"))
+        };
+        let stream = self
+            .jetstream
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| cluster("opening the event log", &e))?;
+        let name = consumer_name(partition);
+        // Absent the first time; any other failure shows in the create.
+        let _ = stream.delete_consumer(&name).await;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!("abacus: the owner of partition {partition}")),
+                filter_subject: subject(partition),
+                deliver_policy: match after {
+                    0 => DeliverPolicy::All,
+                    seq => DeliverPolicy::ByStartSequence {
+                        start_sequence: seq + 1,
+                    },
+                },
+                ack_policy: AckPolicy::All,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: MAX_ACK_PENDING,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| cluster("creating its consumer", &e))?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch.max(1))
+            .messages()
+            .await
+            .map_err(|e| cluster("reading", &e))?;
+        let deliveries = messages.map(move |message| {
+            let message =
+                message.map_err(|e| Error::Cluster(format!("partition {partition}: {e}")))?;
+            let seq = message
+                .info()
+                .map_err(|e| Error::Cluster(format!("partition {partition}: {e}")))?
+                .stream_sequence;
+            Ok(Delivery {
+                seq,
+                part: wire::decode(&message.payload),
+                message,
+            })
+        });
+        Ok((pending, deliveries))
+    }
+}

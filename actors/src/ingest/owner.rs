@@ -1,0 +1,432 @@
+//! Cluster mode, the folding side: this node owns some ingest partitions
+//! and folds their events from the replicated log into its own store.
+//!
+//! - **Leases.** Every third of `cluster.lease_ttl_ms` the node says it is
+//!   alive, renews the leases it holds, gives up those beyond its fair
+//!   share (partitions ÷ live nodes, rounded up: a node that joins gets
+//!   work) and takes free ones up to it. A lease it cannot renew for a
+//!   whole TTL is treated as lost, and its consumer stops.
+//! - **Exactly once.** A partition's consumer starts after the last log
+//!   sequence this node's store folded for it ([`Store::stream_seq`]),
+//!   hands each chunk of messages to the partition's writer
+//!   ([`Mailbox::fold`]), which commits the sequence in the same RocksDB
+//!   write as the state it produced, and acknowledges the log only then.
+//!   Redeliveries at or below the folded sequence are skipped. So whatever
+//!   stops a node, its store describes exactly a prefix of the log.
+//! - **Takeover.** A node that takes a partition folds the log from its
+//!   own store's sequence for it (the start, if it never owned it). The
+//!   time from the lease to folding what the log held then is logged and
+//!   exported (`abacus_cluster_last_takeover_seconds`).
+//! - **Shares.** Four times a second the node publishes the shares of the
+//!   aggregates its writers changed, with the sequence they were folded
+//!   to; it adopts the other partitions' latest shares from the bucket, so
+//!   every node's totals are the sum over all partitions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::mailbox::{partition_of, Mailbox};
+use super::LiveAggregates;
+use crate::cluster::{Cluster, EventLog, Leases, Revision, ShareBucket};
+use crate::storage::{blocking, Store};
+use crate::{Error, Result};
+
+/// How often changed shares are published.
+const SHARE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long a failed read of a partition or of the shares waits before it
+/// is tried again.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// What the tasks share.
+struct Context {
+    log: EventLog,
+    leases: Leases,
+    shares: ShareBucket,
+    mailbox: Arc<Mailbox>,
+    live: Arc<LiveAggregates>,
+    store: Store,
+    partitions: u16,
+    /// Messages handed to a writer at once, at most.
+    batch: usize,
+    /// Which partitions this node owns now.
+    owned: Vec<AtomicBool>,
+}
+
+/// This node's ownership of partitions; stops (releasing its leases) on
+/// [`Owner::stop`].
+pub struct Owner {
+    stop: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A partition this node holds.
+struct Held {
+    revision: Revision,
+    renewed: Instant,
+    stop: watch::Sender<bool>,
+    consumer: JoinHandle<()>,
+}
+
+impl Owner {
+    /// Starts taking partitions of `mailbox` (whose writers fold them) and
+    /// exchanging shares of `live`. Every partition's share starts as the
+    /// store holds it, at the sequence the store folded.
+    pub async fn start(
+        cluster: &Cluster,
+        mailbox: Arc<Mailbox>,
+        live: Arc<LiveAggregates>,
+        store: Store,
+        partitions: u16,
+        batch: usize,
+    ) -> Result<Self> {
+        let folded = {
+            let store = store.clone();
+            blocking(move || (0..partitions).map(|p| store.stream_seq(p)).collect()).await?
+        };
+        let folded: Vec<u64> = folded;
+        for (p, seq) in folded.into_iter().enumerate() {
+            live.folded(p, seq);
+        }
+        let context = Arc::new(Context {
+            log: cluster.log().clone(),
+            leases: cluster.leases().clone(),
+            shares: cluster.shares().clone(),
+            mailbox,
+            live,
+            store,
+            partitions,
+            batch: batch.max(1),
+            owned: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(hold_leases(Arc::clone(&context), stopped.clone())),
+            tokio::spawn(publish_shares(Arc::clone(&context), stopped.clone())),
+            tokio::spawn(adopt_shares(context, stopped)),
+        ];
+        Ok(Self {
+            stop,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// Stops folding, publishes the last shares and releases every lease,
+    /// so other nodes take the partitions at once rather than after the
+    /// TTL. Idempotent.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let tasks = self
+            .tasks
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The lease loop (see the module's doc).
+async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    let every = cx.leases.ttl() / 3;
+    let split = format!(
+        "{}/{}",
+        cx.partitions,
+        partition_of("abacus partition probe", 1 << 16)
+    );
+    // Where this node starts looking for free partitions: nodes starting
+    // together then try different ones first.
+    let offset = partition_of(cx.leases.node(), usize::from(cx.partitions));
+    let mut held: BTreeMap<u16, Held> = BTreeMap::new();
+    loop {
+        let nodes = match cx.leases.heartbeat(&split).await {
+            Ok(nodes) => Some(nodes),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster heartbeat failed");
+                None
+            }
+        };
+        renew(&cx, &mut held).await;
+        if let Some(nodes) = nodes {
+            let share = usize::from(cx.partitions).div_ceil(nodes);
+            while held.len() > share {
+                let Some((partition, h)) = held.pop_last() else {
+                    break;
+                };
+                give_up(&cx, partition, h, true).await;
+                tracing::info!(
+                    partition,
+                    nodes,
+                    "partition handed over to balance the nodes"
+                );
+            }
+            if held.len() < share {
+                take(&cx, &mut held, share, offset).await;
+            }
+        }
+        metrics::gauge!(crate::metrics::CLUSTER_PARTITIONS_OWNED).set(held.len() as f64);
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped.changed() => break,
+        }
+    }
+    for (partition, h) in std::mem::take(&mut held) {
+        give_up(&cx, partition, h, true).await;
+    }
+    metrics::gauge!(crate::metrics::CLUSTER_PARTITIONS_OWNED).set(0.0);
+}
+
+/// Renews every held lease; stops the consumers of those lost, and
+/// restarts any consumer that ended on an error.
+async fn renew(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>) {
+    let ttl = cx.leases.ttl();
+    let mut lost = Vec::new();
+    for (&partition, h) in held.iter_mut() {
+        match cx.leases.renew(partition, h.revision).await {
+            Ok(Some(revision)) => {
+                h.revision = revision;
+                h.renewed = Instant::now();
+            }
+            Ok(None) => lost.push(partition),
+            Err(e) if h.renewed.elapsed() >= ttl => {
+                tracing::error!(partition, error = %e, "lease not renewed for a whole TTL");
+                lost.push(partition);
+            }
+            Err(e) => tracing::warn!(partition, error = %e, "renewing a lease failed"),
+        }
+        if h.consumer.is_finished() && !lost.contains(&partition) {
+            let (stop, stopped) = watch::channel(false);
+            h.stop = stop;
+            h.consumer = tokio::spawn(consume(Arc::clone(cx), partition, stopped));
+        }
+    }
+    for partition in lost {
+        if let Some(h) = held.remove(&partition) {
+            tracing::warn!(partition, "lease lost: another node owns the partition now");
+            give_up(cx, partition, h, false).await;
+        }
+    }
+}
+
+/// Takes free partitions until this node holds `share` of them.
+async fn take(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>, share: usize, offset: usize) {
+    let taken = match cx.leases.taken().await {
+        Ok(taken) => taken,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the leases failed");
+            return;
+        }
+    };
+    let count = usize::from(cx.partitions);
+    for i in 0..count {
+        if held.len() >= share {
+            break;
+        }
+        let partition = ((offset + i) % count) as u16;
+        if taken.contains(&partition) || held.contains_key(&partition) {
+            continue;
+        }
+        match cx.leases.acquire(partition).await {
+            Ok(Some(revision)) => {
+                tracing::info!(partition, "partition taken");
+                cx.owned[usize::from(partition)].store(true, Ordering::Release);
+                let (stop, stopped) = watch::channel(false);
+                let consumer = tokio::spawn(consume(Arc::clone(cx), partition, stopped));
+                held.insert(
+                    partition,
+                    Held {
+                        revision,
+                        renewed: Instant::now(),
+                        stop,
+                        consumer,
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(partition, error = %e, "taking a partition failed"),
+        }
+    }
+}
+
+/// Stops folding `partition` (after the chunk in hand is committed) and,
+/// when `release`, deletes the lease so another node takes it at once.
+async fn give_up(cx: &Context, partition: u16, h: Held, release: bool) {
+    cx.owned[usize::from(partition)].store(false, Ordering::Release);
+    let _ = h.stop.send(true);
+    let _ = h.consumer.await;
+    if release {
+        if let Err(e) = cx.leases.release(partition, h.revision).await {
+            tracing::warn!(partition, error = %e, "releasing a lease failed; it will expire");
+        }
+    }
+}
+
+/// Folds `partition` until told to stop, reading again after an error.
+async fn consume(cx: Arc<Context>, partition: u16, mut stopped: watch::Receiver<bool>) {
+    loop {
+        match fold(&cx, partition, &mut stopped).await {
+            Ok(()) => return,
+            Err(Error::Unavailable) => {
+                tracing::error!(partition, "the store failed: this node stops folding");
+                return;
+            }
+            Err(e) => tracing::warn!(partition, error = %e, "reading the partition again"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
+
+/// One reading of `partition`'s log (see the module's doc); `Ok` when told
+/// to stop.
+async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>) -> Result<()> {
+    let started = Instant::now();
+    let after = {
+        let store = cx.store.clone();
+        blocking(move || store.stream_seq(partition)).await?
+    };
+    let (pending, deliveries) = cx.log.read(partition, after, cx.batch).await?;
+    let mut chunks = std::pin::pin!(deliveries.ready_chunks(cx.batch));
+    let mut folded = after;
+    let mut read = 0u64;
+    let mut caught_up = false;
+    loop {
+        if !caught_up && read >= pending {
+            caught_up = true;
+            let took = started.elapsed();
+            metrics::gauge!(crate::metrics::CLUSTER_TAKEOVER).set(took.as_secs_f64());
+            tracing::info!(
+                partition,
+                from = after,
+                messages = read,
+                ms = took.as_millis() as u64,
+                "partition caught up with its log"
+            );
+        }
+        let chunk = tokio::select! {
+            _ = stopped.changed() => return Ok(()),
+            chunk = chunks.next() => chunk.ok_or_else(|| {
+                Error::Cluster(format!("partition {partition}: its consumer ended"))
+            })?,
+        };
+        let mut events = Vec::new();
+        let mut sticky = Vec::new();
+        let mut last = None;
+        for delivery in chunk {
+            let mut delivery = delivery?;
+            read += 1;
+            if delivery.seq > folded {
+                match std::mem::replace(&mut delivery.part, Ok(Default::default())) {
+                    Ok(part) => {
+                        events.extend(part.events);
+                        sticky.extend(part.sticky);
+                    }
+                    Err(e) => tracing::error!(
+                        partition,
+                        seq = delivery.seq,
+                        error = %e,
+                        "skipping an event log message this version cannot read"
+                    ),
+                }
+            }
+            last = Some(delivery);
+        }
+        let Some(last) = last else { continue };
+        if last.seq > folded {
+            if !events.is_empty() && !cx.mailbox.fold(partition, events, sticky, last.seq).await? {
+                return Err(Error::Unavailable);
+            }
+            folded = last.seq;
+        }
+        if let Err(e) = last.ack().await {
+            tracing::warn!(partition, error = %e, "acknowledging the log failed; it will redeliver");
+        }
+    }
+}
+
+/// Publishes the shares this node's writers changed, four times a second,
+/// and once more when stopping.
+async fn publish_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    let mut failed = std::collections::BTreeSet::new();
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(SHARE_INTERVAL) => false,
+            _ = stopped.changed() => true,
+        };
+        let mut changed = cx.live.take_changed();
+        changed.append(&mut failed);
+        for (partition, experiment) in changed {
+            // Only an owner publishes: a share this node restored for a
+            // partition it does not own is older than the owner's.
+            if !cx
+                .owned
+                .get(partition)
+                .is_some_and(|o| o.load(Ordering::Acquire))
+            {
+                continue;
+            }
+            let Some(share) = cx.live.share(partition, &experiment) else {
+                continue;
+            };
+            let seq = cx.live.folded_to(partition);
+            if let Err(e) = cx
+                .shares
+                .put(partition as u16, &experiment, seq, &share)
+                .await
+            {
+                tracing::warn!(partition, error = %e, "publishing a share failed; trying again");
+                failed.insert((partition, experiment));
+            }
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Adopts the latest share of every partition this node does not own.
+async fn adopt_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    // The newest sequence adopted per share; a share older than what this
+    // node holds (a late publish by a former owner) is ignored.
+    let mut seen: HashMap<(u16, Arc<str>), u64> = HashMap::new();
+    loop {
+        match cx.shares.watch().await {
+            Ok(shares) => {
+                let mut shares = std::pin::pin!(shares);
+                loop {
+                    let share = tokio::select! {
+                        share = shares.next() => share,
+                        _ = stopped.changed() => return,
+                    };
+                    let Some(share) = share else { break };
+                    let p = usize::from(share.partition);
+                    if p >= cx.owned.len() || cx.owned[p].load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let experiment: Arc<str> = share.experiment.into();
+                    let newest = seen
+                        .entry((share.partition, Arc::clone(&experiment)))
+                        .or_insert_with(|| cx.live.folded_to(p));
+                    if share.seq >= *newest {
+                        *newest = share.seq;
+                        cx.live.adopt(p, experiment, share.aggregates);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching the shares failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETRY) => {}
+            _ = stopped.changed() => return,
+        }
+    }
+}
