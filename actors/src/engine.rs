@@ -2,12 +2,13 @@
 //! policy; each question a client can ask is answered by one service.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::alerts::{Alerts, Sources};
 use crate::clock::Clock;
-use crate::cluster::{Cluster, ClusterSettings};
+use crate::cluster::{Cluster, ClusterSettings, Singleton};
 use crate::domain::EventLimits;
 use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
@@ -65,6 +66,8 @@ pub struct Engine {
     store: Store,
     /// Cluster mode: the partitions this node folds.
     owner: Option<Owner>,
+    /// Cluster mode: whether this node runs the results monitor.
+    monitor: Option<Singleton>,
 }
 
 impl Engine {
@@ -151,6 +154,9 @@ impl Engine {
         let webhooks =
             Arc::new(Webhooks::start(store.clone(), config.webhooks, Arc::clone(&clock)).await?);
         let live = Arc::new(Live::default());
+        let monitor = cluster
+            .as_ref()
+            .map(|c| Singleton::spawn(c.leases().clone(), "results-monitor"));
         let board = Arc::new(Board::default());
         figures::spawn(
             Cadence {
@@ -166,6 +172,10 @@ impl Engine {
                 store: store.clone(),
                 clock: Arc::clone(&clock),
                 max_stats_bytes: config.max_stats_message_bytes,
+                monitors: match &monitor {
+                    Some(singleton) => singleton.flag(),
+                    None => Arc::new(AtomicBool::new(true)),
+                },
             },
         );
         live::spawn(Arc::clone(&live), store.clone());
@@ -192,6 +202,7 @@ impl Engine {
             live,
             store,
             owner,
+            monitor,
         })
     }
 
@@ -251,6 +262,9 @@ impl Engine {
         // Cluster mode: finish folding and hand the partitions over first.
         if let Some(owner) = &self.owner {
             owner.stop().await;
+        }
+        if let Some(monitor) = &self.monitor {
+            monitor.stop().await;
         }
         blocking(move || {
             self.intake.close();

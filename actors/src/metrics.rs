@@ -79,6 +79,8 @@ pub const CLUSTER_PARTITIONS_OWNED: &str = "abacus_cluster_partitions_owned";
 /// Cluster mode: how long this node's last takeover of a partition took,
 /// from taking its lease to folding everything its log held then.
 pub const CLUSTER_TAKEOVER: &str = "abacus_cluster_last_takeover_seconds";
+/// Cluster mode: 1 while this node runs the singleton task `task`.
+pub const CLUSTER_SINGLETON_HELD: &str = "abacus_cluster_singleton_held";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
@@ -117,6 +119,7 @@ pub const ALL: &[&str] = &[
     STREAM_STATS_TRUNCATED,
     CLUSTER_PARTITIONS_OWNED,
     CLUSTER_TAKEOVER,
+    CLUSTER_SINGLETON_HELD,
 ];
 
 /// Histogram buckets of request and commit durations, in seconds.
@@ -171,6 +174,10 @@ pub fn describe() {
         CLUSTER_TAKEOVER,
         Unit::Seconds,
         "Cluster mode: the last partition takeover, from its lease to folding what its log held."
+    );
+    describe_gauge!(
+        CLUSTER_SINGLETON_HELD,
+        "Cluster mode: 1 while this node runs the singleton task (label task)."
     );
     describe_histogram!(
         SINK_COMMIT,

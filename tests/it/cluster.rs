@@ -352,3 +352,51 @@ fn ingestion_goes_on_when_a_nats_server_dies() {
 
     counted_exactly_once(&nodes.iter().collect::<Vec<_>>(), (REQUESTS * UNITS) as u64);
 }
+
+/// Which of `nodes` say they run the results monitor.
+fn monitors(nodes: &[&TestServer]) -> Vec<usize> {
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, node)| {
+            let text = node
+                .request(reqwest::Method::GET, "/metrics")
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            text.lines()
+                .any(|l| l == r#"abacus_cluster_singleton_held{task="results-monitor"} 1"#)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Polls until exactly one of `nodes` runs the monitor (15 s at most).
+fn one_monitor(nodes: &[&TestServer]) -> usize {
+    let started = Instant::now();
+    loop {
+        if let [one] = monitors(nodes)[..] {
+            return one;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "monitors: {:?}",
+            monitors(nodes)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_results_monitor_runs_on_one_node_and_moves_when_it_dies() {
+    let nats = NatsCluster::start(3);
+    let mut nodes = nats.nodes(3);
+    let holder = one_monitor(&nodes.iter().collect::<Vec<_>>());
+    // Still one a few renewals later.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(monitors(&nodes.iter().collect::<Vec<_>>()), [holder]);
+
+    nodes[holder].kill();
+    let survivors: Vec<&TestServer> = (0..3).filter(|&i| i != holder).map(|i| &nodes[i]).collect();
+    one_monitor(&survivors);
+}

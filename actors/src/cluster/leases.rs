@@ -2,7 +2,8 @@
 //! alive. One key-value bucket, `abacus_leases`, whose entries expire
 //! `cluster.lease_ttl_ms` after their last write:
 //!
-//! - `partition.<n>` holds its owner's node id. It is taken by a create
+//! - `partition.<n>` holds its owner's node id (and `singleton.<name>`
+//!   that of the node running a task that must run once, alike). It is taken by a create
 //!   (which fails while the key exists) and kept by compare-and-set on its
 //!   revision, so at most one node holds it; an owner that stops renewing
 //!   it (dead, or cut off from NATS) loses it when it expires, and another
@@ -31,8 +32,32 @@ pub struct Leases {
     ttl: Duration,
 }
 
-fn partition_key(partition: u16) -> String {
-    format!("partition.{partition}")
+/// What a lease is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Folding an ingest partition.
+    Partition(u16),
+    /// A task that must run on one node at a time (the results monitor).
+    Singleton(&'static str),
+}
+
+impl Lease {
+    /// Its key in the bucket.
+    fn key(self) -> String {
+        match self {
+            Self::Partition(partition) => format!("partition.{partition}"),
+            Self::Singleton(name) => format!("singleton.{name}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Partition(partition) => write!(f, "partition {partition}"),
+            Self::Singleton(name) => write!(f, "the {name}"),
+        }
+    }
 }
 
 impl Leases {
@@ -111,25 +136,21 @@ impl Leases {
             .map_err(|e| failed(&e))
     }
 
-    /// Takes `partition` if nobody holds it: its lease's revision, or
-    /// `None` when another node does.
-    pub async fn acquire(&self, partition: u16) -> Result<Option<Revision>> {
-        match self
-            .kv
-            .create(partition_key(partition), self.node.clone().into())
-            .await
-        {
+    /// Takes `lease` if nobody holds it: its revision, or `None` when
+    /// another node does.
+    pub async fn acquire(&self, lease: Lease) -> Result<Option<Revision>> {
+        match self.kv.create(lease.key(), self.node.clone().into()).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
-            Err(e) => Err(Error::Cluster(format!("taking partition {partition}: {e}"))),
+            Err(e) => Err(Error::Cluster(format!("taking {lease}: {e}"))),
         }
     }
 
-    /// Renews this node's lease on `partition`: its new revision, or
-    /// `None` when the lease was lost (it expired and someone else took
-    /// it, or it changed since `revision`).
-    pub async fn renew(&self, partition: u16, revision: Revision) -> Result<Option<Revision>> {
-        let key = partition_key(partition);
+    /// Renews this node's `lease`: its new revision, or `None` when the
+    /// lease was lost (it expired and someone else took it, or it changed
+    /// since `revision`).
+    pub async fn renew(&self, lease: Lease, revision: Revision) -> Result<Option<Revision>> {
+        let key = lease.key();
         match self
             .kv
             .update(&key, self.node.clone().into(), revision)
@@ -141,19 +162,17 @@ impl Leases {
                 // A stale revision (servers since 2.11 name it otherwise).
                 Ok(Some(entry)) if entry.revision != revision => Ok(None),
                 Ok(None) => Ok(None),
-                _ => Err(Error::Cluster(format!(
-                    "renewing partition {partition}: {e}"
-                ))),
+                _ => Err(Error::Cluster(format!("renewing {lease}: {e}"))),
             },
         }
     }
 
-    /// Gives `partition` up (only if this node still holds it at
-    /// `revision`), so another node can take it at once.
-    pub async fn release(&self, partition: u16, revision: Revision) -> Result<()> {
+    /// Gives `lease` up (only if this node still holds it at `revision`),
+    /// so another node can take it at once.
+    pub async fn release(&self, lease: Lease, revision: Revision) -> Result<()> {
         self.kv
-            .delete_expect_revision(partition_key(partition), Some(revision))
+            .delete_expect_revision(lease.key(), Some(revision))
             .await
-            .map_err(|e| Error::Cluster(format!("releasing partition {partition}: {e}")))
+            .map_err(|e| Error::Cluster(format!("releasing {lease}: {e}")))
     }
 }

@@ -13,6 +13,8 @@
 //!   subject into its own store (`ingest::owner` drives this).
 //! - [`shares`]: owners publish their partitions' shares of the
 //!   aggregates, which every node sums.
+//! - [`singleton`]: a task that must run on one node at a time (the
+//!   results monitor) runs where its lease is held.
 //!
 //! This module speaks NATS and nothing else: what the engine does with the
 //! streams and buckets lives with the engine's parts.
@@ -21,14 +23,16 @@ mod bucket;
 mod leases;
 mod log;
 mod shares;
+mod singleton;
 pub mod wire;
 
 use std::time::Duration;
 
 pub use bucket::{ExperimentBucket, Revision};
-pub use leases::Leases;
+pub use leases::{Lease, Leases};
 pub use log::{Delivery, EventLog, Reservation, Sent};
 pub use shares::{Share, ShareBucket};
+pub use singleton::Singleton;
 
 use crate::{Error, Result};
 

@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 
 use super::mailbox::{partition_of, Mailbox};
 use super::LiveAggregates;
-use crate::cluster::{Cluster, EventLog, Leases, Revision, ShareBucket};
+use crate::cluster::{Cluster, EventLog, Lease, Leases, Revision, ShareBucket};
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
@@ -189,7 +189,11 @@ async fn renew(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>) {
     let ttl = cx.leases.ttl();
     let mut lost = Vec::new();
     for (&partition, h) in held.iter_mut() {
-        match cx.leases.renew(partition, h.revision).await {
+        match cx
+            .leases
+            .renew(Lease::Partition(partition), h.revision)
+            .await
+        {
             Ok(Some(revision)) => {
                 h.revision = revision;
                 h.renewed = Instant::now();
@@ -233,7 +237,7 @@ async fn take(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>, share: usize, o
         if taken.contains(&partition) || held.contains_key(&partition) {
             continue;
         }
-        match cx.leases.acquire(partition).await {
+        match cx.leases.acquire(Lease::Partition(partition)).await {
             Ok(Some(revision)) => {
                 tracing::info!(partition, "partition taken");
                 cx.owned[usize::from(partition)].store(true, Ordering::Release);
@@ -262,7 +266,11 @@ async fn give_up(cx: &Context, partition: u16, h: Held, release: bool) {
     let _ = h.stop.send(true);
     let _ = h.consumer.await;
     if release {
-        if let Err(e) = cx.leases.release(partition, h.revision).await {
+        if let Err(e) = cx
+            .leases
+            .release(Lease::Partition(partition), h.revision)
+            .await
+        {
             tracing::warn!(partition, error = %e, "releasing a lease failed; it will expire");
         }
     }

@@ -178,6 +178,9 @@ pub(crate) struct Consumers {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub max_stats_bytes: usize,
+    /// Whether this node runs the monitor now: always on a single node; in
+    /// cluster mode while it holds the monitor's lease.
+    pub monitors: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Keeps the board and feeds each consumer on its own interval, for as
@@ -199,6 +202,9 @@ pub(crate) fn spawn(cadence: Cadence, to: Consumers) {
         loop {
             tokio::select! {
                 _ = monitor.tick() => {
+                    if !to.monitors.load(std::sync::atomic::Ordering::Acquire) {
+                        continue;
+                    }
                     for (entry, figures) in to.board.refresh(&to.registry, &to.aggregates, true).values() {
                         monitor::check(entry, figures);
                     }
