@@ -21,7 +21,7 @@ use crate::results::figures::{self, Board, Cadence, Consumers};
 use crate::results::Results;
 use crate::room::Room;
 use crate::storage::{blocking, Store, StoreOptions};
-use crate::webhooks::{self, Webhooks};
+use crate::webhooks::{self, Replication, Webhooks};
 use crate::{Error, Result};
 
 /// What the engine needs to start.
@@ -66,8 +66,9 @@ pub struct Engine {
     store: Store,
     /// Cluster mode: the partitions this node folds.
     owner: Option<Owner>,
-    /// Cluster mode: whether this node runs the results monitor.
-    monitor: Option<Singleton>,
+    /// Cluster mode: whether this node runs the results monitor, and
+    /// whether it delivers webhooks.
+    singletons: Vec<Singleton>,
 }
 
 impl Engine {
@@ -151,8 +152,26 @@ impl Engine {
         if let Some(retention) = config.retention {
             retention::spawn(retention, store.clone(), Arc::clone(&registry));
         }
-        let webhooks =
-            Arc::new(Webhooks::start(store.clone(), config.webhooks, Arc::clone(&clock)).await?);
+        let delivery = cluster
+            .as_ref()
+            .map(|c| Singleton::spawn(c.leases().clone(), "webhooks"));
+        let webhooks = Arc::new(match (&cluster, &delivery) {
+            (Some(cluster), Some(delivery)) => {
+                let replication = Replication {
+                    subscriptions: cluster.subscriptions().clone(),
+                    outbox: cluster.outbox().clone(),
+                    delivers: delivery.flag(),
+                };
+                Webhooks::start_replicated(
+                    store.clone(),
+                    config.webhooks,
+                    Arc::clone(&clock),
+                    replication,
+                )
+                .await?
+            }
+            _ => Webhooks::start(store.clone(), config.webhooks, Arc::clone(&clock)).await?,
+        });
         let live = Arc::new(Live::default());
         let monitor = cluster
             .as_ref()
@@ -202,7 +221,7 @@ impl Engine {
             live,
             store,
             owner,
-            monitor,
+            singletons: monitor.into_iter().chain(delivery).collect(),
         })
     }
 
@@ -263,8 +282,8 @@ impl Engine {
         if let Some(owner) = &self.owner {
             owner.stop().await;
         }
-        if let Some(monitor) = &self.monitor {
-            monitor.stop().await;
+        for singleton in &self.singletons {
+            singleton.stop().await;
         }
         blocking(move || {
             self.intake.close();

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::nats::NatsCluster;
+use crate::common::receiver::{Answer, Receiver};
 use crate::common::{error_code, TestServer};
 
 /// Polls `node` until `path` answers 200 with `check` true, for at most
@@ -353,8 +354,9 @@ fn ingestion_goes_on_when_a_nats_server_dies() {
     counted_exactly_once(&nodes.iter().collect::<Vec<_>>(), (REQUESTS * UNITS) as u64);
 }
 
-/// Which of `nodes` say they run the results monitor.
-fn monitors(nodes: &[&TestServer]) -> Vec<usize> {
+/// Which of `nodes` say they run the singleton `task`.
+fn holders(nodes: &[&TestServer], task: &str) -> Vec<usize> {
+    let held = format!(r#"abacus_cluster_singleton_held{{task="{task}"}} 1"#);
     nodes
         .iter()
         .enumerate()
@@ -364,24 +366,23 @@ fn monitors(nodes: &[&TestServer]) -> Vec<usize> {
                 .send()
                 .and_then(|r| r.text())
                 .unwrap_or_default();
-            text.lines()
-                .any(|l| l == r#"abacus_cluster_singleton_held{task="results-monitor"} 1"#)
+            text.lines().any(|l| l == held)
         })
         .map(|(i, _)| i)
         .collect()
 }
 
-/// Polls until exactly one of `nodes` runs the monitor (15 s at most).
-fn one_monitor(nodes: &[&TestServer]) -> usize {
+/// Polls until exactly one of `nodes` runs `task` (15 s at most).
+fn one_holder(nodes: &[&TestServer], task: &str) -> usize {
     let started = Instant::now();
     loop {
-        if let [one] = monitors(nodes)[..] {
+        if let [one] = holders(nodes, task)[..] {
             return one;
         }
         assert!(
             started.elapsed() < Duration::from_secs(15),
-            "monitors: {:?}",
-            monitors(nodes)
+            "{task} runs on {:?}",
+            holders(nodes, task)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -391,12 +392,142 @@ fn one_monitor(nodes: &[&TestServer]) -> usize {
 fn the_results_monitor_runs_on_one_node_and_moves_when_it_dies() {
     let nats = NatsCluster::start(3);
     let mut nodes = nats.nodes(3);
-    let holder = one_monitor(&nodes.iter().collect::<Vec<_>>());
+    let holder = one_holder(&nodes.iter().collect::<Vec<_>>(), "results-monitor");
     // Still one a few renewals later.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(monitors(&nodes.iter().collect::<Vec<_>>()), [holder]);
+    assert_eq!(
+        holders(&nodes.iter().collect::<Vec<_>>(), "results-monitor"),
+        [holder]
+    );
 
     nodes[holder].kill();
     let survivors: Vec<&TestServer> = (0..3).filter(|&i| i != holder).map(|i| &nodes[i]).collect();
-    one_monitor(&survivors);
+    one_holder(&survivors, "results-monitor");
+}
+
+#[test]
+fn webhooks_still_arrive_in_order_when_the_delivering_node_dies() {
+    const EXPERIMENTS: usize = 20;
+    let nats = NatsCluster::start(3);
+    let mut nodes = nats.nodes_with(
+        3,
+        &[
+            ("ABACUS_WEBHOOKS__ALLOW_PRIVATE", "true"),
+            ("ABACUS_WEBHOOKS__RETRY_SCHEDULE_MS", "[100]"),
+            ("ABACUS_WEBHOOKS__JITTER", "0"),
+        ],
+    );
+    // A slow receiver, so the delivering node dies with messages pending.
+    let receiver = Receiver::start(|_| Answer::Delay(Duration::from_millis(100)));
+    let (status, body) = nodes[0].post(
+        "/v1/webhooks",
+        json!({"url": receiver.url(), "events": ["experiment.created", "experiment.started"]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (id, secret) = (
+        body["id"].as_str().unwrap(),
+        body["secret"].as_str().unwrap(),
+    );
+    for node in &nodes {
+        served(node, &format!("/v1/webhooks/{id}"), |w| w["id"] == id);
+    }
+
+    // Changes are made on the two nodes that do not deliver, so the one
+    // killed holds nothing but deliveries.
+    let deliverer = one_holder(&nodes.iter().collect::<Vec<_>>(), "webhooks");
+    let makers: Vec<usize> = (0..3).filter(|&i| i != deliverer).collect();
+    for n in 0..EXPERIMENTS {
+        let node = &nodes[makers[n % 2]];
+        let key = format!("exp-{n:02}");
+        let (status, body) = node.post(
+            "/v1/experiments",
+            json!({"key": key, "name": key,
+                   "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}]}),
+        );
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(
+            node.post_empty(&format!("/v1/experiments/{key}/start")).0,
+            200
+        );
+    }
+    receiver.wait_for(5, Duration::from_secs(30));
+    nodes[deliverer].kill();
+    let survivors: Vec<&TestServer> = makers.iter().map(|&i| &nodes[i]).collect();
+    one_holder(&survivors, "webhooks");
+
+    // Every message arrives (some twice: at least once), each verified
+    // with the subscription's secret, and each experiment's creation
+    // before its start.
+    let verifier = standardwebhooks::Webhook::new(secret).unwrap();
+    let started = Instant::now();
+    let got = loop {
+        let got = receiver.received();
+        let mut firsts: Vec<(String, String)> = Vec::new();
+        for r in &got {
+            verifier
+                .verify(&r.body, &r.header_map())
+                .unwrap_or_else(|e| panic!("{e:?}: {:?}", r.headers));
+            let message = (
+                r.headers["webhook-id"].clone(),
+                r.json()["type"].as_str().unwrap().to_owned(),
+            );
+            if !firsts.contains(&message) {
+                firsts.push(message);
+            }
+        }
+        if firsts.len() == 2 * EXPERIMENTS {
+            break got;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} of {} messages arrived",
+            firsts.len(),
+            2 * EXPERIMENTS
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "{} deliveries of {} messages across the takeover",
+        got.len(),
+        2 * EXPERIMENTS
+    );
+    let order: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            let body = r.json();
+            (
+                body["data"]["experiment"]["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                body["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .fold(Vec::new(), |mut seen, m| {
+            if !seen.contains(&m) {
+                seen.push(m);
+            }
+            seen
+        });
+    for n in 0..EXPERIMENTS {
+        let key = format!("exp-{n:02}");
+        let at = |kind: &str| order.iter().position(|(k, t)| *k == key && t == kind);
+        assert!(
+            at("experiment.created") < at("experiment.started"),
+            "{key}: {order:?}"
+        );
+    }
+    // Each maker's experiments arrive in the order it made them.
+    for maker in 0..2 {
+        let created: Vec<&String> = order
+            .iter()
+            .filter(|(k, t)| {
+                t == "experiment.created" && k[4..].parse::<usize>().is_ok_and(|n| n % 2 == maker)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let mut sorted = created.clone();
+        sorted.sort();
+        assert_eq!(created, sorted);
+    }
 }

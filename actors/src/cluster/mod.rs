@@ -14,7 +14,10 @@
 //! - [`shares`]: owners publish their partitions' shares of the
 //!   aggregates, which every node sums.
 //! - [`singleton`]: a task that must run on one node at a time (the
-//!   results monitor) runs where its lease is held.
+//!   results monitor, webhook delivery) runs where its lease is held.
+//! - [`subscriptions`] and [`outbox`]: webhook subscriptions in a shared
+//!   bucket, and every node's domain events on one stream, for the node
+//!   that delivers (`webhooks::replicated` drives this).
 //!
 //! This module speaks NATS and nothing else: what the engine does with the
 //! streams and buckets lives with the engine's parts.
@@ -22,8 +25,10 @@
 mod bucket;
 mod leases;
 mod log;
+mod outbox;
 mod shares;
 mod singleton;
+mod subscriptions;
 pub mod wire;
 
 use std::time::Duration;
@@ -31,8 +36,10 @@ use std::time::Duration;
 pub use bucket::{ExperimentBucket, Revision};
 pub use leases::{Lease, Leases};
 pub use log::{Delivery, EventLog, Reservation, Sent};
+pub use outbox::{acknowledge, OutboxDelivery, OutboxLog};
 pub use shares::{Share, ShareBucket};
 pub use singleton::Singleton;
+pub use subscriptions::{SubscriptionBucket, SubscriptionChange};
 
 use crate::{Error, Result};
 
@@ -103,6 +110,8 @@ pub struct Cluster {
     log: EventLog,
     leases: Leases,
     shares: ShareBucket,
+    outbox: OutboxLog,
+    subscriptions: SubscriptionBucket,
 }
 
 impl Cluster {
@@ -136,12 +145,16 @@ impl Cluster {
         let log = EventLog::open(&jetstream, settings).await?;
         let leases = Leases::open(&jetstream, settings).await?;
         let shares = ShareBucket::open(&jetstream, settings).await?;
+        let outbox = OutboxLog::open(&jetstream, settings).await?;
+        let subscriptions = SubscriptionBucket::open(&jetstream, settings).await?;
         tracing::info!(node = %settings.node_id, replicas = settings.replicas, "joined the cluster");
         Ok(Self {
             experiments,
             log,
             leases,
             shares,
+            outbox,
+            subscriptions,
         })
     }
 
@@ -163,5 +176,15 @@ impl Cluster {
     /// The partitions' shares of the aggregates.
     pub fn shares(&self) -> &ShareBucket {
         &self.shares
+    }
+
+    /// Every node's domain events, for webhook delivery.
+    pub fn outbox(&self) -> &OutboxLog {
+        &self.outbox
+    }
+
+    /// The shared webhook subscriptions.
+    pub fn subscriptions(&self) -> &SubscriptionBucket {
+        &self.subscriptions
     }
 }

@@ -115,6 +115,35 @@ impl Store {
         }
     }
 
+    /// The oldest position any subscription still has queued (cluster
+    /// mode: the shared outbox is acknowledged up to just before it).
+    pub fn oldest_queued(&self) -> Result<Option<u64>> {
+        let mut oldest: Option<u64> = None;
+        for subscription in self.subscriptions()? {
+            if let Some((seq, _)) = self.queue_head(subscription.id.as_str(), 0)? {
+                oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
+            }
+        }
+        Ok(oldest)
+    }
+
+    /// Empties every subscription's queue (cluster mode: a node giving up
+    /// or taking over delivery; the shared outbox still holds what was
+    /// not acknowledged).
+    pub fn clear_webhook_queues(&self) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        // Keys start with a length byte below 0xFF.
+        batch.delete_range_cf(
+            self.cf(Cf::WebhookQueue),
+            [0u8].as_slice(),
+            [0xFFu8].as_slice(),
+        );
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.write_opt(batch, &sync)?;
+        Ok(())
+    }
+
     /// Pending messages of a subscription.
     pub fn queue_len(&self, subscription: &str) -> Result<u64> {
         let (from, to) = prefix_range(subscription);

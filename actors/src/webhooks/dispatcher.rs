@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::subscriber::Wake;
 use super::Entries;
-use crate::domain::WebhookMessage;
+use crate::domain::{DomainEvent, WebhookMessage};
 use crate::storage::{blocking, Store};
 use crate::Result;
 
@@ -33,62 +33,72 @@ pub(super) fn spawn(store: Store, entries: Entries) {
 /// Fans out everything after the cursor.
 async fn dispatch(store: &Store, entries: &Entries) -> Result<()> {
     loop {
-        // (id, event types, enabled) of every subscription, read once per chunk.
-        let targets: Vec<_> = match entries.read() {
-            Ok(entries) => entries
-                .iter()
-                .map(|(id, e)| {
-                    (
-                        id.clone(),
-                        e.events.clone(),
-                        e.enabled.load(Ordering::Acquire),
-                    )
-                })
-                .collect(),
-            Err(_) => return Ok(()),
-        };
         let owned = store.clone();
-        let woken = blocking(move || {
-            let cursor = owned.dispatch_cursor()?;
-            let events = owned.outbox(cursor, CHUNK)?;
-            let Some(&(last, _)) = events.last() else {
-                return Ok(None);
-            };
-            let mut messages = Vec::new();
-            let mut woken = BTreeSet::new();
-            for (seq, event) in &events {
-                let body = event.payload().to_string();
-                for (id, kinds, enabled) in &targets {
-                    let addressed = event.subscription.as_ref().is_none_or(|s| s == id);
-                    if *enabled && addressed && kinds.contains(&event.kind) {
-                        messages.push((
-                            id.as_str(),
-                            *seq,
-                            WebhookMessage {
-                                id: event.id.clone(),
-                                kind: event.kind,
-                                body: body.clone(),
-                                attempts: 0,
-                                next_attempt_ms: 0,
-                            },
-                        ));
-                        woken.insert(id.clone());
-                    }
-                }
-            }
-            owned.enqueue(&messages, last)?;
-            Ok(Some(woken))
-        })
-        .await?;
-        let Some(woken) = woken else {
+        let events = blocking(move || owned.outbox(owned.dispatch_cursor()?, CHUNK)).await?;
+        let Some(&(last, _)) = events.last() else {
             return Ok(());
         };
-        if let Ok(entries) = entries.read() {
-            for id in woken {
-                if let Some(entry) = entries.get(&id) {
-                    entry.addr.do_send(Wake);
+        fan_out(store, entries, events, last).await?;
+    }
+}
+
+/// Queues each of `events` (by its position) for the enabled
+/// subscriptions to its type and moves the dispatch cursor to `cursor`,
+/// in one write; then wakes the subscriptions that got messages.
+pub(super) async fn fan_out(
+    store: &Store,
+    entries: &Entries,
+    events: Vec<(u64, DomainEvent)>,
+    cursor: u64,
+) -> Result<()> {
+    // (id, event types, enabled) of every subscription, read once per chunk.
+    let targets: Vec<_> = match entries.read() {
+        Ok(entries) => entries
+            .iter()
+            .map(|(id, e)| {
+                (
+                    id.clone(),
+                    e.events.clone(),
+                    e.enabled.load(Ordering::Acquire),
+                )
+            })
+            .collect(),
+        Err(_) => return Ok(()),
+    };
+    let owned = store.clone();
+    let woken = blocking(move || {
+        let mut messages = Vec::new();
+        let mut woken = BTreeSet::new();
+        for (seq, event) in &events {
+            let body = event.payload().to_string();
+            for (id, kinds, enabled) in &targets {
+                let addressed = event.subscription.as_ref().is_none_or(|s| s == id);
+                if *enabled && addressed && kinds.contains(&event.kind) {
+                    messages.push((
+                        id.as_str(),
+                        *seq,
+                        WebhookMessage {
+                            id: event.id.clone(),
+                            kind: event.kind,
+                            body: body.clone(),
+                            attempts: 0,
+                            next_attempt_ms: 0,
+                        },
+                    ));
+                    woken.insert(id.clone());
                 }
             }
         }
+        owned.enqueue(&messages, cursor)?;
+        Ok(woken)
+    })
+    .await?;
+    if let Ok(entries) = entries.read() {
+        for id in woken {
+            if let Some(entry) = entries.get(&id) {
+                entry.addr.do_send(Wake);
+            }
+        }
     }
+    Ok(())
 }

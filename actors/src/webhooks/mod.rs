@@ -15,6 +15,7 @@
 
 mod dispatcher;
 mod guard;
+mod replicated;
 mod signature;
 mod subscriber;
 
@@ -26,10 +27,12 @@ use std::time::Duration;
 use actix::prelude::*;
 
 pub use guard::is_public;
+pub use replicated::Replication;
 pub use signature::Secret;
 
 use self::subscriber::{CurrentSubscription, Enable, Subscriber};
 use crate::clock::Clock;
+use crate::cluster::SubscriptionBucket;
 use crate::domain::{
     DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Webhook, WebhookId, WebhookIn,
     WebhookOut,
@@ -69,7 +72,8 @@ struct SubscriberHandle {
 
 type Entries = Arc<RwLock<BTreeMap<WebhookId, SubscriberHandle>>>;
 
-/// The webhook subsystem.
+/// The webhook subsystem; clones share it.
+#[derive(Clone)]
 pub struct Webhooks {
     store: Store,
     settings: Arc<DeliveryPolicy>,
@@ -78,6 +82,9 @@ pub struct Webhooks {
     /// Every "now" of the subsystem: creation times, delivery timestamps
     /// and signatures, retry schedules, disables.
     clock: Arc<dyn Clock>,
+    /// Cluster mode: the shared subscriptions (created and deleted there
+    /// first).
+    shared: Option<SubscriptionBucket>,
 }
 
 impl Webhooks {
@@ -87,6 +94,38 @@ impl Webhooks {
         store: Store,
         settings: DeliveryPolicy,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let this = Self::open(store, settings, clock, None).await?;
+        dispatcher::spawn(this.store.clone(), Arc::clone(&this.entries));
+        Ok(this)
+    }
+
+    /// [`Webhooks::start`] in cluster mode (see [`replicated`]): the
+    /// subscriptions are shared through `replication`, this node relays
+    /// its outbox to the shared one, and delivers only while it holds the
+    /// delivery lease.
+    pub async fn start_replicated(
+        store: Store,
+        settings: DeliveryPolicy,
+        clock: Arc<dyn Clock>,
+        replication: Replication,
+    ) -> Result<Self> {
+        let this = Self::open(
+            store,
+            settings,
+            clock,
+            Some(replication.subscriptions.clone()),
+        )
+        .await?;
+        replicated::spawn(this.clone(), replication);
+        Ok(this)
+    }
+
+    async fn open(
+        store: Store,
+        settings: DeliveryPolicy,
+        clock: Arc<dyn Clock>,
+        shared: Option<SubscriptionBucket>,
     ) -> Result<Self> {
         // Resolves names through the SSRF guard: it connects only to
         // addresses the guard allows.
@@ -98,16 +137,25 @@ impl Webhooks {
             client,
             entries: Arc::default(),
             clock,
+            shared,
         };
         let stored = blocking(move || store.subscriptions()).await?;
         for subscription in stored {
             this.spawn(subscription);
         }
-        dispatcher::spawn(this.store.clone(), Arc::clone(&this.entries));
         Ok(this)
     }
 
+    /// Starts the subscription's actor, unless it runs already (in cluster
+    /// mode the bucket's watch and the create may both bring it).
     fn spawn(&self, subscription: Webhook) -> SubscriberHandle {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(running) = entries.get(&subscription.id) {
+            return running.clone();
+        }
         let enabled = Arc::new(AtomicBool::new(subscription.disabled.is_none()));
         let deleted = Arc::new(Mutex::new(false));
         let entry = SubscriberHandle {
@@ -125,9 +173,7 @@ impl Webhooks {
             )
             .start(),
         };
-        if let Ok(mut entries) = self.entries.write() {
-            entries.insert(subscription.id, entry.clone());
-        }
+        entries.insert(subscription.id, entry.clone());
         entry
     }
 
@@ -172,6 +218,9 @@ impl Webhooks {
             disabled: None,
             stats: DeliveryStats::default(),
         };
+        if let Some(shared) = &self.shared {
+            shared.create(&subscription).await?;
+        }
         let store = self.store.clone();
         let stored = subscription.clone();
         blocking(move || store.put_subscription(&stored)).await?;
@@ -212,6 +261,17 @@ impl Webhooks {
 
     /// Deletes a subscription, its queue and its log.
     pub async fn delete(&self, id: &str) -> Result<()> {
+        self.entry(id)?;
+        if let Some(shared) = &self.shared {
+            shared.delete(id).await?;
+        }
+        self.forget(id).await?;
+        tracing::info!(subscription = %id, "webhook subscription deleted");
+        Ok(())
+    }
+
+    /// Stops a subscription's actor and deletes it from this node's store.
+    async fn forget(&self, id: &str) -> Result<()> {
         let entry = self
             .entries
             .write()
@@ -227,9 +287,7 @@ impl Webhooks {
             *deleted = true;
             store.delete_subscription(&owned)
         })
-        .await?;
-        tracing::info!(subscription = %id, "webhook subscription deleted");
-        Ok(())
+        .await
     }
 
     /// Publishes how many subscriptions are disabled.

@@ -458,6 +458,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_oldest_queued_message_bounds_what_a_cluster_acknowledges_and_clearing_empties_every_queue(
+    ) {
+        let (_dir, store) = Store::temporary();
+        store
+            .put_subscription(&subscription("http://127.0.0.1:1/"))
+            .unwrap();
+        assert_eq!(store.oldest_queued().unwrap(), None);
+        enqueue(&store, &[5, 7, 9]);
+        assert_eq!(store.oldest_queued().unwrap(), Some(5));
+        store.clear_webhook_queues().unwrap();
+        assert_eq!(store.oldest_queued().unwrap(), None);
+        assert_eq!(store.queue_len(ID).unwrap(), 0);
+        assert_eq!(
+            store.subscriptions().unwrap().len(),
+            1,
+            "subscriptions stay"
+        );
+    }
+
     /// Queues messages `msg_{seq}` at positions `seqs`, due at once.
     fn enqueue(store: &Store, seqs: &[u64]) {
         let messages: Vec<_> = seqs
