@@ -37,6 +37,7 @@ pub fn engine(config: &Config) -> EngineConfig {
             lease_ttl: config.cluster.lease_ttl_ms.get(),
             max_inflight_publishes: config.cluster.max_inflight_publishes,
             log_max_bytes: config.cluster.log_max_mb.saturating_mul(1 << 20),
+            snapshot_interval: config.cluster.snapshot_interval_s.get(),
         }),
         max_assignment_experiments: config.limits.max_assignment_experiments,
         max_stats_message_bytes: config.limits.max_stats_message_bytes,

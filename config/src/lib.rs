@@ -95,6 +95,9 @@ pub struct ClusterConfig {
     /// Size of the replicated event log (MiB); once full, new events are
     /// refused with 503 rather than old ones dropped.
     pub log_max_mb: u64,
+    /// How often an owner stores a snapshot of each partition it folds
+    /// (a new owner restores it and replays only the log after it).
+    pub snapshot_interval_s: PositiveSeconds,
 }
 
 /// Declares a duration type the configuration writes as a whole number

@@ -248,6 +248,7 @@ fn send_round_robin(
                     midway();
                 }
                 let body = exposures_and_conversions(request, units);
+                let first = Instant::now();
                 let mut attempt = 0;
                 loop {
                     let node = &nodes[(request + attempt) % nodes.len()];
@@ -263,7 +264,12 @@ fn send_round_robin(
                     }
                     attempt += 1;
                     resent.fetch_add(1, Ordering::SeqCst);
-                    assert!(attempt < 30, "request {request} was never acknowledged");
+                    // A NATS server's death costs its streams a leader
+                    // election: a few seconds of 503s.
+                    assert!(
+                        first.elapsed() < Duration::from_secs(30),
+                        "request {request} was not acknowledged within 30 s"
+                    );
                     std::thread::sleep(Duration::from_millis(100));
                 }
             });
@@ -298,10 +304,17 @@ fn counted_exactly_once(nodes: &[&TestServer], events: u64) {
 }
 
 /// Three `nats-server`s, three nodes splitting units into six partitions
-/// (two each), and `checkout` running on all of them.
+/// (two each) and snapshotting them every second, and `checkout` running
+/// on all of them.
 fn three_nodes_with_checkout() -> (NatsCluster, Vec<TestServer>) {
     let nats = NatsCluster::start(3);
-    let nodes = nats.nodes_with(3, &[("ABACUS_INGEST__PARTITIONS", "6")]);
+    let nodes = nats.nodes_with(
+        3,
+        &[
+            ("ABACUS_INGEST__PARTITIONS", "6"),
+            ("ABACUS_CLUSTER__SNAPSHOT_INTERVAL_S", "1"),
+        ],
+    );
     nodes[0].running_experiment("checkout", json!({}));
     for node in &nodes[1..] {
         served(node, "/v1/experiments/checkout", |e| {
@@ -335,7 +348,13 @@ fn acknowledged_events_are_counted_exactly_once_after_a_node_dies() {
     // Every surviving node counts every event exactly once, once the dead
     // node's partitions are taken over.
     counted_exactly_once(&[&nodes[0], &nodes[2]], (REQUESTS * UNITS) as u64);
+    // The survivors took the dead node's partitions over from the
+    // snapshots it stored, then folded the log after them.
     let logs = nodes[0].log() + &nodes[2].log();
+    assert!(
+        logs.contains("partition restored from its snapshot"),
+        "a takeover restores a snapshot"
+    );
     assert!(
         logs.contains("partition caught up with its log"),
         "the takeover is logged"

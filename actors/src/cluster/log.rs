@@ -40,6 +40,14 @@ const ACK_WAIT: Duration = Duration::from_secs(30);
 /// Messages a partition's consumer may hold unacknowledged.
 const MAX_ACK_PENDING: i64 = 20_000;
 
+/// How long one pull request waits, and how often the server says it is
+/// still there meanwhile: a reader whose server died (or whose consumer
+/// lost its leader) misses two heartbeats, errs, and reads again, within
+/// about two seconds rather than the client's default half minute.
+pub(super) const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// See [`PULL_EXPIRES`].
+pub(super) const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// The subject of `partition`'s events.
 fn subject(partition: u16) -> String {
     format!("abacus.events.{partition}")
@@ -196,6 +204,8 @@ impl EventLog {
         let messages = consumer
             .stream()
             .max_messages_per_batch(batch.max(1))
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|e| cluster("reading", &e))?;

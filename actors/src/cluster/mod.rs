@@ -13,6 +13,8 @@
 //!   subject into its own store (`ingest::owner` drives this).
 //! - [`shares`]: owners publish their partitions' shares of the
 //!   aggregates, which every node sums.
+//! - [`snapshots`]: owners store their partitions' state, so a new owner
+//!   replays only the log after it.
 //! - [`singleton`]: a task that must run on one node at a time (the
 //!   results monitor, webhook delivery) runs where its lease is held.
 //! - [`subscriptions`] and [`outbox`]: webhook subscriptions in a shared
@@ -28,6 +30,7 @@ mod log;
 mod outbox;
 mod shares;
 mod singleton;
+mod snapshots;
 mod subscriptions;
 pub mod wire;
 
@@ -39,6 +42,7 @@ pub use log::{Delivery, EventLog, Reservation, Sent};
 pub use outbox::{acknowledge, OutboxDelivery, OutboxLog};
 pub use shares::{Share, ShareBucket};
 pub use singleton::Singleton;
+pub use snapshots::SnapshotStore;
 pub use subscriptions::{SubscriptionBucket, SubscriptionChange};
 
 use crate::{Error, Result};
@@ -84,6 +88,24 @@ async fn key_value(
         .map_err(|e| Error::Cluster(format!("creating the {bucket} bucket: {e}")))
 }
 
+/// A key-value watch's entries until its first error, which is logged.
+/// A watch whose server died keeps failing (missed heartbeats) rather than
+/// recovering, so the caller watches again when this ends.
+fn until_failed<E: std::fmt::Display>(
+    entries: impl futures_util::Stream<Item = std::result::Result<async_nats::jetstream::kv::Entry, E>>,
+    what: &'static str,
+) -> impl futures_util::Stream<Item = async_nats::jetstream::kv::Entry> {
+    use futures_util::StreamExt;
+    entries
+        .take_while(move |entry| {
+            if let Err(e) = entry {
+                tracing::warn!(error = %e, "watching the {what} failed; watching again");
+            }
+            std::future::ready(entry.is_ok())
+        })
+        .filter_map(|entry| std::future::ready(entry.ok()))
+}
+
 /// How a node joins the cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
@@ -101,6 +123,8 @@ pub struct ClusterSettings {
     pub max_inflight_publishes: usize,
     /// Size of the event log; full, it refuses new events.
     pub log_max_bytes: u64,
+    /// How often an owner stores a snapshot of each partition it folded.
+    pub snapshot_interval: Duration,
 }
 
 /// This node's connection to the cluster and the buckets it uses.
@@ -112,6 +136,8 @@ pub struct Cluster {
     shares: ShareBucket,
     outbox: OutboxLog,
     subscriptions: SubscriptionBucket,
+    snapshots: SnapshotStore,
+    snapshot_interval: Duration,
 }
 
 impl Cluster {
@@ -147,6 +173,7 @@ impl Cluster {
         let shares = ShareBucket::open(&jetstream, settings).await?;
         let outbox = OutboxLog::open(&jetstream, settings).await?;
         let subscriptions = SubscriptionBucket::open(&jetstream, settings).await?;
+        let snapshots = SnapshotStore::open(&jetstream, settings).await?;
         tracing::info!(node = %settings.node_id, replicas = settings.replicas, "joined the cluster");
         Ok(Self {
             experiments,
@@ -155,6 +182,8 @@ impl Cluster {
             shares,
             outbox,
             subscriptions,
+            snapshots,
+            snapshot_interval: settings.snapshot_interval,
         })
     }
 
@@ -186,5 +215,15 @@ impl Cluster {
     /// The shared webhook subscriptions.
     pub fn subscriptions(&self) -> &SubscriptionBucket {
         &self.subscriptions
+    }
+
+    /// The partitions' snapshots.
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    /// How often an owner snapshots the partitions it folds.
+    pub fn snapshot_interval(&self) -> Duration {
+        self.snapshot_interval
     }
 }

@@ -126,7 +126,13 @@ impl OutboxLog {
             })
             .await
             .map_err(|e| failed(&e))?;
-        let messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        let messages = consumer
+            .stream()
+            .expires(super::log::PULL_EXPIRES)
+            .heartbeat(super::log::PULL_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| failed(&e))?;
         Ok(messages.map(|message| {
             let message =
                 message.map_err(|e| Error::Cluster(format!("reading the outbox: {e}")))?;

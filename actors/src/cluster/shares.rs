@@ -83,28 +83,27 @@ impl ShareBucket {
     }
 
     /// The latest share of every key, then every new one as it is put.
-    /// Entries this version cannot read are skipped (and logged).
+    /// Entries this version cannot read are skipped (and logged). The
+    /// stream ends when the watch fails (its server died, say): watch
+    /// again then.
     pub async fn watch(&self) -> Result<impl Stream<Item = Share>> {
         let entries = self
             .kv
             .watch_with_history(">")
             .await
             .map_err(|e| Error::Cluster(format!("watching the shares bucket: {e}")))?;
-        Ok(entries.filter_map(|entry| async move {
-            let entry = match entry {
-                Ok(entry) if entry.operation == Operation::Put => entry,
-                Ok(_) => return None,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the shares bucket");
+        Ok(
+            super::until_failed(entries, "shares").filter_map(|entry| async move {
+                if entry.operation != Operation::Put {
                     return None;
                 }
-            };
-            let share = decode(&entry.key, &entry.value);
-            if let Err(e) = &share {
-                tracing::warn!(key = %entry.key, error = %e, "skipping an unreadable share");
-            }
-            share.ok()
-        }))
+                let share = decode(&entry.key, &entry.value);
+                if let Err(e) = &share {
+                    tracing::warn!(key = %entry.key, error = %e, "skipping an unreadable share");
+                }
+                share.ok()
+            }),
+        )
     }
 }
 

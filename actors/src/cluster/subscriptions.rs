@@ -60,21 +60,15 @@ impl SubscriptionBucket {
             .map_err(|e| Error::Cluster(format!("deleting a subscription: {e}")))
     }
 
-    /// Every subscription as it is now, then every change.
+    /// Every subscription as it is now, then every change. The stream ends
+    /// when the watch fails: watch again then.
     pub async fn watch(&self) -> Result<impl Stream<Item = SubscriptionChange>> {
         let entries = self
             .kv
             .watch_with_history(">")
             .await
             .map_err(|e| Error::Cluster(format!("watching the subscriptions: {e}")))?;
-        Ok(entries.filter_map(|entry| async move {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the subscriptions bucket");
-                    return None;
-                }
-            };
+        Ok(super::until_failed(entries, "subscriptions").filter_map(|entry| async move {
             match entry.operation {
                 Operation::Put => match serde_json::from_slice(&entry.value) {
                     Ok(webhook) => Some(SubscriptionChange::Put(Box::new(webhook))),

@@ -92,6 +92,14 @@ impl Aggregator {
         }
     }
 
+    /// Replaces the share of `experiment` with a restored one (cluster
+    /// mode: a snapshot), to be published with the next changes.
+    pub fn replace(&mut self, experiment: &str, aggregates: ExperimentAggregates) {
+        self.restore(experiment, aggregates);
+        let key = self.intern(experiment);
+        self.dirty_experiments.insert(key);
+    }
+
     /// Takes a restored share of `experiment`'s aggregates.
     fn restore(&mut self, experiment: &str, aggregates: ExperimentAggregates) {
         let key = self.intern(experiment);

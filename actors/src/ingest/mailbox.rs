@@ -219,6 +219,16 @@ pub(super) enum Command {
     Store(Part),
     /// Commit everything queued before this, then stop.
     Stop,
+    /// Cluster mode: commit everything queued before this, then replace
+    /// the partition's state with a snapshot.
+    Restore(Restore),
+}
+
+/// A snapshot for a partition's writer to restore, and where to answer
+/// the stream sequence it was taken at.
+pub(super) struct Restore {
+    pub(super) snapshot: Vec<u8>,
+    pub(super) reply: tokio::sync::oneshot::Sender<Result<u64>>,
 }
 
 /// What a partition's mailbox holds and its writer has not taken yet:
@@ -407,6 +417,22 @@ impl Mailbox {
             }
         }
         Ok(rx.await.unwrap_or(false))
+    }
+
+    /// Cluster mode: has `partition`'s writer replace its state with
+    /// `snapshot` (after committing what is queued before it); answers the
+    /// stream sequence the snapshot was taken at.
+    pub async fn restore(&self, partition: u16, snapshot: Vec<u8>) -> Result<u64> {
+        let writer = self
+            .partitions
+            .get(usize::from(partition))
+            .ok_or(Error::Unavailable)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writer
+            .tx
+            .send(Command::Restore(Restore { snapshot, reply }))
+            .map_err(|_| Error::Unavailable)?;
+        answer.await.map_err(|_| Error::Unavailable)?
     }
 
     /// Where requests refused for a full mailbox wait for the writers.
@@ -924,6 +950,10 @@ mod tests {
             units: &[&str],
         ) -> Result<Vec<Option<Vec<crate::domain::Exposure>>>> {
             self.store.unit_states(units)
+        }
+
+        fn restore(&mut self, partition: u16, snapshot: &[u8]) -> Result<crate::storage::Restored> {
+            self.store.restore_partition(partition, snapshot)
         }
     }
 

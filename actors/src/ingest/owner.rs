@@ -13,14 +13,20 @@
 //!   write as the state it produced, and acknowledges the log only then.
 //!   Redeliveries at or below the folded sequence are skipped. So whatever
 //!   stops a node, its store describes exactly a prefix of the log.
-//! - **Takeover.** A node that takes a partition folds the log from its
-//!   own store's sequence for it (the start, if it never owned it). The
-//!   time from the lease to folding what the log held then is logged and
-//!   exported (`abacus_cluster_last_takeover_seconds`).
+//! - **Snapshots and takeover.** Every `cluster.snapshot_interval_s` an
+//!   owner stores a snapshot of each partition it folded since (its state
+//!   at one RocksDB snapshot, with the sequence committed in it). A node
+//!   that takes a partition restores the latest snapshot when it is newer
+//!   than what its own store folded, through the partition's writer, and
+//!   folds the log after it. The time from the lease to folding what the
+//!   log held then is logged and exported
+//!   (`abacus_cluster_last_takeover_seconds`).
 //! - **Shares.** Four times a second the node publishes the shares of the
 //!   aggregates its writers changed, with the sequence they were folded
 //!   to; it adopts the other partitions' latest shares from the bucket, so
-//!   every node's totals are the sum over all partitions.
+//!   every node's totals are the sum over all partitions. A share replaces
+//!   the one held only if it was folded at least as far, so a late fold or
+//!   publish by a node that lost the partition never hides a newer one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +39,13 @@ use tokio::task::JoinHandle;
 
 use super::mailbox::{partition_of, Mailbox};
 use super::LiveAggregates;
-use crate::cluster::{Cluster, EventLog, Lease, Leases, Revision, ShareBucket};
+use crate::cluster::{Cluster, EventLog, Lease, Leases, Revision, ShareBucket, SnapshotStore};
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
+
+/// How long a partition handed over may take to finish the chunk in hand
+/// before its consumer is stopped anyway.
+const GIVE_UP: Duration = Duration::from_secs(2);
 
 /// How often changed shares are published.
 const SHARE_INTERVAL: Duration = Duration::from_millis(250);
@@ -49,6 +59,9 @@ struct Context {
     log: EventLog,
     leases: Leases,
     shares: ShareBucket,
+    snapshots: SnapshotStore,
+    /// How often owned partitions are snapshotted.
+    snapshot_interval: Duration,
     mailbox: Arc<Mailbox>,
     live: Arc<LiveAggregates>,
     store: Store,
@@ -98,6 +111,8 @@ impl Owner {
             log: cluster.log().clone(),
             leases: cluster.leases().clone(),
             shares: cluster.shares().clone(),
+            snapshots: cluster.snapshots().clone(),
+            snapshot_interval: cluster.snapshot_interval(),
             mailbox,
             live,
             store,
@@ -109,6 +124,7 @@ impl Owner {
         let tasks = vec![
             tokio::spawn(hold_leases(Arc::clone(&context), stopped.clone())),
             tokio::spawn(publish_shares(Arc::clone(&context), stopped.clone())),
+            tokio::spawn(take_snapshots(Arc::clone(&context), stopped.clone())),
             tokio::spawn(adopt_shares(context, stopped)),
         ];
         Ok(Self {
@@ -214,7 +230,10 @@ async fn renew(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>) {
     for partition in lost {
         if let Some(h) = held.remove(&partition) {
             tracing::warn!(partition, "lease lost: another node owns the partition now");
-            give_up(cx, partition, h, false).await;
+            // Not ours any more: stop at once rather than finish a chunk
+            // (and hold up the other leases' renewals meanwhile).
+            cx.owned[usize::from(partition)].store(false, Ordering::Release);
+            h.consumer.abort();
         }
     }
 }
@@ -264,7 +283,10 @@ async fn take(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>, share: usize, o
 async fn give_up(cx: &Context, partition: u16, h: Held, release: bool) {
     cx.owned[usize::from(partition)].store(false, Ordering::Release);
     let _ = h.stop.send(true);
-    let _ = h.consumer.await;
+    let abort = h.consumer.abort_handle();
+    if tokio::time::timeout(GIVE_UP, h.consumer).await.is_err() {
+        abort.abort();
+    }
     if release {
         if let Err(e) = cx
             .leases
@@ -298,6 +320,9 @@ async fn consume(cx: Arc<Context>, partition: u16, mut stopped: watch::Receiver<
 /// to stop.
 async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>) -> Result<()> {
     let started = Instant::now();
+    if let Err(e) = restore(cx, partition).await {
+        tracing::warn!(partition, error = %e, "restoring a snapshot failed; folding the whole log");
+    }
     let after = {
         let store = cx.store.clone();
         blocking(move || store.stream_seq(partition)).await?
@@ -310,6 +335,7 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
     loop {
         if !caught_up && read >= pending {
             caught_up = true;
+            cx.live.touch(usize::from(partition));
             let took = started.elapsed();
             metrics::gauge!(crate::metrics::CLUSTER_TAKEOVER).set(took.as_secs_f64());
             tracing::info!(
@@ -361,6 +387,67 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
     }
 }
 
+/// Restores `partition` from its latest snapshot when that is newer than
+/// what this node's store folded.
+async fn restore(cx: &Context, partition: u16) -> Result<()> {
+    let folded = {
+        let store = cx.store.clone();
+        blocking(move || store.stream_seq(partition)).await?
+    };
+    let Some(seq) = cx.snapshots.seq(partition).await? else {
+        return Ok(());
+    };
+    if seq <= folded {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let snapshot = cx.snapshots.get(partition).await?;
+    let bytes = snapshot.len();
+    let seq = cx.mailbox.restore(partition, snapshot).await?;
+    tracing::info!(
+        partition,
+        seq,
+        bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "partition restored from its snapshot"
+    );
+    Ok(())
+}
+
+/// Stores a snapshot of each owned partition that folded something since
+/// its last one, every `cluster.snapshot_interval_s`.
+async fn take_snapshots(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    let mut taken: HashMap<u16, u64> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(cx.snapshot_interval) => {}
+            _ = stopped.changed() => return,
+        }
+        for partition in 0..cx.partitions {
+            let p = usize::from(partition);
+            let last = taken.get(&partition).copied().unwrap_or(0);
+            if !cx.owned[p].load(Ordering::Acquire) || cx.live.folded_to(p) <= last {
+                continue;
+            }
+            let (store, count) = (cx.store.clone(), usize::from(cx.partitions));
+            let snapshot = blocking(move || {
+                store.partition_snapshot(partition, |unit| partition_of(unit, count) == p)
+            })
+            .await;
+            let stored = match snapshot {
+                Ok((seq, bytes)) => cx.snapshots.put(partition, seq, &bytes).await.map(|()| seq),
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(seq) => {
+                    taken.insert(partition, seq);
+                }
+                Err(e) => tracing::warn!(partition, error = %e, "storing a snapshot failed"),
+            }
+        }
+    }
+}
+
 /// Publishes the shares this node's writers changed, four times a second,
 /// and once more when stopping.
 async fn publish_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
@@ -382,10 +469,9 @@ async fn publish_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             {
                 continue;
             }
-            let Some(share) = cx.live.share(partition, &experiment) else {
+            let Some((seq, share)) = cx.live.share(partition, &experiment) else {
                 continue;
             };
-            let seq = cx.live.folded_to(partition);
             if let Err(e) = cx
                 .shares
                 .put(partition as u16, &experiment, seq, &share)
@@ -403,9 +489,6 @@ async fn publish_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
 
 /// Adopts the latest share of every partition this node does not own.
 async fn adopt_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
-    // The newest sequence adopted per share; a share older than what this
-    // node holds (a late publish by a former owner) is ignored.
-    let mut seen: HashMap<(u16, Arc<str>), u64> = HashMap::new();
     loop {
         match cx.shares.watch().await {
             Ok(shares) => {
@@ -420,14 +503,10 @@ async fn adopt_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
                     if p >= cx.owned.len() || cx.owned[p].load(Ordering::Acquire) {
                         continue;
                     }
-                    let experiment: Arc<str> = share.experiment.into();
-                    let newest = seen
-                        .entry((share.partition, Arc::clone(&experiment)))
-                        .or_insert_with(|| cx.live.folded_to(p));
-                    if share.seq >= *newest {
-                        *newest = share.seq;
-                        cx.live.adopt(p, experiment, share.aggregates);
-                    }
+                    // Kept only if folded further than the share held
+                    // (see `LiveAggregates::adopt`).
+                    let experiment = share.experiment.into();
+                    cx.live.adopt(p, experiment, share.aggregates, share.seq);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "watching the shares failed"),

@@ -112,8 +112,9 @@ pub type ShareKeys = BTreeSet<(usize, Arc<str>)>;
 #[derive(Debug)]
 pub struct LiveAggregates {
     totals: DashMap<Arc<str>, Arc<ExperimentAggregates>>,
-    /// Each experiment's latest share from each partition.
-    shares: DashMap<Arc<str>, Vec<Arc<ExperimentAggregates>>>,
+    /// Each experiment's latest share from each partition, with the event
+    /// log sequence it was folded to (cluster mode; 0 on a single node).
+    shares: DashMap<Arc<str>, Vec<(u64, Arc<ExperimentAggregates>)>>,
     partitions: usize,
     /// What an experiment without data gets: always the same snapshot, so
     /// readers can tell "unchanged" by pointer.
@@ -162,32 +163,50 @@ impl LiveAggregates {
             .map_or_else(|| Arc::clone(&self.empty), |a| Arc::clone(&a))
     }
 
-    /// Replaces `partition`'s share of `experiment` and publishes the new
-    /// totals. Publishes of one experiment are serialised by its entry, so
-    /// two partitions cannot publish sums that each miss the other.
+    /// Replaces `partition`'s share of `experiment`, folded by this node's
+    /// writer to the sequence it last reported ([`LiveAggregates::folded`]),
+    /// and publishes the new totals. Publishes of one experiment are
+    /// serialised by its entry, so two partitions cannot publish sums that
+    /// each miss the other.
     pub fn publish(&self, partition: usize, experiment: Arc<str>, share: ExperimentAggregates) {
         if let Some(Ok(mut changed)) = self.changed.as_ref().map(Mutex::lock) {
             changed.insert((partition, Arc::clone(&experiment)));
         }
-        self.adopt(partition, experiment, share);
+        self.set(partition, experiment, share, self.folded_to(partition));
     }
 
-    /// [`LiveAggregates::publish`] for a share another node folded
-    /// (cluster mode): not this node's to publish again.
-    pub fn adopt(&self, partition: usize, experiment: Arc<str>, share: ExperimentAggregates) {
+    /// [`LiveAggregates::publish`] for a share another node folded to
+    /// `seq` (cluster mode): not this node's to publish again.
+    pub fn adopt(
+        &self,
+        partition: usize,
+        experiment: Arc<str>,
+        share: ExperimentAggregates,
+        seq: u64,
+    ) {
+        self.set(partition, experiment, share, seq);
+    }
+
+    /// Replaces a share unless the one held was folded further (a late
+    /// fold by a node that lost the partition, or a late publish by one,
+    /// never hides a newer share).
+    fn set(&self, partition: usize, experiment: Arc<str>, share: ExperimentAggregates, seq: u64) {
         let mut shares = self
             .shares
             .entry(Arc::clone(&experiment))
-            .or_insert_with(|| vec![Arc::clone(&self.empty); self.partitions]);
+            .or_insert_with(|| vec![(0, Arc::clone(&self.empty)); self.partitions]);
         let Some(slot) = shares.get_mut(partition) else {
             return;
         };
-        *slot = Arc::new(share);
+        if seq < slot.0 {
+            return;
+        }
+        *slot = (seq, Arc::new(share));
         let total = if self.partitions == 1 {
-            Arc::clone(slot)
+            Arc::clone(&slot.1)
         } else {
             let mut total = ExperimentAggregates::default();
-            for share in shares.iter() {
+            for (_, share) in shares.iter() {
                 total.add(share);
             }
             Arc::new(total)
@@ -195,10 +214,29 @@ impl LiveAggregates {
         self.totals.insert(experiment, total);
     }
 
-    /// `partition`'s latest share of `experiment`.
-    pub fn share(&self, partition: usize, experiment: &str) -> Option<Arc<ExperimentAggregates>> {
+    /// `partition`'s latest share of `experiment`, and the sequence it was
+    /// folded to.
+    pub fn share(
+        &self,
+        partition: usize,
+        experiment: &str,
+    ) -> Option<(u64, Arc<ExperimentAggregates>)> {
         let shares = self.shares.get(experiment)?;
         shares.get(partition).cloned()
+    }
+
+    /// Marks every share of `partition` changed, to be published again: a
+    /// node that took the partition over publishes what it holds once it
+    /// has caught up, even if nothing changes after (what it folded before
+    /// may never have been published: its lease can have flickered
+    /// meanwhile).
+    pub fn touch(&self, partition: usize) {
+        let Some(Ok(mut changed)) = self.changed.as_ref().map(Mutex::lock) else {
+            return;
+        };
+        for entry in &self.shares {
+            changed.insert((partition, Arc::clone(entry.key())));
+        }
     }
 
     /// Takes the shares this node's writers changed since the last call.
@@ -240,6 +278,49 @@ mod tests {
         assert_eq!(&*names.admit(&e, "d"), OTHER_MEASURE);
         let other: Arc<str> = "other-experiment".into();
         assert_eq!(&*names.admit(&other, "c"), "c", "per experiment");
+    }
+
+    #[test]
+    fn a_share_folded_less_far_than_the_one_held_is_ignored() {
+        let live = LiveAggregates::replicated(2);
+        let e: Arc<str> = "e".into();
+        let units = |live: &LiveAggregates| live.get("e").variants["control"].units;
+        live.adopt(
+            1,
+            Arc::clone(&e),
+            ExperimentAggregates::two_arms([10, 0], [0, 0]),
+            50,
+        );
+        // A former owner's late share, folded to 40: older, ignored.
+        live.adopt(
+            1,
+            Arc::clone(&e),
+            ExperimentAggregates::two_arms([8, 0], [0, 0]),
+            40,
+        );
+        assert_eq!(units(&live), 10);
+        // This node's writer folding a stale partition only to 45, too.
+        live.folded(1, 45);
+        live.publish(
+            1,
+            Arc::clone(&e),
+            ExperimentAggregates::two_arms([9, 0], [0, 0]),
+        );
+        assert_eq!(units(&live), 10);
+        // Folded further: taken.
+        live.adopt(
+            1,
+            Arc::clone(&e),
+            ExperimentAggregates::two_arms([12, 0], [0, 0]),
+            60,
+        );
+        assert_eq!(units(&live), 12);
+        assert_eq!(live.share(1, "e").map(|(seq, _)| seq), Some(60));
+        assert_eq!(
+            live.take_changed().into_iter().collect::<Vec<_>>(),
+            [(1, Arc::clone(&e))],
+            "only this node's own publish is to be published again"
+        );
     }
 
     #[test]

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use rocksdb::WriteBatch;
 
 use super::aggregator::{Aggregator, LiveAggregates};
-use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part, Queued};
+use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part, Queued, Restore};
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
 use crate::domain::{unix_ms, Event, EventId, Exposure};
 use crate::room::Room;
-use crate::storage::{bucket_deltas, ClientId, Commit, Store};
+use crate::storage::{bucket_deltas, ClientId, Commit, Restored, Store};
 use crate::{Error, Result};
 
 /// Where the writer commits batches and looks things up: the store, or a
@@ -31,6 +31,8 @@ pub(crate) trait Committer: Send + 'static {
     fn seen_ids(&mut self, ids: &[ClientId<'_>], since_ms: u64) -> Result<Vec<bool>>;
     /// Each unit's stored aggregator state (see [`Store::unit_states`]).
     fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>>;
+    /// Writes a snapshot of the partition (see [`Store::restore_partition`]).
+    fn restore(&mut self, partition: u16, snapshot: &[u8]) -> Result<Restored>;
 }
 
 impl Committer for Store {
@@ -48,6 +50,10 @@ impl Committer for Store {
 
     fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>> {
         Store::unit_states(self, units)
+    }
+
+    fn restore(&mut self, partition: u16, snapshot: &[u8]) -> Result<Restored> {
+        Store::restore_partition(self, partition, snapshot)
     }
 }
 
@@ -80,11 +86,16 @@ impl Writer {
     /// Batches, commits and fans out until told to stop; then drains.
     pub(super) fn run(mut self, rx: &flume::Receiver<Command>) {
         let mut pending: Vec<Part> = Vec::new();
+        let mut restore = None;
         loop {
-            let stopping = self.collect(rx, &mut pending);
+            let stopping = self.collect(rx, &mut pending, &mut restore);
             self.room.freed();
             if !pending.is_empty() {
                 self.commit(&mut pending);
+            }
+            if let Some(Restore { snapshot, reply }) = restore.take() {
+                // The caller may have stopped waiting; nothing to do then.
+                let _ = reply.send(self.restore(&snapshot));
             }
             if stopping {
                 break;
@@ -104,7 +115,14 @@ impl Writer {
     /// under assignment load every exposure is a part, and a wake-up each
     /// cost both sides a futex call, about a fifth of the server's CPU.
     /// Returns whether the writer was told to stop (or its mailbox closed).
-    fn collect(&self, rx: &flume::Receiver<Command>, pending: &mut Vec<Part>) -> bool {
+    /// A snapshot to restore ends the collecting too: what came before it
+    /// is committed first.
+    fn collect(
+        &self,
+        rx: &flume::Receiver<Command>,
+        pending: &mut Vec<Part>,
+        restore: &mut Option<Restore>,
+    ) -> bool {
         let Ok(mut command) = rx.recv() else {
             return true;
         };
@@ -118,6 +136,10 @@ impl Writer {
                     pending.push(part);
                 }
                 Command::Stop => return true,
+                Command::Restore(snapshot) => {
+                    *restore = Some(snapshot);
+                    return false;
+                }
             }
             if events >= self.limits.flush_max_events {
                 return false;
@@ -221,10 +243,11 @@ impl Writer {
         }
         metrics::histogram!(crate::metrics::SINK_COMMIT).record(started.elapsed().as_secs_f64());
         metrics::histogram!(crate::metrics::SINK_BATCH).record(batch.events.len() as f64);
-        self.aggregator.published(&self.live);
+        // The sequence first: the shares are published as folded to it.
         if let Some(seq) = stream_seq {
             self.live.folded(usize::from(self.partition), seq);
         }
+        self.aggregator.published(&self.live);
         drop(claims);
         self.stats
             .persisted
@@ -240,6 +263,19 @@ impl Writer {
         }
         // Sinks are fed in `seq` order: the turn passes on only now.
         drop(ticket);
+    }
+
+    /// Cluster mode: replaces the partition's state with a snapshot (in the
+    /// store, then its shares of the aggregates here, published as
+    /// changed); answers the stream sequence it was taken at.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<u64> {
+        let restored = self.committer.restore(self.partition, snapshot)?;
+        for (experiment, share) in restored.shares {
+            self.aggregator.replace(&experiment, share);
+        }
+        self.live.folded(usize::from(self.partition), restored.seq);
+        self.aggregator.published(&self.live);
+        Ok(restored.seq)
     }
 
     /// Reads the stored state of the batch's units into the aggregator's

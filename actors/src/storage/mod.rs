@@ -9,6 +9,7 @@ mod analytics;
 mod cf;
 pub(crate) mod event_codec;
 pub mod keys;
+mod snapshot;
 mod timeline;
 mod units;
 mod webhooks;
@@ -26,6 +27,7 @@ use rocksdb::{
 pub(crate) use analytics::bucket_deltas;
 pub use analytics::AnalyticsFilter;
 pub use cf::Cf;
+pub use snapshot::Restored;
 pub use units::StoredFirstExposure;
 pub use webhooks::AttemptWrite;
 
