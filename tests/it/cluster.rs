@@ -279,8 +279,9 @@ fn send_round_robin(
 }
 
 /// Waits until every one of `nodes` counts `events` units, exposures and
-/// conversions of `checkout`, never more (two minutes at most).
-fn counted_exactly_once(nodes: &[&TestServer], events: u64) {
+/// conversions of `checkout`, never more (two minutes at most); on failure
+/// shows what every node of `all` did.
+fn counted_exactly_once(nodes: &[&TestServer], all: &[TestServer], events: u64) {
     let expected = (events, events, events);
     let started = Instant::now();
     for node in nodes {
@@ -293,11 +294,18 @@ fn counted_exactly_once(nodes: &[&TestServer], events: u64) {
                 totals.0 <= events && totals.1 <= events && totals.2 <= events,
                 "counted more than was sent: {totals:?}, expected {expected:?}"
             );
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "(units, exposures, conversions) {totals:?}, expected {expected:?}\n{}",
-                node.log()
-            );
+            if started.elapsed() > Duration::from_secs(120) {
+                for (i, n) in all.iter().enumerate() {
+                    let lines: Vec<String> = n
+                        .log()
+                        .lines()
+                        .filter(|l| l.contains("owner") || l.contains("ERROR"))
+                        .map(str::to_owned)
+                        .collect();
+                    eprintln!("---- node {i}:\n{}", lines.join("\n"));
+                }
+                panic!("(units, exposures, conversions) {totals:?}, expected {expected:?}");
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -347,7 +355,7 @@ fn acknowledged_events_are_counted_exactly_once_after_a_node_dies() {
 
     // Every surviving node counts every event exactly once, once the dead
     // node's partitions are taken over.
-    counted_exactly_once(&[&nodes[0], &nodes[2]], (REQUESTS * UNITS) as u64);
+    counted_exactly_once(&[&nodes[0], &nodes[2]], &nodes, (REQUESTS * UNITS) as u64);
     // The survivors took the dead node's partitions over from the
     // snapshots it stored, then folded the log after them.
     let logs = nodes[0].log() + &nodes[2].log();
@@ -370,7 +378,11 @@ fn ingestion_goes_on_when_a_nats_server_dies() {
     let victim = nats.pid(0);
     send_round_robin(&nodes, REQUESTS, UNITS, || kill(victim));
 
-    counted_exactly_once(&nodes.iter().collect::<Vec<_>>(), (REQUESTS * UNITS) as u64);
+    counted_exactly_once(
+        &nodes.iter().collect::<Vec<_>>(),
+        &nodes,
+        (REQUESTS * UNITS) as u64,
+    );
 }
 
 /// Which of `nodes` say they run the singleton `task`.

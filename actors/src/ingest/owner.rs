@@ -18,7 +18,9 @@
 //!   at one RocksDB snapshot, with the sequence committed in it). A node
 //!   that takes a partition restores the latest snapshot when it is newer
 //!   than what its own store folded, through the partition's writer, and
-//!   folds the log after it. The time from the lease to folding what the
+//!   folds the log after it (from its own store's sequence, the start if
+//!   it never owned it, when there is no newer snapshot or it cannot be
+//!   read: the log keeps every event). The time from the lease to folding what the
 //!   log held then is logged and exported
 //!   (`abacus_cluster_last_takeover_seconds`).
 //! - **Shares.** Four times a second the node publishes the shares of the
@@ -42,10 +44,6 @@ use super::LiveAggregates;
 use crate::cluster::{Cluster, EventLog, Lease, Leases, Revision, ShareBucket, SnapshotStore};
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
-
-/// How long a partition handed over may take to finish the chunk in hand
-/// before its consumer is stopped anyway.
-const GIVE_UP: Duration = Duration::from_secs(2);
 
 /// How often changed shares are published.
 const SHARE_INTERVAL: Duration = Duration::from_millis(250);
@@ -101,9 +99,13 @@ impl Owner {
     ) -> Result<Self> {
         let folded = {
             let store = store.clone();
-            blocking(move || (0..partitions).map(|p| store.stream_seq(p)).collect()).await?
+            blocking(move || {
+                (0..partitions)
+                    .map(|p| store.stream_seq(p))
+                    .collect::<Result<Vec<u64>>>()
+            })
+            .await?
         };
-        let folded: Vec<u64> = folded;
         for (p, seq) in folded.into_iter().enumerate() {
             live.folded(p, seq);
         }
@@ -133,9 +135,9 @@ impl Owner {
         })
     }
 
-    /// Stops folding, publishes the last shares and releases every lease,
-    /// so other nodes take the partitions at once rather than after the
-    /// TTL. Idempotent.
+    /// Hands every partition over (stops folding, publishes its shares,
+    /// releases its lease, so other nodes take it at once rather than
+    /// after the TTL) and stops. Idempotent.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
         let tasks = self
@@ -176,7 +178,7 @@ async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
                 let Some((partition, h)) = held.pop_last() else {
                     break;
                 };
-                give_up(&cx, partition, h, true).await;
+                give_up(&cx, partition, h).await;
                 tracing::info!(
                     partition,
                     nodes,
@@ -194,7 +196,7 @@ async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
         }
     }
     for (partition, h) in std::mem::take(&mut held) {
-        give_up(&cx, partition, h, true).await;
+        give_up(&cx, partition, h).await;
     }
     metrics::gauge!(crate::metrics::CLUSTER_PARTITIONS_OWNED).set(0.0);
 }
@@ -278,23 +280,29 @@ async fn take(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>, share: usize, o
     }
 }
 
-/// Stops folding `partition` (after the chunk in hand is committed) and,
-/// when `release`, deletes the lease so another node takes it at once.
-async fn give_up(cx: &Context, partition: u16, h: Held, release: bool) {
-    cx.owned[usize::from(partition)].store(false, Ordering::Release);
+/// Hands `partition` over: stops folding it (after the chunk in hand is
+/// committed, if that takes less than a quarter of the lease's TTL),
+/// publishes its shares as they are then, and deletes the lease so
+/// another node takes it at once.
+async fn give_up(cx: &Context, partition: u16, h: Held) {
+    let p = usize::from(partition);
     let _ = h.stop.send(true);
     let abort = h.consumer.abort_handle();
-    if tokio::time::timeout(GIVE_UP, h.consumer).await.is_err() {
+    if tokio::time::timeout(cx.leases.ttl() / 4, h.consumer)
+        .await
+        .is_err()
+    {
         abort.abort();
     }
-    if release {
-        if let Err(e) = cx
-            .leases
-            .release(Lease::Partition(partition), h.revision)
-            .await
-        {
-            tracing::warn!(partition, error = %e, "releasing a lease failed; it will expire");
+    for (experiment, seq, share) in cx.live.shares_of(p) {
+        if let Err(e) = cx.shares.put(partition, &experiment, seq, &share).await {
+            tracing::warn!(partition, error = %e, "publishing a share failed");
         }
+    }
+    cx.owned[p].store(false, Ordering::Release);
+    let lease = Lease::Partition(partition);
+    if let Err(e) = cx.leases.release(lease, h.revision).await {
+        tracing::warn!(partition, error = %e, "releasing a lease failed; it will expire");
     }
 }
 
@@ -321,7 +329,7 @@ async fn consume(cx: Arc<Context>, partition: u16, mut stopped: watch::Receiver<
 async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>) -> Result<()> {
     let started = Instant::now();
     if let Err(e) = restore(cx, partition).await {
-        tracing::warn!(partition, error = %e, "restoring a snapshot failed; folding the whole log");
+        tracing::warn!(partition, error = %e, "restoring a snapshot failed; folding the log instead");
     }
     let after = {
         let store = cx.store.clone();
@@ -417,6 +425,7 @@ async fn restore(cx: &Context, partition: u16) -> Result<()> {
 /// Stores a snapshot of each owned partition that folded something since
 /// its last one, every `cluster.snapshot_interval_s`.
 async fn take_snapshots(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
+    // The sequence of each partition's last snapshot.
     let mut taken: HashMap<u16, u64> = HashMap::new();
     loop {
         tokio::select! {
@@ -438,12 +447,14 @@ async fn take_snapshots(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
                 Ok((seq, bytes)) => cx.snapshots.put(partition, seq, &bytes).await.map(|()| seq),
                 Err(e) => Err(e),
             };
-            match stored {
-                Ok(seq) => {
-                    taken.insert(partition, seq);
+            let seq = match stored {
+                Ok(seq) => seq,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "storing a snapshot failed");
+                    continue;
                 }
-                Err(e) => tracing::warn!(partition, error = %e, "storing a snapshot failed"),
-            }
+            };
+            taken.insert(partition, seq);
         }
     }
 }

@@ -239,6 +239,18 @@ impl LiveAggregates {
         }
     }
 
+    /// Every share of `partition`: experiment, the sequence it was folded
+    /// to, the sums.
+    pub fn shares_of(&self, partition: usize) -> Vec<(Arc<str>, u64, Arc<ExperimentAggregates>)> {
+        self.shares
+            .iter()
+            .filter_map(|entry| {
+                let (seq, share) = entry.value().get(partition)?;
+                Some((Arc::clone(entry.key()), *seq, Arc::clone(share)))
+            })
+            .collect()
+    }
+
     /// Takes the shares this node's writers changed since the last call.
     pub fn take_changed(&self) -> ShareKeys {
         match self.changed.as_ref().map(Mutex::lock) {
