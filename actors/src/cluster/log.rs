@@ -92,6 +92,9 @@ impl Sent {
 pub struct Delivery {
     /// Its sequence in the stream.
     pub seq: u64,
+    /// Its delivery's sequence in the consumer: one more than the last
+    /// one's, unless a delivery went missing (see [`Gaps`]).
+    pub delivery: u64,
     /// What it carries; `Err` for a body this version cannot read.
     pub part: std::result::Result<Part, String>,
     message: jetstream::Message,
@@ -105,6 +108,31 @@ impl Delivery {
             .ack_with(AckKind::Ack)
             .await
             .map_err(|e| Error::Cluster(format!("acknowledging stream message {}: {e}", self.seq)))
+    }
+}
+
+/// Watches a consumer's delivery sequence. The consumer acknowledges
+/// cumulatively, and the client re-pulls on its own after a short
+/// reconnect: a message lost in between would be acknowledged with the
+/// next one and never sent again. Every delivery (redeliveries included)
+/// takes the next delivery sequence, so a gap means one went missing, and
+/// the reader must read again from what it committed.
+#[derive(Debug, Default)]
+pub struct Gaps {
+    last: Option<u64>,
+}
+
+impl Gaps {
+    /// Takes the next delivery's sequence; `Cluster` if one is missing.
+    pub fn check(&mut self, delivery: u64) -> Result<()> {
+        let expected = self.last.map(|last| last + 1);
+        self.last = Some(delivery);
+        match expected {
+            Some(expected) if expected != delivery => Err(Error::Cluster(format!(
+                "delivery {expected} never arrived (the next was {delivery}); reading again"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -212,16 +240,31 @@ impl EventLog {
         let deliveries = messages.map(move |message| {
             let message =
                 message.map_err(|e| Error::Cluster(format!("partition {partition}: {e}")))?;
-            let seq = message
+            let info = message
                 .info()
-                .map_err(|e| Error::Cluster(format!("partition {partition}: {e}")))?
-                .stream_sequence;
+                .map_err(|e| Error::Cluster(format!("partition {partition}: {e}")))?;
+            let (seq, delivery) = (info.stream_sequence, info.consumer_sequence);
             Ok(Delivery {
                 seq,
+                delivery,
                 part: wire::decode(&message.payload),
                 message,
             })
         });
         Ok((pending, deliveries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_delivery_is_an_error_and_the_watch_goes_on_from_the_next() {
+        let mut gaps = Gaps::default();
+        assert!(gaps.check(7).is_ok(), "the first delivery sets the start");
+        assert!(gaps.check(8).is_ok());
+        assert!(gaps.check(10).is_err(), "9 never arrived");
+        assert!(gaps.check(11).is_ok());
     }
 }

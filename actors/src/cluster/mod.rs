@@ -38,7 +38,7 @@ use std::time::Duration;
 
 pub use bucket::{ExperimentBucket, Revision};
 pub use leases::{Lease, Leases};
-pub use log::{Delivery, EventLog, Reservation, Sent};
+pub use log::{Delivery, EventLog, Gaps, Reservation, Sent};
 pub use outbox::{acknowledge, OutboxDelivery, OutboxLog};
 pub use shares::{Share, ShareBucket};
 pub use singleton::Singleton;

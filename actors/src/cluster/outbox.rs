@@ -40,6 +40,8 @@ pub struct OutboxLog {
 pub struct OutboxDelivery {
     /// Its sequence in the stream.
     pub seq: u64,
+    /// Its delivery's sequence in the consumer (see [`super::Gaps`]).
+    pub delivery: u64,
     /// The event; `Err` for a body this version cannot read.
     pub event: std::result::Result<DomainEvent, String>,
     /// Acknowledges it, and everything before it.
@@ -120,7 +122,9 @@ impl OutboxLog {
                     },
                 },
                 ack_policy: AckPolicy::All,
-                ack_wait: Duration::from_secs(3600),
+                // Longer than any retry schedule: a message is acknowledged
+                // once every subscription is done with it.
+                ack_wait: MAX_AGE,
                 max_ack_pending: 100_000,
                 ..Default::default()
             })
@@ -136,13 +140,18 @@ impl OutboxLog {
         Ok(messages.map(|message| {
             let message =
                 message.map_err(|e| Error::Cluster(format!("reading the outbox: {e}")))?;
-            let seq = message
+            let info = message
                 .info()
-                .map_err(|e| Error::Cluster(format!("reading the outbox: {e}")))?
-                .stream_sequence;
+                .map_err(|e| Error::Cluster(format!("reading the outbox: {e}")))?;
+            let (seq, delivery) = (info.stream_sequence, info.consumer_sequence);
             let event = serde_json::from_slice(&message.payload).map_err(|e| e.to_string());
             let (_, acker) = message.split();
-            Ok(OutboxDelivery { seq, event, acker })
+            Ok(OutboxDelivery {
+                seq,
+                delivery,
+                event,
+                acker,
+            })
         }))
     }
 }

@@ -222,6 +222,8 @@ pub(super) enum Command {
     /// Cluster mode: commit everything queued before this, then replace
     /// the partition's state with a snapshot.
     Restore(Restore),
+    /// Commit everything queued before this, then say so.
+    Settle(tokio::sync::oneshot::Sender<()>),
 }
 
 /// A snapshot for a partition's writer to restore, and where to answer
@@ -423,16 +425,29 @@ impl Mailbox {
     /// `snapshot` (after committing what is queued before it); answers the
     /// stream sequence the snapshot was taken at.
     pub async fn restore(&self, partition: u16, snapshot: Vec<u8>) -> Result<u64> {
-        let writer = self
-            .partitions
-            .get(usize::from(partition))
-            .ok_or(Error::Unavailable)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        writer
-            .tx
-            .send(Command::Restore(Restore { snapshot, reply }))
-            .map_err(|_| Error::Unavailable)?;
+        self.command(partition, Command::Restore(Restore { snapshot, reply }))?;
         answer.await.map_err(|_| Error::Unavailable)?
+    }
+
+    /// Waits until `partition`'s writer has committed everything queued
+    /// before this call. Cluster mode: a consumer that was stopped midway
+    /// may have left a part queued; a new one reads the folded sequence
+    /// only after it.
+    pub async fn settle(&self, partition: u16) -> Result<()> {
+        let (done, settled) = tokio::sync::oneshot::channel();
+        self.command(partition, Command::Settle(done))?;
+        settled.await.map_err(|_| Error::Unavailable)
+    }
+
+    /// Hands `command` to `partition`'s writer.
+    fn command(&self, partition: u16, command: Command) -> Result<()> {
+        self.partitions
+            .get(usize::from(partition))
+            .ok_or(Error::Unavailable)?
+            .tx
+            .send(command)
+            .map_err(|_| Error::Unavailable)
     }
 
     /// Where requests refused for a full mailbox wait for the writers.

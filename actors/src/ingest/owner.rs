@@ -41,7 +41,9 @@ use tokio::task::JoinHandle;
 
 use super::mailbox::{partition_of, Mailbox};
 use super::LiveAggregates;
-use crate::cluster::{Cluster, EventLog, Lease, Leases, Revision, ShareBucket, SnapshotStore};
+use crate::cluster::{
+    Cluster, EventLog, Gaps, Lease, Leases, Revision, ShareBucket, SnapshotStore,
+};
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
@@ -173,7 +175,13 @@ async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
         };
         renew(&cx, &mut held).await;
         if let Some(nodes) = nodes {
-            let share = usize::from(cx.partitions).div_ceil(nodes);
+            // A node whose store failed folds nothing: it hands its
+            // partitions to the others rather than holding them idle.
+            let share = if cx.mailbox.stats().is_failed() {
+                0
+            } else {
+                usize::from(cx.partitions).div_ceil(nodes)
+            };
             while held.len() > share {
                 let Some((partition, h)) = held.pop_last() else {
                     break;
@@ -328,6 +336,9 @@ async fn consume(cx: Arc<Context>, partition: u16, mut stopped: watch::Receiver<
 /// to stop.
 async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>) -> Result<()> {
     let started = Instant::now();
+    // A consumer stopped midway may have left a part queued: what this
+    // node folded is known once it is committed.
+    cx.mailbox.settle(partition).await?;
     if let Err(e) = restore(cx, partition).await {
         tracing::warn!(partition, error = %e, "restoring a snapshot failed; folding the log instead");
     }
@@ -338,6 +349,7 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
     let (pending, deliveries) = cx.log.read(partition, after, cx.batch).await?;
     let mut chunks = std::pin::pin!(deliveries.ready_chunks(cx.batch));
     let mut folded = after;
+    let mut gaps = Gaps::default();
     let mut read = 0u64;
     let mut caught_up = false;
     loop {
@@ -365,6 +377,7 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
         let mut last = None;
         for delivery in chunk {
             let mut delivery = delivery?;
+            gaps.check(delivery.delivery)?;
             read += 1;
             if delivery.seq > folded {
                 match std::mem::replace(&mut delivery.part, Ok(Default::default())) {

@@ -57,6 +57,12 @@ impl Committer for Store {
     }
 }
 
+/// What a writer does once what was queued before it is committed.
+enum Then {
+    Restore(Restore),
+    Settled(tokio::sync::oneshot::Sender<()>),
+}
+
 /// How long a collecting writer sleeps between looks at its mailbox: short
 /// enough that a full batch (`flush_max_events`) waits little longer.
 const COLLECT_STEP: Duration = Duration::from_millis(1);
@@ -86,16 +92,22 @@ impl Writer {
     /// Batches, commits and fans out until told to stop; then drains.
     pub(super) fn run(mut self, rx: &flume::Receiver<Command>) {
         let mut pending: Vec<Part> = Vec::new();
-        let mut restore = None;
+        let mut then = None;
         loop {
-            let stopping = self.collect(rx, &mut pending, &mut restore);
+            let stopping = self.collect(rx, &mut pending, &mut then);
             self.room.freed();
             if !pending.is_empty() {
                 self.commit(&mut pending);
             }
-            if let Some(Restore { snapshot, reply }) = restore.take() {
-                // The caller may have stopped waiting; nothing to do then.
-                let _ = reply.send(self.restore(&snapshot));
+            // The callers may have stopped waiting; nothing to do then.
+            match then.take() {
+                Some(Then::Restore(Restore { snapshot, reply })) => {
+                    let _ = reply.send(self.restore(&snapshot));
+                }
+                Some(Then::Settled(done)) => {
+                    let _ = done.send(());
+                }
+                None => {}
             }
             if stopping {
                 break;
@@ -115,13 +127,14 @@ impl Writer {
     /// under assignment load every exposure is a part, and a wake-up each
     /// cost both sides a futex call, about a fifth of the server's CPU.
     /// Returns whether the writer was told to stop (or its mailbox closed).
-    /// A snapshot to restore ends the collecting too: what came before it
-    /// is committed first.
+    /// A snapshot to restore, or a caller waiting for what is queued to be
+    /// committed, ends the collecting too: `then` says what to do once
+    /// what came before is committed.
     fn collect(
         &self,
         rx: &flume::Receiver<Command>,
         pending: &mut Vec<Part>,
-        restore: &mut Option<Restore>,
+        then: &mut Option<Then>,
     ) -> bool {
         let Ok(mut command) = rx.recv() else {
             return true;
@@ -137,7 +150,11 @@ impl Writer {
                 }
                 Command::Stop => return true,
                 Command::Restore(snapshot) => {
-                    *restore = Some(snapshot);
+                    *then = Some(Then::Restore(snapshot));
+                    return false;
+                }
+                Command::Settle(done) => {
+                    *then = Some(Then::Settled(done));
                     return false;
                 }
             }

@@ -115,11 +115,17 @@ impl Store {
         }
     }
 
-    /// The oldest position any subscription still has queued (cluster
-    /// mode: the shared outbox is acknowledged up to just before it).
+    /// The oldest position an enabled subscription still has queued
+    /// (cluster mode: the shared outbox is acknowledged up to just before
+    /// it; a disabled subscription's messages wait in its queue, not in
+    /// the outbox).
     pub fn oldest_queued(&self) -> Result<Option<u64>> {
         let mut oldest: Option<u64> = None;
-        for subscription in self.subscriptions()? {
+        let enabled = self
+            .subscriptions()?
+            .into_iter()
+            .filter(|s| s.disabled.is_none());
+        for subscription in enabled {
             if let Some((seq, _)) = self.queue_head(subscription.id.as_str(), 0)? {
                 oldest = Some(oldest.map_or(seq, |o| o.min(seq)));
             }

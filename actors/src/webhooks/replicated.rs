@@ -28,8 +28,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
+use super::subscriber::Rewind;
 use super::{dispatcher, Webhooks};
-use crate::cluster::{acknowledge, OutboxLog, SubscriptionBucket, SubscriptionChange};
+use crate::cluster::{acknowledge, Gaps, OutboxLog, SubscriptionBucket, SubscriptionChange};
 use crate::storage::blocking;
 use crate::{Error, Result};
 
@@ -146,9 +147,17 @@ async fn deliver(webhooks: Webhooks, outbox: OutboxLog, delivers: Arc<AtomicBool
 async fn lead(webhooks: &Webhooks, outbox: &OutboxLog, delivers: &AtomicBool) -> Result<()> {
     let store = webhooks.store.clone();
     blocking(move || store.clear_webhook_queues()).await?;
+    // The queues fill again from the last acknowledged message, maybe at
+    // positions the subscribers had passed.
+    if let Ok(entries) = webhooks.entries.read() {
+        for entry in entries.values() {
+            entry.addr.do_send(Rewind);
+        }
+    }
     let deliveries = outbox.read().await?;
     let mut chunks = std::pin::pin!(deliveries.ready_chunks(CHUNK));
     let mut unacknowledged = BTreeMap::new();
+    let mut gaps = Gaps::default();
     let mut last = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -158,6 +167,11 @@ async fn lead(webhooks: &Webhooks, outbox: &OutboxLog, delivers: &AtomicBool) ->
                 let mut events = Vec::with_capacity(chunk.len());
                 for delivery in chunk {
                     let delivery = delivery?;
+                    gaps.check(delivery.delivery)?;
+                    if delivery.seq <= last {
+                        // A redelivery of what is queued already.
+                        continue;
+                    }
                     match delivery.event {
                         Ok(event) => events.push((delivery.seq, event)),
                         Err(e) => tracing::error!(seq = delivery.seq, error = %e, "skipping an unreadable domain event"),

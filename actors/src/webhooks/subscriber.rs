@@ -40,6 +40,9 @@ pub struct Subscriber {
     timer: Option<SpawnHandle>,
     /// Queue positions before this are done.
     cursor: u64,
+    /// The queue was refilled from the start while a turn ran (cluster
+    /// mode): the turn's cursor is stale.
+    rewound: bool,
 }
 
 impl Subscriber {
@@ -67,6 +70,7 @@ impl Subscriber {
             woken: false,
             timer: None,
             cursor: 0,
+            rewound: false,
         }
     }
 }
@@ -133,7 +137,11 @@ impl Subscriber {
                 self.enabled
                     .store(subscription.disabled.is_none(), Ordering::Release);
                 self.subscription = *subscription;
-                self.cursor = cursor;
+                self.cursor = if std::mem::take(&mut self.rewound) {
+                    0
+                } else {
+                    cursor
+                };
                 ctx.notify(Wake);
             }
             Err(e) => {
@@ -398,6 +406,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Read the queue from its start again: cluster mode emptied and refilled
+/// it (positions before the cursor may be queued again).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Rewind;
+
+impl Handler<Rewind> for Subscriber {
+    type Result = ();
+
+    fn handle(&mut self, _: Rewind, ctx: &mut Context<Self>) {
+        self.cursor = 0;
+        self.rewound = self.busy;
+        ctx.notify(Wake);
+    }
 }
 
 /// Stop delivering (the subscription was deleted).
