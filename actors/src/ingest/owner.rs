@@ -47,6 +47,9 @@ use crate::cluster::{
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
+/// How long a new owner waits to learn whether a partition has a snapshot.
+const SNAPSHOT_LOOKUP: Duration = Duration::from_secs(2);
+
 /// How often changed shares are published.
 const SHARE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -415,7 +418,15 @@ async fn restore(cx: &Context, partition: u16) -> Result<()> {
         let store = cx.store.clone();
         blocking(move || store.stream_seq(partition)).await?
     };
-    let Some(seq) = cx.snapshots.seq(partition).await? else {
+    // A store with no snapshot yet (a new cluster) may not answer at all
+    // until its stream has a leader: the log is folded instead meanwhile.
+    let Ok(latest) = tokio::time::timeout(SNAPSHOT_LOOKUP, cx.snapshots.seq(partition)).await
+    else {
+        return Err(Error::Cluster(format!(
+            "no answer about partition {partition}'s snapshot within {SNAPSHOT_LOOKUP:?}"
+        )));
+    };
+    let Some(seq) = latest? else {
         return Ok(());
     };
     if seq <= folded {
