@@ -12,7 +12,7 @@
 //!   count and a probe of the hash), rewritten at every renewal: the live
 //!   nodes are the keys present, and every node must split units alike.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv::{self, CreateErrorKind};
@@ -23,6 +23,14 @@ use crate::{Error, Result};
 
 /// The bucket's name in JetStream.
 const BUCKET: &str = "abacus_leases";
+
+/// A lease this node holds: the revision it last wrote, and when.
+#[derive(Debug)]
+pub struct Held {
+    lease: Lease,
+    revision: Revision,
+    written: Instant,
+}
 
 /// Handle on the leases bucket, as one node.
 #[derive(Clone)]
@@ -138,7 +146,7 @@ impl Leases {
 
     /// Takes `lease` if nobody holds it: its revision, or `None` when
     /// another node does.
-    pub async fn acquire(&self, lease: Lease) -> Result<Option<Revision>> {
+    async fn acquire(&self, lease: Lease) -> Result<Option<Revision>> {
         match self.kv.create(lease.key(), self.node.clone().into()).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
@@ -149,7 +157,7 @@ impl Leases {
     /// Renews this node's `lease`: its new revision, or `None` when the
     /// lease was lost (it expired and someone else took it, or it changed
     /// since `revision`).
-    pub async fn renew(&self, lease: Lease, revision: Revision) -> Result<Option<Revision>> {
+    async fn renew(&self, lease: Lease, revision: Revision) -> Result<Option<Revision>> {
         let key = lease.key();
         match self
             .kv
@@ -167,9 +175,60 @@ impl Leases {
         }
     }
 
+    /// Takes `lease` if nobody holds it (`None` when someone does, or
+    /// NATS did not answer: logged).
+    pub async fn take(&self, lease: Lease) -> Option<Held> {
+        match self.acquire(lease).await {
+            Ok(Some(revision)) => Some(Held {
+                lease,
+                revision,
+                written: Instant::now(),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%lease, error = %e, "taking a lease failed");
+                None
+            }
+        }
+    }
+
+    /// Renews `held`; `false` once it is lost: another node took it, or it
+    /// could not be renewed for a whole TTL (by then it expired, and
+    /// another node may hold it). A failed renewal before that keeps it.
+    pub async fn keep(&self, held: &mut Held) -> bool {
+        let lease = held.lease;
+        match self.renew(lease, held.revision).await {
+            Ok(Some(revision)) => {
+                held.revision = revision;
+                held.written = Instant::now();
+                true
+            }
+            Ok(None) => {
+                tracing::warn!(%lease, "lease lost: another node holds it now");
+                false
+            }
+            Err(e) if held.written.elapsed() >= self.ttl => {
+                tracing::error!(%lease, error = %e, "lease not renewed for a whole TTL");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%lease, error = %e, "renewing a lease failed");
+                true
+            }
+        }
+    }
+
+    /// Gives `held` up so another node can take it at once (logged if
+    /// NATS refuses: it expires then).
+    pub async fn give_back(&self, held: Held) {
+        if let Err(e) = self.release(held.lease, held.revision).await {
+            tracing::warn!(lease = %held.lease, error = %e, "releasing a lease failed; it will expire");
+        }
+    }
+
     /// Gives `lease` up (only if this node still holds it at `revision`),
     /// so another node can take it at once.
-    pub async fn release(&self, lease: Lease, revision: Revision) -> Result<()> {
+    async fn release(&self, lease: Lease, revision: Revision) -> Result<()> {
         self.kv
             .delete_expect_revision(lease.key(), Some(revision))
             .await

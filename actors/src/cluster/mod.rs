@@ -37,7 +37,7 @@ pub mod wire;
 use std::time::Duration;
 
 pub use bucket::{ExperimentBucket, Revision};
-pub use leases::{Lease, Leases};
+pub use leases::{Held as HeldLease, Lease, Leases};
 pub use log::{Delivery, EventLog, Gaps, Reservation, Sent};
 pub use outbox::{acknowledge, OutboxDelivery, OutboxLog};
 pub use shares::{Share, ShareBucket};

@@ -12,12 +12,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Lease, Leases, Revision};
+use super::{Lease, Leases};
 
 /// Whether this node runs a singleton task now.
 pub struct Singleton {
@@ -66,50 +65,25 @@ async fn hold(
     mut stopped: watch::Receiver<bool>,
 ) {
     let lease = Lease::Singleton(name);
-    let ttl = leases.ttl();
-    let mut holding: Option<(Revision, Instant)> = None;
+    let mut holding = None;
     loop {
         holding = match holding {
-            Some((revision, renewed)) => match leases.renew(lease, revision).await {
-                Ok(Some(revision)) => Some((revision, Instant::now())),
-                Ok(None) => {
-                    tracing::warn!(%lease, "lease lost: another node runs it now");
-                    None
-                }
-                Err(e) if renewed.elapsed() >= ttl => {
-                    tracing::error!(%lease, error = %e, "lease not renewed for a whole TTL");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(%lease, error = %e, "renewing a lease failed");
-                    Some((revision, renewed))
-                }
-            },
-            None => match leases.acquire(lease).await {
-                Ok(Some(revision)) => {
-                    tracing::info!(%lease, "this node runs it now");
-                    Some((revision, Instant::now()))
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(%lease, error = %e, "taking a lease failed");
-                    None
-                }
-            },
+            Some(mut h) => leases.keep(&mut h).await.then_some(h),
+            None => leases.take(lease).await.inspect(|_| {
+                tracing::info!(%lease, "this node runs it now");
+            }),
         };
         held.store(holding.is_some(), Ordering::Release);
         metrics::gauge!(crate::metrics::CLUSTER_SINGLETON_HELD, "task" => name)
             .set(f64::from(u8::from(holding.is_some())));
         tokio::select! {
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(leases.ttl() / 3) => {}
             _ = stopped.changed() => break,
         }
     }
     held.store(false, Ordering::Release);
     metrics::gauge!(crate::metrics::CLUSTER_SINGLETON_HELD, "task" => name).set(0.0);
-    if let Some((revision, _)) = holding {
-        if let Err(e) = leases.release(lease, revision).await {
-            tracing::warn!(%lease, error = %e, "releasing a lease failed; it will expire");
-        }
+    if let Some(h) = holding {
+        leases.give_back(h).await;
     }
 }

@@ -511,9 +511,8 @@ impl Mailbox {
         placed
     }
 
-    /// The envelope's parts, by partition, in partition order. Events keep
-    /// their order within a part, so a unit's events (all in one part)
-    /// stay in the order they came.
+    /// The envelope's parts, by partition (see [`by_partition`]), each
+    /// with the claims of its units and its share of the caller's ack.
     fn split(&self, envelope: Envelope) -> Vec<(usize, Part)> {
         let Envelope {
             events,
@@ -522,50 +521,35 @@ impl Mailbox {
             ack,
         } = envelope;
         let count = self.partitions.len();
-        // Each event's partition, hashed once; none to hash with one.
-        let owners: Vec<usize> = if count == 1 {
-            Vec::new()
-        } else {
-            events
-                .iter()
-                .map(|e| partition_of(&e.unit_id, count))
-                .collect()
-        };
-        let first = owners.first().copied().unwrap_or(0);
-        if owners.iter().all(|&p| p == first) {
-            // One unit (an assignment), or units that all hash alike.
-            let ack = ack.map(|tx| Ack::split(1, tx).remove(0));
-            let part = Part {
-                events,
-                sticky,
-                claims,
-                ack,
-                stream_seq: None,
-            };
-            return vec![(first, part)];
-        }
-        let mut slots: Vec<Part> = (0..count).map(|_| Part::default()).collect();
-        for (event, p) in events.into_iter().zip(owners) {
-            slots[p].events.push(event);
-        }
-        for record in sticky {
-            slots[partition_of(&record.unit, count)].sticky.push(record);
-        }
-        for claim in claims {
-            slots[partition_of(claim.unit(), count)].claims.push(claim);
-        }
-        let mut by_partition: Vec<(usize, Part)> = slots
+        let mut parts: Vec<(usize, Part)> = by_partition(events, sticky, count)
             .into_iter()
-            .enumerate()
-            .filter(|(_, part)| !part.events.is_empty())
+            .map(|(p, events, sticky)| {
+                let part = Part {
+                    events,
+                    sticky,
+                    ..Part::default()
+                };
+                (p, part)
+            })
             .collect();
+        if let [(_, only)] = &mut parts[..] {
+            only.claims = claims;
+        } else {
+            for claim in claims {
+                let p = partition_of(claim.unit(), count);
+                // A claim of a partition without events is released now.
+                if let Some((_, part)) = parts.iter_mut().find(|(q, _)| *q == p) {
+                    part.claims.push(claim);
+                }
+            }
+        }
         if let Some(tx) = ack {
-            let acks = Ack::split(by_partition.len(), tx);
-            for ((_, part), ack) in by_partition.iter_mut().zip(acks) {
+            let acks = Ack::split(parts.len(), tx);
+            for ((_, part), ack) in parts.iter_mut().zip(acks) {
                 part.ack = Some(ack);
             }
         }
-        by_partition
+        parts
     }
 
     /// Parts waiting in the mailboxes.
@@ -625,10 +609,51 @@ impl Mailbox {
     }
 }
 
+/// `events` and the first exposures they may establish, grouped by the
+/// partition (of `count`) that owns their units, in partition order;
+/// groups without events are left out. Events keep their order within a
+/// group, so a unit's events (all in one) stay in the order they came.
+/// One unit (an assignment's exposure), or units that all hash alike,
+/// make one group with nothing else allocated.
+pub(super) fn by_partition(
+    events: Vec<Event>,
+    sticky: Vec<StickyAssignment>,
+    count: usize,
+) -> Vec<(usize, Vec<Event>, Vec<StickyAssignment>)> {
+    // Each event's partition, hashed once; none to hash with one.
+    let owners: Vec<usize> = if count <= 1 {
+        Vec::new()
+    } else {
+        events
+            .iter()
+            .map(|e| partition_of(&e.unit_id, count))
+            .collect()
+    };
+    let first = owners.first().copied().unwrap_or(0);
+    if owners.iter().all(|&p| p == first) {
+        return vec![(first, events, sticky)];
+    }
+    let mut groups: Vec<(Vec<Event>, Vec<StickyAssignment>)> =
+        (0..count).map(|_| Default::default()).collect();
+    for (event, p) in events.into_iter().zip(owners) {
+        groups[p].0.push(event);
+    }
+    for record in sticky {
+        groups[partition_of(&record.unit, count)].1.push(record);
+    }
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (events, _))| !events.is_empty())
+        .map(|(p, (events, sticky))| (p, events, sticky))
+        .collect()
+}
+
 /// The partition that owns `unit`: a hash of its id with fixed keys, so
-/// all of a unit's events meet in one writer. Only this process relies on
-/// it: per-unit state is keyed by unit, not partition, and every share of
-/// the aggregates counts, so a unit may land elsewhere after an upgrade.
+/// all of a unit's events meet in one writer. On a single node a unit may
+/// land elsewhere after an upgrade (per-unit state is keyed by unit, not
+/// partition, and every share of the aggregates counts); in cluster mode
+/// every node must agree, which the leases check with a probe of it.
 pub(super) fn partition_of(unit: &str, partitions: usize) -> usize {
     use std::hash::{DefaultHasher, Hasher};
     let mut hasher = DefaultHasher::new();

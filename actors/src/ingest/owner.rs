@@ -42,7 +42,7 @@ use tokio::task::JoinHandle;
 use super::mailbox::{partition_of, Mailbox};
 use super::LiveAggregates;
 use crate::cluster::{
-    Cluster, EventLog, Gaps, Lease, Leases, Revision, ShareBucket, SnapshotStore,
+    Cluster, EventLog, Gaps, HeldLease, Lease, Leases, ShareBucket, SnapshotStore,
 };
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
@@ -84,8 +84,7 @@ pub struct Owner {
 
 /// A partition this node holds.
 struct Held {
-    revision: Revision,
-    renewed: Instant,
+    lease: HeldLease,
     stop: watch::Sender<bool>,
     consumer: JoinHandle<()>,
 }
@@ -215,26 +214,11 @@ async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
 /// Renews every held lease; stops the consumers of those lost, and
 /// restarts any consumer that ended on an error.
 async fn renew(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>) {
-    let ttl = cx.leases.ttl();
     let mut lost = Vec::new();
     for (&partition, h) in held.iter_mut() {
-        match cx
-            .leases
-            .renew(Lease::Partition(partition), h.revision)
-            .await
-        {
-            Ok(Some(revision)) => {
-                h.revision = revision;
-                h.renewed = Instant::now();
-            }
-            Ok(None) => lost.push(partition),
-            Err(e) if h.renewed.elapsed() >= ttl => {
-                tracing::error!(partition, error = %e, "lease not renewed for a whole TTL");
-                lost.push(partition);
-            }
-            Err(e) => tracing::warn!(partition, error = %e, "renewing a lease failed"),
-        }
-        if h.consumer.is_finished() && !lost.contains(&partition) {
+        if !cx.leases.keep(&mut h.lease).await {
+            lost.push(partition);
+        } else if h.consumer.is_finished() {
             let (stop, stopped) = watch::channel(false);
             h.stop = stop;
             h.consumer = tokio::spawn(consume(Arc::clone(cx), partition, stopped));
@@ -242,7 +226,6 @@ async fn renew(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>) {
     }
     for partition in lost {
         if let Some(h) = held.remove(&partition) {
-            tracing::warn!(partition, "lease lost: another node owns the partition now");
             // Not ours any more: stop at once rather than finish a chunk
             // (and hold up the other leases' renewals meanwhile).
             cx.owned[usize::from(partition)].store(false, Ordering::Release);
@@ -269,25 +252,21 @@ async fn take(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>, share: usize, o
         if taken.contains(&partition) || held.contains_key(&partition) {
             continue;
         }
-        match cx.leases.acquire(Lease::Partition(partition)).await {
-            Ok(Some(revision)) => {
-                tracing::info!(partition, "partition taken");
-                cx.owned[usize::from(partition)].store(true, Ordering::Release);
-                let (stop, stopped) = watch::channel(false);
-                let consumer = tokio::spawn(consume(Arc::clone(cx), partition, stopped));
-                held.insert(
-                    partition,
-                    Held {
-                        revision,
-                        renewed: Instant::now(),
-                        stop,
-                        consumer,
-                    },
-                );
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(partition, error = %e, "taking a partition failed"),
-        }
+        let Some(lease) = cx.leases.take(Lease::Partition(partition)).await else {
+            continue;
+        };
+        tracing::info!(partition, "partition taken");
+        cx.owned[usize::from(partition)].store(true, Ordering::Release);
+        let (stop, stopped) = watch::channel(false);
+        let consumer = tokio::spawn(consume(Arc::clone(cx), partition, stopped));
+        held.insert(
+            partition,
+            Held {
+                lease,
+                stop,
+                consumer,
+            },
+        );
     }
 }
 
@@ -311,10 +290,7 @@ async fn give_up(cx: &Context, partition: u16, h: Held) {
         }
     }
     cx.owned[p].store(false, Ordering::Release);
-    let lease = Lease::Partition(partition);
-    if let Err(e) = cx.leases.release(lease, h.revision).await {
-        tracing::warn!(partition, error = %e, "releasing a lease failed; it will expire");
-    }
+    cx.leases.give_back(h.lease).await;
 }
 
 /// Folds `partition` until told to stop, reading again after an error.

@@ -15,9 +15,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::mailbox::{partition_of, IngestStats};
-use crate::cluster::{wire, EventLog, Reservation};
-use crate::domain::{Event, StickyAssignment};
+use super::mailbox::{by_partition, IngestStats};
+use crate::cluster::{wire, EventLog, Reservation, Sent};
+use crate::domain::Event;
 use crate::experiments::exposure::{ExposureQueue, FirstExposures};
 use crate::experiments::sticky::Claim;
 use crate::room::Room;
@@ -63,36 +63,32 @@ impl Publisher {
         wait: bool,
     ) -> Result<Option<tokio::sync::oneshot::Receiver<bool>>> {
         let messages = self.prepare(events, firsts)?;
-        let n = messages.events;
         let sent = self.log.publish(messages.bodies, messages.room).await;
-        let sent = match sent {
-            Ok(sent) => sent,
-            Err(e) => {
-                tracing::error!(error = %e, "events could not be handed to the event log");
-                return Err(e);
-            }
-        };
-        self.stats.accepted.fetch_add(n, Ordering::Relaxed);
+        let sent = sent.inspect_err(|e| {
+            tracing::error!(error = %e, "events could not be handed to the event log");
+        })?;
+        self.stats
+            .accepted
+            .fetch_add(messages.events, Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (stats, room, claims) = (
-            Arc::clone(&self.stats),
-            Arc::clone(&self.room),
-            messages.claims,
-        );
+        let pending = self.pending(messages.events, messages.claims, !wait);
         tokio::spawn(async move {
-            let stored = sent.stored().await;
-            drop(claims);
-            room.freed();
-            if let Err(e) = &stored {
-                if !wait {
-                    stats.lost.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(error = %e, events = n, "events answered 202 were not stored by the event log and are lost");
-                }
-            }
             // A caller that stopped waiting is no matter.
-            let _ = tx.send(stored.is_ok());
+            let _ = tx.send(pending.settle(Ok(sent)).await);
         });
         Ok(wait.then_some(rx))
+    }
+
+    /// What to do once `messages`' publishes were sent (see [`Pending`]);
+    /// `answered`: the caller was already answered 202.
+    fn pending(&self, events: u64, claims: Vec<Claim>, answered: bool) -> Pending {
+        Pending {
+            events,
+            claims,
+            answered,
+            stats: Arc::clone(&self.stats),
+            room: Arc::clone(&self.room),
+        }
     }
 
     /// Splits `events` (and their first exposures) by partition, encodes
@@ -101,34 +97,16 @@ impl Publisher {
     fn prepare(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<Messages> {
         let (sticky, claims) = firsts.into_parts();
         let n = events.len() as u64;
-        let mut parts: Vec<(Vec<Event>, Vec<StickyAssignment>)> =
-            (0..self.partitions).map(|_| Default::default()).collect();
-        for event in events {
-            parts[partition_of(&event.unit_id, self.partitions)]
-                .0
-                .push(event);
-        }
-        for record in sticky {
-            parts[partition_of(&record.unit, self.partitions)]
-                .1
-                .push(record);
-        }
-        let bodies: Vec<(u16, Vec<u8>)> = parts
-            .iter()
-            .enumerate()
-            .filter(|(_, (events, _))| !events.is_empty())
-            .map(|(p, (events, sticky))| (p as u16, wire::encode(events, sticky)))
+        let bodies: Vec<(u16, Vec<u8>)> = by_partition(events, sticky, self.partitions)
+            .into_iter()
+            .map(|(p, events, sticky)| (p as u16, wire::encode(&events, &sticky)))
             .collect();
-        let room = match self.log.reserve(bodies.len()) {
-            Ok(room) => room,
-            Err(e) => {
-                self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .rejected_full_events
-                    .fetch_add(n, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
+        let room = self.log.reserve(bodies.len()).inspect_err(|_| {
+            self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .rejected_full_events
+                .fetch_add(n, Ordering::Relaxed);
+        })?;
         Ok(Messages {
             bodies,
             events: n,
@@ -138,28 +116,53 @@ impl Publisher {
     }
 }
 
+/// A request's publishes in flight: what is released and counted once the
+/// log answers.
+struct Pending {
+    events: u64,
+    /// First exposures held pending until the log stored them.
+    claims: Vec<Claim>,
+    /// The caller was answered 202 already: a failure loses the events.
+    answered: bool,
+    stats: Arc<IngestStats>,
+    room: Arc<Room>,
+}
+
+impl Pending {
+    /// Waits for the acknowledgements of `sent`, releases the claims and
+    /// the room, and counts and logs answered events the log did not
+    /// store as lost. Resolves whether it stored them.
+    async fn settle(self, sent: Result<Sent>) -> bool {
+        let stored = match sent {
+            Ok(sent) => sent.stored().await,
+            Err(e) => Err(e),
+        };
+        drop(self.claims);
+        self.room.freed();
+        if let Err(e) = &stored {
+            if self.answered {
+                let events = self.events;
+                self.stats.lost.fetch_add(events, Ordering::Relaxed);
+                tracing::error!(error = %e, events, "events answered 202 were not stored by the event log and are lost");
+            }
+        }
+        stored.is_ok()
+    }
+}
+
 /// Exposures from assignments go to the event log like client events.
 impl ExposureQueue for Publisher {
     fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()> {
         let messages = self.prepare(events, firsts)?;
-        let (log, stats, room) = (
-            self.log.clone(),
-            Arc::clone(&self.stats),
-            Arc::clone(&self.room),
-        );
-        let n = messages.events;
-        stats.accepted.fetch_add(n, Ordering::Relaxed);
+        self.stats
+            .accepted
+            .fetch_add(messages.events, Ordering::Relaxed);
+        let log = self.log.clone();
+        let pending = self.pending(messages.events, messages.claims, true);
         tokio::spawn(async move {
-            let stored = match log.publish(messages.bodies, messages.room).await {
-                Ok(sent) => sent.stored().await,
-                Err(e) => Err(e),
-            };
-            drop(messages.claims);
-            room.freed();
-            if let Err(e) = stored {
-                stats.lost.fetch_add(n, Ordering::Relaxed);
-                tracing::error!(error = %e, "exposures were not stored by the event log and are lost");
-            }
+            pending
+                .settle(log.publish(messages.bodies, messages.room).await)
+                .await;
         });
         Ok(())
     }
