@@ -521,17 +521,14 @@ impl Mailbox {
             ack,
         } = envelope;
         let count = self.partitions.len();
-        let mut parts: Vec<(usize, Part)> = by_partition(events, sticky, count)
-            .into_iter()
-            .map(|(p, events, sticky)| {
-                let part = Part {
-                    events,
-                    sticky,
-                    ..Part::default()
-                };
-                (p, part)
-            })
-            .collect();
+        let mut parts = by_partition(events, sticky, count, |p, events, sticky| {
+            let part = Part {
+                events,
+                sticky,
+                ..Part::default()
+            };
+            (p, part)
+        });
         if let [(_, only)] = &mut parts[..] {
             only.claims = claims;
         } else {
@@ -613,13 +610,15 @@ impl Mailbox {
 /// partition (of `count`) that owns their units, in partition order;
 /// groups without events are left out. Events keep their order within a
 /// group, so a unit's events (all in one) stay in the order they came.
-/// One unit (an assignment's exposure), or units that all hash alike,
-/// make one group with nothing else allocated.
-pub(super) fn by_partition(
+/// Each group becomes what `make` makes of it (partition, events, first
+/// exposures). One unit (an assignment's exposure), or units that all hash
+/// alike, make one group with nothing else allocated.
+pub(super) fn by_partition<T>(
     events: Vec<Event>,
     sticky: Vec<StickyAssignment>,
     count: usize,
-) -> Vec<(usize, Vec<Event>, Vec<StickyAssignment>)> {
+    mut make: impl FnMut(usize, Vec<Event>, Vec<StickyAssignment>) -> T,
+) -> Vec<T> {
     // Each event's partition, hashed once; none to hash with one.
     let owners: Vec<usize> = if count <= 1 {
         Vec::new()
@@ -631,7 +630,7 @@ pub(super) fn by_partition(
     };
     let first = owners.first().copied().unwrap_or(0);
     if owners.iter().all(|&p| p == first) {
-        return vec![(first, events, sticky)];
+        return vec![make(first, events, sticky)];
     }
     let mut groups: Vec<(Vec<Event>, Vec<StickyAssignment>)> =
         (0..count).map(|_| Default::default()).collect();
@@ -645,7 +644,7 @@ pub(super) fn by_partition(
         .into_iter()
         .enumerate()
         .filter(|(_, (events, _))| !events.is_empty())
-        .map(|(p, (events, sticky))| (p, events, sticky))
+        .map(|(p, (events, sticky))| make(p, events, sticky))
         .collect()
 }
 

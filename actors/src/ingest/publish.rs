@@ -97,10 +97,9 @@ impl Publisher {
     fn prepare(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<Messages> {
         let (sticky, claims) = firsts.into_parts();
         let n = events.len() as u64;
-        let bodies: Vec<(u16, Vec<u8>)> = by_partition(events, sticky, self.partitions)
-            .into_iter()
-            .map(|(p, events, sticky)| (p as u16, wire::encode(&events, &sticky)))
-            .collect();
+        let bodies = by_partition(events, sticky, self.partitions, |p, events, sticky| {
+            (p as u16, wire::encode(&events, &sticky))
+        });
         let room = self.log.reserve(bodies.len()).inspect_err(|_| {
             self.stats.rejected_full.fetch_add(1, Ordering::Relaxed);
             self.stats
