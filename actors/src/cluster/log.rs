@@ -10,7 +10,7 @@
 //! on a single node.
 //!
 //! A partition's owner reads its subject with a durable consumer named for
-//! the partition, from the first sequence its store has not folded (see
+//! the partition and the node, from the first sequence its store has not folded (see
 //! `ingest::owner`). The stream keeps everything up to `cluster.log_max_mb`
 //! and then refuses new messages (`DiscardPolicy::New`): an acknowledged
 //! event is never dropped to make room.
@@ -37,6 +37,9 @@ const STREAM: &str = "abacus_events";
 /// redelivery at or below what it folded is skipped anyway.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a partition's consumer nobody reads from is kept.
+const ABANDONED: Duration = Duration::from_secs(600);
+
 /// Messages a partition's consumer may hold unacknowledged.
 const MAX_ACK_PENDING: i64 = 20_000;
 
@@ -53,16 +56,13 @@ fn subject(partition: u16) -> String {
     format!("abacus.events.{partition}")
 }
 
-/// The durable consumer of `partition`.
-fn consumer_name(partition: u16) -> String {
-    format!("partition-{partition}")
-}
-
 /// Handle on the event log.
 #[derive(Clone)]
 pub struct EventLog {
     jetstream: jetstream::Context,
     in_flight: Arc<Semaphore>,
+    /// This node's id: each node reads through consumers of its own.
+    node: String,
 }
 
 /// Room for some publishes, held until JetStream acknowledges them.
@@ -160,6 +160,7 @@ impl EventLog {
         Ok(Self {
             jetstream: jetstream.clone(),
             in_flight: Arc::new(Semaphore::new(settings.max_inflight_publishes)),
+            node: settings.node_id.clone(),
         })
     }
 
@@ -207,7 +208,11 @@ impl EventLog {
             .get_stream(STREAM)
             .await
             .map_err(|e| cluster("opening the event log", &e))?;
-        let name = consumer_name(partition);
+        // This node's own consumer of the partition. Were it shared, a node
+        // that lost the lease without knowing yet would recreate it at its
+        // own position under the new owner's reads, which would then
+        // continue from there without a word.
+        let name = format!("partition-{partition}-{}", self.node);
         // Absent the first time; any other failure shows in the create.
         let _ = stream.delete_consumer(&name).await;
         let consumer = stream
@@ -224,6 +229,9 @@ impl EventLog {
                 ack_policy: AckPolicy::All,
                 ack_wait: ACK_WAIT,
                 max_ack_pending: MAX_ACK_PENDING,
+                // A consumer left by a node that died or gave the
+                // partition up goes away by itself.
+                inactive_threshold: ABANDONED,
                 ..Default::default()
             })
             .await
