@@ -498,7 +498,8 @@ async fn publish_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
-/// Adopts the latest share of every partition this node does not own.
+/// Adopts every partition's latest share that was folded further than the
+/// one this node holds.
 async fn adopt_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
     loop {
         match cx.shares.watch().await {
@@ -511,9 +512,13 @@ async fn adopt_shares(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
                     };
                     let Some(share) = share else { break };
                     let p = usize::from(share.partition);
-                    if p >= cx.owned.len() || cx.owned[p].load(Ordering::Acquire) {
+                    if p >= cx.owned.len() {
                         continue;
                     }
+                    // Even for a partition this node believes it owns: a
+                    // share folded further than its own comes from a node
+                    // that took the partition while this one's lease loop
+                    // was stuck on an unreachable NATS server.
                     // Kept only if folded further than the share held
                     // (see `LiveAggregates::adopt`).
                     let experiment = share.experiment.into();
