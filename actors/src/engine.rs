@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alerts::{Alerts, Sources};
+use crate::alerts::{self, Alerts, Sources};
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterSettings, Singleton};
 use crate::domain::EventLimits;
@@ -82,7 +82,11 @@ impl Engine {
             None => None,
         };
         let records = match &cluster {
-            Some(cluster) => Records::replicated(store.clone(), cluster.experiments().clone()),
+            Some(cluster) => Records::replicated(
+                store.clone(),
+                cluster.experiments().clone(),
+                cluster.alerts().clone(),
+            ),
             None => Records::local(store.clone()),
         };
         let bucket = records.bucket().cloned();
@@ -209,6 +213,16 @@ impl Engine {
                     live: Arc::clone(&live),
                 },
                 Arc::clone(&clock),
+                // Rules are evaluated where webhooks are delivered: the
+                // webhook rules read that node's delivery statistics.
+                cluster
+                    .as_ref()
+                    .zip(delivery.as_ref())
+                    .map(|(c, d)| alerts::Replication {
+                        rules: c.alert_rules().clone(),
+                        alerts: c.alerts().clone(),
+                        evaluates: d.flag(),
+                    }),
             )
             .await?,
         );

@@ -68,9 +68,10 @@ pub enum Error {
     /// The engine is shutting down or an actor has stopped.
     #[error("the engine is not running")]
     Unavailable,
-    /// Cluster mode: another node changed the experiment since this node
-    /// last saw it, and its change won; read the experiment and retry.
-    #[error("experiment '{0}' was changed by another node meanwhile; read it and retry")]
+    /// Cluster mode: another node changed the record (an experiment, an
+    /// alert rule, an alert) since this node last saw it, and its change
+    /// won; read it and retry.
+    #[error("{0} was changed by another node meanwhile; read it and retry")]
     ChangedElsewhere(String),
     /// Cluster mode: the NATS JetStream cluster did not answer or refused.
     #[error("the cluster is unavailable: {0}")]

@@ -562,3 +562,142 @@ fn webhooks_still_arrive_in_order_when_the_delivering_node_dies() {
         assert_eq!(created, sorted);
     }
 }
+
+/// Polls `node` until `path` answers 200 with `check` true, for at most
+/// fifteen seconds; returns that answer.
+fn eventually(node: &TestServer, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = node.get(path);
+        if status == 200 && check(&body) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{path} never became what was expected: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The alerts of a `/v1/alerts` answer.
+fn alert_list(body: &Value) -> &[Value] {
+    body["alerts"].as_array().expect("alerts")
+}
+
+#[test]
+fn alert_rules_and_alerts_are_shared_and_evaluated_on_one_node() {
+    let nats = NatsCluster::start(3);
+    let nodes = nats.nodes(3);
+    let all: Vec<&TestServer> = nodes.iter().collect();
+    let evaluator = one_holder(&all, "webhooks");
+    let (other, third) = ((evaluator + 1) % 3, (evaluator + 2) % 3);
+
+    nodes[other].running_experiment("srm", json!({}));
+    served(&nodes[third], "/v1/experiments/srm", |e| {
+        e["status"] == "running"
+    });
+    // Every unit on one side of a 50/50 split, sent to two nodes.
+    for (i, node) in [&nodes[other], &nodes[third]].into_iter().enumerate() {
+        let events: Vec<Value> = (0..200)
+            .map(|u| json!({"type": "exposure", "unit_id": format!("u{i}-{u}"), "experiment": "srm", "variant": "control"}))
+            .collect();
+        let (status, body) = node.post("/v1/events?ack=persisted", json!({ "events": events }));
+        assert_eq!(status, 202, "{body}");
+    }
+
+    // A rule created on one node is every node's.
+    let (status, rule) = nodes[third].post(
+        "/v1/alerts/rules",
+        json!({"name": "srm", "metric": "srm", "experiment": "srm"}),
+    );
+    assert_eq!(status, 201, "{rule}");
+    let rule_path = format!("/v1/alerts/rules/{}", rule["id"].as_str().expect("id"));
+    for node in &nodes {
+        eventually(node, &rule_path, |r| r["name"] == "srm");
+    }
+
+    // Raised once, by the evaluator, and listed alike by every node.
+    let open = eventually(&nodes[other], "/v1/alerts?experiment=srm", |b| {
+        !alert_list(b).is_empty()
+    });
+    let id = alert_list(&open)[0]["id"].as_str().expect("id").to_owned();
+    std::thread::sleep(Duration::from_secs(3));
+    for node in &nodes {
+        let list = eventually(node, "/v1/alerts?experiment=srm", |b| {
+            !alert_list(b).is_empty()
+        });
+        let ids: Vec<&str> = alert_list(&list)
+            .iter()
+            .map(|a| a["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(ids, [id.as_str()], "one alert, on every node: {list}");
+    }
+
+    // Acknowledged on one node, seen by the others.
+    let alert_path = format!("/v1/alerts/{id}");
+    let (status, acked) =
+        nodes[other].post(&format!("{alert_path}/acknowledge"), json!({"by": "ana"}));
+    assert_eq!(status, 200, "{acked}");
+    for node in &nodes {
+        eventually(node, &alert_path, |a| a["status"] == "acknowledged");
+    }
+
+    // Two nodes resolving it at once: one wins.
+    let barrier = std::sync::Barrier::new(2);
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let racers: Vec<_> = [other, third]
+            .into_iter()
+            .map(|i| {
+                let (node, barrier, path) = (&nodes[i], &barrier, &alert_path);
+                scope.spawn(move || {
+                    barrier.wait();
+                    node.post(
+                        &format!("{path}/resolve"),
+                        json!({"by": format!("node {i}")}),
+                    )
+                })
+            })
+            .collect();
+        racers
+            .into_iter()
+            .map(|r| r.join().expect("a racer"))
+            .collect()
+    });
+    assert_eq!(
+        answers.iter().filter(|(s, _)| *s == 200).count(),
+        1,
+        "{answers:?}"
+    );
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 409, "{body}");
+        assert!(
+            ["conflict", "invalid_transition"].contains(&error_code(body)),
+            "{body}"
+        );
+    }
+    for node in &nodes {
+        eventually(node, &alert_path, |a| a["status"] == "resolved");
+    }
+    // Resolved by a person on another node while still firing: the
+    // evaluator does not raise it again.
+    std::thread::sleep(Duration::from_secs(3));
+    for node in &nodes {
+        let (_, list) = node.get("/v1/alerts?experiment=srm");
+        assert_eq!(alert_list(&list).len(), 1, "{list}");
+    }
+
+    // Deleted on one node, gone from every node.
+    let (status, _) = nodes[evaluator].delete(&rule_path);
+    assert_eq!(status, 204);
+    for node in &nodes {
+        let started = Instant::now();
+        while node.get(&rule_path).0 != 404 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{rule_path} still there"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,8 +1,14 @@
 //! The alert actor: owns the rules and the active alerts, evaluates every
-//! rule once a second, and is the one writer of both.
+//! rule once a second, and is the one writer of both on this node.
+//!
+//! In cluster mode (see [`super::replicated`]) the rules and alerts are
+//! shared: every node's actor keeps a mirror of them, and only the node
+//! holding the evaluator's lease evaluates the rules, raising and clearing
+//! alerts by compare-and-set in the shared bucket before recording them
+//! (with their events) in its own store.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,9 +18,10 @@ use time::OffsetDateTime;
 use super::signals::SignalCounts;
 use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
+use crate::cluster::{RecordBucket, RecordChange, Revision};
 use crate::domain::{
-    Alert, AlertId, AlertMetric, AlertRule, DomainEvent, Firing, RuleId, RuleIn, RulePatch,
-    StampIn, WebhookId, MAX_WINDOW_S,
+    Alert, AlertId, AlertMetric, AlertRecord, AlertRule, AlertRuleRecord, DomainEvent, Firing,
+    RuleId, RuleIn, RulePatch, StampIn, WebhookId, MAX_WINDOW_S, SYSTEM,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -52,6 +59,18 @@ pub(super) struct AlertActor {
     store_alert_recorded: bool,
     /// The newest was published to the live feed directly.
     store_alert_streamed: bool,
+    /// Cluster mode: the shared alerts.
+    shared: Option<Shared>,
+}
+
+/// What the actor needs in cluster mode.
+pub(super) struct Shared {
+    /// The alerts every node mirrors.
+    pub bucket: RecordBucket<AlertRecord>,
+    /// Whether this node evaluates the rules now (it holds the lease).
+    pub evaluates: Arc<AtomicBool>,
+    /// Each shared alert's revision as last seen here.
+    pub revisions: HashMap<AlertId, Revision>,
 }
 
 impl AlertActor {
@@ -62,6 +81,7 @@ impl AlertActor {
         rules: Vec<AlertRule>,
         active: Vec<Alert>,
         store_alerts: Arc<Mutex<Vec<Alert>>>,
+        shared: Option<Shared>,
     ) -> Self {
         // Counting starts now: the first window includes the first second.
         let mut history = VecDeque::with_capacity(MAX_WINDOW_S as usize + 2);
@@ -84,6 +104,7 @@ impl AlertActor {
             store_alerts,
             store_alert_recorded: true,
             store_alert_streamed: false,
+            shared,
         }
     }
 
@@ -178,9 +199,10 @@ impl AlertActor {
         }
     }
 
-    /// Takes this second's sample and evaluates every enabled rule and the
-    /// built-in store check.
-    fn evaluate(&mut self) {
+    /// Takes this second's sample, runs the built-in store check and, where
+    /// this node evaluates, every enabled rule: returns the alerts to raise
+    /// and to clear.
+    fn evaluate(&mut self) -> Vec<Alert> {
         self.check_store();
         let ingest = &self.sources.ingest;
         let sample = Sample {
@@ -194,6 +216,11 @@ impl AlertActor {
             self.history.pop_front();
         }
         self.history.push_back(sample);
+        if let Some(shared) = &self.shared {
+            if !shared.evaluates.load(Ordering::Acquire) {
+                return Vec::new();
+            }
+        }
 
         let mut firing: HashMap<Key, (&AlertRule, Firing)> = HashMap::new();
         for rule in self.rules.values().filter(|r| r.enabled) {
@@ -214,14 +241,104 @@ impl AlertActor {
         }
         for (key, alert) in &self.active {
             if !firing.contains_key(key) {
-                changes.push(alert.cleared("condition cleared", now));
+                let why = match self.rules.get(&key.0) {
+                    None => "rule deleted",
+                    Some(rule) if !rule.enabled => "rule disabled",
+                    Some(_) => "condition cleared",
+                };
+                changes.push(alert.cleared(why, now));
             }
         }
         self.suppressed.retain(|k| firing.contains_key(k));
-        if !changes.is_empty() {
-            // A failed write changes nothing: the next tick tries again.
-            let _ = self.write(changes);
+        changes
+    }
+
+    /// Records what a tick found: in this node's store, or in cluster mode
+    /// first in the shared bucket (a change another node made since loses
+    /// here, and the next tick decides again on what the mirror brings).
+    /// A failed write changes nothing: the next tick tries again.
+    fn record(&mut self, changes: Vec<Alert>, ctx: &mut Context<Self>) {
+        if changes.is_empty() {
+            return;
         }
+        let Some(shared) = &self.shared else {
+            let _ = self.write(changes);
+            return;
+        };
+        let bucket = shared.bucket.clone();
+        let writes: Vec<(Alert, Option<Revision>)> = changes
+            .into_iter()
+            .map(|a| {
+                let revision = shared.revisions.get(&a.id).copied();
+                (a, revision)
+            })
+            .collect();
+        let share = async move {
+            let mut shared = Vec::with_capacity(writes.len());
+            for (alert, revision) in writes {
+                let (id, record) = (alert.id.as_str(), AlertRecord::from(&alert));
+                let written = match revision {
+                    None => bucket.create(id, &record).await,
+                    Some(revision) => bucket.update(id, &record, revision).await,
+                };
+                match written {
+                    Ok(revision) => shared.push((alert, revision)),
+                    Err(e) => {
+                        tracing::warn!(alert = %alert.id, error = %e, "sharing an alert failed")
+                    }
+                }
+            }
+            shared
+        };
+        ctx.wait(share.into_actor(self).map(|shared, actor, _| {
+            let (alerts, revisions): (Vec<Alert>, Vec<Revision>) = shared.into_iter().unzip();
+            if let Some(s) = &mut actor.shared {
+                for (alert, revision) in alerts.iter().zip(revisions) {
+                    s.revisions.insert(alert.id.clone(), revision);
+                }
+            }
+            let _ = actor.write(alerts);
+        }));
+    }
+
+    /// Cluster mode: keeps a shared alert as the bucket has it at
+    /// `revision`, unless this node has seen a newer one; with `event`
+    /// (the change was made through this node) the event is recorded
+    /// whatever the revision, for this node's outbox to relay.
+    fn mirror(
+        &mut self,
+        alert: Alert,
+        revision: Revision,
+        event: Option<DomainEvent>,
+    ) -> Result<()> {
+        let Some(shared) = &mut self.shared else {
+            return Ok(());
+        };
+        let seen = shared.revisions.get(&alert.id).copied().unwrap_or(0);
+        let newer = revision > seen;
+        match event {
+            Some(event) => self.store.put_alerts(&[(alert.clone(), event)])?,
+            None if newer => self.store.put_alert(&alert)?,
+            None => return Ok(()),
+        }
+        if !newer {
+            return Ok(());
+        }
+        shared.revisions.insert(alert.id.clone(), revision);
+        let Some(key) = key_of(&alert) else {
+            return Ok(());
+        };
+        if alert.is_active() {
+            self.suppressed.remove(&key);
+            self.active.insert(key, alert);
+        } else if self.active.remove(&key).is_some()
+            && alert.resolved.as_ref().is_some_and(|r| r.by != SYSTEM)
+        {
+            // Resolved by a person while active: as on a single node, not
+            // raised again until the condition clears once.
+            self.suppressed.insert(key);
+        }
+        Ok(())
     }
 
     /// What `rule` finds true now.
@@ -356,6 +473,9 @@ impl AlertActor {
     /// Persists alert changes with their events, then mirrors them in
     /// memory.
     fn write(&mut self, changes: Vec<Alert>) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
         let now = self.clock.now();
         let with_events: Vec<(Alert, DomainEvent)> = changes
             .into_iter()
@@ -415,7 +535,10 @@ impl Actor for AlertActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(TICK, |actor, _| actor.evaluate());
+        ctx.run_interval(TICK, |actor, ctx| {
+            let changes = actor.evaluate();
+            actor.record(changes, ctx);
+        });
     }
 }
 
@@ -582,6 +705,51 @@ impl Handler<Resolve> for AlertActor {
     }
 }
 
+/// Cluster mode: a rule as the shared bucket has it now (created, changed
+/// or deleted on any node).
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub(super) struct MirrorRule(pub RecordChange<AlertRuleRecord>);
+
+impl Handler<MirrorRule> for AlertActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, msg: MirrorRule, _: &mut Context<Self>) -> Self::Result {
+        match msg.0 {
+            RecordChange::Put(record, _) => {
+                let rule = AlertRule::from(*record);
+                self.store.put_rule(&rule)?;
+                self.rules.insert(rule.id.clone(), rule);
+            }
+            RecordChange::Deleted(id) => {
+                // Its active alerts are cleared by the evaluator's next tick.
+                self.store.delete_rule(&id, &[])?;
+                self.rules.retain(|rule, _| rule.as_str() != id);
+                self.suppressed.retain(|(rule, _)| rule.as_str() != id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cluster mode: an alert as the shared bucket has it at `revision`; with
+/// `event` when the change was made through this node.
+#[derive(Message)]
+#[rtype(result = "Result<()>")]
+pub(super) struct MirrorAlert {
+    pub alert: Alert,
+    pub revision: Revision,
+    pub event: Option<DomainEvent>,
+}
+
+impl Handler<MirrorAlert> for AlertActor {
+    type Result = Result<()>;
+
+    fn handle(&mut self, msg: MirrorAlert, _: &mut Context<Self>) -> Self::Result {
+        self.mirror(msg.alert, msg.revision, msg.event)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -609,6 +777,7 @@ mod tests {
             Vec::new(),
             Vec::new(),
             loaded,
+            None,
         )
     }
 
@@ -694,6 +863,7 @@ mod tests {
                 rules,
                 Vec::new(),
                 Arc::default(),
+                None,
             );
             Self {
                 _dir: dir,
@@ -743,7 +913,8 @@ mod tests {
         /// One tick a second later.
         fn tick(&mut self) {
             self.clock.advance(Duration::from_secs(1));
-            self.alerts.evaluate();
+            let changes = self.alerts.evaluate();
+            let _ = self.alerts.write(changes);
         }
 
         /// Every stored alert, oldest first.

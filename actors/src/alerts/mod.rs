@@ -10,22 +10,30 @@
 //! itself. The failed store may refuse to record it, so it is also kept in
 //! memory (listed with the stored ones) and sent to the live feed directly;
 //! the `abacus_ingest_store_failed` gauge carries it to Prometheus.
+//!
+//! In cluster mode rules and alerts are shared by every node and evaluated
+//! on one ([`replicated`]).
 
 mod evaluate;
+mod replicated;
 mod signals;
 
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 
+pub use replicated::Replication;
 pub use signals::Signals;
 
 use self::evaluate::{
-    Acknowledge, AlertActor, CreateRule, DeleteRule, PatchRule, ReadServerFigures, Resolve,
+    Acknowledge, AlertActor, CreateRule, DeleteRule, MirrorAlert, MirrorRule, PatchRule,
+    ReadServerFigures, Resolve, Shared,
 };
 use crate::clock::Clock;
+use crate::cluster::RecordChange;
 use crate::domain::{
-    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, RuleId, RuleIn, RulePatch, StampIn,
+    Alert, AlertId, AlertMetric, AlertRecord, AlertRule, AlertRuleRecord, AlertStatus, RuleId,
+    RuleIn, RulePatch, StampIn,
 };
 use crate::ingest::IngestStats;
 use crate::live::Live;
@@ -51,6 +59,9 @@ pub struct Alerts {
     signals: Arc<Signals>,
     /// The built-in store-failure alerts, recorded or not.
     store_alerts: Arc<Mutex<Vec<Alert>>>,
+    clock: Arc<dyn Clock>,
+    /// Cluster mode: the shared rules and alerts.
+    replication: Option<Replication>,
     _thread: Arbiter,
 }
 
@@ -98,10 +109,13 @@ pub struct AlertFilter {
 impl Alerts {
     /// Loads rules and active alerts and starts evaluating, on a thread of
     /// its own (its writes are synced and must not stall request threads).
+    /// With `replication` (cluster mode) they are mirrored from the shared
+    /// buckets and evaluated only while this node holds the lease.
     pub(crate) async fn start(
         store: Store,
         sources: Sources,
         clock: Arc<dyn Clock>,
+        replication: Option<Replication>,
     ) -> Result<Self> {
         let (rules, active, failed) = {
             let store = store.clone();
@@ -120,14 +134,33 @@ impl Alerts {
         let thread = Arbiter::new();
         let actor_store = store.clone();
         let actor_alerts = Arc::clone(&store_alerts);
-        let addr = AlertActor::start_in_arbiter(&thread.handle(), move |_| {
-            AlertActor::new(actor_store, sources, clock, rules, active, actor_alerts)
+        let actor_clock = Arc::clone(&clock);
+        let shared = replication.as_ref().map(|r| Shared {
+            bucket: r.alerts.clone(),
+            evaluates: Arc::clone(&r.evaluates),
+            revisions: Default::default(),
         });
+        let addr = AlertActor::start_in_arbiter(&thread.handle(), move |_| {
+            AlertActor::new(
+                actor_store,
+                sources,
+                actor_clock,
+                rules,
+                active,
+                actor_alerts,
+                shared,
+            )
+        });
+        if let Some(replication) = &replication {
+            replicated::spawn(&addr, replication);
+        }
         Ok(Self {
             addr,
             store,
             signals,
             store_alerts,
+            clock,
+            replication,
             _thread: thread,
         })
     }
@@ -144,17 +177,47 @@ impl Alerts {
 
     /// Creates a rule.
     pub async fn create_rule(&self, input: RuleIn) -> Result<AlertRule> {
-        self.addr.send(CreateRule(input)).await?
+        let Some(shared) = &self.replication else {
+            return self.addr.send(CreateRule(input)).await?;
+        };
+        let rule = AlertRule::create(input, self.clock.now())?;
+        let record = AlertRuleRecord::from(&rule);
+        let revision = shared.rules.create(rule.id.as_str(), &record).await?;
+        let change = RecordChange::Put(Box::new(record), revision);
+        self.addr.send(MirrorRule(change)).await??;
+        Ok(rule)
     }
 
     /// Changes a rule.
     pub async fn patch_rule(&self, id: &str, patch: RulePatch) -> Result<AlertRule> {
-        self.addr.send(PatchRule(rule_id(id)?, patch)).await?
+        let Some(shared) = &self.replication else {
+            return self.addr.send(PatchRule(rule_id(id)?, patch)).await?;
+        };
+        let (current, revision) = shared
+            .rules
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::RuleNotFound(id.to_owned()))?;
+        let next = AlertRule::from(current).patched(patch, self.clock.now())?;
+        let record = AlertRuleRecord::from(&next);
+        let revision = shared.rules.update(id, &record, revision).await?;
+        let change = RecordChange::Put(Box::new(record), revision);
+        self.addr.send(MirrorRule(change)).await??;
+        Ok(next)
     }
 
-    /// Deletes a rule; its active alerts resolve.
+    /// Deletes a rule; its active alerts resolve (in cluster mode on the
+    /// evaluating node's next tick).
     pub async fn delete_rule(&self, id: &str) -> Result<()> {
-        self.addr.send(DeleteRule(rule_id(id)?)).await?
+        let Some(shared) = &self.replication else {
+            return self.addr.send(DeleteRule(rule_id(id)?)).await?;
+        };
+        if shared.rules.get(id).await?.is_none() {
+            return Err(Error::RuleNotFound(id.to_owned()));
+        }
+        shared.rules.delete(id).await?;
+        let change = RecordChange::Deleted(id.to_owned());
+        self.addr.send(MirrorRule(change)).await?
     }
 
     /// Every rule.
@@ -219,12 +282,51 @@ impl Alerts {
 
     /// `open → acknowledged`.
     pub async fn acknowledge(&self, id: &str, stamp: StampIn) -> Result<Alert> {
-        self.addr.send(Acknowledge(alert_id(id)?, stamp)).await?
+        // Acknowledging is not news for subscribers: no outbox event.
+        let shared = |alert: &Alert| alert.acknowledged(stamp.clone(), self.clock.now());
+        match self.change_shared(id, shared, false).await? {
+            Some(alert) => Ok(alert),
+            None => self.addr.send(Acknowledge(alert_id(id)?, stamp)).await?,
+        }
     }
 
     /// `open | acknowledged → resolved`.
     pub async fn resolve(&self, id: &str, stamp: StampIn) -> Result<Alert> {
-        self.addr.send(Resolve(alert_id(id)?, stamp)).await?
+        let shared = |alert: &Alert| alert.resolved_by(stamp.clone(), self.clock.now());
+        match self.change_shared(id, shared, true).await? {
+            Some(alert) => Ok(alert),
+            None => self.addr.send(Resolve(alert_id(id)?, stamp)).await?,
+        }
+    }
+
+    /// Cluster mode: changes the shared alert `id` by compare-and-set and
+    /// records it here (with its event if `announce`); `None` on a single
+    /// node or for an alert only this node has (a store failure).
+    async fn change_shared(
+        &self,
+        id: &str,
+        change: impl FnOnce(&Alert) -> Result<Alert>,
+        announce: bool,
+    ) -> Result<Option<Alert>> {
+        let Some(shared) = &self.replication else {
+            return Ok(None);
+        };
+        let Some((current, revision)) = shared.alerts.get(id).await? else {
+            return Ok(None);
+        };
+        let next = change(&Alert::from(current))?;
+        let revision = shared
+            .alerts
+            .update(id, &AlertRecord::from(&next), revision)
+            .await?;
+        let event = announce.then(|| next.domain_event(self.clock.now()));
+        let mirror = MirrorAlert {
+            alert: next.clone(),
+            revision,
+            event,
+        };
+        self.addr.send(mirror).await??;
+        Ok(Some(next))
     }
 }
 
@@ -286,7 +388,7 @@ mod tests {
         actix::System::new().block_on(async {
             let ingest = Arc::new(IngestStats::default());
             let sources = sources(&store, &ingest).await;
-            let alerts = Alerts::start(store.clone(), sources, Arc::new(SystemClock))
+            let alerts = Alerts::start(store.clone(), sources, Arc::new(SystemClock), None)
                 .await
                 .expect("start");
             let unrecorded = Alert::store_failed("disk full", time::OffsetDateTime::now_utc());

@@ -99,7 +99,7 @@ impl ExperimentBucket {
         let refused = match self.kv.update(key, encode(experiment)?, revision).await {
             Ok(revision) => return Ok(revision),
             Err(e) if super::stale_revision(&e) => {
-                return Err(Error::ChangedElsewhere(key.to_owned()))
+                return Err(Error::ChangedElsewhere(format!("experiment '{key}'")))
             }
             Err(e) => e,
         };
@@ -107,7 +107,7 @@ impl ExperimentBucket {
         // described otherwise; the key's revision tells.
         match self.kv.entry(key).await {
             Ok(Some(entry)) if entry.revision != revision => {
-                Err(Error::ChangedElsewhere(key.to_owned()))
+                Err(Error::ChangedElsewhere(format!("experiment '{key}'")))
             }
             _ => Err(Error::Cluster(format!(
                 "updating experiment '{key}': {refused}"

@@ -17,9 +17,11 @@
 //!   replays only the log after it.
 //! - [`singleton`]: a task that must run on one node at a time (the
 //!   results monitor, webhook delivery) runs where its lease is held.
-//! - [`subscriptions`] and [`outbox`]: webhook subscriptions in a shared
-//!   bucket, and every node's domain events on one stream, for the node
-//!   that delivers (`webhooks::replicated` drives this).
+//! - [`records`]: webhook subscriptions, alert rules and alerts in shared
+//!   buckets every node mirrors (`webhooks::replicated` and
+//!   `alerts::replicated` drive them).
+//! - [`outbox`]: every node's domain events on one stream, for the node
+//!   that delivers webhooks.
 //!
 //! This module speaks NATS and nothing else: what the engine does with the
 //! streams and buckets lives with the engine's parts.
@@ -28,10 +30,10 @@ mod bucket;
 mod leases;
 mod log;
 mod outbox;
+mod records;
 mod shares;
 mod singleton;
 mod snapshots;
-mod subscriptions;
 pub mod wire;
 
 use std::time::Duration;
@@ -40,11 +42,12 @@ pub use bucket::{ExperimentBucket, Revision};
 pub use leases::{Held as HeldLease, Lease, Leases};
 pub use log::{Delivery, EventLog, Gaps, Reservation, Sent};
 pub use outbox::{acknowledge, OutboxDelivery, OutboxLog};
+pub use records::{RecordBucket, RecordChange};
 pub use shares::{Share, ShareBucket};
 pub use singleton::Singleton;
 pub use snapshots::SnapshotStore;
-pub use subscriptions::{SubscriptionBucket, SubscriptionChange};
 
+use crate::domain::{AlertRecord, AlertRuleRecord, Webhook};
 use crate::{Error, Result};
 
 /// Whether a refused compare-and-set failed because the key's revision
@@ -135,7 +138,9 @@ pub struct Cluster {
     leases: Leases,
     shares: ShareBucket,
     outbox: OutboxLog,
-    subscriptions: SubscriptionBucket,
+    subscriptions: RecordBucket<Webhook>,
+    alert_rules: RecordBucket<AlertRuleRecord>,
+    alerts: RecordBucket<AlertRecord>,
     snapshots: SnapshotStore,
     snapshot_interval: Duration,
 }
@@ -172,7 +177,16 @@ impl Cluster {
         let leases = Leases::open(&jetstream, settings).await?;
         let shares = ShareBucket::open(&jetstream, settings).await?;
         let outbox = OutboxLog::open(&jetstream, settings).await?;
-        let subscriptions = SubscriptionBucket::open(&jetstream, settings).await?;
+        let subscriptions = RecordBucket::open(
+            &jetstream,
+            "abacus_webhooks",
+            "webhook subscription",
+            settings,
+        )
+        .await?;
+        let alert_rules =
+            RecordBucket::open(&jetstream, "abacus_alert_rules", "alert rule", settings).await?;
+        let alerts = RecordBucket::open(&jetstream, "abacus_alerts", "alert", settings).await?;
         let snapshots = SnapshotStore::open(&jetstream, settings).await?;
         tracing::info!(node = %settings.node_id, replicas = settings.replicas, "joined the cluster");
         Ok(Self {
@@ -182,6 +196,8 @@ impl Cluster {
             shares,
             outbox,
             subscriptions,
+            alert_rules,
+            alerts,
             snapshots,
             snapshot_interval: settings.snapshot_interval,
         })
@@ -212,9 +228,20 @@ impl Cluster {
         &self.outbox
     }
 
-    /// The shared webhook subscriptions.
-    pub fn subscriptions(&self) -> &SubscriptionBucket {
+    /// The shared webhook subscriptions (their secrets included: whichever
+    /// node delivers signs with them).
+    pub fn subscriptions(&self) -> &RecordBucket<Webhook> {
         &self.subscriptions
+    }
+
+    /// The shared alert rules.
+    pub fn alert_rules(&self) -> &RecordBucket<AlertRuleRecord> {
+        &self.alert_rules
+    }
+
+    /// The shared alerts.
+    pub fn alerts(&self) -> &RecordBucket<AlertRecord> {
+        &self.alerts
     }
 
     /// The partitions' snapshots.

@@ -24,7 +24,7 @@ pub use aggregate::{
     AggregateChanges, ExperimentAggregates, Exposure, MeasureAggregates, UnitChange, UnitMeasure,
     VariantAggregates,
 };
-pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn};
+pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
 pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
 pub use domain_event::{DomainEvent, DomainEventKind};

@@ -355,8 +355,11 @@ impl Handler<StopForGuardrail> for ExperimentActor {
                 );
                 let raised = alert.domain_event(now);
                 tracing::warn!(experiment = %next.key, metric = %stop.metric, variant = %stop.variant, "guardrail regression: pausing");
+                let records = self.records.clone();
                 (next, move |store: &Store, e: &Experiment| {
-                    store.put_guardrail_stop(e, &alert, &[&paused, &raised])
+                    store.put_guardrail_stop(e, &alert, &[&paused, &raised])?;
+                    records.share_alert(&alert);
+                    Ok(())
                 })
             });
         self.commit_with(next)

@@ -4,10 +4,15 @@
 //! event the change causes, so that webhooks, the live stream and restarts
 //! work as on a single node.
 
-use crate::cluster::{ExperimentBucket, Revision};
-use crate::domain::{DomainEvent, Experiment};
+use std::time::Duration;
+
+use crate::cluster::{ExperimentBucket, RecordBucket, Revision};
+use crate::domain::{Alert, AlertRecord, DomainEvent, Experiment};
 use crate::storage::{blocking, Store};
 use crate::Result;
+
+/// How often sharing an alert is tried, a second apart.
+const SHARE_ATTEMPTS: u32 = 30;
 
 /// The writer's side of the experiment records (the catalog and the
 /// experiment actors hold one each).
@@ -15,6 +20,8 @@ use crate::Result;
 pub struct Records {
     store: Store,
     bucket: Option<ExperimentBucket>,
+    /// Cluster mode: the shared alerts, where a guardrail stop's alert goes.
+    alerts: Option<RecordBucket<AlertRecord>>,
 }
 
 impl Records {
@@ -23,14 +30,21 @@ impl Records {
         Self {
             store,
             bucket: None,
+            alerts: None,
         }
     }
 
-    /// Records whose truth is `bucket`, copied into `store`.
-    pub fn replicated(store: Store, bucket: ExperimentBucket) -> Self {
+    /// Records whose truth is `bucket`, copied into `store`; the alerts a
+    /// change raises are shared in `alerts`.
+    pub fn replicated(
+        store: Store,
+        bucket: ExperimentBucket,
+        alerts: RecordBucket<AlertRecord>,
+    ) -> Self {
         Self {
             store,
             bucket: Some(bucket),
+            alerts: Some(alerts),
         }
     }
 
@@ -85,6 +99,31 @@ impl Records {
         let store = self.store.clone();
         let experiment = blocking(move || write(&store, &experiment).map(|()| experiment)).await?;
         Ok((experiment, revision))
+    }
+
+    /// Cluster mode: shares an alert this node raised with a change it won
+    /// (a guardrail stop, recorded here with the change), retrying in the
+    /// background while the cluster does not answer. A single node has
+    /// nothing to do.
+    pub fn share_alert(&self, alert: &Alert) {
+        let Some(bucket) = self.alerts.clone() else {
+            return;
+        };
+        let record = AlertRecord::from(alert);
+        // Called from the blocking thread that wrote the change: a task on
+        // the runtime, not the actor's arbiter.
+        tokio::spawn(async move {
+            let id = record.id.as_str();
+            for attempt in 1..=SHARE_ATTEMPTS {
+                match bucket.create(id, &record).await {
+                    Ok(_) | Err(crate::Error::ChangedElsewhere(_)) => return,
+                    Err(e) if attempt == SHARE_ATTEMPTS => {
+                        tracing::error!(alert = %id, error = %e, "sharing an alert failed; only this node lists it");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
+            }
+        });
     }
 
     /// Keeps the local copy of a change another node made (its domain

@@ -32,7 +32,7 @@ pub use signature::Secret;
 
 use self::subscriber::{CurrentSubscription, Enable, Subscriber};
 use crate::clock::Clock;
-use crate::cluster::SubscriptionBucket;
+use crate::cluster::RecordBucket;
 use crate::domain::{
     DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Webhook, WebhookId, WebhookIn,
     WebhookOut,
@@ -84,7 +84,7 @@ pub struct Webhooks {
     clock: Arc<dyn Clock>,
     /// Cluster mode: the shared subscriptions (created and deleted there
     /// first).
-    shared: Option<SubscriptionBucket>,
+    shared: Option<RecordBucket<Webhook>>,
 }
 
 impl Webhooks {
@@ -125,7 +125,7 @@ impl Webhooks {
         store: Store,
         settings: DeliveryPolicy,
         clock: Arc<dyn Clock>,
-        shared: Option<SubscriptionBucket>,
+        shared: Option<RecordBucket<Webhook>>,
     ) -> Result<Self> {
         // Resolves names through the SSRF guard: it connects only to
         // addresses the guard allows.
@@ -219,7 +219,9 @@ impl Webhooks {
             stats: DeliveryStats::default(),
         };
         if let Some(shared) = &self.shared {
-            shared.create(&subscription).await?;
+            shared
+                .create(subscription.id.as_str(), &subscription)
+                .await?;
         }
         let store = self.store.clone();
         let stored = subscription.clone();

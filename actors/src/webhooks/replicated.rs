@@ -30,7 +30,8 @@ use futures_util::StreamExt;
 
 use super::subscriber::Rewind;
 use super::{dispatcher, Webhooks};
-use crate::cluster::{acknowledge, Gaps, OutboxLog, SubscriptionBucket, SubscriptionChange};
+use crate::cluster::{acknowledge, Gaps, OutboxLog, RecordBucket, RecordChange};
+use crate::domain::Webhook;
 use crate::storage::blocking;
 use crate::{Error, Result};
 
@@ -46,7 +47,7 @@ const CHUNK: usize = 500;
 /// What cluster mode shares for webhooks.
 pub struct Replication {
     /// The shared subscriptions.
-    pub subscriptions: SubscriptionBucket,
+    pub subscriptions: RecordBucket<Webhook>,
     /// The shared outbox.
     pub outbox: OutboxLog,
     /// Whether this node delivers now (it holds the delivery lease).
@@ -61,26 +62,23 @@ pub(super) fn spawn(webhooks: Webhooks, replication: Replication) {
 }
 
 /// Mirrors the shared subscriptions into this node.
-async fn follow(webhooks: Webhooks, bucket: SubscriptionBucket) {
-    loop {
-        match bucket.watch().await {
-            Ok(changes) => {
-                let mut changes = std::pin::pin!(changes);
-                while let Some(change) = changes.next().await {
-                    if let Err(e) = mirror(&webhooks, change).await {
-                        tracing::warn!(error = %e, "mirroring a subscription failed");
-                    }
+async fn follow(webhooks: Webhooks, bucket: RecordBucket<Webhook>) {
+    bucket
+        .follow(|change| {
+            let webhooks = webhooks.clone();
+            async move {
+                if let Err(e) = mirror(&webhooks, change).await {
+                    tracing::warn!(error = %e, "mirroring a subscription failed");
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "watching the subscriptions failed"),
-        }
-        tokio::time::sleep(RETRY).await;
-    }
+        })
+        .await;
 }
 
-async fn mirror(webhooks: &Webhooks, change: SubscriptionChange) -> Result<()> {
+async fn mirror(webhooks: &Webhooks, change: RecordChange<Webhook>) -> Result<()> {
     match change {
-        SubscriptionChange::Put(subscription) => {
+        RecordChange::Put(subscription, _) => {
             if webhooks.entry(subscription.id.as_str()).is_ok() {
                 return Ok(());
             }
@@ -90,7 +88,7 @@ async fn mirror(webhooks: &Webhooks, change: SubscriptionChange) -> Result<()> {
             webhooks.spawn(*subscription);
             Ok(())
         }
-        SubscriptionChange::Deleted(id) => match webhooks.forget(id.as_str()).await {
+        RecordChange::Deleted(id) => match webhooks.forget(&id).await {
             Err(Error::WebhookNotFound(_)) => Ok(()),
             forgotten => forgotten,
         },
