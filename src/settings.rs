@@ -38,6 +38,7 @@ pub fn engine(config: &Config) -> EngineConfig {
             max_inflight_publishes: config.cluster.max_inflight_publishes,
             log_max_bytes: config.cluster.log_max_mb.saturating_mul(1 << 20),
             snapshot_interval: config.cluster.snapshot_interval_s.get(),
+            lookup_timeout: config.cluster.lookup_timeout_ms.get(),
         }),
         max_assignment_experiments: config.limits.max_assignment_experiments,
         max_stats_message_bytes: config.limits.max_stats_message_bytes,

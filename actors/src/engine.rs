@@ -109,6 +109,7 @@ impl Engine {
                     partitions,
                     Arc::clone(mailbox.stats()),
                     Arc::new(Room::new(config.ingest.enqueue_wait)),
+                    cluster.divergence().clone(),
                 ));
                 let owner = Owner::start(
                     cluster,
@@ -131,11 +132,12 @@ impl Engine {
             Arc::clone(&registry),
             records,
             exposures,
+            owner.as_ref().map(Owner::elsewhere),
             Arc::clone(&clock),
             config.max_assignment_experiments,
         ));
-        if let Some(bucket) = bucket {
-            experiments.follow(bucket, seen);
+        if let (Some(bucket), Some(cluster)) = (bucket, &cluster) {
+            experiments.follow(bucket, seen, cluster.divergence().clone());
         }
         let intake = Arc::new(Intake::new(
             Arc::clone(&mailbox),

@@ -81,6 +81,8 @@ pub const CLUSTER_PARTITIONS_OWNED: &str = "abacus_cluster_partitions_owned";
 pub const CLUSTER_TAKEOVER: &str = "abacus_cluster_last_takeover_seconds";
 /// Cluster mode: 1 while this node runs the singleton task `task`.
 pub const CLUSTER_SINGLETON_HELD: &str = "abacus_cluster_singleton_held";
+/// Cluster mode: first exposures asked of another node, by outcome.
+pub const CLUSTER_LOOKUPS: &str = "abacus_cluster_lookups_total";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
@@ -120,6 +122,7 @@ pub const ALL: &[&str] = &[
     CLUSTER_PARTITIONS_OWNED,
     CLUSTER_TAKEOVER,
     CLUSTER_SINGLETON_HELD,
+    CLUSTER_LOOKUPS,
 ];
 
 /// Histogram buckets of request and commit durations, in seconds.
@@ -178,6 +181,10 @@ pub fn describe() {
     describe_gauge!(
         CLUSTER_SINGLETON_HELD,
         "Cluster mode: 1 while this node runs the singleton task (label task)."
+    );
+    describe_counter!(
+        CLUSTER_LOOKUPS,
+        "Cluster mode: first exposures asked of a partition's owner (label outcome: answered, or failed and answered from the hash)."
     );
     describe_histogram!(
         SINK_COMMIT,

@@ -98,6 +98,10 @@ pub struct ClusterConfig {
     /// How often an owner stores a snapshot of each partition it folds
     /// (a new owner restores it and replays only the log after it).
     pub snapshot_interval_s: PositiveSeconds,
+    /// Longest wait for a partition's owner to say a unit's first
+    /// exposures when an assignment depends on them; past it the unit is
+    /// answered from the hash.
+    pub lookup_timeout_ms: PositiveMillis,
 }
 
 /// Declares a duration type the configuration writes as a whole number

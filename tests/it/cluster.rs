@@ -701,3 +701,118 @@ fn alert_rules_and_alerts_are_shared_and_evaluated_on_one_node() {
         }
     }
 }
+
+/// The partitions each of `nodes` says it folds.
+fn partitions_owned(nodes: &[TestServer]) -> Vec<u64> {
+    nodes
+        .iter()
+        .map(|node| {
+            let text = node
+                .request(reqwest::Method::GET, "/metrics")
+                .send()
+                .and_then(|r| r.text())
+                .unwrap_or_default();
+            text.lines()
+                .find_map(|l| l.strip_prefix("abacus_cluster_partitions_owned "))
+                .and_then(|n| n.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        })
+        .collect()
+}
+
+/// `unit`'s variant of `key` on `node`, and whether it is in, without an
+/// exposure.
+fn variant_on(node: &TestServer, key: &str, unit: &str) -> (String, bool) {
+    let (status, body) = node.get(&format!(
+        "/v1/experiments/{key}/assignment?unit_id={unit}&log_exposure=false"
+    ));
+    assert_eq!(status, 200, "{body}");
+    (
+        body["variant"].as_str().expect("variant").to_owned(),
+        body["in_experiment"].as_bool().expect("in_experiment"),
+    )
+}
+
+#[test]
+fn every_node_keeps_a_units_first_exposure_by_asking_its_partitions_owner() {
+    const UNITS: usize = 300;
+    let nats = NatsCluster::start(3);
+    // A generous lookup timeout: this test is about answers, not latency.
+    let nodes = nats.nodes_with(
+        3,
+        &[
+            ("ABACUS_INGEST__PARTITIONS", "6"),
+            ("ABACUS_CLUSTER__LOOKUP_TIMEOUT_MS", "5000"),
+        ],
+    );
+    // Two partitions each, so most units are folded by another node than
+    // the one that exposes them.
+    let started = Instant::now();
+    while partitions_owned(&nodes) != [2, 2, 2] {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "partitions owned: {:?}",
+            partitions_owned(&nodes)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes[0].running_experiment("cut", json!({}));
+    for node in &nodes[1..] {
+        served(node, "/v1/experiments/cut", |e| e["status"] == "running");
+    }
+
+    // Units exposed through one node, folded by whichever owns them.
+    let first: Vec<String> = (0..UNITS)
+        .map(|i| {
+            let a = nodes[0].assign("cut", &format!("u{i}"));
+            a["variant"].as_str().expect("variant").to_owned()
+        })
+        .collect();
+    served(&nodes[0], "/v1/experiments/cut/aggregates", |a| {
+        let units: u64 = ["control", "treatment"]
+            .iter()
+            .map(|v| a["variants"][v]["units"].as_u64().unwrap_or(0))
+            .sum();
+        units == UNITS as u64
+    });
+
+    // Coverage cut to 10%: most units are now outside by the hash, but
+    // every node still serves each exposed unit its first variant.
+    let (status, body) = nodes[1].patch("/v1/experiments/cut", json!({"coverage": 0.1}));
+    assert_eq!(status, 200, "{body}");
+    for node in &nodes {
+        served(node, "/v1/experiments/cut", |e| e["coverage"] == 0.1);
+    }
+    for (n, node) in nodes.iter().enumerate() {
+        for (i, variant) in first.iter().enumerate() {
+            let unit = format!("u{i}");
+            assert_eq!(
+                variant_on(node, "cut", &unit),
+                (variant.clone(), true),
+                "node {n}, {unit}"
+            );
+        }
+    }
+
+    // A client reports, through one node, a variant the hash would not
+    // give: every node serves it from then on.
+    let unit = (0..)
+        .map(|i| format!("reported-{i}"))
+        .find(|u| !variant_on(&nodes[0], "cut", u).1)
+        .expect("a unit outside the coverage");
+    let (status, body) = nodes[2].post(
+        "/v1/events?ack=persisted",
+        json!({"events": [{"type": "exposure", "unit_id": unit, "experiment": "cut", "variant": "treatment"}]}),
+    );
+    assert_eq!(status, 202, "{body}");
+    for (n, node) in nodes.iter().enumerate() {
+        let started = Instant::now();
+        while variant_on(node, "cut", &unit) != ("treatment".to_owned(), true) {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "node {n} does not serve {unit} its reported variant"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -716,7 +716,7 @@ impl Handler<MirrorRule> for AlertActor {
 
     fn handle(&mut self, msg: MirrorRule, _: &mut Context<Self>) -> Self::Result {
         match msg.0 {
-            RecordChange::Put(record, _) => {
+            RecordChange::Put(_, record, _) => {
                 let rule = AlertRule::from(*record);
                 self.store.put_rule(&rule)?;
                 self.rules.insert(rule.id.clone(), rule);

@@ -183,7 +183,7 @@ impl Alerts {
         let rule = AlertRule::create(input, self.clock.now())?;
         let record = AlertRuleRecord::from(&rule);
         let revision = shared.rules.create(rule.id.as_str(), &record).await?;
-        let change = RecordChange::Put(Box::new(record), revision);
+        let change = RecordChange::Put(id_of(&rule), Box::new(record), revision);
         self.addr.send(MirrorRule(change)).await??;
         Ok(rule)
     }
@@ -201,7 +201,7 @@ impl Alerts {
         let next = AlertRule::from(current).patched(patch, self.clock.now())?;
         let record = AlertRuleRecord::from(&next);
         let revision = shared.rules.update(id, &record, revision).await?;
-        let change = RecordChange::Put(Box::new(record), revision);
+        let change = RecordChange::Put(id_of(&next), Box::new(record), revision);
         self.addr.send(MirrorRule(change)).await??;
         Ok(next)
     }
@@ -328,6 +328,11 @@ impl Alerts {
         self.addr.send(mirror).await??;
         Ok(Some(next))
     }
+}
+
+/// A rule's id as its key in the shared bucket.
+fn id_of(rule: &AlertRule) -> String {
+    rule.id.as_str().to_owned()
 }
 
 /// `id` as a rule id; one that cannot be one names no rule.

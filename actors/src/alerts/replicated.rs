@@ -45,7 +45,7 @@ pub(super) fn spawn(actor: &Addr<AlertActor>, replication: &Replication) {
     actix::spawn(replication.alerts.clone().follow(move |change| {
         // Alerts are never deleted.
         let sent = match change {
-            RecordChange::Put(record, revision) => Some(alerts.send(MirrorAlert {
+            RecordChange::Put(_, record, revision) => Some(alerts.send(MirrorAlert {
                 alert: Alert::from(*record),
                 revision,
                 event: None,

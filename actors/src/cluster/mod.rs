@@ -13,6 +13,8 @@
 //!   subject into its own store (`ingest::owner` drives this).
 //! - [`shares`]: owners publish their partitions' shares of the
 //!   aggregates, which every node sums.
+//! - [`lookups`]: a unit's first exposures asked of its partition's owner
+//!   by request-reply.
 //! - [`snapshots`]: owners store their partitions' state, so a new owner
 //!   replays only the log after it.
 //! - [`singleton`]: a task that must run on one node at a time (the
@@ -29,6 +31,7 @@
 mod bucket;
 mod leases;
 mod log;
+mod lookups;
 mod outbox;
 mod records;
 mod shares;
@@ -41,6 +44,7 @@ use std::time::Duration;
 pub use bucket::{ExperimentBucket, Revision};
 pub use leases::{Held as HeldLease, Lease, Leases};
 pub use log::{Delivery, EventLog, Gaps, Reservation, Sent};
+pub use lookups::{Answer, FoundExposure, LookupRequest, Lookups};
 pub use outbox::{acknowledge, OutboxDelivery, OutboxLog};
 pub use records::{RecordBucket, RecordChange};
 pub use shares::{Share, ShareBucket};
@@ -128,6 +132,8 @@ pub struct ClusterSettings {
     pub log_max_bytes: u64,
     /// How often an owner stores a snapshot of each partition it folded.
     pub snapshot_interval: Duration,
+    /// Longest wait for a partition's owner to answer a lookup.
+    pub lookup_timeout: Duration,
 }
 
 /// This node's connection to the cluster and the buckets it uses.
@@ -141,8 +147,10 @@ pub struct Cluster {
     subscriptions: RecordBucket<Webhook>,
     alert_rules: RecordBucket<AlertRuleRecord>,
     alerts: RecordBucket<AlertRecord>,
+    divergence: RecordBucket<i64>,
     snapshots: SnapshotStore,
     snapshot_interval: Duration,
+    lookups: Lookups,
 }
 
 impl Cluster {
@@ -171,6 +179,7 @@ impl Cluster {
                 ))
             })?
             .map_err(|e| Error::Cluster(format!("connecting to NATS: {e}")))?;
+        let lookups = Lookups::new(client.clone(), settings.lookup_timeout);
         let jetstream = async_nats::jetstream::new(client);
         let experiments = ExperimentBucket::open(&jetstream, settings.replicas, deadline).await?;
         let log = EventLog::open(&jetstream, settings).await?;
@@ -187,6 +196,8 @@ impl Cluster {
         let alert_rules =
             RecordBucket::open(&jetstream, "abacus_alert_rules", "alert rule", settings).await?;
         let alerts = RecordBucket::open(&jetstream, "abacus_alerts", "alert", settings).await?;
+        let divergence =
+            RecordBucket::open(&jetstream, "abacus_divergence", "divergence", settings).await?;
         let snapshots = SnapshotStore::open(&jetstream, settings).await?;
         tracing::info!(node = %settings.node_id, replicas = settings.replicas, "joined the cluster");
         Ok(Self {
@@ -198,8 +209,10 @@ impl Cluster {
             subscriptions,
             alert_rules,
             alerts,
+            divergence,
             snapshots,
             snapshot_interval: settings.snapshot_interval,
+            lookups,
         })
     }
 
@@ -247,6 +260,19 @@ impl Cluster {
     /// The partitions' snapshots.
     pub fn snapshots(&self) -> &SnapshotStore {
         &self.snapshots
+    }
+
+    /// The experiments with a client-reported first exposure the hash
+    /// would not give (keyed by experiment, valued with when it was first
+    /// seen, in ms since the Unix epoch): every node's assignments to them
+    /// look units up.
+    pub fn divergence(&self) -> &RecordBucket<i64> {
+        &self.divergence
+    }
+
+    /// Lookups of first exposures on partitions' owners.
+    pub fn lookups(&self) -> &Lookups {
+        &self.lookups
     }
 
     /// How often an owner snapshots the partitions it folds.

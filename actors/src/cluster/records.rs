@@ -22,8 +22,8 @@ const WATCH_AGAIN: Duration = Duration::from_millis(500);
 /// A change to a shared record.
 #[derive(Debug)]
 pub enum RecordChange<R> {
-    /// Created or changed; its revision in the bucket.
-    Put(Box<R>, Revision),
+    /// Created or changed: its id, the record, its revision in the bucket.
+    Put(String, Box<R>, Revision),
     /// Deleted: its id.
     Deleted(String),
 }
@@ -125,7 +125,11 @@ impl<R: Serialize + DeserializeOwned> RecordBucket<R> {
         Ok(super::until_failed(entries, what).filter_map(move |entry| {
             let change = match entry.operation {
                 Operation::Put => match bucket.decode(&entry.key, &entry.value) {
-                    Ok(record) => Some(RecordChange::Put(Box::new(record), entry.revision)),
+                    Ok(record) => Some(RecordChange::Put(
+                        entry.key,
+                        Box::new(record),
+                        entry.revision,
+                    )),
                     Err(e) => {
                         tracing::warn!(key = %entry.key, error = %e, "skipping an unreadable {what}");
                         None

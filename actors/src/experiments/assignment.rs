@@ -200,6 +200,17 @@ impl Compiled {
         }
     }
 
+    /// Whether [`Compiled::decide`] for `unit` would look up its first
+    /// exposure.
+    pub fn looks_up(&self, unit: &str, diverged: bool) -> bool {
+        let mut asked = false;
+        let _ = self.decide(unit, diverged, || {
+            asked = true;
+            Ok(None)
+        });
+        asked
+    }
+
     /// The unit's first exposure if `look` and it has one that differs
     /// from `hashed`, else `hashed`: `sticky` means the first exposure
     /// changed the answer, whichever way it was found.

@@ -15,7 +15,7 @@ use super::actor::Slot;
 use super::assignment::{Decision, Reason};
 use super::sticky::{Claim, FirstExposure};
 use super::Assignment;
-use crate::domain::{Event, EventType, Experiment, StickyAssignment};
+use crate::domain::{Event, EventType, Experiment, ExperimentKey, StickyAssignment};
 use crate::room::Room;
 use crate::Result;
 
@@ -68,6 +68,14 @@ impl FirstExposures {
             diverges,
         });
         Ok(())
+    }
+
+    /// The experiments a first exposure here diverges in.
+    pub fn diverging(&self) -> impl Iterator<Item = &ExperimentKey> {
+        self.records
+            .iter()
+            .filter(|r| r.diverges)
+            .map(|r| &r.experiment)
     }
 
     /// The records to store, and the claims to release after the commit.
@@ -171,7 +179,7 @@ mod tests {
     ) -> (Result<()>, Vec<Assignment>) {
         let mut assignments: Vec<Assignment> = slots
             .iter()
-            .map(|s| Assignment::decide(s, unit).unwrap())
+            .map(|s| Assignment::decide(s, unit, &crate::experiments::Answered::default()).unwrap())
             .collect();
         let result = expose(slots, &mut assignments, unit, now_ms, queue);
         (result, assignments)
@@ -259,7 +267,11 @@ mod tests {
         let slots = Slots::new();
         let slot = slots.running("e");
         let queue = RecordingQueue::default();
-        let mut assignments = [Assignment::decide(&slot, "alice").unwrap()];
+        let mut assignments =
+            [
+                Assignment::decide(&slot, "alice", &crate::experiments::Answered::default())
+                    .unwrap(),
+            ];
         assert_eq!(assignments[0].reason(), Reason::Hashed);
         // The winner saw the other variant, so the rewrite is visible.
         let standing = FirstExposure {

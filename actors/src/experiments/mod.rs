@@ -8,7 +8,8 @@
 //! - [`assignment`]: the algorithm (md5 buckets, ranges, decision order)
 //!   over an experiment prepared for the hot path.
 //! - [`sticky`]: each experiment's first exposures: on disk, pending ones
-//!   in memory until committed.
+//!   in memory until committed; in cluster mode, asked of the node that
+//!   folds the unit's partition when that is another.
 //! - [`exposure`]: the one place a decision becomes sticky and becomes an
 //!   exposure event.
 //! - [`records`]: where changes are written (the local store; in cluster
@@ -32,8 +33,9 @@ use self::assignment::{Compiled, Decision, Reason};
 use self::exposure::ExposureQueue;
 use self::records::Records;
 use self::registry::{AdoptExperiment, Catalog, CreateExperiment, Entry, Registry};
+use self::sticky::Elsewhere;
 use crate::clock::Clock;
-use crate::cluster::{ExperimentBucket, Revision};
+use crate::cluster::{ExperimentBucket, FoundExposure, RecordBucket, RecordChange, Revision};
 use crate::domain::{
     unix_ms, Action, ExperimentIn, ExperimentKey, ExperimentPatch, Status, Variant, VariantKey,
 };
@@ -50,12 +52,17 @@ pub struct Assignment {
 
 impl Assignment {
     /// Assigns without side effects: the snapshot, and the unit's first
-    /// exposure when the decision depends on it.
-    fn decide(slot: &Slot, unit: &str) -> Result<Self> {
+    /// exposure when the decision depends on it (this node's, else what
+    /// another node `answered`).
+    fn decide(slot: &Slot, unit: &str, answered: &Answered) -> Result<Self> {
         let compiled = slot.snapshot();
         let decision = compiled.decide(unit, slot.sticky.diverged(), || {
-            let first = slot.sticky.get(unit, compiled.experiment())?;
-            Ok(first.map(|f| f.variant))
+            let experiment = compiled.experiment();
+            let first = match slot.sticky.get(unit, experiment)? {
+                Some(first) => Some(first.variant),
+                None => answered.variant(experiment),
+            };
+            Ok(first)
         })?;
         Ok(Self { compiled, decision })
     }
@@ -78,6 +85,23 @@ impl Assignment {
     /// Why it got this variant.
     pub fn reason(&self) -> Reason {
         self.decision.reason
+    }
+}
+
+/// Cluster mode: first exposures of one unit that the node folding its
+/// partition answered, by experiment key.
+#[derive(Default)]
+struct Answered(Vec<(String, FoundExposure)>);
+
+impl Answered {
+    /// The index of the variant the unit was first exposed to in
+    /// `experiment`, if answered and the variant still exists.
+    fn variant(&self, experiment: &crate::domain::Experiment) -> Option<usize> {
+        let (_, found) = self
+            .0
+            .iter()
+            .find(|(key, _)| key == experiment.key.as_str())?;
+        experiment.variant_index(&found.variant)
     }
 }
 
@@ -179,12 +203,30 @@ async fn follow(bucket: ExperimentBucket, catalog: Addr<Catalog>, mut after: Rev
     }
 }
 
+/// Marks the experiment `key` diverged. One this node does not know yet
+/// (created on another node a moment ago) is tried again for a while.
+fn diverge(registry: Arc<Registry>, key: String) {
+    const TRIES: u32 = 30;
+    actix::spawn(async move {
+        for _ in 0..TRIES {
+            if let Ok(entry) = registry.entry(&key) {
+                entry.slot.sticky.diverge();
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        tracing::warn!(experiment = %key, "a diverged experiment this node does not know");
+    });
+}
+
 /// The experiments service: reads from snapshots, changes through the
 /// owning actors, assignments on the caller's thread.
 pub struct Experiments {
     registry: Arc<Registry>,
     catalog: Addr<Catalog>,
     exposures: Arc<dyn ExposureQueue>,
+    /// Cluster mode: where first exposures this node does not fold are.
+    elsewhere: Option<Arc<dyn Elsewhere>>,
     clock: Arc<dyn Clock>,
     /// Assignments served, by [`Reason`] (index = `reason as usize`).
     served: [AtomicU64; Reason::ALL.len()],
@@ -192,11 +234,13 @@ pub struct Experiments {
 }
 
 impl Experiments {
-    /// The service over `registry`, queueing exposures into `exposures`.
+    /// The service over `registry`, queueing exposures into `exposures`;
+    /// in cluster mode asking `elsewhere` for first exposures.
     pub(crate) fn new(
         registry: Arc<Registry>,
         records: Records,
         exposures: Arc<dyn ExposureQueue>,
+        elsewhere: Option<Arc<dyn Elsewhere>>,
         clock: Arc<dyn Clock>,
         max_assignment_experiments: usize,
     ) -> Self {
@@ -205,6 +249,7 @@ impl Experiments {
             registry,
             catalog,
             exposures,
+            elsewhere,
             clock,
             served: Default::default(),
             max_assignment_experiments,
@@ -212,9 +257,23 @@ impl Experiments {
     }
 
     /// Cluster mode: follows the replicated bucket from after `after`
-    /// (what [`restore`] read), so other nodes' changes are served here.
-    pub(crate) fn follow(&self, bucket: ExperimentBucket, after: Revision) {
+    /// (what [`restore`] read), so other nodes' changes are served here,
+    /// and the shared record of diverged experiments, so every node looks
+    /// up the units of an experiment a client diverged through any node.
+    pub(crate) fn follow(
+        &self,
+        bucket: ExperimentBucket,
+        after: Revision,
+        divergence: RecordBucket<i64>,
+    ) {
         actix::spawn(follow(bucket, self.catalog.clone(), after));
+        let registry = Arc::clone(&self.registry);
+        actix::spawn(divergence.follow(move |change| {
+            if let RecordChange::Put(key, _, _) = change {
+                diverge(Arc::clone(&registry), key);
+            }
+            std::future::ready(true)
+        }));
     }
 
     /// Creates a draft experiment.
@@ -278,9 +337,11 @@ impl Experiments {
     /// waiting on disk. When the queue is full, the assignment waits for
     /// room (up to `ingest.enqueue_wait_ms`) and is decided again.
     pub async fn assign(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
+        let entry = self.entry(key)?;
+        let answered = self.ask_elsewhere(&[&entry.slot], unit).await;
         self.exposures
             .room()
-            .retry(|| self.assign_now(key, unit, log_exposure))
+            .retry(|| self.assign_now(&entry, unit, log_exposure, &answered))
             .await
     }
 
@@ -294,17 +355,65 @@ impl Experiments {
         keys: Option<&[ExperimentKey]>,
         log_exposure: bool,
     ) -> Result<Vec<Assignment>> {
+        let entries = self.entries(keys)?;
+        let slots: Vec<&Slot> = entries.iter().map(|e| &*e.slot).collect();
+        let answered = self.ask_elsewhere(&slots, unit).await;
         self.exposures
             .room()
-            .retry(|| self.assign_all_now(unit, keys, log_exposure))
+            .retry(|| self.assign_all_now(&slots, unit, log_exposure, &answered))
             .await
+    }
+
+    /// Cluster mode: asks the node folding `unit`'s partition, when that is
+    /// another, for its first exposures to those of `slots` whose decision
+    /// depends on one this node does not hold. One request for them all;
+    /// if it fails (no owner during a takeover, or no answer within
+    /// `cluster.lookup_timeout_ms`) the unit is answered from the hash.
+    async fn ask_elsewhere(&self, slots: &[&Slot], unit: &str) -> Answered {
+        let Some(elsewhere) = &self.elsewhere else {
+            return Answered::default();
+        };
+        let wanted: Vec<String> = slots
+            .iter()
+            .filter_map(|slot| {
+                let compiled = slot.snapshot();
+                let experiment = compiled.experiment();
+                let needed = compiled.looks_up(unit, slot.sticky.diverged())
+                    && matches!(slot.sticky.get(unit, experiment), Ok(None));
+                needed.then(|| experiment.key.as_str().to_owned())
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Answered::default();
+        }
+        let Some(asked) = elsewhere.first_exposures(unit, wanted.clone()) else {
+            return Answered::default();
+        };
+        let metric = crate::metrics::CLUSTER_LOOKUPS;
+        match asked.await {
+            Ok(found) => {
+                metrics::counter!(metric, "outcome" => "answered").increment(1);
+                let found = wanted.into_iter().zip(found);
+                Answered(found.filter_map(|(key, f)| Some((key, f?))).collect())
+            }
+            Err(e) => {
+                metrics::counter!(metric, "outcome" => "failed").increment(1);
+                tracing::debug!(unit, error = %e, "first exposures not answered; answering from the hash");
+                Answered::default()
+            }
+        }
     }
 
     /// One try of [`Experiments::assign`]: refused `Overloaded` at once
     /// when the queue is full.
-    fn assign_now(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
-        let entry = self.entry(key)?;
-        let mut assignments = [Assignment::decide(&entry.slot, unit)?];
+    fn assign_now(
+        &self,
+        entry: &Entry,
+        unit: &str,
+        log_exposure: bool,
+        answered: &Answered,
+    ) -> Result<Assignment> {
+        let mut assignments = [Assignment::decide(&entry.slot, unit, answered)?];
         if log_exposure {
             self.expose(&[&entry.slot], &mut assignments, unit)?;
         }
@@ -316,11 +425,26 @@ impl Experiments {
     /// One try of [`Experiments::assign_all`].
     fn assign_all_now(
         &self,
+        slots: &[&Slot],
         unit: &str,
-        keys: Option<&[ExperimentKey]>,
         log_exposure: bool,
+        answered: &Answered,
     ) -> Result<Vec<Assignment>> {
-        let entries: Vec<Entry> = match keys {
+        let mut assignments: Vec<Assignment> = slots
+            .iter()
+            .map(|s| Assignment::decide(s, unit, answered))
+            .collect::<Result<_>>()?;
+        if log_exposure {
+            self.expose(slots, &mut assignments, unit)?;
+        }
+        self.count(&assignments);
+        Ok(assignments)
+    }
+
+    /// The named experiments (each once, at most
+    /// `max_assignment_experiments`), or every running one.
+    fn entries(&self, keys: Option<&[ExperimentKey]>) -> Result<Vec<Entry>> {
+        Ok(match keys {
             Some(keys) => {
                 let mut unique: Vec<&ExperimentKey> = Vec::with_capacity(keys.len());
                 for key in keys {
@@ -349,17 +473,7 @@ impl Experiments {
                 .filter(|e| e.slot.snapshot().experiment().status == Status::Running)
                 .cloned()
                 .collect(),
-        };
-        let slots: Vec<&Slot> = entries.iter().map(|e| &*e.slot).collect();
-        let mut assignments: Vec<Assignment> = slots
-            .iter()
-            .map(|s| Assignment::decide(s, unit))
-            .collect::<Result<_>>()?;
-        if log_exposure {
-            self.expose(&slots, &mut assignments, unit)?;
-        }
-        self.count(&assignments);
-        Ok(assignments)
+        })
     }
 
     fn expose(&self, slots: &[&Slot], assignments: &mut [Assignment], unit: &str) -> Result<()> {
@@ -534,6 +648,15 @@ mod tests {
 
     /// [`fixture`], queueing exposures into `queue`.
     fn fixture_over(max: usize, queue: RecordingQueue) -> Fixture {
+        fixture_with(max, queue, None)
+    }
+
+    /// [`fixture_over`], asking `elsewhere` for first exposures.
+    fn fixture_with(
+        max: usize,
+        queue: RecordingQueue,
+        elsewhere: Option<Arc<dyn Elsewhere>>,
+    ) -> Fixture {
         let (dir, store) = Store::temporary();
         let clock = Arc::new(ManualClock::new(T0));
         let queue = Arc::new(queue);
@@ -541,6 +664,7 @@ mod tests {
             Arc::default(),
             Records::local(store),
             queue.clone(),
+            elsewhere,
             clock.clone(),
             max,
         );
@@ -587,6 +711,90 @@ mod tests {
             .iter()
             .map(|a| a.experiment().as_str())
             .collect()
+    }
+
+    /// Another node folding every unit's partition: answers `variant` for
+    /// every experiment asked, or fails.
+    struct Owner {
+        variant: Option<&'static str>,
+        asked: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+    }
+
+    impl Elsewhere for Owner {
+        fn first_exposures(
+            &self,
+            unit: &str,
+            experiments: Vec<String>,
+        ) -> Option<futures_util::future::BoxFuture<'static, Result<Vec<Option<FoundExposure>>>>>
+        {
+            self.asked
+                .lock()
+                .unwrap()
+                .push((unit.to_owned(), experiments.clone()));
+            let answer = match self.variant {
+                Some(variant) => Ok(experiments
+                    .iter()
+                    .map(|_| {
+                        Some(FoundExposure {
+                            variant: variant.to_owned(),
+                            at_ms: 1,
+                        })
+                    })
+                    .collect()),
+                None => Err(Error::Cluster("no responders".to_owned())),
+            };
+            Some(Box::pin(std::future::ready(answer)))
+        }
+    }
+
+    #[actix::test]
+    async fn a_first_exposure_folded_elsewhere_is_asked_for_only_when_the_answer_depends_on_it() {
+        let owner = Arc::new(Owner {
+            variant: Some("treatment"),
+            asked: Default::default(),
+        });
+        let f = fixture_with(10, RecordingQueue::default(), Some(owner.clone()));
+        f.running("e").await;
+        // Some unit the hash gives the control.
+        let unit = (0..)
+            .map(|i| format!("u{i}"))
+            .find(|u| {
+                let entry = f.service.entry("e").unwrap();
+                let a = Assignment::decide(&entry.slot, u, &Answered::default()).unwrap();
+                a.variant().key.as_str() == "control"
+            })
+            .unwrap();
+
+        let hashed = f.service.assign("e", &unit, false).await.unwrap();
+        assert_eq!(hashed.reason(), Reason::Hashed);
+        assert!(owner.asked.lock().unwrap().is_empty(), "nothing to ask");
+
+        // Clients reported variants the hash would not give: look up.
+        f.service.entry("e").unwrap().slot.sticky.diverge();
+        let all = f.service.assign_all(&unit, None, false).await.unwrap();
+        assert_eq!(
+            (all[0].reason(), all[0].variant().key.as_str()),
+            (Reason::Sticky, "treatment")
+        );
+        assert_eq!(
+            owner.asked.lock().unwrap().as_slice(),
+            [(unit.clone(), vec!["e".to_owned()])],
+            "one request for the unit"
+        );
+
+        // No answer: the hash.
+        let silent: Arc<dyn Elsewhere> = Arc::new(Owner {
+            variant: None,
+            asked: Default::default(),
+        });
+        let g = fixture_with(10, RecordingQueue::default(), Some(silent));
+        g.running("e").await;
+        g.service.entry("e").unwrap().slot.sticky.diverge();
+        let fallback = g.service.assign("e", &unit, false).await.unwrap();
+        assert_eq!(
+            (fallback.reason(), fallback.variant().key.as_str()),
+            (Reason::Hashed, "control")
+        );
     }
 
     #[actix::test]

@@ -16,6 +16,10 @@
 //! exposure carries to the writer once it is committed (or refused). So
 //! what this table holds is bounded by what the ingest mailbox holds.
 //!
+//! In cluster mode a unit's committed first exposures are in the store of
+//! the node that folds its partition. When that is another node, an
+//! assignment that depends on them asks it first ([`Elsewhere`]).
+//!
 //! [`Compiled::decide`]: super::assignment::Compiled::decide
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +27,9 @@ use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use futures_util::future::BoxFuture;
 
+use crate::cluster::FoundExposure;
 use crate::domain::Experiment;
 use crate::storage::Store;
 use crate::Result;
@@ -35,6 +41,19 @@ pub struct FirstExposure {
     pub variant: usize,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: i64,
+}
+
+/// Cluster mode: where a unit's committed first exposures are asked for
+/// when another node folds its partition.
+pub trait Elsewhere: Send + Sync {
+    /// The first exposures of `unit` to each of `experiments`, in order,
+    /// as the node folding its partition has them; `None` when that is
+    /// this node (its store answers).
+    fn first_exposures(
+        &self,
+        unit: &str,
+        experiments: Vec<String>,
+    ) -> Option<BoxFuture<'static, Result<Vec<Option<FoundExposure>>>>>;
 }
 
 /// One experiment's first exposures: committed ones in the store, pending

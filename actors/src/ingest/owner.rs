@@ -29,21 +29,27 @@
 //!   every node's totals are the sum over all partitions. A share replaces
 //!   the one held only if it was folded at least as far, so a late fold or
 //!   publish by a node that lost the partition never hides a newer one.
+//! - **Lookups.** Once a partition caught up with its log, its owner
+//!   answers other nodes' lookups of its units' first exposures
+//!   (`cluster::lookups`); [`Owner::elsewhere`] is the asking side.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::mailbox::{partition_of, Mailbox};
 use super::LiveAggregates;
 use crate::cluster::{
-    Cluster, EventLog, Gaps, HeldLease, Lease, Leases, ShareBucket, SnapshotStore,
+    Cluster, EventLog, FoundExposure, Gaps, HeldLease, Lease, Leases, LookupRequest, Lookups,
+    ShareBucket, SnapshotStore,
 };
+use crate::experiments::sticky::Elsewhere;
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
@@ -63,6 +69,7 @@ struct Context {
     leases: Leases,
     shares: ShareBucket,
     snapshots: SnapshotStore,
+    lookups: Lookups,
     /// How often owned partitions are snapshotted.
     snapshot_interval: Duration,
     mailbox: Arc<Mailbox>,
@@ -80,6 +87,7 @@ struct Context {
 pub struct Owner {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    elsewhere: Arc<OwnersLookup>,
 }
 
 /// A partition this node holds.
@@ -118,6 +126,7 @@ impl Owner {
             leases: cluster.leases().clone(),
             shares: cluster.shares().clone(),
             snapshots: cluster.snapshots().clone(),
+            lookups: cluster.lookups().clone(),
             snapshot_interval: cluster.snapshot_interval(),
             mailbox,
             live,
@@ -127,6 +136,7 @@ impl Owner {
             owned: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
         });
         let (stop, stopped) = watch::channel(false);
+        let elsewhere = Arc::new(OwnersLookup(Arc::clone(&context)));
         let tasks = vec![
             tokio::spawn(hold_leases(Arc::clone(&context), stopped.clone())),
             tokio::spawn(publish_shares(Arc::clone(&context), stopped.clone())),
@@ -136,7 +146,14 @@ impl Owner {
         Ok(Self {
             stop,
             tasks: Mutex::new(tasks),
+            elsewhere,
         })
+    }
+
+    /// Where assignments ask for first exposures of units in partitions
+    /// this node does not fold.
+    pub fn elsewhere(&self) -> Arc<dyn Elsewhere> {
+        Arc::clone(&self.elsewhere) as _
     }
 
     /// Hands every partition over (stops folding, publishes its shares,
@@ -331,9 +348,16 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
     let mut gaps = Gaps::default();
     let mut read = 0u64;
     let mut caught_up = false;
+    // Aborted when this reading ends.
+    let mut answering = tokio::task::JoinSet::new();
     loop {
         if !caught_up && read >= pending {
             caught_up = true;
+            answering.spawn(answer_lookups(
+                cx.lookups.clone(),
+                cx.store.clone(),
+                partition,
+            ));
             cx.live.touch(usize::from(partition));
             let took = started.elapsed();
             metrics::gauge!(crate::metrics::CLUSTER_TAKEOVER).set(took.as_secs_f64());
@@ -384,6 +408,66 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
         if let Err(e) = last.ack().await {
             tracing::warn!(partition, error = %e, "acknowledging the log failed; it will redeliver");
         }
+    }
+}
+
+/// Answers other nodes' lookups of `partition`'s first exposures from this
+/// node's store, until aborted. A lookup it cannot answer is left to time
+/// out (the asker then answers from the hash).
+async fn answer_lookups(lookups: Lookups, store: Store, partition: u16) {
+    let requests = match lookups.serve(partition).await {
+        Ok(requests) => requests,
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "cannot answer lookups");
+            return;
+        }
+    };
+    let mut requests = std::pin::pin!(requests);
+    while let Some((request, answer)) = requests.next().await {
+        let experiments: Vec<&str> = request.experiments.iter().map(String::as_str).collect();
+        let found = match store.first_exposures(&experiments, &request.unit) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "reading first exposures failed");
+                continue;
+            }
+        };
+        let found: Vec<Option<FoundExposure>> = found
+            .into_iter()
+            .map(|f| {
+                f.map(|f| FoundExposure {
+                    variant: f.variant.into(),
+                    at_ms: f.at_ms,
+                })
+            })
+            .collect();
+        if let Err(e) = answer.send(&found).await {
+            tracing::debug!(partition, error = %e, "a lookup's answer was not sent");
+        }
+    }
+}
+
+/// Asks a unit's partition's owner for its first exposures, unless this
+/// node folds that partition.
+struct OwnersLookup(Arc<Context>);
+
+impl Elsewhere for OwnersLookup {
+    fn first_exposures(
+        &self,
+        unit: &str,
+        experiments: Vec<String>,
+    ) -> Option<BoxFuture<'static, Result<Vec<Option<FoundExposure>>>>> {
+        let cx = &self.0;
+        let partition = partition_of(unit, usize::from(cx.partitions));
+        if cx.owned[partition].load(Ordering::Acquire) {
+            return None;
+        }
+        let lookups = cx.lookups.clone();
+        let request = LookupRequest {
+            unit: unit.to_owned(),
+            experiments,
+        };
+        Some(async move { lookups.ask(partition as u16, &request).await }.boxed())
     }
 }
 

@@ -11,13 +11,20 @@
 //! every part on a quorum of the stream's replicas. A publish that fails
 //! after a 202 is counted as lost and logged, as a failed commit is on a
 //! single node.
+//!
+//! A client-reported first exposure the hash would not give makes its
+//! experiment *diverged* (see `experiments::sticky`); every node must then
+//! look units up. The first such request on a node records the experiment
+//! in the shared divergence bucket before it is answered, and every node
+//! follows that bucket.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::mailbox::{by_partition, IngestStats};
-use crate::cluster::{wire, EventLog, Reservation, Sent};
-use crate::domain::Event;
+use crate::cluster::{wire, EventLog, RecordBucket, Reservation, Sent};
+use crate::domain::{unix_ms, Event, ExperimentKey};
 use crate::experiments::exposure::{ExposureQueue, FirstExposures};
 use crate::experiments::sticky::Claim;
 use crate::room::Room;
@@ -30,6 +37,10 @@ pub struct Publisher {
     stats: Arc<IngestStats>,
     /// Assignments refused for a full log wait here for acknowledgements.
     room: Arc<Room>,
+    /// The shared record of diverged experiments.
+    divergence: RecordBucket<i64>,
+    /// Experiments this node recorded there (at most every experiment).
+    diverged: Mutex<HashSet<ExperimentKey>>,
 }
 
 /// The messages of one request, ready to send.
@@ -42,14 +53,50 @@ struct Messages {
 
 impl Publisher {
     /// Publishes to `log`, splitting units into `partitions` as the
-    /// owners' writers do; counts into `stats`.
-    pub fn new(log: EventLog, partitions: u16, stats: Arc<IngestStats>, room: Arc<Room>) -> Self {
+    /// owners' writers do; counts into `stats`; records diverged
+    /// experiments in `divergence`.
+    pub fn new(
+        log: EventLog,
+        partitions: u16,
+        stats: Arc<IngestStats>,
+        room: Arc<Room>,
+        divergence: RecordBucket<i64>,
+    ) -> Self {
         Self {
             log,
             partitions: usize::from(partitions.max(1)),
             stats,
             room,
+            divergence,
+            diverged: Mutex::default(),
         }
+    }
+
+    /// Records in the shared bucket the experiments `firsts` makes
+    /// diverged that this node has not recorded yet.
+    async fn share_divergence(&self, firsts: &FirstExposures) -> Result<()> {
+        let new: Vec<ExperimentKey> = {
+            let recorded = self
+                .diverged
+                .lock()
+                .map_err(|_| crate::Error::Unavailable)?;
+            firsts
+                .diverging()
+                .filter(|key| !recorded.contains(*key))
+                .cloned()
+                .collect()
+        };
+        for key in new {
+            let now = unix_ms(time::OffsetDateTime::now_utc());
+            match self.divergence.create(key.as_str(), &now).await {
+                Ok(_) | Err(crate::Error::ChangedElsewhere(_)) => {}
+                Err(e) => return Err(e),
+            }
+            if let Ok(mut recorded) = self.diverged.lock() {
+                recorded.insert(key);
+            }
+        }
+        Ok(())
     }
 
     /// Publishes `events` (all or none are sent). Without `wait` the answer
@@ -62,6 +109,7 @@ impl Publisher {
         firsts: FirstExposures,
         wait: bool,
     ) -> Result<Option<tokio::sync::oneshot::Receiver<bool>>> {
+        self.share_divergence(&firsts).await?;
         let messages = self.prepare(events, firsts)?;
         let sent = self.log.publish(messages.bodies, messages.room).await;
         let sent = sent.inspect_err(|e| {

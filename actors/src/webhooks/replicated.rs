@@ -78,7 +78,7 @@ async fn follow(webhooks: Webhooks, bucket: RecordBucket<Webhook>) {
 
 async fn mirror(webhooks: &Webhooks, change: RecordChange<Webhook>) -> Result<()> {
     match change {
-        RecordChange::Put(subscription, _) => {
+        RecordChange::Put(_, subscription, _) => {
             if webhooks.entry(subscription.id.as_str()).is_ok() {
                 return Ok(());
             }
