@@ -178,11 +178,13 @@ impl Leases {
     /// Takes `lease` if nobody holds it (`None` when someone does, or
     /// NATS did not answer: logged).
     pub async fn take(&self, lease: Lease) -> Option<Held> {
+        // The server starts the TTL when it stores the write, after this.
+        let sent = Instant::now();
         match self.acquire(lease).await {
             Ok(Some(revision)) => Some(Held {
                 lease,
                 revision,
-                written: Instant::now(),
+                written: sent,
             }),
             Ok(None) => None,
             Err(e) => {
@@ -193,25 +195,35 @@ impl Leases {
     }
 
     /// Renews `held`; `false` once it is lost: another node took it, or it
-    /// could not be renewed for a whole TTL (by then it expired, and
-    /// another node may hold it). A failed renewal before that keeps it.
+    /// could not be renewed for a whole TTL (by then it may have expired,
+    /// and another node may hold it). A failed renewal before that keeps
+    /// it. Waits for NATS no longer than the lease has left: a node cut off
+    /// stops believing it holds a lease no later than the lease can expire.
     pub async fn keep(&self, held: &mut Held) -> bool {
         let lease = held.lease;
-        match self.renew(lease, held.revision).await {
-            Ok(Some(revision)) => {
+        // The server starts the TTL when it stores the write, after this.
+        let sent = Instant::now();
+        let expires = held.written + self.ttl;
+        let renewed = tokio::time::timeout_at(expires.into(), self.renew(lease, held.revision));
+        match renewed.await {
+            Ok(Ok(Some(revision))) => {
                 held.revision = revision;
-                held.written = Instant::now();
+                held.written = sent;
                 true
             }
-            Ok(None) => {
+            Ok(Ok(None)) => {
                 tracing::warn!(%lease, "lease lost: another node holds it now");
                 false
             }
-            Err(e) if held.written.elapsed() >= self.ttl => {
+            Err(_) => {
+                tracing::error!(%lease, "lease not renewed for a whole TTL: NATS did not answer");
+                false
+            }
+            Ok(Err(e)) if Instant::now() >= expires => {
                 tracing::error!(%lease, error = %e, "lease not renewed for a whole TTL");
                 false
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(%lease, error = %e, "renewing a lease failed");
                 true
             }

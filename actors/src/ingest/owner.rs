@@ -185,10 +185,16 @@ async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
     let offset = partition_of(cx.leases.node(), usize::from(cx.partitions));
     let mut held: BTreeMap<u16, Held> = BTreeMap::new();
     loop {
-        let nodes = match cx.leases.heartbeat(&split).await {
-            Ok(nodes) => Some(nodes),
-            Err(e) => {
+        // Each step waits for NATS at most a turn, so a server that stops
+        // answering never holds up the renewals.
+        let nodes = match tokio::time::timeout(every, cx.leases.heartbeat(&split)).await {
+            Ok(Ok(nodes)) => Some(nodes),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cluster heartbeat failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("cluster heartbeat: NATS did not answer in time");
                 None
             }
         };
@@ -213,7 +219,11 @@ async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
                 );
             }
             if held.len() < share {
-                take(&cx, &mut held, share, offset).await;
+                // Cut short, a lease taken but not recorded expires.
+                let taking = take(&cx, &mut held, share, offset);
+                if tokio::time::timeout(every, taking).await.is_err() {
+                    tracing::warn!("taking partitions: NATS did not answer in time");
+                }
             }
         }
         metrics::gauge!(crate::metrics::CLUSTER_PARTITIONS_OWNED).set(held.len() as f64);
@@ -228,12 +238,17 @@ async fn hold_leases(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
     metrics::gauge!(crate::metrics::CLUSTER_PARTITIONS_OWNED).set(0.0);
 }
 
-/// Renews every held lease; stops the consumers of those lost, and
-/// restarts any consumer that ended on an error.
+/// Renews every held lease, all at once (each waits no longer than it has
+/// left); stops the consumers of those lost, and restarts any consumer
+/// that ended on an error.
 async fn renew(cx: &Arc<Context>, held: &mut BTreeMap<u16, Held>) {
+    let renewals = held.iter_mut().map(|(&partition, h)| async move {
+        let kept = cx.leases.keep(&mut h.lease).await;
+        (partition, h, kept)
+    });
     let mut lost = Vec::new();
-    for (&partition, h) in held.iter_mut() {
-        if !cx.leases.keep(&mut h.lease).await {
+    for (partition, h, kept) in futures_util::future::join_all(renewals).await {
+        if !kept {
             lost.push(partition);
         } else if h.consumer.is_finished() {
             let (stop, stopped) = watch::channel(false);
