@@ -9,6 +9,12 @@ it SIGKILLs the second node and measures the takeover: from the kill until
 the survivors own every partition, and the replay of the longest takeover
 (`abacus_cluster_last_takeover_seconds`).
 
+One run assigns from an experiment a client diverged (it reported a
+variant the hash would not give), so every assignment depends on the
+unit's first exposure: a single node reads its store; a cluster node asks
+the owner of the unit's partition when that is another node (two units
+in three), by request-reply.
+
     python3 load/cluster/figures.py BIN LOAD_BIN [NATS_SERVER] [--json]
 
 BIN is a release abacus, LOAD_BIN a release abacus-load; NATS_SERVER
@@ -44,6 +50,29 @@ def cpu_seconds(pid):
 def get(port, path):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as f:
         return f.read().decode()
+
+
+def post(port, path, body=None):
+    data = json.dumps(body).encode() if body is not None else b""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method="POST",
+        headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as f:
+        return json.loads(f.read().decode() or "null")
+
+
+def diverged_experiment(port):
+    """A running experiment a client diverged, through the node on `port`."""
+    key = "diverged"
+    post(port, "/v1/experiments", {"key": key, "name": key, "variants": [
+        {"key": "control", "weight": 1}, {"key": "treatment", "weight": 1}]})
+    post(port, f"/v1/experiments/{key}/start")
+    hashed = json.loads(get(port, f"/v1/experiments/{key}/assignment?unit_id=reporter&log_exposure=false"))
+    other = "treatment" if hashed["variant"] == "control" else "control"
+    post(port, "/v1/events?ack=persisted", {"events": [
+        {"type": "exposure", "unit_id": "reporter", "experiment": key, "variant": other}]})
+    time.sleep(1)  # every node follows the divergence
+    return key
 
 
 def wait_ready(port):
@@ -141,13 +170,19 @@ def main():
             layout = Layout(binary, with_nats, nodes, tmp)
             try:
                 rows = []
-                for title, scenario, per_request in SCENARIOS:
+                key = diverged_experiment(layout.ports[0])
+                lookups = ("assign 1,000/s, diverged (first exposures looked up)",
+                           ["--scenario", "assign", "--rate", "1000", "--experiment", key], 1)
+                for title, scenario, per_request in [*SCENARIOS, lookups]:
                     report, cpu = run(load, layout, scenario, per_request)
                     rows.append({"scenario": title, "latency_ms": report["latency_ms"],
                                  "ok": report["ok"], "errors": report["http_errors"] + report["io_errors"],
                                  "cpu_us_per_event": cpu})
                 entry = {"runs": rows}
                 if with_nats:
+                    entry["lookups"] = {
+                        outcome: gauge(layout.ports[0], f'abacus_cluster_lookups_total{{outcome="{outcome}"}}')
+                        for outcome in ("answered", "failed")}
                     entry["takeover_s"] = dict(zip(["all_partitions_owned", "replay"], takeover(layout)))
                 results[name] = entry
             finally:
@@ -163,6 +198,9 @@ def main():
             print(f"{row['scenario']}: ok {row['ok']} errors {row['errors']} "
                   f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p999']:.2f} ms; "
                   f"CPU µs/event: {cpu}")
+        if "lookups" in entry:
+            print(f"first exposures asked of another node by node 0: answered {entry['lookups']['answered']:.0f}, "
+                  f"failed (answered from the hash) {entry['lookups']['failed']:.0f}")
         if "takeover_s" in entry:
             t = entry["takeover_s"]
             print(f"takeover after SIGKILL: every partition owned after {t['all_partitions_owned']:.2f} s; "
