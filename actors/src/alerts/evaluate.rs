@@ -71,7 +71,33 @@ pub(super) struct Shared {
     pub evaluates: Arc<AtomicBool>,
     /// Each shared alert's revision as last seen here.
     pub revisions: HashMap<AlertId, Revision>,
+    /// Each shared rule's revision as last seen here (deleted ones too,
+    /// so a late copy of an older change is not applied).
+    pub rule_revisions: HashMap<String, Revision>,
+    /// The newest alert of each rule and subject: whether it was resolved
+    /// by a person decides whether the key is suppressed.
+    pub newest: HashMap<Key, AlertId>,
+    /// The mirror has every alert there was when it started: until then
+    /// this node does not evaluate (it would raise alerts already open).
+    pub current: bool,
 }
+
+impl Shared {
+    /// Cluster mode as `bucket` and `evaluates` say, nothing mirrored yet.
+    pub fn new(bucket: RecordBucket<AlertRecord>, evaluates: Arc<AtomicBool>) -> Self {
+        Self {
+            bucket,
+            evaluates,
+            revisions: HashMap::new(),
+            rule_revisions: HashMap::new(),
+            newest: HashMap::new(),
+            current: false,
+        }
+    }
+}
+
+/// How long one tick's alert changes may wait for the shared bucket.
+const SHARE_WAIT: Duration = Duration::from_secs(5);
 
 impl AlertActor {
     pub(super) fn new(
@@ -217,7 +243,7 @@ impl AlertActor {
         }
         self.history.push_back(sample);
         if let Some(shared) = &self.shared {
-            if !shared.evaluates.load(Ordering::Acquire) {
+            if !shared.current || !shared.evaluates.load(Ordering::Acquire) {
                 return Vec::new();
             }
         }
@@ -254,9 +280,10 @@ impl AlertActor {
     }
 
     /// Records what a tick found: in this node's store, or in cluster mode
-    /// first in the shared bucket (a change another node made since loses
-    /// here, and the next tick decides again on what the mirror brings).
-    /// A failed write changes nothing: the next tick tries again.
+    /// first in the shared bucket, all at once and for at most
+    /// [`SHARE_WAIT`] (a change another node made since loses there, and
+    /// the next tick decides again on what the mirror brings). A failed
+    /// write changes nothing: the next tick tries again.
     fn record(&mut self, changes: Vec<Alert>, ctx: &mut Context<Self>) {
         if changes.is_empty() {
             return;
@@ -266,79 +293,116 @@ impl AlertActor {
             return;
         };
         let bucket = shared.bucket.clone();
-        let writes: Vec<(Alert, Option<Revision>)> = changes
-            .into_iter()
-            .map(|a| {
-                let revision = shared.revisions.get(&a.id).copied();
-                (a, revision)
-            })
-            .collect();
-        let share = async move {
-            let mut shared = Vec::with_capacity(writes.len());
-            for (alert, revision) in writes {
+        let writes = changes.into_iter().map(|alert| {
+            let revision = shared.revisions.get(&alert.id).copied();
+            let bucket = bucket.clone();
+            async move {
                 let (id, record) = (alert.id.as_str(), AlertRecord::from(&alert));
                 let written = match revision {
                     None => bucket.create(id, &record).await,
                     Some(revision) => bucket.update(id, &record, revision).await,
                 };
                 match written {
-                    Ok(revision) => shared.push((alert, revision)),
+                    Ok(revision) => Some((alert, revision)),
                     Err(e) => {
-                        tracing::warn!(alert = %alert.id, error = %e, "sharing an alert failed")
+                        tracing::warn!(alert = %alert.id, error = %e, "sharing an alert failed");
+                        None
                     }
                 }
             }
-            shared
-        };
-        ctx.wait(share.into_actor(self).map(|shared, actor, _| {
-            let (alerts, revisions): (Vec<Alert>, Vec<Revision>) = shared.into_iter().unzip();
-            if let Some(s) = &mut actor.shared {
-                for (alert, revision) in alerts.iter().zip(revisions) {
-                    s.revisions.insert(alert.id.clone(), revision);
-                }
+        });
+        let share = tokio::time::timeout(SHARE_WAIT, futures_util::future::join_all(writes));
+        ctx.wait(share.into_actor(self).map(|written, actor, _| {
+            let Ok(written) = written else {
+                tracing::warn!("sharing alerts: NATS did not answer in time");
+                return;
+            };
+            let now = actor.clock.now();
+            let written: Vec<((Alert, DomainEvent), Revision)> = written
+                .into_iter()
+                .flatten()
+                .map(|(alert, revision)| {
+                    let event = alert.domain_event(now);
+                    ((alert, event), revision)
+                })
+                .collect();
+            // The bucket is the truth: memory follows it even if this
+            // node's copy cannot be written.
+            let (with_events, revisions): (Vec<_>, Vec<_>) = written.into_iter().unzip();
+            if let Err(e) = actor.store.put_alerts(&with_events) {
+                tracing::error!(error = %e, "recording shared alerts here failed");
             }
-            let _ = actor.write(alerts);
+            for ((alert, _), revision) in with_events.into_iter().zip(revisions) {
+                actor.mirror_in_memory(&alert, revision);
+                actor.remember(alert);
+            }
         }));
     }
 
     /// Cluster mode: keeps a shared alert as the bucket has it at
     /// `revision`, unless this node has seen a newer one; with `event`
     /// (the change was made through this node) the event is recorded
-    /// whatever the revision, for this node's outbox to relay.
+    /// whatever the revision, for this node's outbox to relay, with the
+    /// alert as this node has it.
     fn mirror(
         &mut self,
         alert: Alert,
         revision: Revision,
         event: Option<DomainEvent>,
     ) -> Result<()> {
-        let Some(shared) = &mut self.shared else {
+        let Some(shared) = &self.shared else {
             return Ok(());
         };
         let seen = shared.revisions.get(&alert.id).copied().unwrap_or(0);
-        let newer = revision > seen;
+        if revision <= seen {
+            if let Some(event) = event {
+                let stored = self.store.alert(alert.id.as_str())?.unwrap_or(alert);
+                self.store.put_alerts(&[(stored, event)])?;
+            }
+            return Ok(());
+        }
+        // Memory first: the bucket is the truth, whatever this store says.
+        self.mirror_in_memory(&alert, revision);
         match event {
-            Some(event) => self.store.put_alerts(&[(alert.clone(), event)])?,
-            None if newer => self.store.put_alert(&alert)?,
-            None => return Ok(()),
+            Some(event) => self.store.put_alerts(&[(alert, event)]),
+            None => self.store.put_alert(&alert),
         }
-        if !newer {
-            return Ok(());
-        }
-        shared.revisions.insert(alert.id.clone(), revision);
-        let Some(key) = key_of(&alert) else {
-            return Ok(());
+    }
+
+    /// Cluster mode: the active alerts, the newest alert of each key and
+    /// the suppressed keys as the shared `alert` at `revision` leaves them.
+    /// A key is suppressed while its newest alert is one a person resolved
+    /// (until the evaluator sees its condition clear once), so a node
+    /// taking evaluation over does not raise it again at once either.
+    fn mirror_in_memory(&mut self, alert: &Alert, revision: Revision) {
+        let Some(shared) = &mut self.shared else {
+            return;
         };
+        shared.revisions.insert(alert.id.clone(), revision);
+        let Some(key) = key_of(alert) else {
+            return;
+        };
+        let newest = shared
+            .newest
+            .entry(key.clone())
+            .or_insert_with(|| alert.id.clone());
+        if alert.id > *newest {
+            newest.clone_from(&alert.id);
+        }
+        let is_newest = *newest == alert.id;
         if alert.is_active() {
-            self.suppressed.remove(&key);
-            self.active.insert(key, alert);
-        } else if self.active.remove(&key).is_some()
-            && alert.resolved.as_ref().is_some_and(|r| r.by != SYSTEM)
-        {
-            // Resolved by a person while active: as on a single node, not
-            // raised again until the condition clears once.
+            if is_newest {
+                self.suppressed.remove(&key);
+                self.active.insert(key, alert.clone());
+            }
+            return;
+        }
+        if self.active.get(&key).is_some_and(|a| a.id == alert.id) {
+            self.active.remove(&key);
+        }
+        if is_newest && alert.resolved.as_ref().is_some_and(|r| r.by != SYSTEM) {
             self.suppressed.insert(key);
         }
-        Ok(())
     }
 
     /// What `rule` finds true now.
@@ -715,20 +779,56 @@ impl Handler<MirrorRule> for AlertActor {
     type Result = Result<()>;
 
     fn handle(&mut self, msg: MirrorRule, _: &mut Context<Self>) -> Self::Result {
+        let Some(shared) = &mut self.shared else {
+            return Ok(());
+        };
+        let (id, revision) = match &msg.0 {
+            RecordChange::Put(id, _, revision) | RecordChange::Deleted(id, revision) => {
+                (id.clone(), *revision)
+            }
+            RecordChange::Current => return Ok(()),
+        };
+        // The watch and the node that made a change both bring it: the
+        // older of two copies is not applied over the newer.
+        if shared
+            .rule_revisions
+            .get(&id)
+            .is_some_and(|&seen| seen >= revision)
+        {
+            return Ok(());
+        }
+        shared.rule_revisions.insert(id.clone(), revision);
         match msg.0 {
             RecordChange::Put(_, record, _) => {
                 let rule = AlertRule::from(*record);
+                self.rules.insert(rule.id.clone(), rule.clone());
                 self.store.put_rule(&rule)?;
-                self.rules.insert(rule.id.clone(), rule);
             }
-            RecordChange::Deleted(id) => {
+            RecordChange::Deleted(..) => {
                 // Its active alerts are cleared by the evaluator's next tick.
-                self.store.delete_rule(&id, &[])?;
                 self.rules.retain(|rule, _| rule.as_str() != id);
                 self.suppressed.retain(|(rule, _)| rule.as_str() != id);
+                self.store.delete_rule(&id, &[])?;
             }
+            RecordChange::Current => {}
         }
         Ok(())
+    }
+}
+
+/// Cluster mode: the alerts mirror has every alert there was when it
+/// started; evaluation may begin.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct MirrorCurrent;
+
+impl Handler<MirrorCurrent> for AlertActor {
+    type Result = ();
+
+    fn handle(&mut self, _: MirrorCurrent, _: &mut Context<Self>) {
+        if let Some(shared) = &mut self.shared {
+            shared.current = true;
+        }
     }
 }
 

@@ -135,11 +135,9 @@ impl Alerts {
         let actor_store = store.clone();
         let actor_alerts = Arc::clone(&store_alerts);
         let actor_clock = Arc::clone(&clock);
-        let shared = replication.as_ref().map(|r| Shared {
-            bucket: r.alerts.clone(),
-            evaluates: Arc::clone(&r.evaluates),
-            revisions: Default::default(),
-        });
+        let shared = replication
+            .as_ref()
+            .map(|r| Shared::new(r.alerts.clone(), Arc::clone(&r.evaluates)));
         let addr = AlertActor::start_in_arbiter(&thread.handle(), move |_| {
             AlertActor::new(
                 actor_store,
@@ -188,10 +186,12 @@ impl Alerts {
         Ok(rule)
     }
 
-    /// Changes a rule.
+    /// Changes a rule. Disabling it resolves its alerts (in cluster mode
+    /// on the evaluating node's next tick).
     pub async fn patch_rule(&self, id: &str, patch: RulePatch) -> Result<AlertRule> {
+        let rule = rule_id(id)?;
         let Some(shared) = &self.replication else {
-            return self.addr.send(PatchRule(rule_id(id)?, patch)).await?;
+            return self.addr.send(PatchRule(rule, patch)).await?;
         };
         let (current, revision) = shared
             .rules
@@ -209,14 +209,15 @@ impl Alerts {
     /// Deletes a rule; its active alerts resolve (in cluster mode on the
     /// evaluating node's next tick).
     pub async fn delete_rule(&self, id: &str) -> Result<()> {
+        let rule = rule_id(id)?;
         let Some(shared) = &self.replication else {
-            return self.addr.send(DeleteRule(rule_id(id)?)).await?;
+            return self.addr.send(DeleteRule(rule)).await?;
         };
         if shared.rules.get(id).await?.is_none() {
             return Err(Error::RuleNotFound(id.to_owned()));
         }
-        shared.rules.delete(id).await?;
-        let change = RecordChange::Deleted(id.to_owned());
+        let revision = shared.rules.delete(id).await?;
+        let change = RecordChange::Deleted(id.to_owned(), revision);
         self.addr.send(MirrorRule(change)).await?
     }
 
@@ -311,6 +312,7 @@ impl Alerts {
         let Some(shared) = &self.replication else {
             return Ok(None);
         };
+        alert_id(id)?;
         let Some((current, revision)) = shared.alerts.get(id).await? else {
             return Ok(None);
         };

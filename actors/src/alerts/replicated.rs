@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-use super::evaluate::{AlertActor, MirrorAlert, MirrorRule};
+use super::evaluate::{AlertActor, MirrorAlert, MirrorCurrent, MirrorRule};
 use crate::cluster::{RecordBucket, RecordChange};
 use crate::domain::{Alert, AlertRecord, AlertRuleRecord};
 
@@ -43,19 +43,20 @@ pub(super) fn spawn(actor: &Addr<AlertActor>, replication: &Replication) {
     }));
     let alerts = actor.clone();
     actix::spawn(replication.alerts.clone().follow(move |change| {
-        // Alerts are never deleted.
-        let sent = match change {
-            RecordChange::Put(_, record, revision) => Some(alerts.send(MirrorAlert {
-                alert: Alert::from(*record),
-                revision,
-                event: None,
-            })),
-            RecordChange::Deleted(_) => None,
-        };
+        let alerts = alerts.clone();
         async move {
-            match sent {
-                Some(sent) => mirrored(sent.await, "an alert"),
-                None => true,
+            match change {
+                RecordChange::Put(_, record, revision) => {
+                    let mirror = MirrorAlert {
+                        alert: Alert::from(*record),
+                        revision,
+                        event: None,
+                    };
+                    mirrored(alerts.send(mirror).await, "an alert")
+                }
+                RecordChange::Current => alerts.send(MirrorCurrent).await.is_ok(),
+                // Alerts are never deleted.
+                RecordChange::Deleted(..) => true,
             }
         }
     }));

@@ -24,8 +24,10 @@ const WATCH_AGAIN: Duration = Duration::from_millis(500);
 pub enum RecordChange<R> {
     /// Created or changed: its id, the record, its revision in the bucket.
     Put(String, Box<R>, Revision),
-    /// Deleted: its id.
-    Deleted(String),
+    /// Deleted: its id and the deletion's revision.
+    Deleted(String, Revision),
+    /// Every record there was when the watch started has been handed over.
+    Current,
 }
 
 /// Handle on one bucket of `R` (a stored record type).
@@ -94,35 +96,58 @@ impl<R: Serialize + DeserializeOwned> RecordBucket<R> {
     /// `ChangedElsewhere` if another node wrote it since.
     pub async fn update(&self, id: &str, record: &R, revision: Revision) -> Result<Revision> {
         let what = self.what;
-        match self.kv.update(id, self.encode(record)?, revision).await {
-            Ok(revision) => Ok(revision),
+        let refused = match self.kv.update(id, self.encode(record)?, revision).await {
+            Ok(revision) => return Ok(revision),
             Err(e) if super::stale_revision(&e) => {
+                return Err(Error::ChangedElsewhere(format!("{what} '{id}'")))
+            }
+            Err(e) => e,
+        };
+        // Any other refusal may still be a stale revision the server
+        // described otherwise; the key's revision tells.
+        match self.kv.entry(id).await {
+            Ok(Some(entry)) if entry.revision != revision => {
                 Err(Error::ChangedElsewhere(format!("{what} '{id}'")))
             }
-            Err(e) => Err(Error::Cluster(format!("updating {what} '{id}': {e}"))),
+            _ => Err(Error::Cluster(format!("updating {what} '{id}': {refused}"))),
         }
     }
 
-    /// Deletes the record.
-    pub async fn delete(&self, id: &str) -> Result<()> {
+    /// Deletes the record: the deletion's revision.
+    pub async fn delete(&self, id: &str) -> Result<Revision> {
         let what = self.what;
-        self.kv
-            .delete(id)
-            .await
-            .map_err(|e| Error::Cluster(format!("deleting {what} '{id}': {e}")))
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Cluster(format!("deleting {what} '{id}': {e}"));
+        self.kv.delete(id).await.map_err(|e| failed(&e))?;
+        // The key's last entry is now its deletion marker.
+        let marker = self.kv.entry(id).await.map_err(|e| failed(&e))?;
+        Ok(marker.map_or(0, |m| m.revision))
     }
 
-    /// Every record as it is now, then every change. The stream ends when
-    /// the watch fails: watch again then.
+    /// Every record as it is now, then [`RecordChange::Current`], then
+    /// every change. The stream ends when the watch fails: watch again
+    /// then.
     pub async fn watch(&self) -> Result<impl Stream<Item = RecordChange<R>> + use<R>> {
         let what = self.what;
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Cluster(format!("watching the {what}s: {e}"));
+        let empty = self
+            .kv
+            .status()
+            .await
+            .map_err(|e| failed(&e))?
+            .info
+            .state
+            .messages
+            == 0;
         let entries = self
             .kv
             .watch_with_history(">")
             .await
-            .map_err(|e| Error::Cluster(format!("watching the {what}s: {e}")))?;
+            .map_err(|e| failed(&e))?;
         let bucket = self.clone();
-        Ok(super::until_failed(entries, what).filter_map(move |entry| {
+        let mut current = empty;
+        let changes = super::until_failed(entries, what).flat_map(move |entry| {
             let change = match entry.operation {
                 Operation::Put => match bucket.decode(&entry.key, &entry.value) {
                     Ok(record) => Some(RecordChange::Put(
@@ -135,10 +160,17 @@ impl<R: Serialize + DeserializeOwned> RecordBucket<R> {
                         None
                     }
                 },
-                Operation::Delete | Operation::Purge => Some(RecordChange::Deleted(entry.key)),
+                Operation::Delete | Operation::Purge => {
+                    Some(RecordChange::Deleted(entry.key, entry.revision))
+                }
             };
-            std::future::ready(change)
-        }))
+            // Nothing was pending after this one when it was delivered.
+            let caught_up = !current && entry.delta == 0;
+            current |= caught_up;
+            futures_util::stream::iter(change.into_iter().chain(caught_up.then_some(RecordChange::Current)))
+        });
+        let started = futures_util::stream::iter(empty.then_some(RecordChange::Current));
+        Ok(started.chain(changes))
     }
 
     /// Hands `apply` every record and then every change, for as long as it

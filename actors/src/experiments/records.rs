@@ -110,8 +110,8 @@ impl Records {
             return;
         };
         let record = AlertRecord::from(alert);
-        // Called from the blocking thread that wrote the change: a task on
-        // the runtime, not the actor's arbiter.
+        // Called from the blocking thread that wrote the change, where
+        // tokio's runtime is at hand but not actix's.
         tokio::spawn(async move {
             let id = record.id.as_str();
             for attempt in 1..=SHARE_ATTEMPTS {

@@ -88,10 +88,11 @@ async fn mirror(webhooks: &Webhooks, change: RecordChange<Webhook>) -> Result<()
             webhooks.spawn(*subscription);
             Ok(())
         }
-        RecordChange::Deleted(id) => match webhooks.forget(&id).await {
+        RecordChange::Deleted(id, _) => match webhooks.forget(&id).await {
             Err(Error::WebhookNotFound(_)) => Ok(()),
             forgotten => forgotten,
         },
+        RecordChange::Current => Ok(()),
     }
 }
 
