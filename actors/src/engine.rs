@@ -78,7 +78,7 @@ impl Engine {
     pub async fn open(config: EngineConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let store = open_store(&config, Arc::clone(&clock)).await?;
         let cluster = match &config.cluster {
-            Some(settings) => Some(Cluster::connect(settings).await?),
+            Some(settings) => Some(Cluster::connect(settings, config.ingest.partitions).await?),
             None => None,
         };
         let records = match &cluster {

@@ -81,6 +81,9 @@ pub const CLUSTER_PARTITIONS_OWNED: &str = "abacus_cluster_partitions_owned";
 pub const CLUSTER_TAKEOVER: &str = "abacus_cluster_last_takeover_seconds";
 /// Cluster mode: 1 while this node runs the singleton task `task`.
 pub const CLUSTER_SINGLETON_HELD: &str = "abacus_cluster_singleton_held";
+/// Cluster mode: event log messages this node trimmed below its
+/// partitions' snapshots.
+pub const CLUSTER_LOG_TRIMMED: &str = "abacus_cluster_log_trimmed_total";
 /// Cluster mode: first exposures asked of another node, by outcome.
 pub const CLUSTER_LOOKUPS: &str = "abacus_cluster_lookups_total";
 
@@ -123,6 +126,7 @@ pub const ALL: &[&str] = &[
     CLUSTER_TAKEOVER,
     CLUSTER_SINGLETON_HELD,
     CLUSTER_LOOKUPS,
+    CLUSTER_LOG_TRIMMED,
 ];
 
 /// Histogram buckets of request and commit durations, in seconds.
@@ -181,6 +185,10 @@ pub fn describe() {
     describe_gauge!(
         CLUSTER_SINGLETON_HELD,
         "Cluster mode: 1 while this node runs the singleton task (label task)."
+    );
+    describe_counter!(
+        CLUSTER_LOG_TRIMMED,
+        "Cluster mode: event log messages this node trimmed below its partitions' snapshots."
     );
     describe_counter!(
         CLUSTER_LOOKUPS,

@@ -344,7 +344,7 @@ fn kill(pid: u32) {
 fn acknowledged_events_are_counted_exactly_once_after_a_node_dies() {
     const REQUESTS: usize = 400;
     const UNITS: usize = 250; // 2 events each: 200,000 events in all
-    let (_nats, nodes) = three_nodes_with_checkout();
+    let (nats, nodes) = three_nodes_with_checkout();
 
     let victim = nodes[1].pid();
     let resent = send_round_robin(&nodes, REQUESTS, UNITS, || kill(victim));
@@ -367,6 +367,48 @@ fn acknowledged_events_are_counted_exactly_once_after_a_node_dies() {
         logs.contains("partition caught up with its log"),
         "the takeover is logged"
     );
+    // The log was trimmed below the snapshots meanwhile.
+    let trimmed: f64 = [&nodes[0], &nodes[2]]
+        .iter()
+        .map(|node| metric(node, "abacus_cluster_log_trimmed_total"))
+        .sum();
+    assert!(trimmed > 0.0, "the survivors trimmed the log");
+
+    // A node joining with an empty store takes partitions over from
+    // their snapshots (what they hold is no longer in the log), and every
+    // node still counts each event once.
+    let late = nats.abacus_with("node-4", 3, &[("ABACUS_INGEST__PARTITIONS", "6")]);
+    let started = Instant::now();
+    while !late.log().contains("partition caught up with its log") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the late node took no partition over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        late.log().contains("partition restored from its snapshot"),
+        "the late node restored a snapshot"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    counted_exactly_once(
+        &[&nodes[0], &nodes[2], &late],
+        &nodes,
+        (REQUESTS * UNITS) as u64,
+    );
+}
+
+/// The value of the unlabelled metric `name` on `node` (0 when absent).
+fn metric(node: &TestServer, name: &str) -> f64 {
+    let text = node
+        .request(reqwest::Method::GET, "/metrics")
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[test]

@@ -1,5 +1,8 @@
-//! The replicated event log: one JetStream stream, `abacus_events`, with a
-//! subject per ingest partition (`abacus.events.<partition>`).
+//! The replicated event log: a JetStream stream per ingest partition,
+//! `abacus_events_<partition>`, with the subject `abacus.events.<partition>`.
+//! One stream each spreads their raft leaders over the NATS servers, and
+//! makes a partition's sequences contiguous, so a reader can tell that
+//! messages it has not folded were trimmed ([`Continuity`]).
 //!
 //! The node that receives events validates them and publishes each
 //! partition's part as one message; JetStream acknowledges a publish once
@@ -9,11 +12,14 @@
 //! refused `Overloaded`, the 503 with `Retry-After` a full mailbox gives
 //! on a single node.
 //!
-//! A partition's owner reads its subject with a durable consumer named for
-//! the partition and the node, from the first sequence its store has not folded (see
-//! `ingest::owner`). The stream keeps everything up to `cluster.log_max_mb`
-//! and then refuses new messages (`DiscardPolicy::New`): an acknowledged
-//! event is never dropped to make room.
+//! A partition's owner reads its stream with a durable consumer named for
+//! the partition and the node, from the first sequence its store has not
+//! folded (see `ingest::owner`). Once the owner has stored a snapshot of
+//! the partition, it trims the stream below it ([`EventLog::trim`]): a new
+//! owner restores the snapshot and reads only what follows. Each stream
+//! holds at most its share of `cluster.log_max_mb` and then refuses new
+//! messages (`DiscardPolicy::New`): an acknowledged event is never dropped
+//! to make room.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +35,10 @@ use super::wire::{self, Part};
 use super::ClusterSettings;
 use crate::{Error, Result};
 
-/// The stream's name in JetStream.
-const STREAM: &str = "abacus_events";
+/// The name of `partition`'s stream in JetStream.
+fn stream_name(partition: u16) -> String {
+    format!("abacus_events_{partition}")
+}
 
 /// How long a delivered message may stay unacknowledged before JetStream
 /// sends it again. Long: an owner acknowledges after its commit, and a
@@ -111,6 +119,39 @@ impl Delivery {
     }
 }
 
+/// Watches a partition's stream sequences as they are read. A partition's
+/// stream holds nothing else, so they follow on one by one; a message read
+/// again is at or below the last one, and one further on than the next
+/// means the messages in between were trimmed (below a snapshot), so the
+/// reader must restore that snapshot rather than fold past a hole.
+#[derive(Debug)]
+pub struct Continuity {
+    next: u64,
+}
+
+impl Continuity {
+    /// Expects the message after `after` next.
+    pub fn after(after: u64) -> Self {
+        Self { next: after + 1 }
+    }
+
+    /// Takes the next message's sequence: whether it is new (a repeat is
+    /// not), or `Cluster` if messages before it are gone.
+    pub fn check(&mut self, seq: u64) -> Result<bool> {
+        if seq < self.next {
+            return Ok(false);
+        }
+        if seq > self.next {
+            return Err(Error::Cluster(format!(
+                "messages {}..{seq} were trimmed from the log; restoring the snapshot",
+                self.next
+            )));
+        }
+        self.next = seq + 1;
+        Ok(true)
+    }
+}
+
 /// Watches a consumer's delivery sequence. The consumer acknowledges
 /// cumulatively, and the client re-pulls on its own after a short
 /// reconnect: a message lost in between would be acknowledged with the
@@ -137,26 +178,33 @@ impl Gaps {
 }
 
 impl EventLog {
-    /// Opens the stream, creating it with `settings.replicas` if missing.
+    /// Opens the streams of `partitions` partitions, creating any missing
+    /// with `settings.replicas`; each may hold its share of
+    /// `settings.log_max_bytes`.
     pub(super) async fn open(
         jetstream: &jetstream::Context,
         settings: &ClusterSettings,
+        partitions: u16,
     ) -> Result<Self> {
-        let config = stream::Config {
-            name: STREAM.to_owned(),
-            description: Some("abacus events, a subject per ingest partition".to_owned()),
-            subjects: vec!["abacus.events.*".to_owned()],
-            retention: RetentionPolicy::Limits,
-            discard: DiscardPolicy::New,
-            max_bytes: i64::try_from(settings.log_max_bytes).unwrap_or(i64::MAX),
-            storage: StorageType::File,
-            num_replicas: settings.replicas,
-            ..Default::default()
-        };
-        jetstream
-            .get_or_create_stream(config)
-            .await
-            .map_err(|e| Error::Cluster(format!("opening the event log: {e}")))?;
+        let share = settings.log_max_bytes / u64::from(partitions.max(1));
+        for partition in 0..partitions {
+            let config = stream::Config {
+                name: stream_name(partition),
+                description: Some(format!("abacus events of ingest partition {partition}")),
+                subjects: vec![subject(partition)],
+                retention: RetentionPolicy::Limits,
+                discard: DiscardPolicy::New,
+                max_bytes: i64::try_from(share).unwrap_or(i64::MAX),
+                storage: StorageType::File,
+                num_replicas: settings.replicas,
+                ..Default::default()
+            };
+            jetstream.get_or_create_stream(config).await.map_err(|e| {
+                Error::Cluster(format!(
+                    "opening the event log of partition {partition}: {e}"
+                ))
+            })?;
+        }
         Ok(Self {
             jetstream: jetstream.clone(),
             in_flight: Arc::new(Semaphore::new(settings.max_inflight_publishes)),
@@ -205,7 +253,7 @@ impl EventLog {
         };
         let stream = self
             .jetstream
-            .get_stream(STREAM)
+            .get_stream(stream_name(partition))
             .await
             .map_err(|e| cluster("opening the event log", &e))?;
         // This node's own consumer of the partition. Were it shared, a node
@@ -261,11 +309,44 @@ impl EventLog {
         });
         Ok((pending, deliveries))
     }
+
+    /// Removes `partition`'s messages up to `seq`, which a snapshot now
+    /// holds; answers how many went.
+    pub async fn trim(&self, partition: u16, seq: u64) -> Result<u64> {
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::Cluster(format!("trimming the log of partition {partition}: {e}"))
+        };
+        let stream = self
+            .jetstream
+            .get_stream(stream_name(partition))
+            .await
+            .map_err(|e| failed(&e))?;
+        let purged = stream
+            .purge()
+            .sequence(seq + 1)
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(purged.purged)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partitions_sequences_follow_on_and_a_hole_is_an_error() {
+        let mut read = Continuity::after(10);
+        assert!(read.check(11).unwrap());
+        assert!(!read.check(11).unwrap(), "read again");
+        assert!(!read.check(5).unwrap(), "read again");
+        assert!(read.check(12).unwrap());
+        assert!(read.check(14).is_err(), "13 was trimmed");
+
+        let mut fresh = Continuity::after(0);
+        assert!(fresh.check(3).is_err(), "1 and 2 were trimmed");
+        assert!(Continuity::after(0).check(1).unwrap());
+    }
 
     #[test]
     fn a_missing_delivery_is_an_error_and_the_watch_goes_on_from_the_next() {

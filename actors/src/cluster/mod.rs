@@ -43,7 +43,7 @@ use std::time::Duration;
 
 pub use bucket::{ExperimentBucket, Revision};
 pub use leases::{Held as HeldLease, Lease, Leases};
-pub use log::{Delivery, EventLog, Gaps, Reservation, Sent};
+pub use log::{Continuity, Delivery, EventLog, Gaps, Reservation, Sent};
 pub use lookups::{Answer, FoundExposure, LookupRequest, Lookups};
 pub use outbox::{acknowledge, OutboxDelivery, OutboxLog};
 pub use records::{RecordBucket, RecordChange};
@@ -157,7 +157,7 @@ impl Cluster {
     /// Connects to one of `settings.nats_urls` (retrying until the
     /// timeout: the NATS servers may be starting too) and opens the
     /// buckets, creating them with `settings.replicas` if missing.
-    pub async fn connect(settings: &ClusterSettings) -> Result<Self> {
+    pub async fn connect(settings: &ClusterSettings, partitions: u16) -> Result<Self> {
         let addresses = settings
             .nats_urls
             .iter()
@@ -182,7 +182,7 @@ impl Cluster {
         let lookups = Lookups::new(client.clone(), settings.lookup_timeout);
         let jetstream = async_nats::jetstream::new(client);
         let experiments = ExperimentBucket::open(&jetstream, settings.replicas, deadline).await?;
-        let log = EventLog::open(&jetstream, settings).await?;
+        let log = EventLog::open(&jetstream, settings, partitions).await?;
         let leases = Leases::open(&jetstream, settings).await?;
         let shares = ShareBucket::open(&jetstream, settings).await?;
         let outbox = OutboxLog::open(&jetstream, settings).await?;

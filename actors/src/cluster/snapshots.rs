@@ -47,8 +47,18 @@ impl SnapshotStore {
         Ok(Self { objects })
     }
 
-    /// Replaces `partition`'s snapshot, taken at stream sequence `seq`.
-    pub async fn put(&self, partition: u16, seq: u64, snapshot: &[u8]) -> Result<()> {
+    /// Replaces `partition`'s snapshot, taken at stream sequence `seq`,
+    /// unless the one stored is as far on (a node that lost the partition
+    /// without knowing it yet must not put an older one back): whether it
+    /// was stored.
+    pub async fn put(&self, partition: u16, seq: u64, snapshot: &[u8]) -> Result<bool> {
+        if self
+            .seq(partition)
+            .await?
+            .is_some_and(|stored| stored >= seq)
+        {
+            return Ok(false);
+        }
         let meta = ObjectMetadata {
             name: name(partition),
             description: Some(seq.to_string()),
@@ -58,7 +68,7 @@ impl SnapshotStore {
         self.objects.put(meta, &mut data).await.map_err(|e| {
             Error::Cluster(format!("storing a snapshot of partition {partition}: {e}"))
         })?;
-        Ok(())
+        Ok(true)
     }
 
     /// The stream sequence of `partition`'s latest snapshot; `None` when

@@ -46,8 +46,8 @@ use tokio::task::JoinHandle;
 use super::mailbox::{partition_of, Mailbox};
 use super::LiveAggregates;
 use crate::cluster::{
-    Cluster, EventLog, FoundExposure, Gaps, HeldLease, Lease, Leases, LookupRequest, Lookups,
-    ShareBucket, SnapshotStore,
+    Cluster, Continuity, EventLog, FoundExposure, Gaps, HeldLease, Lease, Leases, LookupRequest,
+    Lookups, ShareBucket, SnapshotStore,
 };
 use crate::experiments::sticky::Elsewhere;
 use crate::storage::{blocking, Store};
@@ -360,6 +360,7 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
     let (pending, deliveries) = cx.log.read(partition, after, cx.batch).await?;
     let mut chunks = std::pin::pin!(deliveries.ready_chunks(cx.batch));
     let mut folded = after;
+    let mut continuity = Continuity::after(after);
     let mut gaps = Gaps::default();
     let mut read = 0u64;
     let mut caught_up = false;
@@ -397,7 +398,7 @@ async fn fold(cx: &Context, partition: u16, stopped: &mut watch::Receiver<bool>)
             let mut delivery = delivery?;
             gaps.check(delivery.delivery)?;
             read += 1;
-            if delivery.seq > folded {
+            if continuity.check(delivery.seq)? {
                 match std::mem::replace(&mut delivery.part, Ok(Default::default())) {
                     Ok(part) => {
                         events.extend(part.events);
@@ -543,17 +544,36 @@ async fn take_snapshots(cx: Arc<Context>, mut stopped: watch::Receiver<bool>) {
             })
             .await;
             let stored = match snapshot {
-                Ok((seq, bytes)) => cx.snapshots.put(partition, seq, &bytes).await.map(|()| seq),
+                Ok((seq, bytes)) => cx
+                    .snapshots
+                    .put(partition, seq, &bytes)
+                    .await
+                    .map(|s| (seq, s)),
                 Err(e) => Err(e),
             };
             let seq = match stored {
-                Ok(seq) => seq,
+                Ok((seq, true)) => seq,
+                Ok((seq, false)) => {
+                    tracing::info!(
+                        partition,
+                        seq,
+                        "a newer snapshot is stored: the partition has moved"
+                    );
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "storing a snapshot failed");
                     continue;
                 }
             };
             taken.insert(partition, seq);
+            // What the snapshot holds, the log need not.
+            match cx.log.trim(partition, seq).await {
+                Ok(trimmed) => {
+                    metrics::counter!(crate::metrics::CLUSTER_LOG_TRIMMED).increment(trimmed)
+                }
+                Err(e) => tracing::warn!(partition, error = %e, "trimming the log failed"),
+            }
         }
     }
 }

@@ -137,7 +137,8 @@ impl NatsCluster {
         self.abacus_with(node_id, replicas, &[])
     }
 
-    fn abacus_with(&self, node_id: &str, replicas: usize, env: &[(&str, &str)]) -> TestServer {
+    /// [`NatsCluster::abacus`] with extra `ABACUS_*` variables.
+    pub fn abacus_with(&self, node_id: &str, replicas: usize, env: &[(&str, &str)]) -> TestServer {
         let urls = self.urls();
         let replicas = replicas.to_string();
         let mut all = vec![
