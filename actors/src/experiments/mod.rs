@@ -204,18 +204,24 @@ async fn follow(bucket: ExperimentBucket, catalog: Addr<Catalog>, mut after: Rev
 }
 
 /// Marks the experiment `key` diverged. One this node does not know yet
-/// (created on another node a moment ago) is tried again for a while.
+/// (created on another node a moment ago, its change not seen here yet)
+/// is tried again every second for half a minute, then every half minute
+/// until it is known.
 fn diverge(registry: Arc<Registry>, key: String) {
-    const TRIES: u32 = 30;
+    use std::time::Duration;
+    const SOON: u32 = 30;
     actix::spawn(async move {
-        for _ in 0..TRIES {
+        for attempt in 0u32.. {
             if let Ok(entry) = registry.entry(&key) {
                 entry.slot.sticky.diverge();
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            if attempt == SOON {
+                tracing::warn!(experiment = %key, "a diverged experiment this node does not know yet");
+            }
+            let wait = if attempt < SOON { 1 } else { 30 };
+            tokio::time::sleep(Duration::from_secs(wait)).await;
         }
-        tracing::warn!(experiment = %key, "a diverged experiment this node does not know");
     });
 }
 
