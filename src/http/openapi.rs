@@ -70,6 +70,13 @@ use super::{
         performance::server_stats,
         openapi_json,
     ),
+    // Schemas only parameters name: utoipa registers those of bodies and
+    // responses by itself, not these.
+    components(schemas(
+        experiments::LifecycleAction,
+        aggregates::Source,
+        events::AckMode
+    )),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "experiments", description = "Experiments and their lifecycle"),

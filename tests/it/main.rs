@@ -18,6 +18,7 @@ mod durability;
 mod errors;
 mod events;
 mod experiments;
+mod growthbook;
 mod hostile;
 mod limits;
 mod metrics;

@@ -80,6 +80,20 @@ fn openapi_covers_every_route() {
     assert_eq!(documented, expected);
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["Experiment"].is_object());
+    assert!(doc["components"]["schemas"]["Bucketing"].is_object());
+
+    // Every `$ref` names a schema the document has.
+    let text = doc.to_string();
+    let prefix = "\"#/components/schemas/";
+    let missing: BTreeSet<&str> = text
+        .match_indices(prefix)
+        .map(|(at, _)| {
+            let name = &text[at + prefix.len()..];
+            &name[..name.find('"').unwrap_or(name.len())]
+        })
+        .filter(|name| !doc["components"]["schemas"][*name].is_object())
+        .collect();
+    assert!(missing.is_empty(), "$refs to nothing: {missing:?}");
 }
 
 #[test]

@@ -42,8 +42,10 @@ pub struct Experiment {
     /// exposure that differs from the hash. Internal: not shown by the API.
     #[serde(skip)]
     pub peak_coverage: f64,
-    /// Hash salt; defaults to the key.
+    /// Hash salt; defaults to the key. GrowthBook calls it the seed.
     pub salt: String,
+    /// How units are hashed into the bucket space.
+    pub bucketing: Bucketing,
     /// Mutually exclusive layer this experiment occupies a slice of.
     pub layer: Option<Layer>,
     /// Units pinned to a variant, for QA. They win over everything else.
@@ -108,6 +110,27 @@ pub struct Variant {
     /// Arbitrary JSON handed to the client with the assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+}
+
+/// How an experiment hashes units into `[0, 1)` (docs/assignment.md). The
+/// ranges over that space are the same either way: `[start, start +
+/// coverage * w)` from fixed starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Bucketing {
+    /// abacus's own: `md5(salt + ":" + unit)`.
+    #[default]
+    Abacus,
+    /// GrowthBook's, so that a running GrowthBook experiment recreated here
+    /// keeps every user's variant: FNV-1a 32 over UTF-16 code units with the
+    /// salt as seed; version 1 is `fnv(unit + seed) % 1000 / 1000`, version
+    /// 2 is `fnv(decimal(fnv(seed + unit))) % 10000 / 10000`. Weights are
+    /// kept as given (they must sum to 1 within 0.01, as GrowthBook
+    /// requires), and a layer is GrowthBook's namespace.
+    Growthbook {
+        /// GrowthBook's `hashVersion`: 1 or 2.
+        hash_version: u8,
+    },
 }
 
 /// A slice `[start, end)` of a layer's hash space. Experiments in the same
@@ -205,6 +228,9 @@ pub struct ExperimentIn {
     /// Hash salt (default: the key).
     #[serde(default)]
     pub salt: Option<String>,
+    /// How units are hashed (default: `{"scheme": "abacus"}`).
+    #[serde(default)]
+    pub bucketing: Option<Bucketing>,
     /// Layer slice.
     #[serde(default)]
     pub layer: Option<Layer>,
@@ -249,6 +275,9 @@ pub struct ExperimentPatch {
     /// New salt (draft only).
     #[serde(default)]
     pub salt: Option<String>,
+    /// New hashing scheme (draft only).
+    #[serde(default)]
+    pub bucketing: Option<Bucketing>,
     /// New layer slice (draft only).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Layer>)]
@@ -286,14 +315,16 @@ impl Experiment {
     pub fn create(input: ExperimentIn, now: OffsetDateTime) -> Result<Self> {
         let salt = input.salt.unwrap_or_else(|| input.key.to_string());
         let coverage = input.coverage.unwrap_or(1.0);
+        let bucketing = input.bucketing.unwrap_or_default();
         let experiment = Self {
             name: input.name,
             description: input.description,
             status: Status::Draft,
-            variants: normalised(input.variants)?,
+            variants: weighed(input.variants, bucketing)?,
             coverage,
             peak_coverage: coverage,
             salt,
+            bucketing,
             layer: input.layer,
             forced: input.forced,
             metrics: input.metrics,
@@ -339,9 +370,15 @@ impl Experiment {
             }
         };
         let mut next = self.clone();
+        if let Some(bucketing) = patch.bucketing {
+            draft_only("bucketing")?;
+            next.bucketing = bucketing;
+        }
         if let Some(variants) = patch.variants {
             draft_only("variants")?;
-            next.variants = normalised(variants)?;
+            next.variants = weighed(variants, next.bucketing)?;
+        } else if next.bucketing != self.bucketing {
+            next.variants = weighed(next.variants, next.bucketing)?;
         }
         if let Some(salt) = patch.salt {
             draft_only("salt")?;
@@ -453,6 +490,14 @@ impl Experiment {
             ));
         }
         check_hash_key("salt", &self.salt)?;
+        if let Bucketing::Growthbook { hash_version } = self.bucketing {
+            if !(1..=2).contains(&hash_version) {
+                return Err(Error::invalid(
+                    "bucketing.hash_version",
+                    "GrowthBook's hash version is 1 or 2",
+                ));
+            }
+        }
         if let Some(layer) = &self.layer {
             check_hash_key("layer.key", &layer.key)?;
             let in_unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
@@ -559,6 +604,28 @@ fn check_hash_key(field: &str, value: &str) -> Result<()> {
 /// normalised: one unit in a billion, far above f64's resolution of the
 /// bucket space (2^-32), so every variant's range is non-empty.
 const MIN_NORMALISED_WEIGHT: f64 = 1e-9;
+
+/// The variants' weights as `bucketing` uses them: scaled to sum 1 for
+/// abacus's scheme; for GrowthBook's, kept as given, which must sum to 1
+/// within GrowthBook's tolerance (it splits evenly otherwise, which would
+/// not be the split asked for).
+fn weighed(variants: Vec<Variant>, bucketing: Bucketing) -> Result<Vec<Variant>> {
+    let Bucketing::Growthbook { .. } = bucketing else {
+        return normalised(variants);
+    };
+    let total: f64 = variants.iter().map(|v| v.weight).sum();
+    let as_given = variants.clone();
+    normalised(variants)?;
+    if !(0.99..=1.01).contains(&total) {
+        return Err(Error::invalid(
+            "variants",
+            format!(
+                "GrowthBook bucketing takes weights as given: they must sum to 1                  (between 0.99 and 1.01), not {total}"
+            ),
+        ));
+    }
+    Ok(as_given)
+}
 
 /// Checks count, key uniqueness and weights, and scales weights to sum 1.
 fn normalised(mut variants: Vec<Variant>) -> Result<Vec<Variant>> {

@@ -30,8 +30,8 @@ pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
 pub use domain_event::{DomainEvent, DomainEventKind};
 pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
-    Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric, MetricKind,
-    Variant, MAX_VARIANTS,
+    Bucketing, Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric,
+    MetricKind, Variant, MAX_VARIANTS,
 };
 pub use ids::{
     uuid_v7, AlertId, EventId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId,

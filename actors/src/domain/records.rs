@@ -8,10 +8,10 @@ use time::OffsetDateTime;
 
 use super::experiment::default_mixing_variance;
 use super::{
-    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, DeliveryAttempt, DomainEventKind, Event,
-    EventType, Experiment, ExperimentAggregates, ExperimentKey, Guardrail, GuardrailStop, Layer,
-    MeasureAggregates, Metric, MetricKey, RuleId, Severity, Stamp, Status, UnitId, Variant,
-    VariantAggregates, VariantKey, WebhookId,
+    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, DeliveryAttempt,
+    DomainEventKind, Event, EventType, Experiment, ExperimentAggregates, ExperimentKey, Guardrail,
+    GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey, RuleId, Severity, Stamp, Status,
+    UnitId, Variant, VariantAggregates, VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -40,6 +40,10 @@ pub struct ExperimentRecord {
     pub peak_coverage: Option<f64>,
     /// Hash salt; defaults to the key.
     pub salt: String,
+    /// How units are hashed; abacus's own scheme in records from before
+    /// the choice existed.
+    #[serde(default)]
+    pub bucketing: Bucketing,
     /// Mutually exclusive layer this experiment occupies a slice of.
     pub layer: Option<Layer>,
     /// Units pinned to a variant, for QA. They win over everything else.
@@ -98,6 +102,7 @@ impl From<&Experiment> for ExperimentRecord {
             coverage: e.coverage,
             peak_coverage: Some(e.peak_coverage),
             salt: e.salt.clone(),
+            bucketing: e.bucketing,
             layer: e.layer.clone(),
             forced: e.forced.clone(),
             metrics: e.metrics.clone(),
@@ -129,6 +134,7 @@ impl From<ExperimentRecord> for Experiment {
             coverage: r.coverage,
             peak_coverage: r.peak_coverage.unwrap_or(1.0).max(r.coverage),
             salt: r.salt,
+            bucketing: r.bucketing,
             layer: r.layer,
             forced: r.forced,
             metrics: r.metrics,

@@ -7,6 +7,9 @@
 //! forced, then sticky, then layer, then ranges; no range hit = not_in_coverage
 //! ```
 //!
+//! An experiment with GrowthBook bucketing replaces `bucket` by GrowthBook's
+//! hash (see [`super::growthbook`]); the ranges and the order are the same.
+//!
 //! Because each range grows from a fixed start as coverage rises, raising
 //! coverage never moves a unit that was already in.
 
@@ -15,7 +18,8 @@ use std::collections::HashMap;
 use md5::{Digest, Md5};
 use serde::Serialize;
 
-use crate::domain::{Experiment, Status};
+use super::growthbook;
+use crate::domain::{Bucketing, Experiment, Status};
 use crate::Result;
 
 /// The unit's position in `[0, 1)` for `salt`. Hashes the parts one after
@@ -181,12 +185,19 @@ impl Compiled {
             return Ok(enrolled(variant, Reason::Forced));
         }
         if let Some(layer) = &self.experiment.layer {
-            let b = bucket(&layer.key, unit);
+            let b = match self.experiment.bucketing {
+                Bucketing::Abacus => bucket(&layer.key, unit),
+                Bucketing::Growthbook { .. } => growthbook::namespace(&layer.key, unit),
+            };
             if !(layer.start <= b && b < layer.end) {
                 return self.or_sticky(diverged, sticky, out(self.fallback, Reason::NotInLayer));
             }
         }
-        let b = bucket(&self.experiment.salt, unit);
+        let salt = &self.experiment.salt;
+        let b = match self.experiment.bucketing {
+            Bucketing::Abacus => bucket(salt, unit),
+            Bucketing::Growthbook { hash_version } => growthbook::hash(salt, unit, hash_version),
+        };
         match position(&self.ranges, b) {
             Some(variant) => self.or_sticky(diverged, sticky, enrolled(variant, Reason::Hashed)),
             None => {

@@ -6,7 +6,8 @@
 //! - [`actor`]: `ExperimentActor`, the single writer of one experiment,
 //!   and the `Slot` it publishes snapshots into.
 //! - [`assignment`]: the algorithm (md5 buckets, ranges, decision order)
-//!   over an experiment prepared for the hot path.
+//!   over an experiment prepared for the hot path; [`growthbook`]: the
+//!   hash of experiments bucketed as GrowthBook does.
 //! - [`sticky`]: each experiment's first exposures: on disk, pending ones
 //!   in memory until committed; in cluster mode, asked of the node that
 //!   folds the unit's partition when that is another.
@@ -19,6 +20,7 @@
 pub mod actor;
 pub mod assignment;
 pub mod exposure;
+pub mod growthbook;
 pub mod records;
 pub mod registry;
 pub mod sticky;

@@ -1,0 +1,154 @@
+//! GrowthBook bucketing, against the official GrowthBook Python SDK: a
+//! team that recreates a running GrowthBook experiment in abacus keeps
+//! every user's variation.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::common::{error_code, TestServer};
+
+/// What `tests/growthbook/oracle.py` prints: GrowthBook's answers for
+/// `experiments` random experiments × `units` random unit ids.
+fn oracle(experiments: usize, units: usize, seed: u64) -> Value {
+    let out = Command::new("python3")
+        .arg("tests/growthbook/oracle.py")
+        .args([experiments, units].map(|n| n.to_string()))
+        .arg(seed.to_string())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("python3 runs (the test command installs the growthbook SDK)");
+    assert!(
+        out.status.success(),
+        "the oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the oracle's JSON")
+}
+
+#[test]
+fn every_unit_gets_the_variation_growthbooks_sdk_gives() {
+    const EXPERIMENTS: usize = 200;
+    const UNITS: usize = 50; // 10,000 pairs
+    let answers = oracle(EXPERIMENTS, UNITS, 20_261_201);
+    let server = TestServer::start();
+
+    let experiments = answers["experiments"].as_array().expect("experiments");
+    let mut keys = Vec::new();
+    for (i, e) in experiments.iter().enumerate() {
+        let key = format!("gb-{i}");
+        let variants: Vec<Value> = e["weights"]
+            .as_array()
+            .expect("weights")
+            .iter()
+            .enumerate()
+            .map(|(j, w)| json!({"key": format!("v{j}"), "weight": w}))
+            .collect();
+        let layer = match e["namespace"].as_array() {
+            Some(ns) => json!({"key": ns[0], "start": ns[1], "end": ns[2]}),
+            None => Value::Null,
+        };
+        let (status, body) = server.post(
+            "/v1/experiments",
+            json!({
+                "key": key, "name": key, "salt": e["seed"], "variants": variants,
+                "coverage": e["coverage"], "layer": layer,
+                "bucketing": {"scheme": "growthbook", "hash_version": e["hash_version"]},
+            }),
+        );
+        assert_eq!(status, 201, "{e}: {body}");
+        assert_eq!(body["bucketing"]["scheme"], "growthbook");
+        let (status, body) = server.post_empty(&format!("/v1/experiments/{key}/start"));
+        assert_eq!(status, 200, "{body}");
+        keys.push(key);
+    }
+
+    let units = answers["units"].as_array().expect("units");
+    let expected = answers["expected"].as_array().expect("expected");
+    let mut wrong = Vec::new();
+    for (u, unit) in units.iter().enumerate() {
+        for chunk in keys.chunks(100) {
+            let (status, body) = server.post(
+                "/v1/assignments",
+                json!({"unit_id": unit, "experiments": chunk, "log_exposure": false}),
+            );
+            assert_eq!(status, 200, "{body}");
+            for a in body["assignments"].as_array().expect("assignments") {
+                let key = a["experiment"].as_str().expect("key");
+                let i: usize = key["gb-".len()..].parse().expect("index");
+                let want = &expected[i * UNITS + u];
+                let (want_in, want_variation) = (want[0] == true, want[1].as_u64().expect("id"));
+                let got_in = a["in_experiment"] == true;
+                let got = a["variant"].as_str().expect("variant");
+                // Outside the experiment GrowthBook serves its first
+                // variation, abacus its control.
+                let agrees = got_in == want_in && got == format!("v{want_variation}");
+                if !agrees {
+                    wrong.push(format!(
+                        "{unit} in {key} ({}): abacus {got} in={got_in}, GrowthBook v{want_variation} in={want_in}",
+                        experiments[i]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} differ, e.g. {:#?}",
+        wrong.len(),
+        EXPERIMENTS * UNITS,
+        &wrong[..wrong.len().min(5)]
+    );
+}
+
+#[test]
+fn growthbook_bucketing_refuses_what_growthbook_would_not_split_as_asked() {
+    let server = TestServer::start();
+    for (bucketing, variants, field) in [
+        (
+            json!({"scheme": "growthbook", "hash_version": 3}),
+            json!([{"key": "a", "weight": 0.5}, {"key": "b", "weight": 0.5}]),
+            "bucketing.hash_version",
+        ),
+        (
+            json!({"scheme": "growthbook", "hash_version": 2}),
+            json!([{"key": "a", "weight": 1}, {"key": "b", "weight": 3}]),
+            "variants",
+        ),
+    ] {
+        let (status, body) = server.post(
+            "/v1/experiments",
+            json!({"key": "gb", "name": "gb", "variants": variants, "bucketing": bucketing}),
+        );
+        assert_eq!(
+            (status, error_code(&body)),
+            (422, "validation_failed"),
+            "{body}"
+        );
+        assert_eq!(body["error"]["field"], field, "{body}");
+    }
+    let (status, body) = server.post(
+        "/v1/experiments",
+        json!({"key": "gb", "name": "gb", "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}],
+               "bucketing": {"scheme": "optimizely"}}),
+    );
+    assert_eq!(status, 422, "{body}");
+
+    // Chosen while a draft, fixed once running.
+    let (status, created) = server.post(
+        "/v1/experiments",
+        json!({"key": "gb", "name": "gb", "variants": [{"key": "a", "weight": 0.5}, {"key": "b", "weight": 0.5}]}),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["bucketing"], json!({"scheme": "abacus"}));
+    let growthbook = json!({"bucketing": {"scheme": "growthbook", "hash_version": 2}});
+    let (status, patched) = server.patch("/v1/experiments/gb", growthbook.clone());
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["bucketing"]["hash_version"], 2);
+    server.post_empty("/v1/experiments/gb/start");
+    let (status, body) = server.patch(
+        "/v1/experiments/gb",
+        json!({"bucketing": {"scheme": "abacus"}}),
+    );
+    assert_eq!((status, error_code(&body)), (409, "not_editable"), "{body}");
+}
