@@ -16,11 +16,13 @@ bootstrap-test:
 serve: bootstrap
 	cargo run --release -- serve
 
-## Unit tests, black-box tests against the real binary, then a few-second
-## smoke run of every load-harness scenario (no latency gate).
+## Unit tests, black-box tests against the real binary, a few-second
+## smoke run of every load-harness scenario (no latency gate), then the
+## deployment files checked against the binary (deploy/check.sh).
 test: bootstrap-test
 	cargo test
 	./scripts/smoke.sh
+	./deploy/check.sh "$${CARGO_TARGET_DIR:-target}/debug/abacus"
 
 ## Three nats-server processes (JetStream) and three abacus nodes on
 ## loopback, sharing their experiments; Ctrl-C stops them all.

@@ -1,9 +1,11 @@
 //! The `abacus` binary: parse the command line, load configuration, start
 //! telemetry, bind, and hand over to [`abacus::run`].
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use abacus_config::Config;
 use clap::{Parser, Subcommand};
@@ -39,11 +41,21 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Ask the server this configuration describes whether it is ready
+    /// (`GET /readyz` on its `server.bind`, 127.0.0.1 for an unspecified
+    /// address): exit 0 if it answers 200 within two seconds, 1 otherwise.
+    /// For container health checks, which then need no HTTP client.
+    Probe {
+        /// TOML file overriding the embedded defaults.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (Command::Serve { config } | Command::CheckConfig { config }) = &cli.command;
+    let (Command::Serve { config } | Command::CheckConfig { config } | Command::Probe { config }) =
+        &cli.command;
     let config = match Config::load(config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -56,6 +68,13 @@ fn main() -> ExitCode {
             println!("{config:#?}");
             ExitCode::SUCCESS
         }
+        Command::Probe { .. } => match probe(config.server.bind) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("abacus: not ready: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { .. } => match serve(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -64,6 +83,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `GET /readyz` on `bind` over plain HTTP/1.0, answered 200 within two
+/// seconds.
+fn probe(mut bind: SocketAddr) -> anyhow::Result<()> {
+    const WAIT: Duration = Duration::from_secs(2);
+    if bind.ip().is_unspecified() {
+        bind.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut stream = TcpStream::connect_timeout(&bind, WAIT)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.set_write_timeout(Some(WAIT))?;
+    stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    match &head[9..12] {
+        b"200" => Ok(()),
+        status => anyhow::bail!("{bind} answered {}", String::from_utf8_lossy(status)),
     }
 }
 

@@ -78,3 +78,33 @@ fn a_port_in_use_is_a_clear_error() {
     assert!(!out.status.success());
     assert!(stderr.contains("cannot listen"), "{stderr}");
 }
+
+#[test]
+fn version_and_probe_answer_for_installs_and_health_checks() {
+    let out = abacus(&["--version"], &[]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("abacus {}", env!("CARGO_PKG_VERSION"))
+    );
+
+    let server = crate::common::TestServer::start();
+    let port = server.url("").rsplit(':').next().expect("port").to_owned();
+    // An unspecified bind address (a container's) is probed on loopback.
+    let bind = format!("0.0.0.0:{port}");
+    let env = [
+        ("ABACUS_SERVER__BIND", bind.as_str()),
+        ("ABACUS_AUTH__ALLOW_OPEN", "true"),
+    ];
+    let ready = abacus(&["probe"], &env);
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+
+    drop(server);
+    let gone = abacus(&["probe"], &env);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not ready"));
+}
