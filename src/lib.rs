@@ -104,6 +104,9 @@ fn serve(
     let state = web::Data::new(AppState {
         engine: Arc::clone(&engine),
         high_water: config.ingest.high_water,
+        ofrep: http::ofrep::Settings {
+            log_exposure: config.ofrep.log_exposure,
+        },
     });
     let metrics = web::Data::new(metrics);
     let slow = web::Data::new(http::observe::SlowRequest(

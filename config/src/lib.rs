@@ -70,6 +70,17 @@ pub struct Config {
     pub log: LogConfig,
     /// Running as one of several nodes on NATS JetStream (off by default).
     pub cluster: ClusterConfig,
+    /// The OpenFeature remote evaluation routes.
+    pub ofrep: OfrepConfig,
+}
+
+/// `[ofrep]`: OpenFeature's remote evaluation protocol.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfrepConfig {
+    /// Evaluations log exposures and make assignments sticky, as
+    /// assignments with `log_exposure` do.
+    pub log_exposure: bool,
 }
 
 /// `[cluster]`: several nodes sharing their truth through NATS JetStream.

@@ -1,4 +1,6 @@
-//! Bearer-key authentication with two scopes.
+//! Bearer-key authentication with two scopes. A key is presented as
+//! `Authorization: Bearer <key>` or, as OpenFeature's providers send it,
+//! `X-API-Key: <key>`.
 //!
 //! `admin` keys may do everything; `ingest` keys only ask for assignments
 //! and send events. Handlers declare what they need by taking an [`Admin`]
@@ -79,14 +81,17 @@ impl Keys {
             }
             return Ok(Caller::from_peer(req.peer_addr()));
         }
-        let token = req
+        let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 let (scheme, token) = v.split_once(' ')?;
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
+            });
+        // OpenFeature's remote evaluation protocol also sends `X-API-Key`.
+        let token = bearer
+            .or_else(|| req.headers().get("x-api-key")?.to_str().ok())
             .ok_or(ApiError::Unauthorized)?;
         match (self.find(token.as_bytes()), needed) {
             (None, _) => Err(ApiError::Unauthorized),
@@ -132,7 +137,9 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
-fn authorize(req: &HttpRequest, needed: Scope) -> Result<(), ApiError> {
+/// Checks the caller's key allows `needed` and takes a token from its
+/// bucket.
+pub(super) fn authorize(req: &HttpRequest, needed: Scope) -> Result<(), ApiError> {
     let caller = match req.app_data::<Keys>() {
         Some(keys) => keys.authorize(req, needed)?,
         // Keys are registered by `http::configure`; failing closed if not.

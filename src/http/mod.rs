@@ -16,6 +16,7 @@ pub mod feed;
 pub mod health;
 pub mod limits;
 pub mod observe;
+pub mod ofrep;
 pub mod openapi;
 pub mod performance;
 pub mod prometheus;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// `/readyz` fails above this fraction of the mailbox's capacity.
     pub high_water: f64,
+    /// The OpenFeature routes' settings.
+    pub ofrep: ofrep::Settings,
 }
 
 /// Request-size limits from the configuration.
@@ -79,6 +82,7 @@ pub fn configure(
             // The hot routes first: the router tries resources in order,
             // and each dynamic pattern it passes costs a regex match.
             .configure(assignments::configure)
+            .configure(ofrep::configure)
             .configure(events::configure)
             .configure(experiments::configure)
             .configure(aggregates::configure)

@@ -4,12 +4,12 @@
 
 use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::Response;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, alerts, analytics, assignments, events, experiments, health, performance,
+    aggregates, alerts, analytics, assignments, events, experiments, health, ofrep, performance,
     prometheus, results, stream, webhooks, ws,
 };
 
@@ -62,6 +62,8 @@ use super::{
         ws::ws,
         assignments::assign_one,
         assignments::assign_all,
+        ofrep::evaluate_one,
+        ofrep::evaluate_all,
         events::accept,
         events::export,
         health::healthz,
@@ -81,6 +83,7 @@ use super::{
     tags(
         (name = "experiments", description = "Experiments and their lifecycle"),
         (name = "assignments", description = "Which variant a unit sees"),
+        (name = "openfeature", description = "OpenFeature remote evaluation (OFREP): experiments as flags"),
         (name = "events", description = "What units did"),
         (name = "results", description = "Statistics"),
         (name = "analytics", description = "Clicks, ranks, response and dwell times, units"),
@@ -100,6 +103,10 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
     }
 }

@@ -23,6 +23,7 @@ mod hostile;
 mod limits;
 mod metrics;
 mod openapi;
+mod openfeature;
 mod restart;
 mod results;
 mod retention;

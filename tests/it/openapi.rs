@@ -51,6 +51,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/ws"),
     ("get", "/v1/experiments/{key}/assignment"),
     ("post", "/v1/assignments"),
+    ("post", "/ofrep/v1/evaluate/flags/{key}"),
+    ("post", "/ofrep/v1/evaluate/flags"),
     ("post", "/v1/events"),
     ("get", "/v1/events"),
 ];

@@ -284,6 +284,11 @@ impl Experiments {
         }));
     }
 
+    /// The most distinct experiments one `assign_all` takes.
+    pub fn max_assignment_experiments(&self) -> usize {
+        self.max_assignment_experiments
+    }
+
     /// Creates a draft experiment.
     pub async fn create(&self, input: ExperimentIn) -> Result<Arc<Compiled>> {
         self.catalog.send(CreateExperiment(input)).await?
