@@ -76,8 +76,15 @@ pub enum ApiError {
     #[error("no route matches {0}")]
     RouteNotFound(String),
     /// The route exists but not with this method.
-    #[error("method not allowed on this route")]
-    MethodNotAllowed,
+    #[error("{method} is not allowed on {path}; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path.
+        path: String,
+        /// The methods the route takes, for the `Allow` header.
+        allow: String,
+    },
     /// A WebSocket route was asked for without a valid upgrade handshake.
     #[error("this route speaks WebSocket only: {0}")]
     UpgradeRequired(String),
@@ -145,7 +152,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::RouteNotFound(_) => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::UpgradeRequired(_) => "upgrade_required",
         }
     }
@@ -196,7 +203,7 @@ impl ResponseError for ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
         }
     }
@@ -224,6 +231,11 @@ impl ResponseError for ApiError {
             }
             ApiError::RateLimited { retry_after_s, .. } => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_s)));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                if let Ok(allow) = HeaderValue::from_str(allow) {
+                    response.insert_header((header::ALLOW, allow));
+                }
             }
             // The rest of the body may still be trickling in: do not wait
             // for it on this connection.

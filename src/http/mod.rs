@@ -101,6 +101,18 @@ pub fn configure(
     }
 }
 
+/// What no route took: 405 with `Allow` when the path is a documented
+/// route's (with other methods), else the JSON 404.
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::RouteNotFound(format!("{} {}", req.method(), req.path())).error_response()
+    let allowed = openapi::methods_of(req.path());
+    if allowed.is_empty() {
+        return ApiError::RouteNotFound(format!("{} {}", req.method(), req.path()))
+            .error_response();
+    }
+    ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+        allow: allowed.join(", "),
+    }
+    .error_response()
 }

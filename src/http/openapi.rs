@@ -2,6 +2,8 @@
 //! served at `/openapi.json`. A route missing here fails the
 //! `openapi_covers_every_route` test.
 
+use std::sync::OnceLock;
+
 use actix_web::{get, web, HttpResponse};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -168,6 +170,51 @@ impl Modify for CommonErrors {
             }
         }
     }
+}
+
+/// The methods the document lists for the route `path` is an instance of
+/// (a `{param}` segment matches any one segment); none when no route
+/// matches. The document is the router's truth: `tests/it/openapi.rs`
+/// checks that they agree.
+pub fn methods_of(path: &str) -> Vec<&'static str> {
+    static ROUTES: OnceLock<Vec<(Vec<String>, Vec<&'static str>)>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        ApiDoc::openapi()
+            .paths
+            .paths
+            .iter()
+            .map(|(template, item)| {
+                let segments = template.split('/').map(str::to_owned).collect();
+                let methods = [
+                    ("GET", item.get.is_some()),
+                    ("POST", item.post.is_some()),
+                    ("PUT", item.put.is_some()),
+                    ("PATCH", item.patch.is_some()),
+                    ("DELETE", item.delete.is_some()),
+                ];
+                let methods = methods
+                    .into_iter()
+                    .filter(|(_, has)| *has)
+                    .map(|(m, _)| m)
+                    .collect();
+                (segments, methods)
+            })
+            .collect()
+    });
+    let asked: Vec<&str> = path.split('/').collect();
+    let mut allowed: Vec<&'static str> = routes
+        .iter()
+        .filter(|(template, _)| {
+            template.len() == asked.len()
+                && template.iter().zip(&asked).all(|(t, a)| {
+                    (t.starts_with('{') && t.ends_with('}') && !a.is_empty()) || t == a
+                })
+        })
+        .flat_map(|(_, methods)| methods.iter().copied())
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    allowed
 }
 
 /// Registers the route.

@@ -99,6 +99,31 @@ fn openapi_covers_every_route() {
 }
 
 #[test]
+fn a_method_a_route_does_not_take_is_405_with_allow() {
+    let server = TestServer::start();
+    server.running_experiment("k", json!({}));
+    for (method, path, allow) in [
+        (Method::PUT, "/v1/experiments", "GET, POST"),
+        (Method::DELETE, "/v1/events", "GET, POST"),
+        (Method::GET, "/v1/experiments/k/start", "POST"),
+        (Method::POST, "/v1/experiments/k", "DELETE, GET, PATCH"),
+        (Method::GET, "/ofrep/v1/evaluate/flags/k", "POST"),
+    ] {
+        let response = server.request(method.clone(), path).send().unwrap();
+        assert_eq!(response.status(), 405, "{method} {path}");
+        let allowed = response.headers()["allow"].to_str().unwrap().to_owned();
+        assert_eq!(allowed, allow, "{method} {path}");
+        let (_, body) = read(response);
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    }
+    let (status, body) = server.get("/v1/nothing-here");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
+#[test]
 fn every_documented_route_is_mounted() {
     let server = TestServer::start();
     server.running_experiment("k", json!({}));
