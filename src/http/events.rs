@@ -47,7 +47,8 @@ pub struct IngestQuery {
 }
 
 /// Body of `POST /v1/events`: one event, or `{"events": [...]}`.
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
 #[schema(as = EventsIn)]
 #[allow(dead_code)] // documents the body's shape; parsing goes through `split`
 pub enum EventsIn {

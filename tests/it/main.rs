@@ -11,6 +11,7 @@ mod alerts;
 mod analytics;
 mod assignment;
 mod auth;
+mod client;
 mod cluster;
 mod config;
 mod dashboard;
