@@ -3,9 +3,7 @@
 //! `tests/requirements.txt`) creates, starts and assigns an experiment and
 //! posts an event against a real server with keys.
 
-use std::process::Command;
-
-use crate::common::TestServer;
+use crate::common::{python, TestServer};
 
 const ADMIN: &str = "admin-secret-0123456789";
 
@@ -13,19 +11,7 @@ const ADMIN: &str = "admin-secret-0123456789";
 fn a_python_client_generated_from_the_openapi_document_works() {
     let admin = format!("[\"{ADMIN}\"]");
     let mut server = TestServer::start_with(&[("ABACUS_AUTH__ADMIN_KEYS", admin.as_str())]);
-    let out = Command::new("python3")
-        .arg("tests/client/generated.py")
-        .arg(server.url(""))
-        .arg(ADMIN)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("python3 runs (the test command installs the generator)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python("tests/client/generated.py", &[&server.url(""), ADMIN]);
     // What the client did is on the server.
     server.use_token(Some(ADMIN));
     server.barrier();

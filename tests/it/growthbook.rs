@@ -2,28 +2,17 @@
 //! team that recreates a running GrowthBook experiment in abacus keeps
 //! every user's variation.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use crate::common::{error_code, TestServer};
+use crate::common::{error_code, python, TestServer};
 
 /// What `tests/growthbook/oracle.py` prints: GrowthBook's answers for
 /// `experiments` random experiments × `units` random unit ids.
 fn oracle(experiments: usize, units: usize, seed: u64) -> Value {
-    let out = Command::new("python3")
-        .arg("tests/growthbook/oracle.py")
-        .args([experiments, units].map(|n| n.to_string()))
-        .arg(seed.to_string())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("python3 runs (the test command installs the growthbook SDK)");
-    assert!(
-        out.status.success(),
-        "the oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the oracle's JSON")
+    let [experiments, units, seed] =
+        [experiments as u64, units as u64, seed].map(|n| n.to_string());
+    let out = python("tests/growthbook/oracle.py", &[&experiments, &units, &seed]);
+    serde_json::from_slice(&out).expect("the oracle's JSON")
 }
 
 #[test]

@@ -2,11 +2,9 @@
 //! as flags by the official OpenFeature Python SDK and its OFREP provider,
 //! and the protocol's edges over plain HTTP.
 
-use std::process::Command;
-
 use serde_json::{json, Value};
 
-use crate::common::TestServer;
+use crate::common::{python, TestServer};
 
 const ADMIN: &str = "admin-secret-0123456789";
 const INGEST: &str = "ingest-secret-0123456789";
@@ -52,19 +50,7 @@ fn flags(extra: &[(&str, &str)]) -> TestServer {
 #[test]
 fn the_official_openfeature_sdk_evaluates_experiments_as_flags() {
     let mut server = flags(&[]);
-    let out = Command::new("python3")
-        .arg("tests/openfeature/check.py")
-        .arg(server.url(""))
-        .arg(INGEST)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("python3 runs (the test command installs the OpenFeature SDK)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    python("tests/openfeature/check.py", &[&server.url(""), INGEST]);
     // Evaluations logged exposures, as assignments do.
     server.use_token(Some(ADMIN));
     server.barrier();

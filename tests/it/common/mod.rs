@@ -429,3 +429,23 @@ pub fn serve_expecting_exit(env: &[(&str, &str)], within: Duration) -> (Option<i
     let output = std::fs::read_to_string(&log_path).unwrap_or_default();
     (status.code(), output)
 }
+
+/// Runs the Python script `script` (a path from the repository's root)
+/// with `args`, as the tests' real clients and oracles are (the test
+/// command installs their packages, `tests/requirements.txt`); panics with
+/// its output unless it succeeds. Returns what it printed.
+pub fn python(script: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("python3")
+        .arg(script)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
