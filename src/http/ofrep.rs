@@ -27,7 +27,7 @@ use utoipa::ToSchema;
 use super::auth::{self, Scope};
 use super::error::ApiError;
 use super::AppState;
-use abacus_actors::domain::{ExperimentKey, Status, UnitId};
+use abacus_actors::domain::{ExperimentKey, UnitId};
 use abacus_actors::experiments::assignment::Reason;
 use abacus_actors::experiments::{Assignment, Experiments};
 use abacus_actors::Error as EngineError;
@@ -57,11 +57,30 @@ pub struct Evaluation<'a> {
     /// The variant's payload, or its key; absent for `DEFAULT`.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
-    value: Option<Value>,
-    /// abacus's reason (`reason`) and whether the unit takes part
-    /// (`inExperiment`).
-    #[schema(value_type = Object)]
-    metadata: Map<String, Value>,
+    value: Option<FlagValue<'a>>,
+    /// abacus's own reason and whether the unit takes part.
+    metadata: Metadata,
+}
+
+/// A flag's value, borrowed from the experiment's snapshot.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum FlagValue<'a> {
+    /// The variant's payload.
+    Payload(&'a Value),
+    /// Its key, when it has no payload.
+    Key(&'a str),
+}
+
+/// What abacus says of an evaluation beyond OFREP's reason.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    /// `hashed`, `sticky`, `forced`, `not_running`, `not_in_coverage` or
+    /// `not_in_layer`.
+    reason: &'static str,
+    /// Whether the unit takes part.
+    in_experiment: bool,
 }
 
 impl<'a> Evaluation<'a> {
@@ -73,21 +92,19 @@ impl<'a> Evaluation<'a> {
             Reason::NotRunning => "DISABLED",
             Reason::NotInCoverage | Reason::NotInLayer => "DEFAULT",
         };
-        let value = (reason != "DEFAULT").then(|| {
-            variant
-                .payload
-                .clone()
-                .unwrap_or_else(|| Value::String(variant.key.as_str().to_owned()))
+        let value = (reason != "DEFAULT").then(|| match &variant.payload {
+            Some(payload) => FlagValue::Payload(payload),
+            None => FlagValue::Key(variant.key.as_str()),
         });
-        let mut metadata = Map::new();
-        metadata.insert("reason".into(), a.reason().as_str().into());
-        metadata.insert("inExperiment".into(), a.in_experiment().into());
         Self {
             key: a.experiment().as_str(),
             reason,
             variant: variant.key.as_str(),
             value,
-            metadata,
+            metadata: Metadata {
+                reason: a.reason().as_str(),
+                in_experiment: a.in_experiment(),
+            },
         }
     }
 }
@@ -136,13 +153,10 @@ async fn evaluate_one(
     key: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Some(refused) = refusal(&req) {
-        return refused;
-    }
     let key = key.into_inner();
-    let unit = match targeting_key(&body) {
+    let unit = match admitted(&req, &body, Some(&key)) {
         Ok(unit) => unit,
-        Err(failure) => return failed(StatusCode::BAD_REQUEST, Some(key), failure),
+        Err(refused) => return *refused,
     };
     match experiments
         .assign(&key, unit.as_str(), state.ofrep.log_exposure)
@@ -180,18 +194,15 @@ async fn evaluate_all(
     state: web::Data<AppState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Some(refused) = refusal(&req) {
-        return refused;
-    }
-    let unit = match targeting_key(&body) {
+    let unit = match admitted(&req, &body, None) {
         Ok(unit) => unit,
-        Err(failure) => return failed(StatusCode::BAD_REQUEST, None, failure),
+        Err(refused) => return *refused,
     };
+    // Listed without a status, archived experiments are left out.
     let keys: Vec<ExperimentKey> = experiments
         .list(None, None, usize::MAX)
         .items
         .iter()
-        .filter(|c| c.experiment().status != Status::Archived)
         .map(|c| c.experiment().key.clone())
         .collect();
     let mut assignments = Vec::with_capacity(keys.len());
@@ -231,6 +242,26 @@ async fn evaluate_all(
         response.headers_mut().insert(header::ETAG, value);
     }
     response
+}
+
+/// The unit a request may be evaluated for, or the answer refusing it:
+/// the caller's key and rate first ([`refusal`]), then the body's
+/// `context.targetingKey` (a 400 naming `key`, the flag asked for).
+fn admitted(
+    req: &HttpRequest,
+    body: &[u8],
+    key: Option<&str>,
+) -> Result<UnitId, Box<HttpResponse>> {
+    if let Some(refused) = refusal(req) {
+        return Err(Box::new(refused));
+    }
+    targeting_key(body).map_err(|failure| {
+        Box::new(failed(
+            StatusCode::BAD_REQUEST,
+            key.map(str::to_owned),
+            failure,
+        ))
+    })
 }
 
 /// Nothing if the caller may evaluate (an ingest or admin key, as a bearer
@@ -308,5 +339,11 @@ fn engine_failure(key: Option<String>, e: EngineError) -> HttpResponse {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -153,38 +153,53 @@ fn two_nodes_racing_one_change_cannot_both_win() {
 
     for key in &keys {
         let path = format!("/v1/experiments/{key}/start");
-        let barrier = std::sync::Barrier::new(nodes.len());
-        let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
-            let racers: Vec<_> = nodes
-                .iter()
-                .map(|node| {
-                    let (path, barrier) = (&path, &barrier);
-                    scope.spawn(move || {
-                        barrier.wait();
-                        node.post_empty(path)
-                    })
-                })
-                .collect();
-            racers
-                .into_iter()
-                .map(|r| r.join().expect("a racer"))
-                .collect()
-        });
-        let won = answers.iter().filter(|(s, _)| *s == 200).count();
-        assert_eq!(won, 1, "{key}: {answers:?}");
-        for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
-            assert_eq!(*status, 409, "{body}");
-            assert!(
-                ["conflict", "invalid_transition"].contains(&error_code(body)),
-                "{body}"
-            );
-        }
+        let racers: Vec<_> = nodes.iter().map(|node| || node.post_empty(&path)).collect();
+        exactly_one_wins(&race(racers), key);
         // Every node ends up serving the one winner's change.
         for node in &nodes {
             served(node, &format!("/v1/experiments/{key}"), |e| {
                 e["status"] == "running" && e["version"] == 2
             });
         }
+    }
+}
+
+/// Runs every one of `racers` at once, each on a thread of its own
+/// released by one barrier; their answers, in order.
+fn race<F>(racers: Vec<F>) -> Vec<(u16, Value)>
+where
+    F: FnOnce() -> (u16, Value) + Send,
+{
+    let barrier = std::sync::Barrier::new(racers.len());
+    std::thread::scope(|scope| {
+        let running: Vec<_> = racers
+            .into_iter()
+            .map(|racer| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    racer()
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|r| r.join().expect("a racer"))
+            .collect()
+    })
+}
+
+/// Exactly one of `answers` (to racing changes of `what`) succeeded; every
+/// other lost with a 409 that says so.
+fn exactly_one_wins(answers: &[(u16, Value)], what: &str) {
+    let won = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(won, 1, "{what}: {answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 409, "{body}");
+        assert!(
+            ["conflict", "invalid_transition"].contains(&error_code(body)),
+            "{body}"
+        );
     }
 }
 
@@ -686,38 +701,19 @@ fn alert_rules_and_alerts_are_shared_and_evaluated_on_one_node() {
     }
 
     // Two nodes resolving it at once: one wins.
-    let barrier = std::sync::Barrier::new(2);
-    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
-        let racers: Vec<_> = [other, third]
-            .into_iter()
-            .map(|i| {
-                let (node, barrier, path) = (&nodes[i], &barrier, &alert_path);
-                scope.spawn(move || {
-                    barrier.wait();
-                    node.post(
-                        &format!("{path}/resolve"),
-                        json!({"by": format!("node {i}")}),
-                    )
-                })
-            })
-            .collect();
-        racers
-            .into_iter()
-            .map(|r| r.join().expect("a racer"))
-            .collect()
-    });
-    assert_eq!(
-        answers.iter().filter(|(s, _)| *s == 200).count(),
-        1,
-        "{answers:?}"
-    );
-    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
-        assert_eq!(*status, 409, "{body}");
-        assert!(
-            ["conflict", "invalid_transition"].contains(&error_code(body)),
-            "{body}"
-        );
-    }
+    let racers: Vec<_> = [other, third]
+        .into_iter()
+        .map(|i| {
+            let (node, path) = (&nodes[i], &alert_path);
+            move || {
+                node.post(
+                    &format!("{path}/resolve"),
+                    json!({"by": format!("node {i}")}),
+                )
+            }
+        })
+        .collect();
+    exactly_one_wins(&race(racers), &alert_path);
     for node in &nodes {
         eventually(node, &alert_path, |a| a["status"] == "resolved");
     }

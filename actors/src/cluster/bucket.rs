@@ -96,23 +96,8 @@ impl ExperimentBucket {
     /// `ChangedElsewhere` if another node wrote it since.
     pub async fn update(&self, experiment: &Experiment, revision: Revision) -> Result<Revision> {
         let key = experiment.key.as_str();
-        let refused = match self.kv.update(key, encode(experiment)?, revision).await {
-            Ok(revision) => return Ok(revision),
-            Err(e) if super::stale_revision(&e) => {
-                return Err(Error::ChangedElsewhere(format!("experiment '{key}'")))
-            }
-            Err(e) => e,
-        };
-        // Any other refusal may still be a stale revision the server
-        // described otherwise; the key's revision tells.
-        match self.kv.entry(key).await {
-            Ok(Some(entry)) if entry.revision != revision => {
-                Err(Error::ChangedElsewhere(format!("experiment '{key}'")))
-            }
-            _ => Err(Error::Cluster(format!(
-                "updating experiment '{key}': {refused}"
-            ))),
-        }
+        let what = format!("experiment '{key}'");
+        super::compare_and_set(&self.kv, key, encode(experiment)?, revision, &what).await
     }
 
     /// Every experiment with its revision, and the bucket's last revision:

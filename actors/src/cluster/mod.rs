@@ -67,6 +67,31 @@ fn stale_revision(e: &async_nats::jetstream::kv::UpdateError) -> bool {
     }
 }
 
+/// Writes `value` under `key` if the key's revision is still `revision`:
+/// its new revision, or `ChangedElsewhere` naming `what` (e.g.
+/// "experiment 'checkout'") if another node wrote it since. A refusal the
+/// server describes otherwise may still be a stale revision; the key's
+/// revision, read back, tells.
+async fn compare_and_set(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &str,
+    value: bytes::Bytes,
+    revision: Revision,
+    what: &str,
+) -> Result<Revision> {
+    let refused = match kv.update(key, value, revision).await {
+        Ok(revision) => return Ok(revision),
+        Err(e) if stale_revision(&e) => return Err(Error::ChangedElsewhere(what.to_owned())),
+        Err(e) => e,
+    };
+    match kv.entry(key).await {
+        Ok(Some(entry)) if entry.revision != revision => {
+            Err(Error::ChangedElsewhere(what.to_owned()))
+        }
+        _ => Err(Error::Cluster(format!("updating {what}: {refused}"))),
+    }
+}
+
 /// Opens the key-value bucket `bucket`, creating it if missing: one value
 /// per key, on disk, `settings.replicas` copies, entries expiring after
 /// `max_age` (zero: never). Two nodes starting together may both create

@@ -95,22 +95,8 @@ impl<R: Serialize + DeserializeOwned> RecordBucket<R> {
     /// Replaces the record if its revision is still `revision`;
     /// `ChangedElsewhere` if another node wrote it since.
     pub async fn update(&self, id: &str, record: &R, revision: Revision) -> Result<Revision> {
-        let what = self.what;
-        let refused = match self.kv.update(id, self.encode(record)?, revision).await {
-            Ok(revision) => return Ok(revision),
-            Err(e) if super::stale_revision(&e) => {
-                return Err(Error::ChangedElsewhere(format!("{what} '{id}'")))
-            }
-            Err(e) => e,
-        };
-        // Any other refusal may still be a stale revision the server
-        // described otherwise; the key's revision tells.
-        match self.kv.entry(id).await {
-            Ok(Some(entry)) if entry.revision != revision => {
-                Err(Error::ChangedElsewhere(format!("{what} '{id}'")))
-            }
-            _ => Err(Error::Cluster(format!("updating {what} '{id}': {refused}"))),
-        }
+        let what = format!("{} '{id}'", self.what);
+        super::compare_and_set(&self.kv, id, self.encode(record)?, revision, &what).await
     }
 
     /// Deletes the record: the deletion's revision.

@@ -75,6 +75,10 @@ impl Publisher {
     /// Records in the shared bucket the experiments `firsts` makes
     /// diverged that this node has not recorded yet.
     async fn share_divergence(&self, firsts: &FirstExposures) -> Result<()> {
+        // Nearly every request diverges nothing: no lock for those.
+        if firsts.diverging().next().is_none() {
+            return Ok(());
+        }
         let new: Vec<ExperimentKey> = {
             let recorded = self
                 .diverged
