@@ -12,7 +12,9 @@ use super::properties::{Counted, Fields, Slot};
 use super::{EventId, ExperimentKey, MetricKey, Properties, UnitId, VariantKey};
 use crate::{Error, Result};
 
-const MAX_ID_BYTES: usize = 128;
+/// Longest `event_id` and `session_id`, in characters (as JSON Schema's
+/// `maxLength` counts them).
+const MAX_ID_CHARS: usize = 128;
 /// Largest `results_count` of an impression: far more than any result list.
 const MAX_RESULTS_COUNT: u64 = 1_000_000_000;
 
@@ -126,13 +128,19 @@ impl<'de> Deserialize<'de> for EventType {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
-    /// Client id for de-duplication; the server makes one otherwise.
+    /// Client id for de-duplication (1-128 characters without control
+    /// characters); the server makes one otherwise.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub event_id: Option<String>,
     /// `exposure`, `impression`, `click`, `conversion`, `engagement`,
-    /// `metric`, or a custom name.
+    /// `metric`, or a custom name of the same shape as a key.
     #[serde(rename = "type")]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
     pub kind: EventType,
     /// The unit that did it.
     pub unit_id: UnitId,
@@ -149,10 +157,12 @@ pub struct EventIn {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub timestamp: Option<OffsetDateTime>,
-    /// Session id.
+    /// Session id, up to 128 characters.
     #[serde(default)]
+    #[schema(max_length = 128)]
     pub session_id: Option<String>,
-    /// Type-specific and free properties: an object, kept as sent.
+    /// Type-specific and free properties: an object, kept as sent, of at
+    /// most `limits.max_property_bytes` bytes of JSON.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub properties: Option<Box<RawValue>>,
@@ -332,10 +342,11 @@ impl EventIn {
         let client_id = self.event_id.is_some();
         let event_id = match self.event_id {
             Some(id) => {
-                if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+                let chars = id.chars().count();
+                if chars == 0 || chars > MAX_ID_CHARS || id.chars().any(char::is_control) {
                     return Err(Error::invalid(
                         "event_id",
-                        format!("event_id must be 1-{MAX_ID_BYTES} printable bytes"),
+                        format!("event_id must be 1-{MAX_ID_CHARS} characters without control characters"),
                     ));
                 }
                 EventId::from(id)
@@ -343,10 +354,10 @@ impl EventIn {
             None => make_id(),
         };
         if let Some(s) = &self.session_id {
-            if s.len() > MAX_ID_BYTES {
+            if s.chars().count() > MAX_ID_CHARS {
                 return Err(Error::invalid(
                     "session_id",
-                    format!("session_id must be at most {MAX_ID_BYTES} bytes"),
+                    format!("session_id must be at most {MAX_ID_CHARS} characters"),
                 ));
             }
         }

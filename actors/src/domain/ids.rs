@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest unit id accepted, in bytes.
-pub const MAX_UNIT_ID_BYTES: usize = 256;
+/// Longest unit id accepted, in characters (Unicode scalar values, as JSON
+/// Schema's `maxLength` counts them, so the API document states it
+/// exactly): at most 1,024 bytes of UTF-8.
+pub const MAX_UNIT_ID_CHARS: usize = 256;
 
 /// `[a-z0-9_-]{1,64}`: the shape of every key (experiment, variant, metric).
 fn is_key(s: &str) -> bool {
@@ -202,11 +204,11 @@ macro_rules! key_type {
 /// by creation time and say what they name. Decoding refuses any other
 /// shape.
 macro_rules! minted_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $pattern:literal, $example:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
-        #[schema(value_type = String, example = $prefix)]
+        #[schema(value_type = String, pattern = $pattern, example = $example)]
         pub struct $name(Box<str>);
 
         impl $name {
@@ -246,17 +248,23 @@ macro_rules! minted_id {
 minted_id!(
     /// An alert rule's id: `rule_` and 32 hex digits.
     RuleId,
-    "rule_"
+    "rule_",
+    "^rule_[0-9a-fA-F]{32}$",
+    "rule_0192f0c4a6e07c3b9d1e2f3a4b5c6d7e"
 );
 minted_id!(
     /// An alert's id: `alert_` and 32 hex digits.
     AlertId,
-    "alert_"
+    "alert_",
+    "^alert_[0-9a-fA-F]{32}$",
+    "alert_0192f0c4a6e07c3b9d1e2f3a4b5c6d7e"
 );
 minted_id!(
     /// A webhook subscription's id: `wh_` and 32 hex digits.
     WebhookId,
-    "wh_"
+    "wh_",
+    "^wh_[0-9a-fA-F]{32}$",
+    "wh_0192f0c4a6e07c3b9d1e2f3a4b5c6d7e"
 );
 
 key_type!(
@@ -276,23 +284,27 @@ key_type!(
 );
 
 /// The thing being randomised: a user, device, session or account id.
-/// 1 to 256 bytes of UTF-8 without control characters.
+/// 1 to 256 characters without control characters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "String", into = "String")]
-#[schema(value_type = String)]
+#[schema(value_type = String, pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,256}$")]
 pub struct UnitId(Box<str>);
 
 impl UnitId {
-    /// Checks `s` without allocating; the hot path validates borrowed ids.
+    /// Checks `s` without allocating, in one pass over its characters;
+    /// the hot path validates borrowed ids.
     pub fn check(s: &str) -> Result<(), String> {
-        if s.is_empty() || s.len() > MAX_UNIT_ID_BYTES {
-            return Err(format!(
-                "unit_id must be 1-{MAX_UNIT_ID_BYTES} bytes, got {}",
-                s.len()
-            ));
+        let mut chars = 0;
+        for c in s.chars() {
+            if c.is_control() {
+                return Err("unit_id must not contain control characters".to_owned());
+            }
+            chars += 1;
         }
-        if s.chars().any(char::is_control) {
-            return Err("unit_id must not contain control characters".to_owned());
+        if chars == 0 || chars > MAX_UNIT_ID_CHARS {
+            return Err(format!(
+                "unit_id must be 1-{MAX_UNIT_ID_CHARS} characters, got {chars}"
+            ));
         }
         Ok(())
     }
@@ -380,5 +392,10 @@ mod tests {
         assert!(UnitId::check("").is_err());
         assert!(UnitId::check(&"u".repeat(257)).is_err());
         assert!(UnitId::check("tab\there").is_err());
+        assert!(UnitId::check("c1 control \u{85}").is_err());
+        // Characters, as the API document's maxLength counts them: 256
+        // four-byte characters are 1,024 bytes and still one unit id.
+        assert!(UnitId::check(&"😀".repeat(256)).is_ok());
+        assert!(UnitId::check(&"😀".repeat(257)).is_err());
     }
 }

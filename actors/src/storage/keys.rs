@@ -53,7 +53,7 @@ pub fn parse_aggregates(key: &[u8]) -> Option<(&str, u16)> {
 /// partition that owns the unit alone reads and writes its ids.
 pub fn event_id(unit: &str, id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + unit.len() + id.len());
-    // Unit ids are at most 256 bytes by construction.
+    // Unit ids are at most 1,024 bytes (256 characters) by construction.
     key.extend_from_slice(&(unit.len() as u16).to_be_bytes());
     key.extend_from_slice(unit.as_bytes());
     key.extend_from_slice(id.as_bytes());
@@ -139,7 +139,7 @@ pub fn unit_event(unit: &str, timestamp_ms: i64, seq: u64) -> Vec<u8> {
 /// The first [`unit_event`] key of `unit` at or after `timestamp_ms`.
 pub fn unit_event_bound(unit: &str, timestamp_ms: i64) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + unit.len() + 16);
-    // Unit ids are at most 256 bytes by construction.
+    // Unit ids are at most 1,024 bytes (256 characters) by construction.
     key.extend_from_slice(&(unit.len() as u16).to_be_bytes());
     key.extend_from_slice(unit.as_bytes());
     key.extend_from_slice(&clamp_ms(timestamp_ms).to_be_bytes());
