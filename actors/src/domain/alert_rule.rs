@@ -101,16 +101,24 @@ pub struct AlertRule {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleIn {
-    /// Human-readable name.
+    /// Human-readable name: 1-200 characters, not all blank.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
-    /// What to watch.
+    /// What to watch (any but `store_failed`, which abacus raises itself).
     pub metric: AlertMetric,
-    /// Required for `event_latency_p95_ms` (ms), `error_rate` (0..1) and
-    /// `ingest_rejections` (events).
+    /// At least 0; required for `event_latency_p95_ms` (ms), `error_rate`
+    /// (a share below 1) and `ingest_rejections` (events), refused for
+    /// the others.
     #[serde(default)]
+    #[schema(minimum = 0.0)]
     pub threshold: Option<f64>,
     /// Window of the rate rules, 1..=300 s (default 60).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 300)]
     pub window_s: Option<u32>,
     /// For `srm` and `guardrail_regression`: only this experiment.
     #[serde(default)]
@@ -127,14 +135,21 @@ pub struct RuleIn {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RulePatch {
-    /// New name.
+    /// New name: 1-200 characters, not all blank.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: Option<String>,
-    /// New threshold.
+    /// New threshold, at least 0 (only for the rules that have one).
     #[serde(default)]
+    #[schema(minimum = 0.0)]
     pub threshold: Option<f64>,
-    /// New window.
+    /// New window, 1..=300 s.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 300)]
     pub window_s: Option<u32>,
     /// New severity.
     #[serde(default)]

@@ -15,8 +15,9 @@ use crate::{Error, Result};
 pub const MAX_VARIANTS: usize = 20;
 const MAX_NAME_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 4000;
-const MAX_SALT_BYTES: usize = 128;
-const MAX_FORCED: usize = 10_000;
+const MAX_SALT_CHARS: usize = 128;
+/// Most forced overrides an experiment may have.
+pub const MAX_FORCED: usize = 10_000;
 const MAX_METRICS: usize = 50;
 
 /// An experiment as the engine holds it and the API and webhooks show it.
@@ -106,6 +107,7 @@ pub struct Variant {
     /// Key, unique within the experiment.
     pub key: VariantKey,
     /// Relative weight (> 0); stored normalised so all weights sum to 1.
+    #[schema(exclusive_minimum = 0.0)]
     pub weight: f64,
     /// Arbitrary JSON handed to the client with the assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +131,7 @@ pub enum Bucketing {
     /// requires), and a layer is GrowthBook's namespace.
     Growthbook {
         /// GrowthBook's `hashVersion`: 1 or 2.
+        #[schema(minimum = 1, maximum = 2)]
         hash_version: u8,
     },
 }
@@ -138,11 +141,19 @@ pub enum Bucketing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Layer {
-    /// The layer's key; it is the salt of the layer hash.
+    /// The layer's key; it is the salt of the layer hash (1-128
+    /// characters without control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub key: String,
     /// Inclusive lower bound, 0..1.
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub start: f64,
     /// Exclusive upper bound, start..=1.
+    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
     pub end: f64,
 }
 
@@ -165,7 +176,9 @@ pub struct Metric {
 pub struct Guardrail {
     /// One of the experiment's metrics.
     pub metric: MetricKey,
-    /// Tolerated relative change in the bad direction (0.05 = 5%).
+    /// Tolerated relative change in the bad direction (0.05 = 5%), at
+    /// least 0 and below 1.
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub max_relative_drop: f64,
     /// `false` for metrics where less is better (errors, latency): then a
     /// rise is the regression.
@@ -215,18 +228,32 @@ pub enum MetricKind {
 pub struct ExperimentIn {
     /// Unique key, `[a-z0-9_-]{1,64}`; it cannot change later.
     pub key: ExperimentKey,
-    /// Human-readable name.
+    /// Human-readable name: 1-200 characters, not all blank.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
-    /// Free text.
+    /// Free text, up to 4,000 characters.
     #[serde(default)]
+    #[schema(max_length = 4000)]
     pub description: Option<String>,
-    /// 2 to 20 variants; the first is the control.
+    /// 2 to 20 variants with distinct keys; the first is the control.
+    #[schema(min_items = 2, max_items = 20)]
     pub variants: Vec<Variant>,
-    /// Share of the population that takes part (default 1).
+    /// Share of the population that takes part, 0..=1 (default 1).
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub coverage: Option<f64>,
-    /// Hash salt (default: the key).
+    /// Hash salt, 1-128 characters without control characters (default:
+    /// the key).
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub salt: Option<String>,
     /// How units are hashed (default: `{"scheme": "abacus"}`).
     #[serde(default)]
@@ -234,22 +261,27 @@ pub struct ExperimentIn {
     /// Layer slice.
     #[serde(default)]
     pub layer: Option<Layer>,
-    /// Forced overrides, unit id → variant key.
+    /// Forced overrides, unit id → one of the variants' keys (at most
+    /// 10,000).
     #[serde(default)]
     pub forced: BTreeMap<UnitId, VariantKey>,
-    /// Metrics to analyse.
+    /// Metrics to analyse, at most 50 with distinct keys.
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub metrics: Vec<Metric>,
     /// The deciding metric; must be one of `metrics`.
     #[serde(default)]
     pub primary_metric: Option<MetricKey>,
-    /// Significance level (default 0.05).
+    /// Significance level, between 0 and 1 exclusive (default 0.05).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub alpha: Option<f64>,
-    /// mSPRT mixing variance over the relative lift (default 0.01).
+    /// mSPRT mixing variance over the relative lift, above 0 and at most
+    /// 100 (default 0.01).
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 100.0)]
     pub mixing_variance: Option<f64>,
-    /// Guardrail metrics; each must be one of `metrics`.
+    /// Guardrail metrics; each must be one of `metrics`, each at most once.
     #[serde(default)]
     pub guardrails: Vec<Guardrail>,
 }
@@ -259,21 +291,34 @@ pub struct ExperimentIn {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentPatch {
-    /// New name (any time).
+    /// New name (any time): 1-200 characters, not all blank.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: Option<String>,
-    /// New description (any time).
+    /// New description (any time), up to 4,000 characters.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 4000)]
     pub description: Option<Option<String>>,
-    /// New coverage (any time). Raising it never moves a unit already in.
+    /// New coverage, 0..=1 (any time). Raising it never moves a unit
+    /// already in.
     #[serde(default)]
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub coverage: Option<f64>,
-    /// New variants and weights (draft only).
+    /// New variants and weights (draft only): 2 to 20 with distinct keys.
     #[serde(default)]
+    #[schema(min_items = 2, max_items = 20)]
     pub variants: Option<Vec<Variant>>,
-    /// New salt (draft only).
+    /// New salt (draft only), 1-128 characters without control characters.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub salt: Option<String>,
     /// New hashing scheme (draft only).
     #[serde(default)]
@@ -282,21 +327,24 @@ pub struct ExperimentPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Layer>)]
     pub layer: Option<Option<Layer>>,
-    /// Replaces the forced overrides (any time).
+    /// Replaces the forced overrides (any time), at most 10,000.
     #[serde(default)]
     pub forced: Option<BTreeMap<UnitId, VariantKey>>,
-    /// Replaces the metrics (any time).
+    /// Replaces the metrics (any time), at most 50 with distinct keys.
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub metrics: Option<Vec<Metric>>,
     /// New primary metric (any time).
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<MetricKey>)]
     pub primary_metric: Option<Option<MetricKey>>,
-    /// New significance level (any time).
+    /// New significance level (any time), between 0 and 1 exclusive.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub alpha: Option<f64>,
-    /// New mSPRT mixing variance (any time).
+    /// New mSPRT mixing variance (any time), above 0 and at most 100.
     #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 100.0)]
     pub mixing_variance: Option<f64>,
     /// Replaces the guardrails (any time).
     #[serde(default)]
@@ -351,41 +399,28 @@ impl Experiment {
 
     /// This experiment with `patch` applied, validated. Fields that steer
     /// assignment (variants, salt, layer) may change only in `draft`, so a
-    /// running experiment never reshuffles its units.
+    /// running experiment never reshuffles its units. The patch is checked
+    /// before the status: a change no experiment could take is refused as
+    /// such (422), whatever this one's status.
     pub fn patched(&self, patch: ExperimentPatch, now: OffsetDateTime) -> Result<Self> {
-        if self.status == Status::Archived {
-            return Err(Error::InvalidTransition {
-                from: self.status.as_str(),
-                action: "edit",
-            });
-        }
-        let draft_only = |field: &'static str| -> Result<()> {
-            if self.status == Status::Draft {
-                Ok(())
-            } else {
-                Err(Error::NotEditable {
-                    field,
-                    status: self.status.as_str(),
-                })
-            }
-        };
+        let mut draft_only = None;
         let mut next = self.clone();
         if let Some(bucketing) = patch.bucketing {
-            draft_only("bucketing")?;
+            draft_only.get_or_insert("bucketing");
             next.bucketing = bucketing;
         }
         if let Some(variants) = patch.variants {
-            draft_only("variants")?;
+            draft_only.get_or_insert("variants");
             next.variants = weighed(variants, next.bucketing)?;
         } else if next.bucketing != self.bucketing {
             next.variants = weighed(next.variants, next.bucketing)?;
         }
         if let Some(salt) = patch.salt {
-            draft_only("salt")?;
+            draft_only.get_or_insert("salt");
             next.salt = salt;
         }
         if let Some(layer) = patch.layer {
-            draft_only("layer")?;
+            draft_only.get_or_insert("layer");
             next.layer = layer;
         }
         if let Some(name) = patch.name {
@@ -421,6 +456,18 @@ impl Experiment {
             next.guardrails = guardrails;
         }
         next.check()?;
+        if self.status == Status::Archived {
+            return Err(Error::InvalidTransition {
+                from: self.status.as_str(),
+                action: "edit",
+            });
+        }
+        if let (Some(field), false) = (draft_only, self.status == Status::Draft) {
+            return Err(Error::NotEditable {
+                field,
+                status: self.status.as_str(),
+            });
+        }
         next.touch(now);
         Ok(next)
     }
@@ -591,10 +638,11 @@ pub(super) fn default_mixing_variance() -> f64 {
 }
 
 fn check_hash_key(field: &str, value: &str) -> Result<()> {
-    if value.is_empty() || value.len() > MAX_SALT_BYTES || value.chars().any(char::is_control) {
+    let chars = value.chars().count();
+    if chars == 0 || chars > MAX_SALT_CHARS || value.chars().any(char::is_control) {
         return Err(Error::invalid(
             field,
-            format!("{field} must be 1-{MAX_SALT_BYTES} bytes without control characters"),
+            format!("{field} must be 1-{MAX_SALT_CHARS} characters without control characters"),
         ));
     }
     Ok(())
@@ -620,7 +668,8 @@ fn weighed(variants: Vec<Variant>, bucketing: Bucketing) -> Result<Vec<Variant>>
         return Err(Error::invalid(
             "variants",
             format!(
-                "GrowthBook bucketing takes weights as given: they must sum to 1                  (between 0.99 and 1.01), not {total}"
+                "GrowthBook bucketing takes weights as given: they must sum to 1 \
+                 (between 0.99 and 1.01), not {total}"
             ),
         ));
     }
@@ -861,6 +910,36 @@ mod tests {
             .patched(ExperimentPatch::default(), now())
             .unwrap_err();
         assert!(matches!(err, Error::InvalidTransition { .. }));
+        // A change no experiment could take is refused as such first.
+        let blank = ExperimentPatch {
+            name: Some(" ".into()),
+            ..ExperimentPatch::default()
+        };
+        let err = archived.patched(blank, now()).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn draft_only_fields_are_refused_once_running_after_the_rules() {
+        let running = Experiment::create(input(minimal()), now())
+            .unwrap()
+            .transitioned(Action::Start, None, now())
+            .unwrap();
+        let salt = ExperimentPatch {
+            salt: Some("new".into()),
+            ..ExperimentPatch::default()
+        };
+        let err = running.patched(salt, now()).unwrap_err();
+        assert!(
+            matches!(err, Error::NotEditable { field: "salt", .. }),
+            "{err:?}"
+        );
+        let bad_salt = ExperimentPatch {
+            salt: Some(String::new()),
+            ..ExperimentPatch::default()
+        };
+        let err = running.patched(bad_salt, now()).unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
     }
 
     proptest::proptest! {

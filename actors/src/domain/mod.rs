@@ -31,7 +31,7 @@ pub use domain_event::{DomainEvent, DomainEventKind};
 pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
     Bucketing, Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric,
-    MetricKind, Variant, MAX_VARIANTS,
+    MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
 };
 pub use ids::{
     uuid_v7, AlertId, EventId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId,

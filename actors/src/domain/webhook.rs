@@ -10,12 +10,20 @@ use crate::domain::{DomainEventKind, WebhookId};
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookIn {
-    /// Where to POST: `http` or `https`.
+    /// Where to POST: an `http://` or `https://` URL as written (no
+    /// surrounding spaces, control characters or backslashes), with a
+    /// host and without credentials, whose host resolves only to public
+    /// addresses (unless `webhooks.allow_private`).
+    #[schema(
+        pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/\\\u0000-\u0020\u007f-\u009f]([^\\\u0000-\u001f\u007f-\u009f]*[^\\\u0000-\u0020\u007f-\u009f])?$"
+    )]
     pub url: String,
     /// Which event types to receive (at least one).
+    #[schema(min_items = 1)]
     pub events: Vec<DomainEventKind>,
-    /// Free text.
+    /// Free text, up to 1,000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub description: Option<String>,
 }
 

@@ -284,7 +284,7 @@ impl Experiments {
         }));
     }
 
-    /// The most distinct experiments one `assign_all` takes.
+    /// The most experiment keys one `assign_all` takes.
     pub fn max_assignment_experiments(&self) -> usize {
         self.max_assignment_experiments
     }
@@ -454,24 +454,25 @@ impl Experiments {
         Ok(assignments)
     }
 
-    /// The named experiments (each once, at most
-    /// `max_assignment_experiments`), or every running one.
+    /// The named experiments (at most `max_assignment_experiments` keys,
+    /// as the API document's `maxItems` states; each assigned once), or
+    /// every running one.
     fn entries(&self, keys: Option<&[ExperimentKey]>) -> Result<Vec<Entry>> {
         Ok(match keys {
             Some(keys) => {
+                if keys.len() > self.max_assignment_experiments {
+                    return Err(Error::invalid(
+                        "experiments",
+                        format!(
+                            "at most {} experiments per request",
+                            self.max_assignment_experiments
+                        ),
+                    ));
+                }
                 let mut unique: Vec<&ExperimentKey> = Vec::with_capacity(keys.len());
                 for key in keys {
                     if !unique.contains(&key) {
                         unique.push(key);
-                    }
-                    if unique.len() > self.max_assignment_experiments {
-                        return Err(Error::invalid(
-                            "experiments",
-                            format!(
-                                "at most {} distinct experiments per request",
-                                self.max_assignment_experiments
-                            ),
-                        ));
                     }
                 }
                 unique
@@ -927,8 +928,8 @@ mod tests {
     }
 
     #[actix::test]
-    async fn assign_all_with_keys_assigns_each_once_and_bounds_the_distinct_keys() {
-        let f = fixture(2);
+    async fn assign_all_with_keys_assigns_each_once_and_bounds_the_keys_listed() {
+        let f = fixture(5);
         f.running("a").await;
         f.running("b").await;
         f.draft("c").await;
@@ -957,11 +958,12 @@ mod tests {
         );
 
         let before = f.served();
-        let three = keys(&["a", "b", "c"]);
-        match f.service.assign_all("u", Some(&three), true).await {
+        // Six keys, three of them distinct: the list is what is bounded.
+        let six = keys(&["a", "b", "c", "a", "b", "c"]);
+        match f.service.assign_all("u", Some(&six), true).await {
             Err(Error::Invalid { field, message }) => {
                 assert_eq!(field, "experiments");
-                assert!(message.contains("at most 2"), "{message}");
+                assert!(message.contains("at most 5"), "{message}");
             }
             other => panic!("{:?}", other.map(|a| a.len())),
         }

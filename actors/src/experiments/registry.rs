@@ -142,11 +142,14 @@ impl Handler<CreateExperiment> for Catalog {
     type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
 
     fn handle(&mut self, msg: CreateExperiment, _: &mut Context<Self>) -> Self::Result {
-        let created = if self.registry.get(msg.0.key.as_str()).is_some() {
-            Err(Error::ExperimentExists(msg.0.key.to_string()))
-        } else {
-            Experiment::create(msg.0, self.clock.now())
-        };
+        // The body first: one no experiment could take is refused as such
+        // (422) even when its key is taken.
+        let created = Experiment::create(msg.0, self.clock.now()).and_then(|e| {
+            match self.registry.get(e.key.as_str()) {
+                Some(_) => Err(Error::ExperimentExists(e.key.to_string())),
+                None => Ok(e),
+            }
+        });
         let experiment = match created {
             Ok(e) => e,
             Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),

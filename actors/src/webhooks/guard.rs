@@ -45,6 +45,27 @@ use url::{Host, Url};
 /// filter, so a subscription is never accepted for a target that is only
 /// partly public.
 pub async fn check_target(text: &str, allow_private: bool) -> Result<Url, String> {
+    // A URL is taken as written: the parser would quietly drop surrounding
+    // spaces and control characters, read `\` as `/`, and find a host
+    // after `http:` or `http:///` that the text does not show.
+    if text.starts_with(' ') || text.ends_with(' ') || text.chars().any(char::is_control) {
+        return Err("the URL must not have surrounding spaces or control characters".into());
+    }
+    if text.contains('\\') {
+        return Err("the URL must not contain a backslash".into());
+    }
+    let rest = ["http://", "https://"].iter().find_map(|scheme| {
+        text.get(..scheme.len())
+            .filter(|head| head.eq_ignore_ascii_case(scheme))
+            .map(|_| &text[scheme.len()..])
+    });
+    match rest {
+        None => return Err("only http:// and https:// URLs are allowed".into()),
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            return Err("the URL has no host".into())
+        }
+        Some(_) => {}
+    }
     let url = Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("only http and https URLs are allowed".into());
@@ -578,6 +599,17 @@ mod tests {
             .is_ok());
         assert!(check_target("http://127.0.0.1:9/hook", true).await.is_ok());
         assert!(check_target("ftp://127.0.0.1/", true).await.is_err());
+        // Taken as written: what the parser would drop is refused.
+        for loose in [
+            " http://127.0.0.1/",
+            "http://127.0.0.1/ ",
+            "http:127.0.0.1/",
+            "http:///127.0.0.1/",
+            "http://127.0.0.1\\x",
+            "http://127.0.0.1/a\tb",
+        ] {
+            assert!(check_target(loose, true).await.is_err(), "{loose:?}");
+        }
     }
 
     /// A name that resolves to loopback and to a public address, or only
