@@ -116,6 +116,8 @@ fn serve(
         body_bytes: config.server.max_body_bytes,
         max_batch: config.ingest.max_batch,
         body_timeout: config.server.body_timeout_ms.get(),
+        max_assignment_experiments: config.limits.max_assignment_experiments,
+        max_abs_value: config.limits.max_abs_value,
     };
     let rates = http::limits::RateLimits::new(
         config.limits.ingest_rps,

@@ -1,7 +1,7 @@
 //! `/v1/experiments/{key}/aggregates`: the raw per-variant sums that
 //! results are computed from, live or recomputed from stored events.
 
-use abacus_actors::domain::ExperimentAggregates;
+use abacus_actors::domain::{ExperimentAggregates, ExperimentKey};
 use abacus_actors::results::Results;
 use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
@@ -40,7 +40,7 @@ pub struct AggregatesQuery {
 /// sum and sum of squares of per-unit sums.
 #[utoipa::path(
     tag = "experiments",
-    params(("key" = String, Path, description = "Experiment key"), AggregatesQuery),
+    params(("key" = ExperimentKey, Path, description = "Experiment key"), AggregatesQuery),
     responses(
         (status = 200, description = "The experiment's aggregates", body = ExperimentAggregates),
         (status = 404, description = "No such experiment"),

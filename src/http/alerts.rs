@@ -3,7 +3,9 @@
 
 use abacus_actors::alerts::AlertFilter;
 use abacus_actors::alerts::Alerts;
-use abacus_actors::domain::{Alert, AlertRule, AlertStatus, RuleIn, RulePatch, StampIn};
+use abacus_actors::domain::{
+    Alert, AlertId, AlertRule, AlertStatus, RuleId, RuleIn, RulePatch, StampIn,
+};
 use actix_web::{delete, get, patch, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -74,7 +76,7 @@ async fn list_rules(_: Admin, alerts: web::Data<Alerts>) -> ApiResult<HttpRespon
 /// One rule.
 #[utoipa::path(
     tag = "alerts",
-    params(("id" = String, Path, description = "Rule id")),
+    params(("id" = RuleId, Path, description = "Rule id")),
     responses(
         (status = 200, description = "The rule", body = AlertRule),
         (status = 404, description = "No such rule"),
@@ -94,7 +96,7 @@ async fn read_rule(
 /// Disabling resolves its active alerts.
 #[utoipa::path(
     tag = "alerts",
-    params(("id" = String, Path, description = "Rule id")),
+    params(("id" = RuleId, Path, description = "Rule id")),
     request_body = RulePatch,
     responses(
         (status = 200, description = "The rule", body = AlertRule),
@@ -116,7 +118,7 @@ async fn update_rule(
 /// Delete a rule; its active alerts resolve.
 #[utoipa::path(
     tag = "alerts",
-    params(("id" = String, Path, description = "Rule id")),
+    params(("id" = RuleId, Path, description = "Rule id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such rule"),
@@ -142,7 +144,8 @@ pub struct AlertQuery {
     status: Option<AlertStatus>,
     /// Only alerts about this experiment.
     experiment: Option<String>,
-    /// At most this many (default 100, at most 500).
+    /// At most this many, 1..=500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -155,6 +158,7 @@ pub struct AlertList {
 
 /// List alerts, newest first.
 #[utoipa::path(
+    operation_id = "list_alerts",
     tag = "alerts",
     params(AlertQuery),
     responses((status = 200, description = "Alerts", body = AlertList)),
@@ -186,8 +190,9 @@ async fn list(
 
 /// One alert.
 #[utoipa::path(
+    operation_id = "read_alert",
     tag = "alerts",
-    params(("id" = String, Path, description = "Alert id")),
+    params(("id" = AlertId, Path, description = "Alert id")),
     responses(
         (status = 200, description = "The alert", body = Alert),
         (status = 404, description = "No such alert"),
@@ -205,8 +210,9 @@ async fn read(
 
 /// `open → acknowledged`, recording who and why.
 #[utoipa::path(
+    operation_id = "acknowledge_alert",
     tag = "alerts",
-    params(("id" = String, Path, description = "Alert id")),
+    params(("id" = AlertId, Path, description = "Alert id")),
     request_body = StampIn,
     responses(
         (status = 200, description = "The alert", body = Alert),
@@ -229,8 +235,9 @@ async fn acknowledge(
 /// resolved while its condition holds is not raised again until the
 /// condition clears once.
 #[utoipa::path(
+    operation_id = "resolve_alert",
     tag = "alerts",
-    params(("id" = String, Path, description = "Alert id")),
+    params(("id" = AlertId, Path, description = "Alert id")),
     request_body = StampIn,
     responses(
         (status = 200, description = "The alert", body = Alert),

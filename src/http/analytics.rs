@@ -41,11 +41,11 @@ pub struct AnalyticsQuery {
     unit_id: Option<UnitId>,
     /// From (RFC 3339, rounded down to the minute).
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<OffsetDateTime>,
     /// To, exclusive (RFC 3339, rounded up to the minute).
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<OffsetDateTime>,
 }
 
@@ -72,7 +72,11 @@ async fn buckets(
 #[utoipa::path(
     tag = "analytics",
     params(AnalyticsQuery),
-    responses((status = 200, description = "CTR", body = CtrReport)),
+    responses(
+        (status = 200, description = "CTR", body = CtrReport),
+        (status = 404, description = "No such experiment"),
+        (status = 422, description = "A `variant` without its `experiment`"),
+    ),
     security(("bearer" = []))
 )]
 #[get("/v1/analytics/ctr")]
@@ -89,7 +93,11 @@ async fn ctr(
 #[utoipa::path(
     tag = "analytics",
     params(AnalyticsQuery),
-    responses((status = 200, description = "Ranks", body = RankReport)),
+    responses(
+        (status = 200, description = "Ranks", body = RankReport),
+        (status = 404, description = "No such experiment"),
+        (status = 422, description = "A `variant` without its `experiment`"),
+    ),
     security(("bearer" = []))
 )]
 #[get("/v1/analytics/ranks")]
@@ -107,7 +115,11 @@ async fn ranks(
 #[utoipa::path(
     tag = "analytics",
     params(AnalyticsQuery),
-    responses((status = 200, description = "Response times (ms)", body = Distribution)),
+    responses(
+        (status = 200, description = "Response times (ms)", body = Distribution),
+        (status = 404, description = "No such experiment"),
+        (status = 422, description = "A `variant` without its `experiment`"),
+    ),
     security(("bearer" = []))
 )]
 #[get("/v1/analytics/response-times")]
@@ -124,7 +136,11 @@ async fn response_times(
 #[utoipa::path(
     tag = "analytics",
     params(AnalyticsQuery),
-    responses((status = 200, description = "Dwell times (ms)", body = EngagementReport)),
+    responses(
+        (status = 200, description = "Dwell times (ms)", body = EngagementReport),
+        (status = 404, description = "No such experiment"),
+        (status = 422, description = "A `variant` without its `experiment`"),
+    ),
     security(("bearer" = []))
 )]
 #[get("/v1/analytics/engagement")]
@@ -140,7 +156,7 @@ async fn engagement(
 /// One unit: its assignments, event counts by type, CTR and mean dwell.
 #[utoipa::path(
     tag = "analytics",
-    params(("unit_id" = String, Path, description = "Unit id")),
+    params(("unit_id" = UnitId, Path, description = "Unit id")),
     responses((status = 200, description = "The unit", body = UnitSummary)),
     security(("bearer" = []))
 )]
@@ -159,7 +175,7 @@ async fn unit(
 /// nothing is significant.
 #[utoipa::path(
     tag = "analytics",
-    params(("key" = String, Path, description = "Experiment key")),
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
     responses(
         (status = 200, description = "The comparison", body = CompareReport),
         (status = 404, description = "No such experiment"),

@@ -25,7 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AssignQuery {
-    /// The unit to assign (1-256 bytes).
+    /// The unit to assign.
+    #[param(value_type = UnitId)]
     unit_id: String,
     /// Log an exposure (and make the assignment sticky); default true.
     log_exposure: Option<bool>,
@@ -51,7 +52,7 @@ pub struct AssignmentOut<'a> {
     /// Variant key served.
     variant: &'a str,
     /// The variant's payload.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     payload: Option<&'a Value>,
     /// Whether the unit takes part (and was exposed).
     in_experiment: bool,
@@ -84,7 +85,7 @@ pub struct AssignmentsOut<'a> {
 /// Assign a unit to one experiment.
 #[utoipa::path(
     tag = "assignments",
-    params(("key" = String, Path, description = "Experiment key"), AssignQuery),
+    params(("key" = ExperimentKey, Path, description = "Experiment key"), AssignQuery),
     responses(
         (status = 200, description = "The assignment", body = AssignmentOut),
         (status = 404, description = "No such experiment"),

@@ -90,15 +90,24 @@ pub enum ApiError {
     UpgradeRequired(String),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error answer (`Error` in the API document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// What went wrong.
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+/// One error.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable snake_case code to match on: `malformed_json`,
+    /// `invalid_body`, `invalid_query`, `validation_failed`, `not_found`,
+    /// `experiment_not_found`, `conflict`, `rate_limited`, ...
     code: &'a str,
+    /// For people.
     message: String,
+    /// The offending field or parameter, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
 }
@@ -244,8 +253,8 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(Body {
-            error: Detail {
+        response.json(ErrorBody {
+            error: ErrorDetail {
                 code: self.code(),
                 message,
                 field: self.field(),

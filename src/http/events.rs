@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Admin, Ingest};
 use super::error::{ApiError, ApiResult};
-use super::extract::{parse, JsonBytes};
+use super::extract::{parse, refuse_array, JsonBytes};
 use super::Limits;
 use abacus_actors::Error as EngineError;
 
@@ -52,7 +52,9 @@ pub struct IngestQuery {
 #[schema(as = EventsIn)]
 #[allow(dead_code)] // documents the body's shape; parsing goes through `split`
 pub enum EventsIn {
-    /// One event.
+    // One event. Not a doc comment: as a description beside the `$ref`
+    // it makes generators (schemathesis) take any value for this variant.
+    #[allow(missing_docs)]
     One(EventIn),
     /// Up to `ingest.max_batch` events, accepted or rejected whole.
     Many {
@@ -97,6 +99,7 @@ async fn accept(
             intake.count_invalid(offered as u64);
         }
     };
+    refuse_array(&body)?;
     let (inputs, batch) = match decode(&body, limits.max_batch) {
         Some(decoded) => decoded,
         None => {
@@ -189,7 +192,13 @@ fn split(body: Value, max_batch: usize) -> ApiResult<(Vec<EventIn>, bool)> {
             let inputs = events
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| decode(v, &format!("events[{i}]")))
+                .map(|(i, v)| match v {
+                    // Not an event's fields in order, as serde would take it.
+                    Value::Array(_) => Err(invalid_batch(&format!(
+                        "events[{i}] must be an object, not an array"
+                    ))),
+                    v => decode(v, &format!("events[{i}]")),
+                })
                 .collect::<ApiResult<_>>()?;
             Ok((inputs, true))
         }
@@ -231,15 +240,17 @@ pub struct ExportQuery {
     experiment: Option<ExperimentKey>,
     /// Inclusive start (RFC 3339); default the beginning.
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<OffsetDateTime>,
     /// Exclusive end (RFC 3339); default the end of time.
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<OffsetDateTime>,
     /// Page size, 1..=10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^([0-9a-fA-F]{2})*$")]
     cursor: Option<String>,
 }
 
@@ -296,8 +307,10 @@ fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Hex digits in pairs, and nothing else (`from_str_radix` alone would
+/// also take a sign).
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -311,6 +324,22 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn cursors_are_hex_pairs_only() {
+        assert_eq!(decode_hex("0aFf"), Some(vec![0x0a, 0xff]));
+        for bad in ["+a", "-1", "0", "zz", " a"] {
+            assert_eq!(decode_hex(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_array_is_no_event_and_no_batch_item() {
+        assert!(matches!(
+            split(json!({"events": [["id", "click", "u"]]}), 10),
+            Err(ApiError::InvalidBody { .. })
+        ));
+    }
 
     #[test]
     fn batches_name_the_failing_index_and_field() {

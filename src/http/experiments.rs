@@ -1,7 +1,7 @@
 //! `/v1/experiments`: create, list, read, patch, archive, and the lifecycle.
 
 use abacus_actors::domain::{
-    Action, Experiment, ExperimentIn, ExperimentPatch, Status, VariantKey,
+    Action, Experiment, ExperimentIn, ExperimentKey, ExperimentPatch, Status, VariantKey,
 };
 use abacus_actors::experiments::Experiments;
 use actix_web::http::header;
@@ -23,7 +23,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(read)
         .service(update)
         .service(archive)
-        .service(lifecycle);
+        .service(start)
+        .service(pause)
+        .service(resume)
+        .service(complete);
 }
 
 /// Query of `GET /v1/experiments`.
@@ -34,6 +37,7 @@ pub struct ListQuery {
     /// Only experiments in this status; archived ones are listed only when asked for.
     status: Option<Status>,
     /// Page size, 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -56,33 +60,9 @@ pub struct CompleteIn {
     winner: Option<VariantKey>,
 }
 
-/// A lifecycle action in the URL.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum LifecycleAction {
-    /// `draft → running`.
-    Start,
-    /// `running → paused`.
-    Pause,
-    /// `paused → running`.
-    Resume,
-    /// `running | paused → completed`; the body may name a `winner`.
-    Complete,
-}
-
-impl From<LifecycleAction> for Action {
-    fn from(a: LifecycleAction) -> Self {
-        match a {
-            LifecycleAction::Start => Action::Start,
-            LifecycleAction::Pause => Action::Pause,
-            LifecycleAction::Resume => Action::Resume,
-            LifecycleAction::Complete => Action::Complete,
-        }
-    }
-}
-
 /// Create an experiment (as a draft).
 #[utoipa::path(
+    operation_id = "create_experiment",
     tag = "experiments",
     request_body = ExperimentIn,
     responses(
@@ -110,6 +90,7 @@ async fn create(
 
 /// List experiments, in key order, a page at a time.
 #[utoipa::path(
+    operation_id = "list_experiments",
     tag = "experiments",
     params(ListQuery),
     responses((status = 200, description = "A page of experiments", body = ExperimentPage)),
@@ -137,8 +118,9 @@ async fn list(
 
 /// Read one experiment.
 #[utoipa::path(
+    operation_id = "read_experiment",
     tag = "experiments",
-    params(("key" = String, Path, description = "Experiment key")),
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
     responses(
         (status = 200, description = "The experiment", body = Experiment),
         (status = 404, description = "No such experiment"),
@@ -158,8 +140,9 @@ async fn read(
 /// metrics and alpha may change any time; variants, salt and layer only
 /// while it is a draft.
 #[utoipa::path(
+    operation_id = "update_experiment",
     tag = "experiments",
-    params(("key" = String, Path, description = "Experiment key")),
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
     request_body = ExperimentPatch,
     responses(
         (status = 200, description = "The changed experiment", body = Experiment),
@@ -183,8 +166,9 @@ async fn update(
 /// Archive an experiment: it stops assigning, its data is kept and its key
 /// stays taken.
 #[utoipa::path(
+    operation_id = "archive_experiment",
     tag = "experiments",
-    params(("key" = String, Path, description = "Experiment key")),
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
     responses(
         (status = 200, description = "The archived experiment", body = Experiment),
         (status = 404, description = "No such experiment"),
@@ -202,39 +186,103 @@ async fn archive(
     Ok(HttpResponse::Ok().json(archived.experiment()))
 }
 
-/// Move an experiment through `draft → running ⇄ paused → completed`.
+/// Start a draft: `draft → running`.
 #[utoipa::path(
+    operation_id = "start_experiment",
     tag = "experiments",
-    params(
-        ("key" = String, Path, description = "Experiment key"),
-        ("action" = LifecycleAction, Path, description = "start, pause, resume or complete"),
-    ),
-    request_body(content = Option<CompleteIn>, description = "Only for complete: the winner"),
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
     responses(
-        (status = 200, description = "The experiment after the action", body = Experiment),
+        (status = 200, description = "The running experiment", body = Experiment),
         (status = 404, description = "No such experiment"),
-        (status = 409, description = "Transition not allowed from the current status"),
+        (status = 409, description = "Not a draft"),
     ),
     security(("bearer" = []))
 )]
-#[post("/v1/experiments/{key}/{action}")]
-async fn lifecycle(
+#[post("/v1/experiments/{key}/start")]
+async fn start(
     _: Admin,
     experiments: web::Data<Experiments>,
-    path: web::Path<(String, LifecycleAction)>,
-    MaybeJson(body): MaybeJson<CompleteIn>,
+    key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let (key, action) = path.into_inner();
-    let winner = match (action, body) {
-        (LifecycleAction::Complete, Some(body)) => body.winner,
-        (_, None) => None,
-        (_, Some(_)) => {
-            return Err(ApiError::InvalidBody {
-                field: None,
-                message: "only complete takes a body".into(),
-            })
-        }
-    };
-    let changed = experiments.transition(&key, action.into(), winner).await?;
+    transition(&experiments, &key, Action::Start).await
+}
+
+/// Pause: `running → paused`; everyone is served the control meanwhile.
+#[utoipa::path(
+    operation_id = "pause_experiment",
+    tag = "experiments",
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
+    responses(
+        (status = 200, description = "The paused experiment", body = Experiment),
+        (status = 404, description = "No such experiment"),
+        (status = 409, description = "Not running"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/experiments/{key}/pause")]
+async fn pause(
+    _: Admin,
+    experiments: web::Data<Experiments>,
+    key: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    transition(&experiments, &key, Action::Pause).await
+}
+
+/// Resume: `paused → running`.
+#[utoipa::path(
+    operation_id = "resume_experiment",
+    tag = "experiments",
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
+    responses(
+        (status = 200, description = "The running experiment", body = Experiment),
+        (status = 404, description = "No such experiment"),
+        (status = 409, description = "Not paused"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/experiments/{key}/resume")]
+async fn resume(
+    _: Admin,
+    experiments: web::Data<Experiments>,
+    key: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    transition(&experiments, &key, Action::Resume).await
+}
+
+async fn transition(
+    experiments: &Experiments,
+    key: &str,
+    action: Action,
+) -> ApiResult<HttpResponse> {
+    let changed = experiments.transition(key, action, None).await?;
+    Ok(HttpResponse::Ok().json(changed.experiment()))
+}
+
+/// Complete an experiment (`running | paused → completed`): from now on
+/// every unit is served the winner.
+#[utoipa::path(
+    operation_id = "complete_experiment",
+    tag = "experiments",
+    params(("key" = ExperimentKey, Path, description = "Experiment key")),
+    request_body(content = Option<CompleteIn>, description = "Optional: the winner"),
+    responses(
+        (status = 200, description = "The completed experiment", body = Experiment),
+        (status = 404, description = "No such experiment"),
+        (status = 409, description = "Not running or paused"),
+        (status = 422, description = "The winner is not a variant of the experiment"),
+    ),
+    security(("bearer" = []))
+)]
+#[post("/v1/experiments/{key}/complete")]
+async fn complete(
+    _: Admin,
+    experiments: web::Data<Experiments>,
+    key: web::Path<String>,
+    MaybeJson(body): MaybeJson<Option<CompleteIn>>,
+) -> ApiResult<HttpResponse> {
+    let winner = body.flatten().and_then(|b| b.winner);
+    let changed = experiments
+        .transition(&key, Action::Complete, winner)
+        .await?;
     Ok(HttpResponse::Ok().json(changed.experiment()))
 }

@@ -56,6 +56,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for ValidJson<T> {
         let body = read_body(req, payload, true);
         Box::pin(async move {
             let bytes = body?.await?;
+            refuse_array(&bytes)?;
             parse(&bytes).map(ValidJson)
         })
     }
@@ -77,6 +78,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for MaybeJson<T> {
                 // Sent without a declared length and without a type.
                 return Err(ApiError::UnsupportedMediaType);
             }
+            refuse_array(&bytes)?;
             parse(&bytes).map(|v| MaybeJson(Some(v)))
         })
     }
@@ -153,6 +155,19 @@ fn read_body(
                 })
             })
     })
+}
+
+/// Refuses a body that is a JSON array. Bodies are objects, but serde
+/// also reads a struct from an array of its fields in order (so `[]` would
+/// be an empty patch), which the API does not offer.
+pub fn refuse_array(bytes: &[u8]) -> Result<(), ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => Err(ApiError::InvalidBody {
+            field: None,
+            message: "the body must be a JSON object, not an array".into(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Decodes `bytes` as one JSON value of type `T`, with the failing field's
@@ -257,6 +272,17 @@ mod tests {
         ] {
             assert!(!is_json(&header::HeaderValue::from_static(ct)), "{ct}");
         }
+    }
+
+    #[test]
+    fn an_array_body_is_refused_though_serde_would_read_a_struct_from_it() {
+        assert!(parse::<Shape>(br#"["a", {"weight": 1}]"#).is_ok());
+        assert!(matches!(
+            refuse_array(b" \n [\"a\"]"),
+            Err(ApiError::InvalidBody { .. })
+        ));
+        assert!(refuse_array(br#"{"name": "a"}"#).is_ok());
+        assert!(refuse_array(b"null").is_ok());
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct Limits {
     pub max_batch: usize,
     /// Deadline for a body once its headers arrived (408 after).
     pub body_timeout: Duration,
+    /// Most experiment keys in one `POST /v1/assignments`.
+    pub max_assignment_experiments: usize,
+    /// Largest magnitude of an event's value.
+    pub max_abs_value: f64,
 }
 
 /// Mounts every route, the extractor configuration and the JSON 404.
@@ -75,6 +79,7 @@ pub fn configure(
             .app_data(keys)
             .app_data(rates)
             .app_data(web::Data::new(limits))
+            .app_data(web::Data::new(openapi::Document::stated(&limits)))
             .app_data(extract::BodyLimit(limits.body_bytes))
             .app_data(extract::BodyTimeout(limits.body_timeout))
             .app_data(extract::query_config())

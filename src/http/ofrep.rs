@@ -44,6 +44,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(evaluate_one).service(evaluate_all);
 }
 
+/// The body of both routes as the document states it. It is read by hand
+/// ([`targeting_key`]), to answer OFREP's error codes: `PARSE_ERROR`,
+/// `TARGETING_KEY_MISSING`, `INVALID_CONTEXT`.
+#[derive(Serialize, ToSchema)]
+pub struct EvaluationRequest {
+    /// What to evaluate for.
+    pub context: EvaluationContext,
+}
+
+/// OpenFeature's evaluation context. abacus needs the targeting key: an
+/// experiment is split by unit. Other attributes are taken and not used.
+#[derive(Serialize, ToSchema)]
+pub struct EvaluationContext {
+    /// The unit id.
+    #[serde(rename = "targetingKey")]
+    pub targeting_key: UnitId,
+}
+
 /// One flag's evaluation.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -56,7 +74,7 @@ pub struct Evaluation<'a> {
     variant: &'a str,
     /// The variant's payload, or its key; absent for `DEFAULT`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     value: Option<FlagValue<'a>>,
     /// abacus's own reason and whether the unit takes part.
     metadata: Metadata,
@@ -134,7 +152,7 @@ pub struct Bulk<'a> {
 #[utoipa::path(
     tag = "openfeature",
     params(("key" = String, Path, description = "Flag (experiment) key")),
-    request_body(content = Object, description = "`{\"context\": {\"targetingKey\": \"<unit id>\", ...}}`"),
+    request_body(content = EvaluationRequest, description = "The context to evaluate for"),
     responses(
         (status = 200, description = "The evaluation", body = Evaluation),
         (status = 400, description = "`PARSE_ERROR`, `TARGETING_KEY_MISSING` or `INVALID_CONTEXT`", body = Failure),
@@ -176,7 +194,7 @@ async fn evaluate_one(
 #[utoipa::path(
     tag = "openfeature",
     params(("If-None-Match" = Option<String>, Header, description = "The `ETag` of an earlier answer: 304 if nothing changed")),
-    request_body(content = Object, description = "`{\"context\": {\"targetingKey\": \"<unit id>\", ...}}`"),
+    request_body(content = EvaluationRequest, description = "The context to evaluate for"),
     responses(
         (status = 200, description = "Every evaluation, with an `ETag`", body = Bulk),
         (status = 304, description = "Unchanged since the `If-None-Match` ETag"),

@@ -1,18 +1,21 @@
 //! The OpenAPI 3 document, generated from the handlers' annotations and
 //! served at `/openapi.json`. A route missing here fails the
-//! `openapi_covers_every_route` test.
+//! `openapi_covers_every_route` test; `tests/conformance` holds the server
+//! to every constraint and status the document states.
 
 use std::sync::OnceLock;
 
+use abacus_actors::domain::MAX_FORCED;
 use actix_web::{get, web, HttpResponse};
-use utoipa::openapi::path::Operation;
+use serde_json::{json, Value};
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::Response;
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, Response, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, alerts, analytics, assignments, events, experiments, health, ofrep, performance,
-    prometheus, results, stream, webhooks, ws,
+    aggregates, alerts, analytics, assignments, error, events, experiments, health, ofrep,
+    performance, prometheus, results, stream, webhooks, ws, Limits,
 };
 
 /// The API description.
@@ -33,7 +36,10 @@ use super::{
         experiments::read,
         experiments::update,
         experiments::archive,
-        experiments::lifecycle,
+        experiments::start,
+        experiments::pause,
+        experiments::resume,
+        experiments::complete,
         aggregates::aggregates,
         results::results,
         results::timeline,
@@ -77,9 +83,9 @@ use super::{
     // Schemas only parameters name: utoipa registers those of bodies and
     // responses by itself, not these.
     components(schemas(
-        experiments::LifecycleAction,
         aggregates::Source,
-        events::AckMode
+        events::AckMode,
+        error::ErrorBody
     )),
     modifiers(&BearerAuth, &CommonErrors),
     tags(
@@ -113,22 +119,23 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The errors any `/v1` route, or any route with a body, may answer with,
-/// added to every operation so clients see them where they look.
+/// The errors routes answer beyond their own, added to every operation so
+/// clients (and schemathesis) find each status a route can answer where
+/// they look, each `/v1` error with the `Error` body:
+/// - every `/v1` route: 401, 403 and 429 (with `Retry-After`);
+/// - a route with a body: 400 `malformed_json`, 408, 413, 415 and 422
+///   (`invalid_body`: a field of the wrong type or shape; `validation_failed`:
+///   a rule over several fields, such as distinct variant keys);
+/// - a route with query parameters: 400 `invalid_query`;
+/// - a route with path parameters: 404 (a path that names nothing,
+///   including one that could not name anything);
+/// - 503 answers carry `Retry-After`.
 struct CommonErrors;
 
 impl Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let add = |op: &mut Operation, status: &str, description: &str| {
-            op.responses
-                .responses
-                .entry(status.to_owned())
-                .or_insert_with(|| Response::new(description).into());
-        };
         for (path, item) in openapi.paths.paths.iter_mut() {
-            if !path.starts_with("/v1/") {
-                continue;
-            }
+            let api = path.starts_with("/v1/");
             let ops = [
                 &mut item.get,
                 &mut item.post,
@@ -137,36 +144,104 @@ impl Modify for CommonErrors {
                 &mut item.delete,
             ];
             for op in ops.into_iter().flatten() {
-                add(op, "401", "unauthorized: no valid bearer key");
-                add(
-                    op,
-                    "403",
-                    "forbidden: the key's scope does not allow this route, or (without \
-                     keys) a cross-site browser request",
-                );
-                add(
-                    op,
-                    "429",
-                    "rate_limited: this key's (or, without keys, this address's) requests \
-                     per second are used up; Retry-After says when to retry",
-                );
-                if op.request_body.is_some() {
-                    add(
-                        op,
-                        "408",
-                        "request_timeout: the body did not arrive within server.body_timeout_ms",
-                    );
-                    add(
-                        op,
-                        "413",
-                        "payload_too_large: body over server.max_body_bytes",
-                    );
-                    add(
-                        op,
-                        "415",
-                        "unsupported_media_type: a body needs Content-Type application/json",
-                    );
+                if api {
+                    add_api_errors(op);
                 }
+                for (status, response) in op.responses.responses.iter_mut() {
+                    if matches!(status.as_str(), "429" | "503") {
+                        if let utoipa::openapi::RefOr::T(response) = response {
+                            response.headers.insert(
+                                "Retry-After".into(),
+                                HeaderBuilder::new()
+                                    .schema(utoipa::openapi::schema::Object::with_type(
+                                        Type::Integer,
+                                    ))
+                                    .description(Some("Whole seconds to wait before retrying"))
+                                    .build(),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn add_api_errors(op: &mut Operation) {
+    let located = |place: ParameterIn| {
+        op.parameters
+            .iter()
+            .flatten()
+            .any(|p| p.parameter_in == place)
+    };
+    let (query, path, body) = (
+        located(ParameterIn::Query),
+        located(ParameterIn::Path),
+        op.request_body.is_some(),
+    );
+    let mut statuses = vec![
+        ("401", "unauthorized: no valid bearer key"),
+        (
+            "403",
+            "forbidden: the key's scope does not allow this route, or (without keys) a \
+             cross-site browser request",
+        ),
+        (
+            "429",
+            "rate_limited: this key's (or, without keys, this address's) requests per second \
+             are used up",
+        ),
+    ];
+    if query {
+        statuses.push((
+            "400",
+            "invalid_query: a parameter is malformed or out of range",
+        ));
+    }
+    if path {
+        statuses.push(("404", "not_found: the path names nothing"));
+    }
+    if body {
+        statuses.extend([
+            (
+                "400",
+                "malformed_json: the body is not JSON (or a parameter is malformed)",
+            ),
+            (
+                "408",
+                "request_timeout: the body did not arrive within server.body_timeout_ms",
+            ),
+            ("413", "payload_too_large: body over server.max_body_bytes"),
+            (
+                "415",
+                "unsupported_media_type: a body needs Content-Type application/json",
+            ),
+            (
+                "422",
+                "invalid_body (a field of the wrong type or shape) or validation_failed \
+                 (a rule the body breaks)",
+            ),
+        ]);
+    }
+    for (status, description) in statuses {
+        op.responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| Response::new(description).into());
+    }
+    // Every error of a `/v1` route has the one error body.
+    for (status, response) in op.responses.responses.iter_mut() {
+        if !(status.starts_with('4') || status.starts_with('5')) {
+            continue;
+        }
+        if let utoipa::openapi::RefOr::T(response) = response {
+            if response.content.is_empty() {
+                response.content.insert(
+                    "application/json".into(),
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Error")))
+                        .build(),
+                );
             }
         }
     }
@@ -222,9 +297,201 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(openapi_json);
 }
 
+/// The document as served: [`ApiDoc`] with the bounds this server was
+/// configured with stated where they apply, encoded once.
+pub struct Document(web::Bytes);
+
+impl Document {
+    /// The document for a server with these limits.
+    pub fn stated(limits: &Limits) -> Self {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        let schemas = &mut doc["components"]["schemas"];
+        let bound = limits.max_abs_value;
+        merge(
+            &mut schemas["EventIn"]["properties"]["value"],
+            json!({"minimum": -bound, "maximum": bound}),
+        );
+        merge(
+            &mut schemas["EventsIn"]["oneOf"][1]["properties"]["events"],
+            json!({"minItems": 1, "maxItems": limits.max_batch}),
+        );
+        merge(
+            &mut schemas["AssignAllIn"]["properties"]["experiments"],
+            json!({"maxItems": limits.max_assignment_experiments}),
+        );
+        // Both shapes of these are objects; without saying so, generators
+        // take any JSON value for the whole body.
+        for either in ["EventsIn", "Bucketing"] {
+            merge(&mut schemas[either], json!({"type": "object"}));
+        }
+        // utoipa has no field attribute for it.
+        for body in ["ExperimentIn", "ExperimentPatch"] {
+            merge(
+                &mut schemas[body]["properties"]["forced"],
+                json!({"maxProperties": MAX_FORCED}),
+            );
+        }
+        for (path, id, targets) in LINKS {
+            let (param, pointer) = id;
+            let links: serde_json::Map<String, Value> = targets
+                .iter()
+                .map(|operation| {
+                    let link = json!({
+                        "operationId": operation,
+                        "parameters": {param: pointer},
+                    });
+                    ((*operation).to_owned(), link)
+                })
+                .collect();
+            doc["paths"][path]["post"]["responses"]["201"]["links"] = Value::Object(links);
+        }
+        split_nullable(&mut doc);
+        Self(serde_json::to_vec(&doc).unwrap_or_default().into())
+    }
+}
+
+/// Rewrites every constrained `{"type": [T, "null"], ...}` as `{"oneOf":
+/// [{"type": "null"}, {"type": T, ...}]}`: the same values, but generators
+/// (schemathesis) meant to break a `maxLength` or a `minimum` no longer
+/// offer `null`, which satisfies both, as the breaking value.
+fn split_nullable(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for child in map.values_mut() {
+                split_nullable(child);
+            }
+            let Some(Value::Array(types)) = map.get("type") else {
+                return;
+            };
+            let [Value::String(ty), Value::String(null)] = types.as_slice() else {
+                return;
+            };
+            if null != "null" {
+                return;
+            }
+            let ty = ty.clone();
+            const CONSTRAINTS: [&str; 10] = [
+                "minLength",
+                "maxLength",
+                "pattern",
+                "minimum",
+                "maximum",
+                "exclusiveMinimum",
+                "exclusiveMaximum",
+                "minItems",
+                "maxItems",
+                "maxProperties",
+            ];
+            if !CONSTRAINTS.iter().any(|c| map.contains_key(*c)) {
+                return;
+            }
+            // Everything but the annotations moves into the typed branch.
+            const ANNOTATIONS: [&str; 4] = ["description", "title", "default", "examples"];
+            let (notes, mut typed): (serde_json::Map<_, _>, serde_json::Map<_, _>) =
+                std::mem::take(map)
+                    .into_iter()
+                    .partition(|(k, _)| ANNOTATIONS.contains(&k.as_str()));
+            typed.insert("type".into(), Value::String(ty));
+            *map = notes;
+            map.insert(
+                "oneOf".into(),
+                json!([{"type": "null"}, Value::Object(typed)]),
+            );
+        }
+        Value::Array(items) => items.iter_mut().for_each(split_nullable),
+        _ => {}
+    }
+}
+
+/// What a create answers leads to the operations on what it created:
+/// (the create's path, the parameter and where the answer holds it, the
+/// operations). OpenAPI links, which clients and stateful testers follow.
+const LINKS: [(&str, (&str, &str), &[&str]); 3] = [
+    (
+        "/v1/experiments",
+        ("key", "$response.body#/key"),
+        &[
+            "read_experiment",
+            "update_experiment",
+            "archive_experiment",
+            "start_experiment",
+            "pause_experiment",
+            "resume_experiment",
+            "complete_experiment",
+            "assign_one",
+            "aggregates",
+            "results",
+            "timeline",
+            "compare",
+        ],
+    ),
+    (
+        "/v1/webhooks",
+        ("id", "$response.body#/id"),
+        &[
+            "read_webhook",
+            "delete_webhook",
+            "test_webhook",
+            "enable_webhook",
+            "list_deliveries",
+        ],
+    ),
+    (
+        "/v1/alerts/rules",
+        ("id", "$response.body#/id"),
+        &["read_rule", "update_rule", "delete_rule"],
+    ),
+];
+
+/// Adds `fields` to the object `target`.
+fn merge(target: &mut Value, fields: Value) {
+    if let (Value::Object(target), Value::Object(fields)) = (target, fields) {
+        target.extend(fields);
+    }
+}
+
 /// This document.
 #[utoipa::path(tag = "operations", responses((status = 200, description = "OpenAPI 3 JSON")))]
 #[get("/openapi.json")]
-async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+async fn openapi_json(document: web::Data<Document>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.0.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_constrained_nullable_becomes_a_choice_with_its_annotations_outside() {
+        let mut schema = json!({"properties": {
+            "note": {"type": ["string", "null"], "maxLength": 5, "description": "d"},
+            "plain": {"type": ["string", "null"]},
+        }});
+        split_nullable(&mut schema);
+        assert_eq!(
+            schema["properties"]["note"],
+            json!({"description": "d", "oneOf": [{"type": "null"}, {"type": "string", "maxLength": 5}]})
+        );
+        assert_eq!(
+            schema["properties"]["plain"],
+            json!({"type": ["string", "null"]})
+        );
+    }
+
+    #[test]
+    fn the_stated_document_is_the_configured_one() {
+        let limits = Limits {
+            body_bytes: 1,
+            max_batch: 3,
+            body_timeout: std::time::Duration::from_secs(1),
+            max_assignment_experiments: 4,
+            max_abs_value: 5.0,
+        };
+        let doc: Value = serde_json::from_slice(&Document::stated(&limits).0).unwrap();
+        let events = &doc["components"]["schemas"]["EventsIn"];
+        assert_eq!(events["type"], "object");
+        assert_eq!(events["oneOf"][1]["properties"]["events"]["maxItems"], 3);
+    }
 }

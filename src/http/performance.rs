@@ -22,6 +22,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// Seconds to look back over, 1-300 (default 60).
+    #[param(minimum = 1, maximum = 300)]
     window_s: Option<u32>,
 }
 

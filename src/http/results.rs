@@ -1,7 +1,7 @@
 //! Results and statistics: `/v1/experiments/{key}/results` and
 //! `/v1/stats/sample-size`.
 
-use abacus_actors::domain::unix_ms;
+use abacus_actors::domain::{unix_ms, ExperimentKey};
 use abacus_actors::results::compute::ExperimentResults;
 use abacus_actors::results::Results;
 use abacus_actors::stats::{sample_size, SampleSize, SampleSizeAnswer};
@@ -28,6 +28,7 @@ pub struct TimelineQuery {
     /// The metric whose value to give (default: the primary metric).
     metric: Option<String>,
     /// At most this many points, 2-2000 (default 200), evenly thinned.
+    #[param(minimum = 2, maximum = 2000)]
     points: Option<usize>,
 }
 
@@ -36,7 +37,7 @@ pub struct TimelineQuery {
 /// `results.timeline_interval_s` while it runs; the last point is now.
 #[utoipa::path(
     tag = "results",
-    params(("key" = String, Path, description = "Experiment key"), TimelineQuery),
+    params(("key" = ExperimentKey, Path, description = "Experiment key"), TimelineQuery),
     responses(
         (status = 200, description = "The timeline", body = abacus_actors::results::Timeline),
         (status = 404, description = "No such experiment"),
@@ -71,11 +72,11 @@ pub struct ResultsQuery {
     /// Only units first exposed, and events, at or after this time (RFC 3339).
     /// With `from` or `to` the stored events of the window are read.
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     from: Option<OffsetDateTime>,
-    /// ... and before this time (RFC 3339).
+    /// ... and before this time (RFC 3339), after `from`.
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[param(value_type = Option<String>)]
+    #[param(value_type = Option<String>, format = DateTime)]
     to: Option<OffsetDateTime>,
 }
 
@@ -86,7 +87,7 @@ pub struct ResultsQuery {
 /// `reason`.
 #[utoipa::path(
     tag = "results",
-    params(("key" = String, Path, description = "Experiment key"), ResultsQuery),
+    params(("key" = ExperimentKey, Path, description = "Experiment key"), ResultsQuery),
     responses(
         (status = 200, description = "The results", body = ExperimentResults),
         (status = 404, description = "No such experiment"),
@@ -124,20 +125,27 @@ async fn results(
 #[into_params(parameter_in = Query)]
 pub struct SampleSizeQuery {
     /// Baseline conversion rate (proportions), in (0, 1).
+    #[param(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     baseline: Option<f64>,
-    /// Standard deviation of the per-unit value (means); give this or `baseline`.
+    /// Standard deviation of the per-unit value (means), above 0; give
+    /// this or `baseline`, not both.
+    #[param(exclusive_minimum = 0.0)]
     stddev: Option<f64>,
-    /// Smallest absolute difference to detect (p2 - p1, or of means).
+    /// Smallest absolute difference to detect (p2 - p1, or of means), not
+    /// 0; with `baseline`, `baseline + mde` must lie in (0, 1).
     mde: f64,
-    /// Significance level, two-sided (default 0.05).
+    /// Significance level, two-sided, in (0, 1) (default 0.05).
+    #[param(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     alpha: Option<f64>,
-    /// Power (default 0.8).
+    /// Power, in (0, 1) (default 0.8).
+    #[param(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     power: Option<f64>,
 }
 
 /// Units needed per variant: two proportions from `baseline`, or two means
 /// from `stddev`.
 #[utoipa::path(
+    operation_id = "sample_size",
     tag = "results",
     params(SampleSizeQuery),
     responses(

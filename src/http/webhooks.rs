@@ -1,7 +1,7 @@
 //! `/v1/webhooks`: subscriptions, test messages, re-enabling and the
 //! delivery log.
 
-use abacus_actors::domain::{DeliveryAttempt, WebhookIn, WebhookOut};
+use abacus_actors::domain::{DeliveryAttempt, WebhookId, WebhookIn, WebhookOut};
 use abacus_actors::webhooks::Webhooks;
 use actix_web::{delete, get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,9 @@ use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
 
 const MAX_PAGE: usize = 500;
+/// The largest delivery cursor taken: 2^53 - 1, the largest integer every
+/// JSON client reads exactly, and the `maximum` the document states.
+const MAX_CURSOR: u64 = (1 << 53) - 1;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,6 +40,7 @@ pub struct CreatedSubscription {
 /// Subscribe a URL to event types. The URL must be http(s) and resolve to
 /// public addresses unless `webhooks.allow_private` is set.
 #[utoipa::path(
+    operation_id = "create_webhook",
     tag = "webhooks",
     request_body = WebhookIn,
     responses(
@@ -69,6 +73,7 @@ pub struct SubscriptionList {
 
 /// List subscriptions with their delivery counters.
 #[utoipa::path(
+    operation_id = "list_webhooks",
     tag = "webhooks",
     responses((status = 200, description = "Subscriptions", body = SubscriptionList)),
     security(("bearer" = []))
@@ -82,8 +87,9 @@ async fn list(_: Admin, webhooks: web::Data<Webhooks>) -> ApiResult<HttpResponse
 /// One subscription: counters (messages, attempts, successes, failures,
 /// success rate, last error), pending messages, why it is disabled.
 #[utoipa::path(
+    operation_id = "read_webhook",
     tag = "webhooks",
-    params(("id" = String, Path, description = "Webhook id")),
+    params(("id" = WebhookId, Path, description = "Webhook id")),
     responses(
         (status = 200, description = "The subscription", body = WebhookOut),
         (status = 404, description = "No such subscription"),
@@ -101,8 +107,9 @@ async fn read(
 
 /// Delete a subscription with its pending messages and log.
 #[utoipa::path(
+    operation_id = "delete_webhook",
     tag = "webhooks",
-    params(("id" = String, Path, description = "Webhook id")),
+    params(("id" = WebhookId, Path, description = "Webhook id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such subscription"),
@@ -129,8 +136,9 @@ pub struct TestQueued {
 /// Send a `webhook.test` message to this subscription (queued like any
 /// other; an enabled subscription gets it at once).
 #[utoipa::path(
+    operation_id = "test_webhook",
     tag = "webhooks",
-    params(("id" = String, Path, description = "Webhook id")),
+    params(("id" = WebhookId, Path, description = "Webhook id")),
     responses(
         (status = 202, description = "Queued", body = TestQueued),
         (status = 404, description = "No such subscription"),
@@ -149,8 +157,9 @@ async fn test(
 
 /// Turn a disabled subscription back on; its pending messages go out.
 #[utoipa::path(
+    operation_id = "enable_webhook",
     tag = "webhooks",
-    params(("id" = String, Path, description = "Webhook id")),
+    params(("id" = WebhookId, Path, description = "Webhook id")),
     responses(
         (status = 200, description = "Enabled", body = WebhookOut),
         (status = 404, description = "No such subscription"),
@@ -172,8 +181,10 @@ async fn enable(
 #[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// Page size, 1..=500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(minimum = 0, maximum = 9007199254740991.0)]
     cursor: Option<u64>,
 }
 
@@ -189,8 +200,9 @@ pub struct DeliveryPage {
 /// Every delivery attempt, newest first: time, status code, latency, error
 /// and outcome.
 #[utoipa::path(
+    operation_id = "list_deliveries",
     tag = "webhooks",
-    params(("id" = String, Path, description = "Webhook id"), DeliveriesQuery),
+    params(("id" = WebhookId, Path, description = "Webhook id"), DeliveriesQuery),
     responses(
         (status = 200, description = "Attempts", body = DeliveryPage),
         (status = 404, description = "No such subscription"),
@@ -209,6 +221,12 @@ async fn deliveries(
         return Err(ApiError::bad_query(
             "limit",
             format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    if query.cursor.is_some_and(|c| c > MAX_CURSOR) {
+        return Err(ApiError::bad_query(
+            "cursor",
+            format!("cursor must be at most {MAX_CURSOR}"),
         ));
     }
     let (deliveries, next_cursor) = webhooks.deliveries(&id, query.cursor, limit).await?;

@@ -26,8 +26,8 @@ if generated.returncode != 0:
 sys.path.insert(0, out)
 
 client_module = importlib.import_module("abacus_client")
-create = importlib.import_module("abacus_client.api.experiments.create")
-lifecycle = importlib.import_module("abacus_client.api.experiments.lifecycle")
+create = importlib.import_module("abacus_client.api.experiments.create_experiment")
+start = importlib.import_module("abacus_client.api.experiments.start_experiment")
 assign_one = importlib.import_module("abacus_client.api.assignments.assign_one")
 accept = importlib.import_module("abacus_client.api.events.accept")
 models = importlib.import_module("abacus_client.models")
@@ -47,9 +47,7 @@ experiment = step(create.sync_detailed(client=client, body=models.ExperimentIn(
 )), 201, "create")
 assert experiment.key == "generated" and experiment.status.value == "draft", experiment
 
-# The action takes no body; the generator needs to be told so explicitly.
-started = step(lifecycle.sync_detailed(
-    "generated", models.LifecycleAction.START, client=client, body=None), 200, "start")
+started = step(start.sync_detailed("generated", client=client), 200, "start")
 assert started.status.value == "running", started
 
 assignment = step(assign_one.sync_detailed("generated", client=client, unit_id="alice"), 200, "assign")

@@ -19,7 +19,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/experiments/{key}"),
     ("patch", "/v1/experiments/{key}"),
     ("delete", "/v1/experiments/{key}"),
-    ("post", "/v1/experiments/{key}/{action}"),
+    ("post", "/v1/experiments/{key}/start"),
+    ("post", "/v1/experiments/{key}/pause"),
+    ("post", "/v1/experiments/{key}/resume"),
+    ("post", "/v1/experiments/{key}/complete"),
     ("get", "/v1/experiments/{key}/aggregates"),
     ("get", "/v1/experiments/{key}/results"),
     ("get", "/v1/stats/sample-size"),
@@ -99,6 +102,60 @@ fn openapi_covers_every_route() {
 }
 
 #[test]
+fn the_document_states_this_servers_limits_errors_and_links() {
+    let server = TestServer::start_with(&[
+        ("ABACUS_INGEST__MAX_BATCH", "256"),
+        ("ABACUS_LIMITS__MAX_ASSIGNMENT_EXPERIMENTS", "7"),
+        ("ABACUS_LIMITS__MAX_ABS_VALUE", "1000"),
+    ]);
+    let (_, doc) = server.get("/openapi.json");
+    let schemas = &doc["components"]["schemas"];
+    let batch = &schemas["EventsIn"]["oneOf"][1]["properties"]["events"];
+    assert_eq!(
+        (batch["minItems"].as_u64(), batch["maxItems"].as_u64()),
+        (Some(1), Some(256))
+    );
+    let keys = &schemas["AssignAllIn"]["properties"]["experiments"]["oneOf"][1];
+    assert_eq!(keys["maxItems"], 7, "{keys}");
+    let value = &schemas["EventIn"]["properties"]["value"]["oneOf"][1];
+    assert_eq!(
+        (value["minimum"].as_f64(), value["maximum"].as_f64()),
+        (Some(-1000.0), Some(1000.0))
+    );
+    assert_eq!(
+        schemas["UnitId"]["pattern"],
+        "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,256}$"
+    );
+
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id), "operationId {id} twice");
+            // Every error of a /v1 route has the one error body.
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if path.starts_with("/v1/") && !status.starts_with('2') && status != "101" {
+                    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/Error",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+    let links = &doc["paths"]["/v1/experiments"]["post"]["responses"]["201"]["links"];
+    assert_eq!(
+        links["start_experiment"]["parameters"]["key"],
+        "$response.body#/key"
+    );
+    for (_, link) in links.as_object().unwrap() {
+        let id = link["operationId"].as_str().unwrap();
+        assert!(ids.contains(id), "a link to {id}, which is no operation");
+    }
+}
+
+#[test]
 fn a_method_a_route_does_not_take_is_405_with_allow() {
     let server = TestServer::start();
     server.running_experiment("k", json!({}));
@@ -108,6 +165,8 @@ fn a_method_a_route_does_not_take_is_405_with_allow() {
         (Method::GET, "/v1/experiments/k/start", "POST"),
         (Method::POST, "/v1/experiments/k", "DELETE, GET, PATCH"),
         (Method::GET, "/ofrep/v1/evaluate/flags/k", "POST"),
+        // Not taken for a lifecycle action: the actions are routes of their own.
+        (Method::POST, "/v1/experiments/k/aggregates", "GET"),
     ] {
         let response = server.request(method.clone(), path).send().unwrap();
         assert_eq!(response.status(), 405, "{method} {path}");
@@ -130,7 +189,6 @@ fn every_documented_route_is_mounted() {
     for (method, path) in ROUTES {
         let path = path
             .replace("{key}", "k")
-            .replace("{action}", "pause")
             .replace("{unit_id}", "u")
             .replace("{id}", "wh_none");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
