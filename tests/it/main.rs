@@ -14,6 +14,7 @@ mod auth;
 mod client;
 mod cluster;
 mod config;
+mod conformance;
 mod dashboard;
 mod durability;
 mod errors;
