@@ -13,6 +13,7 @@ explore further.
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -24,7 +25,14 @@ ENDLESS = ["/v1/stream", "/v1/ws"]
 def main() -> int:
     base, key, min_seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     seed = int(sys.argv[4]) if len(sys.argv) > 4 else 1
-    env = {**os.environ, "PYTHONPATH": HERE, "SCHEMATHESIS_HOOKS": "hooks"}
+    # Hypothesis keeps caches in the working directory unless told where.
+    scratch = tempfile.TemporaryDirectory(prefix="abacus-conformance-")
+    env = {
+        **os.environ,
+        "PYTHONPATH": HERE,
+        "SCHEMATHESIS_HOOKS": "hooks",
+        "HYPOTHESIS_STORAGE_DIRECTORY": scratch.name,
+    }
     # The suite runs beside other tests (a browser, timing-sensitive
     # servers): generating is the heaviest work here, so it yields the CPU
     # to them. The run is bounded by time, so it still lasts MIN_SECONDS.
