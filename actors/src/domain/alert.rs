@@ -11,6 +11,10 @@ use crate::domain::{
 };
 use crate::{Error, Result};
 
+// Bodies are read from JSON objects only, never from arrays of their
+// fields (domain/objects.rs).
+crate::objects_only!(StampIn);
+
 const MAX_BY_CHARS: usize = 200;
 const MAX_NOTE_CHARS: usize = 2000;
 /// Who resolves an alert whose condition cleared.
@@ -61,6 +65,7 @@ pub struct Stamp {
 /// Body of `POST /v1/alerts/{id}/acknowledge` and `/resolve`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct StampIn {
     /// Who: 1-200 characters, not all blank.
     #[schema(
@@ -248,8 +253,10 @@ impl Alert {
         self.status != AlertStatus::Resolved
     }
 
-    /// `open → acknowledged`.
+    /// `open → acknowledged`. The stamp is checked first: one no alert
+    /// could take is refused as such (422), whatever this one's status.
     pub fn acknowledged(&self, input: StampIn, now: OffsetDateTime) -> Result<Self> {
+        let stamp = input.stamp(now)?;
         if self.status != AlertStatus::Open {
             return Err(Error::AlertTransition {
                 from: self.status.as_str(),
@@ -257,13 +264,14 @@ impl Alert {
             });
         }
         let mut next = self.clone();
-        next.acknowledged = Some(input.stamp(now)?);
+        next.acknowledged = Some(stamp);
         next.status = AlertStatus::Acknowledged;
         Ok(next)
     }
 
-    /// `open | acknowledged → resolved`.
+    /// `open | acknowledged → resolved`, the stamp checked first.
     pub fn resolved_by(&self, input: StampIn, now: OffsetDateTime) -> Result<Self> {
+        let stamp = input.stamp(now)?;
         if self.status == AlertStatus::Resolved {
             return Err(Error::AlertTransition {
                 from: self.status.as_str(),
@@ -271,7 +279,7 @@ impl Alert {
             });
         }
         let mut next = self.clone();
-        next.resolved = Some(input.stamp(now)?);
+        next.resolved = Some(stamp);
         next.status = AlertStatus::Resolved;
         Ok(next)
     }

@@ -6,6 +6,10 @@ use time::OffsetDateTime;
 use crate::domain::{ExperimentKey, RuleId};
 use crate::{Error, Result};
 
+// Bodies are read from JSON objects only, never from arrays of their
+// fields (domain/objects.rs).
+crate::objects_only!(RuleIn, RulePatch);
+
 /// Longest window a rate rule may look back over, in seconds.
 pub const MAX_WINDOW_S: u32 = 300;
 const MAX_NAME_CHARS: usize = 200;
@@ -100,6 +104,7 @@ pub struct AlertRule {
 /// Body of `POST /v1/alerts/rules`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct RuleIn {
     /// Human-readable name: 1-200 characters, not all blank.
     #[schema(
@@ -134,6 +139,7 @@ pub struct RuleIn {
 /// Body of `PATCH /v1/alerts/rules/{id}`; absent fields stay.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct RulePatch {
     /// New name: 1-200 characters, not all blank.
     #[serde(default)]

@@ -12,6 +12,10 @@ use super::properties::{Counted, Fields, Slot};
 use super::{EventId, ExperimentKey, MetricKey, Properties, UnitId, VariantKey};
 use crate::{Error, Result};
 
+// Bodies are read from JSON objects only, never from arrays of their
+// fields (domain/objects.rs).
+crate::objects_only!(EventIn);
+
 /// Longest `event_id` and `session_id`, in characters (as JSON Schema's
 /// `maxLength` counts them).
 const MAX_ID_CHARS: usize = 128;
@@ -127,6 +131,7 @@ impl<'de> Deserialize<'de> for EventType {
 /// One event as sent by a client.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct EventIn {
     /// Client id for de-duplication (1-128 characters without control
     /// characters); the server makes one otherwise.
@@ -342,8 +347,14 @@ impl EventIn {
         let client_id = self.event_id.is_some();
         let event_id = match self.event_id {
             Some(id) => {
-                let chars = id.chars().count();
-                if chars == 0 || chars > MAX_ID_CHARS || id.chars().any(char::is_control) {
+                // One pass: counted up to the first control character,
+                // which refuses the id anyway.
+                let mut chars = 0;
+                let printable = id.chars().all(|c| {
+                    chars += 1;
+                    !c.is_control()
+                });
+                if chars == 0 || chars > MAX_ID_CHARS || !printable {
                     return Err(Error::invalid(
                         "event_id",
                         format!("event_id must be 1-{MAX_ID_CHARS} characters without control characters"),

@@ -11,6 +11,11 @@ use time::OffsetDateTime;
 use super::{Action, ExperimentKey, MetricKey, Status, UnitId, VariantKey};
 use crate::{Error, Result};
 
+// Bodies are read from JSON objects only, never from arrays of their
+// fields (domain/objects.rs).
+crate::objects_only!(serialize: Variant, Layer, Guardrail, Metric);
+crate::objects_only!(ExperimentIn, ExperimentPatch);
+
 /// Most variants an experiment may have.
 pub const MAX_VARIANTS: usize = 20;
 const MAX_NAME_CHARS: usize = 200;
@@ -103,6 +108,7 @@ pub struct Experiment {
 /// One arm of an experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct Variant {
     /// Key, unique within the experiment.
     pub key: VariantKey,
@@ -140,6 +146,7 @@ pub enum Bucketing {
 /// layer with disjoint slices never share a unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct Layer {
     /// The layer's key; it is the salt of the layer hash (1-128
     /// characters without control characters).
@@ -160,6 +167,7 @@ pub struct Layer {
 /// A metric to analyse.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct Metric {
     /// Event type or `metric` event name counted.
     pub key: MetricKey,
@@ -173,6 +181,7 @@ pub struct Metric {
 /// alert rules, and with `auto_stop` pauses the experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct Guardrail {
     /// One of the experiment's metrics.
     pub metric: MetricKey,
@@ -225,6 +234,7 @@ pub enum MetricKind {
 /// Body of `POST /v1/experiments`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct ExperimentIn {
     /// Unique key, `[a-z0-9_-]{1,64}`; it cannot change later.
     pub key: ExperimentKey,
@@ -290,6 +300,7 @@ pub struct ExperimentIn {
 /// `null` clears `description`, `layer` and `primary_metric`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct ExperimentPatch {
     /// New name (any time): 1-200 characters, not all blank.
     #[serde(default)]

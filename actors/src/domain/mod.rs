@@ -14,6 +14,7 @@ mod event;
 mod experiment;
 mod ids;
 mod lifecycle;
+mod objects;
 mod properties;
 mod records;
 mod sticky;

@@ -6,9 +6,14 @@ use time::OffsetDateTime;
 
 use crate::domain::{DomainEventKind, WebhookId};
 
+// Bodies are read from JSON objects only, never from arrays of their
+// fields (domain/objects.rs).
+crate::objects_only!(WebhookIn);
+
 /// `POST /v1/webhooks`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct WebhookIn {
     /// Where to POST: an `http://` or `https://` URL as written (no
     /// surrounding spaces, control characters or backslashes), with a

@@ -38,16 +38,12 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
-/// Parses and checks a target URL, resolving its host.
-///
-/// Every address the host resolves to must be allowed: a name that also
-/// points inside is refused outright, rather than left to the resolver to
-/// filter, so a subscription is never accepted for a target that is only
-/// partly public.
-pub async fn check_target(text: &str, allow_private: bool) -> Result<Url, String> {
-    // A URL is taken as written: the parser would quietly drop surrounding
-    // spaces and control characters, read `\` as `/`, and find a host
-    // after `http:` or `http:///` that the text does not show.
+/// Checks that a new subscription's URL is taken as written: the parser
+/// would quietly drop surrounding spaces and control characters, read `\`
+/// as `/`, and find a host after `http:` or `http:///` that the text does
+/// not show. Only at subscription: a target stored before these rules
+/// keeps being delivered to ([`check_target`] runs before every attempt).
+pub fn check_written(text: &str) -> Result<(), String> {
     if text.starts_with(' ') || text.ends_with(' ') || text.chars().any(char::is_control) {
         return Err("the URL must not have surrounding spaces or control characters".into());
     }
@@ -60,12 +56,19 @@ pub async fn check_target(text: &str, allow_private: bool) -> Result<Url, String
             .map(|_| &text[scheme.len()..])
     });
     match rest {
-        None => return Err("only http:// and https:// URLs are allowed".into()),
-        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
-            return Err("the URL has no host".into())
-        }
-        Some(_) => {}
+        None => Err("only http:// and https:// URLs are allowed".into()),
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => Err("the URL has no host".into()),
+        Some(_) => Ok(()),
     }
+}
+
+/// Parses and checks a target URL, resolving its host.
+///
+/// Every address the host resolves to must be allowed: a name that also
+/// points inside is refused outright, rather than left to the resolver to
+/// filter, so a subscription is never accepted for a target that is only
+/// partly public.
+pub async fn check_target(text: &str, allow_private: bool) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("only http and https URLs are allowed".into());
@@ -608,7 +611,9 @@ mod tests {
             "http://127.0.0.1\\x",
             "http://127.0.0.1/a\tb",
         ] {
-            assert!(check_target(loose, true).await.is_err(), "{loose:?}");
+            assert!(check_written(loose).is_err(), "{loose:?}");
+            // One stored before the rule is still delivered to.
+            assert!(check_target(loose, true).await.is_ok(), "{loose:?}");
         }
     }
 

@@ -201,6 +201,7 @@ impl Webhooks {
         {
             return Err(Error::invalid("description", "at most 1000 characters"));
         }
+        guard::check_written(&input.url).map_err(|e| Error::invalid("url", e))?;
         guard::check_target(&input.url, self.settings.allow_private)
             .await
             .map_err(|e| Error::invalid("url", e))?;
