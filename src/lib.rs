@@ -119,6 +119,8 @@ fn serve(
         max_assignment_experiments: config.limits.max_assignment_experiments,
         max_abs_value: config.limits.max_abs_value,
     };
+    // Built and encoded once, shared by every worker.
+    let document = web::Data::new(http::openapi::Document::stated(&limits));
     let rates = http::limits::RateLimits::new(
         config.limits.ingest_rps,
         config.limits.admin_rps,
@@ -132,6 +134,7 @@ fn serve(
             .wrap(actix_web::middleware::from_fn(http::observe::observe))
             .app_data(metrics.clone())
             .app_data(slow.clone())
+            .app_data(document.clone())
             .configure(http::configure(
                 state.clone(),
                 keys.clone(),

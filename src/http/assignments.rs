@@ -13,6 +13,10 @@ use super::auth::Ingest;
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
 
+// Bodies are read from JSON objects only, never from arrays of their
+// fields (abacus_actors::objects_only).
+abacus_actors::objects_only!(AssignAllIn);
+
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // The static path first: the router tries routes in order, and a
@@ -35,6 +39,7 @@ pub struct AssignQuery {
 /// Body of `POST /v1/assignments`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct AssignAllIn {
     /// The unit to assign.
     unit_id: UnitId,

@@ -99,7 +99,7 @@ async fn accept(
             intake.count_invalid(offered as u64);
         }
     };
-    refuse_array(&body)?;
+    refuse_array(&body).inspect_err(|e| count_invalid(e, 1))?;
     let (inputs, batch) = match decode(&body, limits.max_batch) {
         Some(decoded) => decoded,
         None => {

@@ -11,7 +11,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
-use super::extract::{MaybeJson, ValidJson};
+use super::extract::{MaybeJson, NoBody, ValidJson};
+
+// Bodies are read from JSON objects only, never from arrays of their
+// fields (abacus_actors::objects_only).
+abacus_actors::objects_only!(CompleteIn);
 
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 500;
@@ -55,6 +59,7 @@ pub struct ExperimentPage<'a> {
 /// Body of `POST /v1/experiments/{key}/complete`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct CompleteIn {
     /// Variant to serve everyone from now on; the control if absent.
     winner: Option<VariantKey>,
@@ -195,6 +200,7 @@ async fn archive(
         (status = 200, description = "The running experiment", body = Experiment),
         (status = 404, description = "No such experiment"),
         (status = 409, description = "Not a draft"),
+        (status = 422, description = "A body was sent: the action takes none"),
     ),
     security(("bearer" = []))
 )]
@@ -203,6 +209,7 @@ async fn start(
     _: Admin,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
+    _: NoBody,
 ) -> ApiResult<HttpResponse> {
     transition(&experiments, &key, Action::Start).await
 }
@@ -216,6 +223,7 @@ async fn start(
         (status = 200, description = "The paused experiment", body = Experiment),
         (status = 404, description = "No such experiment"),
         (status = 409, description = "Not running"),
+        (status = 422, description = "A body was sent: the action takes none"),
     ),
     security(("bearer" = []))
 )]
@@ -224,6 +232,7 @@ async fn pause(
     _: Admin,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
+    _: NoBody,
 ) -> ApiResult<HttpResponse> {
     transition(&experiments, &key, Action::Pause).await
 }
@@ -237,6 +246,7 @@ async fn pause(
         (status = 200, description = "The running experiment", body = Experiment),
         (status = 404, description = "No such experiment"),
         (status = 409, description = "Not paused"),
+        (status = 422, description = "A body was sent: the action takes none"),
     ),
     security(("bearer" = []))
 )]
@@ -245,6 +255,7 @@ async fn resume(
     _: Admin,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
+    _: NoBody,
 ) -> ApiResult<HttpResponse> {
     transition(&experiments, &key, Action::Resume).await
 }

@@ -33,6 +33,30 @@ pub struct ValidJson<T>(pub T);
 /// needs the JSON content type.
 pub struct MaybeJson<T>(pub Option<T>);
 
+/// A route that takes no body: anything but blanks is refused (422), so a
+/// body meant for another route is not silently ignored.
+pub struct NoBody;
+
+impl FromRequest for NoBody {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_body(req, payload, false);
+        Box::pin(async move {
+            let bytes = body?.await?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                Ok(NoBody)
+            } else {
+                Err(ApiError::InvalidBody {
+                    field: None,
+                    message: "this action takes no body".into(),
+                })
+            }
+        })
+    }
+}
+
 /// A JSON body's bytes, checked like [`ValidJson`] (content type, limit,
 /// deadline) but not decoded, for a handler with a faster decoding of its
 /// own that falls back on [`parse`] for the error.

@@ -79,7 +79,6 @@ pub fn configure(
             .app_data(keys)
             .app_data(rates)
             .app_data(web::Data::new(limits))
-            .app_data(web::Data::new(openapi::Document::stated(&limits)))
             .app_data(extract::BodyLimit(limits.body_bytes))
             .app_data(extract::BodyTimeout(limits.body_timeout))
             .app_data(extract::query_config())
