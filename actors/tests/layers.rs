@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Top-level module → the top-level modules its files name as `crate::x`.
+/// Top-level module → the top-level modules its files name as `crate::x`
+/// (a `crate::x!` macro call names no module).
 fn imports() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -36,11 +37,14 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
         let text = std::fs::read_to_string(&path).expect("a readable source");
         let deps = graph.entry(module.clone()).or_default();
         for (i, _) in text.match_indices("crate::") {
-            let name: String = text[i + "crate::".len()..]
+            let rest = &text[i + "crate::".len()..];
+            let name: String = rest
                 .chars()
                 .take_while(|c| c.is_ascii_lowercase() || *c == '_')
                 .collect();
-            if !name.is_empty() && name != module {
+            // `crate::name!` is a macro the crate exports, not a module.
+            let macro_call = rest[name.len()..].starts_with('!');
+            if !name.is_empty() && name != module && !macro_call {
                 deps.insert(name);
             }
         }

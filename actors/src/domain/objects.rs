@@ -2,8 +2,7 @@
 //! an array of its fields in order (`["cta", "CTA colour", [...]]`), a
 //! shape the API neither documents nor wants. A body type derives with
 //! `#[serde(remote = "Self")]`, which makes the derived code inherent
-//! functions, and [`objects_only!`](crate::objects_only) implements the
-//! traits through them, asking the decoder for a map: the same decoding,
+//! functions, and `objects_only!` implements the traits through them, asking the decoder for a map: the same decoding,
 //! with an array refused wherever the type appears.
 
 /// Implements `Deserialize` (from a JSON object only) for each type, and
