@@ -56,12 +56,14 @@ pub async fn run(
 
 /// The API keys, and a loud word when there are none.
 fn auth_keys(config: &Config) -> Keys {
-    let keys = Keys::new(&config.auth.admin_keys, &config.auth.ingest_keys);
+    let keys = Keys::new(&config.auth);
     if keys.is_open() {
         tracing::warn!("no auth keys configured: the API is OPEN to anyone who can reach it");
     } else {
         tracing::info!(
             admin_keys = config.auth.admin_keys.len(),
+            editor_keys = config.auth.editor_keys.len(),
+            viewer_keys = config.auth.viewer_keys.len(),
             ingest_keys = config.auth.ingest_keys.len(),
             "bearer-key auth enabled"
         );

@@ -337,7 +337,7 @@ pub enum SinkKind {
     Jsonl,
 }
 
-/// `[auth]`: bearer keys by scope.
+/// `[auth]`: bearer keys by role.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -345,6 +345,12 @@ pub struct AuthConfig {
     pub allow_open: bool,
     /// Keys with every permission.
     pub admin_keys: Vec<String>,
+    /// Keys that may change experiments, webhooks and alert rules, read
+    /// everything, and assign and send events.
+    pub editor_keys: Vec<String>,
+    /// Keys that may only read: experiments, results, analytics, events,
+    /// alerts, the live stream.
+    pub viewer_keys: Vec<String>,
     /// Keys that may only assign and send events.
     pub ingest_keys: Vec<String>,
 }
@@ -352,7 +358,16 @@ pub struct AuthConfig {
 impl AuthConfig {
     /// No key configured at all: every request is allowed.
     pub fn is_open(&self) -> bool {
-        self.admin_keys.is_empty() && self.ingest_keys.is_empty()
+        self.all_keys().next().is_none()
+    }
+
+    /// Every configured key, whatever its role.
+    pub fn all_keys(&self) -> impl Iterator<Item = &String> + Clone {
+        self.admin_keys
+            .iter()
+            .chain(&self.editor_keys)
+            .chain(&self.viewer_keys)
+            .chain(&self.ingest_keys)
     }
 }
 
@@ -363,6 +378,14 @@ impl std::fmt::Debug for AuthConfig {
             .field(
                 "admin_keys",
                 &format_args!("[{} redacted]", self.admin_keys.len()),
+            )
+            .field(
+                "editor_keys",
+                &format_args!("[{} redacted]", self.editor_keys.len()),
+            )
+            .field(
+                "viewer_keys",
+                &format_args!("[{} redacted]", self.viewer_keys.len()),
             )
             .field(
                 "ingest_keys",
@@ -522,7 +545,7 @@ impl Config {
                  set auth.admin_keys (or auth.allow_open = true to serve openly)",
             );
         }
-        let keys = self.auth.admin_keys.iter().chain(&self.auth.ingest_keys);
+        let keys = self.auth.all_keys();
         for key in keys.clone() {
             if key.to_ascii_lowercase().contains("change-me") {
                 return invalid(
@@ -804,6 +827,8 @@ mod tests {
         let auth = AuthConfig {
             allow_open: false,
             admin_keys: vec!["super-secret-admin-key".into()],
+            editor_keys: vec!["super-secret-editor-key".into()],
+            viewer_keys: vec![],
             ingest_keys: vec![],
         };
         assert!(!format!("{auth:?}").contains("super-secret"));

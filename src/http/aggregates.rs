@@ -7,7 +7,7 @@ use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Admin;
+use super::auth::Viewer;
 use super::error::ApiResult;
 
 /// Registers the route.
@@ -49,7 +49,7 @@ pub struct AggregatesQuery {
 )]
 #[get("/v1/experiments/{key}/aggregates")]
 async fn aggregates(
-    _: Admin,
+    _: Viewer,
     results: web::Data<Results>,
     key: web::Path<String>,
     query: web::Query<AggregatesQuery>,

@@ -10,7 +10,7 @@ use actix_web::{delete, get, patch, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Admin;
+use super::auth::{Editor, Viewer};
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
 
@@ -44,7 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 )]
 #[post("/v1/alerts/rules")]
 async fn create_rule(
-    _: Admin,
+    _: Editor,
     alerts: web::Data<Alerts>,
     ValidJson(input): ValidJson<RuleIn>,
 ) -> ApiResult<HttpResponse> {
@@ -68,7 +68,7 @@ pub struct RuleList {
     security(("bearer" = []))
 )]
 #[get("/v1/alerts/rules")]
-async fn list_rules(_: Admin, alerts: web::Data<Alerts>) -> ApiResult<HttpResponse> {
+async fn list_rules(_: Viewer, alerts: web::Data<Alerts>) -> ApiResult<HttpResponse> {
     let rules = alerts.rules().await?;
     Ok(HttpResponse::Ok().json(RuleList { rules }))
 }
@@ -85,7 +85,7 @@ async fn list_rules(_: Admin, alerts: web::Data<Alerts>) -> ApiResult<HttpRespon
 )]
 #[get("/v1/alerts/rules/{id}")]
 async fn read_rule(
-    _: Admin,
+    _: Viewer,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -107,7 +107,7 @@ async fn read_rule(
 )]
 #[patch("/v1/alerts/rules/{id}")]
 async fn update_rule(
-    _: Admin,
+    _: Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(patch): ValidJson<RulePatch>,
@@ -127,7 +127,7 @@ async fn update_rule(
 )]
 #[delete("/v1/alerts/rules/{id}")]
 async fn delete_rule(
-    _: Admin,
+    _: Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -166,7 +166,7 @@ pub struct AlertList {
 )]
 #[get("/v1/alerts")]
 async fn list(
-    _: Admin,
+    _: Viewer,
     alerts: web::Data<Alerts>,
     query: web::Query<AlertQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -201,7 +201,7 @@ async fn list(
 )]
 #[get("/v1/alerts/{id}")]
 async fn read(
-    _: Admin,
+    _: Viewer,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -223,7 +223,7 @@ async fn read(
 )]
 #[post("/v1/alerts/{id}/acknowledge")]
 async fn acknowledge(
-    _: Admin,
+    _: Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,
@@ -248,7 +248,7 @@ async fn acknowledge(
 )]
 #[post("/v1/alerts/{id}/resolve")]
 async fn resolve(
-    _: Admin,
+    _: Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa::IntoParams;
 
-use super::auth::Admin;
+use super::auth::Viewer;
 use super::error::ApiResult;
 
 /// Registers the routes.
@@ -81,7 +81,7 @@ async fn buckets(
 )]
 #[get("/v1/analytics/ctr")]
 async fn ctr(
-    _: Admin,
+    _: Viewer,
     results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -102,7 +102,7 @@ async fn ctr(
 )]
 #[get("/v1/analytics/ranks")]
 async fn ranks(
-    _: Admin,
+    _: Viewer,
     results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -124,7 +124,7 @@ async fn ranks(
 )]
 #[get("/v1/analytics/response-times")]
 async fn response_times(
-    _: Admin,
+    _: Viewer,
     results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -145,7 +145,7 @@ async fn response_times(
 )]
 #[get("/v1/analytics/engagement")]
 async fn engagement(
-    _: Admin,
+    _: Viewer,
     results: web::Data<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -162,7 +162,7 @@ async fn engagement(
 )]
 #[get("/v1/units/{unit_id}")]
 async fn unit(
-    _: Admin,
+    _: Viewer,
     results: web::Data<Results>,
     unit_id: web::Path<UnitId>,
 ) -> ApiResult<HttpResponse> {
@@ -184,7 +184,7 @@ async fn unit(
 )]
 #[get("/v1/experiments/{key}/compare")]
 async fn compare(
-    _: Admin,
+    _: Viewer,
     results: web::Data<Results>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {

@@ -49,8 +49,8 @@ pub enum ApiError {
     /// No valid bearer key was presented.
     #[error("a valid 'Authorization: Bearer <key>' header is required")]
     Unauthorized,
-    /// The key is valid but its scope does not allow this route.
-    #[error("this key's scope does not allow this request; an admin key is required")]
+    /// The key is valid but its role does not allow this route.
+    #[error("this key's role does not allow this request")]
     Forbidden,
     /// Open mode (no keys): a browser sent this request for another site's page.
     #[error(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{Admin, Ingest};
+use super::auth::{Ingest, Viewer};
 use super::error::{ApiError, ApiResult};
 use super::extract::{parse, refuse_array, JsonBytes};
 use super::Limits;
@@ -273,7 +273,7 @@ pub struct EventPageOut {
 )]
 #[get("/v1/events")]
 async fn export(
-    _: Admin,
+    _: Viewer,
     intake: web::Data<Intake>,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<HttpResponse> {

@@ -9,7 +9,7 @@ use actix_web::{delete, get, patch, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Admin;
+use super::auth::{Editor, Viewer};
 use super::error::{ApiError, ApiResult};
 use super::extract::{MaybeJson, NoBody, ValidJson};
 
@@ -79,7 +79,7 @@ pub struct CompleteIn {
 )]
 #[post("/v1/experiments")]
 async fn create(
-    _: Admin,
+    _: Editor,
     experiments: web::Data<Experiments>,
     ValidJson(input): ValidJson<ExperimentIn>,
 ) -> ApiResult<HttpResponse> {
@@ -103,7 +103,7 @@ async fn create(
 )]
 #[get("/v1/experiments")]
 async fn list(
-    _: Admin,
+    _: Viewer,
     experiments: web::Data<Experiments>,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -134,7 +134,7 @@ async fn list(
 )]
 #[get("/v1/experiments/{key}")]
 async fn read(
-    _: Admin,
+    _: Viewer,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -159,7 +159,7 @@ async fn read(
 )]
 #[patch("/v1/experiments/{key}")]
 async fn update(
-    _: Admin,
+    _: Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     ValidJson(patch): ValidJson<ExperimentPatch>,
@@ -183,7 +183,7 @@ async fn update(
 )]
 #[delete("/v1/experiments/{key}")]
 async fn archive(
-    _: Admin,
+    _: Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -206,7 +206,7 @@ async fn archive(
 )]
 #[post("/v1/experiments/{key}/start")]
 async fn start(
-    _: Admin,
+    _: Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     _: NoBody,
@@ -229,7 +229,7 @@ async fn start(
 )]
 #[post("/v1/experiments/{key}/pause")]
 async fn pause(
-    _: Admin,
+    _: Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     _: NoBody,
@@ -252,7 +252,7 @@ async fn pause(
 )]
 #[post("/v1/experiments/{key}/resume")]
 async fn resume(
-    _: Admin,
+    _: Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     _: NoBody,
@@ -286,7 +286,7 @@ async fn transition(
 )]
 #[post("/v1/experiments/{key}/complete")]
 async fn complete(
-    _: Admin,
+    _: Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     MaybeJson(body): MaybeJson<Option<CompleteIn>>,

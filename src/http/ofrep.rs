@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::auth::{self, Scope};
+use super::auth::{self, Need};
 use super::error::ApiError;
 use super::AppState;
 use abacus_actors::domain::{ExperimentKey, UnitId};
@@ -286,7 +286,7 @@ fn admitted(
 /// token or in `X-API-Key`) within its rate; else OFREP's answer: 401 or
 /// 403 without a body, or 429 with `Retry-After`.
 fn refusal(req: &HttpRequest) -> Option<HttpResponse> {
-    let refused = auth::authorize(req, Scope::Ingest).err()?;
+    let refused = auth::authorize(req, Need::Ingest).err()?;
     Some(match refused {
         ApiError::Unauthorized => HttpResponse::Unauthorized().finish(),
         ApiError::RateLimited { retry_after_s, .. } => HttpResponse::TooManyRequests()

@@ -183,7 +183,7 @@ fn add_api_errors(op: &mut Operation) {
         ("401", "unauthorized: no valid bearer key"),
         (
             "403",
-            "forbidden: the key's scope does not allow this route, or (without keys) a \
+            "forbidden: the key's role does not allow this route, or (without keys) a \
              cross-site browser request",
         ),
         (

@@ -8,7 +8,7 @@ use actix_web::{get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Admin;
+use super::auth::Viewer;
 use super::error::{ApiError, ApiResult};
 
 /// Registers the route.
@@ -50,7 +50,7 @@ pub struct ServerStats {
 )]
 #[get("/v1/server/stats")]
 async fn server_stats(
-    _: Admin,
+    _: Viewer,
     alerts: web::Data<Alerts>,
     intake: web::Data<Intake>,
     live: web::Data<Live>,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa::IntoParams;
 
-use super::auth::Admin;
+use super::auth::Viewer;
 use super::error::{ApiError, ApiResult};
 
 /// Registers the routes.
@@ -47,7 +47,7 @@ pub struct TimelineQuery {
 )]
 #[get("/v1/experiments/{key}/timeline")]
 async fn timeline(
-    _: Admin,
+    _: Viewer,
     service: web::Data<Results>,
     key: web::Path<String>,
     query: web::Query<TimelineQuery>,
@@ -97,7 +97,7 @@ pub struct ResultsQuery {
 )]
 #[get("/v1/experiments/{key}/results")]
 async fn results(
-    _: Admin,
+    _: Viewer,
     service: web::Data<Results>,
     key: web::Path<String>,
     query: web::Query<ResultsQuery>,
@@ -156,7 +156,7 @@ pub struct SampleSizeQuery {
 )]
 #[get("/v1/stats/sample-size")]
 async fn sample_size_route(
-    _: Admin,
+    _: Viewer,
     query: web::Query<SampleSizeQuery>,
 ) -> ApiResult<HttpResponse> {
     let question = match (query.baseline, query.stddev) {

@@ -6,7 +6,7 @@ use actix_web::{get, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::auth::Admin;
+use super::auth::Viewer;
 use super::feed::{resume_after, Feed, Item};
 
 /// Most messages written together.
@@ -42,7 +42,7 @@ pub struct StreamQuery {
 )]
 #[get("/v1/stream")]
 async fn stream(
-    _: Admin,
+    _: Viewer,
     live: web::Data<Live>,
     req: HttpRequest,
     query: web::Query<StreamQuery>,

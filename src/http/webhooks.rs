@@ -7,7 +7,7 @@ use actix_web::{delete, get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Admin;
+use super::auth::Editor;
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
 
@@ -51,7 +51,7 @@ pub struct CreatedSubscription {
 )]
 #[post("/v1/webhooks")]
 async fn create(
-    _: Admin,
+    _: Editor,
     webhooks: web::Data<Webhooks>,
     ValidJson(input): ValidJson<WebhookIn>,
 ) -> ApiResult<HttpResponse> {
@@ -79,7 +79,7 @@ pub struct SubscriptionList {
     security(("bearer" = []))
 )]
 #[get("/v1/webhooks")]
-async fn list(_: Admin, webhooks: web::Data<Webhooks>) -> ApiResult<HttpResponse> {
+async fn list(_: Editor, webhooks: web::Data<Webhooks>) -> ApiResult<HttpResponse> {
     let webhooks = webhooks.list().await?;
     Ok(HttpResponse::Ok().json(SubscriptionList { webhooks }))
 }
@@ -98,7 +98,7 @@ async fn list(_: Admin, webhooks: web::Data<Webhooks>) -> ApiResult<HttpResponse
 )]
 #[get("/v1/webhooks/{id}")]
 async fn read(
-    _: Admin,
+    _: Editor,
     webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -118,7 +118,7 @@ async fn read(
 )]
 #[delete("/v1/webhooks/{id}")]
 async fn remove(
-    _: Admin,
+    _: Editor,
     webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -147,7 +147,7 @@ pub struct TestQueued {
 )]
 #[post("/v1/webhooks/{id}/test")]
 async fn test(
-    _: Admin,
+    _: Editor,
     webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -168,7 +168,7 @@ async fn test(
 )]
 #[post("/v1/webhooks/{id}/enable")]
 async fn enable(
-    _: Admin,
+    _: Editor,
     webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
@@ -211,7 +211,7 @@ pub struct DeliveryPage {
 )]
 #[get("/v1/webhooks/{id}/deliveries")]
 async fn deliveries(
-    _: Admin,
+    _: Editor,
     webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
     query: web::Query<DeliveriesQuery>,

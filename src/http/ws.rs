@@ -7,7 +7,7 @@ use actix_web::{get, web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use futures_util::StreamExt;
 
-use super::auth::Admin;
+use super::auth::Viewer;
 use super::error::ApiError;
 use super::feed::{resume_after, Feed, Item};
 use super::stream::StreamQuery;
@@ -28,7 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 )]
 #[get("/v1/ws")]
 async fn ws(
-    _: Admin,
+    _: Viewer,
     live: web::Data<Live>,
     req: HttpRequest,
     body: web::Payload,
