@@ -1,4 +1,4 @@
-//! Bearer keys with admin and ingest scopes.
+//! Bearer keys and their roles: admin, editor, viewer, ingest.
 
 use serde_json::json;
 
@@ -6,6 +6,8 @@ use crate::common::{error_code, TestServer};
 
 const ADMIN: &str = "admin-secret-0123456789";
 const INGEST: &str = "ingest-secret-0123456789";
+const EDITOR: &str = "editor-secret-0123456789";
+const VIEWER: &str = "viewer-secret-0123456789";
 
 fn secured() -> TestServer {
     TestServer::start_with(&[
@@ -69,4 +71,73 @@ fn open_mode_is_announced() {
     let server = TestServer::start();
     assert_eq!(server.get("/v1/experiments").0, 200);
     assert!(server.log().contains("API is OPEN"), "{}", server.log());
+}
+
+/// What a route needs, as docs/api.md tells it: reads are for viewers
+/// (webhook subscriptions, which hold their targets, only for editors),
+/// assignments, events and OpenFeature evaluations for ingest keys, every
+/// change for editors; admins and editors may do everything.
+fn needs(method: &str, path: &str) -> &'static str {
+    let ingest = [
+        ("post", "/v1/assignments"),
+        ("get", "/v1/experiments/{key}/assignment"),
+        ("post", "/v1/events"),
+    ];
+    if ingest.contains(&(method, path)) || path.starts_with("/ofrep/") {
+        "ingest"
+    } else if method == "get" && !path.starts_with("/v1/webhooks") {
+        "read"
+    } else {
+        "change"
+    }
+}
+
+#[test]
+fn every_documented_route_admits_exactly_the_roles_it_should() {
+    let mut server = TestServer::start_with(&[
+        ("ABACUS_AUTH__ADMIN_KEYS", &format!("[\"{ADMIN}\"]")),
+        ("ABACUS_AUTH__EDITOR_KEYS", &format!("[\"{EDITOR}\"]")),
+        ("ABACUS_AUTH__VIEWER_KEYS", &format!("[\"{VIEWER}\"]")),
+        ("ABACUS_AUTH__INGEST_KEYS", &format!("[\"{INGEST}\"]")),
+    ]);
+    let (_, doc) = server.get("/openapi.json");
+    server.use_token(Some(ADMIN));
+    server.running_experiment("k", json!({}));
+    let roles = [
+        (ADMIN, ["read", "change", "ingest"].as_slice()),
+        (EDITOR, &["read", "change", "ingest"]),
+        (VIEWER, &["read"]),
+        (INGEST, &["ingest"]),
+    ];
+    let mut walked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !(path.starts_with("/v1/") || path.starts_with("/ofrep/")) {
+            continue;
+        }
+        for method in item.as_object().unwrap().keys() {
+            let need = needs(method, path);
+            let url = path
+                .replace("{key}", "k")
+                .replace("{unit_id}", "u")
+                .replace("{id}", "wh_none");
+            // Only whether the role is refused is asked, so what a change
+            // does to `k` (archiving it, say) does not matter.
+            for (key, allowed) in roles {
+                server.use_token(Some(key));
+                let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let response = server.request(method.clone(), &url).send().unwrap();
+                let status = response.status().as_u16();
+                let may = allowed.contains(&need);
+                assert_eq!(
+                    status == 403,
+                    !may,
+                    "{method} {url} with a key that {} {need}: {status}",
+                    if may { "may" } else { "may not" }
+                );
+                assert_ne!(status, 401, "{method} {url}");
+                walked += 1;
+            }
+        }
+    }
+    assert!(walked >= 4 * 40, "walked {walked} route and role pairs");
 }
