@@ -229,17 +229,21 @@ fn a_guardrail_regression_pauses_the_experiment_once_and_says_why() {
     );
     assert_eq!(status, 201, "{body}");
     assert_eq!(server.post_empty("/v1/experiments/checkout/start").0, 200);
-    // Control buys at 30%, the new checkout at 10%.
-    let mut events = Vec::new();
+    // Control buys at 30%, the new checkout at 10%. Every exposure is sent
+    // before any purchase: the stop can only come once purchases arrive,
+    // and a paused experiment refuses exposures, not purchases.
+    let mut exposures = Vec::new();
+    let mut purchases = Vec::new();
     for (variant, buyers) in [("control", 300), ("new", 100)] {
         for i in 0..1000 {
             let unit = format!("{variant}-{i}");
-            events.push(json!({"type": "exposure", "unit_id": unit, "experiment": "checkout", "variant": variant}));
+            exposures.push(json!({"type": "exposure", "unit_id": unit, "experiment": "checkout", "variant": variant}));
             if i < buyers {
-                events.push(json!({"type": "purchase", "unit_id": unit}));
+                purchases.push(json!({"type": "purchase", "unit_id": unit}));
             }
         }
     }
+    let events: Vec<Value> = exposures.into_iter().chain(purchases).collect();
     for chunk in events.chunks(1000) {
         assert_eq!(server.post("/v1/events", json!({ "events": chunk })).0, 202);
     }
