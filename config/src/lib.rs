@@ -563,7 +563,7 @@ impl Config {
         let mut all: Vec<&String> = keys.collect();
         all.sort();
         if all.windows(2).any(|w| w[0] == w[1]) {
-            return invalid("auth", "a key appears twice (or in both scopes)");
+            return invalid("auth", "a key appears twice (or under two roles)");
         }
         Ok(())
     }

@@ -131,6 +131,18 @@ impl ApiError {
         )
     }
 
+    /// What the client is told: the error itself, but for a server error
+    /// (other than 503) a generic line, the cause going to the log.
+    pub fn public_message(&self) -> String {
+        let status = self.status_code();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(error = %self, "request failed");
+            "internal error; the cause is in the server log".to_owned()
+        } else {
+            self.to_string()
+        }
+    }
+
     /// Stable snake_case code clients can match on.
     pub fn code(&self) -> &'static str {
         match self {
@@ -219,12 +231,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let message = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(error = %self, "request failed");
-            "internal error; the cause is in the server log".to_owned()
-        } else {
-            self.to_string()
-        };
+        let message = self.public_message();
         let mut response = HttpResponse::build(status);
         match self {
             ApiError::Engine(

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Ingest, Viewer};
 use super::error::{ApiError, ApiResult};
-use super::extract::{parse, refuse_array, JsonBytes};
+use super::extract::{parse, JsonBytes};
 use super::Limits;
 use abacus_actors::Error as EngineError;
 
@@ -99,7 +99,6 @@ async fn accept(
             intake.count_invalid(offered as u64);
         }
     };
-    refuse_array(&body).inspect_err(|e| count_invalid(e, 1))?;
     let (inputs, batch) = match decode(&body, limits.max_batch) {
         Some(decoded) => decoded,
         None => {
@@ -140,10 +139,12 @@ async fn accept(
 /// field's path, as before.
 fn decode(body: &[u8], max_batch: usize) -> Option<(Vec<EventIn>, bool)> {
     #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[serde(remote = "Self", deny_unknown_fields)]
     struct Batch {
         events: Vec<EventIn>,
     }
+    // Not from an array of its fields, as an `EventIn` is not either.
+    abacus_actors::objects_only!(Batch);
     match serde_json::from_slice::<Batch>(body) {
         Ok(Batch { events }) => (1..=max_batch)
             .contains(&events.len())
@@ -192,13 +193,7 @@ fn split(body: Value, max_batch: usize) -> ApiResult<(Vec<EventIn>, bool)> {
             let inputs = events
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| match v {
-                    // Not an event's fields in order, as serde would take it.
-                    Value::Array(_) => Err(invalid_batch(&format!(
-                        "events[{i}] must be an object, not an array"
-                    ))),
-                    v => decode(v, &format!("events[{i}]")),
-                })
+                .map(|(i, v)| decode(v, &format!("events[{i}]")))
                 .collect::<ApiResult<_>>()?;
             Ok((inputs, true))
         }
@@ -339,6 +334,13 @@ mod tests {
             split(json!({"events": [["id", "click", "u"]]}), 10),
             Err(ApiError::InvalidBody { .. })
         ));
+        assert!(matches!(
+            split(json!([null, "click", "u"]), 10),
+            Err(ApiError::InvalidBody { .. })
+        ));
+        let event = r#"{"type": "click", "unit_id": "u", "properties": {"item_id": "a"}}"#;
+        assert!(decode(format!("[[{event}]]").as_bytes(), 10).is_none());
+        assert!(decode(format!(r#"{{"events": [{event}]}}"#).as_bytes(), 10).is_some());
     }
 
     #[test]

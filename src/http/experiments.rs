@@ -187,8 +187,7 @@ async fn archive(
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    let archived = experiments.transition(&key, Action::Archive, None).await?;
-    Ok(HttpResponse::Ok().json(archived.experiment()))
+    transition(&experiments, &key, Action::Archive, None).await
 }
 
 /// Start a draft: `draft → running`.
@@ -211,7 +210,7 @@ async fn start(
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
-    transition(&experiments, &key, Action::Start).await
+    transition(&experiments, &key, Action::Start, None).await
 }
 
 /// Pause: `running → paused`; everyone is served the control meanwhile.
@@ -234,7 +233,7 @@ async fn pause(
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
-    transition(&experiments, &key, Action::Pause).await
+    transition(&experiments, &key, Action::Pause, None).await
 }
 
 /// Resume: `paused → running`.
@@ -257,15 +256,17 @@ async fn resume(
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
-    transition(&experiments, &key, Action::Resume).await
+    transition(&experiments, &key, Action::Resume, None).await
 }
 
+/// Every lifecycle route: the action, answered with the experiment after it.
 async fn transition(
     experiments: &Experiments,
     key: &str,
     action: Action,
+    winner: Option<VariantKey>,
 ) -> ApiResult<HttpResponse> {
-    let changed = experiments.transition(key, action, None).await?;
+    let changed = experiments.transition(key, action, winner).await?;
     Ok(HttpResponse::Ok().json(changed.experiment()))
 }
 
@@ -292,8 +293,5 @@ async fn complete(
     MaybeJson(body): MaybeJson<Option<CompleteIn>>,
 ) -> ApiResult<HttpResponse> {
     let winner = body.flatten().and_then(|b| b.winner);
-    let changed = experiments
-        .transition(&key, Action::Complete, winner)
-        .await?;
-    Ok(HttpResponse::Ok().json(changed.experiment()))
+    transition(&experiments, &key, Action::Complete, winner).await
 }

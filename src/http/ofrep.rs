@@ -25,7 +25,8 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::auth::{self, Need};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::extract::MaybeJsonBytes;
 use super::AppState;
 use abacus_actors::domain::{ExperimentKey, UnitId};
 use abacus_actors::experiments::assignment::Reason;
@@ -47,7 +48,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The body of both routes as the document states it. It is read by hand
 /// ([`targeting_key`]), to answer OFREP's error codes: `PARSE_ERROR`,
 /// `TARGETING_KEY_MISSING`, `INVALID_CONTEXT`.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
 pub struct EvaluationRequest {
     /// What to evaluate for.
     pub context: EvaluationContext,
@@ -55,10 +56,10 @@ pub struct EvaluationRequest {
 
 /// OpenFeature's evaluation context. abacus needs the targeting key: an
 /// experiment is split by unit. Other attributes are taken and not used.
-#[derive(Serialize, ToSchema)]
+#[derive(ToSchema)]
 pub struct EvaluationContext {
     /// The unit id.
-    #[serde(rename = "targetingKey")]
+    #[schema(rename = "targetingKey")]
     pub targeting_key: UnitId,
 }
 
@@ -104,13 +105,14 @@ struct Metadata {
 impl<'a> Evaluation<'a> {
     fn of(a: &'a Assignment) -> Self {
         let variant = a.variant();
-        let reason = match a.reason() {
-            Reason::Hashed | Reason::Sticky => "SPLIT",
-            Reason::Forced => "TARGETING_MATCH",
-            Reason::NotRunning => "DISABLED",
-            Reason::NotInCoverage | Reason::NotInLayer => "DEFAULT",
+        // `DEFAULT` omits the value, so that the SDK serves the caller's.
+        let (reason, served) = match a.reason() {
+            Reason::Hashed | Reason::Sticky => ("SPLIT", true),
+            Reason::Forced => ("TARGETING_MATCH", true),
+            Reason::NotRunning => ("DISABLED", true),
+            Reason::NotInCoverage | Reason::NotInLayer => ("DEFAULT", false),
         };
-        let value = (reason != "DEFAULT").then(|| match &variant.payload {
+        let value = served.then(|| match &variant.payload {
             Some(payload) => FlagValue::Payload(payload),
             None => FlagValue::Key(variant.key.as_str()),
         });
@@ -160,6 +162,9 @@ pub struct Bulk<'a> {
         (status = 403, description = "The key may not evaluate (no body)"),
         (status = 404, description = "`FLAG_NOT_FOUND`", body = Failure),
         (status = 429, description = "Rate limited; see `Retry-After` (no body)"),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `server.body_timeout_ms`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body needs `Content-Type: application/json`", body = ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -169,7 +174,7 @@ async fn evaluate_one(
     experiments: web::Data<Experiments>,
     state: web::Data<AppState>,
     key: web::Path<String>,
-    body: web::Bytes,
+    MaybeJsonBytes(body): MaybeJsonBytes,
 ) -> HttpResponse {
     let key = key.into_inner();
     let unit = match admitted(&req, &body, Some(&key)) {
@@ -202,6 +207,9 @@ async fn evaluate_one(
         (status = 401, description = "No valid key (no body)"),
         (status = 403, description = "The key may not evaluate (no body)"),
         (status = 429, description = "Rate limited; see `Retry-After` (no body)"),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `server.body_timeout_ms`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body needs `Content-Type: application/json`", body = ErrorBody),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -210,7 +218,7 @@ async fn evaluate_all(
     req: HttpRequest,
     experiments: web::Data<Experiments>,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    MaybeJsonBytes(body): MaybeJsonBytes,
 ) -> HttpResponse {
     let unit = match admitted(&req, &body, None) {
         Ok(unit) => unit,
@@ -243,7 +251,8 @@ async fn evaluate_all(
             ("GENERAL", "the evaluations could not be encoded".into()),
         );
     };
-    let tag = format!("\"{}\"", hex(&Sha256::digest(&json)[..16]));
+    let digest = format!("{:x}", Sha256::digest(&json));
+    let tag = format!("\"{}\"", &digest[..32]);
     let unchanged = req
         .headers()
         .get(header::IF_NONE_MATCH)
@@ -347,21 +356,11 @@ fn failed(
 fn engine_failure(key: Option<String>, e: EngineError) -> HttpResponse {
     let error = ApiError::Engine(e);
     let status = error.status_code();
-    let mut response = failed(status, key, ("GENERAL", error.to_string()));
+    let mut response = failed(status, key, ("GENERAL", error.public_message()));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -55,6 +55,7 @@ fn every_unit_gets_the_variation_growthbooks_sdk_gives() {
     let units = answers["units"].as_array().expect("units");
     let expected = answers["expected"].as_array().expect("expected");
     let mut wrong = Vec::new();
+    let mut compared = 0;
     for (u, unit) in units.iter().enumerate() {
         for chunk in keys.chunks(100) {
             let (status, body) = server.post(
@@ -63,6 +64,7 @@ fn every_unit_gets_the_variation_growthbooks_sdk_gives() {
             );
             assert_eq!(status, 200, "{body}");
             for a in body["assignments"].as_array().expect("assignments") {
+                compared += 1;
                 let key = a["experiment"].as_str().expect("key");
                 let i: usize = key["gb-".len()..].parse().expect("index");
                 let want = &expected[i * UNITS + u];
@@ -81,6 +83,7 @@ fn every_unit_gets_the_variation_growthbooks_sdk_gives() {
             }
         }
     }
+    assert_eq!(compared, EXPERIMENTS * UNITS, "every pair compared");
     assert!(
         wrong.is_empty(),
         "{} of {} differ, e.g. {:#?}",

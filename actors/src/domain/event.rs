@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
+use super::ids::check_printable;
 use super::properties::{Counted, Fields, Slot};
 use super::{EventId, ExperimentKey, MetricKey, Properties, UnitId, VariantKey};
 use crate::{Error, Result};
@@ -347,14 +348,7 @@ impl EventIn {
         let client_id = self.event_id.is_some();
         let event_id = match self.event_id {
             Some(id) => {
-                // One pass: counted up to the first control character,
-                // which refuses the id anyway.
-                let mut chars = 0;
-                let printable = id.chars().all(|c| {
-                    chars += 1;
-                    !c.is_control()
-                });
-                if chars == 0 || chars > MAX_ID_CHARS || !printable {
+                if check_printable(&id, MAX_ID_CHARS).is_err() {
                     return Err(Error::invalid(
                         "event_id",
                         format!("event_id must be 1-{MAX_ID_CHARS} characters without control characters"),

@@ -8,12 +8,13 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::ids::check_printable;
 use super::{Action, ExperimentKey, MetricKey, Status, UnitId, VariantKey};
 use crate::{Error, Result};
 
 // Bodies are read from JSON objects only, never from arrays of their
 // fields (domain/objects.rs).
-crate::objects_only!(serialize: Variant, Layer, Guardrail, Metric);
+crate::objects_only!(serialize: Variant, Layer, Guardrail, Metric, Bucketing);
 crate::objects_only!(ExperimentIn, ExperimentPatch);
 
 /// Most variants an experiment may have.
@@ -124,7 +125,12 @@ pub struct Variant {
 /// ranges over that space are the same either way: `[start, start +
 /// coverage * w)` from fixed starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "scheme", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    remote = "Self",
+    tag = "scheme",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 pub enum Bucketing {
     /// abacus's own: `md5(salt + ":" + unit)`.
     #[default]
@@ -649,8 +655,7 @@ pub(super) fn default_mixing_variance() -> f64 {
 }
 
 fn check_hash_key(field: &str, value: &str) -> Result<()> {
-    let chars = value.chars().count();
-    if chars == 0 || chars > MAX_SALT_CHARS || value.chars().any(char::is_control) {
+    if check_printable(value, MAX_SALT_CHARS).is_err() {
         return Err(Error::invalid(
             field,
             format!("{field} must be 1-{MAX_SALT_CHARS} characters without control characters"),

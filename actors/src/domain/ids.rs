@@ -12,6 +12,36 @@ use serde::{Deserialize, Serialize};
 /// exactly): at most 1,024 bytes of UTF-8.
 pub const MAX_UNIT_ID_CHARS: usize = 256;
 
+/// Why a text is not 1 to `max` printable characters.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NotPrintable {
+    /// Empty, or more than `max` characters.
+    Length,
+    /// It holds a control character.
+    Control,
+}
+
+/// The rule of unit ids, event ids, salts and layer keys: 1 to `max`
+/// characters (as JSON Schema's `maxLength` counts them), none a control
+/// character. One pass over the text, and none at all for one too long by
+/// its bytes alone (a character is at most four).
+pub(crate) fn check_printable(s: &str, max: usize) -> Result<(), NotPrintable> {
+    if s.is_empty() || s.len() > 4 * max {
+        return Err(NotPrintable::Length);
+    }
+    let mut chars = 0;
+    for c in s.chars() {
+        if c.is_control() {
+            return Err(NotPrintable::Control);
+        }
+        chars += 1;
+    }
+    if chars > max {
+        return Err(NotPrintable::Length);
+    }
+    Ok(())
+}
+
 /// `[a-z0-9_-]{1,64}`: the shape of every key (experiment, variant, metric).
 fn is_key(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -291,22 +321,12 @@ key_type!(
 pub struct UnitId(Box<str>);
 
 impl UnitId {
-    /// Checks `s` without allocating, in one pass over its characters;
-    /// the hot path validates borrowed ids.
+    /// Checks `s` without allocating; the hot path validates borrowed ids.
     pub fn check(s: &str) -> Result<(), String> {
-        let mut chars = 0;
-        for c in s.chars() {
-            if c.is_control() {
-                return Err("unit_id must not contain control characters".to_owned());
-            }
-            chars += 1;
-        }
-        if chars == 0 || chars > MAX_UNIT_ID_CHARS {
-            return Err(format!(
-                "unit_id must be 1-{MAX_UNIT_ID_CHARS} characters, got {chars}"
-            ));
-        }
-        Ok(())
+        check_printable(s, MAX_UNIT_ID_CHARS).map_err(|why| match why {
+            NotPrintable::Length => format!("unit_id must be 1-{MAX_UNIT_ID_CHARS} characters"),
+            NotPrintable::Control => "unit_id must not contain control characters".to_owned(),
+        })
     }
 
     /// The id as text.

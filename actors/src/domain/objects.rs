@@ -2,8 +2,9 @@
 //! an array of its fields in order (`["cta", "CTA colour", [...]]`), a
 //! shape the API neither documents nor wants. A body type derives with
 //! `#[serde(remote = "Self")]`, which makes the derived code inherent
-//! functions, and `objects_only!` implements the traits through them, asking the decoder for a map: the same decoding,
-//! with an array refused wherever the type appears.
+//! functions, and `objects_only!` implements the traits through them,
+//! asking the decoder for a map: the same decoding, with an array refused
+//! wherever the type appears.
 
 /// Implements `Deserialize` (from a JSON object only) for each type, and
 /// with `serialize:` first `Serialize` too, through the inherent functions
@@ -42,7 +43,7 @@ macro_rules! objects_only {
 
 #[cfg(test)]
 mod tests {
-    use crate::domain::{EventIn, ExperimentIn, Variant};
+    use crate::domain::{Bucketing, EventIn, ExperimentIn, Variant};
 
     #[test]
     fn a_body_type_is_read_from_an_object_only() {
@@ -52,6 +53,12 @@ mod tests {
         let nested = r#"{"key": "k", "name": "n", "variants": [["a", 1], ["b", 1]]}"#;
         assert!(serde_json::from_str::<ExperimentIn>(nested).is_err());
         assert!(serde_json::from_str::<EventIn>(r#"[null, "click", "u"]"#).is_err());
+        // An internally tagged enum would take its tag as an array's first
+        // element.
+        let tagged: Bucketing =
+            serde_json::from_str(r#"{"scheme": "growthbook", "hash_version": 2}"#).unwrap();
+        assert_eq!(tagged, Bucketing::Growthbook { hash_version: 2 });
+        assert!(serde_json::from_str::<Bucketing>(r#"["growthbook", 2]"#).is_err());
         // Serialised as before.
         assert_eq!(
             serde_json::to_value(&variant).unwrap(),
