@@ -18,7 +18,8 @@ use abacus_actors::Engine;
 use abacus_config::Config;
 use actix_web::{web, App, HttpServer};
 
-use crate::http::{auth::Keys, AppState};
+use crate::http::auth::{jwt::Tokens, Keys};
+use crate::http::AppState;
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,9 @@ pub enum Error {
     /// The metrics recorder could not be installed.
     #[error("metrics: {0}")]
     Metrics(String),
+    /// The token verification keys could not be read.
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, finishes
@@ -43,7 +47,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let engine = Arc::new(Engine::open(settings::engine(&config), Arc::new(SystemClock)).await?);
-    let keys = auth_keys(&config);
+    let keys = auth_keys(&config, &engine)?;
     let metrics = http::prometheus::install().map_err(Error::Metrics)?;
     let serving = serve(&config, listener, Arc::clone(&engine), keys, metrics)?;
     shutdown.await;
@@ -54,21 +58,29 @@ pub async fn run(
     Ok(())
 }
 
-/// The API keys, and a loud word when there are none.
-fn auth_keys(config: &Config) -> Keys {
-    let keys = Keys::new(&config.auth);
+/// Every credential the server accepts, and a loud word when there are
+/// none. Starts following the JWKS file, if there is one.
+fn auth_keys(config: &Config, engine: &Engine) -> Result<Keys, Error> {
+    let tokens = Tokens::new(&config.auth.jwt).map_err(Error::Auth)?;
+    if let Some(tokens) = &tokens {
+        actix_web::rt::spawn(Arc::clone(tokens).watch());
+    }
+    let keys = Keys::new(&config.auth, Some(Arc::clone(engine.credentials())), tokens);
     if keys.is_open() {
         tracing::warn!("no auth keys configured: the API is OPEN to anyone who can reach it");
     } else {
         tracing::info!(
+            owner_keys = config.auth.owner_keys.len(),
             admin_keys = config.auth.admin_keys.len(),
             editor_keys = config.auth.editor_keys.len(),
             viewer_keys = config.auth.viewer_keys.len(),
             ingest_keys = config.auth.ingest_keys.len(),
-            "bearer-key auth enabled"
+            issued_keys = engine.credentials().count(),
+            jwt = config.auth.jwt.is_on(),
+            "auth enabled"
         );
     }
-    keys
+    Ok(keys)
 }
 
 /// The running HTTP server and what must stop with it.

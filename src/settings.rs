@@ -43,6 +43,7 @@ pub fn engine(config: &Config) -> EngineConfig {
         max_assignment_experiments: config.limits.max_assignment_experiments,
         max_stats_message_bytes: config.limits.max_stats_message_bytes,
         max_export_page_bytes: config.limits.max_export_page_bytes,
+        max_keys: config.auth.max_keys,
         monitor_interval: config.results.check_interval_ms.get(),
         timeline_interval: config.results.timeline_interval_s.get(),
         webhooks: webhooks_settings(config),

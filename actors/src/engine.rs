@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::alerts::{self, Alerts, Sources};
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterSettings, Singleton};
+use crate::credentials::Credentials;
 use crate::domain::EventLimits;
 use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
@@ -51,6 +52,8 @@ pub struct EngineConfig {
     pub max_stats_message_bytes: usize,
     /// An export page stops once it holds this many bytes of events.
     pub max_export_page_bytes: usize,
+    /// Most API keys issued through the API.
+    pub max_keys: usize,
     /// Cluster mode: how this node joins; `None` for a single node.
     pub cluster: Option<ClusterSettings>,
 }
@@ -63,6 +66,7 @@ pub struct Engine {
     webhooks: Arc<Webhooks>,
     alerts: Arc<Alerts>,
     live: Arc<Live>,
+    credentials: Arc<Credentials>,
     store: Store,
     /// Cluster mode: the partitions this node folds.
     owner: Option<Owner>,
@@ -228,6 +232,13 @@ impl Engine {
             )
             .await?,
         );
+        let credentials = Credentials::start(
+            store.clone(),
+            Arc::clone(&clock),
+            config.max_keys,
+            cluster.as_ref().map(|c| c.api_keys().clone()),
+        )
+        .await?;
         Ok(Self {
             experiments,
             intake,
@@ -235,6 +246,7 @@ impl Engine {
             webhooks,
             alerts,
             live,
+            credentials,
             store,
             owner,
             singletons: monitor.into_iter().chain(delivery).collect(),
@@ -269,6 +281,11 @@ impl Engine {
     /// The live feed.
     pub fn live(&self) -> &Arc<Live> {
         &self.live
+    }
+
+    /// API keys issued through the API.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
     }
 
     /// Publishes every service's figures, and the store's and the

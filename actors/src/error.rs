@@ -16,6 +16,12 @@ pub enum Error {
     /// No alert has this id.
     #[error("alert '{0}' not found")]
     AlertNotFound(String),
+    /// No API key has this id (or the caller may not see it).
+    #[error("API key '{0}' not found")]
+    KeyNotFound(String),
+    /// The caller's role or project does not allow this change.
+    #[error("{0}")]
+    NotPermitted(String),
     /// An alert cannot go this way from where it is.
     #[error("cannot {action} an alert that is {from}")]
     AlertTransition {

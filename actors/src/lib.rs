@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod clock;
 pub mod cluster;
+pub mod credentials;
 pub mod domain;
 mod engine;
 mod error;

@@ -337,13 +337,17 @@ pub enum SinkKind {
     Jsonl,
 }
 
-/// `[auth]`: bearer keys by role.
+/// `[auth]`: bearer keys by role, keys issued through the API, and JWT
+/// sign-in.
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Serve without keys on a non-loopback address.
     pub allow_open: bool,
-    /// Keys with every permission.
+    /// Server-wide keys: every project, and owner keys through the API.
+    pub owner_keys: Vec<String>,
+    /// Keys of the default project with every permission there, issuing
+    /// keys included.
     pub admin_keys: Vec<String>,
     /// Keys that may change experiments, webhooks and alert rules, read
     /// everything, and assign and send events.
@@ -353,18 +357,58 @@ pub struct AuthConfig {
     pub viewer_keys: Vec<String>,
     /// Keys that may only assign and send events.
     pub ingest_keys: Vec<String>,
+    /// Most keys issued through the API (`POST /v1/keys`).
+    pub max_keys: usize,
+    /// Bearer tokens that are JWTs.
+    pub jwt: JwtConfig,
+}
+
+/// `[auth.jwt]`: JSON Web Tokens as bearer credentials, verified with a
+/// shared HS256 secret and/or RS256/ES256 public keys from a JWKS file.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// HS256 shared secret, at least 32 bytes; empty turns HS256 off.
+    pub hs256_secret: String,
+    /// A JWKS file (`{"keys": [...]}`) of RS256/ES256 public keys, read
+    /// again whenever it changes; empty turns them off.
+    pub jwks_file: String,
+    /// The `iss` every token must carry; empty accepts any issuer.
+    pub issuer: String,
+    /// A value every token's `aud` must hold; empty accepts any audience.
+    pub audience: String,
+    /// The claim naming the token's project (absent: `default`).
+    pub project_claim: String,
+    /// The claim naming the token's role (`owner`, `admin`, `editor`,
+    /// `viewer` or `ingest`); a token without it is refused.
+    pub role_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    /// How often the JWKS file is checked for a change.
+    pub reload_interval_ms: PositiveMillis,
+    /// Verified tokens remembered, so a token is verified once rather
+    /// than on every request (forgotten when the keys change).
+    pub cache_entries: usize,
+}
+
+impl JwtConfig {
+    /// Whether any way of verifying a token is configured.
+    pub fn is_on(&self) -> bool {
+        !self.hs256_secret.is_empty() || !self.jwks_file.is_empty()
+    }
 }
 
 impl AuthConfig {
-    /// No key configured at all: every request is allowed.
+    /// No key configured and no token accepted: every request is allowed.
     pub fn is_open(&self) -> bool {
-        self.all_keys().next().is_none()
+        self.all_keys().next().is_none() && !self.jwt.is_on()
     }
 
     /// Every configured key, whatever its role.
     pub fn all_keys(&self) -> impl Iterator<Item = &String> + Clone {
-        self.admin_keys
+        self.owner_keys
             .iter()
+            .chain(&self.admin_keys)
             .chain(&self.editor_keys)
             .chain(&self.viewer_keys)
             .chain(&self.ingest_keys)
@@ -374,23 +418,40 @@ impl AuthConfig {
 /// Keys are secrets: never print them, not even in debug output.
 impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |keys: &Vec<String>| format!("[{} redacted]", keys.len());
         f.debug_struct("AuthConfig")
+            .field("allow_open", &self.allow_open)
+            .field("owner_keys", &redacted(&self.owner_keys))
+            .field("admin_keys", &redacted(&self.admin_keys))
+            .field("editor_keys", &redacted(&self.editor_keys))
+            .field("viewer_keys", &redacted(&self.viewer_keys))
+            .field("ingest_keys", &redacted(&self.ingest_keys))
+            .field("max_keys", &self.max_keys)
+            .field("jwt", &self.jwt)
+            .finish()
+    }
+}
+
+/// The shared secret is a secret: never print it.
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
             .field(
-                "admin_keys",
-                &format_args!("[{} redacted]", self.admin_keys.len()),
+                "hs256_secret",
+                &if self.hs256_secret.is_empty() {
+                    "(off)"
+                } else {
+                    "(redacted)"
+                },
             )
-            .field(
-                "editor_keys",
-                &format_args!("[{} redacted]", self.editor_keys.len()),
-            )
-            .field(
-                "viewer_keys",
-                &format_args!("[{} redacted]", self.viewer_keys.len()),
-            )
-            .field(
-                "ingest_keys",
-                &format_args!("[{} redacted]", self.ingest_keys.len()),
-            )
+            .field("jwks_file", &self.jwks_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("project_claim", &self.project_claim)
+            .field("role_claim", &self.role_claim)
+            .field("leeway_s", &self.leeway_s)
+            .field("reload_interval_ms", &self.reload_interval_ms)
+            .field("cache_entries", &self.cache_entries)
             .finish()
     }
 }
@@ -420,6 +481,12 @@ impl Config {
     /// environment, and validates the result.
     pub fn load(file: Option<&Path>) -> Result<Self> {
         Self::from_figment(Self::figment(file)?.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// The shipped defaults alone, whatever the environment holds: for
+    /// tests that build on them.
+    pub fn defaults() -> Result<Self> {
+        Self::from_figment(Self::figment(None)?)
     }
 
     /// The default and file layers, without the environment.
@@ -564,6 +631,36 @@ impl Config {
         all.sort();
         if all.windows(2).any(|w| w[0] == w[1]) {
             return invalid("auth", "a key appears twice (or under two roles)");
+        }
+        if !(1..=100_000).contains(&self.auth.max_keys) {
+            return invalid("auth.max_keys", "must be 1-100000");
+        }
+        self.auth.jwt.validate()
+    }
+}
+
+impl JwtConfig {
+    fn validate(&self) -> Result<()> {
+        let invalid = |key: &'static str, reason: &str| {
+            Err(Error::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if !self.hs256_secret.is_empty() && self.hs256_secret.len() < 32 {
+            return invalid(
+                "auth.jwt.hs256_secret",
+                "must be at least 32 bytes (HS256 is only as strong as its secret)",
+            );
+        }
+        if self.project_claim.is_empty() || self.role_claim.is_empty() {
+            return invalid("auth.jwt", "project_claim and role_claim must name a claim");
+        }
+        if self.leeway_s > 600 {
+            return invalid("auth.jwt.leeway_s", "at most 600 seconds");
+        }
+        if !(1..=1_000_000).contains(&self.cache_entries) {
+            return invalid("auth.jwt.cache_entries", "must be 1-1000000");
         }
         Ok(())
     }
@@ -824,14 +921,19 @@ mod tests {
 
     #[test]
     fn debug_output_redacts_keys() {
-        let auth = AuthConfig {
-            allow_open: false,
-            admin_keys: vec!["super-secret-admin-key".into()],
-            editor_keys: vec!["super-secret-editor-key".into()],
-            viewer_keys: vec![],
-            ingest_keys: vec![],
-        };
-        assert!(!format!("{auth:?}").contains("super-secret"));
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("ABACUS_AUTH__OWNER_KEYS", "[\"super-secret-owner-key\"]");
+            jail.set_env("ABACUS_AUTH__ADMIN_KEYS", "[\"super-secret-admin-key\"]");
+            jail.set_env(
+                "ABACUS_AUTH__JWT__HS256_SECRET",
+                "super-secret-hs256-0123456789abcdef",
+            );
+            let config = load_in(jail, None).expect("valid");
+            let printed = format!("{:?}", config.auth);
+            assert!(!printed.contains("super-secret"), "{printed}");
+            assert!(printed.contains("[1 redacted]"), "{printed}");
+            Ok(())
+        });
     }
 
     #[test]

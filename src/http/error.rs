@@ -49,9 +49,18 @@ pub enum ApiError {
     /// No valid bearer key was presented.
     #[error("a valid 'Authorization: Bearer <key>' header is required")]
     Unauthorized,
-    /// The key is valid but its role does not allow this route.
-    #[error("this key's role does not allow this request")]
+    /// A JWT was presented but is not valid (signature, expiry, claims).
+    #[error("{0}")]
+    InvalidToken(String),
+    /// The credential is valid but its role does not allow this route.
+    #[error("this credential's role does not allow this request")]
     Forbidden,
+    /// Keys cannot be issued: the server runs without keys (open mode).
+    #[error(
+        "this server runs without keys (open mode): configure auth.owner_keys or \
+         auth.admin_keys before issuing keys through the API"
+    )]
+    AuthOff,
     /// Open mode (no keys): a browser sent this request for another site's page.
     #[error(
         "cross-site request refused: this server runs without keys and only \
@@ -150,6 +159,8 @@ impl ApiError {
                 EngineError::ExperimentNotFound(_) => "experiment_not_found",
                 EngineError::WebhookNotFound(_) => "webhook_not_found",
                 EngineError::RuleNotFound(_) => "alert_rule_not_found",
+                EngineError::KeyNotFound(_) => "key_not_found",
+                EngineError::NotPermitted(_) => "forbidden",
                 EngineError::AlertNotFound(_) => "alert_not_found",
                 EngineError::AlertTransition { .. } => "invalid_transition",
                 EngineError::ExperimentExists(_) => "experiment_exists",
@@ -169,6 +180,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::InvalidToken(_) => "invalid_token",
+            ApiError::AuthOff => "auth_off",
             ApiError::Forbidden | ApiError::CrossSite => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::RequestTimeout { .. } => "request_timeout",
@@ -199,7 +212,9 @@ impl ResponseError for ApiError {
                 EngineError::ExperimentNotFound(_)
                 | EngineError::WebhookNotFound(_)
                 | EngineError::RuleNotFound(_)
-                | EngineError::AlertNotFound(_) => StatusCode::NOT_FOUND,
+                | EngineError::AlertNotFound(_)
+                | EngineError::KeyNotFound(_) => StatusCode::NOT_FOUND,
+                EngineError::NotPermitted(_) => StatusCode::FORBIDDEN,
                 EngineError::ExperimentExists(_)
                 | EngineError::InvalidTransition { .. }
                 | EngineError::AlertTransition { .. }
@@ -219,7 +234,8 @@ impl ResponseError for ApiError {
             ApiError::InvalidBody { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            ApiError::AuthOff => StatusCode::CONFLICT,
             ApiError::Forbidden | ApiError::CrossSite => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -243,6 +259,13 @@ impl ResponseError for ApiError {
                 response.insert_header((
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"abacus\""),
+                ));
+            }
+            // RFC 6750: the token was presented and refused.
+            ApiError::InvalidToken(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"abacus\", error=\"invalid_token\""),
                 ));
             }
             ApiError::RateLimited { retry_after_s, .. } => {

@@ -3,12 +3,12 @@
 //! Two keyed limiters (governor's GCRA, which is a token bucket kept as a
 //! single "theoretical arrival time" per key): one for the ingest routes
 //! (assignments and `POST /v1/events`), one for every other `/v1` route.
-//! A caller is the configured key it authenticated with (its position in
-//! the configuration, never the secret), or in open mode the client's
-//! address. Each bucket refills at `limits.ingest_rps` / `limits.admin_rps`
+//! A caller is the principal it authenticated as (a key's id, a configured
+//! key's role and position, a token's subject; never a secret), or in open
+//! mode the client's address. Each bucket refills at `limits.ingest_rps` / `limits.admin_rps`
 //! tokens a second and holds at most `limits.burst`; a rate of 0 means no
 //! limiter at all. The check runs in the [`super::auth`] extractors, right
-//! after the key is recognised, so the key is hashed once per request.
+//! after the credential is recognised, so it is hashed once per request.
 //!
 //! Cost on the hot path: one clock read (TSC), one lookup in a sharded
 //! `DashMap` under a shard *read* lock and one compare-and-swap on the
@@ -29,10 +29,11 @@ use super::auth::Scope;
 use super::error::ApiError;
 
 /// Who a bucket belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Caller {
-    /// The configured key at this position (admin keys, then ingest keys).
-    Key(usize),
+    /// A known caller, by its principal's id: a key's, or a token's
+    /// subject's (every token of one subject shares a bucket).
+    Principal(std::sync::Arc<str>),
     /// Open mode: the client's address; IPv6 by its /64 prefix, since one
     /// host usually holds a whole /64 and could otherwise rotate through it.
     Addr(IpAddr),
@@ -167,13 +168,13 @@ mod tests {
     #[test]
     fn a_bucket_holds_burst_then_refuses_with_retry_after() {
         let limits = RateLimits::new(1, 0, 3);
-        let alice = Caller::Key(0);
+        let alice = Caller::Principal("alice".into());
         for _ in 0..3 {
             limits
-                .check(Scope::Ingest, alice)
+                .check(Scope::Ingest, alice.clone())
                 .expect("within the burst");
         }
-        match limits.check(Scope::Ingest, alice) {
+        match limits.check(Scope::Ingest, alice.clone()) {
             Err(ApiError::RateLimited {
                 scope,
                 retry_after_s,
@@ -185,11 +186,11 @@ mod tests {
         }
         // Another caller, and the other class, are untouched.
         limits
-            .check(Scope::Ingest, Caller::Key(1))
+            .check(Scope::Ingest, Caller::Principal("bob".into()))
             .expect("own bucket");
         for _ in 0..100 {
             limits
-                .check(Scope::Admin, alice)
+                .check(Scope::Admin, alice.clone())
                 .expect("admin rate 0 = none");
         }
     }

@@ -14,6 +14,7 @@ pub mod experiments;
 pub mod extract;
 pub mod feed;
 pub mod health;
+pub mod keys;
 pub mod limits;
 pub mod observe;
 pub mod ofrep;
@@ -75,6 +76,7 @@ pub fn configure(
             .app_data(web::Data::from(Arc::clone(engine.webhooks())))
             .app_data(web::Data::from(Arc::clone(engine.alerts())))
             .app_data(web::Data::from(Arc::clone(engine.live())))
+            .app_data(web::Data::from(Arc::clone(engine.credentials())))
             .app_data(state.clone())
             .app_data(keys)
             .app_data(rates)
@@ -94,6 +96,7 @@ pub fn configure(
             .configure(analytics::configure)
             .configure(webhooks::configure)
             .configure(alerts::configure)
+            .configure(keys::configure)
             .configure(stream::configure)
             .configure(ws::configure)
             .configure(health::configure)

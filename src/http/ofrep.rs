@@ -24,11 +24,11 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::auth::{self, Need};
+use super::auth;
 use super::error::{ApiError, ErrorBody};
 use super::extract::MaybeJsonBytes;
 use super::AppState;
-use abacus_actors::domain::{ExperimentKey, UnitId};
+use abacus_actors::domain::{ExperimentKey, Need, UnitId};
 use abacus_actors::experiments::assignment::Reason;
 use abacus_actors::experiments::{Assignment, Experiments};
 use abacus_actors::Error as EngineError;
@@ -297,7 +297,7 @@ fn admitted(
 fn refusal(req: &HttpRequest) -> Option<HttpResponse> {
     let refused = auth::authorize(req, Need::Ingest).err()?;
     Some(match refused {
-        ApiError::Unauthorized => HttpResponse::Unauthorized().finish(),
+        ApiError::Unauthorized | ApiError::InvalidToken(_) => HttpResponse::Unauthorized().finish(),
         ApiError::RateLimited { retry_after_s, .. } => HttpResponse::TooManyRequests()
             .insert_header((header::RETRY_AFTER, retry_after_s))
             .finish(),

@@ -1,9 +1,10 @@
-//! Bearer keys and their roles: admin, editor, viewer, ingest.
+//! Bearer keys and their roles: owner, admin, editor, viewer, ingest.
 
 use serde_json::json;
 
 use crate::common::{error_code, TestServer};
 
+const OWNER: &str = "owner-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123456789";
 const INGEST: &str = "ingest-secret-0123456789";
 const EDITOR: &str = "editor-secret-0123456789";
@@ -30,7 +31,7 @@ fn requests_without_a_valid_key_are_401() {
         let body: serde_json::Value = response.json().unwrap();
         assert_eq!(error_code(&body), "unauthorized");
     }
-    assert!(server.log().contains("bearer-key auth enabled"));
+    assert!(server.log().contains("auth enabled"));
 }
 
 #[test]
@@ -76,8 +77,12 @@ fn open_mode_is_announced() {
 /// What a route needs, as docs/api.md tells it: reads are for viewers
 /// (webhook subscriptions, which hold their targets, only for editors),
 /// assignments, events and OpenFeature evaluations for ingest keys, every
-/// change for editors; admins and editors may do everything.
+/// change for editors, keys for admins; owners and admins may do
+/// everything.
 fn needs(method: &str, path: &str) -> &'static str {
+    if path.starts_with("/v1/keys") {
+        return "administer";
+    }
     let ingest = [
         ("post", "/v1/assignments"),
         ("get", "/v1/experiments/{key}/assignment"),
@@ -95,6 +100,7 @@ fn needs(method: &str, path: &str) -> &'static str {
 #[test]
 fn every_documented_route_admits_exactly_the_roles_it_should() {
     let mut server = TestServer::start_with(&[
+        ("ABACUS_AUTH__OWNER_KEYS", &format!("[\"{OWNER}\"]")),
         ("ABACUS_AUTH__ADMIN_KEYS", &format!("[\"{ADMIN}\"]")),
         ("ABACUS_AUTH__EDITOR_KEYS", &format!("[\"{EDITOR}\"]")),
         ("ABACUS_AUTH__VIEWER_KEYS", &format!("[\"{VIEWER}\"]")),
@@ -103,8 +109,10 @@ fn every_documented_route_admits_exactly_the_roles_it_should() {
     let (_, doc) = server.get("/openapi.json");
     server.use_token(Some(ADMIN));
     server.running_experiment("k", json!({}));
+    let all = ["read", "change", "ingest", "administer"];
     let roles = [
-        (ADMIN, ["read", "change", "ingest"].as_slice()),
+        (OWNER, all.as_slice()),
+        (ADMIN, &all),
         (EDITOR, &["read", "change", "ingest"]),
         (VIEWER, &["read"]),
         (INGEST, &["ingest"]),
@@ -139,5 +147,5 @@ fn every_documented_route_admits_exactly_the_roles_it_should() {
             }
         }
     }
-    assert!(walked >= 4 * 40, "walked {walked} route and role pairs");
+    assert!(walked >= 5 * 45, "walked {walked} route and role pairs");
 }

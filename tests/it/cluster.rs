@@ -854,3 +854,55 @@ fn every_node_keeps_a_units_first_exposure_by_asking_its_partitions_owner() {
         }
     }
 }
+
+/// Polls until `secret` gets `status` from `node`'s `GET /v1/experiments`,
+/// for at most five seconds.
+fn answers_key(node: &mut TestServer, secret: &str, status: u16) {
+    node.use_token(Some(secret));
+    let started = Instant::now();
+    loop {
+        let got = node.get("/v1/experiments").0;
+        if got == status {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the key still gets {got}, not {status}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_key_issued_rotated_or_revoked_on_one_node_is_so_on_every_node() {
+    const ADMIN: &str = "admin-secret-0123456789";
+    let nats = NatsCluster::start(3);
+    let mut nodes = nats.nodes_with(
+        2,
+        &[("ABACUS_AUTH__ADMIN_KEYS", "[\"admin-secret-0123456789\"]")],
+    );
+    for node in nodes.iter_mut() {
+        node.use_token(Some(ADMIN));
+    }
+    let (status, issued) = nodes[0].post("/v1/keys", json!({"name": "shared", "role": "viewer"}));
+    assert_eq!(status, 201, "{issued}");
+    let id = issued["id"].as_str().unwrap().to_owned();
+    let first = issued["secret"].as_str().unwrap().to_owned();
+    answers_key(&mut nodes[1], &first, 200);
+
+    // Rotated on the second node: the new secret works on the first, the
+    // old one stops there.
+    nodes[1].use_token(Some(ADMIN));
+    let (status, rotated) = nodes[1].post_empty(&format!("/v1/keys/{id}/rotate"));
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["secret"].as_str().unwrap().to_owned();
+    answers_key(&mut nodes[0], &second, 200);
+    answers_key(&mut nodes[0], &first, 401);
+
+    // Revoked on the first: it stops on the second.
+    nodes[0].use_token(Some(ADMIN));
+    assert_eq!(nodes[0].delete(&format!("/v1/keys/{id}")).0, 200);
+    answers_key(&mut nodes[1], &second, 401);
+    nodes[1].use_token(Some(ADMIN));
+    assert_eq!(nodes[1].get(&format!("/v1/keys/{id}")).0, 404);
+}

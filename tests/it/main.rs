@@ -22,6 +22,8 @@ mod events;
 mod experiments;
 mod growthbook;
 mod hostile;
+mod jwt;
+mod keys;
 mod limits;
 mod metrics;
 mod openapi;

@@ -58,6 +58,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/ofrep/v1/evaluate/flags"),
     ("post", "/v1/events"),
     ("get", "/v1/events"),
+    ("post", "/v1/keys"),
+    ("get", "/v1/keys"),
+    ("get", "/v1/keys/{id}"),
+    ("post", "/v1/keys/{id}/rotate"),
+    ("delete", "/v1/keys/{id}"),
 ];
 
 #[test]

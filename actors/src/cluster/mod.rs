@@ -51,7 +51,7 @@ pub use shares::{Share, ShareBucket};
 pub use singleton::Singleton;
 pub use snapshots::SnapshotStore;
 
-use crate::domain::{AlertRecord, AlertRuleRecord, Webhook};
+use crate::domain::{AlertRecord, AlertRuleRecord, ApiKey, Webhook};
 use crate::{Error, Result};
 
 /// Whether a refused compare-and-set failed because the key's revision
@@ -173,6 +173,7 @@ pub struct Cluster {
     alert_rules: RecordBucket<AlertRuleRecord>,
     alerts: RecordBucket<AlertRecord>,
     divergence: RecordBucket<i64>,
+    api_keys: RecordBucket<ApiKey>,
     snapshots: SnapshotStore,
     snapshot_interval: Duration,
     lookups: Lookups,
@@ -223,6 +224,8 @@ impl Cluster {
         let alerts = RecordBucket::open(&jetstream, "abacus_alerts", "alert", settings).await?;
         let divergence =
             RecordBucket::open(&jetstream, "abacus_divergence", "divergence", settings).await?;
+        let api_keys =
+            RecordBucket::open(&jetstream, "abacus_api_keys", "API key", settings).await?;
         let snapshots = SnapshotStore::open(&jetstream, settings).await?;
         tracing::info!(node = %settings.node_id, replicas = settings.replicas, "joined the cluster");
         Ok(Self {
@@ -235,10 +238,16 @@ impl Cluster {
             alert_rules,
             alerts,
             divergence,
+            api_keys,
             snapshots,
             snapshot_interval: settings.snapshot_interval,
             lookups,
         })
+    }
+
+    /// The shared API keys.
+    pub fn api_keys(&self) -> &RecordBucket<ApiKey> {
+        &self.api_keys
     }
 
     /// The replicated experiments.

@@ -297,6 +297,14 @@ minted_id!(
     "wh_0192f0c4a6e07c3b9d1e2f3a4b5c6d7e"
 );
 
+minted_id!(
+    /// An API key's id: `key_` and 32 hex digits.
+    KeyId,
+    "key_",
+    "^key_[0-9a-fA-F]{32}$",
+    "key_0192f0c4a6e07c3b9d1e2f3a4b5c6d7e"
+);
+
 key_type!(
     /// Unique, immutable key of an experiment.
     ExperimentKey,

@@ -9,6 +9,7 @@ mod aggregate;
 mod alert;
 mod alert_rule;
 mod bucket;
+mod credential;
 mod domain_event;
 mod event;
 mod experiment;
@@ -28,6 +29,10 @@ pub use aggregate::{
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
 pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
+pub use credential::{
+    ApiKey, KeyIn, KeyIssued, KeyOut, Need, Previous, Principal, Role, RotateIn, DEFAULT_PROJECT,
+    MAX_ROTATION_GRACE_S,
+};
 pub use domain_event::{DomainEvent, DomainEventKind};
 pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
@@ -35,7 +40,8 @@ pub use experiment::{
     MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
 };
 pub use ids::{
-    uuid_v7, AlertId, EventId, ExperimentKey, MetricKey, RuleId, UnitId, VariantKey, WebhookId,
+    uuid_v7, AlertId, EventId, ExperimentKey, KeyId, MetricKey, RuleId, UnitId, VariantKey,
+    WebhookId,
 };
 pub use lifecycle::{Action, Status};
 pub use properties::Properties;

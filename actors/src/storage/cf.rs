@@ -84,11 +84,14 @@ pub enum Cf {
     /// and running per-measure sums, which sums of squares need), read and
     /// rewritten by the ingest writer for the units of each batch.
     Units,
+    /// key id (UTF-8) → `[v1][JSON ApiKey]`: API keys issued through the
+    /// API, by the SHA-256 digest of their secret (never the secret).
+    ApiKeys,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 17] = [
+    pub const ALL: [Cf; 18] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -106,6 +109,7 @@ impl Cf {
         Cf::Alerts,
         Cf::Timeline,
         Cf::Units,
+        Cf::ApiKeys,
     ];
 
     /// The family's name on disk.
@@ -128,6 +132,7 @@ impl Cf {
             Cf::Alerts => "alerts",
             Cf::Timeline => "timeline",
             Cf::Units => "units",
+            Cf::ApiKeys => "api_keys",
         }
     }
 }

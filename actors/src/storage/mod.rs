@@ -7,6 +7,7 @@ mod aggregates;
 mod alerts;
 mod analytics;
 mod cf;
+mod credentials;
 pub(crate) mod event_codec;
 pub mod keys;
 mod snapshot;

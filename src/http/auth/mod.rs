@@ -1,15 +1,21 @@
-//! Bearer-key authentication with roles. A key is presented as
-//! `Authorization: Bearer <key>` or, as OpenFeature's providers send it,
-//! `X-API-Key: <key>`.
+//! Who is calling, and whether they may. A credential is presented as
+//! `Authorization: Bearer <credential>` or, as OpenFeature's providers
+//! send it, `X-API-Key: <credential>`. It is one of:
 //!
-//! A key has a [`Role`]: `admin` and `editor` keys may do everything there
-//! is a route for today (admin-only routes, keys and projects, are to
-//! come), `viewer` keys only read, `ingest` keys only ask for assignments
-//! and send events. Handlers declare what they need by taking a
-//! [`Viewer`], [`Editor`] or [`Ingest`] extractor as their first argument. Presented keys are
-//! hashed and compared against every configured key's hash in constant
-//! time, so neither a key's content nor its length leaks through timing.
-//! With no key configured the server is open, to programs: a request that a
+//! - a key from the configuration (`auth.owner_keys`, `auth.admin_keys`,
+//!   ...), of the role its list names;
+//! - a key issued through the API (`POST /v1/keys`), stored by its digest
+//!   ([`abacus_actors::credentials`]);
+//! - a JSON Web Token ([`jwt`]), when `auth.jwt` is configured.
+//!
+//! Keys are found by the SHA-256 digest of what was presented, in hash
+//! tables: timing can at most tell an attacker something about a digest
+//! of their own choosing, which brings them no closer to a key.
+//!
+//! Handlers declare what they need by taking a [`Viewer`], [`Editor`],
+//! [`Ingest`] or [`Administrator`] extractor as their first argument; each
+//! carries the caller's [`Principal`]. With no key configured and no
+//! tokens accepted the server is open, to programs: a request that a
 //! browser marks as coming from another site's page (an `Origin` that is
 //! not this server's own) is refused, so a page on the web cannot drive an
 //! open server on the visitor's machine.
@@ -18,15 +24,19 @@
 //! bucket ([`super::limits`]): ingest routes and the others each have one
 //! bucket per caller.
 
-use std::future::{ready, Ready};
+pub mod jwt;
 
+use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use abacus_actors::credentials::{digest, Credentials, SecretDigest};
+use abacus_actors::domain::{Need, Principal, Role, DEFAULT_PROJECT};
 use actix_web::http::header;
 use actix_web::{dev::Payload, FromRequest, HttpRequest};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use abacus_config::AuthConfig;
 
+use self::jwt::Tokens;
 use super::error::ApiError;
 use super::limits::{Caller, RateLimits};
 
@@ -39,99 +49,93 @@ pub enum Scope {
     Ingest,
 }
 
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Everything.
-    Admin,
-    /// Change experiments, webhooks and alert rules; read; ingest.
-    Editor,
-    /// Read only.
-    Viewer,
-    /// Assignments and events only.
-    Ingest,
-}
-
-/// What a route needs of its caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// To read: experiments, results, analytics, events, alerts, figures.
-    Read,
-    /// To change experiments, webhooks, alert rules and alerts.
-    Change,
-    /// To ask for assignments and send events.
-    Ingest,
-}
-
-impl Role {
-    /// Whether a key of this role may do what a route needs.
-    pub fn allows(self, need: Need) -> bool {
-        match self {
-            Role::Admin | Role::Editor => true,
-            Role::Viewer => need == Need::Read,
-            Role::Ingest => need == Need::Ingest,
-        }
+/// The bucket a route that needs `need` draws from.
+fn scope(need: Need) -> Scope {
+    match need {
+        Need::Ingest => Scope::Ingest,
+        Need::Read | Need::Change | Need::Administer => Scope::Admin,
     }
 }
 
-impl Need {
-    /// The bucket it draws from.
-    fn scope(self) -> Scope {
-        match self {
-            Need::Read | Need::Change => Scope::Admin,
-            Need::Ingest => Scope::Ingest,
-        }
-    }
-}
-
-/// The configured keys, hashed.
+/// Every credential the server accepts.
 #[derive(Clone, Default)]
 pub struct Keys {
-    keys: Vec<([u8; 32], Role)>,
+    /// The configured keys, by digest.
+    configured: Arc<foldhash::HashMap<SecretDigest, Principal>>,
+    /// Keys issued through the API (none in unit tests).
+    issued: Option<Arc<Credentials>>,
+    /// JWT verification, when configured.
+    tokens: Option<Arc<Tokens>>,
 }
 
 impl Keys {
-    /// Hashes the configured keys.
-    pub fn new(auth: &AuthConfig) -> Self {
+    /// The configured keys, hashed, beside the issued keys and tokens.
+    pub fn new(
+        auth: &AuthConfig,
+        issued: Option<Arc<Credentials>>,
+        tokens: Option<Arc<Tokens>>,
+    ) -> Self {
         let roles = [
+            (&auth.owner_keys, Role::Owner),
             (&auth.admin_keys, Role::Admin),
             (&auth.editor_keys, Role::Editor),
             (&auth.viewer_keys, Role::Viewer),
             (&auth.ingest_keys, Role::Ingest),
         ];
-        let keys = roles
+        let configured = roles
             .into_iter()
-            .flat_map(|(keys, role)| keys.iter().map(move |k| (digest(k.as_bytes()), role)))
+            .flat_map(|(keys, role)| {
+                keys.iter().enumerate().map(move |(i, k)| {
+                    let principal = Principal {
+                        id: format!("config/{}/{i}", role.as_str()).into(),
+                        role,
+                        project: DEFAULT_PROJECT.into(),
+                    };
+                    (digest(k.as_bytes()), principal)
+                })
+            })
             .collect();
-        Self { keys }
-    }
-
-    /// No key configured: every request is allowed.
-    pub fn is_open(&self) -> bool {
-        self.keys.is_empty()
-    }
-
-    /// The position and role of `presented`, checking every key without an
-    /// early exit.
-    fn find(&self, presented: &[u8]) -> Option<(usize, Role)> {
-        let presented = digest(presented);
-        let mut found = None;
-        for (i, (key, role)) in self.keys.iter().enumerate() {
-            if bool::from(key.ct_eq(&presented)) {
-                found = Some((i, *role));
-            }
+        Self {
+            configured: Arc::new(configured),
+            issued,
+            tokens,
         }
-        found
     }
 
-    /// Checks the request's bearer key allows `needed`; returns who is
-    /// calling, for the rate limits.
-    fn authorize(&self, req: &HttpRequest, needed: Need) -> Result<Caller, ApiError> {
+    /// No key configured and no tokens accepted: every request is allowed
+    /// (and issued keys are ignored).
+    pub fn is_open(&self) -> bool {
+        self.configured.is_empty() && self.tokens.is_none()
+    }
+
+    /// Who presented `credential`.
+    fn identify(&self, credential: &str) -> Result<Principal, ApiError> {
+        if let Some(tokens) = self
+            .tokens
+            .as_ref()
+            .filter(|_| Tokens::looks_like_jwt(credential))
+        {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            return tokens
+                .verify(credential, u64::try_from(now).unwrap_or(0))
+                .map_err(|e| ApiError::InvalidToken(e.to_string()));
+        }
+        let digest = digest(credential.as_bytes());
+        self.configured
+            .get(&digest)
+            .cloned()
+            .or_else(|| self.issued.as_ref()?.lookup(&digest))
+            .ok_or(ApiError::Unauthorized)
+    }
+
+    /// Checks the request's credential allows `needed`; returns who is
+    /// calling and their rate-limit bucket.
+    fn authorize(&self, req: &HttpRequest, needed: Need) -> Result<(Principal, Caller), ApiError> {
         if self.is_open() {
             if cross_site(req) {
                 return Err(ApiError::CrossSite);
             }
-            return Ok(Caller::from_peer(req.peer_addr()));
+            return Ok((Principal::open(), Caller::from_peer(req.peer_addr())));
         }
         let bearer = req
             .headers()
@@ -142,14 +146,15 @@ impl Keys {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
         // OpenFeature's remote evaluation protocol also sends `X-API-Key`.
-        let token = bearer
+        let credential = bearer
             .or_else(|| req.headers().get("x-api-key")?.to_str().ok())
             .ok_or(ApiError::Unauthorized)?;
-        match self.find(token.as_bytes()) {
-            None => Err(ApiError::Unauthorized),
-            Some((i, role)) if role.allows(needed) => Ok(Caller::Key(i)),
-            Some(_) => Err(ApiError::Forbidden),
+        let principal = self.identify(credential)?;
+        if !principal.role.allows(needed) {
+            return Err(ApiError::Forbidden);
         }
+        let caller = Caller::Principal(Arc::clone(&principal.id));
+        Ok((principal, caller))
     }
 }
 
@@ -183,34 +188,34 @@ fn cross_site(req: &HttpRequest) -> bool {
     !origin.eq_ignore_ascii_case(host)
 }
 
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// Checks the caller's key allows `needed` and takes a token from its
-/// bucket.
-pub(super) fn authorize(req: &HttpRequest, needed: Need) -> Result<(), ApiError> {
-    let caller = match req.app_data::<Keys>() {
+/// Checks the caller's credential allows `needed` and takes a token from
+/// its bucket; who the caller is.
+pub(super) fn authorize(req: &HttpRequest, needed: Need) -> Result<Principal, ApiError> {
+    let (principal, caller) = match req.app_data::<Keys>() {
         Some(keys) => keys.authorize(req, needed)?,
         // Keys are registered by `http::configure`; failing closed if not.
         None => return Err(ApiError::Unauthorized),
     };
-    match req.app_data::<RateLimits>() {
-        Some(limits) => limits.check(needed.scope(), caller),
-        None => Ok(()),
+    if let Some(limits) = req.app_data::<RateLimits>() {
+        limits.check(scope(needed), caller)?;
     }
+    Ok(principal)
 }
 
-/// Proof that the caller's key may read (or the server is open).
-pub struct Viewer;
+/// Proof that the caller may read (or the server is open).
+pub struct Viewer(pub Principal);
 
-/// Proof that the caller's key may change experiments, webhooks and alert
+/// Proof that the caller may change experiments, webhooks and alert
 /// rules (or the server is open).
-pub struct Editor;
+pub struct Editor(pub Principal);
 
-/// Proof that the caller's key may assign and send events (or the server
-/// is open).
-pub struct Ingest;
+/// Proof that the caller may assign and send events (or the server is
+/// open).
+pub struct Ingest(pub Principal);
+
+/// Proof that the caller may manage its project's keys (or the server is
+/// open).
+pub struct Administrator(pub Principal);
 
 macro_rules! extractor {
     ($name:ident, $need:expr) => {
@@ -219,7 +224,7 @@ macro_rules! extractor {
             type Future = Ready<Result<Self, ApiError>>;
 
             fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-                ready(authorize(req, $need).map(|()| $name))
+                ready(authorize(req, $need).map($name))
             }
         }
     };
@@ -228,6 +233,7 @@ macro_rules! extractor {
 extractor!(Viewer, Need::Read);
 extractor!(Editor, Need::Change);
 extractor!(Ingest, Need::Ingest);
+extractor!(Administrator, Need::Administer);
 
 #[cfg(test)]
 mod tests {
@@ -242,22 +248,30 @@ mod tests {
                 .map(|(k, _)| (*k).to_owned())
                 .collect()
         };
+        let defaults = abacus_config::Config::defaults()
+            .unwrap_or_else(|e| panic!("the default configuration: {e}"));
         AuthConfig {
-            allow_open: false,
+            owner_keys: of(Role::Owner),
             admin_keys: of(Role::Admin),
             editor_keys: of(Role::Editor),
             viewer_keys: of(Role::Viewer),
             ingest_keys: of(Role::Ingest),
+            ..defaults.auth
         }
     }
 
     fn keys() -> Keys {
-        Keys::new(&config(&[
-            ("admin-key-0123456789", Role::Admin),
-            ("editor-key-0123456789", Role::Editor),
-            ("viewer-key-0123456789", Role::Viewer),
-            ("ingest-key-0123456789", Role::Ingest),
-        ]))
+        Keys::new(
+            &config(&[
+                ("owner-key-0123456789", Role::Owner),
+                ("admin-key-0123456789", Role::Admin),
+                ("editor-key-0123456789", Role::Editor),
+                ("viewer-key-0123456789", Role::Viewer),
+                ("ingest-key-0123456789", Role::Ingest),
+            ]),
+            None,
+            None,
+        )
     }
 
     fn with(token: &str) -> HttpRequest {
@@ -293,16 +307,18 @@ mod tests {
     #[test]
     fn each_role_gets_what_it_needs_and_nothing_more() {
         let k = keys();
-        for (key, read, change, ingest) in [
-            ("admin-key-0123456789", true, true, true),
-            ("editor-key-0123456789", true, true, true),
-            ("viewer-key-0123456789", true, false, false),
-            ("ingest-key-0123456789", false, false, true),
+        for (key, read, change, ingest, administer) in [
+            ("owner-key-0123456789", true, true, true, true),
+            ("admin-key-0123456789", true, true, true, true),
+            ("editor-key-0123456789", true, true, true, false),
+            ("viewer-key-0123456789", true, false, false, false),
+            ("ingest-key-0123456789", false, false, true, false),
         ] {
             for (need, allowed) in [
                 (Need::Read, read),
                 (Need::Change, change),
                 (Need::Ingest, ingest),
+                (Need::Administer, administer),
             ] {
                 match k.authorize(&with(key), need) {
                     Ok(_) => assert!(allowed, "{key} may not {need:?}"),
@@ -315,7 +331,7 @@ mod tests {
 
     #[test]
     fn open_mode_allows_everything() {
-        let open = Keys::new(&config(&[]));
+        let open = Keys::new(&config(&[]), None, None);
         assert!(open.is_open());
         let bare = TestRequest::default().to_http_request();
         assert!(open.authorize(&bare, Need::Change).is_ok());
@@ -330,7 +346,7 @@ mod tests {
 
     #[test]
     fn open_mode_refuses_other_sites_pages() {
-        let open = Keys::new(&config(&[]));
+        let open = Keys::new(&config(&[]), None, None);
         for (origin, host) in [
             ("http://127.0.0.1:8080", "127.0.0.1:8080"),
             ("http://LOCALHOST:8080", "localhost:8080"),
@@ -363,9 +379,10 @@ mod tests {
             .insert_header((header::ORIGIN, "http://evil.example"))
             .insert_header((header::AUTHORIZATION, "Bearer admin-key-0123456789"))
             .to_http_request();
-        assert_eq!(
-            keyed.authorize(&req, Need::Change).ok(),
-            Some(Caller::Key(0))
-        );
+        let (who, caller) = keyed
+            .authorize(&req, Need::Change)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&*who.id, "config/admin/0");
+        assert_eq!(caller, Caller::Principal("config/admin/0".into()));
     }
 }
