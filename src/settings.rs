@@ -44,6 +44,7 @@ pub fn engine(config: &Config) -> EngineConfig {
         max_stats_message_bytes: config.limits.max_stats_message_bytes,
         max_export_page_bytes: config.limits.max_export_page_bytes,
         max_keys: config.auth.max_keys,
+        audit_retention: config.audit.retention_days.get(),
         monitor_interval: config.results.check_interval_ms.get(),
         timeline_interval: config.results.timeline_interval_s.get(),
         webhooks: webhooks_settings(config),

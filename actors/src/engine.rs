@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::alerts::{self, Alerts, Sources};
+use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterSettings, Singleton};
 use crate::credentials::Credentials;
@@ -54,6 +55,8 @@ pub struct EngineConfig {
     pub max_export_page_bytes: usize,
     /// Most API keys issued through the API.
     pub max_keys: usize,
+    /// How long audit log entries are kept.
+    pub audit_retention: Duration,
     /// Cluster mode: how this node joins; `None` for a single node.
     pub cluster: Option<ClusterSettings>,
 }
@@ -67,6 +70,7 @@ pub struct Engine {
     alerts: Arc<Alerts>,
     live: Arc<Live>,
     credentials: Arc<Credentials>,
+    audit: Arc<AuditLog>,
     store: Store,
     /// Cluster mode: the partitions this node folds.
     owner: Option<Owner>,
@@ -247,6 +251,7 @@ impl Engine {
             alerts,
             live,
             credentials,
+            audit: Arc::new(AuditLog::new(store.clone())),
             store,
             owner,
             singletons: monitor.into_iter().chain(delivery).collect(),
@@ -286,6 +291,11 @@ impl Engine {
     /// API keys issued through the API.
     pub fn credentials(&self) -> &Arc<Credentials> {
         &self.credentials
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.audit
     }
 
     /// Publishes every service's figures, and the store's and the
@@ -334,6 +344,7 @@ async fn open_store(config: &EngineConfig, clock: Arc<dyn Clock>) -> Result<Stor
         dedup_window_ms: ms(config.ingest.dedup_window),
         retention_ms: config.retention.map(|r| ms(r.by_timestamp())),
         cache_bytes: config.cache_bytes,
+        audit_retention_ms: ms(config.audit_retention),
     };
     tracing::info!(path = %path.display(), "opening the store");
     blocking(move || Store::open_with_clock(&path, options, clock)).await

@@ -18,6 +18,7 @@
 //! assignment hot path reads without a lock or a mailbox round-trip.
 
 pub mod alerts;
+pub mod audit;
 pub mod clock;
 pub mod cluster;
 pub mod credentials;

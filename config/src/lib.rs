@@ -72,6 +72,16 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The OpenFeature remote evaluation routes.
     pub ofrep: OfrepConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the log of changes made through the API.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Entries older than this are dropped (at compaction).
+    pub retention_days: PositiveDays,
 }
 
 /// `[ofrep]`: OpenFeature's remote evaluation protocol.

@@ -1,7 +1,7 @@
 //! `/v1/experiments`: create, list, read, patch, archive, and the lifecycle.
 
 use abacus_actors::domain::{
-    Action, Experiment, ExperimentIn, ExperimentKey, ExperimentPatch, Status, VariantKey,
+    Action, Experiment, ExperimentIn, ExperimentKey, ExperimentPatch, Principal, Status, VariantKey,
 };
 use abacus_actors::experiments::Experiments;
 use actix_web::http::header;
@@ -79,11 +79,11 @@ pub struct CompleteIn {
 )]
 #[post("/v1/experiments")]
 async fn create(
-    _: Editor,
+    Editor(by): Editor,
     experiments: web::Data<Experiments>,
     ValidJson(input): ValidJson<ExperimentIn>,
 ) -> ApiResult<HttpResponse> {
-    let created = experiments.create(input).await?;
+    let created = experiments.create(input, &by).await?;
     let experiment = created.experiment();
     Ok(HttpResponse::Created()
         .insert_header((
@@ -159,12 +159,12 @@ async fn read(
 )]
 #[patch("/v1/experiments/{key}")]
 async fn update(
-    _: Editor,
+    Editor(by): Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     ValidJson(patch): ValidJson<ExperimentPatch>,
 ) -> ApiResult<HttpResponse> {
-    let changed = experiments.patch(&key, patch).await?;
+    let changed = experiments.patch(&key, patch, &by).await?;
     Ok(HttpResponse::Ok().json(changed.experiment()))
 }
 
@@ -183,11 +183,11 @@ async fn update(
 )]
 #[delete("/v1/experiments/{key}")]
 async fn archive(
-    _: Editor,
+    Editor(by): Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    transition(&experiments, &key, Action::Archive, None).await
+    transition(&experiments, &by, &key, Action::Archive, None).await
 }
 
 /// Start a draft: `draft → running`.
@@ -205,12 +205,12 @@ async fn archive(
 )]
 #[post("/v1/experiments/{key}/start")]
 async fn start(
-    _: Editor,
+    Editor(by): Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
-    transition(&experiments, &key, Action::Start, None).await
+    transition(&experiments, &by, &key, Action::Start, None).await
 }
 
 /// Pause: `running → paused`; everyone is served the control meanwhile.
@@ -228,12 +228,12 @@ async fn start(
 )]
 #[post("/v1/experiments/{key}/pause")]
 async fn pause(
-    _: Editor,
+    Editor(by): Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
-    transition(&experiments, &key, Action::Pause, None).await
+    transition(&experiments, &by, &key, Action::Pause, None).await
 }
 
 /// Resume: `paused → running`.
@@ -251,22 +251,23 @@ async fn pause(
 )]
 #[post("/v1/experiments/{key}/resume")]
 async fn resume(
-    _: Editor,
+    Editor(by): Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
-    transition(&experiments, &key, Action::Resume, None).await
+    transition(&experiments, &by, &key, Action::Resume, None).await
 }
 
 /// Every lifecycle route: the action, answered with the experiment after it.
 async fn transition(
     experiments: &Experiments,
+    by: &Principal,
     key: &str,
     action: Action,
     winner: Option<VariantKey>,
 ) -> ApiResult<HttpResponse> {
-    let changed = experiments.transition(key, action, winner).await?;
+    let changed = experiments.transition(key, action, winner, by).await?;
     Ok(HttpResponse::Ok().json(changed.experiment()))
 }
 
@@ -287,11 +288,11 @@ async fn transition(
 )]
 #[post("/v1/experiments/{key}/complete")]
 async fn complete(
-    _: Editor,
+    Editor(by): Editor,
     experiments: web::Data<Experiments>,
     key: web::Path<String>,
     MaybeJson(body): MaybeJson<Option<CompleteIn>>,
 ) -> ApiResult<HttpResponse> {
     let winner = body.flatten().and_then(|b| b.winner);
-    transition(&experiments, &key, Action::Complete, winner).await
+    transition(&experiments, &by, &key, Action::Complete, winner).await
 }

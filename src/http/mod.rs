@@ -6,6 +6,7 @@ pub mod aggregates;
 pub mod alerts;
 pub mod analytics;
 pub mod assignments;
+pub mod audit;
 pub mod auth;
 pub mod dashboard;
 pub mod error;
@@ -77,6 +78,7 @@ pub fn configure(
             .app_data(web::Data::from(Arc::clone(engine.alerts())))
             .app_data(web::Data::from(Arc::clone(engine.live())))
             .app_data(web::Data::from(Arc::clone(engine.credentials())))
+            .app_data(web::Data::from(Arc::clone(engine.audit())))
             .app_data(state.clone())
             .app_data(keys)
             .app_data(rates)
@@ -97,6 +99,7 @@ pub fn configure(
             .configure(webhooks::configure)
             .configure(alerts::configure)
             .configure(keys::configure)
+            .configure(audit::configure)
             .configure(stream::configure)
             .configure(ws::configure)
             .configure(health::configure)

@@ -14,8 +14,8 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, Response, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, alerts, analytics, assignments, error, events, experiments, health, keys, ofrep,
-    performance, prometheus, results, stream, webhooks, ws, Limits,
+    aggregates, alerts, analytics, assignments, audit, error, events, experiments, health, keys,
+    ofrep, performance, prometheus, results, stream, webhooks, ws, Limits,
 };
 
 /// The API description.
@@ -71,6 +71,7 @@ use super::{
         keys::read,
         keys::rotate,
         keys::revoke,
+        audit::list,
         stream::stream,
         ws::ws,
         assignments::assign_one,
@@ -104,6 +105,7 @@ use super::{
         (name = "live", description = "What is happening now"),
         (name = "alerts", description = "Rules, alerts, acknowledgement and resolution"),
         (name = "keys", description = "API keys: issue, list, rotate, revoke"),
+        (name = "audit", description = "Who changed what, when, before and after"),
         (name = "operations", description = "Health, metrics and API description"),
     )
 )]

@@ -77,10 +77,10 @@ fn open_mode_is_announced() {
 /// What a route needs, as docs/api.md tells it: reads are for viewers
 /// (webhook subscriptions, which hold their targets, only for editors),
 /// assignments, events and OpenFeature evaluations for ingest keys, every
-/// change for editors, keys for admins; owners and admins may do
-/// everything.
+/// change for editors, keys and the audit log for admins; owners and
+/// admins may do everything.
 fn needs(method: &str, path: &str) -> &'static str {
-    if path.starts_with("/v1/keys") {
+    if path.starts_with("/v1/keys") || path == "/v1/audit" {
         return "administer";
     }
     let ingest = [

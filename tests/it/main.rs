@@ -10,6 +10,7 @@ mod aggregates;
 mod alerts;
 mod analytics;
 mod assignment;
+mod audit;
 mod auth;
 mod client;
 mod cluster;

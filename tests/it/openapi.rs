@@ -63,6 +63,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/keys/{id}"),
     ("post", "/v1/keys/{id}/rotate"),
     ("delete", "/v1/keys/{id}"),
+    ("get", "/v1/audit"),
 ];
 
 #[test]

@@ -12,14 +12,18 @@ use crate::common::TestServer;
 
 /// One SSE message.
 #[derive(Debug, Clone)]
-struct Sse {
-    id: u64,
-    event: String,
-    data: Value,
+pub(crate) struct Sse {
+    pub(crate) id: u64,
+    pub(crate) event: String,
+    pub(crate) data: Value,
 }
 
 /// Connects and forwards every message to a channel from a reader thread.
-fn connect(server: &TestServer, query: &str, last_id: Option<u64>) -> mpsc::Receiver<Sse> {
+pub(crate) fn connect(
+    server: &TestServer,
+    query: &str,
+    last_id: Option<u64>,
+) -> mpsc::Receiver<Sse> {
     let client = reqwest::blocking::Client::builder()
         .timeout(None)
         .build()

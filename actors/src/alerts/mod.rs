@@ -384,6 +384,7 @@ mod tests {
             dedup_window_ms: 1000,
             retention_ms: None,
             cache_bytes: 8 << 20,
+            audit_retention_ms: 365 * 24 * 3600 * 1000,
         };
         Store::open(dir, options).expect("store")
     }

@@ -24,7 +24,10 @@ use time::OffsetDateTime;
 
 use crate::clock::Clock;
 use crate::cluster::{RecordBucket, RecordChange};
-use crate::domain::{ApiKey, KeyId, KeyIn, KeyIssued, KeyOut, Previous, Principal, Role, RotateIn};
+use crate::domain::{
+    ApiKey, AuditEntry, KeyId, KeyIn, KeyIssued, KeyOut, Previous, Principal, ResourceKind, Role,
+    RotateIn,
+};
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
@@ -184,7 +187,8 @@ impl Credentials {
         if let Some(shared) = &self.shared {
             shared.create(key.id.as_str(), &key).await?;
         }
-        self.keep(key.clone()).await?;
+        let audit = audit(by, now, "key.issued", None, Some(&key));
+        self.keep(key.clone(), Some(audit)).await?;
         tracing::info!(key = %key.id, role = key.role.as_str(), by = %by.id, "API key issued");
         Ok(KeyIssued {
             key: key.view(now),
@@ -222,6 +226,7 @@ impl Credentials {
         let mut key = find(&self.table.load(), id, by)?.clone();
         permit(by, key.role, &key.project)?;
         let now = self.clock.now();
+        let before = key.clone();
         let (secret, digest) = mint_secret();
         let replaced = std::mem::replace(&mut key.digest, digest);
         key.previous = (input.grace_s > 0).then(|| Previous {
@@ -237,7 +242,8 @@ impl Credentials {
                 .ok_or_else(|| Error::KeyNotFound(id.to_owned()))?;
             shared.update(id, &key, revision).await?;
         }
-        self.keep(key.clone()).await?;
+        let audit = audit(by, now, "key.rotated", Some(&before), Some(&key));
+        self.keep(key.clone(), Some(audit)).await?;
         tracing::info!(key = %key.id, grace_s = input.grace_s, by = %by.id, "API key rotated");
         Ok(KeyIssued {
             key: key.view(now),
@@ -254,27 +260,30 @@ impl Credentials {
         if let Some(shared) = &self.shared {
             shared.delete(id).await?;
         }
-        self.forget(id).await?;
+        let audit = audit(by, self.clock.now(), "key.revoked", Some(&key), None);
+        self.forget(id, Some(audit)).await?;
         tracing::info!(key = %key.id, by = %by.id, "API key revoked");
         Ok(key.view(self.clock.now()))
     }
 
-    /// Stores `key` and puts it in the table.
-    async fn keep(&self, key: ApiKey) -> Result<()> {
+    /// Stores `key` (with the audit entry of the change, if made here)
+    /// and puts it in the table.
+    async fn keep(&self, key: ApiKey, audit: Option<AuditEntry>) -> Result<()> {
         let store = self.store.clone();
         let stored = key.clone();
-        blocking(move || store.put_api_key(&stored)).await?;
+        blocking(move || store.put_api_key(&stored, audit.as_ref())).await?;
         self.swap(|keys| {
             keys.insert(key.id.clone(), key);
         });
         Ok(())
     }
 
-    /// Deletes `id` from the store and the table.
-    async fn forget(&self, id: &str) -> Result<()> {
+    /// Deletes `id` from the store (with the audit entry of the
+    /// revocation, if made here) and the table.
+    async fn forget(&self, id: &str, audit: Option<AuditEntry>) -> Result<()> {
         let store = self.store.clone();
         let owned = id.to_owned();
-        blocking(move || store.delete_api_key(&owned)).await?;
+        blocking(move || store.delete_api_key(&owned, audit.as_ref())).await?;
         self.swap(|keys| {
             keys.retain(|k, _| k.as_str() != id);
         });
@@ -286,6 +295,31 @@ impl Credentials {
         change(&mut keys);
         self.table.store(Arc::new(Table::build(keys)));
     }
+}
+
+/// The audit entry of `action` by `by` on a key, before and after (as the
+/// API shows keys: no digest).
+fn audit(
+    by: &Principal,
+    at: OffsetDateTime,
+    action: &str,
+    before: Option<&ApiKey>,
+    after: Option<&ApiKey>,
+) -> AuditEntry {
+    let view = |k: &ApiKey| serde_json::to_value(k.view(at)).ok();
+    let id = before
+        .or(after)
+        .map(|k| k.id.to_string())
+        .unwrap_or_default();
+    AuditEntry::new(
+        by,
+        at,
+        action,
+        ResourceKind::Key,
+        id,
+        before.and_then(view),
+        after.and_then(view),
+    )
 }
 
 /// A fresh secret and the hex digest to store.
@@ -388,10 +422,10 @@ async fn mirror(
     match change {
         RecordChange::Put(_, key, _) => {
             if credentials.table.load().keys.get(&key.id) != Some(&key) {
-                credentials.keep(*key).await?;
+                credentials.keep(*key, None).await?;
             }
         }
-        RecordChange::Deleted(id, _) => credentials.forget(&id).await?,
+        RecordChange::Deleted(id, _) => credentials.forget(&id, None).await?,
         RecordChange::Current => {
             let gone: Vec<KeyId> = credentials
                 .table
@@ -406,7 +440,7 @@ async fn mirror(
                 .cloned()
                 .collect();
             for id in gone {
-                credentials.forget(id.as_str()).await?;
+                credentials.forget(id.as_str(), None).await?;
             }
         }
     }
@@ -446,6 +480,7 @@ mod tests {
             dedup_window_ms: 60_000,
             retention_ms: None,
             cache_bytes: 1 << 20,
+            audit_retention_ms: 365 * 24 * 3600 * 1000,
         };
         let store =
             Store::open_with_clock(dir, options, clock.clone()).unwrap_or_else(|e| panic!("{e}"));

@@ -42,6 +42,9 @@ pub enum DomainEventKind {
     /// Sent on request to one webhook subscription.
     #[serde(rename = "webhook.test")]
     WebhookTest,
+    /// A change made through the API was recorded in the audit log.
+    #[serde(rename = "audit.recorded")]
+    AuditRecorded,
 }
 
 impl DomainEventKind {

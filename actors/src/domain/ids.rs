@@ -298,6 +298,14 @@ minted_id!(
 );
 
 minted_id!(
+    /// An audit log entry's id: `audit_` and 32 hex digits (a UUIDv7, so
+    /// ids sort by time).
+    AuditId,
+    "audit_",
+    "^audit_[0-9a-fA-F]{32}$",
+    "audit_0192f0c4a6e07c3b9d1e2f3a4b5c6d7e"
+);
+minted_id!(
     /// An API key's id: `key_` and 32 hex digits.
     KeyId,
     "key_",

@@ -98,6 +98,17 @@ impl Action {
             Action::Archive => "archive",
         }
     }
+
+    /// What the experiment was, in the audit log: `experiment.started`.
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Action::Start => "started",
+            Action::Pause => "paused",
+            Action::Resume => "resumed",
+            Action::Complete => "completed",
+            Action::Archive => "archived",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 mod aggregate;
 mod alert;
 mod alert_rule;
+mod audit;
 mod bucket;
 mod credential;
 mod domain_event;
@@ -28,6 +29,7 @@ pub use aggregate::{
 };
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
+pub use audit::{AuditEntry, AuditFilter, ResourceKind};
 pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
 pub use credential::{
     ApiKey, KeyIn, KeyIssued, KeyOut, Need, Previous, Principal, Role, RotateIn, DEFAULT_PROJECT,
@@ -40,8 +42,8 @@ pub use experiment::{
     MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
 };
 pub use ids::{
-    uuid_v7, AlertId, EventId, ExperimentKey, KeyId, MetricKey, RuleId, UnitId, VariantKey,
-    WebhookId,
+    uuid_v7, AlertId, AuditId, EventId, ExperimentKey, KeyId, MetricKey, RuleId, UnitId,
+    VariantKey, WebhookId,
 };
 pub use lifecycle::{Action, Status};
 pub use properties::Properties;

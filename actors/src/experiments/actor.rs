@@ -18,8 +18,8 @@ use super::sticky::StickyTable;
 use crate::clock::Clock;
 use crate::cluster::Revision;
 use crate::domain::{
-    Action, Alert, DomainEvent, DomainEventKind, Experiment, ExperimentPatch, GuardrailStop,
-    Status, VariantKey,
+    Action, Alert, AuditEntry, DomainEvent, DomainEventKind, Experiment, ExperimentPatch,
+    GuardrailStop, Principal, ResourceKind, Status, VariantKey,
 };
 use crate::storage::Store;
 use crate::Result;
@@ -101,6 +101,22 @@ impl ExperimentActor {
         }))
     }
 
+    /// [`Self::commit`] of a change made through the API: `audit`, the
+    /// entry with the experiment as it was, gets the experiment as it is
+    /// and goes into the same write.
+    fn commit_audited(
+        &self,
+        next: Result<(Experiment, Option<DomainEvent>)>,
+        mut audit: AuditEntry,
+    ) -> AtomicResponse<Self, Result<Arc<Compiled>>> {
+        self.commit_with(next.map(|(next, event)| {
+            (next, move |store: &Store, e: &Experiment| {
+                audit.after = serde_json::to_value(e).ok();
+                store.put_experiment_audited(e, event.as_ref(), &audit)
+            })
+        }))
+    }
+
     /// [`Self::commit`] with its own write (one atomic store call).
     fn commit_with<W>(
         &self,
@@ -176,22 +192,40 @@ impl Actor for ExperimentActor {
     type Context = Context<Self>;
 }
 
-/// Apply a patch to the experiment.
+/// The audit entry of `action` by `by` on the experiment `before` (its
+/// `after` is filled in when the change is written).
+fn audit(
+    by: &Principal,
+    at: time::OffsetDateTime,
+    action: impl Into<String>,
+    before: &Experiment,
+) -> AuditEntry {
+    AuditEntry::new(
+        by,
+        at,
+        action,
+        ResourceKind::Experiment,
+        before.key.as_str(),
+        serde_json::to_value(before).ok(),
+        None,
+    )
+}
+
+/// Apply a patch to the experiment, on behalf of a caller.
 #[derive(Message)]
 #[rtype(result = "Result<Arc<Compiled>>")]
-pub struct PatchExperiment(pub ExperimentPatch);
+pub struct PatchExperiment(pub ExperimentPatch, pub Principal);
 
 impl Handler<PatchExperiment> for ExperimentActor {
     type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
 
     fn handle(&mut self, msg: PatchExperiment, _: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
-        self.commit(
-            self.slot
-                .snapshot()
-                .experiment()
-                .patched(msg.0, now)
-                .map(|next| (next, None)),
+        let current = self.slot.snapshot();
+        let before = current.experiment();
+        self.commit_audited(
+            before.patched(msg.0, now).map(|next| (next, None)),
+            audit(&msg.1, now, "experiment.updated", before),
         )
     }
 }
@@ -204,6 +238,8 @@ pub struct TransitionExperiment {
     pub action: Action,
     /// The variant to serve everyone after `complete`.
     pub winner: Option<VariantKey>,
+    /// Who asked.
+    pub by: Principal,
 }
 
 impl Handler<TransitionExperiment> for ExperimentActor {
@@ -212,15 +248,17 @@ impl Handler<TransitionExperiment> for ExperimentActor {
     fn handle(&mut self, msg: TransitionExperiment, _: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
         let current = self.slot.snapshot();
-        self.commit(
-            current
-                .experiment()
+        let before = current.experiment();
+        let action = format!("experiment.{}", msg.action.past_tense());
+        self.commit_audited(
+            before
                 .transitioned(msg.action, msg.winner, now)
                 .map(|next| {
                     let event = DomainEventKind::of_action(msg.action)
                         .map(|kind| DomainEvent::new(kind, &next, now));
                     (next, event)
                 }),
+            audit(&msg.by, now, action, before),
         )
     }
 }
@@ -381,6 +419,7 @@ mod tests {
         dedup_window_ms: 1000,
         retention_ms: None,
         cache_bytes: 8 << 20,
+        audit_retention_ms: 365 * 24 * 3600 * 1000,
     };
 
     /// Starts an actor publishing `experiment`. Must run inside an actix
@@ -399,21 +438,45 @@ mod tests {
         (slot, actor.start())
     }
 
-    /// The kinds of the domain events in the outbox, in order.
+    /// The kinds of the domain events in the outbox, in order, but the
+    /// audit log's (see [`audited`]).
     fn outbox(store: &Store) -> Vec<DomainEventKind> {
         let events = store.outbox(0, 100).unwrap();
-        events.into_iter().map(|(_, e)| e.kind).collect()
+        events
+            .into_iter()
+            .map(|(_, e)| e.kind)
+            .filter(|k| *k != DomainEventKind::AuditRecorded)
+            .collect()
+    }
+
+    /// The actions of the audit log, oldest first, after checking each
+    /// has its `audit.recorded` event in the outbox.
+    fn audited(store: &Store) -> Vec<String> {
+        let filter = crate::domain::AuditFilter::default();
+        let mut entries = store.audit(&filter, 0, u64::MAX, None, 100).unwrap();
+        entries.reverse();
+        let announced: Vec<String> = store
+            .outbox(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, e)| e.kind == DomainEventKind::AuditRecorded)
+            .map(|(_, e)| e.data["entry"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        let ids: Vec<String> = entries.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, announced, "each entry announced once, in order");
+        entries.into_iter().map(|e| e.action).collect()
     }
 
     fn transition(action: Action) -> TransitionExperiment {
         TransitionExperiment {
             action,
             winner: None,
+            by: Principal::open(),
         }
     }
 
     fn patch(body: serde_json::Value) -> PatchExperiment {
-        PatchExperiment(serde_json::from_value(body).unwrap())
+        PatchExperiment(serde_json::from_value(body).unwrap(), Principal::open())
     }
 
     fn guardrail_stop() -> StopForGuardrail {
@@ -475,6 +538,7 @@ mod tests {
                 .send(TransitionExperiment {
                     action: Action::Complete,
                     winner: winner.clone(),
+                    by: Principal::open(),
                 })
                 .await
                 .unwrap()
@@ -494,6 +558,17 @@ mod tests {
                     K::ExperimentCompleted
                 ],
                 "a patch has no event; each transition one"
+            );
+            assert_eq!(
+                audited(&store),
+                [
+                    "experiment.updated",
+                    "experiment.started",
+                    "experiment.paused",
+                    "experiment.resumed",
+                    "experiment.completed"
+                ],
+                "every change through the API is in the audit log"
             );
             e
         });
@@ -555,6 +630,7 @@ mod tests {
         let bad_winner = TransitionExperiment {
             action: Action::Complete,
             winner: Some("nobody".try_into().unwrap()),
+            by: Principal::open(),
         };
         addr.send(transition(Action::Start)).await.unwrap().unwrap();
         let running = slot.snapshot();
@@ -578,6 +654,7 @@ mod tests {
             std::slice::from_ref(running.experiment())
         );
         assert_eq!(outbox(&store), [DomainEventKind::ExperimentStarted]);
+        assert_eq!(audited(&store), ["experiment.started"], "nor audited");
         assert_eq!(before.experiment(), &draft, "an old snapshot is immutable");
     }
 

@@ -39,7 +39,8 @@ use self::sticky::Elsewhere;
 use crate::clock::Clock;
 use crate::cluster::{ExperimentBucket, FoundExposure, RecordBucket, RecordChange, Revision};
 use crate::domain::{
-    unix_ms, Action, ExperimentIn, ExperimentKey, ExperimentPatch, Status, Variant, VariantKey,
+    unix_ms, Action, ExperimentIn, ExperimentKey, ExperimentPatch, Principal, Status, Variant,
+    VariantKey,
 };
 use crate::storage::blocking;
 use crate::{Error, Result};
@@ -289,9 +290,11 @@ impl Experiments {
         self.max_assignment_experiments
     }
 
-    /// Creates a draft experiment.
-    pub async fn create(&self, input: ExperimentIn) -> Result<Arc<Compiled>> {
-        self.catalog.send(CreateExperiment(input)).await?
+    /// Creates a draft experiment on behalf of `by`.
+    pub async fn create(&self, input: ExperimentIn, by: &Principal) -> Result<Arc<Compiled>> {
+        self.catalog
+            .send(CreateExperiment(input, by.clone()))
+            .await?
     }
 
     /// The current snapshot of one experiment.
@@ -329,9 +332,17 @@ impl Experiments {
         Page { items, next }
     }
 
-    /// Applies a patch through the experiment's actor.
-    pub async fn patch(&self, key: &str, patch: ExperimentPatch) -> Result<Arc<Compiled>> {
-        self.entry(key)?.addr.send(PatchExperiment(patch)).await?
+    /// Applies a patch through the experiment's actor, on behalf of `by`.
+    pub async fn patch(
+        &self,
+        key: &str,
+        patch: ExperimentPatch,
+        by: &Principal,
+    ) -> Result<Arc<Compiled>> {
+        self.entry(key)?
+            .addr
+            .send(PatchExperiment(patch, by.clone()))
+            .await?
     }
 
     /// Runs a lifecycle action through the experiment's actor.
@@ -340,8 +351,13 @@ impl Experiments {
         key: &str,
         action: Action,
         winner: Option<VariantKey>,
+        by: &Principal,
     ) -> Result<Arc<Compiled>> {
-        let msg = TransitionExperiment { action, winner };
+        let msg = TransitionExperiment {
+            action,
+            winner,
+            by: by.clone(),
+        };
         self.entry(key)?.addr.send(msg).await?
     }
 
@@ -692,13 +708,19 @@ mod tests {
 
     impl Fixture {
         async fn draft(&self, key: &str) {
-            self.service.create(input(key)).await.unwrap();
+            self.service
+                .create(input(key), &Principal::open())
+                .await
+                .unwrap();
         }
 
         async fn with_status(&self, key: &str, actions: &[Action]) {
             self.draft(key).await;
             for &action in actions {
-                self.service.transition(key, action, None).await.unwrap();
+                self.service
+                    .transition(key, action, None, &Principal::open())
+                    .await
+                    .unwrap();
             }
         }
 
@@ -843,7 +865,10 @@ mod tests {
         ));
         // Once the hash leaves her out, her first exposure answers.
         let nobody = serde_json::from_value(serde_json::json!({"coverage": 0.0})).unwrap();
-        f.service.patch("e", nobody).await.unwrap();
+        f.service
+            .patch("e", nobody, &Principal::open())
+            .await
+            .unwrap();
         let kept = f.service.assign("e", "alice", true).await.unwrap();
         assert_eq!(
             (kept.reason(), kept.variant().key.clone()),

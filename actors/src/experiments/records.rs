@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::cluster::{ExperimentBucket, RecordBucket, Revision};
-use crate::domain::{Alert, AlertRecord, DomainEvent, Experiment};
+use crate::domain::{Alert, AlertRecord, AuditEntry, DomainEvent, Experiment};
 use crate::storage::{blocking, Store};
 use crate::Result;
 
@@ -58,12 +58,13 @@ impl Records {
         self.bucket.as_ref()
     }
 
-    /// Writes a new experiment with its `experiment.created` event;
-    /// `ExperimentExists` when the key is taken (on any node).
+    /// Writes a new experiment with its `experiment.created` event and its
+    /// audit entry; `ExperimentExists` when the key is taken (on any node).
     pub async fn create(
         &self,
         experiment: Experiment,
         event: DomainEvent,
+        audit: AuditEntry,
     ) -> Result<(Experiment, Revision)> {
         let revision = match &self.bucket {
             Some(bucket) => bucket.create(&experiment).await?,
@@ -72,7 +73,7 @@ impl Records {
         let store = self.store.clone();
         let experiment = blocking(move || {
             store
-                .put_experiment(&experiment, Some(&event))
+                .put_experiment_audited(&experiment, Some(&event), &audit)
                 .map(|()| experiment)
         })
         .await?;

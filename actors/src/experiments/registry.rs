@@ -17,7 +17,10 @@ use super::assignment::Compiled;
 use super::records::Records;
 use crate::clock::Clock;
 use crate::cluster::Revision;
-use crate::domain::{DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey};
+use crate::domain::{
+    AuditEntry, DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey, Principal,
+    ResourceKind,
+};
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -136,7 +139,7 @@ impl Actor for Catalog {
 /// Create an experiment as a draft.
 #[derive(Message)]
 #[rtype(result = "Result<Arc<Compiled>>")]
-pub struct CreateExperiment(pub ExperimentIn);
+pub struct CreateExperiment(pub ExperimentIn, pub Principal);
 
 impl Handler<CreateExperiment> for Catalog {
     type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
@@ -160,7 +163,16 @@ impl Handler<CreateExperiment> for Catalog {
             &experiment,
             experiment.created_at,
         );
-        let write = async move { records.create(experiment, event).await };
+        let audit = AuditEntry::new(
+            &msg.1,
+            experiment.created_at,
+            "experiment.created",
+            ResourceKind::Experiment,
+            experiment.key.as_str(),
+            None,
+            serde_json::to_value(&experiment).ok(),
+        );
+        let write = async move { records.create(experiment, event, audit).await };
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
             |written, catalog: &mut Self, _| {
                 let (experiment, revision) = written?;
@@ -278,7 +290,7 @@ mod tests {
 
         let created = f
             .catalog
-            .send(CreateExperiment(input("checkout")))
+            .send(CreateExperiment(input("checkout"), Principal::open()))
             .await
             .unwrap()
             .unwrap();
@@ -301,25 +313,33 @@ mod tests {
             std::slice::from_ref(experiment)
         );
         let outbox = f.store.outbox(0, 10).unwrap();
-        let [(_, event)] = &outbox[..] else {
-            panic!("one domain event: {outbox:?}")
+        let [(_, event), (_, recorded)] = &outbox[..] else {
+            panic!("a domain event and its audit entry's: {outbox:?}")
         };
         assert_eq!(event.kind, DomainEventKind::ExperimentCreated);
         assert_eq!(event.experiment.as_deref(), Some("checkout"));
         assert_eq!(event.at, now);
+        assert_eq!(recorded.kind, DomainEventKind::AuditRecorded);
+        assert_eq!(recorded.data["entry"]["action"], "experiment.created");
+        assert_eq!(recorded.data["entry"]["actor"], "open");
+        assert_eq!(recorded.data["entry"]["after"]["key"], "checkout");
     }
 
     #[actix::test]
     async fn a_second_create_of_a_key_is_refused_and_changes_nothing() {
         let f = fixture();
         f.catalog
-            .send(CreateExperiment(input("checkout")))
+            .send(CreateExperiment(input("checkout"), Principal::open()))
             .await
             .unwrap()
             .unwrap();
         let mut again = input("checkout");
         again.name = "another".into();
-        let refused = f.catalog.send(CreateExperiment(again)).await.unwrap();
+        let refused = f
+            .catalog
+            .send(CreateExperiment(again, Principal::open()))
+            .await
+            .unwrap();
         assert!(
             matches!(&refused, Err(Error::ExperimentExists(k)) if k.as_str() == "checkout"),
             "{:?}",
@@ -328,7 +348,11 @@ mod tests {
         let standing = f.registry.get("checkout").unwrap().slot.snapshot();
         assert_eq!(standing.experiment().name, "checkout");
         assert_eq!(f.store.experiments().unwrap().len(), 1);
-        assert_eq!(f.store.outbox(0, 10).unwrap().len(), 1, "one created event");
+        assert_eq!(
+            f.store.outbox(0, 10).unwrap().len(),
+            2,
+            "one created event and its audit entry's"
+        );
     }
 
     /// Creates queued together are handled one at a time, the store write
@@ -342,7 +366,7 @@ mod tests {
             .map(|i| {
                 let mut body = input("race");
                 body.name = format!("attempt {i}");
-                f.catalog.send(CreateExperiment(body))
+                f.catalog.send(CreateExperiment(body, Principal::open()))
             })
             .collect();
         let mut won = Vec::new();
@@ -366,7 +390,11 @@ mod tests {
         let f = fixture();
         let mut body = input("bad");
         body.name = " ".into();
-        let refused = f.catalog.send(CreateExperiment(body)).await.unwrap();
+        let refused = f
+            .catalog
+            .send(CreateExperiment(body, Principal::open()))
+            .await
+            .unwrap();
         assert!(matches!(refused, Err(Error::Invalid { ref field, .. }) if field == "name"));
         assert!(f.registry.load().is_empty());
         assert!(f.store.experiments().unwrap().is_empty());

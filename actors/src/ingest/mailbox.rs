@@ -905,6 +905,7 @@ mod tests {
             dedup_window_ms: 60_000,
             retention_ms: None,
             cache_bytes: 8 << 20,
+            audit_retention_ms: 365 * 24 * 3600 * 1000,
         };
         let store =
             Store::open_with_clock(dir.path(), options, Arc::clone(&clock) as _).expect("store");

@@ -87,11 +87,16 @@ pub enum Cf {
     /// key id (UTF-8) → `[v1][JSON ApiKey]`: API keys issued through the
     /// API, by the SHA-256 digest of their secret (never the secret).
     ApiKeys,
+    /// audit entry id (`audit_` + UUIDv7 hex, so in time order) →
+    /// `[v1][JSON AuditEntry]`: every change made through the API, written
+    /// with the change and its `audit.recorded` outbox event; dropped at
+    /// compaction once older than `audit.retention_days`.
+    Audit,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 18] = [
+    pub const ALL: [Cf; 19] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -110,6 +115,7 @@ impl Cf {
         Cf::Timeline,
         Cf::Units,
         Cf::ApiKeys,
+        Cf::Audit,
     ];
 
     /// The family's name on disk.
@@ -133,6 +139,7 @@ impl Cf {
             Cf::Timeline => "timeline",
             Cf::Units => "units",
             Cf::ApiKeys => "api_keys",
+            Cf::Audit => "audit",
         }
     }
 }

@@ -1,29 +1,30 @@
 //! API keys issued through the API.
 
-use rocksdb::{IteratorMode, WriteOptions};
+use rocksdb::{IteratorMode, WriteBatch};
 
 use super::{decode_json, versioned_json, Cf, Store};
-use crate::domain::ApiKey;
+use crate::domain::{ApiKey, AuditEntry, DomainEvent};
 use crate::Result;
 
 impl Store {
-    /// Writes a key's record, synced: an issued secret works after a crash.
-    pub fn put_api_key(&self, key: &ApiKey) -> Result<()> {
-        self.db.put_cf_opt(
+    /// Writes a key's record, synced (an issued secret works after a
+    /// crash), with the audit entry of the change that made it, if any.
+    pub fn put_api_key(&self, key: &ApiKey, audit: Option<&AuditEntry>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
             self.cf(Cf::ApiKeys),
             key.id.as_str().as_bytes(),
             versioned_json(Cf::ApiKeys, key)?,
-            &synced(),
-        )?;
-        Ok(())
+        );
+        self.write_audited(batch, audit)
     }
 
-    /// Deletes a key's record, synced: a revoked secret stays revoked
-    /// after a crash.
-    pub fn delete_api_key(&self, id: &str) -> Result<()> {
-        self.db
-            .delete_cf_opt(self.cf(Cf::ApiKeys), id.as_bytes(), &synced())?;
-        Ok(())
+    /// Deletes a key's record, synced (a revoked secret stays revoked
+    /// after a crash), with the audit entry of the revocation, if any.
+    pub fn delete_api_key(&self, id: &str, audit: Option<&AuditEntry>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.delete_cf(self.cf(Cf::ApiKeys), id.as_bytes());
+        self.write_audited(batch, audit)
     }
 
     /// Every key, by id.
@@ -33,10 +34,12 @@ impl Store {
             .map(|item| decode_json(Cf::ApiKeys, &item?.1))
             .collect()
     }
-}
 
-fn synced() -> WriteOptions {
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
-    sync
+    fn write_audited(&self, mut batch: WriteBatch, audit: Option<&AuditEntry>) -> Result<()> {
+        let recorded: Option<DomainEvent> = audit
+            .map(|entry| self.audit_into(&mut batch, entry))
+            .transpose()?;
+        let events: Vec<&DomainEvent> = recorded.iter().collect();
+        self.write_with_events(batch, &events)
+    }
 }

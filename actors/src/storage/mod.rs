@@ -6,6 +6,7 @@
 mod aggregates;
 mod alerts;
 mod analytics;
+mod audit;
 mod cf;
 mod credentials;
 pub(crate) mod event_codec;
@@ -34,8 +35,8 @@ pub use webhooks::AttemptWrite;
 
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, AggregateChanges, AggregatesRecordRef, Bucket, DomainEvent, Event, Experiment,
-    ExperimentKey, ExperimentRecord, StickyAssignment,
+    unix_ms, AggregateChanges, AggregatesRecordRef, AuditEntry, Bucket, DomainEvent, Event,
+    Experiment, ExperimentKey, ExperimentRecord, StickyAssignment,
 };
 use crate::{Error, Result};
 
@@ -66,6 +67,8 @@ pub struct StoreOptions {
     /// The block cache every column family shares: RocksDB's memory for
     /// reads, bounded whatever the store holds.
     pub cache_bytes: usize,
+    /// Audit log entries older than this are dropped at compaction.
+    pub audit_retention_ms: u64,
 }
 
 /// Everything one committed batch writes, in one RocksDB WriteBatch.
@@ -137,6 +140,7 @@ impl Store {
             dedup_window_ms,
             retention_ms,
             cache_bytes,
+            audit_retention_ms,
         } = options;
         // One block cache for every family, index and filter blocks inside
         // the same budget.
@@ -209,6 +213,17 @@ impl Store {
                 cf_options.set_compaction_filter("expired_unit_events", move |_, key, _| {
                     match keys::unit_event_ms(key) {
                         Some(ms) if ms < now_ms(&*clock).saturating_sub(keep) => {
+                            CompactionDecision::Remove
+                        }
+                        _ => CompactionDecision::Keep,
+                    }
+                });
+            }
+            if cf == Cf::Audit {
+                let clock = Arc::clone(&clock);
+                cf_options.set_compaction_filter("expired_audit", move |_, key, _| {
+                    match audit::entry_ms(key) {
+                        Some(ms) if ms < now_ms(&*clock).saturating_sub(audit_retention_ms) => {
                             CompactionDecision::Remove
                         }
                         _ => CompactionDecision::Keep,
@@ -288,6 +303,20 @@ impl Store {
         event: Option<&DomainEvent>,
     ) -> Result<()> {
         self.write_with_events(self.experiment_batch(experiment)?, event.as_slice())
+    }
+
+    /// [`Store::put_experiment`] of a change made through the API, with its
+    /// audit entry and `audit.recorded` event in the same write.
+    pub fn put_experiment_audited(
+        &self,
+        experiment: &Experiment,
+        event: Option<&DomainEvent>,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut batch = self.experiment_batch(experiment)?;
+        let recorded = self.audit_into(&mut batch, audit)?;
+        let events: Vec<&DomainEvent> = event.into_iter().chain([&recorded]).collect();
+        self.write_with_events(batch, &events)
     }
 
     /// A batch writing an experiment record.
@@ -754,6 +783,7 @@ impl Store {
             dedup_window_ms: 1000,
             retention_ms: None,
             cache_bytes: 8 << 20,
+            audit_retention_ms: 365 * 24 * 3600 * 1000,
         };
         let store = Store::open(dir.path(), options).expect("store");
         (dir, store)
@@ -788,6 +818,7 @@ mod tests {
         dedup_window_ms: 7 * 24 * 3600 * 1000,
         retention_ms: None,
         cache_bytes: 8 << 20,
+        audit_retention_ms: 365 * 24 * 3600 * 1000,
     };
 
     #[test]

@@ -1,0 +1,175 @@
+//! The audit log: who changed what through the API, when, and the values
+//! before and after. An entry is written in the same store write as the
+//! change it records, with an `audit.recorded` domain event, so neither
+//! can exist without the other.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::domain::{AuditId, Principal};
+
+/// What kind of thing a change was made to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceKind {
+    /// An experiment: created, changed, its lifecycle.
+    Experiment,
+    /// An API key: issued, rotated, revoked.
+    Key,
+}
+
+impl ResourceKind {
+    /// The kind's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Experiment => "experiment",
+            ResourceKind::Key => "key",
+        }
+    }
+}
+
+/// One recorded change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    /// `audit_` and 32 hex digits (a UUIDv7: entries sort by time).
+    pub id: AuditId,
+    /// When the change was made.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    /// The project of the thing changed.
+    pub project: String,
+    /// Who: a key id (`key_…`), a configured key (`config/admin/0`), a
+    /// token's subject (`jwt:…`) or `open` on a server without keys.
+    pub actor: String,
+    /// What was done, e.g. `experiment.started` or `key.rotated`.
+    pub action: String,
+    /// The kind of thing changed.
+    pub resource: ResourceKind,
+    /// Its key or id.
+    pub resource_id: String,
+    /// The thing before the change (absent for a creation).
+    #[schema(value_type = Option<Object>)]
+    pub before: Option<Value>,
+    /// The thing after the change (absent for a deletion).
+    #[schema(value_type = Option<Object>)]
+    pub after: Option<Value>,
+}
+
+impl AuditEntry {
+    /// An entry for `action` by `by` on `resource` `id`, now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        by: &Principal,
+        at: OffsetDateTime,
+        action: impl Into<String>,
+        resource: ResourceKind,
+        resource_id: impl Into<String>,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> Self {
+        Self {
+            id: AuditId::mint(),
+            at,
+            project: by.project.to_string(),
+            actor: by.id.to_string(),
+            action: action.into(),
+            resource,
+            resource_id: resource_id.into(),
+            before,
+            after,
+        }
+    }
+}
+
+/// Which entries `GET /v1/audit` answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    /// Only this project's.
+    pub project: Option<String>,
+    /// Only this actor's.
+    pub actor: Option<String>,
+    /// Only changes to this kind of thing.
+    pub resource: Option<ResourceKind>,
+    /// Only changes to the thing with this key or id.
+    pub resource_id: Option<String>,
+}
+
+impl AuditFilter {
+    /// Whether `entry` passes.
+    pub fn admits(&self, entry: &AuditEntry) -> bool {
+        self.project.as_ref().is_none_or(|p| *p == entry.project)
+            && self.actor.as_ref().is_none_or(|a| *a == entry.actor)
+            && self.resource.is_none_or(|r| r == entry.resource)
+            && self
+                .resource_id
+                .as_ref()
+                .is_none_or(|id| *id == entry.resource_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Role, DEFAULT_PROJECT};
+
+    fn entry() -> AuditEntry {
+        let by = Principal {
+            id: "config/admin/0".into(),
+            role: Role::Admin,
+            project: DEFAULT_PROJECT.into(),
+        };
+        AuditEntry::new(
+            &by,
+            OffsetDateTime::UNIX_EPOCH,
+            "experiment.started",
+            ResourceKind::Experiment,
+            "checkout",
+            Some(serde_json::json!({"status": "draft"})),
+            Some(serde_json::json!({"status": "running"})),
+        )
+    }
+
+    #[test]
+    fn a_filter_admits_only_what_matches_every_field_it_names() {
+        let e = entry();
+        assert!(AuditFilter::default().admits(&e));
+        let all = AuditFilter {
+            project: Some("default".into()),
+            actor: Some("config/admin/0".into()),
+            resource: Some(ResourceKind::Experiment),
+            resource_id: Some("checkout".into()),
+        };
+        assert!(all.admits(&e));
+        for miss in [
+            AuditFilter {
+                project: Some("other".into()),
+                ..all.clone()
+            },
+            AuditFilter {
+                actor: Some("key_x".into()),
+                ..all.clone()
+            },
+            AuditFilter {
+                resource: Some(ResourceKind::Key),
+                ..all.clone()
+            },
+            AuditFilter {
+                resource_id: Some("pricing".into()),
+                ..all.clone()
+            },
+        ] {
+            assert!(!miss.admits(&e), "{miss:?}");
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_written() {
+        let e = entry();
+        let text = serde_json::to_string(&e).unwrap_or_default();
+        let back: AuditEntry = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(back, e);
+        assert!(text.contains("\"resource\":\"experiment\""), "{text}");
+    }
+}
