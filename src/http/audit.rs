@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Administrator;
 use super::error::{ApiError, ApiResult};
+use super::extract;
 
 const MAX_PAGE: usize = 500;
 /// Longest `actor` or `resource_id` asked for: longer than any there is.
@@ -77,13 +78,7 @@ async fn list(
     query: web::Query<AuditQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_query(
-            "limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = extract::page_limit(query.limit, 50, MAX_PAGE)?;
     for (field, value) in [("actor", &query.actor), ("resource_id", &query.resource_id)] {
         if value
             .as_ref()

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Ingest, Viewer};
 use super::error::{ApiError, ApiResult};
-use super::extract::{parse, JsonBytes};
+use super::extract::{self, parse, JsonBytes};
 use super::Limits;
 use abacus_actors::Error as EngineError;
 
@@ -273,13 +273,7 @@ async fn export(
     query: web::Query<ExportQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();
-    let limit = query.limit.unwrap_or(1000);
-    if !(1..=MAX_EXPORT_PAGE).contains(&limit) {
-        return Err(ApiError::bad_query(
-            "limit",
-            format!("limit must be between 1 and {MAX_EXPORT_PAGE}"),
-        ));
-    }
+    let limit = extract::page_limit(query.limit, 1000, MAX_EXPORT_PAGE)?;
     let cursor = query
         .cursor
         .as_deref()

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Editor, Viewer};
-use super::error::{ApiError, ApiResult};
-use super::extract::{MaybeJson, NoBody, ValidJson};
+use super::error::ApiResult;
+use super::extract::{self, MaybeJson, NoBody, ValidJson};
 
 // Bodies are read from JSON objects only, never from arrays of their
 // fields (abacus_actors::objects_only).
@@ -107,13 +107,7 @@ async fn list(
     experiments: web::Data<Experiments>,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_query(
-            "limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = extract::page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let page = experiments.list(query.status, query.cursor.as_deref(), limit);
     Ok(HttpResponse::Ok().json(ExperimentPage {
         experiments: page.items.iter().map(|c| c.experiment()).collect(),

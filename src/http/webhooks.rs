@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Editor;
 use super::error::{ApiError, ApiResult};
-use super::extract::ValidJson;
+use super::extract::{self, ValidJson};
 
 const MAX_PAGE: usize = 500;
 /// The largest delivery cursor taken: 2^53 - 1, the largest integer every
@@ -216,13 +216,7 @@ async fn deliveries(
     id: web::Path<String>,
     query: web::Query<DeliveriesQuery>,
 ) -> ApiResult<HttpResponse> {
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_query(
-            "limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = extract::page_limit(query.limit, 50, MAX_PAGE)?;
     if query.cursor.is_some_and(|c| c > MAX_CURSOR) {
         return Err(ApiError::bad_query(
             "cursor",

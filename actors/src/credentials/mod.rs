@@ -359,9 +359,7 @@ fn visible(by: &Principal, key: &ApiKey) -> bool {
 fn find<'t>(table: &'t Table, id: &str, by: &Principal) -> Result<&'t ApiKey> {
     table
         .keys
-        .iter()
-        .find(|(k, _)| k.as_str() == id)
-        .map(|(_, key)| key)
+        .get(id)
         .filter(|key| visible(by, key))
         .ok_or_else(|| Error::KeyNotFound(id.to_owned()))
 }

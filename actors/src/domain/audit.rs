@@ -59,7 +59,6 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// An entry for `action` by `by` on `resource` `id`, now.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         by: &Principal,
         at: OffsetDateTime,

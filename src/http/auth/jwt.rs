@@ -126,39 +126,27 @@ impl Tokens {
                 self.decode(token, key, Algorithm::HS256)?
             }
             Algorithm::RS256 | Algorithm::ES256 => {
+                // The error of the last key tried; with none to try, that.
+                let mut failure = TokenError::Invalid(format!(
+                    "no {:?} key{} in the key set",
+                    header.alg,
+                    header
+                        .kid
+                        .as_deref()
+                        .map(|kid| format!(" with kid '{}'", kid.escape_debug()))
+                        .unwrap_or_default()
+                ));
                 let set = self.jwks.load();
-                let mut candidates = set
+                let verified = set
                     .iter()
                     .filter(|k| k.algorithm == header.alg)
                     .filter(|k| header.kid.is_none() || k.kid == header.kid)
-                    .peekable();
-                if candidates.peek().is_none() {
-                    return Err(TokenError::Invalid(format!(
-                        "no {:?} key{} in the key set",
-                        header.alg,
-                        header
-                            .kid
-                            .as_deref()
-                            .map(|kid| format!(" with kid '{}'", kid.escape_debug()))
-                            .unwrap_or_default()
-                    )));
-                }
-                let mut last = None;
-                let mut verified = None;
-                for candidate in candidates {
-                    match self.decode(token, &candidate.key, header.alg) {
-                        Ok(claims) => {
-                            verified = Some(claims);
-                            break;
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                match (verified, last) {
-                    (Some(claims), _) => claims,
-                    (None, Some(e)) => return Err(e),
-                    (None, None) => unreachable!("at least one candidate was tried"),
-                }
+                    .find_map(|k| {
+                        self.decode(token, &k.key, header.alg)
+                            .map_err(|e| failure = e)
+                            .ok()
+                    });
+                verified.ok_or(failure)?
             }
             other => {
                 return Err(TokenError::Invalid(format!(
