@@ -44,11 +44,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 )]
 #[post("/v1/alerts/rules")]
 async fn create_rule(
-    _: Editor,
+    Editor(by): Editor,
     alerts: web::Data<Alerts>,
     ValidJson(input): ValidJson<RuleIn>,
 ) -> ApiResult<HttpResponse> {
-    let rule = alerts.create_rule(input).await?;
+    let rule = alerts.create_rule(input, &by).await?;
     Ok(HttpResponse::Created()
         .insert_header(("location", format!("/v1/alerts/rules/{}", rule.id)))
         .json(rule))
@@ -107,12 +107,12 @@ async fn read_rule(
 )]
 #[patch("/v1/alerts/rules/{id}")]
 async fn update_rule(
-    _: Editor,
+    Editor(by): Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(patch): ValidJson<RulePatch>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(alerts.patch_rule(&id, patch).await?))
+    Ok(HttpResponse::Ok().json(alerts.patch_rule(&id, patch, &by).await?))
 }
 
 /// Delete a rule; its active alerts resolve.
@@ -127,11 +127,11 @@ async fn update_rule(
 )]
 #[delete("/v1/alerts/rules/{id}")]
 async fn delete_rule(
-    _: Editor,
+    Editor(by): Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    alerts.delete_rule(&id).await?;
+    alerts.delete_rule(&id, &by).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -223,12 +223,12 @@ async fn read(
 )]
 #[post("/v1/alerts/{id}/acknowledge")]
 async fn acknowledge(
-    _: Editor,
+    Editor(by): Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(alerts.acknowledge(&id, stamp).await?))
+    Ok(HttpResponse::Ok().json(alerts.acknowledge(&id, stamp, &by).await?))
 }
 
 /// `open | acknowledged → resolved`, recording who and why. A rule's alert
@@ -248,10 +248,10 @@ async fn acknowledge(
 )]
 #[post("/v1/alerts/{id}/resolve")]
 async fn resolve(
-    _: Editor,
+    Editor(by): Editor,
     alerts: web::Data<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(alerts.resolve(&id, stamp).await?))
+    Ok(HttpResponse::Ok().json(alerts.resolve(&id, stamp, &by).await?))
 }

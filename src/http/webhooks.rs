@@ -51,11 +51,11 @@ pub struct CreatedSubscription {
 )]
 #[post("/v1/webhooks")]
 async fn create(
-    _: Editor,
+    Editor(by): Editor,
     webhooks: web::Data<Webhooks>,
     ValidJson(input): ValidJson<WebhookIn>,
 ) -> ApiResult<HttpResponse> {
-    let (subscription, secret) = webhooks.create(input).await?;
+    let (subscription, secret) = webhooks.create(input, &by).await?;
     Ok(HttpResponse::Created()
         .insert_header(("location", format!("/v1/webhooks/{}", subscription.id)))
         .json(CreatedSubscription {
@@ -118,11 +118,11 @@ async fn read(
 )]
 #[delete("/v1/webhooks/{id}")]
 async fn remove(
-    _: Editor,
+    Editor(by): Editor,
     webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    webhooks.delete(&id).await?;
+    webhooks.delete(&id, &by).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -168,11 +168,11 @@ async fn test(
 )]
 #[post("/v1/webhooks/{id}/enable")]
 async fn enable(
-    _: Editor,
+    Editor(by): Editor,
     webhooks: web::Data<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(webhooks.enable(&id).await?))
+    Ok(HttpResponse::Ok().json(webhooks.enable(&id, &by).await?))
 }
 
 /// Query of the delivery log.

@@ -12,12 +12,14 @@ use crate::common::{error_code, urlencode, TestServer};
 const OWNER: &str = "owner-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123456789";
 const EDITOR: &str = "editor-secret-0123456789";
+const VIEWER: &str = "viewer-secret-0123456789";
 
 fn secured() -> TestServer {
     TestServer::start_with(&[
         ("ABACUS_AUTH__OWNER_KEYS", &format!("[\"{OWNER}\"]")),
         ("ABACUS_AUTH__ADMIN_KEYS", &format!("[\"{ADMIN}\"]")),
         ("ABACUS_AUTH__EDITOR_KEYS", &format!("[\"{EDITOR}\"]")),
+        ("ABACUS_AUTH__VIEWER_KEYS", &format!("[\"{VIEWER}\"]")),
     ])
 }
 
@@ -223,20 +225,19 @@ fn a_recorded_change_reaches_webhooks_and_the_stream() {
     let stream = crate::stream::connect(&server, "", None);
     server.running_experiment("announced", json!({}));
 
-    let got = receiver.wait_for(2, Duration::from_secs(20));
+    // The subscription's own creation is recorded, and announced, first.
+    let got = receiver.wait_for(3, Duration::from_secs(20));
     let delivered: Vec<Value> = got.iter().map(|r| r.json()).collect();
     assert!(
         delivered.iter().all(|d| d["type"] == "audit.recorded"),
         "{delivered:?}"
     );
-    let first = &delivered[0]["data"]["entry"];
-    assert_eq!(first["action"], "experiment.created");
-    assert_eq!(first["actor"], "open");
-    assert_eq!(first["resource_id"], "announced");
-    assert_eq!(
-        delivered[1]["data"]["entry"]["action"],
-        "experiment.started"
-    );
+    let entry = |i: usize| &delivered[i]["data"]["entry"];
+    assert_eq!(entry(0)["action"], "webhook.created");
+    assert_eq!(entry(1)["action"], "experiment.created");
+    assert_eq!(entry(1)["actor"], "open");
+    assert_eq!(entry(1)["resource_id"], "announced");
+    assert_eq!(entry(2)["action"], "experiment.started");
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
@@ -255,4 +256,98 @@ fn a_recorded_change_reaches_webhooks_and_the_stream() {
         }
     }
     assert_eq!(seen, ["experiment.created", "experiment.started"]);
+}
+
+#[test]
+fn webhook_rule_and_alert_changes_are_recorded_too() {
+    let server = TestServer::start_with(&[("ABACUS_WEBHOOKS__ALLOW_PRIVATE", "true")]);
+    let receiver = Receiver::answering(204);
+    let (status, hook) = server.post(
+        "/v1/webhooks",
+        json!({"url": receiver.url(), "events": ["alert.raised"], "description": "pager"}),
+    );
+    assert_eq!(status, 201, "{hook}");
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    let (status, rule) = server.post(
+        "/v1/alerts/rules",
+        json!({"name": "errors", "metric": "error_rate", "threshold": 0.5, "window_s": 2}),
+    );
+    assert_eq!(status, 201, "{rule}");
+    let rule_id = rule["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/alerts/rules/{rule_id}");
+    assert_eq!(server.patch(&path, json!({"threshold": 0.6})).0, 200);
+    // Nine in ten requests fail until the rule raises an alert.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let alert_id = loop {
+        for i in 0..9 {
+            server.get(&format!("/v1/experiments/missing-{i}"));
+        }
+        let (_, open) = server.get("/v1/alerts?status=open");
+        if let Some(id) = open["alerts"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "never raised");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let ack = format!("/v1/alerts/{alert_id}/acknowledge");
+    assert_eq!(server.post(&ack, json!({"by": "ana"})).0, 200);
+    assert_eq!(server.delete(&path).0, 204);
+    assert_eq!(server.delete(&format!("/v1/webhooks/{hook_id}")).0, 204);
+
+    let log = entries(&server, "");
+    assert_eq!(
+        actions(&log),
+        [
+            "webhook.deleted",
+            "alert_rule.deleted",
+            "alert.acknowledged",
+            "alert_rule.updated",
+            "alert_rule.created",
+            "webhook.created"
+        ]
+    );
+    let [unhooked, deleted, acked, updated, created, hooked] = &log[..] else {
+        unreachable!()
+    };
+    assert_eq!(hooked["resource"], "webhook");
+    assert_eq!(hooked["resource_id"], hook_id.as_str());
+    assert_eq!(hooked["after"]["description"], "pager");
+    assert!(unhooked["after"].is_null());
+    assert_eq!(unhooked["before"]["url"], receiver.url());
+    for e in [created, updated, deleted] {
+        assert_eq!(e["resource"], "alert_rule");
+        assert_eq!(e["resource_id"], rule_id.as_str());
+    }
+    assert_eq!(updated["before"]["threshold"], 0.5);
+    assert_eq!(updated["after"]["threshold"], 0.6);
+    assert_eq!(acked["resource"], "alert");
+    assert_eq!(acked["before"]["status"], "open");
+    assert_eq!(acked["after"]["status"], "acknowledged");
+    // A subscription's secret is never recorded.
+    let text = serde_json::to_string(&log).unwrap();
+    assert!(!text.contains("secret"), "{text}");
+}
+
+#[test]
+fn viewers_on_the_stream_learn_that_a_key_changed_but_not_who_or_how() {
+    let mut server = secured();
+    server.use_token(Some(VIEWER));
+    let stream = crate::stream::connect(&server, "", None);
+    server.use_token(Some(ADMIN));
+    let (status, issued) = server.post("/v1/keys", json!({"name": "ci", "role": "editor"}));
+    assert_eq!(status, 201, "{issued}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let entry = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let message = stream.recv_timeout(left).expect("audit.recorded");
+        if message.event == "audit.recorded" {
+            break message.data["data"]["entry"].clone();
+        }
+    };
+    assert_eq!(entry["action"], "key.issued");
+    assert_eq!(entry["resource_id"], issued["id"]);
+    for hidden in ["actor", "before", "after"] {
+        assert!(entry.get(hidden).is_none(), "{entry}");
+    }
+    assert!(!entry.to_string().contains("ci"), "{entry}");
 }

@@ -29,6 +29,9 @@ pub(crate) fn connect(
         .build()
         .unwrap();
     let mut request = client.get(server.url(&format!("/v1/stream{query}")));
+    if let Some(token) = server.token() {
+        request = request.bearer_auth(token);
+    }
     if let Some(id) = last_id {
         request = request.header("last-event-id", id.to_string());
     }

@@ -20,8 +20,9 @@ use super::{Percentiles, ServerFigures, Sources};
 use crate::clock::Clock;
 use crate::cluster::{RecordBucket, RecordChange, Revision};
 use crate::domain::{
-    Alert, AlertId, AlertMetric, AlertRecord, AlertRule, AlertRuleRecord, DomainEvent, Firing,
-    RuleId, RuleIn, RulePatch, StampIn, WebhookId, MAX_WINDOW_S, SYSTEM,
+    Alert, AlertId, AlertMetric, AlertRecord, AlertRule, AlertRuleRecord, AuditEntry, DomainEvent,
+    Firing, Principal, ResourceKind, RuleId, RuleIn, RulePatch, StampIn, WebhookId, MAX_WINDOW_S,
+    SYSTEM,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -163,7 +164,7 @@ impl AlertActor {
                         (a, event)
                     })
                     .collect();
-                match self.store.put_alerts(&cleared) {
+                match self.store.put_alerts(&cleared, None) {
                     Ok(()) => {
                         tracing::info!("store-failure alert resolved");
                         self.set_store_alerts(Vec::new());
@@ -183,7 +184,7 @@ impl AlertActor {
             return;
         };
         let event = alert.domain_event(now);
-        match self.store.put_alerts(&[(alert, event.clone())]) {
+        match self.store.put_alerts(&[(alert, event.clone())], None) {
             Ok(()) => self.store_alert_recorded = true,
             Err(e) if !self.store_alert_streamed => {
                 tracing::error!(error = %e, "recording the store-failure alert failed; it is kept in memory and sent to the live feed");
@@ -289,7 +290,7 @@ impl AlertActor {
             return;
         }
         let Some(shared) = &self.shared else {
-            let _ = self.write(changes);
+            let _ = self.write(changes, None);
             return;
         };
         let bucket = shared.bucket.clone();
@@ -329,7 +330,7 @@ impl AlertActor {
             // The bucket is the truth: memory follows it even if this
             // node's copy cannot be written.
             let (with_events, revisions): (Vec<_>, Vec<_>) = written.into_iter().unzip();
-            if let Err(e) = actor.store.put_alerts(&with_events) {
+            if let Err(e) = actor.store.put_alerts(&with_events, None) {
                 tracing::error!(error = %e, "recording shared alerts here failed");
             }
             for ((alert, _), revision) in with_events.into_iter().zip(revisions) {
@@ -344,28 +345,32 @@ impl AlertActor {
     /// (the change was made through this node) the event is recorded
     /// whatever the revision, for this node's outbox to relay, with the
     /// alert as this node has it.
-    fn mirror(
-        &mut self,
-        alert: Alert,
-        revision: Revision,
-        event: Option<DomainEvent>,
-    ) -> Result<()> {
+    fn mirror(&mut self, msg: MirrorAlert) -> Result<()> {
+        let MirrorAlert {
+            alert,
+            revision,
+            event,
+            audit,
+        } = msg;
         let Some(shared) = &self.shared else {
             return Ok(());
         };
+        let audit = audit.as_ref();
         let seen = shared.revisions.get(&alert.id).copied().unwrap_or(0);
         if revision <= seen {
-            if let Some(event) = event {
-                let stored = self.store.alert(alert.id.as_str())?.unwrap_or(alert);
-                self.store.put_alerts(&[(stored, event)])?;
-            }
-            return Ok(());
+            return match event {
+                Some(event) => {
+                    let stored = self.store.alert(alert.id.as_str())?.unwrap_or(alert);
+                    self.store.put_alerts(&[(stored, event)], audit)
+                }
+                None => self.store.write_audited(Default::default(), audit),
+            };
         }
         // Memory first: the bucket is the truth, whatever this store says.
         self.mirror_in_memory(&alert, revision);
         match event {
-            Some(event) => self.store.put_alerts(&[(alert, event)]),
-            None => self.store.put_alert(&alert),
+            Some(event) => self.store.put_alerts(&[(alert, event)], audit),
+            None => self.store.put_alert(&alert, audit),
         }
     }
 
@@ -534,9 +539,9 @@ impl AlertActor {
         out
     }
 
-    /// Persists alert changes with their events, then mirrors them in
-    /// memory.
-    fn write(&mut self, changes: Vec<Alert>) -> Result<()> {
+    /// Persists alert changes with their events (and `audit`, the entry of
+    /// the API change that made them, if any), then mirrors them in memory.
+    fn write(&mut self, changes: Vec<Alert>, audit: Option<&AuditEntry>) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -548,7 +553,7 @@ impl AlertActor {
                 (a, event)
             })
             .collect();
-        if let Err(e) = self.store.put_alerts(&with_events) {
+        if let Err(e) = self.store.put_alerts(&with_events, audit) {
             tracing::error!(error = %e, "writing alerts failed");
             return Err(e);
         }
@@ -647,14 +652,21 @@ impl Handler<ReadServerFigures> for AlertActor {
 /// Create a rule.
 #[derive(Message)]
 #[rtype(result = "Result<AlertRule>")]
-pub(super) struct CreateRule(pub RuleIn);
+pub(super) struct CreateRule(pub RuleIn, pub Principal);
 
 impl Handler<CreateRule> for AlertActor {
     type Result = Result<AlertRule>;
 
     fn handle(&mut self, msg: CreateRule, _: &mut Context<Self>) -> Self::Result {
         let rule = AlertRule::create(msg.0, self.clock.now())?;
-        self.store.put_rule(&rule)?;
+        let audit = rule_audit(
+            &msg.1,
+            rule.created_at,
+            "alert_rule.created",
+            None,
+            Some(&rule),
+        );
+        self.store.put_rule(&rule, Some(&audit))?;
         self.rules.insert(rule.id.clone(), rule.clone());
         Ok(rule)
     }
@@ -663,7 +675,7 @@ impl Handler<CreateRule> for AlertActor {
 /// Change a rule.
 #[derive(Message)]
 #[rtype(result = "Result<AlertRule>")]
-pub(super) struct PatchRule(pub RuleId, pub RulePatch);
+pub(super) struct PatchRule(pub RuleId, pub RulePatch, pub Principal);
 
 impl Handler<PatchRule> for AlertActor {
     type Result = Result<AlertRule>;
@@ -675,13 +687,20 @@ impl Handler<PatchRule> for AlertActor {
             .get(&msg.0)
             .ok_or_else(|| Error::RuleNotFound(msg.0.to_string()))?;
         let next = current.patched(msg.1, now)?;
-        self.store.put_rule(&next)?;
+        let audit = rule_audit(
+            &msg.2,
+            now,
+            "alert_rule.updated",
+            Some(current),
+            Some(&next),
+        );
+        self.store.put_rule(&next, Some(&audit))?;
         let disabled = !next.enabled;
         self.rules.insert(next.id.clone(), next.clone());
         if disabled {
             let resolved = self.resolve_all_of(&next.id, "rule disabled", now);
             if !resolved.is_empty() {
-                self.write(resolved)?;
+                self.write(resolved, None)?;
             }
         }
         Ok(next)
@@ -691,16 +710,17 @@ impl Handler<PatchRule> for AlertActor {
 /// Delete a rule.
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
-pub(super) struct DeleteRule(pub RuleId);
+pub(super) struct DeleteRule(pub RuleId, pub Principal);
 
 impl Handler<DeleteRule> for AlertActor {
     type Result = Result<()>;
 
     fn handle(&mut self, msg: DeleteRule, _: &mut Context<Self>) -> Self::Result {
-        if !self.rules.contains_key(&msg.0) {
+        let Some(rule) = self.rules.get(&msg.0) else {
             return Err(Error::RuleNotFound(msg.0.to_string()));
-        }
+        };
         let now = self.clock.now();
+        let audit = rule_audit(&msg.1, now, "alert_rule.deleted", Some(rule), None);
         let resolved: Vec<(Alert, DomainEvent)> = self
             .resolve_all_of(&msg.0, "rule deleted", now)
             .into_iter()
@@ -709,7 +729,8 @@ impl Handler<DeleteRule> for AlertActor {
                 (a, event)
             })
             .collect();
-        self.store.delete_rule(msg.0.as_str(), &resolved)?;
+        self.store
+            .delete_rule(msg.0.as_str(), &resolved, Some(&audit))?;
         self.rules.remove(&msg.0);
         for (alert, _) in resolved {
             self.remember(alert);
@@ -722,7 +743,7 @@ impl Handler<DeleteRule> for AlertActor {
 /// Acknowledge an alert.
 #[derive(Message)]
 #[rtype(result = "Result<Alert>")]
-pub(super) struct Acknowledge(pub AlertId, pub StampIn);
+pub(super) struct Acknowledge(pub AlertId, pub StampIn, pub Principal);
 
 impl Handler<Acknowledge> for AlertActor {
     type Result = Result<Alert>;
@@ -733,9 +754,11 @@ impl Handler<Acknowledge> for AlertActor {
             .alert(msg.0.as_str())?
             .or_else(|| self.store_alert(&msg.0))
             .ok_or_else(|| Error::AlertNotFound(msg.0.to_string()))?;
-        let next = current.acknowledged(msg.1, self.clock.now())?;
+        let now = self.clock.now();
+        let next = current.acknowledged(msg.1, now)?;
+        let audit = alert_audit(&msg.2, now, "alert.acknowledged", &current, &next);
         // Acknowledging is not news for subscribers: no outbox event.
-        self.store.put_alert(&next)?;
+        self.store.put_alert(&next, Some(&audit))?;
         self.track(&next);
         if let Some(key) = key_of(&next) {
             self.active.insert(key, next.clone());
@@ -747,7 +770,7 @@ impl Handler<Acknowledge> for AlertActor {
 /// Resolve an alert by hand.
 #[derive(Message)]
 #[rtype(result = "Result<Alert>")]
-pub(super) struct Resolve(pub AlertId, pub StampIn);
+pub(super) struct Resolve(pub AlertId, pub StampIn, pub Principal);
 
 impl Handler<Resolve> for AlertActor {
     type Result = Result<Alert>;
@@ -758,8 +781,10 @@ impl Handler<Resolve> for AlertActor {
             .alert(msg.0.as_str())?
             .or_else(|| self.store_alert(&msg.0))
             .ok_or_else(|| Error::AlertNotFound(msg.0.to_string()))?;
-        let next = current.resolved_by(msg.1, self.clock.now())?;
-        self.write(vec![next.clone()])?;
+        let now = self.clock.now();
+        let next = current.resolved_by(msg.1, now)?;
+        let audit = alert_audit(&msg.2, now, "alert.resolved", &current, &next);
+        self.write(vec![next.clone()], Some(&audit))?;
         // A store alert resolved by hand is not raised again before a restart.
         self.track(&next);
         if let Some(key) = key_of(&next) {
@@ -773,7 +798,11 @@ impl Handler<Resolve> for AlertActor {
 /// or deleted on any node).
 #[derive(Message)]
 #[rtype(result = "Result<()>")]
-pub(super) struct MirrorRule(pub RecordChange<AlertRuleRecord>);
+pub(super) struct MirrorRule {
+    pub change: RecordChange<AlertRuleRecord>,
+    /// The audit entry of the change, when made through this node.
+    pub audit: Option<AuditEntry>,
+}
 
 impl Handler<MirrorRule> for AlertActor {
     type Result = Result<()>;
@@ -782,7 +811,8 @@ impl Handler<MirrorRule> for AlertActor {
         let Some(shared) = &mut self.shared else {
             return Ok(());
         };
-        let (id, revision) = match &msg.0 {
+        let audit = msg.audit.as_ref();
+        let (id, revision) = match &msg.change {
             RecordChange::Put(id, _, revision) | RecordChange::Deleted(id, revision) => {
                 (id.clone(), *revision)
             }
@@ -795,20 +825,20 @@ impl Handler<MirrorRule> for AlertActor {
             .get(&id)
             .is_some_and(|&seen| seen >= revision)
         {
-            return Ok(());
+            return self.store.write_audited(Default::default(), audit);
         }
         shared.rule_revisions.insert(id.clone(), revision);
-        match msg.0 {
+        match msg.change {
             RecordChange::Put(_, record, _) => {
                 let rule = AlertRule::from(*record);
                 self.rules.insert(rule.id.clone(), rule.clone());
-                self.store.put_rule(&rule)?;
+                self.store.put_rule(&rule, audit)?;
             }
             RecordChange::Deleted(..) => {
                 // Its active alerts are cleared by the evaluator's next tick.
                 self.rules.retain(|rule, _| rule.as_str() != id);
                 self.suppressed.retain(|(rule, _)| rule.as_str() != id);
-                self.store.delete_rule(&id, &[])?;
+                self.store.delete_rule(&id, &[], audit)?;
             }
             RecordChange::Current => {}
         }
@@ -840,14 +870,50 @@ pub(super) struct MirrorAlert {
     pub alert: Alert,
     pub revision: Revision,
     pub event: Option<DomainEvent>,
+    /// The audit entry of the change, when made through this node's API.
+    pub audit: Option<AuditEntry>,
 }
 
 impl Handler<MirrorAlert> for AlertActor {
     type Result = Result<()>;
 
     fn handle(&mut self, msg: MirrorAlert, _: &mut Context<Self>) -> Self::Result {
-        self.mirror(msg.alert, msg.revision, msg.event)
+        self.mirror(msg)
     }
+}
+
+/// The audit entry of `action` by `by` on a rule, before and after.
+pub(super) fn rule_audit(
+    by: &Principal,
+    at: OffsetDateTime,
+    action: &str,
+    before: Option<&AlertRule>,
+    after: Option<&AlertRule>,
+) -> AuditEntry {
+    let id = before
+        .or(after)
+        .map(|r| r.id.to_string())
+        .unwrap_or_default();
+    AuditEntry::of_change(by, at, action, ResourceKind::AlertRule, id, before, after)
+}
+
+/// The audit entry of `action` by `by` on an alert, before and after.
+pub(super) fn alert_audit(
+    by: &Principal,
+    at: OffsetDateTime,
+    action: &str,
+    before: &Alert,
+    after: &Alert,
+) -> AuditEntry {
+    AuditEntry::of_change(
+        by,
+        at,
+        action,
+        ResourceKind::Alert,
+        before.id.as_str(),
+        Some(before),
+        Some(after),
+    )
 }
 
 #[cfg(test)]
@@ -1014,7 +1080,7 @@ mod tests {
         fn tick(&mut self) {
             self.clock.advance(Duration::from_secs(1));
             let changes = self.alerts.evaluate();
-            let _ = self.alerts.write(changes);
+            let _ = self.alerts.write(changes, None);
         }
 
         /// Every stored alert, oldest first.
@@ -1024,12 +1090,14 @@ mod tests {
             all
         }
 
-        /// The outbox: each event's kind, alert id and time.
+        /// The outbox's alert events (not the audit log's): each event's
+        /// kind, alert id and time.
         fn outbox(&self) -> Vec<(DomainEventKind, String, OffsetDateTime)> {
             self.store
                 .outbox(0, 100)
                 .expect("outbox")
                 .into_iter()
+                .filter(|(_, e)| e.kind != DomainEventKind::AuditRecorded)
                 .map(|(_, e)| {
                     let id = e.data["alert"]["id"].as_str().expect("alert id").to_owned();
                     (e.kind, id, e.at)
@@ -1040,7 +1108,10 @@ mod tests {
         fn patch(&mut self, rule: &AlertRule, patch: RulePatch) -> AlertRule {
             let mut ctx = Context::new();
             self.alerts
-                .handle(PatchRule(rule.id.clone(), patch), &mut ctx)
+                .handle(
+                    PatchRule(rule.id.clone(), patch, Principal::open()),
+                    &mut ctx,
+                )
                 .expect("patched")
         }
 
@@ -1051,7 +1122,10 @@ mod tests {
                 note: None,
             };
             self.alerts
-                .handle(Resolve(alert.id.clone(), stamp), &mut ctx)
+                .handle(
+                    Resolve(alert.id.clone(), stamp, Principal::open()),
+                    &mut ctx,
+                )
                 .expect("resolved")
         }
     }

@@ -26,14 +26,14 @@ pub use replicated::Replication;
 pub use signals::Signals;
 
 use self::evaluate::{
-    Acknowledge, AlertActor, CreateRule, DeleteRule, MirrorAlert, MirrorRule, PatchRule,
-    ReadServerFigures, Resolve, Shared,
+    alert_audit, rule_audit, Acknowledge, AlertActor, CreateRule, DeleteRule, MirrorAlert,
+    MirrorRule, PatchRule, ReadServerFigures, Resolve, Shared,
 };
 use crate::clock::Clock;
 use crate::cluster::RecordChange;
 use crate::domain::{
-    Alert, AlertId, AlertMetric, AlertRecord, AlertRule, AlertRuleRecord, AlertStatus, RuleId,
-    RuleIn, RulePatch, StampIn,
+    Alert, AlertId, AlertMetric, AlertRecord, AlertRule, AlertRuleRecord, AlertStatus, Principal,
+    RuleId, RuleIn, RulePatch, StampIn,
 };
 use crate::ingest::IngestStats;
 use crate::live::Live;
@@ -173,52 +173,80 @@ impl Alerts {
         Ok(self.addr.send(ReadServerFigures(seconds)).await?)
     }
 
-    /// Creates a rule.
-    pub async fn create_rule(&self, input: RuleIn) -> Result<AlertRule> {
+    /// Creates a rule on behalf of `by`.
+    pub async fn create_rule(&self, input: RuleIn, by: &Principal) -> Result<AlertRule> {
         let Some(shared) = &self.replication else {
-            return self.addr.send(CreateRule(input)).await?;
+            return self.addr.send(CreateRule(input, by.clone())).await?;
         };
         let rule = AlertRule::create(input, self.clock.now())?;
         let record = AlertRuleRecord::from(&rule);
         let revision = shared.rules.create(rule.id.as_str(), &record).await?;
+        let audit = rule_audit(by, rule.created_at, "alert_rule.created", None, Some(&rule));
         let change = RecordChange::Put(id_of(&rule), Box::new(record), revision);
-        self.addr.send(MirrorRule(change)).await??;
+        self.mirror_rule(change, audit).await?;
         Ok(rule)
+    }
+
+    /// Cluster mode: records a change this node made to the shared rules,
+    /// with its audit entry.
+    async fn mirror_rule(
+        &self,
+        change: RecordChange<AlertRuleRecord>,
+        audit: crate::domain::AuditEntry,
+    ) -> Result<()> {
+        let audit = Some(audit);
+        self.addr.send(MirrorRule { change, audit }).await?
     }
 
     /// Changes a rule. Disabling it resolves its alerts (in cluster mode
     /// on the evaluating node's next tick).
-    pub async fn patch_rule(&self, id: &str, patch: RulePatch) -> Result<AlertRule> {
+    pub async fn patch_rule(
+        &self,
+        id: &str,
+        patch: RulePatch,
+        by: &Principal,
+    ) -> Result<AlertRule> {
         let rule = rule_id(id)?;
         let Some(shared) = &self.replication else {
-            return self.addr.send(PatchRule(rule, patch)).await?;
+            return self.addr.send(PatchRule(rule, patch, by.clone())).await?;
         };
         let (current, revision) = shared
             .rules
             .get(id)
             .await?
             .ok_or_else(|| Error::RuleNotFound(id.to_owned()))?;
-        let next = AlertRule::from(current).patched(patch, self.clock.now())?;
+        let now = self.clock.now();
+        let current = AlertRule::from(current);
+        let next = current.patched(patch, now)?;
         let record = AlertRuleRecord::from(&next);
         let revision = shared.rules.update(id, &record, revision).await?;
+        let audit = rule_audit(by, now, "alert_rule.updated", Some(&current), Some(&next));
         let change = RecordChange::Put(id_of(&next), Box::new(record), revision);
-        self.addr.send(MirrorRule(change)).await??;
+        self.mirror_rule(change, audit).await?;
         Ok(next)
     }
 
     /// Deletes a rule; its active alerts resolve (in cluster mode on the
     /// evaluating node's next tick).
-    pub async fn delete_rule(&self, id: &str) -> Result<()> {
+    pub async fn delete_rule(&self, id: &str, by: &Principal) -> Result<()> {
         let rule = rule_id(id)?;
         let Some(shared) = &self.replication else {
-            return self.addr.send(DeleteRule(rule)).await?;
+            return self.addr.send(DeleteRule(rule, by.clone())).await?;
         };
-        if shared.rules.get(id).await?.is_none() {
+        let Some((current, _)) = shared.rules.get(id).await? else {
             return Err(Error::RuleNotFound(id.to_owned()));
-        }
+        };
         let revision = shared.rules.delete(id).await?;
+        let current = AlertRule::from(current);
+        let audit = rule_audit(
+            by,
+            self.clock.now(),
+            "alert_rule.deleted",
+            Some(&current),
+            None,
+        );
         let change = RecordChange::Deleted(id.to_owned(), revision);
-        self.addr.send(MirrorRule(change)).await?
+        self.mirror_rule(change, audit).await
     }
 
     /// Every rule.
@@ -281,33 +309,45 @@ impl Alerts {
             .unwrap_or_default()
     }
 
-    /// `open → acknowledged`.
-    pub async fn acknowledge(&self, id: &str, stamp: StampIn) -> Result<Alert> {
+    /// `open → acknowledged`, by `by`.
+    pub async fn acknowledge(&self, id: &str, stamp: StampIn, by: &Principal) -> Result<Alert> {
         // Acknowledging is not news for subscribers: no outbox event.
         let shared = |alert: &Alert| alert.acknowledged(stamp.clone(), self.clock.now());
-        match self.change_shared(id, shared, false).await? {
+        let action = ("alert.acknowledged", by);
+        match self.change_shared(id, shared, false, action).await? {
             Some(alert) => Ok(alert),
-            None => self.addr.send(Acknowledge(alert_id(id)?, stamp)).await?,
+            None => {
+                let ack = Acknowledge(alert_id(id)?, stamp, by.clone());
+                self.addr.send(ack).await?
+            }
         }
     }
 
-    /// `open | acknowledged → resolved`.
-    pub async fn resolve(&self, id: &str, stamp: StampIn) -> Result<Alert> {
+    /// `open | acknowledged → resolved`, by `by`.
+    pub async fn resolve(&self, id: &str, stamp: StampIn, by: &Principal) -> Result<Alert> {
         let shared = |alert: &Alert| alert.resolved_by(stamp.clone(), self.clock.now());
-        match self.change_shared(id, shared, true).await? {
+        match self
+            .change_shared(id, shared, true, ("alert.resolved", by))
+            .await?
+        {
             Some(alert) => Ok(alert),
-            None => self.addr.send(Resolve(alert_id(id)?, stamp)).await?,
+            None => {
+                let resolve = Resolve(alert_id(id)?, stamp, by.clone());
+                self.addr.send(resolve).await?
+            }
         }
     }
 
     /// Cluster mode: changes the shared alert `id` by compare-and-set and
-    /// records it here (with its event if `announce`); `None` on a single
-    /// node or for an alert only this node has (a store failure).
+    /// records it here (with its event if `announce`, and the audit entry
+    /// of the `action` by its caller); `None` on a single node or for an
+    /// alert only this node has (a store failure).
     async fn change_shared(
         &self,
         id: &str,
         change: impl FnOnce(&Alert) -> Result<Alert>,
         announce: bool,
+        (action, by): (&str, &Principal),
     ) -> Result<Option<Alert>> {
         let Some(shared) = &self.replication else {
             return Ok(None);
@@ -316,16 +356,19 @@ impl Alerts {
         let Some((current, revision)) = shared.alerts.get(id).await? else {
             return Ok(None);
         };
-        let next = change(&Alert::from(current))?;
+        let current = Alert::from(current);
+        let next = change(&current)?;
         let revision = shared
             .alerts
             .update(id, &AlertRecord::from(&next), revision)
             .await?;
-        let event = announce.then(|| next.domain_event(self.clock.now()));
+        let now = self.clock.now();
+        let event = announce.then(|| next.domain_event(now));
         let mirror = MirrorAlert {
             alert: next.clone(),
             revision,
             event,
+            audit: Some(alert_audit(by, now, action, &current, &next)),
         };
         self.addr.send(mirror).await??;
         Ok(Some(next))

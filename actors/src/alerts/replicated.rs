@@ -38,7 +38,10 @@ pub struct Replication {
 pub(super) fn spawn(actor: &Addr<AlertActor>, replication: &Replication) {
     let rules = actor.clone();
     actix::spawn(replication.rules.clone().follow(move |change| {
-        let sent = rules.send(MirrorRule(change));
+        let sent = rules.send(MirrorRule {
+            change,
+            audit: None,
+        });
         async move { mirrored(sent.await, "an alert rule") }
     }));
     let alerts = actor.clone();
@@ -51,6 +54,7 @@ pub(super) fn spawn(actor: &Addr<AlertActor>, replication: &Replication) {
                         alert: Alert::from(*record),
                         revision,
                         event: None,
+                        audit: None,
                     };
                     mirrored(alerts.send(mirror).await, "an alert")
                 }

@@ -1,31 +1,54 @@
 //! Alert rules and alerts.
 
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
+use rocksdb::{IteratorMode, WriteBatch};
 
 use super::{decode_json, versioned_json, Cf, Store};
-use crate::domain::{Alert, AlertRecord, AlertRule, AlertRuleRecord};
+use crate::domain::{Alert, AlertRecord, AlertRule, AlertRuleRecord, AuditEntry};
 use crate::domain::{DomainEvent, Experiment};
 use crate::Result;
 
 impl Store {
-    /// Writes a rule, synced.
-    pub fn put_rule(&self, rule: &AlertRule) -> Result<()> {
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.put_cf_opt(
+    /// Writes a rule, synced, with the audit entry of the change, if made
+    /// through the API here.
+    pub fn put_rule(&self, rule: &AlertRule, audit: Option<&AuditEntry>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
             self.cf(Cf::AlertRules),
             rule.id.as_str().as_bytes(),
             versioned_json(Cf::AlertRules, &AlertRuleRecord::from(rule))?,
-            &sync,
-        )?;
-        Ok(())
+        );
+        self.write_audited(batch, audit)
     }
 
-    /// Deletes a rule, resolving its active alerts in the same write.
-    pub fn delete_rule(&self, id: &str, resolved: &[(Alert, DomainEvent)]) -> Result<()> {
+    /// Deletes a rule, resolving its active alerts in the same write (with
+    /// the audit entry of the deletion, if made through the API here).
+    pub fn delete_rule(
+        &self,
+        id: &str,
+        resolved: &[(Alert, DomainEvent)],
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
         let mut batch = self.alerts_batch(resolved)?;
         batch.delete_cf(self.cf(Cf::AlertRules), id.as_bytes());
-        let events: Vec<&DomainEvent> = resolved.iter().map(|(_, e)| e).collect();
+        self.write_alerts(batch, resolved, audit)
+    }
+
+    /// Writes `batch` with the events of `changes` and, if given, `audit`
+    /// and its event, synced.
+    fn write_alerts(
+        &self,
+        mut batch: WriteBatch,
+        changes: &[(Alert, DomainEvent)],
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
+        let recorded = audit
+            .map(|entry| self.audit_into(&mut batch, entry))
+            .transpose()?;
+        let events: Vec<&DomainEvent> = changes
+            .iter()
+            .map(|(_, e)| e)
+            .chain(recorded.as_ref())
+            .collect();
         self.write_with_events(batch, &events)
     }
 
@@ -47,12 +70,16 @@ impl Store {
             .transpose()
     }
 
-    /// Writes alerts with their `alert.raised` / `alert.resolved` events,
-    /// atomically and synced.
-    pub fn put_alerts(&self, changes: &[(Alert, DomainEvent)]) -> Result<()> {
+    /// Writes alerts with their `alert.raised` / `alert.resolved` events
+    /// (and the audit entry of a change made through the API here, if
+    /// any), atomically and synced.
+    pub fn put_alerts(
+        &self,
+        changes: &[(Alert, DomainEvent)],
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
         let batch = self.alerts_batch(changes)?;
-        let events: Vec<&DomainEvent> = changes.iter().map(|(_, e)| e).collect();
-        self.write_with_events(batch, &events)
+        self.write_alerts(batch, changes, audit)
     }
 
     /// Writes an experiment a guardrail paused, its alert, and their
@@ -73,17 +100,17 @@ impl Store {
         self.write_with_events(batch, events)
     }
 
-    /// Writes one alert without an event (an acknowledgement), synced.
-    pub fn put_alert(&self, alert: &Alert) -> Result<()> {
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.put_cf_opt(
+    /// Writes one alert without an event of its own (an
+    /// acknowledgement), synced, with the audit entry of the change if made
+    /// through the API here.
+    pub fn put_alert(&self, alert: &Alert, audit: Option<&AuditEntry>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
             self.cf(Cf::Alerts),
             alert.id.as_str().as_bytes(),
             versioned_json(Cf::Alerts, &AlertRecord::from(alert))?,
-            &sync,
-        )?;
-        Ok(())
+        );
+        self.write_audited(batch, audit)
     }
 
     /// Alerts, newest first, at most `limit`, those passing `keep`.

@@ -33,7 +33,7 @@ impl Store {
             entry.id.as_str().as_bytes(),
             versioned_json(Cf::Audit, entry)?,
         );
-        let data = serde_json::to_value(entry).map_err(|e| crate::Error::Corrupt {
+        let data = entry.announcement().map_err(|e| crate::Error::Corrupt {
             cf: Cf::Audit.name(),
             reason: e.to_string(),
         })?;
@@ -45,6 +45,20 @@ impl Store {
             entry.at,
             serde_json::json!({ "entry": data }),
         ))
+    }
+
+    /// Writes `batch`, synced, with `audit` (the entry of the change the
+    /// batch makes, if made through the API here) and its event.
+    pub(crate) fn write_audited(
+        &self,
+        mut batch: WriteBatch,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
+        let recorded: Option<DomainEvent> = audit
+            .map(|entry| self.audit_into(&mut batch, entry))
+            .transpose()?;
+        let events: Vec<&DomainEvent> = recorded.iter().collect();
+        self.write_with_events(batch, &events)
     }
 
     /// Up to `limit` entries admitted by `filter`, newest first, made in

@@ -3,7 +3,7 @@
 use rocksdb::{IteratorMode, WriteBatch};
 
 use super::{decode_json, versioned_json, Cf, Store};
-use crate::domain::{ApiKey, AuditEntry, DomainEvent};
+use crate::domain::{ApiKey, AuditEntry};
 use crate::Result;
 
 impl Store {
@@ -33,13 +33,5 @@ impl Store {
             .iterator_cf(self.cf(Cf::ApiKeys), IteratorMode::Start)
             .map(|item| decode_json(Cf::ApiKeys, &item?.1))
             .collect()
-    }
-
-    fn write_audited(&self, mut batch: WriteBatch, audit: Option<&AuditEntry>) -> Result<()> {
-        let recorded: Option<DomainEvent> = audit
-            .map(|entry| self.audit_into(&mut batch, entry))
-            .transpose()?;
-        let events: Vec<&DomainEvent> = recorded.iter().collect();
-        self.write_with_events(batch, &events)
     }
 }

@@ -3,7 +3,7 @@
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 
 use super::{decode_json, keys, versioned_json, Cf, Store};
-use crate::domain::{DeliveryAttempt, DeliveryAttemptRecord, Webhook, WebhookMessage};
+use crate::domain::{AuditEntry, DeliveryAttempt, DeliveryAttemptRecord, Webhook, WebhookMessage};
 use crate::{Error, Result};
 
 /// Meta key: the last outbox sequence number fanned out to queues.
@@ -23,17 +23,20 @@ pub struct AttemptWrite<'a> {
 }
 
 impl Store {
-    /// Writes a subscription record, synced.
-    pub fn put_subscription(&self, subscription: &Webhook) -> Result<()> {
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.put_cf_opt(
+    /// Writes a subscription record, synced, with the audit entry of the
+    /// change, if made through the API here.
+    pub fn put_subscription(
+        &self,
+        subscription: &Webhook,
+        audit: Option<&AuditEntry>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
             self.cf(Cf::Webhooks),
             subscription.id.as_str().as_bytes(),
             versioned_json(Cf::Webhooks, subscription)?,
-            &sync,
-        )?;
-        Ok(())
+        );
+        self.write_audited(batch, audit)
     }
 
     /// Every subscription.
@@ -44,17 +47,15 @@ impl Store {
             .collect()
     }
 
-    /// Deletes a subscription with its queue and attempt log.
-    pub fn delete_subscription(&self, id: &str) -> Result<()> {
+    /// Deletes a subscription with its queue and attempt log (and the
+    /// audit entry of the deletion, if made through the API here).
+    pub fn delete_subscription(&self, id: &str, audit: Option<&AuditEntry>) -> Result<()> {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(Cf::Webhooks), id.as_bytes());
         let (from, to) = prefix_range(id);
         batch.delete_range_cf(self.cf(Cf::WebhookQueue), &from, &to);
         batch.delete_range_cf(self.cf(Cf::WebhookAttempts), &from, &to);
-        let mut sync = WriteOptions::default();
-        sync.set_sync(true);
-        self.db.write_opt(batch, &sync)?;
-        Ok(())
+        self.write_audited(batch, audit)
     }
 
     /// Where fan-out to queues stopped: the last outbox sequence number done.

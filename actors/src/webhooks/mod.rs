@@ -34,8 +34,8 @@ use self::subscriber::{CurrentSubscription, Enable, Subscriber};
 use crate::clock::Clock;
 use crate::cluster::RecordBucket;
 use crate::domain::{
-    DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Webhook, WebhookId, WebhookIn,
-    WebhookOut,
+    AuditEntry, DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Principal,
+    ResourceKind, Webhook, WebhookId, WebhookIn, WebhookOut,
 };
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
@@ -186,8 +186,9 @@ impl Webhooks {
             .ok_or_else(|| Error::WebhookNotFound(id.to_owned()))
     }
 
-    /// Creates a subscription; returns it and its secret (shown once).
-    pub async fn create(&self, input: WebhookIn) -> Result<(WebhookOut, String)> {
+    /// Creates a subscription on behalf of `by`; returns it and its
+    /// secret (shown once).
+    pub async fn create(&self, input: WebhookIn, by: &Principal) -> Result<(WebhookOut, String)> {
         if input.events.is_empty() {
             return Err(Error::invalid(
                 "events",
@@ -226,7 +227,14 @@ impl Webhooks {
         }
         let store = self.store.clone();
         let stored = subscription.clone();
-        blocking(move || store.put_subscription(&stored)).await?;
+        let audit = audit(
+            by,
+            self.clock.now(),
+            "webhook.created",
+            None,
+            Some(&subscription),
+        );
+        blocking(move || store.put_subscription(&stored, Some(&audit))).await?;
         tracing::info!(subscription = %subscription.id, url = %subscription.url, "webhook subscription created");
         self.spawn(subscription.clone());
         Ok((subscription.view(0), secret))
@@ -262,19 +270,22 @@ impl Webhooks {
         Ok(out)
     }
 
-    /// Deletes a subscription, its queue and its log.
-    pub async fn delete(&self, id: &str) -> Result<()> {
-        self.entry(id)?;
+    /// Deletes a subscription, its queue and its log, on behalf of `by`.
+    pub async fn delete(&self, id: &str, by: &Principal) -> Result<()> {
+        let entry = self.entry(id)?;
+        let before = entry.addr.send(CurrentSubscription).await?;
         if let Some(shared) = &self.shared {
             shared.delete(id).await?;
         }
-        self.forget(id).await?;
+        let audit = audit(by, self.clock.now(), "webhook.deleted", Some(&before), None);
+        self.forget(id, Some(audit)).await?;
         tracing::info!(subscription = %id, "webhook subscription deleted");
         Ok(())
     }
 
-    /// Stops a subscription's actor and deletes it from this node's store.
-    async fn forget(&self, id: &str) -> Result<()> {
+    /// Stops a subscription's actor and deletes it from this node's store
+    /// (with the audit entry of the deletion, if made here).
+    async fn forget(&self, id: &str, audit: Option<AuditEntry>) -> Result<()> {
         let entry = self
             .entries
             .write()
@@ -288,7 +299,7 @@ impl Webhooks {
         blocking(move || {
             let mut deleted = entry.deleted.lock().map_err(|_| Error::Unavailable)?;
             *deleted = true;
-            store.delete_subscription(&owned)
+            store.delete_subscription(&owned, audit.as_ref())
         })
         .await
     }
@@ -324,10 +335,10 @@ impl Webhooks {
         Ok(message_id)
     }
 
-    /// Turns a disabled subscription back on.
-    pub async fn enable(&self, id: &str) -> Result<WebhookOut> {
+    /// Turns a disabled subscription back on, on behalf of `by`.
+    pub async fn enable(&self, id: &str, by: &Principal) -> Result<WebhookOut> {
         let entry = self.entry(id)?;
-        entry.addr.send(Enable).await??;
+        entry.addr.send(Enable(by.clone())).await??;
         self.get(id).await
     }
 
@@ -343,6 +354,39 @@ impl Webhooks {
         let owned = id.to_owned();
         blocking(move || store.attempts(&owned, before, limit)).await
     }
+}
+
+/// The audit entry of `action` by `by` on a subscription, before and
+/// after: what the API shows of it, without its secret or counters.
+pub(crate) fn audit(
+    by: &Principal,
+    at: time::OffsetDateTime,
+    action: &str,
+    before: Option<&Webhook>,
+    after: Option<&Webhook>,
+) -> AuditEntry {
+    let view = |w: &Webhook| {
+        serde_json::json!({
+            "id": w.id,
+            "url": w.url,
+            "events": w.events,
+            "description": w.description,
+            "enabled": w.disabled.is_none(),
+        })
+    };
+    let id = before
+        .or(after)
+        .map(|w| w.id.to_string())
+        .unwrap_or_default();
+    AuditEntry::new(
+        by,
+        at,
+        action,
+        ResourceKind::Webhook,
+        id,
+        before.map(view),
+        after.map(view),
+    )
 }
 
 /// A scripted HTTP endpoint on 127.0.0.1 for the delivery tests.
@@ -494,7 +538,7 @@ mod tests {
             events: vec![DomainEventKind::WebhookTest],
             description: None,
         };
-        let (created, _secret) = webhooks.create(input).await.unwrap();
+        let (created, _secret) = webhooks.create(input, &Principal::open()).await.unwrap();
         assert_eq!(created.created_at, t0);
 
         clock.advance(Duration::from_secs(30));

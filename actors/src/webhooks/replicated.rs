@@ -84,11 +84,11 @@ async fn mirror(webhooks: &Webhooks, change: RecordChange<Webhook>) -> Result<()
             }
             let store = webhooks.store.clone();
             let stored = (*subscription).clone();
-            blocking(move || store.put_subscription(&stored)).await?;
+            blocking(move || store.put_subscription(&stored, None)).await?;
             webhooks.spawn(*subscription);
             Ok(())
         }
-        RecordChange::Deleted(id, _) => match webhooks.forget(&id).await {
+        RecordChange::Deleted(id, _) => match webhooks.forget(&id, None).await {
             Err(Error::WebhookNotFound(_)) => Ok(()),
             forgotten => forgotten,
         },

@@ -14,7 +14,7 @@ use super::guard::check_target;
 use super::signature::Secret;
 use super::DeliveryPolicy;
 use crate::clock::Clock;
-use crate::domain::{unix_ms, DeliveryAttempt, Disabled, Webhook, WebhookMessage};
+use crate::domain::{unix_ms, DeliveryAttempt, Disabled, Principal, Webhook, WebhookMessage};
 use crate::storage::{blocking, AttemptWrite, Store};
 use crate::{Error, Result};
 
@@ -152,20 +152,28 @@ impl Subscriber {
     }
 }
 
-/// Turn deliveries back on after a disable.
+/// Turn deliveries back on after a disable, on behalf of a caller (whose
+/// audit entry goes into the same write).
 #[derive(Message)]
 #[rtype(result = "Result<Webhook>")]
-pub struct Enable;
+pub struct Enable(pub Principal);
 
 impl Handler<Enable> for Subscriber {
     type Result = AtomicResponse<Self, Result<Webhook>>;
 
-    fn handle(&mut self, _: Enable, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Enable, _: &mut Context<Self>) -> Self::Result {
         let mut next = self.subscription.clone();
         next.disabled = None;
         next.stats.consecutive_failed_messages = 0;
+        let audit = super::audit(
+            &msg.0,
+            self.clock.now(),
+            "webhook.enabled",
+            Some(&self.subscription),
+            Some(&next),
+        );
         let store = self.store.clone();
-        let write = blocking(move || store.put_subscription(&next).map(|()| next));
+        let write = blocking(move || store.put_subscription(&next, Some(&audit)).map(|()| next));
         AtomicResponse::new(Box::pin(fut::wrap_future(write).map(
             |written, actor: &mut Self, ctx: &mut Context<Self>| {
                 let next = written?;
@@ -487,7 +495,7 @@ mod tests {
     ) {
         let (_dir, store) = Store::temporary();
         store
-            .put_subscription(&subscription("http://127.0.0.1:1/"))
+            .put_subscription(&subscription("http://127.0.0.1:1/"), None)
             .unwrap();
         assert_eq!(store.oldest_queued().unwrap(), None);
         enqueue(&store, &[5, 7, 9]);
@@ -537,7 +545,7 @@ mod tests {
             let (dir, store) = Store::temporary();
             let endpoint = Endpoint::new(script);
             let subscription = subscription(&endpoint.url);
-            store.put_subscription(&subscription).unwrap();
+            store.put_subscription(&subscription, None).unwrap();
             Self {
                 _dir: dir,
                 store,
@@ -831,7 +839,7 @@ mod tests {
         assert!(f.endpoint.is_quiet());
         assert_eq!(f.store.queue_len(ID).unwrap(), 1);
 
-        let on = addr.send(Enable).await.unwrap().unwrap();
+        let on = addr.send(Enable(Principal::open())).await.unwrap().unwrap();
         assert_eq!(on.disabled, None);
         assert_eq!(on.stats.consecutive_failed_messages, 0);
         assert!(enabled.load(Ordering::Acquire));

@@ -193,6 +193,11 @@ impl TestServer {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
 
+    /// The token requests carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// A request builder with the current token.
     pub fn request(&self, method: Method, path: &str) -> reqwest::blocking::RequestBuilder {
         let builder = self.client.request(method, self.url(path));
