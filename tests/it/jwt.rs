@@ -221,6 +221,30 @@ fn a_changed_key_set_is_read_again_and_its_old_keys_stop_working() {
     }
     server.use_token(Some(&new[0]));
     assert_eq!(server.get("/v1/experiments").0, 200);
+
+    // A file that is gone is logged, and the keys read last are kept.
+    std::fs::remove_file(keys.path().join("jwks.json")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server.log().contains("JWKS file is gone") {
+        assert!(
+            Instant::now() < deadline,
+            "the missing file was not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.get("/v1/experiments").0, 200);
+
+    // An empty key set withdraws every key at once.
+    std::fs::write(keys.path().join("jwks.json"), r#"{"keys": []}"#).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.get("/v1/experiments").0 != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "an emptied key set kept its keys:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

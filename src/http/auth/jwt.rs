@@ -45,6 +45,20 @@ struct PublicKey {
 /// What a file looked like: its modification time and size.
 type Stamp = (SystemTime, u64);
 
+/// The JWKS file's keys, and which reading of the file they are.
+#[derive(Default)]
+struct KeySet {
+    generation: u64,
+    keys: Vec<PublicKey>,
+}
+
+/// Verified tokens, and the key set generation they were verified with.
+#[derive(Default)]
+struct Cache {
+    generation: u64,
+    verified: foldhash::HashMap<SecretDigest, Verified>,
+}
+
 /// A verified token, until it expires.
 #[derive(Clone)]
 struct Verified {
@@ -56,7 +70,7 @@ struct Verified {
 pub struct Tokens {
     hs256: Option<DecodingKey>,
     jwks_file: Option<PathBuf>,
-    jwks: ArcSwap<Vec<PublicKey>>,
+    jwks: ArcSwap<KeySet>,
     /// The JWKS file when it was read at start.
     jwks_read: Option<Stamp>,
     issuer: Option<String>,
@@ -65,14 +79,18 @@ pub struct Tokens {
     role_claim: String,
     leeway_s: u64,
     reload_interval: Duration,
-    cache: Mutex<foldhash::HashMap<SecretDigest, Verified>>,
+    /// Cleared when the key set changes; a verification that began with
+    /// an older key set is not kept.
+    cache: Mutex<Cache>,
     cache_entries: usize,
 }
 
 impl Tokens {
     /// The verifier the configuration asks for; `None` when JWTs are off.
     /// A JWKS file that cannot be read or holds no usable key is an error
-    /// here; later it is only logged, and the last good keys kept.
+    /// here. Later, a file that cannot be read or parsed is logged and the
+    /// last keys kept, but a readable one replaces them, even when it holds
+    /// none (that is how every key is withdrawn at once).
     pub fn new(config: &JwtConfig) -> Result<Option<Arc<Self>>, String> {
         if !config.is_on() {
             return Ok(None);
@@ -83,6 +101,12 @@ impl Tokens {
             Some(path) => read_key_set(path)?,
             None => Vec::new(),
         };
+        if let (Some(path), true) = (&jwks_file, jwks.is_empty()) {
+            return Err(format!(
+                "{}: no RS256 or ES256 key in the key set",
+                path.display()
+            ));
+        }
         let hs256 = (!config.hs256_secret.is_empty())
             .then(|| DecodingKey::from_secret(config.hs256_secret.as_bytes()))
             .transpose()
@@ -91,7 +115,10 @@ impl Tokens {
         Ok(Some(Arc::new(Self {
             hs256,
             jwks_file,
-            jwks: ArcSwap::from_pointee(jwks),
+            jwks: ArcSwap::from_pointee(KeySet {
+                generation: 0,
+                keys: jwks,
+            }),
             jwks_read,
             issuer: some(&config.issuer),
             audience: some(&config.audience),
@@ -116,6 +143,9 @@ impl Tokens {
         if let Some(hit) = self.cached(&digest, now_unix) {
             return Ok(hit);
         }
+        // Loaded first: what is verified with it is cached only while it
+        // is still the key set.
+        let set = self.jwks.load();
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| TokenError::Invalid(format!("header: {e}")))?;
         let claims = match header.alg {
@@ -136,8 +166,8 @@ impl Tokens {
                         .map(|kid| format!(" with kid '{}'", kid.escape_debug()))
                         .unwrap_or_default()
                 ));
-                let set = self.jwks.load();
                 let verified = set
+                    .keys
                     .iter()
                     .filter(|k| k.algorithm == header.alg)
                     .filter(|k| header.kid.is_none() || k.kid == header.kid)
@@ -155,7 +185,7 @@ impl Tokens {
             }
         };
         let verified = self.principal(&claims, now_unix)?;
-        self.remember(digest, verified.clone(), now_unix);
+        self.remember(digest, verified.clone(), set.generation, now_unix);
         Ok(verified.principal)
     }
 
@@ -256,29 +286,34 @@ impl Tokens {
 
     fn cached(&self, digest: &SecretDigest, now_unix: u64) -> Option<Principal> {
         let cache = self.cache.lock().ok()?;
-        let hit = cache.get(digest)?;
+        let hit = cache.verified.get(digest)?;
         (now_unix < hit.expires_unix.saturating_add(self.leeway_s)).then(|| hit.principal.clone())
     }
 
-    /// Keeps a verified token; when the cache is full, drops the expired
-    /// ones, and everything if that frees nothing.
-    fn remember(&self, digest: SecretDigest, verified: Verified, now_unix: u64) {
+    /// Keeps a token verified with key set `generation`, unless the keys
+    /// changed since; when the cache is full, drops the expired ones, and
+    /// everything if that frees nothing.
+    fn remember(&self, digest: SecretDigest, verified: Verified, generation: u64, now_unix: u64) {
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };
-        if cache.len() >= self.cache_entries {
+        if cache.generation != generation {
+            return;
+        }
+        let entries = &mut cache.verified;
+        if entries.len() >= self.cache_entries {
             let leeway = self.leeway_s;
-            cache.retain(|_, v| now_unix < v.expires_unix.saturating_add(leeway));
-            if cache.len() >= self.cache_entries {
-                cache.clear();
+            entries.retain(|_, v| now_unix < v.expires_unix.saturating_add(leeway));
+            if entries.len() >= self.cache_entries {
+                entries.clear();
             }
         }
-        cache.insert(digest, verified);
+        entries.insert(digest, verified);
     }
 
     /// Reads the JWKS file again whenever its size or modification time
-    /// changes, until the process ends. A bad file is logged and the keys
-    /// read last are kept.
+    /// changes, until the process ends. A file that is gone or cannot be
+    /// parsed is logged and the keys read last are kept.
     pub async fn watch(self: Arc<Self>) {
         let Some(path) = self.jwks_file.clone() else {
             return;
@@ -289,21 +324,26 @@ impl Tokens {
         loop {
             tick.tick().await;
             let now = stamp(&path);
-            if now.is_none() || now == seen {
+            if now == seen {
                 continue;
             }
             seen = now;
+            if now.is_none() {
+                tracing::warn!(path = %path.display(), "the JWKS file is gone; keeping the keys read last");
+                continue;
+            }
             let read = {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || read_key_set(&path)).await
             };
             match read {
                 Ok(Ok(keys)) => {
-                    tracing::info!(path = %path.display(), keys = keys.len(), "JWKS file read again");
-                    self.jwks.store(Arc::new(keys));
-                    if let Ok(mut cache) = self.cache.lock() {
-                        cache.clear();
+                    if keys.is_empty() {
+                        tracing::warn!(path = %path.display(), "the JWKS file holds no usable key: no RS256 or ES256 token verifies now");
+                    } else {
+                        tracing::info!(path = %path.display(), keys = keys.len(), "JWKS file read again");
                     }
+                    self.replace_keys(keys);
                 }
                 Ok(Err(e)) => tracing::warn!(
                     error = %e,
@@ -315,14 +355,28 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// Makes `keys` the key set, and forgets every token verified with the
+    /// last one, including any whose verification is under way.
+    fn replace_keys(&self, keys: Vec<PublicKey>) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        let generation = cache.generation + 1;
+        self.jwks.store(Arc::new(KeySet { generation, keys }));
+        cache.generation = generation;
+        cache.verified.clear();
+    }
+}
+
 /// The file's modification time and size, if it can be read.
 fn stamp(path: &std::path::Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// The RS256 and ES256 keys of a JWKS file; other kinds of keys are
-/// skipped with a warning. A file without one usable key is an error.
+/// The RS256 and ES256 keys of a JWKS file (perhaps none); other kinds of
+/// keys are skipped with a warning.
 fn read_key_set(path: &std::path::Path) -> Result<Vec<PublicKey>, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let set: JwkSet = serde_json::from_slice(&text)
@@ -348,12 +402,6 @@ fn read_key_set(path: &std::path::Path) -> Result<Vec<PublicKey>, String> {
             }),
             Err(e) => tracing::warn!(kid = ?kid, error = %e, "skipping an unreadable JWKS key"),
         }
-    }
-    if keys.is_empty() {
-        return Err(format!(
-            "{}: no RS256 or ES256 key in the key set",
-            path.display()
-        ));
     }
     Ok(keys)
 }
@@ -479,6 +527,25 @@ mod tests {
     }
 
     #[test]
+    fn a_verification_begun_with_replaced_keys_is_not_kept() {
+        let t = tokens();
+        let cached = |t: &Tokens| t.cache.lock().map_or(0, |c| c.verified.len());
+        assert!(t.verify(&token(good()), NOW).is_ok());
+        assert_eq!(cached(&t), 1);
+        t.replace_keys(Vec::new());
+        assert_eq!(cached(&t), 0);
+        // A verification that loaded the old keys ends after the swap.
+        let verified = Verified {
+            principal: Principal::open(),
+            expires_unix: NOW + 60,
+        };
+        t.remember(digest(b"late"), verified.clone(), 0, NOW);
+        assert_eq!(cached(&t), 0);
+        t.remember(digest(b"late"), verified, 1, NOW);
+        assert_eq!(cached(&t), 1);
+    }
+
+    #[test]
     fn a_cached_token_still_expires() {
         let t = tokens();
         let short = with(|c| drop(c.insert("exp".into(), json!(NOW + 5))));
@@ -490,6 +557,6 @@ mod tests {
             let other = with(|c| drop(c.insert("sub".into(), json!(format!("u{i}")))));
             assert!(t.verify(&other, NOW).is_ok());
         }
-        assert!(t.cache.lock().map_or(0, |c| c.len()) <= 2);
+        assert!(t.cache.lock().map_or(0, |c| c.verified.len()) <= 2);
     }
 }
