@@ -223,7 +223,19 @@ impl Credentials {
             .validate()
             .map_err(|(field, message)| Error::invalid(field, message))?;
         let _changing = self.changing.lock().await;
-        let mut key = find(&self.table.load(), id, by)?.clone();
+        let local = find(&self.table.load(), id, by)?.clone();
+        // In cluster mode the shared record is rotated, not this node's
+        // copy, which may lag a rotation made on another node.
+        let (mut key, revision) = match &self.shared {
+            Some(shared) => {
+                let (key, revision) = shared
+                    .get(id)
+                    .await?
+                    .ok_or_else(|| Error::KeyNotFound(id.to_owned()))?;
+                (key, Some(revision))
+            }
+            None => (local, None),
+        };
         permit(by, key.role, &key.project)?;
         let now = self.clock.now();
         let before = key.clone();
@@ -235,11 +247,7 @@ impl Credentials {
         });
         key.prefix = secret[..SHOWN_CHARS].to_owned();
         key.rotated_at = Some(now);
-        if let Some(shared) = &self.shared {
-            let (_, revision) = shared
-                .get(id)
-                .await?
-                .ok_or_else(|| Error::KeyNotFound(id.to_owned()))?;
+        if let (Some(shared), Some(revision)) = (&self.shared, revision) {
             shared.update(id, &key, revision).await?;
         }
         let audit = audit(by, now, "key.rotated", Some(&before), Some(&key));
@@ -267,15 +275,18 @@ impl Credentials {
     }
 
     /// Stores `key` (with the audit entry of the change, if made here)
-    /// and puts it in the table.
+    /// and puts it in the table. In cluster mode the shared bucket is the
+    /// truth: the table takes the change even if the local write fails.
     async fn keep(&self, key: ApiKey, audit: Option<AuditEntry>) -> Result<()> {
         let store = self.store.clone();
         let stored = key.clone();
-        blocking(move || store.put_api_key(&stored, audit.as_ref())).await?;
-        self.swap(|keys| {
-            keys.insert(key.id.clone(), key);
-        });
-        Ok(())
+        let written = blocking(move || store.put_api_key(&stored, audit.as_ref())).await;
+        if written.is_ok() || self.shared.is_some() {
+            self.swap(|keys| {
+                keys.insert(key.id.clone(), key);
+            });
+        }
+        written
     }
 
     /// Deletes `id` from the store (with the audit entry of the
@@ -283,11 +294,13 @@ impl Credentials {
     async fn forget(&self, id: &str, audit: Option<AuditEntry>) -> Result<()> {
         let store = self.store.clone();
         let owned = id.to_owned();
-        blocking(move || store.delete_api_key(&owned, audit.as_ref())).await?;
-        self.swap(|keys| {
-            keys.retain(|k, _| k.as_str() != id);
-        });
-        Ok(())
+        let written = blocking(move || store.delete_api_key(&owned, audit.as_ref())).await;
+        if written.is_ok() || self.shared.is_some() {
+            self.swap(|keys| {
+                keys.retain(|k, _| k.as_str() != id);
+            });
+        }
+        written
     }
 
     fn swap(&self, change: impl FnOnce(&mut BTreeMap<KeyId, ApiKey>)) {
