@@ -453,7 +453,9 @@ mod tests {
     /// has its `audit.recorded` event in the outbox.
     fn audited(store: &Store) -> Vec<String> {
         let filter = crate::domain::AuditFilter::default();
-        let mut entries = store.audit(&filter, 0, u64::MAX, None, 100).unwrap();
+        let (mut entries, _) = store
+            .audit(&filter, (0, u64::MAX), None, 100, 1000)
+            .unwrap();
         entries.reverse();
         let announced: Vec<String> = store
             .outbox(0, 100)

@@ -63,15 +63,17 @@ impl Store {
 
     /// Up to `limit` entries admitted by `filter`, newest first, made in
     /// `[from_ms, to_ms)` and, with `before`, older than the entry with
-    /// that id (the previous page's last).
+    /// that id (the previous page's last), examining at most `examine`
+    /// entries; with the id to go on from when it stopped before the end
+    /// (at `limit`, or having examined `examine` without filling it).
     pub fn audit(
         &self,
         filter: &AuditFilter,
-        from_ms: u64,
-        to_ms: u64,
+        (from_ms, to_ms): (u64, u64),
         before: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<AuditEntry>> {
+        examine: usize,
+    ) -> Result<(Vec<AuditEntry>, Option<String>)> {
         let mut upper = bound(to_ms);
         if let Some(before) = before.map(str::as_bytes).filter(|b| *b < upper.as_slice()) {
             upper = before.to_vec();
@@ -80,6 +82,7 @@ impl Store {
         options.set_iterate_lower_bound(bound(from_ms));
         options.set_iterate_upper_bound(upper.clone());
         let mut entries = Vec::new();
+        let mut examined = 0;
         for item in self.db.iterator_cf_opt(
             self.cf(Cf::Audit),
             options,
@@ -91,14 +94,21 @@ impl Store {
                 continue;
             }
             let entry: AuditEntry = decode_json(Cf::Audit, &value)?;
+            examined += 1;
+            let stop = examined == examine;
+            let id = stop.then(|| entry.id.to_string());
             if filter.admits(&entry) {
                 entries.push(entry);
                 if entries.len() == limit {
-                    break;
+                    let last = entries.last().map(|e| e.id.to_string());
+                    return Ok((entries, last));
                 }
             }
+            if stop {
+                return Ok((entries, id));
+            }
         }
-        Ok(entries)
+        Ok((entries, None))
     }
 }
 
@@ -145,23 +155,40 @@ mod tests {
             std::thread::sleep(Duration::from_millis(2));
         }
         let all = AuditFilter::default();
-        let listed = store
-            .audit(&all, 0, u64::MAX, None, 10)
+        let ever = (0, u64::MAX);
+        let (listed, next) = store
+            .audit(&all, ever, None, 10, 100)
             .unwrap_or_else(|e| panic!("{e}"));
         let ids: Vec<&str> = listed.iter().map(|e| e.resource_id.as_str()).collect();
         assert_eq!(ids, ["key_2", "key_1", "key_0"]);
-        let older = store
-            .audit(&all, 0, u64::MAX, Some(listed[0].id.as_str()), 10)
+        assert_eq!(next, None);
+        let (older, _) = store
+            .audit(&all, ever, Some(listed[0].id.as_str()), 10, 100)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(older.len(), 2, "the cursor's own entry is not repeated");
+        // A selective filter examines a bounded number of entries a page,
+        // and says where to go on.
+        let key_0 = AuditFilter {
+            resource_id: Some("key_0".into()),
+            ..AuditFilter::default()
+        };
+        let (none_yet, next) = store
+            .audit(&key_0, ever, None, 10, 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(none_yet.is_empty());
+        assert_eq!(next.as_deref(), Some(listed[1].id.as_str()));
+        let (found, next) = store
+            .audit(&key_0, ever, next.as_deref(), 10, 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((found.len(), next), (1, None));
 
         // Within the retention, compaction keeps them; past it, drops them.
         let kept_after_compaction = |store: &Store| {
             let cf = store.cf(Cf::Audit);
             store.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
             store
-                .audit(&all, 0, u64::MAX, None, 10)
-                .map(|e| e.len())
+                .audit(&all, (0, u64::MAX), None, 10, 100)
+                .map(|(e, _)| e.len())
                 .ok()
         };
         store
