@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use abacus_actors::clock::SystemClock;
-use abacus_actors::Engine;
+use abacus_actors::projects::Projects;
 use abacus_config::Config;
 use actix_web::{web, App, HttpServer};
 
@@ -46,26 +46,34 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let engine = Arc::new(Engine::open(settings::engine(&config), Arc::new(SystemClock)).await?);
-    let keys = auth_keys(&config, &engine)?;
+    // First: what the engines count from their start is recorded.
     let metrics = http::prometheus::install().map_err(Error::Metrics)?;
-    let serving = serve(&config, listener, Arc::clone(&engine), keys, metrics)?;
+    let projects = Projects::open(
+        settings::engine(&config),
+        settings::projects(&config),
+        Arc::new(SystemClock),
+    )
+    .await?;
+    let projects = Arc::new(projects);
+    let keys = auth_keys(&config, &projects)?;
+    let serving = serve(&config, listener, Arc::clone(&projects), keys, metrics)?;
     shutdown.await;
     serving.stop().await;
-    tracing::info!("shutdown: draining mailboxes and flushing the store");
-    engine.shutdown().await?;
+    tracing::info!("shutdown: draining mailboxes and flushing the stores");
+    projects.shutdown().await?;
     tracing::info!("shutdown complete");
     Ok(())
 }
 
 /// Every credential the server accepts, and a loud word when there are
 /// none. Starts following the JWKS file, if there is one.
-fn auth_keys(config: &Config, engine: &Engine) -> Result<Keys, Error> {
+fn auth_keys(config: &Config, projects: &Projects) -> Result<Keys, Error> {
+    let credentials = projects.root().credentials();
     let tokens = Tokens::new(&config.auth.jwt).map_err(Error::Auth)?;
     if let Some(tokens) = &tokens {
         actix_web::rt::spawn(Arc::clone(tokens).watch());
     }
-    let keys = Keys::new(&config.auth, Some(Arc::clone(engine.credentials())), tokens);
+    let keys = Keys::new(&config.auth, Some(Arc::clone(credentials)), tokens);
     if keys.is_open() {
         tracing::warn!("no auth keys configured: the API is OPEN to anyone who can reach it");
     } else {
@@ -75,7 +83,7 @@ fn auth_keys(config: &Config, engine: &Engine) -> Result<Keys, Error> {
             editor_keys = config.auth.editor_keys.len(),
             viewer_keys = config.auth.viewer_keys.len(),
             ingest_keys = config.auth.ingest_keys.len(),
-            issued_keys = engine.credentials().count(),
+            issued_keys = credentials.count(),
             jwt = config.auth.jwt.is_on(),
             "auth enabled"
         );
@@ -85,7 +93,7 @@ fn auth_keys(config: &Config, engine: &Engine) -> Result<Keys, Error> {
 
 /// The running HTTP server and what must stop with it.
 struct Serving {
-    engine: Arc<Engine>,
+    projects: Arc<Projects>,
     handle: actix_web::dev::ServerHandle,
     server: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
     sweeper: actix_web::rt::task::JoinHandle<()>,
@@ -96,7 +104,9 @@ impl Serving {
     async fn stop(self) {
         // Long-lived streams would otherwise hold the graceful stop until
         // its timeout.
-        self.engine.live().close();
+        for engine in self.projects.engines() {
+            engine.live().close();
+        }
         tracing::info!("shutdown: no longer accepting; finishing in-flight requests");
         self.handle.stop(true).await;
         self.sweeper.abort();
@@ -111,12 +121,12 @@ impl Serving {
 fn serve(
     config: &Config,
     listener: TcpListener,
-    engine: Arc<Engine>,
+    projects: Arc<Projects>,
     keys: Keys,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<Serving, Error> {
     let state = web::Data::new(AppState {
-        engine: Arc::clone(&engine),
+        projects: Arc::clone(&projects),
         high_water: config.ingest.high_water,
         ofrep: http::ofrep::Settings {
             log_exposure: config.ofrep.log_exposure,
@@ -178,7 +188,7 @@ fn serve(
     let handle = server.handle();
     tracing::info!(%addr, "abacus listening");
     Ok(Serving {
-        engine,
+        projects,
         handle,
         server: actix_web::rt::spawn(server),
         sweeper,

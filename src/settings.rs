@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use abacus_actors::cluster::ClusterSettings;
-use abacus_actors::domain::EventLimits;
+use abacus_actors::domain::{EventLimits, QuotaLimits, DEFAULT_PROJECT};
 use abacus_actors::ingest::retention::Retention;
 use abacus_actors::ingest::IngestLimits;
+use abacus_actors::projects::ProjectLimits;
 use abacus_actors::webhooks;
 use abacus_actors::EngineConfig;
 use abacus_config::{Config, SinkKind};
@@ -15,6 +16,13 @@ use abacus_config::{Config, SinkKind};
 /// The engine's settings from the configuration.
 pub fn engine(config: &Config) -> EngineConfig {
     EngineConfig {
+        project: DEFAULT_PROJECT.into(),
+        quotas: QuotaLimits {
+            events_per_second: config.quotas.events_per_second,
+            assignments_per_second: config.quotas.assignments_per_second,
+            max_experiments: config.quotas.max_experiments,
+            max_webhooks: config.quotas.max_webhooks,
+        },
         storage_path: config.storage.path.clone(),
         cache_bytes: config.storage.cache_mb.saturating_mul(1 << 20),
         ingest: ingest(config),
@@ -48,6 +56,14 @@ pub fn engine(config: &Config) -> EngineConfig {
         monitor_interval: config.results.check_interval_ms.get(),
         timeline_interval: config.results.timeline_interval_s.get(),
         webhooks: webhooks_settings(config),
+    }
+}
+
+/// How many further projects there may be, and their stores' caches.
+pub fn projects(config: &Config) -> ProjectLimits {
+    ProjectLimits {
+        max_projects: config.projects.max_projects,
+        cache_bytes: config.projects.cache_mb.saturating_mul(1 << 20),
     }
 }
 

@@ -11,7 +11,7 @@ use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterSettings, Singleton};
 use crate::credentials::Credentials;
-use crate::domain::EventLimits;
+use crate::domain::{EventLimits, QuotaLimits};
 use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
@@ -19,6 +19,7 @@ use crate::ingest::{
     IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, Owner, Publisher, SinkWorker,
 };
 use crate::live::{self, Live};
+use crate::quotas::Quotas;
 use crate::results::figures::{self, Board, Cadence, Consumers};
 use crate::results::Results;
 use crate::room::Room;
@@ -29,6 +30,11 @@ use crate::{Error, Result};
 /// What the engine needs to start.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// The project the engine serves (its metrics' `project` label).
+    pub project: Arc<str>,
+    /// The project's quotas when it opens (the projects service sets them
+    /// again from the project's overrides).
+    pub quotas: QuotaLimits,
     /// RocksDB directory.
     pub storage_path: PathBuf,
     /// RocksDB's block cache, shared by every column family.
@@ -71,6 +77,7 @@ pub struct Engine {
     live: Arc<Live>,
     credentials: Arc<Credentials>,
     audit: Arc<AuditLog>,
+    quotas: Arc<Quotas>,
     store: Store,
     /// Cluster mode: the partitions this node folds.
     owner: Option<Owner>,
@@ -98,6 +105,7 @@ impl Engine {
             None => Records::local(store.clone()),
         };
         let bucket = records.bucket().cloned();
+        let quotas = Arc::new(Quotas::new(Arc::clone(&config.project), config.quotas));
         let (registry, seen) = experiments::restore(&records, Arc::clone(&clock)).await?;
         let partitions = config.ingest.partitions;
         let aggregates = Arc::new(match cluster {
@@ -143,6 +151,7 @@ impl Engine {
             owner.as_ref().map(Owner::elsewhere),
             Arc::clone(&clock),
             config.max_assignment_experiments,
+            Arc::clone(&quotas),
         ));
         if let (Some(bucket), Some(cluster)) = (bucket, &cluster) {
             experiments.follow(bucket, seen, cluster.divergence().clone());
@@ -180,11 +189,20 @@ impl Engine {
                     store.clone(),
                     config.webhooks,
                     Arc::clone(&clock),
+                    Arc::clone(&quotas),
                     replication,
                 )
                 .await?
             }
-            _ => Webhooks::start(store.clone(), config.webhooks, Arc::clone(&clock)).await?,
+            _ => {
+                Webhooks::start(
+                    store.clone(),
+                    config.webhooks,
+                    Arc::clone(&clock),
+                    Arc::clone(&quotas),
+                )
+                .await?
+            }
         });
         let live = Arc::new(Live::default());
         let monitor = cluster
@@ -252,6 +270,7 @@ impl Engine {
             live,
             credentials,
             audit: Arc::new(AuditLog::new(store.clone())),
+            quotas,
             store,
             owner,
             singletons: monitor.into_iter().chain(delivery).collect(),
@@ -298,6 +317,11 @@ impl Engine {
         &self.audit
     }
 
+    /// The project's quotas.
+    pub fn quotas(&self) -> &Arc<Quotas> {
+        &self.quotas
+    }
+
     /// Publishes every service's figures, and the store's and the
     /// process's, to the metrics recorder. Call just before rendering a
     /// scrape.
@@ -311,6 +335,16 @@ impl Engine {
             crate::metrics::export_store(health);
         }
         crate::metrics::export_process();
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether this node is one of a cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.owner.is_some()
     }
 
     /// Whether the engine can serve: the writer and the catalog run.

@@ -19,6 +19,15 @@ pub enum Error {
     /// No API key has this id (or the caller may not see it).
     #[error("API key '{0}' not found")]
     KeyNotFound(String),
+    /// No project has this key.
+    #[error("project '{0}' not found")]
+    ProjectNotFound(String),
+    /// A project with this key exists already.
+    #[error("project '{0}' already exists")]
+    ProjectExists(String),
+    /// This server cannot do that in the mode it runs in.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// The caller's role or project does not allow this change.
     #[error("{0}")]
     NotPermitted(String),
@@ -67,6 +76,16 @@ pub enum Error {
         field: &'static str,
         /// Status the experiment is in.
         status: &'static str,
+    },
+    /// A project has spent its quota of a rate for now.
+    #[error("project '{project}' is over its {quota} quota; retry in {retry_after_s} s")]
+    OverQuota {
+        /// The project.
+        project: std::sync::Arc<str>,
+        /// `events_per_second` or `assignments_per_second`.
+        quota: &'static str,
+        /// Whole seconds until the request would pass (at least 1).
+        retry_after_s: u64,
     },
     /// A bounded mailbox is full; the caller should retry shortly.
     #[error("the {0} mailbox is full")]

@@ -29,6 +29,8 @@ pub mod experiments;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod projects;
+pub mod quotas;
 pub mod results;
 pub mod room;
 pub mod stats;

@@ -14,6 +14,9 @@ pub const HTTP_SLOW: &str = "abacus_http_slow_requests_total";
 /// Requests refused with 429 by a caller's token bucket, by scope
 /// (`ingest`, `admin`).
 pub const HTTP_RATE_LIMITED: &str = "abacus_http_rate_limited_total";
+/// Requests refused with 429 by a project's quota, by project and quota
+/// (`events_per_second`, `assignments_per_second`).
+pub const QUOTA_REFUSED: &str = "abacus_quota_refused_total";
 /// Events queued for storage.
 pub const EVENTS_ACCEPTED: &str = "abacus_events_accepted_total";
 /// Events refused, by reason (`mailbox_full`, `invalid`, `store_failed`).
@@ -93,6 +96,7 @@ pub const ALL: &[&str] = &[
     HTTP_DURATION,
     HTTP_SLOW,
     HTTP_RATE_LIMITED,
+    QUOTA_REFUSED,
     EVENTS_ACCEPTED,
     EVENTS_REJECTED,
     EVENTS_PERSISTED,
@@ -156,6 +160,11 @@ pub fn describe() {
     describe_counter!(
         HTTP_RATE_LIMITED,
         "HTTP requests refused with 429 by the caller's token bucket, by scope (ingest, admin)."
+    );
+    describe_counter!(
+        QUOTA_REFUSED,
+        "Requests refused with 429 by a project's quota, by project and quota \
+         (events_per_second, assignments_per_second)."
     );
     describe_counter!(EVENTS_ACCEPTED, "Events accepted into the ingest mailbox.");
     describe_counter!(

@@ -74,6 +74,37 @@ pub struct Config {
     pub ofrep: OfrepConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Projects beside `default`.
+    pub projects: ProjectsConfig,
+    /// Quotas of every project.
+    pub quotas: QuotasConfig,
+}
+
+/// `[quotas]`: what each project may take of the server, unless the
+/// project overrides it (`PATCH /v1/projects/{key}`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Events a project may send a second; 0: no limit.
+    pub events_per_second: u32,
+    /// Assignment requests a project may make a second; 0: no limit.
+    pub assignments_per_second: u32,
+    /// Most experiments a project holds that are not archived.
+    pub max_experiments: u32,
+    /// Most webhook subscriptions a project holds.
+    pub max_webhooks: u32,
+}
+
+/// `[projects]`: the namespaces teams share a server in. Each project
+/// beyond `default` has a store of its own, with its own block cache.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectsConfig {
+    /// Most projects, `default` included.
+    pub max_projects: usize,
+    /// Each further project's block cache, in MiB (the default project's
+    /// is `storage.cache_mb`).
+    pub cache_mb: usize,
 }
 
 /// `[audit]`: the log of changes made through the API.
@@ -641,6 +672,31 @@ impl Config {
         all.sort();
         if all.windows(2).any(|w| w[0] == w[1]) {
             return invalid("auth", "a key appears twice (or under two roles)");
+        }
+        if !(1..=1_000).contains(&self.projects.max_projects) {
+            return invalid("projects.max_projects", "must be 1-1000");
+        }
+        if !(1..=65_536).contains(&self.projects.cache_mb) {
+            return invalid("projects.cache_mb", "must be 1-65536");
+        }
+        for (key, rate) in [
+            ("quotas.events_per_second", self.quotas.events_per_second),
+            (
+                "quotas.assignments_per_second",
+                self.quotas.assignments_per_second,
+            ),
+        ] {
+            if rate > 10_000_000 {
+                return invalid(key, "must be 0-10000000 (0: no limit)");
+            }
+        }
+        for (key, count) in [
+            ("quotas.max_experiments", self.quotas.max_experiments),
+            ("quotas.max_webhooks", self.quotas.max_webhooks),
+        ] {
+            if !(1..=1_000_000).contains(&count) {
+                return invalid(key, "must be 1-1000000");
+            }
         }
         if !(1..=100_000).contains(&self.auth.max_keys) {
             return invalid("auth.max_keys", "must be 1-100000");

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Viewer;
 use super::error::ApiResult;
+use super::scoped::Scoped;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -50,7 +51,7 @@ pub struct AggregatesQuery {
 #[get("/v1/experiments/{key}/aggregates")]
 async fn aggregates(
     _: Viewer,
-    results: web::Data<Results>,
+    results: Scoped<Results>,
     key: web::Path<String>,
     query: web::Query<AggregatesQuery>,
 ) -> ApiResult<HttpResponse> {

@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Editor, Viewer};
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
+use super::scoped::Scoped;
 
 const MAX_PAGE: usize = 500;
 
@@ -45,7 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[post("/v1/alerts/rules")]
 async fn create_rule(
     Editor(by): Editor,
-    alerts: web::Data<Alerts>,
+    alerts: Scoped<Alerts>,
     ValidJson(input): ValidJson<RuleIn>,
 ) -> ApiResult<HttpResponse> {
     let rule = alerts.create_rule(input, &by).await?;
@@ -68,7 +69,7 @@ pub struct RuleList {
     security(("bearer" = []))
 )]
 #[get("/v1/alerts/rules")]
-async fn list_rules(_: Viewer, alerts: web::Data<Alerts>) -> ApiResult<HttpResponse> {
+async fn list_rules(_: Viewer, alerts: Scoped<Alerts>) -> ApiResult<HttpResponse> {
     let rules = alerts.rules().await?;
     Ok(HttpResponse::Ok().json(RuleList { rules }))
 }
@@ -86,7 +87,7 @@ async fn list_rules(_: Viewer, alerts: web::Data<Alerts>) -> ApiResult<HttpRespo
 #[get("/v1/alerts/rules/{id}")]
 async fn read_rule(
     _: Viewer,
-    alerts: web::Data<Alerts>,
+    alerts: Scoped<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(alerts.rule(&id).await?))
@@ -108,7 +109,7 @@ async fn read_rule(
 #[patch("/v1/alerts/rules/{id}")]
 async fn update_rule(
     Editor(by): Editor,
-    alerts: web::Data<Alerts>,
+    alerts: Scoped<Alerts>,
     id: web::Path<String>,
     ValidJson(patch): ValidJson<RulePatch>,
 ) -> ApiResult<HttpResponse> {
@@ -128,7 +129,7 @@ async fn update_rule(
 #[delete("/v1/alerts/rules/{id}")]
 async fn delete_rule(
     Editor(by): Editor,
-    alerts: web::Data<Alerts>,
+    alerts: Scoped<Alerts>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     alerts.delete_rule(&id, &by).await?;
@@ -167,7 +168,7 @@ pub struct AlertList {
 #[get("/v1/alerts")]
 async fn list(
     _: Viewer,
-    alerts: web::Data<Alerts>,
+    alerts: Scoped<Alerts>,
     query: web::Query<AlertQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();
@@ -200,11 +201,7 @@ async fn list(
     security(("bearer" = []))
 )]
 #[get("/v1/alerts/{id}")]
-async fn read(
-    _: Viewer,
-    alerts: web::Data<Alerts>,
-    id: web::Path<String>,
-) -> ApiResult<HttpResponse> {
+async fn read(_: Viewer, alerts: Scoped<Alerts>, id: web::Path<String>) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(alerts.get(&id).await?))
 }
 
@@ -224,7 +221,7 @@ async fn read(
 #[post("/v1/alerts/{id}/acknowledge")]
 async fn acknowledge(
     Editor(by): Editor,
-    alerts: web::Data<Alerts>,
+    alerts: Scoped<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,
 ) -> ApiResult<HttpResponse> {
@@ -249,7 +246,7 @@ async fn acknowledge(
 #[post("/v1/alerts/{id}/resolve")]
 async fn resolve(
     Editor(by): Editor,
-    alerts: web::Data<Alerts>,
+    alerts: Scoped<Alerts>,
     id: web::Path<String>,
     ValidJson(stamp): ValidJson<StampIn>,
 ) -> ApiResult<HttpResponse> {

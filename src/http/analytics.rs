@@ -17,6 +17,7 @@ use utoipa::IntoParams;
 
 use super::auth::Viewer;
 use super::error::ApiResult;
+use super::scoped::Scoped;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -82,7 +83,7 @@ async fn buckets(
 #[get("/v1/analytics/ctr")]
 async fn ctr(
     _: Viewer,
-    results: web::Data<Results>,
+    results: Scoped<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
     let by_variant = buckets(&results, query).await?;
@@ -103,7 +104,7 @@ async fn ctr(
 #[get("/v1/analytics/ranks")]
 async fn ranks(
     _: Viewer,
-    results: web::Data<Results>,
+    results: Scoped<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
     let by_variant = buckets(&results, query).await?;
@@ -125,7 +126,7 @@ async fn ranks(
 #[get("/v1/analytics/response-times")]
 async fn response_times(
     _: Viewer,
-    results: web::Data<Results>,
+    results: Scoped<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
     let all = total(buckets(&results, query).await?.values());
@@ -146,7 +147,7 @@ async fn response_times(
 #[get("/v1/analytics/engagement")]
 async fn engagement(
     _: Viewer,
-    results: web::Data<Results>,
+    results: Scoped<Results>,
     query: web::Query<AnalyticsQuery>,
 ) -> ApiResult<HttpResponse> {
     let all = total(buckets(&results, query).await?.values());
@@ -163,7 +164,7 @@ async fn engagement(
 #[get("/v1/units/{unit_id}")]
 async fn unit(
     _: Viewer,
-    results: web::Data<Results>,
+    results: Scoped<Results>,
     unit_id: web::Path<UnitId>,
 ) -> ApiResult<HttpResponse> {
     let unit_id = String::from(unit_id.into_inner());
@@ -185,7 +186,7 @@ async fn unit(
 #[get("/v1/experiments/{key}/compare")]
 async fn compare(
     _: Viewer,
-    results: web::Data<Results>,
+    results: Scoped<Results>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(results.compare(&key).await?))

@@ -4,6 +4,7 @@ use abacus_actors::domain::{ExperimentKey, UnitId};
 use abacus_actors::experiments::assignment::Reason;
 use abacus_actors::experiments::Assignment;
 use abacus_actors::experiments::Experiments;
+use abacus_actors::quotas::Quotas;
 use actix_web::{get, post, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Ingest;
 use super::error::{ApiError, ApiResult};
 use super::extract::ValidJson;
+use super::scoped::Scoped;
 
 // Bodies are read from JSON objects only, never from arrays of their
 // fields (abacus_actors::objects_only).
@@ -101,11 +103,13 @@ pub struct AssignmentsOut<'a> {
 #[get("/v1/experiments/{key}/assignment")]
 async fn assign_one(
     _: Ingest,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
+    quotas: Scoped<Quotas>,
     key: web::Path<String>,
     query: web::Query<AssignQuery>,
 ) -> ApiResult<HttpResponse> {
     UnitId::check(&query.unit_id).map_err(|message| ApiError::bad_query("unit_id", message))?;
+    quotas.admit_assignment()?;
     let assignment = experiments
         .assign(&key, &query.unit_id, query.log_exposure.unwrap_or(true))
         .await?;
@@ -126,9 +130,11 @@ async fn assign_one(
 #[post("/v1/assignments")]
 async fn assign_all(
     _: Ingest,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
+    quotas: Scoped<Quotas>,
     ValidJson(body): ValidJson<AssignAllIn>,
 ) -> ApiResult<HttpResponse> {
+    quotas.admit_assignment()?;
     let assignments = experiments
         .assign_all(
             body.unit_id.as_str(),

@@ -1,8 +1,8 @@
 //! `GET /v1/audit`: who changed what, when, with the values before and
 //! after.
 
-use abacus_actors::audit::AuditLog;
 use abacus_actors::domain::{unix_ms, AuditEntry, AuditFilter, ResourceKind, Role};
+use abacus_actors::projects::Projects;
 use actix_web::{get, web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -74,7 +74,7 @@ pub struct AuditPageOut {
 #[get("/v1/audit")]
 async fn list(
     Administrator(by): Administrator,
-    log: web::Data<AuditLog>,
+    projects: web::Data<Projects>,
     query: web::Query<AuditQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();
@@ -111,7 +111,9 @@ async fn list(
     let ms = |t: OffsetDateTime| u64::try_from(unix_ms(t)).unwrap_or(0);
     let from = query.from.map_or(0, ms);
     let to = query.to.map_or(u64::MAX, ms);
-    let page = log.page(filter, from, to, query.cursor, limit).await?;
+    let page = projects
+        .audit(filter, (from, to), query.cursor, limit)
+        .await?;
     Ok(HttpResponse::Ok().json(AuditPageOut {
         entries: page.entries,
         next_cursor: page.next,

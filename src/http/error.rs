@@ -55,6 +55,9 @@ pub enum ApiError {
     /// The credential is valid but its role does not allow this route.
     #[error("this credential's role does not allow this request")]
     Forbidden,
+    /// The request names a project its credential does not belong to.
+    #[error("this credential acts in project '{0}' only")]
+    OtherProject(String),
     /// Keys cannot be issued: the server runs without keys (open mode).
     #[error(
         "this server runs without keys (open mode): configure auth.owner_keys or \
@@ -160,6 +163,9 @@ impl ApiError {
                 EngineError::WebhookNotFound(_) => "webhook_not_found",
                 EngineError::RuleNotFound(_) => "alert_rule_not_found",
                 EngineError::KeyNotFound(_) => "key_not_found",
+                EngineError::ProjectNotFound(_) => "project_not_found",
+                EngineError::ProjectExists(_) => "project_exists",
+                EngineError::Unsupported(_) => "unsupported",
                 EngineError::NotPermitted(_) => "forbidden",
                 EngineError::AlertNotFound(_) => "alert_not_found",
                 EngineError::AlertTransition { .. } => "invalid_transition",
@@ -170,6 +176,7 @@ impl ApiError {
                 EngineError::InvalidTransition { .. } => "invalid_transition",
                 EngineError::NotEditable { .. } => "not_editable",
                 EngineError::Overloaded(_) => "overloaded",
+                EngineError::OverQuota { .. } => "quota_exceeded",
                 EngineError::Unavailable | EngineError::Cluster(_) => "unavailable",
                 EngineError::ChangedElsewhere(_) => "conflict",
                 EngineError::Storage(_) | EngineError::Corrupt { .. } => "internal",
@@ -182,7 +189,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::InvalidToken(_) => "invalid_token",
             ApiError::AuthOff => "auth_off",
-            ApiError::Forbidden | ApiError::CrossSite => "forbidden",
+            ApiError::Forbidden | ApiError::OtherProject(_) | ApiError::CrossSite => "forbidden",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::RequestTimeout { .. } => "request_timeout",
             ApiError::RouteNotFound(_) => "not_found",
@@ -213,9 +220,12 @@ impl ResponseError for ApiError {
                 | EngineError::WebhookNotFound(_)
                 | EngineError::RuleNotFound(_)
                 | EngineError::AlertNotFound(_)
-                | EngineError::KeyNotFound(_) => StatusCode::NOT_FOUND,
+                | EngineError::KeyNotFound(_)
+                | EngineError::ProjectNotFound(_) => StatusCode::NOT_FOUND,
                 EngineError::NotPermitted(_) => StatusCode::FORBIDDEN,
                 EngineError::ExperimentExists(_)
+                | EngineError::ProjectExists(_)
+                | EngineError::Unsupported(_)
                 | EngineError::InvalidTransition { .. }
                 | EngineError::AlertTransition { .. }
                 | EngineError::NotEditable { .. }
@@ -226,6 +236,7 @@ impl ResponseError for ApiError {
                 EngineError::Overloaded(_) | EngineError::Unavailable | EngineError::Cluster(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
+                EngineError::OverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
                 EngineError::Storage(_) | EngineError::Corrupt { .. } => {
                     StatusCode::INTERNAL_SERVER_ERROR
                 }
@@ -236,7 +247,9 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unauthorized | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::AuthOff => StatusCode::CONFLICT,
-            ApiError::Forbidden | ApiError::CrossSite => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::OtherProject(_) | ApiError::CrossSite => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::RouteNotFound(_) => StatusCode::NOT_FOUND,
@@ -268,7 +281,8 @@ impl ResponseError for ApiError {
                     HeaderValue::from_static("Bearer realm=\"abacus\", error=\"invalid_token\""),
                 ));
             }
-            ApiError::RateLimited { retry_after_s, .. } => {
+            ApiError::RateLimited { retry_after_s, .. }
+            | ApiError::Engine(EngineError::OverQuota { retry_after_s, .. }) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_s)));
             }
             ApiError::MethodNotAllowed { allow, .. } => {

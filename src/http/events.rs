@@ -1,6 +1,7 @@
 //! `/v1/events`: ingestion (fire-and-forget, or `ack=persisted`) and export.
 
 use abacus_actors::ingest::Intake;
+use abacus_actors::quotas::Quotas;
 use std::time::Duration;
 
 use abacus_actors::domain::{unix_ms, Event, EventIn, ExperimentKey};
@@ -13,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Ingest, Viewer};
 use super::error::{ApiError, ApiResult};
 use super::extract::{self, parse, JsonBytes};
+use super::scoped::Scoped;
 use super::Limits;
 use abacus_actors::Error as EngineError;
 
@@ -89,7 +91,8 @@ pub struct AcceptedOut {
 #[post("/v1/events")]
 async fn accept(
     _: Ingest,
-    intake: web::Data<Intake>,
+    intake: Scoped<Intake>,
+    quotas: Scoped<Quotas>,
     limits: web::Data<Limits>,
     query: web::Query<IngestQuery>,
     JsonBytes(body): JsonBytes,
@@ -114,6 +117,7 @@ async fn accept(
         }
     };
     let offered = inputs.len();
+    quotas.admit_events(offered)?;
     let accepted = intake
         .accept(inputs, query.ack == AckMode::Persisted)
         .await
@@ -269,7 +273,7 @@ pub struct EventPageOut {
 #[get("/v1/events")]
 async fn export(
     _: Viewer,
-    intake: web::Data<Intake>,
+    intake: Scoped<Intake>,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();

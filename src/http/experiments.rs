@@ -12,6 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Editor, Viewer};
 use super::error::ApiResult;
 use super::extract::{self, MaybeJson, NoBody, ValidJson};
+use super::scoped::Scoped;
 
 // Bodies are read from JSON objects only, never from arrays of their
 // fields (abacus_actors::objects_only).
@@ -80,7 +81,7 @@ pub struct CompleteIn {
 #[post("/v1/experiments")]
 async fn create(
     Editor(by): Editor,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     ValidJson(input): ValidJson<ExperimentIn>,
 ) -> ApiResult<HttpResponse> {
     let created = experiments.create(input, &by).await?;
@@ -104,7 +105,7 @@ async fn create(
 #[get("/v1/experiments")]
 async fn list(
     _: Viewer,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
     let limit = extract::page_limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
@@ -129,7 +130,7 @@ async fn list(
 #[get("/v1/experiments/{key}")]
 async fn read(
     _: Viewer,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(experiments.get(&key)?.experiment()))
@@ -154,7 +155,7 @@ async fn read(
 #[patch("/v1/experiments/{key}")]
 async fn update(
     Editor(by): Editor,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     key: web::Path<String>,
     ValidJson(patch): ValidJson<ExperimentPatch>,
 ) -> ApiResult<HttpResponse> {
@@ -178,7 +179,7 @@ async fn update(
 #[delete("/v1/experiments/{key}")]
 async fn archive(
     Editor(by): Editor,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     key: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     transition(&experiments, &by, &key, Action::Archive, None).await
@@ -200,7 +201,7 @@ async fn archive(
 #[post("/v1/experiments/{key}/start")]
 async fn start(
     Editor(by): Editor,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
@@ -223,7 +224,7 @@ async fn start(
 #[post("/v1/experiments/{key}/pause")]
 async fn pause(
     Editor(by): Editor,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
@@ -246,7 +247,7 @@ async fn pause(
 #[post("/v1/experiments/{key}/resume")]
 async fn resume(
     Editor(by): Editor,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     key: web::Path<String>,
     _: NoBody,
 ) -> ApiResult<HttpResponse> {
@@ -283,7 +284,7 @@ async fn transition(
 #[post("/v1/experiments/{key}/complete")]
 async fn complete(
     Editor(by): Editor,
-    experiments: web::Data<Experiments>,
+    experiments: Scoped<Experiments>,
     key: web::Path<String>,
     MaybeJson(body): MaybeJson<Option<CompleteIn>>,
 ) -> ApiResult<HttpResponse> {

@@ -42,20 +42,24 @@ async fn healthz() -> HttpResponse {
 #[get("/readyz")]
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut reasons = Vec::new();
-    if !state.engine.is_ready() {
-        reasons.push("the store or an actor is not running".to_owned());
+    // Every project's engine: a failure in one is the server's.
+    for engine in state.projects.engines() {
+        if !engine.is_ready() {
+            reasons.push("the store or an actor is not running".to_owned());
+        }
+        if let Some(failure) = engine.intake().store_failure() {
+            reasons.push(format!(
+                "the event store failed ({failure}); events are refused until abacus is restarted"
+            ));
+        }
+        let (depth, capacity) = engine.intake().mailbox();
+        if depth as f64 > state.high_water * capacity as f64 {
+            reasons.push(format!(
+                "ingest mailbox above its high-water mark ({depth} of {capacity})"
+            ));
+        }
     }
-    if let Some(failure) = state.engine.intake().store_failure() {
-        reasons.push(format!(
-            "the event store failed ({failure}); events are refused until abacus is restarted"
-        ));
-    }
-    let (depth, capacity) = state.engine.intake().mailbox();
-    if depth as f64 > state.high_water * capacity as f64 {
-        reasons.push(format!(
-            "ingest mailbox above its high-water mark ({depth} of {capacity})"
-        ));
-    }
+    reasons.dedup();
     if reasons.is_empty() {
         HttpResponse::Ok().json(Health {
             status: "ready",

@@ -3,6 +3,7 @@
 
 use abacus_actors::credentials::Credentials;
 use abacus_actors::domain::{KeyId, KeyIn, KeyIssued, KeyOut, RotateIn};
+use abacus_actors::projects::Projects;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -46,11 +47,11 @@ fn require_auth(req: &HttpRequest) -> ApiResult<()> {
 async fn issue(
     Administrator(by): Administrator,
     req: HttpRequest,
-    credentials: web::Data<Credentials>,
+    projects: web::Data<Projects>,
     ValidJson(input): ValidJson<KeyIn>,
 ) -> ApiResult<HttpResponse> {
     require_auth(&req)?;
-    let issued = credentials.issue(input, &by).await?;
+    let issued = projects.issue_key(input, &by).await?;
     Ok(HttpResponse::Created()
         .insert_header(("location", format!("/v1/keys/{}", issued.key.id)))
         .json(issued))

@@ -21,8 +21,10 @@ pub mod observe;
 pub mod ofrep;
 pub mod openapi;
 pub mod performance;
+pub mod projects;
 pub mod prometheus;
 pub mod results;
+pub mod scoped;
 pub mod stream;
 pub mod webhooks;
 pub mod ws;
@@ -30,15 +32,15 @@ pub mod ws;
 use std::sync::Arc;
 use std::time::Duration;
 
-use abacus_actors::Engine;
+use abacus_actors::projects::Projects;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
 use self::error::ApiError;
 
 /// Shared by every handler.
 pub struct AppState {
-    /// The engine.
-    pub engine: Arc<Engine>,
+    /// Every project's engine.
+    pub projects: Arc<Projects>,
     /// `/readyz` fails above this fraction of the mailbox's capacity.
     pub high_water: f64,
     /// The OpenFeature routes' settings.
@@ -61,8 +63,9 @@ pub struct Limits {
 }
 
 /// Mounts every route, the extractor configuration and the JSON 404.
-/// Handlers get the service they call as `web::Data<Service>`; the
-/// engine itself only serves readiness and the metrics scrape.
+/// Handlers get the service they call as [`scoped::Scoped`]`<Service>`,
+/// the acting project's; the server-wide ones (projects, keys) as
+/// `web::Data`.
 pub fn configure(
     state: web::Data<AppState>,
     keys: auth::Keys,
@@ -70,15 +73,9 @@ pub fn configure(
     limits: Limits,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        let engine = &state.engine;
-        cfg.app_data(web::Data::from(Arc::clone(engine.experiments())))
-            .app_data(web::Data::from(Arc::clone(engine.intake())))
-            .app_data(web::Data::from(Arc::clone(engine.results())))
-            .app_data(web::Data::from(Arc::clone(engine.webhooks())))
-            .app_data(web::Data::from(Arc::clone(engine.alerts())))
-            .app_data(web::Data::from(Arc::clone(engine.live())))
-            .app_data(web::Data::from(Arc::clone(engine.credentials())))
-            .app_data(web::Data::from(Arc::clone(engine.audit())))
+        let root = state.projects.root();
+        cfg.app_data(web::Data::from(Arc::clone(&state.projects)))
+            .app_data(web::Data::from(Arc::clone(root.credentials())))
             .app_data(state.clone())
             .app_data(keys)
             .app_data(rates)
@@ -100,6 +97,7 @@ pub fn configure(
             .configure(alerts::configure)
             .configure(keys::configure)
             .configure(audit::configure)
+            .configure(projects::configure)
             .configure(stream::configure)
             .configure(ws::configure)
             .configure(health::configure)

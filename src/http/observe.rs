@@ -3,16 +3,19 @@
 //! path), and a warning plus a counter for requests slower than
 //! `server.slow_request_ms`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use abacus_actors::alerts::Alerts;
 use abacus_actors::metrics as m;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
-use actix_web::{web, Error};
+use actix_web::{web, Error, HttpMessage};
+
+use super::auth::Acting;
+use super::AppState;
 
 /// The header every response carries.
 pub const RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time-ms");
@@ -44,9 +47,17 @@ pub async fn observe(
         400..=499 => "4xx",
         _ => "5xx",
     };
-    if let Some(alerts) = res.request().app_data::<web::Data<Alerts>>() {
+    // The signals of the project the request acted in (the default one's
+    // when it was refused before it had one).
+    let acting = res.request().extensions().get::<Acting>().cloned();
+    let engine = acting.map(|Acting(engine)| engine).or_else(|| {
+        let state = res.request().app_data::<web::Data<AppState>>()?;
+        Some(Arc::clone(state.projects.root()))
+    });
+    if let Some(engine) = engine {
         let event = method == "POST" && route == "/v1/events";
-        alerts
+        engine
+            .alerts()
             .signals()
             .record(res.status().as_u16(), event, elapsed);
     }

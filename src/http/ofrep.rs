@@ -16,15 +16,17 @@
 //! Errors are OFREP's: `{key, errorCode, errorDetails}` with 400 or 404;
 //! 401 and 403 have no body; 429 has `Retry-After`.
 
+use std::sync::Arc;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{post, web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{post, web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::auth;
+use super::auth::{self, Acting};
 use super::error::{ApiError, ErrorBody};
 use super::extract::MaybeJsonBytes;
 use super::AppState;
@@ -171,14 +173,13 @@ pub struct Bulk<'a> {
 #[post("/ofrep/v1/evaluate/flags/{key}")]
 async fn evaluate_one(
     req: HttpRequest,
-    experiments: web::Data<Experiments>,
     state: web::Data<AppState>,
     key: web::Path<String>,
     MaybeJsonBytes(body): MaybeJsonBytes,
 ) -> HttpResponse {
     let key = key.into_inner();
-    let unit = match admitted(&req, &body, Some(&key)) {
-        Ok(unit) => unit,
+    let (unit, experiments) = match admitted(&req, &body, Some(&key)) {
+        Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
     match experiments
@@ -216,12 +217,11 @@ async fn evaluate_one(
 #[post("/ofrep/v1/evaluate/flags")]
 async fn evaluate_all(
     req: HttpRequest,
-    experiments: web::Data<Experiments>,
     state: web::Data<AppState>,
     MaybeJsonBytes(body): MaybeJsonBytes,
 ) -> HttpResponse {
-    let unit = match admitted(&req, &body, None) {
-        Ok(unit) => unit,
+    let (unit, experiments) = match admitted(&req, &body, None) {
+        Ok(admitted) => admitted,
         Err(refused) => return *refused,
     };
     // Listed without a status, archived experiments are left out.
@@ -271,24 +271,37 @@ async fn evaluate_all(
     response
 }
 
-/// The unit a request may be evaluated for, or the answer refusing it:
-/// the caller's key and rate first ([`refusal`]), then the body's
-/// `context.targetingKey` (a 400 naming `key`, the flag asked for).
+/// The unit a request may be evaluated for, and the experiments of the
+/// project it acts in; or the answer refusing it: the caller's key and
+/// rate first ([`refusal`]), then the project's assignment quota (429 with
+/// `Retry-After`), then the body's `context.targetingKey` (a 400 naming
+/// `key`, the flag asked for).
 fn admitted(
     req: &HttpRequest,
     body: &[u8],
     key: Option<&str>,
-) -> Result<UnitId, Box<HttpResponse>> {
+) -> Result<(UnitId, Arc<Experiments>), Box<HttpResponse>> {
     if let Some(refused) = refusal(req) {
         return Err(Box::new(refused));
     }
-    targeting_key(body).map_err(|failure| {
+    let Some(Acting(engine)) = req.extensions().get::<Acting>().cloned() else {
+        return Err(Box::new(HttpResponse::Unauthorized().finish()));
+    };
+    if let Err(EngineError::OverQuota { retry_after_s, .. }) = engine.quotas().admit_assignment() {
+        return Err(Box::new(
+            HttpResponse::TooManyRequests()
+                .insert_header((header::RETRY_AFTER, retry_after_s))
+                .finish(),
+        ));
+    }
+    let unit = targeting_key(body).map_err(|failure| {
         Box::new(failed(
             StatusCode::BAD_REQUEST,
             key.map(str::to_owned),
             failure,
         ))
-    })
+    })?;
+    Ok((unit, Arc::clone(engine.experiments())))
 }
 
 /// Nothing if the caller may evaluate (an ingest or admin key, as a bearer

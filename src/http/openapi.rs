@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     aggregates, alerts, analytics, assignments, audit, error, events, experiments, health, keys,
-    ofrep, performance, prometheus, results, stream, webhooks, ws, Limits,
+    ofrep, performance, projects, prometheus, results, stream, webhooks, ws, Limits,
 };
 
 /// The API description.
@@ -25,9 +25,11 @@ use super::{
         title = "abacus",
         description = "Self-hosted A/B testing and event analytics. Errors are \
             `{\"error\": {\"code\", \"message\", \"field\"?}}`. Every `/v1` route \
-            may answer 401 `unauthorized`, 403 `forbidden` (a key of the wrong scope, or \
-            a cross-site request to a server without keys) and 429 `rate_limited` (with \
-            `Retry-After`); every route taking a body may answer 408 `request_timeout`, \
+            acts in the caller's project (an owner's in the one its `X-Abacus-Project` \
+            header names, `default` without one) and may answer 401 `unauthorized`, \
+            403 `forbidden` (a key of the wrong scope or project, or a cross-site request \
+            to a server without keys), 404 `project_not_found` and 429 `rate_limited` \
+            (with `Retry-After`); every route taking a body may answer 408 `request_timeout`, \
             413 `payload_too_large` and 415 `unsupported_media_type`."
     ),
     paths(
@@ -71,6 +73,11 @@ use super::{
         keys::read,
         keys::rotate,
         keys::revoke,
+        projects::create,
+        projects::list,
+        projects::read,
+        projects::change,
+        projects::remove,
         audit::list,
         stream::stream,
         ws::ws,
@@ -106,6 +113,7 @@ use super::{
         (name = "alerts", description = "Rules, alerts, acknowledgement and resolution"),
         (name = "keys", description = "API keys: issue, list, rotate, revoke"),
         (name = "audit", description = "Who changed what, when, before and after"),
+        (name = "projects", description = "The namespaces teams share a server in"),
         (name = "operations", description = "Health, metrics and API description"),
     )
 )]

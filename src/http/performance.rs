@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Viewer;
 use super::error::{ApiError, ApiResult};
+use super::scoped::Scoped;
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -51,9 +52,9 @@ pub struct ServerStats {
 #[get("/v1/server/stats")]
 async fn server_stats(
     _: Viewer,
-    alerts: web::Data<Alerts>,
-    intake: web::Data<Intake>,
-    live: web::Data<Live>,
+    alerts: Scoped<Alerts>,
+    intake: Scoped<Intake>,
+    live: Scoped<Live>,
     query: web::Query<StatsQuery>,
 ) -> ApiResult<HttpResponse> {
     let window = query.window_s.unwrap_or(60);

@@ -1,11 +1,18 @@
 //! `GET /metrics`: Prometheus text format.
+//!
+//! Series labelled with a `project` (a project's quota refusals) are that
+//! project's: a scrape sees them with an owner's credential (or on an open
+//! server), a project's credential sees its own project's, and a scrape
+//! without a credential sees only the series no project owns.
 
 use std::sync::OnceLock;
 
 use abacus_actors::metrics as m;
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, web, HttpRequest, HttpResponse};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use super::auth::{self, Sees};
+use super::error::ApiResult;
 use super::AppState;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -37,20 +44,84 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// experiments, webhooks, RocksDB and memory.
 #[utoipa::path(
     tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Prometheus text exposition format; series of a project only for its credentials and owners'", content_type = "text/plain"),
+        (status = 401, description = "A credential was presented and is not valid"),
+    )
 )]
 #[get("/metrics")]
-async fn scrape(state: web::Data<AppState>, handle: web::Data<PrometheusHandle>) -> HttpResponse {
-    state.engine.export_metrics().await;
+async fn scrape(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    handle: web::Data<PrometheusHandle>,
+) -> ApiResult<HttpResponse> {
+    let sees = auth::scraper(&req)?;
+    state.projects.root().export_metrics().await;
     handle.run_upkeep();
-    HttpResponse::Ok()
+    let text = handle.render();
+    let body = match sees {
+        Sees::Everything => text,
+        Sees::Project(project) => visible(&text, Some(&project)),
+        Sees::Unlabelled => visible(&text, None),
+    };
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(handle.render())
+        .body(body))
+}
+
+/// The lines of `text` whose `project` label, if they have one, is
+/// `project`.
+fn visible(text: &str, project: Option<&str>) -> String {
+    text.lines()
+        .filter(|line| match label(line, "project") {
+            None => true,
+            Some(of) => Some(of) == project,
+        })
+        .fold(String::with_capacity(text.len()), |mut out, line| {
+            out.push_str(line);
+            out.push('\n');
+            out
+        })
+}
+
+/// The value of a sample line's `name` label (project keys need no
+/// escaping: `[a-z0-9_-]`).
+fn label<'t>(line: &'t str, name: &str) -> Option<&'t str> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let labels = &line[line.find('{')? + 1..line.rfind('}')?];
+    let mut rest = labels;
+    loop {
+        let (key, value) = rest.split_once("=\"")?;
+        let (value, after) = value.split_once('"')?;
+        if key.trim_start_matches(',') == name {
+            return Some(value);
+        }
+        rest = after;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_projects_series_are_shown_to_it_alone() {
+        let text = "# TYPE abacus_quota_refused_total counter\n\
+                    abacus_quota_refused_total{project=\"growth\",quota=\"events_per_second\"} 3\n\
+                    abacus_quota_refused_total{quota=\"events_per_second\",project=\"search\"} 1\n\
+                    abacus_events_accepted_total 9\n";
+        let growth = visible(text, Some("growth"));
+        assert!(growth.contains("project=\"growth\""), "{growth}");
+        assert!(!growth.contains("search"), "{growth}");
+        assert!(growth.contains("abacus_events_accepted_total 9"));
+        let nobody = visible(text, None);
+        assert!(!nobody.contains("project="), "{nobody}");
+        assert!(nobody.contains("# TYPE abacus_quota_refused_total"));
+        assert_eq!(label("m{a=\"x\",project=\"p\"} 1", "project"), Some("p"));
+        assert_eq!(label("m{subproject=\"p\"} 1", "project"), None);
+    }
 
     /// The shipped dashboard and alert examples only query metrics that exist.
     #[test]

@@ -12,6 +12,7 @@ use utoipa::IntoParams;
 
 use super::auth::Viewer;
 use super::error::{ApiError, ApiResult};
+use super::scoped::Scoped;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -48,7 +49,7 @@ pub struct TimelineQuery {
 #[get("/v1/experiments/{key}/timeline")]
 async fn timeline(
     _: Viewer,
-    service: web::Data<Results>,
+    service: Scoped<Results>,
     key: web::Path<String>,
     query: web::Query<TimelineQuery>,
 ) -> ApiResult<HttpResponse> {
@@ -98,7 +99,7 @@ pub struct ResultsQuery {
 #[get("/v1/experiments/{key}/results")]
 async fn results(
     _: Viewer,
-    service: web::Data<Results>,
+    service: Scoped<Results>,
     key: web::Path<String>,
     query: web::Query<ResultsQuery>,
 ) -> ApiResult<HttpResponse> {

@@ -8,6 +8,7 @@ use utoipa::IntoParams;
 
 use super::auth::Viewer;
 use super::feed::{resume_after, Feed, Item};
+use super::scoped::Scoped;
 
 /// Most messages written together.
 const BURST: usize = 256;
@@ -43,7 +44,7 @@ pub struct StreamQuery {
 #[get("/v1/stream")]
 async fn stream(
     _: Viewer,
-    live: web::Data<Live>,
+    live: Scoped<Live>,
     req: HttpRequest,
     query: web::Query<StreamQuery>,
 ) -> HttpResponse {

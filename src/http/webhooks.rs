@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Editor;
 use super::error::{ApiError, ApiResult};
 use super::extract::{self, ValidJson};
+use super::scoped::Scoped;
 
 const MAX_PAGE: usize = 500;
 /// The largest delivery cursor taken: 2^53 - 1, the largest integer every
@@ -52,7 +53,7 @@ pub struct CreatedSubscription {
 #[post("/v1/webhooks")]
 async fn create(
     Editor(by): Editor,
-    webhooks: web::Data<Webhooks>,
+    webhooks: Scoped<Webhooks>,
     ValidJson(input): ValidJson<WebhookIn>,
 ) -> ApiResult<HttpResponse> {
     let (subscription, secret) = webhooks.create(input, &by).await?;
@@ -79,7 +80,7 @@ pub struct SubscriptionList {
     security(("bearer" = []))
 )]
 #[get("/v1/webhooks")]
-async fn list(_: Editor, webhooks: web::Data<Webhooks>) -> ApiResult<HttpResponse> {
+async fn list(_: Editor, webhooks: Scoped<Webhooks>) -> ApiResult<HttpResponse> {
     let webhooks = webhooks.list().await?;
     Ok(HttpResponse::Ok().json(SubscriptionList { webhooks }))
 }
@@ -99,7 +100,7 @@ async fn list(_: Editor, webhooks: web::Data<Webhooks>) -> ApiResult<HttpRespons
 #[get("/v1/webhooks/{id}")]
 async fn read(
     _: Editor,
-    webhooks: web::Data<Webhooks>,
+    webhooks: Scoped<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(webhooks.get(&id).await?))
@@ -119,7 +120,7 @@ async fn read(
 #[delete("/v1/webhooks/{id}")]
 async fn remove(
     Editor(by): Editor,
-    webhooks: web::Data<Webhooks>,
+    webhooks: Scoped<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     webhooks.delete(&id, &by).await?;
@@ -148,7 +149,7 @@ pub struct TestQueued {
 #[post("/v1/webhooks/{id}/test")]
 async fn test(
     _: Editor,
-    webhooks: web::Data<Webhooks>,
+    webhooks: Scoped<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let message_id = webhooks.test(&id).await?;
@@ -169,7 +170,7 @@ async fn test(
 #[post("/v1/webhooks/{id}/enable")]
 async fn enable(
     Editor(by): Editor,
-    webhooks: web::Data<Webhooks>,
+    webhooks: Scoped<Webhooks>,
     id: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     Ok(HttpResponse::Ok().json(webhooks.enable(&id, &by).await?))
@@ -212,7 +213,7 @@ pub struct DeliveryPage {
 #[get("/v1/webhooks/{id}/deliveries")]
 async fn deliveries(
     _: Editor,
-    webhooks: web::Data<Webhooks>,
+    webhooks: Scoped<Webhooks>,
     id: web::Path<String>,
     query: web::Query<DeliveriesQuery>,
 ) -> ApiResult<HttpResponse> {

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use super::auth::Viewer;
 use super::error::ApiError;
 use super::feed::{resume_after, Feed, Item};
+use super::scoped::Scoped;
 use super::stream::StreamQuery;
 
 /// Registers the route.
@@ -29,7 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[get("/v1/ws")]
 async fn ws(
     _: Viewer,
-    live: web::Data<Live>,
+    live: Scoped<Live>,
     req: HttpRequest,
     body: web::Payload,
     query: web::Query<StreamQuery>,

@@ -138,8 +138,8 @@ fn every_claim_is_checked_and_a_refusal_says_why() {
         ("no role", hs(claims("a", "viewer", json!({"role": null})))),
         ("unknown role", hs(claims("a", "root", json!({})))),
         (
-            "unknown project",
-            hs(claims("a", "viewer", json!({"project": "growth"}))),
+            "a project that is no project key",
+            hs(claims("a", "viewer", json!({"project": "Growth Team"}))),
         ),
         (
             "another secret",
@@ -175,6 +175,14 @@ fn every_claim_is_checked_and_a_refusal_says_why() {
         assert_eq!(error_code(&body), "invalid_token", "{why}: {body}");
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
+    // A well-formed project that does not exist is not found.
+    let growth = sign(
+        keys.path(),
+        json!([hs(claims("a", "viewer", json!({"project": "growth"})))]),
+    );
+    server.use_token(Some(&growth[0]));
+    let (status, body) = server.get("/v1/experiments");
+    assert_eq!((status, error_code(&body)), (404, "project_not_found"));
 }
 
 #[test]

@@ -29,6 +29,8 @@ mod limits;
 mod metrics;
 mod openapi;
 mod openfeature;
+mod projects;
+mod quotas;
 mod restart;
 mod results;
 mod retention;

@@ -64,6 +64,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/keys/{id}/rotate"),
     ("delete", "/v1/keys/{id}"),
     ("get", "/v1/audit"),
+    ("post", "/v1/projects"),
+    ("get", "/v1/projects"),
+    ("get", "/v1/projects/{key}"),
+    ("patch", "/v1/projects/{key}"),
+    ("delete", "/v1/projects/{key}"),
 ];
 
 #[test]

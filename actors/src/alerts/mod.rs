@@ -409,10 +409,14 @@ mod tests {
             disable_after: 1,
             max_retry_after: Duration::from_secs(1),
         };
-        let webhooks =
-            Webhooks::start(store.clone(), settings, Arc::new(crate::clock::SystemClock))
-                .await
-                .expect("webhooks");
+        let webhooks = Webhooks::start(
+            store.clone(),
+            settings,
+            Arc::new(crate::clock::SystemClock),
+            crate::quotas::Quotas::unmetered(),
+        )
+        .await
+        .expect("webhooks");
         Sources {
             figures: Arc::default(),
             ingest: Arc::clone(ingest),

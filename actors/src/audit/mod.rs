@@ -21,9 +21,46 @@ pub struct AuditPage {
     pub next: Option<String>,
 }
 
-/// The audit log's read side.
+/// The audit log's read side: one store's.
 pub struct AuditLog {
     store: Store,
+}
+
+/// One page of several stores' logs (each project keeps the entries of
+/// its own changes; the server's store those of keys and projects),
+/// newest first.
+pub async fn page_of(
+    logs: &[&AuditLog],
+    filter: AuditFilter,
+    (from_ms, to_ms): (u64, u64),
+    before: Option<String>,
+    limit: usize,
+) -> Result<AuditPage> {
+    let mut entries = Vec::new();
+    // The newest point some log stopped at before its end: below it, that
+    // log's entries were not all read, so the page ends there.
+    let mut floor: Option<String> = None;
+    for log in logs {
+        let page = log
+            .page(filter.clone(), from_ms, to_ms, before.clone(), limit)
+            .await?;
+        entries.extend(page.entries);
+        if let Some(next) = page.next {
+            floor = floor.max(Some(next));
+        }
+    }
+    entries.sort_by(|a, b| b.id.cmp(&a.id));
+    if let Some(floor) = &floor {
+        entries.retain(|e| e.id.as_str() >= floor.as_str());
+    }
+    let full = entries.len() >= limit;
+    entries.truncate(limit);
+    let next = match entries.last() {
+        Some(last) if full || floor.is_some() => Some(last.id.to_string()),
+        None => floor,
+        Some(_) => None,
+    };
+    Ok(AuditPage { entries, next })
 }
 
 impl AuditLog {

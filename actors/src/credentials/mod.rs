@@ -153,13 +153,20 @@ impl Credentials {
         self.table.load().keys.len()
     }
 
-    /// Issues a key; its secret is in the answer and nowhere else.
+    /// Issues a key in the project the input names (the issuer's by
+    /// default), which the caller has checked exists; its secret is in the
+    /// answer and nowhere else.
     pub async fn issue(&self, input: KeyIn, by: &Principal) -> Result<KeyIssued> {
         let now = self.clock.now();
-        let project = input
+        input
             .validate(now)
             .map_err(|(field, message)| Error::invalid(field, message))?;
-        permit(by, input.role, project)?;
+        let project = input
+            .project
+            .as_ref()
+            .map_or(&*by.project, |p| p.as_str())
+            .to_owned();
+        permit(by, input.role, &project)?;
         let _changing = self.changing.lock().await;
         if self.table.load().keys.len() >= self.max_keys {
             return Err(Error::invalid(
@@ -174,7 +181,7 @@ impl Credentials {
         let key = ApiKey {
             id: KeyId::mint(),
             name: input.name,
-            project: project.to_owned(),
+            project,
             role: input.role,
             prefix: secret[..SHOWN_CHARS].to_owned(),
             digest,
@@ -274,6 +281,26 @@ impl Credentials {
         Ok(key.view(self.clock.now()))
     }
 
+    /// Revokes every key of `project` (being deleted), on behalf of `by`.
+    pub async fn revoke_project(&self, project: &str, by: &Principal) -> Result<()> {
+        let ids: Vec<KeyId> = {
+            let table = self.table.load();
+            table
+                .keys
+                .values()
+                .filter(|k| k.project == project)
+                .map(|k| k.id.clone())
+                .collect()
+        };
+        for id in ids {
+            match self.revoke(id.as_str(), by).await {
+                Ok(_) | Err(Error::KeyNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Stores `key` (with the audit entry of the change, if made here)
     /// and puts it in the table. In cluster mode the shared bucket is the
     /// truth: the table takes the change even if the local write fails.
@@ -320,11 +347,9 @@ fn audit(
     after: Option<&ApiKey>,
 ) -> AuditEntry {
     let view = |k: &ApiKey| serde_json::to_value(k.view(at)).ok();
-    let id = before
-        .or(after)
-        .map(|k| k.id.to_string())
-        .unwrap_or_default();
-    AuditEntry::new(
+    let key = before.or(after);
+    let id = key.map(|k| k.id.to_string()).unwrap_or_default();
+    let mut entry = AuditEntry::new(
         by,
         at,
         action,
@@ -332,7 +357,12 @@ fn audit(
         id,
         before.and_then(view),
         after.and_then(view),
-    )
+    );
+    // The key's project, which may not be the caller's (an owner's).
+    if let Some(key) = key {
+        entry.project.clone_from(&key.project);
+    }
+    entry
 }
 
 /// A fresh secret and the hex digest to store.

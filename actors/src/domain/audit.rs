@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::domain::{AuditId, Principal};
+use crate::domain::{AuditId, Principal, DEFAULT_PROJECT};
 
 /// What kind of thing a change was made to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -23,6 +23,8 @@ pub enum ResourceKind {
     AlertRule,
     /// An alert: acknowledged, resolved by hand.
     Alert,
+    /// A project: created, updated, deleted.
+    Project,
 }
 
 impl ResourceKind {
@@ -34,6 +36,7 @@ impl ResourceKind {
             ResourceKind::Webhook => "webhook",
             ResourceKind::AlertRule => "alert_rule",
             ResourceKind::Alert => "alert",
+            ResourceKind::Project => "project",
         }
     }
 }
@@ -118,21 +121,29 @@ impl AuditEntry {
 
 impl AuditEntry {
     /// The entry as `audit.recorded` announces it to webhooks and the live
-    /// stream, which editors and viewers read: whole, except for changes to
-    /// keys, whose names, roles, prefixes and actors are for admins
-    /// (`GET /v1/audit`) only.
-    pub fn announcement(&self) -> serde_json::Result<Value> {
-        if self.resource != ResourceKind::Key {
-            return serde_json::to_value(self);
+    /// stream of the project whose store holds it, which editors and
+    /// viewers read: whole, except for changes to keys, whose names, roles,
+    /// prefixes and actors are for admins (`GET /v1/audit`) only. Changes
+    /// to another project, or to its keys, are kept in the default
+    /// project's store but announced to nobody: they are not the default
+    /// project's business, and the other project's own feed does not see
+    /// that store.
+    pub fn announcement(&self) -> serde_json::Result<Option<Value>> {
+        let server_wide = matches!(self.resource, ResourceKind::Key | ResourceKind::Project);
+        if server_wide && self.project != DEFAULT_PROJECT {
+            return Ok(None);
         }
-        Ok(serde_json::json!({
+        if self.resource != ResourceKind::Key {
+            return serde_json::to_value(self).map(Some);
+        }
+        Ok(Some(serde_json::json!({
             "id": self.id,
             "at": self.at.format(&time::format_description::well_known::Rfc3339).ok(),
             "project": self.project,
             "action": self.action,
             "resource": self.resource,
             "resource_id": self.resource_id,
-        }))
+        })))
     }
 }
 
@@ -189,20 +200,37 @@ mod tests {
         let whole = entry();
         assert_eq!(
             whole.announcement().unwrap(),
-            serde_json::to_value(&whole).unwrap()
+            Some(serde_json::to_value(&whole).unwrap())
         );
         let key = AuditEntry {
             resource: ResourceKind::Key,
             action: "key.issued".into(),
             ..entry()
         };
-        let announced = key.announcement().unwrap();
+        let announced = key.announcement().unwrap().unwrap();
         for hidden in ["actor", "before", "after"] {
             assert!(announced.get(hidden).is_none(), "{announced}");
         }
         assert_eq!(announced["action"], "key.issued");
         assert_eq!(announced["at"], "1970-01-01T00:00:00Z");
         assert_eq!(announced["id"], serde_json::json!(key.id));
+        // Another project's keys and the project itself: to nobody.
+        for resource in [ResourceKind::Key, ResourceKind::Project] {
+            let elsewhere = AuditEntry {
+                resource,
+                project: "growth".into(),
+                ..entry()
+            };
+            assert_eq!(elsewhere.announcement().unwrap(), None);
+        }
+        let own = AuditEntry {
+            project: "growth".into(),
+            ..entry()
+        };
+        assert!(
+            own.announcement().unwrap().is_some(),
+            "a project's own changes"
+        );
     }
 
     #[test]

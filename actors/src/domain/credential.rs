@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::domain::ids::{check_printable, NotPrintable};
-use crate::domain::KeyId;
+use crate::domain::{KeyId, ProjectKey};
 
-/// The project every credential belongs to until projects can be created.
+/// The project that always exists: a single-team install's, and what a
+/// credential that names none acts in.
 pub const DEFAULT_PROJECT: &str = "default";
 
 /// Most characters of a key's name.
@@ -43,16 +44,19 @@ pub enum Need {
     Change,
     /// To ask for assignments and send events.
     Ingest,
-    /// To manage a project's keys.
+    /// To manage a project's keys and read its audit log.
     Administer,
+    /// To manage projects: the server's owners only.
+    Own,
 }
 
 impl Role {
     /// Whether a credential of this role may do what a route needs.
     pub fn allows(self, need: Need) -> bool {
         match self {
-            Role::Owner | Role::Admin => true,
-            Role::Editor => need != Need::Administer,
+            Role::Owner => true,
+            Role::Admin => need != Need::Own,
+            Role::Editor => !matches!(need, Need::Administer | Need::Own),
             Role::Viewer => need == Need::Read,
             Role::Ingest => need == Need::Ingest,
         }
@@ -133,10 +137,9 @@ pub struct KeyIn {
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// Its project; only `default` exists so far.
+    /// Its project (an existing one); the issuer's by default.
     #[serde(default)]
-    #[schema(pattern = "^default$")]
-    pub project: Option<String>,
+    pub project: Option<ProjectKey>,
     /// When it stops working (RFC 3339, in the future); never by default.
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -272,8 +275,8 @@ impl ApiKey {
 }
 
 impl KeyIn {
-    /// Checks what the body says, at `now`; the project it names.
-    pub fn validate(&self, now: OffsetDateTime) -> Result<&'static str, (&'static str, String)> {
+    /// Checks what the body says, at `now`.
+    pub fn validate(&self, now: OffsetDateTime) -> Result<(), (&'static str, String)> {
         check_printable(&self.name, MAX_KEY_NAME_CHARS).map_err(|why| {
             let message = match why {
                 NotPrintable::Length => format!("1-{MAX_KEY_NAME_CHARS} characters"),
@@ -284,16 +287,7 @@ impl KeyIn {
         if let Some(at) = self.expires_at.filter(|at| *at <= now) {
             return Err(("expires_at", format!("{at} is not in the future")));
         }
-        match self.project.as_deref() {
-            None | Some(DEFAULT_PROJECT) => Ok(DEFAULT_PROJECT),
-            Some(other) => Err((
-                "project",
-                format!(
-                    "no project '{}': only '{DEFAULT_PROJECT}' exists",
-                    other.escape_debug()
-                ),
-            )),
-        }
+        Ok(())
     }
 }
 
@@ -375,7 +369,7 @@ mod tests {
         KeyIn {
             name: name.to_owned(),
             role: Role::Viewer,
-            project: project.map(str::to_owned),
+            project: project.map(|p| ProjectKey::try_from(p).unwrap_or_else(|e| panic!("{e}"))),
             expires_at: None,
         }
     }
@@ -383,16 +377,12 @@ mod tests {
     #[test]
     fn a_key_body_is_checked() {
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-        assert_eq!(key_in("ci", None).validate(now), Ok(DEFAULT_PROJECT));
-        assert_eq!(
-            key_in("ci", Some("default")).validate(now),
-            Ok(DEFAULT_PROJECT)
-        );
+        assert_eq!(key_in("ci", None).validate(now), Ok(()));
+        assert_eq!(key_in("ci", Some("growth")).validate(now), Ok(()));
         for (body, field) in [
             (key_in("", None), "name"),
             (key_in(&"x".repeat(101), None), "name"),
             (key_in("a\nb", None), "name"),
-            (key_in("ci", Some("other")), "project"),
             (
                 KeyIn {
                     expires_at: Some(now),

@@ -319,6 +319,11 @@ key_type!(
     "experiment key"
 );
 key_type!(
+    /// Unique, immutable key of a project.
+    ProjectKey,
+    "project key"
+);
+key_type!(
     /// Key of a variant, unique within its experiment.
     VariantKey,
     "variant key"

@@ -17,7 +17,9 @@ mod experiment;
 mod ids;
 mod lifecycle;
 mod objects;
+mod project;
 mod properties;
+mod quota;
 mod records;
 mod sticky;
 mod timeline;
@@ -42,11 +44,13 @@ pub use experiment::{
     MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
 };
 pub use ids::{
-    uuid_v7, AlertId, AuditId, EventId, ExperimentKey, KeyId, MetricKey, RuleId, UnitId,
-    VariantKey, WebhookId,
+    uuid_v7, AlertId, AuditId, EventId, ExperimentKey, KeyId, MetricKey, ProjectKey, RuleId,
+    UnitId, VariantKey, WebhookId,
 };
 pub use lifecycle::{Action, Status};
+pub use project::{Project, ProjectIn, ProjectPatch, MAX_PROJECT_NAME_CHARS};
 pub use properties::Properties;
+pub use quota::{QuotaLimits, QuotaOverrides, QuotaPatch, MAX_QUOTA_COUNT, MAX_QUOTA_RATE};
 #[cfg(test)]
 pub use records::EventRecordRef;
 pub use records::{

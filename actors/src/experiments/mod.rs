@@ -42,6 +42,7 @@ use crate::domain::{
     unix_ms, Action, ExperimentIn, ExperimentKey, ExperimentPatch, Principal, Status, Variant,
     VariantKey,
 };
+use crate::quotas::Quotas;
 use crate::storage::blocking;
 use crate::{Error, Result};
 
@@ -252,8 +253,10 @@ impl Experiments {
         elsewhere: Option<Arc<dyn Elsewhere>>,
         clock: Arc<dyn Clock>,
         max_assignment_experiments: usize,
+        quotas: Arc<Quotas>,
     ) -> Self {
-        let catalog = Catalog::new(Arc::clone(&registry), records, Arc::clone(&clock)).start();
+        let catalog =
+            Catalog::new(Arc::clone(&registry), records, Arc::clone(&clock), quotas).start();
         Self {
             registry,
             catalog,
@@ -697,6 +700,7 @@ mod tests {
             elsewhere,
             clock.clone(),
             max,
+            crate::quotas::Quotas::unmetered(),
         );
         Fixture {
             _dir: dir,

@@ -19,8 +19,9 @@ use crate::clock::Clock;
 use crate::cluster::Revision;
 use crate::domain::{
     AuditEntry, DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey, Principal,
-    ResourceKind,
+    ResourceKind, Status,
 };
+use crate::quotas::Quotas;
 use crate::storage::Store;
 use crate::{Error, Result};
 
@@ -119,16 +120,39 @@ pub struct Catalog {
     registry: Arc<Registry>,
     records: Records,
     clock: Arc<dyn Clock>,
+    /// The project's quota of experiments that are not archived.
+    quotas: Arc<Quotas>,
 }
 
 impl Catalog {
-    /// A catalog writing into `registry` and through `records`.
-    pub fn new(registry: Arc<Registry>, records: Records, clock: Arc<dyn Clock>) -> Self {
+    /// A catalog writing into `registry` and through `records`, within
+    /// `quotas`.
+    pub fn new(
+        registry: Arc<Registry>,
+        records: Records,
+        clock: Arc<dyn Clock>,
+        quotas: Arc<Quotas>,
+    ) -> Self {
         Self {
             registry,
             records,
             clock,
+            quotas,
         }
+    }
+
+    /// Refuses another experiment when the project holds its quota of
+    /// experiments that are not archived. Counted here, where creations
+    /// are taken one at a time, so concurrent ones cannot pass it together.
+    fn check_quota(&self) -> Result<()> {
+        let max = self.quotas.limits().max_experiments;
+        let held = self
+            .registry
+            .load()
+            .values()
+            .filter(|e| e.slot.snapshot().experiment().status != Status::Archived)
+            .count();
+        self.quotas.check_count("experiments", held, max)
     }
 }
 
@@ -150,7 +174,7 @@ impl Handler<CreateExperiment> for Catalog {
         let created = Experiment::create(msg.0, self.clock.now()).and_then(|e| {
             match self.registry.get(e.key.as_str()) {
                 Some(_) => Err(Error::ExperimentExists(e.key.to_string())),
-                None => Ok(e),
+                None => self.check_quota().map(|()| e),
             }
         });
         let experiment = match created {
@@ -263,6 +287,7 @@ mod tests {
             Arc::clone(&registry),
             Records::local(store.clone()),
             clock.clone(),
+            Quotas::unmetered(),
         )
         .start();
         Fixture {

@@ -43,7 +43,8 @@ impl Store {
     ) -> Result<()> {
         let recorded = audit
             .map(|entry| self.audit_into(&mut batch, entry))
-            .transpose()?;
+            .transpose()?
+            .flatten();
         let events: Vec<&DomainEvent> = changes
             .iter()
             .map(|(_, e)| e)

@@ -22,29 +22,33 @@ fn bound(ms: u64) -> Vec<u8> {
 
 impl Store {
     /// Puts `entry` into `batch` and returns its `audit.recorded` domain
-    /// event, for the caller to write with it.
+    /// event, if it is announced ([`AuditEntry::announcement`]), for the
+    /// caller to write with it.
     pub(crate) fn audit_into(
         &self,
         batch: &mut WriteBatch,
         entry: &AuditEntry,
-    ) -> Result<DomainEvent> {
+    ) -> Result<Option<DomainEvent>> {
         batch.put_cf(
             self.cf(Cf::Audit),
             entry.id.as_str().as_bytes(),
             versioned_json(Cf::Audit, entry)?,
         );
-        let data = entry.announcement().map_err(|e| crate::Error::Corrupt {
+        let Some(data) = entry.announcement().map_err(|e| crate::Error::Corrupt {
             cf: Cf::Audit.name(),
             reason: e.to_string(),
-        })?;
+        })?
+        else {
+            return Ok(None);
+        };
         let experiment = (entry.resource == crate::domain::ResourceKind::Experiment)
             .then_some(entry.resource_id.as_str());
-        Ok(DomainEvent::about(
+        Ok(Some(DomainEvent::about(
             DomainEventKind::AuditRecorded,
             experiment,
             entry.at,
             serde_json::json!({ "entry": data }),
-        ))
+        )))
     }
 
     /// Writes `batch`, synced, with `audit` (the entry of the change the
@@ -56,7 +60,8 @@ impl Store {
     ) -> Result<()> {
         let recorded: Option<DomainEvent> = audit
             .map(|entry| self.audit_into(&mut batch, entry))
-            .transpose()?;
+            .transpose()?
+            .flatten();
         let events: Vec<&DomainEvent> = recorded.iter().collect();
         self.write_with_events(batch, &events)
     }
@@ -149,8 +154,9 @@ mod tests {
             let recorded = store
                 .audit_into(&mut batch, &entry)
                 .unwrap_or_else(|e| panic!("{e}"));
+            let recorded: Vec<&DomainEvent> = recorded.iter().collect();
             store
-                .write_with_events(batch, &[&recorded])
+                .write_with_events(batch, &recorded)
                 .unwrap_or_else(|e| panic!("{e}"));
             std::thread::sleep(Duration::from_millis(2));
         }

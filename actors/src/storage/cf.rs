@@ -92,11 +92,14 @@ pub enum Cf {
     /// with the change and its `audit.recorded` outbox event; dropped at
     /// compaction once older than `audit.retention_days`.
     Audit,
+    /// project key (UTF-8) → `[v1][JSON Project]`: the projects, in the
+    /// default project's store only (each project has a store of its own).
+    Projects,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 19] = [
+    pub const ALL: [Cf; 20] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -116,6 +119,7 @@ impl Cf {
         Cf::Units,
         Cf::ApiKeys,
         Cf::Audit,
+        Cf::Projects,
     ];
 
     /// The family's name on disk.
@@ -138,6 +142,7 @@ impl Cf {
             Cf::Alerts => "alerts",
             Cf::Timeline => "timeline",
             Cf::Units => "units",
+            Cf::Projects => "projects",
             Cf::ApiKeys => "api_keys",
             Cf::Audit => "audit",
         }

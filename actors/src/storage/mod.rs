@@ -11,6 +11,7 @@ mod cf;
 mod credentials;
 pub(crate) mod event_codec;
 pub mod keys;
+mod projects;
 mod snapshot;
 mod timeline;
 mod units;
@@ -40,8 +41,13 @@ use crate::domain::{
 };
 use crate::{Error, Result};
 
-/// Version of the on-disk layout, kept in [`Cf::Meta`].
-const SCHEMA_VERSION: u8 = 1;
+/// Version of the on-disk layout, kept in [`Cf::Meta`]. Layout 2 has
+/// projects: a store of layout 1 holds the `default` project's data, and
+/// is stamped 2 the first time this build opens it (the `projects` family
+/// is created empty; the default project is recorded by the server).
+/// A build that reads only layout 1 then refuses the store rather than
+/// ignore its projects.
+const SCHEMA_VERSION: u8 = 2;
 const SCHEMA_KEY: &[u8] = b"schema_version";
 /// The next event sequence number, written with every event batch.
 const NEXT_SEQ_KEY: &[u8] = b"next_event_seq";
@@ -267,6 +273,17 @@ impl Store {
         match self.db.get_cf(meta, SCHEMA_KEY)? {
             None => self.db.put_cf(meta, SCHEMA_KEY, [SCHEMA_VERSION])?,
             Some(v) if v.as_slice() == [SCHEMA_VERSION] => {}
+            Some(v) if v.as_slice() == [1] => {
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                self.db
+                    .put_cf_opt(meta, SCHEMA_KEY, [SCHEMA_VERSION], &sync)?;
+                tracing::info!(
+                    from = 1,
+                    to = SCHEMA_VERSION,
+                    "store layout migrated: its data is the default project's"
+                );
+            }
             Some(v) => {
                 return Err(Error::Corrupt {
                     cf: Cf::Meta.name(),
@@ -315,7 +332,7 @@ impl Store {
     ) -> Result<()> {
         let mut batch = self.experiment_batch(experiment)?;
         let recorded = self.audit_into(&mut batch, audit)?;
-        let events: Vec<&DomainEvent> = event.into_iter().chain([&recorded]).collect();
+        let events: Vec<&DomainEvent> = event.into_iter().chain(recorded.as_ref()).collect();
         self.write_with_events(batch, &events)
     }
 
@@ -878,6 +895,30 @@ mod tests {
         assert_eq!(outbox, [(1, created), (2, started.clone())]);
         assert_eq!(store.outbox(1, 10).unwrap(), [(2, started)]);
         assert_eq!(store.experiments().unwrap(), [experiment]);
+    }
+
+    #[test]
+    fn a_layout_1_store_is_stamped_2_and_keeps_its_experiments() {
+        let dir = tempfile::tempdir().unwrap();
+        let input: crate::domain::ExperimentIn = serde_json::from_value(serde_json::json!({
+            "key": "checkout", "name": "Checkout",
+            "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}]
+        }))
+        .unwrap();
+        let experiment = Experiment::create(input, time::OffsetDateTime::now_utc()).unwrap();
+        {
+            let store = Store::open(dir.path(), WINDOW).unwrap();
+            store.put_experiment(&experiment, None).unwrap();
+            store
+                .db
+                .put_cf(store.cf(Cf::Meta), SCHEMA_KEY, [1])
+                .unwrap();
+        }
+        let store = Store::open(dir.path(), WINDOW).unwrap();
+        let stamped = store.db.get_cf(store.cf(Cf::Meta), SCHEMA_KEY).unwrap();
+        assert_eq!(stamped.as_deref(), Some(&[SCHEMA_VERSION][..]));
+        assert_eq!(store.experiments().unwrap(), [experiment]);
+        assert_eq!(store.projects().unwrap(), []);
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::domain::{
     AuditEntry, DeliveryAttempt, DeliveryStats, DomainEvent, DomainEventKind, Principal,
     ResourceKind, Webhook, WebhookId, WebhookIn, WebhookOut,
 };
+use crate::quotas::Quotas;
 use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
@@ -85,6 +86,11 @@ pub struct Webhooks {
     /// Cluster mode: the shared subscriptions (created and deleted there
     /// first).
     shared: Option<RecordBucket<Webhook>>,
+    /// The project's quota of subscriptions.
+    quotas: Arc<Quotas>,
+    /// Taken while a subscription is created, so concurrent creations
+    /// cannot pass the quota together.
+    creating: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Webhooks {
@@ -94,8 +100,9 @@ impl Webhooks {
         store: Store,
         settings: DeliveryPolicy,
         clock: Arc<dyn Clock>,
+        quotas: Arc<Quotas>,
     ) -> Result<Self> {
-        let this = Self::open(store, settings, clock, None).await?;
+        let this = Self::open(store, settings, clock, quotas, None).await?;
         dispatcher::spawn(this.store.clone(), Arc::clone(&this.entries));
         Ok(this)
     }
@@ -108,12 +115,14 @@ impl Webhooks {
         store: Store,
         settings: DeliveryPolicy,
         clock: Arc<dyn Clock>,
+        quotas: Arc<Quotas>,
         replication: Replication,
     ) -> Result<Self> {
         let this = Self::open(
             store,
             settings,
             clock,
+            quotas,
             Some(replication.subscriptions.clone()),
         )
         .await?;
@@ -125,6 +134,7 @@ impl Webhooks {
         store: Store,
         settings: DeliveryPolicy,
         clock: Arc<dyn Clock>,
+        quotas: Arc<Quotas>,
         shared: Option<RecordBucket<Webhook>>,
     ) -> Result<Self> {
         // Resolves names through the SSRF guard: it connects only to
@@ -138,6 +148,8 @@ impl Webhooks {
             entries: Arc::default(),
             clock,
             shared,
+            quotas,
+            creating: Arc::default(),
         };
         let stored = blocking(move || store.subscriptions()).await?;
         for subscription in stored {
@@ -206,6 +218,10 @@ impl Webhooks {
         guard::check_target(&input.url, self.settings.allow_private)
             .await
             .map_err(|e| Error::invalid("url", e))?;
+        let _creating = self.creating.lock().await;
+        let held = self.entries.read().map_err(|_| Error::Unavailable)?.len();
+        self.quotas
+            .check_count("webhooks", held, self.quotas.limits().max_webhooks)?;
         let (_, secret) = Secret::generate();
         let mut events = input.events;
         events.sort_by_key(|k| format!("{k:?}"));
@@ -529,7 +545,7 @@ mod tests {
             disable_after: 1,
             max_retry_after: Duration::from_secs(1),
         };
-        let webhooks = Webhooks::start(store.clone(), settings, clock.clone())
+        let webhooks = Webhooks::start(store.clone(), settings, clock.clone(), Quotas::unmetered())
             .await
             .unwrap();
         let endpoint = Endpoint::new(&[(200, "")]);

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use abacus_actors::credentials::{digest, SecretDigest};
-use abacus_actors::domain::{Principal, Role, DEFAULT_PROJECT};
+use abacus_actors::domain::{Principal, ProjectKey, Role, DEFAULT_PROJECT};
 use abacus_config::JwtConfig;
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
@@ -264,12 +264,13 @@ impl Tokens {
                     self.role_claim
                 ))
             })?;
+        // Whether the project exists is asked of each request.
         let project = match claims.get(&self.project_claim) {
             None => DEFAULT_PROJECT,
-            Some(Value::String(p)) if p == DEFAULT_PROJECT => DEFAULT_PROJECT,
+            Some(Value::String(p)) if ProjectKey::try_from(p.as_str()).is_ok() => p,
             Some(other) => {
                 return Err(TokenError::Refused(format!(
-                    "claim '{}' names {other}, but only project '{DEFAULT_PROJECT}' exists",
+                    "claim '{}' must name a project (a-z, 0-9, _ or -), not {other}",
                     self.project_claim
                 )))
             }
@@ -506,7 +507,7 @@ mod tests {
             ),
             (
                 "project",
-                with(|c| drop(c.insert("project".into(), json!("other")))),
+                with(|c| drop(c.insert("project".into(), json!("Not A Key")))),
             ),
         ] {
             assert!(t.verify(&bad, NOW).is_err(), "{why} was accepted");

@@ -23,6 +23,13 @@
 //! Once the caller is known, the same extractor takes a token from its
 //! bucket ([`super::limits`]): ingest routes and the others each have one
 //! bucket per caller.
+//!
+//! Every request acts in one project: its credential's. A server-wide
+//! credential (an owner's, or any caller of an open server) acts in
+//! `default`, or in the project its `X-Abacus-Project` header names; any
+//! other credential may send the header only with its own project. The
+//! extractor puts the project's engine in the request, for the
+//! [`super::scoped::Scoped`] services that follow it.
 
 pub mod jwt;
 
@@ -31,8 +38,10 @@ use std::sync::Arc;
 
 use abacus_actors::credentials::{digest, Credentials, SecretDigest};
 use abacus_actors::domain::{Need, Principal, Role, DEFAULT_PROJECT};
+use abacus_actors::projects::Projects;
+use abacus_actors::Engine;
 use actix_web::http::header;
-use actix_web::{dev::Payload, FromRequest, HttpRequest};
+use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest};
 
 use abacus_config::AuthConfig;
 
@@ -53,7 +62,7 @@ pub enum Scope {
 fn scope(need: Need) -> Scope {
     match need {
         Need::Ingest => Scope::Ingest,
-        Need::Read | Need::Change | Need::Administer => Scope::Admin,
+        Need::Read | Need::Change | Need::Administer | Need::Own => Scope::Admin,
     }
 }
 
@@ -128,15 +137,9 @@ impl Keys {
             .ok_or(ApiError::Unauthorized)
     }
 
-    /// Checks the request's credential allows `needed`; returns who is
-    /// calling and their rate-limit bucket.
-    fn authorize(&self, req: &HttpRequest, needed: Need) -> Result<(Principal, Caller), ApiError> {
-        if self.is_open() {
-            if cross_site(req) {
-                return Err(ApiError::CrossSite);
-            }
-            return Ok((Principal::open(), Caller::from_peer(req.peer_addr())));
-        }
+    /// The request's credential, if it presents one: `/metrics` serves
+    /// anyone, and more to those who say who they are.
+    fn presented<'r>(&self, req: &'r HttpRequest) -> Option<&'r str> {
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -146,9 +149,19 @@ impl Keys {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
         // OpenFeature's remote evaluation protocol also sends `X-API-Key`.
-        let credential = bearer
-            .or_else(|| req.headers().get("x-api-key")?.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
+        bearer.or_else(|| req.headers().get("x-api-key")?.to_str().ok())
+    }
+
+    /// Checks the request's credential allows `needed`; returns who is
+    /// calling and their rate-limit bucket.
+    fn authorize(&self, req: &HttpRequest, needed: Need) -> Result<(Principal, Caller), ApiError> {
+        if self.is_open() {
+            if cross_site(req) {
+                return Err(ApiError::CrossSite);
+            }
+            return Ok((Principal::open(), Caller::from_peer(req.peer_addr())));
+        }
+        let credential = self.presented(req).ok_or(ApiError::Unauthorized)?;
         let principal = self.identify(credential)?;
         if !principal.role.allows(needed) {
             return Err(ApiError::Forbidden);
@@ -188,10 +201,47 @@ fn cross_site(req: &HttpRequest) -> bool {
     !origin.eq_ignore_ascii_case(host)
 }
 
+/// Which projects' series a `/metrics` scrape may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sees {
+    /// Every series: an owner, or anyone on an open server.
+    Everything,
+    /// Series without a `project` label, and this project's.
+    Project(Arc<str>),
+    /// Series without a `project` label: no credential was presented.
+    Unlabelled,
+}
+
+/// What the caller of `/metrics` may see: a credential that is presented
+/// must be valid (401 otherwise); none at all sees the server's own
+/// series, as a Prometheus without a key always has.
+pub(super) fn scraper(req: &HttpRequest) -> Result<Sees, ApiError> {
+    let keys = req.app_data::<Keys>().ok_or(ApiError::Unauthorized)?;
+    if keys.is_open() {
+        return Ok(Sees::Everything);
+    }
+    let Some(credential) = keys.presented(req) else {
+        return Ok(Sees::Unlabelled);
+    };
+    let principal = keys.identify(credential)?;
+    Ok(match principal.role {
+        Role::Owner => Sees::Everything,
+        _ => Sees::Project(principal.project),
+    })
+}
+
+/// The header a server-wide credential names the project it acts in by.
+pub const PROJECT_HEADER: &str = "x-abacus-project";
+
+/// The engine of the project a request acts in, once authorized.
+#[derive(Clone)]
+pub(super) struct Acting(pub Arc<Engine>);
+
 /// Checks the caller's credential allows `needed` and takes a token from
-/// its bucket; who the caller is.
+/// its bucket; who the caller is, in the project the request acts in
+/// (whose engine it leaves in the request's extensions).
 pub(super) fn authorize(req: &HttpRequest, needed: Need) -> Result<Principal, ApiError> {
-    let (principal, caller) = match req.app_data::<Keys>() {
+    let (mut principal, caller) = match req.app_data::<Keys>() {
         Some(keys) => keys.authorize(req, needed)?,
         // Keys are registered by `http::configure`; failing closed if not.
         None => return Err(ApiError::Unauthorized),
@@ -199,6 +249,21 @@ pub(super) fn authorize(req: &HttpRequest, needed: Need) -> Result<Principal, Ap
     if let Some(limits) = req.app_data::<RateLimits>() {
         limits.check(scope(needed), caller)?;
     }
+    if let Some(named) = req.headers().get(PROJECT_HEADER) {
+        let named = named.to_str().map_err(|_| ApiError::Forbidden)?;
+        if principal.role == Role::Owner {
+            principal.project = named.into();
+        } else if named != &*principal.project {
+            return Err(ApiError::OtherProject(principal.project.to_string()));
+        }
+    }
+    let projects = req
+        .app_data::<web::Data<Projects>>()
+        .ok_or(ApiError::Unauthorized)?;
+    let engine = projects
+        .engine(&principal.project)
+        .ok_or_else(|| abacus_actors::Error::ProjectNotFound(principal.project.to_string()))?;
+    req.extensions_mut().insert(Acting(engine));
     Ok(principal)
 }
 
@@ -217,6 +282,10 @@ pub struct Ingest(pub Principal);
 /// open).
 pub struct Administrator(pub Principal);
 
+/// Proof that the caller is one of the server's owners (or the server is
+/// open): projects are theirs to manage.
+pub struct Owner(pub Principal);
+
 macro_rules! extractor {
     ($name:ident, $need:expr) => {
         impl FromRequest for $name {
@@ -234,6 +303,7 @@ extractor!(Viewer, Need::Read);
 extractor!(Editor, Need::Change);
 extractor!(Ingest, Need::Ingest);
 extractor!(Administrator, Need::Administer);
+extractor!(Owner, Need::Own);
 
 #[cfg(test)]
 mod tests {

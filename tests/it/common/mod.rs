@@ -216,6 +216,24 @@ impl TestServer {
         read(builder.send().expect("request"))
     }
 
+    /// A request in `project` (the `X-Abacus-Project` header); returns
+    /// status and JSON body.
+    pub fn call_in(
+        &self,
+        project: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut builder = self
+            .request(method, path)
+            .header("x-abacus-project", project);
+        if let Some(body) = body {
+            builder = builder.json(&body);
+        }
+        read(builder.send().expect("request"))
+    }
+
     /// `GET path`.
     pub fn get(&self, path: &str) -> (u16, Value) {
         self.call(Method::GET, path, None)
