@@ -77,6 +77,11 @@ pub struct Args {
     /// Bearer key for the server, if auth is on.
     #[arg(long, env = "ABACUS_LOAD_TOKEN")]
     token: Option<String>,
+    /// Run inside this project: with `--token` an owner's, create the
+    /// project, issue an admin key in it and send every request with that
+    /// key (the path a team's own credential takes).
+    #[arg(long, requires = "token")]
+    project: Option<String>,
     /// Harness runtime threads. With one, a busy moment in the harness's
     /// own scheduler shows up as tens of milliseconds of false latency.
     #[arg(long, default_value_t = 2)]

@@ -98,6 +98,9 @@ impl Target {
             run_id,
             deliveries: None,
         };
+        if let Some(project) = &args.project {
+            target.token = Some(target.enter(project).await?);
+        }
         if args.scenario == Scenario::Webhooks {
             let (url, deliveries) = crate::receiver::start().await?;
             for _ in 0..args.subscribers {
@@ -151,6 +154,37 @@ impl Target {
             }
         }
         Ok(target)
+    }
+
+    /// Creates `project` (with the owner's token) and issues an admin key
+    /// in it; its secret.
+    async fn enter(&self, project: &str) -> anyhow::Result<String> {
+        let created = self
+            .request(Method::POST, "/v1/projects")
+            .json(&json!({"key": project, "name": project}))
+            .send()
+            .await
+            .context("is abacus running at --url?")?;
+        anyhow::ensure!(
+            created.status() == 201,
+            "create project (needs an owner's --token): {}",
+            created.text().await?
+        );
+        let issued = self
+            .request(Method::POST, "/v1/keys")
+            .json(&json!({"name": "load", "role": "admin", "project": project}))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            issued.status() == 201,
+            "issue key: {}",
+            issued.text().await?
+        );
+        let key: serde_json::Value = issued.json().await?;
+        key["secret"]
+            .as_str()
+            .map(str::to_owned)
+            .context("the issued key has no secret")
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
