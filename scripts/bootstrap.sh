@@ -17,8 +17,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 nats_version=2.15.1
 nats_bin="$root/.tools/bin/nats-server"
 
+# `grep -q` would stop reading at the first match and the writer would die
+# of SIGPIPE, which `pipefail` turns into a failed check once the listing
+# outgrows a pipe's buffer (as it does after chromium is installed): read it
+# all.
 have_libclang() {
-  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && command -v clang >/dev/null 2>&1
+  ldconfig -p 2>/dev/null | grep 'libclang[-.0-9]*\.so' >/dev/null && command -v clang >/dev/null 2>&1
 }
 have_prometheus() {
   command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1
@@ -28,7 +32,7 @@ have_chromium() {
 }
 have_nats() {
   [ "$mode" != test ] && [ "$mode" != cluster ] && return 0
-  "$nats_bin" --version 2>/dev/null | grep -q "v$nats_version"
+  "$nats_bin" --version 2>/dev/null | grep "v$nats_version" >/dev/null
 }
 have_pip() {
   [ "$mode" != test ] && [ "$mode" != cluster ] && return 0
