@@ -198,7 +198,7 @@ function renderMetric(m) {
       el("td", {}, bar),
       el("td", { class: "num" }, lift),
       el("td", { class: "num" }, c ? pval(c.p_value) : ""),
-      el("td", { class: "num" }, c ? pval(c.sequential_p_value_holm) : ""),
+      el("td", { class: "num" }, c ? pval(c.sequential_p_value_adjusted) : ""),
       el("td", { class: "num" }, c ? pct(c.chance_to_win) : ""),
       el("td", {}, sig));
   });

@@ -310,3 +310,118 @@ fn the_timeline_keeps_cumulative_figures_as_the_experiment_grows() {
         422
     );
 }
+
+/// Sends exposures for `units` units of `variant` and a `purchase` for the
+/// first `buyers`, a `signup` for the first `signups` of them.
+fn populate_two(server: &TestServer, variant: &str, units: usize, buyers: usize, signups: usize) {
+    populate(server, variant, units, buyers);
+    let events: Vec<Value> = (0..signups)
+        .map(|i| json!({"type": "signup", "unit_id": format!("{variant}-{i}")}))
+        .collect();
+    for chunk in events.chunks(1000) {
+        let (status, body) = server.post("/v1/events", json!({ "events": chunk }));
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// The adjusted p-values and flags of every comparison of `results`
+/// against the reference family `name`'s.
+fn assert_family(results: &Value, name: &str) {
+    let case = reference(name);
+    for (i, expected) in case["metrics"].as_array().unwrap().iter().enumerate() {
+        let metric = results["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == ["purchase", "signup"][i])
+            .unwrap_or_else(|| panic!("metric {i} in {results}"));
+        for (e, a) in expected["comparisons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(metric["comparisons"].as_array().unwrap())
+        {
+            for field in [
+                "p_value",
+                "p_value_holm",
+                "p_value_adjusted",
+                "significant",
+                "sequential_p_value_adjusted",
+                "sequential_significant",
+            ] {
+                assert!(
+                    close(&e[field], &a[field]),
+                    "{name}, {field}: {} vs {}",
+                    e[field],
+                    a[field]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_correction_spans_every_treatment_and_metric_and_can_change_any_time() {
+    let server = TestServer::start();
+    let (status, created) = server.post(
+        "/v1/experiments",
+        json!({
+            "key": "exp", "name": "family",
+            "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}, {"key": "t2", "weight": 1}],
+            "metrics": [{"key": "purchase", "kind": "binomial"}, {"key": "signup", "kind": "binomial"}],
+            "correction": "bh"
+        }),
+    );
+    assert_eq!(
+        (status, created["correction"].as_str()),
+        (201, Some("bh")),
+        "{created}"
+    );
+    assert_eq!(server.post_empty("/v1/experiments/exp/start").0, 200);
+    // The reference family "served": purchases 30/45/52, signups 60/66/90
+    // of 300 units a variant.
+    populate_two(&server, "control", 300, 30, 60);
+    populate_two(&server, "t1", 300, 45, 66);
+    populate_two(&server, "t2", 300, 52, 90);
+    server.barrier();
+
+    let (status, results) = server.get("/v1/experiments/exp/results");
+    assert_eq!(status, 200, "{results}");
+    assert_eq!(results["correction"], json!({"method": "bh", "members": 4}));
+    assert_family(&results, "family served bh");
+    // One metric's numbers are those of the whole family.
+    let (_, one) = server.get("/v1/experiments/exp/results?metric=signup");
+    assert_eq!(one["metrics"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        one["metrics"][0]["comparisons"],
+        results["metrics"][1]["comparisons"]
+    );
+
+    for (correction, name, members) in [
+        (json!("holm"), "family served holm", 4),
+        (json!("none"), "family served none", 4),
+        (Value::Null, "family served per metric", 2),
+    ] {
+        let (status, patched) =
+            server.patch("/v1/experiments/exp", json!({ "correction": correction }));
+        assert_eq!(status, 200, "{patched}");
+        assert_eq!(patched["correction"], correction);
+        let (_, results) = server.get("/v1/experiments/exp/results");
+        assert_eq!(
+            results["correction"],
+            json!({"method": correction, "members": members})
+        );
+        assert_family(&results, name);
+    }
+
+    let (status, err) = server.patch("/v1/experiments/exp", json!({"correction": "bonferroni"}));
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(
+        (
+            err["error"]["code"].as_str(),
+            err["error"]["field"].as_str()
+        ),
+        (Some("invalid_body"), Some("correction")),
+        "{err}"
+    );
+}

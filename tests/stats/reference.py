@@ -22,7 +22,14 @@ Definitions (the contract the Rust code implements independently):
 - mean comparison: difference of means, Welch's t-test and its interval
   (statsmodels CompareMeans with usevar="unequal", on the raw values).
 - relative lift d / control with a delta-method normal interval.
-- Holm across treatments (statsmodels multipletests(method="holm")).
+- Holm across treatments (statsmodels multipletests(method="holm")),
+  one metric at a time: p_value_holm, and p_value_adjusted when the
+  experiment sets no `correction`.
+- with `correction`, one family of every treatment x metric with a
+  p-value: holm (multipletests "holm"), bh (Benjamini-Hochberg,
+  multipletests "fdr_bh") or none (unchanged), each applied to the
+  fixed-horizon and to the always-valid p-values apart; significant when
+  the adjusted value is <= alpha.
 - chance to win: binomial P(p_t > p_c) under Beta(1 + c, 1 + n - c)
   posteriors, by the exact closed form (sum over the treatment's alpha);
   mean: Phi(d / se).
@@ -256,11 +263,46 @@ def finish(comparisons, alpha):
     for key, out in (("p_value", "p_value_holm"), ("sequential_p_value", "sequential_p_value_holm")):
         for c, p in zip(comparisons, holm(comparisons, key, alpha)):
             c[out] = p
+            c[key.replace("p_value", "p_value_adjusted")] = p
             c["significant" if key == "p_value" else "sequential_significant"] = p is not None and p <= alpha
     for c in comparisons:
         if c["relative"] is not None:
             c["relative"].pop("variance")
             c["relative"].pop("reason")
+
+
+def case_family(name, metrics, correction, alpha=0.05, tau2=0.01):
+    """One experiment's metrics, corrected as one family (or per metric
+    when `correction` is None)."""
+    built = [
+        case_binomial(name, arms, alpha=alpha, tau2=tau2) if kind == "binomial" else case_mean(name, arms, alpha=alpha, tau2=tau2)
+        for kind, arms in metrics
+    ]
+    if correction is not None:
+        flat = [c for b in built for c in b["comparisons"]]
+        for key, flag in (("p_value", "significant"), ("sequential_p_value", "sequential_significant")):
+            out = key.replace("p_value", "p_value_adjusted")
+            present = [i for i, c in enumerate(flat) if c[key] is not None]
+            raw = [flat[i][key] for i in present]
+            if correction == "none" or not raw:
+                adjusted = raw
+            else:
+                method = {"holm": "holm", "bh": "fdr_bh"}[correction]
+                adjusted = multipletests(raw, alpha, method=method)[1]
+            for c in flat:
+                c[out], c[flag] = None, False
+            for i, p in zip(present, adjusted):
+                flat[i][out], flat[i][flag] = float(p), bool(p <= alpha)
+    return {
+        "name": f"family {name} {correction or 'per metric'}",
+        "kind": "family",
+        "correction": correction,
+        "alpha": alpha,
+        "mixing_variance": tau2,
+        "metrics": [
+            {"kind": b["kind"], "input": b["input"], "comparisons": b["comparisons"]} for b in built
+        ],
+    }
 
 
 def revenue(n, buy_rate, mean_value, sd_value=None):
@@ -350,6 +392,56 @@ def main():
     cases.append(case_mean("mean srm", [counts(10_000, 1.0), counts(9_500, 1.0)]))
     cases.append(case_mean("mean tau2 0.05", [RNG.normal(10, 3, 5000), RNG.normal(10.2, 3, 5000)], tau2=0.05))
     cases.append(case_mean("mean alpha 0.1 three", [counts(2000, 1.0), counts(2000, 1.1), counts(2000, 1.08)], alpha=0.1))
+
+    # Families of treatments x metrics under each correction: one member;
+    # several metrics of one treatment; several of each; a member without
+    # a p-value; tied p-values; p-values near 1; 19 treatments.
+    families = [
+        ("one member", [("binomial", [(4000, 400), (4000, 455)])]),
+        ("three metrics", [
+            ("binomial", [(5000, 500), (5000, 560)]),
+            ("mean", [revenue(5000, 0.1, 30), revenue(5000, 0.11, 31)]),
+            ("mean", [counts(5000, 2.0), counts(5000, 2.06)]),
+        ]),
+        ("two by four", [
+            ("binomial", [(3000, 300), (3000, 345), (3000, 310), (3000, 280), (3000, 330)]),
+            ("mean", [RNG.normal(10, 3, 1500), RNG.normal(10.4, 3, 1500), RNG.normal(10, 3, 1500),
+                      RNG.normal(9.8, 3, 1500), RNG.normal(10.1, 3, 1500)]),
+        ]),
+        ("a member without a p-value", [
+            ("binomial", [(1000, 0), (1000, 0)]),
+            ("binomial", [(2000, 200), (2000, 250)]),
+            ("mean", [counts(2000, 1.0), counts(2000, 1.12)]),
+        ]),
+        ("ties", [
+            ("binomial", [(2000, 200), (2000, 240)]),
+            ("binomial", [(2000, 200), (2000, 240)]),
+            ("binomial", [(2000, 200), (2000, 240)]),
+        ]),
+        ("near one", [
+            ("binomial", [(5000, 500), (5000, 500)]),
+            ("binomial", [(5000, 500), (5000, 501)]),
+            ("mean", [np.tile([0.0, 1.0, 5.0, 2.0], 250), np.tile([0.0, 1.0, 5.0, 2.0], 250)]),
+        ]),
+        ("mixed strengths", [
+            ("binomial", [(20_000, 2000), (20_000, 2300)]),
+            ("binomial", [(20_000, 1000), (20_000, 1040)]),
+            ("mean", [RNG.normal(50, 10, 4000), RNG.normal(50.5, 10, 4000)]),
+            ("mean", [RNG.normal(50, 10, 4000), RNG.normal(50.05, 10, 4000)]),
+        ]),
+        # The black-box test serves this one over HTTP (tests/it/results.rs).
+        ("served", [
+            ("binomial", [(300, 30), (300, 45), (300, 52)]),
+            ("binomial", [(300, 60), (300, 66), (300, 90)]),
+        ]),
+        ("nineteen treatments", [
+            ("binomial", [(1000, 100)] + [(1000, 100 + 3 * i) for i in range(1, 20)]),
+            ("binomial", [(1000, 500)] + [(1000, 500 + (-1) ** i * 4 * i) for i in range(1, 20)]),
+        ]),
+    ]
+    for name, metrics in families:
+        for correction in (None, "holm", "bh", "none"):
+            cases.append(case_family(name, metrics, correction, alpha=0.1 if name == "ties" else 0.05))
 
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases.json")
     with open(out, "w") as f:

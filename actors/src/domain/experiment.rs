@@ -68,7 +68,10 @@ pub struct Experiment {
     /// (0.01 = effects around 10%).
     #[serde(default = "default_mixing_variance")]
     pub mixing_variance: f64,
-    /// When the primary metric first became significant (Holm-corrected
+    /// How p-values are corrected across every treatment × metric; `null`:
+    /// Holm across each metric's treatments apart.
+    pub correction: Option<Correction>,
+    /// When the primary metric first became significant (corrected
     /// always-valid p-value below alpha); recorded once.
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -237,6 +240,21 @@ pub enum MetricKind {
     Mean,
 }
 
+/// How an experiment's p-values are corrected for testing every treatment
+/// against every metric at once (docs/statistics.md, "Multiple testing").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Correction {
+    /// Holm's step-down: bounds the chance of any false positive.
+    Holm,
+    /// Benjamini–Hochberg's step-up: bounds the expected share of false
+    /// discoveries among the significant, with more power than Holm.
+    Bh,
+    /// Each comparison's own p-value.
+    #[serde(rename = "none")]
+    Uncorrected,
+}
+
 /// Body of `POST /v1/experiments`.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -297,6 +315,10 @@ pub struct ExperimentIn {
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 100.0)]
     pub mixing_variance: Option<f64>,
+    /// Correction across every treatment × metric (default `null`: Holm
+    /// across each metric's treatments).
+    #[serde(default)]
+    pub correction: Option<Correction>,
     /// Guardrail metrics; each must be one of `metrics`, each at most once.
     #[serde(default)]
     pub guardrails: Vec<Guardrail>,
@@ -363,6 +385,11 @@ pub struct ExperimentPatch {
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 100.0)]
     pub mixing_variance: Option<f64>,
+    /// New correction across treatments × metrics (any time); `null`
+    /// gives back Holm per metric.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Correction>)]
+    pub correction: Option<Option<Correction>>,
     /// Replaces the guardrails (any time).
     #[serde(default)]
     pub guardrails: Option<Vec<Guardrail>>,
@@ -398,6 +425,7 @@ impl Experiment {
             mixing_variance: input
                 .mixing_variance
                 .unwrap_or_else(default_mixing_variance),
+            correction: input.correction,
             significant_at: None,
             srm_detected_at: None,
             guardrails: input.guardrails,
@@ -468,6 +496,9 @@ impl Experiment {
         }
         if let Some(v) = patch.mixing_variance {
             next.mixing_variance = v;
+        }
+        if let Some(correction) = patch.correction {
+            next.correction = correction;
         }
         if let Some(guardrails) = patch.guardrails {
             next.guardrails = guardrails;
@@ -966,11 +997,12 @@ mod tests {
         fn arbitrary_experiments_never_panic_and_accepted_ones_are_sound(
             fields in crate::domain::arbitrary::object_with(&[
                 "name", "description", "coverage", "salt", "alpha", "mixing_variance",
-                "primary_metric", "forced", "layer", "metrics", "guardrails", "extra",
+                "correction", "primary_metric", "forced", "layer", "metrics", "guardrails", "extra",
             ]),
             weights in proptest::collection::vec(crate::domain::arbitrary::number(), 0..5),
             patch in crate::domain::arbitrary::object_with(&[
                 "name", "coverage", "alpha", "variants", "salt", "mixing_variance", "forced",
+                "correction",
             ]),
         ) {
             let mut body = minimal();

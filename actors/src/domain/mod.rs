@@ -40,8 +40,8 @@ pub use credential::{
 pub use domain_event::{DomainEvent, DomainEventKind};
 pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
-    Bucketing, Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop, Layer, Metric,
-    MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
+    Bucketing, Correction, Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop,
+    Layer, Metric, MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
 };
 pub use ids::{
     uuid_v7, AlertId, AuditId, EventId, ExperimentKey, KeyId, MetricKey, ProjectKey, RuleId,

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::experiment::default_mixing_variance;
 use super::{
-    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, DeliveryAttempt,
+    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, Correction, DeliveryAttempt,
     DomainEventKind, Event, EventType, Experiment, ExperimentAggregates, ExperimentKey, Guardrail,
     GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey, RuleId, Severity, Stamp, Status,
     UnitId, Variant, VariantAggregates, VariantKey, WebhookId,
@@ -59,7 +59,11 @@ pub struct ExperimentRecord {
     /// (0.01 = effects around 10%).
     #[serde(default = "default_mixing_variance")]
     pub mixing_variance: f64,
-    /// When the primary metric first became significant (Holm-corrected
+    /// Correction across treatments × metrics; absent from records written
+    /// before it existed (read as `None`, Holm per metric, as they were).
+    #[serde(default)]
+    pub correction: Option<Correction>,
+    /// When the primary metric first became significant (corrected
     /// always-valid p-value below alpha); recorded once.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub significant_at: Option<OffsetDateTime>,
@@ -109,6 +113,7 @@ impl From<&Experiment> for ExperimentRecord {
             primary_metric: e.primary_metric.clone(),
             alpha: e.alpha,
             mixing_variance: e.mixing_variance,
+            correction: e.correction,
             significant_at: e.significant_at,
             srm_detected_at: e.srm_detected_at,
             guardrails: e.guardrails.clone(),
@@ -141,6 +146,7 @@ impl From<ExperimentRecord> for Experiment {
             primary_metric: r.primary_metric,
             alpha: r.alpha,
             mixing_variance: r.mixing_variance,
+            correction: r.correction,
             significant_at: r.significant_at,
             srm_detected_at: r.srm_detected_at,
             guardrails: r.guardrails,

@@ -266,15 +266,18 @@ impl Handler<TransitionExperiment> for ExperimentActor {
 /// A finding of the results monitor worth recording once.
 #[derive(Debug, Clone)]
 pub enum Finding {
-    /// The primary metric is significant by its Holm-corrected always-valid
+    /// The primary metric is significant by its corrected always-valid
     /// p-value.
     Significant {
         /// The metric.
         metric: String,
         /// The treatment that differs from the control.
         variant: String,
-        /// Its Holm-corrected always-valid p-value.
+        /// Its always-valid p-value after the experiment's correction.
         p_value: f64,
+        /// Its always-valid p-value after Holm across the metric's
+        /// treatments.
+        p_value_holm: f64,
         /// Its relative lift.
         relative_lift: Option<f64>,
     },
@@ -305,13 +308,17 @@ impl Handler<RecordFinding> for ExperimentActor {
                 metric,
                 variant,
                 p_value,
+                p_value_holm,
                 relative_lift,
             } => (
                 &mut next.significant_at,
                 DomainEventKind::ExperimentSignificant,
                 serde_json::json!({
                     "metric": metric, "variant": variant,
-                    "sequential_p_value_holm": p_value, "relative_lift": relative_lift,
+                    "sequential_p_value_adjusted": p_value,
+                    "sequential_p_value_holm": p_value_holm,
+                    "correction": current.experiment().correction,
+                    "relative_lift": relative_lift,
                 }),
             ),
             Finding::SampleRatioMismatch { p_value, units } => (
@@ -748,7 +755,8 @@ mod tests {
             RecordFinding(Finding::Significant {
                 metric: "errors".into(),
                 variant: "treatment".into(),
-                p_value: 0.01,
+                p_value: 0.03,
+                p_value_holm: 0.01,
                 relative_lift: Some(-0.1),
             })
         };
@@ -778,6 +786,18 @@ mod tests {
         let data = &events[0].1.data;
         assert_eq!(data["metric"], "errors");
         assert_eq!(data["experiment"]["key"], "e");
+        assert_eq!(
+            (
+                &data["sequential_p_value_adjusted"],
+                &data["sequential_p_value_holm"],
+                &data["correction"]
+            ),
+            (
+                &serde_json::json!(0.03),
+                &serde_json::json!(0.01),
+                &serde_json::Value::Null
+            )
+        );
         assert_eq!(events[1].1.data["units"], serde_json::json!([100, 150]));
     }
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::domain::{
-    Experiment, ExperimentAggregates, Metric, MetricKind, Status, VariantAggregates,
+    Correction, Experiment, ExperimentAggregates, Metric, MetricKind, Status, VariantAggregates,
 };
 use crate::stats::{self, Arm, Comparison, Settings, Srm, VariantStats};
 
@@ -26,10 +26,23 @@ pub struct ExperimentResults {
     pub assignment_mismatches: u64,
     /// Sample-ratio mismatch: exposed units against configured weights.
     pub srm: Srm,
+    /// How the comparisons' adjusted p-values were formed.
+    pub correction: Family,
     /// One entry per metric asked for.
     pub metrics: Vec<MetricResults>,
     /// Every guardrail against every treatment.
     pub guardrails: Vec<GuardrailCheck>,
+}
+
+/// The multiple-testing family of an experiment's comparisons.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Family {
+    /// The experiment's correction across treatments × metrics; `null`:
+    /// Holm across each metric's treatments apart.
+    pub method: Option<Correction>,
+    /// Fixed-horizon p-values corrected together (per metric: the most of
+    /// any one metric).
+    pub members: usize,
 }
 
 /// One guardrail metric, one treatment against the control.
@@ -69,6 +82,7 @@ pub struct MetricResults {
 
 /// Results of `experiment` from `aggregates`, for `metric` (all of the
 /// experiment's metrics when `None`; the caller checks the key exists).
+/// One metric's p-values are corrected with the others all the same.
 pub fn compute(
     experiment: &Experiment,
     aggregates: &ExperimentAggregates,
@@ -76,12 +90,8 @@ pub fn compute(
 ) -> ExperimentResults {
     let per_variant = per_variant(experiment, aggregates);
     let (srm, units) = sample_ratio(experiment, aggregates);
-    let metrics = experiment
-        .metrics
-        .iter()
-        .filter(|m| metric.is_none_or(|k| k == m.key.as_str()))
-        .map(|m| analyse(experiment, &per_variant, m))
-        .collect();
+    let (mut metrics, correction) = analyse_all(experiment, &per_variant);
+    metrics.retain(|m| metric.is_none_or(|k| k == m.metric));
     ExperimentResults {
         experiment: experiment.key.to_string(),
         status: experiment.status,
@@ -94,6 +104,7 @@ pub fn compute(
             .map(|v| v.assignment_mismatches)
             .sum(),
         srm,
+        correction,
         metrics,
         guardrails: guardrails(experiment, aggregates),
     }
@@ -105,12 +116,42 @@ pub fn primary(
     aggregates: &ExperimentAggregates,
 ) -> Option<MetricResults> {
     let key = experiment.primary_metric.as_ref()?;
+    let per_variant = per_variant(experiment, aggregates);
+    if experiment.correction.is_some() {
+        let (metrics, _) = analyse_all(experiment, &per_variant);
+        return metrics.into_iter().find(|m| m.metric == key.as_str());
+    }
     let metric = experiment.metrics.iter().find(|m| &m.key == key)?;
-    Some(analyse(
-        experiment,
-        &per_variant(experiment, aggregates),
-        metric,
-    ))
+    Some(analyse(experiment, &per_variant, metric))
+}
+
+/// Every metric's results, corrected as the experiment says, and how.
+fn analyse_all(
+    experiment: &Experiment,
+    per_variant: &[Option<&VariantAggregates>],
+) -> (Vec<MetricResults>, Family) {
+    let mut metrics: Vec<MetricResults> = experiment
+        .metrics
+        .iter()
+        .map(|m| analyse(experiment, per_variant, m))
+        .collect();
+    let defined = |m: &MetricResults| m.comparisons.iter().filter(|c| c.p_value.is_some()).count();
+    let members = match experiment.correction {
+        None => metrics.iter().map(defined).max().unwrap_or(0),
+        Some(correction) => {
+            let mut family: Vec<&mut Comparison> = metrics
+                .iter_mut()
+                .flat_map(|m| m.comparisons.iter_mut())
+                .collect();
+            stats::correct(correction, experiment.alpha, &mut family);
+            metrics.iter().map(defined).sum()
+        }
+    };
+    let family = Family {
+        method: experiment.correction,
+        members,
+    };
+    (metrics, family)
 }
 
 /// One metric's estimates and comparisons.
@@ -233,7 +274,7 @@ pub fn sample_ratio(experiment: &Experiment, aggregates: &ExperimentAggregates) 
 }
 
 /// The winner by these comparisons of the primary metric: the treatment
-/// significantly better than the control by its Holm-corrected always-valid
+/// significantly better than the control by its corrected always-valid
 /// p-value (the largest relative lift if several), the control when every
 /// treatment is significantly worse, else `None`.
 pub fn winner(experiment: &Experiment, comparisons: &[Comparison]) -> Option<String> {

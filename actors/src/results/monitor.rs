@@ -1,6 +1,6 @@
 //! The results monitor: looks at each running experiment's figures and
 //! tells its actor, once, when the primary metric has become significant
-//! (Holm-corrected always-valid p-value at or below alpha; safe to check
+//! (corrected always-valid p-value at or below alpha; safe to check
 //! this often, which is what it is for), a sample-ratio mismatch shows, or
 //! an `auto_stop` guardrail regressed (the actor then pauses the
 //! experiment). The actor records it on the experiment and writes the
@@ -47,14 +47,15 @@ pub(crate) fn check(entry: &Entry, figures: &Figures) {
         .iter()
         .filter(|c| c.sequential_significant)
         .min_by(|a, b| {
-            let p = |c: &crate::stats::Comparison| c.sequential_p_value_holm.unwrap_or(1.0);
+            let p = |c: &crate::stats::Comparison| c.sequential_p_value_adjusted.unwrap_or(1.0);
             p(a).total_cmp(&p(b))
         });
     if let Some(comparison) = significant {
         entry.addr.do_send(RecordFinding(Finding::Significant {
             metric: metric.metric.clone(),
             variant: comparison.variant.clone(),
-            p_value: comparison.sequential_p_value_holm.unwrap_or(0.0),
+            p_value: comparison.sequential_p_value_adjusted.unwrap_or(0.0),
+            p_value_holm: comparison.sequential_p_value_holm.unwrap_or(0.0),
             relative_lift: comparison.relative.as_ref().and_then(|r| r.estimate),
         }));
     }

@@ -1,5 +1,6 @@
 //! The statistics behind results: per-variant estimates, each treatment
-//! against the control, Holm's correction, Bayesian chance to win, an
+//! against the control, Holm's and Benjamini–Hochberg's corrections,
+//! Bayesian chance to win, an
 //! always-valid (mSPRT) p-value and the sample-ratio-mismatch check.
 //!
 //! Pure functions of the aggregates (units, conversions, sums and sums of
@@ -16,7 +17,7 @@ mod sample_size;
 
 use serde::Serialize;
 
-use crate::domain::MetricKind;
+use crate::domain::{Correction, MetricKind};
 
 pub use guardrail::{regression, Regression};
 pub use sample_size::{sample_size, SampleSize, SampleSizeAnswer, SampleSizeError};
@@ -114,17 +115,24 @@ pub struct Comparison {
     pub statistic: Option<f64>,
     /// Two-sided fixed-horizon p-value.
     pub p_value: Option<f64>,
-    /// `p_value` after Holm's correction across treatments.
+    /// `p_value` after Holm's correction across this metric's treatments.
     pub p_value_holm: Option<f64>,
-    /// `p_value_holm <= alpha`.
+    /// `p_value` after the experiment's correction across treatments ×
+    /// metrics (without one: `p_value_holm`).
+    pub p_value_adjusted: Option<f64>,
+    /// `p_value_adjusted <= alpha`.
     pub significant: bool,
     /// Posterior probability that the treatment beats the control.
     pub chance_to_win: Option<f64>,
     /// Always-valid p-value (mSPRT): safe to watch continuously.
     pub sequential_p_value: Option<f64>,
-    /// `sequential_p_value` after Holm's correction.
+    /// `sequential_p_value` after Holm's correction across this metric's
+    /// treatments.
     pub sequential_p_value_holm: Option<f64>,
-    /// `sequential_p_value_holm <= alpha`.
+    /// `sequential_p_value` after the experiment's correction (without
+    /// one: `sequential_p_value_holm`).
+    pub sequential_p_value_adjusted: Option<f64>,
+    /// `sequential_p_value_adjusted <= alpha`.
     pub sequential_significant: bool,
     /// Why something is `null`.
     pub reason: Option<&'static str>,
@@ -168,7 +176,9 @@ impl Moments {
     }
 }
 
-/// Analyses one metric; `arms[0]` is the control.
+/// Analyses one metric; `arms[0]` is the control. Its comparisons come
+/// corrected by Holm across its treatments; [`correct`] makes them part of
+/// a wider family.
 pub fn analyse(settings: Settings, arms: &[(&str, Arm)]) -> Analysis {
     let variants = arms
         .iter()
@@ -185,9 +195,8 @@ pub fn analyse(settings: Settings, arms: &[(&str, Arm)]) -> Analysis {
     let sequential = holm(comparisons.iter().map(|c| c.sequential_p_value));
     for ((c, p), s) in comparisons.iter_mut().zip(fixed).zip(sequential) {
         c.p_value_holm = p;
-        c.significant = p.is_some_and(|p| p <= settings.alpha);
         c.sequential_p_value_holm = s;
-        c.sequential_significant = s.is_some_and(|s| s <= settings.alpha);
+        c.adjust(p, s, settings.alpha);
     }
     Analysis {
         variants,
@@ -289,10 +298,12 @@ fn compare(settings: Settings, key: &str, arm: &Arm, control: &Arm) -> Compariso
         statistic: None,
         p_value: None,
         p_value_holm: None,
+        p_value_adjusted: None,
         significant: false,
         chance_to_win: None,
         sequential_p_value: None,
         sequential_p_value_holm: None,
+        sequential_p_value_adjusted: None,
         sequential_significant: false,
         reason: None,
     };
@@ -406,21 +417,71 @@ pub fn msprt(r: f64, v: f64, tau2: f64) -> f64 {
     (-log_lambda).exp().min(1.0)
 }
 
-/// Holm's step-down adjustment of the p-values present; absent ones stay
-/// absent and are not part of the family.
-pub fn holm(p: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
-    let p: Vec<Option<f64>> = p.collect();
+impl Comparison {
+    /// Sets the adjusted p-values and the significance they decide.
+    fn adjust(&mut self, fixed: Option<f64>, sequential: Option<f64>, alpha: f64) {
+        self.p_value_adjusted = fixed;
+        self.significant = fixed.is_some_and(|p| p <= alpha);
+        self.sequential_p_value_adjusted = sequential;
+        self.sequential_significant = sequential.is_some_and(|p| p <= alpha);
+    }
+}
+
+/// Corrects `family` (every treatment × metric of an experiment) as one:
+/// the fixed-horizon and the always-valid p-values apart, each without
+/// the members whose p-value is undefined. BH on always-valid p-values is
+/// e-BH (they are reciprocals of e-values), so it stays valid at any
+/// stopping time.
+pub fn correct(correction: Correction, alpha: f64, family: &mut [&mut Comparison]) {
+    let adjusted = |p: Vec<Option<f64>>| match correction {
+        Correction::Holm => holm(p.into_iter()),
+        Correction::Bh => benjamini_hochberg(p.into_iter()),
+        Correction::Uncorrected => p,
+    };
+    let fixed = adjusted(family.iter().map(|c| c.p_value).collect());
+    let sequential = adjusted(family.iter().map(|c| c.sequential_p_value).collect());
+    for ((c, p), s) in family.iter_mut().zip(fixed).zip(sequential) {
+        c.adjust(p, s, alpha);
+    }
+}
+
+/// The p-values present with their positions, ascending.
+fn ranked(p: &[Option<f64>]) -> Vec<(usize, f64)> {
     let mut present: Vec<(usize, f64)> = p
         .iter()
         .enumerate()
         .filter_map(|(i, p)| p.map(|p| (i, p)))
         .collect();
     present.sort_by(|a, b| a.1.total_cmp(&b.1));
+    present
+}
+
+/// Holm's step-down adjustment of the p-values present; absent ones stay
+/// absent and are not part of the family.
+pub fn holm(p: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
+    let p: Vec<Option<f64>> = p.collect();
+    let present = ranked(&p);
     let m = present.len();
     let mut out = vec![None; p.len()];
     let mut running = 0.0_f64;
     for (rank, (i, p)) in present.into_iter().enumerate() {
         running = running.max(((m - rank) as f64 * p).min(1.0));
+        out[i] = Some(running);
+    }
+    out
+}
+
+/// Benjamini–Hochberg's step-up adjustment of the p-values present:
+/// `p(k) -> min over j >= k of min(1, m p(j) / j)`; absent ones stay
+/// absent and are not part of the family.
+pub fn benjamini_hochberg(p: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
+    let p: Vec<Option<f64>> = p.collect();
+    let present = ranked(&p);
+    let m = present.len();
+    let mut out = vec![None; p.len()];
+    let mut running = 1.0_f64;
+    for (rank, (i, p)) in present.into_iter().enumerate().rev() {
+        running = running.min(m as f64 * p / (rank + 1) as f64);
         out[i] = Some(running);
     }
     out

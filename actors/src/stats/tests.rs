@@ -44,6 +44,16 @@ fn diff(path: &str, expected: &Value, actual: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Fails listing every mismatch [`diff`] found.
+fn assert_no_mismatches(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 fn kind(case: &Value) -> MetricKind {
     match case["kind"].as_str().unwrap() {
         "binomial" => MetricKind::Binomial,
@@ -79,9 +89,9 @@ fn arms(case: &Value) -> Vec<(String, Arm)> {
 fn every_reference_case_agrees_with_scipy_and_statsmodels() {
     let cases: Value = serde_json::from_str(CASES).unwrap();
     let cases = cases["cases"].as_array().unwrap();
-    assert!(cases.len() >= 50, "{} cases", cases.len());
+    assert!(cases.len() >= 90, "{} cases", cases.len());
     let mut failures = Vec::new();
-    for case in cases {
+    for case in cases.iter().filter(|c| c["kind"] != "family") {
         let name = case["name"].as_str().unwrap();
         let settings = Settings {
             kind: kind(case),
@@ -112,12 +122,60 @@ fn every_reference_case_agrees_with_scipy_and_statsmodels() {
             );
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_mismatches(&failures);
+}
+
+/// Each family case: its metrics analysed one by one, then corrected
+/// together as the case says (statsmodels `multipletests`), or left with
+/// Holm per metric when it says nothing.
+#[test]
+fn every_family_case_agrees_with_multipletests() {
+    let cases: Value = serde_json::from_str(CASES).unwrap();
+    let families: Vec<&Value> = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "family")
+        .collect();
+    assert!(families.len() >= 36, "{} families", families.len());
+    let mut failures = Vec::new();
+    for case in families {
+        let name = case["name"].as_str().unwrap();
+        let alpha = case["alpha"].as_f64().unwrap();
+        let metrics = case["metrics"].as_array().unwrap();
+        let mut analyses: Vec<Analysis> = metrics
+            .iter()
+            .map(|metric| {
+                let settings = Settings {
+                    kind: kind(metric),
+                    alpha,
+                    mixing_variance: case["mixing_variance"].as_f64().unwrap(),
+                };
+                let arms = arms(metric);
+                let borrowed: Vec<(&str, Arm)> =
+                    arms.iter().map(|(k, a)| (k.as_str(), *a)).collect();
+                analyse(settings, &borrowed)
+            })
+            .collect();
+        let correction: Option<Correction> =
+            serde_json::from_value(case["correction"].clone()).unwrap();
+        if let Some(correction) = correction {
+            let mut family: Vec<&mut Comparison> = analyses
+                .iter_mut()
+                .flat_map(|a| a.comparisons.iter_mut())
+                .collect();
+            correct(correction, alpha, &mut family);
+        }
+        for (i, (metric, analysis)) in metrics.iter().zip(&analyses).enumerate() {
+            diff(
+                &format!("{name}: metrics[{i}].comparisons"),
+                &metric["comparisons"],
+                &json!(analysis.comparisons),
+                &mut failures,
+            );
+        }
+    }
+    assert_no_mismatches(&failures);
 }
 
 #[test]
@@ -176,6 +234,47 @@ fn holm_matches_the_step_down_definition() {
     let adjusted = holm([Some(0.01), None, Some(0.04), Some(0.03)].into_iter());
     // Sorted 0.01, 0.03, 0.04 with m = 3: 0.03, max(0.03, 0.06), max(0.06, 0.04).
     assert_eq!(adjusted, [Some(0.03), None, Some(0.06), Some(0.06)]);
+}
+
+#[test]
+fn benjamini_hochberg_matches_the_step_up_definition() {
+    let adjusted =
+        benjamini_hochberg([Some(0.01), None, Some(0.04), Some(0.03), Some(0.005)].into_iter());
+    // Sorted 0.005, 0.01, 0.03, 0.04 with m = 4: m p / rank is 0.02, 0.02,
+    // 0.04, 0.04, and each is the least of itself and those above it.
+    let expected = [Some(0.02), None, Some(0.04), Some(0.04), Some(0.02)];
+    for (a, e) in adjusted.iter().zip(expected) {
+        assert_eq!(a.is_some(), e.is_some(), "{adjusted:?}");
+        if let (Some(a), Some(e)) = (a, e) {
+            assert!((a - e).abs() < 1e-15, "{adjusted:?}");
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Whatever the p-values: each adjusted one is between its raw value
+    /// and 1, BH never exceeds Holm, both keep the raw order, and an
+    /// absent p-value stays absent.
+    #[test]
+    fn corrections_are_bounded_ordered_and_keep_gaps(
+        p in proptest::collection::vec(proptest::option::of(0.0..=1.0_f64), 0..40),
+    ) {
+        let h = holm(p.iter().copied());
+        let b = benjamini_hochberg(p.iter().copied());
+        for i in 0..p.len() {
+            proptest::prop_assert_eq!(p[i].is_some(), h[i].is_some());
+            proptest::prop_assert_eq!(p[i].is_some(), b[i].is_some());
+            let (Some(raw), Some(h_i), Some(b_i)) = (p[i], h[i], b[i]) else { continue };
+            proptest::prop_assert!(raw <= b_i + 1e-15 && b_i <= h_i + 1e-15 && h_i <= 1.0);
+            for j in 0..p.len() {
+                if let (Some(raw_j), Some(h_j), Some(b_j)) = (p[j], h[j], b[j]) {
+                    if raw < raw_j {
+                        proptest::prop_assert!(h_i <= h_j && b_i <= b_j);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Over 300 A/A experiments (binomial and mean), peeking after every batch
