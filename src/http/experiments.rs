@@ -137,7 +137,8 @@ async fn read(
 }
 
 /// Change an experiment. Name, description, coverage, forced overrides,
-/// metrics and alpha may change any time; variants, salt and layer only
+/// metrics, primary metric, alpha, mixing variance, correction and
+/// guardrails may change any time; variants, salt, bucketing and layer only
 /// while it is a draft.
 #[utoipa::path(
     operation_id = "update_experiment",

@@ -68,7 +68,8 @@ async fn timeline(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ResultsQuery {
-    /// One metric; all of the experiment's metrics when absent.
+    /// One metric; all of the experiment's metrics when absent. Its
+    /// p-values are corrected with every metric's all the same.
     metric: Option<String>,
     /// Only units first exposed, and events, at or after this time (RFC 3339).
     /// With `from` or `to` the stored events of the window are read.
@@ -83,7 +84,8 @@ pub struct ResultsQuery {
 
 /// Per variant units, events, conversions or sum, rate or mean, stddev and
 /// 95% interval; per treatment the absolute and relative lift, p-value,
-/// Holm-corrected significance, chance to win and an always-valid p-value;
+/// significance after the experiment's `correction`, chance to win and an
+/// always-valid p-value;
 /// and the sample-ratio-mismatch check. Undefined numbers are `null` with a
 /// `reason`.
 #[utoipa::path(

@@ -408,8 +408,11 @@ def main():
             ("mean", [RNG.normal(10, 3, 1500), RNG.normal(10.4, 3, 1500), RNG.normal(10, 3, 1500),
                       RNG.normal(9.8, 3, 1500), RNG.normal(10.1, 3, 1500)]),
         ]),
+        # No p-value at all; a fixed-horizon one without an always-valid one
+        # (the control is zero).
         ("a member without a p-value", [
             ("binomial", [(1000, 0), (1000, 0)]),
+            ("binomial", [(1000, 0), (1000, 12)]),
             ("binomial", [(2000, 200), (2000, 250)]),
             ("mean", [counts(2000, 1.0), counts(2000, 1.12)]),
         ]),

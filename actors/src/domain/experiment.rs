@@ -325,7 +325,7 @@ pub struct ExperimentIn {
 }
 
 /// Body of `PATCH /v1/experiments/{key}`. Absent fields stay as they are;
-/// `null` clears `description`, `layer` and `primary_metric`.
+/// `null` clears `description`, `layer`, `primary_metric` and `correction`.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(remote = "Self")]

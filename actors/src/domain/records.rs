@@ -577,6 +577,7 @@ mod tests {
             "metrics": [{"key": "buy", "kind": "binomial"}],
             "guardrails": [{"metric": "buy", "max_relative_drop": 0.1}],
             "forced": {"qa": "b"},
+            "correction": "bh",
         }))
         .expect("input");
         let experiment = Experiment::create(input, OffsetDateTime::UNIX_EPOCH).expect("valid");
@@ -598,6 +599,7 @@ mod tests {
         let record: ExperimentRecord = serde_json::from_str(old).expect("decodes");
         let experiment = Experiment::from(record);
         assert!(experiment.guardrails.is_empty() && experiment.guardrail_stop.is_none());
+        assert_eq!(experiment.correction, None, "Holm per metric, as before");
         assert_eq!(experiment.mixing_variance, default_mixing_variance());
     }
 

@@ -18,8 +18,8 @@ use super::sticky::StickyTable;
 use crate::clock::Clock;
 use crate::cluster::Revision;
 use crate::domain::{
-    Action, Alert, AuditEntry, DomainEvent, DomainEventKind, Experiment, ExperimentPatch,
-    GuardrailStop, Principal, ResourceKind, Status, VariantKey,
+    Action, Alert, AuditEntry, Correction, DomainEvent, DomainEventKind, Experiment,
+    ExperimentPatch, GuardrailStop, Principal, ResourceKind, Status, VariantKey,
 };
 use crate::storage::Store;
 use crate::Result;
@@ -278,6 +278,8 @@ pub enum Finding {
         /// Its always-valid p-value after Holm across the metric's
         /// treatments.
         p_value_holm: f64,
+        /// The correction `p_value` was computed under.
+        correction: Option<Correction>,
         /// Its relative lift.
         relative_lift: Option<f64>,
     },
@@ -309,6 +311,7 @@ impl Handler<RecordFinding> for ExperimentActor {
                 variant,
                 p_value,
                 p_value_holm,
+                correction,
                 relative_lift,
             } => (
                 &mut next.significant_at,
@@ -317,7 +320,7 @@ impl Handler<RecordFinding> for ExperimentActor {
                     "metric": metric, "variant": variant,
                     "sequential_p_value_adjusted": p_value,
                     "sequential_p_value_holm": p_value_holm,
-                    "correction": current.experiment().correction,
+                    "correction": correction,
                     "relative_lift": relative_lift,
                 }),
             ),
@@ -757,6 +760,7 @@ mod tests {
                 variant: "treatment".into(),
                 p_value: 0.03,
                 p_value_holm: 0.01,
+                correction: Some(Correction::Bh),
                 relative_lift: Some(-0.1),
             })
         };
@@ -795,7 +799,7 @@ mod tests {
             (
                 &serde_json::json!(0.03),
                 &serde_json::json!(0.01),
-                &serde_json::Value::Null
+                &serde_json::json!("bh")
             )
         );
         assert_eq!(events[1].1.data["units"], serde_json::json!([100, 150]));

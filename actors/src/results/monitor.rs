@@ -56,6 +56,7 @@ pub(crate) fn check(entry: &Entry, figures: &Figures) {
             variant: comparison.variant.clone(),
             p_value: comparison.sequential_p_value_adjusted.unwrap_or(0.0),
             p_value_holm: comparison.sequential_p_value_holm.unwrap_or(0.0),
+            correction: experiment.correction,
             relative_lift: comparison.relative.as_ref().and_then(|r| r.estimate),
         }));
     }
@@ -71,7 +72,9 @@ mod tests {
 
     use super::*;
     use crate::clock::SystemClock;
-    use crate::domain::{Action, Experiment, ExperimentAggregates, ExperimentIn};
+    use crate::domain::{
+        Action, Experiment, ExperimentAggregates, ExperimentIn, MeasureAggregates,
+    };
     use crate::experiments::registry::Registry;
     use crate::storage::Store;
 
@@ -120,6 +123,38 @@ mod tests {
         .await;
         assert!(e.significant_at.is_some(), "significance recorded");
         assert_eq!(e.status, crate::domain::Status::Running);
+    }
+
+    /// The primary metric's always-valid p-value alone is 0.02; beside nine
+    /// other metrics that did not move, a correction across metrics makes
+    /// it ten times larger.
+    #[actix::test]
+    async fn a_correction_across_metrics_decides_whether_the_primary_is_significant() {
+        let mut aggregates = ExperimentAggregates::two_arms([5000, 5000], [500, 630]);
+        let others: Vec<String> = (1..10).map(|i| format!("m{i}")).collect();
+        let flat = MeasureAggregates {
+            units: 500,
+            events: 500,
+            sum: 500.0,
+            sum_squares: 500.0,
+        };
+        for variant in aggregates.variants.values_mut() {
+            for key in &others {
+                variant.measures.insert(key.clone(), flat.clone());
+            }
+        }
+        let mut metrics = vec![json!({"key": "buy", "kind": "binomial"})];
+        metrics.extend(others.iter().map(|k| json!({"key": k, "kind": "binomial"})));
+        for (correction, significant) in [
+            (json!("none"), true),
+            (json!("holm"), false),
+            (json!("bh"), false),
+            (serde_json::Value::Null, true),
+        ] {
+            let experiment = running(json!({"metrics": metrics, "correction": correction}));
+            let e = checked(experiment, aggregates.clone()).await;
+            assert_eq!(e.significant_at.is_some(), significant, "{correction}");
+        }
     }
 
     #[actix::test]

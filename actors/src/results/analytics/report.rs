@@ -214,7 +214,7 @@ pub struct CompareReport {
     /// Side by side, the control first.
     pub variants: Vec<VariantSummary>,
     /// The treatment whose primary metric is significantly better than the
-    /// control by the Holm-corrected always-valid p-value (the best one if
+    /// control by the corrected always-valid p-value (the best one if
     /// several), the control if every treatment is significantly worse, or
     /// `null` while that is undecided.
     pub winner: Option<String>,
