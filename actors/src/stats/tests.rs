@@ -330,3 +330,99 @@ fn the_sequential_p_value_survives_peeking_and_the_fixed_one_does_not() {
     assert!(sequential <= alpha + 0.02, "sequential {sequential}");
     assert!(fixed >= sequential + 0.1, "fixed {fixed} vs {sequential}");
 }
+
+/// 2,000 simulated experiments, each one treatment on ten mean metrics of
+/// 1,000 units an arm: three metrics truly move (by 0.15 standard
+/// deviations, a z of about 3.4), seven do not. Uncorrected, about
+/// 1 − 0.95⁷ of the experiments show a false positive; Holm keeps that
+/// family-wise rate at alpha, and BH keeps the share of false discoveries
+/// among the significant at alpha while finding more true effects than
+/// Holm.
+#[test]
+fn corrections_hold_their_error_rates_over_simulated_experiments() {
+    use rand::{RngExt, SeedableRng};
+
+    let alpha = 0.05;
+    let (experiments, metrics, moved, n) = (2000, 10, 3, 1000.0);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_202);
+    let mut normal = move || {
+        // Box–Muller.
+        let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    };
+    // An arm of `n` unit values from N(mean, 1), by its sufficient
+    // statistics (the sample variance at its expectation).
+    let mut arm = |mean: f64| {
+        let sum = n * mean + n.sqrt() * normal();
+        Arm {
+            units: n as u64,
+            sum,
+            sum_squares: (n - 1.0) + sum * sum / n,
+            ..Arm::default()
+        }
+    };
+    let settings = Settings {
+        kind: MetricKind::Mean,
+        alpha,
+        mixing_variance: 0.01,
+    };
+    // Per method: experiments with any false positive, the summed share of
+    // false discoveries, true discoveries.
+    let methods = [Correction::Uncorrected, Correction::Holm, Correction::Bh];
+    let mut any_false = [0_u32; 3];
+    let mut false_share = [0.0_f64; 3];
+    let mut found = [0_u32; 3];
+    for _ in 0..experiments {
+        let arms: Vec<[Arm; 2]> = (0..metrics)
+            .map(|m| {
+                let lift = if m < moved { 0.15 } else { 0.0 };
+                [arm(10.0), arm(10.0 + lift)]
+            })
+            .collect();
+        for (k, method) in methods.into_iter().enumerate() {
+            let mut analyses: Vec<Analysis> = arms
+                .iter()
+                .map(|[c, t]| analyse(settings, &[("control", *c), ("t", *t)]))
+                .collect();
+            let mut family: Vec<&mut Comparison> = analyses
+                .iter_mut()
+                .flat_map(|a| a.comparisons.iter_mut())
+                .collect();
+            correct(method, alpha, &mut family);
+            let significant: Vec<bool> = analyses
+                .iter()
+                .map(|a| a.comparisons[0].significant)
+                .collect();
+            let falses = significant[moved..].iter().filter(|s| **s).count();
+            let trues = significant[..moved].iter().filter(|s| **s).count();
+            any_false[k] += u32::from(falses > 0);
+            false_share[k] += falses as f64 / (falses + trues).max(1) as f64;
+            found[k] += trues as u32;
+        }
+    }
+    let e = f64::from(experiments);
+    let fwer = any_false.map(|f| f64::from(f) / e);
+    let fdr = false_share.map(|s| s / e);
+    let power = found.map(|f| f64::from(f) / (e * moved as f64));
+    eprintln!(
+        "none / holm / bh: family-wise error {fwer:.3?}, false discovery rate {fdr:.3?}, power {power:.3?}"
+    );
+    // Binomial standard error of a rate near 0.05 over 2,000 runs: 0.005.
+    assert!(fwer[0] > 0.25, "uncorrected family-wise error {}", fwer[0]);
+    assert!(
+        fwer[1] <= alpha + 0.015,
+        "Holm family-wise error {}",
+        fwer[1]
+    );
+    assert!(
+        fdr[2] <= alpha + 0.015,
+        "BH false discovery rate {}",
+        fdr[2]
+    );
+    assert!(
+        power[2] > power[1],
+        "BH power {} vs Holm {}",
+        power[2],
+        power[1]
+    );
+}
