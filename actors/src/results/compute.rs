@@ -110,7 +110,10 @@ pub fn compute(
     }
 }
 
-/// Results of the experiment's primary metric alone, if it has one.
+/// Results of the experiment's primary metric alone, if it has one. Only
+/// a correction across metrics needs the others analysed too (each costs
+/// up to thousands of terms for the exact chance to win), so without one
+/// the primary is analysed alone.
 pub fn primary(
     experiment: &Experiment,
     aggregates: &ExperimentAggregates,
