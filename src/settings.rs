@@ -83,6 +83,7 @@ fn ingest(config: &Config) -> IngestLimits {
         flush_max_events: config.ingest.flush_max_events,
         dedup_window: config.ingest.dedup_window_days.get(),
         max_measures: config.limits.max_measures,
+        max_covariate_events: config.limits.max_covariate_events,
         commit_retries: config.ingest.commit_retries,
         commit_retry: config.ingest.commit_retry_ms.get(),
     }

@@ -16,7 +16,7 @@ use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
 use crate::ingest::{
-    IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, Owner, Publisher, SinkWorker,
+    derived, IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, Owner, Publisher, SinkWorker,
 };
 use crate::live::{self, Live};
 use crate::quotas::Quotas;
@@ -118,6 +118,12 @@ impl Engine {
             let limits = config.ingest;
             Arc::new(blocking(move || Mailbox::start(store, limits, sinks, aggregates)).await?)
         };
+        derived::tell_all(&registry, &mailbox);
+        derived::spawn(
+            Arc::clone(&registry),
+            Arc::clone(&mailbox),
+            Arc::clone(&aggregates),
+        );
         let (publisher, owner) = match &cluster {
             Some(cluster) => {
                 let publisher = Arc::new(Publisher::new(
@@ -170,7 +176,7 @@ impl Engine {
             Arc::clone(&aggregates),
             store.clone(),
             Arc::clone(&clock),
-            config.ingest.max_measures,
+            config.ingest,
         ));
         if let Some(retention) = config.retention {
             retention::spawn(retention, store.clone(), Arc::clone(&registry));

@@ -356,6 +356,9 @@ pub struct LimitsConfig {
     pub max_duration_ms: f64,
     /// Distinct measures counted per experiment before `(other)`.
     pub max_measures: usize,
+    /// Most earlier events of a unit read to form its CUPED covariates at
+    /// its first exposure.
+    pub max_covariate_events: usize,
     /// Largest `properties` of one event, in bytes of its JSON as sent.
     pub max_property_bytes: usize,
     /// Most experiments named in one `POST /v1/assignments`.
@@ -756,6 +759,7 @@ impl LimitsConfig {
         }
         let positive = [
             ("limits.max_measures", self.max_measures),
+            ("limits.max_covariate_events", self.max_covariate_events),
             ("limits.max_property_bytes", self.max_property_bytes),
             (
                 "limits.max_assignment_experiments",

@@ -433,3 +433,347 @@ fn a_correction_spans_every_treatment_and_metric_and_can_change_any_time() {
         "{err}"
     );
 }
+
+/// Sends, for each unit `i` of `variant` in a served reference case, an
+/// exposure and then what `events(i, value)` makes of its per-unit value.
+fn serve_units(
+    server: &TestServer,
+    variant: &str,
+    per_unit: &Value,
+    events: impl Fn(&str, &Value) -> Vec<Value>,
+) {
+    let mut all = Vec::new();
+    for (i, value) in per_unit.as_array().unwrap().iter().enumerate() {
+        let unit = format!("{variant}-{i}");
+        all.push(
+            json!({"type": "exposure", "unit_id": unit, "experiment": "exp", "variant": variant}),
+        );
+        all.extend(events(&unit, value));
+    }
+    for chunk in all.chunks(1000) {
+        let (status, body) = server.post("/v1/events", json!({ "events": chunk }));
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+/// Every figure of one metric's results against a reference case.
+fn assert_metric(case_name: &str, metric: &Value, estimate: &[&str]) {
+    let case = reference(case_name);
+    for (expected, actual) in case["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(metric["variants"].as_array().unwrap())
+    {
+        let mut fields = vec!["variant", "units", "stddev", "reason"];
+        fields.extend(estimate);
+        assert_close_fields(case_name, expected, actual, &fields);
+        for bound in 0..2 {
+            assert!(
+                close(&expected["ci"][bound], &actual["ci"][bound]),
+                "{case_name}: {actual}"
+            );
+        }
+    }
+    let (expected, actual) = (&case["comparisons"][0], &metric["comparisons"][0]);
+    assert_close_fields(
+        case_name,
+        expected,
+        actual,
+        &[
+            "statistic",
+            "p_value",
+            "chance_to_win",
+            "sequential_p_value",
+            "reason",
+        ],
+    );
+    for lift in ["absolute", "relative"] {
+        assert!(
+            close(&expected[lift]["estimate"], &actual[lift]["estimate"]),
+            "{case_name}: {actual}"
+        );
+        for bound in 0..2 {
+            assert!(
+                close(&expected[lift]["ci"][bound], &actual[lift]["ci"][bound]),
+                "{case_name}: {actual}"
+            );
+        }
+    }
+}
+
+fn metric<'a>(results: &'a Value, key: &str) -> &'a Value {
+    results["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == key)
+        .unwrap_or_else(|| panic!("{key} in {results}"))
+}
+
+/// Results until `done` holds of them (a changed metric definition is
+/// recomputed by the ingest partitions in the background).
+fn results_once(server: &TestServer, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, results) = server.get("/v1/experiments/exp/results");
+        assert_eq!(status, 200, "{results}");
+        if done(&results) {
+            return results;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never settled: {results}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ratio_and_capped_metrics_match_the_reference_and_a_new_cap_is_recomputed() {
+    let mut server = TestServer::start();
+    let (status, created) = server.post(
+        "/v1/experiments",
+        json!({
+            "key": "exp", "name": "ratio and cap",
+            "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
+            "metrics": [
+                {"key": "taps_per_visit", "kind": "ratio", "measure": "tap", "denominator": "visit"},
+                {"key": "spend", "kind": "mean", "measure": "purchase", "cap": 20},
+                {"key": "purchase", "kind": "mean"}
+            ]
+        }),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["metrics"][1]["cap"], 20.0);
+    assert_eq!(server.post_empty("/v1/experiments/exp/start").0, 200);
+    let ratio = reference("ratio served");
+    let spend = reference("mean capped served at 20");
+    for (i, variant) in ["control", "t1"].into_iter().enumerate() {
+        serve_units(&server, variant, &ratio["per_unit"][i], |unit, v| {
+            let (taps, visits) = (v[0].as_u64().unwrap(), v[1].as_u64().unwrap());
+            let tap = json!({"type": "tap", "unit_id": unit});
+            let visit = json!({"type": "visit", "unit_id": unit});
+            let mut out = vec![visit.clone(); visits as usize];
+            out.extend(vec![tap; taps as usize]);
+            out
+        });
+        // Each unit's spend in two purchases, so the cap applies to the
+        // unit's running sum, not to one event.
+        serve_units(&server, variant, &spend["per_unit"][i], |unit, v| {
+            let v = v.as_f64().unwrap();
+            let buy = |value: f64| json!({"type": "purchase", "unit_id": unit, "value": value});
+            if v == 0.0 {
+                vec![]
+            } else {
+                vec![buy(v / 2.0), buy(v / 2.0)]
+            }
+        });
+    }
+    server.barrier();
+    let capped_over = |cap: f64| -> Vec<u64> {
+        (0..2)
+            .map(|i| {
+                spend["per_unit"][i]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|v| v.as_f64().unwrap() > cap)
+                    .count() as u64
+            })
+            .collect()
+    };
+
+    let results = results_once(&server, |r| metric(r, "spend")["pending"].is_null());
+    let taps = metric(&results, "taps_per_visit");
+    assert_eq!(
+        (taps["kind"].as_str(), taps["denominator"].as_str()),
+        (Some("ratio"), Some("visit"))
+    );
+    assert_metric("ratio served", taps, &["numerator", "denominator", "ratio"]);
+    let capped = metric(&results, "spend");
+    assert_metric("mean capped served at 20", capped, &["sum", "mean"]);
+    assert_eq!(capped["capped_units"], json!(capped_over(20.0)));
+    // The uncapped metric on the same measure sees every unit's whole spend.
+    let whole: f64 = spend["per_unit"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!(close(
+        &json!(whole),
+        &metric(&results, "purchase")["variants"][0]["sum"]
+    ));
+
+    // A new cap on the running experiment: recomputed from the units.
+    let (status, patched) = server.patch(
+        "/v1/experiments/exp",
+        json!({"metrics": [
+            {"key": "taps_per_visit", "kind": "ratio", "measure": "tap", "denominator": "visit"},
+            {"key": "spend", "kind": "mean", "measure": "purchase", "cap": 10},
+            {"key": "purchase", "kind": "mean"}
+        ]}),
+    );
+    assert_eq!(status, 200, "{patched}");
+    let results = results_once(&server, |r| {
+        let m = metric(r, "spend");
+        m["pending"].is_null() && m["cap"] == 10.0
+    });
+    assert_metric(
+        "mean capped served at 10",
+        metric(&results, "spend"),
+        &["sum", "mean"],
+    );
+    assert_eq!(
+        metric(&results, "spend")["capped_units"],
+        json!(capped_over(10.0))
+    );
+    assert_metric(
+        "ratio served",
+        metric(&results, "taps_per_visit"),
+        &["ratio"],
+    );
+
+    // The sums and their definitions survive a restart.
+    server.restart();
+    let (_, after) = server.get("/v1/experiments/exp/results");
+    assert!(metric(&after, "spend")["pending"].is_null(), "{after}");
+    assert_metric(
+        "mean capped served at 10",
+        metric(&after, "spend"),
+        &["sum", "mean"],
+    );
+    assert_metric("ratio served", metric(&after, "taps_per_visit"), &["ratio"]);
+
+    // Definitions that cannot be analysed are refused.
+    for (metric, field) in [
+        (
+            json!({"key": "r", "kind": "ratio"}),
+            "metrics[0].denominator",
+        ),
+        (
+            json!({"key": "r", "kind": "mean", "denominator": "visit"}),
+            "metrics[0].denominator",
+        ),
+        (
+            json!({"key": "r", "kind": "ratio", "denominator": "r"}),
+            "metrics[0].denominator",
+        ),
+        (
+            json!({"key": "r", "kind": "binomial", "cap": 3}),
+            "metrics[0].cap",
+        ),
+        (
+            json!({"key": "r", "kind": "mean", "cap": 0}),
+            "metrics[0].cap",
+        ),
+        (
+            json!({"key": "r", "kind": "mean", "cap": -2.5}),
+            "metrics[0].cap",
+        ),
+    ] {
+        let (status, err) = server.patch("/v1/experiments/exp", json!({ "metrics": [metric] }));
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["error"]["field"].as_str(), Some(field), "{err}");
+    }
+}
+
+/// `minutes` from now, RFC 3339.
+fn minutes_from_now(minutes: i64) -> String {
+    (time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+#[test]
+fn cuped_adjusts_by_what_each_unit_spent_before_its_exposure() {
+    let mut server = TestServer::start();
+    let (status, created) = server.post(
+        "/v1/experiments",
+        json!({
+            "key": "exp", "name": "cuped",
+            "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
+            "metrics": [{"key": "purchase", "kind": "mean", "cuped": {"window_days": 3}}]
+        }),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["metrics"][0]["cuped"], json!({"window_days": 3}));
+    assert_eq!(server.post_empty("/v1/experiments/exp/start").0, 200);
+    let case = reference("cuped served");
+    let (before, exposed, after) = (
+        minutes_from_now(-24 * 60),
+        minutes_from_now(-60),
+        minutes_from_now(-30),
+    );
+    // Five days before: outside the window, so it must not count.
+    let too_early = minutes_from_now(-5 * 24 * 60);
+    for (i, variant) in ["control", "t1"].into_iter().enumerate() {
+        let mut events = Vec::new();
+        for (u, pair) in case["per_unit"][i].as_array().unwrap().iter().enumerate() {
+            let unit = format!("{variant}-{u}");
+            let (spent_after, spent_before) =
+                (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap());
+            events.push(
+                json!({"type": "purchase", "unit_id": unit, "value": 500, "timestamp": too_early}),
+            );
+            if spent_before > 0.0 {
+                events.push(json!({"type": "purchase", "unit_id": unit, "value": spent_before, "timestamp": before}));
+            }
+            events.push(json!({"type": "exposure", "unit_id": unit, "experiment": "exp", "variant": variant, "timestamp": exposed}));
+            if spent_after > 0.0 {
+                events.push(json!({"type": "purchase", "unit_id": unit, "value": spent_after, "timestamp": after}));
+            }
+        }
+        let (status, body) = server.post("/v1/events", json!({ "events": events }));
+        assert_eq!(status, 202, "{body}");
+    }
+    server.barrier();
+    let check = |results: &Value| {
+        let m = metric(results, "purchase");
+        let expected = &case["cuped"];
+        for field in ["theta", "variance_reduction"] {
+            assert!(
+                close(&expected[field], &m["cuped"][field]),
+                "{field}: {}",
+                m["cuped"]
+            );
+        }
+        assert_eq!(
+            (
+                m["cuped"]["covariate"].as_str(),
+                m["cuped"]["window_days"].as_u64()
+            ),
+            (Some("purchase"), Some(3))
+        );
+        assert_metric("cuped served", m, &["sum", "mean"]);
+    };
+    let (status, results) = server.get("/v1/experiments/exp/results");
+    assert_eq!(status, 200, "{results}");
+    check(&results);
+    // The covariates were captured at the exposures: a restart keeps them.
+    server.restart();
+    let (_, results) = server.get("/v1/experiments/exp/results");
+    check(&results);
+
+    for (cuped, field) in [
+        (json!({"window_days": 0}), "metrics[0].cuped.window_days"),
+        (json!({"window_days": 91}), "metrics[0].cuped.window_days"),
+    ] {
+        let body = json!({"metrics": [{"key": "purchase", "kind": "mean", "cuped": cuped}]});
+        let (status, err) = server.patch("/v1/experiments/exp", body);
+        assert_eq!(
+            (status, err["error"]["field"].as_str()),
+            (422, Some(field)),
+            "{err}"
+        );
+    }
+    let body =
+        json!({"metrics": [{"key": "purchase", "kind": "binomial", "cuped": {"window_days": 3}}]});
+    let (status, err) = server.patch("/v1/experiments/exp", body);
+    assert_eq!(
+        (status, err["error"]["field"].as_str()),
+        (422, Some("metrics[0].cuped")),
+        "{err}"
+    );
+}

@@ -30,6 +30,21 @@ Definitions (the contract the Rust code implements independently):
   multipletests "fdr_bh") or none (unchanged), each applied to the
   fixed-horizon and to the always-valid p-values apart; significant when
   the adjusted value is <= alpha.
+- ratio variant (sum of per-unit numerators x over sum of denominators
+  d): R = sum x / sum d; stddev is the sample stddev (ddof=1) of the
+  per-unit linearisation (x - R d) / mean(d), computed on the raw
+  per-unit values; 95% normal interval R +- z stddev / sqrt(n).
+- ratio comparison: difference of ratios, se = sqrt(sd_t^2/n_t +
+  sd_c^2/n_c), z = d / se with its two-sided normal p-value and interval;
+  chance to win Phi(z).
+- capped mean: a mean of min(value, cap) per unit (winsorised at an
+  absolute cap), otherwise a mean metric.
+- CUPED mean (Deng et al. 2013): theta is the slope of statsmodels OLS
+  of every unit's value on its centred covariate, all variants pooled;
+  each unit's adjusted value is x - theta (c - mean of all c); the
+  variant's mean, stddev, interval and every comparison are those of a
+  mean metric on the adjusted values (sum stays the raw sum);
+  variance_reduction = 1 - var(x - theta c) / var(x), pooled.
 - chance to win: binomial P(p_t > p_c) under Beta(1 + c, 1 + n - c)
   posteriors, by the exact closed form (sum over the treatment's alpha);
   mean: Phi(d / se).
@@ -53,7 +68,9 @@ from statsmodels.stats.proportion import (
     proportion_confint,
     proportions_ztest,
 )
+from statsmodels.regression.linear_model import OLS
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+from statsmodels.tools import add_constant
 
 Z = stats.norm.ppf(0.975)
 RNG = np.random.default_rng(20261122)
@@ -170,6 +187,51 @@ def compare_mean(t_values, c_values, t, c, tau2):
     return out
 
 
+def variant_ratio(key, x, d):
+    n = len(x)
+    out = {"variant": key, "units": n, "numerator": float(np.sum(x)), "denominator": float(np.sum(d))}
+    if n == 0:
+        out.update(ratio=None, stddev=None, ci=None, reason="no exposed units")
+        return out
+    if np.sum(d) == 0:
+        out.update(ratio=None, stddev=None, ci=None, reason="the denominator is zero")
+        return out
+    r = float(np.sum(x) / np.sum(d))
+    if n < 2:
+        out.update(ratio=r, stddev=None, ci=None, reason="fewer than 2 units")
+        return out
+    linear = (x - r * d) / np.mean(d)
+    sd = float(np.std(linear, ddof=1))
+    half = Z * sd / math.sqrt(n)
+    out.update(ratio=r, stddev=sd, ci=[r - half, r + half], reason=None)
+    return out
+
+
+def compare_ratio(t_arm, c_arm, t, c, tau2):
+    out = {"variant": t["variant"]}
+    nt, nc = len(t_arm[0]), len(c_arm[0])
+    if nc < 2 or nt < 2:
+        return null_comparison(out, "fewer than 2 units in a variant")
+    if t["ratio"] is None or c["ratio"] is None:
+        return null_comparison(out, "the denominator is zero")
+    rt, rc = t["ratio"], c["ratio"]
+    d = rt - rc
+    var_t, var_c = t["stddev"] ** 2 / nt, c["stddev"] ** 2 / nc
+    if var_t + var_c == 0:
+        out.update(absolute={"estimate": d, "ci": None}, relative=relative(d, rc, rt, var_t, var_c))
+        out.update(statistic=None, p_value=None, chance_to_win=None, sequential_p_value=None)
+        out["reason"] = "no variance in either variant"
+        return out
+    se = math.sqrt(var_t + var_c)
+    z = d / se
+    out.update(absolute={"estimate": d, "ci": [d - Z * se, d + Z * se]}, relative=relative(d, rc, rt, var_t, var_c))
+    out.update(statistic=z, p_value=float(2 * stats.norm.sf(abs(z))))
+    out["chance_to_win"] = float(stats.norm.cdf(z))
+    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
+    return out
+
+
 def relative(d, base, mt, var_t, var_c):
     if base == 0:
         return {"estimate": None, "ci": None, "variance": None, "reason": "control is zero"}
@@ -259,6 +321,98 @@ def case_mean(name, arms, weights=None, alpha=0.05, tau2=0.01):
     }
 
 
+def case_ratio(name, arms, weights=None, alpha=0.05, tau2=0.01):
+    """`arms`: per variant, (numerators, denominators) per unit."""
+    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
+    weights = weights or [1.0] * len(arms)
+    arms = [(np.asarray(x, dtype=float), np.asarray(d, dtype=float)) for x, d in arms]
+    variants = [variant_ratio(k, x, d) for k, (x, d) in zip(keys, arms)]
+    comparisons = [compare_ratio(a, arms[0], v, variants[0], tau2) for a, v in zip(arms[1:], variants[1:])]
+    finish(comparisons, alpha)
+    return {
+        "name": name,
+        "kind": "ratio",
+        "alpha": alpha,
+        "mixing_variance": tau2,
+        "weights": weights,
+        "input": [
+            {
+                "units": len(x),
+                "sum": float(np.sum(x)),
+                "sum_squares": float(np.sum(x * x)),
+                "denominator_sum": float(np.sum(d)),
+                "denominator_sum_squares": float(np.sum(d * d)),
+                "cross": float(np.sum(x * d)),
+            }
+            for x, d in arms
+        ],
+        "variants": variants,
+        "comparisons": comparisons,
+        "srm": srm([len(x) for x, _ in arms], weights),
+    }
+
+
+def case_cuped(name, arms, weights=None, alpha=0.05, tau2=0.01):
+    """`arms`: per variant, (values, covariates) per unit."""
+    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
+    weights = weights or [1.0] * len(arms)
+    arms = [(np.asarray(x, dtype=float), np.asarray(c, dtype=float)) for x, c in arms]
+    xs = np.concatenate([x for x, _ in arms])
+    cs = np.concatenate([c for _, c in arms])
+    if len(xs) < 2 or np.var(cs) == 0:
+        theta = 0.0
+    else:
+        theta = float(OLS(xs, add_constant(cs - cs.mean(), has_constant="add")).fit().params[1])
+    reduction = 0.0
+    if len(xs) >= 2 and np.var(xs) > 0:
+        reduction = 1 - np.var(xs - theta * cs, ddof=1) / np.var(xs, ddof=1)
+    adjusted = [x - theta * (c - cs.mean()) for x, c in arms]
+    variants = [variant_mean(k, a) for k, a in zip(keys, adjusted)]
+    for v, (x, _) in zip(variants, arms):
+        v["sum"] = float(np.sum(x))
+    comparisons = [compare_mean(a, adjusted[0], v, variants[0], tau2) for a, v in zip(adjusted[1:], variants[1:])]
+    finish(comparisons, alpha)
+    return {
+        "name": name,
+        "kind": "mean",
+        "alpha": alpha,
+        "mixing_variance": tau2,
+        "weights": weights,
+        "input": [
+            {
+                "units": len(x),
+                "sum": float(np.sum(x)),
+                "sum_squares": float(np.sum(x * x)),
+                "covariate_sum": float(np.sum(c)),
+                "covariate_sum_squares": float(np.sum(c * c)),
+                "covariate_cross": float(np.sum(x * c)),
+            }
+            for x, c in arms
+        ],
+        "cuped": {"theta": theta, "variance_reduction": float(min(max(reduction, 0.0), 1.0))},
+        "variants": variants,
+        "comparisons": comparisons,
+        "srm": srm([len(x) for x, _ in arms], weights),
+    }
+
+
+def correlated(n, mean, rho, lift=0.0, scale=1.0):
+    """(values, covariates): covariates ~ N(mean, scale), values correlated
+    with them by rho, shifted by lift."""
+    c = RNG.normal(mean, scale, n)
+    e = RNG.normal(0, scale, n)
+    return mean + lift + rho * (c - mean) + math.sqrt(1 - rho * rho) * e, c
+
+
+def spenders(n, buy_rate, mean_value, lift=1.0):
+    """Revenue before (covariate) and after exposure for the same users:
+    a unit that spent before tends to spend again."""
+    before = revenue(n, buy_rate, mean_value)
+    again = RNG.random(n) < np.where(before > 0, 0.6, buy_rate / 2)
+    after = np.where(again, np.round(before * lift * RNG.lognormal(0, 0.3, n) + RNG.exponential(5, n), 2), 0.0)
+    return after, before
+
+
 def finish(comparisons, alpha):
     for key, out in (("p_value", "p_value_holm"), ("sequential_p_value", "sequential_p_value_holm")):
         for c, p in zip(comparisons, holm(comparisons, key, alpha)):
@@ -274,10 +428,8 @@ def finish(comparisons, alpha):
 def case_family(name, metrics, correction, alpha=0.05, tau2=0.01):
     """One experiment's metrics, corrected as one family (or per metric
     when `correction` is None)."""
-    built = [
-        case_binomial(name, arms, alpha=alpha, tau2=tau2) if kind == "binomial" else case_mean(name, arms, alpha=alpha, tau2=tau2)
-        for kind, arms in metrics
-    ]
+    build = {"binomial": case_binomial, "mean": case_mean, "ratio": case_ratio}
+    built = [build[kind](name, arms, alpha=alpha, tau2=tau2) for kind, arms in metrics]
     if correction is not None:
         flat = [c for b in built for c in b["comparisons"]]
         for key, flag in (("p_value", "significant"), ("sequential_p_value", "sequential_significant")):
@@ -319,6 +471,20 @@ def revenue(n, buy_rate, mean_value, sd_value=None):
 
 def counts(n, rate):
     return RNG.poisson(rate, n).astype(float)
+
+
+def clicks(n, sessions_rate, click_rate):
+    """Per unit (clicks, sessions): sessions ~ Poisson, clicks ~ Binomial
+    over them, so the two are correlated as in real traffic."""
+    sessions = RNG.poisson(sessions_rate, n).astype(float)
+    return RNG.binomial(sessions.astype(int), click_rate).astype(float), sessions
+
+
+def revenue_per_session(n, sessions_rate, buy_rate, mean_value):
+    sessions = RNG.poisson(sessions_rate, n).astype(float)
+    orders = RNG.binomial(sessions.astype(int), buy_rate)
+    value = np.array([np.round(RNG.lognormal(math.log(mean_value), 0.8, k).sum(), 2) for k in orders])
+    return value, sessions
 
 
 def main():
@@ -445,6 +611,101 @@ def main():
     for name, metrics in families:
         for correction in (None, "holm", "bh", "none"):
             cases.append(case_family(name, metrics, correction, alpha=0.1 if name == "ties" else 0.05))
+
+    # Ratio metrics: clicks per session, revenue per session, dwell per
+    # click; units without a denominator; degenerate inputs.
+    r = [
+        ("ctr small", [clicks(40, 3.0, 0.2), clicks(40, 3.0, 0.25)]),
+        ("ctr medium", [clicks(2000, 3.0, 0.10), clicks(2000, 3.0, 0.11)]),
+        ("ctr large", [clicks(100_000, 2.5, 0.05), clicks(100_000, 2.5, 0.051)]),
+        ("ctr unequal", [clicks(1500, 2.0, 0.3), clicks(3500, 2.0, 0.32)]),
+        ("ctr three variants", [clicks(3000, 4.0, 0.1), clicks(3000, 4.0, 0.12), clicks(3000, 4.0, 0.095)]),
+        ("ctr five variants", [clicks(2000, 1.5, 0.2)] + [clicks(2000, 1.5, 0.2 + 0.01 * i) for i in range(1, 5)]),
+        ("revenue per session", [revenue_per_session(3000, 2.0, 0.05, 40), revenue_per_session(3000, 2.0, 0.055, 40)]),
+        ("revenue per session large", [revenue_per_session(50_000, 1.5, 0.03, 25), revenue_per_session(50_000, 1.5, 0.03, 26)]),
+        ("dwell per click", [(RNG.gamma(2.0, 15_000, 4000), RNG.poisson(1.5, 4000).astype(float) + 1),
+                             (RNG.gamma(2.0, 15_500, 4000), RNG.poisson(1.5, 4000).astype(float) + 1)]),
+        ("identical", [(np.tile([0.0, 1.0, 2.0, 1.0], 250), np.tile([1.0, 2.0, 3.0, 1.0], 250)),
+                       (np.tile([0.0, 1.0, 2.0, 1.0], 250), np.tile([1.0, 2.0, 3.0, 1.0], 250))]),
+        ("constant ratio", [(np.full(100, 2.0), np.full(100, 1.0)), (np.arange(1.0, 101.0) * 2, np.arange(1.0, 101.0))]),
+        ("zero numerator control", [(np.zeros(500), RNG.poisson(2.0, 500).astype(float)), clicks(500, 2.0, 0.1)]),
+        ("zero denominator control", [(np.zeros(300), np.zeros(300)), clicks(300, 2.0, 0.1)]),
+        ("zero denominator both", [(np.zeros(300), np.zeros(300)), (np.zeros(300), np.zeros(300))]),
+        ("one unit treatment", [clicks(200, 3.0, 0.2), (np.array([1.0]), np.array([3.0]))]),
+        ("empty treatment", [clicks(200, 3.0, 0.2), (np.array([]), np.array([]))]),
+        ("strong effect", [clicks(5000, 3.0, 0.10), clicks(5000, 3.0, 0.13)]),
+        ("negative effect", [clicks(5000, 3.0, 0.13), clicks(5000, 3.0, 0.10)]),
+        ("negative numerators", [(RNG.normal(-1.0, 2.0, 2000), RNG.poisson(2.0, 2000).astype(float) + 1),
+                                 (RNG.normal(-0.8, 2.0, 2000), RNG.poisson(2.0, 2000).astype(float) + 1)]),
+    ]
+    for name, arms in r:
+        cases.append(case_ratio("ratio " + name, arms))
+    cases.append(case_ratio("ratio weights 30/70", [clicks(3000, 2.0, 0.1), clicks(7000, 2.0, 0.1)], weights=[0.3, 0.7]))
+    cases.append(case_ratio("ratio alpha 0.01 tau2 0.05", [clicks(8000, 2.0, 0.1), clicks(8000, 2.0, 0.108)], alpha=0.01, tau2=0.05))
+
+    # Capped means: each unit's value winsorised at an absolute cap.
+    for name, cap, arms in [
+        ("revenue at 100", 100.0, [revenue(5000, 0.1, 60), revenue(5000, 0.11, 62)]),
+        ("revenue at 10", 10.0, [revenue(5000, 0.1, 60), revenue(5000, 0.11, 62)]),
+        ("counts at 3", 3.0, [counts(4000, 2.0), counts(4000, 2.1)]),
+        ("dwell at 60s", 60_000.0, [RNG.exponential(30_000, 3000), RNG.exponential(31_000, 3000)]),
+        ("everyone capped", 1.0, [counts(1000, 20.0), counts(1000, 21.0)]),
+        ("negative below the cap", 5.0, [RNG.normal(0, 10, 2000), RNG.normal(0.5, 10, 2000)]),
+    ]:
+        capped = [np.minimum(a, cap) for a in arms]
+        case = case_mean(f"mean capped {name}", capped)
+        case["cap"] = cap
+        cases.append(case)
+
+    # Served over HTTP by tests/it/results.rs, which sends these per-unit
+    # values as events: taps per visit, and purchases capped at 20 then 10.
+    served = [clicks(30, 3.0, 0.3), clicks(30, 3.0, 0.45)]
+    case = case_ratio("ratio served", served)
+    case["per_unit"] = [[[int(a), int(b)] for a, b in zip(x, d)] for x, d in served]
+    cases.append(case)
+    spend = [RNG.integers(0, 4, 30) * RNG.integers(1, 15, 30), RNG.integers(0, 4, 30) * RNG.integers(1, 16, 30)]
+    for cap in (20.0, 10.0):
+        case = case_mean(f"mean capped served at {cap:g}", [np.minimum(a.astype(float), cap) for a in spend])
+        case["cap"] = cap
+        case["per_unit"] = [[int(v) for v in a] for a in spend]
+        cases.append(case)
+
+    # CUPED: correlated covariates, none at all, a constant one, revenue
+    # with a pre-period, several variants, degenerate inputs.
+    cu = [
+        ("rho 0.5", [correlated(2000, 10, 0.5), correlated(2000, 10, 0.5, lift=0.1)]),
+        ("rho 0.9", [correlated(2000, 10, 0.9), correlated(2000, 10, 0.9, lift=0.05)]),
+        ("rho 0.2 large", [correlated(50_000, 3, 0.2), correlated(50_000, 3, 0.2, lift=0.01)]),
+        ("negative rho", [correlated(3000, 5, -0.6), correlated(3000, 5, -0.6, lift=0.08)]),
+        ("uncorrelated", [correlated(3000, 5, 0.0), correlated(3000, 5, 0.0, lift=0.05)]),
+        ("small", [correlated(25, 4, 0.7), correlated(30, 4, 0.7, lift=0.5)]),
+        ("unequal", [correlated(1200, 8, 0.6), correlated(2800, 8, 0.6, lift=0.1)]),
+        ("three variants", [correlated(2000, 6, 0.7), correlated(2000, 6, 0.7, lift=0.1), correlated(2000, 6, 0.7, lift=-0.05)]),
+        ("revenue", [spenders(5000, 0.1, 40), spenders(5000, 0.1, 40, lift=1.08)]),
+        ("revenue large", [spenders(100_000, 0.05, 30), spenders(100_000, 0.05, 30, lift=1.03)]),
+        ("constant covariate", [(counts(1000, 2.0), np.zeros(1000)), (counts(1000, 2.2), np.zeros(1000))]),
+        ("one unit treatment", [correlated(100, 4, 0.5), (np.array([4.5]), np.array([4.0]))]),
+        ("empty treatment", [correlated(100, 4, 0.5), (np.array([]), np.array([]))]),
+        ("zero both", [(np.zeros(300), counts(300, 1.0)), (np.zeros(300), counts(300, 1.0))]),
+    ]
+    for name, arms in cu:
+        cases.append(case_cuped("cuped " + name, arms))
+    cases.append(case_cuped("cuped alpha 0.01 tau2 0.05", [correlated(4000, 10, 0.6), correlated(4000, 10, 0.6, lift=0.06)], alpha=0.01, tau2=0.05))
+    served = [spenders(40, 0.5, 20), spenders(40, 0.5, 20, lift=1.3)]
+    case = case_cuped("cuped served", [(np.round(x), np.round(c)) for x, c in served])
+    case["per_unit"] = [[[int(a), int(b)] for a, b in zip(np.round(x), np.round(c))] for x, c in served]
+    cases.append(case)
+
+    # Families with ratio metrics beside the others.
+    for name, metrics in [
+        ("with ratios", [
+            ("binomial", [(4000, 400), (4000, 450)]),
+            ("ratio", [clicks(4000, 3.0, 0.1), clicks(4000, 3.0, 0.106)]),
+            ("ratio", [revenue_per_session(4000, 2.0, 0.05, 30), revenue_per_session(4000, 2.0, 0.05, 33)]),
+        ]),
+    ]:
+        for correction in (None, "holm", "bh", "none"):
+            cases.append(case_family(name, metrics, correction))
 
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases.json")
     with open(out, "w") as f:

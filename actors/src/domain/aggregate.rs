@@ -7,17 +7,28 @@
 //! Per unit, only the unit's own running sum is kept ([`UnitMeasure`]);
 //! the per-variant totals carry the sum of squares of those per-unit sums,
 //! which is all a mean metric's variance needs.
+//!
+//! A capped or ratio metric needs more: sums of each unit's capped value
+//! and of the product of its numerator and denominator ([`DerivedSums`]).
+//! They depend on the metric's definition ([`Derivation`]), so each
+//! experiment's aggregates record the definitions they were kept for;
+//! when a definition changes, each partition recomputes them from its
+//! units' stored running sums (see `ingest/aggregator.rs`, "Derived sums").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One experiment's aggregates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExperimentAggregates {
     /// By variant key.
     pub variants: BTreeMap<String, VariantAggregates>,
+    /// By metric key: the definitions the variants' derived sums were kept
+    /// for. A metric whose current definition differs is being recomputed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub derived: BTreeMap<String, Derivation>,
 }
 
 /// One variant's aggregates.
@@ -31,6 +42,131 @@ pub struct VariantAggregates {
     pub assignment_mismatches: u64,
     /// By measure (event type or `metric` name).
     pub measures: BTreeMap<String, MeasureAggregates>,
+    /// By metric key, for metrics with a [`Derivation`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub derived: BTreeMap<String, DerivedSums>,
+}
+
+/// An experiment's derived metrics, by metric key.
+pub type Derivations = BTreeMap<String, Derivation>;
+
+/// What a metric needs kept beyond its measures' plain sums.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Derivation {
+    /// The measure counted (a ratio's numerator).
+    pub measure: String,
+    /// Each unit's value counts at most this much.
+    pub cap: Option<f64>,
+    /// A ratio's denominator measure.
+    pub denominator: Option<String>,
+    /// CUPED's covariate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covariate: Option<Covariate>,
+}
+
+/// A unit's sum of `measure` over `window_ms` before its first exposure,
+/// captured at that exposure (see `ingest/aggregator.rs`, "Covariates").
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+pub struct Covariate {
+    /// The measure summed.
+    pub measure: String,
+    /// How far before the exposure events count, in milliseconds.
+    pub window_ms: i64,
+}
+
+impl Covariate {
+    /// The key the captured value is kept under among the unit's
+    /// [`UnitMeasure`]s: `{measure}@pre{window_ms}`, which no measure can
+    /// be (measure names are `[a-z0-9_-]`).
+    pub fn key(&self) -> String {
+        format!("{}@pre{}", self.measure, self.window_ms)
+    }
+}
+
+/// Sums over a variant's exposed units of a metric's per-unit value `x`
+/// (the unit's sum of the measure, capped) and, for a ratio, of `x d`
+/// with `d` the unit's sum of the denominator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DerivedSums {
+    /// Sum of `x`.
+    pub sum: f64,
+    /// Sum of `x²`.
+    pub sum_squares: f64,
+    /// Sum of `x d` (ratio metrics; 0 otherwise).
+    pub cross: f64,
+    /// Units whose value was above the cap (a count, kept as a sum).
+    #[serde(default)]
+    pub capped: f64,
+    /// CUPED: sum of the covariates `c`.
+    #[serde(default)]
+    pub pre_sum: f64,
+    /// Sum of `c²`.
+    #[serde(default)]
+    pub pre_sum_squares: f64,
+    /// Sum of `x c`.
+    #[serde(default)]
+    pub pre_cross: f64,
+}
+
+impl Derivation {
+    /// One exposure's terms: its `x`, `x²` and `x d`.
+    pub fn terms(&self, exposure: &Exposure) -> DerivedSums {
+        let sum_of = |key: &str| {
+            exposure
+                .measures
+                .iter()
+                .find(|m| &*m.key == key)
+                .map_or(0.0, |m| m.sum)
+        };
+        let raw = sum_of(&self.measure);
+        let x = self.cap.map_or(raw, |cap| raw.min(cap));
+        let d = self.denominator.as_deref().map_or(0.0, sum_of);
+        let c = self.covariate.as_ref().map_or(0.0, |c| sum_of(&c.key()));
+        DerivedSums {
+            sum: x,
+            sum_squares: x * x,
+            cross: x * d,
+            capped: f64::from(u8::from(x < raw)),
+            pre_sum: c,
+            pre_sum_squares: c * c,
+            pre_cross: x * c,
+        }
+    }
+
+    /// Whether a change to `measure` can change this metric's terms.
+    pub fn reads(&self, measure: &str) -> bool {
+        self.measure == measure || self.denominator.as_deref() == Some(measure)
+    }
+}
+
+impl DerivedSums {
+    /// Adds `after - before`, saturating like every other sum.
+    pub fn shift(&mut self, before: DerivedSums, after: DerivedSums) {
+        let step = |total: f64, b: f64, a: f64| finite(total + (finite(a) - finite(b)));
+        self.sum = step(self.sum, before.sum, after.sum);
+        self.sum_squares = step(self.sum_squares, before.sum_squares, after.sum_squares);
+        self.cross = step(self.cross, before.cross, after.cross);
+        self.capped = step(self.capped, before.capped, after.capped);
+        self.pre_sum = step(self.pre_sum, before.pre_sum, after.pre_sum);
+        self.pre_sum_squares = step(
+            self.pre_sum_squares,
+            before.pre_sum_squares,
+            after.pre_sum_squares,
+        );
+        self.pre_cross = step(self.pre_cross, before.pre_cross, after.pre_cross);
+    }
+}
+
+/// `x`, or the nearest finite value: sums saturate at `±f64::MAX`, and a
+/// NaN (which only `inf - inf` could make) counts as 0.
+pub fn finite(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-f64::MAX, f64::MAX)
+    }
 }
 
 /// What a variant's exposed units did with one measure, counting only
@@ -52,8 +188,20 @@ pub struct MeasureAggregates {
 impl ExperimentAggregates {
     /// Adds `other`'s counts and sums to these: how the shares of several
     /// ingest partitions, which count disjoint units, make one total. Sums
-    /// saturate at `±f64::MAX`, like the aggregator's.
+    /// saturate at `±f64::MAX`, like the aggregator's. A share without
+    /// variants adds nothing; a derived metric stays only where every
+    /// share with variants kept it for the same definition (a partition
+    /// still recomputing it leaves it out until it is done).
     pub fn add(&mut self, other: &ExperimentAggregates) {
+        if other.variants.is_empty() {
+            return;
+        }
+        if self.variants.is_empty() {
+            self.derived = other.derived.clone();
+        } else {
+            self.derived
+                .retain(|metric, d| other.derived.get(metric) == Some(d));
+        }
         for (key, theirs) in &other.variants {
             let ours = self.variants.entry(key.clone()).or_default();
             ours.units = ours.units.saturating_add(theirs.units);
@@ -67,6 +215,12 @@ impl ExperimentAggregates {
                 sum.events = sum.events.saturating_add(m.events);
                 sum.sum = (sum.sum + m.sum).clamp(-f64::MAX, f64::MAX);
                 sum.sum_squares = (sum.sum_squares + m.sum_squares).clamp(-f64::MAX, f64::MAX);
+            }
+            for (metric, d) in &theirs.derived {
+                ours.derived
+                    .entry(metric.clone())
+                    .or_default()
+                    .shift(DerivedSums::default(), *d);
             }
         }
     }

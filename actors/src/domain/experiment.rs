@@ -9,12 +9,12 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::ids::check_printable;
-use super::{Action, ExperimentKey, MetricKey, Status, UnitId, VariantKey};
+use super::{Action, Covariate, Derivation, ExperimentKey, MetricKey, Status, UnitId, VariantKey};
 use crate::{Error, Result};
 
 // Bodies are read from JSON objects only, never from arrays of their
 // fields (domain/objects.rs).
-crate::objects_only!(serialize: Variant, Layer, Guardrail, Metric, Bucketing);
+crate::objects_only!(serialize: Variant, Layer, Guardrail, Metric, Cuped, Bucketing);
 crate::objects_only!(ExperimentIn, ExperimentPatch);
 
 /// Most variants an experiment may have.
@@ -25,6 +25,8 @@ const MAX_SALT_CHARS: usize = 128;
 /// Most forced overrides an experiment may have.
 pub const MAX_FORCED: usize = 10_000;
 const MAX_METRICS: usize = 50;
+/// Longest CUPED pre-exposure window.
+pub const MAX_CUPED_WINDOW_DAYS: u32 = 90;
 
 /// An experiment as the engine holds it and the API and webhooks show it.
 /// The store keeps an [`ExperimentRecord`](super::ExperimentRecord).
@@ -174,14 +176,131 @@ pub struct Layer {
 }
 
 /// A metric to analyse.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[serde(remote = "Self")]
 pub struct Metric {
-    /// Event type or `metric` event name counted.
+    /// The metric's name in results, unique within the experiment; also
+    /// the measure counted (event type or `metric` event name) unless
+    /// `measure` names another.
     pub key: MetricKey,
     /// How per-unit values are formed.
     pub kind: MetricKind,
+    /// The measure counted, when it is not `key`: how two metrics read one
+    /// measure (`revenue` and a capped `revenue_capped`). For a ratio, the
+    /// numerator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measure: Option<MetricKey>,
+    /// A ratio's denominator measure (required for `kind: ratio`, refused
+    /// otherwise): the metric is sum of numerators / sum of denominators
+    /// over the variant's units, analysed with the delta method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<MetricKey>,
+    /// Winsorisation: each unit's value (its sum of the measure; for a
+    /// ratio, of the numerator) counts at most this much. Above 0; mean
+    /// and ratio metrics only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0)]
+    pub cap: Option<f64>,
+    /// Variance reduction by regression on each unit's behaviour before
+    /// its first exposure (mean metrics only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cuped: Option<Cuped>,
+}
+
+/// CUPED: each unit's sum of a measure over the days before its first
+/// exposure is its covariate (docs/statistics.md, "CUPED").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
+pub struct Cuped {
+    /// Days before the first exposure whose events count, 1-90.
+    #[schema(minimum = 1, maximum = 90)]
+    pub window_days: u32,
+    /// The measure summed; default: the metric's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covariate: Option<MetricKey>,
+}
+
+impl Metric {
+    /// The measure counted (for a ratio, the numerator).
+    pub fn measure(&self) -> &str {
+        self.measure.as_ref().unwrap_or(&self.key).as_str()
+    }
+
+    /// What the aggregates must keep for this metric beyond each
+    /// measure's plain sums: `None` for a plain binomial or mean metric.
+    pub fn derivation(&self) -> Option<Derivation> {
+        let derived = self.cap.is_some() || self.denominator.is_some() || self.cuped.is_some();
+        derived.then(|| Derivation {
+            measure: self.measure().to_owned(),
+            cap: self.cap,
+            denominator: self.denominator.as_ref().map(ToString::to_string),
+            covariate: self.cuped.as_ref().map(|c| Covariate {
+                measure: c
+                    .covariate
+                    .as_ref()
+                    .map_or_else(|| self.measure().to_owned(), ToString::to_string),
+                window_ms: i64::from(c.window_days) * 86_400_000,
+            }),
+        })
+    }
+
+    /// Checks the fields that depend on each other; `at` is the metric's
+    /// place in the list, for the error's field.
+    fn check(&self, at: usize) -> Result<()> {
+        let field = |name: &str| format!("metrics[{at}].{name}");
+        match (self.kind, &self.denominator) {
+            (MetricKind::Ratio, None) => {
+                return Err(Error::invalid(
+                    field("denominator"),
+                    "a ratio metric needs a denominator",
+                ))
+            }
+            (MetricKind::Binomial | MetricKind::Mean, Some(_)) => {
+                return Err(Error::invalid(
+                    field("denominator"),
+                    "only a ratio metric has a denominator",
+                ))
+            }
+            (_, Some(d)) if d.as_str() == self.measure() => {
+                return Err(Error::invalid(
+                    field("denominator"),
+                    "the denominator must be another measure than the numerator",
+                ))
+            }
+            _ => {}
+        }
+        if let Some(cuped) = &self.cuped {
+            if self.kind != MetricKind::Mean {
+                return Err(Error::invalid(
+                    field("cuped"),
+                    "CUPED applies to mean metrics",
+                ));
+            }
+            if !(1..=MAX_CUPED_WINDOW_DAYS).contains(&cuped.window_days) {
+                return Err(Error::invalid(
+                    field("cuped.window_days"),
+                    format!("window_days must be 1 to {MAX_CUPED_WINDOW_DAYS}"),
+                ));
+            }
+        }
+        if let Some(cap) = self.cap {
+            if self.kind == MetricKind::Binomial {
+                return Err(Error::invalid(
+                    field("cap"),
+                    "a binomial metric cannot be capped",
+                ));
+            }
+            if !(cap.is_finite() && cap > 0.0) {
+                return Err(Error::invalid(
+                    field("cap"),
+                    "cap must be a finite number above 0",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A metric a treatment must not make worse than the control by more than
@@ -238,6 +357,8 @@ pub enum MetricKind {
     Binomial,
     /// The unit's sum of values.
     Mean,
+    /// Sum of numerators over sum of denominators (clicks per impression).
+    Ratio,
 }
 
 /// How an experiment's p-values are corrected for testing every treatment
@@ -403,6 +524,14 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 }
 
 impl Experiment {
+    /// The metrics whose aggregates need derived sums, by key.
+    pub fn derivations(&self) -> BTreeMap<String, Derivation> {
+        self.metrics
+            .iter()
+            .filter_map(|m| Some((m.key.to_string(), m.derivation()?)))
+            .collect()
+    }
+
     /// A new draft from a create request, validated.
     pub fn create(input: ExperimentIn, now: OffsetDateTime) -> Result<Self> {
         let salt = input.salt.unwrap_or_else(|| input.key.to_string());
@@ -622,6 +751,7 @@ impl Experiment {
         }
         let mut seen = HashSet::new();
         for (i, m) in self.metrics.iter().enumerate() {
+            m.check(i)?;
             if !seen.insert(&m.key) {
                 return Err(Error::invalid(
                     format!("metrics[{i}].key"),

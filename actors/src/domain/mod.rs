@@ -26,8 +26,8 @@ mod timeline;
 mod webhook;
 
 pub use aggregate::{
-    AggregateChanges, ExperimentAggregates, Exposure, MeasureAggregates, UnitChange, UnitMeasure,
-    VariantAggregates,
+    finite, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums,
+    ExperimentAggregates, Exposure, MeasureAggregates, UnitChange, UnitMeasure, VariantAggregates,
 };
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
@@ -40,8 +40,8 @@ pub use credential::{
 pub use domain_event::{DomainEvent, DomainEventKind};
 pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
-    Bucketing, Correction, Experiment, ExperimentIn, ExperimentPatch, Guardrail, GuardrailStop,
-    Layer, Metric, MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
+    Bucketing, Correction, Cuped, Experiment, ExperimentIn, ExperimentPatch, Guardrail,
+    GuardrailStop, Layer, Metric, MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
 };
 pub use ids::{
     uuid_v7, AlertId, AuditId, EventId, ExperimentKey, KeyId, MetricKey, ProjectKey, RuleId,

@@ -9,9 +9,9 @@ use time::OffsetDateTime;
 use super::experiment::default_mixing_variance;
 use super::{
     Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, Correction, DeliveryAttempt,
-    DomainEventKind, Event, EventType, Experiment, ExperimentAggregates, ExperimentKey, Guardrail,
-    GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey, RuleId, Severity, Stamp, Status,
-    UnitId, Variant, VariantAggregates, VariantKey, WebhookId,
+    Derivation, DerivedSums, DomainEventKind, Event, EventType, Experiment, ExperimentAggregates,
+    ExperimentKey, Guardrail, GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey, RuleId,
+    Severity, Stamp, Status, UnitId, Variant, VariantAggregates, VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -475,18 +475,24 @@ impl Serialize for AggregatesRecordRef<'_> {
         impl Serialize for Variant<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let v = self.0;
-                let mut out = s.serialize_struct("VariantRecord", 4)?;
+                let mut out = s.serialize_struct("VariantRecord", 5)?;
                 out.serialize_field("units", &v.units)?;
                 out.serialize_field("exposures", &v.exposures)?;
                 out.serialize_field("assignment_mismatches", &v.assignment_mismatches)?;
                 let measures = v.measures.iter().map(|(k, m)| (k, Measure(m)));
                 out.serialize_field("measures", &Collect::new(measures))?;
+                if !v.derived.is_empty() {
+                    out.serialize_field("derived", &v.derived)?;
+                }
                 out.end()
             }
         }
         let variants = self.0.variants.iter().map(|(k, v)| (k, Variant(v)));
-        let mut out = s.serialize_struct("AggregatesRecord", 1)?;
+        let mut out = s.serialize_struct("AggregatesRecord", 2)?;
         out.serialize_field("variants", &Collect::new(variants))?;
+        if !self.0.derived.is_empty() {
+            out.serialize_field("derived", &self.0.derived)?;
+        }
         out.end()
     }
 }
@@ -514,6 +520,9 @@ impl<K: Serialize, V: Serialize, I: Iterator<Item = (K, V)>> Serialize for Colle
 #[derive(Deserialize)]
 pub struct AggregatesRecord {
     variants: BTreeMap<String, VariantRecord>,
+    /// Absent before derived metrics existed.
+    #[serde(default)]
+    derived: BTreeMap<String, Derivation>,
 }
 
 #[derive(Deserialize)]
@@ -522,6 +531,8 @@ struct VariantRecord {
     exposures: u64,
     assignment_mismatches: u64,
     measures: BTreeMap<String, MeasureRecord>,
+    #[serde(default)]
+    derived: BTreeMap<String, DerivedSums>,
 }
 
 #[derive(Deserialize)]
@@ -556,11 +567,15 @@ impl From<AggregatesRecord> for ExperimentAggregates {
                     exposures: v.exposures,
                     assignment_mismatches: v.assignment_mismatches,
                     measures,
+                    derived: v.derived,
                 };
                 (key, v)
             })
             .collect();
-        Self { variants }
+        Self {
+            variants,
+            derived: r.derived,
+        }
     }
 }
 

@@ -12,6 +12,10 @@ use crate::domain::{Experiment, ExperimentAggregates, MetricKind};
 pub struct TimelineSnapshot {
     /// Per variant key.
     pub variants: BTreeMap<String, VariantFigures>,
+    /// Metrics without figures at that moment: their sums were being
+    /// recomputed after a change to their definition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 /// One variant's cumulative figures.
@@ -19,46 +23,77 @@ pub struct TimelineSnapshot {
 pub struct VariantFigures {
     /// Exposed units.
     pub units: u64,
-    /// Per metric: units with at least one event, and the sum of values.
+    /// Per metric: units with at least one event, and the sum of values
+    /// (capped where the metric caps them; a ratio's numerators).
     pub measures: BTreeMap<String, (u64, f64)>,
+    /// Per ratio metric: the sum of its denominators.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub denominators: BTreeMap<String, f64>,
 }
 
 impl TimelineSnapshot {
     /// The experiment's metrics from its aggregates.
     pub fn of(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Self {
+        // Derived sums kept for another definition are being recomputed.
+        let pending: Vec<String> = experiment
+            .metrics
+            .iter()
+            .filter(|m| {
+                m.derivation().is_some_and(|d| {
+                    !aggregates.variants.is_empty()
+                        && aggregates.derived.get(m.key.as_str()) != Some(&d)
+                })
+            })
+            .map(|m| m.key.to_string())
+            .collect();
         let variants = experiment
             .variants
             .iter()
             .map(|v| {
                 let a = aggregates.variants.get(v.key.as_str());
-                let measures = experiment
-                    .metrics
-                    .iter()
-                    .filter_map(|m| {
-                        let x = a?.measures.get(m.key.as_str())?;
-                        Some((m.key.to_string(), (x.units, x.sum)))
-                    })
-                    .collect();
-                let snapshot = VariantFigures {
+                let mut snapshot = VariantFigures {
                     units: a.map_or(0, |a| a.units),
-                    measures,
+                    ..VariantFigures::default()
                 };
+                for m in &experiment.metrics {
+                    let Some(x) = a.and_then(|a| a.measures.get(m.measure())) else {
+                        continue;
+                    };
+                    let key = m.key.to_string();
+                    if pending.contains(&key) {
+                        continue;
+                    }
+                    let mut sum = x.sum;
+                    if m.derivation().is_some() {
+                        let derived = a.and_then(|a| a.derived.get(key.as_str()));
+                        sum = derived.map_or(0.0, |d| d.sum);
+                    }
+                    if let Some(d) = &m.denominator {
+                        let d = a.and_then(|a| a.measures.get(d.as_str()));
+                        snapshot
+                            .denominators
+                            .insert(key.clone(), d.map_or(0.0, |d| d.sum));
+                    }
+                    snapshot.measures.insert(key, (x.units, sum));
+                }
                 (v.key.to_string(), snapshot)
             })
             .collect();
-        Self { variants }
+        Self { variants, pending }
     }
 
     /// Per variant (in the experiment's order): units and the metric's
     /// value (rate or mean per exposed unit; `None` without units).
     pub fn values(&self, experiment: &Experiment, metric: Option<&str>) -> Vec<VariantPoint> {
-        let kind = metric.and_then(|k| {
-            experiment
-                .metrics
-                .iter()
-                .find(|m| m.key.as_str() == k)
-                .map(|m| m.kind)
-        });
+        let kind = metric
+            .filter(|k| !self.pending.iter().any(|p| p == k))
+            .and_then(|k| {
+                experiment
+                    .metrics
+                    .iter()
+                    .find(|m| m.key.as_str() == k)
+                    .map(|m| m.kind)
+            });
         experiment
             .variants
             .iter()
@@ -66,12 +101,16 @@ impl TimelineSnapshot {
                 let s = self.variants.get(v.key.as_str());
                 let units = s.map_or(0, |s| s.units);
                 let measure = metric.and_then(|k| s?.measures.get(k)).copied();
+                let denominator = metric.and_then(|k| s?.denominators.get(k)).copied();
                 let value = match (kind, units) {
                     (None, _) | (_, 0) => None,
                     (Some(MetricKind::Binomial), n) => {
                         Some(measure.map_or(0, |m| m.0) as f64 / n as f64)
                     }
                     (Some(MetricKind::Mean), n) => Some(measure.map_or(0.0, |m| m.1) / n as f64),
+                    (Some(MetricKind::Ratio), _) => denominator
+                        .filter(|d| *d != 0.0)
+                        .map(|d| measure.map_or(0.0, |m| m.1) / d),
                 };
                 VariantPoint {
                     variant: v.key.to_string(),
@@ -90,7 +129,7 @@ pub struct VariantPoint {
     pub variant: String,
     /// Exposed units so far.
     pub units: u64,
-    /// The metric so far: rate (binomial) or mean per unit.
+    /// The metric so far: rate (binomial), mean per unit, or ratio.
     pub value: Option<f64>,
 }
 

@@ -15,7 +15,7 @@ use super::actor::Slot;
 use super::assignment::{Decision, Reason};
 use super::sticky::{Claim, FirstExposure};
 use super::Assignment;
-use crate::domain::{Event, EventType, Experiment, ExperimentKey, StickyAssignment};
+use crate::domain::{Derivations, Event, EventType, Experiment, ExperimentKey, StickyAssignment};
 use crate::room::Room;
 use crate::Result;
 
@@ -29,6 +29,12 @@ pub trait ExposureQueue: Send + Sync {
     /// Where an assignment refused for a full queue waits for room before
     /// it is decided again.
     fn room(&self) -> &Room;
+
+    /// Tells the pipeline an experiment's capped, ratio and CUPED metrics
+    /// (after what is queued now): events queued after this are folded
+    /// under them. A pipeline that folds elsewhere (cluster mode's
+    /// publisher) learns them from `ingest/derived.rs` instead.
+    fn respec(&self, _experiment: &str, _derivations: Derivations) {}
 }
 
 /// First exposures claimed while one request is handled: records to store

@@ -295,9 +295,22 @@ impl Experiments {
 
     /// Creates a draft experiment on behalf of `by`.
     pub async fn create(&self, input: ExperimentIn, by: &Principal) -> Result<Arc<Compiled>> {
-        self.catalog
+        let created = self
+            .catalog
             .send(CreateExperiment(input, by.clone()))
-            .await?
+            .await??;
+        self.respec(&created.experiment().key);
+        Ok(created)
+    }
+
+    /// Tells the ingest pipeline the experiment's current derived metrics,
+    /// before any event that follows this change is queued.
+    fn respec(&self, key: &ExperimentKey) {
+        if let Ok(current) = self.get(key.as_str()) {
+            let experiment = current.experiment();
+            self.exposures
+                .respec(experiment.key.as_str(), experiment.derivations());
+        }
     }
 
     /// The current snapshot of one experiment.
@@ -342,10 +355,13 @@ impl Experiments {
         patch: ExperimentPatch,
         by: &Principal,
     ) -> Result<Arc<Compiled>> {
-        self.entry(key)?
+        let patched = self
+            .entry(key)?
             .addr
             .send(PatchExperiment(patch, by.clone()))
-            .await?
+            .await??;
+        self.respec(&patched.experiment().key);
+        Ok(patched)
     }
 
     /// Runs a lifecycle action through the experiment's actor.

@@ -25,6 +25,29 @@
 //! by the batch, not by how many units exist, and start-up reads only the
 //! per-experiment totals.
 //!
+//! Derived sums. A capped or ratio metric is kept as sums over units of
+//! a function of each unit's running sums ([`Derivation::terms`](crate::domain::Derivation::terms)), so a
+//! fold adds the change of that function for the unit it touched. Which
+//! metrics are derived, and how, is the experiment's definition: each
+//! partition holds the definitions it keeps ([`Aggregator::respec`],
+//! told by `ingest/derived.rs` whenever an experiment changes), and each
+//! share records them. When a definition changes, the partition
+//! recomputes the experiment's derived sums from its units' stored state
+//! in one scan, between two commits, so they describe every committed
+//! event under the new definition; a share whose recorded definitions
+//! differ from the experiment's is left out of the results meanwhile.
+//!
+//! Covariates. A CUPED metric's covariate is the unit's sum of a measure
+//! over a window before its first exposure, captured at that exposure and
+//! kept with the unit's running sums (as the measure
+//! [`Covariate::key`]), so it never has to be read again and survives
+//! the retention of the events it came from. Before a batch is folded,
+//! [`Aggregator::load_histories`] reads the earlier stored events of each
+//! unit the batch is about to expose for the first time to such an
+//! experiment; the batch's own events are added as they are folded, so
+//! the covariate counts exactly the unit's events committed before its
+//! exposure, inside the window.
+//!
 //! Two rules keep the state bounded and finite whatever clients send.
 //! Each experiment counts at most `max_measures` distinct measures; events
 //! of further names count together under [`OTHER_MEASURE`], so random event
@@ -41,8 +64,8 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
-    AggregateChanges, Event, EventType, ExperimentAggregates, Exposure, MeasureAggregates,
-    UnitChange, UnitMeasure, VariantAggregates,
+    finite, AggregateChanges, Covariate, Derivations, DerivedSums, Event, EventType,
+    ExperimentAggregates, Exposure, MeasureAggregates, UnitChange, UnitMeasure, VariantAggregates,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -55,9 +78,15 @@ pub struct Aggregator {
     experiments: HashMap<Arc<str>, ExperimentAggregates>,
     /// The measures each experiment counts, shared with every partition.
     names: Arc<MeasureNames>,
+    /// Each experiment's derived metrics, by metric key (experiments
+    /// without any are absent).
+    derivations: HashMap<Arc<str>, Arc<Derivations>>,
     /// The working set: the state of the units of the batch being folded,
     /// loaded from the store and dropped once it is committed.
     units: HashMap<Box<str>, Vec<Exposure>>,
+    /// Also in the working set: the earlier events of the units about to
+    /// be exposed for the first time to an experiment with covariates.
+    histories: HashMap<Box<str>, Vec<Earlier>>,
     interned: HashSet<Arc<str>>,
     dirty_experiments: BTreeSet<Arc<str>>,
     dirty_units: BTreeSet<Box<str>>,
@@ -72,10 +101,20 @@ impl Aggregator {
     }
 
     /// [`Aggregator::new`], counting from the start the measure names
-    /// `counted` (another aggregator's figures of `experiment`) counts.
-    pub fn counting(max_measures: usize, experiment: &str, counted: &ExperimentAggregates) -> Self {
-        let this = Self::new(max_measures);
-        this.names.restore(&Arc::from(experiment), counted);
+    /// `counted` (another aggregator's figures of `experiment`) counts, and
+    /// keeping the experiment's `derivations`.
+    pub fn counting(
+        max_measures: usize,
+        experiment: &str,
+        counted: &ExperimentAggregates,
+        derivations: Derivations,
+    ) -> Self {
+        let mut this = Self::new(max_measures);
+        let key = this.intern(experiment);
+        this.names.restore(&key, counted);
+        if !derivations.is_empty() {
+            this.derivations.insert(key, Arc::new(derivations));
+        }
         this
     }
 
@@ -85,7 +124,9 @@ impl Aggregator {
             partition,
             experiments: HashMap::new(),
             names,
+            derivations: HashMap::new(),
             units: HashMap::new(),
+            histories: HashMap::new(),
             interned: HashSet::new(),
             dirty_experiments: BTreeSet::new(),
             dirty_units: BTreeSet::new(),
@@ -94,16 +135,26 @@ impl Aggregator {
 
     /// Replaces the share of `experiment` with a restored one (cluster
     /// mode: a snapshot), to be published with the next changes.
+    /// The derived metrics this partition was told stay: a snapshot kept
+    /// for older definitions is [`Aggregator::stale`] and recomputed.
     pub fn replace(&mut self, experiment: &str, aggregates: ExperimentAggregates) {
-        self.restore(experiment, aggregates);
         let key = self.intern(experiment);
+        self.names.restore(&key, &aggregates);
+        self.experiments.insert(Arc::clone(&key), aggregates);
         self.dirty_experiments.insert(key);
     }
 
-    /// Takes a restored share of `experiment`'s aggregates.
+    /// Takes a restored share of `experiment`'s aggregates, and the
+    /// definitions it kept derived sums for until told otherwise.
     fn restore(&mut self, experiment: &str, aggregates: ExperimentAggregates) {
         let key = self.intern(experiment);
         self.names.restore(&key, &aggregates);
+        if aggregates.derived.is_empty() {
+            self.derivations.remove(&key);
+        } else {
+            let kept = Arc::new(aggregates.derived.clone());
+            self.derivations.insert(Arc::clone(&key), kept);
+        }
         self.experiments.insert(key, aggregates);
     }
 
@@ -127,8 +178,12 @@ impl Aggregator {
         live: &LiveAggregates,
     ) -> Result<Vec<Self>> {
         let names = Arc::new(MeasureNames::new(max_measures));
+        let mut summed = true;
         let mut shares = match store.aggregates() {
-            Ok(shares) if !store.rebuild_pending()? => shares,
+            Ok(shares) if !store.rebuild_pending()? => {
+                summed = false;
+                shares
+            }
             Ok(_) => Self::rebuild(store, &names, "an earlier rebuild did not finish")?,
             Err(e @ Error::Corrupt { .. }) => Self::rebuild(store, &names, &e.to_string())?,
             Err(e) => return Err(e),
@@ -151,13 +206,26 @@ impl Aggregator {
                 "ingest partitions changed: each experiment's shares summed into partition 0"
             );
             shares = totals.into_iter().map(|(k, a)| (k, 0, a)).collect();
+            summed = true;
         } else if recorded.is_none() {
             store.set_ingest_partitions(partitions, None)?;
         }
         let mut aggregators: Vec<Self> = (0..usize::from(partitions))
             .map(|p| Self::for_partition(p, Arc::clone(&names)))
             .collect();
-        for (experiment, partition, share) in shares {
+        for (experiment, partition, mut share) in shares {
+            if summed {
+                // Partition 0 holds every unit's sums, but units hash to
+                // every partition: each recomputes the derived sums of its
+                // own units once it is told the definitions (an empty
+                // share with none recorded is stale for any), so that
+                // together they count every unit once.
+                share.derived.clear();
+                share.variants.values_mut().for_each(|v| v.derived.clear());
+                for other in aggregators.iter_mut().skip(1) {
+                    other.restore(&experiment, ExperimentAggregates::default());
+                }
+            }
             if let Some(aggregator) = aggregators.get_mut(usize::from(partition)) {
                 aggregator.restore(&experiment, share);
             }
@@ -190,7 +258,7 @@ impl Aggregator {
             folded += events.len() as u64;
             this.load_units(events, |units| store.unit_states(units))?;
             this.fold(events);
-            store.write_aggregates(&this.changes())?;
+            store.write_aggregates(0, &this.changes())?;
             this.clear_working_set();
             Ok(())
         })?;
@@ -225,6 +293,50 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Covariates: reads with `read(unit, from_ms, to_ms)` the events of
+    /// each unit of `events` that one of them exposes for the first time
+    /// to an experiment with a covariate, from the longest window before
+    /// its exposure up to it: what the writer does after
+    /// [`Aggregator::load_units`]. `read` answers the events committed
+    /// before `events` (the caller leaves out any of `events` themselves).
+    pub fn load_histories(
+        &mut self,
+        events: &[Event],
+        mut read: impl FnMut(&str, i64, i64) -> Result<Vec<Event>>,
+    ) -> Result<()> {
+        if self.derivations.is_empty() {
+            return Ok(());
+        }
+        let mut spans: HashMap<&str, (i64, i64)> = HashMap::new();
+        for e in events.iter().filter(|e| e.kind == EventType::Exposure) {
+            let (Some(exp), Some(variant)) = (&e.experiment, &e.variant) else {
+                continue;
+            };
+            let Some(window) = self.derivations.get(exp.as_str()).and_then(|all| {
+                let windows = all.values().filter_map(|d| d.covariate.as_ref());
+                windows.map(|c| c.window_ms).max()
+            }) else {
+                continue;
+            };
+            let exposed = self.units.get(&*e.unit_id).is_some_and(|xs| {
+                xs.iter()
+                    .any(|x| &*x.experiment == exp.as_str() && &*x.variant == variant.as_str())
+            });
+            if exposed || self.histories.contains_key(&*e.unit_id) {
+                continue;
+            }
+            let span = spans.entry(&e.unit_id).or_insert((i64::MAX, i64::MIN));
+            span.0 = span.0.min(e.timestamp_ms.saturating_sub(window));
+            span.1 = span.1.max(e.timestamp_ms);
+        }
+        for (unit, (from, to)) in spans {
+            let earlier = read(unit, from, to)?;
+            let earlier = earlier.iter().filter_map(Earlier::of).collect();
+            self.histories.insert(unit.into(), earlier);
+        }
+        Ok(())
+    }
+
     /// Folds events in order, as committed.
     pub fn fold<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) {
         for event in events {
@@ -244,6 +356,9 @@ impl Aggregator {
                 self.expose(exp.as_str(), variant.as_str(), &e.unit_id, e.timestamp_ms);
             }
             return;
+        }
+        if let Some(history) = self.histories.get_mut(&*e.unit_id) {
+            history.extend(Earlier::of(e));
         }
         let Some(exposures) = self.units.get_mut(&*e.unit_id) else {
             return;
@@ -267,6 +382,15 @@ impl Aggregator {
                 continue;
             }
             let key = self.names.admit(&exposure.experiment, measure);
+            let derived = self
+                .derivations
+                .get(&exposure.experiment)
+                .filter(|all| all.values().any(|d| d.reads(&key)))
+                .map(Arc::clone);
+            let terms_before: Vec<DerivedSums> = derived
+                .iter()
+                .flat_map(|all| all.values().map(|d| d.terms(exposure)))
+                .collect();
             let unit = match exposure.measures.iter_mut().find(|m| m.key == key) {
                 Some(unit) => unit,
                 None => {
@@ -285,6 +409,7 @@ impl Aggregator {
             let (first, after) = (unit.events == 1, unit.sum);
             let totals = measure_mut(
                 &mut self.experiments,
+                &self.derivations,
                 &exposure.experiment,
                 &exposure.variant,
                 &key,
@@ -294,6 +419,18 @@ impl Aggregator {
             totals.sum = finite(totals.sum + value);
             totals.sum_squares =
                 finite(totals.sum_squares + (finite(after * after) - finite(before * before)));
+            if let Some(all) = derived {
+                let variant = variant_mut(
+                    &mut self.experiments,
+                    &self.derivations,
+                    &exposure.experiment,
+                    &exposure.variant,
+                );
+                for ((metric, d), before) in all.iter().zip(terms_before) {
+                    let after = d.terms(exposure);
+                    derived_mut(&mut variant.derived, metric).shift(before, after);
+                }
+            }
             self.dirty_experiments
                 .insert(Arc::clone(&exposure.experiment));
             dirty = true;
@@ -320,19 +457,131 @@ impl Aggregator {
                 measures: Vec::new(),
             });
             self.dirty_units.insert(unit.into());
+            self.capture(&exp, &var, unit);
         }
         let totals = self.variant_mut(&exp, &var);
         totals.exposures += 1;
         totals.units += u64::from(first);
     }
 
+    /// Covariates: sums each covariate of `exp`'s metrics over the unit's
+    /// earlier events into its new exposure (the last), and adds the
+    /// exposure's terms to the variant's derived sums.
+    fn capture(&mut self, exp: &Arc<str>, variant: &str, unit: &str) {
+        let Some(all) = self.derivations.get(exp).map(Arc::clone) else {
+            return;
+        };
+        let covariates: BTreeSet<&Covariate> =
+            all.values().filter_map(|d| d.covariate.as_ref()).collect();
+        let Some(exposure) = self.units.get_mut(unit).and_then(|xs| xs.last_mut()) else {
+            return;
+        };
+        if covariates.is_empty() {
+            return;
+        }
+        let earlier = self.histories.get(unit).map_or(&[][..], Vec::as_slice);
+        let at = exposure.exposed_ms;
+        for c in covariates {
+            let (mut events, mut sum) = (0u64, 0.0);
+            for e in earlier.iter().filter(|e| {
+                *e.measure == c.measure && e.ms >= at.saturating_sub(c.window_ms) && e.ms < at
+            }) {
+                events += 1;
+                sum = finite(sum + e.value);
+            }
+            if events > 0 {
+                exposure.measures.push(UnitMeasure {
+                    key: intern(&mut self.interned, &c.key()),
+                    events,
+                    sum,
+                });
+            }
+        }
+        let variant = variant_mut(&mut self.experiments, &self.derivations, exp, variant);
+        for (metric, d) in all.iter() {
+            derived_mut(&mut variant.derived, metric)
+                .shift(DerivedSums::default(), d.terms(exposure));
+        }
+    }
+
     fn variant_mut(&mut self, exp: &Arc<str>, variant: &str) -> &mut VariantAggregates {
         self.dirty_experiments.insert(Arc::clone(exp));
-        variant_mut(&mut self.experiments, exp, variant)
+        variant_mut(&mut self.experiments, &self.derivations, exp, variant)
+    }
+
+    /// Makes `experiment`'s derived metrics those of `derivations`. When
+    /// its share kept derived sums for other definitions, recomputes them
+    /// from the stored state of every unit of this partition, which `scan`
+    /// hands over, and returns `true`: the share is then among the
+    /// [`Aggregator::changes`] to write and publish. Call it between
+    /// commits (with no working set), so the stored states are complete.
+    pub fn respec(
+        &mut self,
+        experiment: &str,
+        derivations: Arc<Derivations>,
+        scan: impl FnOnce(&mut dyn FnMut(&[Exposure])) -> Result<()>,
+    ) -> Result<bool> {
+        let key = self.intern(experiment);
+        let stale = self
+            .experiments
+            .get(&key)
+            .is_some_and(|share| share.derived != *derivations);
+        if stale {
+            let mut sums: HashMap<Arc<str>, BTreeMap<String, DerivedSums>> = HashMap::new();
+            scan(&mut |exposures| {
+                for x in exposures.iter().filter(|x| x.experiment == key) {
+                    let variant = sums.entry(Arc::clone(&x.variant)).or_default();
+                    for (metric, d) in derivations.iter() {
+                        derived_mut(variant, metric).shift(DerivedSums::default(), d.terms(x));
+                    }
+                }
+            })?;
+            if let Some(share) = self.experiments.get_mut(&key) {
+                share.derived = (*derivations).clone();
+                share.variants.values_mut().for_each(|v| v.derived.clear());
+                for (variant, derived) in sums {
+                    share
+                        .variants
+                        .entry(variant.to_string())
+                        .or_default()
+                        .derived = derived;
+                }
+            }
+            self.dirty_experiments.insert(Arc::clone(&key));
+        }
+        if derivations.is_empty() {
+            self.derivations.remove(&key);
+        } else {
+            self.derivations.insert(key, derivations);
+        }
+        Ok(stale)
+    }
+
+    /// The experiments whose share kept derived sums for other
+    /// definitions than the ones this partition was last told (after a
+    /// restored snapshot): each to [`Aggregator::respec`] again.
+    pub fn stale(&self) -> Vec<(Arc<str>, Arc<Derivations>)> {
+        self.experiments
+            .iter()
+            .filter_map(|(key, share)| {
+                let told = self.derivations.get(key).cloned().unwrap_or_default();
+                (share.derived != *told).then(|| (Arc::clone(key), told))
+            })
+            .collect()
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
         intern(&mut self.interned, s)
+    }
+
+    /// The shares changed since the last [`Aggregator::published`], without
+    /// the working set's units: what a recomputation of derived sums
+    /// writes.
+    pub fn share_changes(&self) -> AggregateChanges<'_> {
+        AggregateChanges {
+            units: Vec::new(),
+            ..self.changes()
+        }
     }
 
     /// What changed since the last [`Aggregator::published`].
@@ -370,21 +619,12 @@ impl Aggregator {
         self.dirty_experiments.clear();
         self.dirty_units.clear();
         self.units.clear();
+        self.histories.clear();
     }
 
     /// One experiment's aggregates (empty when it has none yet).
     pub fn experiment(&self, key: &str) -> ExperimentAggregates {
         self.experiments.get(key).cloned().unwrap_or_default()
-    }
-}
-
-/// `x`, or the nearest finite value: sums saturate at `±f64::MAX`, and a
-/// NaN (which only `inf - inf` could make) counts as 0.
-fn finite(x: f64) -> f64 {
-    if x.is_nan() {
-        0.0
-    } else {
-        x.clamp(-f64::MAX, f64::MAX)
     }
 }
 
@@ -399,12 +639,44 @@ fn intern(interned: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
     }
 }
 
+/// One earlier event of a unit, as a covariate reads it.
+#[derive(Debug)]
+struct Earlier {
+    measure: Box<str>,
+    ms: i64,
+    value: f64,
+}
+
+impl Earlier {
+    /// `e` as a measure's value; exposures are not measures.
+    fn of(e: &Event) -> Option<Self> {
+        let measure = e.metric_name();
+        (e.kind != EventType::Exposure && !measure.is_empty()).then(|| Self {
+            measure: measure.into(),
+            ms: e.timestamp_ms,
+            value: e.value.unwrap_or(1.0),
+        })
+    }
+}
+
+/// A variant's aggregates, created if need be; a new share of an
+/// experiment records the derived metrics it is kept for.
 fn variant_mut<'a>(
     experiments: &'a mut HashMap<Arc<str>, ExperimentAggregates>,
+    derivations: &HashMap<Arc<str>, Arc<Derivations>>,
     exp: &Arc<str>,
     variant: &str,
 ) -> &'a mut VariantAggregates {
-    let variants = &mut experiments.entry(Arc::clone(exp)).or_default().variants;
+    let share = experiments
+        .entry(Arc::clone(exp))
+        .or_insert_with(|| ExperimentAggregates {
+            derived: derivations
+                .get(exp)
+                .map(|d| (**d).clone())
+                .unwrap_or_default(),
+            ..ExperimentAggregates::default()
+        });
+    let variants = &mut share.variants;
     if !variants.contains_key(variant) {
         variants.insert(variant.to_owned(), VariantAggregates::default());
     }
@@ -415,11 +687,12 @@ fn variant_mut<'a>(
 
 fn measure_mut<'a>(
     experiments: &'a mut HashMap<Arc<str>, ExperimentAggregates>,
+    derivations: &HashMap<Arc<str>, Arc<Derivations>>,
     exp: &Arc<str>,
     variant: &str,
     measure: &str,
 ) -> &'a mut MeasureAggregates {
-    let measures = &mut variant_mut(experiments, exp, variant).measures;
+    let measures = &mut variant_mut(experiments, derivations, exp, variant).measures;
     if !measures.contains_key(measure) {
         measures.insert(measure.to_owned(), MeasureAggregates::default());
     }
@@ -428,10 +701,22 @@ fn measure_mut<'a>(
         .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
+fn derived_mut<'a>(
+    derived: &'a mut BTreeMap<String, DerivedSums>,
+    metric: &str,
+) -> &'a mut DerivedSums {
+    if !derived.contains_key(metric) {
+        derived.insert(metric.to_owned(), DerivedSums::default());
+    }
+    derived
+        .get_mut(metric)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ExperimentKey, VariantKey};
+    use crate::domain::{Derivation, ExperimentKey, VariantKey};
     use crate::storage::{keys, Cf, Commit};
 
     /// The one aggregator of a single-partition store.
@@ -457,6 +742,275 @@ mod tests {
 
     fn measure<'a>(a: &'a ExperimentAggregates, variant: &str, m: &str) -> &'a MeasureAggregates {
         &a.variants[variant].measures[m]
+    }
+
+    /// Units exposed to `a` or `b` of `e`, each with sessions and
+    /// purchases of random values after its exposure (and one before,
+    /// which must not count); each unit's own sums, to check against.
+    fn shoppers(seed: u64) -> (Vec<Event>, Vec<(String, f64, f64)>) {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut events, mut units) = (Vec::new(), Vec::new());
+        for i in 0..60 {
+            let (unit, variant) = (format!("u{i}"), if i % 2 == 0 { "a" } else { "b" });
+            events.push(valued(event("purchase", &unit, None, None, 1), 100.0));
+            events.push(event("exposure", &unit, Some("e"), Some(variant), 2));
+            let (mut spent, mut sessions) = (0.0, 0.0);
+            for _ in 0..rng.random_range(0..6) {
+                let value = f64::from(rng.random_range(1..800_u32)) / 100.0;
+                events.push(valued(event("purchase", &unit, None, None, 3), value));
+                spent += value;
+            }
+            for _ in 0..rng.random_range(0..4) {
+                events.push(event("session", &unit, Some("e"), None, 3));
+                sessions += 1.0;
+            }
+            units.push((variant.to_owned(), spent, sessions));
+        }
+        // Interleave the units' events, keeping each unit's own order.
+        events.sort_by_key(|e| e.timestamp_ms);
+        (events, units)
+    }
+
+    fn derivations(cap: f64) -> Derivations {
+        let d = |cap, denominator: Option<&str>| Derivation {
+            measure: "purchase".into(),
+            cap,
+            denominator: denominator.map(Into::into),
+            covariate: None,
+        };
+        [
+            ("capped".to_owned(), d(Some(cap), None)),
+            ("per_session".to_owned(), d(None, Some("session"))),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// What the derived sums must be: from each unit's own sums.
+    fn expected(units: &[(String, f64, f64)], variant: &str, cap: f64) -> [DerivedSums; 2] {
+        let mut out = [DerivedSums::default(); 2];
+        for (_, spent, sessions) in units.iter().filter(|u| u.0 == variant) {
+            let x = spent.min(cap);
+            out[0].sum += x;
+            out[0].sum_squares += x * x;
+            out[0].capped += f64::from(u8::from(x < *spent));
+            out[1].sum += spent;
+            out[1].sum_squares += spent * spent;
+            out[1].cross += spent * sessions;
+        }
+        out
+    }
+
+    fn assert_sums(a: &ExperimentAggregates, units: &[(String, f64, f64)], cap: f64) {
+        for variant in ["a", "b"] {
+            let want = expected(units, variant, cap);
+            let got = &a.variants[variant].derived;
+            for (metric, want) in ["capped", "per_session"].iter().zip(want) {
+                let got = got.get(*metric).copied().unwrap_or_default();
+                for (g, w) in [
+                    (got.sum, want.sum),
+                    (got.sum_squares, want.sum_squares),
+                    (got.cross, want.cross),
+                    (got.capped, want.capped),
+                ] {
+                    assert!(
+                        (g - w).abs() <= 1e-9 * w.abs().max(1.0),
+                        "{variant} {metric}: {got:?} != {want:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn capped_and_ratio_sums_follow_each_units_running_sums() {
+        let (events, units) = shoppers(7);
+        let mut agg = Aggregator::new(usize::MAX);
+        let told = agg.respec("e", Arc::new(derivations(10.0)), |_| Ok(()));
+        assert!(!told.unwrap(), "nothing to recompute before any event");
+        agg.fold(&events);
+        let a = agg.experiment("e");
+        assert_eq!(a.derived, derivations(10.0));
+        assert_sums(&a, &units, 10.0);
+        assert!(
+            a.variants["a"].derived["capped"].capped > 0.0,
+            "some unit is capped"
+        );
+    }
+
+    #[test]
+    fn a_changed_definition_is_recomputed_from_the_units_and_only_then() {
+        let (events, units) = shoppers(11);
+        let mut agg = Aggregator::new(usize::MAX);
+        agg.respec("e", Arc::new(derivations(10.0)), |_| Ok(()))
+            .unwrap();
+        agg.fold(&events);
+        let states: Vec<Vec<Exposure>> = agg.units.values().cloned().collect();
+        let scan = |f: &mut dyn FnMut(&[Exposure])| {
+            states.iter().for_each(|s| f(s));
+            Ok(())
+        };
+        assert!(!agg.respec("e", Arc::new(derivations(10.0)), scan).unwrap());
+        assert!(agg.respec("e", Arc::new(derivations(4.0)), scan).unwrap());
+        let a = agg.experiment("e");
+        assert_eq!(a.derived, derivations(4.0));
+        assert_sums(&a, &units, 4.0);
+        // Folding on keeps them under the new definition.
+        let more = [valued(event("purchase", "u0", None, None, 9), 50.0)];
+        agg.fold(&more);
+        let mut units = units;
+        units[0].1 += 50.0;
+        assert_sums(&agg.experiment("e"), &units, 4.0);
+        // Dropping every derived metric empties them.
+        assert!(agg.respec("e", Arc::new(Derivations::new()), scan).unwrap());
+        let a = agg.experiment("e");
+        assert!(a.derived.is_empty() && a.variants["a"].derived.is_empty());
+    }
+
+    /// After a partition-count change every share sits in partition 0, but
+    /// units hash to every partition: each recomputes its own units'
+    /// derived sums, and together they count every unit once.
+    #[test]
+    fn derived_sums_cover_every_unit_after_the_partition_count_changes() {
+        let (_dir, store) = Store::temporary();
+        let (events, units) = shoppers(5);
+        let live = LiveAggregates::new(1);
+        let mut one = Aggregator::load_partitions(&store, 1, usize::MAX, &live)
+            .unwrap()
+            .remove(0);
+        one.respec("e", Arc::new(derivations(10.0)), |_| Ok(()))
+            .unwrap();
+        fold_into(&mut one, &store, &events, &live);
+        assert_sums(&one.experiment("e"), &units, 10.0);
+
+        let live = LiveAggregates::new(3);
+        let mut parts = Aggregator::load_partitions(&store, 3, usize::MAX, &live).unwrap();
+        let mut total = ExperimentAggregates::default();
+        for (p, agg) in parts.iter_mut().enumerate() {
+            let mine = |u: &str| crate::ingest::mailbox::partition_of(u, 3) == p;
+            let told = agg.respec("e", Arc::new(derivations(10.0)), |f| {
+                store.for_each_unit_state(&mine, f)
+            });
+            assert!(told.unwrap(), "partition {p} recomputes");
+            total.add(&agg.experiment("e"));
+        }
+        assert_eq!(total.derived, derivations(10.0));
+        assert_sums(&total, &units, 10.0);
+    }
+
+    /// Cluster mode: a snapshot taken under older definitions is stale
+    /// against what the partition was told since.
+    #[test]
+    fn a_restored_snapshot_under_older_definitions_is_stale() {
+        let (events, _) = shoppers(9);
+        let mut old = Aggregator::new(usize::MAX);
+        old.respec("e", Arc::new(derivations(5.0)), |_| Ok(()))
+            .unwrap();
+        old.fold(&events);
+        let mut agg = Aggregator::new(usize::MAX);
+        agg.respec("e", Arc::new(derivations(10.0)), |_| Ok(()))
+            .unwrap();
+        assert!(agg.stale().is_empty());
+        agg.replace("e", old.experiment("e"));
+        let stale = agg.stale();
+        assert_eq!(stale.len(), 1);
+        assert_eq!((&*stale[0].0, &*stale[0].1), ("e", &derivations(10.0)));
+    }
+
+    #[test]
+    fn shares_kept_for_different_definitions_leave_the_metric_out_of_the_total() {
+        let (events, _) = shoppers(3);
+        let mut one = Aggregator::new(usize::MAX);
+        one.respec("e", Arc::new(derivations(10.0)), |_| Ok(()))
+            .unwrap();
+        one.fold(&events);
+        let mut other = Aggregator::new(usize::MAX);
+        other
+            .respec("e", Arc::new(derivations(5.0)), |_| Ok(()))
+            .unwrap();
+        other.fold(&events);
+        let mut total = ExperimentAggregates::default();
+        total.add(&ExperimentAggregates::default());
+        total.add(&one.experiment("e"));
+        assert_eq!(total.derived, derivations(10.0));
+        total.add(&other.experiment("e"));
+        assert_eq!(
+            total.derived.len(),
+            1,
+            "the capped metric differs: {:?}",
+            total.derived
+        );
+        assert!(total.derived.contains_key("per_session"));
+    }
+
+    #[test]
+    fn a_covariate_is_what_the_unit_did_in_the_window_before_its_first_exposure() {
+        const DAY: i64 = 86_400_000;
+        let cuped = Derivation {
+            measure: "purchase".into(),
+            cap: None,
+            denominator: None,
+            covariate: Some(Covariate {
+                measure: "purchase".into(),
+                window_ms: 7 * DAY,
+            }),
+        };
+        let all: Derivations = [("spend".to_owned(), cuped)].into_iter().collect();
+        let mut agg = Aggregator::new(usize::MAX);
+        agg.respec("e", Arc::new(all), |_| Ok(())).unwrap();
+        let at = 30 * DAY;
+        // Stored before the batch: one purchase inside the window, one
+        // too early, one of another measure.
+        let stored = vec![
+            valued(event("purchase", "u", None, None, at - 8 * DAY), 1000.0),
+            valued(event("purchase", "u", None, None, at - 2 * DAY), 5.0),
+            valued(event("refund", "u", None, None, at - DAY), 7.0),
+        ];
+        let batch = [
+            valued(event("purchase", "u", None, None, at - 1), 3.0),
+            event("exposure", "u", Some("e"), Some("a"), at),
+            valued(event("purchase", "u", None, None, at + 1), 11.0),
+            // The second unit has no history: its covariate is 0.
+            event("exposure", "w", Some("e"), Some("a"), at),
+            valued(event("purchase", "w", None, None, at + 1), 2.0),
+        ];
+        let mut asked = Vec::new();
+        agg.load_histories(&batch, |unit, from, to| {
+            asked.push((unit.to_owned(), from, to));
+            Ok(if unit == "u" {
+                stored.clone()
+            } else {
+                Vec::new()
+            })
+        })
+        .unwrap();
+        asked.sort();
+        assert_eq!(
+            asked,
+            [
+                ("u".into(), at - 7 * DAY, at),
+                ("w".into(), at - 7 * DAY, at)
+            ]
+        );
+        agg.fold(&batch);
+        let d = agg.experiment("e").variants["a"].derived["spend"];
+        // u: covariate 5 + 3, value 11; w: covariate 0, value 2.
+        assert_eq!(
+            (d.pre_sum, d.pre_sum_squares, d.pre_cross),
+            (8.0, 64.0, 88.0)
+        );
+        assert_eq!((d.sum, d.sum_squares), (13.0, 121.0 + 4.0));
+        // A later batch neither reads nor changes a captured covariate.
+        let later = [
+            event("exposure", "u", Some("e"), Some("a"), at + 5),
+            valued(event("purchase", "u", None, None, at + 6), 1.0),
+        ];
+        agg.load_histories(&later, |_, _, _| panic!("u was exposed already"))
+            .unwrap();
+        agg.fold(&later);
+        let d = agg.experiment("e").variants["a"].derived["spend"];
+        assert_eq!((d.pre_sum, d.pre_cross), (8.0, 8.0 * 12.0));
     }
 
     #[test]

@@ -14,8 +14,8 @@ use super::aggregator::{Aggregator, LiveAggregates};
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use super::writer::{self, Committer};
-use crate::domain::Event;
 use crate::domain::StickyAssignment;
+use crate::domain::{Derivations, Event};
 use crate::experiments::exposure::FirstExposures;
 use crate::experiments::sticky::Claim;
 use crate::room::Room;
@@ -161,6 +161,8 @@ pub struct IngestLimits {
     pub commit_retry: Duration,
     /// Distinct measures counted per experiment (see [`super::aggregator`]).
     pub max_measures: usize,
+    /// Most earlier events of a unit read for its CUPED covariates.
+    pub max_covariate_events: usize,
 }
 
 /// Counters the pipeline keeps for operators and tests.
@@ -224,6 +226,10 @@ pub(super) enum Command {
     Restore(Restore),
     /// Commit everything queued before this, then say so.
     Settle(tokio::sync::oneshot::Sender<()>),
+    /// Commit everything queued before this, then keep the experiment's
+    /// derived metrics for these definitions (see
+    /// [`Aggregator::respec`](super::aggregator::Aggregator::respec)).
+    Respec(Arc<str>, Arc<Derivations>),
 }
 
 /// A snapshot for a partition's writer to restore, and where to answer
@@ -438,6 +444,18 @@ impl Mailbox {
         let (done, settled) = tokio::sync::oneshot::channel();
         self.command(partition, Command::Settle(done))?;
         settled.await.map_err(|_| Error::Unavailable)
+    }
+
+    /// Tells every partition's writer the derived metrics of `experiment`
+    /// (after what is queued now): each recomputes its share's derived
+    /// sums if they were kept for other definitions. A partition whose
+    /// writer has stopped has nothing left to fold.
+    pub fn respec(&self, experiment: &str, derivations: Derivations) {
+        let (experiment, derivations): (Arc<str>, _) = (experiment.into(), Arc::new(derivations));
+        for partition in &self.partitions {
+            let command = Command::Respec(Arc::clone(&experiment), Arc::clone(&derivations));
+            let _ = partition.tx.send(command);
+        }
     }
 
     /// Hands `command` to `partition`'s writer.
@@ -865,6 +883,7 @@ mod tests {
             commit_retries: 5,
             commit_retry: Duration::from_millis(1),
             max_measures: 100,
+            max_covariate_events: 1000,
         };
         let live = Arc::new(LiveAggregates::default());
         let ingest = Mailbox::start(store.clone(), limits, Vec::new(), live).expect("start");
@@ -920,6 +939,7 @@ mod tests {
             commit_retries: 0,
             commit_retry: Duration::from_millis(1),
             max_measures: 10,
+            max_covariate_events: 1000,
         };
         let live = Arc::new(LiveAggregates::default());
         let ingest = Mailbox::start(store.clone(), limits, Vec::new(), live).expect("start");
@@ -992,8 +1012,34 @@ mod tests {
             self.store.unit_states(units)
         }
 
+        fn unit_events(
+            &mut self,
+            unit: &str,
+            from_ms: i64,
+            to_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<Event>> {
+            self.store.unit_events(unit, from_ms, to_ms, limit)
+        }
+
         fn restore(&mut self, partition: u16, snapshot: &[u8]) -> Result<crate::storage::Restored> {
             self.store.restore_partition(partition, snapshot)
+        }
+
+        fn scan_units(
+            &mut self,
+            belongs: &dyn Fn(&str) -> bool,
+            f: &mut dyn FnMut(&[crate::domain::Exposure]),
+        ) -> Result<()> {
+            self.store.for_each_unit_state(belongs, f)
+        }
+
+        fn write_shares(
+            &mut self,
+            partition: u16,
+            changes: &crate::domain::AggregateChanges<'_>,
+        ) -> Result<()> {
+            self.store.write_aggregates(partition, changes)
         }
     }
 
@@ -1012,6 +1058,7 @@ mod tests {
             commit_retries: 5,
             commit_retry: Duration::from_millis(1),
             max_measures: 100,
+            max_covariate_events: 1000,
         };
         let calls = Arc::new(AtomicU64::new(0));
         let committer = Flaky {

@@ -34,6 +34,8 @@
 //! - [`writer`]: the writer thread (batch, de-duplicate, number, fold,
 //!   commit, acknowledge, fan out);
 //! - [`aggregator`]: per-experiment and per-unit sums, owned by the writer;
+//! - [`derived`]: tells the writers each experiment's capped and ratio
+//!   metrics, whose sums depend on their definitions;
 //! - [`sink`]: the extra sinks, each on its own thread with a cursor;
 //! - [`retention`]: the sweep that expires raw events;
 //! - [`publish`] and [`owner`]: cluster mode, where handlers publish to
@@ -42,6 +44,7 @@
 
 mod accept;
 pub mod aggregator;
+pub(crate) mod derived;
 mod mailbox;
 mod owner;
 mod publish;
@@ -232,6 +235,10 @@ impl Intake {
 impl ExposureQueue for Mailbox {
     fn queue(&self, events: Vec<Event>, firsts: FirstExposures) -> Result<()> {
         self.try_submit(Envelope::new(events, firsts, None))
+    }
+
+    fn respec(&self, experiment: &str, derivations: crate::domain::Derivations) {
+        Mailbox::respec(self, experiment, derivations);
     }
 
     fn room(&self) -> &crate::room::Room {

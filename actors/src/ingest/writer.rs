@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use rocksdb::WriteBatch;
 
 use super::aggregator::{Aggregator, LiveAggregates};
-use super::mailbox::{Ack, Batch, Command, IngestLimits, IngestStats, Part, Queued, Restore};
+use super::mailbox::{
+    partition_of, Ack, Batch, Command, IngestLimits, IngestStats, Part, Queued, Restore,
+};
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
-use crate::domain::{unix_ms, Event, EventId, Exposure};
+use crate::domain::{unix_ms, AggregateChanges, Derivations, Event, EventId, Exposure};
 use crate::room::Room;
 use crate::storage::{bucket_deltas, ClientId, Commit, Restored, Store};
 use crate::{Error, Result};
@@ -31,8 +33,26 @@ pub(crate) trait Committer: Send + 'static {
     fn seen_ids(&mut self, ids: &[ClientId<'_>], since_ms: u64) -> Result<Vec<bool>>;
     /// Each unit's stored aggregator state (see [`Store::unit_states`]).
     fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>>;
+    /// A unit's stored events in a time range, at most `limit` (see
+    /// [`Store::unit_events`]).
+    fn unit_events(
+        &mut self,
+        unit: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
     /// Writes a snapshot of the partition (see [`Store::restore_partition`]).
     fn restore(&mut self, partition: u16, snapshot: &[u8]) -> Result<Restored>;
+    /// Every stored unit state that `belongs` (see
+    /// [`Store::for_each_unit_state`]).
+    fn scan_units(
+        &mut self,
+        belongs: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(&[Exposure]),
+    ) -> Result<()>;
+    /// Writes recomputed shares (see [`Store::write_aggregates`]).
+    fn write_shares(&mut self, partition: u16, changes: &AggregateChanges<'_>) -> Result<()>;
 }
 
 impl Committer for Store {
@@ -52,8 +72,30 @@ impl Committer for Store {
         Store::unit_states(self, units)
     }
 
+    fn unit_events(
+        &mut self,
+        unit: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        Store::unit_events(self, unit, from_ms, to_ms, limit)
+    }
+
     fn restore(&mut self, partition: u16, snapshot: &[u8]) -> Result<Restored> {
         Store::restore_partition(self, partition, snapshot)
+    }
+
+    fn scan_units(
+        &mut self,
+        belongs: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(&[Exposure]),
+    ) -> Result<()> {
+        Store::for_each_unit_state(self, belongs, f)
+    }
+
+    fn write_shares(&mut self, partition: u16, changes: &AggregateChanges<'_>) -> Result<()> {
+        Store::write_aggregates(self, partition, changes)
     }
 }
 
@@ -61,6 +103,7 @@ impl Committer for Store {
 enum Then {
     Restore(Restore),
     Settled(tokio::sync::oneshot::Sender<()>),
+    Respec(Arc<str>, Arc<Derivations>),
 }
 
 /// How long a collecting writer sleeps between looks at its mailbox: short
@@ -106,6 +149,9 @@ impl Writer {
                 }
                 Some(Then::Settled(done)) => {
                     let _ = done.send(());
+                }
+                Some(Then::Respec(experiment, derivations)) => {
+                    self.respec(&experiment, derivations);
                 }
                 None => {}
             }
@@ -155,6 +201,10 @@ impl Writer {
                 }
                 Command::Settle(done) => {
                     *then = Some(Then::Settled(done));
+                    return false;
+                }
+                Command::Respec(experiment, derivations) => {
+                    *then = Some(Then::Respec(experiment, derivations));
                     return false;
                 }
             }
@@ -292,7 +342,59 @@ impl Writer {
         }
         self.live.folded(usize::from(self.partition), restored.seq);
         self.aggregator.published(&self.live);
+        for (experiment, derivations) in self.aggregator.stale() {
+            self.respec(&experiment, derivations);
+        }
         Ok(restored.seq)
+    }
+
+    /// Keeps `experiment`'s derived metrics for `derivations`; when the
+    /// share kept them for others, recomputes them from this partition's
+    /// units (a full scan of the stored unit states, while this partition
+    /// waits), writes the share and publishes it. A failure is logged and
+    /// leaves the share as it was: its metrics stay out of the results.
+    fn respec(&mut self, experiment: &str, derivations: Arc<Derivations>) {
+        // A failed store takes nothing more: what the working set holds
+        // was refused.
+        if self.stats.is_failed() {
+            return;
+        }
+        let (partition, partitions) = (self.partition, self.limits.partitions);
+        let committer = &mut self.committer;
+        let started = Instant::now();
+        let mine =
+            |unit: &str| partition_of(unit, usize::from(partitions)) == usize::from(partition);
+        let recomputed = self
+            .aggregator
+            .respec(experiment, derivations, |f| committer.scan_units(&mine, f));
+        let written = match recomputed {
+            Ok(false) => return,
+            Ok(true) => {
+                let (limits, failures) = (&self.limits, &self.stats.commit_failures);
+                let changes = self.aggregator.share_changes();
+                retry("writing derived sums", limits, failures, || {
+                    committer.write_shares(partition, &changes)
+                })
+            }
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => {
+                self.aggregator.published(&self.live);
+                tracing::info!(
+                    experiment,
+                    partition,
+                    ms = started.elapsed().as_millis() as u64,
+                    "derived metric sums recomputed from the stored unit states"
+                );
+            }
+            Err(error) => tracing::error!(
+                experiment,
+                partition,
+                %error,
+                "derived metric sums could not be recomputed; the metrics stay out of results"
+            ),
+        }
     }
 
     /// Reads the stored state of the batch's units into the aggregator's
@@ -304,7 +406,24 @@ impl Writer {
             retry("reading unit state", limits, failures, || {
                 committer.unit_states(units)
             })
-        })
+        })?;
+        // A unit whose earlier events cannot be read (an undecodable
+        // event) gets no covariate: 0, which keeps CUPED unbiased. Never a
+        // reason to refuse events, nor to retry.
+        let limit = limits.max_covariate_events;
+        self.aggregator
+            .load_histories(&batch.events, |unit, from, to| {
+                Ok(committer
+                    .unit_events(unit, from, to, limit)
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(
+                            unit,
+                            %error,
+                            "a unit's earlier events could not be read: its covariates are 0"
+                        );
+                        Vec::new()
+                    }))
+            })
     }
 
     /// Marks the store failed: `what` failed after every retry.
@@ -457,6 +576,7 @@ mod tests {
             commit_retries: 3,
             commit_retry: Duration::ZERO,
             max_measures: 1,
+            max_covariate_events: 1000,
         };
         let failures = AtomicU64::new(0);
         let mut calls = 0;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::domain::{json_len, ExperimentAggregates, MetricKind};
+use crate::domain::{json_len, ExperimentAggregates, TimelineSnapshot};
 use crate::storage::{blocking, Store};
 
 /// Messages a client may lag behind before it is dropped.
@@ -222,25 +222,11 @@ fn second(
             *events.entry(measure.as_str()).or_default() += m.events - then;
         }
     }
-    let primary = experiment
-        .primary_metric
-        .as_ref()
-        .and_then(|p| experiment.metrics.iter().find(|m| &m.key == p));
-    let variants: Vec<Value> = experiment
-        .variants
-        .iter()
-        .map(|v| {
-            let a = now.variants.get(v.key.as_str());
-            let units = a.map_or(0, |a| a.units);
-            let value = primary.and_then(|metric| {
-                let m = a?.measures.get(metric.key.as_str())?;
-                (units > 0).then(|| match metric.kind {
-                    MetricKind::Binomial => m.units as f64 / units as f64,
-                    MetricKind::Mean => m.sum / units as f64,
-                })
-            });
-            json!({"variant": v.key, "units": units, "primary": value})
-        })
+    let primary = experiment.primary_metric.as_ref().map(|p| p.as_str());
+    let variants: Vec<Value> = TimelineSnapshot::of(experiment, now)
+        .values(experiment, primary)
+        .into_iter()
+        .map(|v| json!({"variant": v.variant, "units": v.units, "primary": v.value}))
         .collect();
     json!({
         "experiment": experiment.key,

@@ -7,7 +7,9 @@ use serde::Serialize;
 use crate::domain::{
     Correction, Experiment, ExperimentAggregates, Metric, MetricKind, Status, VariantAggregates,
 };
-use crate::stats::{self, Arm, Comparison, Settings, Srm, VariantStats};
+use crate::stats::{
+    self, Arm, Comparison, Covariates, CupedFit, Denominator, Settings, Srm, VariantStats,
+};
 
 /// `GET /v1/experiments/{key}/results`.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -68,10 +70,30 @@ pub struct GuardrailCheck {
 /// One metric's results.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MetricResults {
-    /// Metric key (event type or `metric` name).
+    /// Metric key.
     pub metric: String,
-    /// Binomial or mean.
+    /// Binomial, mean or ratio.
     pub kind: MetricKind,
+    /// The measure counted (a ratio's numerator).
+    pub measure: String,
+    /// A ratio's denominator measure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denominator: Option<String>,
+    /// The cap on each unit's value, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cap: Option<f64>,
+    /// With a cap: per variant (the control first), the units whose value
+    /// was above it and counts as the cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capped_units: Option<Vec<u64>>,
+    /// With CUPED: the covariate and the regression every estimate,
+    /// interval and p-value above was adjusted by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cuped: Option<CupedResults>,
+    /// Why the metric has no figures yet: its definition changed and its
+    /// sums are being recomputed from the stored unit states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<&'static str>,
     /// Whether this is the experiment's primary metric.
     pub primary: bool,
     /// Per variant, the control first.
@@ -90,7 +112,7 @@ pub fn compute(
 ) -> ExperimentResults {
     let per_variant = per_variant(experiment, aggregates);
     let (srm, units) = sample_ratio(experiment, aggregates);
-    let (mut metrics, correction) = analyse_all(experiment, &per_variant);
+    let (mut metrics, correction) = analyse_all(experiment, aggregates, &per_variant);
     metrics.retain(|m| metric.is_none_or(|k| k == m.metric));
     ExperimentResults {
         experiment: experiment.key.to_string(),
@@ -121,22 +143,23 @@ pub fn primary(
     let key = experiment.primary_metric.as_ref()?;
     let per_variant = per_variant(experiment, aggregates);
     if experiment.correction.is_some() {
-        let (metrics, _) = analyse_all(experiment, &per_variant);
+        let (metrics, _) = analyse_all(experiment, aggregates, &per_variant);
         return metrics.into_iter().find(|m| m.metric == key.as_str());
     }
     let metric = experiment.metrics.iter().find(|m| &m.key == key)?;
-    Some(analyse(experiment, &per_variant, metric))
+    Some(analyse(experiment, aggregates, &per_variant, metric))
 }
 
 /// Every metric's results, corrected as the experiment says, and how.
 fn analyse_all(
     experiment: &Experiment,
+    aggregates: &ExperimentAggregates,
     per_variant: &[Option<&VariantAggregates>],
 ) -> (Vec<MetricResults>, Family) {
     let mut metrics: Vec<MetricResults> = experiment
         .metrics
         .iter()
-        .map(|m| analyse(experiment, per_variant, m))
+        .map(|m| analyse(experiment, aggregates, per_variant, m))
         .collect();
     let defined = |m: &MetricResults| m.comparisons.iter().filter(|c| c.p_value.is_some()).count();
     let members = match experiment.correction {
@@ -157,22 +180,74 @@ fn analyse_all(
     (metrics, family)
 }
 
+/// How a CUPED metric was adjusted.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CupedResults {
+    /// The measure whose pre-exposure sum is each unit's covariate.
+    pub covariate: String,
+    /// Days before each unit's first exposure that count.
+    pub window_days: u32,
+    /// The regression (θ and the share of variance removed).
+    #[serde(flatten)]
+    pub fit: CupedFit,
+}
+
 /// One metric's estimates and comparisons.
 fn analyse(
     experiment: &Experiment,
+    aggregates: &ExperimentAggregates,
     per_variant: &[Option<&VariantAggregates>],
     m: &Metric,
 ) -> MetricResults {
-    let arms = arms(experiment, per_variant, m.key.as_str());
-    let analysis = stats::analyse(settings(experiment, m.kind), &arms);
+    let settings = settings(experiment, m.kind);
+    let (analysis, pending) = match arms(experiment, aggregates, per_variant, m) {
+        Some(arms) => (stats::analyse(settings, &arms), None),
+        None => {
+            let arms = units_only(experiment, per_variant);
+            (
+                stats::unavailable(settings, &arms, RECOMPUTING),
+                Some(RECOMPUTING),
+            )
+        }
+    };
+    let capped_units = m.cap.filter(|_| pending.is_none()).map(|_| {
+        per_variant
+            .iter()
+            .map(|a| {
+                let d = a.and_then(|a| a.derived.get(m.key.as_str()));
+                d.map_or(0, |d| d.capped.round() as u64)
+            })
+            .collect()
+    });
+    let cuped = m
+        .cuped
+        .as_ref()
+        .zip(analysis.cuped)
+        .map(|(c, fit)| CupedResults {
+            covariate: c
+                .covariate
+                .as_ref()
+                .map_or_else(|| m.measure().to_owned(), ToString::to_string),
+            window_days: c.window_days,
+            fit,
+        });
     MetricResults {
         metric: m.key.to_string(),
         kind: m.kind,
+        measure: m.measure().to_owned(),
+        cuped,
+        denominator: m.denominator.as_ref().map(ToString::to_string),
+        cap: m.cap,
+        capped_units,
+        pending,
         primary: experiment.primary_metric.as_ref() == Some(&m.key),
         variants: analysis.variants,
         comparisons: analysis.comparisons,
     }
 }
+
+/// Why a capped or ratio metric has no figures for a moment.
+const RECOMPUTING: &str = "the metric's definition changed: its sums are being recomputed";
 
 /// Every guardrail of `experiment` against every treatment.
 pub fn guardrails(
@@ -185,7 +260,9 @@ pub fn guardrails(
         let Some(metric) = experiment.metrics.iter().find(|m| m.key == g.metric) else {
             continue;
         };
-        let arms = arms(experiment, &per_variant, metric.key.as_str());
+        let Some(arms) = arms(experiment, aggregates, &per_variant, metric) else {
+            continue;
+        };
         let Some(((_, control), treatments)) = arms.split_first() else {
             continue;
         };
@@ -228,28 +305,70 @@ fn per_variant<'a>(
         .collect()
 }
 
-/// Each variant's aggregates for one metric, the control first.
-fn arms<'a>(
+/// Each variant's aggregates for one metric, the control first; `None`
+/// while a capped or ratio metric's derived sums were kept for another
+/// definition than the metric's (they are being recomputed).
+pub(crate) fn arms<'a>(
+    experiment: &'a Experiment,
+    aggregates: &ExperimentAggregates,
+    per_variant: &[Option<&VariantAggregates>],
+    metric: &Metric,
+) -> Option<Vec<(&'a str, Arm)>> {
+    let derivation = metric.derivation();
+    // Without data every sum is 0, whatever the definition.
+    if derivation.is_some()
+        && !aggregates.variants.is_empty()
+        && aggregates.derived.get(metric.key.as_str()) != derivation.as_ref()
+    {
+        return None;
+    }
+    let arms = experiment.variants.iter().zip(per_variant).map(|(v, a)| {
+        let measure = a.and_then(|a| a.measures.get(metric.measure()));
+        let mut arm = Arm {
+            units: a.map_or(0, |a| a.units),
+            conversions: measure.map_or(0, |m| m.units),
+            events: measure.map_or(0, |m| m.events),
+            sum: measure.map_or(0.0, |m| m.sum),
+            sum_squares: measure.map_or(0.0, |m| m.sum_squares),
+            denominator: None,
+            covariate: None,
+        };
+        if derivation.is_some() {
+            let derived = a
+                .and_then(|a| a.derived.get(metric.key.as_str()))
+                .copied()
+                .unwrap_or_default();
+            (arm.sum, arm.sum_squares) = (derived.sum, derived.sum_squares);
+            arm.denominator = metric.denominator.as_ref().map(|key| {
+                let d = a.and_then(|a| a.measures.get(key.as_str()));
+                Denominator {
+                    sum: d.map_or(0.0, |d| d.sum),
+                    sum_squares: d.map_or(0.0, |d| d.sum_squares),
+                    cross: derived.cross,
+                }
+            });
+            arm.covariate = metric.cuped.as_ref().map(|_| Covariates {
+                sum: derived.pre_sum,
+                sum_squares: derived.pre_sum_squares,
+                cross: derived.pre_cross,
+            });
+        }
+        (v.key.as_str(), arm)
+    });
+    Some(arms.collect())
+}
+
+/// Each variant with its exposed units alone.
+fn units_only<'a>(
     experiment: &'a Experiment,
     per_variant: &[Option<&VariantAggregates>],
-    metric: &str,
 ) -> Vec<(&'a str, Arm)> {
-    experiment
-        .variants
-        .iter()
-        .zip(per_variant)
-        .map(|(v, a)| {
-            let measure = a.and_then(|a| a.measures.get(metric));
-            let arm = Arm {
-                units: a.map_or(0, |a| a.units),
-                conversions: measure.map_or(0, |m| m.units),
-                events: measure.map_or(0, |m| m.events),
-                sum: measure.map_or(0.0, |m| m.sum),
-                sum_squares: measure.map_or(0.0, |m| m.sum_squares),
-            };
-            (v.key.as_str(), arm)
-        })
-        .collect()
+    let units = |a: &Option<&VariantAggregates>| Arm {
+        units: a.map_or(0, |a| a.units),
+        ..Arm::default()
+    };
+    let keys = experiment.variants.iter().map(|v| v.key.as_str());
+    keys.zip(per_variant.iter().map(units)).collect()
 }
 
 fn settings(experiment: &Experiment, kind: MetricKind) -> Settings {

@@ -27,7 +27,7 @@ use crate::domain::{
 use crate::experiments::assignment::Compiled;
 use crate::experiments::registry::Registry;
 use crate::ingest::aggregator::Aggregator;
-use crate::ingest::LiveAggregates;
+use crate::ingest::{IngestLimits, LiveAggregates};
 use crate::storage::{blocking, AnalyticsFilter, Store};
 use crate::{Error, Result};
 
@@ -58,7 +58,8 @@ pub struct Results {
     aggregates: Arc<LiveAggregates>,
     store: Store,
     clock: Arc<dyn Clock>,
-    max_measures: usize,
+    /// The ingest bounds a rebuild of aggregates keeps to.
+    limits: IngestLimits,
 }
 
 impl Results {
@@ -69,14 +70,14 @@ impl Results {
         aggregates: Arc<LiveAggregates>,
         store: Store,
         clock: Arc<dyn Clock>,
-        max_measures: usize,
+        limits: IngestLimits,
     ) -> Self {
         Self {
             registry,
             aggregates,
             store,
             clock,
-            max_measures,
+            limits,
         }
     }
 
@@ -99,13 +100,16 @@ impl Results {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<ExperimentAggregates> {
-        let experiment = self.snapshot(key)?.experiment().key.clone();
+        let compiled = self.snapshot(key)?;
+        let experiment = compiled.experiment().key.clone();
         let store = self.store.clone();
-        let max_measures = self.max_measures;
+        let (max_measures, max_covariate_events) =
+            (self.limits.max_measures, self.limits.max_covariate_events);
         // Which names an experiment counts (at most `max_measures`) is
         // settled as they first arrive, by whichever partition sees them
         // first: the rebuild counts the names the live aggregates count.
         let counted = self.aggregates.get(experiment.as_str());
+        let derivations = compiled.experiment().derivations();
         blocking(move || {
             let mut events = Vec::new();
             for scope in [Some(&experiment), None] {
@@ -127,7 +131,15 @@ impl Results {
                 }
             }
             events.sort_unstable_by_key(|e| e.seq);
-            let mut aggregator = Aggregator::counting(max_measures, experiment.as_str(), &counted);
+            let mut aggregator =
+                Aggregator::counting(max_measures, experiment.as_str(), &counted, derivations);
+            // Covariates count the events committed before the window's.
+            let first = events.first().map_or(u64::MAX, |e| e.seq);
+            aggregator.load_histories(&events, |unit, from, to| {
+                let mut earlier = store.unit_events(unit, from, to, max_covariate_events)?;
+                earlier.retain(|e| e.seq < first);
+                Ok(earlier)
+            })?;
             aggregator.fold(&events);
             Ok(aggregator.experiment(experiment.as_str()))
         })

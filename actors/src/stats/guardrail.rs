@@ -32,7 +32,11 @@ pub fn regression(
         relative_lift: None,
         p_value: None,
     };
-    if arm.units < 2 || control.units < 2 {
+    if arm.units < 2
+        || control.units < 2
+        || super::denominator_zero(settings.kind, arm)
+        || super::denominator_zero(settings.kind, control)
+    {
         return none;
     }
     let (Some(t), Some(c)) = (moments(settings.kind, arm), moments(settings.kind, control)) else {

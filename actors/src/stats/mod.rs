@@ -40,6 +40,44 @@ pub struct Arm {
     pub sum: f64,
     /// Sum of squared per-unit values (mean metrics).
     pub sum_squares: f64,
+    /// A ratio metric's denominator (`sum` and `sum_squares` are then the
+    /// numerator's).
+    pub denominator: Option<Denominator>,
+    /// A CUPED metric's covariates.
+    pub covariate: Option<Covariates>,
+}
+
+/// A CUPED metric's per-unit covariates `c`, summed over a variant's units.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Covariates {
+    /// Sum of `c`.
+    pub sum: f64,
+    /// Sum of `c²`.
+    pub sum_squares: f64,
+    /// Sum of each unit's value times its covariate.
+    pub cross: f64,
+}
+
+/// CUPED's regression of the metric on the covariate, over every unit of
+/// every variant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CupedFit {
+    /// θ = cov(x, c) / var(c), pooled (Deng et al. 2013).
+    pub theta: f64,
+    /// 1 - var(x - θc) / var(x), pooled: the share of the variance removed
+    /// (ρ², ρ the correlation of value and covariate).
+    pub variance_reduction: f64,
+}
+
+/// A ratio metric's per-unit denominators, summed over a variant's units.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Denominator {
+    /// Sum of per-unit denominators.
+    pub sum: f64,
+    /// Sum of their squares.
+    pub sum_squares: f64,
+    /// Sum of each unit's numerator times its denominator.
+    pub cross: f64,
 }
 
 /// How to analyse a metric.
@@ -65,9 +103,11 @@ pub struct VariantStats {
     /// Conversions and rate, or sum and mean.
     #[serde(flatten)]
     pub estimate: Estimate,
-    /// Standard deviation of the per-unit value.
+    /// Standard deviation of the per-unit value (for a ratio, of its
+    /// delta-method linearisation `(x - R d) / mean(d)`).
     pub stddev: Option<f64>,
-    /// 95% interval: Wilson for a rate, Student t for a mean.
+    /// 95% interval: Wilson for a rate, Student t for a mean, normal
+    /// (delta method) for a ratio.
     pub ci: Option<[f64; 2]>,
     /// Why something is `null`.
     pub reason: Option<&'static str>,
@@ -91,6 +131,15 @@ pub enum Estimate {
         /// sum / units.
         mean: Option<f64>,
     },
+    /// A ratio metric.
+    Ratio {
+        /// Sum of per-unit numerators.
+        numerator: f64,
+        /// Sum of per-unit denominators.
+        denominator: f64,
+        /// numerator / denominator.
+        ratio: Option<f64>,
+    },
 }
 
 /// A difference and its 95% interval.
@@ -107,11 +156,12 @@ pub struct Lift {
 pub struct Comparison {
     /// The treatment's key.
     pub variant: String,
-    /// Treatment minus control, with the unpooled (Wald or Welch) interval.
+    /// Treatment minus control, with the unpooled interval: Wald (rate),
+    /// Welch (mean) or delta-method normal (ratio).
     pub absolute: Option<Lift>,
     /// (Treatment - control) / control, delta-method interval.
     pub relative: Option<Lift>,
-    /// z (binomial, pooled) or Welch's t (mean).
+    /// z (binomial, pooled; ratio, delta method) or Welch's t (mean).
     pub statistic: Option<f64>,
     /// Two-sided fixed-horizon p-value.
     pub p_value: Option<f64>,
@@ -158,6 +208,8 @@ pub struct Analysis {
     pub variants: Vec<VariantStats>,
     /// Per treatment, in variant order.
     pub comparisons: Vec<Comparison>,
+    /// With covariates: the regression every estimate was adjusted by.
+    pub cuped: Option<CupedFit>,
 }
 
 /// The per-unit mean and variance of one arm.
@@ -180,14 +232,24 @@ impl Moments {
 /// corrected by Holm across its treatments; [`correct`] makes them part of
 /// a wider family.
 pub fn analyse(settings: Settings, arms: &[(&str, Arm)]) -> Analysis {
+    let cuped = cuped_fit(settings.kind, arms);
+    let m: Vec<Option<Moments>> = arms
+        .iter()
+        .map(|(_, arm)| match cuped {
+            Some(fit) => adjusted(fit, arms, arm),
+            None => moments(settings.kind, arm),
+        })
+        .collect();
     let variants = arms
         .iter()
-        .map(|(key, arm)| variant_stats(settings.kind, key, arm))
+        .zip(&m)
+        .map(|((key, arm), m)| variant_stats(settings.kind, key, arm, *m))
         .collect();
     let mut comparisons: Vec<Comparison> = match arms.split_first() {
         Some(((_, control), treatments)) => treatments
             .iter()
-            .map(|(key, arm)| compare(settings, key, arm, control))
+            .zip(&m[1..])
+            .map(|((key, arm), t)| compare(settings, key, (arm, *t), (control, m[0])))
             .collect(),
         None => Vec::new(),
     };
@@ -201,7 +263,82 @@ pub fn analyse(settings: Settings, arms: &[(&str, Arm)]) -> Analysis {
     Analysis {
         variants,
         comparisons,
+        cuped,
     }
+}
+
+/// The sample variance of `n` values from their sum and sum of squares
+/// (`sum_products` for a covariance: the sum of products of two values,
+/// `other` the second's sum).
+fn sample_covariance(n: f64, sum: f64, other: f64, sum_products: f64) -> f64 {
+    (sum_products - sum * other / n) / (n - 1.0)
+}
+
+/// CUPED's pooled regression, when every arm has covariates (a mean
+/// metric with CUPED) and there are at least two units. θ is 0 when the
+/// covariates do not vary.
+fn cuped_fit(kind: MetricKind, arms: &[(&str, Arm)]) -> Option<CupedFit> {
+    if kind != MetricKind::Mean || arms.iter().any(|(_, a)| a.covariate.is_none()) {
+        return None;
+    }
+    let (mut n, mut x, mut xx, mut c, mut cc, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (_, arm) in arms {
+        let cov = arm.covariate.unwrap_or_default();
+        n += arm.units as f64;
+        (x, xx) = (x + arm.sum, xx + arm.sum_squares);
+        (c, cc, xc) = (c + cov.sum, cc + cov.sum_squares, xc + cov.cross);
+    }
+    if n < 2.0 {
+        return Some(CupedFit {
+            theta: 0.0,
+            variance_reduction: 0.0,
+        });
+    }
+    let var_c = sample_covariance(n, c, c, cc);
+    let var_x = sample_covariance(n, x, x, xx);
+    let cov = sample_covariance(n, x, c, xc);
+    let varies = |v: f64, squares: f64| v > 8.0 * f64::EPSILON * squares / (n - 1.0);
+    let theta = if varies(var_c, cc) { cov / var_c } else { 0.0 };
+    let theta = if theta.is_finite() { theta } else { 0.0 };
+    let reduction = theta * cov / var_x;
+    let variance_reduction = if varies(var_x, xx) && reduction.is_finite() {
+        reduction.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    Some(CupedFit {
+        theta,
+        variance_reduction,
+    })
+}
+
+/// One arm's moments of `x - θ (c - c̄)`, c̄ the covariates' mean over
+/// every arm: its adjusted mean and the variance of the adjusted value.
+fn adjusted(fit: CupedFit, arms: &[(&str, Arm)], arm: &Arm) -> Option<Moments> {
+    let raw = moments(MetricKind::Mean, arm)?;
+    let units: f64 = arms.iter().map(|(_, a)| a.units as f64).sum();
+    let pooled: f64 = arms
+        .iter()
+        .map(|(_, a)| a.covariate.map_or(0.0, |c| c.sum))
+        .sum::<f64>()
+        / units;
+    let cov = arm.covariate.unwrap_or_default();
+    let n = raw.n;
+    let mean = raw.mean - fit.theta * (cov.sum / n - pooled);
+    if arm.units < 2 {
+        return Some(Moments { mean, ..raw });
+    }
+    let theta = fit.theta;
+    let var_c = sample_covariance(n, cov.sum, cov.sum, cov.sum_squares);
+    let cross = sample_covariance(n, arm.sum, cov.sum, cov.cross);
+    let var = raw.var - 2.0 * theta * cross + theta * theta * var_c;
+    let scale = arm.sum_squares.abs() + theta * theta * cov.sum_squares;
+    let var = if var <= 64.0 * f64::EPSILON * scale / (n - 1.0) {
+        0.0
+    } else {
+        var
+    };
+    Some(Moments { n, mean, var })
 }
 
 fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
@@ -209,6 +346,15 @@ fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
         return None;
     }
     let n = arm.units as f64;
+    // The sample variance from sums, zero below the sums' rounding error.
+    let variance = |sum: f64, sum_squares: f64| {
+        let raw = (sum_squares - sum * sum / n) / (n - 1.0);
+        if raw <= 8.0 * f64::EPSILON * sum_squares / (n - 1.0) {
+            0.0
+        } else {
+            raw
+        }
+    };
     Some(match kind {
         MetricKind::Binomial => {
             let p = arm.conversions as f64 / n;
@@ -223,21 +369,49 @@ fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
             let var = if arm.units < 2 {
                 f64::NAN
             } else {
-                let raw = (arm.sum_squares - arm.sum * arm.sum / n) / (n - 1.0);
-                // Below the rounding error of the sums the variance is zero.
-                if raw <= 8.0 * f64::EPSILON * arm.sum_squares / (n - 1.0) {
-                    0.0
-                } else {
-                    raw
-                }
+                variance(arm.sum, arm.sum_squares)
             };
             Moments { n, mean, var }
+        }
+        MetricKind::Ratio => {
+            let d = arm.denominator.unwrap_or_default();
+            let mean_d = d.sum / n;
+            let ratio = arm.sum / d.sum;
+            // The delta method: R = mean(x) / mean(d) varies per unit as
+            // (x - R d) / mean(d), whose variance is
+            // (var x - 2 R cov(x, d) + R^2 var d) / mean(d)^2.
+            let var = if arm.units < 2 {
+                f64::NAN
+            } else {
+                let cov = (d.cross - arm.sum * d.sum / n) / (n - 1.0);
+                let linear = variance(arm.sum, arm.sum_squares) - 2.0 * ratio * cov
+                    + ratio * ratio * variance(d.sum, d.sum_squares);
+                // Zero below the rounding error of its terms.
+                let scale = arm.sum_squares.abs() + ratio * ratio * d.sum_squares;
+                if linear <= 64.0 * f64::EPSILON * scale / (n - 1.0) {
+                    0.0
+                } else {
+                    linear / (mean_d * mean_d)
+                }
+            };
+            Moments {
+                n,
+                mean: ratio,
+                var,
+            }
         }
     })
 }
 
-fn variant_stats(kind: MetricKind, key: &str, arm: &Arm) -> VariantStats {
-    let m = moments(kind, arm);
+/// Why a ratio has no value: its denominators sum to zero.
+const NO_DENOMINATOR: &str = "the denominator is zero";
+
+/// Whether `arm` is a ratio without a denominator.
+fn denominator_zero(kind: MetricKind, arm: &Arm) -> bool {
+    kind == MetricKind::Ratio && arm.denominator.is_none_or(|d| d.sum == 0.0)
+}
+
+fn variant_stats(kind: MetricKind, key: &str, arm: &Arm, m: Option<Moments>) -> VariantStats {
     let estimate = match kind {
         MetricKind::Binomial => Estimate::Rate {
             conversions: arm.conversions,
@@ -246,6 +420,11 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm) -> VariantStats {
         MetricKind::Mean => Estimate::Mean {
             sum: arm.sum,
             mean: m.map(|m| m.mean),
+        },
+        MetricKind::Ratio => Estimate::Ratio {
+            numerator: arm.sum,
+            denominator: arm.denominator.map_or(0.0, |d| d.sum),
+            ratio: m.filter(|_| !denominator_zero(kind, arm)).map(|m| m.mean),
         },
     };
     let mut out = VariantStats {
@@ -264,6 +443,10 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm) -> VariantStats {
     if kind == MetricKind::Binomial {
         out.stddev = Some(m.var.sqrt());
     }
+    if denominator_zero(kind, arm) {
+        out.reason = Some(NO_DENOMINATOR);
+        return out;
+    }
     if arm.units < 2 {
         out.reason = Some("fewer than 2 units");
         return out;
@@ -272,9 +455,13 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm) -> VariantStats {
     let tail = (1.0 + CONFIDENCE) / 2.0;
     out.ci = Some(match kind {
         MetricKind::Binomial => wilson(m, dist::normal_quantile(tail)),
-        MetricKind::Mean if m.var == 0.0 => [m.mean, m.mean],
+        MetricKind::Mean | MetricKind::Ratio if m.var == 0.0 => [m.mean, m.mean],
         MetricKind::Mean => {
             let half = dist::t_quantile(tail, m.n - 1.0) * m.var_of_mean().sqrt();
+            [m.mean - half, m.mean + half]
+        }
+        MetricKind::Ratio => {
+            let half = dist::normal_quantile(tail) * m.var_of_mean().sqrt();
             [m.mean - half, m.mean + half]
         }
     });
@@ -290,29 +477,85 @@ fn wilson(m: Moments, z: f64) -> [f64; 2] {
     [(centre - half).max(0.0), (centre + half).min(1.0)]
 }
 
-fn compare(settings: Settings, key: &str, arm: &Arm, control: &Arm) -> Comparison {
-    let mut out = Comparison {
-        variant: key.to_owned(),
-        absolute: None,
-        relative: None,
-        statistic: None,
-        p_value: None,
-        p_value_holm: None,
-        p_value_adjusted: None,
-        significant: false,
-        chance_to_win: None,
-        sequential_p_value: None,
-        sequential_p_value_holm: None,
-        sequential_p_value_adjusted: None,
-        sequential_significant: false,
-        reason: None,
-    };
-    let (Some(t), Some(c)) = (moments(settings.kind, arm), moments(settings.kind, control)) else {
+/// Each variant's exposed units without figures, and comparisons without
+/// any, all for `reason`: a metric that cannot be analysed for now.
+pub fn unavailable(settings: Settings, arms: &[(&str, Arm)], reason: &'static str) -> Analysis {
+    let variants = arms
+        .iter()
+        .map(|(key, arm)| {
+            let mut out = variant_stats(settings.kind, key, &Arm::default(), None);
+            out.units = arm.units;
+            out.estimate = match out.estimate {
+                Estimate::Rate { conversions, .. } => Estimate::Rate {
+                    conversions,
+                    rate: None,
+                },
+                Estimate::Mean { sum, .. } => Estimate::Mean { sum, mean: None },
+                Estimate::Ratio { .. } => Estimate::Ratio {
+                    numerator: 0.0,
+                    denominator: 0.0,
+                    ratio: None,
+                },
+            };
+            out.reason = Some(reason);
+            out
+        })
+        .collect();
+    let comparisons = arms
+        .iter()
+        .skip(1)
+        .map(|(key, _)| Comparison {
+            reason: Some(reason),
+            ..Comparison::empty(key)
+        })
+        .collect();
+    Analysis {
+        variants,
+        comparisons,
+        cuped: None,
+    }
+}
+
+impl Comparison {
+    /// A comparison of `key` without any figures yet.
+    fn empty(key: &str) -> Self {
+        Self {
+            variant: key.to_owned(),
+            absolute: None,
+            relative: None,
+            statistic: None,
+            p_value: None,
+            p_value_holm: None,
+            p_value_adjusted: None,
+            significant: false,
+            chance_to_win: None,
+            sequential_p_value: None,
+            sequential_p_value_holm: None,
+            sequential_p_value_adjusted: None,
+            sequential_significant: false,
+            reason: None,
+        }
+    }
+}
+
+/// `arm` against `control`, each with its moments.
+fn compare(
+    settings: Settings,
+    key: &str,
+    (arm, t): (&Arm, Option<Moments>),
+    (control, c): (&Arm, Option<Moments>),
+) -> Comparison {
+    let mut out = Comparison::empty(key);
+    let (Some(t), Some(c)) = (t, c) else {
         out.reason = Some("fewer than 2 units in a variant");
         return out;
     };
     if arm.units < 2 || control.units < 2 {
         out.reason = Some("fewer than 2 units in a variant");
+        return out;
+    }
+    if denominator_zero(settings.kind, arm) || denominator_zero(settings.kind, control) {
+        out.reason = Some(NO_DENOMINATOR);
         return out;
     }
     let z = dist::normal_quantile((1.0 + CONFIDENCE) / 2.0);
@@ -349,7 +592,7 @@ fn compare(settings: Settings, key: &str, arm: &Arm, control: &Arm) -> Compariso
             out.statistic = Some(statistic);
             out.p_value = Some(dist::normal_two_sided(statistic));
         }
-        MetricKind::Mean => {
+        MetricKind::Mean | MetricKind::Ratio => {
             if se == 0.0 {
                 out.absolute = Some(Lift {
                     estimate: Some(d),
@@ -359,16 +602,22 @@ fn compare(settings: Settings, key: &str, arm: &Arm, control: &Arm) -> Compariso
                 out.reason = Some("no variance in either variant");
                 return out;
             }
-            let df = (var_t + var_c).powi(2)
-                / (var_t * var_t / (t.n - 1.0) + var_c * var_c / (c.n - 1.0));
-            let half = dist::t_quantile((1.0 + CONFIDENCE) / 2.0, df) * se;
+            let statistic = d / se;
+            let (half, p) = if settings.kind == MetricKind::Ratio {
+                // The delta method is asymptotic: normal, as for the lift.
+                (z * se, dist::normal_two_sided(statistic))
+            } else {
+                let df = (var_t + var_c).powi(2)
+                    / (var_t * var_t / (t.n - 1.0) + var_c * var_c / (c.n - 1.0));
+                let half = dist::t_quantile((1.0 + CONFIDENCE) / 2.0, df) * se;
+                (half, dist::t_two_sided(statistic, df))
+            };
             out.absolute = Some(Lift {
                 estimate: Some(d),
                 ci: Some([d - half, d + half]),
             });
-            let statistic = d / se;
             out.statistic = Some(statistic);
-            out.p_value = Some(dist::t_two_sided(statistic, df));
+            out.p_value = Some(p);
             out.chance_to_win = Some(dist::normal_cdf(statistic));
         }
     }

@@ -181,14 +181,16 @@ impl Store {
         self.write(batch, true)
     }
 
-    /// Writes one step of a rebuild, into partition 0's shares.
-    pub fn write_aggregates(&self, changes: &AggregateChanges<'_>) -> Result<()> {
+    /// Writes aggregates outside an ingest commit, synced: a step of a
+    /// rebuild (into partition 0's shares), or a partition's shares after
+    /// it recomputed derived sums.
+    pub fn write_aggregates(&self, partition: u16, changes: &AggregateChanges<'_>) -> Result<()> {
         let mut batch = WriteBatch::default();
         let cf = self.cf(Cf::Aggregates);
         for (key, aggregates) in &changes.experiments {
             batch.put_cf(
                 cf,
-                keys::aggregates(key, 0),
+                keys::aggregates(key, partition),
                 versioned_json(Cf::Aggregates, &AggregatesRecordRef(aggregates))?,
             );
         }

@@ -113,6 +113,32 @@ impl Store {
             .collect()
     }
 
+    /// Calls `f` with the stored state of every unit that `belongs` (one
+    /// ingest partition's units), read from one point in time: a full scan
+    /// of [`Cf::Units`], for recomputing a metric's derived sums after its
+    /// definition changed. Undecodable records are skipped, as
+    /// [`Store::unit_states`] reads them as empty.
+    pub fn for_each_unit_state(
+        &self,
+        belongs: &dyn Fn(&str) -> bool,
+        f: &mut dyn FnMut(&[Exposure]),
+    ) -> Result<()> {
+        let snapshot = self.db.snapshot();
+        for item in snapshot.iterator_cf(self.cf(Cf::Units), IteratorMode::Start) {
+            let (key, value) = item?;
+            let Some(unit) = key.get(1..).and_then(|k| std::str::from_utf8(k).ok()) else {
+                continue;
+            };
+            if !belongs(unit) {
+                continue;
+            }
+            if let Some(exposures) = decode_unit(&value) {
+                f(&exposures);
+            }
+        }
+        Ok(())
+    }
+
     /// Moves layout-1 unit records ([`Cf::UnitExposures`], one per unit and
     /// experiment) into [`Cf::Units`] (one per unit), once: a store written
     /// by an older abacus is upgraded in place at its first open, and the
