@@ -179,7 +179,8 @@ async function refreshResults() {
 
 function renderMetric(m) {
   const comparisons = new Map(m.comparisons.map((c) => [c.variant, c]));
-  const values = m.variants.map((v) => (m.kind === "binomial" ? v.rate : v.mean));
+  const field = { binomial: "rate", mean: "mean", ratio: "ratio" }[m.kind] || "mean";
+  const values = m.variants.map((v) => v[field] ?? null);
   const bounds = m.variants.flatMap((v) => v.ci || []).concat(values.filter((x) => x !== null));
   const lo = Math.min(...bounds, 0), hi = Math.max(...bounds, 1e-9);
   const scale = (x) => 8 + ((x - lo) / (hi - lo || 1)) * 184;
@@ -203,10 +204,20 @@ function renderMetric(m) {
       el("td", {}, sig));
   });
   return el("div", { class: "metric", "data-metric": m.metric },
-    el("h3", {}, `${m.metric} (${m.kind})${m.primary ? " · primary" : ""}`),
+    el("h3", {}, `${m.metric} (${m.kind}${m.denominator ? ` of ${m.measure} per ${m.denominator}` : ""})${m.primary ? " · primary" : ""}`),
+    metricNotes(m),
     el("table", {},
-      el("thead", {}, el("tr", {}, ["variant", "units", m.kind === "binomial" ? "rate" : "mean", "95% CI", "lift [95% CI]", "p", "always-valid p", "chance to win", ""].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["variant", "units", field, "95% CI", "lift [95% CI]", "p", "always-valid p", "chance to win", ""].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)));
+}
+
+/** One line on what shapes a metric's numbers: a cap, CUPED, a pending recomputation. */
+function metricNotes(m) {
+  const notes = [];
+  if (m.pending) notes.push(m.pending);
+  if (m.cap != null) notes.push(`each unit capped at ${num(m.cap)} (${(m.capped_units || []).join(" / ")} units capped)`);
+  if (m.cuped) notes.push(`CUPED on ${m.cuped.covariate} over ${m.cuped.window_days} days before exposure: θ ${num(m.cuped.theta)}, variance ${pct(-m.cuped.variance_reduction)}`);
+  return notes.length ? el("p", { class: "muted" }, notes.join(" · ")) : null;
 }
 
 function renderGuardrails(checks) {
