@@ -83,6 +83,13 @@ impl Covariate {
     pub fn key(&self) -> String {
         format!("{}@pre{}", self.measure, self.window_ms)
     }
+
+    /// Whether `key` is [`Covariate::key`], without allocating it.
+    pub fn is_key(&self, key: &str) -> bool {
+        key.strip_prefix(self.measure.as_str())
+            .and_then(|rest| rest.strip_prefix("@pre"))
+            .is_some_and(|window| window.parse() == Ok(self.window_ms))
+    }
 }
 
 /// Sums over a variant's exposed units of a metric's per-unit value `x`
@@ -123,7 +130,14 @@ impl Derivation {
         let raw = sum_of(&self.measure);
         let x = self.cap.map_or(raw, |cap| raw.min(cap));
         let d = self.denominator.as_deref().map_or(0.0, sum_of);
-        let c = self.covariate.as_ref().map_or(0.0, |c| sum_of(&c.key()));
+        // Found without building its key: this runs for every event.
+        let c = self.covariate.as_ref().map_or(0.0, |c| {
+            exposure
+                .measures
+                .iter()
+                .find(|m| c.is_key(&m.key))
+                .map_or(0.0, |m| m.sum)
+        });
         DerivedSums {
             sum: x,
             sum_squares: x * x,
