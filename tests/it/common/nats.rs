@@ -33,13 +33,32 @@ struct Node {
 /// `size` `nats-server`s routed to each other, JetStream on.
 pub struct NatsCluster {
     nodes: Vec<Node>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
     /// Starts the servers and waits until every one knows the JetStream
     /// meta leader (so streams can be created with `size` replicas).
+    ///
+    /// The ports are found free a moment before the servers bind them, so
+    /// on a busy machine another test can take one in between and a server
+    /// exits: a failed start is retried on fresh ports, as
+    /// `TestServer::start_with` does, and the last failure shows the logs.
     pub fn start(size: usize) -> Self {
+        let mut failure = String::new();
+        for attempt in 0..3 {
+            match Self::try_start(size) {
+                Ok(cluster) => return cluster,
+                Err(why) => {
+                    eprintln!("attempt {attempt}: NATS cluster did not start: {why}");
+                    failure = why;
+                }
+            }
+        }
+        panic!("NATS cluster did not start in three attempts; the last:\n{failure}");
+    }
+
+    fn try_start(size: usize) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let cluster_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let nodes = (0..size)
@@ -77,16 +96,23 @@ impl NatsCluster {
                 }
             })
             .collect();
-        let cluster = Self { nodes, _dir: dir };
-        cluster.wait_for_a_leader();
-        cluster
+        let mut cluster = Self { nodes, dir };
+        match cluster.wait_for_a_leader() {
+            Ok(()) => Ok(cluster),
+            Err(why) => Err(format!("{why}\n{}", cluster.logs())),
+        }
     }
 
-    fn wait_for_a_leader(&self) {
+    /// Waits up to 30 s for every server to name the meta leader; fails
+    /// early when a server has exited.
+    fn wait_for_a_leader(&mut self) -> Result<(), String> {
         let client = reqwest::blocking::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        for node in &self.nodes {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
             loop {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    return Err(format!("nats-{i} exited: {status}"));
+                }
                 let leader = client
                     .get(format!("http://127.0.0.1:{}/jsz", node.monitor_port))
                     .timeout(Duration::from_millis(500))
@@ -97,10 +123,27 @@ impl NatsCluster {
                 if leader.is_some_and(|l| !l.is_empty()) {
                     break;
                 }
-                assert!(Instant::now() < deadline, "no JetStream leader in 30 s");
+                if Instant::now() >= deadline {
+                    return Err(format!("nats-{i}: no JetStream leader in 30 s"));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        Ok(())
+    }
+
+    /// The tail of every server's log, to say why a start failed.
+    fn logs(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("nats-{i}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- nats-{i}.log (last 20 lines)\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The process id of server `index`.
