@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Mutex;
 
 use super::subscriber::Wake;
 use super::Entries;
@@ -18,11 +21,13 @@ const CHUNK: usize = 500;
 /// Runs for as long as the actix system: after every outbox write, and
 /// once a second in case a write's notification was missed. (A wake-up a
 /// busy subscriber receives is remembered by the subscriber itself.)
-pub(super) fn spawn(store: Store, entries: Entries) {
+/// `creating` is held while a subscription is stored and listed, so no
+/// chunk straddles a creation.
+pub(super) fn spawn(store: Store, entries: Entries, creating: Arc<Mutex<()>>) {
     actix::spawn(async move {
         let mut written = store.outbox_watch();
         loop {
-            if let Err(e) = dispatch(&store, &entries).await {
+            if let Err(e) = dispatch(&store, &entries, &creating).await {
                 tracing::error!(error = %e, "webhook dispatch failed; retrying");
             }
             let _ = tokio::time::timeout(Duration::from_secs(1), written.changed()).await;
@@ -31,8 +36,9 @@ pub(super) fn spawn(store: Store, entries: Entries) {
 }
 
 /// Fans out everything after the cursor.
-async fn dispatch(store: &Store, entries: &Entries) -> Result<()> {
+async fn dispatch(store: &Store, entries: &Entries, creating: &Mutex<()>) -> Result<()> {
     loop {
+        let _listed = creating.lock().await;
         let owned = store.clone();
         let events = blocking(move || owned.outbox(owned.dispatch_cursor()?, CHUNK)).await?;
         let Some(&(last, _)) = events.last() else {

@@ -89,7 +89,11 @@ pub struct Webhooks {
     /// The project's quota of subscriptions.
     quotas: Arc<Quotas>,
     /// Taken while a subscription is created, so concurrent creations
-    /// cannot pass the quota together.
+    /// cannot pass the quota together, and (on a single node) while the
+    /// dispatcher reads and fans out a chunk of the outbox: a new
+    /// subscription then gets exactly the events written after its record,
+    /// starting with its own creation's audit entry, never a chunk read
+    /// before it was listed.
     creating: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -103,7 +107,11 @@ impl Webhooks {
         quotas: Arc<Quotas>,
     ) -> Result<Self> {
         let this = Self::open(store, settings, clock, quotas, None).await?;
-        dispatcher::spawn(this.store.clone(), Arc::clone(&this.entries));
+        dispatcher::spawn(
+            this.store.clone(),
+            Arc::clone(&this.entries),
+            Arc::clone(&this.creating),
+        );
         Ok(this)
     }
 
