@@ -777,3 +777,167 @@ fn cuped_adjusts_by_what_each_unit_spent_before_its_exposure() {
         "{err}"
     );
 }
+
+/// A p90 of response times: the figures over HTTP equal the reference
+/// computed from the same values (each unit in the group abacus hashes
+/// its id to), the sketch survives a change to another metric and a
+/// restart, a quantile metric added later counts from then on, and
+/// definitions that cannot be analysed are refused.
+#[test]
+fn quantile_metrics_match_the_reference_and_keep_their_sketch() {
+    let mut server = TestServer::start();
+    let latency = json!({"key": "latency_p90", "kind": "quantile", "measure": "impression",
+        "quantile": 0.9, "of": "response_time_ms"});
+    let (status, created) = server.post(
+        "/v1/experiments",
+        json!({
+            "key": "exp", "name": "quantiles",
+            "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
+            "metrics": [latency, {"key": "purchase", "kind": "mean"}]
+        }),
+    );
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["metrics"][0]["of"], "response_time_ms");
+    assert_eq!(server.post_empty("/v1/experiments/exp/start").0, 200);
+    let case = reference("quantile served p90");
+    for (i, variant) in ["control", "t1"].into_iter().enumerate() {
+        serve_units(&server, variant, &case["per_unit"][i], |unit, times| {
+            let shown = |ms: &Value| {
+                json!({"type": "impression", "unit_id": unit,
+                    "properties": {"response_time_ms": ms}})
+            };
+            let mut out: Vec<Value> = times.as_array().unwrap().iter().map(shown).collect();
+            // Without the property: not counted.
+            out.push(json!({"type": "impression", "unit_id": unit}));
+            out
+        });
+    }
+    server.barrier();
+
+    let check = |results: &Value| {
+        let m = metric(results, "latency_p90");
+        assert_eq!(m["kind"], "quantile");
+        assert_eq!(
+            m["quantile"],
+            json!({"level": 0.9, "of": "response_time_ms"})
+        );
+        assert_metric("quantile served p90", m, &["events", "value"]);
+        for (expected, actual) in case["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(m["variants"].as_array().unwrap())
+        {
+            for p in ["p50", "p90", "p95", "p99"] {
+                let (e, a) = (&expected["percentiles"][p], &actual["percentiles"][p]);
+                assert!(close(e, a), "{p}: {e} against {a}");
+            }
+        }
+    };
+    let (_, results) = server.get("/v1/experiments/exp/results");
+    check(&results);
+
+    // A cap on the other metric is recomputed from the units' sums; the
+    // sketch, which they cannot give back, stays as it was. A quantile
+    // metric added now counts the events from now on.
+    let added = json!({"key": "late_p50", "kind": "quantile", "measure": "impression",
+        "quantile": 0.5, "of": "response_time_ms"});
+    let (status, patched) = server.patch(
+        "/v1/experiments/exp",
+        json!({"metrics": [latency, {"key": "purchase", "kind": "mean", "cap": 50}, added]}),
+    );
+    assert_eq!(status, 200, "{patched}");
+    let results = results_once(&server, |r| {
+        r["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["pending"].is_null())
+    });
+    check(&results);
+    let late = metric(&results, "late_p50");
+    assert_eq!(late["variants"][0]["reason"], "no values yet", "{late}");
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"events": [
+            {"type": "impression", "unit_id": "control-0", "properties": {"response_time_ms": 70}},
+            {"type": "impression", "unit_id": "control-1", "properties": {"response_time_ms": 90}},
+        ]}),
+    );
+    assert_eq!(status, 202, "{body}");
+    server.barrier();
+    let (_, results) = server.get("/v1/experiments/exp/results");
+    let late = &metric(&results, "late_p50")["variants"][0];
+    assert_eq!(late["events"], 2, "{late}");
+    // Rank 0.5 of two values lies in the first one's bin, 2% wide.
+    let median = late["value"].as_f64().unwrap();
+    assert!((69.0..72.0).contains(&median), "{late}");
+
+    // The sketches and their definitions survive a restart. (The two
+    // late events count in the first metric too: compare its control's
+    // count only.)
+    server.restart();
+    let (_, after) = server.get("/v1/experiments/exp/results");
+    let m = metric(&after, "latency_p90");
+    assert!(m["pending"].is_null(), "{after}");
+    assert_eq!(
+        m["variants"][0]["events"].as_u64().unwrap(),
+        case["variants"][0]["events"].as_u64().unwrap() + 2
+    );
+    assert_metric_variant("quantile served p90", m, 1);
+    assert_eq!(metric(&after, "late_p50")["variants"][0]["events"], 2);
+
+    for (metric, field) in [
+        (
+            json!({"key": "q", "kind": "quantile"}),
+            "metrics[0].quantile",
+        ),
+        (
+            json!({"key": "q", "kind": "quantile", "quantile": 1}),
+            "metrics[0].quantile",
+        ),
+        (
+            json!({"key": "q", "kind": "quantile", "quantile": 0}),
+            "metrics[0].quantile",
+        ),
+        (
+            json!({"key": "q", "kind": "mean", "quantile": 0.5}),
+            "metrics[0].quantile",
+        ),
+        (
+            json!({"key": "q", "kind": "mean", "of": "dwell_time_ms"}),
+            "metrics[0].of",
+        ),
+        (
+            json!({"key": "q", "kind": "quantile", "quantile": 0.5, "cap": 3}),
+            "metrics[0].cap",
+        ),
+        (
+            json!({"key": "q", "kind": "quantile", "quantile": 0.5,
+            "cuped": {"window_days": 7}}),
+            "metrics[0].cuped",
+        ),
+    ] {
+        let (status, err) = server.patch("/v1/experiments/exp", json!({ "metrics": [metric] }));
+        assert_eq!(status, 422, "{err}");
+        assert_eq!(err["error"]["field"].as_str(), Some(field), "{err}");
+    }
+}
+
+/// One variant's figures of a metric against a reference case's.
+fn assert_metric_variant(case_name: &str, metric: &Value, variant: usize) {
+    let case = reference(case_name);
+    let (expected, actual) = (&case["variants"][variant], &metric["variants"][variant]);
+    assert_close_fields(
+        case_name,
+        expected,
+        actual,
+        &["variant", "units", "events", "value"],
+    );
+    for bound in 0..2 {
+        assert!(
+            close(&expected["ci"][bound], &actual["ci"][bound]),
+            "{actual}"
+        );
+    }
+}

@@ -45,6 +45,19 @@ Definitions (the contract the Rust code implements independently):
   variant's mean, stddev, interval and every comparison are those of a
   mean metric on the adjusted values (sum stays the raw sum);
   variance_reduction = 1 - var(x - theta c) / var(x), pooled.
+- quantile metric (event values in a log-binned sketch, bin OFFSET + k
+  holding (g^(k-1), g^k], g = 1.01/0.99, each event's unit in one of 20
+  groups): the q quantile is rank q (n - 1) of the events, interpolated
+  inside its bin in log scale (a bin's c events sit at (j + 0.5) / c of
+  its width); F = share of events at or below it (its bin's events by the
+  same share), var F = 20/19 sum_g (a_g - F m_g)^2 / n^2 over the groups;
+  Woodruff: se = (Q(q + z se_F) - Q(q - z se_F)) / (2 z), z = 1.96 (95%).
+  Variant interval: value +- t(0.975, 19) se. Comparison: difference,
+  Welch-Satterthwaite degrees of freedom from the two variances (19
+  each), scipy's t for the interval and p-value; relative lift and the
+  rest as for a mean. Percentiles p50/p90/p95/p99 the same way. The input
+  is the sketch's cells ("bin,group,events", space-separated); the values
+  are drawn here.
 - chance to win: binomial P(p_t > p_c) under Beta(1 + c, 1 + n - c)
   posteriors, by the exact closed form (sum over the treatment's alpha);
   mean: Phi(d / se).
@@ -428,7 +441,12 @@ def finish(comparisons, alpha):
 def case_family(name, metrics, correction, alpha=0.05, tau2=0.01):
     """One experiment's metrics, corrected as one family (or per metric
     when `correction` is None)."""
-    build = {"binomial": case_binomial, "mean": case_mean, "ratio": case_ratio}
+    build = {
+        "binomial": case_binomial,
+        "mean": case_mean,
+        "ratio": case_ratio,
+        "quantile": lambda name, arms, **kw: case_quantile(name, arms, 0.9, **kw),
+    }
     built = [build[kind](name, arms, alpha=alpha, tau2=tau2) for kind, arms in metrics]
     if correction is not None:
         flat = [c for b in built for c in b["comparisons"]]
@@ -452,7 +470,7 @@ def case_family(name, metrics, correction, alpha=0.05, tau2=0.01):
         "alpha": alpha,
         "mixing_variance": tau2,
         "metrics": [
-            {"kind": b["kind"], "input": b["input"], "comparisons": b["comparisons"]} for b in built
+            {k: b[k] for k in ("kind", "quantile", "input", "comparisons") if k in b} for b in built
         ],
     }
 
@@ -485,6 +503,212 @@ def revenue_per_session(n, sessions_rate, buy_rate, mean_value):
     orders = RNG.binomial(sessions.astype(int), buy_rate)
     value = np.array([np.round(RNG.lognormal(math.log(mean_value), 0.8, k).sum(), 2) for k in orders])
     return value, sessions
+
+
+# Quantile sketches (see the docstring).
+GROUPS = 20
+OFFSET = 1100
+LN_GAMMA = math.log(1.01 / 0.99)
+WOODRUFF_Z = 1.959963984540054
+QRNG = np.random.default_rng(20261204)
+
+
+def bin_of(v):
+    if abs(v) < 1e-9:
+        return 0
+    k = math.ceil(math.log(abs(v)) / LN_GAMMA) + OFFSET
+    return k if v > 0 else -k
+
+
+def value_at(b, inside):
+    if b == 0:
+        return 0.0
+    k = abs(b) - OFFSET
+    return math.exp((k - 1 + inside) * LN_GAMMA) if b > 0 else -math.exp((k - inside) * LN_GAMMA)
+
+
+class Sketch:
+    def __init__(self, values, groups):
+        cells = {}
+        for v, g in zip(values, groups):
+            key = (bin_of(float(v)), int(g))
+            cells[key] = cells.get(key, 0) + 1
+        self.cells = sorted(cells.items())
+        self.bins = sorted({b for (b, _), _ in self.cells})
+        self.matrix = np.zeros((len(self.bins), GROUPS))
+        at = {b: i for i, b in enumerate(self.bins)}
+        for (b, g), c in self.cells:
+            self.matrix[at[b], g] += c
+        self.totals = self.matrix.sum(axis=1)
+        self.n = int(self.totals.sum())
+
+    def locate(self, q):
+        rank = min(max(q, 0.0), 1.0) * (self.n - 1)
+        cum = np.concatenate([[0.0], np.cumsum(self.totals)])
+        i = int(np.searchsorted(cum[1:], rank, side="right"))
+        inside = min(max((rank - cum[i] + 0.5) / self.totals[i], 0.0), 1.0)
+        return i, inside
+
+    def quantile(self, q):
+        if self.n == 0:
+            return None
+        i, inside = self.locate(q)
+        return value_at(self.bins[i], inside)
+
+    def estimate(self, q):
+        i, inside = self.locate(q)
+        weights = np.where(np.arange(len(self.bins)) < i, 1.0, 0.0)
+        weights[i] = inside
+        below = weights @ self.matrix
+        every = self.matrix.sum(axis=0)
+        share = below.sum() / self.n
+        se_share = math.sqrt(GROUPS / (GROUPS - 1) * float(((below - share * every) ** 2).sum())) / self.n
+        se = (self.quantile(q + WOODRUFF_Z * se_share) - self.quantile(q - WOODRUFF_Z * se_share)) / (2 * WOODRUFF_Z)
+        return value_at(self.bins[i], inside), se * se
+
+
+def variant_quantile(key, units, sketch, q):
+    percentiles = {p: sketch.quantile(l) for p, l in (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))}
+    out = {"variant": key, "units": units, "events": sketch.n, "percentiles": percentiles, "stddev": None}
+    if units == 0:
+        out.update(value=None, ci=None, reason="no exposed units")
+        return out, None
+    if sketch.n == 0:
+        out.update(value=None, ci=None, reason="no values yet")
+        return out, None
+    value, variance = sketch.estimate(q)
+    if units < 2:
+        out.update(value=value, ci=None, reason="fewer than 2 units")
+        return out, (value, variance)
+    if variance == 0:
+        ci = [value, value]
+    else:
+        half = stats.t.ppf(0.975, GROUPS - 1) * math.sqrt(variance)
+        ci = [value - half, value + half]
+    out.update(value=value, ci=ci, reason=None)
+    return out, (value, variance)
+
+
+def compare_quantile(t, c, t_est, c_est, tau2):
+    out = {"variant": t["variant"]}
+    if t_est is None or c_est is None:
+        no_values = any(v["units"] > 0 and v["events"] == 0 for v in (t, c))
+        return null_comparison(out, "no values yet" if no_values else "fewer than 2 units in a variant")
+    if t["units"] < 2 or c["units"] < 2:
+        return null_comparison(out, "fewer than 2 units in a variant")
+    (mt, var_t), (mc, var_c) = t_est, c_est
+    d = mt - mc
+    if var_t + var_c == 0:
+        out.update(absolute={"estimate": d, "ci": None}, relative=relative(d, mc, mt, var_t, var_c))
+        out.update(statistic=None, p_value=None, chance_to_win=None, sequential_p_value=None)
+        out["reason"] = "no variance in either variant"
+        return out
+    se = math.sqrt(var_t + var_c)
+    df = (var_t + var_c) ** 2 / (var_t**2 / (GROUPS - 1) + var_c**2 / (GROUPS - 1))
+    statistic = d / se
+    half = stats.t.ppf(0.975, df) * se
+    out.update(absolute={"estimate": d, "ci": [d - half, d + half]}, relative=relative(d, mc, mt, var_t, var_c))
+    out.update(statistic=statistic, p_value=float(2 * stats.t.sf(abs(statistic), df)))
+    out["chance_to_win"] = float(stats.norm.cdf(statistic))
+    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
+    return out
+
+
+def case_quantile(name, arms, q, weights=None, alpha=0.05, tau2=0.01):
+    """`arms`: per variant, (units, values, each value's unit group)."""
+    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
+    weights = weights or [1.0] * len(arms)
+    sketches = [Sketch(v, g) for _, v, g in arms]
+    built = [variant_quantile(k, u, s, q) for k, (u, _, _), s in zip(keys, arms, sketches)]
+    variants = [v for v, _ in built]
+    comparisons = [compare_quantile(v, variants[0], e, built[0][1], tau2) for v, e in built[1:]]
+    finish(comparisons, alpha)
+    return {
+        "name": name,
+        "kind": "quantile",
+        "quantile": q,
+        "alpha": alpha,
+        "mixing_variance": tau2,
+        "weights": weights,
+        "input": [
+            # "bin,group,events" per cell, space-separated: compact.
+            {"units": u, "cells": " ".join(f"{b},{g},{c}" for (b, g), c in s.cells)}
+            for (u, _, _), s in zip(arms, sketches)
+        ],
+        "variants": variants,
+        "comparisons": comparisons,
+        "srm": srm([u for u, _, _ in arms], weights),
+    }
+
+
+def latencies(units, median_ms, spread=0.5, per_unit=2.0, scale=1.0, rounded=True):
+    """(units, values, groups): each unit sends 1 + Poisson(per_unit - 1)
+    values around its own level (lognormal), as response times do."""
+    level = QRNG.lognormal(math.log(median_ms), spread, units)
+    k = QRNG.poisson(per_unit - 1, units) + 1
+    groups = QRNG.integers(0, GROUPS, units)
+    owner = np.repeat(np.arange(units), k)
+    values = level[owner] * QRNG.lognormal(0, spread, int(k.sum())) * scale
+    if rounded:
+        values = np.round(values)
+    return units, values, groups[owner]
+
+
+def fnv1a(text):
+    h = 0xCBF29CE484222325
+    for b in text.encode():
+        h = ((h ^ b) * 0x100000001B3) % 2**64
+    return h
+
+
+def served_latencies(key, units, median_ms, scale=1.0):
+    """Per unit `{key}-{i}` (the ids the black-box test sends), its
+    response times; the groups are abacus's hash of those ids."""
+    level = QRNG.lognormal(math.log(median_ms), 0.5, units)
+    per_unit = [np.round(level[i] * QRNG.lognormal(0, 0.4, QRNG.poisson(1.5) + 1) * scale) for i in range(units)]
+    groups = [fnv1a(f"{key}-{i}") % GROUPS for i in range(units)]
+    values = np.concatenate(per_unit)
+    owners = np.concatenate([[g] * len(v) for g, v in zip(groups, per_unit)])
+    return (units, values, owners), [[float(x) for x in v] for v in per_unit]
+
+
+def quantile_cases():
+    out = []
+    control, control_units = served_latencies("control", 150, 120)
+    treatment, treatment_units = served_latencies("t1", 150, 120, scale=1.2)
+    case = case_quantile("quantile served p90", [control, treatment], 0.9)
+    case["per_unit"] = [control_units, treatment_units]
+    out.append(case)
+    levels = [(q, None) for q in (0.5, 0.9, 0.95, 0.99)] + [(q, 5) for q in (0.25, 0.75)]
+    for q, first in levels:
+        scenarios = lambda: [
+            ("equal", [latencies(300, 120), latencies(300, 120)]),
+            ("slower", [latencies(300, 120), latencies(300, 120, scale=1.15)]),
+            ("faster unequal", [latencies(200, 200), latencies(400, 200, scale=0.85)]),
+            ("three arms", [latencies(250, 80), latencies(250, 80, scale=1.05), latencies(250, 80, scale=0.9)]),
+            ("one event per unit", [latencies(400, 50, per_unit=1.0), latencies(400, 50, per_unit=1.0, scale=1.1)]),
+            ("heavy users", [latencies(120, 300, per_unit=6.0), latencies(120, 300, per_unit=6.0, scale=1.2)]),
+            ("fractional values", [latencies(250, 3.5, rounded=False), latencies(250, 3.5, rounded=False, scale=1.08)]),
+            ("wide spread", [latencies(300, 40, spread=1.2), latencies(300, 40, spread=1.2, scale=1.3)]),
+        ]
+        for name, arms in scenarios()[:first]:
+            out.append(case_quantile(f"quantile p{round(q * 100)} {name}", arms, q))
+    # Signs, zeros and degenerate inputs.
+    signed = lambda n, shift: (n, QRNG.normal(shift, 50, n), QRNG.integers(0, GROUPS, n))
+    out.append(case_quantile("quantile p50 negative and positive", [signed(300, 0), signed(300, 10)], 0.5))
+    out.append(case_quantile("quantile p10 negative and positive", [signed(300, -20), signed(300, -5)], 0.1))
+    zeros = lambda n, share: (n, np.where(QRNG.random(n) < share, 0.0, np.round(QRNG.exponential(30, n))), QRNG.integers(0, GROUPS, n))
+    out.append(case_quantile("quantile p50 many zeros", [zeros(300, 0.6), zeros(300, 0.45)], 0.5))
+    same = (50, np.full(80, 250.0), QRNG.integers(0, GROUPS, 80))
+    out.append(case_quantile("quantile one value everywhere", [same, same], 0.9))
+    out.append(case_quantile("quantile no values in the treatment", [latencies(100, 120), (30, np.array([]), np.array([], dtype=int))], 0.9))
+    out.append(case_quantile("quantile no units", [(0, np.array([]), np.array([], dtype=int)), latencies(100, 120)], 0.9))
+    out.append(case_quantile("quantile one unit", [(1, np.array([100.0, 140.0]), np.array([3, 3])), latencies(100, 120)], 0.9))
+    out.append(case_quantile("quantile alpha 0.01 tau2 0.05", [latencies(400, 120), latencies(400, 120, scale=1.1)], 0.9, alpha=0.01, tau2=0.05))
+    out.append(case_quantile("quantile weights 30/70", [latencies(150, 120), latencies(350, 120)], 0.5, weights=[0.3, 0.7]))
+    out.append(case_quantile("quantile p75", [latencies(300, 120), latencies(300, 120, scale=1.1)], 0.75))
+    return out
 
 
 def main():
@@ -702,6 +926,18 @@ def main():
             ("binomial", [(4000, 400), (4000, 450)]),
             ("ratio", [clicks(4000, 3.0, 0.1), clicks(4000, 3.0, 0.106)]),
             ("ratio", [revenue_per_session(4000, 2.0, 0.05, 30), revenue_per_session(4000, 2.0, 0.05, 33)]),
+        ]),
+    ]:
+        for correction in (None, "holm", "bh", "none"):
+            cases.append(case_family(name, metrics, correction))
+
+    # Quantile metrics, from their own generator so the cases above keep
+    # their draws.
+    cases.extend(quantile_cases())
+    for name, metrics in [
+        ("with a quantile", [
+            ("binomial", [(4000, 400), (4000, 450)]),
+            ("quantile", [latencies(300, 120), latencies(300, 120, scale=1.12)]),
         ]),
     ]:
         for correction in (None, "holm", "bh", "none"):

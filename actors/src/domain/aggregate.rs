@@ -20,6 +20,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::{QuantileSketch, QuantileSpec};
+
 /// One experiment's aggregates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ExperimentAggregates {
@@ -45,6 +47,9 @@ pub struct VariantAggregates {
     /// By metric key, for metrics with a [`Derivation`].
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub derived: BTreeMap<String, DerivedSums>,
+    /// By metric key, for quantile metrics.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub sketches: BTreeMap<String, QuantileSketch>,
 }
 
 /// An experiment's derived metrics, by metric key.
@@ -62,6 +67,10 @@ pub struct Derivation {
     /// CUPED's covariate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub covariate: Option<Covariate>,
+    /// A quantile metric: kept as a [`QuantileSketch`] of event values,
+    /// not as sums of unit values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<QuantileSpec>,
 }
 
 /// A unit's sum of `measure` over `window_ms` before its first exposure,
@@ -235,6 +244,9 @@ impl ExperimentAggregates {
                     .entry(metric.clone())
                     .or_default()
                     .shift(DerivedSums::default(), *d);
+            }
+            for (metric, s) in &theirs.sketches {
+                ours.sketches.entry(metric.clone()).or_default().merge(s);
             }
         }
     }

@@ -9,7 +9,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::ids::check_printable;
-use super::{Action, Covariate, Derivation, ExperimentKey, MetricKey, Status, UnitId, VariantKey};
+use super::{
+    Action, Covariate, Derivation, ExperimentKey, MetricKey, QuantileOf, QuantileSpec, Status,
+    UnitId, VariantKey,
+};
 use crate::{Error, Result};
 
 // Bodies are read from JSON objects only, never from arrays of their
@@ -206,6 +209,16 @@ pub struct Metric {
     /// its first exposure (mean metrics only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuped: Option<Cuped>,
+    /// The quantile a `kind: quantile` metric tests, in (0, 1) (0.9 for
+    /// p90); required for that kind, refused otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
+    pub quantile: Option<f64>,
+    /// What a quantile metric reads from each event of its measure:
+    /// `value` (default), `response_time_ms` or `dwell_time_ms`. Events
+    /// without it are not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of: Option<QuantileOf>,
 }
 
 /// CUPED: each unit's sum of a measure over the days before its first
@@ -231,7 +244,10 @@ impl Metric {
     /// What the aggregates must keep for this metric beyond each
     /// measure's plain sums: `None` for a plain binomial or mean metric.
     pub fn derivation(&self) -> Option<Derivation> {
-        let derived = self.cap.is_some() || self.denominator.is_some() || self.cuped.is_some();
+        let derived = self.cap.is_some()
+            || self.denominator.is_some()
+            || self.cuped.is_some()
+            || self.kind == MetricKind::Quantile;
         derived.then(|| Derivation {
             measure: self.measure().to_owned(),
             cap: self.cap,
@@ -242,6 +258,10 @@ impl Metric {
                     .as_ref()
                     .map_or_else(|| self.measure().to_owned(), ToString::to_string),
                 window_ms: i64::from(c.window_days) * 86_400_000,
+            }),
+            quantile: (self.kind == MetricKind::Quantile).then(|| QuantileSpec {
+                level: self.quantile.unwrap_or(0.5),
+                of: self.of.unwrap_or_default(),
             }),
         })
     }
@@ -257,7 +277,7 @@ impl Metric {
                     "a ratio metric needs a denominator",
                 ))
             }
-            (MetricKind::Binomial | MetricKind::Mean, Some(_)) => {
+            (MetricKind::Binomial | MetricKind::Mean | MetricKind::Quantile, Some(_)) => {
                 return Err(Error::invalid(
                     field("denominator"),
                     "only a ratio metric has a denominator",
@@ -285,11 +305,39 @@ impl Metric {
                 ));
             }
         }
+        match (self.kind, self.quantile) {
+            (MetricKind::Quantile, None) => {
+                return Err(Error::invalid(
+                    field("quantile"),
+                    "a quantile metric needs the quantile it tests, e.g. 0.9",
+                ))
+            }
+            (MetricKind::Quantile, Some(q)) if !(q > 0.0 && q < 1.0) => {
+                return Err(Error::invalid(
+                    field("quantile"),
+                    "quantile must be above 0 and below 1",
+                ))
+            }
+            (MetricKind::Quantile, _) => {}
+            (_, Some(_)) => {
+                return Err(Error::invalid(
+                    field("quantile"),
+                    "only a quantile metric has a quantile",
+                ))
+            }
+            (_, None) if self.of.is_some() => {
+                return Err(Error::invalid(
+                    field("of"),
+                    "only a quantile metric reads a value other than its measure's",
+                ))
+            }
+            _ => {}
+        }
         if let Some(cap) = self.cap {
-            if self.kind == MetricKind::Binomial {
+            if matches!(self.kind, MetricKind::Binomial | MetricKind::Quantile) {
                 return Err(Error::invalid(
                     field("cap"),
-                    "a binomial metric cannot be capped",
+                    "only mean and ratio metrics can be capped",
                 ));
             }
             if !(cap.is_finite() && cap > 0.0) {
@@ -359,6 +407,9 @@ pub enum MetricKind {
     Mean,
     /// Sum of numerators over sum of denominators (clicks per impression).
     Ratio,
+    /// A quantile of the values of every event (p90 response time),
+    /// its variance clustered by unit.
+    Quantile,
 }
 
 /// How an experiment's p-values are corrected for testing every treatment

@@ -19,6 +19,7 @@ mod lifecycle;
 mod objects;
 mod project;
 mod properties;
+mod quantile;
 mod quota;
 mod records;
 mod sticky;
@@ -50,6 +51,7 @@ pub use ids::{
 pub use lifecycle::{Action, Status};
 pub use project::{Project, ProjectIn, ProjectPatch, MAX_PROJECT_NAME_CHARS};
 pub use properties::Properties;
+pub use quantile::{group_of, QuantileEstimate, QuantileOf, QuantileSketch, QuantileSpec, GROUPS};
 pub use quota::{QuotaLimits, QuotaOverrides, QuotaPatch, MAX_QUOTA_COUNT, MAX_QUOTA_RATE};
 #[cfg(test)]
 pub use records::EventRecordRef;

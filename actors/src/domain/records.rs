@@ -10,8 +10,9 @@ use super::experiment::default_mixing_variance;
 use super::{
     Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, Correction, DeliveryAttempt,
     Derivation, DerivedSums, DomainEventKind, Event, EventType, Experiment, ExperimentAggregates,
-    ExperimentKey, Guardrail, GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey, RuleId,
-    Severity, Stamp, Status, UnitId, Variant, VariantAggregates, VariantKey, WebhookId,
+    ExperimentKey, Guardrail, GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey,
+    QuantileSketch, RuleId, Severity, Stamp, Status, UnitId, Variant, VariantAggregates,
+    VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -475,7 +476,7 @@ impl Serialize for AggregatesRecordRef<'_> {
         impl Serialize for Variant<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let v = self.0;
-                let mut out = s.serialize_struct("VariantRecord", 5)?;
+                let mut out = s.serialize_struct("VariantRecord", 6)?;
                 out.serialize_field("units", &v.units)?;
                 out.serialize_field("exposures", &v.exposures)?;
                 out.serialize_field("assignment_mismatches", &v.assignment_mismatches)?;
@@ -483,6 +484,9 @@ impl Serialize for AggregatesRecordRef<'_> {
                 out.serialize_field("measures", &Collect::new(measures))?;
                 if !v.derived.is_empty() {
                     out.serialize_field("derived", &v.derived)?;
+                }
+                if !v.sketches.is_empty() {
+                    out.serialize_field("sketches", &v.sketches)?;
                 }
                 out.end()
             }
@@ -533,6 +537,8 @@ struct VariantRecord {
     measures: BTreeMap<String, MeasureRecord>,
     #[serde(default)]
     derived: BTreeMap<String, DerivedSums>,
+    #[serde(default)]
+    sketches: BTreeMap<String, QuantileSketch>,
 }
 
 #[derive(Deserialize)]
@@ -568,6 +574,7 @@ impl From<AggregatesRecord> for ExperimentAggregates {
                     assignment_mismatches: v.assignment_mismatches,
                     measures,
                     derived: v.derived,
+                    sketches: v.sketches,
                 };
                 (key, v)
             })

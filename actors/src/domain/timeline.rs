@@ -29,6 +29,9 @@ pub struct VariantFigures {
     /// Per ratio metric: the sum of its denominators.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub denominators: BTreeMap<String, f64>,
+    /// Per quantile metric with values: the quantile it tests.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quantiles: BTreeMap<String, f64>,
 }
 
 impl TimelineSnapshot {
@@ -62,6 +65,12 @@ impl TimelineSnapshot {
                     let key = m.key.to_string();
                     if pending.contains(&key) {
                         continue;
+                    }
+                    if let Some(q) = m.derivation().and_then(|d| d.quantile) {
+                        let sketch = a.and_then(|a| a.sketches.get(key.as_str()));
+                        if let Some(value) = sketch.and_then(|s| s.quantile(q.level)) {
+                            snapshot.quantiles.insert(key.clone(), value);
+                        }
                     }
                     let mut sum = x.sum;
                     if m.derivation().is_some() {
@@ -102,6 +111,7 @@ impl TimelineSnapshot {
                 let units = s.map_or(0, |s| s.units);
                 let measure = metric.and_then(|k| s?.measures.get(k)).copied();
                 let denominator = metric.and_then(|k| s?.denominators.get(k)).copied();
+                let quantile = metric.and_then(|k| s?.quantiles.get(k)).copied();
                 let value = match (kind, units) {
                     (None, _) | (_, 0) => None,
                     (Some(MetricKind::Binomial), n) => {
@@ -111,6 +121,7 @@ impl TimelineSnapshot {
                     (Some(MetricKind::Ratio), _) => denominator
                         .filter(|d| *d != 0.0)
                         .map(|d| measure.map_or(0.0, |m| m.1) / d),
+                    (Some(MetricKind::Quantile), _) => quantile,
                 };
                 VariantPoint {
                     variant: v.key.to_string(),
@@ -129,7 +140,8 @@ pub struct VariantPoint {
     pub variant: String,
     /// Exposed units so far.
     pub units: u64,
-    /// The metric so far: rate (binomial), mean per unit, or ratio.
+    /// The metric so far: rate (binomial), mean per unit, ratio, or the
+    /// quantile.
     pub value: Option<f64>,
 }
 

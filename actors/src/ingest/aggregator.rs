@@ -64,8 +64,9 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
-    finite, AggregateChanges, Covariate, Derivations, DerivedSums, Event, EventType,
-    ExperimentAggregates, Exposure, MeasureAggregates, UnitChange, UnitMeasure, VariantAggregates,
+    finite, group_of, AggregateChanges, Covariate, Derivations, DerivedSums, Event, EventType,
+    ExperimentAggregates, Exposure, MeasureAggregates, QuantileSketch, UnitChange, UnitMeasure,
+    VariantAggregates,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -220,7 +221,10 @@ impl Aggregator {
                 // own units once it is told the definitions (an empty
                 // share with none recorded is stale for any), so that
                 // together they count every unit once.
-                share.derived.clear();
+                // Sketches (of event values, which no unit state holds)
+                // are kept with their definitions: partition 0 goes on
+                // with them, and every partition adds its new events.
+                share.derived.retain(|_, d| d.quantile.is_some());
                 share.variants.values_mut().for_each(|v| v.derived.clear());
                 for other in aggregators.iter_mut().skip(1) {
                     other.restore(&experiment, ExperimentAggregates::default());
@@ -427,8 +431,19 @@ impl Aggregator {
                     &exposure.variant,
                 );
                 for ((metric, d), before) in all.iter().zip(terms_before) {
-                    let after = d.terms(exposure);
-                    derived_mut(&mut variant.derived, metric).shift(before, after);
+                    match &d.quantile {
+                        Some(spec) if d.measure == *key => {
+                            if let Some(v) = spec.of.read(e) {
+                                sketch_mut(&mut variant.sketches, metric)
+                                    .add(v, group_of(&e.unit_id));
+                            }
+                        }
+                        Some(_) => {}
+                        None => {
+                            let after = d.terms(exposure);
+                            derived_mut(&mut variant.derived, metric).shift(before, after);
+                        }
+                    }
                 }
             }
             self.dirty_experiments
@@ -531,14 +546,25 @@ impl Aggregator {
             scan(&mut |exposures| {
                 for x in exposures.iter().filter(|x| x.experiment == key) {
                     let variant = sums.entry(Arc::clone(&x.variant)).or_default();
-                    for (metric, d) in derivations.iter() {
+                    let summed = derivations.iter().filter(|(_, d)| d.quantile.is_none());
+                    for (metric, d) in summed {
                         derived_mut(variant, metric).shift(DerivedSums::default(), d.terms(x));
                     }
                 }
             })?;
             if let Some(share) = self.experiments.get_mut(&key) {
+                // A sketch holds event values, which the units' state does
+                // not: it is kept while its definition stays, and starts
+                // empty under a new one.
+                let kept = |metric: &String| {
+                    let now = derivations.get(metric);
+                    now.is_some_and(|d| d.quantile.is_some()) && share.derived.get(metric) == now
+                };
+                for v in share.variants.values_mut() {
+                    v.derived.clear();
+                    v.sketches.retain(|metric, _| kept(metric));
+                }
                 share.derived = (*derivations).clone();
-                share.variants.values_mut().for_each(|v| v.derived.clear());
                 for (variant, derived) in sums {
                     share
                         .variants
@@ -701,6 +727,18 @@ fn measure_mut<'a>(
         .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
+fn sketch_mut<'a>(
+    sketches: &'a mut BTreeMap<String, QuantileSketch>,
+    metric: &str,
+) -> &'a mut QuantileSketch {
+    if !sketches.contains_key(metric) {
+        sketches.insert(metric.to_owned(), QuantileSketch::default());
+    }
+    sketches
+        .get_mut(metric)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
 fn derived_mut<'a>(
     derived: &'a mut BTreeMap<String, DerivedSums>,
     metric: &str,
@@ -778,6 +816,7 @@ mod tests {
             cap,
             denominator: denominator.map(Into::into),
             covariate: None,
+            quantile: None,
         };
         [
             ("capped".to_owned(), d(Some(cap), None)),
@@ -899,6 +938,78 @@ mod tests {
         assert_sums(&total, &units, 10.0);
     }
 
+    /// A quantile metric's sketch holds event values that no unit's
+    /// stored state keeps: it stays through a recomputation of the other
+    /// derived metrics and a partition-count change, and a changed
+    /// definition starts it empty.
+    #[test]
+    fn a_quantile_sketch_is_kept_while_its_definition_stays() {
+        use crate::domain::{QuantileOf, QuantileSpec};
+        let with_quantile = |cap: f64, level: f64| {
+            let mut all = derivations(cap);
+            let spec = QuantileSpec {
+                level,
+                of: QuantileOf::Value,
+            };
+            all.insert(
+                "spend_p90".into(),
+                Derivation {
+                    measure: "purchase".into(),
+                    cap: None,
+                    denominator: None,
+                    covariate: None,
+                    quantile: Some(spec),
+                },
+            );
+            Arc::new(all)
+        };
+        let sketch =
+            |a: &ExperimentAggregates, v: &str| a.variants[v].sketches.get("spend_p90").cloned();
+        let (_dir, store) = Store::temporary();
+        let (events, units) = shoppers(13);
+        let live = LiveAggregates::new(1);
+        let mut one = load(&store, usize::MAX).unwrap();
+        one.respec("e", with_quantile(10.0, 0.9), |_| Ok(()))
+            .unwrap();
+        fold_into(&mut one, &store, &events, &live);
+        let before = one.experiment("e");
+        for v in ["a", "b"] {
+            // Every purchase after the exposure, each with its value.
+            let counted = sketch(&before, v).map_or(0, |s| s.count());
+            assert_eq!(counted, measure(&before, v, "purchase").events);
+        }
+        assert!(sketch(&before, "a").is_some_and(|s| s.count() > 10));
+
+        let scan = |f: &mut dyn FnMut(&[Exposure])| store.for_each_unit_state(&|_| true, f);
+        assert!(one.respec("e", with_quantile(4.0, 0.9), scan).unwrap());
+        let after = one.experiment("e");
+        assert_sums(&after, &units, 4.0);
+        assert_eq!(sketch(&after, "a"), sketch(&before, "a"));
+
+        let live = LiveAggregates::new(3);
+        let mut parts = Aggregator::load_partitions(&store, 3, usize::MAX, &live).unwrap();
+        let mut total = ExperimentAggregates::default();
+        for (p, agg) in parts.iter_mut().enumerate() {
+            let mine = |u: &str| crate::ingest::mailbox::partition_of(u, 3) == p;
+            agg.respec("e", with_quantile(4.0, 0.9), |f| {
+                store.for_each_unit_state(&mine, f)
+            })
+            .unwrap();
+            total.add(&agg.experiment("e"));
+        }
+        assert_eq!(total.derived, *with_quantile(4.0, 0.9));
+        assert_sums(&total, &units, 4.0);
+        for v in ["a", "b"] {
+            assert_eq!(sketch(&total, v), sketch(&before, v), "{v}");
+        }
+
+        let told = parts[0].respec("e", with_quantile(4.0, 0.5), |f| {
+            store.for_each_unit_state(&|_| true, f)
+        });
+        assert!(told.unwrap());
+        assert_eq!(sketch(&parts[0].experiment("e"), "a"), None);
+    }
+
     /// Cluster mode: a snapshot taken under older definitions is stale
     /// against what the partition was told since.
     #[test]
@@ -955,6 +1066,7 @@ mod tests {
                 measure: "purchase".into(),
                 window_ms: 7 * DAY,
             }),
+            quantile: None,
         };
         let all: Derivations = [("spend".to_owned(), cuped)].into_iter().collect();
         let mut agg = Aggregator::new(usize::MAX);

@@ -5,10 +5,12 @@
 use serde::Serialize;
 
 use crate::domain::{
-    Correction, Experiment, ExperimentAggregates, Metric, MetricKind, Status, VariantAggregates,
+    Correction, Experiment, ExperimentAggregates, Metric, MetricKind, QuantileSketch, QuantileSpec,
+    Status, VariantAggregates,
 };
 use crate::stats::{
-    self, Arm, Comparison, Covariates, CupedFit, Denominator, Settings, Srm, VariantStats,
+    self, Arm, Comparison, Covariates, CupedFit, Denominator, Quantiles, Settings, Srm,
+    VariantStats,
 };
 
 /// `GET /v1/experiments/{key}/results`.
@@ -72,13 +74,16 @@ pub struct GuardrailCheck {
 pub struct MetricResults {
     /// Metric key.
     pub metric: String,
-    /// Binomial, mean or ratio.
+    /// Binomial, mean, ratio or quantile.
     pub kind: MetricKind,
     /// The measure counted (a ratio's numerator).
     pub measure: String,
     /// A ratio's denominator measure.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denominator: Option<String>,
+    /// A quantile metric's quantile, and what it reads from each event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<QuantileSpec>,
     /// The cap on each unit's value, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cap: Option<f64>,
@@ -237,6 +242,7 @@ fn analyse(
         measure: m.measure().to_owned(),
         cuped,
         denominator: m.denominator.as_ref().map(ToString::to_string),
+        quantile: m.derivation().and_then(|d| d.quantile),
         cap: m.cap,
         capped_units,
         pending,
@@ -332,6 +338,7 @@ pub(crate) fn arms<'a>(
             sum_squares: measure.map_or(0.0, |m| m.sum_squares),
             denominator: None,
             covariate: None,
+            quantile: None,
         };
         if derivation.is_some() {
             let derived = a
@@ -352,6 +359,12 @@ pub(crate) fn arms<'a>(
                 sum_squares: derived.pre_sum_squares,
                 cross: derived.pre_cross,
             });
+        }
+        if let Some(spec) = derivation.as_ref().and_then(|d| d.quantile) {
+            let sketch = a.and_then(|a| a.sketches.get(metric.key.as_str()));
+            arm.events = sketch.map_or(0, QuantileSketch::count);
+            arm.quantile =
+                Some(sketch.map_or_else(Quantiles::default, |s| Quantiles::of(s, spec.level)));
         }
         (v.key.as_str(), arm)
     });

@@ -17,7 +17,7 @@ mod sample_size;
 
 use serde::Serialize;
 
-use crate::domain::{Correction, MetricKind};
+use crate::domain::{Correction, MetricKind, QuantileSketch, GROUPS};
 
 pub use guardrail::{regression, Regression};
 pub use sample_size::{sample_size, SampleSize, SampleSizeAnswer, SampleSizeError};
@@ -45,6 +45,55 @@ pub struct Arm {
     pub denominator: Option<Denominator>,
     /// A CUPED metric's covariates.
     pub covariate: Option<Covariates>,
+    /// A quantile metric's estimate.
+    pub quantile: Option<Quantiles>,
+}
+
+/// A quantile metric's estimate for one variant, from its sketch.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Quantiles {
+    /// The tested quantile; `None` without values.
+    pub value: Option<f64>,
+    /// The variance of that estimate (Woodruff's, clustered by unit),
+    /// with [`QUANTILE_DF`] degrees of freedom.
+    pub variance: f64,
+    /// The usual quantiles, for display.
+    pub percentiles: Percentiles,
+}
+
+impl Quantiles {
+    /// The `level` quantile of `sketch`, its variance and the usual
+    /// quantiles.
+    pub fn of(sketch: &QuantileSketch, level: f64) -> Self {
+        let estimate = sketch.estimate(level);
+        Self {
+            value: estimate.map(|e| e.value),
+            variance: estimate.map_or(0.0, |e| e.variance),
+            percentiles: Percentiles {
+                p50: sketch.quantile(0.5),
+                p90: sketch.quantile(0.9),
+                p95: sketch.quantile(0.95),
+                p99: sketch.quantile(0.99),
+            },
+        }
+    }
+}
+
+/// Degrees of freedom of a quantile's variance: one less than the unit
+/// groups it is estimated from.
+pub const QUANTILE_DF: f64 = (GROUPS - 1) as f64;
+
+/// A variant's p50, p90, p95 and p99 (each `null` without values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 95th percentile.
+    pub p95: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
 }
 
 /// A CUPED metric's per-unit covariates `c`, summed over a variant's units.
@@ -106,7 +155,8 @@ pub struct VariantStats {
     /// Standard deviation of the per-unit value (for a ratio, of its
     /// delta-method linearisation `(x - R d) / mean(d)`).
     pub stddev: Option<f64>,
-    /// 95% interval: Wilson for a rate, Student t for a mean, normal
+    /// 95% interval: Wilson for a rate, Student t for a mean (for a
+    /// quantile, on the unit groups' degrees of freedom), normal
     /// (delta method) for a ratio.
     pub ci: Option<[f64; 2]>,
     /// Why something is `null`.
@@ -140,6 +190,13 @@ pub enum Estimate {
         /// numerator / denominator.
         ratio: Option<f64>,
     },
+    /// A quantile metric.
+    Quantile {
+        /// The tested quantile of every counted event's value.
+        value: Option<f64>,
+        /// The usual quantiles.
+        percentiles: Percentiles,
+    },
 }
 
 /// A difference and its 95% interval.
@@ -157,7 +214,7 @@ pub struct Comparison {
     /// The treatment's key.
     pub variant: String,
     /// Treatment minus control, with the unpooled interval: Wald (rate),
-    /// Welch (mean) or delta-method normal (ratio).
+    /// Welch (mean, quantile) or delta-method normal (ratio).
     pub absolute: Option<Lift>,
     /// (Treatment - control) / control, delta-method interval.
     pub relative: Option<Lift>,
@@ -373,6 +430,15 @@ fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
             };
             Moments { n, mean, var }
         }
+        MetricKind::Quantile => {
+            // The estimate's variance as that of a mean of `n` values.
+            let q = arm.quantile?;
+            Moments {
+                n,
+                mean: q.value?,
+                var: q.variance * n,
+            }
+        }
         MetricKind::Ratio => {
             let d = arm.denominator.unwrap_or_default();
             let mean_d = d.sum / n;
@@ -403,6 +469,9 @@ fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
     })
 }
 
+/// Why a quantile metric has no value: no exposed unit sent one.
+const NO_VALUES: &str = "no values yet";
+
 /// Why a ratio has no value: its denominators sum to zero.
 const NO_DENOMINATOR: &str = "the denominator is zero";
 
@@ -426,6 +495,10 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm, m: Option<Moments>) -> 
             denominator: arm.denominator.map_or(0.0, |d| d.sum),
             ratio: m.filter(|_| !denominator_zero(kind, arm)).map(|m| m.mean),
         },
+        MetricKind::Quantile => Estimate::Quantile {
+            value: m.map(|m| m.mean),
+            percentiles: arm.quantile.unwrap_or_default().percentiles,
+        },
     };
     let mut out = VariantStats {
         variant: key.to_owned(),
@@ -437,7 +510,11 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm, m: Option<Moments>) -> 
         reason: None,
     };
     let Some(m) = m else {
-        out.reason = Some("no exposed units");
+        out.reason = Some(if arm.units > 0 {
+            NO_VALUES
+        } else {
+            "no exposed units"
+        });
         return out;
     };
     if kind == MetricKind::Binomial {
@@ -451,11 +528,18 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm, m: Option<Moments>) -> 
         out.reason = Some("fewer than 2 units");
         return out;
     }
-    out.stddev = Some(m.var.sqrt());
+    // A quantile has no per-unit value to spread.
+    out.stddev = (kind != MetricKind::Quantile).then(|| m.var.sqrt());
     let tail = (1.0 + CONFIDENCE) / 2.0;
     out.ci = Some(match kind {
         MetricKind::Binomial => wilson(m, dist::normal_quantile(tail)),
-        MetricKind::Mean | MetricKind::Ratio if m.var == 0.0 => [m.mean, m.mean],
+        MetricKind::Mean | MetricKind::Ratio | MetricKind::Quantile if m.var == 0.0 => {
+            [m.mean, m.mean]
+        }
+        MetricKind::Quantile => {
+            let half = dist::t_quantile(tail, QUANTILE_DF) * m.var_of_mean().sqrt();
+            [m.mean - half, m.mean + half]
+        }
         MetricKind::Mean => {
             let half = dist::t_quantile(tail, m.n - 1.0) * m.var_of_mean().sqrt();
             [m.mean - half, m.mean + half]
@@ -495,6 +579,10 @@ pub fn unavailable(settings: Settings, arms: &[(&str, Arm)], reason: &'static st
                     numerator: 0.0,
                     denominator: 0.0,
                     ratio: None,
+                },
+                Estimate::Quantile { .. } => Estimate::Quantile {
+                    value: None,
+                    percentiles: Percentiles::default(),
                 },
             };
             out.reason = Some(reason);
@@ -547,7 +635,15 @@ fn compare(
 ) -> Comparison {
     let mut out = Comparison::empty(key);
     let (Some(t), Some(c)) = (t, c) else {
-        out.reason = Some("fewer than 2 units in a variant");
+        let without_values = settings.kind == MetricKind::Quantile
+            && [arm, control]
+                .iter()
+                .any(|a| a.units > 0 && a.quantile.is_none_or(|q| q.value.is_none()));
+        out.reason = Some(if without_values {
+            NO_VALUES
+        } else {
+            "fewer than 2 units in a variant"
+        });
         return out;
     };
     if arm.units < 2 || control.units < 2 {
@@ -592,7 +688,7 @@ fn compare(
             out.statistic = Some(statistic);
             out.p_value = Some(dist::normal_two_sided(statistic));
         }
-        MetricKind::Mean | MetricKind::Ratio => {
+        MetricKind::Mean | MetricKind::Ratio | MetricKind::Quantile => {
             if se == 0.0 {
                 out.absolute = Some(Lift {
                     estimate: Some(d),
@@ -607,8 +703,13 @@ fn compare(
                 // The delta method is asymptotic: normal, as for the lift.
                 (z * se, dist::normal_two_sided(statistic))
             } else {
-                let df = (var_t + var_c).powi(2)
-                    / (var_t * var_t / (t.n - 1.0) + var_c * var_c / (c.n - 1.0));
+                // Welch–Satterthwaite; a quantile's variances each have
+                // the unit groups' degrees of freedom.
+                let (df_t, df_c) = match settings.kind {
+                    MetricKind::Quantile => (QUANTILE_DF, QUANTILE_DF),
+                    _ => (t.n - 1.0, c.n - 1.0),
+                };
+                let df = (var_t + var_c).powi(2) / (var_t * var_t / df_t + var_c * var_c / df_c);
                 let half = dist::t_quantile((1.0 + CONFIDENCE) / 2.0, df) * se;
                 (half, dist::t_two_sided(statistic, df))
             };

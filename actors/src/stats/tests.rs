@@ -58,6 +58,7 @@ fn kind(case: &Value) -> MetricKind {
     match case["kind"].as_str().unwrap() {
         "binomial" => MetricKind::Binomial,
         "ratio" => MetricKind::Ratio,
+        "quantile" => MetricKind::Quantile,
         _ => MetricKind::Mean,
     }
 }
@@ -74,10 +75,15 @@ fn arms(case: &Value) -> Vec<(String, Arm)> {
             } else {
                 format!("t{i}")
             };
+            let sketch = a["cells"]
+                .as_str()
+                .map(crate::domain::QuantileSketch::from_cells);
+            let level = case["quantile"].as_f64().unwrap_or(0.5);
             let arm = Arm {
                 units: a["units"].as_u64().unwrap(),
+                quantile: sketch.as_ref().map(|s| Quantiles::of(s, level)),
                 conversions: a["conversions"].as_u64().unwrap_or(0),
-                events: 0,
+                events: sketch.as_ref().map_or(0, |s| s.count()),
                 sum: a["sum"].as_f64().unwrap_or(0.0),
                 sum_squares: a["sum_squares"].as_f64().unwrap_or(0.0),
                 denominator: a.get("denominator_sum").map(|d| Denominator {
@@ -201,6 +207,7 @@ fn nothing_is_ever_nan_or_infinite() {
             sum: 1.0,
             sum_squares: 1.0,
             covariate: None,
+            quantile: None,
             denominator: Some(Denominator {
                 sum: 2.0,
                 sum_squares: 4.0,
@@ -214,6 +221,7 @@ fn nothing_is_ever_nan_or_infinite() {
             sum: 10.0,
             sum_squares: 10.0,
             covariate: None,
+            quantile: None,
             denominator: Some(Denominator {
                 sum: 20.0,
                 sum_squares: 40.0,
@@ -231,8 +239,28 @@ fn nothing_is_ever_nan_or_infinite() {
             units: 10,
             ..Arm::default()
         },
+        Arm {
+            units: 10,
+            events: 30,
+            quantile: Some(Quantiles {
+                value: Some(250.0),
+                variance: 0.0,
+                percentiles: Percentiles::default(),
+            }),
+            ..Arm::default()
+        },
+        Arm {
+            units: 4,
+            quantile: Some(Quantiles::default()),
+            ..Arm::default()
+        },
     ];
-    for kind in [MetricKind::Binomial, MetricKind::Mean, MetricKind::Ratio] {
+    for kind in [
+        MetricKind::Binomial,
+        MetricKind::Mean,
+        MetricKind::Ratio,
+        MetricKind::Quantile,
+    ] {
         for a in degenerate {
             for b in degenerate {
                 let settings = Settings {
@@ -339,7 +367,7 @@ fn the_sequential_p_value_survives_peeking_and_the_fixed_one_does_not() {
                     let value = match kind {
                         MetricKind::Binomial => f64::from(u8::from(rng.random::<f64>() < 0.1)),
                         // Exponential(1): skewed like revenue or dwell time.
-                        MetricKind::Mean | MetricKind::Ratio => -(1.0 - rng.random::<f64>()).ln(),
+                        _ => -(1.0 - rng.random::<f64>()).ln(),
                     };
                     arm.units += 1;
                     arm.conversions += u64::from(value > 0.0);
@@ -610,4 +638,90 @@ fn cuped_narrows_intervals_by_the_correlation_and_keeps_its_error_rate() {
         "width ratio {ratio}"
     );
     assert!((rate - 0.05).abs() <= 0.01, "false positives {rate}");
+}
+
+/// Quantile metrics: over 2,000 simulated A/B tests of the p90 of a
+/// value each unit sends about four times (Poisson(3) + 1 events per
+/// unit, 2,000 units an arm), correlated within the unit (its level is
+/// lognormal(0, 0.6), each event lognormal(0, 0.5) around it) and 10%
+/// higher in the treatment, the 95% intervals of the difference and of
+/// the relative lift cover the true ones 95% ± 1.5% of the time. Values go
+/// through the sketch exactly as ingest folds them. Seeded; prints its
+/// figures (`cargo test --workspace --lib quantile_intervals -- --nocapture`).
+#[test]
+fn quantile_intervals_cover_the_true_difference_clustered_by_unit() {
+    use crate::domain::{QuantileSketch, GROUPS};
+    use rand::{RngExt, SeedableRng};
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_204);
+    let (runs, units, level) = (2000, 2000, 0.9);
+    let normal = |rng: &mut rand::rngs::StdRng| {
+        let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    };
+    let poisson = |rng: &mut rand::rngs::StdRng, mean: f64| {
+        let (limit, mut k, mut p) = ((-mean).exp(), 0u32, 1.0);
+        loop {
+            p *= rng.random::<f64>();
+            if p <= limit {
+                return k;
+            }
+            k += 1;
+        }
+    };
+    let settings = Settings {
+        kind: MetricKind::Quantile,
+        alpha: 0.05,
+        mixing_variance: 0.01,
+    };
+    // Every event's log is normal with variance 0.6² + 0.5², whichever
+    // unit sent it: the population p90 is exp(σ z_0.9), times 1.1 in the
+    // treatment.
+    let p90 = (0.61_f64.sqrt() * dist::normal_quantile(level)).exp();
+    let (mut absolute, mut relative) = (0, 0);
+    for _ in 0..runs {
+        let arms: Vec<(&str, Arm)> = [("control", 1.0), ("t", 1.1)]
+            .into_iter()
+            .map(|(key, scale)| {
+                let mut sketch = QuantileSketch::default();
+                for unit in 0..units {
+                    let unit_level = 0.6 * normal(&mut rng);
+                    for _ in 0..=poisson(&mut rng, 3.0) {
+                        let value = scale * (unit_level + 0.5 * normal(&mut rng)).exp();
+                        sketch.add(value, unit % GROUPS);
+                    }
+                }
+                let estimate = sketch.estimate(level).expect("values");
+                let arm = Arm {
+                    units: units as u64,
+                    quantile: Some(Quantiles {
+                        value: Some(estimate.value),
+                        variance: estimate.variance,
+                        percentiles: Percentiles::default(),
+                    }),
+                    ..Arm::default()
+                };
+                (key, arm)
+            })
+            .collect();
+        let c = &analyse(settings, &arms).comparisons[0];
+        let covers = |lift: &Option<Lift>, truth: f64| {
+            let [lo, hi] = lift.as_ref().and_then(|l| l.ci).expect("an interval");
+            lo <= truth && truth <= hi
+        };
+        absolute += usize::from(covers(&c.absolute, 0.1 * p90));
+        relative += usize::from(covers(&c.relative, 0.1));
+    }
+    let (absolute, relative) = (absolute as f64 / runs as f64, relative as f64 / runs as f64);
+    println!(
+        "p90 intervals over {runs} runs: absolute covers {absolute:.4}, relative {relative:.4}"
+    );
+    assert!(
+        (absolute - 0.95).abs() <= 0.015,
+        "absolute coverage {absolute}"
+    );
+    assert!(
+        (relative - 0.95).abs() <= 0.015,
+        "relative coverage {relative}"
+    );
 }
