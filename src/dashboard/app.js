@@ -179,7 +179,7 @@ async function refreshResults() {
 
 function renderMetric(m) {
   const comparisons = new Map(m.comparisons.map((c) => [c.variant, c]));
-  const field = { binomial: "rate", mean: "mean", ratio: "ratio" }[m.kind] || "mean";
+  const field = { binomial: "rate", mean: "mean", ratio: "ratio", quantile: "value" }[m.kind] || "mean";
   const values = m.variants.map((v) => v[field] ?? null);
   const bounds = m.variants.flatMap((v) => v.ci || []).concat(values.filter((x) => x !== null));
   const lo = Math.min(...bounds, 0), hi = Math.max(...bounds, 1e-9);
@@ -207,15 +207,20 @@ function renderMetric(m) {
     el("h3", {}, `${m.metric} (${m.kind}${m.denominator ? ` of ${m.measure} per ${m.denominator}` : ""})${m.primary ? " · primary" : ""}`),
     metricNotes(m),
     el("table", {},
-      el("thead", {}, el("tr", {}, ["variant", "units", field, "95% CI", "lift [95% CI]", "p", "always-valid p", "chance to win", ""].map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, ["variant", "units", m.quantile ? `p${+(m.quantile.level * 100).toFixed(2)}` : field, "95% CI", "lift [95% CI]", "p", "always-valid p", "chance to win", ""].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)));
 }
 
-/** One line on what shapes a metric's numbers: a cap, CUPED, a pending recomputation. */
+/** One line on what shapes a metric's numbers: a cap, a quantile's spread, CUPED, a pending recomputation. */
 function metricNotes(m) {
   const notes = [];
   if (m.pending) notes.push(m.pending);
   if (m.cap != null) notes.push(`each unit capped at ${num(m.cap)} (${(m.capped_units || []).join(" / ")} units capped)`);
+  if (m.quantile) {
+    const of = m.quantile.of === "value" ? m.measure : `${m.measure} ${m.quantile.of}`;
+    const spread = m.variants.map((v) => `${v.variant} p50 ${num(v.percentiles.p50)} · p95 ${num(v.percentiles.p95)} · p99 ${num(v.percentiles.p99)} (${v.events} values)`);
+    notes.push(`quantile ${m.quantile.level} of ${of}; ${spread.join("; ")}`);
+  }
   if (m.cuped) notes.push(`CUPED on ${m.cuped.covariate} over ${m.cuped.window_days} days before exposure: θ ${num(m.cuped.theta)}, variance ${pct(-m.cuped.variance_reduction)}`);
   return notes.length ? el("p", { class: "muted" }, notes.join(" · ")) : null;
 }
@@ -258,7 +263,7 @@ function renderChart(timeline, kind) {
   const legend = variants.map((v, i) => el("text", { x: 70 + i * 140, y: 376, class: `series-${i % 4} legend` }, `— ${v}`));
   $("#chart").replaceChildren(
     ...lineChart(0, "exposed units", series("units"), (v) => Math.round(v)),
-    ...lineChart(185, timeline.metric ? `${timeline.metric}: ${kind === "mean" ? "mean per unit" : "rate"}` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3)),
+    ...lineChart(185, timeline.metric ? `${timeline.metric}: ${{ mean: "mean per unit", ratio: "ratio", quantile: "quantile" }[kind] || "rate"}` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3)),
     ...legend);
 }
 
