@@ -62,6 +62,12 @@ pub struct Args {
     /// read `results` of an experiment another run is filling).
     #[arg(long)]
     experiment: Option<String>,
+    /// Give the created experiments derived metrics beside their plain
+    /// ones: a capped mean, a ratio and two quantiles (the p90 of the
+    /// conversions' values, the p99 of the clicks' response times), to
+    /// measure what keeping them costs ingest.
+    #[arg(long)]
+    derived_metrics: bool,
     /// Webhook subscriptions the `webhooks` scenario creates (the server
     /// needs `webhooks.allow_private = true`).
     #[arg(long, default_value_t = 10)]

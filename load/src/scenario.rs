@@ -123,6 +123,21 @@ impl Target {
             target.experiment = key.clone();
             return Ok(target);
         }
+        let mut metrics = vec![
+            json!({"key": "conversion", "kind": "mean"}),
+            json!({"key": "click", "kind": "binomial"}),
+        ];
+        if args.derived_metrics {
+            metrics.extend([
+                json!({"key": "conversion_capped", "kind": "mean", "measure": "conversion", "cap": 30}),
+                json!({"key": "clicks_per_conversion", "kind": "ratio", "measure": "click",
+                    "denominator": "conversion"}),
+                json!({"key": "conversion_p90", "kind": "quantile", "measure": "conversion",
+                    "quantile": 0.9}),
+                json!({"key": "click_latency_p99", "kind": "quantile", "measure": "click",
+                    "quantile": 0.99, "of": "response_time_ms"}),
+            ]);
+        }
         for i in 0..args.experiments.max(1) {
             let key = format!("load-{run_id}-{i}");
             let body = json!({
@@ -131,10 +146,7 @@ impl Target {
                     {"key": "control", "weight": 1, "payload": {"colour": "blue"}},
                     {"key": "treatment", "weight": 1, "payload": {"colour": "green"}}
                 ],
-                "metrics": [
-                    {"key": "conversion", "kind": "mean"},
-                    {"key": "click", "kind": "binomial"}
-                ],
+                "metrics": metrics,
                 "primary_metric": "conversion"
             });
             let created = target
