@@ -84,6 +84,7 @@ fn ingest(config: &Config) -> IngestLimits {
         dedup_window: config.ingest.dedup_window_days.get(),
         max_measures: config.limits.max_measures,
         max_covariate_events: config.limits.max_covariate_events,
+        max_quantile_bins: config.limits.max_quantile_bins,
         commit_retries: config.ingest.commit_retries,
         commit_retry: config.ingest.commit_retry_ms.get(),
     }

@@ -359,6 +359,8 @@ pub struct LimitsConfig {
     /// Most earlier events of a unit read to form its CUPED covariates at
     /// its first exposure.
     pub max_covariate_events: usize,
+    /// Most bins of one variant's sketch of a quantile metric.
+    pub max_quantile_bins: usize,
     /// Largest `properties` of one event, in bytes of its JSON as sent.
     pub max_property_bytes: usize,
     /// Most experiments named in one `POST /v1/assignments`.
@@ -760,6 +762,7 @@ impl LimitsConfig {
         let positive = [
             ("limits.max_measures", self.max_measures),
             ("limits.max_covariate_events", self.max_covariate_events),
+            ("limits.max_quantile_bins", self.max_quantile_bins),
             ("limits.max_property_bytes", self.max_property_bytes),
             (
                 "limits.max_assignment_experiments",

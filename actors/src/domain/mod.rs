@@ -51,7 +51,10 @@ pub use ids::{
 pub use lifecycle::{Action, Status};
 pub use project::{Project, ProjectIn, ProjectPatch, MAX_PROJECT_NAME_CHARS};
 pub use properties::Properties;
-pub use quantile::{group_of, QuantileEstimate, QuantileOf, QuantileSketch, QuantileSpec, GROUPS};
+pub use quantile::{
+    group_of, QuantileEstimate, QuantileOf, QuantileSketch, QuantileSpec, DEFAULT_QUANTILE_BINS,
+    GROUPS,
+};
 pub use quota::{QuotaLimits, QuotaOverrides, QuotaPatch, MAX_QUOTA_COUNT, MAX_QUOTA_RATE};
 #[cfg(test)]
 pub use records::EventRecordRef;

@@ -22,9 +22,10 @@ use crate::domain::{Event, Properties};
 /// Groups units are hashed into; a quantile's variance has `GROUPS - 1`
 /// degrees of freedom.
 pub const GROUPS: usize = 20;
-/// Bins kept per sketch; beyond it the two lowest merge (the low tail
-/// loses resolution first, as in DDSketch).
-const MAX_BINS: usize = 2048;
+/// Bins kept per sketch unless configured (`limits.max_quantile_bins`);
+/// beyond the bound the two lowest merge, so the low tail loses
+/// resolution first, as in DDSketch.
+pub const DEFAULT_QUANTILE_BINS: usize = 1024;
 /// Half the relative width of a bin: `γ = (1 + α) / (1 - α)`.
 const RELATIVE_ERROR: f64 = 0.01;
 /// Values of smaller magnitude fall in the zero bin.
@@ -101,9 +102,9 @@ pub struct QuantileEstimate {
 }
 
 impl QuantileSketch {
-    /// Counts `value` for a unit of `group`; non-finite values are not
-    /// counted (ingestion refuses them).
-    pub fn add(&mut self, value: f64, group: usize) {
+    /// Counts `value` for a unit of `group`, keeping at most `max_bins`
+    /// bins; non-finite values are not counted (ingestion refuses them).
+    pub fn add(&mut self, value: f64, group: usize, max_bins: usize) {
         if !value.is_finite() || group >= GROUPS {
             return;
         }
@@ -112,10 +113,11 @@ impl QuantileSketch {
             .entry(bin_of(value))
             .or_insert_with(|| vec![0; GROUPS]);
         counts[group] = counts[group].saturating_add(1);
-        self.bound();
+        self.bound(max_bins);
     }
 
-    /// Adds `other`'s counts (a sketch of other units).
+    /// Adds `other`'s counts (a sketch of other units). Unbounded: the sum
+    /// of bounded shares, for one answer.
     pub fn merge(&mut self, other: &QuantileSketch) {
         for (bin, theirs) in &other.bins {
             let ours = self.bins.entry(*bin).or_insert_with(|| vec![0; GROUPS]);
@@ -123,11 +125,10 @@ impl QuantileSketch {
                 *a = a.saturating_add(*b);
             }
         }
-        self.bound();
     }
 
-    fn bound(&mut self) {
-        while self.bins.len() > MAX_BINS {
+    fn bound(&mut self, max_bins: usize) {
+        while self.bins.len() > max_bins.max(1) {
             let Some((_, lowest)) = self.bins.pop_first() else {
                 return;
             };
@@ -282,9 +283,10 @@ mod tests {
     #[test]
     fn quantiles_are_within_the_relative_error_of_the_exact_rank_either_sign() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // e^-4 to e^6 either sign: about 1,000 bins, within the default.
         let mut values: Vec<f64> = (0..20_000)
             .map(|_| {
-                let v = (rng.random::<f64>() * 12.0 - 4.0).exp();
+                let v = (rng.random::<f64>() * 10.0 - 4.0).exp();
                 if rng.random::<f64>() < 0.3 {
                     -v
                 } else {
@@ -295,7 +297,7 @@ mod tests {
         values.push(0.0);
         let mut sketch = QuantileSketch::default();
         for (i, v) in values.iter().enumerate() {
-            sketch.add(*v, i % GROUPS);
+            sketch.add(*v, i % GROUPS, DEFAULT_QUANTILE_BINS);
         }
         values.sort_by(f64::total_cmp);
         for q in [0.0, 0.01, 0.25, 0.3, 0.5, 0.9, 0.95, 0.99, 1.0] {
@@ -319,17 +321,17 @@ mod tests {
             let v = f64::from(i % 977) * 1.7 + 0.5;
             let unit = format!("u{}", i % 300);
             let part = if i % 3 == 0 { &mut a } else { &mut b };
-            part.add(v, group_of(&unit));
-            both.add(v, group_of(&unit));
+            part.add(v, group_of(&unit), DEFAULT_QUANTILE_BINS);
+            both.add(v, group_of(&unit), DEFAULT_QUANTILE_BINS);
         }
         a.merge(&b);
         assert_eq!(a, both);
         // Every magnitude from 1e-9 to 1e15 would need about 2,800 bins.
         let mut wide = QuantileSketch::default();
         for e in -900..1500 {
-            wide.add(10f64.powf(f64::from(e) / 100.0), 0);
+            wide.add(10f64.powf(f64::from(e) / 100.0), 0, 700);
         }
-        assert_eq!(wide.bins.len(), MAX_BINS);
+        assert_eq!(wide.bins.len(), 700);
         assert_eq!(wide.count(), 2400);
         let top = wide.quantile(1.0).unwrap();
         assert!((top / 10f64.powf(14.99) - 1.0).abs() < 2.0 * RELATIVE_ERROR);
@@ -350,7 +352,7 @@ mod tests {
         assert_eq!(QuantileSketch::default().estimate(0.5), None);
         let mut one = QuantileSketch::default();
         for g in 0..GROUPS {
-            one.add(42.0, g);
+            one.add(42.0, g, DEFAULT_QUANTILE_BINS);
         }
         let e = one.estimate(0.9).unwrap();
         assert!((e.value / 42.0 - 1.0).abs() < 2.0 * RELATIVE_ERROR);

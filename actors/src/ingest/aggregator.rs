@@ -66,7 +66,7 @@ pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
     finite, group_of, AggregateChanges, Covariate, Derivations, DerivedSums, Event, EventType,
     ExperimentAggregates, Exposure, MeasureAggregates, QuantileSketch, UnitChange, UnitMeasure,
-    VariantAggregates,
+    VariantAggregates, DEFAULT_QUANTILE_BINS,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -89,6 +89,8 @@ pub struct Aggregator {
     /// be exposed for the first time to an experiment with covariates.
     histories: HashMap<Box<str>, Vec<Earlier>>,
     interned: HashSet<Arc<str>>,
+    /// Most bins of one variant's quantile sketch.
+    max_quantile_bins: usize,
     dirty_experiments: BTreeSet<Arc<str>>,
     dirty_units: BTreeSet<Box<str>>,
 }
@@ -129,9 +131,17 @@ impl Aggregator {
             units: HashMap::new(),
             histories: HashMap::new(),
             interned: HashSet::new(),
+            max_quantile_bins: DEFAULT_QUANTILE_BINS,
             dirty_experiments: BTreeSet::new(),
             dirty_units: BTreeSet::new(),
         }
+    }
+
+    /// Keeps each variant's quantile sketches within `bins` bins from now
+    /// on (`limits.max_quantile_bins`; [`DEFAULT_QUANTILE_BINS`] until
+    /// told).
+    pub fn bound_sketches(&mut self, bins: usize) {
+        self.max_quantile_bins = bins.max(1);
     }
 
     /// Replaces the share of `experiment` with a restored one (cluster
@@ -434,8 +444,11 @@ impl Aggregator {
                     match &d.quantile {
                         Some(spec) if d.measure == *key => {
                             if let Some(v) = spec.of.read(e) {
-                                sketch_mut(&mut variant.sketches, metric)
-                                    .add(v, group_of(&e.unit_id));
+                                sketch_mut(&mut variant.sketches, metric).add(
+                                    v,
+                                    group_of(&e.unit_id),
+                                    self.max_quantile_bins,
+                                );
                             }
                         }
                         Some(_) => {}

@@ -163,6 +163,8 @@ pub struct IngestLimits {
     pub max_measures: usize,
     /// Most earlier events of a unit read for its CUPED covariates.
     pub max_covariate_events: usize,
+    /// Most bins of one variant's quantile sketch.
+    pub max_quantile_bins: usize,
 }
 
 /// Counters the pipeline keeps for operators and tests.
@@ -329,8 +331,11 @@ impl Mailbox {
         let stats = Arc::new(IngestStats::default());
         let sinks = Arc::new(sinks);
         let sequencer = Sequencer::new(store.next_seq()?);
-        let aggregators =
+        let mut aggregators =
             Aggregator::load_partitions(&store, limits.partitions, limits.max_measures, &live)?;
+        for aggregator in &mut aggregators {
+            aggregator.bound_sketches(limits.max_quantile_bins);
+        }
         let room = Arc::new(Room::new(limits.enqueue_wait));
         let mut partitions = Vec::with_capacity(aggregators.len());
         for ((index, aggregator), committer) in aggregators.into_iter().enumerate().zip(committers)
@@ -884,6 +889,7 @@ mod tests {
             commit_retry: Duration::from_millis(1),
             max_measures: 100,
             max_covariate_events: 1000,
+            max_quantile_bins: 1024,
         };
         let live = Arc::new(LiveAggregates::default());
         let ingest = Mailbox::start(store.clone(), limits, Vec::new(), live).expect("start");
@@ -940,6 +946,7 @@ mod tests {
             commit_retry: Duration::from_millis(1),
             max_measures: 10,
             max_covariate_events: 1000,
+            max_quantile_bins: 1024,
         };
         let live = Arc::new(LiveAggregates::default());
         let ingest = Mailbox::start(store.clone(), limits, Vec::new(), live).expect("start");
@@ -1059,6 +1066,7 @@ mod tests {
             commit_retry: Duration::from_millis(1),
             max_measures: 100,
             max_covariate_events: 1000,
+            max_quantile_bins: 1024,
         };
         let calls = Arc::new(AtomicU64::new(0));
         let committer = Flaky {

@@ -577,6 +577,7 @@ mod tests {
             commit_retry: Duration::ZERO,
             max_measures: 1,
             max_covariate_events: 1000,
+            max_quantile_bins: 1024,
         };
         let failures = AtomicU64::new(0);
         let mut calls = 0;

@@ -103,8 +103,11 @@ impl Results {
         let compiled = self.snapshot(key)?;
         let experiment = compiled.experiment().key.clone();
         let store = self.store.clone();
-        let (max_measures, max_covariate_events) =
-            (self.limits.max_measures, self.limits.max_covariate_events);
+        let (max_measures, max_covariate_events, max_quantile_bins) = (
+            self.limits.max_measures,
+            self.limits.max_covariate_events,
+            self.limits.max_quantile_bins,
+        );
         // Which names an experiment counts (at most `max_measures`) is
         // settled as they first arrive, by whichever partition sees them
         // first: the rebuild counts the names the live aggregates count.
@@ -133,6 +136,7 @@ impl Results {
             events.sort_unstable_by_key(|e| e.seq);
             let mut aggregator =
                 Aggregator::counting(max_measures, experiment.as_str(), &counted, derivations);
+            aggregator.bound_sketches(max_quantile_bins);
             // Covariates count the events committed before the window's.
             let first = events.first().map_or(u64::MAX, |e| e.seq);
             aggregator.load_histories(&events, |unit, from, to| {

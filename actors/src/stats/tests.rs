@@ -650,7 +650,7 @@ fn cuped_narrows_intervals_by_the_correlation_and_keeps_its_error_rate() {
 /// figures (`cargo test --workspace --lib quantile_intervals -- --nocapture`).
 #[test]
 fn quantile_intervals_cover_the_true_difference_clustered_by_unit() {
-    use crate::domain::{QuantileSketch, GROUPS};
+    use crate::domain::{QuantileSketch, DEFAULT_QUANTILE_BINS, GROUPS};
     use rand::{RngExt, SeedableRng};
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_204);
@@ -688,7 +688,7 @@ fn quantile_intervals_cover_the_true_difference_clustered_by_unit() {
                     let unit_level = 0.6 * normal(&mut rng);
                     for _ in 0..=poisson(&mut rng, 3.0) {
                         let value = scale * (unit_level + 0.5 * normal(&mut rng)).exp();
-                        sketch.add(value, unit % GROUPS);
+                        sketch.add(value, unit % GROUPS, DEFAULT_QUANTILE_BINS);
                     }
                 }
                 let estimate = sketch.estimate(level).expect("values");
