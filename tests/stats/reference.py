@@ -50,10 +50,12 @@ Definitions (the contract the Rust code implements independently):
   groups): the q quantile is rank q (n - 1) of the events, interpolated
   inside its bin in log scale (a bin's c events sit at (j + 0.5) / c of
   its width); F = share of events at or below it (its bin's events by the
-  same share), var F = 20/19 sum_g (a_g - F m_g)^2 / n^2 over the groups;
-  Woodruff: se = (Q(q + z se_F) - Q(q - z se_F)) / (2 z), z = 1.96 (95%).
-  Variant interval: value +- t(0.975, 19) se. Comparison: difference,
-  Welch-Satterthwaite degrees of freedom from the two variances (19
+  same share), var F = k/(k-1) sum_g (a_g - F m_g)^2 / n^2 over the k
+  groups holding events (no variance below 2);
+  Woodruff: se = (Q(q + z se_F) - Q(q - z se_F)) / (2 z), z = 1.96 (95%),
+  or the uncut side's half-width over z when q -+ z se_F leaves [0, 1].
+  Variant interval: value +- t(0.975, k - 1) se. Comparison: difference,
+  Welch-Satterthwaite degrees of freedom from the two variances (k - 1
   each), scipy's t for the interval and p-value; relative lift and the
   rest as for a mean. Percentiles p50/p90/p95/p99 the same way. The input
   is the sketch's cells ("bin,group,events", space-separated); the values
@@ -510,6 +512,7 @@ GROUPS = 20
 OFFSET = 1100
 LN_GAMMA = math.log(1.01 / 0.99)
 WOODRUFF_Z = 1.959963984540054
+ONE_GROUP = "values from too few units for an interval"
 QRNG = np.random.default_rng(20261204)
 
 
@@ -561,10 +564,22 @@ class Sketch:
         weights[i] = inside
         below = weights @ self.matrix
         every = self.matrix.sum(axis=0)
+        value = value_at(self.bins[i], inside)
+        k = int((every > 0).sum())
+        if k < 2:
+            return value, None, 0
         share = below.sum() / self.n
-        se_share = math.sqrt(GROUPS / (GROUPS - 1) * float(((below - share * every) ** 2).sum())) / self.n
-        se = (self.quantile(q + WOODRUFF_Z * se_share) - self.quantile(q - WOODRUFF_Z * se_share)) / (2 * WOODRUFF_Z)
-        return value_at(self.bins[i], inside), se * se
+        se_share = math.sqrt(k / (k - 1) * float(((below - share * every) ** 2).sum())) / self.n
+        step = WOODRUFF_Z * se_share
+        lower, upper = self.quantile(q - step), self.quantile(q + step)
+        if q - step < 0 and q + step <= 1:
+            half = upper - value
+        elif q + step > 1 and q - step >= 0:
+            half = value - lower
+        else:
+            half = (upper - lower) / 2
+        se = half / WOODRUFF_Z
+        return value, se * se, k - 1
 
 
 def variant_quantile(key, units, sketch, q):
@@ -576,17 +591,20 @@ def variant_quantile(key, units, sketch, q):
     if sketch.n == 0:
         out.update(value=None, ci=None, reason="no values yet")
         return out, None
-    value, variance = sketch.estimate(q)
+    value, variance, df = sketch.estimate(q)
     if units < 2:
         out.update(value=value, ci=None, reason="fewer than 2 units")
-        return out, (value, variance)
+        return out, (value, variance, df)
+    if variance is None:
+        out.update(value=value, ci=None, reason=ONE_GROUP)
+        return out, (value, variance, df)
     if variance == 0:
         ci = [value, value]
     else:
-        half = stats.t.ppf(0.975, GROUPS - 1) * math.sqrt(variance)
+        half = stats.t.ppf(0.975, df) * math.sqrt(variance)
         ci = [value - half, value + half]
     out.update(value=value, ci=ci, reason=None)
-    return out, (value, variance)
+    return out, (value, variance, df)
 
 
 def compare_quantile(t, c, t_est, c_est, tau2):
@@ -596,7 +614,9 @@ def compare_quantile(t, c, t_est, c_est, tau2):
         return null_comparison(out, "no values yet" if no_values else "fewer than 2 units in a variant")
     if t["units"] < 2 or c["units"] < 2:
         return null_comparison(out, "fewer than 2 units in a variant")
-    (mt, var_t), (mc, var_c) = t_est, c_est
+    (mt, var_t, df_t), (mc, var_c, df_c) = t_est, c_est
+    if var_t is None or var_c is None:
+        return null_comparison(out, ONE_GROUP)
     d = mt - mc
     if var_t + var_c == 0:
         out.update(absolute={"estimate": d, "ci": None}, relative=relative(d, mc, mt, var_t, var_c))
@@ -604,7 +624,7 @@ def compare_quantile(t, c, t_est, c_est, tau2):
         out["reason"] = "no variance in either variant"
         return out
     se = math.sqrt(var_t + var_c)
-    df = (var_t + var_c) ** 2 / (var_t**2 / (GROUPS - 1) + var_c**2 / (GROUPS - 1))
+    df = (var_t + var_c) ** 2 / (var_t**2 / df_t + var_c**2 / df_c)
     statistic = d / se
     half = stats.t.ppf(0.975, df) * se
     out.update(absolute={"estimate": d, "ci": [d - half, d + half]}, relative=relative(d, mc, mt, var_t, var_c))
@@ -705,6 +725,9 @@ def quantile_cases():
     out.append(case_quantile("quantile no values in the treatment", [latencies(100, 120), (30, np.array([]), np.array([], dtype=int))], 0.9))
     out.append(case_quantile("quantile no units", [(0, np.array([]), np.array([], dtype=int)), latencies(100, 120)], 0.9))
     out.append(case_quantile("quantile one unit", [(1, np.array([100.0, 140.0]), np.array([3, 3])), latencies(100, 120)], 0.9))
+    out.append(case_quantile("quantile values from one group", [latencies(100, 120), (10, np.array([90.0, 130.0, 170.0]), np.array([4, 4, 4]))], 0.5))
+    out.append(case_quantile("quantile p99 of few events", [latencies(20, 120), latencies(20, 120, scale=1.3)], 0.99))
+    out.append(case_quantile("quantile p1 of few events", [latencies(20, 120), latencies(20, 120, scale=1.3)], 0.01))
     out.append(case_quantile("quantile alpha 0.01 tau2 0.05", [latencies(400, 120), latencies(400, 120, scale=1.1)], 0.9, alpha=0.01, tau2=0.05))
     out.append(case_quantile("quantile weights 30/70", [latencies(150, 120), latencies(350, 120)], 0.5, weights=[0.3, 0.7]))
     out.append(case_quantile("quantile p75", [latencies(300, 120), latencies(300, 120, scale=1.1)], 0.75))

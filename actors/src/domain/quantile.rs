@@ -87,9 +87,10 @@ pub struct QuantileSpec {
 /// A variant's values of one quantile metric: events per bin per group.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QuantileSketch {
-    /// Bin → events of each group ([`GROUPS`] counts).
+    /// Bin → events of each group (a record of another length does not
+    /// decode).
     #[schema(value_type = Object)]
-    bins: BTreeMap<i32, Vec<u64>>,
+    bins: BTreeMap<i32, [u64; GROUPS]>,
 }
 
 /// A quantile and the variance of its estimate.
@@ -97,8 +98,18 @@ pub struct QuantileSketch {
 pub struct QuantileEstimate {
     /// The sketch's quantile.
     pub value: f64,
-    /// Woodruff's variance of it, clustered by unit.
-    pub variance: f64,
+    /// Woodruff's variance of it, clustered by unit; `None` while the
+    /// values come from fewer than two unit groups.
+    pub variance: Option<Variance>,
+}
+
+/// A variance estimated from `df + 1` unit groups.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Variance {
+    /// The variance.
+    pub value: f64,
+    /// Its degrees of freedom: the groups holding values, less one.
+    pub df: f64,
 }
 
 impl QuantileSketch {
@@ -108,10 +119,7 @@ impl QuantileSketch {
         if !value.is_finite() || group >= GROUPS {
             return;
         }
-        let counts = self
-            .bins
-            .entry(bin_of(value))
-            .or_insert_with(|| vec![0; GROUPS]);
+        let counts = self.bins.entry(bin_of(value)).or_insert([0; GROUPS]);
         counts[group] = counts[group].saturating_add(1);
         self.bound(max_bins);
     }
@@ -120,7 +128,7 @@ impl QuantileSketch {
     /// of bounded shares, for one answer.
     pub fn merge(&mut self, other: &QuantileSketch) {
         for (bin, theirs) in &other.bins {
-            let ours = self.bins.entry(*bin).or_insert_with(|| vec![0; GROUPS]);
+            let ours = self.bins.entry(*bin).or_insert([0; GROUPS]);
             for (a, b) in ours.iter_mut().zip(theirs) {
                 *a = a.saturating_add(*b);
             }
@@ -188,6 +196,7 @@ impl QuantileSketch {
             return None;
         }
         let (at, inside) = self.locate(q, n)?;
+        let value = value_at(at, inside);
         // Each group's events at or below the estimate (the same share of
         // the estimate's bin as its position), and all its events.
         let mut below = [0.0; GROUPS];
@@ -203,6 +212,15 @@ impl QuantileSketch {
                 below[g] += weight * c as f64;
             }
         }
+        // Only the groups holding events are clusters: with few units most
+        // groups are empty, and counting them would shrink the variance.
+        let groups = all.iter().filter(|&&m| m > 0.0).count();
+        if groups < 2 {
+            return Some(QuantileEstimate {
+                value,
+                variance: None,
+            });
+        }
         let total = n as f64;
         let share = below.iter().sum::<f64>() / total;
         let spread: f64 = below
@@ -210,14 +228,25 @@ impl QuantileSketch {
             .zip(all)
             .map(|(a, m)| (a - share * m).powi(2))
             .sum();
-        let groups = GROUPS as f64;
-        let se_share = (groups / (groups - 1.0) * spread).sqrt() / total;
-        let lower = self.quantile(q - WOODRUFF_Z * se_share)?;
-        let upper = self.quantile(q + WOODRUFF_Z * se_share)?;
-        let se = (upper - lower) / (2.0 * WOODRUFF_Z);
+        let k = groups as f64;
+        let se_share = (k / (k - 1.0) * spread).sqrt() / total;
+        let step = WOODRUFF_Z * se_share;
+        let lower = self.quantile(q - step)?;
+        let upper = self.quantile(q + step)?;
+        // A side cut off at the smallest or largest value says nothing of
+        // the spread: the other side's half-width stands for both.
+        let half = match (q - step < 0.0, q + step > 1.0) {
+            (true, false) => upper - value,
+            (false, true) => value - lower,
+            _ => (upper - lower) / 2.0,
+        };
+        let se = half / WOODRUFF_Z;
         Some(QuantileEstimate {
-            value: value_at(at, inside),
-            variance: se * se,
+            value,
+            variance: Some(Variance {
+                value: se * se,
+                df: k - 1.0,
+            }),
         })
     }
 }
@@ -235,7 +264,7 @@ impl QuantileSketch {
                 parts[1].parse::<usize>().expect("group"),
                 parts[2].parse::<u64>().expect("events"),
             );
-            sketch.bins.entry(bin).or_insert_with(|| vec![0; GROUPS])[group] += events;
+            sketch.bins.entry(bin).or_insert([0; GROUPS])[group] += events;
         }
         sketch
     }
@@ -356,6 +385,12 @@ mod tests {
         }
         let e = one.estimate(0.9).unwrap();
         assert!((e.value / 42.0 - 1.0).abs() < 2.0 * RELATIVE_ERROR);
-        assert_eq!(e.variance, 0.0);
+        assert_eq!(e.variance.map(|v| (v.value, v.df)), Some((0.0, 19.0)));
+        // One unit's values are one cluster: no variance to speak of.
+        let mut alone = QuantileSketch::default();
+        for v in [10.0, 20.0, 30.0] {
+            alone.add(v, 7, DEFAULT_QUANTILE_BINS);
+        }
+        assert_eq!(alone.estimate(0.5).unwrap().variance, None);
     }
 }

@@ -64,9 +64,9 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
-    finite, group_of, AggregateChanges, Covariate, Derivations, DerivedSums, Event, EventType,
-    ExperimentAggregates, Exposure, MeasureAggregates, QuantileSketch, UnitChange, UnitMeasure,
-    VariantAggregates, DEFAULT_QUANTILE_BINS,
+    finite, group_of, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums, Event,
+    EventType, ExperimentAggregates, Exposure, MeasureAggregates, QuantileSketch, UnitChange,
+    UnitMeasure, VariantAggregates, DEFAULT_QUANTILE_BINS,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -401,9 +401,15 @@ impl Aggregator {
                 .get(&exposure.experiment)
                 .filter(|all| all.values().any(|d| d.reads(&key)))
                 .map(Arc::clone);
+            // (A quantile metric's terms are never read.)
             let terms_before: Vec<DerivedSums> = derived
                 .iter()
-                .flat_map(|all| all.values().map(|d| d.terms(exposure)))
+                .flat_map(|all| {
+                    all.values().map(|d| match d.quantile {
+                        Some(_) => DerivedSums::default(),
+                        None => d.terms(exposure),
+                    })
+                })
                 .collect();
             let unit = match exposure.measures.iter_mut().find(|m| m.key == key) {
                 Some(unit) => unit,
@@ -526,7 +532,7 @@ impl Aggregator {
             }
         }
         let variant = variant_mut(&mut self.experiments, &self.derivations, exp, variant);
-        for (metric, d) in all.iter() {
+        for (metric, d) in all.iter().filter(|(_, d)| d.quantile.is_none()) {
             derived_mut(&mut variant.derived, metric)
                 .shift(DerivedSums::default(), d.terms(exposure));
         }
@@ -555,27 +561,51 @@ impl Aggregator {
             .get(&key)
             .is_some_and(|share| share.derived != *derivations);
         if stale {
+            // Only sums of unit values are recomputed from the units: a
+            // change to quantile metrics alone needs no scan.
+            let summed = |all: &Derivations| -> Vec<(String, Derivation)> {
+                all.iter()
+                    .filter(|(_, d)| d.quantile.is_none())
+                    .map(|(k, d)| (k.clone(), d.clone()))
+                    .collect()
+            };
+            let rescan = self
+                .experiments
+                .get(&key)
+                .is_some_and(|share| summed(&share.derived) != summed(&derivations));
             let mut sums: HashMap<Arc<str>, BTreeMap<String, DerivedSums>> = HashMap::new();
-            scan(&mut |exposures| {
-                for x in exposures.iter().filter(|x| x.experiment == key) {
-                    let variant = sums.entry(Arc::clone(&x.variant)).or_default();
-                    let summed = derivations.iter().filter(|(_, d)| d.quantile.is_none());
-                    for (metric, d) in summed {
-                        derived_mut(variant, metric).shift(DerivedSums::default(), d.terms(x));
+            if rescan {
+                scan(&mut |exposures| {
+                    for x in exposures.iter().filter(|x| x.experiment == key) {
+                        let variant = sums.entry(Arc::clone(&x.variant)).or_default();
+                        for (metric, d) in derivations.iter().filter(|(_, d)| d.quantile.is_none())
+                        {
+                            derived_mut(variant, metric).shift(DerivedSums::default(), d.terms(x));
+                        }
                     }
-                }
-            })?;
+                })?;
+            }
             if let Some(share) = self.experiments.get_mut(&key) {
                 // A sketch holds event values, which the units' state does
-                // not: it is kept while its definition stays, and starts
-                // empty under a new one.
-                let kept = |metric: &String| {
-                    let now = derivations.get(metric);
-                    now.is_some_and(|d| d.quantile.is_some()) && share.derived.get(metric) == now
-                };
+                // not: it is kept while it reads the same values (another
+                // level reads the same sketch), and starts empty when it
+                // reads others.
+                let kept =
+                    |metric: &String| match (share.derived.get(metric), derivations.get(metric)) {
+                        (Some(was), Some(now)) => {
+                            was.measure == now.measure
+                                && was
+                                    .quantile
+                                    .zip(now.quantile)
+                                    .is_some_and(|(a, b)| a.of == b.of)
+                        }
+                        _ => false,
+                    };
                 for v in share.variants.values_mut() {
-                    v.derived.clear();
                     v.sketches.retain(|metric, _| kept(metric));
+                    if rescan {
+                        v.derived.clear();
+                    }
                 }
                 share.derived = (*derivations).clone();
                 for (variant, derived) in sums {
@@ -953,8 +983,8 @@ mod tests {
 
     /// A quantile metric's sketch holds event values that no unit's
     /// stored state keeps: it stays through a recomputation of the other
-    /// derived metrics and a partition-count change, and a changed
-    /// definition starts it empty.
+    /// derived metrics, a partition-count change and a change of level,
+    /// and starts empty when the metric reads other values.
     #[test]
     fn a_quantile_sketch_is_kept_while_its_definition_stays() {
         use crate::domain::{QuantileOf, QuantileSpec};
@@ -1016,10 +1046,19 @@ mod tests {
             assert_eq!(sketch(&total, v), sketch(&before, v), "{v}");
         }
 
-        let told = parts[0].respec("e", with_quantile(4.0, 0.5), |f| {
-            store.for_each_unit_state(&|_| true, f)
+        // Another level reads the same values: the sketch stays, and no
+        // unit is scanned for it.
+        let told = parts[0].respec("e", with_quantile(4.0, 0.5), |_| {
+            panic!("a quantile's change needs no scan")
         });
         assert!(told.unwrap());
+        assert_eq!(sketch(&parts[0].experiment("e"), "a"), sketch(&before, "a"));
+        // Other values: it starts empty.
+        let mut other = (*with_quantile(4.0, 0.5)).clone();
+        if let Some(q) = other.get_mut("spend_p90").and_then(|d| d.quantile.as_mut()) {
+            q.of = QuantileOf::ResponseTimeMs;
+        }
+        assert!(parts[0].respec("e", Arc::new(other), |_| Ok(())).unwrap());
         assert_eq!(sketch(&parts[0].experiment("e"), "a"), None);
     }
 

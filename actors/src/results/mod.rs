@@ -93,7 +93,8 @@ impl Results {
     /// aggregates count. Reads them all into memory: for an
     /// operator's check or a time-window query, not a hot path. Over all
     /// time it equals [`Results::aggregates`] unless retention has removed
-    /// events.
+    /// events, or a quantile metric's live sketch started after some (see
+    /// docs/statistics.md, "Quantile metrics").
     pub async fn rebuilt_aggregates(
         &self,
         key: &str,

@@ -17,7 +17,7 @@ mod sample_size;
 
 use serde::Serialize;
 
-use crate::domain::{Correction, MetricKind, QuantileSketch, GROUPS};
+use crate::domain::{Correction, MetricKind, QuantileSketch};
 
 pub use guardrail::{regression, Regression};
 pub use sample_size::{sample_size, SampleSize, SampleSizeAnswer, SampleSizeError};
@@ -54,9 +54,11 @@ pub struct Arm {
 pub struct Quantiles {
     /// The tested quantile; `None` without values.
     pub value: Option<f64>,
-    /// The variance of that estimate (Woodruff's, clustered by unit),
-    /// with [`QUANTILE_DF`] degrees of freedom.
-    pub variance: f64,
+    /// The variance of that estimate (Woodruff's, clustered by unit);
+    /// `None` while the values come from fewer than two unit groups.
+    pub variance: Option<f64>,
+    /// Its degrees of freedom: the unit groups holding values, less one.
+    pub df: f64,
     /// The usual quantiles, for display.
     pub percentiles: Percentiles,
 }
@@ -66,9 +68,11 @@ impl Quantiles {
     /// quantiles.
     pub fn of(sketch: &QuantileSketch, level: f64) -> Self {
         let estimate = sketch.estimate(level);
+        let variance = estimate.and_then(|e| e.variance);
         Self {
             value: estimate.map(|e| e.value),
-            variance: estimate.map_or(0.0, |e| e.variance),
+            variance: variance.map(|v| v.value),
+            df: variance.map_or(0.0, |v| v.df),
             percentiles: Percentiles {
                 p50: sketch.quantile(0.5),
                 p90: sketch.quantile(0.9),
@@ -78,10 +82,6 @@ impl Quantiles {
         }
     }
 }
-
-/// Degrees of freedom of a quantile's variance: one less than the unit
-/// groups it is estimated from.
-pub const QUANTILE_DF: f64 = (GROUPS - 1) as f64;
 
 /// A variant's p50, p90, p95 and p99 (each `null` without values).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
@@ -431,12 +431,13 @@ fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
             Moments { n, mean, var }
         }
         MetricKind::Quantile => {
-            // The estimate's variance as that of a mean of `n` values.
+            // The estimate's variance as that of a mean of `n` values
+            // (NaN without one, like a mean of one unit).
             let q = arm.quantile?;
             Moments {
                 n,
                 mean: q.value?,
-                var: q.variance * n,
+                var: q.variance.map_or(f64::NAN, |v| v * n),
             }
         }
         MetricKind::Ratio => {
@@ -471,6 +472,9 @@ fn moments(kind: MetricKind, arm: &Arm) -> Option<Moments> {
 
 /// Why a quantile metric has no value: no exposed unit sent one.
 const NO_VALUES: &str = "no values yet";
+/// Why a quantile has no interval: its values come from too few units to
+/// tell how much they vary between units.
+const ONE_GROUP: &str = "values from too few units for an interval";
 
 /// Why a ratio has no value: its denominators sum to zero.
 const NO_DENOMINATOR: &str = "the denominator is zero";
@@ -528,6 +532,10 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm, m: Option<Moments>) -> 
         out.reason = Some("fewer than 2 units");
         return out;
     }
+    if kind == MetricKind::Quantile && m.var.is_nan() {
+        out.reason = Some(ONE_GROUP);
+        return out;
+    }
     // A quantile has no per-unit value to spread.
     out.stddev = (kind != MetricKind::Quantile).then(|| m.var.sqrt());
     let tail = (1.0 + CONFIDENCE) / 2.0;
@@ -537,7 +545,8 @@ fn variant_stats(kind: MetricKind, key: &str, arm: &Arm, m: Option<Moments>) -> 
             [m.mean, m.mean]
         }
         MetricKind::Quantile => {
-            let half = dist::t_quantile(tail, QUANTILE_DF) * m.var_of_mean().sqrt();
+            let df = arm.quantile.map_or(0.0, |q| q.df);
+            let half = dist::t_quantile(tail, df) * m.var_of_mean().sqrt();
             [m.mean - half, m.mean + half]
         }
         MetricKind::Mean => {
@@ -654,6 +663,10 @@ fn compare(
         out.reason = Some(NO_DENOMINATOR);
         return out;
     }
+    if settings.kind == MetricKind::Quantile && (t.var.is_nan() || c.var.is_nan()) {
+        out.reason = Some(ONE_GROUP);
+        return out;
+    }
     let z = dist::normal_quantile((1.0 + CONFIDENCE) / 2.0);
     let d = t.mean - c.mean;
     let (var_t, var_c) = (t.var_of_mean(), c.var_of_mean());
@@ -706,7 +719,10 @@ fn compare(
                 // Welch–Satterthwaite; a quantile's variances each have
                 // the unit groups' degrees of freedom.
                 let (df_t, df_c) = match settings.kind {
-                    MetricKind::Quantile => (QUANTILE_DF, QUANTILE_DF),
+                    MetricKind::Quantile => (
+                        arm.quantile.map_or(0.0, |q| q.df),
+                        control.quantile.map_or(0.0, |q| q.df),
+                    ),
                     _ => (t.n - 1.0, c.n - 1.0),
                 };
                 let df = (var_t + var_c).powi(2) / (var_t * var_t / df_t + var_c * var_c / df_c);

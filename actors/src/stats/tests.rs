@@ -244,7 +244,8 @@ fn nothing_is_ever_nan_or_infinite() {
             events: 30,
             quantile: Some(Quantiles {
                 value: Some(250.0),
-                variance: 0.0,
+                variance: Some(0.0),
+                df: 19.0,
                 percentiles: Percentiles::default(),
             }),
             ..Arm::default()
@@ -252,6 +253,17 @@ fn nothing_is_ever_nan_or_infinite() {
         Arm {
             units: 4,
             quantile: Some(Quantiles::default()),
+            ..Arm::default()
+        },
+        Arm {
+            units: 6,
+            events: 3,
+            quantile: Some(Quantiles {
+                value: Some(40.0),
+                variance: None,
+                df: 0.0,
+                percentiles: Percentiles::default(),
+            }),
             ..Arm::default()
         },
     ];
@@ -691,14 +703,9 @@ fn quantile_intervals_cover_the_true_difference_clustered_by_unit() {
                         sketch.add(value, unit % GROUPS, DEFAULT_QUANTILE_BINS);
                     }
                 }
-                let estimate = sketch.estimate(level).expect("values");
                 let arm = Arm {
                     units: units as u64,
-                    quantile: Some(Quantiles {
-                        value: Some(estimate.value),
-                        variance: estimate.variance,
-                        percentiles: Percentiles::default(),
-                    }),
+                    quantile: Some(Quantiles::of(&sketch, level)),
                     ..Arm::default()
                 };
                 (key, arm)
