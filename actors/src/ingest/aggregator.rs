@@ -266,6 +266,24 @@ impl Aggregator {
         );
         metrics::counter!(crate::metrics::STORE_RECORDS_REBUILT, "cf" => "aggregates").increment(1);
         let mut this = Self::for_partition(0, Arc::clone(names));
+        // Folded under the stored experiments' definitions, so quantile
+        // sketches come back with every stored event (derived sums are
+        // recomputed from the units afterwards; CUPED covariates, which
+        // need each unit's history, do not come back).
+        match store.experiments() {
+            Ok(experiments) => {
+                for experiment in experiments {
+                    let derivations = experiment.derivations();
+                    if !derivations.is_empty() {
+                        let key = this.intern(experiment.key.as_str());
+                        this.derivations.insert(key, Arc::new(derivations));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rebuilding without the experiments' derived metrics")
+            }
+        }
         let mut folded = 0u64;
         store.start_rebuild()?;
         store.for_each_event_in_commit_order(|events| {
@@ -1445,6 +1463,55 @@ mod tests {
         fold_through(&mut loaded, &store, &more);
         written.fold(&more);
         assert_eq!(loaded.experiment("exp"), written.experiment("exp"));
+    }
+
+    /// A rebuild folds under the stored experiments' definitions: a
+    /// quantile metric's sketch, which no unit state could give back,
+    /// comes back whole.
+    #[test]
+    fn a_rebuild_brings_quantile_sketches_back_from_the_events() {
+        let (_dir, store) = Store::temporary();
+        let input = serde_json::from_value(serde_json::json!({
+            "key": "e", "name": "E",
+            "variants": [{"key": "a", "weight": 1}, {"key": "b", "weight": 1}],
+            "metrics": [{"key": "spend_p90", "kind": "quantile", "measure": "purchase",
+                "quantile": 0.9}],
+        }))
+        .unwrap();
+        let experiment =
+            crate::domain::Experiment::create(input, time::OffsetDateTime::UNIX_EPOCH).unwrap();
+        store.put_experiment(&experiment, None).unwrap();
+        let (mut events, _) = shoppers(17);
+        for (seq, e) in events.iter_mut().enumerate() {
+            e.seq = seq as u64 + 1;
+        }
+        let live = LiveAggregates::new(1);
+        let mut written = load(&store, usize::MAX).unwrap();
+        written
+            .respec("e", Arc::new(experiment.derivations()), |_| Ok(()))
+            .unwrap();
+        written
+            .load_units(&events, |u| store.unit_states(u))
+            .unwrap();
+        written.fold(&events);
+        store
+            .commit(&Commit {
+                events: &events,
+                next_seq: events.len() as u64 + 1,
+                aggregates: Some(written.changes()),
+                ..Commit::default()
+            })
+            .unwrap();
+        written.published(&live);
+        let sketch = |a: &ExperimentAggregates| a.variants["a"].sketches.get("spend_p90").cloned();
+        assert!(sketch(&written.experiment("e")).is_some_and(|s| s.count() > 10));
+
+        store.start_rebuild().unwrap();
+        let rebuilt = load(&store, usize::MAX).unwrap();
+        assert_eq!(
+            sketch(&rebuilt.experiment("e")),
+            sketch(&written.experiment("e"))
+        );
     }
 
     /// Each partition folds its own units; the totals are the sum of the
