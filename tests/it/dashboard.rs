@@ -89,6 +89,15 @@ fn a_person_runs_an_experiment_from_the_dashboard() {
     let (_, experiment) = server.get("/v1/experiments/cta");
     assert_eq!(experiment["status"], "running");
     assert_eq!(experiment["primary_metric"], "click");
+    // A quantile metric beside it, through the API: the p90 of the clicks'
+    // response times.
+    let (status, patched) = server.patch(
+        "/v1/experiments/cta",
+        json!({"metrics": [{"key": "click", "kind": "binomial"},
+            {"key": "click_p90", "kind": "quantile", "measure": "click", "quantile": 0.9,
+             "of": "response_time_ms"}]}),
+    );
+    assert_eq!(status, 200, "{patched}");
 
     // Traffic through the API over four seconds: 80 units assigned (and
     // exposed); a third of control units click, two thirds of green ones.
@@ -110,9 +119,8 @@ fn a_person_runs_an_experiment_from_the_dashboard() {
             tally.0 += 1;
             if clicks {
                 tally.1 += 1;
-                events.push(
-                    json!({"type": "click", "unit_id": unit, "properties": {"item_id": "cta"}}),
-                );
+                events.push(json!({"type": "click", "unit_id": unit,
+                    "properties": {"item_id": "cta", "response_time_ms": 50 + i}}));
             }
         }
         let (status, body) = server.post("/v1/events", json!({ "events": events }));
@@ -146,6 +154,26 @@ fn a_person_runs_an_experiment_from_the_dashboard() {
     }
     browser.wait_for(
         "document.querySelectorAll('#chart polyline').length === 4",
+        WAIT,
+    );
+    // The quantile metric: its column, each variant's p90 among the
+    // response times sent (50-129 ms), and the spread beside it.
+    let quantile = "#results [data-metric=click_p90]";
+    browser.wait_for(
+        &format!("{} === 'p90'", text(&format!("{quantile} th:nth-child(3)"))),
+        WAIT,
+    );
+    for variant in units.keys() {
+        let value = text(&format!(
+            "{quantile} tr[data-variant={variant}] [data-field=value]"
+        ));
+        browser.wait_for(
+            &format!("parseFloat({value}) >= 50 && parseFloat({value}) <= 131"),
+            WAIT,
+        );
+    }
+    browser.wait_for(
+        &format!("{}.includes('p99')", text(&format!("{quantile} p.muted"))),
         WAIT,
     );
 
