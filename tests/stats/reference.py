@@ -295,82 +295,70 @@ def srm(units, weights):
     return {"chi_square": float(chi2), "p_value": float(p), "detected": bool(p < 0.001), "reason": None}
 
 
+def variant_keys(n):
+    return ["control"] + [f"t{i}" for i in range(1, n)]
+
+
+def case(name, kind, inputs, variants, comparisons, units, weights, alpha, tau2, level=None, cuped=None):
+    """A case as the Rust tests read it: its inputs, the expected figures
+    and the SRM check of `units` (exposed per variant) against `weights`
+    (equal when None)."""
+    weights = weights or [1.0] * len(units)
+    out = {"name": name, "kind": kind}
+    if level is not None:
+        out["quantile"] = level
+    out.update(alpha=alpha, mixing_variance=tau2, weights=weights, input=inputs)
+    if cuped is not None:
+        out["cuped"] = cuped
+    out.update(variants=variants, comparisons=comparisons, srm=srm(units, weights))
+    return out
+
+
 def case_binomial(name, arms, weights=None, alpha=0.05, tau2=0.01):
-    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
-    weights = weights or [1.0] * len(arms)
+    keys = variant_keys(len(arms))
     variants = [variant_binomial(k, n, c) for k, (n, c) in zip(keys, arms)]
     comparisons = [compare_binomial(v, variants[0], tau2) for v in variants[1:]]
     finish(comparisons, alpha)
-    return {
-        "name": name,
-        "kind": "binomial",
-        "alpha": alpha,
-        "mixing_variance": tau2,
-        "weights": weights,
-        "input": [{"units": n, "conversions": c} for n, c in arms],
-        "variants": variants,
-        "comparisons": comparisons,
-        "srm": srm([n for n, _ in arms], weights),
-    }
+    inputs = [{"units": n, "conversions": c} for n, c in arms]
+    return case(name, "binomial", inputs, variants, comparisons, [n for n, _ in arms], weights, alpha, tau2)
 
 
 def case_mean(name, arms, weights=None, alpha=0.05, tau2=0.01):
-    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
-    weights = weights or [1.0] * len(arms)
+    keys = variant_keys(len(arms))
     arms = [np.asarray(a, dtype=float) for a in arms]
     variants = [variant_mean(k, a) for k, a in zip(keys, arms)]
     comparisons = [compare_mean(a, arms[0], v, variants[0], tau2) for a, v in zip(arms[1:], variants[1:])]
     finish(comparisons, alpha)
-    return {
-        "name": name,
-        "kind": "mean",
-        "alpha": alpha,
-        "mixing_variance": tau2,
-        "weights": weights,
-        "input": [
-            {"units": len(a), "sum": float(np.sum(a)), "sum_squares": float(np.sum(a * a))} for a in arms
-        ],
-        "variants": variants,
-        "comparisons": comparisons,
-        "srm": srm([len(a) for a in arms], weights),
-    }
+    inputs = [
+        {"units": len(a), "sum": float(np.sum(a)), "sum_squares": float(np.sum(a * a))} for a in arms
+    ]
+    return case(name, "mean", inputs, variants, comparisons, [len(a) for a in arms], weights, alpha, tau2)
 
 
 def case_ratio(name, arms, weights=None, alpha=0.05, tau2=0.01):
     """`arms`: per variant, (numerators, denominators) per unit."""
-    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
-    weights = weights or [1.0] * len(arms)
+    keys = variant_keys(len(arms))
     arms = [(np.asarray(x, dtype=float), np.asarray(d, dtype=float)) for x, d in arms]
     variants = [variant_ratio(k, x, d) for k, (x, d) in zip(keys, arms)]
     comparisons = [compare_ratio(a, arms[0], v, variants[0], tau2) for a, v in zip(arms[1:], variants[1:])]
     finish(comparisons, alpha)
-    return {
-        "name": name,
-        "kind": "ratio",
-        "alpha": alpha,
-        "mixing_variance": tau2,
-        "weights": weights,
-        "input": [
-            {
-                "units": len(x),
-                "sum": float(np.sum(x)),
-                "sum_squares": float(np.sum(x * x)),
-                "denominator_sum": float(np.sum(d)),
-                "denominator_sum_squares": float(np.sum(d * d)),
-                "cross": float(np.sum(x * d)),
-            }
-            for x, d in arms
-        ],
-        "variants": variants,
-        "comparisons": comparisons,
-        "srm": srm([len(x) for x, _ in arms], weights),
-    }
+    inputs = [
+        {
+            "units": len(x),
+            "sum": float(np.sum(x)),
+            "sum_squares": float(np.sum(x * x)),
+            "denominator_sum": float(np.sum(d)),
+            "denominator_sum_squares": float(np.sum(d * d)),
+            "cross": float(np.sum(x * d)),
+        }
+        for x, d in arms
+    ]
+    return case(name, "ratio", inputs, variants, comparisons, [len(x) for x, _ in arms], weights, alpha, tau2)
 
 
 def case_cuped(name, arms, weights=None, alpha=0.05, tau2=0.01):
     """`arms`: per variant, (values, covariates) per unit."""
-    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
-    weights = weights or [1.0] * len(arms)
+    keys = variant_keys(len(arms))
     arms = [(np.asarray(x, dtype=float), np.asarray(c, dtype=float)) for x, c in arms]
     xs = np.concatenate([x for x, _ in arms])
     cs = np.concatenate([c for _, c in arms])
@@ -387,28 +375,20 @@ def case_cuped(name, arms, weights=None, alpha=0.05, tau2=0.01):
         v["sum"] = float(np.sum(x))
     comparisons = [compare_mean(a, adjusted[0], v, variants[0], tau2) for a, v in zip(adjusted[1:], variants[1:])]
     finish(comparisons, alpha)
-    return {
-        "name": name,
-        "kind": "mean",
-        "alpha": alpha,
-        "mixing_variance": tau2,
-        "weights": weights,
-        "input": [
-            {
-                "units": len(x),
-                "sum": float(np.sum(x)),
-                "sum_squares": float(np.sum(x * x)),
-                "covariate_sum": float(np.sum(c)),
-                "covariate_sum_squares": float(np.sum(c * c)),
-                "covariate_cross": float(np.sum(x * c)),
-            }
-            for x, c in arms
-        ],
-        "cuped": {"theta": theta, "variance_reduction": float(min(max(reduction, 0.0), 1.0))},
-        "variants": variants,
-        "comparisons": comparisons,
-        "srm": srm([len(x) for x, _ in arms], weights),
-    }
+    inputs = [
+        {
+            "units": len(x),
+            "sum": float(np.sum(x)),
+            "sum_squares": float(np.sum(x * x)),
+            "covariate_sum": float(np.sum(c)),
+            "covariate_sum_squares": float(np.sum(c * c)),
+            "covariate_cross": float(np.sum(x * c)),
+        }
+        for x, c in arms
+    ]
+    cuped = {"theta": theta, "variance_reduction": float(min(max(reduction, 0.0), 1.0))}
+    units = [len(x) for x, _ in arms]
+    return case(name, "mean", inputs, variants, comparisons, units, weights, alpha, tau2, cuped=cuped)
 
 
 def correlated(n, mean, rho, lift=0.0, scale=1.0):
@@ -637,29 +617,18 @@ def compare_quantile(t, c, t_est, c_est, tau2):
 
 def case_quantile(name, arms, q, weights=None, alpha=0.05, tau2=0.01):
     """`arms`: per variant, (units, values, each value's unit group)."""
-    keys = ["control"] + [f"t{i}" for i in range(1, len(arms))]
-    weights = weights or [1.0] * len(arms)
+    keys = variant_keys(len(arms))
     sketches = [Sketch(v, g) for _, v, g in arms]
     built = [variant_quantile(k, u, s, q) for k, (u, _, _), s in zip(keys, arms, sketches)]
     variants = [v for v, _ in built]
     comparisons = [compare_quantile(v, variants[0], e, built[0][1], tau2) for v, e in built[1:]]
     finish(comparisons, alpha)
-    return {
-        "name": name,
-        "kind": "quantile",
-        "quantile": q,
-        "alpha": alpha,
-        "mixing_variance": tau2,
-        "weights": weights,
-        "input": [
-            # "bin,group,events" per cell, space-separated: compact.
-            {"units": u, "cells": " ".join(f"{b},{g},{c}" for (b, g), c in s.cells)}
-            for (u, _, _), s in zip(arms, sketches)
-        ],
-        "variants": variants,
-        "comparisons": comparisons,
-        "srm": srm([u for u, _, _ in arms], weights),
-    }
+    inputs = [
+        # "bin,group,events" per cell, space-separated: compact.
+        {"units": u, "cells": " ".join(f"{b},{g},{c}" for (b, g), c in s.cells)}
+        for (u, _, _), s in zip(arms, sketches)
+    ]
+    return case(name, "quantile", inputs, variants, comparisons, [u for u, _, _ in arms], weights, alpha, tau2, level=q)
 
 
 def latencies(units, median_ms, spread=0.5, per_unit=2.0, scale=1.0, rounded=True):

@@ -259,10 +259,15 @@ impl Metric {
                     .map_or_else(|| self.measure().to_owned(), ToString::to_string),
                 window_ms: i64::from(c.window_days) * 86_400_000,
             }),
-            quantile: (self.kind == MetricKind::Quantile).then(|| QuantileSpec {
-                level: self.quantile.unwrap_or(0.5),
-                of: self.of.unwrap_or_default(),
-            }),
+            quantile: self.quantile_spec(),
+        })
+    }
+
+    /// What a quantile metric keeps a sketch of (`None` for other kinds).
+    pub fn quantile_spec(&self) -> Option<QuantileSpec> {
+        (self.kind == MetricKind::Quantile).then(|| QuantileSpec {
+            level: self.quantile.unwrap_or(0.5),
+            of: self.of.unwrap_or_default(),
         })
     }
 

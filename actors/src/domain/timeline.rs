@@ -66,7 +66,7 @@ impl TimelineSnapshot {
                     if pending.contains(&key) {
                         continue;
                     }
-                    if let Some(q) = m.derivation().and_then(|d| d.quantile) {
+                    if let Some(q) = m.quantile_spec() {
                         let sketch = a.and_then(|a| a.sketches.get(key.as_str()));
                         if let Some(value) = sketch.and_then(|s| s.quantile(q.level)) {
                             snapshot.quantiles.insert(key.clone(), value);

@@ -65,8 +65,8 @@ use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
     finite, group_of, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums, Event,
-    EventType, ExperimentAggregates, Exposure, MeasureAggregates, QuantileSketch, UnitChange,
-    UnitMeasure, VariantAggregates, DEFAULT_QUANTILE_BINS,
+    EventType, ExperimentAggregates, Exposure, UnitChange, UnitMeasure, VariantAggregates,
+    DEFAULT_QUANTILE_BINS,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -91,6 +91,8 @@ pub struct Aggregator {
     interned: HashSet<Arc<str>>,
     /// Most bins of one variant's quantile sketch.
     max_quantile_bins: usize,
+    /// Scratch for a fold: each derived metric's terms before the event.
+    terms_before: Vec<DerivedSums>,
     dirty_experiments: BTreeSet<Arc<str>>,
     dirty_units: BTreeSet<Box<str>>,
 }
@@ -132,6 +134,7 @@ impl Aggregator {
             histories: HashMap::new(),
             interned: HashSet::new(),
             max_quantile_bins: DEFAULT_QUANTILE_BINS,
+            terms_before: Vec::new(),
             dirty_experiments: BTreeSet::new(),
             dirty_units: BTreeSet::new(),
         }
@@ -417,18 +420,17 @@ impl Aggregator {
             let derived = self
                 .derivations
                 .get(&exposure.experiment)
-                .filter(|all| all.values().any(|d| d.reads(&key)))
-                .map(Arc::clone);
-            // (A quantile metric's terms are never read.)
-            let terms_before: Vec<DerivedSums> = derived
-                .iter()
-                .flat_map(|all| {
-                    all.values().map(|d| match d.quantile {
-                        Some(_) => DerivedSums::default(),
-                        None => d.terms(exposure),
-                    })
+                .filter(|all| all.values().any(|d| d.reads(&key)));
+            // Each derived metric's terms before this event, in a buffer
+            // the aggregator reuses. (A quantile metric's are never read.)
+            let mut terms_before = std::mem::take(&mut self.terms_before);
+            terms_before.clear();
+            terms_before.extend(derived.iter().flat_map(|all| {
+                all.values().map(|d| match d.quantile {
+                    Some(_) => DerivedSums::default(),
+                    None => d.terms(exposure),
                 })
-                .collect();
+            }));
             let unit = match exposure.measures.iter_mut().find(|m| m.key == key) {
                 Some(unit) => unit,
                 None => {
@@ -445,13 +447,13 @@ impl Aggregator {
             unit.events = unit.events.saturating_add(1);
             unit.sum = finite(unit.sum + value);
             let (first, after) = (unit.events == 1, unit.sum);
-            let totals = measure_mut(
+            let variant = variant_mut(
                 &mut self.experiments,
                 &self.derivations,
                 &exposure.experiment,
                 &exposure.variant,
-                &key,
             );
+            let totals = entry_mut(&mut variant.measures, &key);
             totals.units += u64::from(first);
             totals.events = totals.events.saturating_add(1);
             totals.sum = finite(totals.sum + value);
@@ -464,11 +466,11 @@ impl Aggregator {
                     &exposure.experiment,
                     &exposure.variant,
                 );
-                for ((metric, d), before) in all.iter().zip(terms_before) {
+                for ((metric, d), &before) in all.iter().zip(&terms_before) {
                     match &d.quantile {
                         Some(spec) if d.measure == *key => {
                             if let Some(v) = spec.of.read(e) {
-                                sketch_mut(&mut variant.sketches, metric).add(
+                                entry_mut(&mut variant.sketches, metric).add(
                                     v,
                                     group_of(&e.unit_id),
                                     self.max_quantile_bins,
@@ -478,11 +480,12 @@ impl Aggregator {
                         Some(_) => {}
                         None => {
                             let after = d.terms(exposure);
-                            derived_mut(&mut variant.derived, metric).shift(before, after);
+                            entry_mut(&mut variant.derived, metric).shift(before, after);
                         }
                     }
                 }
             }
+            self.terms_before = terms_before;
             self.dirty_experiments
                 .insert(Arc::clone(&exposure.experiment));
             dirty = true;
@@ -551,7 +554,7 @@ impl Aggregator {
         }
         let variant = variant_mut(&mut self.experiments, &self.derivations, exp, variant);
         for (metric, d) in all.iter().filter(|(_, d)| d.quantile.is_none()) {
-            derived_mut(&mut variant.derived, metric)
+            entry_mut(&mut variant.derived, metric)
                 .shift(DerivedSums::default(), d.terms(exposure));
         }
     }
@@ -598,7 +601,7 @@ impl Aggregator {
                         let variant = sums.entry(Arc::clone(&x.variant)).or_default();
                         for (metric, d) in derivations.iter().filter(|(_, d)| d.quantile.is_none())
                         {
-                            derived_mut(variant, metric).shift(DerivedSums::default(), d.terms(x));
+                            entry_mut(variant, metric).shift(DerivedSums::default(), d.terms(x));
                         }
                     }
                 })?;
@@ -763,59 +766,23 @@ fn variant_mut<'a>(
                 .unwrap_or_default(),
             ..ExperimentAggregates::default()
         });
-    let variants = &mut share.variants;
-    if !variants.contains_key(variant) {
-        variants.insert(variant.to_owned(), VariantAggregates::default());
-    }
-    variants
-        .get_mut(variant)
-        .unwrap_or_else(|| unreachable!("inserted above"))
+    entry_mut(&mut share.variants, variant)
 }
 
-fn measure_mut<'a>(
-    experiments: &'a mut HashMap<Arc<str>, ExperimentAggregates>,
-    derivations: &HashMap<Arc<str>, Arc<Derivations>>,
-    exp: &Arc<str>,
-    variant: &str,
-    measure: &str,
-) -> &'a mut MeasureAggregates {
-    let measures = &mut variant_mut(experiments, derivations, exp, variant).measures;
-    if !measures.contains_key(measure) {
-        measures.insert(measure.to_owned(), MeasureAggregates::default());
+/// `map[key]`, inserted as the default first if missing; the key is
+/// allocated only then (this runs for every folded event).
+fn entry_mut<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
     }
-    measures
-        .get_mut(measure)
-        .unwrap_or_else(|| unreachable!("inserted above"))
-}
-
-fn sketch_mut<'a>(
-    sketches: &'a mut BTreeMap<String, QuantileSketch>,
-    metric: &str,
-) -> &'a mut QuantileSketch {
-    if !sketches.contains_key(metric) {
-        sketches.insert(metric.to_owned(), QuantileSketch::default());
-    }
-    sketches
-        .get_mut(metric)
-        .unwrap_or_else(|| unreachable!("inserted above"))
-}
-
-fn derived_mut<'a>(
-    derived: &'a mut BTreeMap<String, DerivedSums>,
-    metric: &str,
-) -> &'a mut DerivedSums {
-    if !derived.contains_key(metric) {
-        derived.insert(metric.to_owned(), DerivedSums::default());
-    }
-    derived
-        .get_mut(metric)
+    map.get_mut(key)
         .unwrap_or_else(|| unreachable!("inserted above"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Derivation, ExperimentKey, VariantKey};
+    use crate::domain::{ExperimentKey, MeasureAggregates, VariantKey};
     use crate::storage::{keys, Cf, Commit};
 
     /// The one aggregator of a single-partition store.

@@ -242,7 +242,7 @@ fn analyse(
         measure: m.measure().to_owned(),
         cuped,
         denominator: m.denominator.as_ref().map(ToString::to_string),
-        quantile: m.derivation().and_then(|d| d.quantile),
+        quantile: m.quantile_spec(),
         cap: m.cap,
         capped_units,
         pending,

@@ -411,20 +411,15 @@ fn the_sequential_p_value_survives_peeking_and_the_fixed_one_does_not() {
 /// Holm.
 #[test]
 fn corrections_hold_their_error_rates_over_simulated_experiments() {
-    use rand::{RngExt, SeedableRng};
+    use rand::SeedableRng;
 
     let alpha = 0.05;
     let (experiments, metrics, moved, n) = (2000, 10, 3, 1000.0);
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_202);
-    let mut normal = move || {
-        // Box–Muller.
-        let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    };
     // An arm of `n` unit values from N(mean, 1), by its sufficient
     // statistics (the sample variance at its expectation).
     let mut arm = |mean: f64| {
-        let sum = n * mean + n.sqrt() * normal();
+        let sum = n * mean + n.sqrt() * normal(&mut rng);
         Arm {
             units: n as u64,
             sum,
@@ -504,7 +499,7 @@ fn corrections_hold_their_error_rates_over_simulated_experiments() {
 /// ratios are those probabilities), the 95% interval of the difference
 /// covers the true difference 95% ± 1.5% of the time, and so does the
 /// relative lift's. Seeded; prints its figures
-/// (`cargo test -p abacus-actors --lib ratio_intervals -- --nocapture`).
+/// (`cargo test --workspace --lib ratio_intervals -- --nocapture`).
 #[test]
 fn ratio_intervals_cover_the_true_difference_at_their_level() {
     use rand::{RngExt, SeedableRng};
@@ -515,17 +510,6 @@ fn ratio_intervals_cover_the_true_difference_at_their_level() {
         kind: MetricKind::Ratio,
         alpha: 0.05,
         mixing_variance: 0.01,
-    };
-    // Knuth's Poisson sampler: fine for a small mean.
-    let poisson = |rng: &mut rand::rngs::StdRng, mean: f64| {
-        let (limit, mut k, mut p) = ((-mean).exp(), 0u32, 1.0);
-        loop {
-            p *= rng.random::<f64>();
-            if p <= limit {
-                return k;
-            }
-            k += 1;
-        }
     };
     let (mut absolute, mut relative) = (0, 0);
     for _ in 0..runs {
@@ -550,25 +534,10 @@ fn ratio_intervals_cover_the_true_difference_at_their_level() {
             })
             .collect();
         let c = &analyse(settings, &arms).comparisons[0];
-        let covers = |lift: &Option<Lift>, truth: f64| {
-            let [lo, hi] = lift.as_ref().and_then(|l| l.ci).expect("an interval");
-            lo <= truth && truth <= hi
-        };
         absolute += usize::from(covers(&c.absolute, rates[1] - rates[0]));
         relative += usize::from(covers(&c.relative, rates[1] / rates[0] - 1.0));
     }
-    let (absolute, relative) = (absolute as f64 / runs as f64, relative as f64 / runs as f64);
-    println!(
-        "ratio intervals over {runs} runs: absolute covers {absolute:.4}, relative {relative:.4}"
-    );
-    assert!(
-        (absolute - 0.95).abs() <= 0.015,
-        "absolute coverage {absolute}"
-    );
-    assert!(
-        (relative - 0.95).abs() <= 0.015,
-        "relative coverage {relative}"
-    );
+    assert_coverage("ratio intervals", runs, absolute, relative);
 }
 
 /// CUPED over 2,000 simulated A/A experiments of 1,000 units an arm,
@@ -576,17 +545,13 @@ fn ratio_intervals_cover_the_true_difference_at_their_level() {
 /// adjusted interval of the difference is √(1 − ρ²) as wide as the
 /// unadjusted one within 2%, and the adjusted test's false positives stay
 /// at α ± 1%. Seeded; prints its figures
-/// (`cargo test -p abacus-actors --lib cuped_narrows -- --nocapture`).
+/// (`cargo test --workspace --lib cuped_narrows -- --nocapture`).
 #[test]
 fn cuped_narrows_intervals_by_the_correlation_and_keeps_its_error_rate() {
-    use rand::{RngExt, SeedableRng};
+    use rand::SeedableRng;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_203);
     let (runs, units, rho) = (2000, 1000, 0.7_f64);
-    let mut normal = move || {
-        let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    };
     let settings = Settings {
         kind: MetricKind::Mean,
         alpha: 0.05,
@@ -608,8 +573,8 @@ fn cuped_narrows_intervals_by_the_correlation_and_keeps_its_error_rate() {
                 let (mut arm, mut c) = (Arm::default(), Covariates::default());
                 arm.units = units;
                 for _ in 0..units {
-                    let pre = 10.0 + normal();
-                    let x = 10.0 + rho * (pre - 10.0) + (1.0 - rho * rho).sqrt() * normal();
+                    let pre = 10.0 + normal(&mut rng);
+                    let x = 10.0 + rho * (pre - 10.0) + (1.0 - rho * rho).sqrt() * normal(&mut rng);
                     arm.sum += x;
                     arm.sum_squares += x * x;
                     c.sum += pre;
@@ -663,24 +628,10 @@ fn cuped_narrows_intervals_by_the_correlation_and_keeps_its_error_rate() {
 #[test]
 fn quantile_intervals_cover_the_true_difference_clustered_by_unit() {
     use crate::domain::{QuantileSketch, DEFAULT_QUANTILE_BINS, GROUPS};
-    use rand::{RngExt, SeedableRng};
+    use rand::SeedableRng;
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_204);
     let (runs, units, level) = (2000, 2000, 0.9);
-    let normal = |rng: &mut rand::rngs::StdRng| {
-        let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    };
-    let poisson = |rng: &mut rand::rngs::StdRng, mean: f64| {
-        let (limit, mut k, mut p) = ((-mean).exp(), 0u32, 1.0);
-        loop {
-            p *= rng.random::<f64>();
-            if p <= limit {
-                return k;
-            }
-            k += 1;
-        }
-    };
     let settings = Settings {
         kind: MetricKind::Quantile,
         alpha: 0.05,
@@ -712,17 +663,43 @@ fn quantile_intervals_cover_the_true_difference_clustered_by_unit() {
             })
             .collect();
         let c = &analyse(settings, &arms).comparisons[0];
-        let covers = |lift: &Option<Lift>, truth: f64| {
-            let [lo, hi] = lift.as_ref().and_then(|l| l.ci).expect("an interval");
-            lo <= truth && truth <= hi
-        };
         absolute += usize::from(covers(&c.absolute, 0.1 * p90));
         relative += usize::from(covers(&c.relative, 0.1));
     }
+    assert_coverage("p90 intervals", runs, absolute, relative);
+}
+
+/// A standard normal draw (Box–Muller), for the simulations.
+fn normal(rng: &mut rand::rngs::StdRng) -> f64 {
+    use rand::RngExt;
+    let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random());
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// A Poisson draw by Knuth's sampler: fine for a small mean.
+fn poisson(rng: &mut rand::rngs::StdRng, mean: f64) -> u32 {
+    use rand::RngExt;
+    let (limit, mut k, mut p) = ((-mean).exp(), 0u32, 1.0);
+    loop {
+        p *= rng.random::<f64>();
+        if p <= limit {
+            return k;
+        }
+        k += 1;
+    }
+}
+
+/// Whether `lift`'s interval holds `truth`.
+fn covers(lift: &Option<Lift>, truth: f64) -> bool {
+    let [lo, hi] = lift.as_ref().and_then(|l| l.ci).expect("an interval");
+    lo <= truth && truth <= hi
+}
+
+/// Prints how often the intervals of the difference and of the relative
+/// lift covered the truth over `runs`, and holds both to 95% ± 1.5%.
+fn assert_coverage(what: &str, runs: usize, absolute: usize, relative: usize) {
     let (absolute, relative) = (absolute as f64 / runs as f64, relative as f64 / runs as f64);
-    println!(
-        "p90 intervals over {runs} runs: absolute covers {absolute:.4}, relative {relative:.4}"
-    );
+    println!("{what} over {runs} runs: absolute covers {absolute:.4}, relative {relative:.4}");
     assert!(
         (absolute - 0.95).abs() <= 0.015,
         "absolute coverage {absolute}"
