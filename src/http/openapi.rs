@@ -45,6 +45,7 @@ use super::{
         aggregates::aggregates,
         results::results,
         results::timeline,
+        results::predictions,
         results::sample_size_route,
         analytics::ctr,
         analytics::ranks,

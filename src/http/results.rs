@@ -18,6 +18,7 @@ use super::scoped::Scoped;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(results)
         .service(timeline)
+        .service(predictions)
         .service(sample_size_route);
 }
 
@@ -120,6 +121,49 @@ async fn results(
         .results(&key, query.metric.as_deref(), window)
         .await?;
     Ok(HttpResponse::Ok().json(results))
+}
+
+/// Query of `GET /v1/experiments/{key}/predictions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PredictionsQuery {
+    /// At most this many, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+}
+
+/// How many of an experiment's newest events the live view looks through
+/// for predictions, and of a unit's events after a prediction for its
+/// outcome: a bound on the work of one request.
+const MAX_SCANNED: usize = 10_000;
+
+/// A model experiment's newest predictions, newest first, each with the
+/// outcome that joined it (`null` while none has): the live view. Looks
+/// through the experiment's newest 10,000 events.
+#[utoipa::path(
+    tag = "results",
+    params(("key" = ExperimentKey, Path, description = "Experiment key"), PredictionsQuery),
+    responses(
+        (status = 200, description = "The newest predictions", body = abacus_actors::results::model::LivePredictions),
+        (status = 404, description = "No such experiment"),
+        (status = 422, description = "Not a model experiment"),
+    ),
+    security(("bearer" = []))
+)]
+#[get("/v1/experiments/{key}/predictions")]
+async fn predictions(
+    _: Viewer,
+    service: Scoped<Results>,
+    key: web::Path<String>,
+    query: web::Query<PredictionsQuery>,
+) -> ApiResult<HttpResponse> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_query("limit", "limit must be 1-100"));
+    }
+    let predictions = service.predictions(&key, limit, MAX_SCANNED).await?;
+    Ok(HttpResponse::Ok().json(predictions))
 }
 
 /// Query of `GET /v1/stats/sample-size`.

@@ -459,7 +459,10 @@ impl AlertActor {
                     ),
                 )
             }
-            AlertMetric::Srm | AlertMetric::GuardrailRegression => self.experiments(rule),
+            AlertMetric::Srm
+            | AlertMetric::GuardrailRegression
+            | AlertMetric::PredictionDrift
+            | AlertMetric::ModelQuality => self.experiments(rule),
             // Raised by `check_store`, never by a rule.
             AlertMetric::StoreFailed => Vec::new(),
             AlertMetric::WebhookDisabled => self
@@ -496,7 +499,7 @@ impl AlertActor {
         (last, &self.history[len - 1 - back], back)
     }
 
-    /// SRM and guardrail rules over running experiments, from the figures
+    /// SRM, guardrail and model rules over running experiments, from the figures
     /// the results ticker derived.
     fn experiments(&self, rule: &AlertRule) -> Vec<Firing> {
         let mut out = Vec::new();
@@ -504,7 +507,15 @@ impl AlertActor {
             if rule.experiment.as_ref().is_some_and(|e| e != key) {
                 continue;
             }
-            let found = if rule.metric == AlertMetric::Srm {
+            let model_rule = matches!(
+                rule.metric,
+                AlertMetric::PredictionDrift | AlertMetric::ModelQuality
+            );
+            let found = if model_rule {
+                let threshold = rule.threshold.unwrap_or(0.0);
+                (figures.model.as_ref())
+                    .and_then(|m| model_firing(rule.metric, key.as_str(), m, threshold))
+            } else if rule.metric == AlertMetric::Srm {
                 figures.srm.detected.then(|| Firing {
                     experiment: Some(key.to_string()),
                     subscription: None,
@@ -584,6 +595,49 @@ impl AlertActor {
             .map(|(_, a)| a.cleared(why, now))
             .collect()
     }
+}
+
+/// A model rule's firing for one experiment: the variant furthest beyond
+/// `threshold` (PSI for drift, relative degradation for quality).
+fn model_firing(
+    metric: AlertMetric,
+    experiment: &str,
+    model: &crate::results::model::ModelResults,
+    threshold: f64,
+) -> Option<Firing> {
+    let drift = metric == AlertMetric::PredictionDrift;
+    let (variant, value) = model
+        .variants
+        .iter()
+        .filter_map(|v| {
+            let value = if drift {
+                v.drift.psi
+            } else {
+                v.quality.degradation
+            };
+            Some((v.variant.as_str(), value?))
+        })
+        .filter(|(_, value)| *value > threshold)
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    let message = if drift {
+        format!(
+            "predictions of '{variant}' in {experiment} drifted from its baseline: \
+             PSI {value:.3} (threshold {threshold})"
+        )
+    } else {
+        format!(
+            "model quality of '{variant}' in {experiment} fell {:.1}% from its baseline \
+             (threshold {:.1}%)",
+            value * 100.0,
+            threshold * 100.0
+        )
+    };
+    Some(Firing {
+        experiment: Some(experiment.to_owned()),
+        subscription: None,
+        value: Some(value),
+        message,
+    })
 }
 
 fn key_of(alert: &Alert) -> Option<Key> {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{QuantileSketch, QuantileSpec};
+use super::{ModelAggregates, ModelTracking, QuantileSketch, QuantileSpec};
 
 /// One experiment's aggregates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
@@ -50,6 +50,9 @@ pub struct VariantAggregates {
     /// By metric key, for quantile metrics.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sketches: BTreeMap<String, QuantileSketch>,
+    /// A model experiment's calibration and drift figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelAggregates>,
 }
 
 /// An experiment's derived metrics, by metric key.
@@ -71,6 +74,11 @@ pub struct Derivation {
     /// not as sums of unit values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantile: Option<QuantileSpec>,
+    /// A model experiment's tracking (under
+    /// [`MODEL_DERIVATION`](super::MODEL_DERIVATION)): kept as
+    /// [`ModelAggregates`], not as sums of unit values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelTracking>,
 }
 
 /// A unit's sum of `measure` over `window_ms` before its first exposure,
@@ -162,6 +170,13 @@ impl Derivation {
     pub fn reads(&self, measure: &str) -> bool {
         self.measure == measure || self.denominator.as_deref() == Some(measure)
     }
+
+    /// Whether it is kept as sums of each unit's terms (capped, ratio and
+    /// CUPED metrics), which the units' stored state can recompute; a
+    /// quantile sketch or a model's aggregates hold event values instead.
+    pub fn sums_units(&self) -> bool {
+        self.quantile.is_none() && self.model.is_none()
+    }
 }
 
 impl DerivedSums {
@@ -247,6 +262,9 @@ impl ExperimentAggregates {
             }
             for (metric, s) in &theirs.sketches {
                 ours.sketches.entry(metric.clone()).or_default().merge(s);
+            }
+            if let Some(m) = &theirs.model {
+                ours.model.get_or_insert_with(Default::default).merge(m);
             }
         }
     }

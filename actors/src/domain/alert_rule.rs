@@ -49,6 +49,14 @@ pub enum AlertMetric {
     /// A running experiment's guardrail metric regressed beyond its
     /// tolerance, by the always-valid p-value, now.
     GuardrailRegression,
+    /// A model experiment's variant's predictions drifted from its
+    /// baseline: population stability index above `threshold` (0.2 is a
+    /// common choice), now.
+    PredictionDrift,
+    /// A model experiment's variant got worse than in its baseline: its
+    /// accuracy dropped, or its log loss (a regressor's MAE) rose, by more
+    /// than `threshold` relatively (0.1 = 10%), now.
+    ModelQuality,
     /// A webhook subscription is disabled.
     WebhookDisabled,
     /// The event store refused a commit after every retry: events are
@@ -62,13 +70,20 @@ impl AlertMetric {
     fn has_threshold(self) -> bool {
         matches!(
             self,
-            Self::EventLatencyP95Ms | Self::ErrorRate | Self::IngestRejections
+            Self::EventLatencyP95Ms
+                | Self::ErrorRate
+                | Self::IngestRejections
+                | Self::PredictionDrift
+                | Self::ModelQuality
         )
     }
 
     /// Whether the rule is about experiments (and may name one).
     fn per_experiment(self) -> bool {
-        matches!(self, Self::Srm | Self::GuardrailRegression)
+        matches!(
+            self,
+            Self::Srm | Self::GuardrailRegression | Self::PredictionDrift | Self::ModelQuality
+        )
     }
 }
 
@@ -125,7 +140,8 @@ pub struct RuleIn {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 300)]
     pub window_s: Option<u32>,
-    /// For `srm` and `guardrail_regression`: only this experiment.
+    /// For `srm`, `guardrail_regression`, `prediction_drift` and
+    /// `model_quality`: only this experiment.
     #[serde(default)]
     pub experiment: Option<ExperimentKey>,
     /// Default `warning`.
@@ -254,7 +270,8 @@ impl AlertRule {
         if self.experiment.is_some() && !self.metric.per_experiment() {
             return Err(Error::invalid(
                 "experiment",
-                "only srm and guardrail_regression rules watch one experiment",
+                "only srm, guardrail_regression, prediction_drift and model_quality rules \
+                 watch one experiment",
             ));
         }
         Ok(())

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use super::ids::check_printable;
-use super::properties::{Counted, Fields, Slot};
+use super::properties::{Counted, Fields, ModelFields, Slot};
 use super::{EventId, ExperimentKey, MetricKey, Properties, UnitId, VariantKey};
 use crate::{Error, Result};
 
@@ -73,6 +73,12 @@ pub enum EventType {
     Engagement,
     /// A named measurement: `{name, value}`.
     Metric,
+    /// A model's prediction: `{prediction_id, model?, score | value,
+    /// label?, confidence?, latency_ms?}`; names its experiment.
+    Prediction,
+    /// What really happened to a prediction: `{prediction_id, label |
+    /// value}`.
+    Outcome,
     /// Anything else, named `[a-z0-9_-]{1,64}`.
     Custom(MetricKey),
 }
@@ -87,6 +93,8 @@ impl EventType {
             EventType::Conversion => "conversion",
             EventType::Engagement => "engagement",
             EventType::Metric => "metric",
+            EventType::Prediction => "prediction",
+            EventType::Outcome => "outcome",
             EventType::Custom(name) => name.as_str(),
         }
     }
@@ -102,6 +110,8 @@ impl TryFrom<&str> for EventType {
             "conversion" => EventType::Conversion,
             "engagement" => EventType::Engagement,
             "metric" => EventType::Metric,
+            "prediction" => EventType::Prediction,
+            "outcome" => EventType::Outcome,
             _ => EventType::Custom(
                 MetricKey::try_from(s)
                     .map_err(|_| "event type must be 1-64 characters of a-z, 0-9, _ or -")?,
@@ -144,7 +154,7 @@ pub struct EventIn {
     )]
     pub event_id: Option<String>,
     /// `exposure`, `impression`, `click`, `conversion`, `engagement`,
-    /// `metric`, or a custom name of the same shape as a key.
+    /// `metric`, `prediction`, `outcome`, or a custom name of the same shape as a key.
     #[serde(rename = "type")]
     #[schema(value_type = String, pattern = "^[a-z0-9_-]{1,64}$")]
     pub kind: EventType,
@@ -275,9 +285,13 @@ impl EventIn {
         let value_bound = Bound::Magnitude(limits.max_abs_value);
         let duration = Bound::Range(0.0, limits.max_duration_ms);
         let value = match (&self.kind, self.value) {
-            (EventType::Metric | EventType::Conversion, None) => {
-                optional_number(fields.value, "value", value_bound)?
-            }
+            (
+                EventType::Metric
+                | EventType::Conversion
+                | EventType::Prediction
+                | EventType::Outcome,
+                None,
+            ) => optional_number(fields.value, "value", value_bound)?,
             (_, value) => value,
         };
         if let Some(v) = value {
@@ -343,6 +357,64 @@ impl EventIn {
                 if value.is_none() {
                     return Err(Error::invalid("value", "a metric event needs a value"));
                 }
+            }
+            EventType::Prediction => {
+                if self.experiment.is_none() {
+                    return Err(Error::invalid(
+                        "experiment",
+                        "a prediction names its experiment",
+                    ));
+                }
+                let model = optional_id(fields.model, "model")?;
+                let unit = Bound::Range(0.0, 1.0);
+                let score = optional_number(fields.score, "score", unit)?;
+                match (score, value) {
+                    (None, None) => {
+                        return Err(Error::invalid(
+                            "properties.score",
+                            "a prediction needs a score (a classifier) or a value (a regressor)",
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(Error::invalid(
+                            "value",
+                            "a prediction has a score or a value, not both",
+                        ))
+                    }
+                    _ => {}
+                }
+                counted.model = Some(Box::new(ModelFields {
+                    prediction_id: required_id(fields.prediction_id, "prediction_id")?,
+                    model,
+                    score,
+                    label: optional_label(fields.label)?,
+                    confidence: optional_number(fields.confidence, "confidence", unit)?,
+                    latency_ms: optional_number(fields.latency_ms, "latency_ms", duration)?,
+                }));
+            }
+            EventType::Outcome => {
+                let prediction_id = required_id(fields.prediction_id, "prediction_id")?;
+                let label = optional_label(fields.label)?;
+                match (&label, value) {
+                    (None, None) => {
+                        return Err(Error::invalid(
+                            "properties.label",
+                            "an outcome needs the true label (a classifier) or value (a regressor)",
+                        ))
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(Error::invalid(
+                            "value",
+                            "an outcome has a label or a value, not both",
+                        ))
+                    }
+                    _ => {}
+                }
+                counted.model = Some(Box::new(ModelFields {
+                    prediction_id,
+                    label,
+                    ..ModelFields::default()
+                }));
             }
         }
         let client_id = self.event_id.is_some();
@@ -471,6 +543,44 @@ fn optional_string<'a>(slot: Slot<'a>, key: &str) -> Result<Option<Cow<'a, str>>
     })
 }
 
+/// An id or name of at most [`MAX_ID_CHARS`] printable characters.
+fn optional_id(slot: Slot<'_>, key: &str) -> Result<Option<Box<str>>> {
+    let Some(text) = optional_string(slot, key)? else {
+        return Ok(None);
+    };
+    check_printable(&text, MAX_ID_CHARS).map_err(|_| {
+        Error::invalid(
+            format!("properties.{key}"),
+            format!("{key} must be 1-{MAX_ID_CHARS} characters without control characters"),
+        )
+    })?;
+    Ok(Some(text.into()))
+}
+
+fn required_id(slot: Slot<'_>, key: &str) -> Result<Box<str>> {
+    optional_id(slot, key)?
+        .ok_or_else(|| Error::invalid(format!("properties.{key}"), format!("{key} is required")))
+}
+
+fn optional_label(slot: Slot<'_>) -> Result<Option<Box<str>>> {
+    let label = slot.label().transpose().map_err(|()| {
+        Error::invalid(
+            "properties.label",
+            "label must be a non-empty string, an integer or a boolean",
+        )
+    })?;
+    if label
+        .as_deref()
+        .is_some_and(|l| l.chars().count() > MAX_ID_CHARS)
+    {
+        return Err(Error::invalid(
+            "properties.label",
+            format!("label must be at most {MAX_ID_CHARS} characters"),
+        ));
+    }
+    Ok(label)
+}
+
 fn required_string<'a>(slot: Slot<'a>, key: &str) -> Result<Cow<'a, str>> {
     match optional_string(slot, key)? {
         Some(s) if !s.is_empty() => Ok(s),
@@ -546,6 +656,46 @@ mod tests {
             ),
             (json!({"type": "exposure", "unit_id": "u"}), "experiment"),
             (
+                json!({"type": "prediction", "unit_id": "u", "properties": {"prediction_id": "p", "score": 0.5}}),
+                "experiment",
+            ),
+            (
+                json!({"type": "prediction", "unit_id": "u", "experiment": "e", "properties": {"score": 0.5}}),
+                "properties.prediction_id",
+            ),
+            (
+                json!({"type": "prediction", "unit_id": "u", "experiment": "e", "properties": {"prediction_id": "p"}}),
+                "properties.score",
+            ),
+            (
+                json!({"type": "prediction", "unit_id": "u", "experiment": "e", "value": 2, "properties": {"prediction_id": "p", "score": 0.5}}),
+                "value",
+            ),
+            (
+                json!({"type": "prediction", "unit_id": "u", "experiment": "e", "properties": {"prediction_id": "p", "score": 1.5}}),
+                "properties.score",
+            ),
+            (
+                json!({"type": "prediction", "unit_id": "u", "experiment": "e", "properties": {"prediction_id": "p", "score": 0.5, "label": 0.5}}),
+                "properties.label",
+            ),
+            (
+                json!({"type": "prediction", "unit_id": "u", "experiment": "e", "properties": {"prediction_id": "p", "value": 3, "latency_ms": -1}}),
+                "properties.latency_ms",
+            ),
+            (
+                json!({"type": "outcome", "unit_id": "u", "properties": {"prediction_id": "p"}}),
+                "properties.label",
+            ),
+            (
+                json!({"type": "outcome", "unit_id": "u", "value": 1, "properties": {"prediction_id": "p", "label": "a"}}),
+                "value",
+            ),
+            (
+                json!({"type": "outcome", "unit_id": "u", "properties": {"prediction_id": "", "label": "a"}}),
+                "properties.prediction_id",
+            ),
+            (
                 json!({"type": "custom", "unit_id": "u", "event_id": ""}),
                 "event_id",
             ),
@@ -578,6 +728,48 @@ mod tests {
             Some(3)
         );
         assert_eq!(click.metric_name(), "click");
+    }
+
+    #[test]
+    fn predictions_and_outcomes_keep_what_the_join_reads() {
+        let p = check(json!({
+            "type": "prediction", "unit_id": "u", "experiment": "e",
+            "properties": {"prediction_id": "p-1", "model": "v2", "score": 0.25,
+                           "label": true, "confidence": 0.9, "latency_ms": 12}
+        }))
+        .unwrap();
+        let m = p.properties.as_ref().and_then(Properties::model).unwrap();
+        assert_eq!(
+            (
+                &*m.prediction_id,
+                m.model.as_deref(),
+                m.score,
+                m.label.as_deref()
+            ),
+            ("p-1", Some("v2"), Some(0.25), Some("1"))
+        );
+        assert_eq!(
+            (m.confidence, m.latency_ms, m.guess()),
+            (Some(0.9), Some(12.0), Some(("1", 0.9)))
+        );
+        // A regressor's value may sit in the properties, like a metric's.
+        let r = check(json!({
+            "type": "prediction", "unit_id": "u", "experiment": "e",
+            "properties": {"prediction_id": "p-2", "value": 41.5}
+        }))
+        .unwrap();
+        assert_eq!(r.value, Some(41.5));
+        let o = check(json!({
+            "type": "outcome", "unit_id": "u", "properties": {"prediction_id": "p-1", "label": 1}
+        }))
+        .unwrap();
+        let stored =
+            Properties::stored(serde_json::value::to_raw_value(&o.properties).unwrap()).unwrap();
+        assert_eq!(
+            stored.model(),
+            o.properties.as_ref().and_then(Properties::model)
+        );
+        assert_eq!(stored.model().unwrap().label.as_deref(), Some("1"));
     }
 
     #[test]
@@ -654,10 +846,12 @@ mod tests {
             ]),
             kind in proptest::sample::select(vec![
                 "exposure", "impression", "click", "conversion", "engagement", "metric", "custom",
+                "prediction", "outcome",
             ]),
             props in crate::domain::arbitrary::object_with(&[
                 "item_id", "rank", "query", "response_time_ms", "results_count", "source",
-                "dwell_time_ms", "action", "name", "value",
+                "dwell_time_ms", "action", "name", "value", "prediction_id", "model", "score",
+                "label", "confidence", "latency_ms",
             ]),
         ) {
             // Often a plausible event, so the type-specific checks run too.
@@ -678,7 +872,13 @@ mod tests {
                 let durations = [
                     p.and_then(Properties::response_time_ms),
                     p.and_then(Properties::dwell_time_ms),
+                    p.and_then(Properties::latency_ms),
                 ];
+                if let Some(m) = p.and_then(Properties::model) {
+                    for share in [m.score, m.confidence].into_iter().flatten() {
+                        proptest::prop_assert!((0.0..=1.0).contains(&share));
+                    }
+                }
                 for d in durations.into_iter().flatten() {
                     proptest::prop_assert!((0.0..=limits.max_duration_ms).contains(&d));
                 }

@@ -2,6 +2,7 @@
 //! rules every experiment obeys. Creation and patching both end in
 //! [`Experiment::check`], so there is one definition of "valid".
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -10,8 +11,8 @@ use time::OffsetDateTime;
 
 use super::ids::check_printable;
 use super::{
-    Action, Covariate, Derivation, ExperimentKey, MetricKey, QuantileOf, QuantileSpec, Status,
-    UnitId, VariantKey,
+    Action, Covariate, Derivation, ExperimentKey, MetricKey, ModelSpec, QuantileOf, QuantileSpec,
+    Status, UnitId, VariantKey, MODEL_DERIVATION,
 };
 use crate::{Error, Result};
 
@@ -88,6 +89,10 @@ pub struct Experiment {
     /// Metrics that must not get worse; see [`Guardrail`].
     #[serde(default)]
     pub guardrails: Vec<Guardrail>,
+    /// A model experiment: its variants are model versions
+    /// (docs/models.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
     /// Why a guardrail paused the experiment, if one did (recorded once;
     /// resuming by hand does not clear it, and it does not trip again).
     #[serde(default)]
@@ -260,6 +265,7 @@ impl Metric {
                 window_ms: i64::from(c.window_days) * 86_400_000,
             }),
             quantile: self.quantile_spec(),
+            model: None,
         })
     }
 
@@ -496,9 +502,14 @@ pub struct ExperimentIn {
     /// across each metric's treatments).
     #[serde(default)]
     pub correction: Option<Correction>,
-    /// Guardrail metrics; each must be one of `metrics`, each at most once.
+    /// Guardrail metrics; each must be one of `metrics` (or of the model
+    /// metrics), each at most once.
     #[serde(default)]
     pub guardrails: Vec<Guardrail>,
+    /// Makes it a model experiment: predictions and outcomes are joined
+    /// and the model metrics analysed (docs/models.md).
+    #[serde(default)]
+    pub model: Option<ModelSpec>,
 }
 
 /// Body of `PATCH /v1/experiments/{key}`. Absent fields stay as they are;
@@ -570,6 +581,11 @@ pub struct ExperimentPatch {
     /// Replaces the guardrails (any time).
     #[serde(default)]
     pub guardrails: Option<Vec<Guardrail>>,
+    /// Replaces the model settings (any time); `null` makes it an
+    /// ordinary experiment.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<ModelSpec>)]
+    pub model: Option<Option<ModelSpec>>,
 }
 
 /// Tells "field present and null" (`Some(None)`) from "field absent" (`None`).
@@ -580,12 +596,35 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 }
 
 impl Experiment {
-    /// The metrics whose aggregates need derived sums, by key.
+    /// The metrics analysed: the experiment's own and, for a model
+    /// experiment, the model metrics after them.
+    pub fn analysed_metrics(&self) -> Cow<'_, [Metric]> {
+        match &self.model {
+            None => Cow::Borrowed(&self.metrics),
+            Some(model) => {
+                let mut all = self.metrics.clone();
+                all.extend(model.metrics());
+                Cow::Owned(all)
+            }
+        }
+    }
+
+    /// The metrics whose aggregates need derived sums, by key, and a
+    /// model experiment's [`ModelTracking`](super::ModelTracking) under
+    /// [`MODEL_DERIVATION`].
     pub fn derivations(&self) -> BTreeMap<String, Derivation> {
-        self.metrics
+        let mut all: BTreeMap<String, Derivation> = self
+            .analysed_metrics()
             .iter()
             .filter_map(|m| Some((m.key.to_string(), m.derivation()?)))
-            .collect()
+            .collect();
+        if let Some(model) = &self.model {
+            all.insert(
+                MODEL_DERIVATION.to_owned(),
+                model.derivation(self.started_at),
+            );
+        }
+        all
     }
 
     /// A new draft from a create request, validated.
@@ -614,6 +653,7 @@ impl Experiment {
             significant_at: None,
             srm_detected_at: None,
             guardrails: input.guardrails,
+            model: input.model,
             guardrail_stop: None,
             winner: None,
             version: 1,
@@ -687,6 +727,9 @@ impl Experiment {
         }
         if let Some(guardrails) = patch.guardrails {
             next.guardrails = guardrails;
+        }
+        if let Some(model) = patch.model {
+            next.model = model;
         }
         next.check()?;
         if self.status == Status::Archived {
@@ -808,12 +851,24 @@ impl Experiment {
         let mut seen = HashSet::new();
         for (i, m) in self.metrics.iter().enumerate() {
             m.check(i)?;
-            if !seen.insert(&m.key) {
+            if !seen.insert(m.key.clone()) {
                 return Err(Error::invalid(
                     format!("metrics[{i}].key"),
                     format!("metric '{}' is listed twice", m.key),
                 ));
             }
+            let key = m.key.as_str();
+            if self.model.is_some() && (key == MODEL_DERIVATION || key.starts_with("model_")) {
+                return Err(Error::invalid(
+                    format!("metrics[{i}].key"),
+                    "in a model experiment, 'model' and keys starting with 'model_' are the \
+                     model metrics' own",
+                ));
+            }
+        }
+        if let Some(model) = &self.model {
+            model.check()?;
+            seen.extend(model.metrics().into_iter().map(|m| m.key));
         }
         if let Some(primary) = &self.primary_metric {
             if !seen.contains(primary) {

@@ -334,6 +334,16 @@ key_type!(
     "metric key"
 );
 
+impl MetricKey {
+    /// A key abacus names itself: a model experiment's metrics
+    /// (`model_accuracy`) and the measures its join counts
+    /// (`model.correct`, outside the key alphabet, so that no event a
+    /// client sends can count towards them; see domain/model.rs).
+    pub(crate) fn builtin(name: &'static str) -> Self {
+        Self(name.into())
+    }
+}
+
 /// The thing being randomised: a user, device, session or account id.
 /// 1 to 256 characters without control characters.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]

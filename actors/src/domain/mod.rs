@@ -16,6 +16,7 @@ mod event;
 mod experiment;
 mod ids;
 mod lifecycle;
+mod model;
 mod objects;
 mod project;
 mod properties;
@@ -49,8 +50,12 @@ pub use ids::{
     UnitId, VariantKey, WebhookId,
 };
 pub use lifecycle::{Action, Status};
+pub use model::{
+    measures, psi, CalibrationBin, DriftSpec, DriftWindow, ModelAggregates, ModelSpec, ModelTask,
+    ModelTracking, Quality, Scored, CALIBRATION_BINS, MIN_DRIFT_COUNT, MODEL_DERIVATION,
+};
 pub use project::{Project, ProjectIn, ProjectPatch, MAX_PROJECT_NAME_CHARS};
-pub use properties::Properties;
+pub use properties::{ModelFields, Properties};
 pub use quantile::{
     group_of, QuantileEstimate, QuantileOf, QuantileSketch, QuantileSpec, DEFAULT_QUANTILE_BINS,
     GROUPS,

@@ -34,6 +34,41 @@ pub(super) struct Counted {
     pub response_time_ms: Option<f64>,
     /// An engagement's `dwell_time_ms`.
     pub dwell_time_ms: Option<f64>,
+    /// A prediction's or outcome's fields: boxed, so that every other
+    /// event carries one pointer for them.
+    pub model: Option<Box<ModelFields>>,
+}
+
+/// What a `prediction` or an `outcome` says, as the join reads it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelFields {
+    /// The id an outcome names its prediction by.
+    pub prediction_id: Box<str>,
+    /// The model that made a prediction, as its client names it.
+    pub model: Option<Box<str>>,
+    /// A classifier's probability (see [`ModelFields::guess`]).
+    pub score: Option<f64>,
+    /// The predicted or true label, as [`Slot::label`] spells it.
+    pub label: Option<Box<str>>,
+    /// The probability the model gives its predicted `label`.
+    pub confidence: Option<f64>,
+    /// How long the model took, in ms.
+    pub latency_ms: Option<f64>,
+}
+
+impl ModelFields {
+    /// A classifier's prediction as a label and the probability that it
+    /// is right: `label` with `confidence` (or `score`, when no confidence
+    /// is given); without a label, a binary prediction whose `score` is the
+    /// probability of class `1`. `None` for a regressor's prediction.
+    pub fn guess(&self) -> Option<(&str, f64)> {
+        match (&self.label, self.confidence, self.score) {
+            (Some(label), Some(p), _) | (Some(label), None, Some(p)) => Some((label, p)),
+            (None, _, Some(s)) if s >= 0.5 => Some(("1", s)),
+            (None, _, Some(s)) => Some(("0", 1.0 - s)),
+            _ => None,
+        }
+    }
 }
 
 impl Properties {
@@ -47,6 +82,17 @@ impl Properties {
     /// absent.
     pub fn stored(json: Box<RawValue>) -> Result<Self, String> {
         let fields = Fields::of(&json)?;
+        let number = |slot: Slot<'_>| slot.number().and_then(Result::ok);
+        let model = fields.prediction_id.text().and_then(Result::ok).map(|id| {
+            Box::new(ModelFields {
+                prediction_id: id.into(),
+                model: fields.model.text().and_then(Result::ok).map(Into::into),
+                score: number(fields.score),
+                label: fields.label.label().and_then(Result::ok),
+                confidence: number(fields.confidence),
+                latency_ms: number(fields.latency_ms),
+            })
+        });
         let counted = Counted {
             name: fields
                 .name
@@ -57,6 +103,7 @@ impl Properties {
             rank: fields.rank.count().and_then(Result::ok),
             response_time_ms: fields.response_time_ms.number().and_then(Result::ok),
             dwell_time_ms: fields.dwell_time_ms.number().and_then(Result::ok),
+            model,
         };
         Ok(Self { json, counted })
     }
@@ -89,6 +136,16 @@ impl Properties {
     /// `dwell_time_ms`.
     pub fn dwell_time_ms(&self) -> Option<f64> {
         self.counted.dwell_time_ms
+    }
+
+    /// A prediction's or outcome's fields (with a `prediction_id`).
+    pub fn model(&self) -> Option<&ModelFields> {
+        self.counted.model.as_deref()
+    }
+
+    /// A prediction's `latency_ms`.
+    pub fn latency_ms(&self) -> Option<f64> {
+        self.model().and_then(|m| m.latency_ms)
     }
 }
 
@@ -139,6 +196,18 @@ pub(super) struct Fields<'a> {
     pub name: Slot<'a>,
     #[serde(borrow)]
     pub value: Slot<'a>,
+    #[serde(borrow)]
+    pub prediction_id: Slot<'a>,
+    #[serde(borrow)]
+    pub model: Slot<'a>,
+    #[serde(borrow)]
+    pub score: Slot<'a>,
+    #[serde(borrow)]
+    pub label: Slot<'a>,
+    #[serde(borrow)]
+    pub confidence: Slot<'a>,
+    #[serde(borrow)]
+    pub latency_ms: Slot<'a>,
 }
 
 impl<'a> Fields<'a> {
@@ -190,6 +259,27 @@ impl<'a> Slot<'a> {
     /// The value as a non-negative integer, `Err` when it is not one.
     pub fn count(self) -> Option<Result<u64, ()>> {
         Some(serde_json::from_str::<u64>(self.0?.get()).map_err(drop))
+    }
+
+    /// A class label: a non-empty string as it is, an integer as its
+    /// digits, `true` and `false` as `1` and `0` (so that `true`, `1` and
+    /// `"1"` are one label); `Err` for anything else.
+    pub fn label(self) -> Option<Result<Box<str>, ()>> {
+        let raw = self.0?.get();
+        if let Some(Ok(text)) = self.text() {
+            return Some(if text.is_empty() {
+                Err(())
+            } else {
+                Ok(text.into())
+            });
+        }
+        Some(match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(serde_json::Value::Bool(b)) => Ok(if b { "1" } else { "0" }.into()),
+            Ok(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => {
+                Ok(n.to_string().into())
+            }
+            _ => Err(()),
+        })
     }
 }
 

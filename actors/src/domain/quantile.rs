@@ -61,6 +61,8 @@ pub enum QuantileOf {
     ResponseTimeMs,
     /// `properties.dwell_time_ms`.
     DwellTimeMs,
+    /// A prediction's `properties.latency_ms`.
+    LatencyMs,
 }
 
 impl QuantileOf {
@@ -70,6 +72,7 @@ impl QuantileOf {
             Self::Value => e.value,
             Self::ResponseTimeMs => e.properties.as_ref().and_then(Properties::response_time_ms),
             Self::DwellTimeMs => e.properties.as_ref().and_then(Properties::dwell_time_ms),
+            Self::LatencyMs => e.properties.as_ref().and_then(Properties::latency_ms),
         }
     }
 }
@@ -272,7 +275,7 @@ impl QuantileSketch {
 
 /// The bin of `v`: 0 for `|v| < MIN_MAGNITUDE`, else `±(OFFSET + k)`
 /// with `k = ceil(log_γ |v|)`, so bins sort like their values.
-fn bin_of(v: f64) -> i32 {
+pub(super) fn bin_of(v: f64) -> i32 {
     let magnitude = v.abs();
     if magnitude < MIN_MAGNITUDE {
         return 0;

@@ -11,8 +11,8 @@ use super::{
     Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, Correction, DeliveryAttempt,
     Derivation, DerivedSums, DomainEventKind, Event, EventType, Experiment, ExperimentAggregates,
     ExperimentKey, Guardrail, GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey,
-    QuantileSketch, RuleId, Severity, Stamp, Status, UnitId, Variant, VariantAggregates,
-    VariantKey, WebhookId,
+    ModelAggregates, ModelSpec, QuantileSketch, RuleId, Severity, Stamp, Status, UnitId, Variant,
+    VariantAggregates, VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -74,6 +74,9 @@ pub struct ExperimentRecord {
     /// Metrics that must not get worse; see [`Guardrail`].
     #[serde(default)]
     pub guardrails: Vec<Guardrail>,
+    /// A model experiment's settings; absent from other experiments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSpec>,
     /// Why a guardrail paused the experiment, if one did (recorded once;
     /// resuming by hand does not clear it, and it does not trip again).
     #[serde(default)]
@@ -118,6 +121,7 @@ impl From<&Experiment> for ExperimentRecord {
             significant_at: e.significant_at,
             srm_detected_at: e.srm_detected_at,
             guardrails: e.guardrails.clone(),
+            model: e.model.clone(),
             guardrail_stop: e.guardrail_stop.clone(),
             winner: e.winner.clone(),
             version: e.version,
@@ -151,6 +155,7 @@ impl From<ExperimentRecord> for Experiment {
             significant_at: r.significant_at,
             srm_detected_at: r.srm_detected_at,
             guardrails: r.guardrails,
+            model: r.model,
             guardrail_stop: r.guardrail_stop,
             winner: r.winner,
             version: r.version,
@@ -488,6 +493,9 @@ impl Serialize for AggregatesRecordRef<'_> {
                 if !v.sketches.is_empty() {
                     out.serialize_field("sketches", &v.sketches)?;
                 }
+                if let Some(model) = &v.model {
+                    out.serialize_field("model", model)?;
+                }
                 out.end()
             }
         }
@@ -539,6 +547,8 @@ struct VariantRecord {
     derived: BTreeMap<String, DerivedSums>,
     #[serde(default)]
     sketches: BTreeMap<String, QuantileSketch>,
+    #[serde(default)]
+    model: Option<ModelAggregates>,
 }
 
 #[derive(Deserialize)]
@@ -575,6 +585,7 @@ impl From<AggregatesRecord> for ExperimentAggregates {
                     measures,
                     derived: v.derived,
                     sketches: v.sketches,
+                    model: v.model,
                 };
                 (key, v)
             })

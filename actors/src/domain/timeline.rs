@@ -38,8 +38,8 @@ impl TimelineSnapshot {
     /// The experiment's metrics from its aggregates.
     pub fn of(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Self {
         // Derived sums kept for another definition are being recomputed.
-        let pending: Vec<String> = experiment
-            .metrics
+        let metrics = experiment.analysed_metrics();
+        let pending: Vec<String> = metrics
             .iter()
             .filter(|m| {
                 m.derivation().is_some_and(|d| {
@@ -58,7 +58,7 @@ impl TimelineSnapshot {
                     units: a.map_or(0, |a| a.units),
                     ..VariantFigures::default()
                 };
-                for m in &experiment.metrics {
+                for m in metrics.iter() {
                     let Some(x) = a.and_then(|a| a.measures.get(m.measure())) else {
                         continue;
                     };
@@ -98,7 +98,7 @@ impl TimelineSnapshot {
             .filter(|k| !self.pending.iter().any(|p| p == k))
             .and_then(|k| {
                 experiment
-                    .metrics
+                    .analysed_metrics()
                     .iter()
                     .find(|m| m.key.as_str() == k)
                     .map(|m| m.kind)

@@ -48,6 +48,21 @@
 //! the covariate counts exactly the unit's events committed before its
 //! exposure, inside the window.
 //!
+//! Predictions and outcomes. An outcome joins the prediction of its unit
+//! with the same `prediction_id` that was committed before it, made at
+//! most the experiment's join window before the outcome and not after it,
+//! and not joined yet. Before a batch is folded, [`Aggregator::load_joins`]
+//! reads the earlier stored events of each unit with an outcome in the
+//! batch over the join window, and replays them in commit order to find
+//! the predictions still open; the batch's own predictions are added as
+//! they are folded. The joined pair is counted, for the exposures the
+//! prediction counted for, as the measures of
+//! [`measures`](crate::domain::measures) (a unit's outcomes, correct
+//! labels, log loss, errors, ...), which the model metrics are ratios of,
+//! and in the variant's [`ModelAggregates`](crate::domain::ModelAggregates)
+//! (calibration, drift). Joins need no state of their own: the stored
+//! events are the pending predictions, and retention expires them.
+//!
 //! Two rules keep the state bounded and finite whatever clients send.
 //! Each experiment counts at most `max_measures` distinct measures; events
 //! of further names count together under [`OTHER_MEASURE`], so random event
@@ -64,9 +79,10 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
-    finite, group_of, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums, Event,
-    EventType, ExperimentAggregates, Exposure, UnitChange, UnitMeasure, VariantAggregates,
-    DEFAULT_QUANTILE_BINS,
+    finite, group_of, measures, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums,
+    Event, EventType, ExperimentAggregates, ExperimentKey, Exposure, ModelAggregates,
+    ModelTracking, Properties, Scored, UnitChange, UnitMeasure, VariantAggregates, VariantKey,
+    DEFAULT_QUANTILE_BINS, MODEL_DERIVATION,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -88,6 +104,9 @@ pub struct Aggregator {
     /// Also in the working set: the earlier events of the units about to
     /// be exposed for the first time to an experiment with covariates.
     histories: HashMap<Box<str>, Vec<Earlier>>,
+    /// Also in the working set: the open predictions of the units with an
+    /// outcome in the batch, in commit order.
+    joins: HashMap<Box<str>, Vec<Event>>,
     interned: HashSet<Arc<str>>,
     /// Most bins of one variant's quantile sketch.
     max_quantile_bins: usize,
@@ -132,6 +151,7 @@ impl Aggregator {
             derivations: HashMap::new(),
             units: HashMap::new(),
             histories: HashMap::new(),
+            joins: HashMap::new(),
             interned: HashSet::new(),
             max_quantile_bins: DEFAULT_QUANTILE_BINS,
             terms_before: Vec::new(),
@@ -237,7 +257,7 @@ impl Aggregator {
                 // Sketches (of event values, which no unit state holds)
                 // are kept with their definitions: partition 0 goes on
                 // with them, and every partition adds its new events.
-                share.derived.retain(|_, d| d.quantile.is_some());
+                share.derived.retain(|_, d| !d.sums_units());
                 share.variants.values_mut().for_each(|v| v.derived.clear());
                 for other in aggregators.iter_mut().skip(1) {
                     other.restore(&experiment, ExperimentAggregates::default());
@@ -292,6 +312,14 @@ impl Aggregator {
         store.for_each_event_in_commit_order(|events| {
             folded += events.len() as u64;
             this.load_units(events, |units| store.unit_states(units))?;
+            // The store holds later events too: a join sees only those
+            // committed before the chunk, as it did when they were folded.
+            let first = events.first().map_or(0, |e| e.seq);
+            this.load_joins(events, |unit, from, to| {
+                let mut earlier = store.unit_events(unit, from, to, usize::MAX)?;
+                earlier.retain(|e| e.seq < first);
+                Ok(earlier)
+            })?;
             this.fold(events);
             store.write_aggregates(0, &this.changes())?;
             this.clear_working_set();
@@ -372,6 +400,49 @@ impl Aggregator {
         Ok(())
     }
 
+    /// Joins: reads with `read(unit, from_ms, to_ms)` the earlier events
+    /// of each unit with an outcome in `events`, over the longest join
+    /// window around the outcomes, and keeps the predictions no earlier
+    /// outcome joined (replayed in commit order): what the writer does
+    /// after [`Aggregator::load_units`]. `read` answers events committed
+    /// before `events`.
+    pub fn load_joins(
+        &mut self,
+        events: &[Event],
+        mut read: impl FnMut(&str, i64, i64) -> Result<Vec<Event>>,
+    ) -> Result<()> {
+        let derivations = &self.derivations;
+        let window_of = |exp: &str| tracking(derivations, exp).map(|t| t.join_window_ms);
+        let Some(window) = derivations.keys().filter_map(|k| window_of(k)).max() else {
+            return Ok(());
+        };
+        let mut spans: HashMap<&str, (i64, i64)> = HashMap::new();
+        for e in events.iter().filter(|e| e.kind == EventType::Outcome) {
+            if self.joins.contains_key(&*e.unit_id) {
+                continue;
+            }
+            let span = spans.entry(&e.unit_id).or_insert((i64::MAX, i64::MIN));
+            span.0 = span.0.min(e.timestamp_ms.saturating_sub(window));
+            // Outcomes committed earlier may carry later timestamps.
+            span.1 = span.1.max(e.timestamp_ms.saturating_add(window + 1));
+        }
+        for (unit, (from, to)) in spans {
+            let mut earlier = read(unit, from, to)?;
+            earlier.retain(|e| matches!(e.kind, EventType::Prediction | EventType::Outcome));
+            earlier.sort_by_key(|e| e.seq);
+            let mut open = Vec::new();
+            for e in earlier {
+                if e.kind == EventType::Prediction {
+                    open.push(e);
+                } else {
+                    join(&mut open, &e, window_of);
+                }
+            }
+            self.joins.insert(unit.into(), open);
+        }
+        Ok(())
+    }
+
     /// Folds events in order, as committed.
     pub fn fold<'e>(&mut self, events: impl IntoIterator<Item = &'e Event>) {
         for event in events {
@@ -395,44 +466,57 @@ impl Aggregator {
         if let Some(history) = self.histories.get_mut(&*e.unit_id) {
             history.extend(Earlier::of(e));
         }
-        let Some(exposures) = self.units.get_mut(&*e.unit_id) else {
-            return;
-        };
         let measure = e.metric_name();
         if measure.is_empty() {
             return;
         }
-        let value = e.value.unwrap_or(1.0);
+        let at = Attribution::of(e);
+        self.count(&e.unit_id, at, measure, e.value.unwrap_or(1.0), Some(e));
+        match e.kind {
+            EventType::Prediction => self.predicted(e),
+            EventType::Outcome => self.outcome(e),
+            _ => {}
+        }
+    }
+
+    /// Counts `value` towards `measure` for each exposure of `unit` that
+    /// `at` matches, with the derived metrics that read it; `event` is
+    /// the event it came from, for quantile sketches (none for the join's
+    /// measures).
+    fn count(
+        &mut self,
+        unit: &str,
+        at: Attribution<'_>,
+        measure: &str,
+        value: f64,
+        event: Option<&Event>,
+    ) {
+        let Some(exposures) = self.units.get_mut(unit) else {
+            return;
+        };
         let mut dirty = false;
-        for exposure in exposures.iter_mut() {
-            let matches = e
-                .experiment
-                .as_ref()
-                .is_none_or(|x| x.as_str() == &*exposure.experiment)
-                && e.variant
-                    .as_ref()
-                    .is_none_or(|v| v.as_str() == &*exposure.variant)
-                && e.timestamp_ms >= exposure.exposed_ms;
-            if !matches {
-                continue;
-            }
-            let key = self.names.admit(&exposure.experiment, measure);
+        for exposure in exposures.iter_mut().filter(|x| at.matches(x)) {
+            let key = if measures::is_builtin(measure) {
+                intern(&mut self.interned, measure)
+            } else {
+                self.names.admit(&exposure.experiment, measure)
+            };
             let derived = self
                 .derivations
                 .get(&exposure.experiment)
                 .filter(|all| all.values().any(|d| d.reads(&key)));
             // Each derived metric's terms before this event, in a buffer
-            // the aggregator reuses. (A quantile metric's are never read.)
+            // the aggregator reuses. (A sketch's or model's are never read.)
             let mut terms_before = std::mem::take(&mut self.terms_before);
             terms_before.clear();
             terms_before.extend(derived.iter().flat_map(|all| {
-                all.values().map(|d| match d.quantile {
-                    Some(_) => DerivedSums::default(),
-                    None => d.terms(exposure),
+                all.values().map(|d| match d.sums_units() {
+                    true => d.terms(exposure),
+                    false => DerivedSums::default(),
                 })
             }));
-            let unit = match exposure.measures.iter_mut().find(|m| m.key == key) {
-                Some(unit) => unit,
+            let unit_sum = match exposure.measures.iter_mut().find(|m| m.key == key) {
+                Some(unit_sum) => unit_sum,
                 None => {
                     exposure.measures.push(UnitMeasure {
                         key: Arc::clone(&key),
@@ -443,10 +527,10 @@ impl Aggregator {
                     &mut exposure.measures[last]
                 }
             };
-            let before = unit.sum;
-            unit.events = unit.events.saturating_add(1);
-            unit.sum = finite(unit.sum + value);
-            let (first, after) = (unit.events == 1, unit.sum);
+            let before = unit_sum.sum;
+            unit_sum.events = unit_sum.events.saturating_add(1);
+            unit_sum.sum = finite(unit_sum.sum + value);
+            let (first, after) = (unit_sum.events == 1, unit_sum.sum);
             let variant = variant_mut(
                 &mut self.experiments,
                 &self.derivations,
@@ -467,21 +551,18 @@ impl Aggregator {
                     &exposure.variant,
                 );
                 for ((metric, d), &before) in all.iter().zip(&terms_before) {
-                    match &d.quantile {
-                        Some(spec) if d.measure == *key => {
-                            if let Some(v) = spec.of.read(e) {
-                                entry_mut(&mut variant.sketches, metric).add(
-                                    v,
-                                    group_of(&e.unit_id),
-                                    self.max_quantile_bins,
-                                );
-                            }
+                    if let Some(spec) = &d.quantile {
+                        let read = event.and_then(|e| spec.of.read(e));
+                        if let (true, Some(v)) = (d.measure == *key, read) {
+                            entry_mut(&mut variant.sketches, metric).add(
+                                v,
+                                group_of(unit),
+                                self.max_quantile_bins,
+                            );
                         }
-                        Some(_) => {}
-                        None => {
-                            let after = d.terms(exposure);
-                            entry_mut(&mut variant.derived, metric).shift(before, after);
-                        }
+                    } else if d.sums_units() {
+                        let after = d.terms(exposure);
+                        entry_mut(&mut variant.derived, metric).shift(before, after);
                     }
                 }
             }
@@ -491,8 +572,81 @@ impl Aggregator {
             dirty = true;
         }
         if dirty {
-            self.dirty_units.insert(e.unit_id.clone());
+            self.dirty_units.insert(unit.into());
         }
+    }
+
+    /// The variants of `exp` whose exposures of `unit` `at` matches.
+    fn matched(&self, unit: &str, at: Attribution<'_>) -> Vec<Arc<str>> {
+        let exposures = self.units.get(unit).map_or(&[][..], Vec::as_slice);
+        exposures
+            .iter()
+            .filter(|x| at.matches(x))
+            .map(|x| Arc::clone(&x.variant))
+            .collect()
+    }
+
+    /// A prediction of a model experiment: one more of the unit's
+    /// predictions, and its score in its variant's drift figures; kept
+    /// open when an outcome of the batch may join it.
+    fn predicted(&mut self, e: &Event) {
+        let Some(exp) = &e.experiment else {
+            return;
+        };
+        let Some(tracking) = tracking(&self.derivations, exp.as_str()) else {
+            return;
+        };
+        let at = Attribution::of(e);
+        self.count(&e.unit_id, at, measures::PREDICTIONS, 1.0, None);
+        let fields = e.properties.as_ref().and_then(Properties::model);
+        if let Some(x) = fields.and_then(|m| m.score).or(e.value) {
+            let exp = self.intern(exp.as_str());
+            for variant in self.matched(&e.unit_id, at) {
+                self.model_mut(&exp, &variant)
+                    .predicted(&tracking, e.timestamp_ms, x);
+            }
+        }
+        if let Some(open) = self.joins.get_mut(&*e.unit_id) {
+            open.push(e.clone());
+        }
+    }
+
+    /// An outcome: when it joins an open prediction, the pair's measures
+    /// for the exposures the prediction counted for, and its score in
+    /// their variants' calibration and quality figures.
+    fn outcome(&mut self, e: &Event) {
+        let derivations = &self.derivations;
+        let window_of = |exp: &str| tracking(derivations, exp).map(|t| t.join_window_ms);
+        let Some(open) = self.joins.get_mut(&*e.unit_id) else {
+            return;
+        };
+        let Some(prediction) = join(open, e, window_of) else {
+            return;
+        };
+        let Some(exp) = prediction.experiment.as_ref().map(ExperimentKey::as_str) else {
+            return;
+        };
+        let Some(tracking) = tracking(&self.derivations, exp) else {
+            return;
+        };
+        let exp = self.intern(exp);
+        let at = Attribution::of(&prediction);
+        let scored = Scored::of(&prediction, e);
+        self.count(&e.unit_id, at, measures::JOINED, 1.0, None);
+        for (measure, value) in scored.measures() {
+            self.count(&e.unit_id, at, measure, value, None);
+        }
+        for variant in self.matched(&e.unit_id, at) {
+            self.model_mut(&exp, &variant)
+                .joined(&tracking, prediction.timestamp_ms, scored);
+        }
+    }
+
+    /// A variant's model figures, created if need be.
+    fn model_mut(&mut self, exp: &Arc<str>, variant: &str) -> &mut ModelAggregates {
+        self.variant_mut(exp, variant)
+            .model
+            .get_or_insert_with(ModelAggregates::default)
     }
 
     /// Counts an exposure; a unit's first to this variant makes it an
@@ -553,7 +707,7 @@ impl Aggregator {
             }
         }
         let variant = variant_mut(&mut self.experiments, &self.derivations, exp, variant);
-        for (metric, d) in all.iter().filter(|(_, d)| d.quantile.is_none()) {
+        for (metric, d) in all.iter().filter(|(_, d)| d.sums_units()) {
             entry_mut(&mut variant.derived, metric)
                 .shift(DerivedSums::default(), d.terms(exposure));
         }
@@ -586,7 +740,7 @@ impl Aggregator {
             // change to quantile metrics alone needs no scan.
             let summed = |all: &Derivations| -> Vec<(String, Derivation)> {
                 all.iter()
-                    .filter(|(_, d)| d.quantile.is_none())
+                    .filter(|(_, d)| d.sums_units())
                     .map(|(k, d)| (k.clone(), d.clone()))
                     .collect()
             };
@@ -599,8 +753,7 @@ impl Aggregator {
                 scan(&mut |exposures| {
                     for x in exposures.iter().filter(|x| x.experiment == key) {
                         let variant = sums.entry(Arc::clone(&x.variant)).or_default();
-                        for (metric, d) in derivations.iter().filter(|(_, d)| d.quantile.is_none())
-                        {
+                        for (metric, d) in derivations.iter().filter(|(_, d)| d.sums_units()) {
                             entry_mut(variant, metric).shift(DerivedSums::default(), d.terms(x));
                         }
                     }
@@ -622,8 +775,19 @@ impl Aggregator {
                         }
                         _ => false,
                     };
+                // A model's figures are kept while its task and baseline
+                // stay (they hold event values too).
+                let model = |all: &Derivations| {
+                    let tracking = all.get(MODEL_DERIVATION).and_then(|d| d.model);
+                    tracking.map(|t| (t.task, t.baseline))
+                };
+                let model_kept =
+                    model(&share.derived).is_some_and(|m| model(&derivations) == Some(m));
                 for v in share.variants.values_mut() {
                     v.sketches.retain(|metric, _| kept(metric));
+                    if !model_kept {
+                        v.model = None;
+                    }
                     if rescan {
                         v.derived.clear();
                     }
@@ -710,6 +874,7 @@ impl Aggregator {
         self.dirty_units.clear();
         self.units.clear();
         self.histories.clear();
+        self.joins.clear();
     }
 
     /// One experiment's aggregates (empty when it has none yet).
@@ -726,6 +891,60 @@ fn intern(interned: &mut HashSet<Arc<str>>, s: &str) -> Arc<str> {
             interned.insert(Arc::clone(&k));
             k
         }
+    }
+}
+
+/// A model experiment's tracking, if `exp` is one.
+fn tracking(derivations: &HashMap<Arc<str>, Arc<Derivations>>, exp: &str) -> Option<ModelTracking> {
+    derivations.get(exp)?.get(MODEL_DERIVATION)?.model
+}
+
+/// The open prediction `outcome` joins, taken out of `open`: the first
+/// with its `prediction_id` in an experiment with a join window
+/// (`window_of`), made at most that long before the outcome and not after.
+fn join(
+    open: &mut Vec<Event>,
+    outcome: &Event,
+    window_of: impl Fn(&str) -> Option<i64>,
+) -> Option<Event> {
+    let id = &*outcome.properties.as_ref()?.model()?.prediction_id;
+    let at = outcome.timestamp_ms;
+    let found = open.iter().position(|p| {
+        let same = p
+            .properties
+            .as_ref()
+            .and_then(Properties::model)
+            .is_some_and(|m| &*m.prediction_id == id);
+        let window = p.experiment.as_ref().and_then(|x| window_of(x.as_str()));
+        same && window
+            .is_some_and(|w| p.timestamp_ms <= at && at <= p.timestamp_ms.saturating_add(w))
+    })?;
+    Some(open.remove(found))
+}
+
+/// Which exposures an event (or a joined prediction) counts for: its
+/// experiment's (all when it names none) and variant's (all of the unit's
+/// in that experiment when it names none), from their exposure on.
+#[derive(Clone, Copy)]
+struct Attribution<'a> {
+    experiment: Option<&'a str>,
+    variant: Option<&'a str>,
+    at_ms: i64,
+}
+
+impl<'a> Attribution<'a> {
+    fn of(e: &'a Event) -> Self {
+        Self {
+            experiment: e.experiment.as_ref().map(ExperimentKey::as_str),
+            variant: e.variant.as_ref().map(VariantKey::as_str),
+            at_ms: e.timestamp_ms,
+        }
+    }
+
+    fn matches(&self, x: &Exposure) -> bool {
+        self.experiment.is_none_or(|e| e == &*x.experiment)
+            && self.variant.is_none_or(|v| v == &*x.variant)
+            && self.at_ms >= x.exposed_ms
     }
 }
 
@@ -845,6 +1064,7 @@ mod tests {
             denominator: denominator.map(Into::into),
             covariate: None,
             quantile: None,
+            model: None,
         };
         [
             ("capped".to_owned(), d(Some(cap), None)),
@@ -987,6 +1207,7 @@ mod tests {
                     denominator: None,
                     covariate: None,
                     quantile: Some(spec),
+                    model: None,
                 },
             );
             Arc::new(all)
@@ -1104,6 +1325,7 @@ mod tests {
                 window_ms: 7 * DAY,
             }),
             quantile: None,
+            model: None,
         };
         let all: Derivations = [("spend".to_owned(), cuped)].into_iter().collect();
         let mut agg = Aggregator::new(usize::MAX);
@@ -1160,6 +1382,119 @@ mod tests {
         agg.fold(&later);
         let d = agg.experiment("e").variants["a"].derived["spend"];
         assert_eq!((d.pre_sum, d.pre_cross), (8.0, 8.0 * 12.0));
+    }
+
+    #[test]
+    fn an_outcome_joins_its_open_prediction_once_within_the_window() {
+        const HOUR: i64 = 3_600_000;
+        let (_dir, store) = Store::temporary();
+        let spec: crate::domain::ModelSpec = serde_json::from_value(
+            serde_json::json!({"task": "classification", "join_window_hours": 1}),
+        )
+        .unwrap();
+        let mut all: Derivations = (spec.metrics().iter())
+            .filter_map(|m| Some((m.key.to_string(), m.derivation()?)))
+            .collect();
+        all.insert(
+            MODEL_DERIVATION.into(),
+            spec.derivation(Some(time::OffsetDateTime::UNIX_EPOCH)),
+        );
+        let mut agg = load(&store, usize::MAX).unwrap();
+        agg.respec("e", Arc::new(all), |_| Ok(())).unwrap();
+        let model = |kind: &str, id: &str, props: serde_json::Value, ts: i64, seq: u64| {
+            let mut props = props;
+            props["prediction_id"] = id.into();
+            Event {
+                seq,
+                properties: Some(Properties::of(props)),
+                ..event(kind, "u", (kind == "prediction").then_some("e"), None, ts)
+            }
+        };
+        let predict = |id, score: f64, ts, seq| {
+            model(
+                "prediction",
+                id,
+                serde_json::json!({"score": score}),
+                ts,
+                seq,
+            )
+        };
+        let outcome = |id, label: bool, ts, seq| {
+            model("outcome", id, serde_json::json!({"label": label}), ts, seq)
+        };
+        let first = [
+            event("exposure", "u", Some("e"), Some("a"), 100),
+            predict("p1", 0.8, 200, 2),
+            predict("p2", 0.3, 300, 3),
+        ];
+        agg.load_joins(&first, |_, _, _| panic!("no outcome, nothing to read"))
+            .unwrap();
+        fold_through(&mut agg, &store, &first);
+        // p1 joins once; p2's outcome is later than the window; p3 was
+        // never predicted.
+        let second = [
+            outcome("p1", true, 1000, 4),
+            outcome("p1", false, 1100, 5),
+            outcome("p2", true, 300 + 2 * HOUR, 6),
+            outcome("p3", true, 1200, 7),
+        ];
+        let mut asked = Vec::new();
+        agg.load_joins(&second, |unit, from, to| {
+            asked.push((unit.to_owned(), from, to));
+            Ok(first.to_vec())
+        })
+        .unwrap();
+        assert_eq!(asked, [("u".to_owned(), 1000 - HOUR, 300 + 3 * HOUR + 1)]);
+        fold_through(&mut agg, &store, &second);
+        let figures = |agg: &Aggregator| {
+            let a = agg.experiment("e");
+            let v = &a.variants["a"];
+            let sum = |m: &str| v.measures.get(m).map_or(0.0, |m| m.sum);
+            let accuracy = v.derived["model_accuracy"];
+            (
+                [
+                    sum(measures::PREDICTIONS),
+                    sum(measures::JOINED),
+                    sum(measures::LABELLED),
+                    sum(measures::CORRECT),
+                ],
+                v.measures["outcome"].events,
+                (accuracy.sum, accuracy.cross),
+                v.model.clone().unwrap_or_default(),
+            )
+        };
+        let (sums, outcomes, accuracy, m) = figures(&agg);
+        assert_eq!(
+            (sums, outcomes, accuracy),
+            ([2.0, 1.0, 1.0, 1.0], 4, (1.0, 1.0))
+        );
+        let log_loss = agg.experiment("e").variants["a"].measures[measures::LOG_LOSS].sum;
+        assert!((log_loss + 0.8f64.ln()).abs() < 1e-12, "{log_loss}");
+        assert_eq!(
+            (m.calibration[8].outcomes, m.calibration[8].correct),
+            (1, 1)
+        );
+        assert_eq!((m.baseline.predictions, m.baseline.outcomes), (2, 1));
+        // A prediction and its outcome in one batch join; p1, joined by an
+        // earlier outcome, does not join again.
+        let third = [
+            predict("p4", 0.6, 2000, 0),
+            outcome("p4", false, 2001, 0),
+            outcome("p1", true, 2002, 0),
+        ];
+        let history: Vec<Event> = first.iter().chain(&second).cloned().collect();
+        agg.load_joins(&third, |_, _, _| Ok(history.clone()))
+            .unwrap();
+        fold_through(&mut agg, &store, &third);
+        let (sums, outcomes, accuracy, m) = figures(&agg);
+        assert_eq!(
+            (sums, outcomes, accuracy),
+            ([3.0, 2.0, 2.0, 1.0], 6, (1.0, 2.0))
+        );
+        assert_eq!(
+            (m.calibration[6].outcomes, m.calibration[6].correct),
+            (1, 0)
+        );
     }
 
     #[test]

@@ -161,7 +161,8 @@ pub struct IngestLimits {
     pub commit_retry: Duration,
     /// Distinct measures counted per experiment (see [`super::aggregator`]).
     pub max_measures: usize,
-    /// Most earlier events of a unit read for its CUPED covariates.
+    /// Most earlier events of a unit read for its CUPED covariates, and
+    /// for the predictions its outcomes may join.
     pub max_covariate_events: usize,
     /// Most bins of one variant's quantile sketch.
     pub max_quantile_bins: usize,

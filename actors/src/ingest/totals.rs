@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use dashmap::DashMap;
 
-use crate::domain::ExperimentAggregates;
+use crate::domain::{measures, ExperimentAggregates};
 
 /// The measure that events of names beyond an experiment's
 /// `max_measures` count under. Measure names are `[a-z0-9_-]`, so no client
@@ -95,7 +95,7 @@ impl MeasureNames {
         let names = all.entry(Arc::clone(experiment)).or_default();
         for variant in aggregates.variants.values() {
             for name in variant.measures.keys() {
-                if !names.contains(name.as_str()) {
+                if !names.contains(name.as_str()) && !measures::is_builtin(name) {
                     names.insert(name.as_str().into());
                 }
             }

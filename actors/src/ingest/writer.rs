@@ -398,7 +398,8 @@ impl Writer {
     }
 
     /// Reads the stored state of the batch's units into the aggregator's
-    /// working set: one batched read per batch.
+    /// working set: one batched read per batch; and for covariates and
+    /// joins, the earlier events of the units that need them.
     fn load_units(&mut self, batch: &Batch) -> Result<()> {
         let (limits, failures) = (&self.limits, &self.stats.commit_failures);
         let committer = &mut self.committer;
@@ -423,7 +424,22 @@ impl Writer {
                         );
                         Vec::new()
                     }))
-            })
+            })?;
+        // A unit whose earlier events cannot be read has no open
+        // predictions: its outcomes count as outcomes only, joined to
+        // nothing. Never a reason to refuse events either.
+        self.aggregator.load_joins(&batch.events, |unit, from, to| {
+            Ok(committer
+                .unit_events(unit, from, to, limit)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(
+                        unit,
+                        %error,
+                        "a unit's earlier events could not be read: its outcomes join nothing"
+                    );
+                    Vec::new()
+                }))
+        })
     }
 
     /// Marks the store failed: `what` failed after every retry.

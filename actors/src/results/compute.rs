@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::model::ModelResults;
 use crate::domain::{
     Correction, Experiment, ExperimentAggregates, Metric, MetricKind, QuantileSketch, QuantileSpec,
     Status, VariantAggregates,
@@ -36,6 +37,9 @@ pub struct ExperimentResults {
     pub metrics: Vec<MetricResults>,
     /// Every guardrail against every treatment.
     pub guardrails: Vec<GuardrailCheck>,
+    /// A model experiment's calibration, drift and quality per variant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelResults>,
 }
 
 /// The multiple-testing family of an experiment's comparisons.
@@ -134,6 +138,7 @@ pub fn compute(
         correction,
         metrics,
         guardrails: guardrails(experiment, aggregates),
+        model: super::model::results(experiment, aggregates),
     }
 }
 
@@ -151,7 +156,8 @@ pub fn primary(
         let (metrics, _) = analyse_all(experiment, aggregates, &per_variant);
         return metrics.into_iter().find(|m| m.metric == key.as_str());
     }
-    let metric = experiment.metrics.iter().find(|m| &m.key == key)?;
+    let metrics = experiment.analysed_metrics();
+    let metric = metrics.iter().find(|m| &m.key == key)?;
     Some(analyse(experiment, aggregates, &per_variant, metric))
 }
 
@@ -162,7 +168,7 @@ fn analyse_all(
     per_variant: &[Option<&VariantAggregates>],
 ) -> (Vec<MetricResults>, Family) {
     let mut metrics: Vec<MetricResults> = experiment
-        .metrics
+        .analysed_metrics()
         .iter()
         .map(|m| analyse(experiment, aggregates, per_variant, m))
         .collect();
@@ -261,9 +267,10 @@ pub fn guardrails(
     aggregates: &ExperimentAggregates,
 ) -> Vec<GuardrailCheck> {
     let per_variant = per_variant(experiment, aggregates);
+    let metrics = experiment.analysed_metrics();
     let mut out = Vec::new();
     for g in &experiment.guardrails {
-        let Some(metric) = experiment.metrics.iter().find(|m| m.key == g.metric) else {
+        let Some(metric) = metrics.iter().find(|m| m.key == g.metric) else {
             continue;
         };
         let Some(arms) = arms(experiment, aggregates, &per_variant, metric) else {

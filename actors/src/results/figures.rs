@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use super::compute::{self, GuardrailCheck, MetricResults};
+use super::model::{self, ModelResults};
 use super::{monitor, timeline};
 use crate::clock::Clock;
 use crate::domain::{unix_ms, ExperimentAggregates, ExperimentKey, Status, TimelineSnapshot};
@@ -42,6 +43,8 @@ pub struct Figures {
     pub guardrails: Vec<GuardrailCheck>,
     /// The cumulative figures the timeline keeps.
     pub timeline: TimelineSnapshot,
+    /// A model experiment's drift and quality, for the alert rules.
+    pub model: Option<ModelResults>,
     /// The primary metric's results as of the monitor's last turn (`None`
     /// without a primary metric).
     pub primary: Option<Arc<MetricResults>>,
@@ -70,7 +73,9 @@ impl Figures {
         let (srm, units) = compute::sample_ratio(experiment, &aggregates);
         let guardrails = compute::guardrails(experiment, &aggregates);
         let timeline = TimelineSnapshot::of(experiment, &aggregates);
+        let model = model::results(experiment, &aggregates);
         Self {
+            model,
             compiled,
             aggregates,
             units,

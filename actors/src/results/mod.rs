@@ -12,6 +12,7 @@
 pub mod analytics;
 pub mod compute;
 pub mod figures;
+pub mod model;
 mod monitor;
 mod timeline;
 
@@ -20,9 +21,10 @@ use std::sync::Arc;
 
 use self::analytics::{CompareReport, EngagementReport, UnitSummary, VariantSummary};
 use self::compute::ExperimentResults;
+use self::model::{LivePrediction, LivePredictions};
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, Bucket, Experiment, ExperimentAggregates, TimelineSnapshot, VariantPoint,
+    unix_ms, Bucket, EventType, Experiment, ExperimentAggregates, TimelineSnapshot, VariantPoint,
 };
 use crate::experiments::assignment::Compiled;
 use crate::experiments::registry::Registry;
@@ -141,6 +143,12 @@ impl Results {
             // Covariates count the events committed before the window's.
             let first = events.first().map_or(u64::MAX, |e| e.seq);
             aggregator.load_histories(&events, |unit, from, to| {
+                let mut earlier = store.unit_events(unit, from, to, max_covariate_events)?;
+                earlier.retain(|e| e.seq < first);
+                Ok(earlier)
+            })?;
+            // So do the predictions outcomes join.
+            aggregator.load_joins(&events, |unit, from, to| {
                 let mut earlier = store.unit_events(unit, from, to, max_covariate_events)?;
                 earlier.retain(|e| e.seq < first);
                 Ok(earlier)
@@ -291,6 +299,42 @@ impl Results {
         })
     }
 
+    /// A model experiment's newest predictions (at most `limit`, among its
+    /// newest `max_scanned` events), newest first, each with the outcome
+    /// that joined it; 422 for another experiment.
+    pub async fn predictions(
+        &self,
+        key: &str,
+        limit: usize,
+        max_scanned: usize,
+    ) -> Result<LivePredictions> {
+        let compiled = self.snapshot(key)?;
+        let experiment = compiled.experiment();
+        let Some(model) = &experiment.model else {
+            return Err(Error::invalid(
+                "key",
+                "not a model experiment: it has no predictions to show",
+            ));
+        };
+        let window = model.tracking(None).join_window_ms;
+        let (store, key) = (self.store.clone(), experiment.key.clone());
+        blocking(move || {
+            let newest = store.newest_events(&key, &EventType::Prediction, limit, max_scanned)?;
+            let mut predictions = Vec::with_capacity(newest.len());
+            for p in &newest {
+                let to = p.timestamp_ms.saturating_add(window + 1);
+                let mut later = store.unit_events(&p.unit_id, p.timestamp_ms, to, max_scanned)?;
+                later.sort_by_key(|e| e.seq);
+                predictions.extend(LivePrediction::of(p, &later, window));
+            }
+            Ok(LivePredictions {
+                experiment: key.to_string(),
+                predictions,
+            })
+        })
+        .await
+    }
+
     fn snapshot(&self, key: &str) -> Result<Arc<Compiled>> {
         Ok(self.registry.entry(key)?.slot.snapshot())
     }
@@ -298,7 +342,11 @@ impl Results {
 
 /// `metric` if it is one of the experiment's metrics, else a 422 naming it.
 fn known_metric<'m>(experiment: &Experiment, metric: &'m str) -> Result<&'m str> {
-    if experiment.metrics.iter().any(|m| m.key.as_str() == metric) {
+    if experiment
+        .analysed_metrics()
+        .iter()
+        .any(|m| m.key.as_str() == metric)
+    {
         Ok(metric)
     } else {
         Err(Error::invalid(

@@ -55,13 +55,15 @@ const RECEIVED_AT_TIMESTAMP: u8 = 1 << 7;
 
 /// Type byte of a custom event; its name follows.
 const CUSTOM: u8 = 255;
-const BUILT_IN: [EventType; 6] = [
+const BUILT_IN: [EventType; 8] = [
     EventType::Exposure,
     EventType::Impression,
     EventType::Click,
     EventType::Conversion,
     EventType::Engagement,
     EventType::Metric,
+    EventType::Prediction,
+    EventType::Outcome,
 ];
 
 /// Event id tag: a canonical UUID as its 16 bytes rather than 36 characters.

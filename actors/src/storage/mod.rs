@@ -37,7 +37,7 @@ pub use webhooks::AttemptWrite;
 use crate::clock::Clock;
 use crate::domain::{
     unix_ms, AggregateChanges, AggregatesRecordRef, AuditEntry, Bucket, DomainEvent, Event,
-    Experiment, ExperimentKey, ExperimentRecord, StickyAssignment,
+    EventType, Experiment, ExperimentKey, ExperimentRecord, StickyAssignment,
 };
 use crate::{Error, Result};
 
@@ -655,6 +655,38 @@ impl Store {
             last = Some(key);
         }
         Ok((events, None))
+    }
+
+    /// The newest events of `experiment` of type `kind`, newest first: up
+    /// to `limit` of them among its newest `max_scanned` events (a bound
+    /// on the work, whatever else the experiment's events are).
+    pub fn newest_events(
+        &self,
+        experiment: &ExperimentKey,
+        kind: &EventType,
+        limit: usize,
+        max_scanned: usize,
+    ) -> Result<Vec<Event>> {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(keys::event_prefix(Some(experiment)));
+        let end = keys::event_bound(Some(experiment), i64::MAX);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(Cf::Events),
+            options,
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        let mut events = Vec::new();
+        for item in iter.take(max_scanned) {
+            let (_, value) = item?;
+            let event = decode_event(&value)?;
+            if event.kind == *kind {
+                events.push(event);
+                if events.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(events)
     }
 
     /// Deletes the events of `experiment` (or of no experiment) older than
