@@ -27,6 +27,7 @@ mod jwt;
 mod keys;
 mod limits;
 mod metrics;
+mod models;
 mod openapi;
 mod openfeature;
 mod projects;

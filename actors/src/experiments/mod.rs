@@ -377,7 +377,10 @@ impl Experiments {
             winner,
             by: by.clone(),
         };
-        self.entry(key)?.addr.send(msg).await?
+        let changed = self.entry(key)?.addr.send(msg).await??;
+        // A start fixes a model experiment's baseline.
+        self.respec(&changed.experiment().key);
+        Ok(changed)
     }
 
     /// Assigns `unit` to one experiment. Lock-free on the experiment; the

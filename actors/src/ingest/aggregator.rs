@@ -80,7 +80,7 @@ use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
     finite, group_of, measures, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums,
-    Event, EventType, ExperimentAggregates, ExperimentKey, Exposure, ModelAggregates,
+    DriftWindow, Event, EventType, ExperimentAggregates, ExperimentKey, Exposure, ModelAggregates,
     ModelTracking, Properties, Scored, UnitChange, UnitMeasure, VariantAggregates, VariantKey,
     DEFAULT_QUANTILE_BINS, MODEL_DERIVATION,
 };
@@ -775,18 +775,18 @@ impl Aggregator {
                         }
                         _ => false,
                     };
-                // A model's figures are kept while its task and baseline
-                // stay (they hold event values too).
-                let model = |all: &Derivations| {
-                    let tracking = all.get(MODEL_DERIVATION).and_then(|d| d.model);
-                    tracking.map(|t| (t.task, t.baseline))
-                };
-                let model_kept =
-                    model(&share.derived).is_some_and(|m| model(&derivations) == Some(m));
+                // A model's figures hold event values too: they are kept
+                // while its task stays, but for a baseline that moved.
+                let model = |all: &Derivations| all.get(MODEL_DERIVATION).and_then(|d| d.model);
+                let (was, now) = (model(&share.derived), model(&derivations));
+                let same_task = was.zip(now).is_some_and(|(w, n)| w.task == n.task);
+                let same_baseline = was.map(|w| w.baseline) == now.map(|n| n.baseline);
                 for v in share.variants.values_mut() {
                     v.sketches.retain(|metric, _| kept(metric));
-                    if !model_kept {
-                        v.model = None;
+                    match &mut v.model {
+                        Some(_) if !same_task => v.model = None,
+                        Some(m) if !same_baseline => m.baseline = DriftWindow::default(),
+                        _ => {}
                     }
                     if rescan {
                         v.derived.clear();
