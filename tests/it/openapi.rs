@@ -50,6 +50,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/alerts/{id}/resolve"),
     ("get", "/v1/server/stats"),
     ("get", "/v1/experiments/{key}/timeline"),
+    ("get", "/v1/experiments/{key}/predictions"),
     ("get", "/v1/stream"),
     ("get", "/v1/ws"),
     ("get", "/v1/experiments/{key}/assignment"),
