@@ -175,6 +175,7 @@ async function refreshResults() {
   $("#results").replaceChildren(...results.metrics.map(renderMetric), ...renderGuardrails(results.guardrails));
   const charted = results.metrics.find((m) => m.metric === timeline.metric);
   renderChart(timeline, charted && charted.kind);
+  await refreshModel(key, results.model);
 }
 
 function renderMetric(m) {
@@ -265,6 +266,100 @@ function renderChart(timeline, kind) {
     ...lineChart(0, "exposed units", series("units"), (v) => Math.round(v)),
     ...lineChart(185, timeline.metric ? `${timeline.metric}: ${{ mean: "mean per unit", ratio: "ratio", quantile: "quantile" }[kind] || "rate"}` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3)),
     ...legend);
+}
+
+// ---------- model experiments ----------
+
+/** A population stability index above this is drift worth a look. */
+const PSI_DRIFT = 0.2;
+
+async function refreshModel(key, model) {
+  if (!model) {
+    $("#model-panel").hidden = true;
+    return;
+  }
+  const live = await api("GET", `/v1/experiments/${key}/predictions?limit=20`);
+  if (key !== state.selected) return;
+  $("#model-panel").hidden = false;
+  renderModel(model);
+  renderPredictions(live.predictions);
+}
+
+/** A quality window in words, for a tooltip. */
+function quality(q, classifier) {
+  if (!q) return "none yet";
+  const figures = classifier ? `accuracy ${pct(q.accuracy)}, log loss ${num(q.log_loss, 3)}` : `MAE ${num(q.mae, 3)}`;
+  return `${figures} (${q.outcomes} outcomes)`;
+}
+
+function renderModel(model) {
+  const classifier = model.task === "classification";
+  const span = (s) => `${new Date(s.start).toLocaleString()} – ${new Date(s.end).toLocaleString()}`;
+  $("#model-note").textContent = `${model.task} · outcomes join within ${model.join_window_hours} h · `
+    + `baseline ${model.baseline ? span(model.baseline) : "from the start"} · last ${model.window_hours} h against it`;
+  const scores = classifier
+    ? [["accuracy", "accuracy", (x) => pct(x)], ["log loss", "log_loss", (x) => num(x, 3)], ["Brier", "brier", (x) => num(x, 3)]]
+    : [["MAE", "mae", (x) => num(x, 3)], ["RMSE", "rmse", (x) => num(x, 3)]];
+  const heads = ["variant", "predictions", "outcomes", "coverage", ...scores.map(([h]) => h), "latency p50 / p95 / p99", "PSI", "degradation"];
+  $("#model-variants thead").replaceChildren(el("tr", {}, heads.map((h, i) => el("th", { class: i ? "num" : null }, h))));
+  $("#model-variants tbody").replaceChildren(...model.variants.map((v) => {
+    const psi = v.drift.psi;
+    const drifted = psi !== null && psi > PSI_DRIFT;
+    const latency = v.latency_ms ? `${num(v.latency_ms.p50, 1)} / ${num(v.latency_ms.p95, 1)} / ${num(v.latency_ms.p99, 1)} ms` : "–";
+    return el("tr", { "data-variant": v.variant, class: drifted ? "drifted" : null },
+      el("td", {}, v.variant),
+      el("td", { class: "num", "data-field": "predictions" }, v.predictions),
+      el("td", { class: "num", "data-field": "outcomes" }, v.outcomes),
+      el("td", { class: "num", "data-field": "coverage" }, pct(v.coverage)),
+      scores.map(([, field, format]) => el("td", { class: "num", "data-field": field }, format(v[field]))),
+      el("td", { class: "num", "data-field": "latency" }, latency),
+      el("td", {
+        class: "num",
+        "data-field": "psi",
+        title: `${v.drift.baseline_predictions} predictions in the baseline, ${v.drift.window_predictions} in the window (PSI needs 100 in each)`,
+      }, drifted ? el("span", { class: "badge critical", "data-badge": "drift" }, `drift ${num(psi, 3)}`) : num(psi, 3)),
+      el("td", {
+        class: "num",
+        "data-field": "degradation",
+        title: `baseline: ${quality(v.quality.baseline, classifier)}; window: ${quality(v.quality.window, classifier)}`,
+      }, pct(v.quality.degradation)));
+  }));
+  const tables = classifier ? model.variants.map((v) => el("table", { class: "calibration", "data-variant": v.variant },
+    el("caption", {}, `${v.variant} · ECE ${num(v.expected_calibration_error, 3)}`),
+    el("thead", {}, el("tr", {}, ["confidence", "outcomes", "mean conf.", "accuracy"].map((h, i) => el("th", { class: i ? "num" : null }, h)))),
+    el("tbody", {}, v.calibration.map((r) => el("tr", { class: r.outcomes ? null : "empty" },
+      el("td", {}, `${num(r.from, 1)}–${num(r.to, 1)}`),
+      el("td", { class: "num" }, r.outcomes),
+      el("td", { class: "num" }, pct(r.mean_confidence)),
+      el("td", { class: "num" }, pct(r.accuracy))))))) : [];
+  $("#calibration").replaceChildren(...(tables.length ? [el("h3", {}, "Calibration ", el("span", { class: "muted" }, "(joined outcomes by the probability of the predicted label)")), el("div", { class: "calibrations" }, tables)] : []));
+}
+
+function renderPredictions(predictions) {
+  const body = $("#predictions tbody");
+  if (!predictions.length) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no predictions yet")));
+    return;
+  }
+  body.replaceChildren(...predictions.map((p) => {
+    const o = p.outcome;
+    const verdict = !o ? el("span", { class: "muted" }, "pending")
+      : o.correct === true ? el("span", { class: "badge ok" }, "correct")
+        : o.correct === false ? el("span", { class: "badge critical" }, "wrong")
+          : num(o.error, 3);
+    const about = [`prediction ${p.prediction_id}`];
+    if (p.model) about.push(`model ${p.model}`);
+    if (p.latency_ms !== null && p.latency_ms !== undefined) about.push(`${num(p.latency_ms, 1)} ms`);
+    return el("tr", { "data-prediction": p.prediction_id, title: about.join(" · ") },
+      el("td", { class: "muted" }, new Date(p.timestamp).toLocaleTimeString()),
+      el("td", { "data-field": "unit" }, p.unit_id),
+      el("td", { "data-field": "variant" }, p.variant ?? "–"),
+      el("td", { class: "num", "data-field": "score" }, num(p.score ?? p.value, 3)),
+      el("td", { "data-field": "label" }, p.label ?? "–",
+        p.confidence !== null && p.confidence !== undefined ? el("span", { class: "muted" }, ` ${pct(p.confidence)}`) : null),
+      el("td", { "data-field": "outcome" }, !o ? "–" : o.label ?? num(o.value, 3)),
+      el("td", { "data-field": "verdict" }, verdict));
+  }));
 }
 
 // ---------- alerts, webhooks, performance ----------

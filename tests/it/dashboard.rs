@@ -225,3 +225,221 @@ fn a_person_runs_an_experiment_from_the_dashboard() {
     );
     assert_eq!(server.get("/v1/experiments/cta").1["status"], "paused");
 }
+
+/// Per variant: predictions, joined outcomes, right labels among them.
+#[derive(Default)]
+struct ModelTally {
+    predictions: u32,
+    outcomes: u32,
+    correct: u32,
+}
+
+#[test]
+fn a_person_watches_a_model_experiment_from_the_dashboard() {
+    let server = TestServer::start();
+    server.running_experiment("churn", json!({"model": {"task": "classification"}}));
+
+    // Twelve units exposed, each scored by the model version it got; the
+    // outcomes of the first ten come back, the last two are pending.
+    let mut tally = std::collections::HashMap::<String, ModelTally>::new();
+    let mut variant_of = std::collections::HashMap::<String, String>::new();
+    let mut predictions = Vec::new();
+    let mut outcomes = Vec::new();
+    for i in 0..12 {
+        let unit = format!("m{i}");
+        let variant = server.assign("churn", &unit)["variant"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        // A score of 0.9 predicts `1`, 0.2 predicts `0`.
+        let (score, predicted) = if i % 2 == 0 { (0.9, 1) } else { (0.2, 0) };
+        predictions.push(json!({"type": "prediction", "unit_id": unit, "experiment": "churn",
+            "properties": {"prediction_id": format!("p{i}"), "score": score, "latency_ms": 10 + i}}));
+        let t = tally.entry(variant.clone()).or_default();
+        t.predictions += 1;
+        if i < 10 {
+            let truth = if i % 3 == 0 { 0 } else { 1 };
+            outcomes.push(json!({"type": "outcome", "unit_id": unit,
+                "properties": {"prediction_id": format!("p{i}"), "label": truth}}));
+            t.outcomes += 1;
+            t.correct += u32::from(truth == predicted);
+        }
+        variant_of.insert(format!("p{i}"), variant);
+    }
+    let (status, body) = server.post("/v1/events", json!({ "events": predictions }));
+    assert_eq!(status, 202, "{body}");
+    server.barrier();
+    let (status, body) = server.post("/v1/events", json!({ "events": outcomes }));
+    assert_eq!(status, 202, "{body}");
+    server.barrier();
+    // The newest prediction, a labelled one whose label is markup: it must
+    // show as text. Its outcome agrees with it.
+    std::thread::sleep(Duration::from_millis(50));
+    let markup = "<img src=x class=injected>";
+    let unit = "m12";
+    let variant = server.assign("churn", unit)["variant"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"type": "prediction", "unit_id": unit, "experiment": "churn",
+            "properties": {"prediction_id": "px", "label": markup, "score": 0.7, "confidence": 0.7, "latency_ms": 30}}),
+    );
+    assert_eq!(status, 202, "{body}");
+    server.barrier();
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"type": "outcome", "unit_id": unit,
+            "properties": {"prediction_id": "px", "label": markup}}),
+    );
+    assert_eq!(status, 202, "{body}");
+    server.barrier();
+    let t = tally.entry(variant.clone()).or_default();
+    t.predictions += 1;
+    t.outcomes += 1;
+    t.correct += 1;
+    variant_of.insert("px".to_owned(), variant);
+
+    let mut browser = Browser::launch();
+    browser.goto(&server.url("/"));
+    browser.wait_for(
+        "!!document.querySelector('#experiments tr[data-key=churn]')",
+        WAIT,
+    );
+    browser.eval(&click("#experiments tr[data-key=churn]"));
+    browser.wait_for("!document.querySelector('#model-panel').hidden", WAIT);
+    assert!(browser
+        .eval(&text("#model-note"))
+        .as_str()
+        .unwrap()
+        .starts_with("classification"));
+
+    // One row per model version: its counts and accuracy.
+    for (variant, t) in &tally {
+        let row = format!("#model-variants tr[data-variant={variant}]");
+        for (field, n) in [("predictions", t.predictions), ("outcomes", t.outcomes)] {
+            browser.wait_for(
+                &format!("{} === '{n}'", text(&format!("{row} [data-field={field}]"))),
+                WAIT,
+            );
+        }
+        let accuracy = 100.0 * f64::from(t.correct) / f64::from(t.outcomes);
+        browser.wait_for(
+            &format!(
+                "Math.abs(parseFloat({}) - {accuracy}) < 0.06",
+                text(&format!("{row} [data-field=accuracy]"))
+            ),
+            WAIT,
+        );
+        let coverage = 100.0 * f64::from(t.outcomes) / f64::from(t.predictions);
+        browser.wait_for(
+            &format!(
+                "Math.abs(parseFloat({}) - {coverage}) < 0.06",
+                text(&format!("{row} [data-field=coverage]"))
+            ),
+            WAIT,
+        );
+        browser.wait_for(
+            &format!(
+                "{}.endsWith('ms')",
+                text(&format!("{row} [data-field=latency]"))
+            ),
+            WAIT,
+        );
+        // Its calibration table: ten bins 0.1 wide, holding every joined
+        // outcome.
+        let bins = format!("#calibration table[data-variant={variant}] tbody tr");
+        browser.wait_for(
+            &format!(
+                "document.querySelectorAll({}).length === 10 && {} === '0.9–1.0'",
+                json!(bins),
+                text(&format!("{bins}:last-child td:first-child"))
+            ),
+            WAIT,
+        );
+        browser.wait_for(
+            &format!(
+                "[...document.querySelectorAll({})].reduce((n, td) => n + Number(td.textContent), 0) === {}",
+                json!(format!("{bins} td:nth-child(2)")),
+                t.outcomes
+            ),
+            WAIT,
+        );
+        // The model metrics are ordinary metrics in the results above it.
+        browser.wait_for(
+            &format!(
+                "Math.abs(parseFloat({}) - {}) < 0.006",
+                text(&format!(
+                    "#results [data-metric=model_accuracy] tr[data-variant={variant}] [data-field=value]"
+                )),
+                accuracy / 100.0
+            ),
+            WAIT,
+        );
+    }
+    for metric in [
+        "model_log_loss",
+        "model_brier",
+        "model_coverage",
+        "model_latency_p50",
+        "model_latency_p95",
+        "model_latency_p99",
+    ] {
+        browser.wait_for(
+            &format!("!!document.querySelector('#results [data-metric={metric}]')"),
+            WAIT,
+        );
+    }
+
+    // The live predictions, newest first: each with its unit, variant and
+    // outcome, right or wrong, or pending.
+    browser.wait_for(
+        "document.querySelectorAll('#predictions tbody tr').length === 13",
+        WAIT,
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('#predictions tbody tr').dataset.prediction"),
+        json!("px")
+    );
+    let row = |id: &str, field: &str| {
+        text(&format!(
+            "#predictions tr[data-prediction={id}] [data-field={field}]"
+        ))
+    };
+    for (id, unit, score, outcome, verdict) in [
+        ("p3", "m3", "0.200", "0", "correct"),
+        ("p4", "m4", "0.900", "1", "correct"),
+        ("p6", "m6", "0.900", "0", "wrong"),
+        ("p11", "m11", "0.200", "–", "pending"),
+    ] {
+        // A binary score's label is the one it implies.
+        let implied = if score == "0.900" {
+            "1 90.0%"
+        } else {
+            "0 80.0%"
+        };
+        assert_eq!(browser.eval(&row(id, "label")), json!(implied));
+        assert_eq!(browser.eval(&row(id, "unit")), json!(unit));
+        assert_eq!(browser.eval(&row(id, "variant")), json!(variant_of[id]));
+        assert_eq!(browser.eval(&row(id, "score")), json!(score));
+        assert_eq!(browser.eval(&row(id, "outcome")), json!(outcome));
+        assert_eq!(browser.eval(&row(id, "verdict")), json!(verdict));
+    }
+    // Markup a client sent is text, never elements.
+    assert_eq!(
+        browser.eval(&row("px", "label")),
+        json!(format!("{markup} 70.0%"))
+    );
+    assert_eq!(browser.eval(&row("px", "outcome")), json!(markup));
+    assert_eq!(browser.eval(&row("px", "verdict")), json!("correct"));
+    assert_eq!(
+        browser.eval("document.querySelectorAll('img.injected').length"),
+        json!(0)
+    );
+
+    if let Some(dir) = std::env::var_os("ABACUS_SCREENSHOTS").map(PathBuf::from) {
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        browser.screenshot(Some("#model-panel"), &dir.join("model.png"));
+    }
+}
