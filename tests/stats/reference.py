@@ -703,6 +703,91 @@ def quantile_cases():
     return out
 
 
+# Model experiments (docs/models.md), from their own generator so the
+# cases above keep their draws. Binary classifiers' pairs (score, true
+# label) scored with the textbook binary formulas, which abacus computes
+# another way (from the predicted label and its probability); and the
+# population stability index on the documented bins.
+MRNG = np.random.default_rng(20261202)
+
+
+def model_pairs(name, n, sharpness, shift=0.0):
+    """n scores and true labels: a label is 1 with probability
+    score ** sharpness (1: calibrated), the scores moved by `shift`."""
+    scores = MRNG.beta(2.0, 2.0, n)
+    truth = (MRNG.random(n) < scores ** sharpness).astype(int)
+    scores = np.clip(scores + shift, 0.0, 1.0)
+    predicted = (scores >= 0.5).astype(int)
+    correct = predicted == truth
+    # The probability given the true class, clipped to [1e-15, 1 - 1e-15]
+    # (a confident miss costs ~34.5).
+    eps = 1e-15
+    p_true = np.clip(np.where(truth == 1, scores, 1 - scores), eps, 1 - eps)
+    log_loss = float(np.mean(-np.log(p_true)))
+    brier = float(np.mean((scores - truth) ** 2))
+    # Calibration on the predicted label's probability, ten bins.
+    q = np.where(predicted == 1, scores, 1 - scores)
+    bins = np.minimum((q * 10).astype(int), 9)
+    table = []
+    ece = 0.0
+    for b in range(10):
+        inside = bins == b
+        k = int(inside.sum())
+        table.append({"outcomes": k, "correct": int(correct[inside].sum())})
+        if k:
+            ece += abs(correct[inside].mean() - q[inside].mean()) * k
+    return {
+        "name": f"model pairs {name}",
+        "kind": "pairs",
+        "pairs": [[float(s), int(t)] for s, t in zip(scores, truth)],
+        "accuracy": float(correct.mean()),
+        "log_loss": log_loss,
+        "brier": brier,
+        "calibration": table,
+        "expected_calibration_error": ece / n,
+    }
+
+
+def psi_case(name, baseline, current):
+    """PSI of scores binned in 20 equal bins, grouped by the baseline's
+    deciles (each decile's upper bin: the first where the cumulative share
+    reaches k/10), each share floored at 1e-4."""
+    bin_of = lambda s: np.clip(np.floor(np.asarray(s) * 20).astype(int), 0, 19)
+    b_bins, c_bins = bin_of(baseline), bin_of(current)
+    counts = np.bincount(b_bins, minlength=20)
+    cumulative = np.cumsum(counts)
+    edges = sorted({int(np.argmax(cumulative * 10 >= k * len(baseline))) for k in range(1, 11)})
+    group = lambda bins: np.minimum(np.searchsorted(edges, bins, side="left"), len(edges) - 1)
+    shares = lambda bins: np.maximum(np.bincount(group(bins), minlength=len(edges)) / len(bins), 1e-4)
+    b, c = shares(b_bins), shares(c_bins)
+    return {
+        "name": f"model psi {name}",
+        "kind": "psi",
+        "baseline": [float(x) for x in baseline],
+        "current": [float(x) for x in current],
+        "psi": float(np.sum((c - b) * np.log(c / b))),
+    }
+
+
+def model_cases():
+    out = [
+        model_pairs("calibrated", 2000, 1.0),
+        model_pairs("overconfident", 2000, 3.0),
+        model_pairs("shifted", 1500, 1.0, shift=0.15),
+        model_pairs("small", 40, 1.0),
+    ]
+    beta = lambda a, b, n: MRNG.beta(a, b, n)
+    for name, baseline, current in [
+        ("same distribution", beta(2, 2, 3000), beta(2, 2, 3000)),
+        ("moderate shift", beta(2, 2, 3000), beta(2.6, 2, 3000)),
+        ("large shift", beta(2, 5, 3000), beta(5, 2, 3000)),
+        ("narrow baseline", beta(30, 30, 2000), beta(2, 2, 2000)),
+        ("empty bins now", beta(2, 2, 1000), MRNG.uniform(0.0, 0.3, 1000)),
+    ]:
+        out.append(psi_case(name, baseline, current))
+    return out
+
+
 def main():
     cases = []
     # Binomial: small and large n, unequal sizes, zero conversions,
@@ -937,9 +1022,11 @@ def main():
 
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cases.json")
     with open(out, "w") as f:
-        json.dump({"generated_by": "tests/stats/reference.py", "cases": cases}, f, indent=1, allow_nan=False)
+        models = model_cases()
+        document = {"generated_by": "tests/stats/reference.py", "cases": cases, "models": models}
+        json.dump(document, f, indent=1, allow_nan=False)
         f.write("\n")
-    print(f"{len(cases)} cases written to {out}")
+    print(f"{len(cases)} cases and {len(models)} model cases written to {out}")
 
 
 if __name__ == "__main__":

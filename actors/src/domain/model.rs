@@ -771,6 +771,95 @@ mod tests {
         assert_eq!(Scored::of(&guess, &yes), Scored::Unscored);
     }
 
+    /// The model cases of `tests/stats/reference.py`: binary classifiers'
+    /// pairs scored with the textbook formulas (sklearn's log loss, the
+    /// Brier score of the positive class), calibration and ECE, and PSI.
+    #[test]
+    fn model_figures_agree_with_the_reference_cases() {
+        let cases: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/stats/cases.json")).unwrap();
+        let cases = cases["models"].as_array().unwrap();
+        assert!(cases.len() >= 9, "{} model cases", cases.len());
+        let close = |name: &str, what: &str, got: f64, want: &serde_json::Value| {
+            let want = want.as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "{name}, {what}: {got} vs {want}"
+            );
+        };
+        let c = ModelTask::Classification;
+        let numbers = |v: &serde_json::Value| -> Vec<f64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            if case["kind"] == "psi" {
+                let baseline = window(c, numbers(&case["baseline"]));
+                let current = window(c, numbers(&case["current"]));
+                close(name, "psi", psi(&baseline, &current).unwrap(), &case["psi"]);
+                continue;
+            }
+            let tracking = ModelTracking {
+                task: c,
+                join_window_ms: HOUR_MS,
+                baseline: Some([0, HOUR_MS]),
+                window_hours: 1,
+            };
+            let mut m = ModelAggregates::default();
+            let (mut sums, mut n) = (BTreeMap::<&str, f64>::new(), 0.0);
+            for pair in case["pairs"].as_array().unwrap() {
+                let (score, truth) = (pair[0].as_f64().unwrap(), pair[1].as_u64().unwrap());
+                let e = |kind: &str, props: serde_json::Value| Event {
+                    properties: Some(super::super::Properties::of(props)),
+                    ..Event::sample(kind, "u")
+                };
+                let scored = Scored::of(
+                    &e(
+                        "prediction",
+                        serde_json::json!({"prediction_id": "p", "score": score}),
+                    ),
+                    &e(
+                        "outcome",
+                        serde_json::json!({"prediction_id": "p", "label": truth}),
+                    ),
+                );
+                for (measure, value) in scored.measures() {
+                    *sums.entry(measure).or_default() += value;
+                }
+                m.joined(&tracking, 0, scored);
+                n += 1.0;
+            }
+            close(
+                name,
+                "accuracy",
+                sums[measures::CORRECT] / n,
+                &case["accuracy"],
+            );
+            close(
+                name,
+                "log loss",
+                sums[measures::LOG_LOSS] / n,
+                &case["log_loss"],
+            );
+            close(name, "brier", sums[measures::BRIER] / n, &case["brier"]);
+            let table = case["calibration"].as_array().unwrap();
+            let mut gap = 0.0;
+            for (bin, want) in m.calibration.iter().zip(table) {
+                assert_eq!(bin.outcomes, want["outcomes"].as_u64().unwrap(), "{name}");
+                assert_eq!(bin.correct, want["correct"].as_u64().unwrap(), "{name}");
+                if bin.outcomes > 0 {
+                    let k = bin.outcomes as f64;
+                    gap += (bin.correct as f64 / k - bin.confidence / k).abs() * k;
+                }
+            }
+            close(name, "ece", gap / n, &case["expected_calibration_error"]);
+        }
+    }
+
     #[test]
     fn hourly_windows_keep_the_last_hours_only() {
         let tracking = ModelTracking {
