@@ -231,6 +231,16 @@ fn a_model_experiment_joins_outcomes_and_compares_model_versions() {
         }
     }
     assert!(joined > 0, "{live}");
+
+    // The variants' calibration and drift figures stay, whatever the
+    // partitions are told after the start.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (_, later) = server.get("/v1/experiments/m/results");
+    for v in later["model"]["variants"].as_array().unwrap() {
+        assert_eq!(v["calibration"][8]["outcomes"], 360, "{v}");
+        assert_eq!(v["drift"]["baseline_predictions"], 400, "{v}");
+        assert_eq!(v["drift"]["window_predictions"], 400, "{v}");
+    }
     assert_eq!(server.get("/v1/experiments/m/predictions?limit=0").0, 400);
     server.running_experiment("plain", json!({}));
     let (status, error) = server.get("/v1/experiments/plain/predictions");

@@ -278,7 +278,7 @@ pub struct LivePrediction {
     pub score: Option<f64>,
     /// A regressor's value.
     pub value: Option<f64>,
-    /// The predicted label.
+    /// The predicted label (a binary score's without one: `1` or `0`).
     pub label: Option<String>,
     /// The probability of the predicted label.
     pub confidence: Option<f64>,
@@ -350,8 +350,8 @@ impl LivePrediction {
             model: fields.model.as_deref().map(str::to_owned),
             score: fields.score,
             value: prediction.value,
-            label: fields.label.as_deref().map(str::to_owned),
-            confidence: fields.confidence,
+            label: fields.guess().map(|(label, _)| label.to_owned()),
+            confidence: fields.guess().map(|(_, p)| p),
             latency_ms: fields.latency_ms,
             timestamp: at(prediction.timestamp_ms),
             outcome,
