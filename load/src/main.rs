@@ -68,6 +68,11 @@ pub struct Args {
     /// measure what keeping them costs ingest.
     #[arg(long)]
     derived_metrics: bool,
+    /// Makes the created experiments model experiments (classification),
+    /// and the events predictions and their outcomes instead of clicks
+    /// (see `Target::event`): measures the join on the ingest path.
+    #[arg(long)]
+    model: bool,
     /// Webhook subscriptions the `webhooks` scenario creates (the server
     /// needs `webhooks.allow_private = true`).
     #[arg(long, default_value_t = 10)]

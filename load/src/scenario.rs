@@ -69,6 +69,8 @@ pub struct Target {
     /// The first unit id's number (`--first-unit`).
     first_unit: u64,
     batch: usize,
+    /// Predictions and outcomes instead of clicks (`--model`).
+    model: bool,
     /// `POST` path of event requests, with `?ack=` when not the default.
     events_path: &'static str,
     run_id: u128,
@@ -91,6 +93,7 @@ impl Target {
             units: args.units.max(1),
             first_unit: args.first_unit,
             batch: args.batch.max(1),
+            model: args.model,
             events_path: match args.ack {
                 Ack::Accepted => "/v1/events",
                 Ack::Persisted => "/v1/events?ack=persisted",
@@ -140,7 +143,7 @@ impl Target {
         }
         for i in 0..args.experiments.max(1) {
             let key = format!("load-{run_id}-{i}");
-            let body = json!({
+            let mut body = json!({
                 "key": key, "name": "load test",
                 "variants": [
                     {"key": "control", "weight": 1, "payload": {"colour": "blue"}},
@@ -149,6 +152,9 @@ impl Target {
                 "metrics": metrics,
                 "primary_metric": "conversion"
             });
+            if args.model {
+                body["model"] = json!({"task": "classification"});
+            }
             let created = target
                 .request(Method::POST, "/v1/experiments")
                 .json(&body)
@@ -272,7 +278,8 @@ impl Target {
     /// round robin): an exposure to the run's experiment, eight clicks,
     /// then a conversion worth 5..45 and no experiment (it counts in every
     /// experiment of the unit). So N events expose min(N / 10, units)
-    /// units. Rendered straight to text (the experiment key and unit ids
+    /// units. With `--model` the clicks are four predictions and then
+    /// their four outcomes, which the writer joins. Rendered straight to text (the experiment key and unit ids
     /// need no escaping): building and serialising a JSON tree per event
     /// cost the harness more CPU than it left the server on a small
     /// machine.
@@ -282,6 +289,18 @@ impl Target {
         let (experiment, i) = (&self.experiment, i % 10);
         // Writing to a String cannot fail.
         let _ = match i {
+            1..=4 if self.model => write!(
+                out,
+                r#"{{"type":"prediction","unit_id":"user-{unit}","experiment":"{experiment}","properties":{{"prediction_id":"p{i}","score":0.{},"latency_ms":{}}}}}"#,
+                10 + (unit * 7 + i) % 90,
+                5 + (unit + i) % 20
+            ),
+            5..=8 if self.model => write!(
+                out,
+                r#"{{"type":"outcome","unit_id":"user-{unit}","properties":{{"prediction_id":"p{}","label":{}}}}}"#,
+                i - 4,
+                (unit + i) % 2
+            ),
             0 => write!(
                 out,
                 r#"{{"type":"exposure","unit_id":"user-{unit}","experiment":"{experiment}"}}"#
@@ -318,6 +337,7 @@ mod tests {
                 units,
                 first_unit: 0,
                 batch: 10,
+                model: false,
                 events_path: "/v1/events",
                 run_id: 0,
                 deliveries: None,
@@ -348,5 +368,32 @@ mod tests {
             events[9],
             json!({"type": "conversion", "unit_id": "user-2", "value": 7})
         );
+    }
+
+    #[test]
+    fn model_runs_send_predictions_then_their_outcomes() {
+        let mut target = Target::for_test("exp-1", 1000);
+        target.model = true;
+        let event = |i: u64| -> serde_json::Value {
+            let mut out = String::new();
+            target.event(20 + i, &mut out);
+            serde_json::from_str(&out).expect("valid JSON")
+        };
+        let prediction = event(2);
+        assert_eq!(
+            (
+                &prediction["type"],
+                &prediction["properties"]["prediction_id"]
+            ),
+            (&json!("prediction"), &json!("p2"))
+        );
+        let score = prediction["properties"]["score"].as_f64().unwrap();
+        assert!((0.1..1.0).contains(&score), "{score}");
+        let outcome = event(6);
+        assert_eq!(
+            (&outcome["type"], &outcome["properties"]["prediction_id"]),
+            (&json!("outcome"), &json!("p2"))
+        );
+        assert_eq!(event(9)["type"], "conversion");
     }
 }

@@ -138,16 +138,16 @@ pub struct PredictionsQuery {
 /// outcome: a bound on the work of one request.
 const MAX_SCANNED: usize = 10_000;
 
-/// A model experiment's newest predictions, newest first, each with the
-/// outcome that joined it (`null` while none has): the live view. Looks
-/// through the experiment's newest 10,000 events.
+/// An experiment's newest predictions, newest first, each with the
+/// outcome that joined it (`null` while none has; always, outside a model
+/// experiment, where nothing joins them): the live view. Looks through the
+/// experiment's newest 10,000 events.
 #[utoipa::path(
     tag = "results",
     params(("key" = ExperimentKey, Path, description = "Experiment key"), PredictionsQuery),
     responses(
         (status = 200, description = "The newest predictions", body = abacus_actors::results::model::LivePredictions),
         (status = 404, description = "No such experiment"),
-        (status = 422, description = "Not a model experiment"),
     ),
     security(("bearer" = []))
 )]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{error_code, TestServer};
+use crate::common::TestServer;
 
 fn at(minutes_from_now: i64) -> String {
     (time::OffsetDateTime::now_utc() + time::Duration::minutes(minutes_from_now))
@@ -242,13 +242,22 @@ fn a_model_experiment_joins_outcomes_and_compares_model_versions() {
         assert_eq!(v["drift"]["window_predictions"], 400, "{v}");
     }
     assert_eq!(server.get("/v1/experiments/m/predictions?limit=0").0, 400);
+    // Outside a model experiment predictions are listed, joined to nothing.
     server.running_experiment("plain", json!({}));
-    let (status, error) = server.get("/v1/experiments/plain/predictions");
+    server.persist(json!({"events": [
+        {"type": "exposure", "unit_id": "solo", "experiment": "plain", "variant": "control"},
+        {"type": "prediction", "unit_id": "solo", "experiment": "plain", "properties": {"prediction_id": "q", "value": 3}},
+        {"type": "outcome", "unit_id": "solo", "properties": {"prediction_id": "q", "value": 3}},
+    ]}));
+    let (status, plain) = server.get("/v1/experiments/plain/predictions");
+    assert_eq!(status, 200, "{plain}");
+    let listed = &plain["predictions"][0];
     assert_eq!(
-        (status, error_code(&error)),
-        (422, "validation_failed"),
-        "{error}"
+        (&listed["prediction_id"], &listed["outcome"]),
+        (&json!("q"), &Value::Null),
+        "{plain}"
     );
+    assert_eq!(server.get("/v1/experiments/nope/predictions").0, 404);
 }
 
 #[test]

@@ -299,9 +299,10 @@ impl Results {
         })
     }
 
-    /// A model experiment's newest predictions (at most `limit`, among its
+    /// An experiment's newest predictions (at most `limit`, among its
     /// newest `max_scanned` events), newest first, each with the outcome
-    /// that joined it; 422 for another experiment.
+    /// that joined it (in a model experiment: nothing joins them in
+    /// another).
     pub async fn predictions(
         &self,
         key: &str,
@@ -310,22 +311,19 @@ impl Results {
     ) -> Result<LivePredictions> {
         let compiled = self.snapshot(key)?;
         let experiment = compiled.experiment();
-        let Some(model) = &experiment.model else {
-            return Err(Error::invalid(
-                "key",
-                "not a model experiment: it has no predictions to show",
-            ));
-        };
-        let window = model.tracking(None).join_window_ms;
+        let window = (experiment.model.as_ref()).map(|m| m.tracking(None).join_window_ms);
         let (store, key) = (self.store.clone(), experiment.key.clone());
         blocking(move || {
             let newest = store.newest_events(&key, &EventType::Prediction, limit, max_scanned)?;
             let mut predictions = Vec::with_capacity(newest.len());
             for p in &newest {
-                let to = p.timestamp_ms.saturating_add(window + 1);
-                let mut later = store.unit_events(&p.unit_id, p.timestamp_ms, to, max_scanned)?;
-                later.sort_by_key(|e| e.seq);
-                predictions.extend(LivePrediction::of(p, &later, window));
+                let mut later = Vec::new();
+                if let Some(window) = window {
+                    let to = p.timestamp_ms.saturating_add(window + 1);
+                    later = store.unit_events(&p.unit_id, p.timestamp_ms, to, max_scanned)?;
+                    later.sort_by_key(|e| e.seq);
+                }
+                predictions.extend(LivePrediction::of(p, &later, window.unwrap_or(0)));
             }
             Ok(LivePredictions {
                 experiment: key.to_string(),
