@@ -357,7 +357,7 @@ pub struct LimitsConfig {
     /// Distinct measures counted per experiment before `(other)`.
     pub max_measures: usize,
     /// Most earlier events of a unit read to form its CUPED covariates at
-    /// its first exposure, or to find the predictions its outcomes join.
+    /// its first exposure.
     pub max_covariate_events: usize,
     /// Most bins of one variant's sketch of a quantile metric.
     pub max_quantile_bins: usize,

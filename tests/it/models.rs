@@ -453,3 +453,33 @@ fn drift_and_quality_alerts_fire_for_the_model_that_changed() {
         "{alerts:?}"
     );
 }
+
+#[test]
+fn open_predictions_survive_a_restart_and_a_rebuild_finds_the_same_pairs() {
+    let mut server = TestServer::start();
+    server.running_experiment("s", json!({"model": {"task": "classification"}}));
+    let mut predictions = Vec::new();
+    let mut outcomes = Vec::new();
+    for i in 0..20 {
+        let unit = format!("u{i}");
+        predictions.push(
+            json!({"type": "exposure", "unit_id": unit, "experiment": "s", "variant": "control"}),
+        );
+        predictions.push(json!({"type": "prediction", "unit_id": unit, "experiment": "s", "properties": {"prediction_id": "p", "score": 0.9}}));
+        outcomes.push(json!({"type": "outcome", "unit_id": unit, "properties": {"prediction_id": "p", "label": i % 4 != 0}}));
+    }
+    server.persist(json!({ "events": predictions }));
+    server.restart();
+    server.persist(json!({ "events": outcomes }));
+    let joined = |server: &TestServer, source: &str| {
+        let (status, a) = server.get(&format!("/v1/experiments/s/aggregates?source={source}"));
+        assert_eq!(status, 200, "{a}");
+        let m = &a["variants"]["control"]["measures"];
+        (
+            m["model.joined"]["sum"].clone(),
+            m["model.correct"]["sum"].clone(),
+        )
+    };
+    assert_eq!(joined(&server, "live"), (json!(20.0), json!(15.0)));
+    assert_eq!(joined(&server, "events"), (json!(20.0), json!(15.0)));
+}

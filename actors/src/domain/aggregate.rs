@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ModelAggregates, ModelTracking, QuantileSketch, QuantileSpec};
+use super::{
+    Event, ModelAggregates, ModelTracking, QuantileSketch, QuantileSpec, MODEL_DERIVATION,
+};
 
 /// One experiment's aggregates.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
@@ -263,9 +265,14 @@ impl ExperimentAggregates {
             for (metric, s) in &theirs.sketches {
                 ours.sketches.entry(metric.clone()).or_default().merge(s);
             }
-            if let Some(m) = &theirs.model {
+            // Model figures add up only where both shares were kept for
+            // one model definition (both tasks alike, the same baseline).
+            if let (Some(m), true) = (&theirs.model, self.derived.contains_key(MODEL_DERIVATION)) {
                 ours.model.get_or_insert_with(Default::default).merge(m);
             }
+        }
+        if !self.derived.contains_key(MODEL_DERIVATION) {
+            self.variants.values_mut().for_each(|v| v.model = None);
         }
     }
 }
@@ -302,6 +309,19 @@ pub struct AggregateChanges<'a> {
     pub experiments: Vec<(&'a str, &'a ExperimentAggregates)>,
     /// Each changed unit: all its exposures.
     pub units: Vec<UnitChange<'a>>,
+    /// Open predictions made, and joined ones to forget.
+    pub predictions: Vec<PredictionChange<'a>>,
+}
+
+/// A model experiment's prediction, open until an outcome joins it.
+pub struct PredictionChange<'a> {
+    /// Its unit.
+    pub unit: &'a str,
+    /// Its `prediction_id`.
+    pub id: &'a str,
+    /// The prediction and when its join window ends (ms since the
+    /// epoch); `None` once joined.
+    pub open: Option<(&'a Event, i64)>,
 }
 
 /// One unit's exposures, across experiments, as persisted.

@@ -29,7 +29,8 @@ mod webhook;
 
 pub use aggregate::{
     finite, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums,
-    ExperimentAggregates, Exposure, MeasureAggregates, UnitChange, UnitMeasure, VariantAggregates,
+    ExperimentAggregates, Exposure, MeasureAggregates, PredictionChange, UnitChange, UnitMeasure,
+    VariantAggregates,
 };
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::quantile::bin_of;
-use super::{Derivation, Event, Metric, MetricKey, MetricKind, ModelFields, QuantileOf};
+use super::{Derivation, Event, Metric, MetricKey, MetricKind, QuantileOf};
 use crate::{Error, Result};
 
 crate::objects_only!(serialize: ModelSpec, DriftSpec);
@@ -174,7 +174,8 @@ pub struct ModelTracking {
     /// The baseline, `[from, to)` in ms since the epoch; `None` before a
     /// relative baseline's experiment has started.
     pub baseline: Option<[i64; 2]>,
-    /// Hours of predictions kept per hour for the window.
+    /// The window drift and quality are measured over, in hours: each
+    /// variant keeps that many hourly histograms.
     pub window_hours: u32,
 }
 
@@ -314,8 +315,9 @@ pub enum Scored {
 
 impl Scored {
     /// Scores `prediction` against `outcome`.
-    pub fn of(prediction: &Event, outcome: &Event) -> Self {
-        let (Some(p), Some(o)) = (model_fields(prediction), model_fields(outcome)) else {
+    pub fn of<'e>(prediction: &'e Event, outcome: &'e Event) -> Self {
+        let fields = |e: &'e Event| e.properties.as_ref().and_then(|p| p.model());
+        let (Some(p), Some(o)) = (fields(prediction), fields(outcome)) else {
             return Self::Unscored;
         };
         match (
@@ -370,12 +372,6 @@ impl Scored {
 /// `-ln p`, `p` clipped to `[ε, 1 - ε]`.
 fn log_loss(p: f64) -> f64 {
     -p.clamp(LOG_LOSS_EPSILON, 1.0 - LOG_LOSS_EPSILON).ln()
-}
-
-/// The ids a prediction and its outcome share, and the fields the join
-/// reads: `None` for any other event.
-pub fn model_fields(e: &Event) -> Option<&ModelFields> {
-    e.properties.as_ref().and_then(|p| p.model())
 }
 
 /// What a variant's model did beyond sums per unit.
@@ -641,6 +637,9 @@ pub fn psi(baseline: &DriftWindow, current: &DriftWindow) -> Option<f64> {
         }
     }
     edges.dedup();
+    if edges.is_empty() {
+        return None;
+    }
     let group = |bin: i32| edges.partition_point(|&e| e < bin).min(edges.len() - 1);
     let shares = |w: &DriftWindow| {
         let mut counts = vec![0u64; edges.len()];

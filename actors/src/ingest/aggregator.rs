@@ -48,20 +48,22 @@
 //! the covariate counts exactly the unit's events committed before its
 //! exposure, inside the window.
 //!
-//! Predictions and outcomes. An outcome joins the prediction of its unit
-//! with the same `prediction_id` that was committed before it, made at
-//! most the experiment's join window before the outcome and not after it,
-//! and not joined yet. Before a batch is folded, [`Aggregator::load_joins`]
-//! reads the earlier stored events of each unit with an outcome in the
-//! batch over the join window, and replays them in commit order to find
-//! the predictions still open; the batch's own predictions are added as
-//! they are folded. The joined pair is counted, for the exposures the
-//! prediction counted for, as the measures of
+//! Predictions and outcomes. A prediction of a model experiment is kept
+//! open, by unit and `prediction_id`, in the store
+//! ([`Cf::Predictions`](crate::storage::Cf::Predictions)), written with
+//! its batch. An outcome joins the open prediction of its unit with its
+//! `prediction_id` (one sent again replaces the open one), when it comes at
+//! most the experiment's join window after it and not before; the joined
+//! prediction is then deleted, so a second outcome joins nothing. Before a
+//! batch is folded, [`Aggregator::load_joins`] reads the open predictions
+//! its outcomes name, with one batched point lookup; the batch's own
+//! predictions are added as they are folded. The joined pair is counted,
+//! for the exposures the prediction counted for, as the measures of
 //! [`measures`](crate::domain::measures) (a unit's outcomes, correct
 //! labels, log loss, errors, ...), which the model metrics are ratios of,
 //! and in the variant's [`ModelAggregates`](crate::domain::ModelAggregates)
-//! (calibration, drift). Joins need no state of their own: the stored
-//! events are the pending predictions, and retention expires them.
+//! (calibration, drift). Folding the stored events in commit order
+//! (a rebuild) finds the same pairs.
 //!
 //! Two rules keep the state bounded and finite whatever clients send.
 //! Each experiment counts at most `max_measures` distinct measures; events
@@ -81,8 +83,8 @@ pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
     finite, group_of, measures, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums,
     DriftWindow, Event, EventType, ExperimentAggregates, ExperimentKey, Exposure, ModelAggregates,
-    ModelTracking, Properties, Scored, UnitChange, UnitMeasure, VariantAggregates, VariantKey,
-    DEFAULT_QUANTILE_BINS, MODEL_DERIVATION,
+    ModelTracking, PredictionChange, Properties, Scored, UnitChange, UnitMeasure,
+    VariantAggregates, VariantKey, DEFAULT_QUANTILE_BINS, MODEL_DERIVATION,
 };
 use crate::storage::Store;
 use crate::{Error, Result};
@@ -104,9 +106,10 @@ pub struct Aggregator {
     /// Also in the working set: the earlier events of the units about to
     /// be exposed for the first time to an experiment with covariates.
     histories: HashMap<Box<str>, Vec<Earlier>>,
-    /// Also in the working set: the open predictions of the units with an
-    /// outcome in the batch, in commit order.
-    joins: HashMap<Box<str>, Vec<Event>>,
+    /// Also in the working set: by unit and `prediction_id`, the open
+    /// predictions the batch's outcomes may join (`None`: none is open),
+    /// and the batch's own predictions.
+    open: HashMap<(Box<str>, Box<str>), Option<Event>>,
     interned: HashSet<Arc<str>>,
     /// Most bins of one variant's quantile sketch.
     max_quantile_bins: usize,
@@ -114,6 +117,7 @@ pub struct Aggregator {
     terms_before: Vec<DerivedSums>,
     dirty_experiments: BTreeSet<Arc<str>>,
     dirty_units: BTreeSet<Box<str>>,
+    dirty_predictions: BTreeSet<(Box<str>, Box<str>)>,
 }
 
 impl Aggregator {
@@ -151,7 +155,8 @@ impl Aggregator {
             derivations: HashMap::new(),
             units: HashMap::new(),
             histories: HashMap::new(),
-            joins: HashMap::new(),
+            open: HashMap::new(),
+            dirty_predictions: BTreeSet::new(),
             interned: HashSet::new(),
             max_quantile_bins: DEFAULT_QUANTILE_BINS,
             terms_before: Vec::new(),
@@ -308,20 +313,34 @@ impl Aggregator {
             }
         }
         let mut folded = 0u64;
+        // Open predictions stay in memory across chunks (the store's
+        // would be dropped at compaction when they are old), each as long
+        // as the store keeps one past its join window (eight days), counted
+        // from the newest event folded.
+        let mut open: HashMap<(Box<str>, Box<str>), (Event, i64)> = HashMap::new();
         store.start_rebuild()?;
         store.for_each_event_in_commit_order(|events| {
             folded += events.len() as u64;
             this.load_units(events, |units| store.unit_states(units))?;
-            // The store holds later events too: a join sees only those
-            // committed before the chunk, as it did when they were folded.
-            let first = events.first().map_or(0, |e| e.seq);
-            this.load_joins(events, |unit, from, to| {
-                let mut earlier = store.unit_events(unit, from, to, usize::MAX)?;
-                earlier.retain(|e| e.seq < first);
-                Ok(earlier)
+            this.load_joins(events, |ids| {
+                let get = |(unit, id): &(&str, &str)| {
+                    let p = open.get(&(Box::from(*unit), Box::from(*id)))?;
+                    Some(p.0.clone())
+                };
+                Ok(ids.iter().map(get).collect())
             })?;
             this.fold(events);
-            store.write_aggregates(0, &this.changes())?;
+            let changes = this.changes();
+            for p in &changes.predictions {
+                let key = (Box::from(p.unit), Box::from(p.id));
+                match p.open {
+                    Some((e, expires)) => open.insert(key, (e.clone(), expires)),
+                    None => open.remove(&key),
+                };
+            }
+            let newest = events.iter().map(|e| e.timestamp_ms).max().unwrap_or(0);
+            open.retain(|_, (_, expires)| *expires >= newest.saturating_sub(8 * 86_400_000));
+            store.write_aggregates(0, &changes)?;
             this.clear_working_set();
             Ok(())
         })?;
@@ -400,45 +419,43 @@ impl Aggregator {
         Ok(())
     }
 
-    /// Joins: reads with `read(unit, from_ms, to_ms)` the earlier events
-    /// of each unit with an outcome in `events`, over the longest join
-    /// window around the outcomes, and keeps the predictions no earlier
-    /// outcome joined (replayed in commit order): what the writer does
-    /// after [`Aggregator::load_units`]. `read` answers events committed
-    /// before `events`.
+    /// Joins: reads with one call of `read` (given the distinct unit and
+    /// `prediction_id` of each outcome in `events` not in the working set
+    /// yet; it answers each one's open prediction, `None` when there is
+    /// none) the predictions the outcomes may join: what the writer does
+    /// after [`Aggregator::load_units`]. Nothing is read while no
+    /// experiment is a model experiment.
     pub fn load_joins(
         &mut self,
         events: &[Event],
-        mut read: impl FnMut(&str, i64, i64) -> Result<Vec<Event>>,
+        read: impl FnOnce(&[(&str, &str)]) -> Result<Vec<Option<Event>>>,
     ) -> Result<()> {
-        let derivations = &self.derivations;
-        let window_of = |exp: &str| tracking(derivations, exp).map(|t| t.join_window_ms);
-        let Some(window) = derivations.keys().filter_map(|k| window_of(k)).max() else {
+        let models = self.derivations.values();
+        if !models
+            .into_iter()
+            .any(|all| all.contains_key(MODEL_DERIVATION))
+        {
             return Ok(());
-        };
-        let mut spans: HashMap<&str, (i64, i64)> = HashMap::new();
-        for e in events.iter().filter(|e| e.kind == EventType::Outcome) {
-            if self.joins.contains_key(&*e.unit_id) {
-                continue;
-            }
-            let span = spans.entry(&e.unit_id).or_insert((i64::MAX, i64::MIN));
-            span.0 = span.0.min(e.timestamp_ms.saturating_sub(window));
-            // Outcomes committed earlier may carry later timestamps.
-            span.1 = span.1.max(e.timestamp_ms.saturating_add(window + 1));
         }
-        for (unit, (from, to)) in spans {
-            let mut earlier = read(unit, from, to)?;
-            earlier.retain(|e| matches!(e.kind, EventType::Prediction | EventType::Outcome));
-            earlier.sort_by_key(|e| e.seq);
-            let mut open = Vec::new();
-            for e in earlier {
-                if e.kind == EventType::Prediction {
-                    open.push(e);
-                } else {
-                    join(&mut open, &e, window_of);
-                }
-            }
-            self.joins.insert(unit.into(), open);
+        let mut seen = HashSet::new();
+        let missing: Vec<(&str, &str)> = events
+            .iter()
+            .filter(|e| e.kind == EventType::Outcome)
+            .filter_map(|e| {
+                let id = &*e.properties.as_ref()?.model()?.prediction_id;
+                Some((&*e.unit_id, id))
+            })
+            .filter(|&(unit, id)| {
+                let key = (Box::from(unit), Box::from(id));
+                !self.open.contains_key(&key) && seen.insert((unit, id))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let found = read(&missing)?;
+        for ((unit, id), prediction) in missing.into_iter().zip(found) {
+            self.open.insert((unit.into(), id.into()), prediction);
         }
         Ok(())
     }
@@ -552,8 +569,8 @@ impl Aggregator {
                 );
                 for ((metric, d), &before) in all.iter().zip(&terms_before) {
                     if let Some(spec) = &d.quantile {
-                        let read = event.and_then(|e| spec.of.read(e));
-                        if let (true, Some(v)) = (d.measure == *key, read) {
+                        let read = || event.and_then(|e| spec.of.read(e));
+                        if let Some(v) = (d.measure == *key).then(read).flatten() {
                             entry_mut(&mut variant.sketches, metric).add(
                                 v,
                                 group_of(unit),
@@ -603,11 +620,13 @@ impl Aggregator {
             let exp = self.intern(exp.as_str());
             for variant in self.matched(&e.unit_id, at) {
                 self.model_mut(&exp, &variant)
-                    .predicted(&tracking, e.timestamp_ms, x);
+                    .predicted(&tracking, made_ms(e), x);
             }
         }
-        if let Some(open) = self.joins.get_mut(&*e.unit_id) {
-            open.push(e.clone());
+        if let Some(m) = fields {
+            let key = (e.unit_id.clone(), m.prediction_id.clone());
+            self.dirty_predictions.insert(key.clone());
+            self.open.insert(key, Some(e.clone()));
         }
     }
 
@@ -615,12 +634,11 @@ impl Aggregator {
     /// for the exposures the prediction counted for, and its score in
     /// their variants' calibration and quality figures.
     fn outcome(&mut self, e: &Event) {
-        let derivations = &self.derivations;
-        let window_of = |exp: &str| tracking(derivations, exp).map(|t| t.join_window_ms);
-        let Some(open) = self.joins.get_mut(&*e.unit_id) else {
+        let Some(id) = e.properties.as_ref().and_then(Properties::model) else {
             return;
         };
-        let Some(prediction) = join(open, e, window_of) else {
+        let key = (e.unit_id.clone(), id.prediction_id.clone());
+        let Some(Some(prediction)) = self.open.get(&key) else {
             return;
         };
         let Some(exp) = prediction.experiment.as_ref().map(ExperimentKey::as_str) else {
@@ -629,6 +647,23 @@ impl Aggregator {
         let Some(tracking) = tracking(&self.derivations, exp) else {
             return;
         };
+        // An outcome naming an experiment joins that experiment's
+        // predictions only; it comes at most the join window after its
+        // prediction, and not before.
+        let made = prediction.timestamp_ms;
+        let within =
+            (made..=made.saturating_add(tracking.join_window_ms)).contains(&e.timestamp_ms);
+        if !within || e.experiment.as_ref().is_some_and(|x| x.as_str() != exp) {
+            return;
+        }
+        let Some(Some(prediction)) = self.open.insert(key.clone(), None) else {
+            return;
+        };
+        self.dirty_predictions.insert(key);
+        let exp = prediction
+            .experiment
+            .as_ref()
+            .map_or("", ExperimentKey::as_str);
         let exp = self.intern(exp);
         let at = Attribution::of(&prediction);
         let scored = Scored::of(&prediction, e);
@@ -638,7 +673,7 @@ impl Aggregator {
         }
         for variant in self.matched(&e.unit_id, at) {
             self.model_mut(&exp, &variant)
-                .joined(&tracking, prediction.timestamp_ms, scored);
+                .joined(&tracking, made_ms(&prediction), scored);
         }
     }
 
@@ -854,7 +889,27 @@ impl Aggregator {
                 Some(UnitChange { unit, exposures })
             })
             .collect();
-        AggregateChanges { experiments, units }
+        let predictions = self
+            .dirty_predictions
+            .iter()
+            .filter_map(|key| {
+                let open = self.open.get(key)?.as_ref().map(|p| {
+                    let exp = p.experiment.as_ref().map_or("", ExperimentKey::as_str);
+                    let window = tracking(&self.derivations, exp).map_or(0, |t| t.join_window_ms);
+                    (p, p.timestamp_ms.saturating_add(window))
+                });
+                Some(PredictionChange {
+                    unit: &key.0,
+                    id: &key.1,
+                    open,
+                })
+            })
+            .collect();
+        AggregateChanges {
+            experiments,
+            units,
+            predictions,
+        }
     }
 
     /// Publishes what changed to readers, once it is committed, and drops
@@ -874,7 +929,8 @@ impl Aggregator {
         self.dirty_units.clear();
         self.units.clear();
         self.histories.clear();
-        self.joins.clear();
+        self.open.clear();
+        self.dirty_predictions.clear();
     }
 
     /// One experiment's aggregates (empty when it has none yet).
@@ -899,27 +955,12 @@ fn tracking(derivations: &HashMap<Arc<str>, Arc<Derivations>>, exp: &str) -> Opt
     derivations.get(exp)?.get(MODEL_DERIVATION)?.model
 }
 
-/// The open prediction `outcome` joins, taken out of `open`: the first
-/// with its `prediction_id` in an experiment with a join window
-/// (`window_of`), made at most that long before the outcome and not after.
-fn join(
-    open: &mut Vec<Event>,
-    outcome: &Event,
-    window_of: impl Fn(&str) -> Option<i64>,
-) -> Option<Event> {
-    let id = &*outcome.properties.as_ref()?.model()?.prediction_id;
-    let at = outcome.timestamp_ms;
-    let found = open.iter().position(|p| {
-        let same = p
-            .properties
-            .as_ref()
-            .and_then(Properties::model)
-            .is_some_and(|m| &*m.prediction_id == id);
-        let window = p.experiment.as_ref().and_then(|x| window_of(x.as_str()));
-        same && window
-            .is_some_and(|w| p.timestamp_ms <= at && at <= p.timestamp_ms.saturating_add(w))
-    })?;
-    Some(open.remove(found))
+/// When a prediction counts as made for the drift and quality windows: its
+/// timestamp, but never later than its receipt, so that one dated ahead
+/// (up to `ingest.max_future_skew_s`) cannot push the window past every
+/// other prediction.
+fn made_ms(prediction: &Event) -> i64 {
+    prediction.timestamp_ms.min(prediction.received_ms)
 }
 
 /// Which exposures an event (or a joined prediction) counts for: its
@@ -1395,57 +1436,66 @@ mod tests {
         let mut all: Derivations = (spec.metrics().iter())
             .filter_map(|m| Some((m.key.to_string(), m.derivation()?)))
             .collect();
-        all.insert(
-            MODEL_DERIVATION.into(),
-            spec.derivation(Some(time::OffsetDateTime::UNIX_EPOCH)),
-        );
+        let t0 = crate::domain::unix_ms(time::OffsetDateTime::now_utc()) - 3 * HOUR;
+        let started = time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(t0);
+        all.insert(MODEL_DERIVATION.into(), spec.derivation(Some(started)));
         let mut agg = load(&store, usize::MAX).unwrap();
         agg.respec("e", Arc::new(all), |_| Ok(())).unwrap();
-        let model = |kind: &str, id: &str, props: serde_json::Value, ts: i64, seq: u64| {
+        let model = |kind: &str, id: &str, props: serde_json::Value, at: i64| {
             let mut props = props;
             props["prediction_id"] = id.into();
-            Event {
-                seq,
-                properties: Some(Properties::of(props)),
-                ..event(kind, "u", (kind == "prediction").then_some("e"), None, ts)
-            }
+            let mut e = event(
+                kind,
+                "u",
+                (kind == "prediction").then_some("e"),
+                None,
+                t0 + at,
+            );
+            e.properties = Some(Properties::of(props));
+            e
         };
-        let predict = |id, score: f64, ts, seq| {
-            model(
-                "prediction",
-                id,
-                serde_json::json!({"score": score}),
-                ts,
-                seq,
-            )
+        let predict =
+            |id, score: f64, at| model("prediction", id, serde_json::json!({"score": score}), at);
+        let outcome =
+            |id, label: bool, at| model("outcome", id, serde_json::json!({"label": label}), at);
+        // Each batch as the writer folds it: the open predictions its
+        // outcomes name read from the store, and written back with it.
+        let fold = |agg: &mut Aggregator, batch: &[Event]| {
+            agg.load_joins(batch, |ids| store.open_predictions(ids))
+                .unwrap();
+            fold_through(agg, &store, batch);
         };
-        let outcome = |id, label: bool, ts, seq| {
-            model("outcome", id, serde_json::json!({"label": label}), ts, seq)
-        };
-        let first = [
-            event("exposure", "u", Some("e"), Some("a"), 100),
-            predict("p1", 0.8, 200, 2),
-            predict("p2", 0.3, 300, 3),
-        ];
-        agg.load_joins(&first, |_, _, _| panic!("no outcome, nothing to read"))
-            .unwrap();
-        fold_through(&mut agg, &store, &first);
+        fold(
+            &mut agg,
+            &[
+                event("exposure", "u", Some("e"), Some("a"), t0 + 100),
+                predict("p1", 0.8, 200),
+                predict("p2", 0.3, 300),
+            ],
+        );
         // p1 joins once; p2's outcome is later than the window; p3 was
         // never predicted.
-        let second = [
-            outcome("p1", true, 1000, 4),
-            outcome("p1", false, 1100, 5),
-            outcome("p2", true, 300 + 2 * HOUR, 6),
-            outcome("p3", true, 1200, 7),
-        ];
-        let mut asked = Vec::new();
-        agg.load_joins(&second, |unit, from, to| {
-            asked.push((unit.to_owned(), from, to));
-            Ok(first.to_vec())
-        })
-        .unwrap();
-        assert_eq!(asked, [("u".to_owned(), 1000 - HOUR, 300 + 3 * HOUR + 1)]);
-        fold_through(&mut agg, &store, &second);
+        fold(
+            &mut agg,
+            &[
+                outcome("p1", true, 1000),
+                outcome("p1", false, 1100),
+                outcome("p2", true, 300 + 2 * HOUR),
+                outcome("p3", true, 1200),
+            ],
+        );
+        let open = |ids: &[(&str, &str)]| -> Vec<bool> {
+            store
+                .open_predictions(ids)
+                .unwrap()
+                .iter()
+                .map(Option::is_some)
+                .collect()
+        };
+        assert_eq!(
+            open(&[("u", "p1"), ("u", "p2"), ("u", "p3")]),
+            [false, true, false]
+        );
         let figures = |agg: &Aggregator| {
             let a = agg.experiment("e");
             let v = &a.variants["a"];
@@ -1475,17 +1525,16 @@ mod tests {
             (1, 1)
         );
         assert_eq!((m.baseline.predictions, m.baseline.outcomes), (2, 1));
-        // A prediction and its outcome in one batch join; p1, joined by an
-        // earlier outcome, does not join again.
-        let third = [
-            predict("p4", 0.6, 2000, 0),
-            outcome("p4", false, 2001, 0),
-            outcome("p1", true, 2002, 0),
-        ];
-        let history: Vec<Event> = first.iter().chain(&second).cloned().collect();
-        agg.load_joins(&third, |_, _, _| Ok(history.clone()))
-            .unwrap();
-        fold_through(&mut agg, &store, &third);
+        // A prediction and its outcome in one batch join; p1, joined
+        // already, does not join again.
+        fold(
+            &mut agg,
+            &[
+                predict("p4", 0.6, 2000),
+                outcome("p4", false, 2001),
+                outcome("p1", true, 2002),
+            ],
+        );
         let (sums, outcomes, accuracy, m) = figures(&agg);
         assert_eq!(
             (sums, outcomes, accuracy),
@@ -1495,6 +1544,7 @@ mod tests {
             (m.calibration[6].outcomes, m.calibration[6].correct),
             (1, 0)
         );
+        assert_eq!(open(&[("u", "p4")]), [false]);
     }
 
     #[test]

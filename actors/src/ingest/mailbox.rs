@@ -161,8 +161,7 @@ pub struct IngestLimits {
     pub commit_retry: Duration,
     /// Distinct measures counted per experiment (see [`super::aggregator`]).
     pub max_measures: usize,
-    /// Most earlier events of a unit read for its CUPED covariates, and
-    /// for the predictions its outcomes may join.
+    /// Most earlier events of a unit read for its CUPED covariates.
     pub max_covariate_events: usize,
     /// Most bins of one variant's quantile sketch.
     pub max_quantile_bins: usize,
@@ -1018,6 +1017,13 @@ mod tests {
             units: &[&str],
         ) -> Result<Vec<Option<Vec<crate::domain::Exposure>>>> {
             self.store.unit_states(units)
+        }
+
+        fn open_predictions(
+            &mut self,
+            ids: &[(&str, &str)],
+        ) -> Result<Vec<Option<crate::domain::Event>>> {
+            self.store.open_predictions(ids)
         }
 
         fn unit_events(

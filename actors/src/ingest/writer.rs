@@ -33,6 +33,9 @@ pub(crate) trait Committer: Send + 'static {
     fn seen_ids(&mut self, ids: &[ClientId<'_>], since_ms: u64) -> Result<Vec<bool>>;
     /// Each unit's stored aggregator state (see [`Store::unit_states`]).
     fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>>;
+    /// Each (unit, `prediction_id`)'s open prediction (see
+    /// [`Store::open_predictions`]).
+    fn open_predictions(&mut self, ids: &[(&str, &str)]) -> Result<Vec<Option<Event>>>;
     /// A unit's stored events in a time range, at most `limit` (see
     /// [`Store::unit_events`]).
     fn unit_events(
@@ -70,6 +73,10 @@ impl Committer for Store {
 
     fn unit_states(&mut self, units: &[&str]) -> Result<Vec<Option<Vec<Exposure>>>> {
         Store::unit_states(self, units)
+    }
+
+    fn open_predictions(&mut self, ids: &[(&str, &str)]) -> Result<Vec<Option<Event>>> {
+        Store::open_predictions(self, ids)
     }
 
     fn unit_events(
@@ -425,20 +432,11 @@ impl Writer {
                         Vec::new()
                     }))
             })?;
-        // A unit whose earlier events cannot be read has no open
-        // predictions: its outcomes count as outcomes only, joined to
-        // nothing. Never a reason to refuse events either.
-        self.aggregator.load_joins(&batch.events, |unit, from, to| {
-            Ok(committer
-                .unit_events(unit, from, to, limit)
-                .unwrap_or_else(|error| {
-                    tracing::warn!(
-                        unit,
-                        %error,
-                        "a unit's earlier events could not be read: its outcomes join nothing"
-                    );
-                    Vec::new()
-                }))
+        // Open predictions are state, like the units': read with retries.
+        self.aggregator.load_joins(&batch.events, |ids| {
+            retry("reading open predictions", limits, failures, || {
+                committer.open_predictions(ids)
+            })
         })
     }
 

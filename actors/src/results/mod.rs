@@ -16,7 +16,7 @@ pub mod model;
 mod monitor;
 mod timeline;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use self::analytics::{CompareReport, EngagementReport, UnitSummary, VariantSummary};
@@ -24,7 +24,8 @@ use self::compute::ExperimentResults;
 use self::model::{LivePrediction, LivePredictions};
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, Bucket, EventType, Experiment, ExperimentAggregates, TimelineSnapshot, VariantPoint,
+    unix_ms, Bucket, Event, EventType, Experiment, ExperimentAggregates, TimelineSnapshot,
+    VariantPoint,
 };
 use crate::experiments::assignment::Compiled;
 use crate::experiments::registry::Registry;
@@ -32,6 +33,9 @@ use crate::ingest::aggregator::Aggregator;
 use crate::ingest::{IngestLimits, LiveAggregates};
 use crate::storage::{blocking, AnalyticsFilter, Store};
 use crate::{Error, Result};
+
+/// Most events of one unit the live predictions view reads for outcomes.
+const OUTCOME_SCAN: usize = 1_000;
 
 /// `GET /v1/experiments/{key}/timeline`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -147,12 +151,9 @@ impl Results {
                 earlier.retain(|e| e.seq < first);
                 Ok(earlier)
             })?;
-            // So do the predictions outcomes join.
-            aggregator.load_joins(&events, |unit, from, to| {
-                let mut earlier = store.unit_events(unit, from, to, max_covariate_events)?;
-                earlier.retain(|e| e.seq < first);
-                Ok(earlier)
-            })?;
+            // Outcomes join the predictions made inside the window (the
+            // open ones of the store are today's, not the window's).
+            aggregator.load_joins(&events, |ids| Ok(vec![None; ids.len()]))?;
             aggregator.fold(&events);
             Ok(aggregator.experiment(experiment.as_str()))
         })
@@ -300,8 +301,9 @@ impl Results {
     }
 
     /// An experiment's newest predictions (at most `limit`, among its
-    /// newest `max_scanned` events), newest first, each with the outcome
-    /// that joined it (in a model experiment: nothing joins them in
+    /// newest `max_scanned` events), newest first, each with its outcome:
+    /// in a model experiment, the first with its id within the join window
+    /// among the unit's next [`OUTCOME_SCAN`] events (nothing joins them in
     /// another).
     pub async fn predictions(
         &self,
@@ -315,16 +317,28 @@ impl Results {
         let (store, key) = (self.store.clone(), experiment.key.clone());
         blocking(move || {
             let newest = store.newest_events(&key, &EventType::Prediction, limit, max_scanned)?;
-            let mut predictions = Vec::with_capacity(newest.len());
-            for p in &newest {
-                let mut later = Vec::new();
-                if let Some(window) = window {
-                    let to = p.timestamp_ms.saturating_add(window + 1);
-                    later = store.unit_events(&p.unit_id, p.timestamp_ms, to, max_scanned)?;
-                    later.sort_by_key(|e| e.seq);
-                }
-                predictions.extend(LivePrediction::of(p, &later, window.unwrap_or(0)));
+            // Each unit's events from its first listed prediction to the end
+            // of its last one's join window, read once.
+            let mut spans: HashMap<&str, (i64, i64)> = HashMap::new();
+            for p in newest.iter().filter(|_| window.is_some()) {
+                let to = p.timestamp_ms.saturating_add(window.unwrap_or(0) + 1);
+                let span = spans.entry(&p.unit_id).or_insert((p.timestamp_ms, to));
+                *span = (span.0.min(p.timestamp_ms), span.1.max(to));
             }
+            let mut later: HashMap<&str, Vec<Event>> = HashMap::new();
+            for (unit, (from, to)) in spans {
+                let mut events = store.unit_events(unit, from, to, OUTCOME_SCAN)?;
+                events.retain(|e| e.kind == EventType::Outcome);
+                events.sort_by_key(|e| e.seq);
+                later.insert(unit, events);
+            }
+            let predictions = newest
+                .iter()
+                .filter_map(|p| {
+                    let outcomes = later.get(&*p.unit_id).map_or(&[][..], Vec::as_slice);
+                    LivePrediction::of(p, outcomes, window.unwrap_or(0))
+                })
+                .collect();
             Ok(LivePredictions {
                 experiment: key.to_string(),
                 predictions,

@@ -171,7 +171,7 @@ impl Store {
     /// than trust half-rebuilt totals.
     pub fn start_rebuild(&self) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for cf in [Cf::Aggregates, Cf::Units] {
+        for cf in [Cf::Aggregates, Cf::Units, Cf::Predictions] {
             let handle = self.cf(cf);
             for item in self.db.iterator_cf(handle, IteratorMode::Start) {
                 batch.delete_cf(handle, item?.0);
@@ -201,6 +201,7 @@ impl Store {
             super::units::encode_unit(unit.exposures, &mut value);
             batch.put_cf(cf, keys::unit_state(unit.unit), &value);
         }
+        self.write_predictions(&mut batch, changes);
         self.write(batch, true)
     }
 

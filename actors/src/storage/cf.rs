@@ -95,11 +95,19 @@ pub enum Cf {
     /// project key (UTF-8) → `[v1][JSON Project]`: the projects, in the
     /// default project's store only (each project has a store of its own).
     Projects,
+    /// [`keys::prediction`](super::keys::prediction) (unit and
+    /// `prediction_id`) → `[expires_ms: u64 BE]` and the prediction event
+    /// in the binary encoding of [`event_codec`](super::event_codec): a
+    /// model experiment's open predictions, each until an outcome joins
+    /// it (then deleted) or its join window ends (then dropped by a
+    /// compaction filter a day later, and ignored before). Read by point
+    /// lookups for the outcomes of each batch.
+    Predictions,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 20] = [
+    pub const ALL: [Cf; 21] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -120,6 +128,7 @@ impl Cf {
         Cf::ApiKeys,
         Cf::Audit,
         Cf::Projects,
+        Cf::Predictions,
     ];
 
     /// The family's name on disk.
@@ -143,6 +152,7 @@ impl Cf {
             Cf::Timeline => "timeline",
             Cf::Units => "units",
             Cf::Projects => "projects",
+            Cf::Predictions => "predictions",
             Cf::ApiKeys => "api_keys",
             Cf::Audit => "audit",
         }

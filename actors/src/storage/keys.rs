@@ -60,6 +60,13 @@ pub fn event_id(unit: &str, id: &str) -> Vec<u8> {
     key
 }
 
+/// `[len: u16 BE][unit][prediction id]`: a model experiment's open
+/// prediction, kept per unit like [`event_id`], by the partition that
+/// owns the unit.
+pub fn prediction(unit: &str, id: &str) -> Vec<u8> {
+    event_id(unit, id)
+}
+
 /// `[len: u8][experiment key][at_ms: u64 BE]`: a timeline snapshot.
 pub fn timeline(experiment: &str, at_ms: i64) -> Vec<u8> {
     let mut key = prefix(experiment);

@@ -61,6 +61,9 @@ fn stream_seq_key(partition: u16) -> Vec<u8> {
 const SINK_CURSOR_PREFIX: &[u8] = b"sink_cursor/";
 /// First byte of every value: the version of its encoding.
 const VALUE_V1: u8 = 1;
+/// How long an open prediction is kept after its join window ends: the
+/// default `ingest.max_event_age_s` (7 days) and a day.
+const PREDICTION_GRACE_MS: u64 = 8 * 86_400_000;
 
 /// How long the store keeps what it expires on its own.
 #[derive(Debug, Clone, Copy)]
@@ -233,6 +236,20 @@ impl Store {
                             CompactionDecision::Remove
                         }
                         _ => CompactionDecision::Keep,
+                    }
+                });
+            }
+            if cf == Cf::Predictions {
+                let clock = Arc::clone(&clock);
+                cf_options.set_compaction_filter("expired_predictions", move |_, _, value| {
+                    // Kept past its join window for as long as an outcome
+                    // dated inside the window may still arrive (7 days'
+                    // `ingest.max_event_age_s` by default) and a day of skew.
+                    let cutoff = now_ms(&*clock).saturating_sub(PREDICTION_GRACE_MS);
+                    if seen_within(value.get(..8).unwrap_or_default(), cutoff) {
+                        CompactionDecision::Keep
+                    } else {
+                        CompactionDecision::Remove
                     }
                 });
             }
@@ -497,6 +514,7 @@ impl Store {
                 units::encode_unit(unit.exposures, &mut value);
                 batch.put_cf(cf, keys::unit_state(unit.unit), &value);
             }
+            self.write_predictions(&mut batch, changes);
         }
         batch.put_cf(
             self.cf(Cf::Meta),
@@ -600,6 +618,47 @@ impl Store {
             .get_cf(self.cf(Cf::Meta), NEXT_SEQ_KEY)?
             .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(1))
+    }
+
+    /// Each (unit, `prediction_id`)'s open prediction, `None` when there
+    /// is none (never made, joined, or dropped well past its join window;
+    /// the join checks the window itself).
+    pub fn open_predictions(&self, ids: &[(&str, &str)]) -> Result<Vec<Option<Event>>> {
+        let cf = self.cf(Cf::Predictions);
+        let keys: Vec<Vec<u8>> = ids.iter().map(|(u, id)| keys::prediction(u, id)).collect();
+        self.db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .map(|found| {
+                let Some(value) = found? else {
+                    return Ok(None);
+                };
+                let (_expires, event) = value.split_at_checked(8).ok_or(Error::Corrupt {
+                    cf: Cf::Predictions.name(),
+                    reason: "a value without its expiry".to_owned(),
+                })?;
+                decode_event(event).map(Some)
+            })
+            .collect()
+    }
+
+    /// Puts the open predictions of `changes` into `batch`, and deletes
+    /// the joined ones.
+    pub(crate) fn write_predictions(&self, batch: &mut WriteBatch, changes: &AggregateChanges<'_>) {
+        let cf = self.cf(Cf::Predictions);
+        let mut value = Vec::new();
+        for p in &changes.predictions {
+            let key = keys::prediction(p.unit, p.id);
+            match p.open {
+                Some((event, expires_ms)) => {
+                    value.clear();
+                    value.extend_from_slice(&u64::try_from(expires_ms).unwrap_or(0).to_be_bytes());
+                    event_codec::encode(event, &mut value);
+                    batch.put_cf(cf, key, &value);
+                }
+                None => batch.delete_cf(cf, key),
+            }
+        }
     }
 
     /// For each id, whether it was committed for its unit at or after

@@ -5,9 +5,9 @@
 //! A snapshot holds what folding needs, read at one RocksDB snapshot so
 //! that it matches the stream sequence stored with it: the partition's
 //! units' state ([`Cf::Units`]), their first exposures ([`Cf::Sticky`]),
-//! their client event ids ([`Cf::EventIds`], for de-duplication) and the
-//! partition's share of every experiment's aggregates
-//! ([`Cf::Aggregates`]). Raw events, their per-unit index and analytics
+//! their client event ids ([`Cf::EventIds`], for de-duplication), their
+//! open predictions ([`Cf::Predictions`]) and the partition's share of
+//! every experiment's aggregates ([`Cf::Aggregates`]). Raw events, their per-unit index and analytics
 //! stay with the node that folded them.
 //!
 //! ```text
@@ -24,11 +24,12 @@ use crate::{Error, Result};
 const VERSION: u8 = 1;
 
 /// The families a snapshot carries, with their byte in it.
-const FAMILIES: [(u8, Cf); 4] = [
+const FAMILIES: [(u8, Cf); 5] = [
     (1, Cf::Units),
     (2, Cf::Sticky),
     (3, Cf::EventIds),
     (4, Cf::Aggregates),
+    (5, Cf::Predictions),
 ];
 
 /// What [`Store::restore_partition`] restored.
@@ -50,7 +51,7 @@ fn owner(cf: Cf, key: &[u8]) -> Option<Owner<'_>> {
     let unit = match cf {
         Cf::Units => key.get(1..)?,
         Cf::Sticky => key.get(1 + usize::from(*key.first()?)..)?,
-        Cf::EventIds => {
+        Cf::EventIds | Cf::Predictions => {
             let len = usize::from(u16::from_be_bytes([*key.first()?, *key.get(1)?]));
             key.get(2..2 + len)?
         }
@@ -163,7 +164,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::domain::{AggregateChanges, ExperimentKey, Exposure, StickyAssignment, UnitChange};
+    use crate::domain::{
+        AggregateChanges, ExperimentKey, Exposure, PredictionChange, StickyAssignment, UnitChange,
+    };
     use crate::storage::{ClientId, Commit};
 
     fn exposure(variant: &str) -> Exposure {
@@ -176,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn a_partition_snapshot_carries_its_units_ids_first_exposures_and_shares_and_nothing_else() {
+    fn a_partition_snapshot_carries_its_units_state_and_shares_and_nothing_else() {
         let (_dir, store) = Store::temporary();
         let share = ExperimentAggregates::two_arms([3, 4], [1, 2]);
         let other = ExperimentAggregates::two_arms([9, 9], [9, 9]);
@@ -201,6 +204,10 @@ mod tests {
                 id: "b-1",
             },
         ];
+        let predictions: Vec<crate::domain::Event> = ["alice", "bob"]
+            .iter()
+            .map(|unit| crate::domain::Event::sample("prediction", unit))
+            .collect();
         for (partition, aggregates, seq) in [(1, &share, 40), (2, &other, 9)] {
             store
                 .commit(&Commit {
@@ -221,6 +228,14 @@ mod tests {
                                 exposures: &bob,
                             },
                         ],
+                        predictions: predictions
+                            .iter()
+                            .map(|p| PredictionChange {
+                                unit: &p.unit_id,
+                                id: "p-1",
+                                open: Some((p, 7)),
+                            })
+                            .collect(),
                     }),
                     ..Commit::default()
                 })
@@ -241,6 +256,10 @@ mod tests {
             [Some(alice.to_vec()), None]
         );
         assert_eq!(fresh.seen_ids(&ids, 0).unwrap(), [true, false]);
+        let open = fresh
+            .open_predictions(&[("alice", "p-1"), ("bob", "p-1")])
+            .unwrap();
+        assert_eq!(open, [Some(predictions[0].clone()), None]);
         assert!(fresh.first_exposure("checkout", "alice").unwrap().is_some());
         assert!(fresh.first_exposure("checkout", "bob").unwrap().is_none());
         assert_eq!(
