@@ -42,6 +42,23 @@ pub enum Error {
     /// An experiment with this key exists already (archived ones included).
     #[error("experiment '{0}' already exists")]
     ExperimentExists(String),
+    /// The experiment's layer slice overlaps another experiment's in the
+    /// same layer, which could then reach the same unit.
+    #[error("layer '{layer}' [{start}, {end}) overlaps experiment '{other}', which holds [{other_start}, {other_end})")]
+    LayerOverlap {
+        /// The layer's key.
+        layer: String,
+        /// The asked slice.
+        start: f64,
+        /// Its end.
+        end: f64,
+        /// The experiment holding the overlapping slice.
+        other: String,
+        /// Its slice.
+        other_start: f64,
+        /// Its end.
+        other_end: f64,
+    },
     /// A value is well-formed JSON but breaks a rule.
     #[error("{message}")]
     Invalid {

@@ -170,6 +170,7 @@ impl ApiError {
                 EngineError::AlertNotFound(_) => "alert_not_found",
                 EngineError::AlertTransition { .. } => "invalid_transition",
                 EngineError::ExperimentExists(_) => "experiment_exists",
+                EngineError::LayerOverlap { .. } => "layer_overlap",
                 EngineError::Invalid { .. } | EngineError::InvalidEvent { .. } => {
                     "validation_failed"
                 }
@@ -204,6 +205,7 @@ impl ApiError {
                 EngineError::Invalid { field, .. } | EngineError::InvalidEvent { field, .. },
             ) => Some(field),
             ApiError::Engine(EngineError::NotEditable { field, .. }) => Some(field),
+            ApiError::Engine(EngineError::LayerOverlap { .. }) => Some("layer"),
             ApiError::InvalidBody { field, .. } | ApiError::InvalidQuery { field, .. } => {
                 field.as_deref()
             }
@@ -224,6 +226,7 @@ impl ResponseError for ApiError {
                 | EngineError::ProjectNotFound(_) => StatusCode::NOT_FOUND,
                 EngineError::NotPermitted(_) => StatusCode::FORBIDDEN,
                 EngineError::ExperimentExists(_)
+                | EngineError::LayerOverlap { .. }
                 | EngineError::ProjectExists(_)
                 | EngineError::Unsupported(_)
                 | EngineError::InvalidTransition { .. }

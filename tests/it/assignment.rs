@@ -220,3 +220,115 @@ fn unit_ids_are_validated() {
     let (status, err) = server.get("/v1/experiments/ids/assignment");
     assert_eq!((status, error_code(&err)), (400, "invalid_query"));
 }
+
+#[test]
+fn a_layer_refuses_overlapping_slices_even_when_asked_at_once() {
+    let server = TestServer::start();
+    let body = |key: &str, layer: &str, start: f64, end: f64| {
+        json!({"key": key, "name": key,
+               "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}],
+               "layer": {"key": layer, "start": start, "end": end}})
+    };
+    assert_eq!(
+        server
+            .post("/v1/experiments", body("left", "search", 0.0, 0.5))
+            .0,
+        201
+    );
+    let (status, error) = server.post("/v1/experiments", body("mid", "search", 0.4, 0.6));
+    assert_eq!(
+        (status, error_code(&error)),
+        (409, "layer_overlap"),
+        "{error}"
+    );
+    assert_eq!(error["error"]["field"], "layer");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'left'"),
+        "{error}"
+    );
+    // Touching is not overlapping; another layer is another space.
+    assert_eq!(
+        server
+            .post("/v1/experiments", body("right", "search", 0.5, 0.7))
+            .0,
+        201
+    );
+    assert_eq!(
+        server
+            .post("/v1/experiments", body("other", "feed", 0.4, 0.6))
+            .0,
+        201
+    );
+    // A draft moved onto a taken slice is refused; onto a free one, moved.
+    let (status, error) = server.patch(
+        "/v1/experiments/right",
+        json!({"layer": {"key": "search", "start": 0.45, "end": 0.7}}),
+    );
+    assert_eq!(
+        (status, error_code(&error)),
+        (409, "layer_overlap"),
+        "{error}"
+    );
+    let (status, moved) = server.patch(
+        "/v1/experiments/right",
+        json!({"layer": {"key": "search", "start": 0.6, "end": 0.9}}),
+    );
+    assert_eq!(
+        (status, moved["layer"]["start"].as_f64()),
+        (200, Some(0.6)),
+        "{moved}"
+    );
+    // An archived experiment's slice is free again.
+    assert_eq!(server.delete("/v1/experiments/left").0, 200);
+    assert_eq!(
+        server
+            .post("/v1/experiments", body("mid", "search", 0.4, 0.6))
+            .0,
+        201
+    );
+
+    // Twenty clients ask for overlapping slices of a fresh layer at once,
+    // ten by creating, ten by moving a draft onto it: exactly one wins.
+    for i in 0..10 {
+        let key = format!("mover-{i}");
+        assert_eq!(
+            server
+                .post("/v1/experiments", body(&key, &format!("own-{i}"), 0.0, 1.0))
+                .0,
+            201
+        );
+    }
+    let server = &server;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for i in 0..10 {
+            let start = f64::from(i) / 100.0;
+            handles.push(s.spawn(move || {
+                server
+                    .post(
+                        "/v1/experiments",
+                        body(&format!("racer-{i}"), "hot", start, start + 0.5),
+                    )
+                    .0
+            }));
+            handles.push(s.spawn(move || {
+                server
+                    .patch(
+                        &format!("/v1/experiments/mover-{i}"),
+                        json!({"layer": {"key": "hot", "start": start + 0.05, "end": start + 0.55}}),
+                    )
+                    .0
+            }));
+        }
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won = statuses.iter().filter(|s| matches!(s, 200 | 201)).count();
+    assert_eq!(won, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| matches!(s, 200 | 201 | 409)),
+        "{statuses:?}"
+    );
+}

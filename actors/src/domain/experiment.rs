@@ -183,6 +183,14 @@ pub struct Layer {
     pub end: f64,
 }
 
+impl Layer {
+    /// Whether the two slices share a layer and some of its range, so that
+    /// one unit could fall in both.
+    pub fn overlaps(&self, other: &Layer) -> bool {
+        self.key == other.key && self.start < other.end && other.start < self.end
+    }
+}
+
 /// A metric to analyse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1228,6 +1236,20 @@ mod tests {
         };
         let err = running.patched(bad_salt, now()).unwrap_err();
         assert!(matches!(err, Error::Invalid { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn layer_slices_overlap_only_within_one_layer_and_range() {
+        let slice = |key: &str, start, end| Layer {
+            key: key.into(),
+            start,
+            end,
+        };
+        let left = slice("l", 0.0, 0.5);
+        assert!(left.overlaps(&slice("l", 0.4, 0.6)));
+        assert!(left.overlaps(&slice("l", 0.1, 0.2)));
+        assert!(!left.overlaps(&slice("l", 0.5, 1.0)), "touching ends");
+        assert!(!left.overlaps(&slice("m", 0.0, 0.5)), "another layer");
     }
 
     proptest::proptest! {

@@ -34,7 +34,7 @@ use self::actor::{PatchExperiment, Slot, TransitionExperiment};
 use self::assignment::{Compiled, Decision, Reason};
 use self::exposure::ExposureQueue;
 use self::records::Records;
-use self::registry::{AdoptExperiment, Catalog, CreateExperiment, Entry, Registry};
+use self::registry::{AdoptExperiment, Catalog, CreateExperiment, Entry, PatchLayer, Registry};
 use self::sticky::Elsewhere;
 use crate::clock::Clock;
 use crate::cluster::{ExperimentBucket, FoundExposure, RecordBucket, RecordChange, Revision};
@@ -355,11 +355,15 @@ impl Experiments {
         patch: ExperimentPatch,
         by: &Principal,
     ) -> Result<Arc<Compiled>> {
-        let patched = self
-            .entry(key)?
-            .addr
-            .send(PatchExperiment(patch, by.clone()))
-            .await??;
+        // A new layer slice is checked against every other experiment's by
+        // the catalog, which makes one such change at a time.
+        let patched = if matches!(patch.layer, Some(Some(_))) {
+            let msg = PatchLayer(key.to_owned(), patch, by.clone());
+            self.catalog.send(msg).await??
+        } else {
+            let msg = PatchExperiment(patch, by.clone());
+            self.entry(key)?.addr.send(msg).await??
+        };
         self.respec(&patched.experiment().key);
         Ok(patched)
     }

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 
-use super::actor::{Adopt, ExperimentActor, Slot};
+use super::actor::{Adopt, ExperimentActor, PatchExperiment, Slot};
 use super::assignment::Compiled;
 use super::records::Records;
 use crate::clock::Clock;
 use crate::cluster::Revision;
 use crate::domain::{
-    AuditEntry, DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey, Principal,
-    ResourceKind, Status,
+    AuditEntry, DomainEvent, DomainEventKind, Experiment, ExperimentIn, ExperimentKey,
+    ExperimentPatch, Principal, ResourceKind, Status,
 };
 use crate::quotas::Quotas;
 use crate::storage::Store;
@@ -144,6 +144,34 @@ impl Catalog {
     /// Refuses another experiment when the project holds its quota of
     /// experiments that are not archived. Counted here, where creations
     /// are taken one at a time, so concurrent ones cannot pass it together.
+    /// Refuses `experiment`'s layer slice when another experiment that is
+    /// not archived holds an overlapping slice of the same layer. The
+    /// catalog makes every change of a slice (creates, and patches of
+    /// `layer`), one at a time, so two changes cannot both pass.
+    fn check_layer(&self, experiment: &Experiment) -> Result<()> {
+        let Some(layer) = &experiment.layer else {
+            return Ok(());
+        };
+        for (key, entry) in self.registry.load().iter() {
+            let snapshot = entry.slot.snapshot();
+            let other = snapshot.experiment();
+            if *key == experiment.key || other.status == Status::Archived {
+                continue;
+            }
+            if let Some(theirs) = other.layer.as_ref().filter(|l| l.overlaps(layer)) {
+                return Err(Error::LayerOverlap {
+                    layer: layer.key.clone(),
+                    start: layer.start,
+                    end: layer.end,
+                    other: key.to_string(),
+                    other_start: theirs.start,
+                    other_end: theirs.end,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn check_quota(&self) -> Result<()> {
         let max = self.quotas.limits().max_experiments;
         let held = self
@@ -165,6 +193,35 @@ impl Actor for Catalog {
 #[rtype(result = "Result<Arc<Compiled>>")]
 pub struct CreateExperiment(pub ExperimentIn, pub Principal);
 
+/// A patch that gives an experiment a layer slice: checked against the
+/// other experiments' slices here, then applied by the experiment's actor
+/// while the catalog makes no other change.
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Compiled>>")]
+pub struct PatchLayer(pub String, pub ExperimentPatch, pub Principal);
+
+impl Handler<PatchLayer> for Catalog {
+    type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
+
+    fn handle(&mut self, msg: PatchLayer, _: &mut Context<Self>) -> Self::Result {
+        let PatchLayer(key, patch, by) = msg;
+        let checked = self.registry.entry(&key).and_then(|entry| {
+            let preview = entry
+                .slot
+                .snapshot()
+                .experiment()
+                .patched(patch.clone(), self.clock.now())?;
+            self.check_layer(&preview).map(|()| entry)
+        });
+        let entry = match checked {
+            Ok(entry) => entry,
+            Err(e) => return AtomicResponse::new(Box::pin(fut::ready(Err(e)))),
+        };
+        let applied = async move { entry.addr.send(PatchExperiment(patch, by)).await? };
+        AtomicResponse::new(Box::pin(fut::wrap_future(applied)))
+    }
+}
+
 impl Handler<CreateExperiment> for Catalog {
     type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
 
@@ -174,7 +231,10 @@ impl Handler<CreateExperiment> for Catalog {
         let created = Experiment::create(msg.0, self.clock.now()).and_then(|e| {
             match self.registry.get(e.key.as_str()) {
                 Some(_) => Err(Error::ExperimentExists(e.key.to_string())),
-                None => self.check_quota().map(|()| e),
+                None => self
+                    .check_layer(&e)
+                    .and_then(|()| self.check_quota())
+                    .map(|()| e),
             }
         });
         let experiment = match created {
