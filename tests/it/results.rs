@@ -838,13 +838,16 @@ fn quantile_metrics_match_the_reference_and_keep_their_sketch() {
     check(&results);
 
     // A cap on the other metric is recomputed from the units' sums; the
-    // sketch, which they cannot give back, stays as it was. A quantile
-    // metric added now counts the events from now on.
+    // sketch, which they cannot give back, stays as it was. Another level
+    // of the same value reads the same sketch, history included; a
+    // quantile metric of a value not sketched yet counts from now on.
     let added = json!({"key": "late_p50", "kind": "quantile", "measure": "impression",
+        "quantile": 0.5});
+    let median = json!({"key": "latency_p50", "kind": "quantile", "measure": "impression",
         "quantile": 0.5, "of": "response_time_ms"});
     let (status, patched) = server.patch(
         "/v1/experiments/exp",
-        json!({"metrics": [latency, {"key": "purchase", "kind": "mean", "cap": 50}, added]}),
+        json!({"metrics": [latency, {"key": "purchase", "kind": "mean", "cap": 50}, added, median]}),
     );
     assert_eq!(status, 200, "{patched}");
     let results = results_once(&server, |r| {
@@ -857,11 +860,20 @@ fn quantile_metrics_match_the_reference_and_keep_their_sketch() {
     check(&results);
     let late = metric(&results, "late_p50");
     assert_eq!(late["variants"][0]["reason"], "no values yet", "{late}");
+    let (p50, p90) = (
+        metric(&results, "latency_p50"),
+        metric(&results, "latency_p90"),
+    );
+    assert_eq!(p50["variants"][0]["events"], p90["variants"][0]["events"]);
+    assert_eq!(
+        p50["variants"][0]["value"],
+        p90["variants"][0]["percentiles"]["p50"]
+    );
     let (status, body) = server.post(
         "/v1/events",
         json!({"events": [
-            {"type": "impression", "unit_id": "control-0", "properties": {"response_time_ms": 70}},
-            {"type": "impression", "unit_id": "control-1", "properties": {"response_time_ms": 90}},
+            {"type": "impression", "unit_id": "control-0", "value": 70, "properties": {"response_time_ms": 70}},
+            {"type": "impression", "unit_id": "control-1", "value": 90, "properties": {"response_time_ms": 90}},
         ]}),
     );
     assert_eq!(status, 202, "{body}");

@@ -21,7 +21,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Event, ModelAggregates, ModelTracking, QuantileSketch, QuantileSpec, MODEL_DERIVATION,
+    Event, ModelAggregates, ModelTracking, QuantileOf, QuantileSketch, QuantileSpec,
+    MODEL_DERIVATION,
 };
 
 /// One experiment's aggregates.
@@ -49,7 +50,9 @@ pub struct VariantAggregates {
     /// By metric key, for metrics with a [`Derivation`].
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub derived: BTreeMap<String, DerivedSums>,
-    /// By metric key, for quantile metrics.
+    /// For quantile metrics, by the key of the first quantile metric of
+    /// each measure and value read ([`sketch_key`]): the others of it read
+    /// the same sketch at their level.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub sketches: BTreeMap<String, QuantileSketch>,
     /// A model experiment's calibration and drift figures.
@@ -81,6 +84,21 @@ pub struct Derivation {
     /// [`ModelAggregates`], not as sums of unit values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelTracking>,
+}
+
+/// The key of the sketch a quantile metric of `measure` reading `of` keeps
+/// among `all`: the first such metric's, in key order, so that metrics
+/// differing only in their level (p50, p95, p99 of one value) share one.
+pub fn sketch_of<'a>(all: &'a Derivations, measure: &str, of: QuantileOf) -> Option<&'a str> {
+    all.iter()
+        .find(|(_, d)| d.measure == measure && d.quantile.is_some_and(|q| q.of == of))
+        .map(|(key, _)| key.as_str())
+}
+
+/// The key of the sketch the quantile metric `metric` of `all` reads.
+pub fn sketch_key<'a>(all: &'a Derivations, metric: &str) -> Option<&'a str> {
+    let d = all.get(metric)?;
+    sketch_of(all, &d.measure, d.quantile?.of)
 }
 
 /// A unit's sum of `measure` over `window_ms` before its first exposure,

@@ -28,9 +28,9 @@ mod timeline;
 mod webhook;
 
 pub use aggregate::{
-    finite, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums,
-    ExperimentAggregates, Exposure, MeasureAggregates, PredictionChange, UnitChange, UnitMeasure,
-    VariantAggregates,
+    finite, sketch_key, sketch_of, AggregateChanges, Covariate, Derivation, Derivations,
+    DerivedSums, ExperimentAggregates, Exposure, MeasureAggregates, PredictionChange, UnitChange,
+    UnitMeasure, VariantAggregates,
 };
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};

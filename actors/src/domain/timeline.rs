@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Experiment, ExperimentAggregates, MetricKind};
+use crate::domain::{sketch_key, Experiment, ExperimentAggregates, MetricKind};
 
 /// Cumulative figures of one experiment at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -39,6 +39,7 @@ impl TimelineSnapshot {
     pub fn of(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Self {
         // Derived sums kept for another definition are being recomputed.
         let metrics = experiment.analysed_metrics();
+        let derivations = experiment.derivations();
         let pending: Vec<String> = metrics
             .iter()
             .filter(|m| {
@@ -67,7 +68,8 @@ impl TimelineSnapshot {
                         continue;
                     }
                     if let Some(q) = m.quantile_spec() {
-                        let sketch = a.and_then(|a| a.sketches.get(key.as_str()));
+                        let sketch = sketch_key(&derivations, &key)
+                            .and_then(|k| a.and_then(|a| a.sketches.get(k)));
                         if let Some(value) = sketch.and_then(|s| s.quantile(q.level)) {
                             snapshot.quantiles.insert(key.clone(), value);
                         }

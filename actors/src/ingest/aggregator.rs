@@ -81,9 +81,9 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
-    finite, group_of, measures, AggregateChanges, Covariate, Derivation, Derivations, DerivedSums,
-    DriftWindow, Event, EventType, ExperimentAggregates, ExperimentKey, Exposure, ModelAggregates,
-    ModelTracking, PredictionChange, Properties, Scored, UnitChange, UnitMeasure,
+    finite, group_of, measures, sketch_of, AggregateChanges, Covariate, Derivation, Derivations,
+    DerivedSums, DriftWindow, Event, EventType, ExperimentAggregates, ExperimentKey, Exposure,
+    ModelAggregates, ModelTracking, PredictionChange, Properties, Scored, UnitChange, UnitMeasure,
     VariantAggregates, VariantKey, DEFAULT_QUANTILE_BINS, MODEL_DERIVATION,
 };
 use crate::storage::Store;
@@ -569,8 +569,10 @@ impl Aggregator {
                 );
                 for ((metric, d), &before) in all.iter().zip(&terms_before) {
                     if let Some(spec) = &d.quantile {
+                        // One sketch per measure and value read.
+                        let first = || sketch_of(all, &d.measure, spec.of) == Some(metric.as_str());
                         let read = || event.and_then(|e| spec.of.read(e));
-                        if let Some(v) = (d.measure == *key).then(read).flatten() {
+                        if let Some(v) = (d.measure == *key && first()).then(read).flatten() {
                             entry_mut(&mut variant.sketches, metric).add(
                                 v,
                                 group_of(unit),
@@ -796,20 +798,13 @@ impl Aggregator {
             }
             if let Some(share) = self.experiments.get_mut(&key) {
                 // A sketch holds event values, which the units' state does
-                // not: it is kept while it reads the same values (another
-                // level reads the same sketch), and starts empty when it
-                // reads others.
-                let kept =
-                    |metric: &String| match (share.derived.get(metric), derivations.get(metric)) {
-                        (Some(was), Some(now)) => {
-                            was.measure == now.measure
-                                && was
-                                    .quantile
-                                    .zip(now.quantile)
-                                    .is_some_and(|(a, b)| a.of == b.of)
-                        }
-                        _ => false,
-                    };
+                // not: it is kept while a quantile metric still reads the
+                // same values (under that metric's key: any level reads
+                // it), and dropped when none does.
+                let kept = |metric: &String| {
+                    let was = share.derived.get(metric)?;
+                    sketch_of(&derivations, &was.measure, was.quantile?.of)
+                };
                 // A model's figures hold event values too: they are kept
                 // while its task stays, but for a baseline that moved.
                 let model = |all: &Derivations| all.get(MODEL_DERIVATION).and_then(|d| d.model);
@@ -817,7 +812,10 @@ impl Aggregator {
                 let same_task = was.zip(now).is_some_and(|(w, n)| w.task == n.task);
                 let same_baseline = was.map(|w| w.baseline) == now.map(|n| n.baseline);
                 for v in share.variants.values_mut() {
-                    v.sketches.retain(|metric, _| kept(metric));
+                    v.sketches = std::mem::take(&mut v.sketches)
+                        .into_iter()
+                        .filter_map(|(metric, s)| Some((kept(&metric)?.to_owned(), s)))
+                        .collect();
                     match &mut v.model {
                         Some(_) if !same_task => v.model = None,
                         Some(m) if !same_baseline => m.baseline = DriftWindow::default(),
@@ -1545,6 +1543,59 @@ mod tests {
             (1, 0)
         );
         assert_eq!(open(&[("u", "p4")]), [false]);
+    }
+
+    #[test]
+    fn quantile_metrics_of_one_value_share_a_sketch_that_outlives_the_first() {
+        use crate::domain::{QuantileOf, QuantileSpec};
+        let quantile = |level| Derivation {
+            measure: "purchase".into(),
+            cap: None,
+            denominator: None,
+            covariate: None,
+            quantile: Some(QuantileSpec {
+                level,
+                of: QuantileOf::Value,
+            }),
+            model: None,
+        };
+        let all = |keys: &[(&str, f64)]| -> Arc<Derivations> {
+            Arc::new(
+                keys.iter()
+                    .map(|(k, q)| ((*k).to_owned(), quantile(*q)))
+                    .collect(),
+            )
+        };
+        let mut agg = Aggregator::new(usize::MAX);
+        agg.respec("e", all(&[("p50", 0.5), ("p99", 0.99)]), |_| Ok(()))
+            .unwrap();
+        let events: Vec<Event> = (0..20)
+            .flat_map(|i| {
+                let unit = format!("u{i}");
+                [
+                    event("exposure", &unit, Some("e"), Some("a"), 1),
+                    valued(event("purchase", &unit, None, None, 2), f64::from(i)),
+                ]
+            })
+            .collect();
+        agg.fold(&events);
+        let sketches = |agg: &Aggregator| -> Vec<(String, u64)> {
+            let a = agg.experiment("e");
+            let v = &a.variants["a"];
+            v.sketches
+                .iter()
+                .map(|(k, s)| (k.clone(), s.count()))
+                .collect()
+        };
+        assert_eq!(sketches(&agg), [("p50".to_owned(), 20)]);
+        // The first goes: the sketch stays, under the next one's key.
+        agg.respec("e", all(&[("p99", 0.99)]), |_| panic!("no scan"))
+            .unwrap();
+        assert_eq!(sketches(&agg), [("p99".to_owned(), 20)]);
+        // No quantile metric of the value left: it goes.
+        agg.respec("e", Arc::new(Derivations::new()), |_| panic!("no scan"))
+            .unwrap();
+        assert_eq!(sketches(&agg), []);
     }
 
     #[test]

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::model::ModelResults;
 use crate::domain::{
-    Correction, Experiment, ExperimentAggregates, Metric, MetricKind, QuantileSketch, QuantileSpec,
-    Status, VariantAggregates,
+    sketch_key, Correction, Derivations, Experiment, ExperimentAggregates, Metric, MetricKind,
+    QuantileSketch, QuantileSpec, Status, VariantAggregates,
 };
 use crate::stats::{
     self, Arm, Comparison, Covariates, CupedFit, Denominator, Quantiles, Settings, Srm,
@@ -328,6 +328,11 @@ pub(crate) fn arms<'a>(
     metric: &Metric,
 ) -> Option<Vec<(&'a str, Arm)>> {
     let derivation = metric.derivation();
+    let derivations = if metric.kind == MetricKind::Quantile {
+        experiment.derivations()
+    } else {
+        Derivations::new()
+    };
     // Without data every sum is 0, whatever the definition.
     if derivation.is_some()
         && !aggregates.variants.is_empty()
@@ -368,7 +373,8 @@ pub(crate) fn arms<'a>(
             });
         }
         if let Some(spec) = derivation.as_ref().and_then(|d| d.quantile) {
-            let sketch = a.and_then(|a| a.sketches.get(metric.key.as_str()));
+            let sketch = sketch_key(&derivations, metric.key.as_str())
+                .and_then(|key| a.and_then(|a| a.sketches.get(key)));
             arm.events = sketch.map_or(0, QuantileSketch::count);
             arm.quantile =
                 Some(sketch.map_or_else(Quantiles::default, |s| Quantiles::of(s, spec.level)));

@@ -8,7 +8,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::domain::{
-    measures, psi, DriftWindow, Event, EventType, Experiment, ExperimentAggregates,
+    measures, psi, sketch_key, DriftWindow, Event, EventType, Experiment, ExperimentAggregates,
     ModelAggregates, ModelTask, Quality, QuantileSketch, Scored, VariantAggregates,
     CALIBRATION_BINS,
 };
@@ -134,6 +134,9 @@ pub fn results(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Op
     let spec = experiment.model.as_ref()?;
     let tracking = spec.tracking(experiment.started_at);
     let none = ModelAggregates::default();
+    // The latency metrics share one sketch.
+    let derivations = experiment.derivations();
+    let sketch = sketch_key(&derivations, "model_latency_p50");
     let newest = aggregates
         .variants
         .values()
@@ -148,7 +151,7 @@ pub fn results(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Op
             let window = newest.map_or_else(DriftWindow::default, |hour| {
                 model.window(spec.drift.window_hours, hour * 3_600_000)
             });
-            variant(v.key.as_str(), spec.task, a, model, &window)
+            variant(v.key.as_str(), sketch, spec.task, a, model, &window)
         })
         .collect();
     Some(ModelResults {
@@ -165,6 +168,7 @@ pub fn results(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Op
 
 fn variant(
     key: &str,
+    sketch: Option<&str>,
     task: ModelTask,
     a: Option<&VariantAggregates>,
     model: &ModelAggregates,
@@ -182,8 +186,8 @@ fn variant(
     let regressor = task == ModelTask::Regression;
     let predictions = sum(measures::PREDICTIONS) as u64;
     let outcomes = sum(measures::JOINED) as u64;
-    let latency = a
-        .and_then(|a| a.sketches.get("model_latency_p50"))
+    let latency = sketch
+        .and_then(|key| a?.sketches.get(key))
         .and_then(|s: &QuantileSketch| {
             Some(Latency {
                 p50: s.quantile(0.5)?,
