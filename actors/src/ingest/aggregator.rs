@@ -522,12 +522,14 @@ impl Aggregator {
                 .derivations
                 .get(&exposure.experiment)
                 .filter(|all| all.values().any(|d| d.reads(&key)));
-            // Each derived metric's terms before this event, in a buffer
-            // the aggregator reuses. (A sketch's or model's are never read.)
+            // The terms before this event of each derived metric it can
+            // change (one reading this measure), in a buffer the aggregator
+            // reuses; the others' terms stay as they are.
+            let changes = |d: &Derivation| d.sums_units() && d.reads(&key);
             let mut terms_before = std::mem::take(&mut self.terms_before);
             terms_before.clear();
             terms_before.extend(derived.iter().flat_map(|all| {
-                all.values().map(|d| match d.sums_units() {
+                all.values().map(|d| match changes(d) {
                     true => d.terms(exposure),
                     false => DerivedSums::default(),
                 })
@@ -579,7 +581,7 @@ impl Aggregator {
                                 self.max_quantile_bins,
                             );
                         }
-                    } else if d.sums_units() {
+                    } else if changes(d) {
                         let after = d.terms(exposure);
                         entry_mut(&mut variant.derived, metric).shift(before, after);
                     }
