@@ -45,6 +45,10 @@ def main() -> int:
             "--config-file", os.path.join(HERE, "schemathesis.toml"),
             "run", f"{base}/openapi.json",
             "--checks", "all",
+            # DELETE /v1/experiments/{key} archives: the experiment, its
+            # results and aggregates stay readable (docs/api.md), which this
+            # check takes for a deleted resource still being served.
+            "--exclude-checks", "use_after_free",
             "--header", f"Authorization: Bearer {key}",
             "--max-examples", "30",
             "--seed", str(seed),
