@@ -86,7 +86,7 @@ use crate::domain::{
     ModelAggregates, ModelTracking, PredictionChange, Properties, Scored, UnitChange, UnitMeasure,
     VariantAggregates, VariantKey, DEFAULT_QUANTILE_BINS, MODEL_DERIVATION,
 };
-use crate::storage::Store;
+use crate::storage::{Store, PREDICTION_GRACE_MS};
 use crate::{Error, Result};
 
 /// One partition's aggregation state: its share of every experiment's
@@ -106,10 +106,10 @@ pub struct Aggregator {
     /// Also in the working set: the earlier events of the units about to
     /// be exposed for the first time to an experiment with covariates.
     histories: HashMap<Box<str>, Vec<Earlier>>,
-    /// Also in the working set: by unit and `prediction_id`, the open
-    /// predictions the batch's outcomes may join (`None`: none is open),
-    /// and the batch's own predictions.
-    open: HashMap<(Box<str>, Box<str>), Option<Event>>,
+    /// Also in the working set: by unit, then `prediction_id`, the open
+    /// predictions the batch's outcomes may join, and the batch's own
+    /// (looked up by borrowed ids: no allocation per outcome).
+    open: HashMap<Box<str>, HashMap<Box<str>, Open>>,
     interned: HashSet<Arc<str>>,
     /// Most bins of one variant's quantile sketch.
     max_quantile_bins: usize,
@@ -117,7 +117,15 @@ pub struct Aggregator {
     terms_before: Vec<DerivedSums>,
     dirty_experiments: BTreeSet<Arc<str>>,
     dirty_units: BTreeSet<Box<str>>,
-    dirty_predictions: BTreeSet<(Box<str>, Box<str>)>,
+}
+
+/// One (unit, `prediction_id`) of the working set.
+#[derive(Debug)]
+struct Open {
+    /// The open prediction; `None` when there is none (or it was joined).
+    prediction: Option<Event>,
+    /// Changed by this batch: written (or deleted) with it.
+    changed: bool,
 }
 
 impl Aggregator {
@@ -156,7 +164,6 @@ impl Aggregator {
             units: HashMap::new(),
             histories: HashMap::new(),
             open: HashMap::new(),
-            dirty_predictions: BTreeSet::new(),
             interned: HashSet::new(),
             max_quantile_bins: DEFAULT_QUANTILE_BINS,
             terms_before: Vec::new(),
@@ -339,7 +346,8 @@ impl Aggregator {
                 };
             }
             let newest = events.iter().map(|e| e.timestamp_ms).max().unwrap_or(0);
-            open.retain(|_, (_, expires)| *expires >= newest.saturating_sub(8 * 86_400_000));
+            let kept_from = newest.saturating_sub(PREDICTION_GRACE_MS as i64);
+            open.retain(|_, (_, expires)| *expires >= kept_from);
             store.write_aggregates(0, &changes)?;
             this.clear_working_set();
             Ok(())
@@ -430,11 +438,7 @@ impl Aggregator {
         events: &[Event],
         read: impl FnOnce(&[(&str, &str)]) -> Result<Vec<Option<Event>>>,
     ) -> Result<()> {
-        let models = self.derivations.values();
-        if !models
-            .into_iter()
-            .any(|all| all.contains_key(MODEL_DERIVATION))
-        {
+        if !(self.derivations.values()).any(|all| all.contains_key(MODEL_DERIVATION)) {
             return Ok(());
         }
         let mut seen = HashSet::new();
@@ -446,8 +450,8 @@ impl Aggregator {
                 Some((&*e.unit_id, id))
             })
             .filter(|&(unit, id)| {
-                let key = (Box::from(unit), Box::from(id));
-                !self.open.contains_key(&key) && seen.insert((unit, id))
+                let known = self.open.get(unit).is_some_and(|ids| ids.contains_key(id));
+                !known && seen.insert((unit, id))
             })
             .collect();
         if missing.is_empty() {
@@ -455,7 +459,14 @@ impl Aggregator {
         }
         let found = read(&missing)?;
         for ((unit, id), prediction) in missing.into_iter().zip(found) {
-            self.open.insert((unit.into(), id.into()), prediction);
+            let ids = self.open.entry(unit.into()).or_default();
+            ids.insert(
+                id.into(),
+                Open {
+                    prediction,
+                    changed: false,
+                },
+            );
         }
         Ok(())
     }
@@ -628,9 +639,12 @@ impl Aggregator {
             }
         }
         if let Some(m) = fields {
-            let key = (e.unit_id.clone(), m.prediction_id.clone());
-            self.dirty_predictions.insert(key.clone());
-            self.open.insert(key, Some(e.clone()));
+            let ids = self.open.entry(e.unit_id.clone()).or_default();
+            let open = Open {
+                prediction: Some(e.clone()),
+                changed: true,
+            };
+            ids.insert(m.prediction_id.clone(), open);
         }
     }
 
@@ -641,8 +655,9 @@ impl Aggregator {
         let Some(id) = e.properties.as_ref().and_then(Properties::model) else {
             return;
         };
-        let key = (e.unit_id.clone(), id.prediction_id.clone());
-        let Some(Some(prediction)) = self.open.get(&key) else {
+        let id = &*id.prediction_id;
+        let open = self.open.get(&*e.unit_id).and_then(|ids| ids.get(id));
+        let Some(prediction) = open.and_then(|o| o.prediction.as_ref()) else {
             return;
         };
         let Some(exp) = prediction.experiment.as_ref().map(ExperimentKey::as_str) else {
@@ -660,10 +675,16 @@ impl Aggregator {
         if !within || e.experiment.as_ref().is_some_and(|x| x.as_str() != exp) {
             return;
         }
-        let Some(Some(prediction)) = self.open.insert(key.clone(), None) else {
+        let taken = self
+            .open
+            .get_mut(&*e.unit_id)
+            .and_then(|ids| ids.get_mut(id));
+        let Some(prediction) = taken.and_then(|o| {
+            o.changed = true;
+            o.prediction.take()
+        }) else {
             return;
         };
-        self.dirty_predictions.insert(key);
         let exp = prediction
             .experiment
             .as_ref()
@@ -889,20 +910,16 @@ impl Aggregator {
                 Some(UnitChange { unit, exposures })
             })
             .collect();
-        let predictions = self
-            .dirty_predictions
-            .iter()
-            .filter_map(|key| {
-                let open = self.open.get(key)?.as_ref().map(|p| {
+        let predictions = (self.open.iter())
+            .flat_map(|(unit, ids)| ids.iter().map(move |(id, o)| (unit, id, o)))
+            .filter(|(_, _, o)| o.changed)
+            .map(|(unit, id, o)| {
+                let open = o.prediction.as_ref().map(|p| {
                     let exp = p.experiment.as_ref().map_or("", ExperimentKey::as_str);
                     let window = tracking(&self.derivations, exp).map_or(0, |t| t.join_window_ms);
                     (p, p.timestamp_ms.saturating_add(window))
                 });
-                Some(PredictionChange {
-                    unit: &key.0,
-                    id: &key.1,
-                    open,
-                })
+                PredictionChange { unit, id, open }
             })
             .collect();
         AggregateChanges {
@@ -930,7 +947,6 @@ impl Aggregator {
         self.units.clear();
         self.histories.clear();
         self.open.clear();
-        self.dirty_predictions.clear();
     }
 
     /// One experiment's aggregates (empty when it has none yet).

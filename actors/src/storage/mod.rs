@@ -63,7 +63,7 @@ const SINK_CURSOR_PREFIX: &[u8] = b"sink_cursor/";
 const VALUE_V1: u8 = 1;
 /// How long an open prediction is kept after its join window ends: the
 /// default `ingest.max_event_age_s` (7 days) and a day.
-const PREDICTION_GRACE_MS: u64 = 8 * 86_400_000;
+pub const PREDICTION_GRACE_MS: u64 = 8 * 86_400_000;
 
 /// How long the store keeps what it expires on its own.
 #[derive(Debug, Clone, Copy)]
