@@ -86,6 +86,12 @@ pub enum Error {
         /// What was asked, e.g. `start`.
         action: &'static str,
     },
+    /// A started experiment's allocation cannot change this way.
+    #[error("{message}")]
+    Reallocation {
+        /// Why.
+        message: String,
+    },
     /// The field may only change while the experiment is a draft.
     #[error("'{field}' can only change while the experiment is a draft; it is {status}")]
     NotEditable {

@@ -175,7 +175,9 @@ impl ApiError {
                     "validation_failed"
                 }
                 EngineError::InvalidTransition { .. } => "invalid_transition",
-                EngineError::NotEditable { .. } => "not_editable",
+                EngineError::NotEditable { .. } | EngineError::Reallocation { .. } => {
+                    "not_editable"
+                }
                 EngineError::Overloaded(_) => "overloaded",
                 EngineError::OverQuota { .. } => "quota_exceeded",
                 EngineError::Unavailable | EngineError::Cluster(_) => "unavailable",
@@ -206,6 +208,7 @@ impl ApiError {
             ) => Some(field),
             ApiError::Engine(EngineError::NotEditable { field, .. }) => Some(field),
             ApiError::Engine(EngineError::LayerOverlap { .. }) => Some("layer"),
+            ApiError::Engine(EngineError::Reallocation { .. }) => Some("variants"),
             ApiError::InvalidBody { field, .. } | ApiError::InvalidQuery { field, .. } => {
                 field.as_deref()
             }
@@ -232,6 +235,7 @@ impl ResponseError for ApiError {
                 | EngineError::InvalidTransition { .. }
                 | EngineError::AlertTransition { .. }
                 | EngineError::NotEditable { .. }
+                | EngineError::Reallocation { .. }
                 | EngineError::ChangedElsewhere(_) => StatusCode::CONFLICT,
                 EngineError::Invalid { .. } | EngineError::InvalidEvent { .. } => {
                     StatusCode::UNPROCESSABLE_ENTITY

@@ -1,7 +1,7 @@
 //! Results and statistics: `/v1/experiments/{key}/results` and
 //! `/v1/stats/sample-size`.
 
-use abacus_actors::domain::{unix_ms, ExperimentKey};
+use abacus_actors::domain::{unix_ms, ExperimentKey, PhaseView};
 use abacus_actors::results::compute::ExperimentResults;
 use abacus_actors::results::Results;
 use abacus_actors::stats::{sample_size, SampleSize, SampleSizeAnswer};
@@ -81,6 +81,11 @@ pub struct ResultsQuery {
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[param(value_type = Option<String>, format = DateTime)]
     to: Option<OffsetDateTime>,
+    /// `all` (the default): every phase, each weighed by its share of the
+    /// units; `latest`: the units first exposed in the current phase.
+    #[serde(default)]
+    #[param(inline)]
+    phase: PhaseView,
 }
 
 /// Per variant units, events, conversions or sum, rate or mean, stddev and
@@ -118,7 +123,7 @@ async fn results(
         }
     };
     let results = service
-        .results(&key, query.metric.as_deref(), window)
+        .results(&key, query.metric.as_deref(), window, query.phase)
         .await?;
     Ok(HttpResponse::Ok().json(results))
 }

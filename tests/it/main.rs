@@ -30,6 +30,7 @@ mod metrics;
 mod models;
 mod openapi;
 mod openfeature;
+mod phases;
 mod projects;
 mod quotas;
 mod restart;

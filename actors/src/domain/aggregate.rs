@@ -84,6 +84,11 @@ pub struct Derivation {
     /// [`ModelAggregates`], not as sums of unit values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelTracking>,
+    /// An experiment's phase starts after the first, in ms (under
+    /// [`PHASES_DERIVATION`](super::PHASES_DERIVATION)): exposures are
+    /// kept by the phase they fall in, not as sums of unit values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Vec<i64>>,
 }
 
 /// The key of the sketch a quantile metric of `measure` reading `of` keeps
@@ -195,7 +200,7 @@ impl Derivation {
     /// CUPED metrics), which the units' stored state can recompute; a
     /// quantile sketch or a model's aggregates hold event values instead.
     pub fn sums_units(&self) -> bool {
-        self.quantile.is_none() && self.model.is_none()
+        self.quantile.is_none() && self.model.is_none() && self.phases.is_none()
     }
 }
 

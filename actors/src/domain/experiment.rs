@@ -11,8 +11,8 @@ use time::OffsetDateTime;
 
 use super::ids::check_printable;
 use super::{
-    Action, Covariate, Derivation, ExperimentKey, MetricKey, ModelSpec, QuantileOf, QuantileSpec,
-    Status, UnitId, VariantKey, MODEL_DERIVATION,
+    phase, Action, Covariate, Derivation, ExperimentKey, MetricKey, ModelSpec, Phase, QuantileOf,
+    QuantileSpec, Segment, Span, Status, UnitId, VariantKey, MODEL_DERIVATION, PHASES_DERIVATION,
 };
 use crate::{Error, Result};
 
@@ -26,6 +26,9 @@ pub const MAX_VARIANTS: usize = 20;
 const MAX_NAME_CHARS: usize = 200;
 const MAX_DESCRIPTION_CHARS: usize = 4000;
 const MAX_SALT_CHARS: usize = 128;
+/// Most phases an experiment may have: each weight or coverage change of
+/// a running experiment starts one, and each adds segments to its layout.
+pub const MAX_PHASES: usize = 100;
 /// Most forced overrides an experiment may have.
 pub const MAX_FORCED: usize = 10_000;
 const MAX_METRICS: usize = 50;
@@ -61,6 +64,10 @@ pub struct Experiment {
     pub bucketing: Bucketing,
     /// Mutually exclusive layer this experiment occupies a slice of.
     pub layer: Option<Layer>,
+    /// The allocation history: phase 1 from the start, and one more for
+    /// each change of weights or coverage since (none while a draft).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
     /// Units pinned to a variant, for QA. They win over everything else.
     pub forced: BTreeMap<UnitId, VariantKey>,
     /// Metrics analysed for this experiment.
@@ -274,6 +281,7 @@ impl Metric {
             }),
             quantile: self.quantile_spec(),
             model: None,
+            phases: None,
         })
     }
 
@@ -632,7 +640,102 @@ impl Experiment {
                 model.derivation(self.started_at),
             );
         }
+        if let Some(phases) = phase::derivation(&self.phases) {
+            all.insert(PHASES_DERIVATION.to_owned(), phases);
+        }
         all
+    }
+
+    /// The current phase's number (0 while a draft).
+    pub fn phase(&self) -> u32 {
+        self.phases.last().map_or(0, |p| p.number)
+    }
+
+    /// The current layout by variant index: the last phase's, or one
+    /// segment per variant while there is none.
+    pub fn layout(&self) -> Vec<Span> {
+        match self.phases.last() {
+            Some(p) => self.spans(p),
+            None => phase::contiguous(&self.weights()),
+        }
+    }
+
+    /// A phase's layout by variant index (segments of unknown variants
+    /// are left out: the variants of a started experiment never change).
+    pub fn spans(&self, phase: &Phase) -> Vec<Span> {
+        phase
+            .layout
+            .iter()
+            .filter_map(|s| {
+                Some(Span {
+                    start: s.start,
+                    end: s.end,
+                    variant: self.variant_index(s.variant.as_str())?,
+                })
+            })
+            .collect()
+    }
+
+    fn weights(&self) -> Vec<f64> {
+        self.variants.iter().map(|v| v.weight).collect()
+    }
+
+    /// A phase starting `now` with the current weights and coverage, laid
+    /// out from the current layout with the least change.
+    fn next_phase(&self, from: &[Span], now: OffsetDateTime) -> Phase {
+        let weights = self.weights();
+        let layout = if self.phases.is_empty() {
+            phase::contiguous(&weights)
+        } else {
+            phase::relayout(from, &weights)
+        };
+        Phase {
+            number: self.phase() + 1,
+            started_at: now,
+            weights,
+            coverage: self.coverage,
+            layout: layout
+                .into_iter()
+                .map(|s| Segment {
+                    start: s.start,
+                    end: s.end,
+                    variant: self.variants[s.variant].key.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Applies new variants to a started experiment: the same keys in the
+    /// same order; new weights (and payloads) only.
+    fn reweigh(&mut self, variants: Vec<Variant>) -> Result<()> {
+        let same_keys = variants.len() == self.variants.len()
+            && variants
+                .iter()
+                .zip(&self.variants)
+                .all(|(a, b)| a.key == b.key);
+        if !same_keys {
+            return Err(Error::Reallocation {
+                message: format!(
+                    "the variants of a {} experiment keep their keys and order; \
+                     only their weights and payloads may change",
+                    self.status.as_str()
+                ),
+            });
+        }
+        if matches!(self.bucketing, Bucketing::Growthbook { .. })
+            && variants
+                .iter()
+                .zip(&self.variants)
+                .any(|(a, b)| a.weight != b.weight)
+        {
+            return Err(Error::Reallocation {
+                message: "an experiment with GrowthBook bucketing keeps its weights once \
+                          started: GrowthBook's SDKs lay out ranges afresh from the weights"
+                    .to_owned(),
+            });
+        }
+        self.variants = weighed(variants, self.bucketing)?;
+        Ok(())
     }
 
     /// A new draft from a create request, validated.
@@ -650,6 +753,7 @@ impl Experiment {
             salt,
             bucketing,
             layer: input.layer,
+            phases: Vec::new(),
             forced: input.forced,
             metrics: input.metrics,
             primary_metric: input.primary_metric,
@@ -676,20 +780,28 @@ impl Experiment {
     }
 
     /// This experiment with `patch` applied, validated. Fields that steer
-    /// assignment (variants, salt, layer) may change only in `draft`, so a
-    /// running experiment never reshuffles its units. The patch is checked
-    /// before the status: a change no experiment could take is refused as
-    /// such (422), whatever this one's status.
+    /// hashing (salt, bucketing, layer) and the variants' keys may change
+    /// only in `draft`, so a running experiment never reshuffles its units.
+    /// Weights and coverage may change while it runs or is paused: each
+    /// change starts a new [`Phase`] whose layout moves as little bucket
+    /// space as possible, and units already exposed keep their variant.
+    /// The patch is checked before the status: a change no experiment
+    /// could take is refused as such (422), whatever this one's status.
     pub fn patched(&self, patch: ExperimentPatch, now: OffsetDateTime) -> Result<Self> {
         let mut draft_only = None;
         let mut next = self.clone();
+        let started = matches!(self.status, Status::Running | Status::Paused);
         if let Some(bucketing) = patch.bucketing {
             draft_only.get_or_insert("bucketing");
             next.bucketing = bucketing;
         }
         if let Some(variants) = patch.variants {
-            draft_only.get_or_insert("variants");
-            next.variants = weighed(variants, next.bucketing)?;
+            if started {
+                next.reweigh(variants)?;
+            } else {
+                draft_only.get_or_insert("variants");
+                next.variants = weighed(variants, next.bucketing)?;
+            }
         } else if next.bucketing != self.bucketing {
             next.variants = weighed(next.variants, next.bucketing)?;
         }
@@ -752,8 +864,38 @@ impl Experiment {
                 status: self.status.as_str(),
             });
         }
+        let reallocated = next.weights() != self.weights() || next.coverage != self.coverage;
+        if started && reallocated {
+            next.start_phase(self, now)?;
+        }
         next.touch(now);
         Ok(next)
+    }
+
+    /// Records the allocation `self` now has (changed from `before`'s) as
+    /// a new phase starting `now`.
+    fn start_phase(&mut self, before: &Experiment, now: OffsetDateTime) -> Result<()> {
+        let mut history = before.phases.clone();
+        if history.is_empty() {
+            // Started before phases were recorded: its first phase is
+            // the allocation it had, from its start.
+            let mut first = before.next_phase(&[], before.started_at.unwrap_or(now));
+            first.number = 1;
+            history.push(first);
+        }
+        if history.len() >= MAX_PHASES {
+            return Err(Error::Reallocation {
+                message: format!(
+                    "an experiment has at most {MAX_PHASES} phases; this one has them all, \
+                     so its weights and coverage stay as they are"
+                ),
+            });
+        }
+        let from = before.spans(history.last().unwrap_or_else(|| unreachable!("pushed")));
+        self.phases = history;
+        let next = self.next_phase(&from, now);
+        self.phases.push(next);
+        Ok(())
     }
 
     /// This experiment after a lifecycle action. `winner` is only meaningful
@@ -767,7 +909,10 @@ impl Experiment {
         let mut next = self.clone();
         next.status = self.status.apply(action)?;
         match action {
-            Action::Start => next.started_at = Some(now),
+            Action::Start => {
+                next.started_at = Some(now);
+                next.phases = vec![self.next_phase(&[], now)];
+            }
             Action::Complete => {
                 if let Some(w) = &winner {
                     if self.variant_index(w.as_str()).is_none() {

@@ -18,6 +18,7 @@ mod ids;
 mod lifecycle;
 mod model;
 mod objects;
+mod phase;
 mod project;
 mod properties;
 mod quantile;
@@ -54,6 +55,10 @@ pub use lifecycle::{Action, Status};
 pub use model::{
     measures, psi, CalibrationBin, DriftSpec, DriftWindow, ModelAggregates, ModelSpec, ModelTask,
     ModelTracking, Quality, Scored, CALIBRATION_BINS, MIN_DRIFT_COUNT, MODEL_DERIVATION,
+};
+pub use phase::{
+    contiguous, moved, phase_at, position, relayout, split_stratum, stratum, within, Phase,
+    PhaseView, Segment, Span, PHASES_DERIVATION,
 };
 pub use project::{Project, ProjectIn, ProjectPatch, MAX_PROJECT_NAME_CHARS};
 pub use properties::{ModelFields, Properties};

@@ -288,6 +288,7 @@ impl ModelSpec {
             covariate: None,
             quantile: None,
             model: Some(self.tracking(started_at)),
+            phases: None,
         }
     }
 }

@@ -11,8 +11,8 @@ use super::{
     Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, Correction, DeliveryAttempt,
     Derivation, DerivedSums, DomainEventKind, Event, EventType, Experiment, ExperimentAggregates,
     ExperimentKey, Guardrail, GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey,
-    ModelAggregates, ModelSpec, QuantileSketch, RuleId, Severity, Stamp, Status, UnitId, Variant,
-    VariantAggregates, VariantKey, WebhookId,
+    ModelAggregates, ModelSpec, Phase, QuantileSketch, RuleId, Severity, Stamp, Status, UnitId,
+    Variant, VariantAggregates, VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -77,6 +77,10 @@ pub struct ExperimentRecord {
     /// A model experiment's settings; absent from other experiments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelSpec>,
+    /// The allocation history; absent from drafts and from experiments
+    /// started before phases were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
     /// Why a guardrail paused the experiment, if one did (recorded once;
     /// resuming by hand does not clear it, and it does not trip again).
     #[serde(default)]
@@ -122,6 +126,7 @@ impl From<&Experiment> for ExperimentRecord {
             srm_detected_at: e.srm_detected_at,
             guardrails: e.guardrails.clone(),
             model: e.model.clone(),
+            phases: e.phases.clone(),
             guardrail_stop: e.guardrail_stop.clone(),
             winner: e.winner.clone(),
             version: e.version,
@@ -146,6 +151,7 @@ impl From<ExperimentRecord> for Experiment {
             salt: r.salt,
             bucketing: r.bucketing,
             layer: r.layer,
+            phases: r.phases,
             forced: r.forced,
             metrics: r.metrics,
             primary_metric: r.primary_metric,

@@ -7,6 +7,10 @@
 //! forced, then sticky, then layer, then ranges; no range hit = not_in_coverage
 //! ```
 //!
+//! That is phase 1's layout. After a change of weights a variant may own
+//! several segments of the bucket space (see `domain/phase.rs`); each
+//! enrolls the first `coverage` share of itself, as the single range does.
+//!
 //! An experiment with GrowthBook bucketing replaces `bucket` by GrowthBook's
 //! hash (see [`super::growthbook`]); the ranges and the order are the same.
 //!
@@ -19,7 +23,7 @@ use md5::{Digest, Md5};
 use serde::Serialize;
 
 use super::growthbook;
-use crate::domain::{Bucketing, Experiment, Status};
+use crate::domain::{moved, within, Bucketing, Experiment, Span, Status};
 use crate::Result;
 
 /// The unit's position in `[0, 1)` for `salt`. Hashes the parts one after
@@ -107,12 +111,13 @@ impl Decision {
 #[derive(Debug)]
 pub struct Compiled {
     experiment: Experiment,
-    /// `[start, start + coverage * w)` per variant.
-    ranges: Vec<(f64, f64)>,
-    /// The same at the experiment's peak coverage, when coverage was cut
-    /// since it started (else empty): a unit in one of these but in none of
-    /// `ranges` may have a first exposure from before the cut.
-    peak_ranges: Vec<(f64, f64)>,
+    /// The current phase's segments, sorted.
+    layout: Vec<Span>,
+    /// Where an earlier phase, or the peak coverage, enrolled units in
+    /// another variant than `layout` does now (or in one where it enrolls
+    /// none): a unit whose bucket is here may have a first exposure that
+    /// differs from the hash.
+    moved: Vec<(f64, f64)>,
     forced: HashMap<Box<str>, usize>,
     /// What a unit outside the experiment is served.
     fallback: usize,
@@ -121,12 +126,19 @@ pub struct Compiled {
 impl Compiled {
     /// Precomputes what [`Compiled::decide`] needs.
     pub fn new(experiment: Experiment) -> Self {
-        let peak_ranges = if experiment.peak_coverage > experiment.coverage {
-            ranges(&experiment, experiment.peak_coverage)
-        } else {
-            Vec::new()
+        let layout = experiment.layout();
+        let earlier: Vec<Vec<Span>> = match experiment.phases.split_last() {
+            Some((_, earlier)) => earlier.iter().map(|p| experiment.spans(p)).collect(),
+            None => Vec::new(),
         };
-        let ranges = ranges(&experiment, experiment.coverage);
+        let mut before: Vec<(&[Span], f64)> = experiment
+            .phases
+            .iter()
+            .zip(&earlier)
+            .map(|(p, spans)| (spans.as_slice(), p.coverage))
+            .collect();
+        before.push((&layout, experiment.peak_coverage));
+        let moved = moved(&before, (&layout, experiment.coverage));
         let forced = experiment
             .forced
             .iter()
@@ -143,8 +155,8 @@ impl Compiled {
         };
         Self {
             experiment,
-            ranges,
-            peak_ranges,
+            layout,
+            moved,
             forced,
             fallback,
         }
@@ -198,17 +210,12 @@ impl Compiled {
             Bucketing::Abacus => bucket(salt, unit),
             Bucketing::Growthbook { hash_version } => growthbook::hash(salt, unit, hash_version),
         };
-        match position(&self.ranges, b) {
-            Some(variant) => self.or_sticky(diverged, sticky, enrolled(variant, Reason::Hashed)),
-            None => {
-                let cut = position(&self.peak_ranges, b).is_some();
-                self.or_sticky(
-                    diverged || cut,
-                    sticky,
-                    out(self.fallback, Reason::NotInCoverage),
-                )
-            }
-        }
+        let look = diverged || within(&self.moved, b);
+        let hashed = match crate::domain::position(&self.layout, self.experiment.coverage, b) {
+            Some(variant) => enrolled(variant, Reason::Hashed),
+            None => out(self.fallback, Reason::NotInCoverage),
+        };
+        self.or_sticky(look, sticky, hashed)
     }
 
     /// Whether [`Compiled::decide`] for `unit` would look up its first
@@ -232,33 +239,13 @@ impl Compiled {
         hashed: Decision,
     ) -> Result<Decision> {
         if look {
-            if let Some(variant) = sticky()?.filter(|&v| v < self.ranges.len()) {
+            let variants = self.experiment.variants.len();
+            if let Some(variant) = sticky()?.filter(|&v| v < variants) {
                 return Ok(Decision::sticky(hashed, variant));
             }
         }
         Ok(hashed)
     }
-}
-
-/// `[start, start + coverage * w)` per variant, starts fixed by the weights.
-fn ranges(experiment: &Experiment, coverage: f64) -> Vec<(f64, f64)> {
-    let mut start = 0.0;
-    experiment
-        .variants
-        .iter()
-        .map(|v| {
-            let range = (start, start + coverage * v.weight);
-            start += v.weight;
-            range
-        })
-        .collect()
-}
-
-/// The first range `b` falls in.
-fn position(ranges: &[(f64, f64)], b: f64) -> Option<usize> {
-    ranges
-        .iter()
-        .position(|&(start, end)| start <= b && b < end)
 }
 
 #[cfg(test)]

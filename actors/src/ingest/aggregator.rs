@@ -84,8 +84,9 @@ use crate::domain::{
     finite, group_of, measures, sketch_of, AggregateChanges, Covariate, Derivation, Derivations,
     DerivedSums, DriftWindow, Event, EventType, ExperimentAggregates, ExperimentKey, Exposure,
     ModelAggregates, ModelTracking, PredictionChange, Properties, Scored, UnitChange, UnitMeasure,
-    VariantAggregates, VariantKey, DEFAULT_QUANTILE_BINS, MODEL_DERIVATION,
+    VariantAggregates, VariantKey, DEFAULT_QUANTILE_BINS, MODEL_DERIVATION, PHASES_DERIVATION,
 };
+use crate::domain::{phase_at, split_stratum, stratum};
 use crate::storage::{Store, PREDICTION_GRACE_MS};
 use crate::{Error, Result};
 
@@ -710,14 +711,32 @@ impl Aggregator {
     }
 
     /// Counts an exposure; a unit's first to this variant makes it an
-    /// exposed unit.
+    /// exposed unit of the variant's stratum for the phase it falls in
+    /// (see `domain/phase.rs`), where its later exposures count too.
     fn expose(&mut self, experiment: &str, variant: &str, unit: &str, at_ms: i64) {
         let exp = self.intern(experiment);
-        let var = self.intern(variant);
+        let standing = self.units.get(unit).and_then(|xs| {
+            xs.iter()
+                .find(|x| x.experiment == exp && split_stratum(&x.variant).0 == variant)
+                .map(|x| Arc::clone(&x.variant))
+        });
+        let first = standing.is_none();
+        let var = match standing {
+            Some(var) => var,
+            None => {
+                let starts = self
+                    .derivations
+                    .get(&exp)
+                    .and_then(|all| all.get(PHASES_DERIVATION))
+                    .and_then(|d| d.phases.as_deref())
+                    .unwrap_or_default();
+                match phase_at(starts, at_ms) {
+                    1 => self.intern(variant),
+                    phase => self.intern(&stratum(variant, phase)),
+                }
+            }
+        };
         let exposures = self.units.entry(unit.into()).or_default();
-        let first = !exposures
-            .iter()
-            .any(|x| x.experiment == exp && x.variant == var);
         if first {
             exposures.push(Exposure {
                 experiment: Arc::clone(&exp),
@@ -1000,7 +1019,9 @@ impl<'a> Attribution<'a> {
 
     fn matches(&self, x: &Exposure) -> bool {
         self.experiment.is_none_or(|e| e == &*x.experiment)
-            && self.variant.is_none_or(|v| v == &*x.variant)
+            && self
+                .variant
+                .is_none_or(|v| v == split_stratum(&x.variant).0)
             && self.at_ms >= x.exposed_ms
     }
 }
@@ -1122,6 +1143,7 @@ mod tests {
             covariate: None,
             quantile: None,
             model: None,
+            phases: None,
         };
         [
             ("capped".to_owned(), d(Some(cap), None)),
@@ -1265,6 +1287,7 @@ mod tests {
                     covariate: None,
                     quantile: Some(spec),
                     model: None,
+                    phases: None,
                 },
             );
             Arc::new(all)
@@ -1383,6 +1406,7 @@ mod tests {
             }),
             quantile: None,
             model: None,
+            phases: None,
         };
         let all: Derivations = [("spend".to_owned(), cuped)].into_iter().collect();
         let mut agg = Aggregator::new(usize::MAX);
@@ -1576,6 +1600,7 @@ mod tests {
                 of: QuantileOf::Value,
             }),
             model: None,
+            phases: None,
         };
         let all = |keys: &[(&str, f64)]| -> Arc<Derivations> {
             Arc::new(

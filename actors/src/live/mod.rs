@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::domain::{json_len, ExperimentAggregates, TimelineSnapshot};
+use crate::domain::{json_len, ExperimentAggregates, PhaseView, TimelineSnapshot};
 use crate::storage::{blocking, Store};
 
 /// Messages a client may lag behind before it is dropped.
@@ -223,7 +223,8 @@ fn second(
         }
     }
     let primary = experiment.primary_metric.as_ref().map(|p| p.as_str());
-    let variants: Vec<Value> = TimelineSnapshot::of(experiment, now)
+    let viewed = crate::results::compute::by_variant(experiment, now, PhaseView::All);
+    let variants: Vec<Value> = TimelineSnapshot::of(experiment, &viewed)
         .values(experiment, primary)
         .into_iter()
         .map(|v| json!({"variant": v.variant, "units": v.units, "primary": v.value}))

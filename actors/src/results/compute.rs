@@ -2,12 +2,15 @@
 //! metric at a time, plus the sample-ratio-mismatch check. Costs
 //! microseconds per metric, whatever the number of events behind it.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::model::ModelResults;
 use crate::domain::{
     sketch_key, Correction, Derivations, Experiment, ExperimentAggregates, Metric, MetricKind,
-    QuantileSketch, QuantileSpec, Status, VariantAggregates,
+    PhaseView, QuantileSketch, QuantileSpec, Status, VariantAggregates,
 };
 use crate::stats::{
     self, Arm, Comparison, Covariates, CupedFit, Denominator, Quantiles, Settings, Srm,
@@ -29,8 +32,17 @@ pub struct ExperimentResults {
     pub units: u64,
     /// Events whose explicit variant differed from abacus's assignment.
     pub assignment_mismatches: u64,
-    /// Sample-ratio mismatch: exposed units against configured weights.
+    /// Sample-ratio mismatch: exposed units against configured weights;
+    /// with several phases, each phase's check combined (the sum of their
+    /// chi-squares, with the sum of their degrees of freedom).
     pub srm: Srm,
+    /// Which phases the figures read: `all` (each phase weighed by its
+    /// share of the units) or `latest`.
+    pub phase: PhaseView,
+    /// Each phase: its allocation, its units and its own sample-ratio
+    /// check against its weights (none while a draft).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseCheck>,
     /// How the comparisons' adjusted p-values were formed.
     pub correction: Family,
     /// One entry per metric asked for.
@@ -111,16 +123,41 @@ pub struct MetricResults {
     pub comparisons: Vec<Comparison>,
 }
 
-/// Results of `experiment` from `aggregates`, for `metric` (all of the
-/// experiment's metrics when `None`; the caller checks the key exists).
-/// One metric's p-values are corrected with the others all the same.
+/// One phase of an experiment, as results show it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PhaseCheck {
+    /// 1 for the first.
+    pub number: u32,
+    /// When it began.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: OffsetDateTime,
+    /// Each variant's weight in it, the control first.
+    pub weights: Vec<f64>,
+    /// Its coverage.
+    pub coverage: f64,
+    /// Units first exposed in it, per variant, the control first.
+    pub units: Vec<u64>,
+    /// Those units against its weights.
+    pub srm: Srm,
+}
+
+/// Results of `experiment` from `aggregates` (as kept: by stratum), for
+/// `metric` (all of the experiment's metrics when `None`; the caller
+/// checks the key exists) over the phases of `view`. One metric's
+/// p-values are corrected with the others all the same.
 pub fn compute(
     experiment: &Experiment,
-    aggregates: &ExperimentAggregates,
+    kept: &ExperimentAggregates,
     metric: Option<&str>,
+    view: PhaseView,
 ) -> ExperimentResults {
+    let aggregates = &*by_variant(experiment, kept, view);
     let per_variant = per_variant(experiment, aggregates);
-    let (srm, units) = sample_ratio(experiment, aggregates);
+    let (srm, units) = match view {
+        PhaseView::All => sample_ratio(experiment, kept),
+        PhaseView::Latest => sample_ratio(experiment, aggregates),
+    };
     let (mut metrics, correction) = analyse_all(experiment, aggregates, &per_variant);
     metrics.retain(|m| metric.is_none_or(|k| k == m.metric));
     ExperimentResults {
@@ -135,6 +172,8 @@ pub fn compute(
             .map(|v| v.assignment_mismatches)
             .sum(),
         srm,
+        phase: view,
+        phases: phase_checks(experiment, kept),
         correction,
         metrics,
         guardrails: guardrails(experiment, aggregates),
@@ -407,18 +446,71 @@ fn settings(experiment: &Experiment, kind: MetricKind) -> Settings {
 
 /// The SRM check and the exposed units per variant it is based on.
 pub fn sample_ratio(experiment: &Experiment, aggregates: &ExperimentAggregates) -> (Srm, Vec<u64>) {
+    let strata = aggregates.strata();
     let units: Vec<u64> = experiment
         .variants
         .iter()
         .map(|v| {
-            aggregates
-                .variants
-                .get(v.key.as_str())
-                .map_or(0, |a| a.units)
+            strata
+                .values()
+                .filter_map(|s| s.get(v.key.as_str()))
+                .map(|a| a.units)
+                .sum()
         })
         .collect();
+    if strata.len() > 1 {
+        let checks = phase_checks(experiment, aggregates);
+        let srm = stats::srm_across(checks.iter().map(|c| (&c.units[..], &c.weights[..])));
+        return (srm, units);
+    }
     let weights: Vec<f64> = experiment.variants.iter().map(|v| v.weight).collect();
     (stats::srm(&units, &weights), units)
+}
+
+/// Each phase of `experiment` with its units in `aggregates` (as kept: by
+/// stratum) and its own sample-ratio check.
+pub fn phase_checks(experiment: &Experiment, aggregates: &ExperimentAggregates) -> Vec<PhaseCheck> {
+    let strata = aggregates.strata();
+    experiment
+        .phases
+        .iter()
+        .map(|p| {
+            let units: Vec<u64> = experiment
+                .variants
+                .iter()
+                .map(|v| {
+                    strata
+                        .get(&p.number)
+                        .and_then(|s| s.get(v.key.as_str()))
+                        .map_or(0, |a| a.units)
+                })
+                .collect();
+            PhaseCheck {
+                number: p.number,
+                started_at: p.started_at,
+                weights: p.weights.clone(),
+                coverage: p.coverage,
+                srm: stats::srm(&units, &p.weights),
+                units,
+            }
+        })
+        .collect()
+}
+
+/// `kept` (by stratum) by variant key, over the phases of `view` (see
+/// [`ExperimentAggregates::phase_view`]): as kept, with no copy, while
+/// every unit counted is of phase 1 and the view reads it.
+pub fn by_variant<'a>(
+    experiment: &Experiment,
+    kept: &'a ExperimentAggregates,
+    view: PhaseView,
+) -> Cow<'a, ExperimentAggregates> {
+    let latest = experiment.phase().max(1);
+    if kept.phased() || (view == PhaseView::Latest && latest > 1) {
+        Cow::Owned(kept.phase_view(view, latest))
+    } else {
+        Cow::Borrowed(kept)
+    }
 }
 
 /// The winner by these comparisons of the primary metric: the treatment

@@ -20,7 +20,9 @@ use super::compute::{self, GuardrailCheck, MetricResults};
 use super::model::{self, ModelResults};
 use super::{monitor, timeline};
 use crate::clock::Clock;
-use crate::domain::{unix_ms, ExperimentAggregates, ExperimentKey, Status, TimelineSnapshot};
+use crate::domain::{
+    unix_ms, ExperimentAggregates, ExperimentKey, PhaseView, Status, TimelineSnapshot,
+};
 use crate::experiments::assignment::Compiled;
 use crate::experiments::registry::{Entry, Registry};
 use crate::ingest::LiveAggregates;
@@ -56,7 +58,9 @@ impl Figures {
     /// Derives every figure of `compiled`'s experiment from `aggregates`,
     /// the primary metric's statistics included.
     pub fn of(compiled: Arc<Compiled>, aggregates: Arc<ExperimentAggregates>) -> Self {
-        let primary = compute::primary(compiled.experiment(), &aggregates).map(Arc::new);
+        let experiment = compiled.experiment();
+        let viewed = compute::by_variant(experiment, &aggregates, PhaseView::All);
+        let primary = compute::primary(experiment, &viewed).map(Arc::new);
         let from = Arc::clone(&aggregates);
         Self::with_primary(compiled, aggregates, primary, from)
     }
@@ -71,9 +75,10 @@ impl Figures {
     ) -> Self {
         let experiment = compiled.experiment();
         let (srm, units) = compute::sample_ratio(experiment, &aggregates);
-        let guardrails = compute::guardrails(experiment, &aggregates);
-        let timeline = TimelineSnapshot::of(experiment, &aggregates);
-        let model = model::results(experiment, &aggregates);
+        let viewed = compute::by_variant(experiment, &aggregates, PhaseView::All);
+        let guardrails = compute::guardrails(experiment, &viewed);
+        let timeline = TimelineSnapshot::of(experiment, &viewed);
+        let model = model::results(experiment, &viewed);
         Self {
             model,
             compiled,

@@ -24,8 +24,8 @@ use self::compute::ExperimentResults;
 use self::model::{LivePrediction, LivePredictions};
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, Bucket, Event, EventType, Experiment, ExperimentAggregates, TimelineSnapshot,
-    VariantPoint,
+    unix_ms, Bucket, Event, EventType, Experiment, ExperimentAggregates, PhaseView,
+    TimelineSnapshot, VariantPoint,
 };
 use crate::experiments::assignment::Compiled;
 use crate::experiments::registry::Registry;
@@ -162,12 +162,14 @@ impl Results {
 
     /// Results for one metric (all the experiment's metrics when `None`),
     /// from the live aggregates, or for units exposed and events within
-    /// `window` (from, to in ms) by folding the stored events of that window.
+    /// `window` (from, to in ms) by folding the stored events of that
+    /// window, over the phases of `view`.
     pub async fn results(
         &self,
         key: &str,
         metric: Option<&str>,
         window: Option<(i64, i64)>,
+        view: PhaseView,
     ) -> Result<ExperimentResults> {
         let compiled = self.snapshot(key)?;
         let experiment = compiled.experiment();
@@ -178,7 +180,7 @@ impl Results {
             None => self.aggregates.get(key),
             Some((from, to)) => Arc::new(self.rebuilt_aggregates(key, from, to).await?),
         };
-        Ok(compute::compute(experiment, &aggregates, metric))
+        Ok(compute::compute(experiment, &aggregates, metric, view))
     }
 
     /// The experiment's cumulative figures over time for `metric` (the
@@ -200,7 +202,10 @@ impl Results {
         let mut stored = blocking(move || store.timeline(&owned)).await?;
         stored.push((
             unix_ms(self.clock.now()),
-            TimelineSnapshot::of(experiment, &self.aggregates.get(key)),
+            TimelineSnapshot::of(
+                experiment,
+                &compute::by_variant(experiment, &self.aggregates.get(key), PhaseView::All),
+            ),
         ));
         let step = stored.len().div_ceil(max_points.max(2) - 1).max(1);
         let last = stored.len() - 1;
@@ -268,7 +273,8 @@ impl Results {
     pub async fn compare(&self, key: &str) -> Result<CompareReport> {
         let compiled = self.snapshot(key)?;
         let experiment = compiled.experiment();
-        let aggregates = self.aggregates.get(key);
+        let kept = self.aggregates.get(key);
+        let aggregates = compute::by_variant(experiment, &kept, PhaseView::All);
         let buckets = self
             .analytics(AnalyticsFilter {
                 experiment: Some(key.to_owned()),
@@ -289,7 +295,8 @@ impl Results {
             })
             .collect();
         let winner = experiment.primary_metric.as_ref().and_then(|metric| {
-            let results = compute::compute(experiment, &aggregates, Some(metric.as_str()));
+            let results =
+                compute::compute(experiment, &kept, Some(metric.as_str()), PhaseView::All);
             compute::winner(experiment, &results.metrics.first()?.comparisons)
         });
         Ok(CompareReport {

@@ -882,5 +882,30 @@ pub fn srm(units: &[u64], weights: &[f64]) -> Srm {
     }
 }
 
+/// Several phases' checks as one: each phase's units against its own
+/// weights, the chi-squares summed over the phases with units (a sum of
+/// independent chi-squares is chi-square with the summed degrees of
+/// freedom), so a mismatch within any phase shows, and a change of split
+/// between phases is not one.
+pub fn srm_across<'a>(phases: impl IntoIterator<Item = (&'a [u64], &'a [f64])>) -> Srm {
+    let (mut chi_square, mut df) = (0.0, 0.0);
+    for (units, weights) in phases {
+        if let Some(x) = srm(units, weights).chi_square {
+            chi_square += x;
+            df += (units.len() - 1) as f64;
+        }
+    }
+    if df == 0.0 {
+        return srm(&[], &[]);
+    }
+    let p = dist::chi_square_sf(chi_square, df);
+    Srm {
+        chi_square: Some(chi_square),
+        p_value: Some(p),
+        detected: p < SRM_THRESHOLD,
+        reason: None,
+    }
+}
+
 #[cfg(test)]
 mod tests;
