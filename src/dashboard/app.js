@@ -172,9 +172,9 @@ async function refreshResults() {
   if (experiment.guardrail_stop) badges.push(el("span", { class: "badge guardrail", "data-badge": "guardrail" }, `stopped by guardrail ${experiment.guardrail_stop.metric}`));
   $("#badges").replaceChildren(...badges);
   $("#detail-note").textContent = `${results.units} exposed units · alpha ${results.alpha} · ${results.assignment_mismatches} assignment mismatches`;
-  $("#results").replaceChildren(...results.metrics.map(renderMetric), ...renderGuardrails(results.guardrails));
+  $("#results").replaceChildren(...renderPhases(results.phases || [], experiment.variants), ...results.metrics.map(renderMetric), ...renderGuardrails(results.guardrails));
   const charted = results.metrics.find((m) => m.metric === timeline.metric);
-  renderChart(timeline, charted && charted.kind);
+  renderChart(timeline, charted && charted.kind, results.phases || []);
   await refreshModel(key, results.model);
 }
 
@@ -226,6 +226,20 @@ function metricNotes(m) {
   return notes.length ? el("p", { class: "muted" }, notes.join(" · ")) : null;
 }
 
+/** The allocation history, once weights or coverage changed: each phase's split, units and own SRM check. */
+function renderPhases(phases, variants) {
+  if (phases.length < 2) return [];
+  const split = (p) => p.weights.map((w) => `${+(w * 100).toFixed(1)}%`).join(" / ");
+  return [el("h3", {}, "Phases"), el("p", { class: "muted" }, "Results weigh each phase by its share of the units; units keep the variant they were first exposed to."),
+    el("table", { id: "phases" },
+      el("thead", {}, el("tr", {}, ["phase", "started", `split (${variants.map((v) => v.key).join(" / ")})`, "coverage", "units", "SRM p"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, phases.map((p) => el("tr", { "data-phase": p.number },
+        el("td", {}, p.number), el("td", {}, new Date(p.started_at).toLocaleString()),
+        el("td", { "data-field": "split" }, split(p)), el("td", { class: "num" }, pct(p.coverage)),
+        el("td", { class: "num", "data-field": "units" }, p.units.join(" / ")),
+        el("td", { class: "num" }, el("span", { class: `badge ${p.srm.detected ? "critical" : "ok"}` }, pval(p.srm.p_value)))))))];
+}
+
 function renderGuardrails(checks) {
   if (!checks.length) return [];
   return [el("h3", {}, "Guardrails"), el("table", {},
@@ -236,8 +250,8 @@ function renderGuardrails(checks) {
       el("td", {}, el("span", { class: `badge ${g.regressed ? "critical" : "ok"}` }, g.regressed ? "regressed" : "ok"))))))];
 }
 
-/** One line chart: `series` is [[variant, [[t, y]...]]...]. */
-function lineChart(top, title, series, format) {
+/** One line chart: `series` is [[variant, [[t, y]...]]...]; `marks` are [t, label] drawn as dashed verticals (phase starts). */
+function lineChart(top, title, series, format, marks = []) {
   const all = series.flatMap(([, points]) => points);
   const ys = all.map((p) => p[1]).filter((y) => y !== null);
   if (!ys.length) return [el("text", { x: 10, y: top + 20 }, `${title}: no data yet`)];
@@ -254,17 +268,21 @@ function lineChart(top, title, series, format) {
     el("text", { x: 4, y: top + 150 }, format(0)),
     el("text", { x: 70, y: top + 166 }, new Date(t0).toLocaleString()),
     el("text", { x: 1170, y: top + 166, "text-anchor": "end" }, new Date(t1).toLocaleString()),
+    ...marks.filter(([t]) => t >= t0 && t <= t1).flatMap(([t, label, n]) => [
+      el("line", { class: "phase", x1: x(t), x2: x(t), y1: top + 18, y2: top + 150, "data-phase": n }),
+      el("text", { x: x(t) + 4, y: top + 30, class: "phase-label" }, label)]),
     ...lines,
   ];
 }
 
-function renderChart(timeline, kind) {
+function renderChart(timeline, kind, phases) {
   const variants = timeline.points.length ? timeline.points[0].variants.map((v) => v.variant) : [];
+  const marks = phases.filter((p) => p.number > 1).map((p) => [Date.parse(p.started_at), `phase ${p.number}: ${p.weights.map((w) => Math.round(w * 100)).join("/")}`, p.number]);
   const series = (field) => variants.map((name, i) => [name, timeline.points.map((p) => [p.at_ms, p.variants[i][field]])]);
   const legend = variants.map((v, i) => el("text", { x: 70 + i * 140, y: 376, class: `series-${i % 4} legend` }, `— ${v}`));
   $("#chart").replaceChildren(
-    ...lineChart(0, "exposed units", series("units"), (v) => Math.round(v)),
-    ...lineChart(185, timeline.metric ? `${timeline.metric}: ${{ mean: "mean per unit", ratio: "ratio", quantile: "quantile" }[kind] || "rate"}` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3)),
+    ...lineChart(0, "exposed units", series("units"), (v) => Math.round(v), marks),
+    ...lineChart(185, timeline.metric ? `${timeline.metric}: ${{ mean: "mean per unit", ratio: "ratio", quantile: "quantile" }[kind] || "rate"}` : "no primary metric", timeline.metric ? series("value") : [], (v) => v.toPrecision(3), marks),
     ...legend);
 }
 

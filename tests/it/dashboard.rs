@@ -443,3 +443,66 @@ fn a_person_watches_a_model_experiment_from_the_dashboard() {
         browser.screenshot(Some("#model-panel"), &dir.join("model.png"));
     }
 }
+
+#[test]
+fn a_person_sees_the_phases_of_an_experiment_whose_split_changed() {
+    let server = TestServer::start_with(&[("ABACUS_RESULTS__TIMELINE_INTERVAL_S", "1")]);
+    server.running_experiment(
+        "split",
+        json!({"metrics": [{"key": "conversion", "kind": "binomial"}], "primary_metric": "conversion"}),
+    );
+    let expose = |prefix: &str| {
+        for i in 0..40 {
+            server.assign("split", &format!("{prefix}-{i}"));
+        }
+        server.barrier();
+    };
+    expose("early");
+    // A timeline point before the change, so the chart spans it.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, patched) = server.patch(
+        "/v1/experiments/split",
+        json!({"variants": [{"key": "control", "weight": 3}, {"key": "treatment", "weight": 1}]}),
+    );
+    assert_eq!(status, 200, "{patched}");
+    expose("late");
+    let (_, results) = server.get("/v1/experiments/split/results");
+    let units = |phase: usize| -> String {
+        let units = results["phases"][phase]["units"].as_array().unwrap();
+        format!("{} / {}", units[0], units[1])
+    };
+
+    let mut browser = Browser::launch();
+    browser.goto(&server.url("/"));
+    browser.wait_for(
+        "!!document.querySelector('#experiments tr[data-key=split]')",
+        WAIT,
+    );
+    browser.eval(&click("#experiments tr[data-key=split]"));
+    browser.wait_for(
+        "!!document.querySelector('#phases tr[data-phase=\"2\"]')",
+        WAIT,
+    );
+    assert_eq!(
+        browser.eval(&text("#phases tr[data-phase=\"1\"] [data-field=split]")),
+        json!("50% / 50%")
+    );
+    assert_eq!(
+        browser.eval(&text("#phases tr[data-phase=\"2\"] [data-field=split]")),
+        json!("75% / 25%")
+    );
+    for phase in [1, 2] {
+        let cell = format!("#phases tr[data-phase=\"{phase}\"] [data-field=units]");
+        assert_eq!(browser.eval(&text(&cell)), json!(units(phase - 1)));
+    }
+    // The change is marked on the timeline, on both charts.
+    browser.wait_for(
+        "document.querySelectorAll('#chart line.phase[data-phase=\"2\"]').length === 2",
+        WAIT,
+    );
+    assert!(browser
+        .eval("[...document.querySelectorAll('#chart text.phase-label')].map(t => t.textContent).join()")
+        .as_str()
+        .unwrap()
+        .contains("phase 2: 75/25"));
+}
