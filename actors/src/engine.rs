@@ -11,7 +11,7 @@ use crate::audit::AuditLog;
 use crate::clock::Clock;
 use crate::cluster::{Cluster, ClusterSettings, Singleton};
 use crate::credentials::Credentials;
-use crate::domain::{EventLimits, QuotaLimits};
+use crate::domain::{EventLimits, Principal, QuotaLimits};
 use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
@@ -229,6 +229,7 @@ impl Engine {
                 store: store.clone(),
                 clock: Arc::clone(&clock),
                 max_stats_bytes: config.max_stats_message_bytes,
+                system: Principal::system(Arc::clone(&config.project)),
                 monitors: match &monitor {
                     Some(singleton) => singleton.flag(),
                     None => Arc::new(AtomicBool::new(true)),

@@ -465,6 +465,8 @@ fn a_person_sees_the_phases_of_an_experiment_whose_split_changed() {
         json!({"variants": [{"key": "control", "weight": 3}, {"key": "treatment", "weight": 1}]}),
     );
     assert_eq!(status, 200, "{patched}");
+    // Phase 2 counts units first exposed from a second after the change.
+    std::thread::sleep(Duration::from_millis(1100));
     expose("late");
     let (_, results) = server.get("/v1/experiments/split/results");
     let units = |phase: usize| -> String {

@@ -12,6 +12,7 @@ mod analytics;
 mod assignment;
 mod audit;
 mod auth;
+mod bandits;
 mod client;
 mod cluster;
 mod config;

@@ -187,6 +187,8 @@ fn results_weigh_each_phase_so_a_split_change_cannot_fake_a_lift() {
         json!({"variants": [{"key": "control", "weight": 1}, {"key": "treatment", "weight": 9}]}),
     );
     assert_eq!(status, 200);
+    // Phase 2 counts units first exposed from a second after the change.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     // Phase 2, 10/90: the season turns and three in ten convert in both.
     run_phase(&server, "season", "late", 1500, |i| i % 10 < 3);
     server.barrier();

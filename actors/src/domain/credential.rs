@@ -111,6 +111,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// abacus itself, acting in `project` (a bandit's updates): recorded
+    /// as [`SYSTEM`](super::SYSTEM).
+    pub fn system(project: std::sync::Arc<str>) -> Self {
+        Self {
+            id: super::SYSTEM.into(),
+            role: Role::Owner,
+            project,
+        }
+    }
+
     /// The caller of a server without keys: may do everything.
     pub fn open() -> Self {
         Self {

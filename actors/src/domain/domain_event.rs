@@ -33,6 +33,10 @@ pub enum DomainEventKind {
     /// A sample-ratio mismatch was detected (first time only).
     #[serde(rename = "experiment.srm_detected")]
     ExperimentSrmDetected,
+    /// Weights or coverage changed: a new phase began, by a patch or a
+    /// bandit's update.
+    #[serde(rename = "experiment.reallocated")]
+    ExperimentReallocated,
     /// An alert was raised.
     #[serde(rename = "alert.raised")]
     AlertRaised,

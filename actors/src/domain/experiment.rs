@@ -11,8 +11,9 @@ use time::OffsetDateTime;
 
 use super::ids::check_printable;
 use super::{
-    phase, Action, Covariate, Derivation, ExperimentKey, MetricKey, ModelSpec, Phase, QuantileOf,
-    QuantileSpec, Segment, Span, Status, UnitId, VariantKey, MODEL_DERIVATION, PHASES_DERIVATION,
+    phase, Action, Allocation, BanditSpec, Covariate, Derivation, ExperimentKey, MetricKey,
+    ModelSpec, Phase, QuantileOf, QuantileSpec, Segment, Span, Status, UnitId, VariantKey,
+    MODEL_DERIVATION, PHASES_DERIVATION,
 };
 use crate::{Error, Result};
 
@@ -29,6 +30,14 @@ const MAX_SALT_CHARS: usize = 128;
 /// Most phases an experiment may have: each weight or coverage change of
 /// a running experiment starts one, and each adds segments to its layout.
 pub const MAX_PHASES: usize = 100;
+/// How long after a change of allocation its phase starts. The new split
+/// is served from the change on; units first exposed in this second still
+/// count in the phase before (a second of units against all of that
+/// phase's), so that none served under the old split, whose exposure may
+/// be stamped a moment after the change, counts in the new phase, which
+/// starts from nothing; and the ingest partitions learn of the phase
+/// before its first exposure arrives.
+pub const PHASE_GRACE: time::Duration = time::Duration::seconds(1);
 /// Most forced overrides an experiment may have.
 pub const MAX_FORCED: usize = 10_000;
 const MAX_METRICS: usize = 50;
@@ -100,6 +109,12 @@ pub struct Experiment {
     /// (docs/models.md).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelSpec>,
+    /// How its weights are set: `fixed` (left out) or `bandit`.
+    #[serde(skip_serializing_if = "Allocation::is_fixed")]
+    pub allocation: Allocation,
+    /// A bandit's settings (present exactly when `allocation` is `bandit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<BanditSpec>,
     /// Why a guardrail paused the experiment, if one did (recorded once;
     /// resuming by hand does not clear it, and it does not trip again).
     #[serde(default)]
@@ -526,6 +541,13 @@ pub struct ExperimentIn {
     /// and the model metrics analysed (docs/models.md).
     #[serde(default)]
     pub model: Option<ModelSpec>,
+    /// `fixed` (the default) or `bandit`: the weights then follow the
+    /// primary metric by Thompson sampling (docs/assignment.md, "Bandits").
+    #[serde(default)]
+    pub allocation: Option<Allocation>,
+    /// A bandit's settings; the defaults when absent.
+    #[serde(default)]
+    pub bandit: Option<BanditSpec>,
 }
 
 /// Body of `PATCH /v1/experiments/{key}`. Absent fields stay as they are;
@@ -602,6 +624,12 @@ pub struct ExperimentPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<ModelSpec>)]
     pub model: Option<Option<ModelSpec>>,
+    /// `fixed` or `bandit` (draft only).
+    #[serde(default)]
+    pub allocation: Option<Allocation>,
+    /// Replaces a bandit's settings (any time; the next update uses them).
+    #[serde(default)]
+    pub bandit: Option<BanditSpec>,
 }
 
 /// Tells "field present and null" (`Some(None)`) from "field absent" (`None`).
@@ -722,19 +750,24 @@ impl Experiment {
                 ),
             });
         }
-        if matches!(self.bucketing, Bucketing::Growthbook { .. })
-            && variants
-                .iter()
-                .zip(&self.variants)
-                .any(|(a, b)| a.weight != b.weight)
-        {
+        let variants = weighed(variants, self.bucketing)?;
+        let reweighed = variants
+            .iter()
+            .zip(&self.variants)
+            .any(|(a, b)| a.weight != b.weight);
+        if reweighed && self.allocation == Allocation::Bandit {
+            return Err(Error::Reallocation {
+                message: "a bandit sets its own weights; only its payloads may change".to_owned(),
+            });
+        }
+        if reweighed && matches!(self.bucketing, Bucketing::Growthbook { .. }) {
             return Err(Error::Reallocation {
                 message: "an experiment with GrowthBook bucketing keeps its weights once \
                           started: GrowthBook's SDKs lay out ranges afresh from the weights"
                     .to_owned(),
             });
         }
-        self.variants = weighed(variants, self.bucketing)?;
+        self.variants = variants;
         Ok(())
     }
 
@@ -766,6 +799,11 @@ impl Experiment {
             srm_detected_at: None,
             guardrails: input.guardrails,
             model: input.model,
+            allocation: input.allocation.unwrap_or_default(),
+            bandit: match input.allocation {
+                Some(Allocation::Bandit) => Some(input.bandit.unwrap_or_default()),
+                _ => input.bandit,
+            },
             guardrail_stop: None,
             winner: None,
             version: 1,
@@ -851,6 +889,17 @@ impl Experiment {
         if let Some(model) = patch.model {
             next.model = model;
         }
+        if let Some(allocation) = patch.allocation {
+            draft_only.get_or_insert("allocation");
+            next.allocation = allocation;
+            next.bandit = match allocation {
+                Allocation::Bandit => Some(next.bandit.unwrap_or_default()),
+                Allocation::Fixed => None,
+            };
+        }
+        if let Some(bandit) = patch.bandit {
+            next.bandit = Some(bandit);
+        }
         next.check()?;
         if self.status == Status::Archived {
             return Err(Error::InvalidTransition {
@@ -868,6 +917,22 @@ impl Experiment {
         if started && reallocated {
             next.start_phase(self, now)?;
         }
+        next.touch(now);
+        Ok(next)
+    }
+
+    /// This running bandit with `weights` (in variant order, summing to 1)
+    /// as a new phase starting `now`.
+    pub fn reallocated(&self, weights: &[f64], now: OffsetDateTime) -> Result<Self> {
+        if weights.len() != self.variants.len() {
+            return Err(Error::invalid("variants", "one weight per variant"));
+        }
+        let mut next = self.clone();
+        for (v, &w) in next.variants.iter_mut().zip(weights) {
+            v.weight = w;
+        }
+        next.variants = weighed(next.variants, next.bucketing)?;
+        next.start_phase(self, now)?;
         next.touch(now);
         Ok(next)
     }
@@ -893,7 +958,7 @@ impl Experiment {
         }
         let from = before.spans(history.last().unwrap_or_else(|| unreachable!("pushed")));
         self.phases = history;
-        let next = self.next_phase(&from, now);
+        let next = self.next_phase(&from, now + PHASE_GRACE);
         self.phases.push(next);
         Ok(())
     }
@@ -911,7 +976,12 @@ impl Experiment {
         match action {
             Action::Start => {
                 next.started_at = Some(now);
-                next.phases = vec![self.next_phase(&[], now)];
+                if next.allocation == Allocation::Bandit {
+                    // A bandit's burn-in: an equal split.
+                    let equal = 1.0 / next.variants.len() as f64;
+                    next.variants.iter_mut().for_each(|v| v.weight = equal);
+                }
+                next.phases = vec![next.next_phase(&[], now)];
             }
             Action::Complete => {
                 if let Some(w) = &winner {
@@ -1030,6 +1100,22 @@ impl Experiment {
                     format!("'{primary}' is not one of the experiment's metrics"),
                 ));
             }
+        }
+        match (self.allocation, &self.bandit) {
+            (Allocation::Fixed, None) => {}
+            (Allocation::Fixed, Some(_)) => {
+                return Err(Error::invalid(
+                    "bandit",
+                    "bandit settings need allocation: bandit",
+                ))
+            }
+            (Allocation::Bandit, _) if self.bucketing != Bucketing::Abacus => {
+                return Err(Error::invalid(
+                    "allocation",
+                    "a bandit changes its weights, which GrowthBook bucketing cannot follow",
+                ))
+            }
+            (Allocation::Bandit, spec) => spec.unwrap_or_default().check(self)?,
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0 && self.alpha < 1.0) {
             return Err(Error::invalid(

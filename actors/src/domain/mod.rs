@@ -9,6 +9,7 @@ mod aggregate;
 mod alert;
 mod alert_rule;
 mod audit;
+mod bandit;
 mod bucket;
 mod credential;
 mod domain_event;
@@ -36,6 +37,7 @@ pub use aggregate::{
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
 pub use audit::{AuditEntry, AuditFilter, ResourceKind};
+pub use bandit::{Allocation, BanditSpec};
 pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
 pub use credential::{
     ApiKey, KeyIn, KeyIssued, KeyOut, Need, Previous, Principal, Role, RotateIn, DEFAULT_PROJECT,

@@ -8,11 +8,11 @@ use time::OffsetDateTime;
 
 use super::experiment::default_mixing_variance;
 use super::{
-    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Bucketing, Correction, DeliveryAttempt,
-    Derivation, DerivedSums, DomainEventKind, Event, EventType, Experiment, ExperimentAggregates,
-    ExperimentKey, Guardrail, GuardrailStop, Layer, MeasureAggregates, Metric, MetricKey,
-    ModelAggregates, ModelSpec, Phase, QuantileSketch, RuleId, Severity, Stamp, Status, UnitId,
-    Variant, VariantAggregates, VariantKey, WebhookId,
+    Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Allocation, BanditSpec, Bucketing,
+    Correction, DeliveryAttempt, Derivation, DerivedSums, DomainEventKind, Event, EventType,
+    Experiment, ExperimentAggregates, ExperimentKey, Guardrail, GuardrailStop, Layer,
+    MeasureAggregates, Metric, MetricKey, ModelAggregates, ModelSpec, Phase, QuantileSketch,
+    RuleId, Severity, Stamp, Status, UnitId, Variant, VariantAggregates, VariantKey, WebhookId,
 };
 
 /// An experiment as the `experiments` column family stores it (JSON after
@@ -81,6 +81,12 @@ pub struct ExperimentRecord {
     /// started before phases were recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<Phase>,
+    /// `bandit`, or absent for fixed weights.
+    #[serde(default, skip_serializing_if = "Allocation::is_fixed")]
+    pub allocation: Allocation,
+    /// A bandit's settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<BanditSpec>,
     /// Why a guardrail paused the experiment, if one did (recorded once;
     /// resuming by hand does not clear it, and it does not trip again).
     #[serde(default)]
@@ -127,6 +133,8 @@ impl From<&Experiment> for ExperimentRecord {
             guardrails: e.guardrails.clone(),
             model: e.model.clone(),
             phases: e.phases.clone(),
+            allocation: e.allocation,
+            bandit: e.bandit,
             guardrail_stop: e.guardrail_stop.clone(),
             winner: e.winner.clone(),
             version: e.version,
@@ -162,6 +170,8 @@ impl From<ExperimentRecord> for Experiment {
             srm_detected_at: r.srm_detected_at,
             guardrails: r.guardrails,
             model: r.model,
+            allocation: r.allocation,
+            bandit: r.bandit,
             guardrail_stop: r.guardrail_stop,
             winner: r.winner,
             version: r.version,

@@ -18,9 +18,10 @@ use super::sticky::StickyTable;
 use crate::clock::Clock;
 use crate::cluster::Revision;
 use crate::domain::{
-    Action, Alert, AuditEntry, Correction, DomainEvent, DomainEventKind, Experiment,
+    Action, Alert, Allocation, AuditEntry, Correction, DomainEvent, DomainEventKind, Experiment,
     ExperimentPatch, GuardrailStop, Principal, ResourceKind, Status, VariantKey,
 };
+use crate::results::bandit::Reallocation;
 use crate::storage::Store;
 use crate::Result;
 
@@ -224,8 +225,65 @@ impl Handler<PatchExperiment> for ExperimentActor {
         let current = self.slot.snapshot();
         let before = current.experiment();
         self.commit_audited(
-            before.patched(msg.0, now).map(|next| (next, None)),
+            before.patched(msg.0, now).map(|next| {
+                let event = (next.phase() > before.phase().max(1))
+                    .then(|| reallocated(&next, now, serde_json::json!({"reason": "patch"})));
+                (next, event)
+            }),
             audit(&msg.1, now, "experiment.updated", before),
+        )
+    }
+}
+
+/// `experiment.reallocated` for the phase `next` begins; `about` adds to
+/// its data.
+fn reallocated(
+    next: &Experiment,
+    now: time::OffsetDateTime,
+    about: serde_json::Value,
+) -> DomainEvent {
+    let mut data = serde_json::json!({"experiment": next, "phase": next.phases.last()});
+    if let (Some(data), Some(about)) = (data.as_object_mut(), about.as_object()) {
+        data.extend(about.clone());
+    }
+    DomainEvent::with_data(DomainEventKind::ExperimentReallocated, next, now, data)
+}
+
+/// Move a running bandit to a new split: a new phase, from the results
+/// monitor's turn (see `results/bandit.rs`).
+#[derive(Message)]
+#[rtype(result = "Result<Arc<Compiled>>")]
+pub struct Reallocate {
+    /// The split, and the phase it follows.
+    pub split: Reallocation,
+    /// Who is recorded as making it (abacus itself).
+    pub by: Principal,
+}
+
+impl Handler<Reallocate> for ExperimentActor {
+    type Result = AtomicResponse<Self, Result<Arc<Compiled>>>;
+
+    fn handle(&mut self, msg: Reallocate, _: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let current = self.slot.snapshot();
+        let before = current.experiment();
+        // A split computed for an earlier phase, or for a bandit since
+        // paused or changed, is stale: the next turn computes afresh.
+        let stale = before.status != Status::Running
+            || before.allocation != Allocation::Bandit
+            || before.phase() != msg.split.after_phase;
+        if stale {
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(current))));
+        }
+        let chance = msg.split.chance_best;
+        self.commit_audited(
+            before.reallocated(&msg.split.weights, now).map(|next| {
+                tracing::info!(experiment = %next.key, phase = next.phase(), weights = ?msg.split.weights, "bandit update");
+                let about = serde_json::json!({"reason": "bandit", "chance_best": chance});
+                let event = reallocated(&next, now, about);
+                (next, Some(event))
+            }),
+            audit(&msg.by, now, "experiment.reallocated", before),
         )
     }
 }

@@ -346,7 +346,7 @@ pub fn guardrails(
     out
 }
 
-fn per_variant<'a>(
+pub(crate) fn per_variant<'a>(
     experiment: &Experiment,
     aggregates: &'a ExperimentAggregates,
 ) -> Vec<Option<&'a VariantAggregates>> {

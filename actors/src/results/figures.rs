@@ -21,7 +21,7 @@ use super::model::{self, ModelResults};
 use super::{monitor, timeline};
 use crate::clock::Clock;
 use crate::domain::{
-    unix_ms, ExperimentAggregates, ExperimentKey, PhaseView, Status, TimelineSnapshot,
+    unix_ms, ExperimentAggregates, ExperimentKey, PhaseView, Principal, Status, TimelineSnapshot,
 };
 use crate::experiments::assignment::Compiled;
 use crate::experiments::registry::{Entry, Registry};
@@ -188,6 +188,9 @@ pub(crate) struct Consumers {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub max_stats_bytes: usize,
+    /// Who the monitor's changes (a bandit's updates) are recorded as made
+    /// by: abacus itself, in the engine's project.
+    pub system: Principal,
     /// Whether this node runs the monitor now: always on a single node; in
     /// cluster mode while it holds the monitor's lease.
     pub monitors: Arc<std::sync::atomic::AtomicBool>,
@@ -216,7 +219,7 @@ pub(crate) fn spawn(cadence: Cadence, to: Consumers) {
                         continue;
                     }
                     for (entry, figures) in to.board.refresh(&to.registry, &to.aggregates, true).values() {
-                        monitor::check(entry, figures);
+                        monitor::check(entry, figures, to.clock.now(), &to.system);
                     }
                 }
                 _ = stats.tick() => {

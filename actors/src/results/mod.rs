@@ -10,6 +10,7 @@
 //! - [`timeline`]: the record of cumulative figures.
 
 pub mod analytics;
+pub mod bandit;
 pub mod compute;
 pub mod figures;
 pub mod model;

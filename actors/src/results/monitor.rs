@@ -4,17 +4,30 @@
 //! this often, which is what it is for), a sample-ratio mismatch shows, or
 //! an `auto_stop` guardrail regressed (the actor then pauses the
 //! experiment). The actor records it on the experiment and writes the
-//! domain event with it. Runs every `results.check_interval_ms`, from the
-//! figures ticker.
+//! domain event with it. It also tells a bandit its next split when one is
+//! due (see `results/bandit.rs`). Runs every `results.check_interval_ms`,
+//! from the figures ticker.
 
+use time::OffsetDateTime;
+
+use super::bandit;
 use super::figures::Figures;
-use crate::experiments::actor::{Finding, RecordFinding, StopForGuardrail};
+use crate::domain::Principal;
+use crate::experiments::actor::{Finding, Reallocate, RecordFinding, StopForGuardrail};
 use crate::experiments::registry::Entry;
+use crate::stats::bandit::DRAWS;
 
-/// Checks one running experiment's figures; cheap (no statistics are
-/// computed here).
-pub(crate) fn check(entry: &Entry, figures: &Figures) {
+/// Checks one running experiment's figures at `now`; cheap (the only
+/// statistics computed here are a due bandit's draws). `by` is who a
+/// bandit's update is recorded as made by.
+pub(crate) fn check(entry: &Entry, figures: &Figures, now: OffsetDateTime, by: &Principal) {
     let experiment = figures.compiled.experiment();
+    if let Some(split) = bandit::due(experiment, &figures.aggregates, now, DRAWS) {
+        entry.addr.do_send(Reallocate {
+            split,
+            by: by.clone(),
+        });
+    }
     if experiment.guardrail_stop.is_none() {
         if let Some(check) = figures
             .guardrails
@@ -102,7 +115,12 @@ mod tests {
         let registry = Registry::default();
         let entry = registry.start_local(experiment, store, Arc::new(SystemClock));
         let figures = Figures::of(entry.slot.snapshot(), Arc::new(aggregates));
-        check(&entry, &figures);
+        check(
+            &entry,
+            &figures,
+            OffsetDateTime::now_utc(),
+            &Principal::open(),
+        );
         // Wait (at most a second) for the actor to publish what it recorded.
         let before = entry.slot.snapshot();
         for _ in 0..100 {

@@ -11,6 +11,7 @@
 //! Where a number is undefined (fewer than two units, no variance, no
 //! control data) it is `None` with a reason, never NaN.
 
+pub mod bandit;
 mod dist;
 mod guardrail;
 mod sample_size;
