@@ -158,7 +158,7 @@ impl Engine {
             Arc::clone(&clock),
             config.max_assignment_experiments,
             Arc::clone(&quotas),
-        ));
+        )?);
         if let (Some(bucket), Some(cluster)) = (bucket, &cluster) {
             experiments.follow(bucket, seen, cluster.divergence().clone());
         }

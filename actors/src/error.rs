@@ -7,6 +7,9 @@ pub enum Error {
     /// No experiment has this key.
     #[error("experiment '{0}' not found")]
     ExperimentNotFound(String),
+    /// No holdout has this key.
+    #[error("holdout '{0}' not found")]
+    HoldoutNotFound(String),
     /// No webhook subscription has this id.
     #[error("webhook subscription '{0}' not found")]
     WebhookNotFound(String),

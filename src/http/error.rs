@@ -160,6 +160,7 @@ impl ApiError {
         match self {
             ApiError::Engine(e) => match e {
                 EngineError::ExperimentNotFound(_) => "experiment_not_found",
+                EngineError::HoldoutNotFound(_) => "holdout_not_found",
                 EngineError::WebhookNotFound(_) => "webhook_not_found",
                 EngineError::RuleNotFound(_) => "alert_rule_not_found",
                 EngineError::KeyNotFound(_) => "key_not_found",
@@ -222,6 +223,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Engine(e) => match e {
                 EngineError::ExperimentNotFound(_)
+                | EngineError::HoldoutNotFound(_)
                 | EngineError::WebhookNotFound(_)
                 | EngineError::RuleNotFound(_)
                 | EngineError::AlertNotFound(_)

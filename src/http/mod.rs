@@ -15,6 +15,7 @@ pub mod experiments;
 pub mod extract;
 pub mod feed;
 pub mod health;
+pub mod holdouts;
 pub mod keys;
 pub mod limits;
 pub mod observe;
@@ -90,6 +91,7 @@ pub fn configure(
             .configure(ofrep::configure)
             .configure(events::configure)
             .configure(experiments::configure)
+            .configure(holdouts::configure)
             .configure(aggregates::configure)
             .configure(results::configure)
             .configure(analytics::configure)

@@ -113,6 +113,7 @@ impl<'a> Evaluation<'a> {
             Reason::Forced => ("TARGETING_MATCH", true),
             Reason::NotRunning => ("DISABLED", true),
             Reason::NotInCoverage | Reason::NotInLayer => ("DEFAULT", false),
+            Reason::Holdout => ("TARGETING_MATCH", true),
         };
         let value = served.then(|| match &variant.payload {
             Some(payload) => FlagValue::Payload(payload),

@@ -14,8 +14,9 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, Response, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, alerts, analytics, assignments, audit, error, events, experiments, health, keys,
-    ofrep, performance, projects, prometheus, results, stream, webhooks, ws, Limits,
+    aggregates, alerts, analytics, assignments, audit, error, events, experiments, health,
+    holdouts, keys, ofrep, performance, projects, prometheus, results, stream, webhooks, ws,
+    Limits,
 };
 
 /// The API description.
@@ -42,6 +43,11 @@ use super::{
         experiments::pause,
         experiments::resume,
         experiments::complete,
+        holdouts::create,
+        holdouts::list,
+        holdouts::read,
+        holdouts::end,
+        holdouts::results,
         aggregates::aggregates,
         results::results,
         results::timeline,
@@ -104,6 +110,7 @@ use super::{
     modifiers(&BearerAuth, &CommonErrors),
     tags(
         (name = "experiments", description = "Experiments and their lifecycle"),
+        (name = "holdouts", description = "Units kept out of experiments, and what everything shipped does against them"),
         (name = "assignments", description = "Which variant a unit sees"),
         (name = "openfeature", description = "OpenFeature remote evaluation (OFREP): experiments as flags"),
         (name = "events", description = "What units did"),

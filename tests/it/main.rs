@@ -23,6 +23,7 @@ mod errors;
 mod events;
 mod experiments;
 mod growthbook;
+mod holdouts;
 mod hostile;
 mod jwt;
 mod keys;

@@ -15,6 +15,8 @@ use crate::domain::{AuditId, Principal, DEFAULT_PROJECT};
 pub enum ResourceKind {
     /// An experiment: created, changed, its lifecycle.
     Experiment,
+    /// A holdout: created, ended.
+    Holdout,
     /// An API key: issued, rotated, revoked.
     Key,
     /// A webhook subscription: created, deleted, enabled.
@@ -32,6 +34,7 @@ impl ResourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceKind::Experiment => "experiment",
+            ResourceKind::Holdout => "holdout",
             ResourceKind::Key => "key",
             ResourceKind::Webhook => "webhook",
             ResourceKind::AlertRule => "alert_rule",

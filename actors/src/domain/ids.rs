@@ -334,6 +334,13 @@ key_type!(
     "metric key"
 );
 
+impl VariantKey {
+    /// A key abacus names itself (a holdout's `holdout` and `exposed`).
+    pub(crate) fn builtin(name: &'static str) -> Self {
+        Self(name.into())
+    }
+}
+
 impl MetricKey {
     /// A key abacus names itself: a model experiment's metrics
     /// (`model_accuracy`) and the measures its join counts

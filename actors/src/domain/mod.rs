@@ -15,6 +15,7 @@ mod credential;
 mod domain_event;
 mod event;
 mod experiment;
+mod holdout;
 mod ids;
 mod lifecycle;
 mod model;
@@ -49,6 +50,7 @@ pub use experiment::{
     Bucketing, Correction, Cuped, Experiment, ExperimentIn, ExperimentPatch, Guardrail,
     GuardrailStop, Layer, Metric, MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
 };
+pub use holdout::{Holdout, HoldoutIn, EXPOSED, HELD_OUT};
 pub use ids::{
     uuid_v7, AlertId, AuditId, EventId, ExperimentKey, KeyId, MetricKey, ProjectKey, RuleId,
     UnitId, VariantKey, WebhookId,

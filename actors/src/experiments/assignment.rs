@@ -54,17 +54,20 @@ pub enum Reason {
     NotInCoverage,
     /// Its layer bucket fell outside the experiment's layer slice.
     NotInLayer,
+    /// A holdout keeps it out of the experiment: it is served the control.
+    Holdout,
 }
 
 impl Reason {
     /// Every reason, in declaration order (`as usize` indexes this).
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Hashed,
         Reason::Sticky,
         Reason::Forced,
         Reason::NotRunning,
         Reason::NotInCoverage,
         Reason::NotInLayer,
+        Reason::Holdout,
     ];
 
     /// The name on the wire and in metrics.
@@ -76,6 +79,7 @@ impl Reason {
             Reason::NotRunning => "not_running",
             Reason::NotInCoverage => "not_in_coverage",
             Reason::NotInLayer => "not_in_layer",
+            Reason::Holdout => "holdout",
         }
     }
 }

@@ -15,7 +15,9 @@ use super::actor::Slot;
 use super::assignment::{Decision, Reason};
 use super::sticky::{Claim, FirstExposure};
 use super::Assignment;
-use crate::domain::{Derivations, Event, EventType, Experiment, ExperimentKey, StickyAssignment};
+use crate::domain::{
+    Derivations, Event, EventType, Experiment, ExperimentKey, Holdout, StickyAssignment, VariantKey,
+};
 use crate::room::Room;
 use crate::Result;
 
@@ -95,11 +97,15 @@ impl FirstExposures {
 /// (kept only if it has none yet); if another request in flight claimed one
 /// first, the answer becomes that variant (`sticky` if it differs). If the
 /// queue refuses, nothing is remembered.
+///
+/// `held` are the holdouts the unit met, each exposed as an experiment of
+/// its own: to `holdout` when it holds the unit, else to `exposed`.
 pub(super) fn expose(
     slots: &[&Slot],
     assignments: &mut [Assignment],
     unit: &str,
     now_ms: i64,
+    held: Vec<(ExperimentKey, bool)>,
     queue: &dyn ExposureQueue,
 ) -> Result<()> {
     let mut firsts = FirstExposures::default();
@@ -118,6 +124,9 @@ pub(super) fn expose(
         }
         events.push(event(experiment, a.decision.variant, unit, now_ms));
     }
+    for (holdout, held) in held {
+        events.push(event_of(holdout, Holdout::variant(held), unit, now_ms));
+    }
     if events.is_empty() {
         return Ok(());
     }
@@ -126,13 +135,19 @@ pub(super) fn expose(
 
 /// The exposure event an assignment logs.
 fn event(experiment: &Experiment, variant: usize, unit: &str, now_ms: i64) -> Event {
+    let variant = experiment.variants[variant].key.clone();
+    event_of(experiment.key.clone(), variant, unit, now_ms)
+}
+
+/// An exposure of `unit` to `variant` of `experiment`, now.
+fn event_of(experiment: ExperimentKey, variant: VariantKey, unit: &str, now_ms: i64) -> Event {
     Event {
         seq: 0,
         event_id: crate::domain::EventId::Uuid(crate::domain::uuid_v7()),
         kind: EventType::Exposure,
         unit_id: unit.into(),
-        experiment: Some(experiment.key.clone()),
-        variant: Some(experiment.variants[variant].key.clone()),
+        experiment: Some(experiment),
+        variant: Some(variant),
         value: None,
         timestamp_ms: now_ms,
         received_ms: now_ms,
@@ -187,7 +202,7 @@ mod tests {
             .iter()
             .map(|s| Assignment::decide(s, unit, &crate::experiments::Answered::default()).unwrap())
             .collect();
-        let result = expose(slots, &mut assignments, unit, now_ms, queue);
+        let result = expose(slots, &mut assignments, unit, now_ms, Vec::new(), queue);
         (result, assignments)
     }
 
@@ -286,7 +301,7 @@ mod tests {
         };
         let _winner = slot.sticky.claim("alice", standing).unwrap();
 
-        expose(&[&slot], &mut assignments, "alice", NOW, &queue).unwrap();
+        expose(&[&slot], &mut assignments, "alice", NOW, Vec::new(), &queue).unwrap();
         assert_eq!(summary(&assignments[0]), (standing.variant, Reason::Sticky));
         let queued = queue.queued();
         let (events, sticky) = &queued[0];

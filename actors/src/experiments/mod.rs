@@ -21,6 +21,7 @@ pub mod actor;
 pub mod assignment;
 pub mod exposure;
 pub mod growthbook;
+pub mod holdouts;
 pub mod records;
 pub mod registry;
 pub mod sticky;
@@ -33,6 +34,7 @@ use actix::prelude::*;
 use self::actor::{PatchExperiment, Slot, TransitionExperiment};
 use self::assignment::{Compiled, Decision, Reason};
 use self::exposure::ExposureQueue;
+use self::holdouts::Holdouts;
 use self::records::Records;
 use self::registry::{AdoptExperiment, Catalog, CreateExperiment, Entry, PatchLayer, Registry};
 use self::sticky::Elsewhere;
@@ -241,6 +243,7 @@ pub struct Experiments {
     /// Assignments served, by [`Reason`] (index = `reason as usize`).
     served: [AtomicU64; Reason::ALL.len()],
     max_assignment_experiments: usize,
+    holdouts: Arc<Holdouts>,
 }
 
 impl Experiments {
@@ -254,10 +257,13 @@ impl Experiments {
         clock: Arc<dyn Clock>,
         max_assignment_experiments: usize,
         quotas: Arc<Quotas>,
-    ) -> Self {
+    ) -> Result<Self> {
+        let replicated = records.bucket().is_some();
+        let store = records.store().clone();
+        let holdouts = Arc::new(Holdouts::load(store, Arc::clone(&clock), replicated)?);
         let catalog =
             Catalog::new(Arc::clone(&registry), records, Arc::clone(&clock), quotas).start();
-        Self {
+        Ok(Self {
             registry,
             catalog,
             exposures,
@@ -265,7 +271,18 @@ impl Experiments {
             clock,
             served: Default::default(),
             max_assignment_experiments,
-        }
+            holdouts,
+        })
+    }
+
+    /// The project's holdouts.
+    pub fn holdouts(&self) -> &Holdouts {
+        &self.holdouts
+    }
+
+    /// Whether an experiment holds `key`.
+    pub fn exists(&self, key: &str) -> bool {
+        self.registry.entry(key).is_ok()
     }
 
     /// Cluster mode: follows the replicated bucket from after `after`
@@ -295,6 +312,10 @@ impl Experiments {
 
     /// Creates a draft experiment on behalf of `by`.
     pub async fn create(&self, input: ExperimentIn, by: &Principal) -> Result<Arc<Compiled>> {
+        // Holdouts are measured as experiments of their own: one key space.
+        if self.holdouts.get(input.key.as_str()).is_ok() {
+            return Err(Error::ExperimentExists(input.key.to_string()));
+        }
         let created = self
             .catalog
             .send(CreateExperiment(input, by.clone()))
@@ -469,8 +490,9 @@ impl Experiments {
         answered: &Answered,
     ) -> Result<Assignment> {
         let mut assignments = [Assignment::decide(&entry.slot, unit, answered)?];
+        let held = self.hold_out(&[&entry.slot], &mut assignments, unit)?;
         if log_exposure {
-            self.expose(&[&entry.slot], &mut assignments, unit)?;
+            self.expose(&[&entry.slot], &mut assignments, unit, held)?;
         }
         let [assignment] = assignments;
         self.count(std::slice::from_ref(&assignment));
@@ -489,8 +511,9 @@ impl Experiments {
             .iter()
             .map(|s| Assignment::decide(s, unit, answered))
             .collect::<Result<_>>()?;
+        let held = self.hold_out(slots, &mut assignments, unit)?;
         if log_exposure {
-            self.expose(slots, &mut assignments, unit)?;
+            self.expose(slots, &mut assignments, unit, held)?;
         }
         self.count(&assignments);
         Ok(assignments)
@@ -532,9 +555,62 @@ impl Experiments {
         })
     }
 
-    fn expose(&self, slots: &[&Slot], assignments: &mut [Assignment], unit: &str) -> Result<()> {
+    fn expose(
+        &self,
+        slots: &[&Slot],
+        assignments: &mut [Assignment],
+        unit: &str,
+        held: Vec<(ExperimentKey, bool)>,
+    ) -> Result<()> {
         let now = unix_ms(self.clock.now());
-        exposure::expose(slots, assignments, unit, now, &*self.exposures)
+        exposure::expose(slots, assignments, unit, now, held, &*self.exposures)
+    }
+
+    /// Applies the holdouts: a unit a holdout covering an experiment holds
+    /// out is served that experiment's control (reason `holdout`) and not
+    /// exposed to it, unless it was exposed before (then it keeps its
+    /// variant). Only assignments that would serve the unit something
+    /// under test or shipped count: running and enrolled, or completed.
+    /// Returns each holdout met, once, and whether it holds the unit, for
+    /// the holdout's own exposure.
+    fn hold_out(
+        &self,
+        slots: &[&Slot],
+        assignments: &mut [Assignment],
+        unit: &str,
+    ) -> Result<Vec<(ExperimentKey, bool)>> {
+        let mut met: Vec<(ExperimentKey, bool)> = Vec::new();
+        if self.holdouts.is_empty() {
+            return Ok(met);
+        }
+        for (slot, a) in slots.iter().zip(assignments.iter_mut()) {
+            let experiment = a.compiled.experiment();
+            let shipped = experiment.status == Status::Completed;
+            let eligible = (a.decision.in_experiment && a.decision.reason != Reason::Forced)
+                || (shipped && a.decision.reason == Reason::NotRunning);
+            if !eligible {
+                continue;
+            }
+            for holdout in self.holdouts.covering(experiment.key.as_str()) {
+                let held = holdout.holds(unit);
+                if !met.iter().any(|(k, _)| *k == holdout.key) {
+                    met.push((holdout.key.clone(), held));
+                }
+                if !held {
+                    continue;
+                }
+                let exposed = a.decision.reason == Reason::Sticky
+                    || (!shipped && slot.sticky.get(unit, experiment)?.is_some());
+                if !exposed {
+                    a.decision = Decision {
+                        variant: 0,
+                        in_experiment: false,
+                        reason: Reason::Holdout,
+                    };
+                }
+            }
+        }
+        Ok(met)
     }
 
     /// Counts served assignments by reason (one relaxed add each).
@@ -724,7 +800,8 @@ mod tests {
             clock.clone(),
             max,
             crate::quotas::Quotas::unmetered(),
-        );
+        )
+        .unwrap();
         Fixture {
             _dir: dir,
             service,

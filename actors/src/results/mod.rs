@@ -184,6 +184,23 @@ impl Results {
         Ok(compute::compute(experiment, &aggregates, metric, view))
     }
 
+    /// A holdout's results: its metrics for the units it holds out against
+    /// the others its experiments served, from the live aggregates (see
+    /// `domain/holdout.rs`).
+    pub fn holdout(
+        &self,
+        holdout: &crate::domain::Holdout,
+        metric: Option<&str>,
+        view: PhaseView,
+    ) -> Result<ExperimentResults> {
+        let experiment = holdout.as_experiment()?;
+        if let Some(metric) = metric {
+            known_metric(&experiment, metric)?;
+        }
+        let aggregates = self.aggregates.get(holdout.key.as_str());
+        Ok(compute::compute(&experiment, &aggregates, metric, view))
+    }
+
     /// The experiment's cumulative figures over time for `metric` (the
     /// primary metric when `None`), thinned to at most `max_points`, ending
     /// with the figures now.

@@ -10,6 +10,7 @@ mod audit;
 mod cf;
 mod credentials;
 pub(crate) mod event_codec;
+mod holdouts;
 pub mod keys;
 mod projects;
 mod snapshot;
