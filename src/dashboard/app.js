@@ -485,6 +485,39 @@ async function stream() {
   }
 }
 
+// ---------- holdouts ----------
+
+/** Each holdout with its results: the held-out units against the exposed ones, per metric. */
+async function refreshHoldouts() {
+  const { holdouts } = await api("GET", "/v1/holdouts");
+  $("#holdouts-panel").hidden = !holdouts.length;
+  if (!holdouts.length) return;
+  const results = await Promise.all(holdouts.map((h) => api("GET", `/v1/holdouts/${h.key}/results`)));
+  $("#holdouts").replaceChildren(...holdouts.map((h, i) => renderHoldout(h, results[i])));
+}
+
+function renderHoldout(h, r) {
+  const scope = h.experiments ? h.experiments.join(", ") : "every experiment";
+  const units = r.metrics.length ? r.metrics[0].variants.map((v) => v.units) : [];
+  const rows = r.metrics.map((m) => {
+    const [held, exposed] = m.variants;
+    const c = m.comparisons[0] || {};
+    const field = m.kind === "binomial" ? "rate" : "mean";
+    const show = (v) => (m.kind === "binomial" ? pct(v && v[field], 2) : num(v && v[field]));
+    const lift = c.relative ? `${pct(c.relative.estimate)} [${pct(c.relative.ci && c.relative.ci[0])}, ${pct(c.relative.ci && c.relative.ci[1])}]` : "–";
+    return el("tr", { "data-metric": m.metric },
+      el("td", {}, m.metric), el("td", { class: "num", "data-field": "holdout" }, show(held)),
+      el("td", { class: "num", "data-field": "exposed" }, show(exposed)), el("td", { class: "num", "data-field": "lift" }, lift),
+      el("td", { class: "num" }, pval(c.p_value)), el("td", { class: "num" }, pval(c.sequential_p_value_adjusted)));
+  });
+  return el("div", { class: "holdout", "data-holdout": h.key },
+    el("h3", {}, `${h.name} (${h.key}) · ${pct(h.fraction)} held out of ${scope}${h.ended_at ? " · ended" : ""}`),
+    el("p", { class: "muted", "data-field": "units" }, `${units[0] ?? 0} held out · ${units[1] ?? 0} exposed${r.srm.detected ? ` · SRM p=${pval(r.srm.p_value)}` : ""}`),
+    el("table", {},
+      el("thead", {}, el("tr", {}, ["metric", "holdout", "exposed", "lift [95% CI]", "p", "always-valid p"].map((t) => el("th", {}, t)))),
+      el("tbody", {}, rows)));
+}
+
 // ---------- refresh loop ----------
 
 let refreshing = null;
@@ -503,6 +536,7 @@ function refresh() {
       renderAlerts(alerts.alerts.filter((a) => a.status !== "resolved").concat(alerts.alerts.filter((a) => a.status === "resolved").slice(0, 5)));
       renderWebhooks(hooks.webhooks);
       renderPerformance(perf);
+      await refreshHoldouts();
       await refreshResults();
     } catch (e) {
       showError(e.message);

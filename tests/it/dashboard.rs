@@ -508,3 +508,51 @@ fn a_person_sees_the_phases_of_an_experiment_whose_split_changed() {
         .unwrap()
         .contains("phase 2: 75/25"));
 }
+
+#[test]
+fn a_person_reads_a_holdouts_results_on_the_dashboard() {
+    let server = TestServer::start();
+    server.running_experiment("onboarding", json!({}));
+    let (status, created) = server.post(
+        "/v1/holdouts",
+        json!({"key": "h2", "name": "H2 holdout", "fraction": 0.25,
+            "metrics": [{"key": "conversion", "kind": "binomial"}]}),
+    );
+    assert_eq!(status, 201, "{created}");
+    let mut events = Vec::new();
+    for i in 0..400 {
+        let unit = format!("u{i}");
+        let a = server.assign("onboarding", &unit);
+        let held = a["reason"] == "holdout";
+        if (held && i % 10 == 0) || (!held && i % 10 < 4) {
+            events.push(json!({"type": "conversion", "unit_id": unit}));
+        }
+    }
+    server.persist(json!({ "events": events }));
+    server.barrier();
+    let (_, results) = server.get("/v1/holdouts/h2/results");
+    let variants = &results["metrics"][0]["variants"];
+    let shown = |v: &Value| format!("{:.2}%", v["rate"].as_f64().unwrap() * 100.0);
+
+    let mut browser = Browser::launch();
+    browser.goto(&server.url("/"));
+    browser.wait_for("!document.querySelector('#holdouts-panel').hidden", WAIT);
+    let row = "#holdouts [data-holdout=h2] tr[data-metric=conversion]";
+    browser.wait_for(&format!("!!document.querySelector('{row}')"), WAIT);
+    assert_eq!(
+        browser.eval(&text(&format!("{row} [data-field=holdout]"))),
+        json!(shown(&variants[0]))
+    );
+    assert_eq!(
+        browser.eval(&text(&format!("{row} [data-field=exposed]"))),
+        json!(shown(&variants[1]))
+    );
+    assert!(browser
+        .eval(&text("#holdouts [data-holdout=h2] [data-field=units]"))
+        .as_str()
+        .unwrap()
+        .starts_with(&format!(
+            "{} held out · {} exposed",
+            variants[0]["units"], variants[1]["units"]
+        )));
+}
