@@ -70,6 +70,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/projects/{key}"),
     ("patch", "/v1/projects/{key}"),
     ("delete", "/v1/projects/{key}"),
+    ("post", "/v1/holdouts"),
+    ("get", "/v1/holdouts"),
+    ("get", "/v1/holdouts/{key}"),
+    ("delete", "/v1/holdouts/{key}"),
+    ("get", "/v1/holdouts/{key}/results"),
 ];
 
 #[test]

@@ -21,6 +21,8 @@ crate::objects_only!(HoldoutIn);
 
 /// The largest share of units a holdout may keep.
 pub const MAX_HOLDOUT_FRACTION: f64 = 0.5;
+/// The smallest: a thousandth (smaller holds too few units to measure).
+pub const MIN_HOLDOUT_FRACTION: f64 = 0.001;
 /// Most experiments one holdout may name.
 pub const MAX_HOLDOUT_EXPERIMENTS: usize = 1000;
 /// The holdout's variant of held-out units.
@@ -35,7 +37,7 @@ pub struct Holdout {
     pub key: ExperimentKey,
     /// Display name.
     pub name: String,
-    /// The share of units held out, above 0 and at most 0.5.
+    /// The share of units held out, 0.001 to 0.5.
     pub fraction: f64,
     /// The salt of its hash; by default `holdout:{key}`.
     pub salt: String,
@@ -65,8 +67,8 @@ pub struct HoldoutIn {
     /// Display name, 1-200 characters.
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// The share of units held out, above 0 and at most 0.5.
-    #[schema(exclusive_minimum = 0.0, maximum = 0.5)]
+    /// The share of units held out, 0.001 to 0.5.
+    #[schema(minimum = 0.001, maximum = 0.5)]
     pub fraction: f64,
     /// The salt; `holdout:{key}` when absent.
     #[serde(default)]
@@ -75,9 +77,9 @@ pub struct HoldoutIn {
     #[serde(default)]
     #[schema(max_items = 1000)]
     pub experiments: Option<Vec<ExperimentKey>>,
-    /// What its results compare: binomial or mean metrics, uncapped.
+    /// What its results compare: binomial or mean metrics, uncapped, at
+    /// most 50 (a longer list is refused with 422).
     #[serde(default)]
-    #[schema(max_items = 50)]
     pub metrics: Vec<Metric>,
 }
 
@@ -89,12 +91,11 @@ impl Holdout {
             return Err(Error::invalid("name", "name must be 1-200 characters"));
         }
         if !(input.fraction.is_finite()
-            && input.fraction > 0.0
-            && input.fraction <= MAX_HOLDOUT_FRACTION)
+            && (MIN_HOLDOUT_FRACTION..=MAX_HOLDOUT_FRACTION).contains(&input.fraction))
         {
             return Err(Error::invalid(
                 "fraction",
-                format!("fraction must be above 0 and at most {MAX_HOLDOUT_FRACTION}"),
+                format!("fraction must be {MIN_HOLDOUT_FRACTION} to {MAX_HOLDOUT_FRACTION}"),
             ));
         }
         if input

@@ -313,7 +313,9 @@ impl Experiments {
     /// Creates a draft experiment on behalf of `by`.
     pub async fn create(&self, input: ExperimentIn, by: &Principal) -> Result<Arc<Compiled>> {
         // Holdouts are measured as experiments of their own: one key space.
+        // A body no experiment could take is refused as such first (422).
         if self.holdouts.get(input.key.as_str()).is_ok() {
+            crate::domain::Experiment::create(input.clone(), self.clock.now())?;
             return Err(Error::ExperimentExists(input.key.to_string()));
         }
         let created = self
