@@ -366,3 +366,32 @@ fn a_deleted_subscription_stays_deleted_and_receives_nothing_more() {
     let (_, list) = server.get("/v1/webhooks");
     assert_eq!(list["webhooks"], json!([]));
 }
+
+#[test]
+fn a_change_of_split_is_announced_as_experiment_reallocated_with_its_phase() {
+    let server = server("[200]", "5");
+    let receiver = Receiver::answering(200);
+    subscribe(&server, &receiver.url(), json!(["experiment.reallocated"]));
+    create_experiment(&server, "split");
+    assert_eq!(server.post_empty("/v1/experiments/split/start").0, 200);
+    // A patch that leaves the split alone says nothing.
+    let (status, _) = server.patch("/v1/experiments/split", json!({"name": "renamed"}));
+    assert_eq!(status, 200);
+    let (status, patched) = server.patch(
+        "/v1/experiments/split",
+        json!({"variants": [{"key": "control", "weight": 3}, {"key": "b", "weight": 1}]}),
+    );
+    assert_eq!(status, 200, "{patched}");
+    let got = receiver.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1);
+    let event = got[0].json();
+    assert_eq!(event["type"], "experiment.reallocated", "{event}");
+    assert_eq!(event["data"]["reason"], "patch", "{event}");
+    assert_eq!(event["data"]["phase"]["number"], 2, "{event}");
+    assert_eq!(
+        event["data"]["phase"]["weights"],
+        json!([0.75, 0.25]),
+        "{event}"
+    );
+    assert_eq!(event["data"]["phase"], patched["phases"][1]);
+}

@@ -4,7 +4,7 @@
 //! A bandit starts with an equal split and keeps it until every arm has
 //! `burn_in_units` exposed units. From then on, every
 //! `update_interval_s`, the weights become each arm's probability of being
-//! the best by Thompson sampling (see [`crate::stats::bandit`]), with a
+//! the best by Thompson sampling (see `stats/bandit.rs`), with a
 //! `floor` under every arm, and each new split is a new
 //! [phase](super::Phase): units already exposed keep their arm, and the
 //! results weigh each phase by its share of the units, which corrects them
@@ -130,4 +130,16 @@ impl BanditSpec {
             )),
         }
     }
+}
+
+/// A bandit's next split, as the results monitor hands it to the
+/// experiment's actor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reallocation {
+    /// The phase it follows; applied only while that one is current.
+    pub after_phase: u32,
+    /// Each arm's chance to be the best, in variant order.
+    pub chance_best: Vec<f64>,
+    /// The new weights, in variant order.
+    pub weights: Vec<f64>,
 }

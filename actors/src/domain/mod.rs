@@ -38,7 +38,7 @@ pub use aggregate::{
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
 pub use audit::{AuditEntry, AuditFilter, ResourceKind};
-pub use bandit::{Allocation, BanditSpec};
+pub use bandit::{Allocation, BanditSpec, Reallocation};
 pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};
 pub use credential::{
     ApiKey, KeyIn, KeyIssued, KeyOut, Need, Previous, Principal, Role, RotateIn, DEFAULT_PROJECT,

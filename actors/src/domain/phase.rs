@@ -24,12 +24,15 @@
 //! comparison by its share of the units (a post-stratified estimate, which
 //! a change of split cannot bias the way pooling can: no Simpson's paradox).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{Derivation, DerivedSums, ExperimentAggregates, VariantAggregates, VariantKey};
+use super::{
+    Derivation, DerivedSums, Experiment, ExperimentAggregates, VariantAggregates, VariantKey,
+};
 
 /// Where an experiment's phase starts are told to the ingest partitions
 /// among its derivations (outside the metric key alphabet).
@@ -304,6 +307,19 @@ impl ExperimentAggregates {
             out.entry(phase).or_default().insert(variant, v);
         }
         out
+    }
+
+    /// These aggregates (as kept: by stratum) by variant key, over the
+    /// phases of `view` of `experiment` (see [`Self::phase_view`]): as
+    /// kept, with no copy, while every unit counted is of phase 1 and the
+    /// view reads it.
+    pub fn by_variant(&self, experiment: &Experiment, view: PhaseView) -> Cow<'_, Self> {
+        let latest = experiment.phase().max(1);
+        if self.phased() || (view == PhaseView::Latest && latest > 1) {
+            Cow::Owned(self.phase_view(view, latest))
+        } else {
+            Cow::Borrowed(self)
+        }
     }
 
     /// Whether units of more than one phase are counted.

@@ -19,9 +19,8 @@ use crate::clock::Clock;
 use crate::cluster::Revision;
 use crate::domain::{
     Action, Alert, Allocation, AuditEntry, Correction, DomainEvent, DomainEventKind, Experiment,
-    ExperimentPatch, GuardrailStop, Principal, ResourceKind, Status, VariantKey,
+    ExperimentPatch, GuardrailStop, Principal, Reallocation, ResourceKind, Status, VariantKey,
 };
-use crate::results::bandit::Reallocation;
 use crate::storage::Store;
 use crate::Result;
 

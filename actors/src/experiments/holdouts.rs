@@ -59,6 +59,12 @@ impl Holdouts {
             .ok_or_else(|| Error::HoldoutNotFound(key.to_owned()))
     }
 
+    /// Whether `holdout` holds `unit` out: its bucket for the holdout's
+    /// salt is below the fraction.
+    pub fn holds(holdout: &Holdout, unit: &str) -> bool {
+        super::assignment::bucket(&holdout.salt, unit) < holdout.fraction
+    }
+
     /// The holdouts holding units out of `experiment` now.
     pub fn covering(&self, experiment: &str) -> Vec<Arc<Holdout>> {
         self.all
@@ -142,5 +148,31 @@ impl Holdouts {
         all.sort_by(|a, b| a.key.cmp(&b.key));
         self.all.store(Arc::new(all));
         Ok(holdout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    #[test]
+    fn a_holdout_holds_its_fraction_of_units_by_its_own_hash() {
+        let input = serde_json::from_value(json!({"key": "q4", "name": "Q4", "fraction": 0.1}));
+        let h = Holdout::create(input.unwrap(), OffsetDateTime::UNIX_EPOCH).unwrap();
+        let held = (0..20_000)
+            .filter(|i| Holdouts::holds(&h, &format!("u{i}")))
+            .count();
+        assert!((1800..2200).contains(&held), "{held}");
+        // Its own salt: independent of an experiment keyed alike.
+        let same_as_experiment = (0..20_000)
+            .filter(|i| {
+                let unit = format!("u{i}");
+                Holdouts::holds(&h, &unit) == (super::super::assignment::bucket("q4", &unit) < 0.1)
+            })
+            .count();
+        assert!(same_as_experiment < 19_000, "{same_as_experiment}");
     }
 }

@@ -594,7 +594,7 @@ impl Experiments {
                 continue;
             }
             for holdout in self.holdouts.covering(experiment.key.as_str()) {
-                let held = holdout.holds(unit);
+                let held = Holdouts::holds(&holdout, unit);
                 if !met.iter().any(|(k, _)| *k == holdout.key) {
                     met.push((holdout.key.clone(), held));
                 }

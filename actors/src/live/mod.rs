@@ -223,7 +223,7 @@ fn second(
         }
     }
     let primary = experiment.primary_metric.as_ref().map(|p| p.as_str());
-    let viewed = crate::results::compute::by_variant(experiment, now, PhaseView::All);
+    let viewed = now.by_variant(experiment, PhaseView::All);
     let variants: Vec<Value> = TimelineSnapshot::of(experiment, &viewed)
         .values(experiment, primary)
         .into_iter()

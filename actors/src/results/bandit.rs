@@ -5,23 +5,14 @@
 use time::{Duration, OffsetDateTime};
 
 use super::compute;
-use crate::domain::{Allocation, Experiment, ExperimentAggregates, PhaseView, Status};
+use crate::domain::{
+    Allocation, Experiment, ExperimentAggregates, PhaseView, Reallocation, Status,
+};
 use crate::stats::bandit::{chance_best, weights, Posterior};
 
 /// The least change of some arm's weight worth a new phase: smaller moves
 /// would spend phases (at most 100) on noise.
 const MIN_CHANGE: f64 = 0.005;
-
-/// A bandit's next split.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reallocation {
-    /// The phase it follows; applied only while that one is current.
-    pub after_phase: u32,
-    /// Each arm's chance to be the best, in variant order.
-    pub chance_best: Vec<f64>,
-    /// The new weights, in variant order.
-    pub weights: Vec<f64>,
-}
 
 /// The split `experiment` should move to at `now`, from its aggregates as
 /// kept (by phase), with `draws` Thompson draws: `None` unless it is a
@@ -50,7 +41,7 @@ pub fn due(
     let key = experiment.primary_metric.as_ref()?;
     let metrics = experiment.analysed_metrics();
     let metric = metrics.iter().find(|m| &m.key == key)?;
-    let viewed = compute::by_variant(experiment, kept, PhaseView::All);
+    let viewed = kept.by_variant(experiment, PhaseView::All);
     let per_variant = compute::per_variant(experiment, &viewed);
     let arms = compute::arms(experiment, &viewed, &per_variant, metric)?;
     if arms.iter().any(|(_, a)| a.units < spec.burn_in_units) {

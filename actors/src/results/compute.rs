@@ -2,8 +2,6 @@
 //! metric at a time, plus the sample-ratio-mismatch check. Costs
 //! microseconds per metric, whatever the number of events behind it.
 
-use std::borrow::Cow;
-
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -152,7 +150,7 @@ pub fn compute(
     metric: Option<&str>,
     view: PhaseView,
 ) -> ExperimentResults {
-    let aggregates = &*by_variant(experiment, kept, view);
+    let aggregates = &*kept.by_variant(experiment, view);
     let per_variant = per_variant(experiment, aggregates);
     let (srm, units) = match view {
         PhaseView::All => sample_ratio(experiment, kept),
@@ -495,22 +493,6 @@ pub fn phase_checks(experiment: &Experiment, aggregates: &ExperimentAggregates) 
             }
         })
         .collect()
-}
-
-/// `kept` (by stratum) by variant key, over the phases of `view` (see
-/// [`ExperimentAggregates::phase_view`]): as kept, with no copy, while
-/// every unit counted is of phase 1 and the view reads it.
-pub fn by_variant<'a>(
-    experiment: &Experiment,
-    kept: &'a ExperimentAggregates,
-    view: PhaseView,
-) -> Cow<'a, ExperimentAggregates> {
-    let latest = experiment.phase().max(1);
-    if kept.phased() || (view == PhaseView::Latest && latest > 1) {
-        Cow::Owned(kept.phase_view(view, latest))
-    } else {
-        Cow::Borrowed(kept)
-    }
 }
 
 /// The winner by these comparisons of the primary metric: the treatment

@@ -59,7 +59,7 @@ impl Figures {
     /// the primary metric's statistics included.
     pub fn of(compiled: Arc<Compiled>, aggregates: Arc<ExperimentAggregates>) -> Self {
         let experiment = compiled.experiment();
-        let viewed = compute::by_variant(experiment, &aggregates, PhaseView::All);
+        let viewed = aggregates.by_variant(experiment, PhaseView::All);
         let primary = compute::primary(experiment, &viewed).map(Arc::new);
         let from = Arc::clone(&aggregates);
         Self::with_primary(compiled, aggregates, primary, from)
@@ -75,7 +75,7 @@ impl Figures {
     ) -> Self {
         let experiment = compiled.experiment();
         let (srm, units) = compute::sample_ratio(experiment, &aggregates);
-        let viewed = compute::by_variant(experiment, &aggregates, PhaseView::All);
+        let viewed = aggregates.by_variant(experiment, PhaseView::All);
         let guardrails = compute::guardrails(experiment, &viewed);
         let timeline = TimelineSnapshot::of(experiment, &viewed);
         let model = model::results(experiment, &viewed);

@@ -222,7 +222,10 @@ impl Results {
             unix_ms(self.clock.now()),
             TimelineSnapshot::of(
                 experiment,
-                &compute::by_variant(experiment, &self.aggregates.get(key), PhaseView::All),
+                &self
+                    .aggregates
+                    .get(key)
+                    .by_variant(experiment, PhaseView::All),
             ),
         ));
         let step = stored.len().div_ceil(max_points.max(2) - 1).max(1);
@@ -292,7 +295,7 @@ impl Results {
         let compiled = self.snapshot(key)?;
         let experiment = compiled.experiment();
         let kept = self.aggregates.get(key);
-        let aggregates = compute::by_variant(experiment, &kept, PhaseView::All);
+        let aggregates = kept.by_variant(experiment, PhaseView::All);
         let buckets = self
             .analytics(AnalyticsFilter {
                 experiment: Some(key.to_owned()),
