@@ -103,22 +103,38 @@ async fn key_value(
     max_age: Duration,
     settings: &ClusterSettings,
 ) -> Result<async_nats::jetstream::kv::Store> {
-    if let Ok(kv) = jetstream.get_key_value(bucket).await {
-        return Ok(kv);
+    let config = async_nats::jetstream::kv::Config {
+        bucket: bucket.to_owned(),
+        description: description.to_owned(),
+        history: 1,
+        max_age,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    };
+    // A cluster that has just formed may know its meta leader before it
+    // counts every peer as online, and refuses to place replicas until
+    // then ("no suitable peers for placement"): a node starting with it
+    // tries again for a while rather than exiting.
+    let deadline = std::time::Instant::now() + PLACEMENT_WAIT;
+    loop {
+        if let Ok(kv) = jetstream.get_key_value(bucket).await {
+            return Ok(kv);
+        }
+        match jetstream.create_key_value(config.clone()).await {
+            Ok(kv) => return Ok(kv),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(bucket, error = %e, "creating a bucket failed; trying again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(Error::Cluster(format!("creating the {bucket} bucket: {e}"))),
+        }
     }
-    jetstream
-        .create_key_value(async_nats::jetstream::kv::Config {
-            bucket: bucket.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            max_age,
-            storage: async_nats::jetstream::stream::StorageType::File,
-            num_replicas: settings.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| Error::Cluster(format!("creating the {bucket} bucket: {e}")))
 }
+
+/// How long a starting node keeps trying to create a bucket the cluster
+/// cannot place yet.
+const PLACEMENT_WAIT: Duration = Duration::from_secs(15);
 
 /// A key-value watch's entries until its first error, which is logged.
 /// A watch whose server died keeps failing (missed heartbeats) rather than
