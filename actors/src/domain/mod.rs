@@ -48,7 +48,7 @@ pub use domain_event::{DomainEvent, DomainEventKind};
 pub use event::{json_len, unix_ms, Event, EventIn, EventLimits, EventType};
 pub use experiment::{
     Bucketing, Correction, Cuped, Experiment, ExperimentIn, ExperimentPatch, Guardrail,
-    GuardrailStop, Layer, Metric, MetricKind, Variant, MAX_FORCED, MAX_VARIANTS,
+    GuardrailStop, Layer, Metric, MetricKind, Variant, MAX_FORCED, MAX_PHASES, MAX_VARIANTS,
 };
 pub use holdout::{Holdout, HoldoutIn, EXPOSED, HELD_OUT};
 pub use ids::{

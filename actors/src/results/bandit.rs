@@ -6,7 +6,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::compute;
 use crate::domain::{
-    Allocation, Experiment, ExperimentAggregates, PhaseView, Reallocation, Status,
+    Allocation, Experiment, ExperimentAggregates, PhaseView, Reallocation, Status, MAX_PHASES,
 };
 use crate::stats::bandit::{chance_best, weights, Posterior};
 
@@ -18,7 +18,7 @@ const MIN_CHANGE: f64 = 0.005;
 /// kept (by phase), with `draws` Thompson draws: `None` unless it is a
 /// running bandit whose current phase is `update_interval_s` old, every
 /// arm has its burn-in units, and some weight would move by at least half
-/// a percentage point.
+/// a percentage point (and it has phases left).
 ///
 /// The posteriors are drawn from the phase-weighted figures the results
 /// show (`phase=all`), so a phase in which the split favoured an arm does
@@ -33,6 +33,10 @@ pub fn due(
         return None;
     }
     let spec = experiment.bandit?;
+    // With every phase spent, the split stays as it is: no draws.
+    if experiment.phases.len() >= MAX_PHASES {
+        return None;
+    }
     let current = experiment.phases.last()?;
     let interval = Duration::seconds(i64::try_from(spec.update_interval_s).ok()?);
     if now - current.started_at < interval {
@@ -220,5 +224,18 @@ mod tests {
             Some(next),
             "reproducible"
         );
+        // With every phase spent, nothing is drawn again.
+        let mut full = experiment.clone();
+        for i in 0..99 {
+            let w = if i % 2 == 0 {
+                [0.2, 0.3, 0.5]
+            } else {
+                [0.5, 0.3, 0.2]
+            };
+            full = full.reallocated(&w, later + Duration::seconds(i)).unwrap();
+        }
+        assert_eq!(full.phases.len(), MAX_PHASES);
+        assert!(full.reallocated(&[0.4, 0.3, 0.3], later).is_err());
+        assert_eq!(due(&full, &kept, later + Duration::days(1), 1_000), None);
     }
 }
