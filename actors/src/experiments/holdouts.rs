@@ -39,11 +39,6 @@ impl Holdouts {
         })
     }
 
-    /// Whether there is none (most projects): assignments then skip them.
-    pub fn is_empty(&self) -> bool {
-        self.all.load().is_empty()
-    }
-
     /// Every holdout, in key order.
     pub fn all(&self) -> Arc<Vec<Arc<Holdout>>> {
         self.all.load_full()
@@ -63,16 +58,6 @@ impl Holdouts {
     /// salt is below the fraction.
     pub fn holds(holdout: &Holdout, unit: &str) -> bool {
         super::assignment::bucket(&holdout.salt, unit) < holdout.fraction
-    }
-
-    /// The holdouts holding units out of `experiment` now.
-    pub fn covering(&self, experiment: &str) -> Vec<Arc<Holdout>> {
-        self.all
-            .load()
-            .iter()
-            .filter(|h| h.ended_at.is_none() && h.covers(experiment))
-            .cloned()
-            .collect()
     }
 
     /// Creates a holdout on behalf of `by`; `taken` says whether an

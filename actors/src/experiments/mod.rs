@@ -582,7 +582,8 @@ impl Experiments {
         unit: &str,
     ) -> Result<Vec<(ExperimentKey, bool)>> {
         let mut met: Vec<(ExperimentKey, bool)> = Vec::new();
-        if self.holdouts.is_empty() {
+        let holdouts = self.holdouts.all();
+        if holdouts.is_empty() {
             return Ok(met);
         }
         for (slot, a) in slots.iter().zip(assignments.iter_mut()) {
@@ -593,8 +594,12 @@ impl Experiments {
             if !eligible {
                 continue;
             }
-            for holdout in self.holdouts.covering(experiment.key.as_str()) {
-                let held = Holdouts::holds(&holdout, unit);
+            let key = experiment.key.as_str();
+            for holdout in holdouts
+                .iter()
+                .filter(|h| h.ended_at.is_none() && h.covers(key))
+            {
+                let held = Holdouts::holds(holdout, unit);
                 if !met.iter().any(|(k, _)| *k == holdout.key) {
                     met.push((holdout.key.clone(), held));
                 }
