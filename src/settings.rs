@@ -51,6 +51,7 @@ pub fn engine(config: &Config) -> EngineConfig {
         max_assignment_experiments: config.limits.max_assignment_experiments,
         max_stats_message_bytes: config.limits.max_stats_message_bytes,
         max_export_page_bytes: config.limits.max_export_page_bytes,
+        max_links_per_unit: config.limits.max_links_per_unit,
         max_keys: config.auth.max_keys,
         audit_retention: config.audit.retention_days.get(),
         monitor_interval: config.results.check_interval_ms.get(),

@@ -16,7 +16,8 @@ use crate::experiments::records::Records;
 use crate::experiments::{self, Experiments};
 use crate::ingest::retention::{self, Retention};
 use crate::ingest::{
-    derived, IngestLimits, Intake, JsonlSink, LiveAggregates, Mailbox, Owner, Publisher, SinkWorker,
+    derived, IngestLimits, Intake, IntakeBounds, JsonlSink, LiveAggregates, Mailbox, Owner,
+    Publisher, SinkWorker,
 };
 use crate::live::{self, Live};
 use crate::quotas::Quotas;
@@ -59,6 +60,8 @@ pub struct EngineConfig {
     pub max_stats_message_bytes: usize,
     /// An export page stops once it holds this many bytes of events.
     pub max_export_page_bytes: usize,
+    /// Most ids linked to one unit.
+    pub max_links_per_unit: usize,
     /// Most API keys issued through the API.
     pub max_keys: usize,
     /// How long audit log entries are kept.
@@ -169,7 +172,10 @@ impl Engine {
             store.clone(),
             Arc::clone(&clock),
             config.events,
-            config.max_export_page_bytes,
+            IntakeBounds {
+                max_export_page_bytes: config.max_export_page_bytes,
+                max_links_per_unit: config.max_links_per_unit,
+            },
         ));
         let results = Arc::new(Results::new(
             Arc::clone(&registry),

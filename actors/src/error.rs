@@ -25,6 +25,9 @@ pub enum Error {
     /// No project has this key.
     #[error("project '{0}' not found")]
     ProjectNotFound(String),
+    /// An id cannot be linked to this unit (see `POST /v1/aliases`).
+    #[error("{0}")]
+    LinkConflict(String),
     /// A project with this key exists already.
     #[error("project '{0}' already exists")]
     ProjectExists(String),

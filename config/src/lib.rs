@@ -371,6 +371,8 @@ pub struct LimitsConfig {
     pub max_stats_message_bytes: usize,
     /// An events export page stops once it holds this many bytes.
     pub max_export_page_bytes: usize,
+    /// Most ids linked to one unit (`POST /v1/aliases`).
+    pub max_links_per_unit: usize,
 }
 
 /// A destination for committed events.
@@ -774,6 +776,7 @@ impl LimitsConfig {
                 self.max_stats_message_bytes,
             ),
             ("limits.max_export_page_bytes", self.max_export_page_bytes),
+            ("limits.max_links_per_unit", self.max_links_per_unit),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -166,6 +166,7 @@ impl ApiError {
                 EngineError::KeyNotFound(_) => "key_not_found",
                 EngineError::ProjectNotFound(_) => "project_not_found",
                 EngineError::ProjectExists(_) => "project_exists",
+                EngineError::LinkConflict(_) => "link_conflict",
                 EngineError::Unsupported(_) => "unsupported",
                 EngineError::NotPermitted(_) => "forbidden",
                 EngineError::AlertNotFound(_) => "alert_not_found",
@@ -210,6 +211,7 @@ impl ApiError {
             ApiError::Engine(EngineError::NotEditable { field, .. }) => Some(field),
             ApiError::Engine(EngineError::LayerOverlap { .. }) => Some("layer"),
             ApiError::Engine(EngineError::Reallocation { .. }) => Some("variants"),
+            ApiError::Engine(EngineError::LinkConflict(_)) => Some("from"),
             ApiError::InvalidBody { field, .. } | ApiError::InvalidQuery { field, .. } => {
                 field.as_deref()
             }
@@ -233,6 +235,7 @@ impl ResponseError for ApiError {
                 EngineError::ExperimentExists(_)
                 | EngineError::LayerOverlap { .. }
                 | EngineError::ProjectExists(_)
+                | EngineError::LinkConflict(_)
                 | EngineError::Unsupported(_)
                 | EngineError::InvalidTransition { .. }
                 | EngineError::AlertTransition { .. }

@@ -4,6 +4,7 @@
 
 pub mod aggregates;
 pub mod alerts;
+pub mod aliases;
 pub mod analytics;
 pub mod assignments;
 pub mod audit;
@@ -92,6 +93,7 @@ pub fn configure(
             .configure(events::configure)
             .configure(experiments::configure)
             .configure(holdouts::configure)
+            .configure(aliases::configure)
             .configure(aggregates::configure)
             .configure(results::configure)
             .configure(analytics::configure)

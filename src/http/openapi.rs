@@ -14,7 +14,7 @@ use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, Response, Type};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    aggregates, alerts, analytics, assignments, audit, error, events, experiments, health,
+    aggregates, alerts, aliases, analytics, assignments, audit, error, events, experiments, health,
     holdouts, keys, ofrep, performance, projects, prometheus, results, stream, webhooks, ws,
     Limits,
 };
@@ -90,6 +90,8 @@ use super::{
         ws::ws,
         assignments::assign_one,
         assignments::assign_all,
+        aliases::link,
+        aliases::identity,
         ofrep::evaluate_one,
         ofrep::evaluate_all,
         events::accept,

@@ -8,6 +8,7 @@ mod common;
 
 mod aggregates;
 mod alerts;
+mod aliases;
 mod analytics;
 mod assignment;
 mod audit;

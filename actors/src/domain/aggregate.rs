@@ -126,6 +126,12 @@ impl Covariate {
         format!("{}@pre{}", self.measure, self.window_ms)
     }
 
+    /// Whether `key` is any covariate's [`Covariate::key`]: measure keys
+    /// are metric keys, whose alphabet has no `@`.
+    pub fn is_any_key(key: &str) -> bool {
+        key.contains("@pre")
+    }
+
     /// Whether `key` is [`Covariate::key`], without allocating it.
     pub fn is_key(&self, key: &str) -> bool {
         key.strip_prefix(self.measure.as_str())

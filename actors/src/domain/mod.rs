@@ -8,6 +8,7 @@
 mod aggregate;
 mod alert;
 mod alert_rule;
+mod alias;
 mod audit;
 mod bandit;
 mod bucket;
@@ -37,6 +38,7 @@ pub use aggregate::{
 };
 pub use alert::{Alert, AlertStatus, Firing, Stamp, StampIn, SYSTEM};
 pub use alert_rule::{AlertMetric, AlertRule, RuleIn, RulePatch, Severity, MAX_WINDOW_S};
+pub use alias::{merge as merge_linked, Alias, MovedExposure, Taken, Transfer};
 pub use audit::{AuditEntry, AuditFilter, ResourceKind};
 pub use bandit::{Allocation, BanditSpec, Reallocation};
 pub use bucket::{Bucket, Sketch, SKETCH_RELATIVE_ERROR};

@@ -45,7 +45,7 @@ use crate::domain::{
     VariantKey,
 };
 use crate::quotas::Quotas;
-use crate::storage::blocking;
+use crate::storage::{blocking, Store};
 use crate::{Error, Result};
 
 /// One unit's assignment to one experiment. Holds the snapshot it was
@@ -244,6 +244,8 @@ pub struct Experiments {
     served: [AtomicU64; Reason::ALL.len()],
     max_assignment_experiments: usize,
     holdouts: Arc<Holdouts>,
+    /// Where linked ids are resolved to their units.
+    store: Store,
 }
 
 impl Experiments {
@@ -260,7 +262,11 @@ impl Experiments {
     ) -> Result<Self> {
         let replicated = records.bucket().is_some();
         let store = records.store().clone();
-        let holdouts = Arc::new(Holdouts::load(store, Arc::clone(&clock), replicated)?);
+        let holdouts = Arc::new(Holdouts::load(
+            store.clone(),
+            Arc::clone(&clock),
+            replicated,
+        )?);
         let catalog =
             Catalog::new(Arc::clone(&registry), records, Arc::clone(&clock), quotas).start();
         Ok(Self {
@@ -272,6 +278,7 @@ impl Experiments {
             served: Default::default(),
             max_assignment_experiments,
             holdouts,
+            store,
         })
     }
 
@@ -416,6 +423,9 @@ impl Experiments {
     /// room (up to `ingest.enqueue_wait_ms`) and is decided again.
     pub async fn assign(&self, key: &str, unit: &str, log_exposure: bool) -> Result<Assignment> {
         let entry = self.entry(key)?;
+        // A linked id is assigned as its unit (`ingest/aliases.rs`).
+        let linked = self.store.canonical_unit(unit)?;
+        let unit = linked.as_deref().unwrap_or(unit);
         let answered = self.ask_elsewhere(&[&entry.slot], unit).await;
         self.exposures
             .room()
@@ -434,6 +444,8 @@ impl Experiments {
         log_exposure: bool,
     ) -> Result<Vec<Assignment>> {
         let entries = self.entries(keys)?;
+        let linked = self.store.canonical_unit(unit)?;
+        let unit = linked.as_deref().unwrap_or(unit);
         let slots: Vec<&Slot> = entries.iter().map(|e| &*e.slot).collect();
         let answered = self.ask_elsewhere(&slots, unit).await;
         self.exposures

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt};
 use time::OffsetDateTime;
 
+use super::aliases::Resolver;
 use crate::domain::{Event, EventId, EventIn, EventLimits, EventType, ExperimentKey, Status};
 use crate::experiments::actor::Slot;
 use crate::experiments::assignment::{Compiled, Reason};
@@ -24,6 +25,7 @@ pub(super) fn attribute(
     inputs: Vec<EventIn>,
     entries: &BTreeMap<ExperimentKey, Entry>,
     firsts: &mut FirstExposures,
+    resolver: &mut Resolver<'_>,
     limits: &EventLimits,
     now: OffsetDateTime,
 ) -> Result<Vec<Event>> {
@@ -42,6 +44,8 @@ pub(super) fn attribute(
         let mut event = input
             .check(now, limits, || EventId::Uuid(crate::domain::uuid_v7()))
             .map_err(at)?;
+        // A linked id's events are its unit's (`ingest/aliases.rs`).
+        resolver.resolve(&mut event.unit_id).map_err(at)?;
         let Some(key) = &event.experiment else {
             if event.variant.is_some() {
                 return Err(at(Error::invalid(

@@ -81,10 +81,11 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use super::totals::MeasureNames;
 pub use super::totals::{LiveAggregates, OTHER_MEASURE};
 use crate::domain::{
-    finite, group_of, measures, sketch_of, AggregateChanges, Covariate, Derivation, Derivations,
-    DerivedSums, DriftWindow, Event, EventType, ExperimentAggregates, ExperimentKey, Exposure,
-    ModelAggregates, ModelTracking, PredictionChange, Properties, Scored, UnitChange, UnitMeasure,
-    VariantAggregates, VariantKey, DEFAULT_QUANTILE_BINS, MODEL_DERIVATION, PHASES_DERIVATION,
+    finite, group_of, measures, merge_linked, sketch_of, AggregateChanges, Covariate, Derivation,
+    Derivations, DerivedSums, DriftWindow, Event, EventType, ExperimentAggregates, ExperimentKey,
+    Exposure, ModelAggregates, ModelTracking, PredictionChange, Properties, Scored, Taken,
+    UnitChange, UnitMeasure, VariantAggregates, VariantKey, DEFAULT_QUANTILE_BINS,
+    MODEL_DERIVATION, PHASES_DERIVATION,
 };
 use crate::domain::{phase_at, split_stratum, stratum};
 use crate::storage::{Store, PREDICTION_GRACE_MS};
@@ -382,6 +383,109 @@ impl Aggregator {
             self.units.insert(unit.into(), state.unwrap_or_default());
         }
         Ok(())
+    }
+
+    /// Puts the stored state of `units` (links and transfers of the batch)
+    /// that are not in the working set yet into it, as
+    /// [`Aggregator::load_units`] does for the units of events.
+    pub fn load_named(
+        &mut self,
+        units: &[&str],
+        read: impl FnOnce(&[&str]) -> Result<Vec<Option<Vec<Exposure>>>>,
+    ) -> Result<()> {
+        let mut seen = HashSet::with_capacity(units.len());
+        let missing: Vec<&str> = units
+            .iter()
+            .copied()
+            .filter(|u| !self.units.contains_key(*u) && seen.insert(*u))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let states = read(&missing)?;
+        for (unit, state) in missing.into_iter().zip(states) {
+            self.units.insert(unit.into(), state.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Identity stitching, in the linked id's partition: takes the id's
+    /// state (in the working set) out of this partition's share, as if it
+    /// had never been exposed, and returns it for the unit's partition to
+    /// fold in ([`Aggregator::attach`]). The id's stored state becomes
+    /// empty. Its exposure counts (events) and quantile sketches stay where
+    /// its events were counted.
+    pub fn detach(&mut self, id: &str) -> Vec<Exposure> {
+        let exposures = self
+            .units
+            .get_mut(id)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for x in &exposures {
+            self.contribute(x, false);
+        }
+        self.dirty_units.insert(id.into());
+        exposures
+    }
+
+    /// Identity stitching, in the unit's partition: folds a linked id's
+    /// state (from [`Aggregator::detach`]) into the unit's (in the working
+    /// set) by the rule of `domain/alias.rs`, and this partition's share
+    /// with it. Returns the first exposures the unit takes from the id.
+    pub fn attach(&mut self, unit: &str, incoming: Vec<Exposure>) -> Vec<Taken> {
+        let mut exposures = self.units.remove(unit).unwrap_or_default();
+        let mut interned = Vec::with_capacity(incoming.len());
+        for mut x in incoming {
+            x.experiment = self.intern(&x.experiment);
+            x.variant = self.intern(&x.variant);
+            for m in &mut x.measures {
+                m.key = self.intern(&m.key);
+            }
+            interned.push(x);
+        }
+        let touches =
+            |x: &Exposure, all: &[Exposure]| all.iter().any(|i| i.experiment == x.experiment);
+        for x in exposures.iter().filter(|x| touches(x, &interned)) {
+            self.contribute(x, false);
+        }
+        let (taken, touched) = merge_linked(&mut exposures, interned);
+        for x in exposures.iter().filter(|x| touched.contains(&x.experiment)) {
+            self.contribute(x, true);
+        }
+        self.units.insert(unit.into(), exposures);
+        self.dirty_units.insert(unit.into());
+        taken
+    }
+
+    /// Adds (or with `add` false, takes out) one exposure's part of its
+    /// variant's aggregates: the unit, its measures (covariates are not
+    /// measures) and its terms of the derived sums.
+    fn contribute(&mut self, x: &Exposure, add: bool) {
+        let step = |total: u64, by: u64| match add {
+            true => total.saturating_add(by),
+            false => total.saturating_sub(by),
+        };
+        let sign = if add { 1.0 } else { -1.0 };
+        let derived = self.derivations.get(&x.experiment).map(Arc::clone);
+        let variant = self.variant_mut(&x.experiment, &x.variant);
+        variant.units = step(variant.units, 1);
+        for m in x.measures.iter().filter(|m| !Covariate::is_any_key(&m.key)) {
+            let totals = entry_mut(&mut variant.measures, &m.key);
+            totals.units = step(totals.units, u64::from(m.events > 0));
+            totals.events = step(totals.events, m.events);
+            totals.sum = finite(totals.sum + sign * m.sum);
+            totals.sum_squares = finite(totals.sum_squares + sign * finite(m.sum * m.sum));
+        }
+        for (metric, d) in derived.iter().flat_map(|all| all.iter()) {
+            if d.sums_units() {
+                let terms = d.terms(x);
+                let sums = entry_mut(&mut variant.derived, metric);
+                match add {
+                    true => sums.shift(DerivedSums::default(), terms),
+                    false => sums.shift(terms, DerivedSums::default()),
+                }
+            }
+        }
     }
 
     /// Covariates: reads with `read(unit, from_ms, to_ms)` the events of
@@ -1203,6 +1307,70 @@ mod tests {
             a.variants["a"].derived["capped"].capped > 0.0,
             "some unit is capped"
         );
+    }
+
+    #[test]
+    fn a_link_moves_the_ids_sums_to_its_unit_and_counts_the_person_once() {
+        let (events, units) = shoppers(13);
+        let mut agg = Aggregator::new(usize::MAX);
+        agg.respec("e", Arc::new(derivations(10.0)), |_| Ok(()))
+            .unwrap();
+        agg.fold(&events);
+        // Each odd unit (variant b) is an id of the even one before it
+        // (variant a): both first exposed at the same time, so the unit's
+        // own exposure stands and the person is an `a` unit.
+        let mut merged: Vec<(String, f64, f64)> = Vec::new();
+        for pair in units.chunks(2) {
+            let (unit, id) = (&pair[0], &pair[1]);
+            merged.push((unit.0.clone(), unit.1 + id.1, unit.2 + id.2));
+        }
+        for k in 0..30 {
+            let state = agg.detach(&format!("u{}", 2 * k + 1));
+            let taken = agg.attach(&format!("u{}", 2 * k), state);
+            assert!(taken.is_empty(), "a tie leaves the unit its own variant");
+        }
+        let a = agg.experiment("e");
+        assert_eq!(a.variants["a"].units, 30);
+        assert_eq!(a.variants["b"].units, 0, "each person counted once");
+        assert_sums(&a, &merged, 10.0);
+        let spent: f64 = merged.iter().map(|u| u.1).sum();
+        let purchase = measure(&a, "a", "purchase");
+        assert!((purchase.sum - spent).abs() < 1e-9, "{purchase:?}");
+        let squares: f64 = merged.iter().map(|u| u.1 * u.1).sum();
+        assert!((purchase.sum_squares - squares).abs() < 1e-6 * squares);
+        let gone = measure(&a, "b", "purchase");
+        assert_eq!((gone.units, gone.events), (0, 0));
+        assert!(gone.sum.abs() < 1e-9 && gone.sum_squares.abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_linked_id_exposed_first_gives_the_unit_its_variant() {
+        let mut agg = Aggregator::new(usize::MAX);
+        agg.fold(&[
+            event("exposure", "anon", Some("e"), Some("b"), 1),
+            event("session", "anon", Some("e"), None, 2),
+            event("session", "anon", Some("e"), None, 3),
+            event("exposure", "alice", Some("e"), Some("a"), 5),
+            event("session", "alice", Some("e"), None, 6),
+        ]);
+        let state = agg.detach("anon");
+        let taken = agg.attach("alice", state);
+        assert_eq!(
+            taken
+                .iter()
+                .map(|t| (&*t.experiment, &*t.variant, t.at_ms))
+                .collect::<Vec<_>>(),
+            [("e", "b", 1)]
+        );
+        let a = agg.experiment("e");
+        assert_eq!((a.variants["a"].units, a.variants["b"].units), (0, 1));
+        let sessions = measure(&a, "b", "session");
+        assert_eq!((sessions.units, sessions.events), (1, 3));
+        assert_eq!((sessions.sum, sessions.sum_squares), (3.0, 9.0));
+        let left = measure(&a, "a", "session");
+        assert_eq!((left.units, left.events, left.sum), (0, 0, 0.0));
+        assert_eq!(agg.units["anon"], Vec::new(), "the id keeps no state");
+        assert!(agg.dirty_units.contains("anon") && agg.dirty_units.contains("alice"));
     }
 
     #[test]

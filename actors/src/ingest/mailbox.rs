@@ -14,8 +14,7 @@ use super::aggregator::{Aggregator, LiveAggregates};
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use super::writer::{self, Committer};
-use crate::domain::StickyAssignment;
-use crate::domain::{Derivations, Event};
+use crate::domain::{Derivations, Event, StickyAssignment, Taken, Transfer};
 use crate::experiments::exposure::FirstExposures;
 use crate::experiments::sticky::Claim;
 use crate::room::Room;
@@ -63,6 +62,32 @@ pub(super) struct Part {
     pub(super) ack: Option<Ack>,
     /// Cluster mode: the event log sequence of the part's last message.
     pub(super) stream_seq: Option<u64>,
+    /// Identity stitching, in the linked id's partition: ids to link,
+    /// after the events queued before them (a part with links ends its
+    /// writer's batch).
+    pub(super) links: Vec<Link>,
+    /// Identity stitching, in the unit's partition: linked ids' states to
+    /// fold into their units.
+    pub(super) arrivals: Vec<Arrival>,
+}
+
+/// Where a link's caller hears the first exposures its unit took from the
+/// linked id, once the unit's partition has folded them in.
+pub(super) type LinkReply = tokio::sync::oneshot::Sender<Result<Vec<Taken>>>;
+
+/// An id to link to a unit: its partition takes the id's state out of its
+/// share and sends it on as an [`Arrival`].
+pub(super) struct Link {
+    pub(super) from: Box<str>,
+    pub(super) to: Box<str>,
+    pub(super) at_ms: i64,
+    pub(super) reply: Option<LinkReply>,
+}
+
+/// A linked id's state, for the unit's partition to fold in.
+pub(super) struct Arrival {
+    pub(super) transfer: Transfer,
+    pub(super) reply: Option<LinkReply>,
 }
 
 /// A committed batch, as sinks and aggregates see it.
@@ -102,6 +127,16 @@ impl Ack {
                 sent: false,
             })
             .collect()
+    }
+
+    /// Another share of the same answer: for events a writer sends on to
+    /// another partition (those of an id linked meanwhile).
+    pub(super) fn fork(&self) -> Ack {
+        self.group.remaining.fetch_add(1, Ordering::AcqRel);
+        Ack {
+            group: Arc::clone(&self.group),
+            sent: false,
+        }
     }
 
     /// This partition's outcome.
@@ -228,6 +263,8 @@ pub(super) enum Command {
     Restore(Restore),
     /// Commit everything queued before this, then say so.
     Settle(tokio::sync::oneshot::Sender<()>),
+    /// [`Command::Settle`] for a caller that blocks (shutdown).
+    Drain(flume::Sender<()>),
     /// Commit everything queued before this, then keep the experiment's
     /// derived metrics for these definitions (see
     /// [`Aggregator::respec`](super::aggregator::Aggregator::respec)).
@@ -274,6 +311,13 @@ impl Queued {
         placed
     }
 
+    /// Takes a place and room for `events` whatever the bounds: a part one
+    /// writer sends on to another, already counted when it was queued.
+    pub(super) fn force(&self, events: usize) {
+        self.parts.fetch_add(1, Ordering::AcqRel);
+        self.events.fetch_add(events, Ordering::AcqRel);
+    }
+
     /// Gives back a place and room for `events`: a refused request's, or
     /// a part its writer took.
     pub(super) fn release(&self, events: usize) {
@@ -284,9 +328,28 @@ impl Queued {
 
 /// One partition's end of the pipeline.
 struct Partition {
-    tx: flume::Sender<Command>,
-    queued: Arc<Queued>,
+    inbox: Inbox,
     thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Where a partition's writer takes commands, and what it holds: what
+/// the handlers queue into, and the other writers send on to.
+#[derive(Clone)]
+pub(super) struct Inbox {
+    pub(super) tx: flume::Sender<Command>,
+    pub(super) queued: Arc<Queued>,
+}
+
+impl Inbox {
+    /// Queues `part` whatever the bounds (see [`Queued::force`]).
+    pub(super) fn forward(&self, part: Part) -> Result<()> {
+        self.queued.force(part.events.len());
+        let events = part.events.len();
+        self.tx.send(Command::Store(part)).map_err(|_| {
+            self.queued.release(events);
+            Error::Unavailable
+        })
+    }
 }
 
 /// The handlers' end of the pipeline: one bounded mailbox per partition.
@@ -337,11 +400,23 @@ impl Mailbox {
             aggregator.bound_sketches(limits.max_quantile_bins);
         }
         let room = Arc::new(Room::new(limits.enqueue_wait));
+        let (inboxes, receivers): (Vec<Inbox>, Vec<_>) = (0..aggregators.len())
+            .map(|_| {
+                let (tx, rx) = flume::unbounded();
+                let queued = Arc::new(Queued::default());
+                (Inbox { tx, queued }, rx)
+            })
+            .unzip();
+        let peers = Arc::new(inboxes);
         let mut partitions = Vec::with_capacity(aggregators.len());
-        for ((index, aggregator), committer) in aggregators.into_iter().enumerate().zip(committers)
+        for (((index, aggregator), committer), rx) in aggregators
+            .into_iter()
+            .enumerate()
+            .zip(committers)
+            .zip(receivers)
         {
-            let (tx, rx) = flume::unbounded();
-            let queued = Arc::new(Queued::default());
+            let inbox = peers[index].clone();
+            let queued = Arc::clone(&inbox.queued);
             let writer = writer::Writer {
                 partition: index as u16,
                 committer,
@@ -352,7 +427,8 @@ impl Mailbox {
                 sequencer: Arc::clone(&sequencer),
                 aggregator,
                 live: Arc::clone(&live),
-                queued: Arc::clone(&queued),
+                queued,
+                peers: Arc::clone(&peers),
                 room: Arc::clone(&room),
             };
             let thread = std::thread::Builder::new()
@@ -360,10 +436,22 @@ impl Mailbox {
                 .spawn(move || writer.run(&rx))
                 .map_err(|_| Error::Unavailable)?;
             partitions.push(Partition {
-                tx,
-                queued,
+                inbox,
                 thread: Mutex::new(Some(thread)),
             });
+        }
+        // Links whose state left its partition but did not reach its
+        // unit's before the server stopped: sent on again.
+        for transfer in store.pending_transfers()? {
+            let p = partition_of(&transfer.to, partitions.len());
+            let arrival = Arrival {
+                transfer,
+                reply: None,
+            };
+            partitions[p].inbox.forward(Part {
+                arrivals: vec![arrival],
+                ..Part::default()
+            })?;
         }
         Ok(Self {
             // The bound is on the mailboxes together, whatever the count.
@@ -422,6 +510,7 @@ impl Mailbox {
             claims: Vec::new(),
             ack: Some(Ack::split(1, tx).remove(0)),
             stream_seq: Some(stream_seq),
+            ..Part::default()
         };
         let mut parts = Some(vec![(index, part)]);
         while let Err(e) = self.room.retry(|| self.place(&mut parts)).await {
@@ -451,6 +540,36 @@ impl Mailbox {
         settled.await.map_err(|_| Error::Unavailable)
     }
 
+    /// Identity stitching: has the partition owning `from` link it to
+    /// `to` once what is queued before is committed; the answer comes once
+    /// `to`'s partition has folded `from`'s state in (see
+    /// [`Aggregator::attach`](super::aggregator::Aggregator::attach)).
+    /// Waits for room like [`Mailbox::submit`].
+    pub async fn link(
+        &self,
+        from: &str,
+        to: &str,
+        at_ms: i64,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<Taken>>>> {
+        if self.stats.is_failed() {
+            return Err(Error::Unavailable);
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let link = Link {
+            from: from.into(),
+            to: to.into(),
+            at_ms,
+            reply: Some(reply),
+        };
+        let part = Part {
+            links: vec![link],
+            ..Part::default()
+        };
+        let mut parts = Some(vec![(partition_of(from, self.partitions.len()), part)]);
+        self.room.retry(|| self.place(&mut parts)).await?;
+        Ok(answer)
+    }
+
     /// Tells every partition's writer the derived metrics of `experiment`
     /// (after what is queued now): each recomputes its share's derived
     /// sums if they were kept for other definitions. A partition whose
@@ -459,7 +578,7 @@ impl Mailbox {
         let (experiment, derivations): (Arc<str>, _) = (experiment.into(), Arc::new(derivations));
         for partition in &self.partitions {
             let command = Command::Respec(Arc::clone(&experiment), Arc::clone(&derivations));
-            let _ = partition.tx.send(command);
+            let _ = partition.inbox.tx.send(command);
         }
     }
 
@@ -468,6 +587,7 @@ impl Mailbox {
         self.partitions
             .get(usize::from(partition))
             .ok_or(Error::Unavailable)?
+            .inbox
             .tx
             .send(command)
             .map_err(|_| Error::Unavailable)
@@ -495,9 +615,9 @@ impl Mailbox {
         let Some(pending) = parts.as_ref() else {
             return Ok(());
         };
-        let reserved: Vec<(&Partition, usize)> = pending
+        let reserved: Vec<(&Inbox, usize)> = pending
             .iter()
-            .map(|(p, part)| (&self.partitions[*p], part.events.len()))
+            .map(|(p, part)| (&self.partitions[*p].inbox, part.events.len()))
             .take_while(|(p, events)| {
                 p.queued
                     .reserve(*events, self.capacity, self.event_capacity)
@@ -510,7 +630,12 @@ impl Mailbox {
             return Err(Error::Overloaded("ingest"));
         }
         for (p, part) in parts.take().into_iter().flatten() {
-            if self.partitions[p].tx.send(Command::Store(part)).is_err() {
+            if self.partitions[p]
+                .inbox
+                .tx
+                .send(Command::Store(part))
+                .is_err()
+            {
                 return Err(Error::Unavailable);
             }
         }
@@ -576,7 +701,7 @@ impl Mailbox {
     pub fn depth(&self) -> usize {
         self.partitions
             .iter()
-            .map(|p| p.queued.parts.load(Ordering::Relaxed))
+            .map(|p| p.inbox.queued.parts.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -592,19 +717,35 @@ impl Mailbox {
 
     /// Whether every partition's writer is running.
     pub fn is_alive(&self) -> bool {
-        self.partitions.iter().all(|p| !p.tx.is_disconnected())
+        self.partitions
+            .iter()
+            .all(|p| !p.inbox.tx.is_disconnected())
     }
 
     /// Commits everything queued, then flushes and stops every sink.
     /// Blocks, but not for ever: a failing store is given up on after its
     /// retries, and what is queued then is refused at once. Idempotent.
+    ///
+    /// Every writer first commits what it holds (and so sends on what it
+    /// has for another partition: events of a linked id, a link's state),
+    /// and only then is any told to stop.
     pub fn close(&self) {
+        let (drained, done) = flume::unbounded();
+        let running = (self.partitions.iter())
+            .filter(|p| p.inbox.tx.send(Command::Drain(drained.clone())).is_ok())
+            .count();
+        drop(drained);
+        for _ in 0..running {
+            if done.recv().is_err() {
+                break;
+            }
+        }
         let threads: Vec<JoinHandle<()>> = self
             .partitions
             .iter()
             .filter_map(|p| {
                 let thread = p.thread.lock().ok().and_then(|mut t| t.take())?;
-                if p.tx.send(Command::Stop).is_err() {
+                if p.inbox.tx.send(Command::Stop).is_err() {
                     tracing::error!("an ingest writer had already stopped");
                 }
                 Some(thread)
@@ -715,8 +856,10 @@ mod tests {
             .map(|_| {
                 let (tx, rx) = flume::unbounded();
                 let part = Partition {
-                    tx,
-                    queued: Arc::default(),
+                    inbox: Inbox {
+                        tx,
+                        queued: Arc::default(),
+                    },
                     thread: Mutex::new(None),
                 };
                 (part, rx)
@@ -779,7 +922,7 @@ mod tests {
                 let Ok(Command::Store(part)) = rx.try_recv() else {
                     panic!("a queued part")
                 };
-                ingest.partitions[0].queued.release(part.events.len());
+                ingest.partitions[0].inbox.queued.release(part.events.len());
                 ingest.room.freed();
             })
         };
@@ -1054,6 +1197,18 @@ mod tests {
             changes: &crate::domain::AggregateChanges<'_>,
         ) -> Result<()> {
             self.store.write_aggregates(partition, changes)
+        }
+
+        fn has_links(&mut self) -> bool {
+            self.store.has_links()
+        }
+
+        fn linked_or_linking(&mut self, ids: &[&str]) -> Result<Vec<Option<Box<str>>>> {
+            self.store.linked_or_linking(ids)
+        }
+
+        fn stitch(&mut self, batch: &mut rocksdb::WriteBatch, stitched: &writer::Stitched) {
+            Committer::stitch(&mut self.store, batch, stitched);
         }
     }
 

@@ -44,6 +44,7 @@
 
 mod accept;
 pub mod aggregator;
+mod aliases;
 pub(crate) mod derived;
 mod mailbox;
 mod owner;
@@ -58,6 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use aggregator::LiveAggregates;
+pub use aliases::{Identity, LinkedId};
 pub use mailbox::{Envelope, IngestLimits, IngestStats, Mailbox};
 pub use owner::Owner;
 pub use publish::Publisher;
@@ -86,6 +88,15 @@ pub struct EventPage {
     pub next: Option<Vec<u8>>,
 }
 
+/// What the ingest service bounds besides events.
+#[derive(Debug, Clone, Copy)]
+pub struct IntakeBounds {
+    /// An export page stops once it holds this many bytes of events.
+    pub max_export_page_bytes: usize,
+    /// Most ids linked to one unit.
+    pub max_links_per_unit: usize,
+}
+
 /// The ingest service: accepts client events into the mailbox and reads
 /// stored ones back.
 pub struct Intake {
@@ -97,6 +108,10 @@ pub struct Intake {
     clock: Arc<dyn Clock>,
     limits: EventLimits,
     max_export_page_bytes: usize,
+    /// Most ids linked to one unit.
+    max_links_per_unit: usize,
+    /// Ids and units with a link being made.
+    busy: aliases::Busy,
 }
 
 impl Intake {
@@ -108,7 +123,7 @@ impl Intake {
         store: Store,
         clock: Arc<dyn Clock>,
         limits: EventLimits,
-        max_export_page_bytes: usize,
+        bounds: IntakeBounds,
     ) -> Self {
         Self {
             mailbox,
@@ -117,7 +132,9 @@ impl Intake {
             store,
             clock,
             limits,
-            max_export_page_bytes,
+            max_export_page_bytes: bounds.max_export_page_bytes,
+            max_links_per_unit: bounds.max_links_per_unit,
+            busy: aliases::Busy::default(),
         }
     }
 
@@ -132,6 +149,7 @@ impl Intake {
             inputs,
             &self.registry.load(),
             &mut firsts,
+            &mut aliases::Resolver::new(&self.store),
             &self.limits,
             self.clock.now(),
         )?;

@@ -2,7 +2,7 @@
 //! partition, their state and its share of the aggregates (see
 //! [`super::aggregator`]), and commits their events.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,14 +11,18 @@ use rocksdb::WriteBatch;
 
 use super::aggregator::{Aggregator, LiveAggregates};
 use super::mailbox::{
-    partition_of, Ack, Batch, Command, IngestLimits, IngestStats, Part, Queued, Restore,
+    partition_of, Ack, Arrival, Batch, Command, Inbox, IngestLimits, IngestStats, Link, LinkReply,
+    Part, Queued, Restore,
 };
 use super::sequencer::Sequencer;
 use super::sink::SinkWorker;
 use crate::clock::Clock;
-use crate::domain::{unix_ms, AggregateChanges, Derivations, Event, EventId, Exposure};
+use crate::domain::{
+    unix_ms, AggregateChanges, Derivations, Event, EventId, ExperimentKey, Exposure,
+    StickyAssignment, Taken, Transfer,
+};
 use crate::room::Room;
-use crate::storage::{bucket_deltas, ClientId, Commit, Restored, Store};
+use crate::storage::{bucket_deltas, Arrived, ClientId, Commit, Restored, Store};
 use crate::{Error, Result};
 
 /// Where the writer commits batches and looks things up: the store, or a
@@ -56,6 +60,27 @@ pub(crate) trait Committer: Send + 'static {
     ) -> Result<()>;
     /// Writes recomputed shares (see [`Store::write_aggregates`]).
     fn write_shares(&mut self, partition: u16, changes: &AggregateChanges<'_>) -> Result<()>;
+    /// Whether any id was ever linked (see [`Store::has_links`]).
+    fn has_links(&mut self) -> bool;
+    /// The unit each id links to, links in the making included (see
+    /// [`Store::linked_or_linking`]).
+    fn linked_or_linking(&mut self, ids: &[&str]) -> Result<Vec<Option<Box<str>>>>;
+    /// Adds a batch's links and arrivals to its write (see
+    /// [`Store::write_transfer`] and [`Store::write_arrival`]).
+    fn stitch(&mut self, batch: &mut WriteBatch, stitched: &Stitched);
+}
+
+/// What a batch links (the ids' states taken out) and what it folds in.
+#[derive(Default)]
+pub(super) struct Stitched {
+    pub(super) links: Vec<Transfer>,
+    pub(super) arrivals: Vec<Arrived>,
+}
+
+impl Stitched {
+    fn is_empty(&self) -> bool {
+        self.links.is_empty() && self.arrivals.is_empty()
+    }
 }
 
 impl Committer for Store {
@@ -104,12 +129,30 @@ impl Committer for Store {
     fn write_shares(&mut self, partition: u16, changes: &AggregateChanges<'_>) -> Result<()> {
         Store::write_aggregates(self, partition, changes)
     }
+
+    fn has_links(&mut self) -> bool {
+        Store::has_links(self)
+    }
+
+    fn linked_or_linking(&mut self, ids: &[&str]) -> Result<Vec<Option<Box<str>>>> {
+        Store::linked_or_linking(self, ids)
+    }
+
+    fn stitch(&mut self, batch: &mut WriteBatch, stitched: &Stitched) {
+        for transfer in &stitched.links {
+            self.write_transfer(batch, transfer);
+        }
+        for arrived in &stitched.arrivals {
+            self.write_arrival(batch, arrived);
+        }
+    }
 }
 
 /// What a writer does once what was queued before it is committed.
 enum Then {
     Restore(Restore),
     Settled(tokio::sync::oneshot::Sender<()>),
+    Drained(flume::Sender<()>),
     Respec(Arc<str>, Arc<Derivations>),
 }
 
@@ -132,6 +175,9 @@ pub(super) struct Writer {
     /// What this partition's mailbox holds (its bounds); released as
     /// parts are taken.
     pub(super) queued: Arc<Queued>,
+    /// Every partition's inbox (this one's too): where events of a linked
+    /// id and a link's state are sent on to.
+    pub(super) peers: Arc<Vec<Inbox>>,
     /// Told when parts were taken, for requests waiting for room.
     pub(super) room: Arc<Room>,
     /// The store's clock: where the de-duplication window ends.
@@ -155,6 +201,9 @@ impl Writer {
                     let _ = reply.send(self.restore(&snapshot));
                 }
                 Some(Then::Settled(done)) => {
+                    let _ = done.send(());
+                }
+                Some(Then::Drained(done)) => {
                     let _ = done.send(());
                 }
                 Some(Then::Respec(experiment, derivations)) => {
@@ -199,7 +248,14 @@ impl Writer {
                 Command::Store(part) => {
                     self.queued.release(part.events.len());
                     events += part.events.len();
+                    // A link applies to what was queued before it: the
+                    // batch ends with it, and the events after it (which
+                    // this partition no longer folds) come in the next.
+                    let links = !part.links.is_empty();
                     pending.push(part);
+                    if links {
+                        return false;
+                    }
                 }
                 Command::Stop => return true,
                 Command::Restore(snapshot) => {
@@ -208,6 +264,10 @@ impl Writer {
                 }
                 Command::Settle(done) => {
                     *then = Some(Then::Settled(done));
+                    return false;
+                }
+                Command::Drain(done) => {
+                    *then = Some(Then::Drained(done));
                     return false;
                 }
                 Command::Respec(experiment, derivations) => {
@@ -258,6 +318,10 @@ impl Writer {
         let mut claims = Vec::new();
         let mut unwaited = 0;
         let mut stream_seq = None;
+        let (mut links, mut arrivals) = (Vec::new(), Vec::new());
+        if let Err(e) = self.send_on_linked(pending) {
+            self.fail("reading links", &e);
+        }
         for part in pending.drain(..) {
             if part.ack.is_none() {
                 unwaited += part.events.len();
@@ -267,6 +331,8 @@ impl Writer {
             batch.sticky.extend(part.sticky);
             claims.extend(part.claims);
             acks.extend(part.ack);
+            links.extend(part.links);
+            arrivals.extend(part.arrivals);
         }
         if self.stats.is_failed() {
             return self.refuse(acks, unwaited);
@@ -275,11 +341,62 @@ impl Writer {
             self.fail("reading event ids", &e);
             return self.refuse(acks, unwaited);
         }
-        if let Err(e) = self.load_units(&batch) {
+        let named: Vec<&str> = (links.iter().map(|l: &Link| &*l.from))
+            .chain(arrivals.iter().map(|a: &Arrival| &*a.transfer.to))
+            .collect();
+        if let Err(e) = self.load_units(&batch, &named) {
             self.fail("reading unit state", &e);
             return self.refuse(acks, unwaited);
         }
+        drop(named);
+        // Linked ids' states first (the order does not change the result:
+        // the earlier exposure wins whichever comes first), then the
+        // events, then the links: they apply to everything before them.
+        let mut stitched = Stitched::default();
+        let mut answers: Vec<(Option<LinkReply>, Vec<Taken>)> = Vec::new();
+        for Arrival { transfer, reply } in arrivals {
+            let taken = self.aggregator.attach(&transfer.to, transfer.exposures);
+            let sticky = taken
+                .iter()
+                .filter_map(|t| {
+                    Some(StickyAssignment {
+                        experiment: ExperimentKey::try_from(&*t.experiment).ok()?,
+                        unit: transfer.to.clone(),
+                        variant: (&*t.variant).into(),
+                        first_exposed_ms: t.at_ms,
+                        // The linked id's variant need not be what the hash
+                        // gives the unit: from now on its assignments look
+                        // it up.
+                        diverges: true,
+                    })
+                })
+                .collect();
+            stitched.arrivals.push(Arrived {
+                from: transfer.from,
+                to: transfer.to,
+                linked_ms: transfer.linked_ms,
+                taken: sticky,
+            });
+            answers.push((reply, taken));
+        }
         self.aggregator.fold(&batch.events);
+        let mut callers = Vec::with_capacity(links.len());
+        for Link {
+            from,
+            to,
+            at_ms,
+            reply,
+        } in links
+        {
+            let exposures = self.aggregator.detach(&from);
+            stitched.links.push(Transfer {
+                from,
+                to,
+                linked_ms: at_ms,
+                exposures,
+            });
+            callers.push(reply);
+        }
         let buckets = bucket_deltas(&batch.events);
         let ticket = self.sequencer.ticket(batch.events.len() as u64);
         for (e, seq) in batch.events.iter_mut().zip(ticket.start()..) {
@@ -296,15 +413,22 @@ impl Writer {
             partition: self.partition,
             buckets: Some(&buckets),
             // The event log keeps what an owner folds: no fsync needed.
-            sync: !acks.is_empty() && stream_seq.is_none(),
+            sync: (!acks.is_empty() || !stitched.is_empty()) && stream_seq.is_none(),
             stream_seq,
         };
-        let mut prepared = Some(self.committer.prepare(&commit));
+        let prepare = |committer: &mut Box<dyn Committer>| -> Result<WriteBatch> {
+            let mut batch = committer.prepare(&commit)?;
+            if !stitched.is_empty() {
+                committer.stitch(&mut batch, &stitched);
+            }
+            Ok(batch)
+        };
+        let mut prepared = Some(prepare(&mut self.committer));
         ticket.wait_turn();
         let committed = retry("commit", &self.limits, &self.stats.commit_failures, || {
             let batch = match prepared.take() {
                 Some(batch) => batch?,
-                None => self.committer.prepare(&commit)?,
+                None => prepare(&mut self.committer)?,
             };
             self.committer.write(batch, commit.sync)
         });
@@ -329,6 +453,12 @@ impl Writer {
         for ack in acks {
             ack.send(true);
         }
+        for (reply, taken) in answers {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(taken));
+            }
+        }
+        self.send_on_links(stitched.links, callers);
         if !self.sinks.is_empty() {
             let batch = Arc::new(batch);
             for sink in self.sinks.iter() {
@@ -404,13 +534,106 @@ impl Writer {
         }
     }
 
-    /// Reads the stored state of the batch's units into the aggregator's
-    /// working set: one batched read per batch; and for covariates and
-    /// joins, the earlier events of the units that need them.
-    fn load_units(&mut self, batch: &Batch) -> Result<()> {
+    /// Events of ids linked since they were queued (a link committed
+    /// between a request's look-up of its ids and its queueing) go on to
+    /// the partition of the unit each links to, rewritten to it, with a
+    /// share of their caller's ack; to this partition's own units they
+    /// are rewritten in place. Nothing is read until some id was ever
+    /// linked.
+    fn send_on_linked(&mut self, pending: &mut [Part]) -> Result<()> {
+        if !self.committer.has_links() {
+            return Ok(());
+        }
+        let linked: HashMap<Box<str>, Box<str>> = {
+            let mut seen = HashSet::new();
+            let ids: Vec<&str> = (pending.iter().flat_map(|p| &p.events))
+                .map(|e| &*e.unit_id)
+                .filter(|u| seen.insert(*u))
+                .collect();
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let (limits, failures) = (&self.limits, &self.stats.commit_failures);
+            let committer = &mut self.committer;
+            let found = retry("reading links", limits, failures, || {
+                committer.linked_or_linking(&ids)
+            })?;
+            (ids.iter().zip(found))
+                .filter_map(|(id, to)| Some(((*id).into(), to?)))
+                .collect()
+        };
+        if linked.is_empty() {
+            return Ok(());
+        }
+        let (count, own) = (self.peers.len(), usize::from(self.partition));
+        for part in pending.iter_mut() {
+            if !(part.events.iter()).any(|e| linked.contains_key(&*e.unit_id)) {
+                continue;
+            }
+            let mut elsewhere: BTreeMap<usize, Part> = BTreeMap::new();
+            for mut e in std::mem::take(&mut part.events) {
+                let Some(to) = linked.get(&*e.unit_id) else {
+                    part.events.push(e);
+                    continue;
+                };
+                e.unit_id = to.clone();
+                match partition_of(to, count) {
+                    p if p == own => part.events.push(e),
+                    p => elsewhere.entry(p).or_default().events.push(e),
+                }
+            }
+            for mut r in std::mem::take(&mut part.sticky) {
+                let Some(to) = linked.get(&*r.unit) else {
+                    part.sticky.push(r);
+                    continue;
+                };
+                r.unit = to.clone();
+                match partition_of(to, count) {
+                    p if p == own => part.sticky.push(r),
+                    p => elsewhere.entry(p).or_default().sticky.push(r),
+                }
+            }
+            for (p, mut sent) in elsewhere {
+                sent.ack = part.ack.as_ref().map(Ack::fork);
+                self.peers[p].forward(sent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a commit: each linked id's state goes on to its unit's
+    /// partition, with the caller waiting for it. One that cannot (the
+    /// server is stopping) stays in the store and goes on at the next
+    /// start.
+    fn send_on_links(&self, links: Vec<Transfer>, callers: Vec<Option<LinkReply>>) {
+        for (transfer, reply) in links.into_iter().zip(callers) {
+            let p = partition_of(&transfer.to, self.peers.len());
+            let part = Part {
+                arrivals: vec![Arrival { transfer, reply }],
+                ..Part::default()
+            };
+            if self.peers[p].forward(part).is_err() {
+                tracing::warn!(
+                    partition = p,
+                    "a link's state waits in the store for the next start"
+                );
+            }
+        }
+    }
+
+    /// Reads the stored state of the batch's units, and of the `named`
+    /// ones (links and arrivals), into the aggregator's working set: one
+    /// batched read per batch; and for covariates and joins, the earlier
+    /// events of the units that need them.
+    fn load_units(&mut self, batch: &Batch, named: &[&str]) -> Result<()> {
         let (limits, failures) = (&self.limits, &self.stats.commit_failures);
         let committer = &mut self.committer;
         self.aggregator.load_units(&batch.events, |units| {
+            retry("reading unit state", limits, failures, || {
+                committer.unit_states(units)
+            })
+        })?;
+        self.aggregator.load_named(named, |units| {
             retry("reading unit state", limits, failures, || {
                 committer.unit_states(units)
             })

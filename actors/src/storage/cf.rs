@@ -103,11 +103,20 @@ pub enum Cf {
     /// compaction filter a day later, and ignored before). Read by point
     /// lookups for the outcomes of each batch.
     Predictions,
+    /// Identity stitching (see [`aliases`](super::aliases)):
+    /// [`keys::alias`](super::keys::alias) (`a` and an id) → `[v1]` and the
+    /// unit it links to; [`keys::linked`](super::keys::linked) (`r`, the
+    /// unit, the id) → `[v1][linked_ms: i64 BE]`, the ids linked to a
+    /// unit; [`keys::transfer`](super::keys::transfer) (`t` and an id) →
+    /// `[v1][unit len: u16 BE][unit]` and the id's state in the
+    /// [`Cf::Units`] encoding: a link whose state has left its partition
+    /// and not yet reached the unit's, deleted when it has.
+    Aliases,
 }
 
 impl Cf {
     /// Every family, opened at start.
-    pub const ALL: [Cf; 21] = [
+    pub const ALL: [Cf; 22] = [
         Cf::Meta,
         Cf::Experiments,
         Cf::Sticky,
@@ -129,6 +138,7 @@ impl Cf {
         Cf::Audit,
         Cf::Projects,
         Cf::Predictions,
+        Cf::Aliases,
     ];
 
     /// The family's name on disk.
@@ -153,6 +163,7 @@ impl Cf {
             Cf::Units => "units",
             Cf::Projects => "projects",
             Cf::Predictions => "predictions",
+            Cf::Aliases => "aliases",
             Cf::ApiKeys => "api_keys",
             Cf::Audit => "audit",
         }

@@ -31,6 +31,35 @@ pub fn unit_state(unit: &str) -> Vec<u8> {
     key
 }
 
+/// `[a][id]`: the unit `id` links to ([`Cf::Aliases`]).
+///
+/// [`Cf::Aliases`]: super::Cf::Aliases
+pub fn alias(id: &str) -> Vec<u8> {
+    [b"a", id.as_bytes()].concat()
+}
+
+/// `[r][len: u16 BE][unit]`: the start of the ids linked to `unit`.
+pub fn linked_prefix(unit: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(3 + unit.len());
+    key.push(b'r');
+    // Unit ids are at most 1,024 bytes (256 characters) by construction.
+    key.extend_from_slice(&(unit.len() as u16).to_be_bytes());
+    key.extend_from_slice(unit.as_bytes());
+    key
+}
+
+/// [`linked_prefix`] then `id`: `id` is linked to `unit`.
+pub fn linked(unit: &str, id: &str) -> Vec<u8> {
+    let mut key = linked_prefix(unit);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// `[t][id]`: `id`'s state on its way to the unit it links to.
+pub fn transfer(id: &str) -> Vec<u8> {
+    [b"t", id.as_bytes()].concat()
+}
+
 /// `[len: u8][experiment key][partition: u16 BE]`: one ingest partition's
 /// share of an experiment's aggregates; an experiment's shares are one
 /// range.

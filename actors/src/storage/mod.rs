@@ -5,6 +5,7 @@
 
 mod aggregates;
 mod alerts;
+mod aliases;
 mod analytics;
 mod audit;
 mod cf;
@@ -19,6 +20,7 @@ mod units;
 mod webhooks;
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use foldhash::HashMap;
@@ -28,6 +30,7 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
+pub use aliases::Arrived;
 pub(crate) use analytics::bucket_deltas;
 pub use analytics::AnalyticsFilter;
 pub use cf::Cf;
@@ -129,6 +132,9 @@ pub struct Store {
     outbox_written: Arc<tokio::sync::watch::Sender<u64>>,
     /// What "now" is for expiry and for the commit time of event ids.
     clock: Arc<dyn Clock>,
+    /// Some id was ever linked to a unit: only then are ids resolved (see
+    /// [`aliases`]).
+    linked: Arc<AtomicBool>,
 }
 
 impl Store {
@@ -272,8 +278,12 @@ impl Store {
             next_outbox: Arc::default(),
             outbox_written: Arc::new(tokio::sync::watch::Sender::new(0)),
             clock,
+            linked: Arc::default(),
         };
         store.check_schema()?;
+        if store.any_link()? {
+            store.links_exist();
+        }
         store.migrate_unit_exposures()?;
         store.migrate_aggregates()?;
         let last = store

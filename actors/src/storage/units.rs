@@ -186,20 +186,31 @@ impl Store {
     /// Adds a first exposure (kept only if the unit has none) and, when it
     /// differs from the hash, the experiment's divergence marker, to `batch`.
     pub(super) fn write_first_exposure(&self, batch: &mut WriteBatch, r: &StickyAssignment) {
-        let mut value = Vec::with_capacity(9 + r.variant.len());
-        value.push(VALUE_V1);
-        value.extend_from_slice(&r.first_exposed_ms.to_be_bytes());
-        value.extend_from_slice(r.variant.as_bytes());
         batch.merge_cf(
             self.cf(Cf::Sticky),
             keys::unit(r.experiment.as_str(), &r.unit),
-            value,
+            first_exposure_value(r),
         );
+        self.mark_divergent(batch, r);
+    }
+
+    /// Adds the experiment's divergence marker to `batch` when `r` differs
+    /// from the hash.
+    pub(super) fn mark_divergent(&self, batch: &mut WriteBatch, r: &StickyAssignment) {
         if r.diverges {
             let key = [DIVERGENT_PREFIX, r.experiment.as_str().as_bytes()].concat();
             batch.put_cf(self.cf(Cf::Meta), key, [VALUE_V1]);
         }
     }
+}
+
+/// A first exposure as [`Cf::Sticky`] stores it.
+pub(super) fn first_exposure_value(r: &StickyAssignment) -> Vec<u8> {
+    let mut value = Vec::with_capacity(9 + r.variant.len());
+    value.push(VALUE_V1);
+    value.extend_from_slice(&r.first_exposed_ms.to_be_bytes());
+    value.extend_from_slice(r.variant.as_bytes());
+    value
 }
 
 /// The [`Cf::Sticky`] merge operator: the first value written wins, so a
@@ -250,7 +261,7 @@ fn encode_exposure(x: &Exposure, out: &mut Vec<u8>) {
     }
 }
 
-fn decode_unit(value: &[u8]) -> Option<Vec<Exposure>> {
+pub(super) fn decode_unit(value: &[u8]) -> Option<Vec<Exposure>> {
     let (&VALUE_V1, mut rest) = value.split_first()? else {
         return None;
     };
