@@ -518,6 +518,21 @@ function renderHoldout(h, r) {
       el("tbody", {}, rows)));
 }
 
+// ---------- identity ----------
+
+/** One id's identity: the unit it links to (POST /v1/aliases), and the ids linked to it. */
+async function lookUpIdentity(unit) {
+  const who = await api("GET", `/v1/aliases/${encodeURIComponent(unit)}`);
+  const linked = who.linked.map((l) =>
+    el("li", { "data-linked": l.id }, `${l.id} `, el("span", { class: "muted" }, `linked ${new Date(l.linked_at).toLocaleString()}`)));
+  $("#identity").replaceChildren(
+    el("p", { "data-field": "links-to" },
+      who.links_to ? `${who.unit_id} is ${who.links_to}: its events and assignments are that unit's` : `${who.unit_id} links to no other unit`),
+    linked.length
+      ? el("div", {}, el("p", {}, `ids linked to ${who.unit_id}:`), el("ul", { "data-field": "linked" }, ...linked))
+      : el("p", { class: "muted", "data-field": "linked" }, "no ids are linked to it"));
+}
+
 // ---------- refresh loop ----------
 
 let refreshing = null;
@@ -564,6 +579,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#create").addEventListener("submit", (ev) => {
     ev.preventDefault();
     act(() => create(ev.target));
+  });
+  $("#identity-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    act(() => lookUpIdentity(ev.target.unit.value.trim()));
   });
   if (location.hash.length > 1) state.selected = decodeURIComponent(location.hash.slice(1));
   refresh();

@@ -23,10 +23,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct AliasIn {
     /// The id to link: an anonymous visitor's, a device's.
-    #[schema(value_type = String)]
     from: UnitId,
     /// The unit it is: the signed-in user's id.
-    #[schema(value_type = String)]
     to: UnitId,
 }
 

@@ -76,7 +76,8 @@ fn open_mode_is_announced() {
 
 /// What a route needs, as docs/api.md tells it: reads are for viewers
 /// (webhook subscriptions, which hold their targets, only for editors),
-/// assignments, events and OpenFeature evaluations for ingest keys, every
+/// assignments, events, links of ids and OpenFeature evaluations for
+/// ingest keys, every
 /// change for editors, keys and the audit log for admins, projects for
 /// owners; owners may do everything, admins all but projects.
 fn needs(method: &str, path: &str) -> &'static str {
@@ -90,6 +91,7 @@ fn needs(method: &str, path: &str) -> &'static str {
         ("post", "/v1/assignments"),
         ("get", "/v1/experiments/{key}/assignment"),
         ("post", "/v1/events"),
+        ("post", "/v1/aliases"),
     ];
     if ingest.contains(&(method, path)) || path.starts_with("/ofrep/") {
         "ingest"

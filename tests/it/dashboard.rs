@@ -556,3 +556,34 @@ fn a_person_reads_a_holdouts_results_on_the_dashboard() {
             variants[0]["units"], variants[1]["units"]
         )));
 }
+
+#[test]
+fn a_person_looks_up_who_an_id_is_on_the_dashboard() {
+    let server = TestServer::start();
+    let (status, link) = server.post("/v1/aliases", json!({"from": "anon-7", "to": "mia"}));
+    assert_eq!(status, 201, "{link}");
+
+    let mut browser = Browser::launch();
+    browser.goto(&server.url("/"));
+    browser.wait_for("!!document.querySelector('#identity-form')", WAIT);
+    browser.eval(&fill("#identity-form [name=unit]", "mia"));
+    browser.eval("document.querySelector('#identity-form').requestSubmit(), true");
+    browser.wait_for(
+        "!!document.querySelector('#identity [data-linked=\"anon-7\"]')",
+        WAIT,
+    );
+    assert_eq!(
+        browser.eval(&text("#identity [data-field=links-to]")),
+        json!("mia links to no other unit")
+    );
+
+    browser.eval(&fill("#identity-form [name=unit]", "anon-7"));
+    browser.eval("document.querySelector('#identity-form').requestSubmit(), true");
+    browser.wait_for(
+        &format!(
+            "{}.startsWith('anon-7 is mia')",
+            text("#identity [data-field=links-to]")
+        ),
+        WAIT,
+    );
+}

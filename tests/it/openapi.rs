@@ -75,6 +75,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/holdouts/{key}"),
     ("delete", "/v1/holdouts/{key}"),
     ("get", "/v1/holdouts/{key}/results"),
+    ("post", "/v1/aliases"),
+    ("get", "/v1/aliases/{unit_id}"),
 ];
 
 #[test]
