@@ -73,6 +73,12 @@ pub struct Args {
     /// (see `Target::event`): measures the join on the ingest path.
     #[arg(long)]
     model: bool,
+    /// Before the run, link this many anonymous ids (`anon-<n>`) to units
+    /// (`user-<first-unit + n>`) with `POST /v1/aliases`: from the first
+    /// link on, every assignment and event request looks its unit's link
+    /// up, which this measures.
+    #[arg(long, default_value_t = 0)]
+    links: u64,
     /// Webhook subscriptions the `webhooks` scenario creates (the server
     /// needs `webhooks.allow_private = true`).
     #[arg(long, default_value_t = 10)]

@@ -122,6 +122,20 @@ impl Target {
             target.deliveries = Some(deliveries);
             return Ok(target);
         }
+        for n in 0..args.links {
+            let to = format!("user-{}", args.first_unit + n);
+            let linked = target
+                .request(Method::POST, "/v1/aliases")
+                .json(&json!({"from": format!("anon-{n}"), "to": to}))
+                .send()
+                .await
+                .context("is abacus running at --url?")?;
+            anyhow::ensure!(
+                linked.status().is_success(),
+                "link: {}",
+                linked.text().await?
+            );
+        }
         if let Some(key) = &args.experiment {
             target.experiment = key.clone();
             return Ok(target);

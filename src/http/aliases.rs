@@ -9,7 +9,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::{Ingest, Viewer};
-use super::error::{ApiError, ApiResult};
+use super::error::ApiResult;
 use super::extract::ValidJson;
 use super::scoped::Scoped;
 
@@ -64,7 +64,7 @@ async fn link(
 #[utoipa::path(
     operation_id = "read_alias",
     tag = "assignments",
-    params(("unit_id" = String, Path, description = "An id or a unit")),
+    params(("unit_id" = UnitId, Path, description = "An id or a unit")),
     responses((status = 200, description = "What it links to and what links to it", body = Identity)),
     security(("bearer" = []))
 )]
@@ -72,8 +72,7 @@ async fn link(
 async fn identity(
     _: Viewer,
     intake: Scoped<Intake>,
-    unit: web::Path<String>,
+    unit: web::Path<UnitId>,
 ) -> ApiResult<HttpResponse> {
-    UnitId::check(&unit).map_err(|message| ApiError::bad_query("unit_id", message))?;
-    Ok(HttpResponse::Ok().json(intake.identity(&unit).await?))
+    Ok(HttpResponse::Ok().json(intake.identity(unit.as_str()).await?))
 }

@@ -184,23 +184,49 @@ fn a_unit_exposed_first_keeps_its_variant_and_an_unexposed_one_takes_the_ids() {
     );
 }
 
+/// The ingest partition of `unit` among `partitions`, as the server
+/// routes it (a hash with fixed keys, multiply-shifted).
+fn partition_of(unit: &str, partitions: usize) -> usize {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    hasher.write(unit.as_bytes());
+    ((u128::from(hasher.finish()) * partitions as u128) >> 64) as usize
+}
+
 /// Events sent under the anonymous id while the link is being made are
 /// all counted, once, for the signed-in unit: those queued before the
-/// link move with the id's state, those after are the unit's.
+/// link move with the id's state, those after are the unit's. Both when
+/// the id and the unit share an ingest partition and when they do not.
 #[test]
 fn events_racing_a_link_are_each_counted_once() {
-    let server = TestServer::start_with(&[("ABACUS_INGEST__PARTITIONS", "4")]);
+    let server = TestServer::start();
     server.running_experiment("exp", json!({}));
-    let anon = unit_in(&server, "exp", "control", "racer");
-    let user = unit_in(&server, "exp", "treatment", "signed-in");
-    assert_eq!(server.assign("exp", &anon)["variant"], "control");
+    for same in [true, false] {
+        let anon = (0..400)
+            .map(|i| format!("racer-{same}-{i}"))
+            .find(|u| hashed(&server, "exp", u) == "control")
+            .expect("an id in the control");
+        let user = (0..400)
+            .map(|i| format!("signed-in-{same}-{i}"))
+            .find(|u| {
+                hashed(&server, "exp", u) == "treatment"
+                    && (partition_of(u, 2) == partition_of(&anon, 2)) == same
+            })
+            .expect("a unit in the treatment");
+        race(&server, &anon, &user, &format!("spend_{same}"));
+    }
+}
+
+fn race(server: &TestServer, anon: &str, user: &str, name: &str) {
+    assert_eq!(server.assign("exp", anon)["variant"], "control");
     server.barrier();
+    let before = live(server, "exp");
     let sent = 300;
     thread::scope(|s| {
         let sender = s.spawn(|| {
             for i in 0..sent {
                 let body = json!({"type": "metric", "unit_id": anon, "experiment": "exp",
-                    "value": 1.0, "properties": {"name": "spend"}, "event_id": format!("spend-{i}")});
+                    "value": 1.0, "properties": {"name": name}, "event_id": format!("{name}-{i}")});
                 server.persist(body);
             }
         });
@@ -210,16 +236,16 @@ fn events_racing_a_link_are_each_counted_once() {
         sender.join().expect("sender");
     });
     server.barrier();
-    let a = live(&server, "exp");
+    let a = live(server, "exp");
     assert_eq!(
         (units(&a, "control"), units(&a, "treatment")),
-        (1, 0),
-        "{a}"
+        (units(&before, "control"), units(&before, "treatment")),
+        "the person was and stays one control unit: {a}"
     );
-    assert_eq!(measure(&a, "control", "spend", "events"), f64::from(sent));
-    assert_eq!(measure(&a, "control", "spend", "sum"), f64::from(sent));
+    assert_eq!(measure(&a, "control", name, "events"), f64::from(sent));
+    assert_eq!(measure(&a, "control", name, "sum"), f64::from(sent));
     assert_eq!(
-        measure(&a, "control", "spend", "sum_squares"),
+        measure(&a, "control", name, "sum_squares"),
         f64::from(sent * sent),
         "one unit's sum, squared once"
     );

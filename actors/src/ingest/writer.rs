@@ -537,9 +537,10 @@ impl Writer {
     /// Events of ids linked since they were queued (a link committed
     /// between a request's look-up of its ids and its queueing) go on to
     /// the partition of the unit each links to, rewritten to it, with a
-    /// share of their caller's ack; to this partition's own units they
-    /// are rewritten in place. Nothing is read until some id was ever
-    /// linked.
+    /// share of their caller's ack: through its mailbox even when that is
+    /// this partition's, so that they come after the id's state (sent
+    /// there when the link was committed). Nothing is read until some id
+    /// was ever linked.
     fn send_on_linked(&mut self, pending: &mut [Part]) -> Result<()> {
         if !self.committer.has_links() {
             return Ok(());
@@ -565,7 +566,7 @@ impl Writer {
         if linked.is_empty() {
             return Ok(());
         }
-        let (count, own) = (self.peers.len(), usize::from(self.partition));
+        let count = self.peers.len();
         for part in pending.iter_mut() {
             if !(part.events.iter()).any(|e| linked.contains_key(&*e.unit_id)) {
                 continue;
@@ -577,10 +578,8 @@ impl Writer {
                     continue;
                 };
                 e.unit_id = to.clone();
-                match partition_of(to, count) {
-                    p if p == own => part.events.push(e),
-                    p => elsewhere.entry(p).or_default().events.push(e),
-                }
+                let p = partition_of(to, count);
+                elsewhere.entry(p).or_default().events.push(e);
             }
             for mut r in std::mem::take(&mut part.sticky) {
                 let Some(to) = linked.get(&*r.unit) else {
@@ -588,10 +587,8 @@ impl Writer {
                     continue;
                 };
                 r.unit = to.clone();
-                match partition_of(to, count) {
-                    p if p == own => part.sticky.push(r),
-                    p => elsewhere.entry(p).or_default().sticky.push(r),
-                }
+                let p = partition_of(to, count);
+                elsewhere.entry(p).or_default().sticky.push(r);
             }
             for (p, mut sent) in elsewhere {
                 sent.ack = part.ack.as_ref().map(Ack::fork);
