@@ -227,11 +227,12 @@ async fn sample_size_route(
             ))
         }
     };
-    let answer = sample_size(
-        question,
-        query.alpha.unwrap_or(0.05),
-        query.power.unwrap_or(0.8),
-    )
-    .map_err(|e| ApiError::bad_query(e.field, e.message))?;
+    let (alpha, power) = (query.alpha.unwrap_or(0.05), query.power.unwrap_or(0.8));
+    // The always-valid test's power is simulated (milliseconds of CPU):
+    // off the worker.
+    let answer = web::block(move || sample_size(question, alpha, power))
+        .await
+        .map_err(|_| ApiError::Engine(abacus_actors::Error::Unavailable))?
+        .map_err(|e| ApiError::bad_query(e.field, e.message))?;
     Ok(HttpResponse::Ok().json(answer))
 }

@@ -587,3 +587,40 @@ fn a_person_looks_up_who_an_id_is_on_the_dashboard() {
         WAIT,
     );
 }
+
+#[test]
+fn the_two_p_value_columns_are_explained_with_the_plan_they_are_tuned_to() {
+    let server = TestServer::start();
+    server.running_experiment(
+        "plans",
+        json!({"metrics": [{"key": "click", "kind": "binomial"}],
+            "plan": {"units_per_variant": 2000}}),
+    );
+    for i in 0..40 {
+        server.assign("plans", &format!("u{i}"));
+    }
+    server.barrier();
+
+    let mut browser = Browser::launch();
+    browser.goto(&server.url("/"));
+    browser.wait_for(
+        "!!document.querySelector('#experiments tr[data-key=plans]')",
+        WAIT,
+    );
+    browser.eval(&click("#experiments tr[data-key=plans]"));
+    let line = "#results [data-metric=click] [data-field=p-always-valid]";
+    browser.wait_for(&format!("!!document.querySelector('{line}')"), WAIT);
+    let always_valid = browser.eval(&text(line));
+    assert!(
+        always_valid
+            .as_str()
+            .unwrap()
+            .contains("tuned to 2,000 units per variant"),
+        "{always_valid}"
+    );
+    let fixed = browser.eval(&text("#results [data-metric=click] [data-field=p-fixed]"));
+    assert!(
+        fixed.as_str().unwrap().starts_with("p: fixed-horizon"),
+        "{fixed}"
+    );
+}

@@ -40,6 +40,7 @@ mod restart;
 mod results;
 mod retention;
 mod scale;
+mod sequential;
 mod sinks;
 mod stream;
 mod webhooks;

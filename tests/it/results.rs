@@ -59,7 +59,7 @@ fn results_match_the_reference_statistics_for_the_same_counts() {
     server.post(
         "/v1/experiments",
         json!({
-            "key": "exp", "name": "reference",
+            "key": "exp", "name": "reference", "mixing_variance": 0.01,
             "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
             "metrics": [{"key": "purchase", "kind": "binomial"}],
             "primary_metric": "purchase"
@@ -374,7 +374,7 @@ fn a_correction_spans_every_treatment_and_metric_and_can_change_any_time() {
     let (status, created) = server.post(
         "/v1/experiments",
         json!({
-            "key": "exp", "name": "family",
+            "key": "exp", "name": "family", "mixing_variance": 0.01,
             "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}, {"key": "t2", "weight": 1}],
             "metrics": [{"key": "purchase", "kind": "binomial"}, {"key": "signup", "kind": "binomial"}],
             "correction": "bh"
@@ -535,7 +535,7 @@ fn ratio_and_capped_metrics_match_the_reference_and_a_new_cap_is_recomputed() {
     let (status, created) = server.post(
         "/v1/experiments",
         json!({
-            "key": "exp", "name": "ratio and cap",
+            "key": "exp", "name": "ratio and cap", "mixing_variance": 0.01,
             "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
             "metrics": [
                 {"key": "taps_per_visit", "kind": "ratio", "measure": "tap", "denominator": "visit"},
@@ -692,7 +692,7 @@ fn cuped_adjusts_by_what_each_unit_spent_before_its_exposure() {
     let (status, created) = server.post(
         "/v1/experiments",
         json!({
-            "key": "exp", "name": "cuped",
+            "key": "exp", "name": "cuped", "mixing_variance": 0.01,
             "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
             "metrics": [{"key": "purchase", "kind": "mean", "cuped": {"window_days": 3}}]
         }),
@@ -791,7 +791,7 @@ fn quantile_metrics_match_the_reference_and_keep_their_sketch() {
     let (status, created) = server.post(
         "/v1/experiments",
         json!({
-            "key": "exp", "name": "quantiles",
+            "key": "exp", "name": "quantiles", "mixing_variance": 0.01,
             "variants": [{"key": "control", "weight": 1}, {"key": "t1", "weight": 1}],
             "metrics": [latency, {"key": "purchase", "kind": "mean"}]
         }),

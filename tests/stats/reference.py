@@ -170,7 +170,7 @@ def compare_binomial(t, c, tau2):
     z, p = proportions_ztest([ct, cc], [nt, nc], alternative="two-sided")
     out.update(relative=relative(d, pc, pt, var_t, var_c), statistic=float(z), p_value=float(p))
     out["chance_to_win"] = chance_beta(ct, nt, cc, nc)
-    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["sequential_p_value"] = sequential(out["relative"], d, var_t + var_c, pc, tau2)
     out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
     return out
 
@@ -197,7 +197,7 @@ def compare_mean(t_values, c_values, t, c, tau2):
     out.update(absolute={"estimate": d, "ci": [lo, hi]}, relative=relative(d, mc, mt, var_t, var_c))
     out.update(statistic=float(tstat), p_value=float(p))
     out["chance_to_win"] = float(stats.norm.cdf(d / math.sqrt(var_t + var_c)))
-    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["sequential_p_value"] = sequential(out["relative"], d, var_t + var_c, mc, tau2)
     out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
     return out
 
@@ -242,7 +242,7 @@ def compare_ratio(t_arm, c_arm, t, c, tau2):
     out.update(absolute={"estimate": d, "ci": [d - Z * se, d + Z * se]}, relative=relative(d, rc, rt, var_t, var_c))
     out.update(statistic=z, p_value=float(2 * stats.norm.sf(abs(z))))
     out["chance_to_win"] = float(stats.norm.cdf(z))
-    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["sequential_p_value"] = sequential(out["relative"], d, var_t + var_c, rc, tau2)
     out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
     return out
 
@@ -256,10 +256,13 @@ def relative(d, base, mt, var_t, var_c):
     return {"estimate": r, "ci": [r - half, r + half], "variance": v, "reason": None}
 
 
-def sequential(rel, tau2):
-    if rel["estimate"] is None or rel["variance"] == 0:
+def sequential(rel, d, v, base, tau2):
+    """The mSPRT of the difference d (variance v), its mixture given on the
+    relative scale (tau2) and carried to the difference's by the control's
+    value: N(0, tau2 * base^2)."""
+    if rel["estimate"] is None or v == 0:
         return None
-    return msprt(rel["estimate"], rel["variance"], tau2)
+    return msprt(d, v, tau2 * base**2)
 
 
 def null_comparison(out, reason):
@@ -610,7 +613,7 @@ def compare_quantile(t, c, t_est, c_est, tau2):
     out.update(absolute={"estimate": d, "ci": [d - half, d + half]}, relative=relative(d, mc, mt, var_t, var_c))
     out.update(statistic=statistic, p_value=float(2 * stats.t.sf(abs(statistic), df)))
     out["chance_to_win"] = float(stats.norm.cdf(statistic))
-    out["sequential_p_value"] = sequential(out["relative"], tau2)
+    out["sequential_p_value"] = sequential(out["relative"], d, var_t + var_c, mc, tau2)
     out["reason"] = None if out["relative"]["estimate"] is not None else out["relative"]["reason"]
     return out
 

@@ -86,10 +86,12 @@ pub struct Experiment {
     /// Significance level.
     pub alpha: f64,
     /// Variance of the normal mixture the always-valid (mSPRT) p-value puts
-    /// over the relative lift: about the square of the lift you expect
-    /// (0.01 = effects around 10%).
-    #[serde(default = "default_mixing_variance")]
-    pub mixing_variance: f64,
+    /// over the relative lift, when set by hand; `null`: tuned to `plan`
+    /// (docs/statistics.md, "Tuning to the plan").
+    pub mixing_variance: Option<f64>,
+    /// What the team planned, which the always-valid p-value is tuned to.
+    #[serde(default)]
+    pub plan: Option<Plan>,
     /// How p-values are corrected across every treatment × metric; `null`:
     /// Holm across each metric's treatments apart.
     pub correction: Option<Correction>,
@@ -254,6 +256,12 @@ pub struct Metric {
     /// without it are not counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub of: Option<QuantileOf>,
+    /// This metric's smallest relative lift worth detecting (0.05 = 5%):
+    /// its always-valid p-value is tuned to it rather than to the
+    /// experiment's plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0.0, maximum = 10.0)]
+    pub mde: Option<f64>,
 }
 
 /// CUPED: each unit's sum of a measure over the days before its first
@@ -525,10 +533,14 @@ pub struct ExperimentIn {
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub alpha: Option<f64>,
     /// mSPRT mixing variance over the relative lift, above 0 and at most
-    /// 100 (default 0.01).
+    /// 100, set by hand (default: tuned to `plan`).
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, maximum = 100.0)]
     pub mixing_variance: Option<f64>,
+    /// What the team planned (units per variant, minimum detectable
+    /// effect), which the always-valid p-value is tuned to.
+    #[serde(default)]
+    pub plan: Option<Plan>,
     /// Correction across every treatment × metric (default `null`: Holm
     /// across each metric's treatments).
     #[serde(default)]
@@ -607,10 +619,15 @@ pub struct ExperimentPatch {
     #[serde(default)]
     #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
     pub alpha: Option<f64>,
-    /// New mSPRT mixing variance (any time), above 0 and at most 100.
-    #[serde(default)]
-    #[schema(exclusive_minimum = 0.0, maximum = 100.0)]
-    pub mixing_variance: Option<f64>,
+    /// New mSPRT mixing variance (any time), above 0 and at most 100;
+    /// `null` tunes it to `plan` again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, exclusive_minimum = 0.0, maximum = 100.0)]
+    pub mixing_variance: Option<Option<f64>>,
+    /// New plan (any time); `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Plan>)]
+    pub plan: Option<Option<Plan>>,
     /// New correction across treatments × metrics (any time); `null`
     /// gives back Holm per metric.
     #[serde(default, deserialize_with = "present")]
@@ -791,9 +808,8 @@ impl Experiment {
             metrics: input.metrics,
             primary_metric: input.primary_metric,
             alpha: input.alpha.unwrap_or(0.05),
-            mixing_variance: input
-                .mixing_variance
-                .unwrap_or_else(default_mixing_variance),
+            mixing_variance: input.mixing_variance,
+            plan: input.plan,
             correction: input.correction,
             significant_at: None,
             srm_detected_at: None,
@@ -879,6 +895,9 @@ impl Experiment {
         }
         if let Some(v) = patch.mixing_variance {
             next.mixing_variance = v;
+        }
+        if let Some(plan) = patch.plan {
+            next.plan = plan;
         }
         if let Some(correction) = patch.correction {
             next.correction = correction;
@@ -1144,14 +1163,21 @@ impl Experiment {
                 ));
             }
         }
-        if !(self.mixing_variance.is_finite()
-            && self.mixing_variance > 0.0
-            && self.mixing_variance <= MAX_MIXING_VARIANCE)
-        {
-            return Err(Error::invalid(
-                "mixing_variance",
-                format!("mixing_variance must be above 0 and at most {MAX_MIXING_VARIANCE}"),
-            ));
+        if let Some(v) = self.mixing_variance {
+            if !(v.is_finite() && v > 0.0 && v <= MAX_MIXING_VARIANCE) {
+                return Err(Error::invalid(
+                    "mixing_variance",
+                    format!("mixing_variance must be above 0 and at most {MAX_MIXING_VARIANCE}"),
+                ));
+            }
+        }
+        if let Some(plan) = &self.plan {
+            plan.check()?;
+        }
+        for (i, m) in self.metrics.iter().enumerate() {
+            if let Some(mde) = m.mde {
+                check_mde(&format!("metrics[{i}].mde"), mde)?;
+            }
         }
         Ok(())
     }
@@ -1161,8 +1187,58 @@ impl Experiment {
 /// 1,000% is already far beyond any real effect.
 const MAX_MIXING_VARIANCE: f64 = 100.0;
 
-pub(super) fn default_mixing_variance() -> f64 {
-    0.01
+/// The mixing variance of experiments stored before it could be tuned
+/// (and before it could be set): they keep it.
+pub(super) fn legacy_mixing_variance() -> Option<f64> {
+    Some(0.01)
+}
+
+/// What a team planned for an experiment: the always-valid p-value is
+/// tuned to it (docs/statistics.md, "Tuning to the plan"), and the
+/// sample-size endpoint answers how much each test can tell at it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// The units per variant the experiment is expected to reach (from
+    /// `GET /v1/stats/sample-size`, or the traffic it will get).
+    #[serde(default)]
+    #[schema(minimum = 2, maximum = 1_000_000_000_000_u64)]
+    pub units_per_variant: Option<u64>,
+    /// The smallest relative lift worth detecting (0.05 = 5%), used when
+    /// `units_per_variant` is not given; a metric's own `mde` wins.
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0.0, maximum = 10.0)]
+    pub mde: Option<f64>,
+}
+
+impl Plan {
+    fn check(&self) -> Result<()> {
+        if let Some(n) = self.units_per_variant {
+            if !(2..=MAX_PLANNED_UNITS).contains(&n) {
+                return Err(Error::invalid(
+                    "plan.units_per_variant",
+                    format!("plan.units_per_variant must be 2 to {MAX_PLANNED_UNITS}"),
+                ));
+            }
+        }
+        if let Some(mde) = self.mde {
+            check_mde("plan.mde", mde)?;
+        }
+        Ok(())
+    }
+}
+
+/// Most planned units per variant.
+const MAX_PLANNED_UNITS: u64 = 1_000_000_000_000;
+
+fn check_mde(field: &str, mde: f64) -> Result<()> {
+    if mde.is_finite() && mde > 0.0 && mde <= 10.0 {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        field,
+        format!("{field} must be a relative lift above 0 and at most 10"),
+    ))
 }
 
 fn check_hash_key(field: &str, value: &str) -> Result<()> {
@@ -1517,7 +1593,7 @@ mod tests {
                     && e.variants.iter().all(|v| v.weight.is_normal() && v.weight > 0.0)
                     && (0.0..=1.0).contains(&e.coverage)
                     && e.alpha > 0.0 && e.alpha < 1.0
-                    && e.mixing_variance.is_finite() && e.mixing_variance > 0.0
+                    && e.mixing_variance.is_none_or(|v| v.is_finite() && v > 0.0)
             };
             let Ok(input) = serde_json::from_value::<ExperimentIn>(body) else {
                 return Ok(());

@@ -229,6 +229,7 @@ impl ModelSpec {
             cuped: None,
             quantile: None,
             of: None,
+            mde: None,
         };
         let latency = |key, level| Metric {
             key: MetricKey::builtin(key),
@@ -239,6 +240,7 @@ impl ModelSpec {
             cuped: None,
             quantile: Some(level),
             of: Some(QuantileOf::LatencyMs),
+            mde: None,
         };
         let mut metrics = match self.task {
             ModelTask::Classification => vec![

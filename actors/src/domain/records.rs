@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use super::experiment::default_mixing_variance;
+use super::experiment::{legacy_mixing_variance, Plan};
 use super::{
     Alert, AlertId, AlertMetric, AlertRule, AlertStatus, Allocation, BanditSpec, Bucketing,
     Correction, DeliveryAttempt, Derivation, DerivedSums, DomainEventKind, Event, EventType,
@@ -58,8 +58,13 @@ pub struct ExperimentRecord {
     /// Variance of the normal mixture the always-valid (mSPRT) p-value puts
     /// over the relative lift: about the square of the lift you expect
     /// (0.01 = effects around 10%).
-    #[serde(default = "default_mixing_variance")]
-    pub mixing_variance: f64,
+    /// Records from before it could be set have 0.01; `null`: tuned to
+    /// `plan`.
+    #[serde(default = "legacy_mixing_variance")]
+    pub mixing_variance: Option<f64>,
+    /// What the team planned.
+    #[serde(default)]
+    pub plan: Option<Plan>,
     /// Correction across treatments × metrics; absent from records written
     /// before it existed (read as `None`, Holm per metric, as they were).
     #[serde(default)]
@@ -127,6 +132,7 @@ impl From<&Experiment> for ExperimentRecord {
             primary_metric: e.primary_metric.clone(),
             alpha: e.alpha,
             mixing_variance: e.mixing_variance,
+            plan: e.plan,
             correction: e.correction,
             significant_at: e.significant_at,
             srm_detected_at: e.srm_detected_at,
@@ -165,6 +171,7 @@ impl From<ExperimentRecord> for Experiment {
             primary_metric: r.primary_metric,
             alpha: r.alpha,
             mixing_variance: r.mixing_variance,
+            plan: r.plan,
             correction: r.correction,
             significant_at: r.significant_at,
             srm_detected_at: r.srm_detected_at,
@@ -649,7 +656,11 @@ mod tests {
         let experiment = Experiment::from(record);
         assert!(experiment.guardrails.is_empty() && experiment.guardrail_stop.is_none());
         assert_eq!(experiment.correction, None, "Holm per metric, as before");
-        assert_eq!(experiment.mixing_variance, default_mixing_variance());
+        assert_eq!(
+            experiment.mixing_variance,
+            Some(0.01),
+            "it keeps the old default"
+        );
     }
 
     #[test]

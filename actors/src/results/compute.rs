@@ -11,7 +11,7 @@ use crate::domain::{
     PhaseView, QuantileSketch, QuantileSpec, Status, VariantAggregates,
 };
 use crate::stats::{
-    self, Arm, Comparison, Covariates, CupedFit, Denominator, Quantiles, Settings, Srm,
+    self, Arm, Comparison, Covariates, CupedFit, Denominator, Quantiles, Settings, Srm, TunedFor,
     VariantStats,
 };
 
@@ -115,10 +115,25 @@ pub struct MetricResults {
     pub pending: Option<&'static str>,
     /// Whether this is the experiment's primary metric.
     pub primary: bool,
+    /// How the always-valid p-values were tuned.
+    pub sequential: Sequential,
     /// Per variant, the control first.
     pub variants: Vec<VariantStats>,
     /// Each treatment against the control.
     pub comparisons: Vec<Comparison>,
+}
+
+/// The always-valid test of a metric (docs/statistics.md, "Tuning to the
+/// plan").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Sequential {
+    /// What its mixture is tuned for: the plan's units per variant, a
+    /// minimum detectable effect, the default, or a mixing variance set
+    /// by hand.
+    pub tuned_for: TunedFor,
+    /// ρ = τ²/v at the planned horizon, the ratio that minimises the z the
+    /// test needs there (`null` with a mixing variance set by hand).
+    pub rho: Option<f64>,
 }
 
 /// One phase of an experiment, as results show it.
@@ -247,7 +262,7 @@ fn analyse(
     per_variant: &[Option<&VariantAggregates>],
     m: &Metric,
 ) -> MetricResults {
-    let settings = settings(experiment, m.kind);
+    let settings = settings(experiment, m);
     let (analysis, pending) = match arms(experiment, aggregates, per_variant, m) {
         Some(arms) => (stats::analyse(settings, &arms), None),
         None => {
@@ -290,6 +305,13 @@ fn analyse(
         capped_units,
         pending,
         primary: experiment.primary_metric.as_ref() == Some(&m.key),
+        sequential: Sequential {
+            tuned_for: settings.tuned_for,
+            rho: match settings.tuned_for {
+                TunedFor::MixingVariance { .. } => None,
+                _ => Some(stats::sequential::rho(experiment.alpha)),
+            },
+        },
         variants: analysis.variants,
         comparisons: analysis.comparisons,
     }
@@ -320,7 +342,7 @@ pub fn guardrails(
             .iter()
             .map(|(_, arm)| {
                 stats::regression(
-                    settings(experiment, metric.kind),
+                    settings(experiment, metric),
                     arm,
                     control,
                     g.max_relative_drop,
@@ -434,11 +456,32 @@ fn units_only<'a>(
     keys.zip(per_variant.iter().map(units)).collect()
 }
 
-fn settings(experiment: &Experiment, kind: MetricKind) -> Settings {
+fn settings(experiment: &Experiment, metric: &Metric) -> Settings {
     Settings {
-        kind,
+        kind: metric.kind,
         alpha: experiment.alpha,
-        mixing_variance: experiment.mixing_variance,
+        tuned_for: tuned_for(experiment, metric),
+    }
+}
+
+/// What `metric`'s always-valid p-value is tuned for: a mixing variance
+/// set by hand, else the metric's minimum detectable effect, else the
+/// plan's units per variant, else the plan's minimum detectable effect,
+/// else the default units.
+pub fn tuned_for(experiment: &Experiment, metric: &Metric) -> TunedFor {
+    let plan = experiment.plan.unwrap_or_default();
+    if let Some(mixing_variance) = experiment.mixing_variance {
+        TunedFor::MixingVariance { mixing_variance }
+    } else if let Some(mde) = metric.mde {
+        TunedFor::Mde { mde }
+    } else if let Some(units_per_variant) = plan.units_per_variant {
+        TunedFor::Plan { units_per_variant }
+    } else if let Some(mde) = plan.mde {
+        TunedFor::Mde { mde }
+    } else {
+        TunedFor::Default {
+            units_per_variant: stats::sequential::DEFAULT_UNITS_PER_VARIANT,
+        }
     }
 }
 

@@ -148,7 +148,7 @@ mod tests {
     /// it ten times larger.
     #[actix::test]
     async fn a_correction_across_metrics_decides_whether_the_primary_is_significant() {
-        let mut aggregates = ExperimentAggregates::two_arms([5000, 5000], [500, 630]);
+        let mut aggregates = ExperimentAggregates::two_arms([5000, 5000], [500, 612]);
         let others: Vec<String> = (1..10).map(|i| format!("m{i}")).collect();
         let flat = MeasureAggregates {
             units: 500,
@@ -169,7 +169,9 @@ mod tests {
             (json!("bh"), false),
             (serde_json::Value::Null, true),
         ] {
-            let experiment = running(json!({"metrics": metrics, "correction": correction}));
+            let experiment = running(
+                json!({"metrics": metrics, "correction": correction, "mixing_variance": 0.01}),
+            );
             let e = checked(experiment, aggregates.clone()).await;
             assert_eq!(e.significant_at.is_some(), significant, "{correction}");
         }

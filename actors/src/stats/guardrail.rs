@@ -58,7 +58,11 @@ pub fn regression(
     Regression {
         relative_lift: Some(lift),
         p_value: Some(if excess > 0.0 {
-            msprt(excess, variance, settings.mixing_variance)
+            msprt(
+                excess,
+                variance,
+                settings.mixing_variance(variance, t.n, c.n, 1.0),
+            )
         } else {
             1.0
         }),
@@ -70,12 +74,15 @@ mod tests {
     use crate::domain::MetricKind;
 
     use super::*;
+    use crate::stats::TunedFor;
 
     fn settings() -> Settings {
         Settings {
             kind: MetricKind::Binomial,
             alpha: 0.05,
-            mixing_variance: 0.01,
+            tuned_for: TunedFor::MixingVariance {
+                mixing_variance: 0.01,
+            },
         }
     }
 

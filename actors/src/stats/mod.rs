@@ -15,13 +15,15 @@ pub mod bandit;
 mod dist;
 mod guardrail;
 mod sample_size;
+pub mod sequential;
 
 use serde::Serialize;
 
 use crate::domain::{Correction, MetricKind, QuantileSketch};
 
 pub use guardrail::{regression, Regression};
-pub use sample_size::{sample_size, SampleSize, SampleSizeAnswer, SampleSizeError};
+pub use sample_size::{sample_size, PowerAtPlan, SampleSize, SampleSizeAnswer, SampleSizeError};
+pub use sequential::TunedFor;
 
 /// SRM is flagged below this p-value.
 pub const SRM_THRESHOLD: f64 = 0.001;
@@ -137,8 +139,19 @@ pub struct Settings {
     pub kind: MetricKind,
     /// Significance level.
     pub alpha: f64,
-    /// Variance of the normal mixture over the relative lift (mSPRT).
-    pub mixing_variance: f64,
+    /// What the always-valid p-value's mixture is tuned for (see
+    /// [`sequential`]).
+    pub tuned_for: TunedFor,
+}
+
+impl Settings {
+    /// τ² of the mSPRT for an estimate with variance `v`, from arms of
+    /// `n_t` and `n_c` units, on the scale where a relative lift of 1 is
+    /// `base` (the control's value for a difference, 1 for a lift).
+    fn mixing_variance(&self, v: f64, n_t: f64, n_c: f64, base: f64) -> f64 {
+        let h = 2.0 / (1.0 / n_t + 1.0 / n_c);
+        self.tuned_for.mixing_variance(v, h, base, self.alpha)
+    }
 }
 
 /// One variant's estimate.
@@ -674,11 +687,14 @@ fn compare(
     let se = (var_t + var_c).sqrt();
     let relative = relative_lift(d, t, c, z);
     out.reason = relative.reason;
-    out.sequential_p_value = relative
-        .variance
-        .filter(|v| *v > 0.0)
-        .zip(relative.lift.estimate)
-        .map(|(v, r)| msprt(r, v, settings.mixing_variance));
+    // The always-valid test is of the difference the fixed test is of,
+    // with its unpooled variance: on the relative lift, whose variance
+    // carries the control's noise through the division too, it lost a
+    // quarter of its power at the plan.
+    let v = var_t + var_c;
+    out.sequential_p_value = (relative.lift.estimate)
+        .filter(|_| v > 0.0)
+        .map(|_| msprt(d, v, settings.mixing_variance(v, t.n, c.n, c.mean)));
     out.relative = Some(relative.lift);
     match settings.kind {
         MetricKind::Binomial => {

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::dist::normal_quantile;
+use super::sequential::{always_valid_power, fixed_power};
 
 /// What a sample-size question is about.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,6 +44,19 @@ pub struct SampleSizeAnswer {
     pub alpha: f64,
     /// Power used.
     pub power: f64,
+    /// At `units_per_variant` and the effect asked about: the power of each
+    /// test abacus reports (what each column of the results can tell).
+    pub power_at_plan: PowerAtPlan,
+}
+
+/// The power of both tests at a plan's units and effect.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PowerAtPlan {
+    /// The fixed-horizon test (`p_value`), looked at once, at the end.
+    pub fixed_horizon: f64,
+    /// The always-valid test (`sequential_p_value`) tuned to this plan
+    /// (`plan.units_per_variant`), looked at after every 1% of the units.
+    pub always_valid: f64,
 }
 
 /// Units per variant for a two-sided test at `alpha` with `power`:
@@ -67,7 +81,7 @@ pub fn sample_size(
     }
     let z_alpha = normal_quantile(1.0 - alpha / 2.0);
     let z_power = normal_quantile(power);
-    let n = match question {
+    let (n, spread) = match question {
         SampleSize::Proportion { baseline, mde } => {
             if !(baseline > 0.0 && baseline < 1.0) {
                 return bad("baseline", "must be between 0 and 1");
@@ -81,8 +95,9 @@ pub fn sample_size(
             }
             let p = (baseline + p2) / 2.0;
             let a = z_alpha * (2.0 * p * (1.0 - p)).sqrt();
-            let b = z_power * (baseline * (1.0 - baseline) + p2 * (1.0 - p2)).sqrt();
-            (a + b).powi(2) / mde.powi(2)
+            let spread = (baseline * (1.0 - baseline) + p2 * (1.0 - p2)).sqrt();
+            let b = z_power * spread;
+            ((a + b).powi(2) / mde.powi(2), spread / mde.abs())
         }
         SampleSize::Mean { stddev, mde } => {
             if !(stddev > 0.0 && stddev.is_finite()) {
@@ -91,7 +106,8 @@ pub fn sample_size(
             if !mde.is_finite() || mde == 0.0 {
                 return bad("mde", "must be a non-zero number");
             }
-            2.0 * ((z_alpha + z_power) * stddev / mde).powi(2)
+            let spread = 2f64.sqrt() * stddev / mde.abs();
+            (2.0 * ((z_alpha + z_power) * stddev / mde).powi(2), spread)
         }
     };
     if !(n.is_finite() && n < 1e15) {
@@ -99,10 +115,17 @@ pub fn sample_size(
     }
     // Guard against 1000.0000000001 from rounding becoming 1001.
     let units = (n - 1e-9).ceil().max(1.0) as u64;
+    // The expected z at the plan: the effect over the standard error of
+    // the difference with `units` per variant.
+    let z_star = (units as f64).sqrt() / spread;
     Ok(SampleSizeAnswer {
         units_per_variant: units,
         alpha,
         power,
+        power_at_plan: PowerAtPlan {
+            fixed_horizon: fixed_power(z_star, alpha),
+            always_valid: always_valid_power(z_star, alpha),
+        },
     })
 }
 

@@ -113,7 +113,9 @@ fn every_reference_case_agrees_with_scipy_and_statsmodels() {
         let settings = Settings {
             kind: kind(case),
             alpha: case["alpha"].as_f64().unwrap(),
-            mixing_variance: case["mixing_variance"].as_f64().unwrap(),
+            tuned_for: TunedFor::MixingVariance {
+                mixing_variance: case["mixing_variance"].as_f64().unwrap(),
+            },
         };
         let arms = arms(case);
         let borrowed: Vec<(&str, Arm)> = arms.iter().map(|(k, a)| (k.as_str(), *a)).collect();
@@ -167,7 +169,9 @@ fn every_family_case_agrees_with_multipletests() {
                 let settings = Settings {
                     kind: kind(metric),
                     alpha,
-                    mixing_variance: case["mixing_variance"].as_f64().unwrap(),
+                    tuned_for: TunedFor::MixingVariance {
+                        mixing_variance: case["mixing_variance"].as_f64().unwrap(),
+                    },
                 };
                 let arms = arms(metric);
                 let borrowed: Vec<(&str, Arm)> =
@@ -278,7 +282,9 @@ fn nothing_is_ever_nan_or_infinite() {
                 let settings = Settings {
                     kind,
                     alpha: 0.05,
-                    mixing_variance: 0.01,
+                    tuned_for: TunedFor::MixingVariance {
+                        mixing_variance: 0.01,
+                    },
                 };
                 let analysis = analyse(settings, &[("control", a), ("t", b)]);
                 let text = serde_json::to_string(&json!({
@@ -369,7 +375,9 @@ fn the_sequential_p_value_survives_peeking_and_the_fixed_one_does_not() {
         let settings = Settings {
             kind,
             alpha,
-            mixing_variance: 0.01,
+            tuned_for: TunedFor::MixingVariance {
+                mixing_variance: 0.01,
+            },
         };
         let mut arms = [Arm::default(); 2];
         let (mut sequential, mut fixed) = (false, false);
@@ -430,7 +438,9 @@ fn corrections_hold_their_error_rates_over_simulated_experiments() {
     let settings = Settings {
         kind: MetricKind::Mean,
         alpha,
-        mixing_variance: 0.01,
+        tuned_for: TunedFor::MixingVariance {
+            mixing_variance: 0.01,
+        },
     };
     // Per method: experiments with any false positive, the summed share of
     // false discoveries, true discoveries.
@@ -509,7 +519,9 @@ fn ratio_intervals_cover_the_true_difference_at_their_level() {
     let settings = Settings {
         kind: MetricKind::Ratio,
         alpha: 0.05,
-        mixing_variance: 0.01,
+        tuned_for: TunedFor::MixingVariance {
+            mixing_variance: 0.01,
+        },
     };
     let (mut absolute, mut relative) = (0, 0);
     for _ in 0..runs {
@@ -555,7 +567,9 @@ fn cuped_narrows_intervals_by_the_correlation_and_keeps_its_error_rate() {
     let settings = Settings {
         kind: MetricKind::Mean,
         alpha: 0.05,
-        mixing_variance: 0.01,
+        tuned_for: TunedFor::MixingVariance {
+            mixing_variance: 0.01,
+        },
     };
     let width = |a: &Analysis| {
         let [lo, hi] = a.comparisons[0]
@@ -635,7 +649,9 @@ fn quantile_intervals_cover_the_true_difference_clustered_by_unit() {
     let settings = Settings {
         kind: MetricKind::Quantile,
         alpha: 0.05,
-        mixing_variance: 0.01,
+        tuned_for: TunedFor::MixingVariance {
+            mixing_variance: 0.01,
+        },
     };
     // Every event's log is normal with variance 0.6² + 0.5², whichever
     // unit sent it: the population p90 is exp(σ z_0.9), times 1.1 in the
@@ -708,4 +724,103 @@ fn assert_coverage(what: &str, runs: usize, absolute: usize, relative: usize) {
         (relative - 0.95).abs() <= 0.015,
         "relative coverage {relative}"
     );
+}
+
+/// The always-valid test tuned to the plan (issue 20), by seeded
+/// simulation through `analyse`. For a binomial metric (10% → 11.5%, a
+/// 15% relative lift) and a mean metric (exponential values, mean 10 →
+/// 11) at the units per variant the sample-size formula plans for 80%
+/// fixed-horizon power, each over 1,000 A/B and 1,000 A/A experiments
+/// looked at after every 1% of the plan: the always-valid test's power is
+/// at least 0.6× the fixed-horizon test's, and its false-positive rate
+/// stays at or below alpha however often it was looked at. Prints its
+/// figures (`-- --nocapture`).
+#[test]
+fn the_tuned_always_valid_test_has_power_at_the_plan_and_keeps_its_error_rate() {
+    use rand::{RngExt, SeedableRng};
+    use rand_distr::{Binomial, Distribution};
+
+    let (alpha, runs, looks) = (0.05, 1000, 100);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_203);
+    for kind in [MetricKind::Binomial, MetricKind::Mean] {
+        let question = match kind {
+            MetricKind::Binomial => SampleSize::Proportion {
+                baseline: 0.1,
+                mde: 0.015,
+            },
+            _ => SampleSize::Mean {
+                stddev: 10.0,
+                mde: 1.0,
+            },
+        };
+        let plan = sample_size(question, alpha, 0.8).unwrap();
+        let n = plan.units_per_variant;
+        let settings = Settings {
+            kind,
+            alpha,
+            tuned_for: TunedFor::Plan {
+                units_per_variant: n,
+            },
+        };
+        let mut rates = [[0u32; 2]; 2]; // [A/B, A/A] × [always-valid, fixed]
+        for (aa, rate) in rates.iter_mut().enumerate() {
+            for _ in 0..runs {
+                // The planned effect: +15% on the rate, +1 (10%) on the mean.
+                let lift = match (aa, kind) {
+                    (1, _) => 1.0,
+                    (_, MetricKind::Binomial) => 1.15,
+                    _ => 1.1,
+                };
+                let mut arms = [Arm::default(); 2];
+                let mut sequential = false;
+                for look in 1..=looks {
+                    let target = n * look / looks;
+                    for (i, arm) in arms.iter_mut().enumerate() {
+                        let add = target - arm.units;
+                        let scale = if i == 1 { lift } else { 1.0 };
+                        match kind {
+                            MetricKind::Binomial => {
+                                let p = 0.1 * scale;
+                                let hits = Binomial::new(add, p).unwrap().sample(&mut rng);
+                                arm.conversions += hits;
+                                arm.sum += hits as f64;
+                                arm.sum_squares += hits as f64;
+                            }
+                            _ => {
+                                for _ in 0..add {
+                                    // Exponential: skewed like revenue.
+                                    let x = -10.0 * scale * (1.0 - rng.random::<f64>()).ln();
+                                    arm.sum += x;
+                                    arm.sum_squares += x * x;
+                                }
+                            }
+                        }
+                        arm.units = target;
+                    }
+                    let analysis = analyse(settings, &[("control", arms[0]), ("t", arms[1])]);
+                    let c = &analysis.comparisons[0];
+                    sequential |= c.sequential_p_value.is_some_and(|p| p <= alpha);
+                    if look == looks {
+                        rate[1] += u32::from(c.p_value.is_some_and(|p| p <= alpha));
+                    }
+                }
+                rate[0] += u32::from(sequential);
+            }
+        }
+        let share = |k: u32| f64::from(k) / f64::from(runs);
+        let (av, fixed) = (share(rates[0][0]), share(rates[0][1]));
+        let (av_aa, fixed_aa) = (share(rates[1][0]), share(rates[1][1]));
+        println!(
+            "{kind:?}: {n} units per variant; power always-valid {av:.3}, fixed {fixed:.3} \
+             (ratio {:.2}); A/A false positives always-valid {av_aa:.3} over {looks} looks, \
+             fixed {fixed_aa:.3} at the end",
+            av / fixed
+        );
+        assert!(
+            (0.7..0.9).contains(&fixed),
+            "{kind:?}: the plan gives the fixed test its power: {fixed}"
+        );
+        assert!(av >= 0.6 * fixed, "{kind:?}: {av} < 0.6 × {fixed}");
+        assert!(av_aa <= alpha, "{kind:?}: {av_aa} false positives");
+    }
 }
