@@ -207,9 +207,21 @@ function renderMetric(m) {
   return el("div", { class: "metric", "data-metric": m.metric },
     el("h3", {}, `${m.metric} (${m.kind}${m.denominator ? ` of ${m.measure} per ${m.denominator}` : ""})${m.primary ? " · primary" : ""}`),
     metricNotes(m),
+    pColumns(m),
     el("table", {},
       el("thead", {}, el("tr", {}, ["variant", "units", m.quantile ? `p${+(m.quantile.level * 100).toFixed(2)}` : field, "95% CI", "lift [95% CI]", "p", "always-valid p", "chance to win", ""].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)));
+}
+
+/** The two p-value columns, one line each: what each may be used for, and what the always-valid one is tuned to. */
+function pColumns(m) {
+  const t = m.sequential && m.sequential.tuned_for;
+  const tuned = !t ? "" : t.source === "mixing_variance" ? ` (mixing variance ${num(t.mixing_variance)}, set by hand)`
+    : t.source === "mde" ? ` (tuned to detect a ${pct(t.mde)} lift)`
+    : ` (tuned to ${t.units_per_variant.toLocaleString()} units per variant${t.source === "default" ? ", the default: set the experiment's plan" : ""})`;
+  return el("div", { class: "muted p-columns" },
+    el("p", { "data-field": "p-fixed" }, "p: fixed-horizon — read it once, at the sample size you planned; looking earlier and stopping on it inflates false positives."),
+    el("p", { "data-field": "p-always-valid" }, `always-valid p: safe to watch at any time and stop on${tuned}; it needs more data to say yes.`));
 }
 
 /** One line on what shapes a metric's numbers: a cap, a quantile's spread, CUPED, a pending recomputation. */
