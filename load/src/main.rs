@@ -6,6 +6,7 @@
 //! coordinated omission). Latencies go into an HDR histogram. Every run is
 //! bounded by `--duration` and `--max-requests`.
 
+mod cpu;
 mod receiver;
 mod report;
 mod run;
@@ -115,6 +116,10 @@ pub struct Args {
     /// against it, then stop it with SIGTERM. `--url` is ignored.
     #[arg(long)]
     serve: Option<std::path::PathBuf>,
+    /// The pid of the server at `--url`, to report its CPU time per
+    /// request (with `--serve` the harness knows it).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// With `--serve`: after the run, report the server's resident memory,
     /// its data directory's size and bytes per committed event, then
     /// restart it on the same data and report the time to ready and the
@@ -158,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         Some(binary) => {
             let server = server::Spawned::start(binary)?;
             args.url = server.url();
+            args.server_pid = Some(server.pid());
             Some(server)
         }
         None => None,

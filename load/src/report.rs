@@ -74,6 +74,23 @@ pub struct Report {
     /// The server's memory, disk and restart time (`--footprint`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub footprint: Option<Footprint>,
+    /// The server's CPU time over the run (with `--serve` or
+    /// `--server-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<ServerCpu>,
+}
+
+/// What the run cost the server in CPU time (user + system, every thread).
+#[derive(Debug, Serialize)]
+pub struct ServerCpu {
+    /// Over the run and the settling after it.
+    pub seconds: f64,
+    /// Per answered request, in microseconds.
+    pub per_request_us: f64,
+    /// Per event sent (a batch's events each), in microseconds; absent for
+    /// requests that carry none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_event_us: Option<f64>,
 }
 
 /// What the local receiver got in a `webhooks` run.
@@ -143,6 +160,19 @@ impl Report {
             fan_out: None,
             stream: None,
             footprint: None,
+            server_cpu: None,
+        }
+    }
+
+    /// The server's CPU time `used` over this run, per answered request
+    /// and per event (`events_per_request` of each, when they carry any).
+    pub fn cpu(&self, used: std::time::Duration, events_per_request: Option<u64>) -> ServerCpu {
+        let answered = (self.ok + self.http_errors).max(1) as f64;
+        let us = used.as_secs_f64() * 1e6;
+        ServerCpu {
+            seconds: used.as_secs_f64(),
+            per_request_us: us / answered,
+            per_event_us: events_per_request.map(|n| us / (answered * n.max(1) as f64)),
         }
     }
 }
@@ -183,6 +213,17 @@ impl fmt::Display for Report {
             "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             l.p50, l.p90, l.p99, l.p999, l.max
         )?;
+        if let Some(c) = &self.server_cpu {
+            write!(
+                f,
+                "server cpu  {:.2} s  {:.1} µs/request",
+                c.seconds, c.per_request_us
+            )?;
+            match c.per_event_us {
+                Some(e) => writeln!(f, "  {e:.2} µs/event")?,
+                None => writeln!(f)?,
+            }
+        }
         if let Some(w) = &self.fan_out {
             writeln!(
                 f,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 
+use crate::cpu;
 use crate::receiver::Deliveries;
 use crate::report::{Counts, FanOut, Report};
 use crate::scenario::Target;
@@ -39,6 +40,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
     )?));
     let counts = Arc::new(Counts::default());
 
+    let cpu_before = args.server_pid.map(cpu::of).transpose()?;
     let start = Instant::now();
     if args.closed_loop {
         closed_loop(args, &target, &histogram, &counts).await;
@@ -46,11 +48,22 @@ pub async fn run(args: &Args) -> anyhow::Result<Report> {
         open_loop(args, &target, &histogram, &counts, start).await;
     }
     let elapsed = start.elapsed();
+    // What was answered may still be committed after the answer (202):
+    // its cost is the run's too.
+    let cpu_used = match (args.server_pid, cpu_before) {
+        (Some(pid), Some(before)) => {
+            tokio::time::sleep(cpu::SETTLE).await;
+            Some(cpu::of(pid)? - before)
+        }
+        _ => None,
+    };
     let histogram = histogram
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
         .clone();
     let mut report = Report::new(args, &histogram, &counts, elapsed);
+    let events = args.scenario.events_per_request(args);
+    report.server_cpu = cpu_used.map(|used| report.cpu(used, events));
     report.stream = listeners.map(Listeners::close);
     if let Some(deliveries) = &target.deliveries {
         let expected = counts.ok.load(Ordering::Relaxed) * args.subscribers as u64;

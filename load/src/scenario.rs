@@ -44,6 +44,16 @@ impl Ack {
 }
 
 impl Scenario {
+    /// Events each request carries, for the CPU per event: `None` when
+    /// they carry none (an exposure an assignment logs is the server's).
+    pub fn events_per_request(self, args: &crate::Args) -> Option<u64> {
+        match self {
+            Scenario::Ingest => Some(1),
+            Scenario::IngestBatch => Some(args.batch.max(1) as u64),
+            _ => None,
+        }
+    }
+
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
