@@ -16,6 +16,10 @@ use clap::{Parser, Subcommand};
 /// over a quarter of the server's CPU on them under load, and RocksDB's
 /// block churn fragmented its heap well past the cache budget. mimalloc
 /// takes a fraction of that time and memory (see `load/RESULTS.md`).
+/// Built without its transparent-huge-page advice (`no_thp`): every page
+/// it took back from the OS was then a 2 MiB huge page the kernel zeroed
+/// on first touch, a fifth of the server's CPU in a profile of single-event
+/// ingest (load/RESULTS.md, issue 21).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
