@@ -124,14 +124,14 @@ impl Intake {
         if from == to {
             return Err(Error::invalid("to", "an id cannot be linked to itself"));
         }
-        let store = self.store.clone();
-        let (f, t) = (from.to_owned(), to.to_owned());
+        let (store, requested) = (self.store.clone(), to);
+        let asked = to.to_owned();
         let to: Box<str> =
-            blocking(move || Ok(store.canonical_unit(&t)?.unwrap_or(t.into()))).await?;
+            blocking(move || Ok(store.canonical_unit(&asked)?.unwrap_or(asked.into()))).await?;
         if *to == *from {
+            // `to` is an id linked to `from` already: the other way round.
             return Err(Error::LinkConflict(format!(
-                "'{from}' is the unit '{}' links to",
-                &f
+                "'{requested}' is linked to '{from}' already"
             )));
         }
         let _held = self.busy.wait(&[from, &to]).await?;
