@@ -372,31 +372,19 @@ impl Aggregator {
         events: &[Event],
         read: impl FnOnce(&[&str]) -> Result<Vec<Option<Vec<Exposure>>>>,
     ) -> Result<()> {
-        let mut seen = HashSet::with_capacity(events.len());
-        let missing: Vec<&str> = events
-            .iter()
-            .map(|e| &*e.unit_id)
-            .filter(|u| !self.units.contains_key(*u) && seen.insert(*u))
-            .collect();
-        let states = read(&missing)?;
-        for (unit, state) in missing.into_iter().zip(states) {
-            self.units.insert(unit.into(), state.unwrap_or_default());
-        }
-        Ok(())
+        self.load_states(events.iter().map(|e| &*e.unit_id), read)
     }
 
-    /// Puts the stored state of `units` (links and transfers of the batch)
-    /// that are not in the working set yet into it, as
-    /// [`Aggregator::load_units`] does for the units of events.
-    pub fn load_named(
+    /// [`Aggregator::load_units`] for `units`: the batch's events' units and
+    /// those its links and transfers name, in one read.
+    pub fn load_states<'u>(
         &mut self,
-        units: &[&str],
+        units: impl IntoIterator<Item = &'u str>,
         read: impl FnOnce(&[&str]) -> Result<Vec<Option<Vec<Exposure>>>>,
     ) -> Result<()> {
-        let mut seen = HashSet::with_capacity(units.len());
+        let mut seen = HashSet::new();
         let missing: Vec<&str> = units
-            .iter()
-            .copied()
+            .into_iter()
             .filter(|u| !self.units.contains_key(*u) && seen.insert(*u))
             .collect();
         if missing.is_empty() {

@@ -625,12 +625,8 @@ impl Writer {
     fn load_units(&mut self, batch: &Batch, named: &[&str]) -> Result<()> {
         let (limits, failures) = (&self.limits, &self.stats.commit_failures);
         let committer = &mut self.committer;
-        self.aggregator.load_units(&batch.events, |units| {
-            retry("reading unit state", limits, failures, || {
-                committer.unit_states(units)
-            })
-        })?;
-        self.aggregator.load_named(named, |units| {
+        let units = (batch.events.iter().map(|e| &*e.unit_id)).chain(named.iter().copied());
+        self.aggregator.load_states(units, |units| {
             retry("reading unit state", limits, failures, || {
                 committer.unit_states(units)
             })

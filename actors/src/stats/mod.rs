@@ -689,8 +689,8 @@ fn compare(
     out.reason = relative.reason;
     // The always-valid test is of the difference the fixed test is of,
     // with its unpooled variance: on the relative lift, whose variance
-    // carries the control's noise through the division too, it lost a
-    // quarter of its power at the plan.
+    // carries the control's noise through the division too, it has less
+    // power for the same data (docs/statistics.md).
     let v = var_t + var_c;
     out.sequential_p_value = (relative.lift.estimate)
         .filter(|_| v > 0.0)

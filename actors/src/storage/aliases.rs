@@ -37,25 +37,11 @@ impl Store {
         Ok(iter.next().transpose()?.is_some())
     }
 
-    /// The unit each of `ids` links to, in order (`None`: it links to
-    /// none): one batched read, and none at all while no id was ever
-    /// linked. A link in the making does not count yet: its unit's
-    /// partition has not folded the id's state in.
-    pub fn canonical_units(&self, ids: &[&str]) -> Result<Vec<Option<Box<str>>>> {
-        if !self.has_links() {
-            return Ok(vec![None; ids.len()]);
-        }
-        let keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::alias(id)).collect();
-        self.db
-            .batched_multi_get_cf(self.cf(Cf::Aliases), &keys, false)
-            .into_iter()
-            .map(|found| found?.map(|v| decode_alias(&v)).transpose())
-            .collect()
-    }
-
-    /// [`Store::canonical_units`], counting links in the making too: where
-    /// an ingest writer sends a linked id's events, so that they reach the
-    /// unit's partition after the id's state (sent before them).
+    /// The unit each of `ids` links to or is being linked to, in order
+    /// (`None`: neither): one batched read, and none at all while no id
+    /// was ever linked. Where an ingest writer sends a linked id's events,
+    /// so that they reach the unit's partition after the id's state (sent
+    /// before them).
     pub fn linked_or_linking(&self, ids: &[&str]) -> Result<Vec<Option<Box<str>>>> {
         if !self.has_links() {
             return Ok(vec![None; ids.len()]);
@@ -84,8 +70,9 @@ impl Store {
             .collect()
     }
 
-    /// The unit `id` links to, if it links to one (see
-    /// [`Store::canonical_units`]).
+    /// The unit `id` links to, if it links to one: one point read, and
+    /// none while no id was ever linked. A link in the making does not
+    /// count yet: its unit's partition has not folded the id's state in.
     pub fn canonical_unit(&self, id: &str) -> Result<Option<Box<str>>> {
         if !self.has_links() {
             return Ok(None);
@@ -276,11 +263,12 @@ mod tests {
 
         let ids = ["anon", "alice", "bob"];
         let nothing: Vec<Option<Box<str>>> = vec![None, None, None];
-        assert_eq!(
-            store.canonical_units(&ids).expect("read"),
-            nothing,
-            "in the making"
-        );
+        let made = |ids: &[&str]| -> Vec<Option<Box<str>>> {
+            (ids.iter())
+                .map(|id| store.canonical_unit(id).expect("read"))
+                .collect()
+        };
+        assert_eq!(made(&ids), nothing, "in the making");
         let linking = store.linked_or_linking(&ids).expect("read");
         assert_eq!(linking, vec![Some("alice".into()), None, None]);
         assert_eq!(store.pending_transfers().expect("pending"), vec![transfer]);
@@ -302,7 +290,7 @@ mod tests {
         store.write_arrival(&mut batch, &arrived);
         store.write(batch, true).expect("write");
         assert!(store.pending_transfers().expect("pending").is_empty());
-        let found = store.canonical_units(&ids).expect("read");
+        let found = made(&ids);
         assert_eq!(found, vec![Some("alice".into()), None, None]);
         assert_eq!(store.linked_or_linking(&ids).expect("read"), found);
         assert_eq!(
