@@ -17,6 +17,8 @@ run() {
 }
 
 run --scenario assign --rate 200
+run --scenario assign --no-exposure --rate 200
+run --scenario health --rate 200
 run --scenario assign-all --experiments 3 --rate 200
 run --scenario ingest --rate 200
 run --scenario ingest --rate 200 --stream-clients 5

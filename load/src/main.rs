@@ -84,6 +84,10 @@ pub struct Args {
     /// needs `webhooks.allow_private = true`).
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
+    /// Assignments without logging the exposure (`log_exposure=false`):
+    /// the assignment path alone, without the event it writes.
+    #[arg(long)]
+    no_exposure: bool,
     /// Events per request in `ingest-batch`.
     #[arg(long, default_value_t = 100)]
     batch: usize,

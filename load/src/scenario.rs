@@ -22,6 +22,9 @@ pub enum Scenario {
     Webhooks,
     /// Half assignments, 40% single events, 10% results reads.
     Mixed,
+    /// `GET /healthz`: an HTTP exchange with no work behind it, the floor
+    /// every other scenario's CPU per request stands on.
+    Health,
 }
 
 /// When `POST /v1/events` answers: its `ack` query parameter.
@@ -64,6 +67,7 @@ impl Scenario {
             Scenario::Results => "results",
             Scenario::Webhooks => "webhooks",
             Scenario::Mixed => "mixed",
+            Scenario::Health => "health",
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Target {
     batch: usize,
     /// Predictions and outcomes instead of clicks (`--model`).
     model: bool,
+    /// `--no-exposure`: assignments ask the server not to log exposures.
+    log_exposure: bool,
     /// `POST` path of event requests, with `?ack=` when not the default.
     events_path: &'static str,
     run_id: u128,
@@ -104,6 +110,7 @@ impl Target {
             first_unit: args.first_unit,
             batch: args.batch.max(1),
             model: args.model,
+            log_exposure: !args.no_exposure,
             events_path: match args.ack {
                 Ack::Accepted => "/v1/events",
                 Ack::Persisted => "/v1/events?ack=persisted",
@@ -130,6 +137,11 @@ impl Target {
                 );
             }
             target.deliveries = Some(deliveries);
+            return Ok(target);
+        }
+        // Nothing to prepare: it may even run against a bare HTTP server
+        // (`examples/bare_http.rs`).
+        if args.scenario == Scenario::Health {
             return Ok(target);
         }
         for n in 0..args.links {
@@ -253,13 +265,13 @@ impl Target {
             Scenario::Assign => self.request(
                 Method::GET,
                 &format!(
-                    "/v1/experiments/{}/assignment?unit_id=user-{unit}",
-                    self.experiment
+                    "/v1/experiments/{}/assignment?unit_id=user-{unit}&log_exposure={}",
+                    self.experiment, self.log_exposure
                 ),
             ),
-            Scenario::AssignAll => self
-                .request(Method::POST, "/v1/assignments")
-                .json(&json!({"unit_id": format!("user-{unit}")})),
+            Scenario::AssignAll => self.request(Method::POST, "/v1/assignments").json(
+                &json!({"unit_id": format!("user-{unit}"), "log_exposure": self.log_exposure}),
+            ),
             Scenario::Ingest => {
                 let mut body = String::with_capacity(EVENT_BYTES);
                 self.event(n, &mut body);
@@ -283,6 +295,7 @@ impl Target {
                 &format!("/v1/experiments/{}/results", self.experiment),
             ),
             Scenario::Mixed => unreachable!("resolved above"),
+            Scenario::Health => self.request(Method::GET, "/healthz"),
             Scenario::Webhooks => self.request(Method::POST, "/v1/experiments").json(&json!({
                 "key": format!("load-{}-wh-{n}", self.run_id), "name": "webhook fan-out",
                 "variants": [{"key": "control", "weight": 1}, {"key": "b", "weight": 1}]
@@ -362,11 +375,28 @@ mod tests {
                 first_unit: 0,
                 batch: 10,
                 model: false,
+                log_exposure: true,
                 events_path: "/v1/events",
                 run_id: 0,
                 deliveries: None,
             }
         }
+    }
+
+    #[test]
+    fn assignments_say_whether_to_log_the_exposure_and_health_is_the_probe() {
+        let mut target = Target::for_test("exp-1", 1000);
+        target.scenario = Scenario::Assign;
+        let query = |t: &Target| t.nth(0).build().unwrap().url().query().map(str::to_owned);
+        assert!(query(&target).unwrap().ends_with("&log_exposure=true"));
+        target.log_exposure = false;
+        assert!(query(&target).unwrap().ends_with("&log_exposure=false"));
+        target.scenario = Scenario::Health;
+        let probe = target.nth(1).build().unwrap();
+        assert_eq!(
+            (probe.method().as_str(), probe.url().path()),
+            ("GET", "/healthz")
+        );
     }
 
     #[test]
