@@ -156,9 +156,13 @@ enum Then {
     Respec(Arc<str>, Arc<Derivations>),
 }
 
-/// How long a collecting writer sleeps between looks at its mailbox: short
-/// enough that a full batch (`flush_max_events`) waits little longer.
-const COLLECT_STEP: Duration = Duration::from_millis(1);
+/// How long a collecting writer sleeps between looks at its mailbox: with
+/// the default `flush_interval_ms` (5) one sleep per batch. Each look is a
+/// timer wake-up (about 10 µs of CPU on a small virtual machine); looking
+/// every millisecond was 3% of the server's CPU at 10,000 exposures/s.
+/// A longer flush interval is still cut into steps this long, so a full
+/// batch (`flush_max_events`) waits little longer than it.
+const COLLECT_STEP: Duration = Duration::from_millis(5);
 
 /// State of one partition's writer thread.
 pub(super) struct Writer {
