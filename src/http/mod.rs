@@ -87,10 +87,14 @@ pub fn configure(
             .app_data(extract::query_config())
             .app_data(extract::path_config())
             // The hot routes first: the router tries resources in order,
-            // and each dynamic pattern it passes costs a regex match.
+            // and each dynamic pattern it passes costs a regex match (with
+            // an allocation for its captures). Static paths cost a string
+            // comparison, so they lead: health probes and events pass no
+            // regex, assignments one.
+            .configure(health::configure)
+            .configure(events::configure)
             .configure(assignments::configure)
             .configure(ofrep::configure)
-            .configure(events::configure)
             .configure(experiments::configure)
             .configure(holdouts::configure)
             .configure(aliases::configure)
@@ -104,7 +108,6 @@ pub fn configure(
             .configure(projects::configure)
             .configure(stream::configure)
             .configure(ws::configure)
-            .configure(health::configure)
             .configure(performance::configure)
             .configure(dashboard::configure)
             .configure(prometheus::configure)
