@@ -3,6 +3,8 @@
 //! path), and a warning plus a counter for requests slower than
 //! `server.slow_request_ms`.
 
+use std::cell::RefCell;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,8 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage};
+use foldhash::{HashMap, HashMapExt};
+use metrics::{Counter, Histogram};
 
 use super::auth::Acting;
 use super::AppState;
@@ -23,6 +27,19 @@ pub const RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time-m
 /// Requests slower than this are logged and counted (app data).
 #[derive(Debug, Clone, Copy)]
 pub struct SlowRequest(pub Duration);
+
+/// A route's request counter (by method and status class) and duration
+/// histogram (by method).
+type Handles = (Counter, Histogram);
+
+thread_local! {
+    /// The metric handles of each (route pattern, method, status class)
+    /// this worker has answered, registered on first use: looking them up
+    /// in the recorder on every request built, hashed and dropped two
+    /// label sets. Bounded by the routes, methods and classes there are.
+    static HANDLES: RefCell<HashMap<(String, &'static str, &'static str), Handles>> =
+        RefCell::new(HashMap::new());
+}
 
 /// The middleware, for `actix_web::middleware::from_fn`.
 pub async fn observe(
@@ -62,13 +79,31 @@ pub async fn observe(
             .record(res.status().as_u16(), event, elapsed);
     }
     let ms = elapsed.as_secs_f64() * 1000.0;
-    if let Ok(value) = HeaderValue::from_str(&format!("{ms:.3}")) {
-        res.headers_mut().insert(RESPONSE_TIME, value);
+    // Formatted on the stack: milliseconds with three decimals fit.
+    let mut text = [0u8; 32];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    if write!(cursor, "{ms:.3}").is_ok() {
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
+        if let Ok(value) = HeaderValue::from_bytes(&text[..len]) {
+            res.headers_mut().insert(RESPONSE_TIME, value);
+        }
     }
-    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => class)
-        .increment(1);
-    metrics::histogram!(m::HTTP_DURATION, "route" => route.clone(), "method" => method)
-        .record(elapsed.as_secs_f64());
+    let key = (route, method, class);
+    HANDLES.with_borrow_mut(|handles| {
+        let (requests, duration) = match handles.get(&key) {
+            Some(known) => known,
+            None => handles.entry(key.clone()).or_insert_with(|| {
+                let (route, method, class) = key.clone();
+                (
+                    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => class),
+                    metrics::histogram!(m::HTTP_DURATION, "route" => route, "method" => method),
+                )
+            }),
+        };
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
+    });
+    let (route, ..) = key;
     if elapsed > slow {
         tracing::warn!(%route, %method, status = res.status().as_u16(), duration_ms = ms, "slow request");
         metrics::counter!(m::HTTP_SLOW, "route" => route).increment(1);
