@@ -88,26 +88,22 @@ pub async fn observe(
             res.headers_mut().insert(RESPONSE_TIME, value);
         }
     }
-    let key = (route, method, class);
+    if elapsed > slow {
+        tracing::warn!(%route, %method, status = res.status().as_u16(), duration_ms = ms, "slow request");
+        metrics::counter!(m::HTTP_SLOW, "route" => route.clone()).increment(1);
+    }
     HANDLES.with_borrow_mut(|handles| {
-        let (requests, duration) = match handles.get(&key) {
-            Some(known) => known,
-            None => handles.entry(key.clone()).or_insert_with(|| {
-                let (route, method, class) = key.clone();
+        let (requests, duration) = handles.entry((route, method, class)).or_insert_with_key(
+            |(route, method, class)| {
                 (
-                    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => class),
-                    metrics::histogram!(m::HTTP_DURATION, "route" => route, "method" => method),
+                    metrics::counter!(m::HTTP_REQUESTS, "route" => route.clone(), "method" => *method, "status" => *class),
+                    metrics::histogram!(m::HTTP_DURATION, "route" => route.clone(), "method" => *method),
                 )
-            }),
-        };
+            },
+        );
         requests.increment(1);
         duration.record(elapsed.as_secs_f64());
     });
-    let (route, ..) = key;
-    if elapsed > slow {
-        tracing::warn!(%route, %method, status = res.status().as_u16(), duration_ms = ms, "slow request");
-        metrics::counter!(m::HTTP_SLOW, "route" => route).increment(1);
-    }
     Ok(res)
 }
 

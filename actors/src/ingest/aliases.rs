@@ -124,16 +124,16 @@ impl Intake {
         if from == to {
             return Err(Error::invalid("to", "an id cannot be linked to itself"));
         }
-        let (store, requested) = (self.store.clone(), to);
-        let asked = to.to_owned();
-        let to: Box<str> =
+        let (store, asked) = (self.store.clone(), to.to_owned());
+        let unit: Box<str> =
             blocking(move || Ok(store.canonical_unit(&asked)?.unwrap_or(asked.into()))).await?;
-        if *to == *from {
+        if *unit == *from {
             // `to` is an id linked to `from` already: the other way round.
             return Err(Error::LinkConflict(format!(
-                "'{requested}' is linked to '{from}' already"
+                "'{to}' is linked to '{from}' already"
             )));
         }
+        let to = unit;
         let _held = self.busy.wait(&[from, &to]).await?;
         let store = self.store.clone();
         let (from_owned, to_owned) = (Box::<str>::from(from), to.clone());
