@@ -236,9 +236,10 @@ fn checkout_totals(node: &TestServer) -> (u64, u64, u64) {
 
 /// Sends `requests` requests of [`exposures_and_conversions`] round-robin
 /// to `nodes` from four clients with `ack=persisted`; `midway` runs once,
-/// when the middle request is taken. A request a node did not acknowledge
-/// is sent again, with the same event ids, to the next node. Answers how
-/// many were sent again.
+/// when the middle request is taken, while no request is in flight (the
+/// clients wait for it). A request a node did not acknowledge is sent
+/// again, with the same event ids, to the next node. Answers how many
+/// were sent again.
 fn send_round_robin(
     nodes: &[TestServer],
     requests: usize,
@@ -248,6 +249,8 @@ fn send_round_robin(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let resent = AtomicUsize::new(0);
+    // Each request holds it shared; `midway` exclusively.
+    let pause = std::sync::RwLock::new(());
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -260,8 +263,10 @@ fn send_round_robin(
                     return;
                 }
                 if request == requests / 2 {
+                    let _alone = pause.write().expect("no client panicked");
                     midway();
                 }
+                let _sending = pause.read().expect("no client panicked");
                 let body = exposures_and_conversions(request, units);
                 let first = Instant::now();
                 let mut attempt = 0;
@@ -362,7 +367,21 @@ fn acknowledged_events_are_counted_exactly_once_after_a_node_dies() {
     let (nats, nodes) = three_nodes_with_checkout();
 
     let victim = nodes[1].pid();
-    let resent = send_round_robin(&nodes, REQUESTS, UNITS, || kill(victim));
+    let resent = send_round_robin(&nodes, REQUESTS, UNITS, || {
+        // The victim dies once it has stored a snapshot (and trimmed the
+        // log below it), so its partitions are taken over from one. On a
+        // loaded machine the first half of the requests can be answered
+        // before its first snapshot is stored.
+        let started = Instant::now();
+        while metric(&nodes[1], "abacus_cluster_log_trimmed_total") == 0.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the victim stored no snapshot within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        kill(victim)
+    });
     assert!(
         resent > 0,
         "some requests went to the dead node and were sent again"
