@@ -12,25 +12,20 @@
 //! It takes `serve` and `ABACUS_SERVER__BIND` like abacus does, so
 //! `--serve` can start it; everything else the harness sets is ignored.
 
-use actix_web::{get, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse, HttpServer};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[get("/healthz")]
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
-#[get("/readyz")]
-async fn readyz() -> HttpResponse {
+/// Both probes' answer: abacus's body when all is well.
+async fn ok() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let bind = std::env::var("ABACUS_SERVER__BIND").unwrap_or_else(|_| "127.0.0.1:8080".into());
-    HttpServer::new(|| App::new().service(healthz).service(readyz))
+    HttpServer::new(|| App::new().service(web::resource(["/healthz", "/readyz"]).get(ok)))
         .bind(bind)?
         .run()
         .await
